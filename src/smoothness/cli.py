@@ -8,7 +8,9 @@ import os
 import sys
 from pathlib import Path
 
-from . import __version__, data, idx, measures, pipeline, regularizers, training
+from . import __version__, data, experiments, idx, measures, pipeline, regularizers, report, training
+from . import grid as grid_mod
+from .store import Store
 from .errors import SmoothnessError
 
 MEASURE_KEYS = ("gradient_norm", "function_path_length", "gradient_path_length", "weights_product")
@@ -81,7 +83,41 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("data", help="show where a data source is found and what it holds")
     i.add_argument("source", choices=data.SOURCES)
     i.add_argument("--data-dir", default=None)
+
+    r = sub.add_parser("run", help="train every model of a grid (YAML file or preset) into a results store",
+                       description="Train every model of a grid that the results store does not hold yet, "
+                       "batched, committing each model to DIR/results.sqlite the moment it finishes. Running the "
+                       "same command again resumes: finished models are never trained twice.")
+    r.add_argument("grid", help="grid YAML file, or the name of a preset (see `smoothness presets`)")
+    _add_run_args(r)
+    r.add_argument("--dry-run", action="store_true", help="validate the grid and print how many models it has "
+                   "and how many are stored; train nothing")
+
+    rep = sub.add_parser("report", help="analyse a results store and write the report (tables, figures, HTML)",
+                         description="Compute Table 1 (Kendall's tau) and Table 2 (explicit regularization) from "
+                         "the converged models of a results store and write DIR/report/: table1.md, table2.md, "
+                         "CSVs, figure2.png, measures_vs_n.png, test_loss_vs_n.png, report.md, report.html.")
+    rep.add_argument("results", help="experiment directory (holding results.sqlite) or the .sqlite file")
+    rep.add_argument("--out", default=None, help="report folder (default: report/ beside the store)")
+
+    rp = sub.add_parser("reproduce", help="run a preset grid and write its report (run + report)",
+                        description="Train a preset grid into DIR (resuming what is stored) and write DIR/report/.")
+    rp.add_argument("--preset", required=True, help=f"one of: {', '.join(grid_mod.PRESETS)}")
+    _add_run_args(rp)
+
+    ps = sub.add_parser("presets", help="list the shipped grids, or print one as YAML")
+    ps.add_argument("name", nargs="?", help="print this preset's YAML (a starting point for your own grid)")
     return ap
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default=None, help="experiment directory for the store and report "
+                   "(default: ./runs/GRID_NAME)")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto, CUDA when available)")
+    p.add_argument("--data-dir", default=None, help="folder with MNIST / Fashion-MNIST IDX files")
+    p.add_argument("--no-weights", action="store_true", help="do not store trained weights (about 0.8 MB per "
+                   "784-256-1 model), only configs, statuses, losses and measures")
+    p.add_argument("--quiet", action="store_true", help="no progress output, only the summary line")
 
 
 def _fmt(v) -> str:
@@ -240,6 +276,66 @@ def cmd_data(a) -> int:
     return 0
 
 
+def _grid(name: str):
+    p = Path(name)
+    if p.exists() or p.suffix in (".yaml", ".yml"):
+        return grid_mod.load(p)
+    try:
+        return grid_mod.preset(name)
+    except SmoothnessError as e:
+        raise SmoothnessError(f"no grid file {name!r}, and {e}") from None
+
+
+def _run(g, a) -> Path:
+    out = Path(a.out) if a.out else Path("runs") / g.name
+    summary = experiments.run_grid(g, out, device=a.device, data_dir=a.data_dir, progress=not a.quiet,
+                                   save_weights=not a.no_weights)
+    print(summary.line())
+    return out
+
+
+def cmd_run(a) -> int:
+    g = _grid(a.grid)
+    if a.dry_run:
+        out = Path(a.out) if a.out else Path("runs") / g.name
+        configs = g.configs()
+        keys = {grid_mod.config_key(c) for c in configs}
+        stored = 0
+        if (out / Store.FILENAME).exists():
+            with Store(out, create=False) as st:
+                stored = len(keys & st.keys())
+        print(f"grid {g.name}: {len(configs)} models ({len(g.pairs)} pairs, sizes {g.sizes()}, seeds {g.seeds}); "
+              f"{stored} stored in {out}, {len(configs) - stored} to train")
+        return 0
+    _run(g, a)
+    return 0
+
+
+def cmd_report(a) -> int:
+    written = report.write_report(a.results, a.out)
+    for name in ("table1.md", "table2.md"):
+        if name in written:
+            print(written[name].read_text())
+    print(f"report: {written['report.html']} ({len(written)} files in {written['report.html'].parent})")
+    return 0
+
+
+def cmd_reproduce(a) -> int:
+    out = _run(grid_mod.preset(a.preset), a)
+    a.results, a.out = out, None
+    return cmd_report(a)
+
+
+def cmd_presets(a) -> int:
+    if a.name:
+        print(grid_mod.preset_path(a.name).read_text(), end="")
+        return 0
+    for name in grid_mod.PRESETS:
+        g = grid_mod.preset(name)
+        print(f"{name:14s} {len(g.configs()):5d} models on {g.data:9s} {' '.join(g.description.split())}")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = build_parser()
     a = ap.parse_args(argv)
@@ -247,12 +343,15 @@ def main(argv=None) -> int:
         ap.print_help()
         return 0
     try:
-        return {"train": cmd_train, "measure": cmd_measure, "download": cmd_download, "data": cmd_data}[a.command](a)
+        return {"train": cmd_train, "measure": cmd_measure, "download": cmd_download, "data": cmd_data,
+                "run": cmd_run, "report": cmd_report, "reproduce": cmd_reproduce,
+                "presets": cmd_presets}[a.command](a)
     except SmoothnessError as e:
         print(f"smoothness: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("smoothness: interrupted", file=sys.stderr)
+        print("smoothness: interrupted (finished models are stored; run the same command again to resume)",
+              file=sys.stderr)
         return 130
 
 

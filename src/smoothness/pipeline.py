@@ -91,6 +91,7 @@ def measure_model(params: MLPStack, task: datasets.BinaryTask, train_idx: torch.
     xtr, ytr = task.pool_x[train_idx].to(dev), task.pool_y[train_idx].to(dev)
     out["loss_train"] = float(training.mse(p, xtr, ytr)[0])
     out["loss_test"] = float(training.mse(p, task.heldout_x.to(dev), task.heldout_y.to(dev))[0])
+    out["fpl_lower_bound"] = measures.fpl_lower_bound(ytr)  # l_S of FPL for this training set (sec. 4.3)
     finite = all(bool(torch.isfinite(t).all()) for t in p.tensors())
     held = task.measure_points(cfg.measure_points).to(dev)
     sub = train_idx[datasets.balanced_prefix(task.pool_y[train_idx], cfg.measure_points)]
@@ -110,6 +111,7 @@ def train_and_measure(configs: list[RunConfig], *, device=None, data_dir=None, p
 
     Returns one record per config, in order: the config, status, epochs, steps, losses, measures,
     wall time and device, plus the trained parameters under 'params' (a stack of one, on the CPU).
+    on_result(i, record), if given, is called the moment config i is trained and measured.
     """
     dev = resolve_device(device) if not isinstance(device, torch.device) else device
     records: list[dict | None] = [None] * len(configs)
@@ -151,7 +153,7 @@ def train_and_measure(configs: list[RunConfig], *, device=None, data_dir=None, p
                        device=str(dev), params=res.params)
             records[i] = rec
             if on_result is not None:
-                on_result(rec)
+                on_result(i, rec)
 
         trainer = training.BatchedTrainer(pool, key[1], key[2], dev)
         trainer.train(specs, on_finish=finish, progress=progress)

@@ -1,0 +1,187 @@
+"""Analyses of a results table (one row per model, as Store.frame() returns): Table 1 and Table 2 of the paper.
+
+Only converged models enter the statistics (paper sec. 4.1); the models left out are counted, not hidden.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy.stats import kendalltau
+
+# The four measures of the paper's tables, with their short names.
+MEASURES = {"gradient_norm": "GN", "function_path_length": "FPL", "gradient_path_length": "GPL",
+            "weights_product": "WP"}
+# The measure each regularizer penalizes (eq. 15).
+REGULARIZED_MEASURE = {"gradient_norm": "gradient_norm", "gradient_norm_squared": "gradient_norm_squared",
+                       "function_path_length": "function_path_length",
+                       "gradient_path_length": "gradient_path_length", "weights_product": "weights_product"}
+SHORT = {**MEASURES, "gradient_norm_squared": "GN²"}
+
+# The paper's values (Volhejn & Lampert, Tables 1 and 2).
+PAPER_TABLE1 = {"gradient_norm": (0.16, 0.32), "function_path_length": (0.07, 0.46),
+                "gradient_path_length": (1.0, None), "weights_product": (1.0, None)}
+PAPER_TABLE2 = {  # unregularized mean, regularized mean, l_S, r_norm mean, r_norm std
+    "gradient_norm": (0.93, 0.29, 0, 0.31, 0.13), "function_path_length": (1.17, 1.05, 1, 0.33, 0.27),
+    "gradient_path_length": (2.62, 2.35, 0, 0.89, 0.06), "weights_product": (12.84, 11.57, 0, 0.90, 0.03)}
+
+# Columns that define a training setting apart from the dataset (pair), seed, size and regularization.
+SETTING = ["data", "hidden", "alpha", "lr", "batch_size", "max_epochs", "threshold", "measure_points", "segments",
+           "points", "measure_seed"]
+
+
+def _setting_label(row) -> str:
+    return (f"{row['data']}, hidden {row['hidden']}, alpha {row['alpha']:g}, lr {row['lr']:g}, "
+            f"batch {row['batch_size']}, cap {row['max_epochs']} epochs, threshold {row['threshold']:g}")
+
+
+def status_counts(df: pd.DataFrame) -> pd.DataFrame:
+    """Models per regularizer, lambda and training size, by status (converged / not_converged / diverged)."""
+    if not len(df):
+        return pd.DataFrame()
+    t = df.pivot_table(index=["regularizer", "lam", "lr", "n_train"], columns="status", values="key",
+                       aggfunc="count", fill_value=0)
+    for s in ("converged", "not_converged", "diverged"):
+        if s not in t.columns:
+            t[s] = 0
+    t = t[["converged", "not_converged", "diverged"]].reset_index()
+    t.columns.name = None
+    return t
+
+
+def kendall_taus(df: pd.DataFrame) -> pd.DataFrame:
+    """Kendall's tau-b between training size and each measure, per setting, dataset (pair) and seed.
+
+    Uses the unregularized models only, and of those the converged ones; a (pair, seed) needs at least two
+    converged sizes. Columns: setting columns, pair, seed, n_models (converged sizes), one column per measure.
+    """
+    base = df[(df["regularizer"] == "none") & (df["status"] == "converged")]
+    rows = []
+    for keys, g in base.groupby(SETTING + ["pair", "seed"], sort=True):
+        if g["n_train"].nunique() < 2:
+            continue
+        row = dict(zip(SETTING + ["pair", "seed"], keys))
+        row["n_models"] = len(g)
+        for m in MEASURES:
+            if m in g and g[m].notna().sum() >= 2:
+                ok = g[g[m].notna()]
+                row[m] = kendalltau(ok["n_train"], ok[m]).statistic   # tau-b, as scipy computes by default
+            else:
+                row[m] = np.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def table1(df: pd.DataFrame) -> pd.DataFrame:
+    """Table 1: mean and std of Kendall's tau over (pair, seed), per setting; with the paper's values."""
+    taus = kendall_taus(df)
+    if not len(taus):
+        return pd.DataFrame()
+    out = []
+    unreg = df[df["regularizer"] == "none"]
+    for keys, g in taus.groupby(SETTING, sort=True):
+        sel = unreg
+        for c, v in zip(SETTING, keys):
+            sel = sel[sel[c] == v]
+        for m, short in MEASURES.items():
+            vals = g[m].dropna()
+            pm, ps = PAPER_TABLE1[m]
+            out.append({"setting": _setting_label(dict(zip(SETTING, keys))), "measure": short,
+                        "tau_mean": vals.mean(), "tau_std": vals.std(ddof=0) if len(vals) > 1 else np.nan,
+                        "datasets": len(vals), "models": len(sel),
+                        "converged": int((sel["status"] == "converged").sum()),
+                        "excluded": int((sel["status"] != "converged").sum()),
+                        "paper_tau_mean": pm, "paper_tau_std": ps})
+    return pd.DataFrame(out)
+
+
+def _largest_lambda(counts: pd.Series, totals: pd.Series) -> float | None:
+    """The largest lambda at which at least half of the models reached the loss threshold."""
+    ok = [lam for lam in sorted(totals.index) if totals[lam] and counts.get(lam, 0) * 2 >= totals[lam]]
+    return ok[-1] if ok else None
+
+
+def table2_ratios(df: pd.DataFrame) -> pd.DataFrame:
+    """Per regularizer and dataset: S(f_unreg), S(f_reg) at the chosen lambda, l_S and the ratio of eq. 16."""
+    rows = []
+    for r in _regularized_groups(df):
+        reg, lam, base, at = r["regularizer"], r["lam"], r["base"], r["at"]
+        if lam is None:
+            continue
+        m = REGULARIZED_MEASURE[reg]
+        b = base[base["status"] == "converged"].set_index(["pair", "seed"])
+        a = at[at["status"] == "converged"].set_index(["pair", "seed"])
+        for idx in sorted(set(b.index) & set(a.index)):
+            lower = float(b.loc[idx, "fpl_lower_bound"]) if m == "function_path_length" else 0.0
+            su, sr = float(b.loc[idx, m]), float(a.loc[idx, m])
+            rows.append({"setting": r["label"], "regularizer": reg, "measure": SHORT[m], "lam": lam,
+                         "pair": idx[0], "seed": idx[1], "unregularized": su, "regularized": sr, "lower_bound": lower,
+                         "r": (sr - lower) / (su - lower)})
+    return pd.DataFrame(rows)
+
+
+def _regularized_groups(df: pd.DataFrame):
+    """For each regularizer and setting (incl. N): its lambda = 0 baseline rows and the chosen lambda's rows."""
+    key = SETTING + ["n_train"]
+    regd = df[df["regularizer"] != "none"]
+    for (reg, *keys), g in regd.groupby(["regularizer"] + key, sort=True):
+        base = df[df["regularizer"] == "none"]
+        for c, v in zip(key, keys):
+            base = base[base[c] == v]
+        allr = pd.concat([base.assign(lam=0.0), g])
+        totals = allr.groupby("lam").size()
+        conv = allr[allr["status"] == "converged"].groupby("lam").size()
+        pos = totals[totals.index > 0]
+        lam = _largest_lambda(conv, pos)
+        label = _setting_label(dict(zip(key, keys))) + f", N {keys[-1]}"
+        yield {"regularizer": reg, "lam": lam, "base": base, "at": g[g["lam"] == lam] if lam is not None else g[:0],
+               "all": allr, "totals": totals, "converged": conv, "label": label, "n_train": keys[-1],
+               "lr": keys[SETTING.index("lr")]}
+
+
+def table2(df: pd.DataFrame) -> pd.DataFrame:
+    """Table 2: per regularizer, the unregularized mean, the regularized mean at the largest lambda whose models
+    still reach the loss threshold, l_S, and r_norm mean and std (eq. 16); with the paper's values."""
+    ratios = table2_ratios(df)
+    out = []
+    for r in _regularized_groups(df):
+        reg, lam = r["regularizer"], r["lam"]
+        m = REGULARIZED_MEASURE[reg]
+        base_ok = r["base"][r["base"]["status"] == "converged"]
+        at_ok = r["at"][r["at"]["status"] == "converged"]
+        rr = ratios[(ratios["regularizer"] == reg) & (ratios["setting"] == r["label"])] if len(ratios) else ratios
+        paper = PAPER_TABLE2.get(m, (None,) * 5)
+        lower = float(base_ok["fpl_lower_bound"].mean()) if m == "function_path_length" and len(base_ok) else 0.0
+        tried = ", ".join(f"{x:g}: {int(r['converged'].get(x, 0))}/{int(n)}" for x, n in r["totals"].items())
+        out.append({"setting": r["label"], "regularizer": reg, "measure": SHORT[m],
+                    "lam": lam, "unreg_mean": base_ok[m].mean() if len(base_ok) else np.nan,
+                    "reg_mean": at_ok[m].mean() if len(at_ok) else np.nan, "lower_bound": lower,
+                    "r_norm_mean": rr["r"].mean() if len(rr) else np.nan,
+                    "r_norm_std": rr["r"].std(ddof=0) if len(rr) > 1 else np.nan, "datasets": len(rr),
+                    "converged_by_lambda": tried,
+                    "paper_unreg_mean": paper[0], "paper_reg_mean": paper[1], "paper_lower_bound": paper[2],
+                    "paper_r_norm_mean": paper[3], "paper_r_norm_std": paper[4]})
+    return pd.DataFrame(out)
+
+
+def figure2_data(df: pd.DataFrame) -> list[dict]:
+    """Per regularizer (and setting): the converged models' measure values for each lambda (incl. 0)."""
+    out = []
+    for r in _regularized_groups(df):
+        m = REGULARIZED_MEASURE[r["regularizer"]]
+        ok = r["all"][r["all"]["status"] == "converged"]
+        values = {lam: ok[ok["lam"] == lam][m].dropna().to_numpy() for lam in sorted(r["totals"].index)}
+        out.append({"regularizer": r["regularizer"], "measure": SHORT[m], "label": r["label"], "values": values,
+                    "n_train": r["n_train"], "lr": r["lr"],
+                    "totals": r["totals"], "chosen": r["lam"]})
+    return out
+
+
+def by_size(df: pd.DataFrame, columns) -> pd.DataFrame:
+    """Mean and std over converged unregularized models of each column, per setting and training size."""
+    base = df[(df["regularizer"] == "none") & (df["status"] == "converged")]
+    if not len(base) or base["n_train"].nunique() < 2:
+        return pd.DataFrame()
+    cols = [c for c in columns if c in base]
+    g = base.groupby(SETTING + ["n_train"])[cols].agg(["mean", "std", "count"])
+    g.columns = [f"{a}_{b}" for a, b in g.columns]
+    return g.reset_index()

@@ -1,0 +1,283 @@
+"""Experiment grids: YAML configs, validation, expansion into RunConfigs, and the shipped presets.
+
+A grid file is a mapping; every axis takes one value or a list of values:
+
+    name: my-grid
+    data: mnist5k                 # mnist5k | mnist | fashion-mnist
+    pairs: all                    # or [[3, 8], [4, 9]]
+    n_train: [64, 128, 256, 512]
+    seeds: [0, 1, 2]
+    hidden: 256                   # one architecture: 256 or [256, 256]; an axis: [[256], [256, 256]]
+    alpha: 0.01
+    lr: null                      # null: 0.01, or 0.1 with a path-length regularizer (paper)
+    batch_size: 64
+    max_epochs: 25000
+    threshold: 1.0e-5
+    regularizers:                 # default: [{name: none}]
+      - {name: gradient_norm, lam: [0, 1.0e-5, 1.0e-4], lr: 0.01}   # optional per entry: lr, max_epochs, n_train, seeds
+    measure: {points: 1000, segments: 1000, points_per_segment: 100, seed: 0}
+
+A regularizer entry with lam 0 is plain SGD (stored as regularizer 'none' at that entry's lr), so a
+baseline shared by several entries is trained once.
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import itertools
+import json
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from . import data as datasets
+from . import regularizers
+from .errors import ConfigError
+from .pipeline import RunConfig
+
+PRESETS = ("smoke", "quick", "paper-table1", "paper-table2")
+
+_TOP = {"name", "description", "data", "pairs", "n_train", "seeds", "hidden", "alpha", "lr", "batch_size",
+        "max_epochs", "threshold", "regularizers", "measure"}
+_REG = {"name", "lam", "lr", "max_epochs", "n_train", "seeds"}
+_MEASURE = {"points", "segments", "points_per_segment", "seed"}
+
+
+@dataclass
+class Grid:
+    """A validated grid: every axis is a list."""
+
+    name: str
+    data: str
+    pairs: list[tuple[int, int]]
+    n_train: list[int]
+    seeds: list[int]
+    hidden: list[tuple[int, ...]]
+    alpha: list[float]
+    lr: list[float | None]
+    batch_size: list[int]
+    max_epochs: list[int]
+    threshold: list[float]
+    regularizers: list[dict] = field(default_factory=lambda: _regularizers(None))
+    measure: dict = field(default_factory=lambda: {"points": 1000, "segments": 1000, "points_per_segment": 100,
+                                                   "seed": 0})
+    description: str = ""
+
+    def configs(self) -> list[RunConfig]:
+        """Every model of the grid, without duplicates, in a stable order."""
+        out, seen = [], set()
+        for reg in self.regularizers:
+            lrs = [reg["lr"]] if reg["lr"] is not None else self.lr
+            caps = [reg["max_epochs"]] if reg.get("max_epochs") is not None else self.max_epochs
+            sizes = reg.get("n_train") or self.n_train
+            seeds = reg.get("seeds") or self.seeds
+            for lam, lr, h, al, bs, me, th, pair, n, s in itertools.product(
+                    reg["lam"], lrs, self.hidden, self.alpha, self.batch_size, caps, self.threshold,
+                    self.pairs, sizes, seeds):
+                name = reg["name"] if lam > 0 else "none"
+                if lr is None:  # the paper's rate for this regularizer also for its lambda = 0 baseline
+                    lr = regularizers.default_lr(reg["name"])
+                try:
+                    c = RunConfig(data=self.data, pair=pair, n_train=n, seed=s, hidden=h, alpha=al, lr=lr,
+                                  batch_size=bs, max_epochs=me, threshold=th,
+                                  measure_points=self.measure["points"], segments=self.measure["segments"],
+                                  points=self.measure["points_per_segment"], measure_seed=self.measure["seed"],
+                                  regularizer=name, lam=float(lam) if lam > 0 else 0.0)
+                except ConfigError as e:
+                    raise ConfigError(f"grid {self.name!r}: {e}") from None
+                k = config_key(c)
+                if k not in seen:
+                    seen.add(k)
+                    out.append(c)
+        return out
+
+    def sizes(self) -> list[int]:
+        """Every training size of the grid (the n_train axis and the regularizer entries' own)."""
+        return sorted({*self.n_train, *(n for r in self.regularizers for n in (r.get("n_train") or []))})
+
+    def all_seeds(self) -> list[int]:
+        return sorted({*self.seeds, *(n for r in self.regularizers for n in (r.get("seeds") or []))})
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["pairs"] = [list(p) for p in self.pairs]
+        d["hidden"] = [list(h) for h in self.hidden]
+        return d
+
+
+def config_key(c: RunConfig) -> str:
+    """A stable identifier of one model's full configuration (the results store's primary key)."""
+    d = asdict(c)
+    d["pair"], d["hidden"] = list(c.pair), list(c.hidden)
+    d["lr"], d["alpha"], d["threshold"], d["lam"] = (float(d[k]) for k in ("lr", "alpha", "threshold", "lam"))
+    blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+# -- parsing and validation --------------------------------------------------------------------------
+def _unknown(keys, known, where):
+    for k in keys:
+        if k not in known:
+            close = difflib.get_close_matches(str(k), sorted(known), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{where}: unknown key {k!r}{hint}; known keys: {', '.join(sorted(known))}")
+
+
+def _as_list(v):
+    return list(v) if isinstance(v, (list, tuple)) else [v]
+
+
+def _num(v, kind, key, *, positive=False, nonneg=False, allow_none=False):
+    """One number of type kind (int/float); strings such as '1e-5' (YAML 1.1) are accepted for floats."""
+    if v is None and allow_none:
+        return None
+    if kind is float and isinstance(v, str):
+        try:
+            v = float(v)
+        except ValueError:
+            pass
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and (kind is float or isinstance(v, int))
+    if not ok:
+        want = "an integer" if kind is int else "a number"
+        raise ConfigError(f"key {key!r}: expected {want}, got {v!r}")
+    v = kind(v)
+    if positive and not v > 0:
+        raise ConfigError(f"key {key!r}: must be positive, got {v!r}")
+    if nonneg and not v >= 0:
+        raise ConfigError(f"key {key!r}: must be non-negative, got {v!r}")
+    return v
+
+
+def _axis(raw, key, kind, default, **kw):
+    vals = _as_list(raw.get(key, default))
+    if not vals:
+        raise ConfigError(f"key {key!r}: needs at least one value")
+    return [_num(v, kind, key, **kw) for v in vals]
+
+
+def _pairs(v):
+    if v == "all":
+        return list(datasets.ALL_PAIRS)
+    if not isinstance(v, list) or not v:
+        raise ConfigError(f"key 'pairs': expected 'all' or a list of digit pairs such as [[3, 8]], got {v!r}")
+    if len(v) == 2 and all(isinstance(d, int) for d in v):
+        v = [v]
+    out = []
+    for p in v:
+        if not (isinstance(p, (list, tuple)) and len(p) == 2 and all(isinstance(d, int) for d in p)):
+            raise ConfigError(f"key 'pairs': each pair must be two digits such as [3, 8], got {p!r}")
+        try:
+            datasets.check_pair(*p)
+        except Exception as e:
+            raise ConfigError(f"key 'pairs': {e}") from None
+        out.append(tuple(p))
+    return out
+
+
+def _hidden(v):
+    if isinstance(v, int) and not isinstance(v, bool):
+        v = [v]
+    if not isinstance(v, list) or not v:
+        raise ConfigError(f"key 'hidden': expected a width, a list of widths or a list of such lists, got {v!r}")
+    archs = [v] if all(not isinstance(h, list) for h in v) else v
+    out = []
+    for a in archs:
+        a = _as_list(a)
+        if not a:
+            raise ConfigError("key 'hidden': an architecture needs at least one hidden layer")
+        out.append(tuple(_num(h, int, "hidden", positive=True) for h in a))
+    return out
+
+
+def _regularizers(v):
+    if v is None:
+        return [{"name": "none", "lam": [0.0], "lr": None, "max_epochs": None, "n_train": None, "seeds": None}]
+    if not isinstance(v, list) or not v:
+        raise ConfigError("key 'regularizers': expected a list of entries such as "
+                          "{name: gradient_norm, lam: [0, 1e-4]}")
+    out = []
+    for e in v:
+        if isinstance(e, str):
+            e = {"name": e}
+        if not isinstance(e, dict):
+            raise ConfigError(f"key 'regularizers': each entry must be a mapping, got {e!r}")
+        _unknown(e, _REG, "regularizers entry")
+        name = e.get("name", "none")
+        try:
+            regularizers.check(name)
+        except ValueError as err:
+            raise ConfigError(f"key 'regularizers': {err}") from None
+        lam = [_num(x, float, "lam", nonneg=True) for x in _as_list(e.get("lam", 0.0))]
+        if name == "none" and any(x > 0 for x in lam):
+            raise ConfigError("key 'regularizers': the entry 'none' takes no lam > 0")
+        lr = _num(e.get("lr"), float, "lr", positive=True, allow_none=True)
+        cap = _num(e.get("max_epochs"), int, "max_epochs", positive=True, allow_none=True)
+        sizes = [_num(n, int, "n_train", positive=True) for n in _as_list(e["n_train"])] if "n_train" in e else None
+        seeds = [_num(n, int, "seeds", nonneg=True) for n in _as_list(e["seeds"])] if "seeds" in e else None
+        out.append({"name": name, "lam": lam, "lr": lr, "max_epochs": cap, "n_train": sizes, "seeds": seeds})
+    return out
+
+
+def parse(raw: dict, name: str | None = None) -> Grid:
+    """Validate a grid mapping (as loaded from YAML) and return a Grid; errors name the key."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"a grid must be a mapping of keys to values, got {type(raw).__name__}")
+    _unknown(raw, _TOP, "grid")
+    data = raw.get("data", "mnist5k")
+    if data not in datasets.SOURCES:
+        raise ConfigError(f"key 'data': unknown data source {data!r}; choose one of: {', '.join(datasets.SOURCES)}")
+    measure = {"points": 1000, "segments": 1000, "points_per_segment": 100, "seed": 0}
+    m = raw.get("measure") or {}
+    if not isinstance(m, dict):
+        raise ConfigError(f"key 'measure': expected a mapping, got {m!r}")
+    _unknown(m, _MEASURE, "measure")
+    for k in _MEASURE:
+        if k in m:
+            measure[k] = _num(m[k], int, f"measure.{k}", nonneg=(k == "seed"), positive=(k != "seed"))
+    g = Grid(name=str(raw.get("name") or name or "grid"), data=data, pairs=_pairs(raw.get("pairs", [[3, 8]])),
+             n_train=_axis(raw, "n_train", int, 128, positive=True),
+             seeds=_axis(raw, "seeds", int, 0, nonneg=True),
+             hidden=_hidden(raw.get("hidden", 256)),
+             alpha=_axis(raw, "alpha", float, 0.01, positive=True),
+             lr=_axis(raw, "lr", float, None, positive=True, allow_none=True),
+             batch_size=_axis(raw, "batch_size", int, 64, positive=True),
+             max_epochs=_axis(raw, "max_epochs", int, 25000, positive=True),
+             threshold=_axis(raw, "threshold", float, 1e-5, positive=True),
+             regularizers=_regularizers(raw.get("regularizers")), measure=measure,
+             description=str(raw.get("description") or ""))
+    g.configs()  # the remaining checks (e.g. weights_product needs one hidden layer)
+    return g
+
+
+def load(path) -> Grid:
+    """Read and validate a grid YAML file."""
+    import yaml
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"no such grid file: {path}") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read grid file {path}: {e.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    try:
+        return parse(raw, name=path.stem)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def preset_path(name: str):
+    if name not in PRESETS:
+        close = difflib.get_close_matches(name, PRESETS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"unknown preset {name!r}{hint}; presets: {', '.join(PRESETS)}")
+    return resources.files("smoothness") / "presets" / f"{name}.yaml"
+
+
+def preset(name: str) -> Grid:
+    """A grid shipped with the package: smoke, quick, paper-table1, paper-table2."""
+    import yaml
+    return parse(yaml.safe_load(preset_path(name).read_text()), name=name)

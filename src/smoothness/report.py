@@ -1,0 +1,252 @@
+"""The report of a results store: Markdown tables, CSVs, PNG figures and one self-contained HTML page."""
+from __future__ import annotations
+
+import base64
+import html
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import analysis as A
+from .store import Store
+
+FIGURES = ("figure2.png", "measures_vs_n.png", "test_loss_vs_n.png")
+
+
+def _f(v, digits=3) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    if isinstance(v, (int, np.integer)):
+        return str(v)
+    return f"{v:.{digits}g}" if abs(v) < 1e-2 and v != 0 else f"{v:.{digits}f}".rstrip("0").rstrip(".") or "0"
+
+
+def _pm(m, s) -> str:
+    return _f(m, 2) if s is None or (isinstance(s, float) and math.isnan(s)) else f"{_f(m, 2)} ± {_f(s, 2)}"
+
+
+class Table:
+    """Headers and rows of strings, rendered as Markdown or HTML."""
+
+    def __init__(self, title: str, headers: list[str], rows: list[list[str]], note: str = ""):
+        self.title, self.headers, self.rows, self.note = title, headers, rows, note
+
+    def markdown(self) -> str:
+        lines = [f"**{self.title}**", "", "| " + " | ".join(self.headers) + " |",
+                 "|" + "|".join("---" for _ in self.headers) + "|"]
+        lines += ["| " + " | ".join(r) + " |" for r in self.rows]
+        return "\n".join(lines + (["", self.note] if self.note else [])) + "\n"
+
+    def html(self) -> str:
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in self.headers)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in self.rows)
+        note = f"<p class='note'>{html.escape(self.note)}</p>" if self.note else ""
+        return (f"<h3>{html.escape(self.title)}</h3><table><thead><tr>{head}</tr></thead>"
+                f"<tbody>{body}</tbody></table>{note}")
+
+
+def table1_tables(t1: pd.DataFrame) -> list[Table]:
+    out = []
+    for setting, g in t1.groupby("setting", sort=False):
+        rows = [["Kendall's τ (ours)"] + [_pm(r.tau_mean, r.tau_std) for r in g.itertuples()],
+                ["Kendall's τ (paper)"] + [_pm(r.paper_tau_mean, r.paper_tau_std) for r in g.itertuples()]]
+        r0 = g.iloc[0]
+        note = (f"Ours: mean ± std over {int(r0.datasets)} (pair, seed) datasets; {int(r0.converged)} of "
+                f"{int(r0.models)} unregularized models converged, {int(r0.excluded)} excluded (not converged or "
+                f"diverged). Paper: 45 MNIST-binary pairs × 3 seeds, N = 64…8192. Setting: {setting}.")
+        out.append(Table("Table 1: monotonicity, Kendall's τ between training size N and each measure",
+                         ["Smoothness measure"] + list(g["measure"]), rows, note))
+    return out
+
+
+def table2_tables(t2: pd.DataFrame) -> list[Table]:
+    out = []
+    for setting, g in t2.groupby("setting", sort=False):
+        cols = list(g.itertuples())
+        rows = [["Regularizer"] + [c.regularizer for c in cols],
+                ["Largest λ still converging"] + [_f(c.lam) if c.lam is not None and not pd.isna(c.lam) else "none"
+                                                  for c in cols],
+                ["Unregularized mean μ_unreg (ours / paper)"] + [f"{_f(c.unreg_mean)} / {_f(c.paper_unreg_mean)}"
+                                                                 for c in cols],
+                ["Regularized mean μ_reg (ours / paper)"] + [f"{_f(c.reg_mean)} / {_f(c.paper_reg_mean)}"
+                                                             for c in cols],
+                ["Lower bound l_S (ours / paper)"] + [f"{_f(c.lower_bound)} / {_f(c.paper_lower_bound)}"
+                                                      for c in cols],
+                ["r_norm (ours)"] + [_pm(c.r_norm_mean, c.r_norm_std) for c in cols],
+                ["r_norm (paper)"] + [_pm(c.paper_r_norm_mean, c.paper_r_norm_std) for c in cols],
+                ["Datasets in r_norm"] + [str(c.datasets) for c in cols],
+                ["Converged per λ"] + [c.converged_by_lambda for c in cols]]
+        note = ("Means over converged models only; r_norm (eq. 16) over the datasets where both the unregularized "
+                "model and the model at the chosen λ converged. The chosen λ is the largest at which at least half "
+                f"of the models reached the loss threshold. Setting: {setting}.")
+        out.append(Table("Table 2: explicit regularization", ["Smoothness measure"] + list(g["measure"]), rows,
+                         note))
+    return out
+
+
+def status_table(counts: pd.DataFrame) -> Table:
+    rows = [[r.regularizer, _f(r.lam), _f(r.lr), str(r.n_train), str(r.converged), str(r.not_converged),
+             str(r.diverged)] for r in counts.itertuples()]
+    return Table("Models by status", ["regularizer", "λ", "lr", "N", "converged", "not converged", "diverged"],
+                 rows, "Not converged (epoch cap reached) and diverged (non-finite loss) models are excluded from "
+                       "the tables and figures.")
+
+
+# -- figures ----------------------------------------------------------------------------------------
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def figure2(fig_data: list[dict], path: Path) -> bool:
+    """Box plots of each regularized measure per λ (λ on the y axis, as in the paper's Figure 2)."""
+    if not fig_data:
+        return False
+    plt = _plt()
+    n = len(fig_data)
+    ncol = min(n, 2)
+    nrow = math.ceil(n / ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(6.2 * ncol, 2.2 + 0.55 * max(len(d["values"]) for d in fig_data)
+                                                  * nrow), squeeze=False)
+    for ax, d in zip(axes.flat, fig_data):
+        lams = list(d["values"])
+        vals = [d["values"][lam] for lam in lams]
+        pos = list(range(len(lams), 0, -1))
+        present = [(v, p) for v, p in zip(vals, pos) if len(v)]
+        if present:
+            ax.boxplot([v for v, _ in present], positions=[p for _, p in present], vert=False, widths=0.6)
+        labels = []
+        for lam in lams:
+            conv, tot = len(d["values"][lam]), int(d["totals"][lam])
+            mark = " *" if d["chosen"] is not None and lam == d["chosen"] else ""
+            labels.append(f"λ={lam:g}{mark}\n{conv}/{tot} conv.")
+        ax.set_yticks(pos, labels, fontsize=8)
+        ax.set_ylim(0.4, len(lams) + 0.6)
+        ax.set_xlabel(d["measure"])
+        ax.set_title(f"{d['regularizer']}, lr {d['lr']:g}, N = {d['n_train']}", fontsize=10)
+        ax.grid(axis="x", alpha=0.3)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.suptitle("Figure 2: each measure under its own regularizer (converged models; * = λ used in Table 2)",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _vs_n(size: pd.DataFrame, cols: dict, path: Path, title: str, logy=False) -> bool:
+    if not len(size):
+        return False
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(cols), figsize=(3.6 * len(cols), 3.3), squeeze=False)
+    for ax, (col, name) in zip(axes[0], cols.items()):
+        for setting, g in size.groupby(A.SETTING, sort=True):
+            g = g.sort_values("n_train")
+            label = f"lr {setting[A.SETTING.index('lr')]:g}, hidden {setting[A.SETTING.index('hidden')]}"
+            ax.errorbar(g["n_train"], g[f"{col}_mean"], yerr=g[f"{col}_std"].fillna(0), marker="o", ms=3,
+                        capsize=3, label=label)
+        ax.set_xscale("log", base=2)
+        ns = sorted(size["n_train"].unique())
+        ax.set_xticks(ns, [str(n) for n in ns], fontsize=7)
+        ax.minorticks_off()
+        if logy:
+            ax.set_yscale("log")
+        ax.set_xlabel("training size N")
+        ax.set_title(name, fontsize=10)
+        ax.grid(alpha=0.3)
+    if size.groupby(A.SETTING).ngroups > 1:
+        axes[0][0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+# -- the report -------------------------------------------------------------------------------------
+_CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1em}td,th{border:1px solid #bbb;padding:.25em .6em;font-size:.9em}
+th{background:#eee}td:first-child{font-weight:600}img{max-width:100%;border:1px solid #ddd;margin:.5em 0}
+.note{font-size:.85em;color:#555;max-width:900px}code{background:#f4f4f4;padding:0 .2em}"""
+
+
+def write_report(source, out_dir=None) -> dict:
+    """Analyse a results store (a directory or .sqlite file) and write the report; returns what was written.
+
+    Files: table1.md/csv, table1_taus.csv, table2.md/csv, table2_ratios.csv, status_counts.csv, runs.csv,
+    figure2.png, measures_vs_n.png, test_loss_vs_n.png, report.md and a self-contained report.html.
+    """
+    with Store(source, create=False) as st:
+        df = st.frame()
+        grid = st.meta("grid", {}) or {}
+        versions = st.meta("versions", {}) or {}
+        path = st.path
+    out = Path(out_dir) if out_dir else path.parent / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    written = {}
+
+    def save_csv(name, frame):
+        frame.to_csv(out / name, index=False)
+        written[name] = out / name
+
+    sections_md, sections_html = [], []
+    title = f"smoothness report: {grid.get('name', path.parent.name)}"
+    intro = (f"{len(df)} models in {path}. Generated {time.strftime('%Y-%m-%d %H:%M')} by smoothness "
+             f"{versions.get('smoothness', '?')} (torch {versions.get('torch', '?')}).")
+    if grid.get("description"):
+        intro += " " + " ".join(str(grid["description"]).split())
+    if len(df):
+        save_csv("runs.csv", df.drop(columns=["versions"], errors="ignore"))
+        counts = A.status_counts(df)
+        save_csv("status_counts.csv", counts)
+        t1, taus = A.table1(df), A.kendall_taus(df)
+        t2, ratios = A.table2(df), A.table2_ratios(df)
+        tables1, tables2 = table1_tables(t1) if len(t1) else [], table2_tables(t2) if len(t2) else []
+        if len(t1):
+            save_csv("table1.csv", t1)
+            save_csv("table1_taus.csv", taus)
+        if len(t2):
+            save_csv("table2.csv", t2)
+            save_csv("table2_ratios.csv", ratios)
+        for name, tabs in (("table1.md", tables1), ("table2.md", tables2)):
+            if tabs:
+                (out / name).write_text("\n".join(t.markdown() for t in tabs))
+                written[name] = out / name
+        figs = {}
+        size = A.by_size(df, list(A.MEASURES) + ["loss_test", "loss_train"])
+        if figure2(A.figure2_data(df), out / "figure2.png"):
+            figs["figure2.png"] = "Figure 2: each measure per regularization strength λ"
+        if _vs_n(size, {m: s for m, s in A.MEASURES.items()}, out / "measures_vs_n.png",
+                 "Measures against training size (mean ± std over datasets and seeds, converged, unregularized)"):
+            figs["measures_vs_n.png"] = "Measures against training size"
+        if _vs_n(size, {"loss_test": "test loss (MSE)"}, out / "test_loss_vs_n.png",
+                 "Held-out loss against training size", logy=True):
+            figs["test_loss_vs_n.png"] = "Test loss against training size"
+        written.update({f: out / f for f in figs})
+        blocks = [("Table 1", tables1), ("Table 2", tables2), ("Status", [status_table(counts)])]
+        for head, tabs in blocks:
+            if tabs:
+                sections_md.append(f"## {head}\n\n" + "\n".join(t.markdown() for t in tabs))
+                sections_html.append(f"<h2>{head}</h2>" + "".join(t.html() for t in tabs))
+        if figs:
+            sections_md.append("## Figures\n\n" + "\n".join(f"![{c}]({f})\n" for f, c in figs.items()))
+            imgs = "".join(f"<figure><img alt='{html.escape(c)}' src='data:image/png;base64,"
+                           f"{base64.b64encode((out / f).read_bytes()).decode()}'><figcaption>{html.escape(c)}"
+                           f"</figcaption></figure>" for f, c in figs.items())
+            sections_html.append(f"<h2>Figures</h2>{imgs}")
+    else:
+        sections_md.append("The store holds no finished models yet.")
+        sections_html.append("<p>The store holds no finished models yet.</p>")
+    (out / "report.md").write_text(f"# {title}\n\n{intro}\n\n" + "\n\n".join(sections_md) + "\n")
+    (out / "report.html").write_text(
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1><p>{html.escape(intro)}</p>"
+        + "".join(sections_html) + "</body></html>\n")
+    written["report.md"], written["report.html"] = out / "report.md", out / "report.html"
+    return written

@@ -1,0 +1,88 @@
+"""Table 1 and Table 2 analyses on hand-made result tables with known answers."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from smoothness import analysis as A
+
+BASE = dict(data="mnist5k", hidden="256", alpha=0.01, lr=0.01, batch_size=64, max_epochs=100, threshold=1e-5,
+            measure_points=1000, segments=1000, points=100, measure_seed=0, fpl_lower_bound=1.0)
+
+
+def row(pair, seed, n, status="converged", reg="none", lam=0.0, **m):
+    vals = {k: m.get(k, 1.0) for k in A.MEASURES}
+    return {**BASE, "pair": pair, "seed": seed, "n_train": n, "status": status, "regularizer": reg, "lam": lam,
+            "key": f"{pair}-{seed}-{n}-{reg}-{lam}", **{k: v for k, v in m.items() if k not in vals}, **vals}
+
+
+def test_kendall_tau_per_dataset_uses_converged_models_only():
+    rows = []
+    for i, n in enumerate([64, 128, 256, 512]):
+        # dataset 3/8: GN increases with N (tau 1), FPL decreases (tau -1); 4/9: GN swaps one pair (tau 2/3)
+        rows.append(row("3/8", 0, n, gradient_norm=i, function_path_length=-i, gradient_path_length=i,
+                        weights_product=i))
+        rows.append(row("4/9", 0, n, gradient_norm=[0, 2, 1, 3][i], function_path_length=i,
+                        gradient_path_length=i, weights_product=i))
+    # a not-converged model with a wild value must not change anything; it is counted as excluded
+    rows.append(row("4/9", 0, 1024, status="not_converged", gradient_norm=-100.0))
+    # a regularized model is not part of Table 1
+    rows.append(row("4/9", 0, 2048, reg="gradient_norm", lam=1e-3, gradient_norm=-50.0))
+    df = pd.DataFrame(rows)
+    taus = A.kendall_taus(df).set_index("pair")
+    assert taus.loc["3/8", "gradient_norm"] == pytest.approx(1.0)
+    assert taus.loc["3/8", "function_path_length"] == pytest.approx(-1.0)
+    assert taus.loc["4/9", "gradient_norm"] == pytest.approx(2 / 3)
+    t1 = A.table1(df).set_index("measure")
+    assert t1.loc["GN", "tau_mean"] == pytest.approx((1 + 2 / 3) / 2)
+    assert t1.loc["GN", "tau_std"] == pytest.approx(1 / 6)                # population std of {1, 2/3}
+    assert t1.loc["FPL", "tau_mean"] == pytest.approx(0.0)
+    assert t1.loc["GN", "datasets"] == 2 and t1.loc["GN", "excluded"] == 1 and t1.loc["GN", "converged"] == 8
+    assert t1.loc["GN", "paper_tau_mean"] == 0.16
+
+
+def test_ties_use_tau_b():
+    df = pd.DataFrame([row("3/8", 0, n, gradient_norm=v) for n, v in zip([64, 128, 256], [1.0, 1.0, 2.0])])
+    # tau-b with one tie among the measure values: (2 concordant - 0 discordant) / sqrt(3 * 2)
+    assert A.kendall_taus(df).loc[0, "gradient_norm"] == pytest.approx(2 / np.sqrt(6))
+
+
+def test_table2_picks_the_largest_converging_lambda_and_normalizes_by_the_lower_bound():
+    rows = []
+    for k, pair in enumerate(["3/8", "4/9", "2/3", "5/6"]):
+        base = 2.0 + k
+        rows.append(row(pair, 0, 256, gradient_norm=base, function_path_length=1.5))
+        rows.append(row(pair, 0, 256, reg="gradient_norm", lam=1e-4, gradient_norm=base / 2))
+        # lambda 1e-3: only one of four models converges -> not chosen
+        rows.append(row(pair, 0, 256, reg="gradient_norm", lam=1e-3, gradient_norm=0.1,
+                        status="converged" if k == 0 else "not_converged"))
+        # FPL at its own lr with its own baseline: ratio (1.25 - 1) / (1.5 - 1) = 0.5 for every pair
+        rows.append(row(pair, 0, 256, lr=0.1, function_path_length=1.5))
+        rows.append(row(pair, 0, 256, lr=0.1, reg="function_path_length", lam=1e-4, function_path_length=1.25,
+                        status="diverged" if k == 3 else "converged"))
+    df = pd.DataFrame(rows)
+    t2 = A.table2(df).set_index("measure")
+    gn = t2.loc["GN"]
+    assert gn["lam"] == 1e-4 and gn["r_norm_mean"] == pytest.approx(0.5) and gn["datasets"] == 4
+    assert gn["unreg_mean"] == pytest.approx(3.5) and gn["reg_mean"] == pytest.approx(1.75)
+    assert gn["converged_by_lambda"] == "0: 4/4, 0.0001: 4/4, 0.001: 1/4"
+    fpl = t2.loc["FPL"]
+    assert fpl["lower_bound"] == 1.0 and fpl["r_norm_mean"] == pytest.approx(0.5) and fpl["datasets"] == 3
+    assert fpl["paper_r_norm_mean"] == 0.33
+    ratios = A.table2_ratios(df)
+    assert len(ratios) == 4 + 3 and np.allclose(ratios["r"], 0.5)
+    figs = {d["measure"]: d for d in A.figure2_data(df)}
+    assert [len(v) for v in figs["GN"]["values"].values()] == [4, 4, 1] and figs["GN"]["chosen"] == 1e-4
+
+
+def test_no_lambda_converges_gives_an_empty_regularized_column():
+    rows = [row("3/8", 0, 256, gradient_norm=1.0),
+            row("3/8", 0, 256, reg="gradient_norm", lam=1e-3, status="not_converged")]
+    t2 = A.table2(pd.DataFrame(rows))
+    assert t2.loc[0, "lam"] is None or np.isnan(t2.loc[0, "lam"])
+    assert np.isnan(t2.loc[0, "reg_mean"]) and t2.loc[0, "datasets"] == 0
+
+
+def test_status_counts_show_every_model():
+    rows = [row("3/8", 0, 64), row("3/8", 1, 64, status="not_converged"), row("3/8", 2, 64, status="diverged")]
+    c = A.status_counts(pd.DataFrame(rows))
+    assert c[["converged", "not_converged", "diverged"]].values.tolist() == [[1, 1, 1]]

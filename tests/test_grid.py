@@ -1,0 +1,117 @@
+"""Grid configs: YAML parsing, validation errors that name the key, expansion, presets."""
+import pytest
+
+from conftest import run_cli
+from smoothness import grid
+from smoothness.errors import ConfigError
+
+
+def parse(**kw):
+    return grid.parse({"name": "t", **kw})
+
+
+@pytest.mark.parametrize("raw, words", [
+    ({"n_trian": [64]}, ["'n_trian'", "did you mean 'n_train'"]),
+    ({"n_train": [64, "x"]}, ["'n_train'", "integer", "'x'"]),
+    ({"n_train": [0]}, ["'n_train'", "positive"]),
+    ({"lr": -0.1}, ["'lr'", "positive"]),
+    ({"seeds": 1.5}, ["'seeds'", "integer"]),
+    ({"pairs": [[3, 3]]}, ["'pairs'"]),
+    ({"pairs": [[3, 11]]}, ["'pairs'"]),
+    ({"pairs": "some"}, ["'pairs'", "all"]),
+    ({"data": "cifar"}, ["'data'", "mnist5k"]),
+    ({"hidden": [[256], []]}, ["'hidden'"]),
+    ({"regularizers": [{"name": "tv"}]}, ["'regularizers'", "tv"]),
+    ({"regularizers": [{"name": "gradient_norm", "lam": [-1]}]}, ["'lam'", "non-negative"]),
+    ({"regularizers": [{"name": "gradient_norm", "lamda": [1]}]}, ["'lamda'", "did you mean 'lam'"]),
+    ({"regularizers": [{"name": "weights_product", "lam": 1e-5}], "hidden": [256, 256]}, ["weights_product"]),
+    ({"measure": {"points": 0}}, ["'measure.points'"]),
+    ({"measure": {"segmnts": 10}}, ["'segmnts'"]),
+    ({"threshold": "small"}, ["'threshold'", "number"]),
+])
+def test_invalid_grids_name_the_key(raw, words):
+    with pytest.raises(ConfigError) as e:
+        parse(**raw)
+    for w in words:
+        assert w in str(e.value)
+
+
+def test_axes_take_one_value_or_lists_and_yaml_style_floats():
+    g = parse(pairs=[3, 8], n_train=64, seeds=[0, 1], threshold="1e-5", hidden=[[32], [16, 16]], alpha=[0.01, 1])
+    assert g.pairs == [(3, 8)] and g.n_train == [64] and g.threshold == [1e-5]
+    assert g.hidden == [(32,), (16, 16)]
+    assert len(g.configs()) == 2 * 2 * 2
+    assert parse(hidden=[16, 16]).hidden == [(16, 16)]
+    assert len(parse(pairs="all").pairs) == 45
+
+
+def test_lambda_zero_is_plain_sgd_and_shared_baselines_are_trained_once():
+    g = parse(n_train=64, regularizers=[{"name": "gradient_norm", "lam": [0, 1e-4]},
+                                        {"name": "weights_product", "lam": [0, 1e-5]},
+                                        {"name": "function_path_length", "lam": [0, 1e-4]}])
+    cs = g.configs()
+    assert [(c.regularizer, c.lam, c.lr) for c in cs] == [
+        ("none", 0.0, 0.01), ("gradient_norm", 1e-4, 0.01), ("weights_product", 1e-5, 0.01),
+        ("none", 0.0, 0.1), ("function_path_length", 1e-4, 0.1)]
+    assert len({grid.config_key(c) for c in cs}) == len(cs)
+
+
+def test_regularizer_entries_override_lr_cap_and_sizes():
+    g = parse(n_train=[16, 32], regularizers=["none", {"name": "gradient_norm", "lam": [1e-3], "lr": 0.05,
+                                                        "max_epochs": 7, "n_train": 64}])
+    reg = [c for c in g.configs() if c.regularizer != "none"]
+    assert [(c.n_train, c.lr, c.max_epochs) for c in reg] == [(64, 0.05, 7)]
+    assert g.sizes() == [16, 32, 64]
+
+
+def test_config_key_is_stable_and_distinguishes_configs():
+    a, b = parse(n_train=[64, 128]).configs()
+    assert grid.config_key(a) == grid.config_key(parse(n_train=64).configs()[0])
+    assert grid.config_key(a) != grid.config_key(b)
+
+
+@pytest.mark.parametrize("name, models", [("paper-table1", 1080), ("paper-table2", 450)])
+def test_paper_presets_are_the_papers_grids(name, models):
+    g = grid.preset(name)
+    assert g.data == "mnist" and len(g.pairs) == 45 and len(g.configs()) == models
+    if name == "paper-table1":
+        assert g.n_train == [64, 128, 256, 512, 1024, 2048, 4096, 8192] and g.seeds == [0, 1, 2]
+    else:
+        lams = {(c.regularizer, c.lam, c.lr) for c in g.configs()}
+        assert lams == {("none", 0.0, 0.01), ("gradient_norm", 1e-5, 0.01), ("gradient_norm", 1e-4, 0.01),
+                        ("gradient_norm", 1e-3, 0.01), ("weights_product", 1e-5, 0.01),
+                        ("weights_product", 3e-5, 0.01), ("none", 0.0, 0.1), ("function_path_length", 1e-4, 0.1),
+                        ("gradient_path_length", 1e-5, 0.1)}
+    for c in g.configs():
+        assert (c.hidden, c.alpha, c.batch_size, c.threshold) == ((256,), 0.01, 64, 1e-5)
+
+
+def test_every_preset_is_valid_and_the_cli_lists_them():
+    for name in grid.PRESETS:
+        assert grid.preset(name).configs()
+    r = run_cli("presets")
+    assert r.returncode == 0 and all(n in r.stdout for n in grid.PRESETS)
+    r = run_cli("presets", "smoke")
+    assert r.returncode == 0 and "name: smoke" in r.stdout
+
+
+def test_grid_file_errors_are_one_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("n_train: [64\n")
+    for arg, words in ((bad, "not valid YAML"), (tmp_path / "missing.yaml", "no such grid file"),
+                       ("quik", "did you mean 'quick'")):
+        r = run_cli("run", arg, "--out", tmp_path / "o")
+        assert r.returncode == 2 and words in r.stderr and "Traceback" not in r.stderr
+        assert r.stderr.count("\n") == 1
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("pairs: [[3, 8]]\nseed: [0]\n")
+    r = run_cli("run", typo)
+    assert r.returncode == 2 and "unknown key 'seed'" in r.stderr and "did you mean 'seeds'" in r.stderr
+
+
+def test_dry_run_counts_models(tmp_path):
+    f = tmp_path / "g.yaml"
+    f.write_text("name: g\npairs: [[3, 8], [4, 9]]\nn_train: [32, 64]\nseeds: [0, 1, 2]\n")
+    r = run_cli("run", f, "--dry-run", "--out", tmp_path / "o")
+    assert r.returncode == 0, r.stderr
+    assert "12 models" in r.stdout and "0 stored" in r.stdout and "12 to train" in r.stdout

@@ -1,0 +1,106 @@
+"""The smoke preset end to end: grid -> store -> analyses -> report, and the report rendered in Chromium."""
+import re
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import run_cli
+from smoothness import grid
+from smoothness.store import Store
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke") / "exp"
+    r = run_cli("reproduce", "--preset", "smoke", "--out", out, "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    return out, r
+
+
+def test_reproduce_stores_every_model_of_the_grid_with_versions(smoke):
+    out, r = smoke
+    configs = grid.preset("smoke").configs()
+    with Store(out) as st:
+        recs = st.records()
+        assert {x["key"] for x in recs} == {grid.config_key(c) for c in configs}
+        for x in recs:
+            assert x["status"] in ("converged", "not_converged", "diverged")
+            assert {"loss_train", "loss_test", "gradient_norm", "gradient_norm_train", "function_path_length",
+                    "train_seconds", "device", "versions", "fpl_lower_bound"} <= set(x)
+        assert len(st.params(recs[0]["key"]).widths) == 3
+    assert re.search(rf"grid smoke: {len(configs)} models, {len(configs)} trained now, 0 already stored; "
+                     r"converged \d+, not converged \d+, diverged \d+", r.stdout)
+    # progress: one line per finished model with done/total, running models and the ETA
+    assert f"[{len(configs)}/{len(configs)}]" in r.stderr and "ETA" in r.stderr and "running" in r.stderr
+
+
+def test_report_files_and_tables(smoke):
+    out, r = smoke
+    rep = out / "report"
+    for f in ("table1.md", "table2.md", "table1.csv", "table2.csv", "table1_taus.csv", "table2_ratios.csv",
+              "status_counts.csv", "runs.csv", "report.md", "report.html"):
+        assert (rep / f).stat().st_size > 0, f
+    for f in ("figure2.png", "measures_vs_n.png", "test_loss_vs_n.png"):
+        assert (rep / f).read_bytes()[:8] == PNG and (rep / f).stat().st_size > 10_000, f
+    t1 = (rep / "table1.md").read_text()
+    assert "Kendall's τ (ours)" in t1 and "0.16 ± 0.32" in t1         # ours beside the paper's
+    t2 = (rep / "table2.md").read_text()
+    assert "r_norm (paper)" in t2 and "0.31 ± 0.13" in t2 and "gradient_norm" in t2 and "weights_product" in t2
+    taus = pd.read_csv(rep / "table1_taus.csv")
+    assert len(taus) == 4 and taus["gradient_norm"].between(-1, 1).all()   # 2 pairs x 2 seeds
+    runs = pd.read_csv(rep / "runs.csv")
+    assert len(runs) == len(grid.preset("smoke").configs())
+    assert "Table 1" in r.stdout and "Table 2" in r.stdout and "report.html" in r.stdout
+
+
+def test_html_is_self_contained(smoke):
+    html = (smoke[0] / "report" / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 3
+    assert not re.search(r"""(src|href)=['"](?!data:)""", html)   # no external file or URL
+
+
+def test_reproduce_again_trains_nothing_and_report_is_rebuilt(smoke, tmp_path):
+    out, _ = smoke
+    n = sqlite3.connect(str(out / Store.FILENAME)).execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+    r = run_cli("reproduce", "--preset", "smoke", "--out", out, "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    assert f"0 trained now, {n} already stored" in r.stdout
+    r = run_cli("report", out / Store.FILENAME, "--out", tmp_path / "rep")
+    assert r.returncode == 0 and (tmp_path / "rep" / "report.html").exists()
+
+
+def _chromium():
+    for b in ("chromium", "chromium-browser", "google-chrome"):
+        if shutil.which(b):
+            return shutil.which(b)
+    return None
+
+
+@pytest.mark.skipif(_chromium() is None or shutil.which("chromedriver") is None,
+                    reason="needs Debian's chromium and chromium-driver (installed by .ci/run)")
+def test_report_renders_in_headless_chromium(smoke):
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = _chromium()
+    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        opts.add_argument(a)
+    drv = webdriver.Chrome(options=opts, service=Service(shutil.which("chromedriver")))
+    try:
+        drv.get(Path(smoke[0] / "report" / "report.html").resolve().as_uri())
+        drv.execute_script("return document.readyState")
+        imgs = drv.execute_script("return Array.from(document.images).map(i => [i.complete, i.naturalWidth, "
+                                  "i.naturalHeight, i.alt])")
+        assert len(imgs) == 3 and all(c and w > 300 and h > 200 for c, w, h, _ in imgs), imgs
+        heads = drv.execute_script("return Array.from(document.querySelectorAll('h2,h3')).map(h => h.textContent)")
+        assert any(h.startswith("Table 1") for h in heads) and any(h.startswith("Table 2") for h in heads)
+        cells = drv.execute_script("return Array.from(document.querySelectorAll('td')).map(t => t.textContent)")
+        assert "Kendall's τ (ours)" in cells and "r_norm (paper)" in cells
+        assert drv.execute_script("return document.querySelectorAll('table').length") >= 3
+    finally:
+        drv.quit()
