@@ -22,3 +22,37 @@ def run_cli(*args, env=None, timeout=600):
     e.update(env or {})
     return subprocess.run([sys.executable, "-m", "smoothness", *map(str, args)], capture_output=True,
                           text=True, env=e, timeout=timeout)
+
+
+def run_cli_tty(*args, timeout=300):
+    """Run `python -m smoothness ARGS` with stderr on a pseudo-terminal (120 columns), as a user sees it.
+
+    Returns (returncode, stdout, what the terminal received)."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+    import threading
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+    p = subprocess.Popen([sys.executable, "-m", "smoothness", *map(str, args)], stdout=subprocess.PIPE,
+                         stderr=slave, text=True)
+    os.close(slave)
+    chunks = []
+
+    def drain():  # read while the child writes, so a full terminal buffer never blocks it
+        while True:
+            try:
+                b = os.read(master, 4096)
+            except OSError:
+                return
+            if not b:
+                return
+            chunks.append(b)
+
+    t = threading.Thread(target=drain, daemon=True)
+    t.start()
+    out, _ = p.communicate(timeout=timeout)
+    t.join(timeout=10)
+    os.close(master)
+    return p.returncode, out, b"".join(chunks).decode(errors="replace")

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from conftest import run_cli
+from conftest import run_cli, run_cli_tty
 
 KEYS = {"status", "epochs", "loss_train", "loss_test", "gradient_norm", "function_path_length",
         "gradient_path_length", "weights_product"}
@@ -85,33 +85,10 @@ def test_bad_option_values_are_one_line_errors():
     assert r.returncode == 2 and "unknown device" in r.stderr
 
 
-def test_progress_bar_on_a_terminal(tmp_path):
-    import os
-    import pty
-    import subprocess
-    import sys
-    import fcntl
-    import struct
-    import termios
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
-    p = subprocess.Popen([sys.executable, "-m", "smoothness", "train", "--pair", "0", "1", "--n-train", "64",
-                          "--max-epochs", "40", "--segments", "5", "--points", "3"],
-                         stdout=subprocess.PIPE, stderr=slave, text=True)
-    os.close(slave)
-    out, _ = p.communicate(timeout=300)
-    chunks = []
-    while True:
-        try:
-            b = os.read(master, 4096)
-        except OSError:
-            break
-        if not b:
-            break
-        chunks.append(b)
-    os.close(master)
-    err = b"".join(chunks).decode(errors="replace")
-    assert p.returncode == 0
+def test_progress_bar_on_a_terminal():
+    code, out, err = run_cli_tty("train", "--pair", "0", "1", "--n-train", "64", "--max-epochs", "40",
+                                 "--segments", "5", "--points", "3")
+    assert code == 0
     assert "training 1 model" in err and "/40 epochs" in err and "to cap" in err and "loss" in err
     assert "not_converged after 40 epochs" in out
 

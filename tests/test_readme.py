@@ -10,14 +10,17 @@ def python_blocks():
     return re.findall(r"```python\n(.*?)```", text, flags=re.S)
 
 
-def test_readme_python_example_runs():
+def test_readme_python_examples_run(tmp_path):
     blocks = python_blocks()
-    assert blocks, "README has no python example"
+    assert len(blocks) == 2, "README should have the measures example and the experiments example"
+    outs = []
     for code in blocks:
-        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=tmp_path)
         assert r.returncode == 0, r.stderr
-        lines = r.stdout.splitlines()
-        assert lines[0] == "4.0" and float(lines[1]) == 4.0
+        outs.append(r.stdout.splitlines())
+    assert outs[0][0] == "4.0" and float(outs[0][1]) == 4.0
+    assert outs[1][0].startswith("grid smoke: 24 models, 24 trained now")
+    assert "report.html" in outs[1][-1] and (tmp_path / "runs" / "smoke" / "report" / "figure2.png").exists()
 
 
 def test_readme_opens_with_the_two_commands():

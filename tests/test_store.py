@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import run_cli, run_cli_tty
 from smoothness import grid
 from smoothness.errors import DataError
 from smoothness.models import init_mlp
@@ -114,3 +114,12 @@ def test_kill_9_mid_grid_loses_nothing_finished_and_resume_duplicates_nothing(tm
     r = run_cli("run", f, "--out", out, "--device", "cpu")      # nothing left to do
     assert r.returncode == 0 and "0 trained now, 18 already stored" in r.stdout
     assert _rows(db) == after
+
+
+def test_run_shows_a_progress_bar_on_a_terminal(tmp_path):
+    f = tmp_path / "kill.yaml"
+    f.write_text(KILL_GRID.replace("[30, 60, 120, 250, 500, 1000, 1500, 2000, 3000]", "[30, 300]"))
+    code, out, err = run_cli_tty("run", f, "--out", tmp_path / "exp", "--device", "cpu")
+    assert code == 0, err
+    assert "training: 4/4 models" in err and "running" in err and "epoch" in err
+    assert "grid kill: 4 models, 4 trained now" in out

@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import __version__, data, experiments, idx, measures, pipeline, regularizers, report, training
+from . import __version__, data, experiments, idx, measures, pipeline, regularizers, training
 from . import grid as grid_mod
 from .store import Store
 from .errors import SmoothnessError
@@ -312,6 +312,7 @@ def cmd_run(a) -> int:
 
 
 def cmd_report(a) -> int:
+    from . import report  # pandas, SciPy and matplotlib load only when a report is made
     written = report.write_report(a.results, a.out)
     for name in ("table1.md", "table2.md"):
         if name in written:

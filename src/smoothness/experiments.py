@@ -44,7 +44,7 @@ class GridProgress:
         self.stream = stream or sys.stderr
         self.enabled = enabled and total > 0
         self.bar = None
-        self.running = 0
+        self.running, self.shown = 0, 0.0
         if self.enabled and self.stream.isatty():
             from tqdm import tqdm
             self.bar = tqdm(total=total, unit="model", file=self.stream, dynamic_ncols=True, desc="training",
@@ -53,10 +53,9 @@ class GridProgress:
     def trainer(self, info: dict) -> None:
         """Called by the batched trainer after epoch ends: how many models are running."""
         self.running = info["active"]
-        if self.bar is not None:
-            self.bar.set_postfix_str(f"running {self.running}, epoch {info['epoch']}", refresh=False)
-            self.bar.refresh() if time.perf_counter() - getattr(self, "_last", 0) > 1 else None
-            self._last = time.perf_counter()
+        if self.bar is not None and time.perf_counter() - self.shown > 0.5:
+            self.bar.set_postfix_str(f"running {self.running}, epoch {info['epoch']}")
+            self.shown = time.perf_counter()
 
     def model_done(self, rec: dict) -> None:
         self.done += 1
