@@ -51,6 +51,7 @@ def test_table2_picks_the_largest_converging_lambda_and_normalizes_by_the_lower_
     for k, pair in enumerate(["3/8", "4/9", "2/3", "5/6"]):
         base = 2.0 + k
         rows.append(row(pair, 0, 256, gradient_norm=base, function_path_length=1.5))
+        rows.append(row(pair, 1, 256, gradient_norm=100.0))   # a seed without regularized models: not a baseline
         rows.append(row(pair, 0, 256, reg="gradient_norm", lam=1e-4, gradient_norm=base / 2))
         # lambda 1e-3: only one of four models converges -> not chosen
         rows.append(row(pair, 0, 256, reg="gradient_norm", lam=1e-3, gradient_norm=0.1,

@@ -29,9 +29,10 @@ SETTING = ["data", "hidden", "alpha", "lr", "batch_size", "max_epochs", "thresho
            "points", "measure_seed"]
 
 
-def _setting_label(row) -> str:
-    return (f"{row['data']}, hidden {row['hidden']}, alpha {row['alpha']:g}, lr {row['lr']:g}, "
-            f"batch {row['batch_size']}, cap {row['max_epochs']} epochs, threshold {row['threshold']:g}")
+def _setting_label(row, with_lr: bool = True) -> str:
+    lr = f", lr {row['lr']:g}, cap {row['max_epochs']} epochs" if with_lr else ""
+    return (f"{row['data']}, hidden {row['hidden']}, alpha {row['alpha']:g}{lr}, batch {row['batch_size']}, "
+            f"threshold {row['threshold']:g}")
 
 
 def status_counts(df: pd.DataFrame) -> pd.DataFrame:
@@ -124,7 +125,7 @@ def _regularized_groups(df: pd.DataFrame):
     key = SETTING + ["n_train"]
     regd = df[df["regularizer"] != "none"]
     for (reg, *keys), g in regd.groupby(["regularizer"] + key, sort=True):
-        base = df[df["regularizer"] == "none"]
+        base = df[(df["regularizer"] == "none") & df["seed"].isin(g["seed"].unique())]  # same seeds
         for c, v in zip(key, keys):
             base = base[base[c] == v]
         allr = pd.concat([base.assign(lam=0.0), g])
@@ -132,10 +133,12 @@ def _regularized_groups(df: pd.DataFrame):
         conv = allr[allr["status"] == "converged"].groupby("lam").size()
         pos = totals[totals.index > 0]
         lam = _largest_lambda(conv, pos)
-        label = _setting_label(dict(zip(key, keys))) + f", N {keys[-1]}"
+        setting = dict(zip(key, keys))
+        label = _setting_label(setting) + f", N {keys[-1]}"
         yield {"regularizer": reg, "lam": lam, "base": base, "at": g[g["lam"] == lam] if lam is not None else g[:0],
                "all": allr, "totals": totals, "converged": conv, "label": label, "n_train": keys[-1],
-               "lr": keys[SETTING.index("lr")]}
+               "lr": setting["lr"], "max_epochs": setting["max_epochs"],
+               "table": _setting_label(setting, with_lr=False) + f", N {keys[-1]}"}
 
 
 def table2(df: pd.DataFrame) -> pd.DataFrame:
@@ -152,7 +155,8 @@ def table2(df: pd.DataFrame) -> pd.DataFrame:
         paper = PAPER_TABLE2.get(m, (None,) * 5)
         lower = float(base_ok["fpl_lower_bound"].mean()) if m == "function_path_length" and len(base_ok) else 0.0
         tried = ", ".join(f"{x:g}: {int(r['converged'].get(x, 0))}/{int(n)}" for x, n in r["totals"].items())
-        out.append({"setting": r["label"], "regularizer": reg, "measure": SHORT[m],
+        out.append({"setting": r["label"], "table": r["table"], "lr": r["lr"], "max_epochs": r["max_epochs"],
+                    "regularizer": reg, "measure": SHORT[m],
                     "lam": lam, "unreg_mean": base_ok[m].mean() if len(base_ok) else np.nan,
                     "reg_mean": at_ok[m].mean() if len(at_ok) else np.nan, "lower_bound": lower,
                     "r_norm_mean": rr["r"].mean() if len(rr) else np.nan,
@@ -166,7 +170,8 @@ def table2(df: pd.DataFrame) -> pd.DataFrame:
 def figure2_data(df: pd.DataFrame) -> list[dict]:
     """Per regularizer (and setting): the converged models' measure values for each lambda (incl. 0)."""
     out = []
-    for r in _regularized_groups(df):
+    order = list(SHORT)
+    for r in sorted(_regularized_groups(df), key=lambda r: (r["table"], order.index(r["regularizer"]))):
         m = REGULARIZED_MEASURE[r["regularizer"]]
         ok = r["all"][r["all"]["status"] == "converged"]
         values = {lam: ok[ok["lam"] == lam][m].dropna().to_numpy() for lam in sorted(r["totals"].index)}
@@ -182,6 +187,8 @@ def by_size(df: pd.DataFrame, columns) -> pd.DataFrame:
     if not len(base) or base["n_train"].nunique() < 2:
         return pd.DataFrame()
     cols = [c for c in columns if c in base]
+    sizes = base.groupby(SETTING)["n_train"].transform("nunique")
+    base = base[sizes >= 2]                     # settings trained at a single N have no curve
     g = base.groupby(SETTING + ["n_train"])[cols].agg(["mean", "std", "count"])
     g.columns = [f"{a}_{b}" for a, b in g.columns]
     return g.reset_index()
