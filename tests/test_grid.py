@@ -115,3 +115,11 @@ def test_dry_run_counts_models(tmp_path):
     r = run_cli("run", f, "--dry-run", "--out", tmp_path / "o")
     assert r.returncode == 0, r.stderr
     assert "12 models" in r.stdout and "0 stored" in r.stdout and "12 to train" in r.stdout
+
+
+def test_paper_preset_without_full_mnist_fails_before_training(tmp_path):
+    env = {"HOME": str(tmp_path), "SMOOTHNESS_DATA": str(tmp_path / "none"), "XDG_CACHE_HOME": str(tmp_path)}
+    r = run_cli("reproduce", "--preset", "paper-table1", "--out", tmp_path / "o", "--data-dir", tmp_path, env=env)
+    assert r.returncode == 2 and r.stderr.startswith("smoothness: error:") and "Traceback" not in r.stderr
+    assert "mnist" in r.stderr.lower() and "download" in r.stderr.lower()
+    assert r.stdout == ""                                      # nothing trained, no summary
