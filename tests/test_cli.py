@@ -120,3 +120,19 @@ def test_regularized_training_from_the_command_line():
     assert r.returncode == 2 and "one hidden layer" in r.stderr
     r = run_cli("train", "--lam", "-1", "--regularizer", "gradient_norm")
     assert r.returncode == 2 and "invalid lam" in r.stderr
+
+
+def test_bench_prints_loop_batched_and_grid_rows(tmp_path):
+    g = tmp_path / "g.yaml"
+    g.write_text("name: tiny\npairs: [[3, 8]]\nn_train: 16\nhidden: 8\nmax_epochs: 5\n"
+                 "measure: {points: 20, segments: 5, points_per_segment: 3}\n")
+    r = run_cli("bench", "--device", "cpu", "--models", "1,3", "--budget", "24", "--grid", g)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("device cpu")
+    rows = [ln.split() for ln in lines[2:5]]
+    assert rows[0][:3] == ["one-model", "torch", "loop"] and [x[1] for x in rows[1:]] == ["1", "3"]
+    assert all(float(x[-2]) > 0 for x in rows)
+    assert "end to end, grid tiny: 1 models" in lines[5]
+    r = run_cli("bench", "--models", "0,x")
+    assert r.returncode == 2 and "--models" in r.stderr

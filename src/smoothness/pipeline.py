@@ -71,6 +71,8 @@ class RunConfig:
 
 def resolve_device(name: str | None) -> torch.device:
     """'cpu', 'cuda' (error if absent), or 'auto' (CUDA when available)."""
+    if isinstance(name, torch.device):
+        return resolve_device(str(name))
     name = name or "auto"
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

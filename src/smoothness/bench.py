@@ -1,0 +1,107 @@
+"""`smoothness bench`: training throughput of the batched engine against a one-model PyTorch loop, and the
+end-to-end wall time of a grid, measured in one run on one machine.
+
+Throughput is in model-steps per second for a 784-256-1 ReLU net, SGD with batch 64 on 128 points of an
+mnist5k pair (pair i % 45 for model i); the loss threshold is 0, so every model runs the same number of steps.
+The reference loop is the textbook one: nn.Sequential, torch.optim.SGD, shuffled minibatches, one model.
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+
+import torch
+from torch import nn
+
+from . import data, training
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def loop_throughput(steps: int, device) -> float:
+    """Model-steps per second of a plain one-model PyTorch training loop."""
+    t = data.binary_task("mnist5k", 3, 8)
+    sub = t.subset(128, 0)
+    x, y = t.pool_x[sub].to(device), t.pool_y[sub].to(device)
+    gen = torch.Generator().manual_seed(0)
+    net = nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 1)).to(device)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+
+    def run(n):
+        done = 0
+        while done < n:
+            perm = torch.randperm(128, generator=gen).to(device)
+            for i in range(0, 128, 64):
+                b = perm[i:i + 64]
+                opt.zero_grad(set_to_none=True)
+                (net(x[b])[:, 0] - y[b]).square().mean().backward()
+                opt.step()
+                done += 1
+        return done
+
+    run(20)  # warm-up
+    _sync(device)
+    t0 = time.perf_counter()
+    done = run(steps)
+    _sync(device)
+    return done / (time.perf_counter() - t0)
+
+
+def batched_throughput(m: int, steps: int, device) -> float:
+    """Model-steps per second of the batched engine training m models for `steps` steps each."""
+    tasks = [data.binary_task("mnist5k", *data.ALL_PAIRS[i]) for i in range(min(m, 45))]
+    pool = torch.cat([t.pool_x for t in tasks])
+    specs = []
+    for i in range(m):
+        t = tasks[i % len(tasks)]
+        sub = t.subset(128, i // 45)
+        specs.append(training.TrainSpec(sub + (i % len(tasks)) * t.pool_x.shape[0], t.pool_y[sub], seed=i,
+                                        max_epochs=max(1, steps // 2), threshold=0.0))
+    trainer = training.BatchedTrainer(pool, device=device)
+    trainer.train(specs[:1])  # warm-up
+    _sync(device)
+    t0 = time.perf_counter()
+    res = trainer.train(specs)
+    _sync(device)
+    return sum(r.steps for r in res) / (time.perf_counter() - t0)
+
+
+def steps_for(m: int, budget: int, cap: int = 400) -> int:
+    """Steps per model so that m models take about `budget` model-steps (even, between 2 and cap)."""
+    return max(2, min(cap, budget // m) // 2 * 2)
+
+
+def grid_wall_time(grid_name: str, device) -> tuple[float, str]:
+    """Wall time of training, measuring and storing a whole grid (a preset or YAML file) into a fresh store."""
+    from . import experiments
+    from . import grid as grid_mod
+    from pathlib import Path
+    g = grid_mod.load(grid_name) if Path(grid_name).exists() else grid_mod.preset(grid_name)
+    with tempfile.TemporaryDirectory() as d:
+        t0 = time.perf_counter()
+        s = experiments.run_grid(g, d, device=device, progress=False, save_weights=False)
+        return time.perf_counter() - t0, s.line().split("; store")[0]
+
+
+def run(models: list[int], device, budget: int, grid: str | None, out=print) -> list[dict]:
+    """Print and return the benchmark table (and the grid's wall time unless grid is None)."""
+    out(f"device {device}{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads; 784-256-1 net, batch 64")
+    out(f"{'engine':<24}{'M':>6}{'steps/model':>13}{'model-steps/s':>16}{'vs loop':>9}")
+    rows = []
+    ref = loop_throughput(steps_for(1, budget, cap=2000), device)
+    rows.append({"engine": "one-model torch loop", "models": 1, "steps": steps_for(1, budget, 2000), "rate": ref})
+    out(f"{'one-model torch loop':<24}{1:>6}{rows[0]['steps']:>13}{ref:>16.0f}{1.0:>9.2f}")
+    for m in models:
+        s = steps_for(m, budget)
+        r = batched_throughput(m, s, device)
+        rows.append({"engine": "batched", "models": m, "steps": s, "rate": r})
+        out(f"{'batched':<24}{m:>6}{s:>13}{r:>16.0f}{r / ref:>9.2f}")
+    if grid:
+        sec, line = grid_wall_time(grid, device)
+        rows.append({"engine": f"grid {grid}", "seconds": sec})
+        out(f"end to end, {line}: {sec:.1f} s")
+    return rows
