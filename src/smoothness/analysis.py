@@ -72,9 +72,11 @@ def kendall_taus(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def table1(df: pd.DataFrame) -> pd.DataFrame:
-    """Table 1: mean and std of Kendall's tau over (pair, seed), per setting; with the paper's values."""
-    taus = kendall_taus(df)
+def table1(df: pd.DataFrame, taus: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Table 1: mean and std of Kendall's tau over (pair, seed), per setting; with the paper's values.
+
+    taus: kendall_taus(df), if already computed."""
+    taus = kendall_taus(df) if taus is None else taus
     if not len(taus):
         return pd.DataFrame()
     out = []
@@ -141,10 +143,10 @@ def _regularized_groups(df: pd.DataFrame):
                "table": _setting_label(setting, with_lr=False) + f", N {keys[-1]}"}
 
 
-def table2(df: pd.DataFrame) -> pd.DataFrame:
+def table2(df: pd.DataFrame, ratios: pd.DataFrame | None = None) -> pd.DataFrame:
     """Table 2: per regularizer, the unregularized mean, the regularized mean at the largest lambda whose models
     still reach the loss threshold, l_S, and r_norm mean and std (eq. 16); with the paper's values."""
-    ratios = table2_ratios(df)
+    ratios = table2_ratios(df) if ratios is None else ratios   # table2_ratios(df), if already computed
     out = []
     for r in _regularized_groups(df):
         reg, lam = r["regularizer"], r["lam"]

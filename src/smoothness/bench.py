@@ -78,8 +78,7 @@ def grid_wall_time(grid_name: str, device) -> tuple[float, str]:
     """Wall time of training, measuring and storing a whole grid (a preset or YAML file) into a fresh store."""
     from . import experiments
     from . import grid as grid_mod
-    from pathlib import Path
-    g = grid_mod.load(grid_name) if Path(grid_name).exists() else grid_mod.preset(grid_name)
+    g = grid_mod.resolve(grid_name)
     with tempfile.TemporaryDirectory() as d:
         t0 = time.perf_counter()
         s = experiments.run_grid(g, d, device=device, progress=False, save_weights=False)

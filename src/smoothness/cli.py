@@ -288,18 +288,12 @@ def cmd_data(a) -> int:
     return 0
 
 
-def _grid(name: str):
-    p = Path(name)
-    if p.exists() or p.suffix in (".yaml", ".yml"):
-        return grid_mod.load(p)
-    try:
-        return grid_mod.preset(name)
-    except SmoothnessError as e:
-        raise SmoothnessError(f"no grid file {name!r}, and {e}") from None
+def _out_dir(g, a) -> Path:
+    return Path(a.out) if a.out else Path("runs") / g.name
 
 
 def _run(g, a) -> Path:
-    out = Path(a.out) if a.out else Path("runs") / g.name
+    out = _out_dir(g, a)
     summary = experiments.run_grid(g, out, device=a.device, data_dir=a.data_dir, progress=not a.quiet,
                                    save_weights=not a.no_weights)
     print(summary.line())
@@ -307,9 +301,9 @@ def _run(g, a) -> Path:
 
 
 def cmd_run(a) -> int:
-    g = _grid(a.grid)
+    g = grid_mod.resolve(a.grid)
     if a.dry_run:
-        out = Path(a.out) if a.out else Path("runs") / g.name
+        out = _out_dir(g, a)
         configs = g.configs()
         keys = {grid_mod.config_key(c) for c in configs}
         stored = 0

@@ -115,7 +115,7 @@ def run_grid(grid: Grid, out, *, device=None, data_dir=None, progress: bool = Tr
                                            progress=bar.trainer, on_result=on_result)
         finally:
             bar.close()
-            want = set(keys)
-            summary.statuses = Counter(r["status"] for r in store.records() if r["key"] in want)
+            status = store.statuses()
+            summary.statuses = Counter(status[k] for k in keys if k in status)
             summary.seconds = time.perf_counter() - t0
     return summary

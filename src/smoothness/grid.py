@@ -26,7 +26,7 @@ import difflib
 import hashlib
 import itertools
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 
@@ -40,7 +40,15 @@ PRESETS = ("smoke", "quick", "paper-table1", "paper-table2")
 _TOP = {"name", "description", "data", "pairs", "n_train", "seeds", "hidden", "alpha", "lr", "batch_size",
         "max_epochs", "threshold", "regularizers", "measure"}
 _REG = {"name", "lam", "lr", "max_epochs", "n_train", "seeds"}
-_MEASURE = {"points", "segments", "points_per_segment", "seed"}
+_DEFAULT = {f.name: f.default for f in fields(RunConfig)}   # the paper's defaults, defined once in RunConfig
+# grid key under `measure` -> RunConfig field
+_MEASURE_FIELDS = {"points": "measure_points", "segments": "segments", "points_per_segment": "points",
+                   "seed": "measure_seed"}
+_MEASURE = set(_MEASURE_FIELDS)
+
+
+def _measure_defaults() -> dict:
+    return {k: _DEFAULT[f] for k, f in _MEASURE_FIELDS.items()}
 
 
 @dataclass
@@ -59,8 +67,7 @@ class Grid:
     max_epochs: list[int]
     threshold: list[float]
     regularizers: list[dict] = field(default_factory=lambda: _regularizers(None))
-    measure: dict = field(default_factory=lambda: {"points": 1000, "segments": 1000, "points_per_segment": 100,
-                                                   "seed": 0})
+    measure: dict = field(default_factory=_measure_defaults)
     description: str = ""
 
     def configs(self) -> list[RunConfig]:
@@ -80,8 +87,7 @@ class Grid:
                 try:
                     c = RunConfig(data=self.data, pair=pair, n_train=n, seed=s, hidden=h, alpha=al, lr=lr,
                                   batch_size=bs, max_epochs=me, threshold=th,
-                                  measure_points=self.measure["points"], segments=self.measure["segments"],
-                                  points=self.measure["points_per_segment"], measure_seed=self.measure["seed"],
+                                  **{f: self.measure[k] for k, f in _MEASURE_FIELDS.items()},
                                   regularizer=name, lam=float(lam) if lam > 0 else 0.0)
                 except ConfigError as e:
                     raise ConfigError(f"grid {self.name!r}: {e}") from None
@@ -91,12 +97,16 @@ class Grid:
                     out.append(c)
         return out
 
+    def _with_overrides(self, axis: str) -> list[int]:
+        return sorted({*getattr(self, axis), *(v for r in self.regularizers for v in (r.get(axis) or []))})
+
     def sizes(self) -> list[int]:
         """Every training size of the grid (the n_train axis and the regularizer entries' own)."""
-        return sorted({*self.n_train, *(n for r in self.regularizers for n in (r.get("n_train") or []))})
+        return self._with_overrides("n_train")
 
     def all_seeds(self) -> list[int]:
-        return sorted({*self.seeds, *(n for r in self.regularizers for n in (r.get("seeds") or []))})
+        """Every seed of the grid (the seeds axis and the regularizer entries' own)."""
+        return self._with_overrides("seeds")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -223,10 +233,10 @@ def parse(raw: dict, name: str | None = None) -> Grid:
     if not isinstance(raw, dict):
         raise ConfigError(f"a grid must be a mapping of keys to values, got {type(raw).__name__}")
     _unknown(raw, _TOP, "grid")
-    data = raw.get("data", "mnist5k")
+    data = raw.get("data", _DEFAULT["data"])
     if data not in datasets.SOURCES:
         raise ConfigError(f"key 'data': unknown data source {data!r}; choose one of: {', '.join(datasets.SOURCES)}")
-    measure = {"points": 1000, "segments": 1000, "points_per_segment": 100, "seed": 0}
+    measure = _measure_defaults()
     m = raw.get("measure") or {}
     if not isinstance(m, dict):
         raise ConfigError(f"key 'measure': expected a mapping, got {m!r}")
@@ -234,15 +244,16 @@ def parse(raw: dict, name: str | None = None) -> Grid:
     for k in _MEASURE:
         if k in m:
             measure[k] = _num(m[k], int, f"measure.{k}", nonneg=(k == "seed"), positive=(k != "seed"))
-    g = Grid(name=str(raw.get("name") or name or "grid"), data=data, pairs=_pairs(raw.get("pairs", [[3, 8]])),
-             n_train=_axis(raw, "n_train", int, 128, positive=True),
-             seeds=_axis(raw, "seeds", int, 0, nonneg=True),
-             hidden=_hidden(raw.get("hidden", 256)),
-             alpha=_axis(raw, "alpha", float, 0.01, positive=True),
-             lr=_axis(raw, "lr", float, None, positive=True, allow_none=True),
-             batch_size=_axis(raw, "batch_size", int, 64, positive=True),
-             max_epochs=_axis(raw, "max_epochs", int, 25000, positive=True),
-             threshold=_axis(raw, "threshold", float, 1e-5, positive=True),
+    g = Grid(name=str(raw.get("name") or name or "grid"), data=data,
+             pairs=_pairs(raw.get("pairs", [list(_DEFAULT["pair"])])),
+             n_train=_axis(raw, "n_train", int, _DEFAULT["n_train"], positive=True),
+             seeds=_axis(raw, "seeds", int, _DEFAULT["seed"], nonneg=True),
+             hidden=_hidden(raw.get("hidden", list(_DEFAULT["hidden"]))),
+             alpha=_axis(raw, "alpha", float, _DEFAULT["alpha"], positive=True),
+             lr=_axis(raw, "lr", float, _DEFAULT["lr"], positive=True, allow_none=True),
+             batch_size=_axis(raw, "batch_size", int, _DEFAULT["batch_size"], positive=True),
+             max_epochs=_axis(raw, "max_epochs", int, _DEFAULT["max_epochs"], positive=True),
+             threshold=_axis(raw, "threshold", float, _DEFAULT["threshold"], positive=True),
              regularizers=_regularizers(raw.get("regularizers")), measure=measure,
              description=str(raw.get("description") or ""))
     g.configs()  # the remaining checks (e.g. weights_product needs one hidden layer)
@@ -281,3 +292,14 @@ def preset(name: str) -> Grid:
     """A grid shipped with the package: smoke, quick, paper-table1, paper-table2."""
     import yaml
     return parse(yaml.safe_load(preset_path(name).read_text()), name=name)
+
+
+def resolve(name) -> Grid:
+    """A grid YAML file if `name` is one (or ends in .yaml/.yml), otherwise the preset of that name."""
+    p = Path(name)
+    if p.exists() or p.suffix in (".yaml", ".yml"):
+        return load(p)
+    try:
+        return preset(str(name))
+    except ConfigError as e:
+        raise ConfigError(f"no grid file {str(name)!r}, and {e}") from None

@@ -13,9 +13,6 @@ import pandas as pd
 from . import analysis as A
 from .store import Store
 
-FIGURES = ("figure2.png", "measures_vs_n.png", "test_loss_vs_n.png")
-
-
 def _f(v, digits=3) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "–"
@@ -209,8 +206,8 @@ def write_report(source, out_dir=None) -> dict:
         save_csv("runs.csv", df.drop(columns=["versions"], errors="ignore"))
         counts = A.status_counts(df)
         save_csv("status_counts.csv", counts)
-        t1, taus = A.table1(df), A.kendall_taus(df)
-        t2, ratios = A.table2(df), A.table2_ratios(df)
+        taus, ratios = A.kendall_taus(df), A.table2_ratios(df)
+        t1, t2 = A.table1(df, taus), A.table2(df, ratios)
         tables1, tables2 = table1_tables(t1) if len(t1) else [], table2_tables(t2) if len(t2) else []
         if len(t1):
             save_csv("table1.csv", t1)

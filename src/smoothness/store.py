@@ -44,7 +44,7 @@ def versions() -> dict:
 
 
 def _clean(v):
-    """JSON-safe values: non-finite floats as None, tuples as lists, tensors/arrays as Python numbers."""
+    """JSON-safe values: non-finite floats as None, tuples as lists, NumPy scalars as Python numbers."""
     if isinstance(v, float) and not math.isfinite(v):
         return None
     if isinstance(v, (tuple, list)):
@@ -126,6 +126,10 @@ class Store:
 
     def keys(self) -> set[str]:
         return {r[0] for r in self.db.execute("SELECT key FROM runs")}
+
+    def statuses(self) -> dict[str, str]:
+        """The status of every stored model, by key (from the indexed column, without parsing records)."""
+        return dict(self.db.execute("SELECT key, status FROM runs"))
 
     def __len__(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
