@@ -3,7 +3,8 @@
 Measures of Volhejn & Lampert (2020) for any PyTorch model f: R^d -> R (`smoothness.measures`),
 ReLU networks with the paper's initializer (`smoothness.models`), a batched trainer that trains
 many networks as one tensor program (`smoothness.training`), MNIST-binary data (`smoothness.data`),
-experiment grids (`smoothness.grid`, `smoothness.experiments`), the results store (`smoothness.store`),
+experiment grids (`smoothness.grid`, `smoothness.experiments`; on a Ray cluster with
+`smoothness.distributed`), the results store (`smoothness.store`),
 Tables 1 and 2 (`smoothness.analysis`) and the report (`smoothness.report`; these two need pandas,
 SciPy and matplotlib and are imported on use).
 """

@@ -130,6 +130,18 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-weights", action="store_true", help="do not store trained weights (about 0.8 MB per "
                    "784-256-1 model), only configs, statuses, losses and measures")
     p.add_argument("--quiet", action="store_true", help="no progress output, only the summary line")
+    g = p.add_argument_group("distributed runs (Ray)")
+    g.add_argument("--backend", choices=("local", "ray"), default="local",
+                   help="local: train in this process (default); ray: train chunks of models as Ray tasks, "
+                   "one batched program each, one GPU per task where the cluster has GPUs "
+                   "(needs `pip install 'smoothness[ray]'`)")
+    g.add_argument("--address", default=None, help="Ray cluster to use, e.g. 10.0.0.1:6379 (default: $RAY_ADDRESS, "
+                   "else a local Ray instance is started for this run)")
+    g.add_argument("--chunk-size", type=int, default=None, help="models per Ray task (default: about two chunks "
+                   "per GPU, or per CPU on a cluster without GPUs)")
+    g.add_argument("--retries", type=int, default=experiments.DEFAULT_RETRIES,
+                   help="times a chunk is resubmitted after its worker or node died (default: 3)")
+    g.add_argument("--ray-cpus", type=int, default=None, help="CPUs of the local Ray instance (default: all)")
 
 
 def _fmt(v) -> str:
@@ -295,7 +307,8 @@ def _out_dir(g, a) -> Path:
 def _run(g, a) -> Path:
     out = _out_dir(g, a)
     summary = experiments.run_grid(g, out, device=a.device, data_dir=a.data_dir, progress=not a.quiet,
-                                   save_weights=not a.no_weights)
+                                   save_weights=not a.no_weights, backend=a.backend, address=a.address,
+                                   chunk_size=a.chunk_size, retries=a.retries, ray_cpus=a.ray_cpus)
     print(summary.line())
     return out
 

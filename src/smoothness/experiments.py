@@ -1,14 +1,18 @@
 """Run a grid into a results store: skip what is stored, train the rest batched, commit each model at once."""
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections import Counter
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import data as datasets
 from . import pipeline
+from .distributed import DEFAULT_RETRIES
+from .errors import ConfigError
 from .grid import Grid, config_key
 from .store import Store, versions
 
@@ -22,12 +26,18 @@ class RunSummary:
     statuses: Counter = field(default_factory=Counter)   # over all models of the grid in the store
     seconds: float = 0.0
     store: str = ""
+    backend: str = "local"
+    where: str = ""           # ray: the cluster used
+    chunks: int = 0           # ray: chunk tasks submitted (first attempts)
+    retried: int = 0          # ray: chunks resubmitted after a worker or node died
 
     def line(self) -> str:
         s = self.statuses
+        ray = (f"; ray backend, {self.where}, {self.chunks} chunks, {self.retried} retried"
+               if self.backend == "ray" else "")
         return (f"grid {self.grid}: {self.total} models, {self.trained} trained now, {self.stored_before} already "
                 f"stored; converged {s['converged']}, not converged {s['not_converged']}, diverged {s['diverged']}; "
-                f"{_hms(self.seconds)}; store {self.store}")
+                f"{_hms(self.seconds)}; store {self.store}{ray}")
 
 
 def _hms(sec: float) -> str:
@@ -44,17 +54,19 @@ class GridProgress:
         self.stream = stream or sys.stderr
         self.enabled = enabled and total > 0
         self.bar = None
-        self.running, self.shown = 0, 0.0
+        self.running, self.shown, self.label = 0, 0.0, "running"
         if self.enabled and self.stream.isatty():
             from tqdm import tqdm
             self.bar = tqdm(total=total, unit="model", file=self.stream, dynamic_ncols=True, desc="training",
                             bar_format="{desc}: {n}/{total} models |{bar}| [{elapsed}<{remaining}{postfix}]")
 
     def trainer(self, info: dict) -> None:
-        """Called by the batched trainer after epoch ends: how many models are running."""
+        """Called by the batched trainer after epoch ends (or by the Ray driver): how many models run."""
         self.running = info["active"]
+        self.label = info.get("label", "running")
         if self.bar is not None and time.perf_counter() - self.shown > 0.5:
-            self.bar.set_postfix_str(f"running {self.running}, epoch {info['epoch']}")
+            extra = f", epoch {info['epoch']}" if "epoch" in info else f", chunks {info['chunks']}"
+            self.bar.set_postfix_str(f"{self.label} {self.running}{extra}")
             self.shown = time.perf_counter()
 
     def model_done(self, rec: dict) -> None:
@@ -68,7 +80,7 @@ class GridProgress:
         eta = el / self.done * (self.total - self.done)
         lam = f" {rec['regularizer']} lam={rec['lam']:g}" if rec["regularizer"] != "none" else ""
         print(f"[{self.done}/{self.total}] {rec['data']} {rec['pair'][0]}/{rec['pair'][1]} N={rec['n_train']} "
-              f"seed={rec['seed']}{lam}: {rec['status']} after {rec['epochs']} epochs; running {self.running}; "
+              f"seed={rec['seed']}{lam}: {rec['status']} after {rec['epochs']} epochs; {self.label} {self.running}; "
               f"elapsed {_hms(el)}, ETA {_hms(eta)}", file=self.stream, flush=True)
 
     def close(self):
@@ -85,37 +97,69 @@ def check_data(grid: Grid, data_dir=None) -> None:
 
 
 def run_grid(grid: Grid, out, *, device=None, data_dir=None, progress: bool = True, save_weights: bool = True,
-             stream=None) -> RunSummary:
-    """Train every model of the grid that the store under `out` does not hold yet; returns a summary."""
+             stream=None, backend: str = "local", address: str | None = None, chunk_size: int | None = None,
+             retries: int = DEFAULT_RETRIES, ray_cpus: int | None = None) -> RunSummary:
+    """Train every model of the grid that the store under `out` does not hold yet; returns a summary.
+
+    backend "local" trains in this process; "ray" runs chunks of models as Ray tasks (see distributed.py)
+    on the cluster at `address` (or RAY_ADDRESS), or on a local Ray instance with `ray_cpus` CPUs.
+    Either way each model is committed to the store the moment it comes back.
+    """
+    if backend not in ("local", "ray"):
+        raise ConfigError(f"unknown backend {backend!r}; use local or ray")
     t0 = time.perf_counter()
     configs = grid.configs()
     keys = [config_key(c) for c in configs]
-    dev = pipeline.resolve_device(device)
+    if backend == "local":
+        device = pipeline.resolve_device(device)
+    else:
+        device = str(device or "auto")  # resolved on each worker
+        if device.split(":")[0] not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"unknown device {device!r}; use cpu, cuda or auto")
     out = Path(out)
-    with Store(out) as store:
+    with Store(out) as store, ExitStack() as stack:
         stored = store.keys()
         todo = [(k, c) for k, c in zip(keys, configs) if k not in stored]
-        summary = RunSummary(grid.name, len(configs), len(configs) - len(todo), store=str(store.path))
-        if todo:
-            check_data(grid, data_dir)
+        summary = RunSummary(grid.name, len(configs), len(configs) - len(todo), store=str(store.path),
+                             backend=backend)
+        if todo and (backend == "local" or not (address or os.environ.get("RAY_ADDRESS"))):
+            check_data(grid, data_dir)  # on a remote cluster the workers' data is checked by the workers
         store.set_meta("grid", grid.to_dict())
         store.set_meta("versions", versions())
         bar = GridProgress(len(todo), progress, stream)
-        todo_keys = [k for k, _ in todo]
-
-        def on_result(i: int, rec: dict):
-            params = rec.pop("params")
-            if store.add(todo_keys[i], rec, params if save_weights else None):
-                summary.trained += 1
-            bar.model_done(rec)
-
+        stack.callback(bar.close)
         try:
-            if todo:
-                pipeline.train_and_measure([c for _, c in todo], device=dev, data_dir=data_dir,
-                                           progress=bar.trainer, on_result=on_result)
+            if not todo:
+                results = iter(())
+            elif backend == "local":
+                todo_keys = [k for k, _ in todo]
+                results = ((todo_keys[i], rec, rec.pop("params")) for i, rec in pipeline.iter_train_and_measure(
+                    [c for _, c in todo], device=device, data_dir=data_dir, progress=bar.trainer))
+            else:
+                results = _ray_results(stack, summary, todo, address, ray_cpus, chunk_size, dict(
+                    device=device, data_dir=data_dir, save_weights=save_weights, retries=retries,
+                    progress=bar.trainer))
+            for key, rec, params in results:
+                if store.add(key, rec, params if save_weights else None):
+                    summary.trained += 1
+                bar.model_done(rec)
         finally:
-            bar.close()
             status = store.statuses()
             summary.statuses = Counter(status[k] for k in keys if k in status)
             summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def _ray_results(stack: ExitStack, summary: RunSummary, todo, address, ray_cpus, chunk_size, kw):
+    from .distributed import RayRunner, default_chunk_size, make_chunks
+    runner = stack.enter_context(RayRunner(address, num_cpus=ray_cpus))
+    chunks = make_chunks(todo, chunk_size or default_chunk_size(len(todo), runner.slots))
+    summary.where, summary.chunks = runner.describe(), len(chunks)
+    progress = kw.pop("progress")
+
+    def track(info):
+        summary.retried = info["retried"]
+        progress(info)
+    results = runner.results(chunks, progress=track, **kw)
+    stack.callback(results.close)  # cancels the chunks still running if the driver stops early
+    return results

@@ -115,8 +115,17 @@ def train_and_measure(configs: list[RunConfig], *, device=None, data_dir=None, p
     wall time and device, plus the trained parameters under 'params' (a stack of one, on the CPU).
     on_result(i, record), if given, is called the moment config i is trained and measured.
     """
-    dev = resolve_device(device) if not isinstance(device, torch.device) else device
     records: list[dict | None] = [None] * len(configs)
+    for i, rec in iter_train_and_measure(configs, device=device, data_dir=data_dir, progress=progress):
+        records[i] = rec
+        if on_result is not None:
+            on_result(i, rec)
+    return records  # type: ignore[return-value]
+
+
+def iter_train_and_measure(configs: list[RunConfig], *, device=None, data_dir=None, progress=None):
+    """As train_and_measure, but yields (i, record) for config i the moment it is trained and measured."""
+    dev = resolve_device(device)
     groups: dict[tuple, list[int]] = {}
     for i, c in enumerate(configs):
         groups.setdefault(c.batch_key(), []).append(i)
@@ -142,8 +151,8 @@ def train_and_measure(configs: list[RunConfig], *, device=None, data_dir=None, p
             specs.append(training.TrainSpec(sub + offsets[c.pair], t.pool_y[sub], seed=c.seed, lr=c.lr,
                                             alpha=c.alpha, max_epochs=c.max_epochs, threshold=c.threshold,
                                             regularizer=c.regularizer, lam=c.lam))
-
-        def finish(res: training.TrainResult, members=members, subsets=subsets, tasks=tasks):
+        trainer = training.BatchedTrainer(pool, key[1], key[2], dev)
+        for res in trainer.iter_train(specs, progress=progress):
             i = members[res.index]
             c = configs[i]
             t0 = time.perf_counter()
@@ -153,13 +162,7 @@ def train_and_measure(configs: list[RunConfig], *, device=None, data_dir=None, p
             rec.update(measure_model(res.params, tasks[c.pair], subsets[res.index], c, dev))
             rec.update(train_seconds=res.seconds, measure_seconds=time.perf_counter() - t0,
                        device=str(dev), params=res.params)
-            records[i] = rec
-            if on_result is not None:
-                on_result(i, rec)
-
-        trainer = training.BatchedTrainer(pool, key[1], key[2], dev)
-        trainer.train(specs, on_finish=finish, progress=progress)
-    return records  # type: ignore[return-value]
+            yield i, rec
 
 
 def save_models(path, records: list[dict]) -> None:

@@ -216,7 +216,6 @@ class BatchedTrainer:
         return done, loss
 
     # -- the loop ------------------------------------------------------------------------------
-    @torch.no_grad()
     def train(self, specs: list[TrainSpec], on_finish=None, progress=None) -> list[TrainResult]:
         """Train every spec; on_finish(result) is called the moment each model finishes.
 
@@ -224,6 +223,16 @@ class BatchedTrainer:
         dict of: done, total, active, epoch (largest epoch among active models), loss (smallest
         last epoch loss among them).
         """
+        results: list[TrainResult | None] = [None] * len(specs)
+        for res in self.iter_train(specs, progress):
+            results[res.index] = res
+            if on_finish is not None:
+                on_finish(res)
+        return results  # type: ignore[return-value]
+
+    @torch.no_grad()
+    def iter_train(self, specs: list[TrainSpec], progress=None):
+        """Train every spec, yielding each TrainResult the moment its model finishes (see train)."""
         for s in specs:
             if s.indices.numel() and (int(s.indices.max()) >= self.x.shape[0] or int(s.indices.min()) < 0):
                 raise ValueError("training indices out of range of the pool")
@@ -231,20 +240,17 @@ class BatchedTrainer:
         if len(kinds) > 1:
             raise ValueError(f"one batched program trains one kind of regularizer, got {sorted(kinds)}")
         self.regularizer = kinds.pop() if kinds else "none"
-        results: list[TrainResult | None] = [None] * len(specs)
         waiting = list(range(len(specs)))
         cap = self.max_batch or len(specs)
         act = _Active(self.device)
         last_loss = {}
+        finished: list[TrainResult] = []
+        n_done = 0
 
         def finish(a: _Active, row: int, status: str, loss: float):
-            i = a.ids[row]
-            res = TrainResult(i, status, int(a.epoch[row]), int(a.steps[row]), loss,
-                              a.params.select([row]).to("cpu").clone(),
-                              time.perf_counter() - float(a.start[row]))
-            results[i] = res
-            if on_finish is not None:
-                on_finish(res)
+            finished.append(TrainResult(a.ids[row], status, int(a.epoch[row]), int(a.steps[row]), loss,
+                                        a.params.select([row]).to("cpu").clone(),
+                                        time.perf_counter() - float(a.start[row])))
 
         while waiting or len(act):
             if waiting and len(act) < cap:
@@ -258,13 +264,15 @@ class BatchedTrainer:
                 last_loss.update(zip(ids, losses))
                 if done.any():
                     self._keep(act, np.flatnonzero(~done))
+                n_done += len(finished)
+                yield from finished
+                finished.clear()
                 if progress is not None:
                     alive = [last_loss.get(i, np.nan) for i in act.ids]
-                    progress(dict(done=sum(r is not None for r in results), total=len(specs),
+                    progress(dict(done=n_done, total=len(specs),
                                   active=len(act), epoch=int(act.epoch.max()) if len(act) else 0,
                                   loss=float(np.nanmin(alive)) if len(alive) and not np.all(np.isnan(alive))
                                   else float("nan")))
-        return results  # type: ignore[return-value]
 
 
 def train_models(pool_x, specs: list[TrainSpec], *, widths=DEFAULT_WIDTHS, batch_size: int = DEFAULT_BATCH,

@@ -1,0 +1,166 @@
+"""The Ray backend: chunking, the missing-Ray message, agreement with the local backend, and a worker
+process SIGKILLed in the middle of a grid on a two-node local Ray cluster."""
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+
+import pytest
+import torch
+
+from smoothness import cli, distributed, experiments, grid
+from smoothness.errors import SmoothnessError
+from smoothness.store import Store
+
+# Two pairs x N in {32, 256} x 2 seeds: with 4 models per chunk, each chunk holds two quick models
+# (N = 32) and two slow ones (N = 256), so a chunk that has delivered a model is still running.
+GRID = """
+name: raytest
+data: mnist5k
+pairs: [[3, 8], [4, 9]]
+n_train: [32, 256]
+seeds: [0, 1]
+hidden: 32
+lr: 0.05
+threshold: 0.001
+max_epochs: 3000
+measure: {segments: 8, points: 32, points_per_segment: 16}
+"""
+FIELDS = ("status", "epochs", "steps", "loss_epoch", "loss_train", "loss_test", "gradient_norm",
+          "function_path_length", "gradient_path_length", "weights_product", "gradient_norm_train")
+
+
+@pytest.fixture(scope="module")
+def grid_file(tmp_path_factory):
+    f = tmp_path_factory.mktemp("raygrid") / "raytest.yaml"
+    f.write_text(GRID)
+    return f
+
+
+@pytest.fixture(scope="module")
+def reference(grid_file, tmp_path_factory):
+    """The grid trained by the local backend: {key: (record, weights)}."""
+    out = tmp_path_factory.mktemp("local")
+    s = experiments.run_grid(grid.load(grid_file), out, device="cpu", progress=False)
+    assert s.trained == 8
+    with Store(out) as st:
+        return {r["key"]: (r, st.params(r["key"])) for r in st.records()}
+
+
+def check_against_grid(out, grid_file, reference):
+    """Row by row: the store holds every model of the grid exactly once, with its own config, and the
+    same results and weights as the uninterrupted local run (training is deterministic on the CPU)."""
+    g = grid.load(grid_file)
+    configs = {grid.config_key(c): c for c in g.configs()}
+    db = sqlite3.connect(str(out / Store.FILENAME))
+    assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    rows = [r[0] for r in db.execute("SELECT key FROM runs")]
+    db.close()
+    assert sorted(rows) == sorted(configs)            # no model lost, none twice
+    with Store(out) as st:
+        for rec in st.records():
+            cfg = asdict(configs[rec["key"]])
+            for k, v in cfg.items():
+                assert rec[k] == (list(v) if isinstance(v, tuple) else v), (rec["key"], k)
+            ref, ref_params = reference[rec["key"]]
+            for f in FIELDS:
+                if isinstance(ref[f], str):
+                    assert rec[f] == ref[f]
+                else:
+                    assert rec[f] == pytest.approx(ref[f], rel=1e-5, abs=1e-7), (rec["key"], f)
+            for a, b in zip(st.params(rec["key"]).tensors(), ref_params.tensors()):
+                torch.testing.assert_close(a, b)
+        return st.records()
+
+
+def test_chunks_share_a_batch_key_and_respect_the_size(grid_file):
+    g = grid.load(grid_file)
+    todo = [(grid.config_key(c), c) for c in g.configs()]
+    chunks = distributed.make_chunks(todo, 3)
+    assert [len(c.items) for c in chunks] == [3, 3, 2]
+    assert sorted(k for c in chunks for k, _ in c.items) == sorted(k for k, _ in todo)
+    # Different regularizer kinds never share a chunk (one batched program trains one kind).
+    reg = grid.parse({"name": "r", "n_train": [64], "seeds": [0, 1],
+                      "regularizers": [{"name": "gradient_norm", "lam": [0, 1e-3]}]})
+    todo = [(grid.config_key(c), c) for c in reg.configs()]
+    for c in distributed.make_chunks(todo, 100):
+        assert len({cfg.batch_key() for _, cfg in c.items}) == 1
+    assert len(distributed.make_chunks(todo, 100)) == 2
+    assert distributed.default_chunk_size(1080, 8) == 68
+    assert distributed.default_chunk_size(3, 8) == 1
+    with pytest.raises(SmoothnessError, match="chunk-size"):
+        distributed.make_chunks(todo, 0)
+
+
+def test_missing_ray_gives_the_install_command(grid_file, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
+    rc = cli.main(["run", str(grid_file), "--out", str(tmp_path), "--backend", "ray", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "smoothness[ray]" in err and "Traceback" not in err
+    with Store(tmp_path) as st:
+        assert len(st) == 0
+
+
+def test_local_ray_instance_gives_the_local_backends_results(grid_file, reference, tmp_path):
+    out = tmp_path / "exp"
+    s = experiments.run_grid(grid.load(grid_file), out, device="cpu", progress=False, backend="ray",
+                             chunk_size=3, ray_cpus=2)
+    assert (s.trained, s.chunks, s.retried) == (8, 3, 0)
+    assert "ray backend, a local Ray instance (2 CPUs" in s.line()
+    check_against_grid(out, grid_file, reference)
+    again = experiments.run_grid(grid.load(grid_file), out, backend="ray", progress=False)
+    assert (again.trained, again.stored_before) == (0, 8)   # resume: nothing to do, Ray not even started
+
+
+def _worker_pids(name="ray::train_chunk"):
+    pids = []
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            try:
+                with open(f"/proc/{p}/cmdline", "rb") as f:
+                    if f.read().startswith(name.encode()):
+                        pids.append(int(p))
+            except OSError:
+                pass
+    return pids
+
+
+def test_worker_killed_mid_grid_on_a_two_node_cluster(grid_file, reference, tmp_path):
+    from ray.cluster_utils import Cluster
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    try:
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        out = tmp_path / "exp"
+        db = out / Store.FILENAME
+        proc = subprocess.Popen([sys.executable, "-m", "smoothness", "run", str(grid_file), "--out", str(out),
+                                 "--backend", "ray", "--address", cluster.address, "--chunk-size", "4",
+                                 "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        killed, deadline = None, time.time() + 240
+        while killed is None and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.1)
+            try:
+                n = sqlite3.connect(str(db)).execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+            except sqlite3.Error:
+                continue
+            pids = _worker_pids() if n >= 1 else []
+            if pids:  # a model is stored and a chunk is mid-run: kill the worker training it
+                os.kill(pids[0], signal.SIGKILL)
+                killed = (pids[0], n)
+        out_text, err_text = proc.communicate(timeout=300)
+    finally:
+        cluster.shutdown()
+    assert killed is not None, "no chunk worker was seen running after the first model was stored"
+    assert killed[1] < 8
+    assert proc.returncode == 0, err_text
+    summary = out_text.strip().splitlines()[-1]
+    assert re.search(r"8 models, 8 trained now, 0 already stored; converged 8", summary), summary
+    assert re.search(r"the Ray cluster at \S+ \(2 CPUs, 0 GPUs\), 2 chunks, [1-9]\d* retried", summary), summary
+    assert "[8/8]" in err_text and "queued or running" in err_text
+    records = check_against_grid(out, grid_file, reference)
+    assert len({r["worker"] for r in records}) >= 2   # trained by more than one worker process
