@@ -67,6 +67,28 @@ def test_refilling_a_small_batch_gives_the_same_models(task):
         assert torch.allclose(a.params.weights[0], b.params.weights[0], atol=1e-6)
 
 
+@pytest.mark.parametrize("reg", ["none", "weights_product"])
+def test_splitting_a_step_into_blocks_of_models_gives_the_same_models(task, reg):
+    lam = 0.0 if reg == "none" else 1e-3
+    specs = [spec(task, n, s, max_epochs=20, regularizer=reg, lam=lam) for n in (64, 100) for s in (0, 1, 2)]
+    whole = training.BatchedTrainer(task.pool_x, block_models=len(specs)).train(specs)
+    blocks = training.BatchedTrainer(task.pool_x, block_models=2).train(specs)
+    for a, b in zip(whole, blocks):
+        assert (a.status, a.epochs, a.steps) == (b.status, b.epochs, b.steps)
+        for u, v in zip(a.params.tensors(), b.params.tensors()):
+            assert torch.allclose(u, v, rtol=1e-5, atol=1e-7)
+
+
+def test_shuffles_computed_ahead_equal_those_computed_each_epoch(task, monkeypatch):
+    specs = [spec(task, n, s, max_epochs=45) for n in (64, 130) for s in (0, 3)]
+    ahead = training.train_models(task.pool_x, specs, max_batch=3)
+    monkeypatch.setattr(training.BatchedTrainer, "_AHEAD_ELEMS", 1)  # one epoch at a time
+    each = training.train_models(task.pool_x, specs, max_batch=3)
+    for a, b in zip(ahead, each):
+        assert a.epochs == b.epochs == 45
+        assert all(torch.equal(u, v) for u, v in zip(a.params.tensors(), b.params.tensors()))
+
+
 def test_every_example_is_seen_once_per_epoch():
     # The epoch order of each model is a permutation of its own rows, padding last; epochs differ.
     from smoothness import rng

@@ -46,6 +46,10 @@ class MLPStack:
         idx = torch.as_tensor(idx, dtype=torch.long, device=self.weights[0].device)
         return MLPStack([w[idx] for w in self.weights], [b[idx] for b in self.biases])
 
+    def rows(self, a: int, b: int) -> "MLPStack":
+        """Models a..b-1 as views: in-place updates of the result update this stack."""
+        return MLPStack([w[a:b] for w in self.weights], [x[a:b] for x in self.biases])
+
     def to(self, *args, **kwargs) -> "MLPStack":
         return MLPStack([w.to(*args, **kwargs) for w in self.weights],
                         [b.to(*args, **kwargs) for b in self.biases])
@@ -73,6 +77,9 @@ def init_scale_bound(alpha, n_in: int, n_out: int):
     return (6.0 * alpha / (n_in + n_out)) ** 0.5
 
 
+_INIT_CHUNK = 1 << 22  # weights hashed per call of the generator in init_mlp
+
+
 def init_mlp(seeds, widths=DEFAULT_WIDTHS, alpha=DEFAULT_ALPHA, *, device=None,
              dtype=torch.float32) -> MLPStack:
     """The paper's initializer for len(seeds) models: alpha-scaled Glorot-uniform weights, zero biases.
@@ -86,9 +93,14 @@ def init_mlp(seeds, widths=DEFAULT_WIDTHS, alpha=DEFAULT_ALPHA, *, device=None,
     weights, biases = [], []
     for layer, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:])):
         idx = torch.arange(n_out * n_in, device=device).reshape(1, n_out, n_in)
-        u = rng.uniform(seeds[:, None, None], rng.STREAM_INIT, layer, idx, device=device)
         bound = init_scale_bound(alpha, n_in, n_out).to(torch.float32)[:, None, None]
-        weights.append(((2.0 * u - 1.0) * bound).to(dtype))
+        w = torch.empty(m, n_out, n_in, device=device, dtype=dtype)
+        # A few models at a time: the hash's int64 temporaries stay small (the values do not change).
+        step = max(1, _INIT_CHUNK // (n_out * n_in))
+        for a in range(0, m, step):
+            u = rng.uniform(seeds[a:a + step, None, None], rng.STREAM_INIT, layer, idx, device=device)
+            w[a:a + step] = (2.0 * u - 1.0) * bound[a:a + step]
+        weights.append(w)
         biases.append(torch.zeros(m, n_out, device=device, dtype=dtype))
     return MLPStack(weights, biases)
 

@@ -60,12 +60,13 @@ def randint(high, *words, device=None) -> torch.Tensor:
 
 
 def permutation_keys(n_valid: torch.Tensor, length: int, *words) -> torch.Tensor:
-    """Row-wise random permutations of 0..n_valid[m]-1, padded with n_valid.. at the end.
+    """Row-wise random permutations of 0..n_valid[...]-1, padded with n_valid.. at the end.
 
-    n_valid: [M] int tensor; words broadcast against shape [M, 1]; returns [M, length] int64.
+    n_valid: int tensor of any shape S (e.g. [M]); words broadcast against S + [1]; returns S + [length]
+    int64. A row's permutation depends only on its words, n_valid and (for the padding) length.
     """
     device = n_valid.device
     idx = torch.arange(length, device=device)
-    keys = hash_words(*words, idx[None, :], device=device)
-    keys = torch.where(idx[None, :] < n_valid[:, None], keys, keys.new_tensor(1 << 33) + idx)
-    return torch.argsort(keys, dim=1, stable=True)
+    keys = hash_words(*words, idx, device=device).expand(*n_valid.shape, length)
+    keys = torch.where(idx < n_valid[..., None], keys, keys.new_tensor(1 << 33) + idx)
+    return torch.argsort(keys, dim=-1, stable=True)

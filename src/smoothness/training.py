@@ -84,6 +84,10 @@ class _Active:
         self.epoch = np.zeros(0, np.int64)
         self.steps = np.zeros(0, np.int64)
         self.start = np.zeros(0)
+        # Shuffles of upcoming epochs, computed several epochs at a time (one hash call instead of one
+        # per epoch): ahead[r, k] is the permutation of epoch ahead_base[r] + k. None: not built yet.
+        self.ahead: torch.Tensor | None = None    # [A, K, Nmax]
+        self.ahead_base = np.zeros(0, np.int64)
 
     def __len__(self):
         return len(self.ids)
@@ -93,7 +97,7 @@ class BatchedTrainer:
     """Trains many models to interpolation; see the module docstring for the rules."""
 
     def __init__(self, pool_x: torch.Tensor, widths=DEFAULT_WIDTHS, batch_size: int = DEFAULT_BATCH,
-                 device=None, max_batch: int | None = None):
+                 device=None, max_batch: int | None = None, block_models: int | None = None):
         self.device = torch.device(device or "cpu")
         self.x = torch.as_tensor(pool_x, dtype=torch.float32).to(self.device)
         if self.x.dim() != 2 or self.x.shape[1] != widths[0]:
@@ -101,6 +105,7 @@ class BatchedTrainer:
         self.widths = tuple(widths)
         self.batch_size = int(batch_size)
         self.max_batch = max_batch
+        self.block_models = block_models  # models per block of a step (default: see _block_size)
         self._arange = torch.arange(self.batch_size, device=self.device)
 
     # -- admission ---------------------------------------------------------------------------
@@ -141,6 +146,7 @@ class BatchedTrainer:
             act.params = params
             for k, v in fields.items():
                 setattr(act, k, v)
+        act.ahead = None  # rows and widths changed: the look-ahead shuffles are rebuilt when needed
         act.ids += ids
         act.n_host = np.concatenate([act.n_host, n.cpu().numpy()])
         zeros = np.zeros(len(new), np.int64)
@@ -156,6 +162,8 @@ class BatchedTrainer:
         for name in ("idx", "y", "perm", "n", "lr", "lam", "loss_sum", "seed"):
             setattr(act, name, getattr(act, name)[k])
         act.ids = [act.ids[i] for i in keep]
+        if act.ahead is not None:
+            act.ahead, act.ahead_base = act.ahead[k], act.ahead_base[keep]
         for name in ("n_host", "pos", "epoch", "steps", "start"):
             setattr(act, name, getattr(act, name)[keep])
 
@@ -166,25 +174,45 @@ class BatchedTrainer:
         # full: no model is at its last, partial batch; the regularized step always masks.
         full = self.regularizer == "none" and bool(np.all(act.pos + B <= act.n_host))
         cols = torch.as_tensor(act.pos, device=self.device)[:, None] + self._arange
+        valid = None
         if full:
             j = act.perm.gather(1, cols)
         else:
             valid = cols < act.n[:, None]
             j = act.perm.gather(1, cols.clamp(max=nmax - 1))
         rows = act.idx.gather(1, j)
-        xb = self.x.index_select(0, rows.reshape(-1)).view(*rows.shape, -1)  # [A, B, d]
         yb = act.y.gather(1, j)
-        if self.regularizer != "none":
-            err = regularizers.regularized_sgd_step_(act.params, self.regularizer, act.lam, act.lr, xb, yb, valid)
-        else:
-            out, acts, pres = forward(act.params, xb, cache=True)
-            err = out - yb if full else torch.where(valid, out - yb, 0.0)
-            # eq. 2 on the batch: d/d out of (1/count) sum err^2 is 2 err / count; scaled by the lr.
-            scale = act.lr * (2.0 / B) if full else 2.0 * act.lr / valid.sum(1).to(err.dtype)
-            sgd_update_(act.params, acts, pres, err * scale[:, None])
-        act.loss_sum += err.square().sum(1)  # errors from before the update, as Keras logs them
+        blk = self._block_size(len(act))
+        for a in range(0, len(act), blk):
+            b = min(a + blk, len(act))
+            self._step_block(act, a, b, rows[a:b], yb[a:b], None if valid is None else valid[a:b])
         act.pos += B
         act.steps += 1
+
+    def _block_size(self, n_active: int) -> int:
+        """Models per block of the step: all of them on a GPU; on the CPU about 4 MB of minibatch
+        inputs per block, so that the step's temporaries stay in cache and are not re-allocated
+        from the OS at every step (which made large M slower than the one-model loop)."""
+        if self.block_models:
+            return self.block_models
+        if self.device.type != "cpu":
+            return max(1, n_active)
+        return max(1, (1 << 20) // (self.batch_size * self.widths[0]))
+
+    def _step_block(self, act: _Active, a: int, b: int, rows, yb, valid) -> None:
+        """One SGD step for the active models a..b-1 (their weights updated in place through views)."""
+        p = act.params.rows(a, b)
+        xb = self.x.index_select(0, rows.reshape(-1)).view(*rows.shape, -1)  # [b - a, B, d]
+        if self.regularizer != "none":
+            err = regularizers.regularized_sgd_step_(p, self.regularizer, act.lam[a:b], act.lr[a:b], xb, yb, valid)
+        else:
+            out, acts, pres = forward(p, xb, cache=True)
+            lr = act.lr[a:b]
+            err = out - yb if valid is None else torch.where(valid, out - yb, 0.0)
+            # eq. 2 on the batch: d/d out of (1/count) sum err^2 is 2 err / count; scaled by the lr.
+            scale = lr * (2.0 / self.batch_size) if valid is None else 2.0 * lr / valid.sum(1).to(err.dtype)
+            sgd_update_(p, acts, pres, err * scale[:, None])
+        act.loss_sum[a:b] += err.square().sum(1)  # errors from before the update, as Keras logs them
 
     # -- epoch ends: check the stopping rule, reshuffle ----------------------------------------
     def _epoch_end(self, act: _Active, specs, rows: np.ndarray, finish):
@@ -209,11 +237,32 @@ class BatchedTrainer:
             finish(act, row, status, float(loss[k]))
         cont = rows[~done[rows]]
         if len(cont):
-            c = torch.as_tensor(cont, dtype=torch.long, device=self.device)
-            ep = torch.as_tensor(act.epoch[cont], device=self.device)
-            act.perm[c] = rng.permutation_keys(act.n[c], act.perm.shape[1], act.seed[c][:, None],
-                                               rng.STREAM_SHUFFLE, ep[:, None])
+            self._reshuffle(act, cont)
         return done, loss
+
+    _AHEAD_ELEMS = 1 << 21  # int64 entries of look-ahead shuffles kept (16 MB), at most 32 epochs per model
+
+    def _reshuffle(self, act: _Active, rows: np.ndarray) -> None:
+        """Set perm of `rows` to the shuffle of their current epoch, taken from the look-ahead."""
+        nmax = act.perm.shape[1]
+        if act.ahead is None:
+            k = max(1, min(32, self._AHEAD_ELEMS // (len(act) * nmax)))
+            act.ahead = torch.empty(len(act), k, nmax, dtype=torch.long, device=self.device)
+            act.ahead_base = np.full(len(act), -(1 << 40), np.int64)
+        k = act.ahead.shape[1]
+        ep = act.epoch[rows]
+        off = ep - act.ahead_base[rows]
+        need = (off < 0) | (off >= k)
+        if need.any():
+            r = rows[need]
+            rt = torch.as_tensor(r, dtype=torch.long, device=self.device)
+            eps = torch.as_tensor(ep[need], device=self.device)[:, None] + torch.arange(k, device=self.device)
+            act.ahead[rt] = rng.permutation_keys(act.n[rt][:, None].expand(-1, k), nmax,
+                                                 act.seed[rt][:, None, None], rng.STREAM_SHUFFLE, eps[..., None])
+            act.ahead_base[r] = ep[need]
+            off[need] = 0
+        c = torch.as_tensor(rows, dtype=torch.long, device=self.device)
+        act.perm[c] = act.ahead[c, torch.as_tensor(off, device=self.device)]
 
     # -- the loop ------------------------------------------------------------------------------
     def train(self, specs: list[TrainSpec], on_finish=None, progress=None) -> list[TrainResult]:
@@ -240,6 +289,7 @@ class BatchedTrainer:
         if len(kinds) > 1:
             raise ValueError(f"one batched program trains one kind of regularizer, got {sorted(kinds)}")
         self.regularizer = kinds.pop() if kinds else "none"
+        self.admit_seconds = 0.0  # time spent initializing and admitting models (reported by bench)
         waiting = list(range(len(specs)))
         cap = self.max_batch or len(specs)
         act = _Active(self.device)
@@ -249,13 +299,15 @@ class BatchedTrainer:
 
         def finish(a: _Active, row: int, status: str, loss: float):
             finished.append(TrainResult(a.ids[row], status, int(a.epoch[row]), int(a.steps[row]), loss,
-                                        a.params.select([row]).to("cpu").clone(),
+                                        a.params.rows(row, row + 1).to("cpu", copy=True),
                                         time.perf_counter() - float(a.start[row])))
 
         while waiting or len(act):
             if waiting and len(act) < cap:
                 take, waiting = waiting[: cap - len(act)], waiting[cap - len(act):]
+                t0 = time.perf_counter()
                 self._admit(act, specs, take)
+                self.admit_seconds += time.perf_counter() - t0
             self._step(act)
             ended = np.flatnonzero(act.pos >= act.n_host)
             if len(ended):
