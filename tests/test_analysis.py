@@ -87,3 +87,30 @@ def test_status_counts_show_every_model():
     rows = [row("3/8", 0, 64), row("3/8", 1, 64, status="not_converged"), row("3/8", 2, 64, status="diverged")]
     c = A.status_counts(pd.DataFrame(rows))
     assert c[["converged", "not_converged", "diverged"]].values.tolist() == [[1, 1, 1]]
+
+
+def test_lr_sweep_means_over_converged_models_per_learning_rate():
+    rows = []
+    for lr, sharp in ((0.01, [10.0, 20.0]), (0.1, [4.0, 6.0])):
+        for seed, s in enumerate(sharp):
+            r = row("3/8", seed, 256, sharpness=s, parameter_norm=lr * 10, loss_test=0.2)
+            r["lr"] = lr
+            rows.append(r)
+    bad = row("3/8", 2, 256, status="diverged", sharpness=1e9)
+    bad["lr"] = 0.1
+    rows.append(bad)
+    single = row("4/9", 0, 64, sharpness=3.0)      # a setting/N at one lr only: no sweep
+    rows.append(single)
+    reg = row("3/8", 0, 256, reg="gradient_norm", lam=1e-3, sharpness=-5.0)
+    reg["lr"] = 0.5
+    rows.append(reg)
+    sweep = A.by_lr(pd.DataFrame(rows)).set_index("lr")
+    assert list(sweep.index) == [0.01, 0.1]
+    assert sweep.loc[0.01, "sharpness_mean"] == pytest.approx(15.0)
+    assert sweep.loc[0.01, "sharpness_std"] == pytest.approx(np.std([10, 20], ddof=1))
+    assert sweep.loc[0.1, "sharpness_mean"] == pytest.approx(5.0)       # the diverged model is left out
+    assert (sweep.loc[0.1, "models"], sweep.loc[0.1, "converged"], sweep.loc[0.1, "diverged"]) == (3, 2, 1)
+    assert sweep.loc[0.1, "two_over_lr"] == pytest.approx(20.0)
+    assert sweep.loc[0.1, "parameter_norm_mean"] == pytest.approx(1.0)
+    assert "hessian_trace_mean" not in sweep                            # a column no model has
+    assert len(A.by_lr(pd.DataFrame([single]))) == 0

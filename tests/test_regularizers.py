@@ -84,3 +84,43 @@ def test_one_batch_trains_one_regularizer_kind():
     with pytest.raises(ValueError, match="one kind"):
         training.train_models(torch.rand(4, 784), [training.TrainSpec([0], [1.0], regularizer="gradient_norm"),
                                                    training.TrainSpec([1], [1.0])])
+
+
+def test_minibatch_gradient_norm_is_the_squared_norm_of_the_hand_derived_parameter_gradient():
+    p = init_mlp([3, 4], (3, 6, 1), alpha=1.0, dtype=torch.float64)
+    with torch.no_grad():
+        for b in p.biases:
+            b.uniform_(-0.1, 0.1, generator=torch.Generator().manual_seed(1))
+    xb, yb, valid = tiny_batch()
+    leaves = [t.clone().requires_grad_(True) for t in p.tensors()]
+    q = MLPStack(leaves[:2], leaves[2:])
+    lam = torch.tensor([1.0, 1.0], dtype=torch.float64)
+    obj, err = regularizers.regularized_loss(q, "minibatch_gradient_norm", lam, xb, yb, valid)
+    mse = err.square().sum(1) / valid.sum(1)
+    s = (obj - mse).detach()
+    for m, c in ((0, 8), (1, 5)):
+        W1, b1, w2, b2 = p.weights[0][m], p.biases[0][m], p.weights[1][m, 0], p.biases[1][m, 0]
+        x, y = xb[m, :c], yb[m, :c]
+        z = x @ W1.T + b1
+        h = z.clamp(min=0)
+        e = h @ w2 + b2 - y                               # residuals
+        d = 2 * e / c                                      # dL/df per point
+        back = d[:, None] * w2[None, :] * (z > 0)         # dL/dz per point
+        sq = ((d[:, None] * h).sum(0).square().sum() + d.sum().square()
+              + (back.T @ x).square().sum() + back.sum(0).square().sum())
+        assert float(s[m]) == pytest.approx(float(sq), rel=1e-10)
+
+
+def test_minibatch_gradient_norm_regularizer_reaches_the_threshold_with_smaller_gradient_norms():
+    # Smith et al.'s term made explicit: at the same training loss (the 1e-3 threshold) the regularized
+    # model has a much smaller full-batch gradient norm (N = batch = 64) than plain SGD's.
+    from smoothness import curvature
+    task = data.binary_task("mnist5k", 0, 1)
+    rows = task.subset(64, 0)
+    specs = [training.TrainSpec(rows, task.pool_y[rows], seed=0, regularizer="minibatch_gradient_norm", lam=lam,
+                                lr=0.05, max_epochs=2000, threshold=1e-3) for lam in (0.0, 0.01)]
+    plain, reg = training.train_models(task.pool_x, specs, widths=(784, 64, 1))
+    assert plain.status == reg.status == training.CONVERGED
+    x, y = task.pool_x[rows], task.pool_y[rows]
+    mgn = [float(curvature.minibatch_gradient_norm(r.params, x, y)[0]) for r in (plain, reg)]
+    assert mgn[1] < 0.3 * mgn[0]

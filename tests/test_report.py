@@ -104,3 +104,24 @@ def test_report_renders_in_headless_chromium(smoke):
         assert drv.execute_script("return document.querySelectorAll('table').length") >= 3
     finally:
         drv.quit()
+
+
+def test_a_learning_rate_sweep_gets_its_table_and_figure(tmp_path):
+    f = tmp_path / "sweep.yaml"
+    f.write_text("name: sweep\npairs: [[3, 8]]\nn_train: 32\nseeds: [0, 1]\nhidden: 16\nlr: [0.02, 0.1]\n"
+                 "threshold: 1.0e-3\nmax_epochs: 3000\n"
+                 "measure: {points: 32, segments: 8, points_per_segment: 16, sharpness_iters: 50, trace_probes: 4}\n")
+    r = run_cli("run", f, "--out", tmp_path / "exp", "--device", "cpu", "--quiet")
+    assert r.returncode == 0, r.stderr
+    r = run_cli("report", tmp_path / "exp")
+    assert r.returncode == 0, r.stderr
+    rep = tmp_path / "exp" / "report"
+    sweep = pd.read_csv(rep / "lr_sweep.csv")
+    assert list(sweep["lr"]) == [0.02, 0.1] and list(sweep["models"]) == [2, 2]
+    assert (sweep["converged"] >= 1).all()
+    assert list(sweep[["converged", "not_converged", "diverged"]].sum(axis=1)) == [2, 2]
+    assert (sweep["sharpness_mean"] > 0).all() and sweep["hessian_trace_mean"].notna().all()
+    md = (rep / "lr_sweep.md").read_text()
+    assert "Learning-rate sweep" in md and re.search(r"\| 0\.1 \| \d/2 \| \d \| 20 \|", md)
+    assert (rep / "lr_sweep.png").read_bytes().startswith(PNG)
+    assert "lr_sweep.png" in (rep / "report.md").read_text()

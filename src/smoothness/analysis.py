@@ -14,8 +14,9 @@ MEASURES = {"gradient_norm": "GN", "function_path_length": "FPL", "gradient_path
 # The measure each regularizer penalizes (eq. 15).
 REGULARIZED_MEASURE = {"gradient_norm": "gradient_norm", "gradient_norm_squared": "gradient_norm_squared",
                        "function_path_length": "function_path_length",
-                       "gradient_path_length": "gradient_path_length", "weights_product": "weights_product"}
-SHORT = {**MEASURES, "gradient_norm_squared": "GN²"}
+                       "gradient_path_length": "gradient_path_length", "weights_product": "weights_product",
+                       "minibatch_gradient_norm": "minibatch_grad_norm"}
+SHORT = {**MEASURES, "gradient_norm_squared": "GN²", "minibatch_grad_norm": "MGN"}
 
 # The paper's values (Volhejn & Lampert, Tables 1 and 2).
 PAPER_TABLE1 = {"gradient_norm": (0.16, 0.32), "function_path_length": (0.07, 0.46),
@@ -172,7 +173,7 @@ def table2(df: pd.DataFrame, ratios: pd.DataFrame | None = None) -> pd.DataFrame
 def figure2_data(df: pd.DataFrame) -> list[dict]:
     """Per regularizer (and setting): the converged models' measure values for each lambda (incl. 0)."""
     out = []
-    order = list(SHORT)
+    order = list(REGULARIZED_MEASURE)
     for r in sorted(_regularized_groups(df), key=lambda r: (r["table"], order.index(r["regularizer"]))):
         m = REGULARIZED_MEASURE[r["regularizer"]]
         ok = r["all"][r["all"]["status"] == "converged"]
@@ -194,3 +195,36 @@ def by_size(df: pd.DataFrame, columns) -> pd.DataFrame:
     g = base.groupby(SETTING + ["n_train"])[cols].agg(["mean", "std", "count"])
     g.columns = [f"{a}_{b}" for a, b in g.columns]
     return g.reset_index()
+
+
+# Columns of the learning-rate sweep (parameter-space measures next to the smoothness measures).
+SWEEP = {"sharpness": "sharpness", "hessian_trace": "tr H", "parameter_norm": "‖θ‖",
+         "distance_from_init": "‖θ−θ₀‖", "minibatch_grad_norm": "mean ‖∇L_b‖²", "gradient_norm": "GN",
+         "function_path_length": "FPL", "gradient_path_length": "GPL", "loss_test": "test loss"}
+_NO_LR = [c for c in SETTING if c not in ("lr", "max_epochs")]
+
+
+def by_lr(df: pd.DataFrame) -> pd.DataFrame:
+    """Unregularized models of settings trained at several learning rates: per (setting, N, lr) the model
+    counts by status and the mean and std over converged models of each SWEEP column present."""
+    base = df[df["regularizer"] == "none"] if len(df) else df
+    if not len(base) or base["lr"].nunique() < 2:
+        return pd.DataFrame()
+    key = _NO_LR + ["n_train"]
+    base = base[base.groupby(key)["lr"].transform("nunique") >= 2]
+    cols = [c for c in SWEEP if c in base and base[c].notna().any()]
+    rows = []
+    for keys, g in base.groupby(key + ["lr"], sort=True):
+        row = dict(zip(key + ["lr"], keys))
+        row["max_epochs"] = int(g["max_epochs"].max())
+        row["models"] = len(g)
+        for s in ("converged", "not_converged", "diverged"):
+            row[s] = int((g["status"] == s).sum())
+        conv = g[g["status"] == "converged"]
+        for c in cols:
+            row[f"{c}_mean"] = float(conv[c].mean()) if len(conv) else np.nan
+            row[f"{c}_std"] = float(conv[c].std()) if len(conv) > 1 else np.nan
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    out["two_over_lr"] = 2.0 / out["lr"]
+    return out

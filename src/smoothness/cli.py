@@ -34,6 +34,10 @@ def _add_measure_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--points", type=int, default=measures.DEFAULT_POINTS,
                    help="equally spaced points per segment (default: 100)")
     p.add_argument("--measure-seed", type=int, default=0, help="seed of the segment sampling (default: 0)")
+    p.add_argument("--sharpness-iters", type=int, default=0, help="power iterations for the sharpness (top "
+                   "eigenvalue of the training-loss Hessian; default: 0, not computed)")
+    p.add_argument("--trace-probes", type=int, default=0, help="Hutchinson probes for the trace of the "
+                   "training-loss Hessian (default: 0, not computed)")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
     p.add_argument("--json", action="store_true", help="print one JSON object per model on one line")
 
@@ -167,7 +171,9 @@ def _emit(rec: dict, as_json: bool) -> None:
         head += f" after {rec['epochs']} epochs ({rec['steps']} steps, {rec['train_seconds']:.1f} s)"
     print(head)
     keys = ["loss_train", "loss_test", *MEASURE_KEYS, "gradient_norm_squared",
-            *(k + "_train" for k in ("gradient_norm", "function_path_length", "gradient_path_length"))]
+            *(k + "_train" for k in ("gradient_norm", "function_path_length", "gradient_path_length")),
+            "parameter_norm", "distance_from_init", "minibatch_grad_norm", "sharpness", "sharpness_rel_change",
+            "sharpness_iterations", "hessian_trace", "hessian_trace_se"]
     for k in keys:
         if k in rec:
             print(f"  {k:<28} {_fmt(rec[k])}")
@@ -237,7 +243,8 @@ def cmd_train(a) -> int:
     configs = [pipeline.RunConfig(data=a.data, pair=tuple(a.pair), n_train=n, seed=s, hidden=tuple(a.hidden),
                                   alpha=a.alpha, lr=a.lr, batch_size=a.batch_size, max_epochs=a.max_epochs,
                                   threshold=a.threshold, measure_points=a.measure_points, segments=a.segments,
-                                  points=a.points, measure_seed=a.measure_seed, regularizer=a.regularizer, lam=lam)
+                                  points=a.points, measure_seed=a.measure_seed, sharpness_iters=a.sharpness_iters,
+                                  trace_probes=a.trace_probes, regularizer=a.regularizer, lam=lam)
                for lam in a.lam for n in a.n_train for s in a.seed]
     device = pipeline.resolve_device(a.device)
     task = data.binary_task(a.data, *a.pair, data_dir=a.data_dir)
@@ -271,7 +278,8 @@ def cmd_measure(a) -> int:
         fields = {k: meta[k] for k in ("data", "n_train", "seed", "hidden", "alpha", "lr", "batch_size",
                                        "max_epochs", "threshold", "regularizer", "lam") if k in meta}
         cfg = pipeline.RunConfig(pair=tuple(meta["pair"]), measure_points=a.measure_points, segments=a.segments,
-                                 points=a.points, measure_seed=a.measure_seed, **fields)
+                                 points=a.points, measure_seed=a.measure_seed, sharpness_iters=a.sharpness_iters,
+                                 trace_probes=a.trace_probes, **fields)
         if rec["params"].widths[0] != 784 or tuple(rec["params"].widths[1:-1]) != cfg.hidden:
             raise SmoothnessError(f"{a.path}: weights of widths {rec['params'].widths} do not match the "
                                   f"recorded config (hidden {cfg.hidden})")

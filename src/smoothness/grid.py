@@ -15,7 +15,8 @@ A grid file is a mapping; every axis takes one value or a list of values:
     threshold: 1.0e-5
     regularizers:                 # default: [{name: none}]
       - {name: gradient_norm, lam: [0, 1.0e-5, 1.0e-4], lr: 0.01}   # optional per entry: lr, max_epochs, n_train, seeds
-    measure: {points: 1000, segments: 1000, points_per_segment: 100, seed: 0}
+    measure: {points: 1000, segments: 1000, points_per_segment: 100, seed: 0,
+              sharpness_iters: 0, trace_probes: 0}
 
 A regularizer entry with lam 0 is plain SGD (stored as regularizer 'none' at that entry's lr), so a
 baseline shared by several entries is trained once.
@@ -35,7 +36,7 @@ from . import regularizers
 from .errors import ConfigError
 from .pipeline import RunConfig
 
-PRESETS = ("smoke", "quick", "paper-table1", "paper-table2")
+PRESETS = ("smoke", "quick", "paper-table1", "paper-table2", "lr-sweep")
 
 _TOP = {"name", "description", "data", "pairs", "n_train", "seeds", "hidden", "alpha", "lr", "batch_size",
         "max_epochs", "threshold", "regularizers", "measure"}
@@ -43,7 +44,11 @@ _REG = {"name", "lam", "lr", "max_epochs", "n_train", "seeds"}
 _DEFAULT = {f.name: f.default for f in fields(RunConfig)}   # the paper's defaults, defined once in RunConfig
 # grid key under `measure` -> RunConfig field
 _MEASURE_FIELDS = {"points": "measure_points", "segments": "segments", "points_per_segment": "points",
-                   "seed": "measure_seed"}
+                   "seed": "measure_seed", "sharpness_iters": "sharpness_iters", "trace_probes": "trace_probes"}
+_MEASURE_NONNEG = {"seed", "sharpness_iters", "trace_probes"}   # 0 allowed (0 iterations/probes: not computed)
+# RunConfig fields added after the first store format: left out of the key while at their default, so
+# that the keys of earlier stores stay valid.
+_KEY_OPTIONAL = ("sharpness_iters", "trace_probes")
 _MEASURE = set(_MEASURE_FIELDS)
 
 
@@ -120,6 +125,9 @@ def config_key(c: RunConfig) -> str:
     d = asdict(c)
     d["pair"], d["hidden"] = list(c.pair), list(c.hidden)
     d["lr"], d["alpha"], d["threshold"], d["lam"] = (float(d[k]) for k in ("lr", "alpha", "threshold", "lam"))
+    for k in _KEY_OPTIONAL:
+        if d[k] == _DEFAULT[k]:
+            del d[k]
     blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
@@ -243,7 +251,8 @@ def parse(raw: dict, name: str | None = None) -> Grid:
     _unknown(m, _MEASURE, "measure")
     for k in _MEASURE:
         if k in m:
-            measure[k] = _num(m[k], int, f"measure.{k}", nonneg=(k == "seed"), positive=(k != "seed"))
+            measure[k] = _num(m[k], int, f"measure.{k}", nonneg=k in _MEASURE_NONNEG,
+                              positive=k not in _MEASURE_NONNEG)
     g = Grid(name=str(raw.get("name") or name or "grid"), data=data,
              pairs=_pairs(raw.get("pairs", [list(_DEFAULT["pair"])])),
              n_train=_axis(raw, "n_train", int, _DEFAULT["n_train"], positive=True),

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from . import data as datasets
-from . import measures, regularizers, training
+from . import curvature, measures, regularizers, training
 from .errors import ConfigError
 from .models import DEFAULT_ALPHA, MLPStack
 
@@ -34,6 +34,8 @@ class RunConfig:
     segments: int = measures.DEFAULT_SEGMENTS
     points: int = measures.DEFAULT_POINTS
     measure_seed: int = 0
+    sharpness_iters: int = 0         # power iterations for the sharpness (0: not computed)
+    trace_probes: int = 0            # Hutchinson probes for the Hessian trace (0: not computed)
     regularizer: str = "none"
     lam: float = 0.0
 
@@ -52,7 +54,8 @@ class RunConfig:
                   ("max_epochs", self.max_epochs >= 1), ("threshold", self.threshold > 0),
                   ("hidden", len(self.hidden) >= 1 and all(h >= 1 for h in self.hidden)),
                   ("measure_points", self.measure_points >= 2), ("segments", self.segments >= 1),
-                  ("points", self.points >= 2), ("lam", self.lam >= 0)]
+                  ("points", self.points >= 2), ("lam", self.lam >= 0),
+                  ("sharpness_iters", self.sharpness_iters >= 0), ("trace_probes", self.trace_probes >= 0)]
         for name, ok in checks:
             if not ok:
                 raise ConfigError(f"invalid {name}: {getattr(self, name)!r}")
@@ -95,6 +98,7 @@ def measure_model(params: MLPStack, task: datasets.BinaryTask, train_idx: torch.
     out["loss_test"] = float(training.mse(p, task.heldout_x.to(dev), task.heldout_y.to(dev))[0])
     out["fpl_lower_bound"] = measures.fpl_lower_bound(ytr)  # l_S of FPL for this training set (sec. 4.3)
     finite = all(bool(torch.isfinite(t).all()) for t in p.tensors())
+    out.update(parameter_measures(p, xtr, ytr, cfg, finite))
     held = task.measure_points(cfg.measure_points).to(dev)
     sub = train_idx[datasets.balanced_prefix(task.pool_y[train_idx], cfg.measure_points)]
     for suffix, x in (("", held), ("_train", task.pool_x[sub].to(dev))):
@@ -104,6 +108,32 @@ def measure_model(params: MLPStack, task: datasets.BinaryTask, train_idx: torch.
             out.update({k + suffix: float(v[0]) for k, v in vals.items()})
         else:
             out.update({k + suffix: float("nan") for k in which})
+    return out
+
+
+def parameter_measures(p: MLPStack, xtr: torch.Tensor, ytr: torch.Tensor, cfg: RunConfig,
+                       finite: bool = True) -> dict[str, float]:
+    """Parameter-space measures on the training set (curvature.py): norm, distance from init, Smith et al.'s
+    minibatch gradient norm; sharpness and Hessian trace when cfg asks for them."""
+    out = {"parameter_norm": float(curvature.parameter_norm(p)[0]),
+           "distance_from_init": float(curvature.distance_from_init(p, [cfg.seed], cfg.alpha)[0])}
+    names = ["minibatch_grad_norm"]
+    if cfg.sharpness_iters:
+        names += ["sharpness", "sharpness_rel_change", "sharpness_iterations"]
+    if cfg.trace_probes:
+        names += ["hessian_trace", "hessian_trace_se"]
+    if not finite:
+        return {**out, **{k: float("nan") for k in names}}
+    x, y = xtr[None], ytr[None]
+    out["minibatch_grad_norm"] = float(curvature.minibatch_gradient_norm(p, x, y, batch_size=cfg.batch_size,
+                                                                         seed=cfg.measure_seed)[0])
+    if cfg.sharpness_iters:
+        s = curvature.sharpness(p, x, y, iters=cfg.sharpness_iters, seed=cfg.measure_seed)
+        out.update(sharpness=float(s.value[0]), sharpness_rel_change=float(s.rel_change[0]),
+                   sharpness_iterations=int(s.iterations[0]))
+    if cfg.trace_probes:
+        tr, se = curvature.hessian_trace(p, x, y, probes=cfg.trace_probes, seed=cfg.measure_seed)
+        out.update(hessian_trace=float(tr[0]), hessian_trace_se=float(se[0]))
     return out
 
 

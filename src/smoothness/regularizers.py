@@ -7,6 +7,9 @@ During training S is the stochastic variant on the current minibatch, as in the 
                           the i-th of its second half, of the sampled TV of f on 10 points (eq. 10)
   gradient_path_length    the same with the TV of grad_x f (eq. 11)
   weights_product         exact WP of the network (eq. 13)
+  minibatch_gradient_norm ||grad_theta L_b||^2, the squared norm of the parameter gradient of the
+                          batch MSE; over the batches of an epoch its mean is the implicit regularizer
+                          of Smith et al. (2021), here made explicit (gradients by double backward)
 The path lengths are summed (not averaged) over the segments, as the original code did; the
 paper's coefficients (FPL 1e-4, GPL 1e-5) refer to that scale. Parameter gradients of S come from
 autograd through the closed-form input gradient (double backpropagation).
@@ -19,7 +22,7 @@ from .measures import segment_points, tv_of_gradients, tv_of_values, weights_pro
 from .models import MLPStack, forward, input_gradient
 
 REGULARIZERS = ("none", "gradient_norm", "gradient_norm_squared", "function_path_length",
-                "gradient_path_length", "weights_product")
+                "gradient_path_length", "weights_product", "minibatch_gradient_norm")
 PATH_LENGTH = ("function_path_length", "gradient_path_length")
 SEGMENT_POINTS = 10
 
@@ -75,10 +78,28 @@ def batch_measure(p: MLPStack, regularizer: str, xb: torch.Tensor, valid: torch.
 def regularized_loss(p: MLPStack, regularizer: str, lam: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor,
                      valid: torch.Tensor):
     """Per-model objective L + lam * S on the batch (eq. 15), and the plain batch MSE L (eq. 2). [M] each."""
-    out = forward(p, xb)
-    err = torch.where(valid, out - yb, 0.0)
-    mse = err.square().sum(1) / valid.sum(1)
+    def batch_mse(q):
+        err = torch.where(valid, forward(q, xb) - yb, 0.0)
+        return err.square().sum(1) / valid.sum(1), err
+
+    mse, err = batch_mse(p)
+    if regularizer == "minibatch_gradient_norm":
+        return mse + lam * parameter_gradient_sq_norms(p, lambda q: batch_mse(q)[0]), err
     return mse + lam * batch_measure(p, regularizer, xb, valid), err
+
+
+def parameter_gradient_sq_norms(p: MLPStack, losses) -> torch.Tensor:
+    """||grad_theta L_m||^2 per model, for losses(q) -> [M] the per-model losses of a stack q. [M].
+
+    Differentiable in p (double backward) when p's tensors require grad; otherwise just its value.
+    """
+    q = p
+    if not all(t.requires_grad for t in p.tensors()):
+        leaves = [t.detach().requires_grad_(True) for t in p.tensors()]
+        q = MLPStack(leaves[:len(p.weights)], leaves[len(p.weights):])
+    with torch.enable_grad():
+        grads = torch.autograd.grad(losses(q).sum(), q.tensors(), create_graph=q is p)
+    return sum(g.square().flatten(1).sum(1) for g in grads)
 
 
 def regularized_sgd_step_(p: MLPStack, regularizer: str, lam: torch.Tensor, lr: torch.Tensor,

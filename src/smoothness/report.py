@@ -62,7 +62,7 @@ def table1_tables(t1: pd.DataFrame) -> list[Table]:
 def table2_tables(t2: pd.DataFrame) -> list[Table]:
     """One table per training setting and N, one column per regularizer (paper order), as the paper's Table 2."""
     out = []
-    order = {m: i for i, m in enumerate(["GN", "GN²", "FPL", "GPL", "WP"])}
+    order = {m: i for i, m in enumerate(["GN", "GN²", "FPL", "GPL", "WP", "MGN"])}
     for setting, g in t2.groupby("table", sort=False):
         cols = sorted(g.itertuples(), key=lambda c: (order.get(c.measure, 9), c.lr))
         lam = [_f(c.lam) if c.lam is not None and not pd.isna(c.lam) else "none" for c in cols]
@@ -170,6 +170,52 @@ def _vs_n(size: pd.DataFrame, cols: dict, path: Path, title: str, logy=False) ->
     return True
 
 
+def lr_sweep_tables(sweep: pd.DataFrame) -> list[Table]:
+    """One table per setting and N: a row per learning rate."""
+    cols = [c for c in A.SWEEP if f"{c}_mean" in sweep]
+    tabs = []
+    for keys, g in sweep.groupby(A._NO_LR + ["n_train"], sort=True):
+        label = A._setting_label({**dict(zip(A._NO_LR, keys)), "lr": 0, "max_epochs": 0}, with_lr=False)
+        rows = [[f"{r['lr']:g}", f"{r['converged']}/{r['models']}", str(r["diverged"]), _f(r["two_over_lr"])]
+                + [_pm(r[f"{c}_mean"], r[f"{c}_std"]) for c in cols] for _, r in g.sort_values("lr").iterrows()]
+        tabs.append(Table(f"Learning-rate sweep: {label}, N = {keys[-1]}",
+                          ["lr", "converged", "diverged", "2/lr"] + [A.SWEEP[c] for c in cols], rows,
+                          "Means ± std over converged models (datasets and seeds). Sharpness is the top eigenvalue "
+                          "of the training-loss Hessian; full-batch GD is stable only below 2/lr."))
+    return tabs
+
+
+def lr_sweep_figure(sweep: pd.DataFrame, path: Path) -> bool:
+    cols = [c for c in A.SWEEP if f"{c}_mean" in sweep]
+    if not len(sweep) or not cols:
+        return False
+    plt = _plt()
+    ncol = min(len(cols), 4)
+    nrow = math.ceil(len(cols) / ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.6 * ncol, 3.1 * nrow), squeeze=False)
+    for ax, c in zip(axes.flat, cols):
+        for keys, g in sweep.groupby(A._NO_LR + ["n_train"], sort=True):
+            g = g.sort_values("lr")
+            ax.errorbar(g["lr"], g[f"{c}_mean"], yerr=g[f"{c}_std"].fillna(0), marker="o", ms=3, capsize=3,
+                        label=f"hidden {keys[A._NO_LR.index('hidden')]}, N = {keys[-1]}")
+            if c == "sharpness":
+                ax.plot(g["lr"], g["two_over_lr"], "k--", lw=0.8, label="2/lr")
+        ax.set_xscale("log")
+        if c in ("sharpness", "hessian_trace", "minibatch_grad_norm", "loss_test"):
+            ax.set_yscale("log")
+        ax.set_xlabel("learning rate")
+        ax.set_title(A.SWEEP[c], fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    for ax in list(axes.flat)[len(cols):]:
+        ax.axis("off")
+    fig.suptitle("Against the learning rate (mean ± std over converged unregularized models)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 # -- the report -------------------------------------------------------------------------------------
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1em}td,th{border:1px solid #bbb;padding:.25em .6em;font-size:.9em}
@@ -181,7 +227,8 @@ def write_report(source, out_dir=None) -> dict:
     """Analyse a results store (a directory or .sqlite file) and write the report; returns what was written.
 
     Files: table1.md/csv, table1_taus.csv, table2.md/csv, table2_ratios.csv, status_counts.csv, runs.csv,
-    figure2.png, measures_vs_n.png, test_loss_vs_n.png, report.md and a self-contained report.html.
+    figure2.png, measures_vs_n.png, test_loss_vs_n.png, report.md and a self-contained report.html; for grids
+    with several learning rates also lr_sweep.md/csv and lr_sweep.png.
     """
     with Store(source, create=False) as st:
         df = st.frame()
@@ -209,13 +256,17 @@ def write_report(source, out_dir=None) -> dict:
         taus, ratios = A.kendall_taus(df), A.table2_ratios(df)
         t1, t2 = A.table1(df, taus), A.table2(df, ratios)
         tables1, tables2 = table1_tables(t1) if len(t1) else [], table2_tables(t2) if len(t2) else []
+        sweep = A.by_lr(df)
+        tables_lr = lr_sweep_tables(sweep) if len(sweep) else []
+        if len(sweep):
+            save_csv("lr_sweep.csv", sweep)
         if len(t1):
             save_csv("table1.csv", t1)
             save_csv("table1_taus.csv", taus)
         if len(t2):
             save_csv("table2.csv", t2)
             save_csv("table2_ratios.csv", ratios)
-        for name, tabs in (("table1.md", tables1), ("table2.md", tables2)):
+        for name, tabs in (("table1.md", tables1), ("table2.md", tables2), ("lr_sweep.md", tables_lr)):
             if tabs:
                 (out / name).write_text("\n".join(t.markdown() for t in tabs))
                 written[name] = out / name
@@ -229,8 +280,11 @@ def write_report(source, out_dir=None) -> dict:
         if _vs_n(size, {"loss_test": "test loss (MSE)"}, out / "test_loss_vs_n.png",
                  "Held-out loss against training size", logy=True):
             figs["test_loss_vs_n.png"] = "Test loss against training size"
+        if lr_sweep_figure(sweep, out / "lr_sweep.png"):
+            figs["lr_sweep.png"] = "Sharpness, norms, smoothness and test loss against the learning rate"
         written.update({f: out / f for f in figs})
-        blocks = [("Table 1", tables1), ("Table 2", tables2), ("Status", [status_table(counts)])]
+        blocks = [("Table 1", tables1), ("Table 2", tables2), ("Learning-rate sweep", tables_lr),
+                  ("Status", [status_table(counts)])]
         for head, tabs in blocks:
             if tabs:
                 sections_md.append(f"## {head}\n\n" + "\n".join(t.markdown() for t in tabs))
