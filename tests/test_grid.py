@@ -123,3 +123,28 @@ def test_paper_preset_without_full_mnist_fails_before_training(tmp_path):
     assert r.returncode == 2 and r.stderr.startswith("smoothness: error:") and "Traceback" not in r.stderr
     assert "mnist" in r.stderr.lower() and "download" in r.stderr.lower()
     assert r.stdout == ""                                      # nothing trained, no summary
+
+
+def test_optimizer_axis_expands_with_gd_batch_and_adam_rate_and_keeps_sgd_keys():
+    base = {"pairs": [[3, 8]], "n_train": [64, 128], "seeds": [0]}
+    g = grid.parse({**base, "optimizer": ["sgd", "gd", "momentum", "adam"], "batch_size": [32, 64]})
+    cs = g.configs()
+    by = {}
+    for c in cs:
+        by.setdefault(c.optimizer, []).append(c)
+    assert len(by["sgd"]) == len(by["momentum"]) == len(by["adam"]) == 4
+    assert sorted((c.n_train, c.batch_size) for c in by["gd"]) == [(64, 64), (128, 128)]  # batch axis collapses
+    assert {c.lr for c in by["adam"]} == {1e-3} and {c.lr for c in by["sgd"]} == {0.01}
+    plain = grid.parse({**base, "batch_size": [32, 64]}).configs()
+    assert {grid.config_key(c) for c in plain} == {grid.config_key(c) for c in by["sgd"]}
+    assert len({c.batch_key() for c in cs}) == 2 + 2 + 2 + 2   # (optimizer, batch size) programs
+    with pytest.raises(ConfigError, match="key 'optimizer': unknown optimizer 'rmsprop'"):
+        grid.parse({**base, "optimizer": "rmsprop"})
+
+
+def test_full_batch_gd_takes_one_step_per_epoch():
+    from smoothness import pipeline
+    c = pipeline.RunConfig(pair=(3, 8), n_train=100, optimizer="gd", lr=0.05, max_epochs=30, threshold=1e-9,
+                           measure_points=20, segments=5, points=10)
+    (r,) = pipeline.train_and_measure([c])
+    assert c.batch_size == 100 and r["epochs"] == r["steps"] == 30 and r["optimizer"] == "gd"

@@ -26,13 +26,22 @@ PAPER_TABLE2 = {  # unregularized mean, regularized mean, l_S, r_norm mean, r_no
     "gradient_path_length": (2.62, 2.35, 0, 0.89, 0.06), "weights_product": (12.84, 11.57, 0, 0.90, 0.03)}
 
 # Columns that define a training setting apart from the dataset (pair), seed, size and regularization.
-SETTING = ["data", "hidden", "alpha", "lr", "batch_size", "max_epochs", "threshold", "measure_points", "segments",
-           "points", "measure_seed"]
+SETTING = ["data", "optimizer", "hidden", "alpha", "lr", "batch_size", "max_epochs", "threshold", "measure_points",
+           "segments", "points", "measure_seed"]
+# Setting columns added after the first results: their value for records that predate them.
+_SETTING_DEFAULTS = {"optimizer": "sgd"}
+
+
+def _complete(df: pd.DataFrame) -> pd.DataFrame:
+    """df with every setting column, filling those added later with their defaults."""
+    missing = {c: v for c, v in _SETTING_DEFAULTS.items() if c not in df}
+    return df.assign(**missing) if missing and len(df) else df
 
 
 def _setting_label(row, with_lr: bool = True) -> str:
     lr = f", lr {row['lr']:g}, cap {row['max_epochs']} epochs" if with_lr else ""
-    return (f"{row['data']}, hidden {row['hidden']}, alpha {row['alpha']:g}{lr}, batch {row['batch_size']}, "
+    opt = "" if row.get("optimizer", "sgd") == "sgd" else f", {row['optimizer']}"
+    return (f"{row['data']}{opt}, hidden {row['hidden']}, alpha {row['alpha']:g}{lr}, batch {row['batch_size']}, "
             f"threshold {row['threshold']:g}")
 
 
@@ -56,6 +65,7 @@ def kendall_taus(df: pd.DataFrame) -> pd.DataFrame:
     Uses the unregularized models only, and of those the converged ones; a (pair, seed) needs at least two
     converged sizes. Columns: setting columns, pair, seed, n_models (converged sizes), one column per measure.
     """
+    df = _complete(df)
     base = df[(df["regularizer"] == "none") & (df["status"] == "converged")]
     rows = []
     for keys, g in base.groupby(SETTING + ["pair", "seed"], sort=True):
@@ -77,6 +87,7 @@ def table1(df: pd.DataFrame, taus: pd.DataFrame | None = None) -> pd.DataFrame:
     """Table 1: mean and std of Kendall's tau over (pair, seed), per setting; with the paper's values.
 
     taus: kendall_taus(df), if already computed."""
+    df = _complete(df)
     taus = kendall_taus(df) if taus is None else taus
     if not len(taus):
         return pd.DataFrame()
@@ -125,6 +136,7 @@ def table2_ratios(df: pd.DataFrame) -> pd.DataFrame:
 
 def _regularized_groups(df: pd.DataFrame):
     """For each regularizer and setting (incl. N): its lambda = 0 baseline rows and the chosen lambda's rows."""
+    df = _complete(df)
     key = SETTING + ["n_train"]
     regd = df[df["regularizer"] != "none"]
     for (reg, *keys), g in regd.groupby(["regularizer"] + key, sort=True):
@@ -186,6 +198,7 @@ def figure2_data(df: pd.DataFrame) -> list[dict]:
 
 def by_size(df: pd.DataFrame, columns) -> pd.DataFrame:
     """Mean and std over converged unregularized models of each column, per setting and training size."""
+    df = _complete(df)
     base = df[(df["regularizer"] == "none") & (df["status"] == "converged")]
     if not len(base) or base["n_train"].nunique() < 2:
         return pd.DataFrame()
@@ -207,6 +220,7 @@ _NO_LR = [c for c in SETTING if c not in ("lr", "max_epochs")]
 def by_lr(df: pd.DataFrame) -> pd.DataFrame:
     """Unregularized models of settings trained at several learning rates: per (setting, N, lr) the model
     counts by status and the mean and std over converged models of each SWEEP column present."""
+    df = _complete(df)
     base = df[df["regularizer"] == "none"] if len(df) else df
     if not len(base) or base["lr"].nunique() < 2:
         return pd.DataFrame()

@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import __version__, data, experiments, idx, measures, pipeline, regularizers, training
+from . import __version__, data, experiments, idx, measures, optimizers, pipeline, regularizers, training
 from . import grid as grid_mod
 from .store import Store
 from .errors import SmoothnessError
@@ -59,8 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--hidden", type=int, nargs="+", default=[256], help="hidden layer width(s) (default: 256)")
     t.add_argument("--alpha", type=float, default=0.01, help="initialization scale alpha (default: 0.01)")
     t.add_argument("--lr", type=float, default=None,
-                   help="learning rate (default: 0.01; 0.1 with a path-length regularizer, as in the paper)")
+                   help="learning rate (default: 0.01; 0.1 with a path-length regularizer, as in the paper; "
+                        "1e-3 with adam)")
     t.add_argument("--batch-size", type=int, default=training.DEFAULT_BATCH, help="minibatch size (default: 64)")
+    t.add_argument("--optimizer", default="sgd", choices=optimizers.OPTIMIZERS,
+                   help="sgd (the paper), gd (full batch: batch size = N), momentum (0.9) or adam (default: sgd)")
     t.add_argument("--max-epochs", type=int, default=training.DEFAULT_MAX_EPOCHS, help="epoch cap (default: 25000)")
     t.add_argument("--threshold", type=float, default=training.DEFAULT_THRESHOLD,
                    help="stop when the epoch's training loss is below this (default: 1e-5)")
@@ -195,7 +198,8 @@ def _print_table(records: list[dict]) -> None:
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(heads)]
     r0 = records[0]
     print(f"{r0['data']} pair {r0['pair'][0]} {r0['pair'][1]}, {len(records)} models"
-          + (f", regularizer {reg}" if reg != "none" else ""))
+          + (f", regularizer {reg}" if reg != "none" else "")
+          + (f", optimizer {r0['optimizer']}" if r0.get("optimizer", "sgd") != "sgd" else ""))
     print("  ".join(h.rjust(w) for h, w in zip(heads, widths)))
     for row in rows:
         print("  ".join(v.rjust(w) for v, w in zip(row, widths)))
@@ -244,7 +248,8 @@ def cmd_train(a) -> int:
                                   alpha=a.alpha, lr=a.lr, batch_size=a.batch_size, max_epochs=a.max_epochs,
                                   threshold=a.threshold, measure_points=a.measure_points, segments=a.segments,
                                   points=a.points, measure_seed=a.measure_seed, sharpness_iters=a.sharpness_iters,
-                                  trace_probes=a.trace_probes, regularizer=a.regularizer, lam=lam)
+                                  trace_probes=a.trace_probes, regularizer=a.regularizer, lam=lam,
+                                  optimizer=a.optimizer)
                for lam in a.lam for n in a.n_train for s in a.seed]
     device = pipeline.resolve_device(a.device)
     task = data.binary_task(a.data, *a.pair, data_dir=a.data_dir)
@@ -276,7 +281,7 @@ def cmd_measure(a) -> int:
         if a.pair:
             meta["pair"] = list(a.pair)
         fields = {k: meta[k] for k in ("data", "n_train", "seed", "hidden", "alpha", "lr", "batch_size",
-                                       "max_epochs", "threshold", "regularizer", "lam") if k in meta}
+                                       "max_epochs", "threshold", "regularizer", "lam", "optimizer") if k in meta}
         cfg = pipeline.RunConfig(pair=tuple(meta["pair"]), measure_points=a.measure_points, segments=a.segments,
                                  points=a.points, measure_seed=a.measure_seed, sharpness_iters=a.sharpness_iters,
                                  trace_probes=a.trace_probes, **fields)

@@ -15,6 +15,7 @@ A grid file is a mapping; every axis takes one value or a list of values:
     threshold: 1.0e-5
     regularizers:                 # default: [{name: none}]
       - {name: gradient_norm, lam: [0, 1.0e-5, 1.0e-4], lr: 0.01}   # optional per entry: lr, max_epochs, n_train, seeds
+    optimizer: sgd                # sgd | gd (full batch) | momentum | adam; an axis like the others
     measure: {points: 1000, segments: 1000, points_per_segment: 100, seed: 0,
               sharpness_iters: 0, trace_probes: 0}
 
@@ -32,14 +33,14 @@ from importlib import resources
 from pathlib import Path
 
 from . import data as datasets
-from . import regularizers
+from . import optimizers, regularizers
 from .errors import ConfigError
 from .pipeline import RunConfig
 
 PRESETS = ("smoke", "quick", "paper-table1", "paper-table2", "lr-sweep")
 
 _TOP = {"name", "description", "data", "pairs", "n_train", "seeds", "hidden", "alpha", "lr", "batch_size",
-        "max_epochs", "threshold", "regularizers", "measure"}
+        "max_epochs", "threshold", "regularizers", "measure", "optimizer"}
 _REG = {"name", "lam", "lr", "max_epochs", "n_train", "seeds"}
 _DEFAULT = {f.name: f.default for f in fields(RunConfig)}   # the paper's defaults, defined once in RunConfig
 # grid key under `measure` -> RunConfig field
@@ -48,7 +49,7 @@ _MEASURE_FIELDS = {"points": "measure_points", "segments": "segments", "points_p
 _MEASURE_NONNEG = {"seed", "sharpness_iters", "trace_probes"}   # 0 allowed (0 iterations/probes: not computed)
 # RunConfig fields added after the first store format: left out of the key while at their default, so
 # that the keys of earlier stores stay valid.
-_KEY_OPTIONAL = ("sharpness_iters", "trace_probes")
+_KEY_OPTIONAL = ("sharpness_iters", "trace_probes", "optimizer")
 _MEASURE = set(_MEASURE_FIELDS)
 
 
@@ -72,6 +73,7 @@ class Grid:
     max_epochs: list[int]
     threshold: list[float]
     regularizers: list[dict] = field(default_factory=lambda: _regularizers(None))
+    optimizer: list[str] = field(default_factory=lambda: ["sgd"])
     measure: dict = field(default_factory=_measure_defaults)
     description: str = ""
 
@@ -83,17 +85,17 @@ class Grid:
             caps = [reg["max_epochs"]] if reg.get("max_epochs") is not None else self.max_epochs
             sizes = reg.get("n_train") or self.n_train
             seeds = reg.get("seeds") or self.seeds
-            for lam, lr, h, al, bs, me, th, pair, n, s in itertools.product(
-                    reg["lam"], lrs, self.hidden, self.alpha, self.batch_size, caps, self.threshold,
+            for opt, lam, lr, h, al, bs, me, th, pair, n, s in itertools.product(
+                    self.optimizer, reg["lam"], lrs, self.hidden, self.alpha, self.batch_size, caps, self.threshold,
                     self.pairs, sizes, seeds):
                 name = reg["name"] if lam > 0 else "none"
                 if lr is None:  # the paper's rate for this regularizer also for its lambda = 0 baseline
-                    lr = regularizers.default_lr(reg["name"])
+                    lr = optimizers.ADAM_LR if opt == "adam" else regularizers.default_lr(reg["name"])
                 try:
                     c = RunConfig(data=self.data, pair=pair, n_train=n, seed=s, hidden=h, alpha=al, lr=lr,
                                   batch_size=bs, max_epochs=me, threshold=th,
                                   **{f: self.measure[k] for k, f in _MEASURE_FIELDS.items()},
-                                  regularizer=name, lam=float(lam) if lam > 0 else 0.0)
+                                  regularizer=name, lam=float(lam) if lam > 0 else 0.0, optimizer=opt)
                 except ConfigError as e:
                     raise ConfigError(f"grid {self.name!r}: {e}") from None
                 k = config_key(c)
@@ -236,6 +238,18 @@ def _regularizers(v):
     return out
 
 
+def _optimizers(v):
+    out = _as_list(v)
+    if not out:
+        raise ConfigError("key 'optimizer': needs at least one value")
+    for o in out:
+        try:
+            optimizers.check(o)
+        except ValueError as err:
+            raise ConfigError(f"key 'optimizer': {err}") from None
+    return out
+
+
 def parse(raw: dict, name: str | None = None) -> Grid:
     """Validate a grid mapping (as loaded from YAML) and return a Grid; errors name the key."""
     if not isinstance(raw, dict):
@@ -263,7 +277,8 @@ def parse(raw: dict, name: str | None = None) -> Grid:
              batch_size=_axis(raw, "batch_size", int, _DEFAULT["batch_size"], positive=True),
              max_epochs=_axis(raw, "max_epochs", int, _DEFAULT["max_epochs"], positive=True),
              threshold=_axis(raw, "threshold", float, _DEFAULT["threshold"], positive=True),
-             regularizers=_regularizers(raw.get("regularizers")), measure=measure,
+             regularizers=_regularizers(raw.get("regularizers")), optimizer=_optimizers(raw.get("optimizer", "sgd")),
+             measure=measure,
              description=str(raw.get("description") or ""))
     g.configs()  # the remaining checks (e.g. weights_product needs one hidden layer)
     return g

@@ -147,6 +147,20 @@ def sgd_update_(p: MLPStack, acts, pres, dout_scaled: torch.Tensor) -> None:
         g = below
 
 
+def parameter_grads(p: MLPStack, acts, pres, dout: torch.Tensor) -> list[torch.Tensor]:
+    """Every model's parameter gradient (in p.tensors() order) given dout = dLoss/dout [M, n], by the
+    same backpropagation as sgd_update_ but materialized (for optimizers with state)."""
+    n = len(p.weights)
+    grads: list[torch.Tensor] = [None] * (2 * n)  # type: ignore[list-item]
+    g = dout[..., None]
+    for l in range(n - 1, -1, -1):
+        grads[l] = torch.bmm(g.transpose(1, 2), acts[l])
+        grads[n + l] = g.sum(1)
+        if l > 0:
+            g = torch.bmm(g, p.weights[l]) * (pres[l - 1] > 0)
+    return grads
+
+
 def input_gradient(p: MLPStack, x: torch.Tensor) -> torch.Tensor:
     """Closed-form input gradient of a ReLU MLP: grad f(x) = W1^T D1 W2^T ... D_L w_out. [M, n, d]."""
     _, _, pres = forward(p, x, cache=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from . import data as datasets
-from . import curvature, measures, regularizers, training
+from . import curvature, measures, optimizers, regularizers, training
 from .errors import ConfigError
 from .models import DEFAULT_ALPHA, MLPStack
 
@@ -26,7 +26,7 @@ class RunConfig:
     seed: int = 0
     hidden: tuple[int, ...] = (256,)
     alpha: float = DEFAULT_ALPHA
-    lr: float | None = None          # None: 0.01, or 0.1 with a path-length regularizer (paper)
+    lr: float | None = None          # None: 0.01, or 0.1 with a path-length regularizer (paper); Adam 1e-3
     batch_size: int = training.DEFAULT_BATCH
     max_epochs: int = training.DEFAULT_MAX_EPOCHS
     threshold: float = training.DEFAULT_THRESHOLD
@@ -38,14 +38,18 @@ class RunConfig:
     trace_probes: int = 0            # Hutchinson probes for the Hessian trace (0: not computed)
     regularizer: str = "none"
     lam: float = 0.0
+    optimizer: str = "sgd"           # sgd (paper), gd (batch_size becomes n_train), momentum, adam
 
     def __post_init__(self):
         try:
             regularizers.check(self.regularizer)
+            optimizers.check(self.optimizer)
         except ValueError as e:
             raise ConfigError(str(e)) from None
         if self.lr is None:
-            self.lr = regularizers.default_lr(self.regularizer)
+            self.lr = optimizers.ADAM_LR if self.optimizer == "adam" else regularizers.default_lr(self.regularizer)
+        if self.optimizer == "gd":
+            self.batch_size = self.n_train   # full-batch gradient descent: one step per epoch
         if self.regularizer == "weights_product" and len(self.hidden) != 1:
             raise ConfigError("the weights_product regularizer needs one hidden layer")
         self.pair = tuple(int(v) for v in self.pair)
@@ -69,7 +73,7 @@ class RunConfig:
 
     def batch_key(self) -> tuple:
         """Models with equal keys can share one batched program."""
-        return (self.data, self.widths, self.batch_size, self.regularizer)
+        return (self.data, self.widths, self.batch_size, self.regularizer, self.optimizer)
 
 
 def resolve_device(name: str | None) -> torch.device:
@@ -180,7 +184,8 @@ def iter_train_and_measure(configs: list[RunConfig], *, device=None, data_dir=No
             subsets.append(sub)
             specs.append(training.TrainSpec(sub + offsets[c.pair], t.pool_y[sub], seed=c.seed, lr=c.lr,
                                             alpha=c.alpha, max_epochs=c.max_epochs, threshold=c.threshold,
-                                            regularizer=c.regularizer, lam=c.lam))
+                                            regularizer=c.regularizer, lam=c.lam,
+                                            optimizer="sgd" if c.optimizer == "gd" else c.optimizer))
         trainer = training.BatchedTrainer(pool, key[1], key[2], dev)
         for res in trainer.iter_train(specs, progress=progress):
             i = members[res.index]

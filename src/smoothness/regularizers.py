@@ -102,16 +102,13 @@ def parameter_gradient_sq_norms(p: MLPStack, losses) -> torch.Tensor:
     return sum(g.square().flatten(1).sum(1) for g in grads)
 
 
-def regularized_sgd_step_(p: MLPStack, regularizer: str, lam: torch.Tensor, lr: torch.Tensor,
-                          xb: torch.Tensor, yb: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """One SGD step on L + lam * S for every model, in place; returns the batch errors [M, B]."""
+def regularized_grads(p: MLPStack, regularizer: str, lam: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor,
+                      valid: torch.Tensor):
+    """Every model's gradient of L + lam * S on its batch (in p.tensors() order), and the batch errors [M, B]."""
     leaves = [t.detach().requires_grad_(True) for t in p.tensors()]
     n = len(p.weights)
     q = MLPStack(leaves[:n], leaves[n:])
     with torch.enable_grad():
         obj, err = regularized_loss(q, regularizer, lam, xb, yb, valid)
         grads = torch.autograd.grad(obj.sum(), leaves)  # models are independent: sum gives each its own
-    with torch.no_grad():
-        for t, g in zip(p.tensors(), grads):
-            t.sub_(lr.view(-1, *([1] * (t.dim() - 1))) * g)
-    return err.detach()
+    return list(grads), err.detach()

@@ -145,13 +145,15 @@ class Store:
         recs = self.records()
         df = pd.DataFrame(recs)
         if len(df):
+            # config fields added after the first stored models: missing means the default of the time
+            df["optimizer"] = df["optimizer"].fillna("sgd") if "optimizer" in df else "sgd"
             if "pair" in df:
                 df["pair"] = df["pair"].map(lambda p: f"{p[0]}/{p[1]}" if isinstance(p, list) else p)
             if "hidden" in df:
                 df["hidden"] = df["hidden"].map(lambda h: "-".join(map(str, h)) if isinstance(h, list) else h)
             for c in df.columns:  # measures stored as null (non-finite) come back as None
-                if df[c].dtype == object and c not in ("pair", "hidden", "data", "status", "regularizer", "device",
-                                                       "key", "versions"):
+                if df[c].dtype == object and c not in ("pair", "hidden", "data", "status", "regularizer", "optimizer",
+                                                       "device", "key", "versions"):
                     try:
                         df[c] = pd.to_numeric(df[c])
                     except (ValueError, TypeError):

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from . import regularizers, rng
-from .models import DEFAULT_ALPHA, DEFAULT_WIDTHS, MLPStack, forward, init_mlp, sgd_update_
+from . import optimizers, regularizers, rng
+from .models import DEFAULT_ALPHA, DEFAULT_WIDTHS, MLPStack, forward, init_mlp, parameter_grads, sgd_update_
 
 CONVERGED, NOT_CONVERGED, DIVERGED = "converged", "not_converged", "diverged"
 DEFAULT_LR = 0.01
@@ -47,9 +47,12 @@ class TrainSpec:
     threshold: float = DEFAULT_THRESHOLD
     regularizer: str = "none"   # see regularizers.py; trains on L + lam * S (eq. 15)
     lam: float = 0.0
+    optimizer: str = "sgd"      # sgd, momentum or adam (optimizers.py); full-batch GD: batch_size >= N
 
     def __post_init__(self):
         regularizers.check(self.regularizer)
+        if optimizers.check(self.optimizer) == "gd":
+            raise ValueError("optimizer 'gd' is sgd with the trainer's batch_size set to the training size")
         self.indices = torch.as_tensor(self.indices, dtype=torch.long).reshape(-1)
         self.targets = torch.as_tensor(self.targets, dtype=torch.float32).reshape(-1)
         if self.indices.numel() == 0 or self.indices.shape != self.targets.shape:
@@ -88,6 +91,7 @@ class _Active:
         # per epoch): ahead[r, k] is the permutation of epoch ahead_base[r] + k. None: not built yet.
         self.ahead: torch.Tensor | None = None    # [A, K, Nmax]
         self.ahead_base = np.zeros(0, np.int64)
+        self.opt_state: list[torch.Tensor] = []   # optimizer buffers, [A, ...] each (optimizers.init_state)
 
     def __len__(self):
         return len(self.ids)
@@ -136,14 +140,16 @@ class BatchedTrainer:
                       lam=torch.tensor([s.lam for s in new], dtype=torch.float32, device=dev),
                       loss_sum=torch.zeros(len(new), dtype=torch.float32, device=dev),
                       seed=seeds.to(dev))
+        state = optimizers.init_state(params.tensors(), self.optimizer)
         if len(act):
+            act.opt_state = [torch.cat([o, z]) for o, z in zip(act.opt_state, state)]
             act.params = MLPStack.cat([act.params, params])
             for k, v in fields.items():
                 old = getattr(act, k)
                 old = widen(old, 0) if old.dim() == 2 else old
                 setattr(act, k, torch.cat([old, v]))
         else:
-            act.params = params
+            act.params, act.opt_state = params, state
             for k, v in fields.items():
                 setattr(act, k, v)
         act.ahead = None  # rows and widths changed: the look-ahead shuffles are rebuilt when needed
@@ -159,6 +165,7 @@ class BatchedTrainer:
     def _keep(act: _Active, keep: np.ndarray) -> None:
         k = torch.as_tensor(keep, dtype=torch.long, device=act.device)
         act.params = act.params.select(k)
+        act.opt_state = [o[k] for o in act.opt_state]
         for name in ("idx", "y", "perm", "n", "lr", "lam", "loss_sum", "seed"):
             setattr(act, name, getattr(act, name)[k])
         act.ids = [act.ids[i] for i in keep]
@@ -200,18 +207,26 @@ class BatchedTrainer:
         return max(1, (1 << 20) // (self.batch_size * self.widths[0]))
 
     def _step_block(self, act: _Active, a: int, b: int, rows, yb, valid) -> None:
-        """One SGD step for the active models a..b-1 (their weights updated in place through views)."""
+        """One optimizer step for the active models a..b-1 (weights and state updated in place through views)."""
         p = act.params.rows(a, b)
         xb = self.x.index_select(0, rows.reshape(-1)).view(*rows.shape, -1)  # [b - a, B, d]
+        lr = act.lr[a:b]
         if self.regularizer != "none":
-            err = regularizers.regularized_sgd_step_(p, self.regularizer, act.lam[a:b], act.lr[a:b], xb, yb, valid)
+            grads, err = regularizers.regularized_grads(p, self.regularizer, act.lam[a:b], xb, yb, valid)
         else:
             out, acts, pres = forward(p, xb, cache=True)
-            lr = act.lr[a:b]
             err = out - yb if valid is None else torch.where(valid, out - yb, 0.0)
-            # eq. 2 on the batch: d/d out of (1/count) sum err^2 is 2 err / count; scaled by the lr.
-            scale = lr * (2.0 / self.batch_size) if valid is None else 2.0 * lr / valid.sum(1).to(err.dtype)
-            sgd_update_(p, acts, pres, err * scale[:, None])
+            # eq. 2 on the batch: d/d out of (1/count) sum err^2 is 2 err / count.
+            rate = lr if self.optimizer == "sgd" else torch.ones_like(lr)  # sgd: scaled by the lr here
+            scale = rate * (2.0 / self.batch_size) if valid is None else 2.0 * rate / valid.sum(1).to(err.dtype)
+            grads = None
+            if self.optimizer == "sgd":  # fused: the update is folded into the gradient GEMMs
+                sgd_update_(p, acts, pres, err * scale[:, None])
+            else:
+                grads = parameter_grads(p, acts, pres, err * scale[:, None])
+        if grads is not None:
+            t = torch.as_tensor(act.steps[a:b] + 1, device=self.device)
+            optimizers.step_(p.tensors(), grads, [o[a:b] for o in act.opt_state], self.optimizer, lr, t)
         act.loss_sum[a:b] += err.square().sum(1)  # errors from before the update, as Keras logs them
 
     # -- epoch ends: check the stopping rule, reshuffle ----------------------------------------
@@ -289,6 +304,10 @@ class BatchedTrainer:
         if len(kinds) > 1:
             raise ValueError(f"one batched program trains one kind of regularizer, got {sorted(kinds)}")
         self.regularizer = kinds.pop() if kinds else "none"
+        opts = {s.optimizer for s in specs}
+        if len(opts) > 1:
+            raise ValueError(f"one batched program trains with one optimizer, got {sorted(opts)}")
+        self.optimizer = opts.pop() if opts else "sgd"
         self.admit_seconds = 0.0  # time spent initializing and admitting models (reported by bench)
         waiting = list(range(len(specs)))
         cap = self.max_batch or len(specs)
