@@ -114,3 +114,20 @@ def test_lr_sweep_means_over_converged_models_per_learning_rate():
     assert sweep.loc[0.1, "parameter_norm_mean"] == pytest.approx(1.0)
     assert "hessian_trace_mean" not in sweep                            # a column no model has
     assert len(A.by_lr(pd.DataFrame([single]))) == 0
+
+
+def test_table1_per_depth_shows_wp_for_one_hidden_layer_and_the_path_norm_for_deeper_nets():
+    rows = []
+    for depth, hidden in ((1, "256"), (2, "256-256")):
+        for i, n in enumerate([64, 128, 256]):
+            wp = float(i) if depth == 1 else np.nan
+            pn = float(i) if depth == 1 else float(-i)          # PN = WP for one layer; decreasing for two
+            r = row("3/8", 0, n, weights_product=wp, path_norm=pn)
+            r.update(hidden=hidden, key=f"{hidden}-{n}")
+            rows.append(r)
+    t1 = A.table1(pd.DataFrame(rows))
+    one = t1[t1["setting"].str.contains("hidden 256,")].set_index("measure")
+    two = t1[t1["setting"].str.contains("hidden 256-256")].set_index("measure")
+    assert list(one.index) == ["GN", "FPL", "GPL", "WP"] and one.loc["WP", "tau_mean"] == pytest.approx(1.0)
+    assert list(two.index) == ["GN", "FPL", "GPL", "PN"] and two.loc["PN", "tau_mean"] == pytest.approx(-1.0)
+    assert pd.isna(two.loc["PN", "paper_tau_mean"])

@@ -178,3 +178,34 @@ def test_two_layer_fast_path_equals_the_generic_estimator():
     slow = measures._path_lengths(generic, x, 50, 30, 3, ("fpl", "gpl"))
     for k in ("fpl", "gpl"):
         assert torch.allclose(fast[k], slow[k], rtol=1e-4), k
+
+
+def test_path_norm_is_wp_for_one_hidden_layer_and_the_brute_force_path_sum_for_deeper_nets():
+    from smoothness.models import init_mlp
+    p1 = init_mlp([0, 1], (5, 7, 1), alpha=1.0, dtype=torch.float64)
+    assert torch.allclose(measures.path_norms(p1), measures.weights_products(p1), rtol=1e-12)
+    p = init_mlp([2], (3, 4, 3, 2, 1), alpha=1.0, dtype=torch.float64)
+    W = [w[0] for w in p.weights]
+    brute = 0.0
+    for i, j, k in itertools.product(range(4), range(3), range(2)):   # every path through the hidden units
+        brute += float(W[0][i].norm() * W[1][j, i].abs() * W[2][k, j].abs() * W[3][0, k].abs())
+    assert float(measures.path_norms(p)[0]) == pytest.approx(brute, rel=1e-12)
+    assert measures.path_norm(models.ReLUMLP.from_stack(p)) == pytest.approx(brute, rel=1e-12)
+
+
+def test_path_norm_bounds_the_gradient_norm_and_is_attained_when_all_paths_agree():
+    from smoothness.models import init_mlp
+    p = init_mlp([3], (6, 8, 5, 1), alpha=1.0, dtype=torch.float64)
+    x = torch.randn(1, 2000, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert float(input_gradient(p, x).norm(dim=-1).max()) <= float(measures.path_norms(p)[0])
+    # Rows of W1 parallel to one direction u, all other weights and the biases positive: every unit is
+    # active near 0 and every path pushes along u, so ||grad f(0)|| = PN.
+    u = torch.tensor([1.0, -2.0, 0.5, 0.0, 1.0, 3.0], dtype=torch.float64)
+    g = torch.Generator().manual_seed(1)
+    W1 = torch.rand(8, 1, generator=g, dtype=torch.float64) * u
+    W2, W3 = torch.rand(5, 8, generator=g, dtype=torch.float64), torch.rand(1, 5, generator=g, dtype=torch.float64)
+    q = models.MLPStack([W1[None], W2[None], W3[None]],
+                        [torch.ones(1, 8, dtype=torch.float64), torch.ones(1, 5, dtype=torch.float64),
+                         torch.zeros(1, 1, dtype=torch.float64)])
+    grad = input_gradient(q, torch.zeros(1, 1, 6, dtype=torch.float64))
+    assert float(grad.norm()) == pytest.approx(float(measures.path_norms(q)[0]), rel=1e-12)

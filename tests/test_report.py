@@ -4,6 +4,7 @@ import shutil
 import sqlite3
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -125,3 +126,27 @@ def test_a_learning_rate_sweep_gets_its_table_and_figure(tmp_path):
     assert "Learning-rate sweep" in md and re.search(r"\| 0\.1 \| \d/2 \| \d \| 20 \|", md)
     assert (rep / "lr_sweep.png").read_bytes().startswith(PNG)
     assert "lr_sweep.png" in (rep / "report.md").read_text()
+
+
+def test_a_depth_grid_gets_table1_per_depth_with_the_path_norm(tmp_path):
+    f = tmp_path / "depth.yaml"
+    f.write_text("name: d\npairs: [[3, 8]]\nn_train: [16, 32, 48]\nseeds: [0, 1]\nhidden: [[16], [16, 16]]\n"
+                 "alpha: 1.0\nlr: 0.05\nthreshold: 1.0e-3\nmax_epochs: 3000\n"
+                 "measure: {points: 32, segments: 8, points_per_segment: 16}\n")
+    r = run_cli("run", f, "--out", tmp_path / "exp", "--device", "cpu", "--quiet")
+    assert r.returncode == 0, r.stderr
+    r = run_cli("report", tmp_path / "exp")
+    assert r.returncode == 0, r.stderr
+    rep = tmp_path / "exp" / "report"
+    runs = pd.read_csv(rep / "runs.csv")
+    one, two = runs[runs["hidden"] == "16"], runs[runs["hidden"] == "16-16"]
+    assert len(one) == len(two) == 6 and (runs["status"] == "converged").all()
+    assert np.allclose(one["path_norm"], one["weights_product"], rtol=1e-5) and two["weights_product"].isna().all()
+    assert two["gradient_path_length"].notna().all() and two["path_norm"].notna().all()
+    depth = pd.read_csv(rep / "depth.csv")
+    assert sorted(depth["depth"].unique()) == [1, 2] and (depth["datasets"] == 2).all()
+    t1 = (rep / "table1.md").read_text()
+    assert "hidden 16-16" in t1 and "| PN |" in t1 and "| WP |" in t1
+    md = (rep / "depth.md").read_text()
+    assert "Table 1 by depth" in md and "hidden 16-16" in md
+    assert (rep / "depth.png").read_bytes().startswith(PNG) and "depth.png" in (rep / "report.md").read_text()

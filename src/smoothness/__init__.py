@@ -2,7 +2,9 @@
 
 Measures of Volhejn & Lampert (2020) for any PyTorch model f: R^d -> R (`smoothness.measures`),
 ReLU networks with the paper's initializer (`smoothness.models`), a batched trainer that trains
-many networks as one tensor program (`smoothness.training`), MNIST-binary data (`smoothness.data`),
+many networks as one tensor program (`smoothness.training`; optimizers in `smoothness.optimizers`,
+regularizers in `smoothness.regularizers`), parameter-space measures such as sharpness
+(`smoothness.curvature`), MNIST-binary data (`smoothness.data`),
 experiment grids (`smoothness.grid`, `smoothness.experiments`; on a Ray cluster with
 `smoothness.distributed`), the results store (`smoothness.store`),
 Tables 1 and 2 (`smoothness.analysis`) and the report (`smoothness.report`; these two need pandas,
@@ -10,8 +12,8 @@ SciPy and matplotlib and are imported on use).
 """
 __version__ = "0.1.0"
 
-from . import data, experiments, grid, measures, models, store, training  # noqa: E402
+from . import curvature, data, experiments, grid, measures, models, optimizers, store, training  # noqa: E402
 from .errors import ConfigError, DataError, SmoothnessError  # noqa: E402
 
-__all__ = ["data", "experiments", "grid", "measures", "models", "store", "training", "SmoothnessError", "DataError",
-           "ConfigError", "__version__"]
+__all__ = ["curvature", "data", "experiments", "grid", "measures", "models", "optimizers", "store", "training",
+           "SmoothnessError", "DataError", "ConfigError", "__version__"]

@@ -15,8 +15,11 @@ MEASURES = {"gradient_norm": "GN", "function_path_length": "FPL", "gradient_path
 REGULARIZED_MEASURE = {"gradient_norm": "gradient_norm", "gradient_norm_squared": "gradient_norm_squared",
                        "function_path_length": "function_path_length",
                        "gradient_path_length": "gradient_path_length", "weights_product": "weights_product",
-                       "minibatch_gradient_norm": "minibatch_grad_norm"}
-SHORT = {**MEASURES, "gradient_norm_squared": "GN²", "minibatch_grad_norm": "MGN"}
+                       "minibatch_gradient_norm": "minibatch_grad_norm", "path_norm": "path_norm"}
+SHORT = {**MEASURES, "gradient_norm_squared": "GN²", "minibatch_grad_norm": "MGN", "path_norm": "PN"}
+# Table 1's measures: the paper's four, and the path norm (WP generalized to any depth; shown where WP is not
+# defined, i.e. for networks with more than one hidden layer: for one hidden layer PN equals WP).
+TAU_MEASURES = {**MEASURES, "path_norm": "PN"}
 
 # The paper's values (Volhejn & Lampert, Tables 1 and 2).
 PAPER_TABLE1 = {"gradient_norm": (0.16, 0.32), "function_path_length": (0.07, 0.46),
@@ -73,7 +76,7 @@ def kendall_taus(df: pd.DataFrame) -> pd.DataFrame:
             continue
         row = dict(zip(SETTING + ["pair", "seed"], keys))
         row["n_models"] = len(g)
-        for m in MEASURES:
+        for m in TAU_MEASURES:
             if m in g and g[m].notna().sum() >= 2:
                 ok = g[g[m].notna()]
                 row[m] = kendalltau(ok["n_train"], ok[m]).statistic   # tau-b, as scipy computes by default
@@ -97,9 +100,13 @@ def table1(df: pd.DataFrame, taus: pd.DataFrame | None = None) -> pd.DataFrame:
         sel = unreg
         for c, v in zip(SETTING, keys):
             sel = sel[sel[c] == v]
-        for m, short in MEASURES.items():
-            vals = g[m].dropna()
-            pm, ps = PAPER_TABLE1[m]
+        has = {m: m in g and g[m].notna().any() for m in ("weights_product", "path_norm")}
+        for m, short in TAU_MEASURES.items():
+            if (m == "path_norm" and (has["weights_product"] or not has["path_norm"])) or \
+                    (m == "weights_product" and not has["weights_product"] and has["path_norm"]):
+                continue
+            vals = g[m].dropna() if m in g else g["n_models"][:0]
+            pm, ps = PAPER_TABLE1.get(m, (None, None))
             out.append({"setting": _setting_label(dict(zip(SETTING, keys))), "measure": short,
                         "tau_mean": vals.mean(), "tau_std": vals.std(ddof=0) if len(vals) > 1 else np.nan,
                         "datasets": len(vals), "models": len(sel),
@@ -242,3 +249,28 @@ def by_lr(df: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame(rows)
     out["two_over_lr"] = 2.0 / out["lr"]
     return out
+
+
+# -- depth ------------------------------------------------------------------------------------------
+DEPTH_MEASURES = {"gradient_norm": "GN", "function_path_length": "FPL", "gradient_path_length": "GPL",
+                  "path_norm": "PN (= WP for one hidden layer)"}
+_NO_HIDDEN = [c for c in SETTING if c != "hidden"]
+
+
+def by_depth(taus: pd.DataFrame) -> pd.DataFrame:
+    """Table 1 across architectures: for settings trained with several hidden-layer shapes, the mean and std
+    over (pair, seed) of Kendall's tau(N, measure) per architecture; taus is kendall_taus(df)."""
+    if not len(taus) or "hidden" not in taus or taus["hidden"].nunique() < 2:
+        return pd.DataFrame()
+    rows = []
+    for keys, g in taus.groupby(_NO_HIDDEN, sort=True):
+        if g["hidden"].nunique() < 2:
+            continue
+        for hidden, h in g.groupby("hidden", sort=False):
+            for m, short in DEPTH_MEASURES.items():
+                vals = h[m].dropna() if m in h else h["n_models"][:0]
+                rows.append({**dict(zip(_NO_HIDDEN, keys)), "hidden": hidden,
+                             "depth": len(str(hidden).split("-")), "measure": short, "tau_mean": vals.mean(),
+                             "tau_std": vals.std(ddof=0) if len(vals) > 1 else np.nan, "datasets": len(vals)})
+    out = pd.DataFrame(rows)
+    return out.sort_values(_NO_HIDDEN + ["depth", "hidden"], kind="stable").reset_index(drop=True) if len(out) else out

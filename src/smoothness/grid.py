@@ -37,7 +37,7 @@ from . import optimizers, regularizers
 from .errors import ConfigError
 from .pipeline import RunConfig
 
-PRESETS = ("smoke", "quick", "paper-table1", "paper-table2", "lr-sweep")
+PRESETS = ("smoke", "quick", "paper-table1", "paper-table2", "lr-sweep", "depth")
 
 _TOP = {"name", "description", "data", "pairs", "n_train", "seeds", "hidden", "alpha", "lr", "batch_size",
         "max_epochs", "threshold", "regularizers", "measure", "optimizer"}

@@ -205,6 +205,18 @@ def weights_products(p: MLPStack) -> torch.Tensor:
     return (p.weights[1][:, 0, :].abs() * p.weights[0].norm(dim=2)).sum(1)
 
 
+def path_norms(p: MLPStack) -> torch.Tensor:
+    """WP generalized to any depth as a path norm: the sum over all input-to-output paths through the
+    hidden units of the product of the absolute weights along the path, with the first layer's weights
+    of a unit taken together as their Euclidean norm:
+        PN = |w_out|^T |W_L| ... |W_2| (||W_1[i, :]||)_i.
+    For one hidden layer this is eq. 13 exactly; for any depth it bounds sup_x ||grad_x f(x)||. [M]."""
+    v = p.weights[0].norm(dim=2)                                 # [M, h_1]
+    for w in p.weights[1:]:
+        v = torch.bmm(w.abs(), v[..., None])[..., 0]             # [M, h_{l+1}]
+    return v[:, 0]
+
+
 MEASURES = ("gradient_norm", "gradient_norm_squared", "function_path_length",
             "gradient_path_length", "weights_product")
 
@@ -292,6 +304,17 @@ def weights_product(f) -> float:
                          "smoothness ReLUMLP or nn.Sequential(Linear, ReLU, Linear)")
     with torch.no_grad():
         return float(weights_products(p)[0])
+
+
+def path_norm(f) -> float:
+    """The path norm (WP generalized to any depth, see path_norms) of a ReLU MLP (ReLUMLP or
+    nn.Sequential of Linear and ReLU layers)."""
+    p = relu_stack(f)
+    if p is None:
+        raise ValueError("path_norm is defined for ReLU MLPs: pass a smoothness ReLUMLP or an "
+                         "nn.Sequential of Linear and ReLU layers")
+    with torch.no_grad():
+        return float(path_norms(p)[0])
 
 
 def fpl_lower_bound(y) -> float:

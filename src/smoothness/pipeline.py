@@ -119,7 +119,8 @@ def parameter_measures(p: MLPStack, xtr: torch.Tensor, ytr: torch.Tensor, cfg: R
                        finite: bool = True) -> dict[str, float]:
     """Parameter-space measures on the training set (curvature.py): norm, distance from init, Smith et al.'s
     minibatch gradient norm; sharpness and Hessian trace when cfg asks for them."""
-    out = {"parameter_norm": float(curvature.parameter_norm(p)[0]),
+    out = {"path_norm": float(measures.path_norms(p)[0]) if finite else float("nan"),
+           "parameter_norm": float(curvature.parameter_norm(p)[0]),
            "distance_from_init": float(curvature.distance_from_init(p, [cfg.seed], cfg.alpha)[0])}
     names = ["minibatch_grad_norm"]
     if cfg.sharpness_iters:

@@ -7,6 +7,7 @@ During training S is the stochastic variant on the current minibatch, as in the 
                           the i-th of its second half, of the sampled TV of f on 10 points (eq. 10)
   gradient_path_length    the same with the TV of grad_x f (eq. 11)
   weights_product         exact WP of the network (eq. 13)
+  path_norm               exact path norm, WP generalized to any depth (measures.path_norms)
   minibatch_gradient_norm ||grad_theta L_b||^2, the squared norm of the parameter gradient of the
                           batch MSE; over the batches of an epoch its mean is the implicit regularizer
                           of Smith et al. (2021), here made explicit (gradients by double backward)
@@ -18,11 +19,11 @@ from __future__ import annotations
 
 import torch
 
-from .measures import segment_points, tv_of_gradients, tv_of_values, weights_products
+from .measures import path_norms, segment_points, tv_of_gradients, tv_of_values, weights_products
 from .models import MLPStack, forward, input_gradient
 
 REGULARIZERS = ("none", "gradient_norm", "gradient_norm_squared", "function_path_length",
-                "gradient_path_length", "weights_product", "minibatch_gradient_norm")
+                "gradient_path_length", "weights_product", "path_norm", "minibatch_gradient_norm")
 PATH_LENGTH = ("function_path_length", "gradient_path_length")
 SEGMENT_POINTS = 10
 
@@ -57,6 +58,8 @@ def batch_measure(p: MLPStack, regularizer: str, xb: torch.Tensor, valid: torch.
     """The stochastic variant of S on the batch xb [M, B, d] (valid [M, B]), differentiable. [M]."""
     if regularizer == "weights_product":
         return weights_products(p)
+    if regularizer == "path_norm":
+        return path_norms(p)
     if regularizer in ("gradient_norm", "gradient_norm_squared"):
         g = input_gradient(p, xb).norm(dim=-1)                  # [M, B]
         if regularizer == "gradient_norm_squared":

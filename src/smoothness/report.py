@@ -62,7 +62,7 @@ def table1_tables(t1: pd.DataFrame) -> list[Table]:
 def table2_tables(t2: pd.DataFrame) -> list[Table]:
     """One table per training setting and N, one column per regularizer (paper order), as the paper's Table 2."""
     out = []
-    order = {m: i for i, m in enumerate(["GN", "GN²", "FPL", "GPL", "WP", "MGN"])}
+    order = {m: i for i, m in enumerate(["GN", "GN²", "FPL", "GPL", "WP", "PN", "MGN"])}
     for setting, g in t2.groupby("table", sort=False):
         cols = sorted(g.itertuples(), key=lambda c: (order.get(c.measure, 9), c.lr))
         lam = [_f(c.lam) if c.lam is not None and not pd.isna(c.lam) else "none" for c in cols]
@@ -216,6 +216,46 @@ def lr_sweep_figure(sweep: pd.DataFrame, path: Path) -> bool:
     return True
 
 
+def depth_tables(bd: pd.DataFrame) -> list[Table]:
+    """One table per setting: a row per measure, a column per architecture (Kendall's tau(N, measure))."""
+    tabs = []
+    for keys, g in bd.groupby(A._NO_HIDDEN, sort=True):
+        archs = list(dict.fromkeys(g["hidden"]))
+        rows = []
+        for m in A.DEPTH_MEASURES.values():
+            cell = {r["hidden"]: (_pm(r["tau_mean"], r["tau_std"]) + f" ({r['datasets']})")
+                    for _, r in g[g["measure"] == m].iterrows()}
+            rows.append([m] + [cell.get(a, "–") for a in archs])
+        label = A._setting_label({**dict(zip(A._NO_HIDDEN, keys)), "hidden": "*"})
+        tabs.append(Table(f"Table 1 by depth: {label}", ["Smoothness measure"] + [f"hidden {a}" for a in archs],
+                          rows, "Kendall's τ between N and each measure, mean ± std over (pair, seed) with the "
+                                "number of those in brackets; converged unregularized models only."))
+    return tabs
+
+
+def depth_figure(bd: pd.DataFrame, path: Path) -> bool:
+    if not len(bd):
+        return False
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for keys, g in bd.groupby(A._NO_HIDDEN + ["measure"], sort=False):
+        g = g.sort_values("depth")
+        ax.errorbar(g["depth"], g["tau_mean"], yerr=g["tau_std"].fillna(0), marker="o", ms=4, capsize=3,
+                    label=keys[-1])
+    ax.axhline(0, color="k", lw=0.6)
+    ax.set_xticks(sorted(bd["depth"].unique()))
+    ax.set_xlabel("hidden layers")
+    ax.set_ylabel("Kendall τ(N, measure)")
+    ax.set_ylim(-1.05, 1.05)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title("Table 1 by depth (negative: smoother with more data)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 # -- the report -------------------------------------------------------------------------------------
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1em}td,th{border:1px solid #bbb;padding:.25em .6em;font-size:.9em}
@@ -228,7 +268,8 @@ def write_report(source, out_dir=None) -> dict:
 
     Files: table1.md/csv, table1_taus.csv, table2.md/csv, table2_ratios.csv, status_counts.csv, runs.csv,
     figure2.png, measures_vs_n.png, test_loss_vs_n.png, report.md and a self-contained report.html; for grids
-    with several learning rates also lr_sweep.md/csv and lr_sweep.png.
+    with several learning rates also lr_sweep.md/csv and lr_sweep.png; with several architectures also
+    depth.md/csv and depth.png.
     """
     with Store(source, create=False) as st:
         df = st.frame()
@@ -258,6 +299,10 @@ def write_report(source, out_dir=None) -> dict:
         tables1, tables2 = table1_tables(t1) if len(t1) else [], table2_tables(t2) if len(t2) else []
         sweep = A.by_lr(df)
         tables_lr = lr_sweep_tables(sweep) if len(sweep) else []
+        depth = A.by_depth(taus)
+        tables_depth = depth_tables(depth) if len(depth) else []
+        if len(depth):
+            save_csv("depth.csv", depth)
         if len(sweep):
             save_csv("lr_sweep.csv", sweep)
         if len(t1):
@@ -266,25 +311,31 @@ def write_report(source, out_dir=None) -> dict:
         if len(t2):
             save_csv("table2.csv", t2)
             save_csv("table2_ratios.csv", ratios)
-        for name, tabs in (("table1.md", tables1), ("table2.md", tables2), ("lr_sweep.md", tables_lr)):
+        for name, tabs in (("table1.md", tables1), ("table2.md", tables2), ("lr_sweep.md", tables_lr),
+                           ("depth.md", tables_depth)):
             if tabs:
                 (out / name).write_text("\n".join(t.markdown() for t in tabs))
                 written[name] = out / name
         figs = {}
-        size = A.by_size(df, list(A.MEASURES) + ["loss_test", "loss_train"])
+        size = A.by_size(df, list(A.MEASURES) + ["path_norm", "loss_test", "loss_train"])
         if figure2(A.figure2_data(df), out / "figure2.png"):
             figs["figure2.png"] = "Figure 2: each measure per regularization strength λ"
-        if _vs_n(size, {m: s for m, s in A.MEASURES.items()}, out / "measures_vs_n.png",
+        shown = {m: s for m, s in A.TAU_MEASURES.items() if f"{m}_mean" in size and size[f"{m}_mean"].notna().any()}
+        if "weights_product" in shown and "path_norm" in shown and len(depth) == 0:
+            del shown["path_norm"]  # one hidden layer only: PN is WP
+        if _vs_n(size, shown, out / "measures_vs_n.png",
                  "Measures against training size (mean ± std over datasets and seeds, converged, unregularized)"):
             figs["measures_vs_n.png"] = "Measures against training size"
         if _vs_n(size, {"loss_test": "test loss (MSE)"}, out / "test_loss_vs_n.png",
                  "Held-out loss against training size", logy=True):
             figs["test_loss_vs_n.png"] = "Test loss against training size"
+        if depth_figure(depth, out / "depth.png"):
+            figs["depth.png"] = "Kendall's τ(N, measure) against the number of hidden layers"
         if lr_sweep_figure(sweep, out / "lr_sweep.png"):
             figs["lr_sweep.png"] = "Sharpness, norms, smoothness and test loss against the learning rate"
         written.update({f: out / f for f in figs})
-        blocks = [("Table 1", tables1), ("Table 2", tables2), ("Learning-rate sweep", tables_lr),
-                  ("Status", [status_table(counts)])]
+        blocks = [("Table 1", tables1), ("Table 2", tables2), ("Depth", tables_depth),
+                  ("Learning-rate sweep", tables_lr), ("Status", [status_table(counts)])]
         for head, tabs in blocks:
             if tabs:
                 sections_md.append(f"## {head}\n\n" + "\n".join(t.markdown() for t in tabs))
