@@ -131,3 +131,12 @@ def test_table1_per_depth_shows_wp_for_one_hidden_layer_and_the_path_norm_for_de
     assert list(one.index) == ["GN", "FPL", "GPL", "WP"] and one.loc["WP", "tau_mean"] == pytest.approx(1.0)
     assert list(two.index) == ["GN", "FPL", "GPL", "PN"] and two.loc["PN", "tau_mean"] == pytest.approx(-1.0)
     assert pd.isna(two.loc["PN", "paper_tau_mean"])
+
+
+def test_no_learning_rate_sweep_when_each_optimizer_has_its_own_single_rate():
+    rows = [row("3/8", 0, n, optimizer=opt, lr=lr) for n in (64, 128) for opt, lr in (("sgd", 0.01), ("adam", 1e-3))]
+    df = pd.DataFrame(rows)
+    df["lr"] = [r["lr"] for r in rows]
+    assert A.by_lr(df).empty
+    t1 = A.table1(df)
+    assert t1["setting"].str.contains(", adam,").sum() == 4 and len(t1) == 8   # one Table 1 per optimizer

@@ -150,3 +150,21 @@ def test_a_depth_grid_gets_table1_per_depth_with_the_path_norm(tmp_path):
     md = (rep / "depth.md").read_text()
     assert "Table 1 by depth" in md and "hidden 16-16" in md
     assert (rep / "depth.png").read_bytes().startswith(PNG) and "depth.png" in (rep / "report.md").read_text()
+
+
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
+                    reason="Debian's dataset-fashion-mnist not installed")
+def test_a_fashion_mnist_grid_with_two_optimizers_and_depths_runs_and_reports(tmp_path):
+    f = tmp_path / "fash.yaml"
+    f.write_text("name: fash\ndata: fashion-mnist\npairs: [[0, 6], [7, 9]]\nn_train: [32, 64]\n"
+                 "hidden: [[16], [16, 16]]\noptimizer: [sgd, adam]\nalpha: 1.0\nthreshold: 1.0e-3\nmax_epochs: 3000\n"
+                 "measure: {points: 64, segments: 16, points_per_segment: 16, sharpness_iters: 20}\n")
+    r = run_cli("run", f, "--out", tmp_path / "exp", "--device", "cpu", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert run_cli("report", tmp_path / "exp").returncode == 0
+    runs = pd.read_csv(tmp_path / "exp" / "report" / "runs.csv")
+    assert len(runs) == 16 and set(runs["data"]) == {"fashion-mnist"}
+    assert set(zip(runs["optimizer"], runs["lr"])) == {("sgd", 0.01), ("adam", 0.001)}
+    assert runs["sharpness"].notna().all() and runs["path_norm"].notna().all()
+    t1 = (tmp_path / "exp" / "report" / "table1.md").read_text()
+    assert t1.count("**Table 1") == 4 and "fashion-mnist, adam, hidden 16-16" in t1

@@ -233,6 +233,8 @@ def by_lr(df: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     key = _NO_LR + ["n_train"]
     base = base[base.groupby(key)["lr"].transform("nunique") >= 2]
+    if not len(base):   # several rates overall, but one per setting (e.g. sgd at 0.01 and adam at 1e-3)
+        return pd.DataFrame()
     cols = [c for c in SWEEP if c in base and base[c].notna().any()]
     rows = []
     for keys, g in base.groupby(key + ["lr"], sort=True):
