@@ -107,16 +107,21 @@ def test_report_renders_in_headless_chromium(smoke):
         drv.quit()
 
 
-def test_a_learning_rate_sweep_gets_its_table_and_figure(tmp_path):
-    f = tmp_path / "sweep.yaml"
-    f.write_text("name: sweep\npairs: [[3, 8]]\nn_train: 32\nseeds: [0, 1]\nhidden: 16\nlr: [0.02, 0.1]\n"
-                 "threshold: 1.0e-3\nmax_epochs: 3000\n"
-                 "measure: {points: 32, segments: 8, points_per_segment: 16, sharpness_iters: 50, trace_probes: 4}\n")
+def run_and_report(tmp_path, grid_yaml: str) -> Path:
+    """Run a small grid from YAML text through the CLI, build its report; returns the report folder."""
+    f = tmp_path / "grid.yaml"
+    f.write_text(grid_yaml)
     r = run_cli("run", f, "--out", tmp_path / "exp", "--device", "cpu", "--quiet")
     assert r.returncode == 0, r.stderr
     r = run_cli("report", tmp_path / "exp")
     assert r.returncode == 0, r.stderr
-    rep = tmp_path / "exp" / "report"
+    return tmp_path / "exp" / "report"
+
+
+def test_a_learning_rate_sweep_gets_its_table_and_figure(tmp_path):
+    rep = run_and_report(tmp_path, "name: sweep\npairs: [[3, 8]]\nn_train: 32\nseeds: [0, 1]\nhidden: 16\n"
+                         "lr: [0.02, 0.1]\nthreshold: 1.0e-3\nmax_epochs: 3000\nmeasure: {points: 32, segments: 8, "
+                         "points_per_segment: 16, sharpness_iters: 50, trace_probes: 4}\n")
     sweep = pd.read_csv(rep / "lr_sweep.csv")
     assert list(sweep["lr"]) == [0.02, 0.1] and list(sweep["models"]) == [2, 2]
     assert (sweep["converged"] >= 1).all()
@@ -129,15 +134,9 @@ def test_a_learning_rate_sweep_gets_its_table_and_figure(tmp_path):
 
 
 def test_a_depth_grid_gets_table1_per_depth_with_the_path_norm(tmp_path):
-    f = tmp_path / "depth.yaml"
-    f.write_text("name: d\npairs: [[3, 8]]\nn_train: [16, 32, 48]\nseeds: [0, 1]\nhidden: [[16], [16, 16]]\n"
-                 "alpha: 1.0\nlr: 0.05\nthreshold: 1.0e-3\nmax_epochs: 3000\n"
-                 "measure: {points: 32, segments: 8, points_per_segment: 16}\n")
-    r = run_cli("run", f, "--out", tmp_path / "exp", "--device", "cpu", "--quiet")
-    assert r.returncode == 0, r.stderr
-    r = run_cli("report", tmp_path / "exp")
-    assert r.returncode == 0, r.stderr
-    rep = tmp_path / "exp" / "report"
+    rep = run_and_report(tmp_path, "name: d\npairs: [[3, 8]]\nn_train: [16, 32, 48]\nseeds: [0, 1]\n"
+                         "hidden: [[16], [16, 16]]\nalpha: 1.0\nlr: 0.05\nthreshold: 1.0e-3\nmax_epochs: 3000\n"
+                         "measure: {points: 32, segments: 8, points_per_segment: 16}\n")
     runs = pd.read_csv(rep / "runs.csv")
     one, two = runs[runs["hidden"] == "16"], runs[runs["hidden"] == "16-16"]
     assert len(one) == len(two) == 6 and (runs["status"] == "converged").all()
@@ -155,16 +154,13 @@ def test_a_depth_grid_gets_table1_per_depth_with_the_path_norm(tmp_path):
 @pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
                     reason="Debian's dataset-fashion-mnist not installed")
 def test_a_fashion_mnist_grid_with_two_optimizers_and_depths_runs_and_reports(tmp_path):
-    f = tmp_path / "fash.yaml"
-    f.write_text("name: fash\ndata: fashion-mnist\npairs: [[0, 6], [7, 9]]\nn_train: [32, 64]\n"
-                 "hidden: [[16], [16, 16]]\noptimizer: [sgd, adam]\nalpha: 1.0\nthreshold: 1.0e-3\nmax_epochs: 3000\n"
-                 "measure: {points: 64, segments: 16, points_per_segment: 16, sharpness_iters: 20}\n")
-    r = run_cli("run", f, "--out", tmp_path / "exp", "--device", "cpu", "--quiet")
-    assert r.returncode == 0, r.stderr
-    assert run_cli("report", tmp_path / "exp").returncode == 0
-    runs = pd.read_csv(tmp_path / "exp" / "report" / "runs.csv")
+    rep = run_and_report(tmp_path, "name: fash\ndata: fashion-mnist\npairs: [[0, 6], [7, 9]]\nn_train: [32, 64]\n"
+                         "hidden: [[16], [16, 16]]\noptimizer: [sgd, adam]\nalpha: 1.0\nthreshold: 1.0e-3\n"
+                         "max_epochs: 3000\nmeasure: {points: 64, segments: 16, points_per_segment: 16, "
+                         "sharpness_iters: 20}\n")
+    runs = pd.read_csv(rep / "runs.csv")
     assert len(runs) == 16 and set(runs["data"]) == {"fashion-mnist"}
     assert set(zip(runs["optimizer"], runs["lr"])) == {("sgd", 0.01), ("adam", 0.001)}
     assert runs["sharpness"].notna().all() and runs["path_norm"].notna().all()
-    t1 = (tmp_path / "exp" / "report" / "table1.md").read_text()
+    t1 = (rep / "table1.md").read_text()
     assert t1.count("**Table 1") == 4 and "fashion-mnist, adam, hidden 16-16" in t1

@@ -296,25 +296,25 @@ def segment_total_variation(f, a, b, points: int = DEFAULT_POINTS, of: str = "fu
         return float(tv_of_gradients(ev.grads(pts))[0])
 
 
-def weights_product(f) -> float:
-    """Eq. 13 for a two-layer ReLU network (ReLUMLP, or nn.Sequential(Linear, ReLU, Linear))."""
+def _of_stack(f, fn, requirement: str) -> float:
     p = relu_stack(f)
     if p is None:
-        raise ValueError("weights_product is defined for two-layer ReLU networks only: pass a "
-                         "smoothness ReLUMLP or nn.Sequential(Linear, ReLU, Linear)")
+        raise ValueError(f"{fn.__name__[:-1]} is defined for {requirement}")
     with torch.no_grad():
-        return float(weights_products(p)[0])
+        return float(fn(p)[0])
+
+
+def weights_product(f) -> float:
+    """Eq. 13 for a two-layer ReLU network (ReLUMLP, or nn.Sequential(Linear, ReLU, Linear))."""
+    return _of_stack(f, weights_products, "two-layer ReLU networks only: pass a smoothness ReLUMLP or "
+                                          "nn.Sequential(Linear, ReLU, Linear)")
 
 
 def path_norm(f) -> float:
     """The path norm (WP generalized to any depth, see path_norms) of a ReLU MLP (ReLUMLP or
     nn.Sequential of Linear and ReLU layers)."""
-    p = relu_stack(f)
-    if p is None:
-        raise ValueError("path_norm is defined for ReLU MLPs: pass a smoothness ReLUMLP or an "
-                         "nn.Sequential of Linear and ReLU layers")
-    with torch.no_grad():
-        return float(path_norms(p)[0])
+    return _of_stack(f, path_norms, "ReLU MLPs: pass a smoothness ReLUMLP or an nn.Sequential of Linear and "
+                                    "ReLU layers")
 
 
 def fpl_lower_bound(y) -> float:
