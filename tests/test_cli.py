@@ -99,6 +99,16 @@ def test_table_with_kendall_tau_for_several_sizes():
     assert "Kendall tau(N, measure), seed 0, 2 converged models: GN" in r.stdout
 
 
+def test_deeper_nets_and_other_optimizers_from_the_command_line():
+    r = run_cli("train", "--n-train", "32", "64", "--hidden", "16", "16", "--alpha", "1", "--threshold", "1e-3",
+                "--optimizer", "momentum", "--segments", "20", "--points", "5")
+    assert r.returncode == 0, r.stderr
+    assert "optimizer momentum" in r.stdout and " PN" in r.stdout and " WP" not in r.stdout
+    assert "2 converged models: GN" in r.stdout and ("PN +" in r.stdout or "PN -" in r.stdout)
+    r = run_cli("train", "--optimizer", "lbfgs")
+    assert r.returncode == 2 and "invalid choice: 'lbfgs'" in r.stderr
+
+
 def test_corrupt_data_file_is_one_line_error(tmp_path):
     from test_data import fake_source
     fake_source(tmp_path)

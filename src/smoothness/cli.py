@@ -173,7 +173,7 @@ def _emit(rec: dict, as_json: bool) -> None:
     if "epochs" in rec:
         head += f" after {rec['epochs']} epochs ({rec['steps']} steps, {rec['train_seconds']:.1f} s)"
     print(head)
-    keys = ["loss_train", "loss_test", *MEASURE_KEYS, "gradient_norm_squared",
+    keys = ["loss_train", "loss_test", *MEASURE_KEYS, "path_norm", "gradient_norm_squared",
             *(k + "_train" for k in ("gradient_norm", "function_path_length", "gradient_path_length")),
             "parameter_norm", "distance_from_init", "minibatch_grad_norm", "sharpness", "sharpness_rel_change",
             "sharpness_iterations", "hessian_trace", "hessian_trace_se"]
@@ -192,7 +192,9 @@ def _print_table(records: list[dict]) -> None:
     from scipy.stats import kendalltau
 
     reg = records[0]["regularizer"]
-    cols = [c for c in TABLE_COLUMNS if reg != "none" or c[0] != "lam"]
+    deep = len(records[0]["hidden"]) > 1   # WP is not defined: show the path norm PN in its place
+    table = [("path_norm", "PN") if deep and k == "weights_product" else (k, h) for k, h in TABLE_COLUMNS]
+    cols = [c for c in table if reg != "none" or c[0] != "lam"]
     rows = [[_fmt(r[k]) for k, _ in cols] for r in records]
     heads = [h for _, h in cols]
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(heads)]
@@ -208,7 +210,7 @@ def _print_table(records: list[dict]) -> None:
         if len({r["n_train"] for r in ok}) < 2:
             continue
         taus = [f"{head} {kendalltau([r['n_train'] for r in ok], [r[key] for r in ok]).statistic:+.2f}"
-                for key, head in TABLE_COLUMNS if key in MEASURE_KEYS]
+                for key, head in table if key in (*MEASURE_KEYS, "path_norm")]
         where = f"seed {seed}" + (f", lambda {lam:g}" if reg != "none" else "")
         print(f"Kendall tau(N, measure), {where}, {len(ok)} converged models: " + ", ".join(taus))
 
