@@ -313,7 +313,7 @@ def preset_path(name: str):
 
 
 def preset(name: str) -> Grid:
-    """A grid shipped with the package: smoke, quick, paper-table1, paper-table2."""
+    """A grid shipped with the package (one of PRESETS)."""
     import yaml
     return parse(yaml.safe_load(preset_path(name).read_text()), name=name)
 
