@@ -220,7 +220,8 @@ def by_size(df: pd.DataFrame, columns) -> pd.DataFrame:
 # Columns of the learning-rate sweep (parameter-space measures next to the smoothness measures).
 SWEEP = {"sharpness": "sharpness", "hessian_trace": "tr H", "parameter_norm": "‖θ‖",
          "distance_from_init": "‖θ−θ₀‖", "minibatch_grad_norm": "mean ‖∇L_b‖²", "gradient_norm": "GN",
-         "function_path_length": "FPL", "gradient_path_length": "GPL", "loss_test": "test loss"}
+         "function_path_length": "FPL", "gradient_path_length": "GPL", "path_norm": "PN",
+         "loss_test": "test loss"}
 _NO_LR = [c for c in SETTING if c not in ("lr", "max_epochs")]
 
 
@@ -243,6 +244,8 @@ def by_lr(df: pd.DataFrame) -> pd.DataFrame:
         row["models"] = len(g)
         for s in ("converged", "not_converged", "diverged"):
             row[s] = int((g["status"] == s).sum())
+        # all models, converged or not: shows where training stalled (e.g. collapsed to a constant, loss ~1)
+        row["final_loss_median"] = float(g["loss_epoch"].median()) if "loss_epoch" in g else np.nan
         conv = g[g["status"] == "converged"]
         for c in cols:
             row[f"{c}_mean"] = float(conv[c].mean()) if len(conv) else np.nan

@@ -176,12 +176,14 @@ def lr_sweep_tables(sweep: pd.DataFrame) -> list[Table]:
     tabs = []
     for keys, g in sweep.groupby(A._NO_LR + ["n_train"], sort=True):
         label = A._setting_label({**dict(zip(A._NO_LR, keys)), "lr": 0, "max_epochs": 0}, with_lr=False)
-        rows = [[f"{r['lr']:g}", f"{r['converged']}/{r['models']}", str(r["diverged"]), _f(r["two_over_lr"])]
+        rows = [[f"{r['lr']:g}", f"{r['converged']}/{r['models']}", str(r["diverged"]), _f(r["final_loss_median"]),
+                 _f(r["two_over_lr"])]
                 + [_pm(r[f"{c}_mean"], r[f"{c}_std"]) for c in cols] for _, r in g.sort_values("lr").iterrows()]
         tabs.append(Table(f"Learning-rate sweep: {label}, N = {keys[-1]}",
-                          ["lr", "converged", "diverged", "2/lr"] + [A.SWEEP[c] for c in cols], rows,
-                          "Means ± std over converged models (datasets and seeds). Sharpness is the top eigenvalue "
-                          "of the training-loss Hessian; full-batch GD is stable only below 2/lr."))
+                          ["lr", "converged", "diverged", "final loss (median)", "2/lr"] + [A.SWEEP[c] for c in cols],
+                          rows, "Means ± std over converged models (datasets and seeds); the final loss is the last "
+                          "epoch's training loss, median over all models. Sharpness is the top eigenvalue of the "
+                          "training-loss Hessian; full-batch GD is stable only below 2/lr."))
     return tabs
 
 
