@@ -141,7 +141,8 @@ def figure2(fig_data: list[dict], path: Path) -> bool:
     return True
 
 
-def _vs_n(size: pd.DataFrame, cols: dict, path: Path, title: str, logy=False) -> bool:
+def _vs_n(size: pd.DataFrame, cols: dict, path: Path, title: str, logy=()) -> bool:
+    """Mean ± std of each column against N, one line per setting; log y for the columns in logy."""
     if not len(size):
         return False
     plt = _plt()
@@ -156,7 +157,7 @@ def _vs_n(size: pd.DataFrame, cols: dict, path: Path, title: str, logy=False) ->
         ns = sorted(size["n_train"].unique())
         ax.set_xticks(ns, [str(n) for n in ns], fontsize=7)
         ax.minorticks_off()
-        if logy:
+        if col in logy:
             ax.set_yscale("log")
         ax.set_xlabel("training size N")
         ax.set_title(name, fontsize=10)
@@ -326,10 +327,11 @@ def write_report(source, out_dir=None) -> dict:
         if "weights_product" in shown and "path_norm" in shown and len(depth) == 0:
             del shown["path_norm"]  # one hidden layer only: PN is WP
         if _vs_n(size, shown, out / "measures_vs_n.png",
-                 "Measures against training size (mean ± std over datasets and seeds, converged, unregularized)"):
+                 "Measures against training size (mean ± std over datasets and seeds, converged, unregularized)",
+                 logy={"path_norm"}):   # PN grows exponentially with depth
             figs["measures_vs_n.png"] = "Measures against training size"
         if _vs_n(size, {"loss_test": "test loss (MSE)"}, out / "test_loss_vs_n.png",
-                 "Held-out loss against training size", logy=True):
+                 "Held-out loss against training size", logy={"loss_test"}):
             figs["test_loss_vs_n.png"] = "Test loss against training size"
         if depth_figure(depth, out / "depth.png"):
             figs["depth.png"] = "Kendall's τ(N, measure) against the number of hidden layers"
