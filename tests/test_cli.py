@@ -136,7 +136,7 @@ def test_bench_prints_loop_batched_and_grid_rows(tmp_path):
     g = tmp_path / "g.yaml"
     g.write_text("name: tiny\npairs: [[3, 8]]\nn_train: 16\nhidden: 8\nmax_epochs: 5\n"
                  "measure: {points: 20, segments: 5, points_per_segment: 3}\n")
-    r = run_cli("bench", "--device", "cpu", "--models", "1,3", "--budget", "24", "--grid", g)
+    r = run_cli("bench", "--device", "cpu", "--models", "1,3", "--budget", "24", "--grid", g, "--measure", "2")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert lines[0].startswith("device cpu")
@@ -144,5 +144,6 @@ def test_bench_prints_loop_batched_and_grid_rows(tmp_path):
     assert rows[0][:3] == ["one-model", "torch", "loop"] and [x[1] for x in rows[1:]] == ["1", "3"]
     assert all(float(x[-2]) > 0 for x in rows)
     assert "end to end, grid tiny: 1 models" in lines[5]
+    assert lines[6].startswith("measuring 2 models") and " s batched; one at a time " in lines[6]
     r = run_cli("bench", "--models", "0,x")
     assert r.returncode == 2 and "--models" in r.stderr

@@ -86,8 +86,33 @@ def grid_wall_time(grid_name: str, device) -> tuple[float, str]:
         return time.perf_counter() - t0, s.line().split("; store")[0]
 
 
-def run(models: list[int], device, budget: int, grid: str | None, out=print) -> list[dict]:
-    """Print and return the benchmark table (and the grid's wall time unless grid is None)."""
+def measure_seconds(m: int, device, alone: int = 10) -> tuple[float, float]:
+    """Seconds to measure m models (784-256-1, the paper's estimators and settings, on their training sets
+    of 128 points of pair i % 45) with pipeline.measure_models, batched; and the seconds per model when
+    `alone` of them are measured one at a time."""
+    from . import models as models_mod
+    from . import pipeline
+    tasks = [data.binary_task("mnist5k", *data.ALL_PAIRS[i]) for i in range(min(m, 45))]
+    items = []
+    for i in range(m):
+        c = pipeline.RunConfig(pair=data.ALL_PAIRS[i % 45], n_train=128, seed=i // 45)
+        t = tasks[i % len(tasks)]
+        items.append((models_mod.init_mlp([c.seed], c.widths, 1.0), t, t.subset(128, c.seed), c))
+    pipeline.measure_models(items[:1], device)  # warm-up
+    _sync(device)
+    t0 = time.perf_counter()
+    pipeline.measure_models(items, device)
+    _sync(device)
+    t1 = time.perf_counter()
+    for it in items[:alone]:
+        pipeline.measure_model(*it, device)
+    _sync(device)
+    return t1 - t0, (time.perf_counter() - t1) / min(alone, m)
+
+
+def run(models: list[int], device, budget: int, grid: str | None, out=print, measure: int = 0) -> list[dict]:
+    """Print and return the benchmark table (and the grid's wall time unless grid is None; and the time to
+    measure `measure` models if it is positive)."""
     out(f"device {device}{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}, "
         f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads; 784-256-1 net, batch 64")
     out(f"{'engine':<24}{'M':>6}{'steps/model':>13}{'model-steps/s':>16}{'vs loop':>9}{'init s':>9}")
@@ -104,4 +129,9 @@ def run(models: list[int], device, budget: int, grid: str | None, out=print) -> 
         sec, line = grid_wall_time(grid, device)
         rows.append({"engine": f"grid {grid}", "seconds": sec})
         out(f"end to end, {line}: {sec:.1f} s")
+    if measure:
+        sec, per = measure_seconds(measure, device)
+        rows.append({"engine": "measure", "models": measure, "seconds": sec, "alone_seconds_per_model": per})
+        out(f"measuring {measure} models (GN, GN², FPL, GPL, WP on held-out and training points, 1000 segments x "
+            f"100 points, parameter-space measures): {sec:.1f} s batched; one at a time {per:.2f} s per model")
     return rows

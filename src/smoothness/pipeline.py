@@ -92,53 +92,117 @@ def resolve_device(name: str | None) -> torch.device:
 
 def measure_model(params: MLPStack, task: datasets.BinaryTask, train_idx: torch.Tensor, cfg: RunConfig,
                   device=None) -> dict[str, float]:
-    """Held-out and train-set measures and losses of one trained model (a stack of one)."""
+    """Held-out and train-set measures, losses and parameter-space measures of one trained model (a stack
+    of one); measure_models does the same for many models at once."""
+    return measure_models([(params, task, train_idx, cfg)], device)[0]
+
+
+def measure_models(items, device=None, chunk: int = 128) -> list[dict[str, float]]:
+    """measure_model for many models: items are (params, task, train_idx, cfg) with params a stack of one.
+
+    Models that share the architecture, training size and measure settings are measured together, as one
+    stack of up to `chunk` models (batched over models and segments). Each model gets the numbers it gets
+    alone: the segments are common random numbers, and the power iteration stops per model.
+    """
     dev = torch.device(device or "cpu")
-    p = params.to(dev)
+    groups: dict[tuple, list[int]] = {}
+    for i, (params, _, idx, c) in enumerate(items):
+        key = (params.widths, int(idx.numel()), c.measure_points, c.segments, c.points, c.measure_seed,
+               c.sharpness_iters, c.trace_probes, c.batch_size)
+        groups.setdefault(key, []).append(i)
+    out: list[dict | None] = [None] * len(items)
+    for members in groups.values():
+        for a in range(0, len(members), chunk):
+            ids = members[a:a + chunk]
+            for i, rec in zip(ids, _measure_group([items[i] for i in ids], dev)):
+                out[i] = rec
+    return out  # type: ignore[return-value]
+
+
+def _by_size(xs: list[torch.Tensor]) -> dict[int, list[int]]:
+    sizes: dict[int, list[int]] = {}
+    for i, x in enumerate(xs):
+        sizes.setdefault(x.shape[0], []).append(i)
+    return sizes
+
+
+def _measure_group(items, dev) -> list[dict[str, float]]:
+    """Measures of models with equal widths, training size and measure settings, as one stack."""
+    cfg = items[0][3]
+    recs: list[dict[str, float]] = [{} for _ in items]
+    p = MLPStack.cat([it[0] for it in items]).to(dev)
+    xtr = torch.stack([t.pool_x[idx] for _, t, idx, _ in items]).to(dev)
+    ytr = torch.stack([t.pool_y[idx] for _, t, idx, _ in items]).to(dev)
+    for r, v in zip(recs, training.mse(p, xtr, ytr).tolist()):
+        r["loss_train"] = v
+    by_task: dict[int, list[int]] = {}
+    for i, (_, t, _, _) in enumerate(items):
+        by_task.setdefault(id(t), []).append(i)
+    for rows in by_task.values():   # held-out sets differ in size between pairs
+        t = items[rows[0]][1]
+        losses = training.mse(p.select(rows), t.heldout_x.to(dev), t.heldout_y.to(dev)).tolist()
+        for i, v in zip(rows, losses):
+            recs[i]["loss_test"] = v
+    for r, (_, t, idx, _) in zip(recs, items):
+        r["fpl_lower_bound"] = measures.fpl_lower_bound(t.pool_y[idx])  # l_S of FPL for this training set
+    finite = torch.stack([torch.isfinite(w).flatten(1).all(1) for w in p.tensors()]).all(0).tolist()
+    ok = [i for i, f in enumerate(finite) if f]
+    param = parameter_measures(p, xtr, ytr, [it[3] for it in items], finite)
+    for r, vals in zip(recs, param):
+        r.update(vals)
     kw = dict(segments=cfg.segments, points=cfg.points, seed=cfg.measure_seed)
-    out: dict[str, float] = {}
-    xtr, ytr = task.pool_x[train_idx].to(dev), task.pool_y[train_idx].to(dev)
-    out["loss_train"] = float(training.mse(p, xtr, ytr)[0])
-    out["loss_test"] = float(training.mse(p, task.heldout_x.to(dev), task.heldout_y.to(dev))[0])
-    out["fpl_lower_bound"] = measures.fpl_lower_bound(ytr)  # l_S of FPL for this training set (sec. 4.3)
-    finite = all(bool(torch.isfinite(t).all()) for t in p.tensors())
-    out.update(parameter_measures(p, xtr, ytr, cfg, finite))
-    held = task.measure_points(cfg.measure_points).to(dev)
-    sub = train_idx[datasets.balanced_prefix(task.pool_y[train_idx], cfg.measure_points)]
-    for suffix, x in (("", held), ("_train", task.pool_x[sub].to(dev))):
+    held = [t.measure_points(cfg.measure_points) for _, t, _, _ in items]
+    train = [t.pool_x[idx[datasets.balanced_prefix(t.pool_y[idx], cfg.measure_points)]] for _, t, idx, _ in items]
+    for suffix, xs in (("", held), ("_train", train)):
         which = measures.MEASURES if suffix == "" else measures.MEASURES[:-1]
-        if finite:
-            vals = measures.measure_stack(p, x, which=which, **kw)
-            out.update({k + suffix: float(v[0]) for k, v in vals.items()})
-        else:
-            out.update({k + suffix: float("nan") for k in which})
-    return out
+        for i in range(len(items)):
+            if not finite[i]:
+                recs[i].update({k + suffix: float("nan") for k in which})
+        for rows in _by_size([xs[i] for i in ok]).values():
+            rows = [ok[j] for j in rows]
+            same = all(xs[i] is xs[rows[0]] or torch.equal(xs[i], xs[rows[0]]) for i in rows)
+            x = xs[rows[0]] if same else torch.stack([xs[i] for i in rows])
+            vals = measures.measure_stack(p.select(rows), x.to(dev), which=which, **kw)
+            for k, v in vals.items():
+                for i, f in zip(rows, v.tolist()):
+                    recs[i][k + suffix] = f
+    return recs
 
 
-def parameter_measures(p: MLPStack, xtr: torch.Tensor, ytr: torch.Tensor, cfg: RunConfig,
-                       finite: bool = True) -> dict[str, float]:
-    """Parameter-space measures on the training set (curvature.py): norm, distance from init, Smith et al.'s
-    minibatch gradient norm; sharpness and Hessian trace when cfg asks for them."""
-    out = {"path_norm": float(measures.path_norms(p)[0]) if finite else float("nan"),
-           "parameter_norm": float(curvature.parameter_norm(p)[0]),
-           "distance_from_init": float(curvature.distance_from_init(p, [cfg.seed], cfg.alpha)[0])}
-    names = ["minibatch_grad_norm"]
+def parameter_measures(p: MLPStack, xtr: torch.Tensor, ytr: torch.Tensor, cfgs: list[RunConfig],
+                       finite: list[bool]) -> list[dict[str, float]]:
+    """Parameter-space measures of a stack on each model's training set xtr [M, n, d] (curvature.py): path
+    norm, norm, distance from init, Smith et al.'s minibatch gradient norm; sharpness and Hessian trace when
+    the configs ask for them (all configs alike). Models that are not finite get NaN for the curvature."""
+    cfg = cfgs[0]
+    seeds = torch.tensor([c.seed for c in cfgs], dtype=torch.int64)
+    alphas = torch.tensor([c.alpha for c in cfgs], dtype=torch.float64)
+    out = [{"parameter_norm": a, "distance_from_init": b} for a, b in
+           zip(curvature.parameter_norm(p).tolist(), curvature.distance_from_init(p, seeds, alphas).tolist())]
+    names = ["path_norm", "minibatch_grad_norm"]
     if cfg.sharpness_iters:
         names += ["sharpness", "sharpness_rel_change", "sharpness_iterations"]
     if cfg.trace_probes:
         names += ["hessian_trace", "hessian_trace_se"]
-    if not finite:
-        return {**out, **{k: float("nan") for k in names}}
-    x, y = xtr[None], ytr[None]
-    out["minibatch_grad_norm"] = float(curvature.minibatch_gradient_norm(p, x, y, batch_size=cfg.batch_size,
-                                                                         seed=cfg.measure_seed)[0])
+    for r, f in zip(out, finite):
+        if not f:
+            r.update({k: float("nan") for k in names})
+    ok = [i for i, f in enumerate(finite) if f]
+    if not ok:
+        return out
+    q, x, y = p.select(ok), xtr[ok], ytr[ok]
+    cols = {"path_norm": measures.path_norms(q),
+            "minibatch_grad_norm": curvature.minibatch_gradient_norm(q, x, y, batch_size=cfg.batch_size,
+                                                                     seed=cfg.measure_seed)}
     if cfg.sharpness_iters:
-        s = curvature.sharpness(p, x, y, iters=cfg.sharpness_iters, seed=cfg.measure_seed)
-        out.update(sharpness=float(s.value[0]), sharpness_rel_change=float(s.rel_change[0]),
-                   sharpness_iterations=int(s.iterations[0]))
+        sh = curvature.sharpness(q, x, y, iters=cfg.sharpness_iters, seed=cfg.measure_seed)
+        cols.update(sharpness=sh.value, sharpness_rel_change=sh.rel_change, sharpness_iterations=sh.iterations)
     if cfg.trace_probes:
-        tr, se = curvature.hessian_trace(p, x, y, probes=cfg.trace_probes, seed=cfg.measure_seed)
-        out.update(hessian_trace=float(tr[0]), hessian_trace_se=float(se[0]))
+        cols["hessian_trace"], cols["hessian_trace_se"] = curvature.hessian_trace(q, x, y, probes=cfg.trace_probes,
+                                                                                 seed=cfg.measure_seed)
+    for k, v in cols.items():
+        for i, val in zip(ok, v.tolist()):
+            out[i][k] = val
     return out
 
 
