@@ -90,7 +90,7 @@ class Grid:
                     self.pairs, sizes, seeds):
                 name = reg["name"] if lam > 0 else "none"
                 if lr is None:  # the paper's rate for this regularizer also for its lambda = 0 baseline
-                    lr = optimizers.ADAM_LR if opt == "adam" else regularizers.default_lr(reg["name"])
+                    lr = optimizers.default_lr(opt, reg["name"])
                 try:
                     c = RunConfig(data=self.data, pair=pair, n_train=n, seed=s, hidden=h, alpha=al, lr=lr,
                                   batch_size=bs, max_epochs=me, threshold=th,

@@ -21,6 +21,12 @@ ADAM_EPS = 1e-8
 ADAM_LR = 1e-3   # Adam's default learning rate (the SGD rates of the paper make it diverge or stall)
 
 
+def default_lr(optimizer: str, regularizer: str = "none") -> float:
+    """Adam's 1e-3; otherwise the paper's rate for the regularizer (regularizers.default_lr)."""
+    from .regularizers import default_lr as paper_lr
+    return ADAM_LR if optimizer == "adam" else paper_lr(regularizer)
+
+
 def check(name: str) -> str:
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; choose one of: {', '.join(OPTIMIZERS)}")

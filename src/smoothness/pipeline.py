@@ -47,7 +47,7 @@ class RunConfig:
         except ValueError as e:
             raise ConfigError(str(e)) from None
         if self.lr is None:
-            self.lr = optimizers.ADAM_LR if self.optimizer == "adam" else regularizers.default_lr(self.regularizer)
+            self.lr = optimizers.default_lr(self.optimizer, self.regularizer)
         if self.optimizer == "gd":
             self.batch_size = self.n_train   # full-batch gradient descent: one step per epoch
         if self.regularizer == "weights_product" and len(self.hidden) != 1:
@@ -151,7 +151,8 @@ def _measure_group(items, dev) -> list[dict[str, float]]:
     for r, vals in zip(recs, param):
         r.update(vals)
     kw = dict(segments=cfg.segments, points=cfg.points, seed=cfg.measure_seed)
-    held = [t.measure_points(cfg.measure_points) for _, t, _, _ in items]
+    points = {key: items[rows[0]][1].measure_points(cfg.measure_points) for key, rows in by_task.items()}
+    held = [points[id(t)] for _, t, _, _ in items]   # one tensor per task: models of a pair share it
     train = [t.pool_x[idx[datasets.balanced_prefix(t.pool_y[idx], cfg.measure_points)]] for _, t, idx, _ in items]
     for suffix, xs in (("", held), ("_train", train)):
         which = measures.MEASURES if suffix == "" else measures.MEASURES[:-1]
@@ -160,7 +161,7 @@ def _measure_group(items, dev) -> list[dict[str, float]]:
                 recs[i].update({k + suffix: float("nan") for k in which})
         for rows in _by_size([xs[i] for i in ok]).values():
             rows = [ok[j] for j in rows]
-            same = all(xs[i] is xs[rows[0]] or torch.equal(xs[i], xs[rows[0]]) for i in rows)
+            same = all(xs[i] is xs[rows[0]] for i in rows)
             x = xs[rows[0]] if same else torch.stack([xs[i] for i in rows])
             vals = measures.measure_stack(p.select(rows), x.to(dev), which=which, **kw)
             for k, v in vals.items():
