@@ -139,6 +139,9 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-weights", action="store_true", help="do not store trained weights (about 0.8 MB per "
                    "784-256-1 model), only configs, statuses, losses and measures")
     p.add_argument("--quiet", action="store_true", help="no progress output, only the summary line")
+    p.add_argument("--measure-batch", type=int, default=None, metavar="K",
+                   help="trained models measured together (default: 1 on CPU, each the moment it finishes; 128 on "
+                   "a GPU, where trained models are stored at once and measured in batches; local backend)")
     g = p.add_argument_group("distributed runs (Ray)")
     g.add_argument("--backend", choices=("local", "ray"), default="local",
                    help="local: train in this process (default); ray: train chunks of models as Ray tasks, "
@@ -329,7 +332,8 @@ def _run(g, a) -> Path:
     out = _out_dir(g, a)
     summary = experiments.run_grid(g, out, device=a.device, data_dir=a.data_dir, progress=not a.quiet,
                                    save_weights=not a.no_weights, backend=a.backend, address=a.address,
-                                   chunk_size=a.chunk_size, retries=a.retries, ray_cpus=a.ray_cpus)
+                                   chunk_size=a.chunk_size, retries=a.retries, ray_cpus=a.ray_cpus,
+                                   measure_batch=a.measure_batch)
     print(summary.line())
     return out
 

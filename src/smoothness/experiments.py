@@ -98,20 +98,27 @@ def check_data(grid: Grid, data_dir=None) -> None:
 
 def run_grid(grid: Grid, out, *, device=None, data_dir=None, progress: bool = True, save_weights: bool = True,
              stream=None, backend: str = "local", address: str | None = None, chunk_size: int | None = None,
-             retries: int = DEFAULT_RETRIES, ray_cpus: int | None = None) -> RunSummary:
+             retries: int = DEFAULT_RETRIES, ray_cpus: int | None = None,
+             measure_batch: int | None = None) -> RunSummary:
     """Train every model of the grid that the store under `out` does not hold yet; returns a summary.
 
     backend "local" trains in this process; "ray" runs chunks of models as Ray tasks (see distributed.py)
     on the cluster at `address` (or RAY_ADDRESS), or on a local Ray instance with `ray_cpus` CPUs.
-    Either way each model is committed to the store the moment it comes back.
+    Either way each model is committed to the store the moment it comes back. Locally, trained models
+    are measured measure_batch at a time (pipeline.default_measure_batch: 1 on CPU, 128 on a GPU); when
+    that is more than one, each model is stored as trained the moment it finishes training, and a
+    resumed grid measures the trained models it finds instead of training them again.
     """
     if backend not in ("local", "ray"):
         raise ConfigError(f"unknown backend {backend!r}; use local or ray")
+    if measure_batch is not None and measure_batch < 1:
+        raise ConfigError(f"invalid measure batch: {measure_batch} (use a positive number)")
     t0 = time.perf_counter()
     configs = grid.configs()
     keys = [config_key(c) for c in configs]
     if backend == "local":
         device = pipeline.resolve_device(device)
+        measure_batch = measure_batch or pipeline.default_measure_batch(device)
     else:
         device = str(device or "auto")  # resolved on each worker
         if device.split(":")[0] not in ("auto", "cpu", "cuda"):
@@ -132,9 +139,7 @@ def run_grid(grid: Grid, out, *, device=None, data_dir=None, progress: bool = Tr
             if not todo:
                 results = iter(())
             elif backend == "local":
-                todo_keys = [k for k, _ in todo]
-                results = ((todo_keys[i], rec, rec.pop("params")) for i, rec in pipeline.iter_train_and_measure(
-                    [c for _, c in todo], device=device, data_dir=data_dir, progress=bar.trainer))
+                results = _local_results(store, todo, device, data_dir, measure_batch, bar.trainer)
             else:
                 results = _ray_results(stack, summary, todo, address, ray_cpus, chunk_size, dict(
                     device=device, data_dir=data_dir, save_weights=save_weights, retries=retries,
@@ -148,6 +153,27 @@ def run_grid(grid: Grid, out, *, device=None, data_dir=None, progress: bool = Tr
             summary.statuses = Counter(status[k] for k in keys if k in status)
             summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def _local_results(store: Store, todo, device, data_dir, measure_batch: int, progress):
+    """(key, record, params) of every model of todo: first those the store holds as trained but not measured
+    (a grid stopped between training and measuring them), then the rest, trained here."""
+    config = dict(todo)
+    pending = [(k, rec, params) for k, rec, params in store.trained() if k in config]
+    for j, rec in pipeline.iter_measure_trained([(config[k], rec, params) for k, rec, params in pending],
+                                                device=device, data_dir=data_dir, measure_batch=measure_batch):
+        yield pending[j][0], rec, rec.pop("params")
+    done = {k for k, _, _ in pending}
+    rest = [(k, c) for k, c in todo if k not in done]
+    keys = [k for k, _ in rest]
+    on_trained = None
+    if measure_batch > 1:
+        def on_trained(i, rec, params):
+            store.add_trained(keys[i], rec, params)
+    for i, rec in pipeline.iter_train_and_measure([c for _, c in rest], device=device, data_dir=data_dir,
+                                                  progress=progress, measure_batch=measure_batch,
+                                                  on_trained=on_trained):
+        yield keys[i], rec, rec.pop("params")
 
 
 def _ray_results(stack: ExitStack, summary: RunSummary, todo, address, ray_cpus, chunk_size, kw):

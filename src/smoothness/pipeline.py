@@ -208,7 +208,7 @@ def parameter_measures(p: MLPStack, xtr: torch.Tensor, ytr: torch.Tensor, cfgs: 
 
 
 def train_and_measure(configs: list[RunConfig], *, device=None, data_dir=None, progress=None,
-                      on_result=None) -> list[dict]:
+                      on_result=None, measure_batch: int | None = None) -> list[dict]:
     """Train every config (batched where they share data, architecture and batch size) and measure.
 
     Returns one record per config, in order: the config, status, epochs, steps, losses, measures,
@@ -216,54 +216,126 @@ def train_and_measure(configs: list[RunConfig], *, device=None, data_dir=None, p
     on_result(i, record), if given, is called the moment config i is trained and measured.
     """
     records: list[dict | None] = [None] * len(configs)
-    for i, rec in iter_train_and_measure(configs, device=device, data_dir=data_dir, progress=progress):
+    for i, rec in iter_train_and_measure(configs, device=device, data_dir=data_dir, progress=progress,
+                                         measure_batch=measure_batch):
         records[i] = rec
         if on_result is not None:
             on_result(i, rec)
     return records  # type: ignore[return-value]
 
 
-def iter_train_and_measure(configs: list[RunConfig], *, device=None, data_dir=None, progress=None):
-    """As train_and_measure, but yields (i, record) for config i the moment it is trained and measured."""
+MEASURE_WAIT = 60.0   # seconds a trained model waits at most for its measure batch to fill (checked as models finish)
+
+
+def default_measure_batch(device) -> int:
+    """Trained models measured together: one on the CPU, where batching measures gains nothing (see bench),
+    so each model is measured the moment it finishes; 128 on a GPU, where one model leaves it idle."""
+    return 1 if resolve_device(device).type == "cpu" else 128
+
+
+@dataclass
+class _Trained:
+    """A trained model waiting to be measured."""
+
+    i: int
+    cfg: RunConfig
+    rec: dict
+    params: MLPStack
+    task: datasets.BinaryTask
+    subset: torch.Tensor
+    at: float
+
+
+def _tasks(configs: list[RunConfig], data_dir) -> dict[tuple, datasets.BinaryTask]:
+    """The binary task of every (data, pair) among configs, loaded once each."""
+    tasks: dict[tuple, datasets.BinaryTask] = {}
+    for c in configs:
+        if (c.data, c.pair) not in tasks:
+            tasks[(c.data, c.pair)] = datasets.binary_task(c.data, *c.pair, data_dir=data_dir)
+    return tasks
+
+
+def _measure_trained(queue: list[_Trained], dev):
+    """Measure queued trained models as one call of measure_models; yield (i, full record) for each."""
+    if not queue:
+        return
+    t0 = time.perf_counter()
+    vals = measure_models([(q.params, q.task, q.subset, q.cfg) for q in queue], dev)
+    sec = (time.perf_counter() - t0) / len(queue)
+    for q, v in zip(queue, vals):
+        yield q.i, {**q.rec, **v, "measure_seconds": sec, "measure_batch": len(queue), "device": str(dev),
+                    "params": q.params}
+
+
+def iter_measure_trained(items, *, device=None, data_dir=None, measure_batch: int | None = None):
+    """Measure models that were trained but not measured (a grid stopped in between): items are
+    (cfg, record, params) with the record that iter_train_and_measure passed to on_trained. Yields
+    (j, full record) for item j, in batches of measure_batch."""
     dev = resolve_device(device)
+    k = measure_batch or default_measure_batch(dev)
+    tasks = _tasks([c for c, _, _ in items], data_dir)
+    queue = []
+    for j, (c, rec, params) in enumerate(items):
+        task = tasks[(c.data, c.pair)]
+        queue.append(_Trained(j, c, rec, params, task, task.subset(c.n_train, c.seed), 0.0))
+        if len(queue) >= k:
+            yield from _measure_trained(queue, dev)
+            queue = []
+    yield from _measure_trained(queue, dev)
+
+
+def iter_train_and_measure(configs: list[RunConfig], *, device=None, data_dir=None, progress=None,
+                           measure_batch: int | None = None, on_trained=None, max_wait: float = MEASURE_WAIT):
+    """As train_and_measure, but yields (i, record) for config i as soon as it is trained and measured.
+
+    Trained models are measured together, measure_batch at a time (default: default_measure_batch): a
+    batch is measured when it is full, when its first model has waited max_wait seconds, and when
+    training ends. on_trained(i, record, params), if given, is called the moment model i finishes
+    training, with its configuration, status and training record (the grid runner stores it durably
+    there, so that a grid stopped before the batch is measured does not train the model again).
+    """
+    dev = resolve_device(device)
+    k = measure_batch or default_measure_batch(dev)
+    if k < 1:
+        raise ConfigError(f"invalid measure batch: {k}")
     groups: dict[tuple, list[int]] = {}
     for i, c in enumerate(configs):
         groups.setdefault(c.batch_key(), []).append(i)
+    tasks = _tasks(configs, data_dir)
+    queue: list[_Trained] = []
     for key, members in groups.items():
-        tasks = {}
-        for i in members:
-            c = configs[i]
-            if c.pair not in tasks:
-                tasks[c.pair] = datasets.binary_task(c.data, *c.pair, data_dir=data_dir)
         # One input pool for the group: the pools of all pairs, concatenated.
         offsets, pools, start = {}, [], 0
-        for pair, t in tasks.items():
-            offsets[pair] = start
-            pools.append(t.pool_x)
-            start += t.pool_x.shape[0]
-        pool = torch.cat(pools)
+        for c in (configs[i] for i in members):
+            if c.pair not in offsets:
+                offsets[c.pair] = start
+                pools.append(tasks[(c.data, c.pair)].pool_x)
+                start += pools[-1].shape[0]
         specs, subsets = [], []
         for i in members:
             c = configs[i]
-            t = tasks[c.pair]
+            t = tasks[(c.data, c.pair)]
             sub = t.subset(c.n_train, c.seed)
             subsets.append(sub)
             specs.append(training.TrainSpec(sub + offsets[c.pair], t.pool_y[sub], seed=c.seed, lr=c.lr,
                                             alpha=c.alpha, max_epochs=c.max_epochs, threshold=c.threshold,
                                             regularizer=c.regularizer, lam=c.lam,
                                             optimizer="sgd" if c.optimizer == "gd" else c.optimizer))
-        trainer = training.BatchedTrainer(pool, key[1], key[2], dev)
+        trainer = training.BatchedTrainer(torch.cat(pools), key[1], key[2], dev)
         for res in trainer.iter_train(specs, progress=progress):
             i = members[res.index]
             c = configs[i]
-            t0 = time.perf_counter()
             rec = {**asdict(c), "pair": list(c.pair), "hidden": list(c.hidden),
                    "status": res.status, "epochs": res.epochs, "steps": res.steps,
-                   "loss_epoch": res.loss_epoch}
-            rec.update(measure_model(res.params, tasks[c.pair], subsets[res.index], c, dev))
-            rec.update(train_seconds=res.seconds, measure_seconds=time.perf_counter() - t0,
-                       device=str(dev), params=res.params)
-            yield i, rec
+                   "loss_epoch": res.loss_epoch, "train_seconds": res.seconds}
+            if on_trained is not None:
+                on_trained(i, rec, res.params)
+            queue.append(_Trained(i, c, rec, res.params, tasks[(c.data, c.pair)], subsets[res.index],
+                                  time.perf_counter()))
+            if len(queue) >= k or time.perf_counter() - queue[0].at >= max_wait:
+                yield from _measure_trained(queue, dev)
+                queue = []
+    yield from _measure_trained(queue, dev)
 
 
 def save_models(path, records: list[dict]) -> None:

@@ -1,7 +1,10 @@
 """The results store: one SQLite database per experiment directory, one row per finished model.
 
-Each model is committed in its own transaction the moment it finishes (WAL journal, synchronous=FULL),
-so a process killed at any moment loses at most the models still in flight. The primary key is the
+Each model is committed in its own transaction the moment it finishes training (WAL journal,
+synchronous=FULL), so a process killed at any moment loses at most the models still in flight. Where
+models are measured in batches (on a GPU), a trained model first goes to the `trained` table, with
+its weights, and moves to `runs` in the transaction that stores its measures; a resumed grid measures
+what it finds there instead of training it again. The primary key is the
 hash of the model's full configuration (grid.config_key); inserting a key twice is a no-op, so a resumed
 grid can never duplicate a finished model.
 """
@@ -33,6 +36,8 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 CREATE TABLE IF NOT EXISTS weights (key TEXT PRIMARY KEY REFERENCES runs(key), state BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS trained (key TEXT PRIMARY KEY, finished_at TEXT NOT NULL, record TEXT NOT NULL,
+                                    state BLOB NOT NULL);
 """
 
 
@@ -91,16 +96,13 @@ class Store:
 
     # -- writing ---------------------------------------------------------------------------------
     def add(self, key: str, record: dict, params: MLPStack | None = None) -> bool:
-        """Commit one finished model (and its weights) atomically; False if the key was already stored."""
+        """Commit one finished model (and its weights) atomically; False if the key was already stored.
+        The model leaves the `trained` table in the same transaction."""
         rec = {k: _clean(v) for k, v in record.items() if k != "params"}
         rec.setdefault("versions", versions())
-        blob = None
-        if params is not None:
-            buf = io.BytesIO()
-            torch.save(params.state_dict(), buf)
-            blob = buf.getvalue()
+        blob = None if params is None else _blob(params)
         pair = rec.get("pair") or [None, None]
-        row = (key, time.strftime("%Y-%m-%dT%H:%M:%S%z"), rec.get("data"), pair[0], pair[1], rec.get("n_train"),
+        row = (key, _now(), rec.get("data"), pair[0], pair[1], rec.get("n_train"),
                rec.get("seed"), rec.get("regularizer"), rec.get("lam"), rec.get("lr"), rec.get("status"),
                rec.get("epochs"), json.dumps(rec, sort_keys=True))
         cur = self.db.cursor()
@@ -110,11 +112,23 @@ class Store:
             added = cur.rowcount == 1
             if added and blob is not None:
                 cur.execute("INSERT OR REPLACE INTO weights VALUES (?, ?)", (key, blob))
+            cur.execute("DELETE FROM trained WHERE key=?", (key,))
             cur.execute("COMMIT")
         except BaseException:
             cur.execute("ROLLBACK")
             raise
         return added
+
+    def add_trained(self, key: str, record: dict, params: MLPStack) -> None:
+        """Commit a model that finished training and waits to be measured (its record so far and weights)."""
+        rec = json.dumps({k: _clean(v) for k, v in record.items() if k != "params"}, sort_keys=True)
+        self.db.execute("INSERT OR REPLACE INTO trained SELECT ?, ?, ?, ? WHERE NOT EXISTS "
+                        "(SELECT 1 FROM runs WHERE key=?)", (key, _now(), rec, _blob(params), key))
+
+    def trained(self) -> list[tuple[str, dict, MLPStack]]:
+        """Models trained but not measured yet: (key, record, params) each (see add_trained)."""
+        return [(key, json.loads(rec), _params(state)) for key, rec, state in self.db.execute(
+            "SELECT key, record, state FROM trained WHERE key NOT IN (SELECT key FROM runs) ORDER BY rowid")]
 
     def set_meta(self, name: str, value) -> None:
         self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, json.dumps(value)))
@@ -164,4 +178,18 @@ class Store:
         row = self.db.execute("SELECT state FROM weights WHERE key=?", (key,)).fetchone()
         if row is None:
             raise DataError(f"no stored weights for model {key}")
-        return MLPStack.from_state_dict(torch.load(io.BytesIO(row[0]), map_location="cpu", weights_only=True))
+        return _params(row[0])
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def _blob(params: MLPStack) -> bytes:
+    buf = io.BytesIO()
+    torch.save(params.state_dict(), buf)
+    return buf.getvalue()
+
+
+def _params(blob: bytes) -> MLPStack:
+    return MLPStack.from_state_dict(torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True))
