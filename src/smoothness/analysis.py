@@ -8,6 +8,8 @@ import numpy as np
 import pandas as pd
 from scipy.stats import kendalltau
 
+from .store import ADDED_FIELDS
+
 # The four measures of the paper's tables, with their short names.
 MEASURES = {"gradient_norm": "GN", "function_path_length": "FPL", "gradient_path_length": "GPL",
             "weights_product": "WP"}
@@ -29,10 +31,10 @@ PAPER_TABLE2 = {  # unregularized mean, regularized mean, l_S, r_norm mean, r_no
     "gradient_path_length": (2.62, 2.35, 0, 0.89, 0.06), "weights_product": (12.84, 11.57, 0, 0.90, 0.03)}
 
 # Columns that define a training setting apart from the dataset (pair), seed, size and regularization.
-SETTING = ["data", "optimizer", "hidden", "alpha", "lr", "batch_size", "max_epochs", "threshold", "measure_points",
-           "segments", "points", "measure_seed"]
+SETTING = ["data", "optimizer", "matmul_precision", "hidden", "alpha", "lr", "batch_size", "max_epochs", "threshold",
+           "measure_points", "segments", "points", "measure_seed"]
 # Setting columns added after the first results: their value for records that predate them.
-_SETTING_DEFAULTS = {"optimizer": "sgd"}
+_SETTING_DEFAULTS = ADDED_FIELDS
 
 
 def _complete(df: pd.DataFrame) -> pd.DataFrame:
@@ -44,6 +46,7 @@ def _complete(df: pd.DataFrame) -> pd.DataFrame:
 def _setting_label(row, with_lr: bool = True) -> str:
     lr = f", lr {row['lr']:g}, cap {row['max_epochs']} epochs" if with_lr else ""
     opt = "" if row.get("optimizer", "sgd") == "sgd" else f", {row['optimizer']}"
+    opt += "" if row.get("matmul_precision", "fp32") == "fp32" else f", {row['matmul_precision']} matmuls"
     return (f"{row['data']}{opt}, hidden {row['hidden']}, alpha {row['alpha']:g}{lr}, batch {row['batch_size']}, "
             f"threshold {row['threshold']:g}")
 

@@ -13,7 +13,7 @@ import time
 import torch
 from torch import nn
 
-from . import data, training
+from . import data, precision, training
 
 
 def _sync(device):
@@ -21,8 +21,12 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def loop_throughput(steps: int, device) -> float:
-    """Model-steps per second of a plain one-model PyTorch training loop."""
+def _mode(tf32: bool) -> str:
+    return "tf32" if tf32 else "fp32"
+
+
+def loop_throughput(steps: int, device, tf32: bool = False) -> float:
+    """Model-steps per second of a plain one-model PyTorch training loop (TF32 matmuls if tf32, on CUDA)."""
     t = data.binary_task("mnist5k", 3, 8)
     sub = t.subset(128, 0)
     x, y = t.pool_x[sub].to(device), t.pool_y[sub].to(device)
@@ -42,15 +46,16 @@ def loop_throughput(steps: int, device) -> float:
                 done += 1
         return done
 
-    run(20)  # warm-up
-    _sync(device)
-    t0 = time.perf_counter()
-    done = run(steps)
-    _sync(device)
+    with precision.matmuls(_mode(tf32), device):
+        run(20)  # warm-up
+        _sync(device)
+        t0 = time.perf_counter()
+        done = run(steps)
+        _sync(device)
     return done / (time.perf_counter() - t0)
 
 
-def batched_throughput(m: int, steps: int, device) -> tuple[float, float]:
+def batched_throughput(m: int, steps: int, device, tf32: bool = False) -> tuple[float, float]:
     """(model-steps per second, seconds spent initializing the models) of the batched engine training
     m models for `steps` steps each; the rate excludes the initialization, as the loop's does."""
     tasks = [data.binary_task("mnist5k", *data.ALL_PAIRS[i]) for i in range(min(m, 45))]
@@ -61,7 +66,7 @@ def batched_throughput(m: int, steps: int, device) -> tuple[float, float]:
         sub = t.subset(128, i // 45)
         specs.append(training.TrainSpec(sub + (i % len(tasks)) * t.pool_x.shape[0], t.pool_y[sub], seed=i,
                                         max_epochs=max(1, steps // 2), threshold=0.0))
-    trainer = training.BatchedTrainer(pool, device=device)
+    trainer = training.BatchedTrainer(pool, device=device, matmul_precision=_mode(tf32))
     trainer.train(specs[:1])  # warm-up
     _sync(device)
     t0 = time.perf_counter()
@@ -75,11 +80,13 @@ def steps_for(m: int, budget: int, cap: int = 400) -> int:
     return max(2, min(cap, budget // m) // 2 * 2)
 
 
-def grid_wall_time(grid_name: str, device) -> tuple[float, str]:
+def grid_wall_time(grid_name: str, device, tf32: bool = False) -> tuple[float, str]:
     """Wall time of training, measuring and storing a whole grid (a preset or YAML file) into a fresh store."""
     from . import experiments
     from . import grid as grid_mod
     g = grid_mod.resolve(grid_name)
+    if tf32:
+        g.matmul_precision = "tf32"
     with tempfile.TemporaryDirectory() as d:
         t0 = time.perf_counter()
         s = experiments.run_grid(g, d, device=device, progress=False, save_weights=False)
@@ -110,23 +117,25 @@ def measure_seconds(m: int, device, alone: int = 10) -> tuple[float, float]:
     return t1 - t0, (time.perf_counter() - t1) / min(alone, m)
 
 
-def run(models: list[int], device, budget: int, grid: str | None, out=print, measure: int = 0) -> list[dict]:
+def run(models: list[int], device, budget: int, grid: str | None, out=print, measure: int = 0,
+        tf32: bool = False) -> list[dict]:
     """Print and return the benchmark table (and the grid's wall time unless grid is None; and the time to
-    measure `measure` models if it is positive)."""
+    measure `measure` models if it is positive). tf32: TF32 training matmuls (CUDA; measures stay fp32)."""
     out(f"device {device}{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}, "
-        f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads; 784-256-1 net, batch 64")
+        f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads; 784-256-1 net, batch 64, "
+        f"{_mode(tf32)} training matmuls")
     out(f"{'engine':<24}{'M':>6}{'steps/model':>13}{'model-steps/s':>16}{'vs loop':>9}{'init s':>9}")
     rows = []
-    ref = loop_throughput(steps_for(1, budget, cap=2000), device)
+    ref = loop_throughput(steps_for(1, budget, cap=2000), device, tf32)
     rows.append({"engine": "one-model torch loop", "models": 1, "steps": steps_for(1, budget, 2000), "rate": ref})
     out(f"{'one-model torch loop':<24}{1:>6}{rows[0]['steps']:>13}{ref:>16.0f}{1.0:>9.2f}")
     for m in models:
         s = steps_for(m, budget)
-        r, init = batched_throughput(m, s, device)
+        r, init = batched_throughput(m, s, device, tf32)
         rows.append({"engine": "batched", "models": m, "steps": s, "rate": r, "init_seconds": init})
         out(f"{'batched':<24}{m:>6}{s:>13}{r:>16.0f}{r / ref:>9.2f}{init:>9.2f}")
     if grid:
-        sec, line = grid_wall_time(grid, device)
+        sec, line = grid_wall_time(grid, device, tf32)
         rows.append({"engine": f"grid {grid}", "seconds": sec})
         out(f"end to end, {line}: {sec:.1f} s")
     if measure:

@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import __version__, data, experiments, idx, measures, optimizers, pipeline, regularizers, training
+from . import __version__, data, experiments, idx, measures, optimizers, pipeline, precision, regularizers, training
 from . import grid as grid_mod
 from .store import Store
 from .errors import SmoothnessError
@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: none)")
     t.add_argument("--lam", type=float, nargs="+", default=[0.0],
                    help="regularization coefficient(s) lambda; several values train one model each (default: 0)")
+    _add_precision_args(t, "fp32")
     _add_measure_args(t)
     t.add_argument("--save", metavar="PATH", help="save the trained weights and results to PATH (.pt)")
 
@@ -125,10 +126,31 @@ def build_parser() -> argparse.ArgumentParser:
                    "to skip (default: smoke)")
     b.add_argument("--measure", type=int, default=None, metavar="M", help="also time measuring M models with "
                    "the paper's estimators, batched, and one at a time (default: 0 on CPU, 1080 on CUDA)")
+    b.add_argument("--tf32", action="store_true", help="TF32 training matmuls in the loop, the engine and the grid "
+                   "(CUDA only; see --matmul-precision of run)")
+
+    cp = sub.add_parser("compare", help="compare two results stores model by model (devices, precisions)",
+                        description="Match the models of two results stores on their configuration and compare "
+                        "statuses, epochs, losses, measures and Table 1: a grid run on CPU against the same grid "
+                        "on CUDA, or in fp32 against TF32 matmuls.")
+    cp.add_argument("a", help="experiment directory (or .sqlite file) A, the reference")
+    cp.add_argument("b", help="experiment directory (or .sqlite file) B")
+    cp.add_argument("--ignore", nargs="*", default=None, metavar="FIELD",
+                    help="configuration fields not matched on (default: matmul_precision)")
+    cp.add_argument("--csv", default=None, metavar="PATH", help="also write the matched models to PATH as CSV")
 
     ps = sub.add_parser("presets", help="list the shipped grids, or print one as YAML")
     ps.add_argument("name", nargs="?", help="print this preset's YAML (a starting point for your own grid)")
     return ap
+
+
+def _add_precision_args(p: argparse.ArgumentParser, default) -> None:
+    what = "fp32" if default else "the grid's matmul_precision, fp32 unless it says otherwise"
+    p.add_argument("--matmul-precision", choices=precision.MODES, default=default,
+                   help=f"matmuls of the training steps: fp32, tf32 (TF32 tensor cores, CUDA only) or tf32-emulated "
+                   f"(TF32 rounding on any device, to study its effect); measures are always fp32 (default: {what})")
+    p.add_argument("--tf32", dest="matmul_precision", action="store_const", const="tf32",
+                   help="the same as --matmul-precision tf32")
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
@@ -139,6 +161,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-weights", action="store_true", help="do not store trained weights (about 0.8 MB per "
                    "784-256-1 model), only configs, statuses, losses and measures")
     p.add_argument("--quiet", action="store_true", help="no progress output, only the summary line")
+    _add_precision_args(p, None)
     p.add_argument("--measure-batch", type=int, default=None, metavar="K",
                    help="trained models measured together (default: 1 on CPU, each the moment it finishes; 128 on "
                    "a GPU, where trained models are stored at once and measured in batches; local backend)")
@@ -256,7 +279,7 @@ def cmd_train(a) -> int:
                                   threshold=a.threshold, measure_points=a.measure_points, segments=a.segments,
                                   points=a.points, measure_seed=a.measure_seed, sharpness_iters=a.sharpness_iters,
                                   trace_probes=a.trace_probes, regularizer=a.regularizer, lam=lam,
-                                  optimizer=a.optimizer)
+                                  optimizer=a.optimizer, matmul_precision=a.matmul_precision)
                for lam in a.lam for n in a.n_train for s in a.seed]
     device = pipeline.resolve_device(a.device)
     task = data.binary_task(a.data, *a.pair, data_dir=a.data_dir)
@@ -328,6 +351,13 @@ def _out_dir(g, a) -> Path:
     return Path(a.out) if a.out else Path("runs") / g.name
 
 
+def _grid(g, a):
+    """The grid to run, with --matmul-precision / --tf32 applied."""
+    if a.matmul_precision:
+        g.matmul_precision = a.matmul_precision
+    return g
+
+
 def _run(g, a) -> Path:
     out = _out_dir(g, a)
     summary = experiments.run_grid(g, out, device=a.device, data_dir=a.data_dir, progress=not a.quiet,
@@ -339,7 +369,7 @@ def _run(g, a) -> Path:
 
 
 def cmd_run(a) -> int:
-    g = grid_mod.resolve(a.grid)
+    g = _grid(grid_mod.resolve(a.grid), a)
     if a.dry_run:
         out = _out_dir(g, a)
         configs = g.configs()
@@ -366,9 +396,23 @@ def cmd_report(a) -> int:
 
 
 def cmd_reproduce(a) -> int:
-    out = _run(grid_mod.preset(a.preset), a)
+    out = _run(_grid(grid_mod.preset(a.preset), a), a)
     a.results, a.out = out, None
     return cmd_report(a)
+
+
+def cmd_compare(a) -> int:
+    from . import compare as compare_mod  # pandas loads only when needed
+    a.ignore = compare_mod.IGNORED if a.ignore is None else tuple(a.ignore)
+    unknown = set(a.ignore) - set(compare_mod.config_columns(()))
+    if unknown:
+        raise SmoothnessError(f"--ignore: not configuration fields: {', '.join(sorted(unknown))}")
+    c = compare_mod.compare(a.a, a.b, a.ignore)
+    print(c.markdown(), end="")
+    if a.csv:
+        c.matched.to_csv(a.csv, index=False)
+        print(f"matched models: {a.csv}")
+    return 0
 
 
 def cmd_presets(a) -> int:
@@ -394,8 +438,10 @@ def cmd_bench(a) -> int:
     measure = a.measure if a.measure is not None else (1080 if dev.type == "cuda" else 0)
     if measure < 0:
         raise SmoothnessError(f"--measure: expected a non-negative number of models, got {measure}")
+    if a.tf32:
+        pipeline.check_matmul_precision({"tf32"}, dev)
     bench.run(models, dev, budget, None if a.grid == "none" else a.grid, out=lambda s: print(s, flush=True),
-              measure=measure)
+              measure=measure, tf32=a.tf32)
     return 0
 
 
@@ -408,7 +454,7 @@ def main(argv=None) -> int:
     try:
         return {"train": cmd_train, "measure": cmd_measure, "download": cmd_download, "data": cmd_data,
                 "run": cmd_run, "report": cmd_report, "reproduce": cmd_reproduce,
-                "presets": cmd_presets, "bench": cmd_bench}[a.command](a)
+                "presets": cmd_presets, "bench": cmd_bench, "compare": cmd_compare}[a.command](a)
     except SmoothnessError as e:
         print(f"smoothness: error: {e}", file=sys.stderr)
         return 2

@@ -119,6 +119,7 @@ def run_grid(grid: Grid, out, *, device=None, data_dir=None, progress: bool = Tr
     if backend == "local":
         device = pipeline.resolve_device(device)
         measure_batch = measure_batch or pipeline.default_measure_batch(device)
+        pipeline.check_matmul_precision({grid.matmul_precision}, device)
     else:
         device = str(device or "auto")  # resolved on each worker
         if device.split(":")[0] not in ("auto", "cpu", "cuda"):

@@ -16,6 +16,7 @@ A grid file is a mapping; every axis takes one value or a list of values:
     regularizers:                 # default: [{name: none}]
       - {name: gradient_norm, lam: [0, 1.0e-5, 1.0e-4], lr: 0.01}   # optional per entry: lr, max_epochs, n_train, seeds
     optimizer: sgd                # sgd | gd (full batch) | momentum | adam; an axis like the others
+    matmul_precision: fp32        # training matmuls: fp32 | tf32 (CUDA only) | tf32-emulated (one value)
     measure: {points: 1000, segments: 1000, points_per_segment: 100, seed: 0,
               sharpness_iters: 0, trace_probes: 0}
 
@@ -33,14 +34,14 @@ from importlib import resources
 from pathlib import Path
 
 from . import data as datasets
-from . import optimizers, regularizers
+from . import optimizers, precision, regularizers
 from .errors import ConfigError
 from .pipeline import RunConfig
 
 PRESETS = ("smoke", "quick", "paper-table1", "paper-table2", "lr-sweep", "depth")
 
 _TOP = {"name", "description", "data", "pairs", "n_train", "seeds", "hidden", "alpha", "lr", "batch_size",
-        "max_epochs", "threshold", "regularizers", "measure", "optimizer"}
+        "max_epochs", "threshold", "regularizers", "measure", "optimizer", "matmul_precision"}
 _REG = {"name", "lam", "lr", "max_epochs", "n_train", "seeds"}
 _DEFAULT = {f.name: f.default for f in fields(RunConfig)}   # the paper's defaults, defined once in RunConfig
 # grid key under `measure` -> RunConfig field
@@ -49,7 +50,7 @@ _MEASURE_FIELDS = {"points": "measure_points", "segments": "segments", "points_p
 _MEASURE_NONNEG = {"seed", "sharpness_iters", "trace_probes"}   # 0 allowed (0 iterations/probes: not computed)
 # RunConfig fields added after the first store format: left out of the key while at their default, so
 # that the keys of earlier stores stay valid.
-_KEY_OPTIONAL = ("sharpness_iters", "trace_probes", "optimizer")
+_KEY_OPTIONAL = ("sharpness_iters", "trace_probes", "optimizer", "matmul_precision")
 _MEASURE = set(_MEASURE_FIELDS)
 
 
@@ -76,6 +77,7 @@ class Grid:
     optimizer: list[str] = field(default_factory=lambda: ["sgd"])
     measure: dict = field(default_factory=_measure_defaults)
     description: str = ""
+    matmul_precision: str = "fp32"
 
     def configs(self) -> list[RunConfig]:
         """Every model of the grid, without duplicates, in a stable order."""
@@ -95,7 +97,8 @@ class Grid:
                     c = RunConfig(data=self.data, pair=pair, n_train=n, seed=s, hidden=h, alpha=al, lr=lr,
                                   batch_size=bs, max_epochs=me, threshold=th,
                                   **{f: self.measure[k] for k, f in _MEASURE_FIELDS.items()},
-                                  regularizer=name, lam=float(lam) if lam > 0 else 0.0, optimizer=opt)
+                                  regularizer=name, lam=float(lam) if lam > 0 else 0.0, optimizer=opt,
+                                  matmul_precision=self.matmul_precision)
                 except ConfigError as e:
                     raise ConfigError(f"grid {self.name!r}: {e}") from None
                 k = config_key(c)
@@ -250,6 +253,13 @@ def _optimizers(v):
     return out
 
 
+def _precision(v) -> str:
+    try:
+        return precision.check(v)
+    except ValueError as e:
+        raise ConfigError(f"key 'matmul_precision': {e}") from None
+
+
 def parse(raw: dict, name: str | None = None) -> Grid:
     """Validate a grid mapping (as loaded from YAML) and return a Grid; errors name the key."""
     if not isinstance(raw, dict):
@@ -278,7 +288,7 @@ def parse(raw: dict, name: str | None = None) -> Grid:
              max_epochs=_axis(raw, "max_epochs", int, _DEFAULT["max_epochs"], positive=True),
              threshold=_axis(raw, "threshold", float, _DEFAULT["threshold"], positive=True),
              regularizers=_regularizers(raw.get("regularizers")), optimizer=_optimizers(raw.get("optimizer", "sgd")),
-             measure=measure,
+             measure=measure, matmul_precision=_precision(raw.get("matmul_precision", "fp32")),
              description=str(raw.get("description") or ""))
     g.configs()  # the remaining checks (e.g. weights_product needs one hidden layer)
     return g

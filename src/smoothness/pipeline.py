@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from . import data as datasets
-from . import curvature, measures, optimizers, regularizers, training
+from . import curvature, measures, optimizers, precision, regularizers, training
 from .errors import ConfigError
 from .models import DEFAULT_ALPHA, MLPStack
 
@@ -39,11 +39,13 @@ class RunConfig:
     regularizer: str = "none"
     lam: float = 0.0
     optimizer: str = "sgd"           # sgd (paper), gd (batch_size becomes n_train), momentum, adam
+    matmul_precision: str = "fp32"   # of the training steps: fp32, tf32 (CUDA), tf32-emulated (precision.py)
 
     def __post_init__(self):
         try:
             regularizers.check(self.regularizer)
             optimizers.check(self.optimizer)
+            precision.check(self.matmul_precision)
         except ValueError as e:
             raise ConfigError(str(e)) from None
         if self.lr is None:
@@ -73,7 +75,7 @@ class RunConfig:
 
     def batch_key(self) -> tuple:
         """Models with equal keys can share one batched program."""
-        return (self.data, self.widths, self.batch_size, self.regularizer, self.optimizer)
+        return (self.data, self.widths, self.batch_size, self.regularizer, self.optimizer, self.matmul_precision)
 
 
 def resolve_device(name: str | None) -> torch.device:
@@ -88,6 +90,13 @@ def resolve_device(name: str | None) -> torch.device:
     if name.split(":")[0] not in ("cpu", "cuda"):
         raise ConfigError(f"unknown device {name!r}; use cpu, cuda or auto")
     return torch.device(name)
+
+
+def check_matmul_precision(modes, device) -> None:
+    """TF32 runs on CUDA only (on a CPU it would silently train in float32)."""
+    if "tf32" in modes and resolve_device(device).type != "cuda":
+        raise ConfigError("matmul precision tf32 needs a CUDA device; to study its effect on a CPU use "
+                          "tf32-emulated")
 
 
 def measure_model(params: MLPStack, task: datasets.BinaryTask, train_idx: torch.Tensor, cfg: RunConfig,
@@ -298,6 +307,7 @@ def iter_train_and_measure(configs: list[RunConfig], *, device=None, data_dir=No
     k = measure_batch or default_measure_batch(dev)
     if k < 1:
         raise ConfigError(f"invalid measure batch: {k}")
+    check_matmul_precision({c.matmul_precision for c in configs}, dev)
     groups: dict[tuple, list[int]] = {}
     for i, c in enumerate(configs):
         groups.setdefault(c.batch_key(), []).append(i)
@@ -321,7 +331,7 @@ def iter_train_and_measure(configs: list[RunConfig], *, device=None, data_dir=No
                                             alpha=c.alpha, max_epochs=c.max_epochs, threshold=c.threshold,
                                             regularizer=c.regularizer, lam=c.lam,
                                             optimizer="sgd" if c.optimizer == "gd" else c.optimizer))
-        trainer = training.BatchedTrainer(torch.cat(pools), key[1], key[2], dev)
+        trainer = training.BatchedTrainer(torch.cat(pools), key[1], key[2], dev, matmul_precision=key[5])
         for res in trainer.iter_train(specs, progress=progress):
             i = members[res.index]
             c = configs[i]

@@ -25,6 +25,8 @@ from .errors import DataError
 from .models import MLPStack
 
 SCHEMA_VERSION = 1
+# Config fields added after the first stored models, with the value that records without them had.
+ADDED_FIELDS = {"optimizer": "sgd", "matmul_precision": "fp32"}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -160,14 +162,15 @@ class Store:
         df = pd.DataFrame(recs)
         if len(df):
             # config fields added after the first stored models: missing means the default of the time
-            df["optimizer"] = df["optimizer"].fillna("sgd") if "optimizer" in df else "sgd"
+            for c, v in ADDED_FIELDS.items():
+                df[c] = df[c].fillna(v) if c in df else v
             if "pair" in df:
                 df["pair"] = df["pair"].map(lambda p: f"{p[0]}/{p[1]}" if isinstance(p, list) else p)
             if "hidden" in df:
                 df["hidden"] = df["hidden"].map(lambda h: "-".join(map(str, h)) if isinstance(h, list) else h)
             for c in df.columns:  # measures stored as null (non-finite) come back as None
                 if df[c].dtype == object and c not in ("pair", "hidden", "data", "status", "regularizer", "optimizer",
-                                                       "device", "key", "versions"):
+                                                       "device", "key", "versions", "matmul_precision"):
                     try:
                         df[c] = pd.to_numeric(df[c])
                     except (ValueError, TypeError):

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from . import optimizers, regularizers, rng
+from . import optimizers, precision, regularizers, rng
 from .models import DEFAULT_ALPHA, DEFAULT_WIDTHS, MLPStack, forward, init_mlp, parameter_grads, sgd_update_
 
 CONVERGED, NOT_CONVERGED, DIVERGED = "converged", "not_converged", "diverged"
@@ -101,8 +101,10 @@ class BatchedTrainer:
     """Trains many models to interpolation; see the module docstring for the rules."""
 
     def __init__(self, pool_x: torch.Tensor, widths=DEFAULT_WIDTHS, batch_size: int = DEFAULT_BATCH,
-                 device=None, max_batch: int | None = None, block_models: int | None = None):
+                 device=None, max_batch: int | None = None, block_models: int | None = None,
+                 matmul_precision: str = "fp32"):
         self.device = torch.device(device or "cpu")
+        self.precision = precision.check(matmul_precision)  # of the steps' matmuls (precision.py)
         self.x = torch.as_tensor(pool_x, dtype=torch.float32).to(self.device)
         if self.x.dim() != 2 or self.x.shape[1] != widths[0]:
             raise ValueError(f"pool must be [P, {widths[0]}], got {tuple(self.x.shape)}")
@@ -327,7 +329,11 @@ class BatchedTrainer:
                 t0 = time.perf_counter()
                 self._admit(act, specs, take)
                 self.admit_seconds += time.perf_counter() - t0
-            self._step(act)
+            if self.precision == "fp32" and self.device.type == "cpu":
+                self._step(act)
+            else:
+                with precision.matmuls(self.precision, self.device):
+                    self._step(act)
             ended = np.flatnonzero(act.pos >= act.n_host)
             if len(ended):
                 ids = [act.ids[row] for row in ended]
@@ -347,9 +353,11 @@ class BatchedTrainer:
 
 
 def train_models(pool_x, specs: list[TrainSpec], *, widths=DEFAULT_WIDTHS, batch_size: int = DEFAULT_BATCH,
-                 device=None, max_batch: int | None = None, on_finish=None, progress=None) -> list[TrainResult]:
+                 device=None, max_batch: int | None = None, on_finish=None, progress=None,
+                 matmul_precision: str = "fp32") -> list[TrainResult]:
     """Train len(specs) models on rows of pool_x as one batched program; results in spec order."""
-    return BatchedTrainer(pool_x, widths, batch_size, device, max_batch).train(specs, on_finish, progress)
+    return BatchedTrainer(pool_x, widths, batch_size, device, max_batch,
+                          matmul_precision=matmul_precision).train(specs, on_finish, progress)
 
 
 @torch.no_grad()

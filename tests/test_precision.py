@@ -1,0 +1,91 @@
+"""Matmul precision of training: TF32 rounding (emulated on CPU), the CUDA-only tf32 mode, keys and settings."""
+import math
+
+import pytest
+import torch
+import yaml
+
+from conftest import run_cli
+from smoothness import grid, pipeline, precision, training
+from smoothness.errors import ConfigError
+
+
+def test_round_to_tf32_keeps_ten_mantissa_bits_with_ties_to_even():
+    e = 2.0 ** -10                                   # TF32's unit in the last place at 1
+    x = torch.tensor([1.0, 1 + e / 2, 1 + 3 * e / 2, 1 + e / 2 + 2 ** -20, 1 + e / 2 - 2 ** -20, -(1 + 3 * e / 2),
+                      3.0, 0.0, -0.0, 1e-40], dtype=torch.float32)
+    want = [1.0, 1.0, 1 + 2 * e, 1 + e, 1.0, -(1 + 2 * e), 3.0, 0.0, -0.0]
+    r = precision.round_to_tf32(x)
+    assert r[:9].tolist() == want
+    special = torch.tensor([math.inf, -math.inf, math.nan])
+    r2 = precision.round_to_tf32(special)
+    assert r2[:2].tolist() == [math.inf, -math.inf] and math.isnan(r2[2])
+    y = torch.randn(100_000) * 10.0 ** torch.randint(-20, 20, (100_000,))
+    ry = precision.round_to_tf32(y)
+    assert torch.all((ry.view(torch.int32) & 0x1FFF) == 0)          # the 13 dropped bits are zero
+    rel = ((ry.double() - y.double()).abs() / y.double().abs()).max().item()
+    assert 2 ** -12 < rel <= 2 ** -11                                # at most half a TF32 unit
+    with pytest.raises(ValueError, match="unknown matmul precision"):
+        precision.check("bf16")
+
+
+def test_emulation_rounds_the_factors_of_every_batched_matmul_and_is_undone_after():
+    g = torch.Generator().manual_seed(0)
+    a, b, c = (torch.randn(3, 5, 7, generator=g), torch.randn(3, 7, 4, generator=g), torch.randn(3, 5, 4, generator=g))
+    r = precision.round_to_tf32
+    exact = torch.bmm(a, b)
+    want_bmm, want_add = torch.bmm(r(a), r(b)), torch.baddbmm(c, r(a), r(b))   # float32 on rounded factors
+    want_sub = c.clone().baddbmm_(r(a), r(b), alpha=-1.0)
+    with precision.emulated_tf32():
+        assert torch.equal(torch.bmm(a, b), want_bmm) and not torch.equal(want_bmm, exact)
+        assert torch.equal(torch.baddbmm(c, a, b), want_add)
+        assert torch.equal(c.clone().baddbmm_(a, b, alpha=-1.0), want_sub)
+        w = a.clone().requires_grad_()
+        torch.bmm(w, b).sum().backward()                              # straight-through gradient
+        assert torch.allclose(w.grad, torch.ones(3, 5, 4) @ r(b).transpose(1, 2))
+    assert torch.equal(torch.bmm(a, b), exact)
+
+
+def _task_specs(n_models=3):
+    task = __import__("smoothness.data", fromlist=["binary_task"]).binary_task("mnist5k", 3, 8)
+    specs = []
+    for s in range(n_models):
+        sub = task.subset(32, s)
+        specs.append(training.TrainSpec(sub, task.pool_y[sub], seed=s, lr=0.05, max_epochs=400, threshold=1e-4))
+    return task, specs
+
+
+def test_emulated_tf32_training_changes_the_trajectory_but_not_the_outcome_and_is_batch_invariant():
+    task, specs = _task_specs()
+    kw = dict(widths=(784, 32, 1), batch_size=16)
+    fp32 = training.train_models(task.pool_x, specs, **kw)
+    tf32 = training.train_models(task.pool_x, specs, matmul_precision="tf32-emulated", **kw)
+    alone = training.train_models(task.pool_x, specs[1:2], matmul_precision="tf32-emulated", **kw)
+    assert [r.status for r in fp32] == [r.status for r in tf32] == ["converged"] * 3
+    assert all(not torch.equal(a.params.weights[0], b.params.weights[0]) for a, b in zip(fp32, tf32))
+    for a, b in zip(fp32, tf32):   # close, not equal: rounding errors of 2^-11 over a few hundred epochs
+        assert (a.params.weights[1] - b.params.weights[1]).norm() < 0.05 * a.params.weights[1].norm()
+    assert alone[0].epochs == tf32[1].epochs
+    assert torch.allclose(alone[0].params.weights[0], tf32[1].params.weights[0], rtol=0, atol=1e-6)
+    assert torch.equal(torch.bmm(torch.ones(1, 1, 1), torch.full((1, 1, 1), 1 + 2 ** -12)),
+                       torch.full((1, 1, 1), 1 + 2 ** -12))           # emulation switched off afterwards
+
+
+def test_precision_is_part_of_the_key_only_when_not_fp32_and_tf32_needs_cuda(tmp_path):
+    raw = yaml.safe_load("{name: p, pairs: [[3, 8]], n_train: 16, hidden: 8, max_epochs: 5}")
+    base = grid.parse(raw).configs()[0]
+    emulated = grid.parse({**raw, "matmul_precision": "tf32-emulated"}).configs()[0]
+    explicit = grid.parse({**raw, "matmul_precision": "fp32"}).configs()[0]
+    assert grid.config_key(base) == grid.config_key(explicit) != grid.config_key(emulated)
+    assert emulated.matmul_precision == "tf32-emulated" and base.batch_key() != emulated.batch_key()
+    with pytest.raises(ConfigError, match="matmul_precision"):
+        grid.parse({**raw, "matmul_precision": "fp16"})
+    with pytest.raises(ConfigError, match="needs a CUDA device"):
+        pipeline.check_matmul_precision({"tf32"}, "cpu")
+    r = run_cli("run", "smoke", "--out", tmp_path / "s", "--device", "cpu", "--tf32")
+    assert r.returncode == 2 and "needs a CUDA device" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "s").exists()
+    r = run_cli("train", "--n-train", "16", "--hidden", "8", "--max-epochs", "3", "--segments", "5", "--points", "5",
+                "--measure-points", "20", "--device", "cpu", "--matmul-precision", "tf32-emulated", "--json")
+    assert r.returncode == 0, r.stderr
+    assert '"matmul_precision": "tf32-emulated"' in r.stdout
