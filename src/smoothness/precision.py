@@ -33,10 +33,19 @@ def check(mode: str) -> str:
 
 
 def round_to_tf32(x: torch.Tensor) -> torch.Tensor:
-    """float32 values rounded to TF32's 10 mantissa bits (nearest, ties to even); inf and NaN unchanged."""
-    i = x.contiguous().view(torch.int32)
-    r = ((i + _HALF + ((i >> _DROP) & 1)) & _MASK).view(torch.float32)
-    return torch.where(torch.isfinite(x), r, x)
+    """float32 values rounded to TF32's 10 mantissa bits (nearest, ties to even), in the layout of x.
+
+    Integer arithmetic on the bit patterns: add just under half a TF32 unit (plus the kept last bit, for
+    ties to even) and clear the 13 dropped bits; a carry into the exponent is the correct rounding up.
+    Infinities stay infinite and the NaNs that arithmetic produces (quiet NaNs, payload in the top
+    mantissa bit) stay NaN.
+    """
+    i = x.view(torch.int32)
+    r = (i >> _DROP) & 1
+    r += i
+    r += _HALF
+    r &= _MASK
+    return r.view(torch.float32)
 
 
 def _straight_through(x: torch.Tensor) -> torch.Tensor:
