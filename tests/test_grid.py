@@ -1,8 +1,10 @@
 """Grid configs: YAML parsing, validation errors that name the key, expansion, presets."""
+from pathlib import Path
+
 import pytest
 
 from conftest import run_cli
-from smoothness import grid
+from smoothness import experiments, grid
 from smoothness.errors import ConfigError
 
 
@@ -84,6 +86,16 @@ def test_paper_presets_are_the_papers_grids(name, models):
                         ("gradient_path_length", 1e-5, 0.1)}
     for c in g.configs():
         assert (c.hidden, c.alpha, c.batch_size, c.threshold) == ((256,), 0.01, 64, 1e-5)
+
+
+def test_fashion_table1_is_table1_on_fashion_mnist():
+    f, m = grid.preset("fashion-table1"), grid.preset("paper-table1")
+    assert f.data == "fashion-mnist" and len(f.configs()) == 1080
+    strip = ("name", "description", "data")
+    assert {k: v for k, v in f.to_dict().items() if k not in strip} == \
+        {k: v for k, v in m.to_dict().items() if k not in strip}
+    if Path("/usr/share/datasets/fashion-mnist").is_dir():   # every training set of the grid exists
+        experiments.check_data(f)
 
 
 def test_every_preset_is_valid_and_the_cli_lists_them():

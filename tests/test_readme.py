@@ -20,7 +20,10 @@ def test_readme_python_examples_run(tmp_path):
         outs.append(r.stdout.splitlines())
     assert outs[0][0] == "4.0" and float(outs[0][1]) == 4.0
     assert outs[1][0].startswith("grid smoke: 24 models, 24 trained now")
-    assert "report.html" in outs[1][-1] and (tmp_path / "runs" / "smoke" / "report" / "figure2.png").exists()
+    assert any("report.html" in line for line in outs[1])
+    assert (tmp_path / "runs" / "smoke" / "report" / "figure2.png").exists()
+    assert "matched 24 models on every configuration field except matmul_precision" in outs[1]   # compare
+    assert "status equal for 24 of 24" in outs[1]
 
 
 def test_readme_opens_with_the_two_commands():

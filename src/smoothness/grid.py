@@ -38,7 +38,7 @@ from . import optimizers, precision, regularizers
 from .errors import ConfigError
 from .pipeline import RunConfig
 
-PRESETS = ("smoke", "quick", "paper-table1", "paper-table2", "lr-sweep", "depth")
+PRESETS = ("smoke", "quick", "paper-table1", "paper-table2", "lr-sweep", "depth", "fashion-table1")
 
 _TOP = {"name", "description", "data", "pairs", "n_train", "seeds", "hidden", "alpha", "lr", "batch_size",
         "max_epochs", "threshold", "regularizers", "measure", "optimizer", "matmul_precision"}
