@@ -1,4 +1,5 @@
 """Matmul precision of training: TF32 rounding (emulated on CPU), the CUDA-only tf32 mode, keys and settings."""
+import contextlib
 import math
 
 import pytest
@@ -89,3 +90,15 @@ def test_precision_is_part_of_the_key_only_when_not_fp32_and_tf32_needs_cuda(tmp
                 "--measure-points", "20", "--device", "cpu", "--matmul-precision", "tf32-emulated", "--json")
     assert r.returncode == 0, r.stderr
     assert '"matmul_precision": "tf32-emulated"' in r.stdout
+
+
+def test_cuda_tf32_setting_is_set_inside_and_restored_after():
+    m = torch.backends.cuda.matmul
+    before = m.fp32_precision
+    with precision.cuda_tf32(True):
+        assert m.fp32_precision == "tf32"
+        with precision.cuda_tf32(False):
+            assert m.fp32_precision == "ieee"
+        assert m.fp32_precision == "tf32"
+    assert m.fp32_precision == before
+    assert isinstance(precision.matmuls("fp32", torch.device("cpu")), type(contextlib.nullcontext()))

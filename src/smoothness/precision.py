@@ -82,12 +82,14 @@ def emulated_tf32():
 def cuda_tf32(enabled: bool):
     """TF32 on (or explicitly off) for CUDA float32 matmuls within the block; the old setting is restored."""
     m = torch.backends.cuda.matmul
-    old = m.fp32_precision
-    m.fp32_precision = "tf32" if enabled else "ieee"
+    name, value = ("fp32_precision", "tf32" if enabled else "ieee") if hasattr(m, "fp32_precision") \
+        else ("allow_tf32", enabled)      # PyTorch before 2.9
+    old = getattr(m, name)
+    setattr(m, name, value)
     try:
         yield
     finally:
-        m.fp32_precision = old
+        setattr(m, name, old)
 
 
 def matmuls(mode: str, device: torch.device):
