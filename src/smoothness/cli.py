@@ -421,7 +421,7 @@ def cmd_presets(a) -> int:
         return 0
     for name in grid_mod.PRESETS:
         g = grid_mod.preset(name)
-        print(f"{name:14s} {len(g.configs()):5d} models on {g.data:9s} {' '.join(g.description.split())}")
+        print(f"{name:15s} {len(g.configs()):5d} models on {g.data:13s} {' '.join(g.description.split())}")
     return 0
 
 

@@ -1,6 +1,6 @@
 """The results store: one SQLite database per experiment directory, one row per finished model.
 
-Each model is committed in its own transaction the moment it finishes training (WAL journal,
+Each model is committed in its own transaction the moment it is trained and measured (WAL journal,
 synchronous=FULL), so a process killed at any moment loses at most the models still in flight. Where
 models are measured in batches (on a GPU), a trained model first goes to the `trained` table, with
 its weights, and moves to `runs` in the transaction that stores its measures; a resumed grid measures
