@@ -2,19 +2,14 @@
 from __future__ import annotations
 
 import argparse
-import json
-import math
-import os
 import sys
 from pathlib import Path
 
 from . import __version__, data, experiments, idx, measures, optimizers, pipeline, precision, regularizers, training
 from . import grid as grid_mod
-from .store import Store
+from .console import EpochProgress, emit_record, print_table
 from .errors import SmoothnessError
-
-MEASURE_KEYS = ("gradient_norm", "function_path_length", "gradient_path_length", "weights_product")
-
+from .store import Store
 
 def _add_data_args(p: argparse.ArgumentParser, required_pair: bool = True) -> None:
     p.add_argument("--data", default=None if not required_pair else "mnist5k", choices=data.SOURCES,
@@ -179,100 +174,6 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ray-cpus", type=int, default=None, help="CPUs of the local Ray instance (default: all)")
 
 
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return "nan" if math.isnan(v) else f"{v:.6g}"
-    return str(v)
-
-
-def _json_value(v):
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v
-
-
-def _emit(rec: dict, as_json: bool) -> None:
-    shown = {k: v for k, v in rec.items() if k != "params"}
-    if as_json:
-        print(json.dumps({k: _json_value(v) for k, v in shown.items()}), flush=True)
-        return
-    head = (f"{rec['data']} pair {rec['pair'][0]} {rec['pair'][1]}, n_train {rec['n_train']}, "
-            f"seed {rec['seed']}: {rec['status']}")
-    if "epochs" in rec:
-        head += f" after {rec['epochs']} epochs ({rec['steps']} steps, {rec['train_seconds']:.1f} s)"
-    print(head)
-    keys = ["loss_train", "loss_test", *MEASURE_KEYS, "path_norm", "gradient_norm_squared",
-            *(k + "_train" for k in ("gradient_norm", "function_path_length", "gradient_path_length")),
-            "parameter_norm", "distance_from_init", "minibatch_grad_norm", "sharpness", "sharpness_rel_change",
-            "sharpness_iterations", "hessian_trace", "hessian_trace_se"]
-    for k in keys:
-        if k in rec:
-            print(f"  {k:<28} {_fmt(rec[k])}")
-
-
-TABLE_COLUMNS = (("lam", "lambda"), ("n_train", "N"), ("seed", "seed"), ("status", "status"), ("epochs", "epochs"),
-                 ("loss_test", "test loss"), ("gradient_norm", "GN"), ("function_path_length", "FPL"),
-                 ("gradient_path_length", "GPL"), ("weights_product", "WP"))
-
-
-def _print_table(records: list[dict]) -> None:
-    """One row per model, then Kendall's tau between N and each measure per (lambda, seed), converged only."""
-    from scipy.stats import kendalltau
-
-    reg = records[0]["regularizer"]
-    deep = len(records[0]["hidden"]) > 1   # WP is not defined: show the path norm PN in its place
-    table = [("path_norm", "PN") if deep and k == "weights_product" else (k, h) for k, h in TABLE_COLUMNS]
-    cols = [c for c in table if reg != "none" or c[0] != "lam"]
-    rows = [[_fmt(r[k]) for k, _ in cols] for r in records]
-    heads = [h for _, h in cols]
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(heads)]
-    r0 = records[0]
-    print(f"{r0['data']} pair {r0['pair'][0]} {r0['pair'][1]}, {len(records)} models"
-          + (f", regularizer {reg}" if reg != "none" else "")
-          + (f", optimizer {r0['optimizer']}" if r0.get("optimizer", "sgd") != "sgd" else ""))
-    print("  ".join(h.rjust(w) for h, w in zip(heads, widths)))
-    for row in rows:
-        print("  ".join(v.rjust(w) for v, w in zip(row, widths)))
-    for lam, seed in sorted({(r["lam"], r["seed"]) for r in records}):
-        ok = [r for r in records if (r["lam"], r["seed"]) == (lam, seed) and r["status"] == "converged"]
-        if len({r["n_train"] for r in ok}) < 2:
-            continue
-        taus = [f"{head} {kendalltau([r['n_train'] for r in ok], [r[key] for r in ok]).statistic:+.2f}"
-                for key, head in table if key in (*MEASURE_KEYS, "path_norm")]
-        where = f"seed {seed}" + (f", lambda {lam:g}" if reg != "none" else "")
-        print(f"Kendall tau(N, measure), {where}, {len(ok)} converged models: " + ", ".join(taus))
-
-
-class _Progress:
-    """A tqdm bar over epochs of the slowest-to-finish model, shown only on a terminal."""
-
-    def __init__(self, enabled: bool, total_epochs: int, n_models: int):
-        self.bar = None
-        if enabled:
-            from tqdm import tqdm
-            try:
-                cols = os.get_terminal_size(sys.stderr.fileno()).columns
-            except OSError:
-                cols = 0
-            self.bar = tqdm(total=total_epochs, unit="epoch", file=sys.stderr, ncols=cols if cols >= 40 else 100,
-                            desc=f"training {n_models} model{'s' if n_models > 1 else ''}",
-                            bar_format="{desc}: {percentage:3.0f}%|{bar}| {n}/{total} epochs "
-                                       "[{elapsed}<{remaining} to cap, {rate_fmt}{postfix}]")
-        self.n = 0
-
-    def __call__(self, info: dict) -> None:
-        if self.bar is None:
-            return
-        if info["epoch"] > self.n:
-            self.bar.update(info["epoch"] - self.n)
-            self.n = info["epoch"]
-        self.bar.set_postfix_str(f"loss {info['loss']:.2e}, done {info['done']}/{info['total']}", refresh=False)
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
-
-
 def cmd_train(a) -> int:
     configs = [pipeline.RunConfig(data=a.data, pair=tuple(a.pair), n_train=n, seed=s, hidden=tuple(a.hidden),
                                   alpha=a.alpha, lr=a.lr, batch_size=a.batch_size, max_epochs=a.max_epochs,
@@ -285,16 +186,16 @@ def cmd_train(a) -> int:
     task = data.binary_task(a.data, *a.pair, data_dir=a.data_dir)
     for c in configs:  # fail on impossible sizes before any training starts
         task.subset(c.n_train, c.seed)
-    bar = _Progress(not a.json and sys.stderr.isatty(), a.max_epochs, len(configs))
+    bar = EpochProgress(not a.json and sys.stderr.isatty(), a.max_epochs, len(configs))
     try:
         records = pipeline.train_and_measure(configs, device=device, data_dir=a.data_dir, progress=bar)
     finally:
         bar.close()
     if a.json or len(records) == 1:
         for r in records:
-            _emit(r, a.json)
+            emit_record(r, a.json)
     else:
-        _print_table(records)
+        print_table(records)
     if a.save:
         pipeline.save_models(a.save, records)
         if not a.json:
@@ -327,7 +228,7 @@ def cmd_measure(a) -> int:
         heads.append({**out, "data": cfg.data, "pair": list(cfg.pair)})
     # all models at once, batched over those that share architecture, size and measure settings
     for out, vals in zip(heads, pipeline.measure_models(items, device)):
-        _emit({**out, **vals}, a.json)
+        emit_record({**out, **vals}, a.json)
     return 0
 
 

@@ -1,0 +1,104 @@
+"""What the `train` and `measure` commands print: one model in full, several as a table with Kendall's tau,
+JSON lines, and the epoch progress bar."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+
+MEASURE_KEYS = ("gradient_norm", "function_path_length", "gradient_path_length", "weights_product")
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else f"{v:.6g}"
+    return str(v)
+
+
+def _json_value(v):
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def emit_record(rec: dict, as_json: bool) -> None:
+    shown = {k: v for k, v in rec.items() if k != "params"}
+    if as_json:
+        print(json.dumps({k: _json_value(v) for k, v in shown.items()}), flush=True)
+        return
+    head = (f"{rec['data']} pair {rec['pair'][0]} {rec['pair'][1]}, n_train {rec['n_train']}, "
+            f"seed {rec['seed']}: {rec['status']}")
+    if "epochs" in rec:
+        head += f" after {rec['epochs']} epochs ({rec['steps']} steps, {rec['train_seconds']:.1f} s)"
+    print(head)
+    keys = ["loss_train", "loss_test", *MEASURE_KEYS, "path_norm", "gradient_norm_squared",
+            *(k + "_train" for k in ("gradient_norm", "function_path_length", "gradient_path_length")),
+            "parameter_norm", "distance_from_init", "minibatch_grad_norm", "sharpness", "sharpness_rel_change",
+            "sharpness_iterations", "hessian_trace", "hessian_trace_se"]
+    for k in keys:
+        if k in rec:
+            print(f"  {k:<28} {_fmt(rec[k])}")
+
+
+TABLE_COLUMNS = (("lam", "lambda"), ("n_train", "N"), ("seed", "seed"), ("status", "status"), ("epochs", "epochs"),
+                 ("loss_test", "test loss"), ("gradient_norm", "GN"), ("function_path_length", "FPL"),
+                 ("gradient_path_length", "GPL"), ("weights_product", "WP"))
+
+
+def print_table(records: list[dict]) -> None:
+    """One row per model, then Kendall's tau between N and each measure per (lambda, seed), converged only."""
+    from scipy.stats import kendalltau
+
+    reg = records[0]["regularizer"]
+    deep = len(records[0]["hidden"]) > 1   # WP is not defined: show the path norm PN in its place
+    table = [("path_norm", "PN") if deep and k == "weights_product" else (k, h) for k, h in TABLE_COLUMNS]
+    cols = [c for c in table if reg != "none" or c[0] != "lam"]
+    rows = [[_fmt(r[k]) for k, _ in cols] for r in records]
+    heads = [h for _, h in cols]
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(heads)]
+    r0 = records[0]
+    print(f"{r0['data']} pair {r0['pair'][0]} {r0['pair'][1]}, {len(records)} models"
+          + (f", regularizer {reg}" if reg != "none" else "")
+          + (f", optimizer {r0['optimizer']}" if r0.get("optimizer", "sgd") != "sgd" else ""))
+    print("  ".join(h.rjust(w) for h, w in zip(heads, widths)))
+    for row in rows:
+        print("  ".join(v.rjust(w) for v, w in zip(row, widths)))
+    for lam, seed in sorted({(r["lam"], r["seed"]) for r in records}):
+        ok = [r for r in records if (r["lam"], r["seed"]) == (lam, seed) and r["status"] == "converged"]
+        if len({r["n_train"] for r in ok}) < 2:
+            continue
+        taus = [f"{head} {kendalltau([r['n_train'] for r in ok], [r[key] for r in ok]).statistic:+.2f}"
+                for key, head in table if key in (*MEASURE_KEYS, "path_norm")]
+        where = f"seed {seed}" + (f", lambda {lam:g}" if reg != "none" else "")
+        print(f"Kendall tau(N, measure), {where}, {len(ok)} converged models: " + ", ".join(taus))
+
+
+class EpochProgress:
+    """A tqdm bar over epochs of the slowest-to-finish model, shown only on a terminal."""
+
+    def __init__(self, enabled: bool, total_epochs: int, n_models: int):
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+            try:
+                cols = os.get_terminal_size(sys.stderr.fileno()).columns
+            except OSError:
+                cols = 0
+            self.bar = tqdm(total=total_epochs, unit="epoch", file=sys.stderr, ncols=cols if cols >= 40 else 100,
+                            desc=f"training {n_models} model{'s' if n_models > 1 else ''}",
+                            bar_format="{desc}: {percentage:3.0f}%|{bar}| {n}/{total} epochs "
+                                       "[{elapsed}<{remaining} to cap, {rate_fmt}{postfix}]")
+        self.n = 0
+
+    def __call__(self, info: dict) -> None:
+        if self.bar is None:
+            return
+        if info["epoch"] > self.n:
+            self.bar.update(info["epoch"] - self.n)
+            self.n = info["epoch"]
+        self.bar.set_postfix_str(f"loss {info['loss']:.2e}, done {info['done']}/{info['total']}", refresh=False)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
