@@ -40,12 +40,6 @@ def training_losses(p: MLPStack, x, y, mask=None) -> torch.Tensor:
     return err.square().sum(1) / mask.sum(1)
 
 
-def _leaves(p: MLPStack):
-    leaves = [t.detach().requires_grad_(True) for t in p.tensors()]
-    n = len(p.weights)
-    return leaves, MLPStack(leaves[:n], leaves[n:])
-
-
 def _dot(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
     """Per-model inner product of two parameter-shaped lists. [M]."""
     return sum((u * v).flatten(1).sum(1) for u, v in zip(a, b))
@@ -54,7 +48,8 @@ def _dot(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
 def hvp_fn(p: MLPStack, x, y, mask=None):
     """A function v -> H v (per model, v a list shaped like p.tensors()) for the training losses."""
     x, y, mask = _points(p, x, y, mask)
-    leaves, q = _leaves(p)
+    q = p.as_leaves()
+    leaves = q.tensors()
     with torch.enable_grad():
         grads = torch.autograd.grad(training_losses(q, x, y, mask).sum(), leaves, create_graph=True)
 
@@ -148,7 +143,8 @@ def minibatch_gradient_norm(p: MLPStack, x, y, mask=None, *, batch_size: int = 6
     keys = rng.uniform(torch.full((p.n_models, 1), seed, device=x.device), STREAM_PROBE, 999,
                        torch.arange(nmax, device=x.device)[None, :], device=x.device)
     order = torch.argsort(keys + 2.0 * (~mask), dim=1)
-    leaves, q = _leaves(p)
+    q = p.as_leaves()
+    leaves = q.tensors()
     total = torch.zeros(p.n_models, dtype=torch.float64, device=x.device)
     batches = torch.zeros(p.n_models, dtype=torch.float64, device=x.device)
     for a in range(0, nmax, batch_size):

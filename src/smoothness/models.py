@@ -46,6 +46,12 @@ class MLPStack:
         idx = torch.as_tensor(idx, dtype=torch.long, device=self.weights[0].device)
         return MLPStack([w[idx] for w in self.weights], [b[idx] for b in self.biases])
 
+    def as_leaves(self) -> "MLPStack":
+        """The same values as new autograd leaves (detached, requiring grad): differentiate with respect to
+        the returned stack's tensors()."""
+        return MLPStack([w.detach().requires_grad_(True) for w in self.weights],
+                        [b.detach().requires_grad_(True) for b in self.biases])
+
     def rows(self, a: int, b: int) -> "MLPStack":
         """Models a..b-1 as views: in-place updates of the result update this stack."""
         return MLPStack([w[a:b] for w in self.weights], [x[a:b] for x in self.biases])

@@ -96,10 +96,7 @@ def parameter_gradient_sq_norms(p: MLPStack, losses) -> torch.Tensor:
 
     Differentiable in p (double backward) when p's tensors require grad; otherwise just its value.
     """
-    q = p
-    if not all(t.requires_grad for t in p.tensors()):
-        leaves = [t.detach().requires_grad_(True) for t in p.tensors()]
-        q = MLPStack(leaves[:len(p.weights)], leaves[len(p.weights):])
+    q = p if all(t.requires_grad for t in p.tensors()) else p.as_leaves()
     with torch.enable_grad():
         grads = torch.autograd.grad(losses(q).sum(), q.tensors(), create_graph=q is p)
     return sum(g.square().flatten(1).sum(1) for g in grads)
@@ -108,10 +105,8 @@ def parameter_gradient_sq_norms(p: MLPStack, losses) -> torch.Tensor:
 def regularized_grads(p: MLPStack, regularizer: str, lam: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor,
                       valid: torch.Tensor):
     """Every model's gradient of L + lam * S on its batch (in p.tensors() order), and the batch errors [M, B]."""
-    leaves = [t.detach().requires_grad_(True) for t in p.tensors()]
-    n = len(p.weights)
-    q = MLPStack(leaves[:n], leaves[n:])
+    q = p.as_leaves()
     with torch.enable_grad():
         obj, err = regularized_loss(q, regularizer, lam, xb, yb, valid)
-        grads = torch.autograd.grad(obj.sum(), leaves)  # models are independent: sum gives each its own
+        grads = torch.autograd.grad(obj.sum(), q.tensors())  # models are independent: sum gives each its own
     return list(grads), err.detach()
