@@ -33,13 +33,12 @@ PAPER_TABLE2 = {  # unregularized mean, regularized mean, l_S, r_norm mean, r_no
 # Columns that define a training setting apart from the dataset (pair), seed, size and regularization.
 SETTING = ["data", "optimizer", "matmul_precision", "hidden", "alpha", "lr", "batch_size", "max_epochs", "threshold",
            "measure_points", "segments", "points", "measure_seed"]
-# Setting columns added after the first results: their value for records that predate them.
-_SETTING_DEFAULTS = ADDED_FIELDS
 
 
 def _complete(df: pd.DataFrame) -> pd.DataFrame:
-    """df with every setting column, filling those added later with their defaults."""
-    missing = {c: v for c, v in _SETTING_DEFAULTS.items() if c not in df}
+    """df with every setting column, filling those added after the first results (store.ADDED_FIELDS) with
+    the value that records predating them had."""
+    missing = {c: v for c, v in ADDED_FIELDS.items() if c not in df}
     return df.assign(**missing) if missing and len(df) else df
 
 

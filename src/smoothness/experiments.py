@@ -105,25 +105,24 @@ def run_grid(grid: Grid, out, *, device=None, data_dir=None, progress: bool = Tr
     backend "local" trains in this process; "ray" runs chunks of models as Ray tasks (see distributed.py)
     on the cluster at `address` (or RAY_ADDRESS), or on a local Ray instance with `ray_cpus` CPUs.
     Either way each model is committed to the store the moment it comes back. Locally, trained models
-    are measured measure_batch at a time (pipeline.default_measure_batch: 1 on CPU, 128 on a GPU); when
+    are measured measure_batch at a time (pipeline.measure_batch_size: 1 on CPU, 128 on a GPU); when
     that is more than one, each model is stored as trained the moment it finishes training, and a
     resumed grid measures the trained models it finds instead of training them again.
     """
     if backend not in ("local", "ray"):
         raise ConfigError(f"unknown backend {backend!r}; use local or ray")
-    if measure_batch is not None and measure_batch < 1:
-        raise ConfigError(f"invalid measure batch: {measure_batch} (use a positive number)")
     t0 = time.perf_counter()
     configs = grid.configs()
     keys = [config_key(c) for c in configs]
     if backend == "local":
         device = pipeline.resolve_device(device)
-        measure_batch = measure_batch or pipeline.default_measure_batch(device)
+        measure_batch = pipeline.measure_batch_size(measure_batch, device)
         pipeline.check_matmul_precision({grid.matmul_precision}, device)
     else:
         device = str(device or "auto")  # resolved on each worker
         if device.split(":")[0] not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"unknown device {device!r}; use cpu, cuda or auto")
+        pipeline.measure_batch_size(measure_batch, "cpu")  # checked only: workers use their device's default
     out = Path(out)
     with Store(out) as store, ExitStack() as stack:
         stored = store.keys()

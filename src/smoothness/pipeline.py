@@ -236,10 +236,15 @@ def train_and_measure(configs: list[RunConfig], *, device=None, data_dir=None, p
 MEASURE_WAIT = 60.0   # seconds a trained model waits at most for its measure batch to fill (checked as models finish)
 
 
-def default_measure_batch(device) -> int:
-    """Trained models measured together: one on the CPU, where batching measures gains nothing (see bench),
-    so each model is measured the moment it finishes; 128 on a GPU, where one model leaves it idle."""
-    return 1 if resolve_device(device).type == "cpu" else 128
+def measure_batch_size(requested: int | None, device) -> int:
+    """Trained models measured together: `requested` (at least 1), or by default one on the CPU, where
+    batching measures gains nothing (see bench), so each model is measured the moment it finishes, and
+    128 on a GPU, where one model leaves it idle."""
+    if requested is None:
+        return 1 if resolve_device(device).type == "cpu" else 128
+    if requested < 1:
+        raise ConfigError(f"invalid measure batch: {requested} (use a positive number)")
+    return requested
 
 
 @dataclass
@@ -281,7 +286,7 @@ def iter_measure_trained(items, *, device=None, data_dir=None, measure_batch: in
     (cfg, record, params) with the record that iter_train_and_measure passed to on_trained. Yields
     (j, full record) for item j, in batches of measure_batch."""
     dev = resolve_device(device)
-    k = measure_batch or default_measure_batch(dev)
+    k = measure_batch_size(measure_batch, dev)
     tasks = _tasks([c for c, _, _ in items], data_dir)
     queue = []
     for j, (c, rec, params) in enumerate(items):
@@ -297,16 +302,14 @@ def iter_train_and_measure(configs: list[RunConfig], *, device=None, data_dir=No
                            measure_batch: int | None = None, on_trained=None, max_wait: float = MEASURE_WAIT):
     """As train_and_measure, but yields (i, record) for config i as soon as it is trained and measured.
 
-    Trained models are measured together, measure_batch at a time (default: default_measure_batch): a
+    Trained models are measured together, measure_batch at a time (see measure_batch_size): a
     batch is measured when it is full, when its first model has waited max_wait seconds, and when
     training ends. on_trained(i, record, params), if given, is called the moment model i finishes
     training, with its configuration, status and training record (the grid runner stores it durably
     there, so that a grid stopped before the batch is measured does not train the model again).
     """
     dev = resolve_device(device)
-    k = measure_batch or default_measure_batch(dev)
-    if k < 1:
-        raise ConfigError(f"invalid measure batch: {k}")
+    k = measure_batch_size(measure_batch, dev)
     check_matmul_precision({c.matmul_precision for c in configs}, dev)
     groups: dict[tuple, list[int]] = {}
     for i, c in enumerate(configs):

@@ -329,11 +329,8 @@ class BatchedTrainer:
                 t0 = time.perf_counter()
                 self._admit(act, specs, take)
                 self.admit_seconds += time.perf_counter() - t0
-            if self.precision == "fp32" and self.device.type == "cpu":
+            with precision.matmuls(self.precision, self.device):   # per step: measuring runs between yields
                 self._step(act)
-            else:
-                with precision.matmuls(self.precision, self.device):
-                    self._step(act)
             ended = np.flatnonzero(act.pos >= act.n_host)
             if len(ended):
                 ids = [act.ids[row] for row in ended]
