@@ -43,32 +43,22 @@ class Comparison:
                  f"status equal for {same} of {len(self.matched)}", ""]
         if not len(self.matched):
             return "\n".join(lines[:2]) + "\nno model of A has a counterpart in B: nothing to compare\n"
-        lines += [_md(self.statuses), ""]
+        lines.append(_table("Matched models by status in A and in B", self.statuses))
         if len(self.differences):
-            lines += ["relative difference |A - B| / |A| over models converged in both:", "",
-                      _md(self.differences), ""]
+            lines.append(_table("Relative difference |A - B| / |A| over models converged in both", self.differences))
         if len(self.table1):
-            lines.append("Table 1, Kendall's tau(N, measure), mean and std over (pair, seed):")
-            t = self.table1
+            t, note = self.table1, ""
             if t["setting"].nunique() == 1:
-                lines.append(f"setting: {t['setting'].iloc[0]}")
-                t = t.drop(columns="setting")
-            lines += ["", _md(t)]
+                t, note = t.drop(columns="setting"), f"setting: {t['setting'].iloc[0]}"
+            lines.append(_table("Table 1, Kendall's tau(N, measure), mean and std over (pair, seed)", t, note))
         return "\n".join(lines).rstrip() + "\n"
 
 
-def _md(df: pd.DataFrame) -> str:
-    cols = list(df.columns)
-    rows = ["| " + " | ".join(map(str, cols)) + " |", "|" + "---|" * len(cols)]
-    for _, r in df.iterrows():
-        rows.append("| " + " | ".join(_cell(r[c]) for c in cols) + " |")
-    return "\n".join(rows)
-
-
-def _cell(v) -> str:
-    if isinstance(v, (float, np.floating)):
-        return "–" if not np.isfinite(v) else f"{v:.3g}"
-    return str(v)
+def _table(title: str, df: pd.DataFrame, note: str = "") -> str:
+    """df as a Markdown table, cells formatted as in the report."""
+    from .report import Table, _f
+    rows = [[_f(v) if isinstance(v, (float, np.floating)) else str(v) for v in r] for r in df.itertuples(index=False)]
+    return Table(title, [str(c) for c in df.columns], rows, note).markdown()
 
 
 def config_columns(ignore=IGNORED) -> list[str]:
