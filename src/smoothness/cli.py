@@ -205,7 +205,7 @@ def cmd_train(a) -> int:
 
 def cmd_measure(a) -> int:
     device = pipeline.resolve_device(a.device)
-    items, heads, tasks = [], [], {}
+    models, heads = [], []
     for rec in pipeline.load_models(a.path):
         meta = dict(rec["meta"])
         if a.data:
@@ -220,12 +220,11 @@ def cmd_measure(a) -> int:
         if rec["params"].widths[0] != 784 or tuple(rec["params"].widths[1:-1]) != cfg.hidden:
             raise SmoothnessError(f"{a.path}: weights of widths {rec['params'].widths} do not match the "
                                   f"recorded config (hidden {cfg.hidden})")
-        if (cfg.data, cfg.pair) not in tasks:
-            tasks[cfg.data, cfg.pair] = data.binary_task(cfg.data, *cfg.pair, data_dir=a.data_dir)
-        task = tasks[cfg.data, cfg.pair]
-        items.append((rec["params"], task, task.subset(cfg.n_train, cfg.seed), cfg))
+        models.append((rec["params"], cfg))
         out = {k: meta[k] for k in ("data", "pair", "n_train", "seed", "status", "epochs", "steps") if k in meta}
         heads.append({**out, "data": cfg.data, "pair": list(cfg.pair)})
+    tasks = pipeline.binary_tasks([c for _, c in models], a.data_dir)
+    items = [(p, tasks[c.data, c.pair], tasks[c.data, c.pair].subset(c.n_train, c.seed), c) for p, c in models]
     # all models at once, batched over those that share architecture, size and measure settings
     for out, vals in zip(heads, pipeline.measure_models(items, device)):
         emit_record({**out, **vals}, a.json)

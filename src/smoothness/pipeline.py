@@ -260,7 +260,7 @@ class _Trained:
     at: float
 
 
-def _tasks(configs: list[RunConfig], data_dir) -> dict[tuple, datasets.BinaryTask]:
+def binary_tasks(configs: list[RunConfig], data_dir=None) -> dict[tuple, datasets.BinaryTask]:
     """The binary task of every (data, pair) among configs, loaded once each."""
     tasks: dict[tuple, datasets.BinaryTask] = {}
     for c in configs:
@@ -287,7 +287,7 @@ def iter_measure_trained(items, *, device=None, data_dir=None, measure_batch: in
     (j, full record) for item j, in batches of measure_batch."""
     dev = resolve_device(device)
     k = measure_batch_size(measure_batch, dev)
-    tasks = _tasks([c for c, _, _ in items], data_dir)
+    tasks = binary_tasks([c for c, _, _ in items], data_dir)
     queue = []
     for j, (c, rec, params) in enumerate(items):
         task = tasks[(c.data, c.pair)]
@@ -314,7 +314,7 @@ def iter_train_and_measure(configs: list[RunConfig], *, device=None, data_dir=No
     groups: dict[tuple, list[int]] = {}
     for i, c in enumerate(configs):
         groups.setdefault(c.batch_key(), []).append(i)
-    tasks = _tasks(configs, data_dir)
+    tasks = binary_tasks(configs, data_dir)
     queue: list[_Trained] = []
     for key, members in groups.items():
         # One input pool for the group: the pools of all pairs, concatenated.
