@@ -15,11 +15,11 @@ pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
 if ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
     if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
         echo "setup: NVIDIA GPU found, installing PyTorch with CUDA" >&2
-        "${pip[@]}" install "torch>=2.2,<3"
+        "${pip[@]}" install "torch>=2.13,<3"
     else
         echo "setup: no GPU, installing a CPU-only PyTorch" >&2
         "${pip[@]}" install "torch==2.13.0+cpu" 2>/dev/null \
-            || "${pip[@]}" install "torch>=2.2,<3" --index-url https://download.pytorch.org/whl/cpu \
+            || "${pip[@]}" install "torch>=2.13,<3" --index-url https://download.pytorch.org/whl/cpu \
                    --extra-index-url https://pypi.org/simple
     fi
 fi

@@ -80,7 +80,7 @@ def test_data_command_describes_mnist5k():
 
 def test_bad_option_values_are_one_line_errors():
     r = run_cli("train", "--lr", "-1", "--json")
-    assert r.returncode == 2 and r.stderr.strip() == "smoothness: error: invalid lr: -1.0"
+    assert r.returncode == 2 and r.stderr.strip() == "smoothness: error: invalid lr: -1.0 (must be a finite number > 0)"
     r = run_cli("train", "--device", "tpu")
     assert r.returncode == 2 and "unknown device" in r.stderr
 
@@ -147,3 +147,39 @@ def test_bench_prints_loop_batched_and_grid_rows(tmp_path):
     assert lines[6].startswith("measuring 2 models") and " s batched; one at a time " in lines[6]
     r = run_cli("bench", "--models", "0,x")
     assert r.returncode == 2 and "--models" in r.stderr
+
+
+TINY = ["--hidden", "8", "--n-train", "16", "--max-epochs", "3", "--segments", "5", "--points", "5",
+        "--measure-points", "20", "--device", "cpu"]
+SEED_RULE = "expected an integer 0 <= seed < 2**32 (4294967296), got"
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--seed", "99999999999999999999999"], f"--seed: {SEED_RULE} 99999999999999999999999"),
+    (["--seed", "0", "4294967296"], f"--seed: {SEED_RULE} 4294967296"),   # would train seed 0's model
+    (["--seed", "-1"], f"--seed: {SEED_RULE} -1"),                        # grids reject it too
+    (["--measure-seed", "99999999999999999999999"], f"--measure-seed: {SEED_RULE} 99999999999999999999999"),
+    (["--lr", "inf"], "invalid lr: inf (must be a finite number > 0)"),
+    (["--alpha", "inf"], "invalid alpha: inf (must be a finite number > 0)"),
+    (["--regularizer", "none", "--lam", "0.1"], "lam 0.1 needs a regularizer"),
+])
+def test_train_options_follow_the_grid_rules_before_any_training(args, words, capsys, monkeypatch):
+    from smoothness import cli, pipeline
+
+    def no_training(*a, **k):
+        raise AssertionError("training started")
+    monkeypatch.setattr(pipeline, "train_and_measure", no_training)
+    assert cli.main(["train", *TINY, *args, "--json"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith(f"smoothness: error: {words}") and err.count("\n") == 1
+
+
+def test_measure_seed_of_measure_is_checked_before_the_file_is_read(tmp_path, capsys):
+    from smoothness import cli
+    assert cli.main(["measure", str(tmp_path / "missing.pt"), "--measure-seed", "4294967296"]) == 2
+    assert capsys.readouterr().err == f"smoothness: error: --measure-seed: {SEED_RULE} 4294967296\n"
+
+
+def test_seed_range_is_in_the_help():
+    r = run_cli("train", "--help")
+    assert r.returncode == 0 and " ".join(r.stdout.split()).count("0 <= seed < 2**32") == 2   # and --measure-seed

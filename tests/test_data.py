@@ -192,6 +192,66 @@ def test_corrupt_files(tmp_path, damage):
         data.load_source("mnist", tmp_path)
 
 
+@pytest.mark.parametrize("content, msg", [
+    (b"\x00\x00\x08\x03" + b"\x00\x00\x00\x0a" * 2, "12 bytes, shorter than the 16-byte header"),
+    (b"\x00\x00\x08\x03" + b"\xff\xff\xff\xff" * 3, "header announces"),
+])
+def test_short_or_absurd_idx_header_is_a_data_error_naming_the_file(tmp_path, content, msg):
+    fake_source(tmp_path, gz=False)
+    p = tmp_path / "t10k-images-idx3-ubyte"
+    p.write_bytes(content)
+    with pytest.raises(DataError, match=msg) as e:
+        data.load_source("mnist", tmp_path)
+    assert str(e.value).startswith(str(p))
+
+
+def _npz(tmp_path, **change):
+    a = fake_source(tmp_path / "src")
+    z = {"x_train": a["train_images"], "y_train": a["train_labels"], "x_test": a["test_images"],
+         "y_test": a["test_labels"], **change}
+    np.savez(tmp_path / "mnist.npz", **z)
+    return tmp_path / "mnist.npz"
+
+
+_NAN_LABELS = np.where(np.arange(120) == 5, np.nan, np.arange(120) % 10)
+
+
+@pytest.mark.parametrize("change, msg", [
+    ({"y_test": _NAN_LABELS}, "test labels contain NaN"),
+    ({"y_train": np.full(300, 10)}, r"train labels outside 0\.\.9"),
+    ({"y_train": np.full(300, -1)}, r"train labels outside 0\.\.9"),
+    ({"y_train": np.full(300, 2.5)}, "train labels are not all integers"),
+    ({"y_test": np.array(["3"] * 120)}, "test labels have dtype"),
+    ({"y_test": np.zeros((120, 1))}, "labels of shape"),
+    ({"x_train": np.zeros((300, 784), np.uint8)}, r"train images have shape \[300, 784\]"),
+    ({"x_test": np.full((120, 28, 28), np.nan)}, "test images contain NaN"),
+    ({"x_test": np.full((120, 28, 28), 0.5)}, "test images are not all integers"),
+    ({"x_train": np.full((300, 28, 28), 256.0)}, r"train images outside 0\.\.255"),
+])
+def test_npz_contents_are_validated(tmp_path, change, msg):
+    p = _npz(tmp_path, **change)
+    with pytest.raises(DataError, match=msg) as e:
+        data.load_source("mnist", p)
+    assert str(e.value).startswith(str(p)) and "\n" not in str(e.value)
+
+
+def test_npz_with_float_labels_that_are_digits_is_accepted(tmp_path):
+    p = _npz(tmp_path, y_train=(np.arange(300) % 10).astype(np.float32))
+    assert np.bincount(data.load_source("mnist", p).train_labels).tolist() == [30] * 10
+
+
+def test_bad_data_files_are_one_line_from_the_command_line(tmp_path):
+    p = _npz(tmp_path, y_test=_NAN_LABELS)
+    r = run_cli("data", "mnist", "--data-dir", p)
+    assert r.returncode == 2 and r.stderr.strip() == f"smoothness: error: {p}: test labels contain NaN or infinite values"
+    d = tmp_path / "idx"
+    fake_source(d, gz=False)
+    (d / "train-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08\x03" + b"\x00\x00\x00\x0a" * 2)
+    r = run_cli("data", "mnist", "--data-dir", d)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert f"{d / 'train-labels-idx1-ubyte'}: corrupt IDX file" in r.stderr
+
+
 @pytest.mark.parametrize("args, msg", [
     (["--pair", "3", "3"], "a < b"),
     (["--pair", "3", "11"], "0..9"),

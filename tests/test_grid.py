@@ -1,4 +1,6 @@
 """Grid configs: YAML parsing, validation errors that name the key, expansion, presets."""
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -30,6 +32,27 @@ def parse(**kw):
     ({"measure": {"points": 0}}, ["'measure.points'"]),
     ({"measure": {"segmnts": 10}}, ["'segmnts'"]),
     ({"threshold": "small"}, ["'threshold'", "number"]),
+    # seeds: integers 0 <= seed < 2**32 (rng.check_seed), the rule of RunConfig and `train --seed`
+    ({"seeds": [99999999999999999999999]}, ["'seeds'", "0 <= seed < 2**32"]),
+    ({"seeds": 2**32}, ["'seeds'", "0 <= seed < 2**32"]),
+    ({"seeds": [0, -1]}, ["'seeds'", "0 <= seed < 2**32", "-1"]),
+    ({"regularizers": [{"name": "gradient_norm", "lam": 1e-4, "seeds": [2**32]}]}, ["'seeds'", "2**32"]),
+    ({"measure": {"seed": 99999999999999999999999}}, ["'measure.seed'", "0 <= seed < 2**32"]),
+    ({"measure": {"seed": -1}}, ["'measure.seed'", "0 <= seed < 2**32"]),
+    # numbers are finite, as for `train --lr/--alpha`
+    ({"lr": float("inf")}, ["'lr'", "finite"]),
+    ({"alpha": [0.01, float("inf")]}, ["'alpha'", "finite"]),
+    ({"threshold": float("nan")}, ["'threshold'", "finite"]),
+    ({"regularizers": [{"name": "gradient_norm", "lam": float("inf")}]}, ["'lam'", "finite"]),
+    # a name is a name: it becomes the folder runs/NAME
+    ({"name": "../../x"}, ["'name'", "'../../x'", "not a valid grid name"]),
+    ({"name": "/tmp/abs"}, ["'name'", "not a valid grid name"]),
+    ({"name": "a/b"}, ["'name'", "not a valid grid name"]),
+    ({"name": "a\\b"}, ["'name'", "not a valid grid name"]),
+    ({"name": ".hidden"}, ["'name'", "not a valid grid name"]),
+    ({"name": "x..y"}, ["'name'", "not a valid grid name"]),
+    ({"name": "my grid"}, ["'name'", "not a valid grid name"]),
+    ({"name": "x" * 101}, ["'name'", "not a valid grid name"]),
 ])
 def test_invalid_grids_name_the_key(raw, words):
     with pytest.raises(ConfigError) as e:
@@ -119,6 +142,47 @@ def test_grid_file_errors_are_one_line(tmp_path):
     typo.write_text("pairs: [[3, 8]]\nseed: [0]\n")
     r = run_cli("run", typo)
     assert r.returncode == 2 and "unknown key 'seed'" in r.stderr and "did you mean 'seeds'" in r.stderr
+
+
+def test_seeds_names_and_numbers_at_the_edges_of_the_rules():
+    g = parse(seeds=[0, 2**32 - 1], measure={"seed": 2**32 - 1}, name="paper-table1_v2.0+x")
+    assert g.all_seeds() == [0, 2**32 - 1] and g.name == "paper-table1_v2.0+x"
+    assert {c.measure_seed for c in g.configs()} == {2**32 - 1}
+
+
+def test_grid_files_not_utf8_or_with_a_key_twice_are_one_line_errors(tmp_path):
+    cases = {"latin1.yaml": ("name: x\ndescription: M\u00fcller\n".encode("latin-1"), "not a UTF-8 text file"),
+             "binary.yaml": (bytes(range(256)) * 4, "not a UTF-8 text file"),
+             "twice.yaml": (b"name: x\nseeds: [0]\nn_train: 16\nseeds: [1]\n", "duplicate key 'seeds' (lines 2 and 4)"),
+             "nested.yaml": (b"regularizers:\n  - {name: gradient_norm, lam: 1.0e-4, lam: 0}\n",
+                             "duplicate key 'lam' (line 2)"),
+             "measure.yaml": (b"measure:\n  seed: 1\n  seed: 2\n", "duplicate key 'seed'")}
+    for name, (blob, words) in cases.items():
+        (tmp_path / name).write_bytes(blob)
+        with pytest.raises(ConfigError) as e:
+            grid.load(tmp_path / name)
+        assert str(e.value).startswith(f"{tmp_path / name}: ") and words in str(e.value), str(e.value)
+    (tmp_path / "bom.yaml").write_bytes(b"\xef\xbb\xbfname: b\ndescription: M\xc3\xbcller\n")  # UTF-8, with a BOM
+    assert grid.load(tmp_path / "bom.yaml").description == "M\u00fcller"
+    (tmp_path / "anchors.yaml").write_bytes(b"name: a\nmeasure: &m {seed: 3}\n")   # YAML anchors still load
+    assert grid.load(tmp_path / "anchors.yaml").measure["seed"] == 3
+    (tmp_path / ".hidden.yaml").write_bytes(b"n_train: 16\n")   # the name comes from the file: the same rule
+    with pytest.raises(ConfigError, match="taken from the file name"):
+        grid.load(tmp_path / ".hidden.yaml")
+    r = run_cli("run", tmp_path / "latin1.yaml", "--dry-run")
+    assert r.returncode == 2 and "Traceback" not in r.stderr and r.stderr.count("\n") == 1
+    assert r.stderr.startswith(f"smoothness: error: {tmp_path / 'latin1.yaml'}: not a UTF-8 text file")
+
+
+def test_a_grid_name_cannot_leave_the_runs_folder(tmp_path):
+    f = tmp_path / "escape.yaml"
+    f.write_text("name: ../../escaped\npairs: [[3, 8]]\nn_train: 16\nhidden: 8\nmax_epochs: 1\n")
+    work = tmp_path / "a" / "b"   # without --out the store would go to runs/../../escaped = tmp_path/a/escaped
+    work.mkdir(parents=True)
+    r = subprocess.run([sys.executable, "-m", "smoothness", "run", str(f), "--device", "cpu"], cwd=work,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "key 'name'" in r.stderr
+    assert not (tmp_path / "a" / "escaped").exists() and not (work / "runs").exists()
 
 
 def test_dry_run_counts_models(tmp_path):

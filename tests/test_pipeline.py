@@ -1,9 +1,12 @@
 """Measuring many trained models at once gives each model the numbers it gets alone."""
 import math
 
+import numpy as np
+import pytest
 import torch
 
-from smoothness import data, pipeline, training
+from smoothness import data, pipeline, rng, training
+from smoothness.errors import ConfigError
 
 
 def test_measuring_models_together_gives_the_numbers_each_gets_alone():
@@ -36,3 +39,26 @@ def test_measuring_models_together_gives_the_numbers_each_gets_alone():
     assert not math.isnan(together[1]["sharpness"]) and together[1]["sharpness_iterations"] >= 1
     # the models really differ, so the comparison above is not trivial
     assert len({round(r["gradient_norm"], 6) for r in together[:-1]}) == 8
+
+
+def test_run_config_seeds_are_integers_below_2_to_the_32():
+    """The generator keeps 32 bits of a seed (rng.hash_words): 2**32 would train the model of seed 0 under
+    another configuration key, so seeds outside 0 <= seed < 2**32 are errors, as in grids and on the CLI."""
+    assert torch.equal(rng.hash_words(2**32, 1), rng.hash_words(0, 1))   # why: the hash would alias them
+    c = pipeline.RunConfig(seed=2**32 - 1, measure_seed=np.int64(7))
+    assert c.seed == 2**32 - 1 and c.measure_seed == 7 and type(c.measure_seed) is int
+    for bad in (2**32, -1, 99999999999999999999999, 1.0, True, "3"):
+        with pytest.raises(ConfigError, match=r"^seed: expected an integer 0 <= seed < 2\*\*32"):
+            pipeline.RunConfig(seed=bad)
+        with pytest.raises(ConfigError, match=r"^measure_seed: expected an integer 0 <= seed < 2\*\*32"):
+            pipeline.RunConfig(measure_seed=bad)
+
+
+def test_run_config_numbers_are_finite_and_lam_needs_a_regularizer():
+    for kw, words in (({"lr": math.inf}, "invalid lr: inf"), ({"alpha": math.inf}, "invalid alpha: inf"),
+                      ({"lr": math.nan}, "invalid lr: nan"), ({"threshold": math.inf}, "invalid threshold"),
+                      ({"regularizer": "gradient_norm", "lam": math.inf}, "invalid lam: inf"),
+                      ({"regularizer": "none", "lam": 0.1}, "lam 0.1 needs a regularizer")):
+        with pytest.raises(ConfigError, match=words):
+            pipeline.RunConfig(**kw)
+    assert pipeline.RunConfig(regularizer="gradient_norm", lam=0.1).lam == 0.1

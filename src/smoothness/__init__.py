@@ -13,9 +13,22 @@ stores (`smoothness.compare`; these three need pandas, SciPy and matplotlib and 
 """
 __version__ = "0.1.0"
 
-from . import curvature, data, experiments, grid, measures, models, optimizers, precision, store, training  # noqa: E402
+import importlib  # noqa: E402
+
 from .errors import ConfigError, DataError, SmoothnessError  # noqa: E402
 
-__all__ = ["curvature", "data", "experiments", "grid", "measures", "models", "optimizers", "precision", "store",
-           "training",
-           "SmoothnessError", "DataError", "ConfigError", "__version__"]
+# Submodules load on first use (`smoothness.grid`, `from smoothness import grid`): `import smoothness` does not
+# import PyTorch, so `python -m smoothness` can handle Ctrl-C and SIGTERM before it does (__main__.py).
+_SUBMODULES = ("curvature", "data", "experiments", "grid", "measures", "models", "optimizers", "precision", "store",
+               "training")
+__all__ = [*_SUBMODULES, "SmoothnessError", "DataError", "ConfigError", "__version__"]
+
+
+def __getattr__(name):
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted({*globals(), *_SUBMODULES})

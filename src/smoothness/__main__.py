@@ -1,5 +1,34 @@
+"""`python -m smoothness` (and the `smoothness` script): the command line, with Ctrl-C and SIGTERM
+handled from the first moment, including the seconds in which PyTorch is imported."""
+import os
 import sys
 
-from .cli import main
+from . import interrupt
 
-sys.exit(main())
+
+def main(argv=None) -> int:
+    interrupt.install(defer=True)   # during the imports a signal is only noted (interrupt.py says why)
+    try:
+        from .cli import main as cli_main
+        interrupt.install()   # from here on a signal raises (not restored: the process ends after main)
+        noted = interrupt.pending()
+        if noted:
+            raise noted
+        status = cli_main(argv)
+    except KeyboardInterrupt as e:   # before the command; cli_main reports its own
+        status = interrupt.report(e)
+    if interrupt.reported is not None:
+        # Exit now with 130/143. A Ctrl-C that arrived while an extension ran Python code during an import
+        # leaves CPython's "unhandled KeyboardInterrupt" flag set even though it was handled, and a normal
+        # exit would then kill the process with SIGINT instead of returning the status.
+        for f in (sys.stdout, sys.stderr):
+            try:
+                f.flush()
+            except Exception:
+                pass
+        os._exit(status)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -5,10 +5,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import __version__, data, experiments, idx, measures, optimizers, pipeline, precision, regularizers, training
+from . import __version__, data, experiments, idx, interrupt, measures, optimizers, pipeline, precision, regularizers
+from . import rng, training
 from . import grid as grid_mod
-from .console import EpochProgress, emit_record, print_table
-from .errors import SmoothnessError
+from .console import EpochProgress, emit_record, print_table, stdout_closed
+from .errors import SmoothnessError, StoreError
 from .store import Store
 
 def _add_data_args(p: argparse.ArgumentParser, required_pair: bool = True) -> None:
@@ -28,7 +29,8 @@ def _add_measure_args(p: argparse.ArgumentParser) -> None:
                    help="random segments for FPL/GPL (default: 1000)")
     p.add_argument("--points", type=int, default=measures.DEFAULT_POINTS,
                    help="equally spaced points per segment (default: 100)")
-    p.add_argument("--measure-seed", type=int, default=0, help="seed of the segment sampling (default: 0)")
+    p.add_argument("--measure-seed", type=int, default=0, help="seed of the segment sampling, an integer "
+                   "0 <= seed < 2**32 (default: 0)")
     p.add_argument("--sharpness-iters", type=int, default=0, help="power iterations for the sharpness (top "
                    "eigenvalue of the training-loss Hessian; default: 0, not computed)")
     p.add_argument("--trace-probes", type=int, default=0, help="Hutchinson probes for the trace of the "
@@ -50,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(t)
     t.add_argument("--n-train", type=int, nargs="+", default=[128], help="training set size(s), even (default: 128)")
     t.add_argument("--seed", type=int, nargs="+", default=[0],
-                   help="seed(s) of init, shuffling and subset (default: 0)")
+                   help="seed(s) of init, shuffling and subset, integers 0 <= seed < 2**32 (default: 0)")
     t.add_argument("--hidden", type=int, nargs="+", default=[256], help="hidden layer width(s) (default: 256)")
     t.add_argument("--alpha", type=float, default=0.01, help="initialization scale alpha (default: 0.01)")
     t.add_argument("--lr", type=float, default=None,
@@ -149,8 +151,10 @@ def _add_precision_args(p: argparse.ArgumentParser, default) -> None:
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default=None, help="experiment directory for the store and report "
-                   "(default: ./runs/GRID_NAME)")
+    p.add_argument("--out", default=None, help="experiment directory for the store and report, always a "
+                   "directory (default: ./runs/GRID_NAME)")
+    p.add_argument("--merge", action="store_true", help="add this grid's models to a store that holds another "
+                   "grid's (without it, such a store is refused)")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto, CUDA when available)")
     p.add_argument("--data-dir", default=None, help="folder with MNIST / Fashion-MNIST IDX files")
     p.add_argument("--no-weights", action="store_true", help="do not store trained weights (about 0.8 MB per "
@@ -175,6 +179,9 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(a) -> int:
+    a.on_interrupt = lambda: "; nothing was saved (train keeps nothing unless --save, written at the end)"
+    for s, opt in [*((s, "--seed") for s in a.seed), (a.measure_seed, "--measure-seed")]:
+        rng.check_seed(s, opt)   # the RunConfigs check them too; here the error names the option
     configs = [pipeline.RunConfig(data=a.data, pair=tuple(a.pair), n_train=n, seed=s, hidden=tuple(a.hidden),
                                   alpha=a.alpha, lr=a.lr, batch_size=a.batch_size, max_epochs=a.max_epochs,
                                   threshold=a.threshold, measure_points=a.measure_points, segments=a.segments,
@@ -183,6 +190,8 @@ def cmd_train(a) -> int:
                                   optimizer=a.optimizer, matmul_precision=a.matmul_precision)
                for lam in a.lam for n in a.n_train for s in a.seed]
     device = pipeline.resolve_device(a.device)
+    if a.save:   # a bad destination fails now, not after the training
+        pipeline.check_save_path(a.save)
     task = data.binary_task(a.data, *a.pair, data_dir=a.data_dir)
     for c in configs:  # fail on impossible sizes before any training starts
         task.subset(c.n_train, c.seed)
@@ -191,20 +200,31 @@ def cmd_train(a) -> int:
         records = pipeline.train_and_measure(configs, device=device, data_dir=a.data_dir, progress=bar)
     finally:
         bar.close()
+    save_error = None
+    if a.save:   # saved before anything is printed: a closed stdout (`| head -1`) loses nothing
+        try:
+            pipeline.save_models(a.save, records)
+            a.on_interrupt = lambda: f"; the models were saved to {a.save}"
+        except SmoothnessError as e:   # still print the results, then the error
+            save_error = e
     if a.json or len(records) == 1:
         for r in records:
             emit_record(r, a.json)
     else:
         print_table(records)
-    if a.save:
-        pipeline.save_models(a.save, records)
-        if not a.json:
-            print(f"saved {len(records)} model(s) to {a.save}")
+    if save_error is not None:
+        raise save_error
+    if a.save and not a.json:
+        print(f"saved {len(records)} model(s) to {a.save}")
     return 0
 
 
 def cmd_measure(a) -> int:
+    rng.check_seed(a.measure_seed, "--measure-seed")
     device = pipeline.resolve_device(a.device)
+    opts = dict(measure_points=a.measure_points, segments=a.segments, points=a.points, measure_seed=a.measure_seed,
+                sharpness_iters=a.sharpness_iters, trace_probes=a.trace_probes)
+    pipeline.RunConfig(pair=tuple(a.pair or (3, 8)), **opts)   # the options' errors, before the file's
     models, heads = [], []
     for rec in pipeline.load_models(a.path):
         meta = dict(rec["meta"])
@@ -214,12 +234,10 @@ def cmd_measure(a) -> int:
             meta["pair"] = list(a.pair)
         fields = {k: meta[k] for k in ("data", "n_train", "seed", "hidden", "alpha", "lr", "batch_size",
                                        "max_epochs", "threshold", "regularizer", "lam", "optimizer") if k in meta}
-        cfg = pipeline.RunConfig(pair=tuple(meta["pair"]), measure_points=a.measure_points, segments=a.segments,
-                                 points=a.points, measure_seed=a.measure_seed, sharpness_iters=a.sharpness_iters,
-                                 trace_probes=a.trace_probes, **fields)
-        if rec["params"].widths[0] != 784 or tuple(rec["params"].widths[1:-1]) != cfg.hidden:
-            raise SmoothnessError(f"{a.path}: weights of widths {rec['params'].widths} do not match the "
-                                  f"recorded config (hidden {cfg.hidden})")
+        try:   # load_models checked the types and widths; RunConfig checks the values
+            cfg = pipeline.RunConfig(pair=tuple(meta["pair"]), **opts, **fields)
+        except SmoothnessError as e:
+            raise type(e)(f"{a.path}: model {len(models) + 1}: {e}") from None
         models.append((rec["params"], cfg))
         out = {k: meta[k] for k in ("data", "pair", "n_train", "seed", "status", "epochs", "steps") if k in meta}
         heads.append({**out, "data": cfg.data, "pair": list(cfg.pair)})
@@ -248,7 +266,11 @@ def cmd_data(a) -> int:
 
 
 def _out_dir(g, a) -> Path:
-    return Path(a.out) if a.out else Path("runs") / g.name
+    """The experiment directory: --out (always a directory, whatever its name) or runs/GRID_NAME."""
+    out = Path(a.out) if a.out else Path("runs") / g.name
+    if out.exists() and not out.is_dir():
+        raise StoreError(f"--out {out} is a file: the experiment directory must be a directory")
+    return out
 
 
 def _grid(g, a):
@@ -260,10 +282,11 @@ def _grid(g, a):
 
 def _run(g, a) -> Path:
     out = _out_dir(g, a)
+    a.on_interrupt = lambda: interrupt.stored_note(g, out)
     summary = experiments.run_grid(g, out, device=a.device, data_dir=a.data_dir, progress=not a.quiet,
                                    save_weights=not a.no_weights, backend=a.backend, address=a.address,
                                    chunk_size=a.chunk_size, retries=a.retries, ray_cpus=a.ray_cpus,
-                                   measure_batch=a.measure_batch)
+                                   measure_batch=a.measure_batch, merge=a.merge)
     print(summary.line())
     return out
 
@@ -274,12 +297,15 @@ def cmd_run(a) -> int:
         out = _out_dir(g, a)
         configs = g.configs()
         keys = {grid_mod.config_key(c) for c in configs}
-        stored = 0
+        stored, note = 0, ""
         if (out / Store.FILENAME).exists():
-            with Store(out, create=False) as st:
+            with Store(out / Store.FILENAME, create=False) as st:
                 stored = len(keys & st.keys())
+                held = (st.meta("grid") or {}).get("name")
+                if held and held != g.name and len(st) and not a.merge:
+                    note = f" (the store holds grid '{held}': run refuses it without --merge)"
         print(f"grid {g.name}: {len(configs)} models ({len(g.pairs)} pairs, sizes {g.sizes()}, seeds {g.seeds}); "
-              f"{stored} stored in {out}, {len(configs) - stored} to train")
+              f"{stored} stored in {out}, {len(configs) - stored} to train{note}")
         return 0
     _run(g, a)
     return 0
@@ -346,22 +372,33 @@ def cmd_bench(a) -> int:
 
 
 def main(argv=None) -> int:
+    a = argparse.Namespace()   # a command may set a.on_interrupt: what it leaves behind if interrupted now
+    with interrupt.handled():   # SIGTERM like Ctrl-C: one line, exit status 143 (Ctrl-C: 130)
+        try:
+            return _main(argv, a)
+        except KeyboardInterrupt as e:
+            return interrupt.report(e, getattr(a, "on_interrupt", None))
+
+
+def _main(argv, ns) -> int:
     ap = build_parser()
-    a = ap.parse_args(argv)
+    a = ap.parse_args(argv, namespace=ns)
     if a.command is None:
         ap.print_help()
         return 0
     try:
-        return {"train": cmd_train, "measure": cmd_measure, "download": cmd_download, "data": cmd_data,
+        code = {"train": cmd_train, "measure": cmd_measure, "download": cmd_download, "data": cmd_data,
                 "run": cmd_run, "report": cmd_report, "reproduce": cmd_reproduce,
                 "presets": cmd_presets, "bench": cmd_bench, "compare": cmd_compare}[a.command](a)
+        sys.stdout.flush()   # a closed stdout fails here, not in the interpreter's final flush
+        return code
+    except BrokenPipeError:   # `smoothness ... | head -1`: the end of a pipe is a normal end, quiet
+        if not stdout_closed():
+            raise
+        return 141
     except SmoothnessError as e:
         print(f"smoothness: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("smoothness: interrupted (finished models are stored; run the same command again to resume)",
-              file=sys.stderr)
-        return 130
 
 
 if __name__ == "__main__":

@@ -30,7 +30,10 @@ def emit_record(rec: dict, as_json: bool) -> None:
     head = (f"{rec['data']} pair {rec['pair'][0]} {rec['pair'][1]}, n_train {rec['n_train']}, "
             f"seed {rec['seed']}: {rec['status']}")
     if "epochs" in rec:
-        head += f" after {rec['epochs']} epochs ({rec['steps']} steps, {rec['train_seconds']:.1f} s)"
+        took = [f"{rec['steps']} steps" if "steps" in rec else None,   # measure: no training time
+                f"{rec['train_seconds']:.1f} s" if rec.get("train_seconds") is not None else None]
+        took = ", ".join(t for t in took if t)
+        head += f" after {rec['epochs']} epochs" + (f" ({took})" if took else "")
     print(head)
     keys = ["loss_train", "loss_test", *MEASURE_KEYS, "path_norm", "gradient_norm_squared",
             *(k + "_train" for k in ("gradient_norm", "function_path_length", "gradient_path_length")),
@@ -72,6 +75,27 @@ def print_table(records: list[dict]) -> None:
                 for key, head in table if key in (*MEASURE_KEYS, "path_norm")]
         where = f"seed {seed}" + (f", lambda {lam:g}" if reg != "none" else "")
         print(f"Kendall tau(N, measure), {where}, {len(ok)} converged models: " + ", ".join(taus))
+
+
+def stdout_closed() -> bool:
+    """After a BrokenPipeError: whether it was stdout, closed by its reader (`smoothness ... | head -1`).
+    If so, stdout is pointed at /dev/null, so that nothing more (the final flush) fails, and True is
+    returned; the command then ends quietly, as the end of a pipe is a normal end (exit status 141,
+    128 + SIGPIPE, as a shell reports for `cat` or `yes` in the same place)."""
+    import select
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):   # captured output: the broken pipe was something else
+        return False
+    if hasattr(select, "poll"):   # a pipe without readers polls POLLERR; a broken socket elsewhere does not
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        if not any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0)):
+            return False
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, fd)
+    os.close(null)
+    return True
 
 
 class EpochProgress:

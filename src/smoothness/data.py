@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import functools
 import os
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,7 +99,7 @@ def _load_idx_dir(directory: Path, source: str) -> Source | None:
         raise DataError(f"{directory} holds some {source} IDX files but not {', '.join(missing)} "
                         f"(gzipped or not); run `smoothness download {source} --dir {directory}`")
     arrays = {k: idx.parse(idx.read_bytes(p), p) for k, p in paths.items()}
-    return _make_source(source, arrays, str(directory))
+    return _make_source(source, arrays, str(directory), {k: str(p) for k, p in paths.items()})
 
 
 def _load_npz(path: Path, source: str) -> Source:
@@ -105,21 +107,48 @@ def _load_npz(path: Path, source: str) -> Source:
         with np.load(path) as z:
             arrays = {"train_images": z["x_train"], "train_labels": z["y_train"],
                       "test_images": z["x_test"], "test_labels": z["y_test"]}
-    except (OSError, KeyError, ValueError) as e:
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
         raise DataError(f"cannot read {path} as a Keras {source} cache (x_train, y_train, x_test, "
-                        f"y_test): {e}") from None
+                        f"y_test): {_first_line(e)}") from None
     return _make_source(source, arrays, str(path))
 
 
-def _make_source(name: str, a: dict, origin: str) -> Source:
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
+def _check_values(x: np.ndarray, what: str, top: int) -> str | None:
+    """Why x is not an array of integers 0..top (None if it is)."""
+    if x.dtype.kind not in "biuf":
+        return f"{what} have dtype {x.dtype}, expected integers 0..{top}"
+    if not x.size:
+        return None
+    if x.dtype.kind == "f":
+        if not np.isfinite(x).all():
+            return f"{what} contain NaN or infinite values"
+        if not (x == np.floor(x)).all():
+            return f"{what} are not all integers (expected 0..{top})"
+    if x.min() < 0 or x.max() > top:
+        return f"{what} outside 0..{top} (from {x.min()} to {x.max()})"
+    return None
+
+
+def _make_source(name: str, a: dict, origin: str, files: dict | None = None) -> Source:
+    """A Source from images [n, 28, 28] (integers 0..255) and labels [n] (integers 0..9) of both splits,
+    checked: a DataError names the file (files: per array, for IDX) or the origin."""
+    files = files or {}
     for split in ("train", "test"):
         im, lab = a[f"{split}_images"], a[f"{split}_labels"]
+        at_im, at_lab = files.get(f"{split}_images", origin), files.get(f"{split}_labels", origin)
         if im.ndim != 3 or im.shape[1:] != (28, 28):
-            raise DataError(f"{origin}: {split} images have shape {im.shape}, expected [n, 28, 28]")
+            raise DataError(f"{at_im}: {split} images have shape {list(im.shape)}, expected [n, 28, 28]")
         if lab.ndim != 1 or lab.shape[0] != im.shape[0]:
-            raise DataError(f"{origin}: {im.shape[0]} {split} images but {lab.shape[0]} labels")
-        if lab.size and int(lab.max()) > 9:
-            raise DataError(f"{origin}: {split} labels outside 0..9")
+            raise DataError(f"{at_lab}: {im.shape[0]} {split} images but labels of shape {list(lab.shape)}")
+        for x, what, top, at in ((im, f"{split} images", 255, at_im), (lab, f"{split} labels", 9, at_lab)):
+            why = _check_values(x, what, top)
+            if why:
+                raise DataError(f"{at}: {why}")
     flat = {k: (v.reshape(v.shape[0], -1) if "images" in k else v.astype(np.int64)) for k, v in a.items()}
     return Source(name, flat["train_images"].astype(np.uint8), flat["train_labels"],
                   flat["test_images"].astype(np.uint8), flat["test_labels"], origin)

@@ -11,3 +11,7 @@ class DataError(SmoothnessError):
 
 class ConfigError(SmoothnessError):
     """An invalid option or configuration value."""
+
+
+class StoreError(DataError):
+    """A results store is missing, damaged, unreadable, or cannot be written where asked."""

@@ -12,7 +12,7 @@ from pathlib import Path
 from . import data as datasets
 from . import pipeline
 from .distributed import DEFAULT_RETRIES
-from .errors import ConfigError
+from .errors import ConfigError, StoreError
 from .grid import Grid, config_key
 from .store import Store, versions
 
@@ -99,7 +99,7 @@ def check_data(grid: Grid, data_dir=None) -> None:
 def run_grid(grid: Grid, out, *, device=None, data_dir=None, progress: bool = True, save_weights: bool = True,
              stream=None, backend: str = "local", address: str | None = None, chunk_size: int | None = None,
              retries: int = DEFAULT_RETRIES, ray_cpus: int | None = None,
-             measure_batch: int | None = None) -> RunSummary:
+             measure_batch: int | None = None, merge: bool = False) -> RunSummary:
     """Train every model of the grid that the store under `out` does not hold yet; returns a summary.
 
     backend "local" trains in this process; "ray" runs chunks of models as Ray tasks (see distributed.py)
@@ -108,6 +108,10 @@ def run_grid(grid: Grid, out, *, device=None, data_dir=None, progress: bool = Tr
     are measured measure_batch at a time (pipeline.measure_batch_size: 1 on CPU, 128 on a GPU); when
     that is more than one, each model is stored as trained the moment it finishes training, and a
     resumed grid measures the trained models it finds instead of training them again.
+
+    `out` is always a directory (the store is out/results.sqlite). A store that holds another grid's models
+    is refused unless merge=True. A run that fails or is interrupted before storing anything removes the
+    store (and the directories) it created.
     """
     if backend not in ("local", "ray"):
         raise ConfigError(f"unknown backend {backend!r}; use local or ray")
@@ -124,14 +128,69 @@ def run_grid(grid: Grid, out, *, device=None, data_dir=None, progress: bool = Tr
             raise ConfigError(f"unknown device {device!r}; use cpu, cuda or auto")
         pipeline.measure_batch_size(measure_batch, "cpu")  # checked only: workers use their device's default
     out = Path(out)
-    with Store(out) as store, ExitStack() as stack:
+    if out.exists() and not out.is_dir():
+        raise StoreError(f"{out} is a file, not a directory: the experiment directory (--out) must be a directory")
+    made = [p for p in (out, *out.parents) if not p.exists()]   # what this run creates, deepest first
+    fresh = not (out / Store.FILENAME).exists()
+    try:
+        return _run_grid(grid, out, configs, keys, t0, device=device, data_dir=data_dir, progress=progress,
+                         save_weights=save_weights, stream=stream, backend=backend, address=address,
+                         chunk_size=chunk_size, retries=retries, ray_cpus=ray_cpus, measure_batch=measure_batch,
+                         merge=merge)
+    except BaseException:
+        if fresh:
+            _remove_if_empty(out / Store.FILENAME, made)
+        raise
+
+
+def claim_store(store: Store, grid: Grid, merge: bool) -> None:
+    """Record the grid in the store's meta; refuse a store that holds another grid's models unless merge."""
+    held = store.meta("grid") or {}
+    merged = store.meta("merged", []) or []
+    if held and grid.name != held.get("name"):
+        models = store.db.execute("SELECT (SELECT COUNT(*) FROM runs) + (SELECT COUNT(*) FROM trained)").fetchone()[0]
+        if models and not merge:
+            raise ConfigError(f"{store.path} holds grid '{held.get('name')}' ({models} models); grid '{grid.name}' "
+                              "would mix its models into it: choose another --out, or pass --merge to add them "
+                              "to this store")
+        if models:   # the store keeps its own grid; the grids merged into it are listed beside it
+            store.set_meta("merged", [g for g in merged if g.get("name") != grid.name] + [grid.to_dict()])
+            return
+    store.set_meta("grid", grid.to_dict())
+
+
+def _remove_if_empty(path: Path, made: list[Path]) -> None:
+    """Remove a store this run created if it holds no model, then the directories the run created, if empty."""
+    import sqlite3
+    try:
+        if path.exists():
+            db = sqlite3.connect(str(path))
+            try:
+                n = db.execute("SELECT (SELECT COUNT(*) FROM runs) + (SELECT COUNT(*) FROM trained)").fetchone()[0]
+            except sqlite3.DatabaseError:
+                n = 0 if path.stat().st_size == 0 else 1
+            finally:
+                db.close()
+            if n:
+                return
+            for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+                p.unlink(missing_ok=True)
+        for d in made:
+            d.rmdir()
+    except OSError:
+        pass
+
+
+def _run_grid(grid: Grid, out: Path, configs, keys, t0, *, device, data_dir, progress, save_weights, stream,
+              backend, address, chunk_size, retries, ray_cpus, measure_batch, merge) -> RunSummary:
+    with Store(out / Store.FILENAME) as store, ExitStack() as stack:
         stored = store.keys()
         todo = [(k, c) for k, c in zip(keys, configs) if k not in stored]
         summary = RunSummary(grid.name, len(configs), len(configs) - len(todo), store=str(store.path),
                              backend=backend)
         if todo and (backend == "local" or not (address or os.environ.get("RAY_ADDRESS"))):
             check_data(grid, data_dir)  # on a remote cluster the workers' data is checked by the workers
-        store.set_meta("grid", grid.to_dict())
+        claim_store(store, grid, merge)
         store.set_meta("versions", versions())
         bar = GridProgress(len(todo), progress, stream)
         stack.callback(bar.close)

@@ -6,7 +6,7 @@ A grid file is a mapping; every axis takes one value or a list of values:
     data: mnist5k                 # mnist5k | mnist | fashion-mnist
     pairs: all                    # or [[3, 8], [4, 9]]
     n_train: [64, 128, 256, 512]
-    seeds: [0, 1, 2]
+    seeds: [0, 1, 2]              # integers 0 <= seed < 2**32 (rng.check_seed), also measure.seed
     hidden: 256                   # one architecture: 256 or [256, 256]; an axis: [[256], [256, 256]]
     alpha: 0.01
     lr: null                      # null: 0.01, or 0.1 with a path-length regularizer (paper)
@@ -29,12 +29,14 @@ import difflib
 import hashlib
 import itertools
 import json
+import math
+import re
 from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 
 from . import data as datasets
-from . import optimizers, precision, regularizers
+from . import optimizers, precision, regularizers, rng
 from .errors import ConfigError
 from .pipeline import RunConfig
 
@@ -164,10 +166,30 @@ def _num(v, kind, key, *, positive=False, nonneg=False, allow_none=False):
         want = "an integer" if kind is int else "a number"
         raise ConfigError(f"key {key!r}: expected {want}, got {v!r}")
     v = kind(v)
+    if kind is float and not math.isfinite(v):
+        raise ConfigError(f"key {key!r}: must be a finite number, got {v!r}")
     if positive and not v > 0:
         raise ConfigError(f"key {key!r}: must be positive, got {v!r}")
     if nonneg and not v >= 0:
         raise ConfigError(f"key {key!r}: must be non-negative, got {v!r}")
+    return v
+
+
+def _seeds(v, key: str) -> list[int]:
+    """One seed or a list: integers 0 <= seed < 2**32, the rule of RunConfig and the CLI (rng.check_seed)."""
+    return [rng.check_seed(s, f"key {key!r}") for s in _as_list(v)]
+
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}")
+
+
+def _name(v, from_file: bool) -> str:
+    """A grid name (the folder runs/NAME): letters, digits and _ . + -, not starting with a dot, no '..'."""
+    v = str(v)
+    if not _NAME.fullmatch(v) or ".." in v:
+        where = " (taken from the file name; set one with name:)" if from_file else ""
+        raise ConfigError(f"key 'name': {v!r}{where} is not a valid grid name: use up to 100 letters, digits and "
+                          "_ . + -, starting with a letter or digit, without '..' or path separators")
     return v
 
 
@@ -236,7 +258,7 @@ def _regularizers(v):
         lr = _num(e.get("lr"), float, "lr", positive=True, allow_none=True)
         cap = _num(e.get("max_epochs"), int, "max_epochs", positive=True, allow_none=True)
         sizes = [_num(n, int, "n_train", positive=True) for n in _as_list(e["n_train"])] if "n_train" in e else None
-        seeds = [_num(n, int, "seeds", nonneg=True) for n in _as_list(e["seeds"])] if "seeds" in e else None
+        seeds = _seeds(e["seeds"], "seeds") if "seeds" in e else None
         out.append({"name": name, "lam": lam, "lr": lr, "max_epochs": cap, "n_train": sizes, "seeds": seeds})
     return out
 
@@ -274,13 +296,17 @@ def parse(raw: dict, name: str | None = None) -> Grid:
         raise ConfigError(f"key 'measure': expected a mapping, got {m!r}")
     _unknown(m, _MEASURE, "measure")
     for k in _MEASURE:
-        if k in m:
+        if k == "seed" and k in m:
+            measure[k] = rng.check_seed(m[k], "key 'measure.seed'")
+        elif k in m:
             measure[k] = _num(m[k], int, f"measure.{k}", nonneg=k in _MEASURE_NONNEG,
                               positive=k not in _MEASURE_NONNEG)
-    g = Grid(name=str(raw.get("name") or name or "grid"), data=data,
-             pairs=_pairs(raw.get("pairs", [list(_DEFAULT["pair"])])),
-             n_train=_axis(raw, "n_train", int, _DEFAULT["n_train"], positive=True),
-             seeds=_axis(raw, "seeds", int, _DEFAULT["seed"], nonneg=True),
+    seeds = _seeds(raw.get("seeds", _DEFAULT["seed"]), "seeds")
+    if not seeds:
+        raise ConfigError("key 'seeds': needs at least one value")
+    g = Grid(name=_name(raw.get("name") or name or "grid", from_file=not raw.get("name") and name is not None),
+             data=data, pairs=_pairs(raw.get("pairs", [list(_DEFAULT["pair"])])),
+             n_train=_axis(raw, "n_train", int, _DEFAULT["n_train"], positive=True), seeds=seeds,
              hidden=_hidden(raw.get("hidden", list(_DEFAULT["hidden"]))),
              alpha=_axis(raw, "alpha", float, _DEFAULT["alpha"], positive=True),
              lr=_axis(raw, "lr", float, _DEFAULT["lr"], positive=True, allow_none=True),
@@ -299,15 +325,22 @@ def load(path) -> Grid:
     import yaml
     path = Path(path)
     try:
-        text = path.read_text()
+        blob = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"no such grid file: {path}") from None
     except OSError as e:
         raise ConfigError(f"cannot read grid file {path}: {e.strerror}") from None
     try:
-        raw = yaml.safe_load(text)
+        text = blob.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a UTF-8 text file (byte 0x{blob[e.start]:02x} at offset {e.start}); "
+                          "a grid is YAML saved as UTF-8") from None
+    try:
+        raw = _yaml_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
     try:
         return parse(raw, name=path.stem)
     except ConfigError as e:
@@ -324,8 +357,34 @@ def preset_path(name: str):
 
 def preset(name: str) -> Grid:
     """A grid shipped with the package (one of PRESETS)."""
+    return parse(_yaml_load(preset_path(name).read_text(encoding="utf-8")), name=name)
+
+
+def _yaml_load(text: str):
+    """yaml.safe_load, except that a key given twice in one mapping is a ConfigError naming it (safe_load
+    would silently keep the last value)."""
     import yaml
-    return parse(yaml.safe_load(preset_path(name).read_text()), name=name)
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            if isinstance(node, yaml.MappingNode):
+                first: dict = {}
+                for k, _ in node.value:
+                    if k.tag == "tag:yaml.org,2002:merge":
+                        continue
+                    key = self.construct_object(k, deep=True)
+                    try:
+                        seen = key in first
+                    except TypeError:   # an unhashable key: SafeLoader's own error follows
+                        continue
+                    if seen:
+                        a, b = first[key] + 1, k.start_mark.line + 1
+                        where = f"line {a}" if a == b else f"lines {a} and {b}"
+                        raise ConfigError(f"duplicate key {key!r} ({where}); each key may appear once")
+                    first[key] = k.start_mark.line
+            return super().construct_mapping(node, deep)
+
+    return yaml.load(text, Loader=UniqueKeyLoader)
 
 
 def resolve(name) -> Grid:

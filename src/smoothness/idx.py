@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import os
 import shutil
 import struct
@@ -82,8 +83,11 @@ def parse(data: bytes, path: Path | str = "<bytes>") -> np.ndarray:
                         f"expected 2049 for labels or 2051 for images)")
     ndim = _MAGIC[magic]
     header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DataError(f"{path}: corrupt IDX file: {len(data)} bytes, shorter than the {header}-byte header of "
+                        f"{'images' if ndim == 3 else 'labels'}")
     dims = struct.unpack(">" + "I" * ndim, data[4:header])
-    size = int(np.prod(dims))
+    size = math.prod(dims)   # Python integers: no overflow for absurd dimensions
     if len(data) != header + size:
         raise DataError(f"{path}: corrupt IDX file: header announces {dims} "
                         f"({header + size} bytes) but the file has {len(data)} bytes")

@@ -1,19 +1,18 @@
 """Train models on MNIST-binary tasks and measure them: the path shared by the CLI and the Python API."""
 from __future__ import annotations
 
-import os
+import math
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 
 from . import data as datasets
-from . import curvature, measures, optimizers, precision, regularizers, training
+from . import curvature, measures, optimizers, precision, regularizers, rng, training
 from .errors import ConfigError
+# the files of `train --save`: re-exported, part of the API
+from .modelfile import SAVE_FORMAT, check_save_path, load_models, save_models  # noqa: F401
 from .models import DEFAULT_ALPHA, MLPStack
-
-SAVE_FORMAT = "smoothness-models/1"
 
 
 @dataclass
@@ -56,15 +55,23 @@ class RunConfig:
             raise ConfigError("the weights_product regularizer needs one hidden layer")
         self.pair = tuple(int(v) for v in self.pair)
         self.hidden = tuple(int(v) for v in self.hidden)
-        checks = [("lr", self.lr > 0), ("alpha", self.alpha > 0), ("batch_size", self.batch_size >= 1),
-                  ("max_epochs", self.max_epochs >= 1), ("threshold", self.threshold > 0),
-                  ("hidden", len(self.hidden) >= 1 and all(h >= 1 for h in self.hidden)),
-                  ("measure_points", self.measure_points >= 2), ("segments", self.segments >= 1),
-                  ("points", self.points >= 2), ("lam", self.lam >= 0),
-                  ("sharpness_iters", self.sharpness_iters >= 0), ("trace_probes", self.trace_probes >= 0)]
-        for name, ok in checks:
+        self.seed = rng.check_seed(self.seed, "seed")
+        self.measure_seed = rng.check_seed(self.measure_seed, "measure_seed")
+        if self.regularizer == "none" and self.lam != 0:
+            raise ConfigError(f"lam {self.lam!r} needs a regularizer: with regularizer 'none' lam must be 0")
+        finite = {k: math.isfinite(getattr(self, k)) for k in ("lr", "alpha", "threshold", "lam")}
+        pos, nonneg = "a finite number > 0", "a finite number >= 0"
+        checks = [("lr", finite["lr"] and self.lr > 0, pos), ("alpha", finite["alpha"] and self.alpha > 0, pos),
+                  ("batch_size", self.batch_size >= 1, ">= 1"), ("max_epochs", self.max_epochs >= 1, ">= 1"),
+                  ("threshold", finite["threshold"] and self.threshold > 0, pos),
+                  ("hidden", len(self.hidden) >= 1 and all(h >= 1 for h in self.hidden), "widths >= 1"),
+                  ("measure_points", self.measure_points >= 2, ">= 2"), ("segments", self.segments >= 1, ">= 1"),
+                  ("points", self.points >= 2, ">= 2"), ("lam", finite["lam"] and self.lam >= 0, nonneg),
+                  ("sharpness_iters", self.sharpness_iters >= 0, ">= 0"),
+                  ("trace_probes", self.trace_probes >= 0, ">= 0")]
+        for name, ok, rule in checks:
             if not ok:
-                raise ConfigError(f"invalid {name}: {getattr(self, name)!r}")
+                raise ConfigError(f"invalid {name}: {getattr(self, name)!r} (must be {rule})")
         if self.data not in datasets.SOURCES:
             raise ConfigError(f"unknown data source {self.data!r}; choose one of: {', '.join(datasets.SOURCES)}")
         datasets.check_pair(*self.pair)
@@ -350,28 +357,3 @@ def iter_train_and_measure(configs: list[RunConfig], *, device=None, data_dir=No
                 queue = []
     yield from _measure_trained(queue, dev)
 
-
-def save_models(path, records: list[dict]) -> None:
-    """Save trained models with their configs and results (torch.save; loadable with weights_only)."""
-    out = []
-    for r in records:
-        meta = {k: v for k, v in r.items() if k != "params"}
-        out.append({"meta": meta, "params": r["params"].state_dict()})
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.part-{os.getpid()}")
-    torch.save({"format": SAVE_FORMAT, "models": out}, tmp)
-    os.replace(tmp, path)  # never a half-written file at path
-
-
-def load_models(path) -> list[dict]:
-    """Records saved by save_models, each with 'meta' (dict) and 'params' (MLPStack of one)."""
-    from .errors import DataError
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise DataError(f"no such file: {path}") from None
-    except Exception as e:  # torch raises several types for a file that is not a checkpoint
-        raise DataError(f"{path} is not a smoothness model file ({type(e).__name__}: {e})") from None
-    if not isinstance(blob, dict) or blob.get("format") != SAVE_FORMAT:
-        raise DataError(f"{path} is not a smoothness model file (expected format {SAVE_FORMAT})")
-    return [{"meta": m["meta"], "params": MLPStack.from_state_dict(m["params"])} for m in blob["models"]]

@@ -81,15 +81,13 @@ def emulated_tf32():
 @contextlib.contextmanager
 def cuda_tf32(enabled: bool):
     """TF32 on (or explicitly off) for CUDA float32 matmuls within the block; the old setting is restored."""
-    m = torch.backends.cuda.matmul
-    name, value = ("fp32_precision", "tf32" if enabled else "ieee") if hasattr(m, "fp32_precision") \
-        else ("allow_tf32", enabled)      # PyTorch before 2.9
-    old = getattr(m, name)
-    setattr(m, name, value)
+    m = torch.backends.cuda.matmul   # fp32_precision: PyTorch 2.9 and later (the package needs 2.13)
+    old = m.fp32_precision
+    m.fp32_precision = "tf32" if enabled else "ieee"
     try:
         yield
     finally:
-        setattr(m, name, old)
+        m.fp32_precision = old
 
 
 def matmuls(mode: str, device: torch.device):

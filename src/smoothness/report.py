@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from . import analysis as A
+from .errors import StoreError
 from .store import Store
 
 def _f(v, digits=3) -> str:
@@ -274,13 +275,27 @@ def write_report(source, out_dir=None) -> dict:
     with several learning rates also lr_sweep.md/csv and lr_sweep.png; with several architectures also
     depth.md/csv and depth.png.
     """
-    with Store(source, create=False) as st:
+    with Store(source, create=False) as st:   # read-only: a store nobody may write can be reported on
         df = st.frame()
         grid = st.meta("grid", {}) or {}
+        merged = st.meta("merged", []) or []
         versions = st.meta("versions", {}) or {}
-        path = st.path
+        path, skipped = st.path, st.skipped
     out = Path(out_dir) if out_dir else path.parent / "report"
-    out.mkdir(parents=True, exist_ok=True)
+    hint = "" if out_dir else "; write it elsewhere with --out DIR"
+    if out.exists() and not out.is_dir():
+        raise StoreError(f"cannot write the report to {out}: it is a file, not a directory{hint}")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        return _write(out, df, grid, merged, versions, path, skipped)
+    except OSError as e:
+        why = e.strerror or str(e)
+        if e.filename is not None and str(e.filename) != str(out):
+            why += f": {e.filename}"
+        raise StoreError(f"cannot write the report to {out} ({why}){hint}") from None
+
+
+def _write(out: Path, df: pd.DataFrame, grid: dict, merged: list, versions: dict, path: Path, skipped) -> dict:
     written = {}
 
     def save_csv(name, frame):
@@ -288,11 +303,16 @@ def write_report(source, out_dir=None) -> dict:
         written[name] = out / name
 
     sections_md, sections_html = [], []
-    title = f"smoothness report: {grid.get('name', path.parent.name)}"
+    grids = [g for g in [grid, *merged] if g]
+    title = f"smoothness report: {' + '.join(str(g.get('name')) for g in grids) or path.parent.name}"
     intro = (f"{len(df)} models in {path}. Generated {time.strftime('%Y-%m-%d %H:%M')} by smoothness "
              f"{versions.get('smoothness', '?')} (torch {versions.get('torch', '?')}).")
-    if grid.get("description"):
-        intro += " " + " ".join(str(grid["description"]).split())
+    if skipped:
+        intro += (f" {len(skipped)} more stored row(s) could not be read and are left out: "
+                  + ", ".join(k for k, _ in skipped[:20]) + (", …" if len(skipped) > 20 else "") + ".")
+    for g in grids:
+        if g.get("description"):
+            intro += " " + (f"{g.get('name')}: " if len(grids) > 1 else "") + " ".join(str(g["description"]).split())
     if len(df):
         save_csv("runs.csv", df.drop(columns=["versions"], errors="ignore"))
         counts = A.status_counts(df)

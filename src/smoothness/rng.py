@@ -11,9 +11,12 @@ split so that no product overflows.
 """
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 MASK32 = 0xFFFFFFFF
+SEED_LIMIT = 1 << 32   # a seed is one 32-bit word of the hash: 0 <= seed < 2**32 (larger ones would wrap)
 
 # One stream id per kind of draw, so that draws of different kinds never coincide.
 STREAM_INIT = 1
@@ -21,6 +24,17 @@ STREAM_SHUFFLE = 2
 STREAM_SEGMENTS = 3
 STREAM_SUBSET = 4
 STREAM_POINTS = 5
+
+
+def check_seed(seed, what: str = "seed") -> int:
+    """seed as an int if it is an integer 0 <= seed < 2**32, else a ConfigError naming `what`.
+
+    hash_words keeps only the low 32 bits of each word, so seeds outside this range would silently
+    give the numbers of another seed (2**32 those of 0, -1 those of 2**32 - 1)."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < SEED_LIMIT:
+        from .errors import ConfigError
+        raise ConfigError(f"{what}: expected an integer 0 <= seed < 2**32 (4294967296), got {seed!r}")
+    return int(seed)
 
 
 def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:

@@ -13,15 +13,18 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import platform
 import sqlite3
+import sys
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import torch
 
-from .errors import DataError
+from .errors import StoreError
 from .models import MLPStack
 
 SCHEMA_VERSION = 1
@@ -61,34 +64,133 @@ def _clean(v):
     return v
 
 
+def warn(msg: str) -> None:
+    """A problem that does not stop the command (a skipped row), as one line on stderr."""
+    print(f"smoothness: warning: {msg}", file=sys.stderr, flush=True)
+
+
+def store_path(path) -> Path:
+    """The store file of `path`: `path/results.sqlite` for an experiment directory. An existing file, or a
+    name ending in .sqlite that is not a directory, is the store file itself; any other name is a directory,
+    dots and all (`runs/exp.v2` is the directory exp.v2)."""
+    path = Path(path)
+    if not path.is_dir() and (path.exists() or path.suffix == ".sqlite"):
+        return path
+    return path / Store.FILENAME
+
+
 class Store:
     """Append-only results of one experiment directory (`<dir>/results.sqlite`)."""
 
     FILENAME = "results.sqlite"
 
     def __init__(self, path, *, create: bool = True):
-        path = Path(path)
-        if path.is_dir() or path.suffix == "":
-            path = path / self.FILENAME
-        if not path.exists() and not create:
-            raise DataError(f"no results store at {path} (run a grid first: smoothness run GRID --out DIR)")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
+        """Open the store of `path` (a directory or the store file, see store_path). create=True (running a
+        grid) creates the directory and the store as needed; create=False opens an existing store read-only
+        (report, compare, dry runs): nothing is written to it, it needs no write access, and a store that
+        fails SQLite's integrity check is refused with one error naming the file."""
+        self.path = path = store_path(path)
+        self.readonly = not create
+        self.skipped: list[tuple[str, str]] = []   # (key, why) of the rows the last records() could not read
+        self.db = self._open_read_only() if self.readonly else self._open_for_writing()
+
+    def _open_for_writing(self) -> sqlite3.Connection:
+        path, folder = self.path, self.path.parent
+        if folder.exists() and not folder.is_dir():
+            raise StoreError(f"{folder} is a file, not a directory: the results store needs a directory")
         try:
-            self.db = sqlite3.connect(str(path), timeout=60, isolation_level=None)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=FULL")
-            self.db.executescript(_SCHEMA)
-            row = self.db.execute("SELECT value FROM meta WHERE name='schema'").fetchone()
-            if row is None:
-                self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-            elif int(row[0]) != SCHEMA_VERSION:
-                raise DataError(f"{path}: results store schema {row[0]}, this version reads {SCHEMA_VERSION}")
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"cannot create the directory {folder} for the results store: "
+                             f"{e.strerror or e}") from None
+        if not os.access(folder, os.W_OK | os.X_OK) or path.exists() and not os.access(path, os.W_OK):
+            raise StoreError(f"cannot write the results store {path} (permission denied): choose a directory you "
+                             "can write (--out DIR)")
+        try:
+            db = sqlite3.connect(str(path), timeout=60, isolation_level=None)
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=FULL")
+                db.executescript(_SCHEMA)
+                row = db.execute("SELECT value FROM meta WHERE name='schema'").fetchone()
+                if row is None:
+                    db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+                else:
+                    _check_schema(path, row[0])
+            except BaseException:
+                db.close()
+                raise
         except sqlite3.DatabaseError as e:
-            raise DataError(f"{path} is not a readable results store ({e})") from None
+            if _cannot_write(e):
+                raise StoreError(f"cannot write the results store {path} ({e}): choose a directory you can "
+                                 "write (--out DIR)") from None
+            raise StoreError(f"{path} is not a readable results store ({e})") from None
+        return db
+
+    def _open_read_only(self) -> sqlite3.Connection:
+        path = self.path
+        if not path.exists():
+            raise StoreError(f"no results store at {path} (run a grid first: smoothness run GRID --out DIR)")
+        if path.is_file() and path.stat().st_size == 0:
+            raise StoreError(f"{path} is an empty file: it holds no results (run a grid first: smoothness run "
+                             "GRID --out DIR)")
+        uri = "file:" + quote(str(path.resolve())) + "?mode=ro"
+        db = None
+        try:
+            try:
+                db = _connect(uri)
+            except sqlite3.OperationalError as e:
+                if not _cannot_write(e):
+                    raise
+                # A WAL store where this user cannot create its -shm file (a read-only folder): SQLite reads it
+                # only as immutable, which is right unless a WAL journal holds commits not yet in the file.
+                wal = Path(f"{path}-wal")
+                if wal.exists() and wal.stat().st_size > 0:
+                    raise StoreError(f"cannot read {path} without write access to {path.parent}: its journal "
+                                     f"{wal.name} holds commits not yet in the file; copy the directory somewhere "
+                                     "writable and read the copy") from None
+                db = _connect(uri + "&immutable=1")
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if not tables:
+                raise StoreError(f"{path} holds no results (an empty SQLite database, not a results store)")
+            if "runs" not in tables:
+                raise StoreError(f"{path} is not a results store (it has no table 'runs')")
+            if "meta" in tables:
+                row = db.execute("SELECT value FROM meta WHERE name='schema'").fetchone()
+                if row is not None:
+                    _check_schema(path, row[0])
+            try:
+                problems = [r[0] for r in db.execute("PRAGMA integrity_check(3)")]
+            except sqlite3.DatabaseError as e:
+                problems = [str(e)]
+            if problems != ["ok"]:
+                raise StoreError(_damaged(path, db, "; ".join(line for p in problems for line in str(p).splitlines()
+                                                               if not line.startswith("***"))))
+        except BaseException as e:
+            msg = None
+            if isinstance(e, sqlite3.DatabaseError):
+                msg = (_damaged(path, db, str(e)) if db is not None and "malformed" in str(e)
+                       else f"{path} is not a readable results store ({e})")
+            if db is not None:
+                db.close()
+            if msg:
+                raise StoreError(msg) from None
+            raise
+        return db
 
     def close(self):
-        self.db.close()
+        """Close the database; a transaction left open by an interrupt is rolled back first."""
+        try:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+        finally:
+            self.db.close()
+
+    def _rollback(self) -> None:
+        """Undo the open transaction, if there is one. An interrupt can land anywhere in a transaction: before
+        its BEGIN took effect, or after its COMMIT did (then there is nothing to undo); SQLite itself says which."""
+        if self.db.in_transaction:
+            self.db.execute("ROLLBACK")
 
     def __enter__(self):
         return self
@@ -107,17 +209,16 @@ class Store:
         row = (key, _now(), rec.get("data"), pair[0], pair[1], rec.get("n_train"),
                rec.get("seed"), rec.get("regularizer"), rec.get("lam"), rec.get("lr"), rec.get("status"),
                rec.get("epochs"), json.dumps(rec, sort_keys=True))
-        cur = self.db.cursor()
-        cur.execute("BEGIN IMMEDIATE")
+        db = self.db
         try:
-            cur.execute("INSERT OR IGNORE INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", row)
-            added = cur.rowcount == 1
+            db.execute("BEGIN IMMEDIATE")
+            added = db.execute("INSERT OR IGNORE INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", row).rowcount == 1
             if added and blob is not None:
-                cur.execute("INSERT OR REPLACE INTO weights VALUES (?, ?)", (key, blob))
-            cur.execute("DELETE FROM trained WHERE key=?", (key,))
-            cur.execute("COMMIT")
-        except BaseException:
-            cur.execute("ROLLBACK")
+                db.execute("INSERT OR REPLACE INTO weights VALUES (?, ?)", (key, blob))
+            db.execute("DELETE FROM trained WHERE key=?", (key,))
+            db.execute("COMMIT")
+        except BaseException:   # KeyboardInterrupt included: committed stays committed, the rest is undone
+            self._rollback()
             raise
         return added
 
@@ -128,9 +229,21 @@ class Store:
                         "(SELECT 1 FROM runs WHERE key=?)", (key, _now(), rec, _blob(params), key))
 
     def trained(self) -> list[tuple[str, dict, MLPStack]]:
-        """Models trained but not measured yet: (key, record, params) each (see add_trained)."""
-        return [(key, json.loads(rec), _params(state)) for key, rec, state in self.db.execute(
-            "SELECT key, record, state FROM trained WHERE key NOT IN (SELECT key FROM runs) ORDER BY rowid")]
+        """Models trained but not measured yet: (key, record, params) each (see add_trained). A row whose
+        record or weights cannot be read is discarded with a warning, so that its model is trained again."""
+        out, bad = [], []
+        for key, rec, state in self.db.execute("SELECT key, record, state FROM trained WHERE key NOT IN "
+                                                "(SELECT key FROM runs) ORDER BY rowid").fetchall():
+            try:
+                out.append((key, _record(rec), _params(state)))
+            except Exception as e:  # noqa: BLE001 - whatever a damaged blob makes torch.load raise
+                bad.append((key, f"{type(e).__name__}: {e}".splitlines()[0][:120]))
+        if bad:
+            if not self.readonly:
+                self.db.executemany("DELETE FROM trained WHERE key=?", [(k,) for k, _ in bad])
+            warn(f"{self.path}: {len(bad)} trained model(s) with unreadable record or weights "
+                 f"{'discarded, to be trained again' if not self.readonly else 'skipped'}: {_keys(bad)}")
+        return out
 
     def set_meta(self, name: str, value) -> None:
         self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, json.dumps(value)))
@@ -138,7 +251,13 @@ class Store:
     # -- reading ---------------------------------------------------------------------------------
     def meta(self, name: str, default=None):
         row = self.db.execute("SELECT value FROM meta WHERE name=?", (name,)).fetchone()
-        return json.loads(row[0]) if row else default
+        if row is None:
+            return default
+        try:
+            return json.loads(row[0])
+        except (TypeError, ValueError):
+            warn(f"{self.path}: unreadable meta entry {name!r} ignored")
+            return default
 
     def keys(self) -> set[str]:
         return {r[0] for r in self.db.execute("SELECT key FROM runs")}
@@ -151,9 +270,17 @@ class Store:
         return self.db.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
 
     def records(self) -> list[dict]:
-        """Every stored model's record (config, status, losses, measures, timings, versions), with 'key'."""
-        return [{**json.loads(rec), "key": key}
-                for key, rec in self.db.execute("SELECT key, record FROM runs ORDER BY rowid")]
+        """Every stored model's record (config, status, losses, measures, timings, versions), with 'key'.
+        A row whose record cannot be read is skipped with a warning naming its key, and listed in .skipped."""
+        out, self.skipped = [], []
+        for key, rec in self.db.execute("SELECT key, record FROM runs ORDER BY rowid"):
+            try:
+                out.append({**_record(rec, "status"), "key": key})
+            except ValueError as e:
+                self.skipped.append((key, str(e)))
+        if self.skipped:
+            warn(f"{self.path}: skipped {len(self.skipped)} unreadable model row(s): {_keys(self.skipped)}")
+        return out
 
     def frame(self):
         """The records as a pandas DataFrame (one row per model; pair as 'pair' = 'a/b')."""
@@ -180,8 +307,70 @@ class Store:
     def params(self, key: str) -> MLPStack:
         row = self.db.execute("SELECT state FROM weights WHERE key=?", (key,)).fetchone()
         if row is None:
-            raise DataError(f"no stored weights for model {key}")
-        return _params(row[0])
+            raise StoreError(f"no stored weights for model {key}")
+        try:
+            return _params(row[0])
+        except Exception as e:  # noqa: BLE001 - whatever a damaged blob makes torch.load raise
+            raise StoreError(f"{self.path}: the stored weights of model {key} are unreadable ({e})") from None
+
+
+def _connect(uri: str) -> sqlite3.Connection:
+    """A read-only connection, opened for real (SQLite opens lazily: the first read finds the problems)."""
+    db = sqlite3.connect(uri, uri=True, timeout=60, isolation_level=None)
+    try:
+        db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def _cannot_write(e: sqlite3.Error) -> bool:
+    """Whether SQLite failed for want of write access (not because the file is bad)."""
+    name = getattr(e, "sqlite_errorname", "")
+    return (isinstance(e, sqlite3.OperationalError) and name.startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN",
+                                                                         "SQLITE_PERM"))
+            or any(s in str(e) for s in ("readonly", "read-only", "unable to open")))
+
+
+def _check_schema(path: Path, version) -> None:
+    if str(version) != str(SCHEMA_VERSION):
+        raise StoreError(f"{path}: results store schema {version}, this version reads {SCHEMA_VERSION}")
+
+
+def _damaged(path: Path, db: sqlite3.Connection, why: str) -> str:
+    """The error for a store that fails SQLite's integrity check: what is wrong, how many model rows can still
+    be read, and how to keep them."""
+    n = 0
+    try:
+        for _ in db.execute("SELECT key, record FROM runs"):
+            n += 1
+    except sqlite3.DatabaseError:
+        pass
+    return (f"{path} is damaged (SQLite integrity check: {why[:160]}); {n} model row(s) can be read in a plain "
+            f"scan: copy every readable one into a new store with `python -m smoothness.salvage {path} NEWDIR`, "
+            "then `smoothness run GRID --out NEWDIR` trains only the models lost")
+
+
+def _record(text, *required) -> dict:
+    """A stored record: a JSON object (with the fields `required`), else ValueError."""
+    try:
+        rec = json.loads(text)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"record is not JSON ({getattr(e, 'msg', str(e))[:60]})") from None
+    if not isinstance(rec, dict):
+        kind = {type(None): "null", list: "an array", str: "a string", bool: "a boolean"}.get(type(rec), "a number")
+        raise ValueError(f"record is {kind}, not a JSON object")
+    missing = [f for f in required if f not in rec]
+    if missing:
+        raise ValueError(f"record lacks {', '.join(missing)}")
+    return rec
+
+
+def _keys(bad: list[tuple[str, str]], most: int = 10) -> str:
+    """Keys with their problems, for a warning: the first `most`, then how many more."""
+    s = "; ".join(f"{k} ({why})" for k, why in bad[:most])
+    return s + (f"; and {len(bad) - most} more" if len(bad) > most else "")
 
 
 def _now() -> str:

@@ -50,6 +50,7 @@ class TrainSpec:
     optimizer: str = "sgd"      # sgd, momentum or adam (optimizers.py); full-batch GD: batch_size >= N
 
     def __post_init__(self):
+        self.seed = rng.check_seed(self.seed)   # 0 <= seed < 2**32: the generator uses 32 bits
         regularizers.check(self.regularizer)
         if optimizers.check(self.optimizer) == "gd":
             raise ValueError("optimizer 'gd' is sgd with the trainer's batch_size set to the training size")

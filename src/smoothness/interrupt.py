@@ -1,0 +1,109 @@
+"""Ctrl-C and SIGTERM end a command with one line on stderr and exit status 130 or 143, at any moment.
+
+Python turns SIGINT into KeyboardInterrupt but lets SIGTERM kill the process at once, without a word and
+without the clean-up of `finally` blocks and context managers (closing the results store, the progress
+bar). While `handled()` is active, SIGTERM raises `Terminated`, a KeyboardInterrupt, in the main thread,
+so both signals take the same path; `report` prints the line and gives the exit status.
+
+While PyTorch is imported, `install(defer=True)` only notes the signals, for `pending()` afterwards: an
+exception raised in the middle of that import can be swallowed (inside a weakref callback CPython only
+prints "Exception ignored") or abort the process from PyTorch's extension code.
+"""
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from contextlib import contextmanager
+
+_received: list[int] = []   # signals received and not yet reported
+reported: int | None = None   # the exit status once report() has run
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread when the process receives SIGTERM."""
+
+
+def _on_signal(signum, frame):
+    _received.append(signum)
+    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+def _note_signal(signum, frame):
+    _received.append(signum)
+
+
+def install(defer: bool = False) -> dict:
+    """SIGTERM raises Terminated and SIGINT KeyboardInterrupt from now on, or with defer=True both are only
+    noted for pending() (main thread only; a signal that is ignored or has someone else's handler is left
+    alone). Returns the previous handlers, for restore()."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL)):
+        if old[s] in (default, _on_signal, _note_signal):
+            signal.signal(s, _note_signal if defer else _on_signal)
+    return old
+
+
+def restore(old: dict) -> None:
+    for s, h in old.items():
+        if h is not None:
+            signal.signal(s, h)
+
+
+@contextmanager
+def handled():
+    """install() for the block; the previous handlers are restored after it."""
+    old = install()
+    try:
+        yield
+    finally:
+        restore(old)
+
+
+def pending() -> KeyboardInterrupt | None:
+    """The interrupt of a signal noted but not reported (deferred, or its exception swallowed), if any."""
+    if not _received:
+        return None
+    return Terminated() if signal.SIGTERM in _received else KeyboardInterrupt()
+
+
+def exit_status(exc: BaseException) -> int:
+    """128 + the signal number: 143 for SIGTERM, 130 for Ctrl-C (SIGINT)."""
+    return 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
+
+
+def report(exc: BaseException, note=None, stream=None) -> int:
+    """Print `smoothness: interrupted` (or `terminated (SIGTERM)`) and what note() returns, one line;
+    return the exit status.
+
+    Further SIGINT/SIGTERM are ignored from here on (main thread), so a second Ctrl-C cannot turn the
+    message into a traceback; the caller is about to exit (handled() restores the handlers)."""
+    global reported
+    if threading.current_thread() is threading.main_thread():
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, signal.SIG_IGN)
+    try:
+        extra = note() if note is not None else ""
+    except Exception:   # the message must not fail
+        extra = ""
+    what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+    print(f"smoothness: {what}{extra}", file=stream or sys.stderr, flush=True)
+    _received.clear()
+    reported = exit_status(exc)
+    return reported
+
+
+def stored_note(grid, out) -> str:
+    """For an interrupted `run`: how many of the grid's models the store in `out` holds, and how to resume."""
+    from pathlib import Path
+
+    from .grid import config_key
+    from .store import Store
+    keys = {config_key(c) for c in grid.configs()}
+    if not (Path(out) / Store.FILENAME).exists():
+        return f"; nothing is stored in {out} yet"
+    with Store(out, create=False) as st:
+        n = len(keys & st.keys())
+    return f"; {n} of {len(keys)} models of grid {grid.name} are stored in {out}; run the same command again to resume"
