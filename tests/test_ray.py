@@ -10,7 +10,6 @@ import time
 from dataclasses import asdict
 
 import pytest
-import torch
 
 from smoothness import cli, distributed, experiments, grid
 from smoothness.errors import SmoothnessError

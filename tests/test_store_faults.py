@@ -6,7 +6,6 @@ import shutil
 import sqlite3
 
 import pytest
-import torch
 
 from conftest import run_cli
 from smoothness import cli, experiments, grid

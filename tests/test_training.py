@@ -4,7 +4,7 @@ import torch
 
 from smoothness import data, training
 from smoothness.errors import ConfigError
-from tolerance import OUTCOME_REL, assert_close_tensors, assert_same_outcome, assert_same_trajectory, kernel_noise
+from tolerance import OUTCOME_REL, assert_same_outcome, assert_same_trajectory, kernel_noise
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ from . import rng, training
 from . import grid as grid_mod
 from .console import EpochProgress, emit_record, print_table, stdout_closed
 from .errors import SmoothnessError, StoreError
-from .store import Store
 
 def _add_data_args(p: argparse.ArgumentParser, required_pair: bool = True) -> None:
     p.add_argument("--data", default=None if not required_pair else "mnist5k", choices=data.SOURCES,
@@ -294,18 +293,7 @@ def _run(g, a) -> Path:
 def cmd_run(a) -> int:
     g = _grid(grid_mod.resolve(a.grid), a)
     if a.dry_run:
-        out = _out_dir(g, a)
-        configs = g.configs()
-        keys = {grid_mod.config_key(c) for c in configs}
-        stored, note = 0, ""
-        if (out / Store.FILENAME).exists():
-            with Store(out / Store.FILENAME, create=False) as st:
-                stored = len(keys & st.keys())
-                held = (st.meta("grid") or {}).get("name")
-                if held and held != g.name and len(st) and not a.merge:
-                    note = f" (the store holds grid '{held}': run refuses it without --merge)"
-        print(f"grid {g.name}: {len(configs)} models ({len(g.pairs)} pairs, sizes {g.sizes()}, seeds {g.seeds}); "
-              f"{stored} stored in {out}, {len(configs) - stored} to train{note}")
+        print(experiments.dry_run(g, _out_dir(g, a), a.merge))
         return 0
     _run(g, a)
     return 0

@@ -159,6 +159,21 @@ def claim_store(store: Store, grid: Grid, merge: bool) -> None:
     store.set_meta("grid", grid.to_dict())
 
 
+def dry_run(grid: Grid, out: Path, merge: bool = False) -> str:
+    """One line: the grid's size and how many of its models the store in `out` holds (read-only)."""
+    configs = grid.configs()
+    keys = {config_key(c) for c in configs}
+    stored, note = 0, ""
+    if (out / Store.FILENAME).exists():
+        with Store(out / Store.FILENAME, create=False) as st:
+            stored = len(keys & st.keys())
+            held = (st.meta("grid") or {}).get("name")
+            if held and held != grid.name and len(st) and not merge:
+                note = f" (the store holds grid '{held}': run refuses it without --merge)"
+    return (f"grid {grid.name}: {len(configs)} models ({len(grid.pairs)} pairs, sizes {grid.sizes()}, seeds "
+            f"{grid.seeds}); {stored} stored in {out}, {len(configs) - stored} to train{note}")
+
+
 def _remove_if_empty(path: Path, made: list[Path]) -> None:
     """Remove a store this run created if it holds no model, then the directories the run created, if empty."""
     import sqlite3
