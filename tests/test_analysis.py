@@ -73,6 +73,9 @@ def test_table2_picks_the_largest_converging_lambda_and_normalizes_by_the_lower_
     assert len(ratios) == 4 + 3 and np.allclose(ratios["r"], 0.5)
     figs = {d["measure"]: d for d in A.figure2_data(df)}
     assert [len(v) for v in figs["GN"]["values"].values()] == [4, 4, 1] and figs["GN"]["chosen"] == 1e-4
+    # the edge of the GN ladder lies between 1e-4 and 1e-3; FPL's only lambda converged: the ladder is too short
+    assert gn["lam_above"] == 1e-3 and not gn["ladder_short"]
+    assert fpl["ladder_short"] and (fpl["lam_above"] is None or np.isnan(fpl["lam_above"]))
 
 
 def test_no_lambda_converges_gives_an_empty_regularized_column():

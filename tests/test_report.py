@@ -56,6 +56,15 @@ def test_report_files_and_tables(smoke):
     assert len(taus) == 4 and taus["gradient_norm"].between(-1, 1).all()   # 2 pairs x 2 seeds
     runs = pd.read_csv(rep / "runs.csv")
     assert len(runs) == len(grid.preset("smoke").configs())
+    # the report opens with the verdict: one row per measure, ours and the paper's, from this store's tables
+    md = (rep / "report.md").read_text()
+    assert md.index("## Verdict") < md.index("## Table 1")
+    v = pd.read_csv(rep / "verdict.csv")
+    assert list(v["measure"]) == ["GN", "FPL", "GPL", "WP"]
+    assert list(v["paper_reading"]) == ["SGD does not optimize it"] * 2 + ["consistent with SGD optimizing it"] * 2
+    t1s = pd.read_csv(rep / "table1.csv").set_index("measure")
+    assert v.set_index("measure").loc["GN", "tau"] == pytest.approx(t1s.loc["GN", "tau_mean"])
+    assert "Verdict: does SGD optimize each measure?" in (rep / "report.html").read_text()
     assert "Table 1" in r.stdout and "Table 2" in r.stdout and "report.html" in r.stdout
 
 

@@ -111,7 +111,8 @@ def table1(df: pd.DataFrame, taus: pd.DataFrame | None = None) -> pd.DataFrame:
             pm, ps = PAPER_TABLE1.get(m, (None, None))
             out.append({"setting": _setting_label(dict(zip(SETTING, keys))), "measure": short,
                         "tau_mean": vals.mean(), "tau_std": vals.std(ddof=0) if len(vals) > 1 else np.nan,
-                        "datasets": len(vals), "models": len(sel),
+                        "datasets": len(vals), "models": len(sel), "data": keys[0],
+                        "n_sizes": int(sel["n_train"].nunique()), "n_max": int(sel["n_train"].max()),
                         "converged": int((sel["status"] == "converged").sum()),
                         "excluded": int((sel["status"] != "converged").sum()),
                         "paper_tau_mean": pm, "paper_tau_std": ps})
@@ -119,7 +120,9 @@ def table1(df: pd.DataFrame, taus: pd.DataFrame | None = None) -> pd.DataFrame:
 
 
 def _largest_lambda(counts: pd.Series, totals: pd.Series) -> float | None:
-    """The largest lambda at which at least half of the models reached the loss threshold."""
+    """The largest lambda at which at least half of the models reached the loss threshold (the paper's rule,
+    sec. 4.3). Table 2 also records the next lambda tried above it (where training failed) and whether there
+    was none (`ladder_short`: the edge lies above the ladder, so the true largest lambda is unknown)."""
     ok = [lam for lam in sorted(totals.index) if totals[lam] and counts.get(lam, 0) * 2 >= totals[lam]]
     return ok[-1] if ok else None
 
@@ -159,9 +162,11 @@ def _regularized_groups(df: pd.DataFrame):
         lam = _largest_lambda(conv, pos)
         setting = dict(zip(key, keys))
         label = _setting_label(setting) + f", N {keys[-1]}"
-        yield {"regularizer": reg, "lam": lam, "base": base, "at": g[g["lam"] == lam] if lam is not None else g[:0],
+        above = [x for x in sorted(pos.index) if lam is not None and x > lam]
+        yield {"regularizer": reg, "lam": lam, "lam_above": above[0] if above else None,
+               "ladder_short": lam is not None and not above, "base": base, "at": g[g["lam"] == lam] if lam is not None else g[:0],
                "all": allr, "totals": totals, "converged": conv, "label": label, "n_train": keys[-1],
-               "lr": setting["lr"], "max_epochs": setting["max_epochs"],
+               "lr": setting["lr"], "max_epochs": setting["max_epochs"], "data": setting["data"],
                "table": _setting_label(setting, with_lr=False) + f", N {keys[-1]}"}
 
 
@@ -179,9 +184,11 @@ def table2(df: pd.DataFrame, ratios: pd.DataFrame | None = None) -> pd.DataFrame
         paper = PAPER_TABLE2.get(m, (None,) * 5)
         lower = float(base_ok["fpl_lower_bound"].mean()) if m == "function_path_length" and len(base_ok) else 0.0
         tried = ", ".join(f"{x:g}: {int(r['converged'].get(x, 0))}/{int(n)}" for x, n in r["totals"].items())
-        out.append({"setting": r["label"], "table": r["table"], "lr": r["lr"], "max_epochs": r["max_epochs"],
+        out.append({"setting": r["label"], "table": r["table"], "data": r["data"], "n_train": r["n_train"],
+                    "lr": r["lr"], "max_epochs": r["max_epochs"],
                     "regularizer": reg, "measure": SHORT[m],
-                    "lam": lam, "unreg_mean": base_ok[m].mean() if len(base_ok) else np.nan,
+                    "lam": lam, "lam_above": r["lam_above"], "ladder_short": r["ladder_short"],
+                    "unreg_mean": base_ok[m].mean() if len(base_ok) else np.nan,
                     "reg_mean": at_ok[m].mean() if len(at_ok) else np.nan, "lower_bound": lower,
                     "r_norm_mean": rr["r"].mean() if len(rr) else np.nan,
                     "r_norm_std": rr["r"].std(ddof=0) if len(rr) > 1 else np.nan, "datasets": len(rr),

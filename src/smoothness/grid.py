@@ -175,6 +175,27 @@ def _num(v, kind, key, *, positive=False, nonneg=False, allow_none=False):
     return v
 
 
+MAX_RUNGS = 40
+
+
+def _ladder(v: dict) -> list[float]:
+    """A lambda ladder {start, factor, end}: 0 (the baseline), then start, start * factor, ... up to end (within
+    rounding), each rounded to 6 significant digits so that it reads and keys as written (3 * 1e-5 = 3e-05)."""
+    _unknown(v, ("start", "factor", "end"), "lam ladder")
+    if set(v) != {"start", "factor", "end"}:
+        raise ConfigError("key 'lam': a ladder needs start, factor and end, e.g. {start: 1.0e-5, factor: 3, end: 1.0e-2}")
+    start = _num(v["start"], float, "lam.start", positive=True)
+    factor = _num(v["factor"], float, "lam.factor", positive=True)
+    end = _num(v["end"], float, "lam.end", positive=True)
+    if factor <= 1 or end < start:
+        raise ConfigError(f"key 'lam': a ladder needs factor > 1 and end >= start, got factor {factor:g}, "
+                          f"start {start:g}, end {end:g}")
+    rungs = math.floor(math.log(end / start) / math.log(factor) + 1e-9) + 1
+    if rungs > MAX_RUNGS:
+        raise ConfigError(f"key 'lam': the ladder has {rungs} values, more than {MAX_RUNGS}: raise the factor")
+    return [0.0] + [float(f"{start * factor ** k:.6g}") for k in range(rungs)]
+
+
 def _seeds(v, key: str) -> list[int]:
     """One seed or a list: integers 0 <= seed < 2**32, the rule of RunConfig and the CLI (rng.check_seed)."""
     return [rng.check_seed(s, f"key {key!r}") for s in _as_list(v)]
@@ -252,7 +273,8 @@ def _regularizers(v):
             regularizers.check(name)
         except ValueError as err:
             raise ConfigError(f"key 'regularizers': {err}") from None
-        lam = [_num(x, float, "lam", nonneg=True) for x in _as_list(e.get("lam", 0.0))]
+        lam = _ladder(e["lam"]) if isinstance(e.get("lam"), dict) else \
+            [_num(x, float, "lam", nonneg=True) for x in _as_list(e.get("lam", 0.0))]
         if name == "none" and any(x > 0 for x in lam):
             raise ConfigError("key 'regularizers': the entry 'none' takes no lam > 0")
         lr = _num(e.get("lr"), float, "lr", positive=True, allow_none=True)

@@ -7,97 +7,14 @@ import math
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from . import analysis as A
 from .errors import StoreError
 from .store import Store
-
-def _f(v, digits=3) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "–"
-    if isinstance(v, (int, np.integer)):
-        return str(v)
-    return f"{v:.{digits}g}" if abs(v) < 1e-2 and v != 0 else f"{v:.{digits}f}".rstrip("0").rstrip(".") or "0"
+from .tables import depth_tables, lr_sweep_tables, status_table, table1_tables, table2_tables, verdict_tables
 
 
-def _pm(m, s) -> str:
-    return _f(m) if s is None or (isinstance(s, float) and math.isnan(s)) else f"{_f(m)} ± {_f(s, 2)}"
-
-
-class Table:
-    """Headers and rows of strings, rendered as Markdown or HTML."""
-
-    def __init__(self, title: str, headers: list[str], rows: list[list[str]], note: str = ""):
-        self.title, self.headers, self.rows, self.note = title, headers, rows, note
-
-    def markdown(self) -> str:
-        lines = [f"**{self.title}**", "", "| " + " | ".join(self.headers) + " |",
-                 "|" + "|".join("---" for _ in self.headers) + "|"]
-        lines += ["| " + " | ".join(r) + " |" for r in self.rows]
-        return "\n".join(lines + (["", self.note] if self.note else [])) + "\n"
-
-    def html(self) -> str:
-        head = "".join(f"<th>{html.escape(h)}</th>" for h in self.headers)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in self.rows)
-        note = f"<p class='note'>{html.escape(self.note)}</p>" if self.note else ""
-        return (f"<h3>{html.escape(self.title)}</h3><table><thead><tr>{head}</tr></thead>"
-                f"<tbody>{body}</tbody></table>{note}")
-
-
-def table1_tables(t1: pd.DataFrame) -> list[Table]:
-    out = []
-    for setting, g in t1.groupby("setting", sort=False):
-        rows = [["Kendall's τ (ours)"] + [_pm(r.tau_mean, r.tau_std) for r in g.itertuples()],
-                ["Kendall's τ (paper)"] + [_pm(r.paper_tau_mean, r.paper_tau_std) for r in g.itertuples()]]
-        r0 = g.iloc[0]
-        note = (f"Ours: mean ± std over {int(r0.datasets)} (pair, seed) datasets; {int(r0.converged)} of "
-                f"{int(r0.models)} unregularized models converged, {int(r0.excluded)} excluded (not converged or "
-                f"diverged). Paper: 45 MNIST-binary pairs × 3 seeds, N = 64…8192. Setting: {setting}.")
-        out.append(Table("Table 1: monotonicity, Kendall's τ between training size N and each measure",
-                         ["Smoothness measure"] + list(g["measure"]), rows, note))
-    return out
-
-
-def table2_tables(t2: pd.DataFrame) -> list[Table]:
-    """One table per training setting and N, one column per regularizer (paper order), as the paper's Table 2."""
-    out = []
-    order = {m: i for i, m in enumerate(["GN", "GN²", "FPL", "GPL", "WP", "PN", "MGN"])}
-    for setting, g in t2.groupby("table", sort=False):
-        cols = sorted(g.itertuples(), key=lambda c: (order.get(c.measure, 9), c.lr))
-        lam = [_f(c.lam) if c.lam is not None and not pd.isna(c.lam) else "none" for c in cols]
-        rows = [["Regularizer"] + [c.regularizer for c in cols],
-                ["Learning rate, epoch cap"] + [f"{_f(c.lr)}, {c.max_epochs}" for c in cols],
-                ["Largest λ still converging"] + lam,
-                ["Unregularized mean μ_unreg (ours / paper)"] + [f"{_f(c.unreg_mean)} / {_f(c.paper_unreg_mean)}"
-                                                                 for c in cols],
-                ["Regularized mean μ_reg (ours / paper)"] + [f"{_f(c.reg_mean)} / {_f(c.paper_reg_mean)}"
-                                                             for c in cols],
-                ["Lower bound l_S (ours / paper)"] + [f"{_f(c.lower_bound)} / {_f(c.paper_lower_bound)}"
-                                                      for c in cols],
-                ["r_norm (ours)"] + [_pm(c.r_norm_mean, c.r_norm_std) for c in cols],
-                ["r_norm (paper)"] + [_pm(c.paper_r_norm_mean, c.paper_r_norm_std) for c in cols],
-                ["Datasets in r_norm"] + [str(c.datasets) for c in cols],
-                ["Converged per λ"] + [c.converged_by_lambda for c in cols]]
-        note = ("Means over converged models only; μ_unreg over the λ = 0 models of the same learning rate, N and "
-                "seeds; r_norm (eq. 16) over the datasets where both the unregularized model and the model at the "
-                "chosen λ converged. The chosen λ is the largest at which at least half of the models reached the "
-                f"loss threshold. Setting: {setting}.")
-        out.append(Table("Table 2: explicit regularization", ["Smoothness measure"] + [c.measure for c in cols],
-                         rows, note))
-    return out
-
-
-def status_table(counts: pd.DataFrame) -> Table:
-    rows = [[r.regularizer, _f(r.lam), _f(r.lr), str(r.n_train), str(r.converged), str(r.not_converged),
-             str(r.diverged)] for r in counts.itertuples()]
-    return Table("Models by status", ["regularizer", "λ", "lr", "N", "converged", "not converged", "diverged"],
-                 rows, "Not converged (epoch cap reached) and diverged (non-finite loss) models are excluded from "
-                       "the tables and figures.")
-
-
-# -- figures ----------------------------------------------------------------------------------------
 def _plt():
     import matplotlib
     matplotlib.use("Agg")
@@ -172,23 +89,6 @@ def _vs_n(size: pd.DataFrame, cols: dict, path: Path, title: str, logy=()) -> bo
     return True
 
 
-def lr_sweep_tables(sweep: pd.DataFrame) -> list[Table]:
-    """One table per setting and N: a row per learning rate."""
-    cols = [c for c in A.SWEEP if f"{c}_mean" in sweep]
-    tabs = []
-    for keys, g in sweep.groupby(A._NO_LR + ["n_train"], sort=True):
-        label = A._setting_label({**dict(zip(A._NO_LR, keys)), "lr": 0, "max_epochs": 0}, with_lr=False)
-        rows = [[f"{r['lr']:g}", f"{r['converged']}/{r['models']}", str(r["diverged"]), _f(r["final_loss_median"]),
-                 _f(r["two_over_lr"])]
-                + [_pm(r[f"{c}_mean"], r[f"{c}_std"]) for c in cols] for _, r in g.sort_values("lr").iterrows()]
-        tabs.append(Table(f"Learning-rate sweep: {label}, N = {keys[-1]}",
-                          ["lr", "converged", "diverged", "final loss (median)", "2/lr"] + [A.SWEEP[c] for c in cols],
-                          rows, "Means ± std over converged models (datasets and seeds); the final loss is the last "
-                          "epoch's training loss, median over all models. Sharpness is the top eigenvalue of the "
-                          "training-loss Hessian; full-batch GD is stable only below 2/lr."))
-    return tabs
-
-
 def lr_sweep_figure(sweep: pd.DataFrame, path: Path) -> bool:
     cols = [c for c in A.SWEEP if f"{c}_mean" in sweep]
     if not len(sweep) or not cols:
@@ -218,23 +118,6 @@ def lr_sweep_figure(sweep: pd.DataFrame, path: Path) -> bool:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
-
-
-def depth_tables(bd: pd.DataFrame) -> list[Table]:
-    """One table per setting: a row per measure, a column per architecture (Kendall's tau(N, measure))."""
-    tabs = []
-    for keys, g in bd.groupby(A._NO_HIDDEN, sort=True):
-        archs = list(dict.fromkeys(g["hidden"]))
-        rows = []
-        for m in A.DEPTH_MEASURES.values():
-            cell = {r["hidden"]: (_pm(r["tau_mean"], r["tau_std"]) + f" ({r['datasets']})")
-                    for _, r in g[g["measure"] == m].iterrows()}
-            rows.append([m] + [cell.get(a, "–") for a in archs])
-        label = A._setting_label({**dict(zip(A._NO_HIDDEN, keys)), "hidden": "*"})
-        tabs.append(Table(f"Table 1 by depth: {label}", ["Smoothness measure"] + [f"hidden {a}" for a in archs],
-                          rows, "Kendall's τ between N and each measure, mean ± std over (pair, seed) with the "
-                                "number of those in brackets; converged unregularized models only."))
-    return tabs
 
 
 def depth_figure(bd: pd.DataFrame, path: Path) -> bool:
@@ -320,6 +203,11 @@ def _write(out: Path, df: pd.DataFrame, grid: dict, merged: list, versions: dict
         taus, ratios = A.kendall_taus(df), A.table2_ratios(df)
         t1, t2 = A.table1(df, taus), A.table2(df, ratios)
         tables1, tables2 = table1_tables(t1) if len(t1) else [], table2_tables(t2) if len(t2) else []
+        from .verdict import verdict
+        ver = verdict(t1, t2)
+        tables_v = verdict_tables(ver) if len(ver) else []
+        if len(ver):
+            save_csv("verdict.csv", ver)
         sweep = A.by_lr(df)
         tables_lr = lr_sweep_tables(sweep) if len(sweep) else []
         depth = A.by_depth(taus)
@@ -334,7 +222,8 @@ def _write(out: Path, df: pd.DataFrame, grid: dict, merged: list, versions: dict
         if len(t2):
             save_csv("table2.csv", t2)
             save_csv("table2_ratios.csv", ratios)
-        for name, tabs in (("table1.md", tables1), ("table2.md", tables2), ("lr_sweep.md", tables_lr),
+        for name, tabs in (("verdict.md", tables_v), ("table1.md", tables1), ("table2.md", tables2),
+                           ("lr_sweep.md", tables_lr),
                            ("depth.md", tables_depth)):
             if tabs:
                 (out / name).write_text("\n".join(t.markdown() for t in tabs))
@@ -358,7 +247,7 @@ def _write(out: Path, df: pd.DataFrame, grid: dict, merged: list, versions: dict
         if lr_sweep_figure(sweep, out / "lr_sweep.png"):
             figs["lr_sweep.png"] = "Sharpness, norms, smoothness and test loss against the learning rate"
         written.update({f: out / f for f in figs})
-        blocks = [("Table 1", tables1), ("Table 2", tables2), ("Depth", tables_depth),
+        blocks = [("Verdict", tables_v), ("Table 1", tables1), ("Table 2", tables2), ("Depth", tables_depth),
                   ("Learning-rate sweep", tables_lr), ("Status", [status_table(counts)])]
         for head, tabs in blocks:
             if tabs:

@@ -1,0 +1,76 @@
+"""The verdict per measure: the paper's reading as rules, applied to the paper's values and to hand-made tables."""
+import math
+
+import pandas as pd
+import pytest
+
+from smoothness import grid, verdict as V
+from smoothness.errors import ConfigError
+
+
+def test_the_rules_on_the_papers_values_give_the_papers_conclusions():
+    # Volhejn & Lampert: SGD does not optimize GN or FPL (low tau, reducible); GPL and WP are consistent.
+    assert V._paper_reading("GN") == V._paper_reading("FPL") == V.NOT_OPTIMIZED
+    assert V._paper_reading("GPL") == V._paper_reading("WP") == V.CONSISTENT
+
+
+def test_the_data_must_support_a_reading():
+    assert V.read_tau(0.9, 1, 4)[0] is None and "too little data" in V.read_tau(0.9, 1, 4)[1]
+    assert V.read_tau(0.9, 5, 2)[0] is None
+    assert V.read_tau(float("nan"), 5, 4)[0] is None
+    assert V.read_tau(0.95, 5, 4)[0] == "monotone" and V.read_tau(0.3, 5, 4)[0] == "not"
+    assert V.read_tau(0.6, 5, 4)[0] == "partly"
+    # a high r_norm with every lambda converged says nothing: a larger lambda might still reduce the measure
+    kind, why = V.read_r(0.95, 5, 1e-3, ladder_short=True)
+    assert kind is None and "extend the ladder" in why
+    assert V.read_r(0.95, 5, 1e-3, ladder_short=False)[0] == "not"
+    assert V.read_r(0.4, 5, 1e-3, ladder_short=True)[0] == "reducible"      # reduced already: enough to say so
+    assert V.read_r(0.4, 5, None, ladder_short=False)[0] is None            # no lambda converged
+    assert V.reading("monotone", None) == V.INCONCLUSIVE
+    assert V.reading("monotone", "not") == V.CONSISTENT
+    assert V.reading("not", None) == V.reading(None, "reducible") == V.NOT_OPTIMIZED
+
+
+def _t1(measure, tau, datasets=6, n_max=512):
+    return {"data": "mnist5k", "measure": measure, "tau_mean": tau, "tau_std": 0.1, "datasets": datasets,
+            "converged": 4 * datasets, "n_sizes": 4, "n_max": n_max, "paper_tau_mean": 0.5}
+
+
+def _t2(measure, r, lam=1e-3, short=False, datasets=5):
+    return {"data": "mnist5k", "measure": measure, "r_norm_mean": r, "r_norm_std": 0.05, "datasets": datasets,
+            "lam": lam, "ladder_short": short, "n_train": 256, "paper_r_norm_mean": 0.5}
+
+
+def test_verdict_table_per_measure():
+    t1 = pd.DataFrame([_t1("GN", 0.98), _t1("FPL", 0.2), _t1("GPL", 1.0), _t1("WP", 1.0, datasets=1)])
+    t2 = pd.DataFrame([_t2("GN", 0.5), _t2("FPL", 0.95), _t2("GPL", 0.97), _t2("WP", 0.99, short=True)])
+    v = V.verdict(t1, t2).set_index("measure")
+    assert v.loc["GN", "reading"] == V.NOT_OPTIMIZED          # monotone, but regularization halves it
+    assert v.loc["FPL", "reading"] == V.NOT_OPTIMIZED         # not monotone
+    assert v.loc["GPL", "reading"] == V.CONSISTENT
+    assert v.loc["WP", "reading"] == V.INCONCLUSIVE           # one dataset, and the ladder was too short
+    assert "too little data" in v.loc["WP", "why"] and "extend the ladder" in v.loc["WP", "why"]
+    assert "N ≤ 512" in v.loc["GN", "why"]
+    assert v.loc["GN", "paper_reading"] == V.NOT_OPTIMIZED and v.loc["GN", "tau_datasets"] == 6
+    only1 = V.verdict(t1, t2[:0]).set_index("measure")
+    assert only1.loc["GPL", "reading"] == V.INCONCLUSIVE and "no Table 2 runs" in only1.loc["GPL", "why"]
+    assert math.isnan(only1.loc["GPL", "r_norm"])
+
+
+def test_a_lambda_ladder_in_a_grid():
+    g = grid.parse({"name": "l", "n_train": 64, "regularizers": [
+        {"name": "gradient_norm", "lam": {"start": 1e-5, "factor": 3, "end": 1e-3}}]})
+    lam = g.regularizers[0]["lam"]
+    assert lam == [0.0, 1e-5, 3e-5, 9e-5, 2.7e-4, 8.1e-4]
+    assert sorted({c.lam for c in g.configs()}) == lam
+    exact = grid.parse({"name": "l", "n_train": 64, "regularizers": [
+        {"name": "gradient_norm", "lam": {"start": 1e-4, "factor": 10, "end": 1e-2}}]})
+    assert exact.regularizers[0]["lam"] == [0.0, 1e-4, 1e-3, 1e-2]      # the end itself, despite rounding
+    for bad, match in [({"start": 1e-5, "factor": 1, "end": 1e-3}, "factor > 1"),
+                       ({"start": 1e-5, "end": 1e-3}, "start, factor and end"),
+                       ({"start": 1e-3, "factor": 2, "end": 1e-5}, "end >= start"),
+                       ({"start": 1e-9, "factor": 1.1, "end": 1.0}, "raise the factor"),
+                       ({"start": 1e-5, "factor": 2, "end": 1e-3, "steps": 3}, "steps"),
+                       ({"start": -1, "factor": 2, "end": 1e-3}, "lam.start")]:
+        with pytest.raises(ConfigError, match=match):
+            grid.parse({"name": "l", "n_train": 64, "regularizers": [{"name": "gradient_norm", "lam": bad}]})
