@@ -164,7 +164,8 @@ def _regularized_groups(df: pd.DataFrame):
         label = _setting_label(setting) + f", N {keys[-1]}"
         above = [x for x in sorted(pos.index) if lam is not None and x > lam]
         yield {"regularizer": reg, "lam": lam, "lam_above": above[0] if above else None,
-               "ladder_short": lam is not None and not above, "base": base, "at": g[g["lam"] == lam] if lam is not None else g[:0],
+               "ladder_short": lam is not None and not above, "base": base,
+               "at": g[g["lam"] == lam] if lam is not None else g[:0],
                "all": allr, "totals": totals, "converged": conv, "label": label, "n_train": keys[-1],
                "lr": setting["lr"], "max_epochs": setting["max_epochs"], "data": setting["data"],
                "table": _setting_label(setting, with_lr=False) + f", N {keys[-1]}"}

@@ -106,7 +106,8 @@ def verdict_tables(v: pd.DataFrame) -> list[Table]:
                  f"{_pm(r.r_norm, r.r_norm_std)} / {_f(r.paper_r_norm)}" + (
                      f" ({r.r_datasets} pairs, λ {_f(r.lam)}, N {r.n_train_reg})" if r.r_datasets else ""),
                  r.reading, r.paper_reading, r.why] for r in g.itertuples()]
-        note = (f"Reading (module smoothness.verdict): SGD does not optimize a measure if τ ≤ {V.TAU_NOT_MONOTONE:g} "
+        note = (f"Reading (module smoothness.verdict): SGD does not optimize a measure if "
+                f"τ ≤ {V.TAU_NOT_MONOTONE:g} "
                 f"or r_norm ≤ {V.R_REDUCIBLE:g}; the data are consistent with SGD optimizing it if τ ≥ "
                 f"{V.TAU_MONOTONE:g} and r_norm ≥ {V.R_NOT_REDUCIBLE:g} with a λ ladder that reached a λ too large "
                 f"to interpolate; anything else, or too little data (fewer than {V.MIN_DATASETS} datasets or "

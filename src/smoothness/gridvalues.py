@@ -1,0 +1,178 @@
+"""The values of a grid file, one checker per key: each returns the parsed value or raises a ConfigError that
+names the key (grid.parse puts them together)."""
+from __future__ import annotations
+
+import difflib
+import math
+import re
+
+from . import data as datasets
+from . import optimizers, precision, regularizers, rng
+from .errors import ConfigError
+
+REGULARIZER_KEYS = {"name", "lam", "lr", "max_epochs", "n_train", "seeds"}
+
+
+def unknown_keys(keys, known, where):
+    for k in keys:
+        if k not in known:
+            close = difflib.get_close_matches(str(k), sorted(known), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{where}: unknown key {k!r}{hint}; known keys: {', '.join(sorted(known))}")
+
+
+def as_list(v):
+    return list(v) if isinstance(v, (list, tuple)) else [v]
+
+
+def number(v, kind, key, *, positive=False, nonneg=False, allow_none=False):
+    """One number of type kind (int/float); strings such as '1e-5' (YAML 1.1) are accepted for floats."""
+    if v is None and allow_none:
+        return None
+    if kind is float and isinstance(v, str):
+        try:
+            v = float(v)
+        except ValueError:
+            pass
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and (kind is float or isinstance(v, int))
+    if not ok:
+        want = "an integer" if kind is int else "a number"
+        raise ConfigError(f"key {key!r}: expected {want}, got {v!r}")
+    v = kind(v)
+    if kind is float and not math.isfinite(v):
+        raise ConfigError(f"key {key!r}: must be a finite number, got {v!r}")
+    if positive and not v > 0:
+        raise ConfigError(f"key {key!r}: must be positive, got {v!r}")
+    if nonneg and not v >= 0:
+        raise ConfigError(f"key {key!r}: must be non-negative, got {v!r}")
+    return v
+
+
+MAX_RUNGS = 40
+
+
+def ladder(v: dict) -> list[float]:
+    """A lambda ladder {start, factor, end}: 0 (the baseline), then start, start * factor, ... up to end (within
+    rounding), each rounded to 6 significant digits so that it reads and keys as written (3 * 1e-5 = 3e-05)."""
+    unknown_keys(v, ("start", "factor", "end"), "lam ladder")
+    if set(v) != {"start", "factor", "end"}:
+        raise ConfigError("key 'lam': a ladder needs start, factor and end, e.g. "
+                          "{start: 1.0e-5, factor: 3, end: 1.0e-2}")
+    start = number(v["start"], float, "lam.start", positive=True)
+    factor = number(v["factor"], float, "lam.factor", positive=True)
+    end = number(v["end"], float, "lam.end", positive=True)
+    if factor <= 1 or end < start:
+        raise ConfigError(f"key 'lam': a ladder needs factor > 1 and end >= start, got factor {factor:g}, "
+                          f"start {start:g}, end {end:g}")
+    rungs = math.floor(math.log(end / start) / math.log(factor) + 1e-9) + 1
+    if rungs > MAX_RUNGS:
+        raise ConfigError(f"key 'lam': the ladder has {rungs} values, more than {MAX_RUNGS}: raise the factor")
+    return [0.0] + [float(f"{start * factor ** k:.6g}") for k in range(rungs)]
+
+
+def seed_list(v, key: str) -> list[int]:
+    """One seed or a list: integers 0 <= seed < 2**32, the rule of RunConfig and the CLI (rng.check_seed)."""
+    return [rng.check_seed(s, f"key {key!r}") for s in as_list(v)]
+
+
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}")
+
+
+def grid_name(v, from_file: bool) -> str:
+    """A grid name (the folder runs/NAME): letters, digits and _ . + -, not starting with a dot, no '..'."""
+    v = str(v)
+    if not _NAME_RE.fullmatch(v) or ".." in v:
+        where = " (taken from the file name; set one with name:)" if from_file else ""
+        raise ConfigError(f"key 'name': {v!r}{where} is not a valid grid name: use up to 100 letters, digits and "
+                          "_ . + -, starting with a letter or digit, without '..' or path separators")
+    return v
+
+
+def axis(raw, key, kind, default, **kw):
+    vals = as_list(raw.get(key, default))
+    if not vals:
+        raise ConfigError(f"key {key!r}: needs at least one value")
+    return [number(v, kind, key, **kw) for v in vals]
+
+
+def pair_list(v):
+    if v == "all":
+        return list(datasets.ALL_PAIRS)
+    if not isinstance(v, list) or not v:
+        raise ConfigError(f"key 'pairs': expected 'all' or a list of digit pairs such as [[3, 8]], got {v!r}")
+    if len(v) == 2 and all(isinstance(d, int) for d in v):
+        v = [v]
+    out = []
+    for p in v:
+        if not (isinstance(p, (list, tuple)) and len(p) == 2 and all(isinstance(d, int) for d in p)):
+            raise ConfigError(f"key 'pairs': each pair must be two digits such as [3, 8], got {p!r}")
+        try:
+            datasets.check_pair(*p)
+        except Exception as e:
+            raise ConfigError(f"key 'pairs': {e}") from None
+        out.append(tuple(p))
+    return out
+
+
+def hidden_list(v):
+    if isinstance(v, int) and not isinstance(v, bool):
+        v = [v]
+    if not isinstance(v, list) or not v:
+        raise ConfigError(f"key 'hidden': expected a width, a list of widths or a list of such lists, got {v!r}")
+    archs = [v] if all(not isinstance(h, list) for h in v) else v
+    out = []
+    for a in archs:
+        a = as_list(a)
+        if not a:
+            raise ConfigError("key 'hidden': an architecture needs at least one hidden layer")
+        out.append(tuple(number(h, int, "hidden", positive=True) for h in a))
+    return out
+
+
+def regularizer_entries(v):
+    if v is None:
+        return [{"name": "none", "lam": [0.0], "lr": None, "max_epochs": None, "n_train": None, "seeds": None}]
+    if not isinstance(v, list) or not v:
+        raise ConfigError("key 'regularizers': expected a list of entries such as "
+                          "{name: gradient_norm, lam: [0, 1e-4]}")
+    out = []
+    for e in v:
+        if isinstance(e, str):
+            e = {"name": e}
+        if not isinstance(e, dict):
+            raise ConfigError(f"key 'regularizers': each entry must be a mapping, got {e!r}")
+        unknown_keys(e, REGULARIZER_KEYS, "regularizers entry")
+        name = e.get("name", "none")
+        try:
+            regularizers.check(name)
+        except ValueError as err:
+            raise ConfigError(f"key 'regularizers': {err}") from None
+        lam = ladder(e["lam"]) if isinstance(e.get("lam"), dict) else \
+            [number(x, float, "lam", nonneg=True) for x in as_list(e.get("lam", 0.0))]
+        if name == "none" and any(x > 0 for x in lam):
+            raise ConfigError("key 'regularizers': the entry 'none' takes no lam > 0")
+        lr = number(e.get("lr"), float, "lr", positive=True, allow_none=True)
+        cap = number(e.get("max_epochs"), int, "max_epochs", positive=True, allow_none=True)
+        sizes = [number(n, int, "n_train", positive=True) for n in as_list(e["n_train"])] if "n_train" in e else None
+        seeds = seed_list(e["seeds"], "seeds") if "seeds" in e else None
+        out.append({"name": name, "lam": lam, "lr": lr, "max_epochs": cap, "n_train": sizes, "seeds": seeds})
+    return out
+
+
+def optimizer_list(v):
+    out = as_list(v)
+    if not out:
+        raise ConfigError("key 'optimizer': needs at least one value")
+    for o in out:
+        try:
+            optimizers.check(o)
+        except ValueError as err:
+            raise ConfigError(f"key 'optimizer': {err}") from None
+    return out
+
+
+def matmul_precision(v) -> str:
+    try:
+        return precision.check(v)
+    except ValueError as e:
+        raise ConfigError(f"key 'matmul_precision': {e}") from None
