@@ -95,18 +95,28 @@ def test_config_key_is_stable_and_distinguishes_configs():
     assert grid.config_key(a) != grid.config_key(b)
 
 
-@pytest.mark.parametrize("name, models", [("paper-table1", 1080), ("paper-table2", 450)])
+@pytest.mark.parametrize("name, models", [("paper-table1", 1080), ("paper-table2", 45 * 31)])
 def test_paper_presets_are_the_papers_grids(name, models):
     g = grid.preset(name)
     assert g.data == "mnist" and len(g.pairs) == 45 and len(g.configs()) == models
     if name == "paper-table1":
         assert g.n_train == [64, 128, 256, 512, 1024, 2048, 4096, 8192] and g.seeds == [0, 1, 2]
     else:
-        lams = {(c.regularizer, c.lam, c.lr) for c in g.configs()}
-        assert lams == {("none", 0.0, 0.01), ("gradient_norm", 1e-5, 0.01), ("gradient_norm", 1e-4, 0.01),
-                        ("gradient_norm", 1e-3, 0.01), ("weights_product", 1e-5, 0.01),
-                        ("weights_product", 3e-5, 0.01), ("none", 0.0, 0.1), ("function_path_length", 1e-4, 0.1),
-                        ("gradient_path_length", 1e-5, 0.1)}
+        # the paper's method: per regularizer a ladder of factor sqrt(10) (7 values) that holds the paper's own
+        # lambdas, at the paper's learning rates and caps (15,000 epochs for GN, as in the original code)
+        ladders = {}
+        for c in g.configs():
+            if c.regularizer != "none":
+                ladders.setdefault(c.regularizer, set()).add((c.lam, c.lr, c.max_epochs))
+        paper = {"gradient_norm": (0.01, 15000, [1e-5, 1e-4, 1e-3]), "weights_product": (0.01, 25000, [1e-5]),
+                 "function_path_length": (0.1, 25000, [1e-4]), "gradient_path_length": (0.1, 25000, [1e-5])}
+        assert set(ladders) == set(paper)
+        for reg, (lr, cap, own) in paper.items():
+            lams = sorted(lam for lam, r, m in ladders[reg] if (r, m) == (lr, cap))
+            assert len(lams) == len(ladders[reg]) == 7 and set(own) <= set(lams)
+            assert all(b / a == pytest.approx(10 ** 0.5, rel=1e-5) for a, b in zip(lams, lams[1:]))
+        baselines = {(c.lr, c.max_epochs) for c in g.configs() if c.regularizer == "none"}
+        assert baselines == {(0.01, 15000), (0.01, 25000), (0.1, 25000)}
     for c in g.configs():
         assert (c.hidden, c.alpha, c.batch_size, c.threshold) == ((256,), 0.01, 64, 1e-5)
 
