@@ -35,6 +35,19 @@ def test_round_to_tf32_keeps_ten_mantissa_bits_with_ties_to_even():
         precision.check("bf16")
 
 
+def test_ulp_noise_moves_each_matmul_result_by_at_most_one_unit_in_the_last_place():
+    g = torch.Generator().manual_seed(0)
+    a, b, c = torch.randn(2, 30, 40, generator=g), torch.randn(2, 40, 20, generator=g), torch.randn(2, 30, 20, generator=g)
+    exact = [torch.bmm(a, b), torch.baddbmm(c, a, b), c.clone().baddbmm_(a, b, alpha=-1.0)]
+    with precision.ulp_noise(3):
+        noisy = [torch.bmm(a, b), torch.baddbmm(c, a, b), c.clone().baddbmm_(a, b, alpha=-1.0)]
+    for e, n in zip(exact, noisy):
+        ulp = (torch.nextafter(e.abs(), torch.tensor(float("inf"))) - e.abs())
+        assert torch.all((n - e).abs() <= ulp) and not torch.equal(n, e)   # at most one unit in the last place
+        assert (n == e).float().mean().item() > 0.2            # about a third of the elements unchanged
+    assert torch.equal(torch.bmm(a, b), exact[0])              # switched off after the block
+
+
 def test_emulation_rounds_the_factors_of_every_batched_matmul_and_is_undone_after():
     g = torch.Generator().manual_seed(0)
     a, b, c = (torch.randn(3, 5, 7, generator=g), torch.randn(3, 7, 4, generator=g), torch.randn(3, 5, 4, generator=g))

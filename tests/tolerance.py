@@ -7,19 +7,19 @@ and an uninterrupted grid, the local and the Ray backend, or two CPUs, the BLAS 
 kernels (a single GEMM against a batched one, another thread split, AVX2 against AVX-512 or AMX) whose
 sums round differently in the last bit, and SGD amplifies such differences over thousands of steps.
 
-`kernel_noise()` imitates that on any machine: it perturbs the result of every batched matmul by up to
-one unit in the last place (a relative change of -2^-24, 0 or +2^-24 per element, drawn from a seeded
-generator). A test that compares a clean run with a noisy one under the tolerances below therefore
+`kernel_noise()` (smoothness.precision.ulp_noise) imitates that on any machine: it moves each element of
+every batched matmul's result by -1, 0 or +1 unit in the last place, drawn from a seeded generator. A test that compares a clean run with a noisy one under the tolerances below therefore
 passes here only if it would also pass on a machine whose kernels round differently, which makes the
 suite's verdict independent of the CPU it runs on. The tolerances were measured with it (see README,
 "Reproducibility").
 """
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
+
+from smoothness import precision
 
 # Short runs (up to ~60 epochs): the largest weight difference, relative to the largest weight of the
 # tensor. Measured: ~2e-6 after 20 epochs of a 784-256-1 net with one-ulp noise in every matmul.
@@ -35,28 +35,9 @@ OUTCOME_REL = {"loss_epoch": 0.3, "loss_train": 0.3, "gradient_path_length": 0.3
 OUTCOME_REL_DEFAULT = 0.05
 
 
-@contextlib.contextmanager
 def kernel_noise(seed: int = 1):
-    """Within the block, torch.bmm, torch.baddbmm and Tensor.baddbmm_ (every matmul of the engine) return
-    their result with each element changed by -1, 0 or +1 unit in the last place."""
-    gen = torch.Generator().manual_seed(seed)
-    bmm, baddbmm, baddbmm_ = torch.bmm, torch.baddbmm, torch.Tensor.baddbmm_
-
-    def noisy(t):
-        ulps = torch.randint(-1, 2, t.shape, generator=gen).to(t.dtype)
-        return t * (1 + 2.0 ** -24 * ulps)
-
-    def new_baddbmm_(self, a, b, **kw):
-        self.copy_(noisy(baddbmm_(self.clone(), a, b, **kw)))
-        return self
-
-    torch.bmm = lambda a, b, **kw: noisy(bmm(a, b, **kw))
-    torch.baddbmm = lambda c, a, b, **kw: noisy(baddbmm(c, a, b, **kw))
-    torch.Tensor.baddbmm_ = new_baddbmm_
-    try:
-        yield
-    finally:
-        torch.bmm, torch.baddbmm, torch.Tensor.baddbmm_ = bmm, baddbmm, baddbmm_
+    """precision.ulp_noise: every matmul result moved by up to one unit in the last place."""
+    return precision.ulp_noise(seed)
 
 
 def assert_close_tensors(a: list[torch.Tensor], b: list[torch.Tensor], rel: float = TRAJECTORY_REL):

@@ -79,6 +79,35 @@ def emulated_tf32():
 
 
 @contextlib.contextmanager
+def ulp_noise(seed: int = 1):
+    """Within the block, torch.bmm, torch.baddbmm and Tensor.baddbmm_ return their result with each element
+    changed by -1, 0 or +1 unit in the last place (multiplied by 1 - 2^-24, 1 or 1 + 2^-24, chosen by a seeded
+    generator, and rounded: a change of one unit or none).
+
+    It imitates a machine whose BLAS kernels sum in another order (another instruction set, thread count or
+    batch shape), so that the effect of last-bit differences on training can be measured on any machine
+    (tests/tolerance.py, scripts/rounding_effect.py). Process-wide while active, like emulated_tf32."""
+    gen = torch.Generator().manual_seed(seed)
+    bmm, baddbmm, baddbmm_ = torch.bmm, torch.baddbmm, torch.Tensor.baddbmm_
+
+    def noisy(t):
+        ulps = torch.randint(-1, 2, t.shape, generator=gen).to(t.dtype)
+        return t * (1 + 2.0 ** -24 * ulps)
+
+    def new_baddbmm_(self, a, b, **kw):
+        self.copy_(noisy(baddbmm_(self.clone(), a, b, **kw)))
+        return self
+
+    torch.bmm = lambda a, b, **kw: noisy(bmm(a, b, **kw))
+    torch.baddbmm = lambda c, a, b, **kw: noisy(baddbmm(c, a, b, **kw))
+    torch.Tensor.baddbmm_ = new_baddbmm_
+    try:
+        yield
+    finally:
+        torch.bmm, torch.baddbmm, torch.Tensor.baddbmm_ = bmm, baddbmm, baddbmm_
+
+
+@contextlib.contextmanager
 def cuda_tf32(enabled: bool):
     """TF32 on (or explicitly off) for CUDA float32 matmuls within the block; the old setting is restored."""
     m = torch.backends.cuda.matmul   # fp32_precision: PyTorch 2.9 and later (the package needs 2.13)
