@@ -74,3 +74,9 @@ def test_a_lambda_ladder_in_a_grid():
                        ({"start": -1, "factor": 2, "end": 1e-3}, "lam.start")]:
         with pytest.raises(ConfigError, match=match):
             grid.parse({"name": "l", "n_train": 64, "regularizers": [{"name": "gradient_norm", "lam": bad}]})
+
+
+def test_a_std_at_rounding_level_is_shown_as_zero():
+    from smoothness import tables
+    assert tables._pm(1.0, 1.1e-16) == "1 ± 0"            # taus that are all 1 up to the last bit
+    assert tables._pm(0.452, 0.27) == "0.452 ± 0.27" and tables._pm(0.5, float("nan")) == "0.5"

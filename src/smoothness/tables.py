@@ -18,7 +18,12 @@ def _f(v, digits=3) -> str:
 
 
 def _pm(m, s) -> str:
-    return _f(m) if s is None or (isinstance(s, float) and math.isnan(s)) else f"{_f(m)} ± {_f(s, 2)}"
+    """Mean ± std; a std at rounding level (e.g. of taus that are all 1 up to the last bit) is shown as 0."""
+    if s is None or (isinstance(s, float) and math.isnan(s)):
+        return _f(m)
+    if _f(m) != "–" and abs(s) <= 1e-12 * max(1.0, abs(m)):
+        s = 0
+    return f"{_f(m)} ± {_f(s, 2)}"
 
 
 class Table:
