@@ -16,6 +16,13 @@ def _deterministic():
     yield
 
 
+def spec(task, n, seed, **kw):
+    """A TrainSpec for the balanced training subset of size n and the given seed of a data.BinaryTask."""
+    from smoothness import training
+    idx = task.subset(n, seed)
+    return training.TrainSpec(idx, task.pool_y[idx], seed=seed, **kw)
+
+
 def run_cli(*args, env=None, timeout=600):
     """Run `python -m smoothness ARGS` and return the CompletedProcess (text mode)."""
     e = dict(os.environ)

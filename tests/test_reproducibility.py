@@ -12,6 +12,7 @@ import sys
 import pytest
 import torch
 
+from conftest import spec
 from smoothness import data, models, rng, training
 from tolerance import assert_same_outcome, assert_same_trajectory
 
@@ -50,11 +51,6 @@ def task():
     return data.binary_task("mnist5k", 4, 9)
 
 
-def _spec(task, n, seed, **kw):
-    rows = task.subset(n, seed)
-    return training.TrainSpec(rows, task.pool_y[rows], seed=seed, **kw)
-
-
 @pytest.mark.invariance
 def test_the_other_kernels_really_round_differently(other):
     here = torch.bmm(torch.linspace(-1, 1, 784 * 64).reshape(1, 64, 784),
@@ -74,9 +70,9 @@ def test_random_draws_are_bit_for_bit_the_same_under_other_kernels(other, task):
 
 @pytest.mark.invariance
 def test_training_under_other_kernels_stays_within_the_stated_tolerances(other, task):
-    short = training.train_models(task.pool_x, [_spec(task, 96, 0, max_epochs=30)], widths=(784, 32, 1))[0]
+    short = training.train_models(task.pool_x, [spec(task, 96, 0, max_epochs=30)], widths=(784, 32, 1))[0]
     assert_same_trajectory(short, other["short"])
-    whole = training.train_models(task.pool_x, [_spec(task, 64, 1, lr=0.05, threshold=1e-3)],
+    whole = training.train_models(task.pool_x, [spec(task, 64, 1, lr=0.05, threshold=1e-3)],
                                   widths=(784, 32, 1))[0]
     assert whole.status == training.CONVERGED
     assert_same_outcome(vars(whole), vars(other["whole"]), ["loss_epoch"])

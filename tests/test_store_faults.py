@@ -291,13 +291,13 @@ def test_a_wal_store_in_a_read_only_place_is_read_as_immutable(exp, monkeypatch)
     """Where SQLite cannot create the -shm file it refuses a plain read-only open of a WAL store (as for a user
     without write access to the folder); the store is then read as immutable, unless a WAL journal holds
     commits not yet in the file."""
-    real = store_mod._connect
+    real = store_mod.connect_read_only
 
-    def connect(uri):
-        if "immutable=1" not in uri:
+    def connect(path, immutable=False):
+        if not immutable:
             raise sqlite3.OperationalError("attempt to write a readonly database")
-        return real(uri)
-    monkeypatch.setattr(store_mod, "_connect", connect)
+        return real(path, immutable)
+    monkeypatch.setattr(store_mod, "connect_read_only", connect)
     with Store(exp, create=False) as st:
         assert len(st.records()) == 2
     (exp / (Store.FILENAME + "-wal")).write_bytes(b"\0" * 100)

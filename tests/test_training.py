@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import spec
 from smoothness import data, training
 from smoothness.errors import ConfigError
 from tolerance import OUTCOME_REL, assert_same_outcome, assert_same_trajectory, kernel_noise
@@ -10,11 +11,6 @@ from tolerance import OUTCOME_REL, assert_same_outcome, assert_same_trajectory, 
 @pytest.fixture(scope="module")
 def task():
     return data.binary_task("mnist5k", 0, 1)
-
-
-def spec(task, n, seed, **kw):
-    idx = task.subset(n, seed)
-    return training.TrainSpec(idx, task.pool_y[idx], seed=seed, **kw)
 
 
 def test_small_mnist_task_converges_below_threshold(task):

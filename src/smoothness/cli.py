@@ -281,7 +281,7 @@ def _grid(g, a):
 
 def _run(g, a) -> Path:
     out = _out_dir(g, a)
-    a.on_interrupt = lambda: interrupt.stored_note(g, out)
+    a.on_interrupt = lambda: experiments.interrupted_note(g, out)
     summary = experiments.run_grid(g, out, device=a.device, data_dir=a.data_dir, progress=not a.quiet,
                                    save_weights=not a.no_weights, backend=a.backend, address=a.address,
                                    chunk_size=a.chunk_size, retries=a.retries, ray_cpus=a.ray_cpus,

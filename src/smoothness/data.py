@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from . import idx, rng
-from .errors import DataError
+from .errors import DataError, first_line
 
 SOURCES = ("mnist5k", "mnist", "fashion-mnist")
 MNIST5K_TRAIN_PER_DIGIT = 400
@@ -109,13 +109,8 @@ def _load_npz(path: Path, source: str) -> Source:
                       "test_images": z["x_test"], "test_labels": z["y_test"]}
     except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
         raise DataError(f"cannot read {path} as a Keras {source} cache (x_train, y_train, x_test, "
-                        f"y_test): {_first_line(e)}") from None
+                        f"y_test): {first_line(e)}") from None
     return _make_source(source, arrays, str(path))
-
-
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
 
 
 def _check_values(x: np.ndarray, what: str, top: int) -> str | None:

@@ -5,6 +5,12 @@ class SmoothnessError(Exception):
     """Base class for user-facing errors (bad input, bad configuration, missing data)."""
 
 
+def first_line(e: BaseException, most: int | None = None) -> str:
+    """The first line of an exception's message (at most `most` characters), for a one-line error."""
+    lines = str(e).strip().splitlines()
+    return lines[0][:most] if lines else type(e).__name__
+
+
 class DataError(SmoothnessError):
     """A data set is missing, corrupt, or cannot provide what was asked for."""
 

@@ -14,7 +14,7 @@ from . import pipeline
 from .distributed import DEFAULT_RETRIES
 from .errors import ConfigError, StoreError
 from .grid import Grid, config_key
-from .store import Store, versions
+from .store import Store, model_count, versions
 
 
 @dataclass
@@ -143,35 +143,52 @@ def run_grid(grid: Grid, out, *, device=None, data_dir=None, progress: bool = Tr
         raise
 
 
+def _other_grid(store: Store, grid: Grid) -> str | None:
+    """The name of the grid the store was made for, if that is not `grid` and the store holds models."""
+    held = (store.meta("grid") or {}).get("name")
+    return held if held and held != grid.name and model_count(store.db) else None
+
+
 def claim_store(store: Store, grid: Grid, merge: bool) -> None:
     """Record the grid in the store's meta; refuse a store that holds another grid's models unless merge."""
-    held = store.meta("grid") or {}
+    other = _other_grid(store, grid)
+    if other is None:
+        store.set_meta("grid", grid.to_dict())
+        return
+    if not merge:
+        raise ConfigError(f"{store.path} holds grid '{other}' ({model_count(store.db)} models); grid '{grid.name}' "
+                          "would mix its models into it: choose another --out, or pass --merge to add them "
+                          "to this store")
+    # the store keeps its own grid; the grids merged into it are listed beside it
     merged = store.meta("merged", []) or []
-    if held and grid.name != held.get("name"):
-        models = store.db.execute("SELECT (SELECT COUNT(*) FROM runs) + (SELECT COUNT(*) FROM trained)").fetchone()[0]
-        if models and not merge:
-            raise ConfigError(f"{store.path} holds grid '{held.get('name')}' ({models} models); grid '{grid.name}' "
-                              "would mix its models into it: choose another --out, or pass --merge to add them "
-                              "to this store")
-        if models:   # the store keeps its own grid; the grids merged into it are listed beside it
-            store.set_meta("merged", [g for g in merged if g.get("name") != grid.name] + [grid.to_dict()])
-            return
-    store.set_meta("grid", grid.to_dict())
+    store.set_meta("merged", [g for g in merged if g.get("name") != grid.name] + [grid.to_dict()])
+
+
+def _stored(grid: Grid, out: Path) -> tuple[int, int, str | None] | None:
+    """Read-only: (models of the grid, how many of them the store in `out` holds, the other grid the store was
+    made for, if any; see _other_grid), or None when `out` holds no store."""
+    if not (Path(out) / Store.FILENAME).exists():
+        return None
+    keys = {config_key(c) for c in grid.configs()}
+    with Store(Path(out) / Store.FILENAME, create=False) as st:
+        return len(keys), len(keys & st.keys()), _other_grid(st, grid)
 
 
 def dry_run(grid: Grid, out: Path, merge: bool = False) -> str:
     """One line: the grid's size and how many of its models the store in `out` holds (read-only)."""
-    configs = grid.configs()
-    keys = {config_key(c) for c in configs}
-    stored, note = 0, ""
-    if (out / Store.FILENAME).exists():
-        with Store(out / Store.FILENAME, create=False) as st:
-            stored = len(keys & st.keys())
-            held = (st.meta("grid") or {}).get("name")
-            if held and held != grid.name and len(st) and not merge:
-                note = f" (the store holds grid '{held}': run refuses it without --merge)"
-    return (f"grid {grid.name}: {len(configs)} models ({len(grid.pairs)} pairs, sizes {grid.sizes()}, seeds "
-            f"{grid.seeds}); {stored} stored in {out}, {len(configs) - stored} to train{note}")
+    total, stored, other = _stored(grid, out) or (len(grid.configs()), 0, None)
+    note = f" (the store holds grid '{other}': run refuses it without --merge)" if other and not merge else ""
+    return (f"grid {grid.name}: {total} models ({len(grid.pairs)} pairs, sizes {grid.sizes()}, seeds "
+            f"{grid.seeds}); {stored} stored in {out}, {total - stored} to train{note}")
+
+
+def interrupted_note(grid: Grid, out: Path) -> str:
+    """For an interrupted `run`: how many of the grid's models the store in `out` holds, and how to resume."""
+    held = _stored(grid, out)
+    if held is None:
+        return f"; nothing is stored in {out} yet"
+    total, stored, _ = held
+    return f"; {stored} of {total} models of grid {grid.name} are stored in {out}; run the same command again to resume"
 
 
 def _remove_if_empty(path: Path, made: list[Path]) -> None:
@@ -181,7 +198,7 @@ def _remove_if_empty(path: Path, made: list[Path]) -> None:
         if path.exists():
             db = sqlite3.connect(str(path))
             try:
-                n = db.execute("SELECT (SELECT COUNT(*) FROM runs) + (SELECT COUNT(*) FROM trained)").fetchone()[0]
+                n = model_count(db)
             except sqlite3.DatabaseError:
                 n = 0 if path.stat().st_size == 0 else 1
             finally:

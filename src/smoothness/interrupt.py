@@ -94,16 +94,3 @@ def report(exc: BaseException, note=None, stream=None) -> int:
     reported = exit_status(exc)
     return reported
 
-
-def stored_note(grid, out) -> str:
-    """For an interrupted `run`: how many of the grid's models the store in `out` holds, and how to resume."""
-    from pathlib import Path
-
-    from .grid import config_key
-    from .store import Store
-    keys = {config_key(c) for c in grid.configs()}
-    if not (Path(out) / Store.FILENAME).exists():
-        return f"; nothing is stored in {out} yet"
-    with Store(out, create=False) as st:
-        n = len(keys & st.keys())
-    return f"; {n} of {len(keys)} models of grid {grid.name} are stored in {out}; run the same command again to resume"

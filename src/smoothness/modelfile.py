@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from . import data as datasets
-from .errors import ConfigError, DataError, SmoothnessError
+from .errors import ConfigError, DataError, SmoothnessError, first_line
 from .models import MLPStack
 
 SAVE_FORMAT = "smoothness-models/1"
@@ -55,7 +55,7 @@ def save_models(path, records: list[dict]) -> None:
         except OSError:
             pass
         if isinstance(e, (OSError, RuntimeError)):
-            raise SmoothnessError(f"cannot write {path}: {_first_line(e)}") from None
+            raise SmoothnessError(f"cannot write {path}: {first_line(e, 200)}") from None
         raise
 
 
@@ -63,11 +63,6 @@ def load_models(path) -> list[dict]:
     """Records saved by save_models, each with 'meta' (dict) and 'params' (MLPStack of one), validated:
     DataError (one line, naming the file) for anything that is not such a file."""
     return validate(_load(path), path)
-
-
-def _first_line(e: BaseException) -> str:
-    s = str(e).strip().splitlines()
-    return s[0][:200] if s else type(e).__name__
 
 
 def _load(path):

@@ -11,10 +11,9 @@ from __future__ import annotations
 import sqlite3
 import sys
 from pathlib import Path
-from urllib.parse import quote
 
 from .errors import SmoothnessError, StoreError
-from .store import Store, _record, store_path
+from .store import Store, connect_read_only, parse_record, store_path
 
 _GAP = 1000   # rowids probed past the last readable row when the largest rowid cannot be read
 
@@ -48,8 +47,7 @@ def salvage(source, dest) -> tuple[int, int, int]:
     if out.exists():
         raise StoreError(f"{out} exists: salvage into a new directory")
     try:
-        db = sqlite3.connect("file:" + quote(str(src.resolve())) + "?mode=ro", uri=True, isolation_level=None)
-        db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+        db = connect_read_only(src)
     except sqlite3.DatabaseError as e:
         raise StoreError(f"{src} cannot be opened at all ({e}): nothing can be salvaged") from None
     copied, bad, weights, keys = 0, 0, 0, set()
@@ -64,7 +62,7 @@ def salvage(source, dest) -> tuple[int, int, int]:
                     new.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, value))
             for row in _rows(db, "runs", "*"):
                 try:
-                    _record(row[-1], "status")
+                    parse_record(row[-1], "status")
                 except ValueError:
                     bad += 1
                     continue

@@ -134,11 +134,10 @@ class Store:
         if path.is_file() and path.stat().st_size == 0:
             raise StoreError(f"{path} is an empty file: it holds no results (run a grid first: smoothness run "
                              "GRID --out DIR)")
-        uri = "file:" + quote(str(path.resolve())) + "?mode=ro"
         db = None
         try:
             try:
-                db = _connect(uri)
+                db = connect_read_only(path)
             except sqlite3.OperationalError as e:
                 if not _cannot_write(e):
                     raise
@@ -149,7 +148,7 @@ class Store:
                     raise StoreError(f"cannot read {path} without write access to {path.parent}: its journal "
                                      f"{wal.name} holds commits not yet in the file; copy the directory somewhere "
                                      "writable and read the copy") from None
-                db = _connect(uri + "&immutable=1")
+                db = connect_read_only(path, immutable=True)
             tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             if not tables:
                 raise StoreError(f"{path} holds no results (an empty SQLite database, not a results store)")
@@ -235,7 +234,7 @@ class Store:
         for key, rec, state in self.db.execute("SELECT key, record, state FROM trained WHERE key NOT IN "
                                                 "(SELECT key FROM runs) ORDER BY rowid").fetchall():
             try:
-                out.append((key, _record(rec), _params(state)))
+                out.append((key, parse_record(rec), _params(state)))
             except Exception as e:  # noqa: BLE001 - whatever a damaged blob makes torch.load raise
                 bad.append((key, f"{type(e).__name__}: {e}".splitlines()[0][:120]))
         if bad:
@@ -275,7 +274,7 @@ class Store:
         out, self.skipped = [], []
         for key, rec in self.db.execute("SELECT key, record FROM runs ORDER BY rowid"):
             try:
-                out.append({**_record(rec, "status"), "key": key})
+                out.append({**parse_record(rec, "status"), "key": key})
             except ValueError as e:
                 self.skipped.append((key, str(e)))
         if self.skipped:
@@ -314,8 +313,10 @@ class Store:
             raise StoreError(f"{self.path}: the stored weights of model {key} are unreadable ({e})") from None
 
 
-def _connect(uri: str) -> sqlite3.Connection:
-    """A read-only connection, opened for real (SQLite opens lazily: the first read finds the problems)."""
+def connect_read_only(path: Path, immutable: bool = False) -> sqlite3.Connection:
+    """A read-only connection to the SQLite file `path` (immutable: without the WAL's -shm file), opened for
+    real (SQLite opens lazily: the first read finds the problems)."""
+    uri = "file:" + quote(str(Path(path).resolve())) + "?mode=ro" + ("&immutable=1" if immutable else "")
     db = sqlite3.connect(uri, uri=True, timeout=60, isolation_level=None)
     try:
         db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
@@ -352,7 +353,12 @@ def _damaged(path: Path, db: sqlite3.Connection, why: str) -> str:
             "then `smoothness run GRID --out NEWDIR` trains only the models lost")
 
 
-def _record(text, *required) -> dict:
+def model_count(db: sqlite3.Connection) -> int:
+    """Models a store holds: measured (table runs) and trained but not yet measured (table trained)."""
+    return db.execute("SELECT (SELECT COUNT(*) FROM runs) + (SELECT COUNT(*) FROM trained)").fetchone()[0]
+
+
+def parse_record(text, *required) -> dict:
     """A stored record: a JSON object (with the fields `required`), else ValueError."""
     try:
         rec = json.loads(text)
