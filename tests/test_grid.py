@@ -121,14 +121,26 @@ def test_paper_presets_are_the_papers_grids(name, models):
         assert (c.hidden, c.alpha, c.batch_size, c.threshold) == ((256,), 0.01, 64, 1e-5)
 
 
-def test_fashion_table1_is_table1_on_fashion_mnist():
-    f, m = grid.preset("fashion-table1"), grid.preset("paper-table1")
-    assert f.data == "fashion-mnist" and len(f.configs()) == 1080
+@pytest.mark.parametrize("table, models", [("table1", 1080), ("table2", 45 * 31)])
+def test_fashion_presets_are_the_papers_designs_on_fashion_mnist(table, models):
+    f, m = grid.preset(f"fashion-{table}"), grid.preset(f"paper-{table}")
+    assert f.data == "fashion-mnist" and len(f.configs()) == models
     strip = ("name", "description", "data")
     assert {k: v for k, v in f.to_dict().items() if k not in strip} == \
         {k: v for k, v in m.to_dict().items() if k not in strip}
     if Path("/usr/share/datasets/fashion-mnist").is_dir():   # every training set of the grid exists
         experiments.check_data(f)
+
+
+def test_a_regularizer_entry_can_take_its_own_pairs():
+    g = parse(pairs=[[3, 8], [4, 9], [2, 3]], regularizers=[
+        {"name": "none"}, {"name": "gradient_norm", "lam": [0, 1e-3], "pairs": [[3, 8], [5, 6]], "n_train": 16}])
+    reg = [c for c in g.configs() if c.regularizer != "none"]
+    assert sorted(c.pair for c in reg) == [(3, 8), (5, 6)]
+    assert g.all_pairs() == [(3, 8), (4, 9), (2, 3), (5, 6)]
+    assert g.to_dict()["regularizers"][1]["pairs"] == [[3, 8], [5, 6]]
+    with pytest.raises(ConfigError, match="key 'pairs'"):
+        parse(regularizers=[{"name": "gradient_norm", "lam": [1e-3], "pairs": [[3, 3]]}])
 
 
 def test_every_preset_is_valid_and_the_cli_lists_them():

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import data as datasets
-from . import pipeline
+from . import pipeline, staging
 from .distributed import DEFAULT_RETRIES
 from .errors import ConfigError, StoreError
 from .grid import Grid, config_key
@@ -30,13 +30,16 @@ class RunSummary:
     where: str = ""           # ray: the cluster used
     chunks: int = 0           # ray: chunk tasks submitted (first attempts)
     retried: int = 0          # ray: chunks resubmitted after a worker or node died
+    skipped: int = 0          # lambda rungs above a ladder's edge, not trained (staging.py)
 
     def line(self) -> str:
         s = self.statuses
         ray = (f"; ray backend, {self.where}, {self.chunks} chunks, {self.retried} retried"
                if self.backend == "ray" else "")
+        skip = (f", {self.skipped} above a lambda ladder's edge not trained (ladder: staged)"
+                if self.skipped else "")
         return (f"grid {self.grid}: {self.total} models, {self.trained} trained now, {self.stored_before} already "
-                f"stored; converged {s['converged']}, not converged {s['not_converged']}, diverged {s['diverged']}; "
+                f"stored{skip}; converged {s['converged']}, not converged {s['not_converged']}, diverged {s['diverged']}; "
                 f"{_hms(self.seconds)}; store {self.store}{ray}")
 
 
@@ -69,6 +72,13 @@ class GridProgress:
             self.bar.set_postfix_str(f"{self.label} {self.running}{extra}")
             self.shown = time.perf_counter()
 
+    def set_total(self, total: int) -> None:
+        """A new total (rungs above a ladder's edge drop out of the run)."""
+        self.total = total
+        if self.bar is not None and self.bar.total != total:
+            self.bar.total = total
+            self.bar.refresh()
+
     def model_done(self, rec: dict) -> None:
         self.done += 1
         if not self.enabled:
@@ -90,7 +100,7 @@ class GridProgress:
 
 def check_data(grid: Grid, data_dir=None) -> None:
     """Fail before any training when a data file is missing or a training size exceeds a pair's pool."""
-    for pair in grid.pairs:
+    for pair in grid.all_pairs():
         task = datasets.binary_task(grid.data, *pair, data_dir=data_dir)
         for s in grid.all_seeds():
             task.subset(max(grid.sizes()), s)
@@ -164,22 +174,33 @@ def claim_store(store: Store, grid: Grid, merge: bool) -> None:
     store.set_meta("merged", [g for g in merged if g.get("name") != grid.name] + [grid.to_dict()])
 
 
-def _stored(grid: Grid, out: Path) -> tuple[int, int, str | None] | None:
+def _stored(grid: Grid, out: Path) -> tuple[int, int, str | None, int] | None:
     """Read-only: (models of the grid, how many of them the store in `out` holds, the other grid the store was
-    made for, if any; see _other_grid), or None when `out` holds no store."""
+    made for, if any (see _other_grid), how many rungs above a ladder's edge the stored statuses already rule
+    out), or None when `out` holds no store."""
     if not (Path(out) / Store.FILENAME).exists():
         return None
-    keys = {config_key(c) for c in grid.configs()}
+    by_key = {config_key(c): c for c in grid.configs()}
     with Store(Path(out) / Store.FILENAME, create=False) as st:
-        return len(keys), len(keys & st.keys()), _other_grid(st, grid)
+        status = st.statuses()
+        skipped = len(staging.next_wave(by_key, status, grid.ladder).skipped)
+        return len(by_key), len(by_key.keys() & status.keys()), _other_grid(st, grid), skipped
 
 
 def dry_run(grid: Grid, out: Path, merge: bool = False) -> str:
     """One line: the grid's size and how many of its models the store in `out` holds (read-only)."""
-    total, stored, other = _stored(grid, out) or (len(grid.configs()), 0, None)
+    total, stored, other, skipped = _stored(grid, out) or (len(grid.configs()), 0, None, 0)
     note = f" (the store holds grid '{other}': run refuses it without --merge)" if other and not merge else ""
-    return (f"grid {grid.name}: {total} models ({len(grid.pairs)} pairs, sizes {grid.sizes()}, seeds "
-            f"{grid.seeds}); {stored} stored in {out}, {total - stored} to train{note}")
+    left = total - stored - skipped
+    skip = f", {skipped} above a lambda ladder's edge not to be trained" if skipped else ""
+    staged = (" at most (lambda rungs above a ladder's edge will not be trained)"
+              if grid.ladder == "staged" and _has_ladder(grid) and left else "")
+    return (f"grid {grid.name}: {total} models ({len(grid.all_pairs())} pairs, sizes {grid.sizes()}, seeds "
+            f"{grid.seeds}); {stored} stored in {out}{skip}, {left} to train{staged}{note}")
+
+
+def _has_ladder(grid: Grid) -> bool:
+    return any(len([x for x in r["lam"] if x > 0]) > 1 for r in grid.regularizers)
 
 
 def interrupted_note(grid: Grid, out: Path) -> str:
@@ -187,7 +208,7 @@ def interrupted_note(grid: Grid, out: Path) -> str:
     held = _stored(grid, out)
     if held is None:
         return f"; nothing is stored in {out} yet"
-    total, stored, _ = held
+    total, stored, _, _ = held
     return f"; {stored} of {total} models of grid {grid.name} are stored in {out}; run the same command again to resume"
 
 
@@ -226,19 +247,25 @@ def _run_grid(grid: Grid, out: Path, configs, keys, t0, *, device, data_dir, pro
         store.set_meta("versions", versions())
         bar = GridProgress(len(todo), progress, stream)
         stack.callback(bar.close)
+        by_key = dict(zip(keys, configs))
+        runner = _Backend(stack, summary, backend, address, ray_cpus, chunk_size, dict(
+            device=device, data_dir=data_dir, save_weights=save_weights, retries=retries, progress=bar.trainer))
         try:
-            if not todo:
-                results = iter(())
-            elif backend == "local":
-                results = _local_results(store, todo, device, data_dir, measure_batch, bar.trainer)
-            else:
-                results = _ray_results(stack, summary, todo, address, ray_cpus, chunk_size, dict(
-                    device=device, data_dir=data_dir, save_weights=save_weights, retries=retries,
-                    progress=bar.trainer))
-            for key, rec, params in results:
-                if store.add(key, rec, params if save_weights else None):
-                    summary.trained += 1
-                bar.model_done(rec)
+            last = None
+            while True:   # waves: a lambda rung starts when the rung below has passed (staging.py)
+                wave = staging.next_wave(by_key, store.statuses(), grid.ladder)
+                summary.skipped = len(wave.skipped)
+                bar.set_total(len(todo) - summary.skipped)
+                if not wave.train or wave.train == last:   # nothing left, or a wave that stored nothing
+                    break
+                last = wave.train
+                wave_todo = [(k, by_key[k]) for k in wave.train]
+                results = (_local_results(store, wave_todo, device, data_dir, measure_batch, bar.trainer)
+                           if backend == "local" else runner.results(wave_todo))
+                for key, rec, params in results:
+                    if store.add(key, rec, params if save_weights else None):
+                        summary.trained += 1
+                    bar.model_done(rec)
         finally:
             status = store.statuses()
             summary.statuses = Counter(status[k] for k in keys if k in status)
@@ -267,16 +294,28 @@ def _local_results(store: Store, todo, device, data_dir, measure_batch: int, pro
         yield keys[i], rec, rec.pop("params")
 
 
-def _ray_results(stack: ExitStack, summary: RunSummary, todo, address, ray_cpus, chunk_size, kw):
-    from .distributed import RayRunner, default_chunk_size, make_chunks
-    runner = stack.enter_context(RayRunner(address, num_cpus=ray_cpus))
-    chunks = make_chunks(todo, chunk_size or default_chunk_size(len(todo), runner.slots))
-    summary.where, summary.chunks = runner.describe(), len(chunks)
-    progress = kw.pop("progress")
+class _Backend:
+    """The Ray side of a run: one RayRunner (started on first use) for all waves of the grid."""
 
-    def track(info):
-        summary.retried = info["retried"]
-        progress(info)
-    results = runner.results(chunks, progress=track, **kw)
-    stack.callback(results.close)  # cancels the chunks still running if the driver stops early
-    return results
+    def __init__(self, stack: ExitStack, summary: RunSummary, backend, address, ray_cpus, chunk_size, kw):
+        self.stack, self.summary, self.backend = stack, summary, backend
+        self.address, self.ray_cpus, self.chunk_size, self.kw = address, ray_cpus, chunk_size, dict(kw)
+        self.runner = None
+
+    def results(self, todo):
+        from .distributed import RayRunner, default_chunk_size, make_chunks
+        if self.runner is None:
+            self.runner = self.stack.enter_context(RayRunner(self.address, num_cpus=self.ray_cpus))
+            self.summary.where = self.runner.describe()
+        chunks = make_chunks(todo, self.chunk_size or default_chunk_size(len(todo), self.runner.slots))
+        self.summary.chunks += len(chunks)
+        kw = dict(self.kw)
+        progress = kw.pop("progress")
+        retried0 = self.summary.retried
+
+        def track(info):
+            self.summary.retried = retried0 + info["retried"]
+            progress(info)
+        results = self.runner.results(chunks, progress=track, **kw)
+        self.stack.callback(results.close)  # cancels the chunks still running if the driver stops early
+        return results

@@ -14,10 +14,13 @@ A grid file is a mapping; every axis takes one value or a list of values:
     max_epochs: 25000
     threshold: 1.0e-5
     regularizers:                 # default: [{name: none}]
-      - {name: gradient_norm, lam: [0, 1.0e-5, 1.0e-4], lr: 0.01}   # optional per entry: lr, max_epochs, n_train, seeds
+      - {name: gradient_norm, lam: [0, 1.0e-5, 1.0e-4], lr: 0.01}   # optional per entry: lr, max_epochs,
+                                                                    # n_train, seeds, pairs
       - {name: weights_product, lam: {start: 1.0e-5, factor: 3, end: 1.0e-2}}   # a ladder: 0, 1e-5, 3e-5, ...
     optimizer: sgd                # sgd | gd (full batch) | momentum | adam; an axis like the others
     matmul_precision: fp32        # training matmuls: fp32 | tf32 (CUDA only) | tf32-emulated (one value)
+    ladder: staged                # staged: a lambda rung is trained only if the rung below reached the
+                                  # threshold (staging.py); all: every rung at once
     measure: {points: 1000, segments: 1000, points_per_segment: 100, seed: 0,
               sharpness_iters: 0, trace_probes: 0}
 
@@ -40,10 +43,13 @@ from . import optimizers, rng
 from .errors import ConfigError
 from .pipeline import RunConfig
 
-PRESETS = ("smoke", "quick", "paper-table1", "paper-table2", "lr-sweep", "depth", "fashion-table1")
+PRESETS = (
+    "smoke", "quick", "paper-table1", "paper-table2", "lr-sweep", "depth", "fashion-table1", "fashion-table2",
+    "fashion-large-n",
+)
 
 _TOP = {"name", "description", "data", "pairs", "n_train", "seeds", "hidden", "alpha", "lr", "batch_size",
-        "max_epochs", "threshold", "regularizers", "measure", "optimizer", "matmul_precision"}
+        "max_epochs", "threshold", "regularizers", "measure", "optimizer", "matmul_precision", "ladder"}
 _DEFAULT = {f.name: f.default for f in fields(RunConfig)}   # the paper's defaults, defined once in RunConfig
 # grid key under `measure` -> RunConfig field
 _MEASURE_FIELDS = {"points": "measure_points", "segments": "segments", "points_per_segment": "points",
@@ -79,6 +85,7 @@ class Grid:
     measure: dict = field(default_factory=_measure_defaults)
     description: str = ""
     matmul_precision: str = "fp32"
+    ladder: str = "staged"
 
     def configs(self) -> list[RunConfig]:
         """Every model of the grid, without duplicates, in a stable order."""
@@ -88,9 +95,10 @@ class Grid:
             caps = [reg["max_epochs"]] if reg.get("max_epochs") is not None else self.max_epochs
             sizes = reg.get("n_train") or self.n_train
             seeds = reg.get("seeds") or self.seeds
+            pairs = reg.get("pairs") or self.pairs
             for opt, lam, lr, h, al, bs, me, th, pair, n, s in itertools.product(
                     self.optimizer, reg["lam"], lrs, self.hidden, self.alpha, self.batch_size, caps, self.threshold,
-                    self.pairs, sizes, seeds):
+                    pairs, sizes, seeds):
                 name = reg["name"] if lam > 0 else "none"
                 if lr is None:  # the paper's rate for this regularizer also for its lambda = 0 baseline
                     lr = optimizers.default_lr(opt, reg["name"])
@@ -119,9 +127,16 @@ class Grid:
         """Every seed of the grid (the seeds axis and the regularizer entries' own)."""
         return self._with_overrides("seeds")
 
+    def all_pairs(self) -> list[tuple[int, int]]:
+        """Every pair of the grid (the pairs axis and the regularizer entries' own), in order of appearance."""
+        return list(dict.fromkeys([*self.pairs, *(p for r in self.regularizers for p in (r.get("pairs") or []))]))
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["pairs"] = [list(p) for p in self.pairs]
+        for r in d["regularizers"]:
+            if r.get("pairs"):
+                r["pairs"] = [list(p) for p in r["pairs"]]
         d["hidden"] = [list(h) for h in self.hidden]
         return d
 
@@ -174,6 +189,7 @@ def parse(raw: dict, name: str | None = None) -> Grid:
              regularizers=gv.regularizer_entries(raw.get("regularizers")),
              optimizer=gv.optimizer_list(raw.get("optimizer", "sgd")),
              measure=measure, matmul_precision=gv.matmul_precision(raw.get("matmul_precision", "fp32")),
+             ladder=gv.ladder_mode(raw.get("ladder", "staged")),
              description=str(raw.get("description") or ""))
     g.configs()  # the remaining checks (e.g. weights_product needs one hidden layer)
     return g

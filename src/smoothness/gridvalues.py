@@ -8,9 +8,10 @@ import re
 
 from . import data as datasets
 from . import optimizers, precision, regularizers, rng
+from .staging import MODES as LADDER_MODES
 from .errors import ConfigError
 
-REGULARIZER_KEYS = {"name", "lam", "lr", "max_epochs", "n_train", "seeds"}
+REGULARIZER_KEYS = {"name", "lam", "lr", "max_epochs", "n_train", "seeds", "pairs"}
 
 
 def unknown_keys(keys, known, where):
@@ -131,7 +132,8 @@ def hidden_list(v):
 
 def regularizer_entries(v):
     if v is None:
-        return [{"name": "none", "lam": [0.0], "lr": None, "max_epochs": None, "n_train": None, "seeds": None}]
+        return [{"name": "none", "lam": [0.0], "lr": None, "max_epochs": None, "n_train": None, "seeds": None,
+                 "pairs": None}]
     if not isinstance(v, list) or not v:
         raise ConfigError("key 'regularizers': expected a list of entries such as "
                           "{name: gradient_norm, lam: [0, 1e-4]}")
@@ -155,7 +157,9 @@ def regularizer_entries(v):
         cap = number(e.get("max_epochs"), int, "max_epochs", positive=True, allow_none=True)
         sizes = [number(n, int, "n_train", positive=True) for n in as_list(e["n_train"])] if "n_train" in e else None
         seeds = seed_list(e["seeds"], "seeds") if "seeds" in e else None
-        out.append({"name": name, "lam": lam, "lr": lr, "max_epochs": cap, "n_train": sizes, "seeds": seeds})
+        pairs = pair_list(e["pairs"]) if "pairs" in e else None
+        out.append({"name": name, "lam": lam, "lr": lr, "max_epochs": cap, "n_train": sizes, "seeds": seeds,
+                    "pairs": pairs})
     return out
 
 
@@ -169,6 +173,12 @@ def optimizer_list(v):
         except ValueError as err:
             raise ConfigError(f"key 'optimizer': {err}") from None
     return out
+
+
+def ladder_mode(v) -> str:
+    if v not in LADDER_MODES:
+        raise ConfigError(f"key 'ladder': expected one of {', '.join(LADDER_MODES)}, got {v!r}")
+    return v
 
 
 def matmul_precision(v) -> str:
