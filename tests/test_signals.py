@@ -113,8 +113,11 @@ def test_sigterm_mid_grid_is_one_line_and_the_same_command_resumes(tmp_path):
 @pytest.mark.parametrize("sig, code, head", [(signal.SIGINT, 130, "interrupted"),
                                              (signal.SIGTERM, 143, "terminated (SIGTERM)")])
 def test_a_signal_while_pytorch_is_imported_is_one_line(sig, code, head, tmp_path):
-    # -X importtime writes a line as each import ends: a torch.* line means PyTorch is being imported
-    p = _start("-X", "importtime", "-m", "smoothness", "train", *TINY, "--save", tmp_path / "m.pt")
+    # -X importtime writes a line as each import ends: a torch.* line means PyTorch is being imported. The
+    # training asked for would take minutes, so that a reader thread slowed by a loaded machine still signals
+    # a running process (whether it is still importing or already training, the answer must be one line).
+    slow = [*TINY[:4], "--max-epochs", "100000", "--threshold", "1e-12", *TINY[6:]]
+    p = _start("-X", "importtime", "-m", "smoothness", "train", *slow, "--save", tmp_path / "m.pt")
     try:
         err = Lines(p.stderr)
         seen = err.wait_for(lambda line: line.split("|")[-1].strip().startswith("torch"), timeout=300)
