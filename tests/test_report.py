@@ -56,6 +56,14 @@ def test_report_files_and_tables(smoke):
     assert len(taus) == 4 and taus["gradient_norm"].between(-1, 1).all()   # 2 pairs x 2 seeds
     runs = pd.read_csv(rep / "runs.csv")
     assert len(runs) == len(grid.preset("smoke").configs())
+    # the curves behind Table 1 as numbers: per N, the mean GN of the converged unregularized models
+    by_n = pd.read_csv(rep / "measures_by_n.csv").set_index("n_train")
+    base = runs[(runs["regularizer"] == "none") & (runs["status"] == "converged")]
+    assert sorted(by_n.index) == sorted(base["n_train"].unique())
+    for n, g in base.groupby("n_train"):
+        assert by_n.loc[n, "gradient_norm_mean"] == pytest.approx(g["gradient_norm"].mean())
+        assert by_n.loc[n, "gradient_norm_count"] == len(g)
+    assert "Measures by training size" in (rep / "measures_by_n.md").read_text()
     # the report opens with the verdict: one row per measure, ours and the paper's, from this store's tables
     md = (rep / "report.md").read_text()
     assert md.index("## Verdict") < md.index("## Table 1")

@@ -42,7 +42,7 @@ def _complete(df: pd.DataFrame) -> pd.DataFrame:
     return df.assign(**missing) if missing and len(df) else df
 
 
-def _setting_label(row, with_lr: bool = True) -> str:
+def setting_label(row, with_lr: bool = True) -> str:
     lr = f", lr {row['lr']:g}, cap {row['max_epochs']} epochs" if with_lr else ""
     opt = "" if row.get("optimizer", "sgd") == "sgd" else f", {row['optimizer']}"
     opt += "" if row.get("matmul_precision", "fp32") == "fp32" else f", {row['matmul_precision']} matmuls"
@@ -109,7 +109,7 @@ def table1(df: pd.DataFrame, taus: pd.DataFrame | None = None) -> pd.DataFrame:
                 continue
             vals = g[m].dropna() if m in g else g["n_models"][:0]
             pm, ps = PAPER_TABLE1.get(m, (None, None))
-            out.append({"setting": _setting_label(dict(zip(SETTING, keys))), "measure": short,
+            out.append({"setting": setting_label(dict(zip(SETTING, keys))), "measure": short,
                         "tau_mean": vals.mean(), "tau_std": vals.std(ddof=0) if len(vals) > 1 else np.nan,
                         "datasets": len(vals), "models": len(sel), "data": keys[0],
                         "n_sizes": int(sel["n_train"].nunique()), "n_max": int(sel["n_train"].max()),
@@ -161,14 +161,14 @@ def _regularized_groups(df: pd.DataFrame):
         pos = totals[totals.index > 0]
         lam = _largest_lambda(conv, pos)
         setting = dict(zip(key, keys))
-        label = _setting_label(setting) + f", N {keys[-1]}"
+        label = setting_label(setting) + f", N {keys[-1]}"
         above = [x for x in sorted(pos.index) if lam is not None and x > lam]
         yield {"regularizer": reg, "lam": lam, "lam_above": above[0] if above else None,
                "ladder_short": lam is not None and not above, "base": base,
                "at": g[g["lam"] == lam] if lam is not None else g[:0],
                "all": allr, "totals": totals, "converged": conv, "label": label, "n_train": keys[-1],
                "lr": setting["lr"], "max_epochs": setting["max_epochs"], "data": setting["data"],
-               "table": _setting_label(setting, with_lr=False) + f", N {keys[-1]}"}
+               "table": setting_label(setting, with_lr=False) + f", N {keys[-1]}"}
 
 
 def table2(df: pd.DataFrame, ratios: pd.DataFrame | None = None) -> pd.DataFrame:

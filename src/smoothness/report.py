@@ -12,7 +12,8 @@ import pandas as pd
 from . import analysis as A
 from .errors import StoreError
 from .store import Store
-from .tables import depth_tables, lr_sweep_tables, status_table, table1_tables, table2_tables, verdict_tables
+from .tables import (by_size_tables, depth_tables, lr_sweep_tables, status_table, table1_tables, table2_tables,
+                     verdict_tables)
 
 
 def _plt():
@@ -153,7 +154,7 @@ th{background:#eee}td:first-child{font-weight:600}img{max-width:100%;border:1px 
 def write_report(source, out_dir=None) -> dict:
     """Analyse a results store (a directory or .sqlite file) and write the report; returns what was written.
 
-    Files: table1.md/csv, table1_taus.csv, table2.md/csv, table2_ratios.csv, status_counts.csv, runs.csv,
+    Files: verdict.md/csv, table1.md/csv, table1_taus.csv, measures_by_n.md/csv, table2.md/csv, table2_ratios.csv, status_counts.csv, runs.csv,
     figure2.png, measures_vs_n.png, test_loss_vs_n.png, report.md and a self-contained report.html; for grids
     with several learning rates also lr_sweep.md/csv and lr_sweep.png; with several architectures also
     depth.md/csv and depth.png.
@@ -235,6 +236,11 @@ def _write(out: Path, df: pd.DataFrame, grid: dict, merged: list, versions: dict
         shown = {m: s for m, s in A.TAU_MEASURES.items() if f"{m}_mean" in size and size[f"{m}_mean"].notna().any()}
         if "weights_product" in shown and "path_norm" in shown and len(depth) == 0:
             del shown["path_norm"]  # one hidden layer only: PN is WP
+        tables_n = by_size_tables(size, shown) if len(size) and shown else []
+        if tables_n:
+            save_csv("measures_by_n.csv", size)
+            (out / "measures_by_n.md").write_text("\n".join(t.markdown() for t in tables_n))
+            written["measures_by_n.md"] = out / "measures_by_n.md"
         if _vs_n(size, shown, out / "measures_vs_n.png",
                  "Measures against training size (mean ± std over datasets and seeds, converged, unregularized)",
                  logy={"path_norm"}):   # PN grows exponentially with depth
@@ -247,7 +253,8 @@ def _write(out: Path, df: pd.DataFrame, grid: dict, merged: list, versions: dict
         if lr_sweep_figure(sweep, out / "lr_sweep.png"):
             figs["lr_sweep.png"] = "Sharpness, norms, smoothness and test loss against the learning rate"
         written.update({f: out / f for f in figs})
-        blocks = [("Verdict", tables_v), ("Table 1", tables1), ("Table 2", tables2), ("Depth", tables_depth),
+        blocks = [("Verdict", tables_v), ("Table 1", tables1), ("Measures by N", tables_n), ("Table 2", tables2),
+                  ("Depth", tables_depth),
                   ("Learning-rate sweep", tables_lr), ("Status", [status_table(counts)])]
         for head, tabs in blocks:
             if tabs:

@@ -93,7 +93,8 @@ def table2_tables(t2: pd.DataFrame) -> list[Table]:
         note = ("Means over converged models only; μ_unreg over the λ = 0 models of the same learning rate, N and "
                 "seeds; r_norm (eq. 16) over the datasets where both the unregularized model and the model at the "
                 "chosen λ converged. The chosen λ is the largest at which at least half of the models reached the "
-                "loss threshold within the epoch cap; in brackets the next λ tried, where fewer did. "
+                "loss threshold within the epoch cap; in brackets the next λ tried, where fewer did. A grid with "
+                "`ladder: staged` (the default) does not train the λ above that one, so the list ends there. "
                 f"Setting: {setting}.")
         out.append(Table("Table 2: explicit regularization", ["Smoothness measure"] + [c.measure for c in cols],
                          rows, note))
@@ -138,7 +139,7 @@ def lr_sweep_tables(sweep: pd.DataFrame) -> list[Table]:
     cols = [c for c in A.SWEEP if f"{c}_mean" in sweep]
     tabs = []
     for keys, g in sweep.groupby(A._NO_LR + ["n_train"], sort=True):
-        label = A._setting_label({**dict(zip(A._NO_LR, keys)), "lr": 0, "max_epochs": 0}, with_lr=False)
+        label = A.setting_label({**dict(zip(A._NO_LR, keys)), "lr": 0, "max_epochs": 0}, with_lr=False)
         rows = [[f"{r['lr']:g}", f"{r['converged']}/{r['models']}", str(r["diverged"]), _f(r["final_loss_median"]),
                  _f(r["two_over_lr"])]
                 + [_pm(r[f"{c}_mean"], r[f"{c}_std"]) for c in cols] for _, r in g.sort_values("lr").iterrows()]
@@ -160,8 +161,23 @@ def depth_tables(bd: pd.DataFrame) -> list[Table]:
             cell = {r["hidden"]: (_pm(r["tau_mean"], r["tau_std"]) + f" ({r['datasets']})")
                     for _, r in g[g["measure"] == m].iterrows()}
             rows.append([m] + [cell.get(a, "–") for a in archs])
-        label = A._setting_label({**dict(zip(A._NO_HIDDEN, keys)), "hidden": "*"})
+        label = A.setting_label({**dict(zip(A._NO_HIDDEN, keys)), "hidden": "*"})
         tabs.append(Table(f"Table 1 by depth: {label}", ["Smoothness measure"] + [f"hidden {a}" for a in archs],
                           rows, "Kendall's τ between N and each measure, mean ± std over (pair, seed) with the "
                                 "number of those in brackets; converged unregularized models only."))
     return tabs
+
+
+def by_size_tables(size: pd.DataFrame, shown: dict[str, str]) -> list[Table]:
+    """The curves behind Table 1 as numbers: per setting, one row per N with the mean ± std of each measure
+    over the converged unregularized models (size: analysis.by_size; shown: measure -> short name)."""
+    out = []
+    cols = [m for m in shown if f"{m}_mean" in size] + [m for m in ("loss_test",) if f"{m}_mean" in size]
+    names = {**shown, "loss_test": "test loss"}
+    for keys, g in size.groupby(A.SETTING, sort=True):
+        rows = [[str(int(r["n_train"])), str(int(r[f"{cols[0]}_count"]))]
+                + [_pm(r[f"{m}_mean"], r[f"{m}_std"]) for m in cols] for _, r in g.iterrows()]
+        out.append(Table("Measures by training size", ["N", "models"] + [names[m] for m in cols], rows,
+                         "Mean ± std over the converged unregularized models of each N (the curves of "
+                         f"measures_vs_n.png). Setting: {A.setting_label(dict(zip(A.SETTING, keys)))}."))
+    return out
