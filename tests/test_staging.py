@@ -70,23 +70,23 @@ def test_the_ladder_key_is_checked():
 
 LADDER = {"name": "ladder", "data": "mnist5k", "pairs": [[3, 8], [4, 9]], "n_train": 16, "seeds": 0,
           "hidden": 16, "lr": 0.05, "batch_size": 16, "max_epochs": 150, "threshold": 1.0e-3,
-          "regularizers": [{"name": "gradient_norm", "lam": {"start": 1.0e-3, "factor": 100, "end": 10}}],
+          "regularizers": [{"name": "gradient_norm", "lam": {"start": 1.0e-3, "factor": 300, "end": 100}}],
           "measure": {"points": 50, "segments": 20, "points_per_segment": 10, "seed": 0}}
 
 
 def test_a_staged_grid_stops_one_rung_above_its_edge_and_resumes_so(tmp_path):
     g = grid.parse(LADDER)
-    assert [c.lam for c in g.configs()] == [0.0, 0.0, 1e-3, 1e-3, 0.1, 0.1, 10.0, 10.0]
+    assert [c.lam for c in g.configs()] == [0.0, 0.0, 1e-3, 1e-3, 0.3, 0.3, 90.0, 90.0]
     s = experiments.run_grid(g, tmp_path, device="cpu", progress=False)
-    # lambda = 1e-3 hardly acts (both converge); lambda = 0.1 keeps GN's penalty above the loss threshold
+    # lambda = 1e-3 hardly acts (both converge); lambda = 0.3 keeps GN's penalty above the loss threshold
     assert (s.trained, s.skipped) == (6, 2)
     assert "2 above a lambda ladder's edge not trained" in s.line()
     with Store(tmp_path / Store.FILENAME) as st:
         df = st.frame()
-    assert sorted(df["lam"].unique()) == [0.0, 1e-3, 0.1]
-    assert set(df[df["lam"] == 0.1]["status"]) == {"not_converged"}
+    assert sorted(df["lam"].unique()) == [0.0, 1e-3, 0.3]
+    assert set(df[df["lam"] == 0.3]["status"]) == {"not_converged"}
     t2 = analysis.table2(df).iloc[0]
-    assert (t2["lam"], t2["lam_above"], bool(t2["ladder_short"])) == (1e-3, 0.1, False)
+    assert (t2["lam"], t2["lam_above"], bool(t2["ladder_short"])) == (1e-3, 0.3, False)
     again = experiments.run_grid(g, tmp_path, device="cpu", progress=False)
     assert (again.trained, again.skipped, again.stored_before) == (0, 2, 6)
     line = experiments.dry_run(g, tmp_path)
