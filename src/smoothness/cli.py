@@ -333,9 +333,11 @@ def cmd_presets(a) -> int:
     if a.name:
         print(grid_mod.preset_path(a.name).read_text(), end="")
         return 0
+    width = max(map(len, grid_mod.PRESETS))
     for name in grid_mod.PRESETS:
         g = grid_mod.preset(name)
-        print(f"{name:15s} {len(g.configs()):5d} models on {g.data:13s} {' '.join(g.description.split())}")
+        most = "≤" if g.ladder == "staged" and experiments.has_ladder(g) else " "   # staged rungs may be skipped
+        print(f"{name:{width}s} {most}{len(g.configs()):5d} models on {g.data:13s} {' '.join(g.description.split())}")
     return 0
 
 

@@ -194,12 +194,13 @@ def dry_run(grid: Grid, out: Path, merge: bool = False) -> str:
     left = total - stored - skipped
     skip = f", {skipped} above a lambda ladder's edge not to be trained" if skipped else ""
     staged = (" at most (lambda rungs above a ladder's edge will not be trained)"
-              if grid.ladder == "staged" and _has_ladder(grid) and left else "")
+              if grid.ladder == "staged" and has_ladder(grid) and left else "")
     return (f"grid {grid.name}: {total} models ({len(grid.all_pairs())} pairs, sizes {grid.sizes()}, seeds "
             f"{grid.seeds}); {stored} stored in {out}{skip}, {left} to train{staged}{note}")
 
 
-def _has_ladder(grid: Grid) -> bool:
+def has_ladder(grid: Grid) -> bool:
+    """Whether a regularizer entry has more than one lambda > 0 (rungs that staging may skip)."""
     return any(len([x for x in r["lam"] if x > 0]) > 1 for r in grid.regularizers)
 
 
