@@ -78,6 +78,16 @@ def test_table2_picks_the_largest_converging_lambda_and_normalizes_by_the_lower_
     assert fpl["ladder_short"] and (fpl["lam_above"] is None or np.isnan(fpl["lam_above"]))
 
 
+def test_table2_baseline_uses_the_pairs_of_the_regularized_models_only():
+    # Table 1 trains 4 pairs; the regularizer entry only 2 of them (its own pairs): mu_unreg over those 2
+    rows = [row(p, 0, 128, gradient_norm=g) for p, g in (("3/8", 1.0), ("4/9", 3.0), ("2/3", 50.0), ("5/6", 70.0))]
+    rows += [row(p, 0, 128, reg="gradient_norm", lam=1e-3, gradient_norm=g / 2) for p, g in (("3/8", 1.0),
+                                                                                           ("4/9", 3.0))]
+    gn = A.table2(pd.DataFrame(rows)).iloc[0]
+    assert gn["unreg_mean"] == pytest.approx(2.0) and gn["reg_mean"] == pytest.approx(1.0)
+    assert gn["converged_by_lambda"] == "0: 2/2, 0.001: 2/2"
+
+
 def test_no_lambda_converges_gives_an_empty_regularized_column():
     rows = [row("3/8", 0, 256, gradient_norm=1.0),
             row("3/8", 0, 256, reg="gradient_norm", lam=1e-3, status="not_converged")]

@@ -152,7 +152,8 @@ def _regularized_groups(df: pd.DataFrame):
     key = SETTING + ["n_train"]
     regd = df[df["regularizer"] != "none"]
     for (reg, *keys), g in regd.groupby(["regularizer"] + key, sort=True):
-        base = df[(df["regularizer"] == "none") & df["seed"].isin(g["seed"].unique())]  # same seeds
+        # the same seeds and pairs (a regularizer entry may have its own: grid key pairs per entry)
+        base = df[(df["regularizer"] == "none") & df["seed"].isin(g["seed"].unique()) & df["pair"].isin(g["pair"].unique())]
         for c, v in zip(key, keys):
             base = base[base[c] == v]
         allr = pd.concat([base.assign(lam=0.0), g])

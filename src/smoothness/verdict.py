@@ -18,6 +18,7 @@ TAU_MONOTONE = 0.8      # tau >= this: S grows (nearly) monotonically with N
 TAU_NOT_MONOTONE = 0.5  # tau <= this: S is far from monotone in N
 R_NOT_REDUCIBLE = 0.85  # r_norm >= this: explicit regularization hardly reduces S
 R_REDUCIBLE = 0.7       # r_norm <= this: explicit regularization reduces S substantially
+MIN_GAP = 0.05          # (mu_unreg - l_S) / mu_unreg below this: r_norm divides by a near-zero difference
 MIN_DATASETS = 2        # (pair, seed) datasets behind a tau, or pairs behind an r_norm
 MIN_SIZES = 3           # distinct training sizes behind a tau
 PAPER_N_MAX = 8192
@@ -42,12 +43,16 @@ def read_tau(tau, datasets: int, sizes: int) -> tuple[str | None, str]:
     return "partly", "partly monotone in N"
 
 
-def read_r(r, datasets: int, lam, ladder_short: bool) -> tuple[str | None, str]:
-    """(reducible / not / partly / None when the data cannot tell, the reason or the reading in words)."""
+def read_r(r, datasets: int, lam, ladder_short: bool, unreg=None, lower=0.0) -> tuple[str | None, str]:
+    """(reducible / not / partly / None when the data cannot tell, the reason or the reading in words).
+    unreg, lower: mu_unreg and l_S of eq. 16; r_norm means nothing when mu_unreg hardly exceeds l_S."""
     if not _ok(lam):
         return None, "no λ > 0 reached the loss threshold (start the ladder lower)"
     if not _ok(r) or datasets < MIN_DATASETS:
         return None, f"too little data for r_norm ({datasets} pairs; need {MIN_DATASETS})"
+    if _ok(unreg) and _ok(lower) and lower > 0 and (unreg - lower) < MIN_GAP * abs(unreg):
+        return None, (f"the unregularized mean {unreg:.3g} lies within {MIN_GAP:.0%} of the lower bound {lower:g}: "
+                      "r_norm divides by a near-zero difference")
     if r <= R_REDUCIBLE:
         return "reducible", f"reduced by regularization (r_norm ≤ {R_REDUCIBLE:g})"
     if r >= R_NOT_REDUCIBLE:
@@ -91,7 +96,8 @@ def verdict(t1: pd.DataFrame, t2: pd.DataFrame) -> pd.DataFrame:
             b = b.sort_values("datasets", ascending=False).iloc[0] if len(b) else None
             tau_kind, tau_words = (read_tau(a.tau_mean, int(a.datasets), int(a.n_sizes)) if a is not None
                                    else (None, "no Table 1 runs"))
-            r_kind, r_words = (read_r(b.r_norm_mean, int(b.datasets), b.lam, bool(b.ladder_short)) if b is not None
+            r_kind, r_words = (read_r(b.r_norm_mean, int(b.datasets), b.lam, bool(b.ladder_short),
+                                      b.get("unreg_mean"), b.get("lower_bound", 0.0)) if b is not None
                                else (None, "no Table 2 runs"))
             notes = [tau_words, r_words]
             if a is not None and int(a.n_max) < PAPER_N_MAX:
