@@ -116,7 +116,7 @@ def test_a_signal_while_pytorch_is_imported_is_one_line(sig, code, head, tmp_pat
     # -X importtime writes a line as each import ends: a torch.* line means PyTorch is being imported. The
     # training asked for would take minutes, so that a reader thread slowed by a loaded machine still signals
     # a running process (whether it is still importing or already training, the answer must be one line).
-    slow = [*TINY[:4], "--max-epochs", "100000", "--threshold", "1e-12", *TINY[6:]]
+    slow = [*TINY[:4], "--max-epochs", "100000", "--lr", "1e-6", *TINY[6:]]   # cannot converge
     p = _start("-X", "importtime", "-m", "smoothness", "train", *slow, "--save", tmp_path / "m.pt")
     try:
         err = Lines(p.stderr)

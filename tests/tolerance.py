@@ -10,7 +10,7 @@ sums round differently in the last bit, and SGD amplifies such differences over 
 `kernel_noise()` (smoothness.precision.ulp_noise) imitates that on any machine: it moves each element of
 every batched matmul's result by -1, 0 or +1 unit in the last place, drawn from a seeded generator. A test that compares a clean run with a noisy one under the tolerances below therefore
 passes here only if it would also pass on a machine whose kernels round differently, which makes the
-suite's verdict independent of the CPU it runs on. The tolerances were measured with it (see README,
+suite's verdict independent of the CPU it runs on. The tolerances were measured with it (see docs/reproducibility.md,
 "Reproducibility").
 """
 from __future__ import annotations
