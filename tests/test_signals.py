@@ -131,3 +131,18 @@ def test_a_signal_while_pytorch_is_imported_is_one_line(sig, code, head, tmp_pat
     message = [line for line in lines if not line.startswith("import time:")]
     assert len(message) == 1 and message[0].startswith(f"smoothness: {head}"), "".join(message)
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_a_signal_whose_exception_was_swallowed_stops_training_at_the_next_epoch_end(monkeypatch):
+    # CPython drops an exception raised while a weakref callback or __del__ runs ("Exception ignored"); the
+    # handler has noted the signal, and the trainer raises it at the next epoch end instead of running on
+    from conftest import spec
+    from smoothness import data, training
+    monkeypatch.setattr(interrupt, "_received", [signal.SIGINT])
+    monkeypatch.setattr(interrupt, "reported", None)
+    task = data.binary_task("mnist5k", 3, 8)
+    trainer = training.BatchedTrainer(task.pool_x, widths=(784, 8, 1), device="cpu")
+    with pytest.raises(KeyboardInterrupt):
+        list(trainer.iter_train([spec(task, 16, 0, max_epochs=50)]))
+    monkeypatch.setattr(interrupt, "_received", [])
+    assert len(list(trainer.iter_train([spec(task, 16, 0, max_epochs=50)]))) == 1   # nothing noted: to the end

@@ -201,6 +201,7 @@ def cmd_train(a) -> int:
         bar.close()
     save_error = None
     if a.save:   # saved before anything is printed: a closed stdout (`| head -1`) loses nothing
+        interrupt.check()
         try:
             pipeline.save_models(a.save, records)
             a.on_interrupt = lambda: f"; the models were saved to {a.save}"

@@ -69,6 +69,15 @@ def pending() -> KeyboardInterrupt | None:
     return Terminated() if signal.SIGTERM in _received else KeyboardInterrupt()
 
 
+def check() -> None:
+    """Raise the interrupt of a signal received but neither raised through nor reported: its exception was
+    swallowed, for instance because it arrived while a weakref callback or __del__ ran (CPython then only
+    prints "Exception ignored"), as tensors are freed all the time in a training loop. Called where raising
+    is safe (each epoch end, before a file is written); a no-op unless the CLI's handlers noted a signal."""
+    if reported is None and _received:
+        raise pending()
+
+
 def exit_status(exc: BaseException) -> int:
     """128 + the signal number: 143 for SIGTERM, 130 for Ctrl-C (SIGINT)."""
     return 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from . import optimizers, precision, regularizers, rng
+from . import interrupt, optimizers, precision, regularizers, rng
 from .models import DEFAULT_ALPHA, DEFAULT_WIDTHS, MLPStack, forward, init_mlp, parameter_grads, sgd_update_
 
 CONVERGED, NOT_CONVERGED, DIVERGED = "converged", "not_converged", "diverged"
@@ -334,6 +334,7 @@ class BatchedTrainer:
                 self._step(act)
             ended = np.flatnonzero(act.pos >= act.n_host)
             if len(ended):
+                interrupt.check()   # a Ctrl-C whose exception was swallowed (interrupt.check says where)
                 ids = [act.ids[row] for row in ended]
                 done, losses = self._epoch_end(act, specs, ended, finish)
                 last_loss.update(zip(ids, losses))
