@@ -59,9 +59,15 @@ class Lines:
         return self.lines
 
 
+def _default_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(*args):
+    # SIGINT back to its default in the child: a suite started in the background by a non-interactive shell
+    # (`cmd &`) inherits SIGINT ignored, and the command rightly leaves an ignored SIGINT ignored
     return subprocess.Popen([sys.executable, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=_default_sigint)
 
 
 @pytest.mark.parametrize("exc, code, head", [(KeyboardInterrupt, 130, "interrupted"),
