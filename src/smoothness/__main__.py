@@ -15,8 +15,7 @@ def main(argv=None) -> int:
         if noted:
             raise noted
         status = cli_main(argv)
-        if interrupt.reported is None and interrupt.pending():   # a signal whose exception was swallowed
-            raise interrupt.pending()
+        interrupt.check()   # a signal whose exception was swallowed
     except KeyboardInterrupt as e:   # before the command; cli_main reports its own
         status = interrupt.report(e)
     if interrupt.reported is not None:

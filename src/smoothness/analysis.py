@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import kendalltau
 
+from . import staging
 from .store import ADDED_FIELDS
 
 # The four measures of the paper's tables, with their short names.
@@ -123,7 +124,7 @@ def _largest_lambda(counts: pd.Series, totals: pd.Series) -> float | None:
     """The largest lambda at which at least half of the models reached the loss threshold (the paper's rule,
     sec. 4.3). Table 2 also records the next lambda tried above it (where training failed) and whether there
     was none (`ladder_short`: the edge lies above the ladder, so the true largest lambda is unknown)."""
-    ok = [lam for lam in sorted(totals.index) if totals[lam] and counts.get(lam, 0) * 2 >= totals[lam]]
+    ok = [lam for lam in sorted(totals.index) if staging.passed(counts.get(lam, 0), totals[lam])]
     return ok[-1] if ok else None
 
 
@@ -153,7 +154,8 @@ def _regularized_groups(df: pd.DataFrame):
     regd = df[df["regularizer"] != "none"]
     for (reg, *keys), g in regd.groupby(["regularizer"] + key, sort=True):
         # the same seeds and pairs (a regularizer entry may have its own: grid key pairs per entry)
-        base = df[(df["regularizer"] == "none") & df["seed"].isin(g["seed"].unique()) & df["pair"].isin(g["pair"].unique())]
+        base = df[(df["regularizer"] == "none") & df["seed"].isin(g["seed"].unique())
+                  & df["pair"].isin(g["pair"].unique())]
         for c, v in zip(key, keys):
             base = base[base[c] == v]
         allr = pd.concat([base.assign(lam=0.0), g])

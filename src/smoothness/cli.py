@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from . import __version__, data, experiments, idx, interrupt, measures, optimizers, pipeline, precision, regularizers
-from . import rng, training
+from . import rng, staging, training
 from . import grid as grid_mod
 from .console import EpochProgress, emit_record, print_table, stdout_closed
 from .errors import SmoothnessError, StoreError
@@ -337,7 +337,7 @@ def cmd_presets(a) -> int:
     width = max(map(len, grid_mod.PRESETS))
     for name in grid_mod.PRESETS:
         g = grid_mod.preset(name)
-        most = "≤" if g.ladder == "staged" and experiments.has_ladder(g) else " "   # staged rungs may be skipped
+        most = "≤" if g.ladder == "staged" and staging.has_ladder(g.regularizers) else " "   # staged rungs may be skipped
         print(f"{name:{width}s} {most}{len(g.configs()):5d} models on {g.data:13s} {' '.join(g.description.split())}")
     return 0
 

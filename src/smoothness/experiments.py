@@ -194,14 +194,9 @@ def dry_run(grid: Grid, out: Path, merge: bool = False) -> str:
     left = total - stored - skipped
     skip = f", {skipped} above a lambda ladder's edge not to be trained" if skipped else ""
     staged = (" at most (lambda rungs above a ladder's edge will not be trained)"
-              if grid.ladder == "staged" and has_ladder(grid) and left else "")
+              if grid.ladder == "staged" and staging.has_ladder(grid.regularizers) and left else "")
     return (f"grid {grid.name}: {total} models ({len(grid.all_pairs())} pairs, sizes {grid.sizes()}, seeds "
             f"{grid.seeds}); {stored} stored in {out}{skip}, {left} to train{staged}{note}")
-
-
-def has_ladder(grid: Grid) -> bool:
-    """Whether a regularizer entry has more than one lambda > 0 (rungs that staging may skip)."""
-    return any(len([x for x in r["lam"] if x > 0]) > 1 for r in grid.regularizers)
 
 
 def interrupted_note(grid: Grid, out: Path) -> str:
@@ -249,7 +244,7 @@ def _run_grid(grid: Grid, out: Path, configs, keys, t0, *, device, data_dir, pro
         bar = GridProgress(len(todo), progress, stream)
         stack.callback(bar.close)
         by_key = dict(zip(keys, configs))
-        runner = _Backend(stack, summary, backend, address, ray_cpus, chunk_size, dict(
+        ray = _RayBackend(stack, summary, address, ray_cpus, chunk_size, dict(
             device=device, data_dir=data_dir, save_weights=save_weights, retries=retries, progress=bar.trainer))
         try:
             last = None
@@ -262,7 +257,7 @@ def _run_grid(grid: Grid, out: Path, configs, keys, t0, *, device, data_dir, pro
                 last = wave.train
                 wave_todo = [(k, by_key[k]) for k in wave.train]
                 results = (_local_results(store, wave_todo, device, data_dir, measure_batch, bar.trainer)
-                           if backend == "local" else runner.results(wave_todo))
+                           if backend == "local" else ray.results(wave_todo))
                 for key, rec, params in results:
                     if store.add(key, rec, params if save_weights else None):
                         summary.trained += 1
@@ -295,11 +290,11 @@ def _local_results(store: Store, todo, device, data_dir, measure_batch: int, pro
         yield keys[i], rec, rec.pop("params")
 
 
-class _Backend:
+class _RayBackend:
     """The Ray side of a run: one RayRunner (started on first use) for all waves of the grid."""
 
-    def __init__(self, stack: ExitStack, summary: RunSummary, backend, address, ray_cpus, chunk_size, kw):
-        self.stack, self.summary, self.backend = stack, summary, backend
+    def __init__(self, stack: ExitStack, summary: RunSummary, address, ray_cpus, chunk_size, kw):
+        self.stack, self.summary = stack, summary
         self.address, self.ray_cpus, self.chunk_size, self.kw = address, ray_cpus, chunk_size, dict(kw)
         self.runner = None
 

@@ -154,8 +154,8 @@ th{background:#eee}td:first-child{font-weight:600}img{max-width:100%;border:1px 
 def write_report(source, out_dir=None) -> dict:
     """Analyse a results store (a directory or .sqlite file) and write the report; returns what was written.
 
-    Files: verdict.md/csv, table1.md/csv, table1_taus.csv, measures_by_n.md/csv, table2.md/csv, table2_ratios.csv, status_counts.csv, runs.csv,
-    figure2.png, measures_vs_n.png, test_loss_vs_n.png, report.md and a self-contained report.html; for grids
+    Files: verdict.md/csv, table1.md/csv, table1_taus.csv, measures_by_n.md/csv, table2.md/csv,
+    table2_ratios.csv, status_counts.csv, runs.csv, figure2.png, measures_vs_n.png, test_loss_vs_n.png, report.md and a self-contained report.html; for grids
     with several learning rates also lr_sweep.md/csv and lr_sweep.png; with several architectures also
     depth.md/csv and depth.png.
     """

@@ -28,8 +28,15 @@ def group_of(c) -> tuple | None:
     return tuple(sorted((k, tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in d.items()))
 
 
+def has_ladder(regularizers: list[dict]) -> bool:
+    """Whether a grid's regularizer entries (grid.Grid.regularizers) hold a ladder: an entry with more than one
+    lambda > 0, whose upper rungs staging may skip."""
+    return any(sum(x > 0 for x in r["lam"]) > 1 for r in regularizers)
+
+
 def passed(converged: int, total: int) -> bool:
-    """The edge rule of analysis._largest_lambda: at least half of the models reached the threshold."""
+    """The edge rule (paper sec. 4.3; also analysis._largest_lambda): at least half of the models reached the
+    loss threshold."""
     return total > 0 and 2 * converged >= total
 
 
@@ -47,11 +54,13 @@ def next_wave(configs: dict, status: dict[str, str], mode: str = "staged") -> Wa
     if mode == "all":
         return Wave(todo, [], 0)
     ladders: dict[tuple, dict[float, list[str]]] = {}
+    train = []
     for k, c in configs.items():
         g = group_of(c)
         if g is not None:
             ladders.setdefault(g, {}).setdefault(c.lam, []).append(k)
-    train = [k for k in todo if group_of(configs[k]) is None]
+        elif k not in status:
+            train.append(k)
     skipped, waiting = [], 0
     for rungs in ladders.values():
         below_done = True     # every rung below this one is finished and passed
