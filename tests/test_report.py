@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from conftest import run_cli
-from smoothness import grid
+from smoothness import grid, registry
 from smoothness.store import Store
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -74,6 +74,23 @@ def test_report_files_and_tables(smoke):
     assert v.set_index("measure").loc["GN", "tau"] == pytest.approx(t1s.loc["GN", "tau_mean"])
     assert "Verdict: does SGD optimize each measure?" in (rep / "report.html").read_text()
     assert "Table 1" in r.stdout and "Table 2" in r.stdout and "report.html" in r.stdout
+
+
+def test_no_measure_of_the_registry_is_left_out(smoke):
+    """Every measure of registry.REGISTRY is in every record, in runs.csv and, where it enters Table 1, in
+    Table 1 and the per-N table of a one-hidden-layer grid (PN stands in for WP only in deeper nets)."""
+    out, _ = smoke
+    rep = out / "report"
+    runs = pd.read_csv(rep / "runs.csv")
+    t1 = pd.read_csv(rep / "table1.csv")
+    by_n = pd.read_csv(rep / "measures_by_n.csv")
+    for m in registry.REGISTRY:
+        cols = [m.key] + ([m.key + "_train"] if m.sampled else [])
+        for c in cols:
+            assert c in runs and runs[c].notna().all(), c
+        if m.table1 and not m.stands_in_for:
+            assert m.short in set(t1["measure"]), m.key
+            assert f"{m.key}_mean" in by_n, m.key
 
 
 def test_html_is_self_contained(smoke):

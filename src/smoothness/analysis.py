@@ -8,21 +8,17 @@ import numpy as np
 import pandas as pd
 from scipy.stats import kendalltau
 
-from . import staging
+from . import registry, staging
 from .store import ADDED_FIELDS
 
-# The four measures of the paper's tables, with their short names.
-MEASURES = {"gradient_norm": "GN", "function_path_length": "FPL", "gradient_path_length": "GPL",
-            "weights_product": "WP"}
+# The four measures of the paper's tables, with their short names (all lists come from registry.py).
+MEASURES = registry.shorts(paper=True)
 # The measure each regularizer penalizes (eq. 15).
-REGULARIZED_MEASURE = {"gradient_norm": "gradient_norm", "gradient_norm_squared": "gradient_norm_squared",
-                       "function_path_length": "function_path_length",
-                       "gradient_path_length": "gradient_path_length", "weights_product": "weights_product",
-                       "minibatch_gradient_norm": "minibatch_grad_norm", "path_norm": "path_norm"}
-SHORT = {**MEASURES, "gradient_norm_squared": "GN²", "minibatch_grad_norm": "MGN", "path_norm": "PN"}
+REGULARIZED_MEASURE = registry.regularized_measure()
+SHORT = registry.shorts()
 # Table 1's measures: the paper's four, and the path norm (WP generalized to any depth; shown where WP is not
 # defined, i.e. for networks with more than one hidden layer: for one hidden layer PN equals WP).
-TAU_MEASURES = {**MEASURES, "path_norm": "PN"}
+TAU_MEASURES = registry.shorts(table1=True)
 
 # The paper's values (Volhejn & Lampert, Tables 1 and 2).
 PAPER_TABLE1 = {"gradient_norm": (0.16, 0.32), "function_path_length": (0.07, 0.46),
@@ -103,10 +99,9 @@ def table1(df: pd.DataFrame, taus: pd.DataFrame | None = None) -> pd.DataFrame:
         sel = unreg
         for c, v in zip(SETTING, keys):
             sel = sel[sel[c] == v]
-        has = {m: m in g and g[m].notna().any() for m in ("weights_product", "path_norm")}
+        has = {m: m in g and g[m].notna().any() for m in TAU_MEASURES}
         for m, short in TAU_MEASURES.items():
-            if (m == "path_norm" and (has["weights_product"] or not has["path_norm"])) or \
-                    (m == "weights_product" and not has["weights_product"] and has["path_norm"]):
+            if not registry.shown(m, has):      # PN only where WP is not defined
                 continue
             vals = g[m].dropna() if m in g else g["n_models"][:0]
             pm, ps = PAPER_TABLE1.get(m, (None, None))
@@ -232,8 +227,8 @@ def by_size(df: pd.DataFrame, columns) -> pd.DataFrame:
 
 # Columns of the learning-rate sweep (parameter-space measures next to the smoothness measures).
 SWEEP = {"sharpness": "sharpness", "hessian_trace": "tr H", "parameter_norm": "‖θ‖",
-         "distance_from_init": "‖θ−θ₀‖", "minibatch_grad_norm": "mean ‖∇L_b‖²", "gradient_norm": "GN",
-         "function_path_length": "FPL", "gradient_path_length": "GPL", "path_norm": "PN",
+         "distance_from_init": "‖θ−θ₀‖",
+         **{k: registry.BY_KEY[k].label for k in ("minibatch_grad_norm", *registry.keys(table1=True, depth="any"))},
          "loss_test": "test loss"}
 _NO_LR = [c for c in SETTING if c not in ("lr", "max_epochs")]
 
@@ -270,8 +265,7 @@ def by_lr(df: pd.DataFrame) -> pd.DataFrame:
 
 
 # -- depth ------------------------------------------------------------------------------------------
-DEPTH_MEASURES = {"gradient_norm": "GN", "function_path_length": "FPL", "gradient_path_length": "GPL",
-                  "path_norm": "PN (= WP for one hidden layer)"}
+DEPTH_MEASURES = {k: registry.depth_label(registry.BY_KEY[k]) for k in registry.keys(table1=True, depth="any")}
 _NO_HIDDEN = [c for c in SETTING if c != "hidden"]
 
 

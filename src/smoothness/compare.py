@@ -12,14 +12,13 @@ from dataclasses import dataclass, fields
 import numpy as np
 import pandas as pd
 
-from . import analysis
+from . import analysis, registry
 from .pipeline import RunConfig
 from .store import ADDED_FIELDS, Store
 
 IGNORED = ("matmul_precision",)
 # Quantities compared between matched models that converged in both stores.
-QUANTITIES = ["epochs", "loss_train", "loss_test", "gradient_norm", "gradient_norm_squared", "function_path_length",
-              "gradient_path_length", "weights_product", "path_norm", "parameter_norm", "distance_from_init",
+QUANTITIES = ["epochs", "loss_train", "loss_test", *registry.keys(), "parameter_norm", "distance_from_init",
               "sharpness", "hessian_trace"]
 
 

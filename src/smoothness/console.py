@@ -7,7 +7,9 @@ import math
 import os
 import sys
 
-MEASURE_KEYS = ("gradient_norm", "function_path_length", "gradient_path_length", "weights_product")
+from . import registry
+
+MEASURE_KEYS = registry.keys(paper=True)
 
 
 def _fmt(v) -> str:
@@ -35,9 +37,9 @@ def emit_record(rec: dict, as_json: bool) -> None:
         took = ", ".join(t for t in took if t)
         head += f" after {rec['epochs']} epochs" + (f" ({took})" if took else "")
     print(head)
-    keys = ["loss_train", "loss_test", *MEASURE_KEYS, "path_norm", "gradient_norm_squared",
-            *(k + "_train" for k in ("gradient_norm", "function_path_length", "gradient_path_length")),
-            "parameter_norm", "distance_from_init", "minibatch_grad_norm", "sharpness", "sharpness_rel_change",
+    keys = ["loss_train", "loss_test", *MEASURE_KEYS, *(k for k in registry.keys() if k not in MEASURE_KEYS),
+            *(k + "_train" for k in registry.keys(paper=True, sampled=True)),
+            "parameter_norm", "distance_from_init", "sharpness", "sharpness_rel_change",
             "sharpness_iterations", "hessian_trace", "hessian_trace_se"]
     for k in keys:
         if k in rec:
@@ -45,8 +47,7 @@ def emit_record(rec: dict, as_json: bool) -> None:
 
 
 TABLE_COLUMNS = (("lam", "lambda"), ("n_train", "N"), ("seed", "seed"), ("status", "status"), ("epochs", "epochs"),
-                 ("loss_test", "test loss"), ("gradient_norm", "GN"), ("function_path_length", "FPL"),
-                 ("gradient_path_length", "GPL"), ("weights_product", "WP"))
+                 ("loss_test", "test loss"), *registry.shorts(paper=True).items())
 
 
 def print_table(records: list[dict]) -> None:
@@ -55,7 +56,8 @@ def print_table(records: list[dict]) -> None:
 
     reg = records[0]["regularizer"]
     deep = len(records[0]["hidden"]) > 1   # WP is not defined: show the path norm PN in its place
-    table = [("path_norm", "PN") if deep and k == "weights_product" else (k, h) for k, h in TABLE_COLUMNS]
+    stand_in = {m.stands_in_for: (m.key, m.short) for m in registry.REGISTRY if m.stands_in_for}  # WP -> PN
+    table = [stand_in[k] if deep and k in stand_in else (k, h) for k, h in TABLE_COLUMNS]
     cols = [c for c in table if reg != "none" or c[0] != "lam"]
     rows = [[_fmt(r[k]) for k, _ in cols] for r in records]
     heads = [h for _, h in cols]
@@ -72,7 +74,7 @@ def print_table(records: list[dict]) -> None:
         if len({r["n_train"] for r in ok}) < 2:
             continue
         taus = [f"{head} {kendalltau([r['n_train'] for r in ok], [r[key] for r in ok]).statistic:+.2f}"
-                for key, head in table if key in (*MEASURE_KEYS, "path_norm")]
+                for key, head in table if key in registry.keys(table1=True)]
         where = f"seed {seed}" + (f", lambda {lam:g}" if reg != "none" else "")
         print(f"Kendall tau(N, measure), {where}, {len(ok)} converged models: " + ", ".join(taus))
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import rng
+from . import registry, rng
 from .models import MLPStack, ReLUMLP, forward, input_gradient
 
 DEFAULT_SEGMENTS = 1000
@@ -217,8 +217,8 @@ def path_norms(p: MLPStack) -> torch.Tensor:
     return v[:, 0]
 
 
-MEASURES = ("gradient_norm", "gradient_norm_squared", "function_path_length",
-            "gradient_path_length", "weights_product")
+MEASURES = registry.keys(stack=True)          # what measure_stack computes
+SAMPLED = registry.keys(stack=True, sampled=True)  # those estimated at points (also on the training points)
 
 
 @torch.no_grad()

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from . import data as datasets
-from . import curvature, measures, optimizers, precision, regularizers, rng, training
+from . import curvature, measures, optimizers, precision, registry, regularizers, rng, training
 from .errors import ConfigError
 # the files of `train --save`: re-exported, part of the API
 from .modelfile import SAVE_FORMAT, check_save_path, load_models, save_models  # noqa: F401
@@ -171,7 +171,7 @@ def _measure_group(items, dev) -> list[dict[str, float]]:
     held = [points[id(t)] for _, t, _, _ in items]   # one tensor per task: models of a pair share it
     train = [t.pool_x[idx[datasets.balanced_prefix(t.pool_y[idx], cfg.measure_points)]] for _, t, idx, _ in items]
     for suffix, xs in (("", held), ("_train", train)):
-        which = measures.MEASURES if suffix == "" else measures.MEASURES[:-1]
+        which = measures.MEASURES if suffix == "" else measures.SAMPLED
         for i in range(len(items)):
             if not finite[i]:
                 recs[i].update({k + suffix: float("nan") for k in which})
@@ -196,7 +196,7 @@ def parameter_measures(p: MLPStack, xtr: torch.Tensor, ytr: torch.Tensor, cfgs: 
     alphas = torch.tensor([c.alpha for c in cfgs], dtype=torch.float64)
     out = [{"parameter_norm": a, "distance_from_init": b} for a, b in
            zip(curvature.parameter_norm(p).tolist(), curvature.distance_from_init(p, seeds, alphas).tolist())]
-    names = ["path_norm", "minibatch_grad_norm"]
+    names = list(registry.keys(stack=False))
     if cfg.sharpness_iters:
         names += ["sharpness", "sharpness_rel_change", "sharpness_iterations"]
     if cfg.trace_probes:

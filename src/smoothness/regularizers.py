@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import torch
 
+from . import registry
 from .measures import path_norms, segment_points, tv_of_gradients, tv_of_values, weights_products
 from .models import MLPStack, forward, input_gradient
 
-REGULARIZERS = ("none", "gradient_norm", "gradient_norm_squared", "function_path_length",
-                "gradient_path_length", "weights_product", "path_norm", "minibatch_gradient_norm")
+REGULARIZERS = ("none", *(m.regularizer for m in registry.REGISTRY if m.regularizer))
 PATH_LENGTH = ("function_path_length", "gradient_path_length")
 SEGMENT_POINTS = 10
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import analysis as A
+from . import registry
 from .errors import StoreError
 from .store import Store
 from .tables import (by_size_tables, depth_tables, lr_sweep_tables, status_table, table1_tables, table2_tables,
@@ -106,7 +107,7 @@ def lr_sweep_figure(sweep: pd.DataFrame, path: Path) -> bool:
             if c == "sharpness":
                 ax.plot(g["lr"], g["two_over_lr"], "k--", lw=0.8, label="2/lr")
         ax.set_xscale("log")
-        if c in ("sharpness", "hessian_trace", "minibatch_grad_norm", "loss_test"):
+        if c in ("sharpness", "hessian_trace", "loss_test") or (c in registry.BY_KEY and registry.BY_KEY[c].log_scale):
             ax.set_yscale("log")
         ax.set_xlabel("learning rate")
         ax.set_title(A.SWEEP[c], fontsize=10)
@@ -230,7 +231,7 @@ def _write(out: Path, df: pd.DataFrame, grid: dict, merged: list, versions: dict
                 (out / name).write_text("\n".join(t.markdown() for t in tabs))
                 written[name] = out / name
         figs = {}
-        size = A.by_size(df, list(A.MEASURES) + ["path_norm", "loss_test", "loss_train"])
+        size = A.by_size(df, list(A.TAU_MEASURES) + ["loss_test", "loss_train"])
         if figure2(A.figure2_data(df), out / "figure2.png"):
             figs["figure2.png"] = "Figure 2: each measure per regularization strength λ"
         shown = {m: s for m, s in A.TAU_MEASURES.items() if f"{m}_mean" in size and size[f"{m}_mean"].notna().any()}

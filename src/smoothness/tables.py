@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from . import analysis as A
+from . import registry
 
 def _f(v, digits=3) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
@@ -73,7 +74,7 @@ def _lam_cell(c) -> str:
 def table2_tables(t2: pd.DataFrame) -> list[Table]:
     """One table per training setting and N, one column per regularizer (paper order), as the paper's Table 2."""
     out = []
-    order = {m: i for i, m in enumerate(["GN", "GN²", "FPL", "GPL", "WP", "PN", "MGN"])}
+    order = {m.short: i for i, m in enumerate(registry.REGISTRY)}
     for setting, g in t2.groupby("table", sort=False):
         cols = sorted(g.itertuples(), key=lambda c: (order.get(c.measure, 9), c.lr))
         lam = [_lam_cell(c) for c in cols]

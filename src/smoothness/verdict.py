@@ -14,6 +14,8 @@ import math
 
 import pandas as pd
 
+from . import registry
+
 TAU_MONOTONE = 0.8      # tau >= this: S grows (nearly) monotonically with N
 TAU_NOT_MONOTONE = 0.5  # tau <= this: S is far from monotone in N
 R_NOT_REDUCIBLE = 0.85  # r_norm >= this: explicit regularization hardly reduces S
@@ -25,7 +27,7 @@ PAPER_N_MAX = 8192
 
 CONSISTENT, NOT_OPTIMIZED, INCONCLUSIVE = ("consistent with SGD optimizing it", "SGD does not optimize it",
                                            "inconclusive")
-MEASURES = ("GN", "FPL", "GPL", "WP")
+MEASURES = tuple(registry.shorts(paper=True).values())
 
 
 def _ok(x) -> bool:
@@ -74,8 +76,7 @@ def reading(tau_kind, r_kind) -> str:
 def _paper_reading(short: str) -> str:
     """The rules applied to the paper's Tables 1 and 2 (45 pairs x 3 seeds, N = 64...8192; 45 pairs at N = 10,000)."""
     from .analysis import PAPER_TABLE1, PAPER_TABLE2
-    name = {"GN": "gradient_norm", "FPL": "function_path_length", "GPL": "gradient_path_length",
-            "WP": "weights_product"}[short]
+    name = registry.by_short(short).key
     tau = PAPER_TABLE1[name][0]
     r = PAPER_TABLE2[name][3]
     return reading(read_tau(tau, 135, 8)[0], read_r(r, 45, 1.0, False)[0])
