@@ -93,6 +93,19 @@ def test_no_measure_of_the_registry_is_left_out(smoke):
             assert f"{m.key}_mean" in by_n, m.key
 
 
+def test_content_is_computed_without_writing_and_rendered_anywhere(smoke, tmp_path):
+    from smoothness import report
+    out, _ = smoke
+    with Store(out, create=False) as st:
+        df = st.frame()
+    c = report.compute_content(df, {"name": "smoke"}, [], {}, out / "results.sqlite", [])
+    assert list(tmp_path.iterdir()) == []
+    assert list(c.verdict["measure"]) == ["GN", "FPL", "GPL", "WP"] and c.title == "smoothness report: smoke"
+    written = report.render(c, tmp_path)
+    assert {"report.md", "report.html", "verdict.csv", "table1.md"} <= set(written)
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "table1.csv"), pd.read_csv(out / "report" / "table1.csv"))
+
+
 def test_html_is_self_contained(smoke):
     html = (smoke[0] / "report" / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 3

@@ -230,7 +230,7 @@ SWEEP = {"sharpness": "sharpness", "hessian_trace": "tr H", "parameter_norm": "�
          "distance_from_init": "‖θ−θ₀‖",
          **{k: registry.BY_KEY[k].label for k in ("minibatch_grad_norm", *registry.keys(table1=True, depth="any"))},
          "loss_test": "test loss"}
-_NO_LR = [c for c in SETTING if c not in ("lr", "max_epochs")]
+SETTING_NO_LR = [c for c in SETTING if c not in ("lr", "max_epochs")]
 
 
 def by_lr(df: pd.DataFrame) -> pd.DataFrame:
@@ -240,7 +240,7 @@ def by_lr(df: pd.DataFrame) -> pd.DataFrame:
     base = df[df["regularizer"] == "none"] if len(df) else df
     if not len(base) or base["lr"].nunique() < 2:
         return pd.DataFrame()
-    key = _NO_LR + ["n_train"]
+    key = SETTING_NO_LR + ["n_train"]
     base = base[base.groupby(key)["lr"].transform("nunique") >= 2]
     if not len(base):   # several rates overall, but one per setting (e.g. sgd at 0.01 and adam at 1e-3)
         return pd.DataFrame()
@@ -266,7 +266,7 @@ def by_lr(df: pd.DataFrame) -> pd.DataFrame:
 
 # -- depth ------------------------------------------------------------------------------------------
 DEPTH_MEASURES = {k: registry.depth_label(registry.BY_KEY[k]) for k in registry.keys(table1=True, depth="any")}
-_NO_HIDDEN = [c for c in SETTING if c != "hidden"]
+SETTING_NO_HIDDEN = [c for c in SETTING if c != "hidden"]
 
 
 def by_depth(taus: pd.DataFrame) -> pd.DataFrame:
@@ -275,14 +275,14 @@ def by_depth(taus: pd.DataFrame) -> pd.DataFrame:
     if not len(taus) or "hidden" not in taus or taus["hidden"].nunique() < 2:
         return pd.DataFrame()
     rows = []
-    for keys, g in taus.groupby(_NO_HIDDEN, sort=True):
+    for keys, g in taus.groupby(SETTING_NO_HIDDEN, sort=True):
         if g["hidden"].nunique() < 2:
             continue
         for hidden, h in g.groupby("hidden", sort=False):
             for m, short in DEPTH_MEASURES.items():
                 vals = h[m].dropna() if m in h else h["n_models"][:0]
-                rows.append({**dict(zip(_NO_HIDDEN, keys)), "hidden": hidden,
+                rows.append({**dict(zip(SETTING_NO_HIDDEN, keys)), "hidden": hidden,
                              "depth": len(str(hidden).split("-")), "measure": short, "tau_mean": vals.mean(),
                              "tau_std": vals.std(ddof=0) if len(vals) > 1 else np.nan, "datasets": len(vals)})
     out = pd.DataFrame(rows)
-    return out.sort_values(_NO_HIDDEN + ["depth", "hidden"], kind="stable").reset_index(drop=True) if len(out) else out
+    return out.sort_values(SETTING_NO_HIDDEN + ["depth", "hidden"], kind="stable").reset_index(drop=True) if len(out) else out

@@ -55,8 +55,8 @@ class Comparison:
 
 def _table(title: str, df: pd.DataFrame, note: str = "") -> str:
     """df as a Markdown table, cells formatted as in the report."""
-    from .tables import Table, _f
-    rows = [[_f(v) if isinstance(v, (float, np.floating)) else str(v) for v in r] for r in df.itertuples(index=False)]
+    from .tables import Table, fmt
+    rows = [[fmt(v) if isinstance(v, (float, np.floating)) else str(v) for v in r] for r in df.itertuples(index=False)]
     return Table(title, [str(c) for c in df.columns], rows, note).markdown()
 
 

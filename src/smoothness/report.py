@@ -5,6 +5,7 @@ import base64
 import html
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -15,6 +16,13 @@ from .errors import StoreError
 from .store import Store
 from .tables import (by_size_tables, depth_tables, lr_sweep_tables, status_table, table1_tables, table2_tables,
                      verdict_tables)
+
+
+def _horizontal() -> dict:
+    """Horizontal boxes: `orientation` from Matplotlib 3.10 on (where `vert` is deprecated), `vert` before."""
+    import matplotlib
+    major, minor = (int(v) for v in matplotlib.__version__.split(".")[:2])
+    return {"orientation": "horizontal"} if (major, minor) >= (3, 10) else {"vert": False}
 
 
 def _plt():
@@ -40,7 +48,7 @@ def figure2(fig_data: list[dict], path: Path) -> bool:
         pos = list(range(len(lams), 0, -1))
         present = [(v, p) for v, p in zip(vals, pos) if len(v)]
         if present:
-            ax.boxplot([v for v, _ in present], positions=[p for _, p in present], vert=False, widths=0.6)
+            ax.boxplot([v for v, _ in present], positions=[p for _, p in present], widths=0.6, **_horizontal())
         labels = []
         for lam in lams:
             conv, tot = len(d["values"][lam]), int(d["totals"][lam])
@@ -100,10 +108,10 @@ def lr_sweep_figure(sweep: pd.DataFrame, path: Path) -> bool:
     nrow = math.ceil(len(cols) / ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(3.6 * ncol, 3.1 * nrow), squeeze=False)
     for ax, c in zip(axes.flat, cols):
-        for keys, g in sweep.groupby(A._NO_LR + ["n_train"], sort=True):
+        for keys, g in sweep.groupby(A.SETTING_NO_LR + ["n_train"], sort=True):
             g = g.sort_values("lr")
             ax.errorbar(g["lr"], g[f"{c}_mean"], yerr=g[f"{c}_std"].fillna(0), marker="o", ms=3, capsize=3,
-                        label=f"hidden {keys[A._NO_LR.index('hidden')]}, N = {keys[-1]}")
+                        label=f"hidden {keys[A.SETTING_NO_LR.index('hidden')]}, N = {keys[-1]}")
             if c == "sharpness":
                 ax.plot(g["lr"], g["two_over_lr"], "k--", lw=0.8, label="2/lr")
         ax.set_xscale("log")
@@ -127,7 +135,7 @@ def depth_figure(bd: pd.DataFrame, path: Path) -> bool:
         return False
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    for keys, g in bd.groupby(A._NO_HIDDEN + ["measure"], sort=False):
+    for keys, g in bd.groupby(A.SETTING_NO_HIDDEN + ["measure"], sort=False):
         g = g.sort_values("depth")
         ax.errorbar(g["depth"], g["tau_mean"], yerr=g["tau_std"].fillna(0), marker="o", ms=4, capsize=3,
                     label=keys[-1])
@@ -172,7 +180,7 @@ def write_report(source, out_dir=None) -> dict:
         raise StoreError(f"cannot write the report to {out}: it is a file, not a directory{hint}")
     try:
         out.mkdir(parents=True, exist_ok=True)
-        return _write(out, df, grid, merged, versions, path, skipped)
+        return render(compute_content(df, grid, merged, versions, path, skipped), out)
     except OSError as e:
         why = e.strerror or str(e)
         if e.filename is not None and str(e.filename) != str(out):
@@ -180,14 +188,30 @@ def write_report(source, out_dir=None) -> dict:
         raise StoreError(f"cannot write the report to {out} ({why}){hint}") from None
 
 
-def _write(out: Path, df: pd.DataFrame, grid: dict, merged: list, versions: dict, path: Path, skipped) -> dict:
-    written = {}
+@dataclass
+class ReportContent:
+    """What a report says, computed from a store's table without writing anything (compute_content);
+    render() turns it into files. Frames are empty where the store holds nothing for them."""
+    title: str
+    intro: str
+    runs: pd.DataFrame                        # one row per model (Store.frame())
+    counts: pd.DataFrame = field(default_factory=pd.DataFrame)    # models by status
+    taus: pd.DataFrame = field(default_factory=pd.DataFrame)      # Kendall's tau per (setting, pair, seed)
+    ratios: pd.DataFrame = field(default_factory=pd.DataFrame)    # r_norm per (regularizer, pair)
+    table1: pd.DataFrame = field(default_factory=pd.DataFrame)
+    table2: pd.DataFrame = field(default_factory=pd.DataFrame)
+    verdict: pd.DataFrame = field(default_factory=pd.DataFrame)
+    lr_sweep: pd.DataFrame = field(default_factory=pd.DataFrame)
+    depth: pd.DataFrame = field(default_factory=pd.DataFrame)
+    by_size: pd.DataFrame = field(default_factory=pd.DataFrame)   # the curves behind Table 1
+    shown: dict = field(default_factory=dict)                     # {measure key: short} of the per-N views
+    figure2: pd.DataFrame = field(default_factory=pd.DataFrame)
 
-    def save_csv(name, frame):
-        frame.to_csv(out / name, index=False)
-        written[name] = out / name
 
-    sections_md, sections_html = [], []
+def compute_content(df: pd.DataFrame, grid: dict, merged: list, versions: dict, path: Path,
+                    skipped) -> ReportContent:
+    """Every table of the report from a store's frame and metadata (the analyses of analysis.py and verdict.py)."""
+    from .verdict import verdict
     grids = [g for g in [grid, *merged] if g]
     title = f"smoothness report: {' + '.join(str(g.get('name')) for g in grids) or path.parent.name}"
     intro = (f"{len(df)} models in {path}. Generated {time.strftime('%Y-%m-%d %H:%M')} by smoothness "
@@ -198,82 +222,97 @@ def _write(out: Path, df: pd.DataFrame, grid: dict, merged: list, versions: dict
     for g in grids:
         if g.get("description"):
             intro += " " + (f"{g.get('name')}: " if len(grids) > 1 else "") + " ".join(str(g["description"]).split())
-    if len(df):
-        save_csv("runs.csv", df.drop(columns=["versions"], errors="ignore"))
-        counts = A.status_counts(df)
-        save_csv("status_counts.csv", counts)
-        taus, ratios = A.kendall_taus(df), A.table2_ratios(df)
-        t1, t2 = A.table1(df, taus), A.table2(df, ratios)
-        tables1, tables2 = table1_tables(t1) if len(t1) else [], table2_tables(t2) if len(t2) else []
-        from .verdict import verdict
-        ver = verdict(t1, t2)
-        tables_v = verdict_tables(ver) if len(ver) else []
-        if len(ver):
-            save_csv("verdict.csv", ver)
-        sweep = A.by_lr(df)
-        tables_lr = lr_sweep_tables(sweep) if len(sweep) else []
-        depth = A.by_depth(taus)
-        tables_depth = depth_tables(depth) if len(depth) else []
-        if len(depth):
-            save_csv("depth.csv", depth)
-        if len(sweep):
-            save_csv("lr_sweep.csv", sweep)
-        if len(t1):
-            save_csv("table1.csv", t1)
-            save_csv("table1_taus.csv", taus)
-        if len(t2):
-            save_csv("table2.csv", t2)
-            save_csv("table2_ratios.csv", ratios)
+    c = ReportContent(title, intro, df)
+    if not len(df):
+        return c
+    c.counts = A.status_counts(df)
+    c.taus, c.ratios = A.kendall_taus(df), A.table2_ratios(df)
+    c.table1, c.table2 = A.table1(df, c.taus), A.table2(df, c.ratios)
+    c.verdict = verdict(c.table1, c.table2)
+    c.lr_sweep, c.depth = A.by_lr(df), A.by_depth(c.taus)
+    c.by_size = A.by_size(df, list(A.TAU_MEASURES) + ["loss_test", "loss_train"])
+    size = c.by_size
+    c.shown = {m: s for m, s in A.TAU_MEASURES.items() if f"{m}_mean" in size and size[f"{m}_mean"].notna().any()}
+    if "weights_product" in c.shown and "path_norm" in c.shown and len(c.depth) == 0:
+        del c.shown["path_norm"]  # one hidden layer only: PN is WP
+    c.figure2 = A.figure2_data(df)
+    return c
+
+
+def render(c: ReportContent, out: Path) -> dict:
+    """Write the content's CSVs, Markdown tables, PNG figures, report.md and the self-contained report.html
+    into out; returns {file name: path} of what was written."""
+    written = {}
+
+    def save_csv(name, frame):
+        if len(frame):
+            frame.to_csv(out / name, index=False)
+            written[name] = out / name
+
+    def save_md(name, tabs):
+        if tabs:
+            (out / name).write_text("\n".join(t.markdown() for t in tabs))
+            written[name] = out / name
+
+    sections_md, sections_html = [], []
+    if len(c.runs):
+        save_csv("runs.csv", c.runs.drop(columns=["versions"], errors="ignore"))
+        c.counts.to_csv(out / "status_counts.csv", index=False)
+        written["status_counts.csv"] = out / "status_counts.csv"
+        tables1 = table1_tables(c.table1) if len(c.table1) else []
+        tables2 = table2_tables(c.table2) if len(c.table2) else []
+        tables_v = verdict_tables(c.verdict) if len(c.verdict) else []
+        tables_lr = lr_sweep_tables(c.lr_sweep) if len(c.lr_sweep) else []
+        tables_depth = depth_tables(c.depth) if len(c.depth) else []
+        tables_n = by_size_tables(c.by_size, c.shown) if len(c.by_size) and c.shown else []
+        for name, frame in (("verdict.csv", c.verdict), ("depth.csv", c.depth), ("lr_sweep.csv", c.lr_sweep),
+                            ("table1.csv", c.table1), ("table2.csv", c.table2)):
+            save_csv(name, frame)
+        if len(c.table1):
+            save_csv("table1_taus.csv", c.taus)
+        if len(c.table2):
+            save_csv("table2_ratios.csv", c.ratios)
         for name, tabs in (("verdict.md", tables_v), ("table1.md", tables1), ("table2.md", tables2),
-                           ("lr_sweep.md", tables_lr),
-                           ("depth.md", tables_depth)):
-            if tabs:
-                (out / name).write_text("\n".join(t.markdown() for t in tabs))
-                written[name] = out / name
-        figs = {}
-        size = A.by_size(df, list(A.TAU_MEASURES) + ["loss_test", "loss_train"])
-        if figure2(A.figure2_data(df), out / "figure2.png"):
-            figs["figure2.png"] = "Figure 2: each measure per regularization strength λ"
-        shown = {m: s for m, s in A.TAU_MEASURES.items() if f"{m}_mean" in size and size[f"{m}_mean"].notna().any()}
-        if "weights_product" in shown and "path_norm" in shown and len(depth) == 0:
-            del shown["path_norm"]  # one hidden layer only: PN is WP
-        tables_n = by_size_tables(size, shown) if len(size) and shown else []
+                           ("lr_sweep.md", tables_lr), ("depth.md", tables_depth)):
+            save_md(name, tabs)
         if tables_n:
-            save_csv("measures_by_n.csv", size)
-            (out / "measures_by_n.md").write_text("\n".join(t.markdown() for t in tables_n))
-            written["measures_by_n.md"] = out / "measures_by_n.md"
-        if _vs_n(size, shown, out / "measures_vs_n.png",
+            save_csv("measures_by_n.csv", c.by_size)
+            save_md("measures_by_n.md", tables_n)
+        figs = {}
+        if figure2(c.figure2, out / "figure2.png"):
+            figs["figure2.png"] = "Figure 2: each measure per regularization strength λ"
+        if _vs_n(c.by_size, c.shown, out / "measures_vs_n.png",
                  "Measures against training size (mean ± std over datasets and seeds, converged, unregularized)",
                  logy={"path_norm"}):   # PN grows exponentially with depth
             figs["measures_vs_n.png"] = "Measures against training size"
-        if _vs_n(size, {"loss_test": "test loss (MSE)"}, out / "test_loss_vs_n.png",
+        if _vs_n(c.by_size, {"loss_test": "test loss (MSE)"}, out / "test_loss_vs_n.png",
                  "Held-out loss against training size", logy={"loss_test"}):
             figs["test_loss_vs_n.png"] = "Test loss against training size"
-        if depth_figure(depth, out / "depth.png"):
+        if depth_figure(c.depth, out / "depth.png"):
             figs["depth.png"] = "Kendall's τ(N, measure) against the number of hidden layers"
-        if lr_sweep_figure(sweep, out / "lr_sweep.png"):
+        if lr_sweep_figure(c.lr_sweep, out / "lr_sweep.png"):
             figs["lr_sweep.png"] = "Sharpness, norms, smoothness and test loss against the learning rate"
         written.update({f: out / f for f in figs})
         blocks = [("Verdict", tables_v), ("Table 1", tables1), ("Measures by N", tables_n), ("Table 2", tables2),
                   ("Depth", tables_depth),
-                  ("Learning-rate sweep", tables_lr), ("Status", [status_table(counts)])]
+                  ("Learning-rate sweep", tables_lr), ("Status", [status_table(c.counts)])]
         for head, tabs in blocks:
             if tabs:
                 sections_md.append(f"## {head}\n\n" + "\n".join(t.markdown() for t in tabs))
                 sections_html.append(f"<h2>{head}</h2>" + "".join(t.html() for t in tabs))
         if figs:
-            sections_md.append("## Figures\n\n" + "\n".join(f"![{c}]({f})\n" for f, c in figs.items()))
-            imgs = "".join(f"<figure><img alt='{html.escape(c)}' src='data:image/png;base64,"
-                           f"{base64.b64encode((out / f).read_bytes()).decode()}'><figcaption>{html.escape(c)}"
-                           f"</figcaption></figure>" for f, c in figs.items())
+            sections_md.append("## Figures\n\n" + "\n".join(f"![{cap}]({f})\n" for f, cap in figs.items()))
+            imgs = "".join(f"<figure><img alt='{html.escape(cap)}' src='data:image/png;base64,"
+                           f"{base64.b64encode((out / f).read_bytes()).decode()}'><figcaption>{html.escape(cap)}"
+                           f"</figcaption></figure>" for f, cap in figs.items())
             sections_html.append(f"<h2>Figures</h2>{imgs}")
     else:
         sections_md.append("The store holds no finished models yet.")
         sections_html.append("<p>The store holds no finished models yet.</p>")
-    (out / "report.md").write_text(f"# {title}\n\n{intro}\n\n" + "\n\n".join(sections_md) + "\n")
+    (out / "report.md").write_text(f"# {c.title}\n\n{c.intro}\n\n" + "\n\n".join(sections_md) + "\n")
     (out / "report.html").write_text(
-        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-        f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1><p>{html.escape(intro)}</p>"
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(c.title)}</title>"
+        f"<style>{_CSS}</style></head><body><h1>{html.escape(c.title)}</h1><p>{html.escape(c.intro)}</p>"
         + "".join(sections_html) + "</body></html>\n")
     written["report.md"], written["report.html"] = out / "report.md", out / "report.html"
     return written

@@ -10,7 +10,9 @@ import pandas as pd
 from . import analysis as A
 from . import registry
 
-def _f(v, digits=3) -> str:
+
+def fmt(v, digits=3) -> str:
+    """A table cell: '–' for None or NaN, integers as they are, floats to `digits` significant places."""
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "–"
     if isinstance(v, (int, np.integer)):
@@ -21,10 +23,10 @@ def _f(v, digits=3) -> str:
 def _pm(m, s) -> str:
     """Mean ± std; a std at rounding level (e.g. of taus that are all 1 up to the last bit) is shown as 0."""
     if s is None or (isinstance(s, float) and math.isnan(s)):
-        return _f(m)
-    if _f(m) != "–" and abs(s) <= 1e-12 * max(1.0, abs(m)):
+        return fmt(m)
+    if fmt(m) != "–" and abs(s) <= 1e-12 * max(1.0, abs(m)):
         s = 0
-    return f"{_f(m)} ± {_f(s, 2)}"
+    return f"{fmt(m)} ± {fmt(s, 2)}"
 
 
 class Table:
@@ -66,9 +68,9 @@ def _lam_cell(c) -> str:
     if c.lam is None or pd.isna(c.lam):
         return "none (no λ > 0 reached the threshold: start the ladder lower)"
     if getattr(c, "ladder_short", False):
-        return f"{_f(c.lam)} (top of the ladder: the edge lies higher)"
+        return f"{fmt(c.lam)} (top of the ladder: the edge lies higher)"
     above = getattr(c, "lam_above", None)
-    return f"{_f(c.lam)} (< {_f(above)})" if above is not None and not pd.isna(above) else _f(c.lam)
+    return f"{fmt(c.lam)} (< {fmt(above)})" if above is not None and not pd.isna(above) else fmt(c.lam)
 
 
 def table2_tables(t2: pd.DataFrame) -> list[Table]:
@@ -79,13 +81,13 @@ def table2_tables(t2: pd.DataFrame) -> list[Table]:
         cols = sorted(g.itertuples(), key=lambda c: (order.get(c.measure, 9), c.lr))
         lam = [_lam_cell(c) for c in cols]
         rows = [["Regularizer"] + [c.regularizer for c in cols],
-                ["Learning rate, epoch cap"] + [f"{_f(c.lr)}, {c.max_epochs}" for c in cols],
+                ["Learning rate, epoch cap"] + [f"{fmt(c.lr)}, {c.max_epochs}" for c in cols],
                 ["Largest λ still converging"] + lam,
-                ["Unregularized mean μ_unreg (ours / paper)"] + [f"{_f(c.unreg_mean)} / {_f(c.paper_unreg_mean)}"
+                ["Unregularized mean μ_unreg (ours / paper)"] + [f"{fmt(c.unreg_mean)} / {fmt(c.paper_unreg_mean)}"
                                                                  for c in cols],
-                ["Regularized mean μ_reg (ours / paper)"] + [f"{_f(c.reg_mean)} / {_f(c.paper_reg_mean)}"
+                ["Regularized mean μ_reg (ours / paper)"] + [f"{fmt(c.reg_mean)} / {fmt(c.paper_reg_mean)}"
                                                              for c in cols],
-                ["Lower bound l_S (ours / paper)"] + [f"{_f(c.lower_bound)} / {_f(c.paper_lower_bound)}"
+                ["Lower bound l_S (ours / paper)"] + [f"{fmt(c.lower_bound)} / {fmt(c.paper_lower_bound)}"
                                                       for c in cols],
                 ["r_norm (ours)"] + [_pm(c.r_norm_mean, c.r_norm_std) for c in cols],
                 ["r_norm (paper)"] + [_pm(c.paper_r_norm_mean, c.paper_r_norm_std) for c in cols],
@@ -108,10 +110,10 @@ def verdict_tables(v: pd.DataFrame) -> list[Table]:
     out = []
     for data, g in v.groupby("data", sort=False):
         rows = [[r.measure,
-                 f"{_pm(r.tau, r.tau_std)} / {_f(r.paper_tau)}" + (f" ({r.tau_datasets} datasets, N ≤ {r.n_max})"
+                 f"{_pm(r.tau, r.tau_std)} / {fmt(r.paper_tau)}" + (f" ({r.tau_datasets} datasets, N ≤ {r.n_max})"
                                                                    if r.tau_datasets else ""),
-                 f"{_pm(r.r_norm, r.r_norm_std)} / {_f(r.paper_r_norm)}" + (
-                     f" ({r.r_datasets} pairs, λ {_f(r.lam)}, N {r.n_train_reg})" if r.r_datasets else ""),
+                 f"{_pm(r.r_norm, r.r_norm_std)} / {fmt(r.paper_r_norm)}" + (
+                     f" ({r.r_datasets} pairs, λ {fmt(r.lam)}, N {r.n_train_reg})" if r.r_datasets else ""),
                  r.reading, r.paper_reading, r.why] for r in g.itertuples()]
         note = (f"Reading (module smoothness.verdict): SGD does not optimize a measure if "
                 f"τ ≤ {V.TAU_NOT_MONOTONE:g} "
@@ -127,7 +129,7 @@ def verdict_tables(v: pd.DataFrame) -> list[Table]:
 
 
 def status_table(counts: pd.DataFrame) -> Table:
-    rows = [[r.regularizer, _f(r.lam), _f(r.lr), str(r.n_train), str(r.converged), str(r.not_converged),
+    rows = [[r.regularizer, fmt(r.lam), fmt(r.lr), str(r.n_train), str(r.converged), str(r.not_converged),
              str(r.diverged)] for r in counts.itertuples()]
     return Table("Models by status", ["regularizer", "λ", "lr", "N", "converged", "not converged", "diverged"],
                  rows, "Not converged (epoch cap reached) and diverged (non-finite loss) models are excluded from "
@@ -139,10 +141,10 @@ def lr_sweep_tables(sweep: pd.DataFrame) -> list[Table]:
     """One table per setting and N: a row per learning rate."""
     cols = [c for c in A.SWEEP if f"{c}_mean" in sweep]
     tabs = []
-    for keys, g in sweep.groupby(A._NO_LR + ["n_train"], sort=True):
-        label = A.setting_label({**dict(zip(A._NO_LR, keys)), "lr": 0, "max_epochs": 0}, with_lr=False)
-        rows = [[f"{r['lr']:g}", f"{r['converged']}/{r['models']}", str(r["diverged"]), _f(r["final_loss_median"]),
-                 _f(r["two_over_lr"])]
+    for keys, g in sweep.groupby(A.SETTING_NO_LR + ["n_train"], sort=True):
+        label = A.setting_label({**dict(zip(A.SETTING_NO_LR, keys)), "lr": 0, "max_epochs": 0}, with_lr=False)
+        rows = [[f"{r['lr']:g}", f"{r['converged']}/{r['models']}", str(r["diverged"]), fmt(r["final_loss_median"]),
+                 fmt(r["two_over_lr"])]
                 + [_pm(r[f"{c}_mean"], r[f"{c}_std"]) for c in cols] for _, r in g.sort_values("lr").iterrows()]
         tabs.append(Table(f"Learning-rate sweep: {label}, N = {keys[-1]}",
                           ["lr", "converged", "diverged", "final loss (median)", "2/lr"] + [A.SWEEP[c] for c in cols],
@@ -155,14 +157,14 @@ def lr_sweep_tables(sweep: pd.DataFrame) -> list[Table]:
 def depth_tables(bd: pd.DataFrame) -> list[Table]:
     """One table per setting: a row per measure, a column per architecture (Kendall's tau(N, measure))."""
     tabs = []
-    for keys, g in bd.groupby(A._NO_HIDDEN, sort=True):
+    for keys, g in bd.groupby(A.SETTING_NO_HIDDEN, sort=True):
         archs = list(dict.fromkeys(g["hidden"]))
         rows = []
         for m in A.DEPTH_MEASURES.values():
             cell = {r["hidden"]: (_pm(r["tau_mean"], r["tau_std"]) + f" ({r['datasets']})")
                     for _, r in g[g["measure"] == m].iterrows()}
             rows.append([m] + [cell.get(a, "–") for a in archs])
-        label = A.setting_label({**dict(zip(A._NO_HIDDEN, keys)), "hidden": "*"})
+        label = A.setting_label({**dict(zip(A.SETTING_NO_HIDDEN, keys)), "hidden": "*"})
         tabs.append(Table(f"Table 1 by depth: {label}", ["Smoothness measure"] + [f"hidden {a}" for a in archs],
                           rows, "Kendall's τ between N and each measure, mean ± std over (pair, seed) with the "
                                 "number of those in brackets; converged unregularized models only."))
