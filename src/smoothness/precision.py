@@ -9,7 +9,8 @@ product carries a relative rounding error of up to 2^-11 ≈ 4.9e-4 instead of 2
 - "tf32-emulated": on any device, the inputs of every batched matmul of a step are rounded to TF32
   precision (round to nearest, ties to even) before a float32 matmul. It models the rounding of TF32,
   not its speed, so that the effect of TF32 on training can be studied without a GPU
-  (scripts/tf32_effect.py).
+  (the study in docs/performance.md: `smoothness run quick --matmul-precision tf32-emulated`, then
+  `smoothness compare` against the fp32 store).
 
 Only training steps use the mode; the measures are always computed in float32, because the path-length
 estimators sum differences of nearby values that TF32 rounding would inflate.
