@@ -19,8 +19,8 @@ from .errors import ConfigError, DataError, SmoothnessError  # noqa: E402
 
 # Submodules load on first use (`smoothness.grid`, `from smoothness import grid`): `import smoothness` does not
 # import PyTorch, so `python -m smoothness` can handle Ctrl-C and SIGTERM before it does (__main__.py).
-_SUBMODULES = ("curvature", "data", "experiments", "grid", "measures", "models", "optimizers", "precision", "registry", "store",
-               "training")
+_SUBMODULES = ("curvature", "data", "experiments", "grid", "measures", "models", "optimizers", "precision", "registry",
+               "store", "training")
 __all__ = [*_SUBMODULES, "SmoothnessError", "DataError", "ConfigError", "__version__"]
 
 
