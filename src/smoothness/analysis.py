@@ -285,4 +285,6 @@ def by_depth(taus: pd.DataFrame) -> pd.DataFrame:
                              "depth": len(str(hidden).split("-")), "measure": short, "tau_mean": vals.mean(),
                              "tau_std": vals.std(ddof=0) if len(vals) > 1 else np.nan, "datasets": len(vals)})
     out = pd.DataFrame(rows)
-    return out.sort_values(SETTING_NO_HIDDEN + ["depth", "hidden"], kind="stable").reset_index(drop=True) if len(out) else out
+    if not len(out):
+        return out
+    return out.sort_values(SETTING_NO_HIDDEN + ["depth", "hidden"], kind="stable").reset_index(drop=True)

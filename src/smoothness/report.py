@@ -164,9 +164,10 @@ def write_report(source, out_dir=None) -> dict:
     """Analyse a results store (a directory or .sqlite file) and write the report; returns what was written.
 
     Files: verdict.md/csv, table1.md/csv, table1_taus.csv, measures_by_n.md/csv, table2.md/csv,
-    table2_ratios.csv, status_counts.csv, runs.csv, figure2.png, measures_vs_n.png, test_loss_vs_n.png, report.md and a self-contained report.html; for grids
-    with several learning rates also lr_sweep.md/csv and lr_sweep.png; with several architectures also
-    depth.md/csv and depth.png.
+    table2_ratios.csv, status_counts.csv, runs.csv, figure2.png, measures_vs_n.png, test_loss_vs_n.png,
+    report.md and a self-contained report.html; for grids with several learning rates also lr_sweep.md/csv
+    and lr_sweep.png; with several architectures also depth.md/csv and depth.png. compute_content and render
+    are the two halves.
     """
     with Store(source, create=False) as st:   # read-only: a store nobody may write can be reported on
         df = st.frame()

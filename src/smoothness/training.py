@@ -19,7 +19,7 @@ model follows the same trajectory alone, inside any batch, and in any admission 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
@@ -73,29 +73,92 @@ class TrainResult:
     seconds: float = 0.0
 
 
-class _Active:
-    """Per-model state of the models currently in the batch (row r = model ids[r])."""
+_BUFFERS = {"buffers": True}   # field metadata: a list of tensors, each with one row per model
 
-    def __init__(self, device):
-        self.device = device
-        self.ids: list[int] = []
-        self.params: MLPStack | None = None
-        self.idx = self.y = self.perm = None      # [A, Nmax] on device
-        self.n = self.lr = self.lam = self.loss_sum = None   # [A]
-        self.seed = None                          # [A] int64 on device
-        self.n_host = np.zeros(0, np.int64)
-        self.pos = np.zeros(0, np.int64)
-        self.epoch = np.zeros(0, np.int64)
-        self.steps = np.zeros(0, np.int64)
-        self.start = np.zeros(0)
-        # Shuffles of upcoming epochs, computed several epochs at a time (one hash call instead of one
-        # per epoch): ahead[r, k] is the permutation of epoch ahead_base[r] + k. None: not built yet.
-        self.ahead: torch.Tensor | None = None    # [A, K, Nmax]
-        self.ahead_base = np.zeros(0, np.int64)
-        self.opt_state: list[torch.Tensor] = []   # optimizer buffers, [A, ...] each (optimizers.init_state)
+
+def _rows_of(value, k: torch.Tensor, keep: np.ndarray, buffers: bool):
+    """The rows `keep` of one per-model field of _Active (k: the same rows as a device tensor)."""
+    if buffers:
+        return [o[k] for o in value]
+    if isinstance(value, np.ndarray):
+        return value[keep]
+    if isinstance(value, MLPStack):
+        return value.select(k)
+    if isinstance(value, list):
+        return [value[i] for i in keep]
+    return value[k]
+
+
+def _joined(a, b, nmax: int, buffers: bool):
+    """One per-model field of _Active with the rows of b after those of a; [A, n] tensors widened to nmax."""
+    if buffers:
+        return [torch.cat([x, y]) for x, y in zip(a, b)]
+    if isinstance(a, np.ndarray):
+        return np.concatenate([a, b])
+    if isinstance(a, MLPStack):
+        return MLPStack.cat([a, b])
+    if isinstance(a, list):
+        return a + b
+
+    def widen(t):
+        if t.dim() != 2 or t.shape[1] == nmax:
+            return t
+        return torch.cat([t, t.new_zeros(t.shape[0], nmax - t.shape[1])], 1)
+    return torch.cat([widen(a), widen(b)])
+
+
+@dataclass
+class _Active:
+    """Per-model state of the models currently in the batch: row r of every field belongs to model ids[r].
+
+    keep() and join() are derived from the fields (as MLPStack's select and cat are), so a new field is
+    selected and concatenated with the others without being listed anywhere else."""
+    ids: list[int]
+    params: MLPStack
+    opt_state: list[torch.Tensor] = field(metadata=_BUFFERS)  # optimizer buffers, [A, ...] (optimizers.init_state)
+    idx: torch.Tensor               # [A, Nmax] indices into the pool (padded with 0)
+    y: torch.Tensor                 # [A, Nmax] targets (padded with 0)
+    perm: torch.Tensor              # [A, Nmax] the current epoch's shuffle of positions 0..n-1
+    n: torch.Tensor                 # [A] training set sizes
+    lr: torch.Tensor                # [A] learning rates
+    lam: torch.Tensor               # [A] regularization strengths
+    loss_sum: torch.Tensor          # [A] sum of the squared errors of the current epoch so far
+    seed: torch.Tensor              # [A] int64
+    n_host: np.ndarray              # [A] n, on the host
+    pos: np.ndarray                 # [A] position in the current epoch
+    epoch: np.ndarray               # [A] epochs finished
+    steps: np.ndarray               # [A] steps taken
+    start: np.ndarray               # [A] perf_counter() at admission
+    # Shuffles of upcoming epochs, computed several epochs at a time (one hash call instead of one per epoch):
+    # ahead[r, k] is the permutation of epoch ahead_base[r] + k. None: not built yet (dropped by join).
+    ahead: torch.Tensor | None = None   # [A, K, Nmax]
+    ahead_base: np.ndarray | None = None
 
     def __len__(self):
         return len(self.ids)
+
+    def _present(self):
+        return [(f.name, bool(f.metadata.get("buffers"))) for f in fields(self) if getattr(self, f.name) is not None]
+
+    def keep(self, keep: np.ndarray) -> None:
+        """Keep only the rows `keep`, in place."""
+        k = torch.as_tensor(keep, dtype=torch.long, device=self.seed.device)
+        for name, buffers in self._present():
+            setattr(self, name, _rows_of(getattr(self, name), k, keep, buffers))
+
+    def join(self, new: "_Active") -> None:
+        """Append the rows of `new`, in place; the look-ahead shuffles are dropped (rows and widths changed)."""
+        nmax = max(self.idx.shape[1], new.idx.shape[1])
+        self.ahead = self.ahead_base = None
+        for name, buffers in self._present():
+            setattr(self, name, _joined(getattr(self, name), getattr(new, name), nmax, buffers))
+
+
+@dataclass(frozen=True)
+class StepSettings:
+    """What every step of one batched program shares: one regularizer and one optimizer per program."""
+    regularizer: str = "none"
+    optimizer: str = "sgd"
 
 
 class BatchedTrainer:
@@ -116,10 +179,11 @@ class BatchedTrainer:
         self._arange = torch.arange(self.batch_size, device=self.device)
 
     # -- admission ---------------------------------------------------------------------------
-    def _admit(self, act: _Active, specs: list[TrainSpec], ids: list[int]) -> None:
+    def _admit(self, act: _Active | None, specs: list[TrainSpec], ids: list[int], optimizer: str) -> _Active:
+        """The state with the models `ids` (initialized from their seeds) admitted after the rows of act."""
         dev = self.device
         new = [specs[i] for i in ids]
-        nmax = max([s.indices.numel() for s in new] + ([act.idx.shape[1]] if len(act) else []))
+        nmax = max([s.indices.numel() for s in new] + ([act.idx.shape[1]] if act else []))
 
         def pad(rows, fill, dtype):
             out = torch.full((len(rows), nmax), fill, dtype=dtype)
@@ -127,62 +191,31 @@ class BatchedTrainer:
                 out[r, : t.numel()] = t
             return out.to(dev)
 
-        def widen(t, fill):
-            return t if t.shape[1] == nmax else torch.cat(
-                [t, t.new_full((t.shape[0], nmax - t.shape[1]), fill)], 1)
-
         seeds = torch.tensor([s.seed for s in new], dtype=torch.int64)
         params = init_mlp(seeds, self.widths, torch.tensor([s.alpha for s in new], dtype=torch.float64),
                           device=dev)
         n = torch.tensor([s.indices.numel() for s in new], dtype=torch.int64, device=dev)
-        perm = rng.permutation_keys(n, nmax, seeds.to(dev)[:, None], rng.STREAM_SHUFFLE, 0)
-        fields = dict(idx=pad([s.indices for s in new], 0, torch.long),
-                      y=pad([s.targets for s in new], 0.0, torch.float32),
-                      perm=perm, n=n,
-                      lr=torch.tensor([s.lr for s in new], dtype=torch.float32, device=dev),
-                      lam=torch.tensor([s.lam for s in new], dtype=torch.float32, device=dev),
-                      loss_sum=torch.zeros(len(new), dtype=torch.float32, device=dev),
-                      seed=seeds.to(dev))
-        state = optimizers.init_state(params.tensors(), self.optimizer)
-        if len(act):
-            act.opt_state = [torch.cat([o, z]) for o, z in zip(act.opt_state, state)]
-            act.params = MLPStack.cat([act.params, params])
-            for k, v in fields.items():
-                old = getattr(act, k)
-                old = widen(old, 0) if old.dim() == 2 else old
-                setattr(act, k, torch.cat([old, v]))
-        else:
-            act.params, act.opt_state = params, state
-            for k, v in fields.items():
-                setattr(act, k, v)
-        act.ahead = None  # rows and widths changed: the look-ahead shuffles are rebuilt when needed
-        act.ids += ids
-        act.n_host = np.concatenate([act.n_host, n.cpu().numpy()])
         zeros = np.zeros(len(new), np.int64)
-        act.pos = np.concatenate([act.pos, zeros])
-        act.epoch = np.concatenate([act.epoch, zeros])
-        act.steps = np.concatenate([act.steps, zeros])
-        act.start = np.concatenate([act.start, np.full(len(new), time.perf_counter())])
-
-    @staticmethod
-    def _keep(act: _Active, keep: np.ndarray) -> None:
-        k = torch.as_tensor(keep, dtype=torch.long, device=act.device)
-        act.params = act.params.select(k)
-        act.opt_state = [o[k] for o in act.opt_state]
-        for name in ("idx", "y", "perm", "n", "lr", "lam", "loss_sum", "seed"):
-            setattr(act, name, getattr(act, name)[k])
-        act.ids = [act.ids[i] for i in keep]
-        if act.ahead is not None:
-            act.ahead, act.ahead_base = act.ahead[k], act.ahead_base[keep]
-        for name in ("n_host", "pos", "epoch", "steps", "start"):
-            setattr(act, name, getattr(act, name)[keep])
+        added = _Active(ids=list(ids), params=params, opt_state=optimizers.init_state(params.tensors(), optimizer),
+                        idx=pad([s.indices for s in new], 0, torch.long),
+                        y=pad([s.targets for s in new], 0.0, torch.float32),
+                        perm=rng.permutation_keys(n, nmax, seeds.to(dev)[:, None], rng.STREAM_SHUFFLE, 0), n=n,
+                        lr=torch.tensor([s.lr for s in new], dtype=torch.float32, device=dev),
+                        lam=torch.tensor([s.lam for s in new], dtype=torch.float32, device=dev),
+                        loss_sum=torch.zeros(len(new), dtype=torch.float32, device=dev), seed=seeds.to(dev),
+                        n_host=n.cpu().numpy(), pos=zeros, epoch=zeros.copy(), steps=zeros.copy(),
+                        start=np.full(len(new), time.perf_counter()))
+        if not act:
+            return added
+        act.join(added)
+        return act
 
     # -- one SGD step for every active model ---------------------------------------------------
-    def _step(self, act: _Active) -> None:
+    def _step(self, act: _Active, st: StepSettings) -> None:
         B = self.batch_size
         nmax = act.perm.shape[1]
         # full: no model is at its last, partial batch; the regularized step always masks.
-        full = self.regularizer == "none" and bool(np.all(act.pos + B <= act.n_host))
+        full = st.regularizer == "none" and bool(np.all(act.pos + B <= act.n_host))
         cols = torch.as_tensor(act.pos, device=self.device)[:, None] + self._arange
         valid = None
         if full:
@@ -195,7 +228,7 @@ class BatchedTrainer:
         blk = self._block_size(len(act))
         for a in range(0, len(act), blk):
             b = min(a + blk, len(act))
-            self._step_block(act, a, b, rows[a:b], yb[a:b], None if valid is None else valid[a:b])
+            self._step_block(act, st, a, b, rows[a:b], yb[a:b], None if valid is None else valid[a:b])
         act.pos += B
         act.steps += 1
 
@@ -209,27 +242,27 @@ class BatchedTrainer:
             return max(1, n_active)
         return max(1, (1 << 20) // (self.batch_size * self.widths[0]))
 
-    def _step_block(self, act: _Active, a: int, b: int, rows, yb, valid) -> None:
+    def _step_block(self, act: _Active, st: StepSettings, a: int, b: int, rows, yb, valid) -> None:
         """One optimizer step for the active models a..b-1 (weights and state updated in place through views)."""
         p = act.params.rows(a, b)
         xb = self.x.index_select(0, rows.reshape(-1)).view(*rows.shape, -1)  # [b - a, B, d]
         lr = act.lr[a:b]
-        if self.regularizer != "none":
-            grads, err = regularizers.regularized_grads(p, self.regularizer, act.lam[a:b], xb, yb, valid)
+        if st.regularizer != "none":
+            grads, err = regularizers.regularized_grads(p, st.regularizer, act.lam[a:b], xb, yb, valid)
         else:
             out, acts, pres = forward(p, xb, cache=True)
             err = out - yb if valid is None else torch.where(valid, out - yb, 0.0)
             # eq. 2 on the batch: d/d out of (1/count) sum err^2 is 2 err / count.
-            rate = lr if self.optimizer == "sgd" else torch.ones_like(lr)  # sgd: scaled by the lr here
+            rate = lr if st.optimizer == "sgd" else torch.ones_like(lr)  # sgd: scaled by the lr here
             scale = rate * (2.0 / self.batch_size) if valid is None else 2.0 * rate / valid.sum(1).to(err.dtype)
             grads = None
-            if self.optimizer == "sgd":  # fused: the update is folded into the gradient GEMMs
+            if st.optimizer == "sgd":  # fused: the update is folded into the gradient GEMMs
                 sgd_update_(p, acts, pres, err * scale[:, None])
             else:
                 grads = parameter_grads(p, acts, pres, err * scale[:, None])
         if grads is not None:
             t = torch.as_tensor(act.steps[a:b] + 1, device=self.device)
-            optimizers.step_(p.tensors(), grads, [o[a:b] for o in act.opt_state], self.optimizer, lr, t)
+            optimizers.step_(p.tensors(), grads, [o[a:b] for o in act.opt_state], st.optimizer, lr, t)
         act.loss_sum[a:b] += err.square().sum(1)  # errors from before the update, as Keras logs them
 
     # -- epoch ends: check the stopping rule, reshuffle ----------------------------------------
@@ -306,15 +339,15 @@ class BatchedTrainer:
         kinds = {s.regularizer for s in specs}
         if len(kinds) > 1:
             raise ValueError(f"one batched program trains one kind of regularizer, got {sorted(kinds)}")
-        self.regularizer = kinds.pop() if kinds else "none"
+        regularizer = kinds.pop() if kinds else "none"
         opts = {s.optimizer for s in specs}
         if len(opts) > 1:
             raise ValueError(f"one batched program trains with one optimizer, got {sorted(opts)}")
-        self.optimizer = opts.pop() if opts else "sgd"
+        st = StepSettings(regularizer, opts.pop() if opts else "sgd")
         self.admit_seconds = 0.0  # time spent initializing and admitting models (reported by bench)
         waiting = list(range(len(specs)))
         cap = self.max_batch or len(specs)
-        act = _Active(self.device)
+        act: _Active | None = None
         last_loss = {}
         finished: list[TrainResult] = []
         n_done = 0
@@ -324,14 +357,15 @@ class BatchedTrainer:
                                         a.params.rows(row, row + 1).to("cpu", copy=True),
                                         time.perf_counter() - float(a.start[row])))
 
-        while waiting or len(act):
-            if waiting and len(act) < cap:
-                take, waiting = waiting[: cap - len(act)], waiting[cap - len(act):]
+        while waiting or act:
+            if waiting and (act is None or len(act) < cap):
+                room = cap - (len(act) if act is not None else 0)
+                take, waiting = waiting[:room], waiting[room:]
                 t0 = time.perf_counter()
-                self._admit(act, specs, take)
+                act = self._admit(act, specs, take, st.optimizer)
                 self.admit_seconds += time.perf_counter() - t0
             with precision.matmuls(self.precision, self.device):   # per step: measuring runs between yields
-                self._step(act)
+                self._step(act, st)
             ended = np.flatnonzero(act.pos >= act.n_host)
             if len(ended):
                 interrupt.check()   # a Ctrl-C whose exception was swallowed (interrupt.check says where)
@@ -339,7 +373,7 @@ class BatchedTrainer:
                 done, losses = self._epoch_end(act, specs, ended, finish)
                 last_loss.update(zip(ids, losses))
                 if done.any():
-                    self._keep(act, np.flatnonzero(~done))
+                    act.keep(np.flatnonzero(~done))
                 n_done += len(finished)
                 yield from finished
                 finished.clear()
