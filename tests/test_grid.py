@@ -246,3 +246,16 @@ def test_full_batch_gd_takes_one_step_per_epoch():
                            measure_points=20, segments=5, points=10)
     (r,) = pipeline.train_and_measure([c])
     assert c.batch_size == 100 and r["epochs"] == r["steps"] == 30 and r["optimizer"] == "gd"
+
+
+def test_fields_added_after_the_first_release_are_one_table_that_keeps_old_keys():
+    from dataclasses import fields as dc_fields, replace
+
+    from smoothness.runconfig import ADDED_FIELDS, RunConfig, config_key
+    defaults = {f.name: f.default for f in dc_fields(RunConfig)}
+    assert all(defaults[k] == v for k, v in ADDED_FIELDS.items())
+    c = RunConfig()
+    for k in ADDED_FIELDS:   # at its default the field is not in the key; set, it is
+        other = {"sharpness_iters": 5, "trace_probes": 3, "optimizer": "adam", "matmul_precision": "tf32-emulated"}[k]
+        assert config_key(replace(c, **{k: other})) != config_key(c)
+    assert grid.config_key is config_key

@@ -9,7 +9,7 @@ import pandas as pd
 from scipy.stats import kendalltau
 
 from . import registry, staging
-from .store import ADDED_FIELDS
+from .runconfig import ADDED_FIELDS
 
 # The four measures of the paper's tables, with their short names (all lists come from registry.py).
 MEASURES = registry.shorts(paper=True)
@@ -33,7 +33,7 @@ SETTING = ["data", "optimizer", "matmul_precision", "hidden", "alpha", "lr", "ba
 
 
 def _complete(df: pd.DataFrame) -> pd.DataFrame:
-    """df with every setting column, filling those added after the first results (store.ADDED_FIELDS) with
+    """df with every setting column, filling those added after the first results (runconfig.ADDED_FIELDS) with
     the value that records predating them had."""
     missing = {c: v for c, v in ADDED_FIELDS.items() if c not in df}
     return df.assign(**missing) if missing and len(df) else df

@@ -30,9 +30,7 @@ baseline shared by several entries is trained once.
 from __future__ import annotations
 
 import difflib
-import hashlib
 import itertools
-import json
 from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
@@ -41,7 +39,7 @@ from . import data as datasets
 from . import gridvalues as gv
 from . import optimizers, rng
 from .errors import ConfigError
-from .pipeline import RunConfig
+from .runconfig import RunConfig, config_key  # noqa: F401 (config_key: part of grid's API)
 
 PRESETS = (
     "smoke", "quick", "paper-table1", "paper-table2", "lr-sweep", "depth", "fashion-table1", "fashion-table2",
@@ -57,7 +55,6 @@ _MEASURE_FIELDS = {"points": "measure_points", "segments": "segments", "points_p
 _MEASURE_NONNEG = {"seed", "sharpness_iters", "trace_probes"}   # 0 allowed (0 iterations/probes: not computed)
 # RunConfig fields added after the first store format: left out of the key while at their default, so
 # that the keys of earlier stores stay valid.
-_KEY_OPTIONAL = ("sharpness_iters", "trace_probes", "optimizer", "matmul_precision")
 _MEASURE = set(_MEASURE_FIELDS)
 
 
@@ -139,18 +136,6 @@ class Grid:
                 r["pairs"] = [list(p) for p in r["pairs"]]
         d["hidden"] = [list(h) for h in self.hidden]
         return d
-
-
-def config_key(c: RunConfig) -> str:
-    """A stable identifier of one model's full configuration (the results store's primary key)."""
-    d = asdict(c)
-    d["pair"], d["hidden"] = list(c.pair), list(c.hidden)
-    d["lr"], d["alpha"], d["threshold"], d["lam"] = (float(d[k]) for k in ("lr", "alpha", "threshold", "lam"))
-    for k in _KEY_OPTIONAL:
-        if d[k] == _DEFAULT[k]:
-            del d[k]
-    blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
 # -- parsing and validation --------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 the records, Table 1, Table 2, the verdict, the figures, compare) is derived from REGISTRY.
 
 A measure's key is its column in every record and results table. Adding a measure means adding a row here,
-computing it in measures.py (or pipeline.parameter_measures for those that need the training loss), and the
+computing it in measures.py (or evaluate.parameter_measures for the parameter-space ones), and the
 common tests in tests/test_registry.py then check it is batched, chunk- and order-independent, sign-invariant
 where it should be, recorded and reported.
 """
@@ -26,7 +26,7 @@ class Measure:
     paper: bool = False         # one of the paper's four measures (Tables 1 and 2, the verdict)
     table1: bool = False        # Kendall's tau(N, S) is reported in Table 1
     sampled: bool = False       # estimated at points (held-out and training: the record also has key_train)
-    stack: bool = False         # computed by measures.measure_stack (else by pipeline.parameter_measures)
+    stack: bool = False         # computed by measures.measure_stack (else by evaluate.parameter_measures)
     sign_invariant: bool = True  # unchanged when f is replaced by -f (else: when f and the labels both are)
     point_order: bool = False   # depends on the order of the points (segments or batches are drawn by index)
     log_scale: bool = False     # plotted on a log axis

@@ -26,10 +26,9 @@ import torch
 
 from .errors import StoreError
 from .models import MLPStack
+from .runconfig import ADDED_FIELDS
 
 SCHEMA_VERSION = 1
-# Config fields added after the first stored models, with the value that records without them had.
-ADDED_FIELDS = {"optimizer": "sgd", "matmul_precision": "fp32"}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (

@@ -1,0 +1,103 @@
+"""One trained model's configuration (RunConfig, defaults from the paper) and its key in the results store.
+
+ADDED_FIELDS is the one table of the configuration fields added after the first stored models: the key omits
+each of them at its default (so that the keys of earlier models do not change), and records stored without
+them are read as having that default (store.frame, the analyses, compare).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass
+
+from . import data as datasets
+from . import measures, optimizers, precision, regularizers, rng, training
+from .errors import ConfigError
+from .models import DEFAULT_ALPHA
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines one trained model (defaults: the paper, sec. 4.1)."""
+
+    data: str = "mnist5k"
+    pair: tuple[int, int] = (3, 8)
+    n_train: int = 128
+    seed: int = 0
+    hidden: tuple[int, ...] = (256,)
+    alpha: float = DEFAULT_ALPHA
+    lr: float | None = None          # None: 0.01, or 0.1 with a path-length regularizer (paper); Adam 1e-3
+    batch_size: int = training.DEFAULT_BATCH
+    max_epochs: int = training.DEFAULT_MAX_EPOCHS
+    threshold: float = training.DEFAULT_THRESHOLD
+    measure_points: int = datasets.DEFAULT_MEASURE_POINTS
+    segments: int = measures.DEFAULT_SEGMENTS
+    points: int = measures.DEFAULT_POINTS
+    measure_seed: int = 0
+    sharpness_iters: int = 0         # power iterations for the sharpness (0: not computed)
+    trace_probes: int = 0            # Hutchinson probes for the Hessian trace (0: not computed)
+    regularizer: str = "none"
+    lam: float = 0.0
+    optimizer: str = "sgd"           # sgd (paper), gd (batch_size becomes n_train), momentum, adam
+    matmul_precision: str = "fp32"   # of the training steps: fp32, tf32 (CUDA), tf32-emulated (precision.py)
+
+    def __post_init__(self):
+        try:
+            regularizers.check(self.regularizer)
+            optimizers.check(self.optimizer)
+            precision.check(self.matmul_precision)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if self.lr is None:
+            self.lr = optimizers.default_lr(self.optimizer, self.regularizer)
+        if self.optimizer == "gd":
+            self.batch_size = self.n_train   # full-batch gradient descent: one step per epoch
+        if self.regularizer == "weights_product" and len(self.hidden) != 1:
+            raise ConfigError("the weights_product regularizer needs one hidden layer")
+        self.pair = tuple(int(v) for v in self.pair)
+        self.hidden = tuple(int(v) for v in self.hidden)
+        self.seed = rng.check_seed(self.seed, "seed")
+        self.measure_seed = rng.check_seed(self.measure_seed, "measure_seed")
+        if self.regularizer == "none" and self.lam != 0:
+            raise ConfigError(f"lam {self.lam!r} needs a regularizer: with regularizer 'none' lam must be 0")
+        finite = {k: math.isfinite(getattr(self, k)) for k in ("lr", "alpha", "threshold", "lam")}
+        pos, nonneg = "a finite number > 0", "a finite number >= 0"
+        checks = [("lr", finite["lr"] and self.lr > 0, pos), ("alpha", finite["alpha"] and self.alpha > 0, pos),
+                  ("batch_size", self.batch_size >= 1, ">= 1"), ("max_epochs", self.max_epochs >= 1, ">= 1"),
+                  ("threshold", finite["threshold"] and self.threshold > 0, pos),
+                  ("hidden", len(self.hidden) >= 1 and all(h >= 1 for h in self.hidden), "widths >= 1"),
+                  ("measure_points", self.measure_points >= 2, ">= 2"), ("segments", self.segments >= 1, ">= 1"),
+                  ("points", self.points >= 2, ">= 2"), ("lam", finite["lam"] and self.lam >= 0, nonneg),
+                  ("sharpness_iters", self.sharpness_iters >= 0, ">= 0"),
+                  ("trace_probes", self.trace_probes >= 0, ">= 0")]
+        for name, ok, rule in checks:
+            if not ok:
+                raise ConfigError(f"invalid {name}: {getattr(self, name)!r} (must be {rule})")
+        if self.data not in datasets.SOURCES:
+            raise ConfigError(f"unknown data source {self.data!r}; choose one of: {', '.join(datasets.SOURCES)}")
+        datasets.check_pair(*self.pair)
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        return (784, *self.hidden, 1)
+
+    def batch_key(self) -> tuple:
+        """Models with equal keys can share one batched program."""
+        return (self.data, self.widths, self.batch_size, self.regularizer, self.optimizer, self.matmul_precision)
+
+
+# Fields added after the first stored models, with the value that records without them had.
+ADDED_FIELDS = {"sharpness_iters": 0, "trace_probes": 0, "optimizer": "sgd", "matmul_precision": "fp32"}
+
+
+def config_key(c: RunConfig) -> str:
+    """A stable identifier of one model's full configuration (the results store's primary key)."""
+    d = asdict(c)
+    d["pair"], d["hidden"] = list(c.pair), list(c.hidden)
+    d["lr"], d["alpha"], d["threshold"], d["lam"] = (float(d[k]) for k in ("lr", "alpha", "threshold", "lam"))
+    for k, default in ADDED_FIELDS.items():
+        if d[k] == default:
+            del d[k]
+    blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
