@@ -7,6 +7,7 @@ from . import interrupt
 
 
 def main(argv=None) -> int:
+    """The `smoothness` console command: signal handling first, then the CLI (cli.main); returns the exit code."""
     interrupt.install(defer=True)   # during the imports a signal is only noted (interrupt.py says why)
     try:
         from .cli import main as cli_main

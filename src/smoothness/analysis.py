@@ -40,6 +40,7 @@ def _complete(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def setting_label(row, with_lr: bool = True) -> str:
+    """A setting in words (data, optimizer, architecture, rates, cap, batch, threshold) for table titles."""
     lr = f", lr {row['lr']:g}, cap {row['max_epochs']} epochs" if with_lr else ""
     opt = "" if row.get("optimizer", "sgd") == "sgd" else f", {row['optimizer']}"
     opt += "" if row.get("matmul_precision", "fp32") == "fp32" else f", {row['matmul_precision']} matmuls"

@@ -39,6 +39,7 @@ def _add_measure_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the `smoothness` command and its subcommands."""
     ap = argparse.ArgumentParser(prog="smoothness", description="Does SGD implicitly optimize for "
                                  "smoothness? Train ReLU networks as Volhejn & Lampert (2020) do and measure them.")
     ap.add_argument("--version", action="version", version=f"smoothness {__version__}")
@@ -178,6 +179,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(a) -> int:
+    """`smoothness train`: train every combination of --n-train and --seed as one batched program and print."""
     a.on_interrupt = lambda: "; nothing was saved (train keeps nothing unless --save, written at the end)"
     for s, opt in [*((s, "--seed") for s in a.seed), (a.measure_seed, "--measure-seed")]:
         rng.check_seed(s, opt)   # the RunConfigs check them too; here the error names the option
@@ -220,6 +222,7 @@ def cmd_train(a) -> int:
 
 
 def cmd_measure(a) -> int:
+    """`smoothness measure`: recompute the measures of the models in a `train --save` file."""
     rng.check_seed(a.measure_seed, "--measure-seed")
     device = pipeline.resolve_device(a.device)
     opts = dict(measure_points=a.measure_points, segments=a.segments, points=a.points, measure_seed=a.measure_seed,
@@ -250,6 +253,7 @@ def cmd_measure(a) -> int:
 
 
 def cmd_download(a) -> int:
+    """`smoothness download`: fetch a data set's IDX files and check their MD5 sums."""
     dest = Path(a.dir) if a.dir else data.default_data_dir() / a.source
     idx.download(a.source, dest, mirrors=a.mirror, log=lambda s: print(s, file=sys.stderr))
     print(dest)
@@ -257,6 +261,7 @@ def cmd_download(a) -> int:
 
 
 def cmd_data(a) -> int:
+    """`smoothness data`: where a data source was found, and its images per digit in each split."""
     s = data.load_source(a.source, a.data_dir)
     print(f"{s.name}: {s.origin}")
     for split, lab in (("train", s.train_labels), ("test", s.test_labels)):
@@ -292,6 +297,7 @@ def _run(g, a) -> Path:
 
 
 def cmd_run(a) -> int:
+    """`smoothness run`: train every model of a grid that the store does not hold yet."""
     g = _grid(grid_mod.resolve(a.grid), a)
     if a.dry_run:
         print(experiments.dry_run(g, _out_dir(g, a), a.merge))
@@ -301,6 +307,7 @@ def cmd_run(a) -> int:
 
 
 def cmd_report(a) -> int:
+    """`smoothness report`: write the report of a store."""
     from . import report  # pandas, SciPy and matplotlib load only when a report is made
     written = report.write_report(a.results, a.out)
     for name in ("table1.md", "table2.md"):
@@ -311,12 +318,14 @@ def cmd_report(a) -> int:
 
 
 def cmd_reproduce(a) -> int:
+    """`smoothness reproduce`: run a shipped preset, then write its report."""
     out = _run(_grid(grid_mod.preset(a.preset), a), a)
     a.results, a.out = out, None
     return cmd_report(a)
 
 
 def cmd_compare(a) -> int:
+    """`smoothness compare`: match the models of two stores and compare them."""
     from . import compare as compare_mod  # pandas loads only when needed
     a.ignore = compare_mod.IGNORED if a.ignore is None else tuple(a.ignore)
     unknown = set(a.ignore) - set(compare_mod.config_columns(()))
@@ -331,18 +340,21 @@ def cmd_compare(a) -> int:
 
 
 def cmd_presets(a) -> int:
+    """`smoothness presets`: list the shipped grids, or print one as YAML."""
     if a.name:
         print(grid_mod.preset_path(a.name).read_text(), end="")
         return 0
     width = max(map(len, grid_mod.PRESETS))
     for name in grid_mod.PRESETS:
         g = grid_mod.preset(name)
-        most = "≤" if g.ladder == "staged" and staging.has_ladder(g.regularizers) else " "   # staged rungs may be skipped
+        # staged rungs may be skipped
+        most = "≤" if g.ladder == "staged" and staging.has_ladder(g.regularizers) else " "
         print(f"{name:{width}s} {most}{len(g.configs()):5d} models on {g.data:13s} {' '.join(g.description.split())}")
     return 0
 
 
 def cmd_bench(a) -> int:
+    """`smoothness bench`: the batched engine's model-steps/s against a one-model loop."""
     from . import bench
     try:
         models = [int(v) for v in a.models.split(",") if v.strip()]
@@ -363,6 +375,7 @@ def cmd_bench(a) -> int:
 
 
 def main(argv=None) -> int:
+    """Parse argv, run the subcommand and return its exit code; errors of this package become one message."""
     a = argparse.Namespace()   # a command may set a.on_interrupt: what it leaves behind if interrupted now
     with interrupt.handled():   # SIGTERM like Ctrl-C: one line, exit status 143 (Ctrl-C: 130)
         try:

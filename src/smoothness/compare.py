@@ -24,6 +24,7 @@ QUANTITIES = ["epochs", "loss_train", "loss_test", *registry.keys(), "parameter_
 
 @dataclass
 class Comparison:
+    """Two stores matched model by model: statuses, relative differences and Table 1 side by side."""
     a: str
     b: str
     models_a: int
@@ -35,6 +36,7 @@ class Comparison:
     table1: pd.DataFrame             # Kendall's tau mean and std per measure in A and in B
 
     def markdown(self) -> str:
+        """The comparison as Markdown."""
         same = int((self.matched["status_a"] == self.matched["status_b"]).sum())
         lines = [f"A: {self.a} ({self.models_a} models); B: {self.b} ({self.models_b} models)",
                  f"matched {len(self.matched)} models on every configuration field"
@@ -61,6 +63,7 @@ def _table(title: str, df: pd.DataFrame, note: str = "") -> str:
 
 
 def config_columns(ignore=IGNORED) -> list[str]:
+    """The configuration columns that match a model of one store to one of the other (all but `ignore`)."""
     return [f.name for f in fields(RunConfig) if f.name not in ignore]
 
 

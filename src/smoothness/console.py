@@ -25,6 +25,7 @@ def _json_value(v):
 
 
 def emit_record(rec: dict, as_json: bool) -> None:
+    """Print one model's record: in full as text, or as one JSON line."""
     shown = {k: v for k, v in rec.items() if k != "params"}
     if as_json:
         print(json.dumps({k: _json_value(v) for k, v in shown.items()}), flush=True)
@@ -126,5 +127,6 @@ class EpochProgress:
         self.bar.set_postfix_str(f"loss {info['loss']:.2e}, done {info['done']}/{info['total']}", refresh=False)
 
     def close(self):
+        """End the progress line."""
         if self.bar is not None:
             self.bar.close()

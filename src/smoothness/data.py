@@ -74,6 +74,7 @@ class BinaryTask:
 
 
 def default_data_dir() -> Path:
+    """Where `smoothness download` puts data files: $XDG_CACHE_HOME/smoothness, else ~/.cache/smoothness."""
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "smoothness"
 
 
@@ -195,6 +196,7 @@ def load_source(source: str, data_dir=None) -> Source:
 
 
 def check_pair(a: int, b: int) -> tuple[int, int]:
+    """The pair (a, b) as ints if they are two different classes 0..9; a ConfigError otherwise."""
     if not (0 <= a <= 9 and 0 <= b <= 9):
         raise DataError(f"digits must be in 0..9, got pair {a} {b}")
     if a >= b:

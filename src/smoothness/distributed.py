@@ -90,10 +90,12 @@ class RayRunner:
         return self.gpus or self.cpus or 1
 
     def describe(self) -> str:
+        """The cluster in words (address, CPUs, GPUs) for the progress output."""
         where = f"the Ray cluster at {self.address}" if self.address else "a local Ray instance"
         return f"{where} ({self.cpus} CPUs, {self.gpus} GPUs)"
 
     def close(self):
+        """Shut down the Ray connection this runner started."""
         if self.started and self.ray.is_initialized():
             self.ray.shutdown()
 

@@ -76,7 +76,8 @@ def _measure_group(items: list[Trained], dev) -> list[dict[str, float]]:
         for i, v in zip(rows, losses):
             recs[i]["loss_test"] = v
     for r, it in zip(recs, items):
-        r["fpl_lower_bound"] = measures.fpl_lower_bound(it.task.pool_y[it.train_idx])  # l_S of FPL for this training set
+        # l_S of FPL for this training set
+        r["fpl_lower_bound"] = measures.fpl_lower_bound(it.task.pool_y[it.train_idx])
     finite = torch.stack([torch.isfinite(w).flatten(1).all(1) for w in p.tensors()]).all(0).tolist()
     ok = [i for i, f in enumerate(finite) if f]
     param = parameter_measures(p, xtr, ytr, [it.cfg for it in items], finite)

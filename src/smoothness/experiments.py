@@ -19,6 +19,7 @@ from .store import Store, model_count, versions
 
 @dataclass
 class RunSummary:
+    """What a grid run did: models in the grid, trained now, stored before, skipped, by status."""
     grid: str
     total: int
     stored_before: int
@@ -33,13 +34,15 @@ class RunSummary:
     skipped: int = 0          # lambda rungs above a ladder's edge, not trained (staging.py)
 
     def line(self) -> str:
+        """The summary as one line of text."""
         s = self.statuses
         ray = (f"; ray backend, {self.where}, {self.chunks} chunks, {self.retried} retried"
                if self.backend == "ray" else "")
         skip = (f", {self.skipped} above a lambda ladder's edge not trained (ladder: staged)"
                 if self.skipped else "")
         return (f"grid {self.grid}: {self.total} models, {self.trained} trained now, {self.stored_before} already "
-                f"stored{skip}; converged {s['converged']}, not converged {s['not_converged']}, diverged {s['diverged']}; "
+                f"stored{skip}; converged {s['converged']}, not converged {s['not_converged']}, "
+                f"diverged {s['diverged']}; "
                 f"{_hms(self.seconds)}; store {self.store}{ray}")
 
 
@@ -80,6 +83,7 @@ class GridProgress:
             self.bar.refresh()
 
     def model_done(self, rec: dict) -> None:
+        """Count a stored model and redraw the progress line."""
         self.done += 1
         if not self.enabled:
             return
@@ -94,6 +98,7 @@ class GridProgress:
               f"elapsed {_hms(el)}, ETA {_hms(eta)}", file=self.stream, flush=True)
 
     def close(self):
+        """End the progress line."""
         if self.bar is not None:
             self.bar.close()
 
@@ -299,6 +304,7 @@ class _RayBackend:
         self.runner = None
 
     def results(self, todo):
+        """Yield (key, record, params) for every (key, config) of todo as it is trained and measured."""
         from .distributed import RayRunner, default_chunk_size, make_chunks
         if self.runner is None:
             self.runner = self.stack.enter_context(RayRunner(self.address, num_cpus=self.ray_cpus))

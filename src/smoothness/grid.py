@@ -129,6 +129,7 @@ class Grid:
         return list(dict.fromkeys([*self.pairs, *(p for r in self.regularizers for p in (r.get("pairs") or []))]))
 
     def to_dict(self) -> dict:
+        """The grid as plain data (lists instead of tuples), as stored in the results store's metadata."""
         d = asdict(self)
         d["pairs"] = [list(p) for p in self.pairs]
         for r in d["regularizers"]:
@@ -208,6 +209,7 @@ def load(path) -> Grid:
 
 
 def preset_path(name: str):
+    """The YAML file of a shipped preset."""
     if name not in PRESETS:
         close = difflib.get_close_matches(name, PRESETS, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""

@@ -15,6 +15,7 @@ REGULARIZER_KEYS = {"name", "lam", "lr", "max_epochs", "n_train", "seeds", "pair
 
 
 def unknown_keys(keys, known, where):
+    """A ConfigError naming the first key of `keys` not in `known`, with the closest known one."""
     for k in keys:
         if k not in known:
             close = difflib.get_close_matches(str(k), sorted(known), n=1)
@@ -23,6 +24,7 @@ def unknown_keys(keys, known, where):
 
 
 def as_list(v):
+    """v as a list: a scalar becomes a list of one."""
     return list(v) if isinstance(v, (list, tuple)) else [v]
 
 
@@ -90,6 +92,7 @@ def grid_name(v, from_file: bool) -> str:
 
 
 def axis(raw, key, kind, default, **kw):
+    """The grid axis `key` of raw as a checked list of `kind` (default when absent)."""
     vals = as_list(raw.get(key, default))
     if not vals:
         raise ConfigError(f"key {key!r}: needs at least one value")
@@ -97,6 +100,7 @@ def axis(raw, key, kind, default, **kw):
 
 
 def pair_list(v):
+    """The pairs axis: a list of two different digits 0..9 each, or 'all' for the 45 pairs."""
     if v == "all":
         return list(datasets.ALL_PAIRS)
     if not isinstance(v, list) or not v:
@@ -116,6 +120,7 @@ def pair_list(v):
 
 
 def hidden_list(v):
+    """The hidden axis: one width list, or a list of them."""
     if isinstance(v, int) and not isinstance(v, bool):
         v = [v]
     if not isinstance(v, list) or not v:
@@ -131,6 +136,8 @@ def hidden_list(v):
 
 
 def regularizer_entries(v):
+    """The regularizers key: entries {name, lam (a list or a ladder) and optionally lr, max_epochs, n_train,
+    pairs, seeds}, checked; absent: the unregularized baseline only."""
     if v is None:
         return [{"name": "none", "lam": [0.0], "lr": None, "max_epochs": None, "n_train": None, "seeds": None,
                  "pairs": None}]
@@ -164,6 +171,7 @@ def regularizer_entries(v):
 
 
 def optimizer_list(v):
+    """The optimizer axis: one name or a list of them, each a known optimizer."""
     out = as_list(v)
     if not out:
         raise ConfigError("key 'optimizer': needs at least one value")
@@ -176,12 +184,14 @@ def optimizer_list(v):
 
 
 def ladder_mode(v) -> str:
+    """The ladder key: 'staged' (rung by rung) or 'all'."""
     if v not in LADDER_MODES:
         raise ConfigError(f"key 'ladder': expected one of {', '.join(LADDER_MODES)}, got {v!r}")
     return v
 
 
 def matmul_precision(v) -> str:
+    """The matmul_precision key: fp32, tf32 or tf32-emulated."""
     try:
         return precision.check(v)
     except ValueError as e:

@@ -104,6 +104,7 @@ def write(path: Path, array: np.ndarray, compress: bool | None = None) -> None:
 
 
 def md5(data: bytes) -> str:
+    """The hex MD5 digest of data."""
     return hashlib.md5(data).hexdigest()
 
 

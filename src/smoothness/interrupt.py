@@ -47,6 +47,7 @@ def install(defer: bool = False) -> dict:
 
 
 def restore(old: dict) -> None:
+    """Reinstall the signal handlers that install() returned."""
     for s, h in old.items():
         if h is not None:
             signal.signal(s, h)

@@ -27,10 +27,12 @@ class MLPStack:
 
     @property
     def n_models(self) -> int:
+        """M, the number of models in the stack."""
         return self.weights[0].shape[0]
 
     @property
     def widths(self) -> tuple[int, ...]:
+        """(d_in, h_1, ..., 1): the layer widths, shared by every model of the stack."""
         return (self.weights[0].shape[2],) + tuple(w.shape[1] for w in self.weights)
 
     @property
@@ -39,6 +41,7 @@ class MLPStack:
         return len(self.weights) - 1
 
     def tensors(self) -> list[torch.Tensor]:
+        """The weights, then the biases."""
         return [*self.weights, *self.biases]
 
     def select(self, idx) -> "MLPStack":
@@ -57,24 +60,29 @@ class MLPStack:
         return MLPStack([w[a:b] for w in self.weights], [x[a:b] for x in self.biases])
 
     def to(self, *args, **kwargs) -> "MLPStack":
+        """The stack with every tensor moved or cast as Tensor.to does."""
         return MLPStack([w.to(*args, **kwargs) for w in self.weights],
                         [b.to(*args, **kwargs) for b in self.biases])
 
     def clone(self) -> "MLPStack":
+        """A copy whose tensors share no memory with this stack."""
         return MLPStack([w.clone() for w in self.weights], [b.clone() for b in self.biases])
 
     @staticmethod
     def cat(stacks: list["MLPStack"]) -> "MLPStack":
+        """The stacks' models in one stack, in order."""
         n = len(stacks[0].weights)
         return MLPStack([torch.cat([s.weights[l] for s in stacks]) for l in range(n)],
                         [torch.cat([s.biases[l] for s in stacks]) for l in range(n)])
 
     def state_dict(self) -> dict:
+        """The weights and biases as CPU tensors, for saving."""
         return {"weights": [w.detach().cpu() for w in self.weights],
                 "biases": [b.detach().cpu() for b in self.biases]}
 
     @staticmethod
     def from_state_dict(state: dict) -> "MLPStack":
+        """The stack saved by state_dict."""
         return MLPStack(list(state["weights"]), list(state["biases"]))
 
 
@@ -186,10 +194,12 @@ class ReLUMLP(nn.Module):
 
     @property
     def depth(self) -> int:
+        """Number of hidden layers."""
         return len(self.weights) - 1
 
     @property
     def widths(self) -> tuple[int, ...]:
+        """(d_in, h_1, ..., 1)."""
         return (self.weights[0].shape[1],) + tuple(w.shape[0] for w in self.weights)
 
     def stack(self) -> MLPStack:
@@ -199,10 +209,12 @@ class ReLUMLP(nn.Module):
 
     @staticmethod
     def from_stack(p: MLPStack, m: int = 0) -> "ReLUMLP":
+        """Model m of a stack as a ReLUMLP module."""
         return ReLUMLP([w[m].detach().clone() for w in p.weights],
                        [b[m].detach().clone() for b in p.biases])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """f(x) for x [n, d]: [n]."""
         single = x.dim() == 1
         h = x[None] if single else x
         last = len(self.weights) - 1

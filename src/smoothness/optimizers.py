@@ -28,6 +28,7 @@ def default_lr(optimizer: str, regularizer: str = "none") -> float:
 
 
 def check(name: str) -> str:
+    """name if it is a known optimizer; a ValueError listing them otherwise."""
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; choose one of: {', '.join(OPTIMIZERS)}")
     return name

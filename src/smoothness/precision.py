@@ -28,6 +28,7 @@ _MASK = ~((1 << _DROP) - 1)
 
 
 def check(mode: str) -> str:
+    """mode if it is a known matmul precision; a ValueError listing them otherwise."""
     if mode not in MODES:
         raise ValueError(f"unknown matmul precision {mode!r}; choose one of: {', '.join(MODES)}")
     return mode

@@ -16,6 +16,7 @@ ANY_DEPTH, ONE_HIDDEN = "any", "one hidden layer"
 
 @dataclass(frozen=True)
 class Measure:
+    """One measure: its key, names, where it is defined, what it is a property of, and how it is shown."""
     key: str                    # column of records and tables
     short: str                  # name in tables (the paper's abbreviation where it has one)
     equation: str               # where it is defined

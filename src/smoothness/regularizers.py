@@ -34,6 +34,7 @@ def default_lr(regularizer: str) -> float:
 
 
 def check(regularizer: str) -> str:
+    """regularizer if it is known; a ValueError listing the known ones otherwise."""
     if regularizer not in REGULARIZERS:
         raise ValueError(f"unknown regularizer {regularizer!r}; choose one of: {', '.join(REGULARIZERS)}")
     return regularizer

@@ -100,6 +100,7 @@ def _vs_n(size: pd.DataFrame, cols: dict, path: Path, title: str, logy=()) -> bo
 
 
 def lr_sweep_figure(sweep: pd.DataFrame, path: Path) -> bool:
+    """The learning-rate sweep's figure (one panel per quantity) at path; False when there is nothing to plot."""
     cols = [c for c in A.SWEEP if f"{c}_mean" in sweep]
     if not len(sweep) or not cols:
         return False
@@ -131,6 +132,7 @@ def lr_sweep_figure(sweep: pd.DataFrame, path: Path) -> bool:
 
 
 def depth_figure(bd: pd.DataFrame, path: Path) -> bool:
+    """Kendall's tau per measure against the number of hidden layers at path; False when nothing to plot."""
     if not len(bd):
         return False
     plt = _plt()

@@ -80,6 +80,7 @@ class RunConfig:
 
     @property
     def widths(self) -> tuple[int, ...]:
+        """(784, *hidden, 1)."""
         return (784, *self.hidden, 1)
 
     def batch_key(self) -> tuple:

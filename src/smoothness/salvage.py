@@ -78,6 +78,7 @@ def salvage(source, dest) -> tuple[int, int, int]:
 
 
 def main(argv=None) -> int:
+    """`python -m smoothness.salvage`: copy the readable rows of a damaged store into a new one."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 2:
         print("usage: python -m smoothness.salvage DAMAGED_STORE NEWDIR", file=sys.stderr)

@@ -42,6 +42,7 @@ def passed(converged: int, total: int) -> bool:
 
 @dataclass
 class Wave:
+    """One wave of a grid: the keys to train now, those never to train (above an edge), how many wait."""
     train: list[str]     # keys to train now
     skipped: list[str]   # keys never to train: rungs above a failing rung of their ladder
     waiting: int         # keys whose rung below is not finished yet

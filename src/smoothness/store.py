@@ -244,10 +244,12 @@ class Store:
         return out
 
     def set_meta(self, name: str, value) -> None:
+        """Store a JSON value under name in the meta table."""
         self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, json.dumps(value)))
 
     # -- reading ---------------------------------------------------------------------------------
     def meta(self, name: str, default=None):
+        """The JSON value stored under name, or default."""
         row = self.db.execute("SELECT value FROM meta WHERE name=?", (name,)).fetchone()
         if row is None:
             return default
@@ -258,6 +260,7 @@ class Store:
             return default
 
     def keys(self) -> set[str]:
+        """The keys of the finished models."""
         return {r[0] for r in self.db.execute("SELECT key FROM runs")}
 
     def statuses(self) -> dict[str, str]:
@@ -303,6 +306,7 @@ class Store:
         return df
 
     def params(self, key: str) -> MLPStack:
+        """The trained weights of model key (a stack of one); a StoreError if the store holds none."""
         row = self.db.execute("SELECT state FROM weights WHERE key=?", (key,)).fetchone()
         if row is None:
             raise StoreError(f"no stored weights for model {key}")

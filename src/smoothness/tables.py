@@ -36,12 +36,14 @@ class Table:
         self.title, self.headers, self.rows, self.note = title, headers, rows, note
 
     def markdown(self) -> str:
+        """The table as Markdown, with its title and note."""
         lines = [f"**{self.title}**", "", "| " + " | ".join(self.headers) + " |",
                  "|" + "|".join("---" for _ in self.headers) + "|"]
         lines += ["| " + " | ".join(r) + " |" for r in self.rows]
         return "\n".join(lines + (["", self.note] if self.note else [])) + "\n"
 
     def html(self) -> str:
+        """The table as HTML, with its title and note."""
         head = "".join(f"<th>{html.escape(h)}</th>" for h in self.headers)
         body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in self.rows)
         note = f"<p class='note'>{html.escape(self.note)}</p>" if self.note else ""
@@ -50,6 +52,7 @@ class Table:
 
 
 def table1_tables(t1: pd.DataFrame) -> list[Table]:
+    """Table 1 (Kendall's tau per measure, ours beside the paper's), one table per setting."""
     out = []
     for setting, g in t1.groupby("setting", sort=False):
         rows = [["Kendall's τ (ours)"] + [_pm(r.tau_mean, r.tau_std) for r in g.itertuples()],
@@ -129,6 +132,7 @@ def verdict_tables(v: pd.DataFrame) -> list[Table]:
 
 
 def status_table(counts: pd.DataFrame) -> Table:
+    """Models per regularizer, lambda, lr and N by status."""
     rows = [[r.regularizer, fmt(r.lam), fmt(r.lr), str(r.n_train), str(r.converged), str(r.not_converged),
              str(r.diverged)] for r in counts.itertuples()]
     return Table("Models by status", ["regularizer", "λ", "lr", "N", "converged", "not converged", "diverged"],

@@ -66,6 +66,7 @@ def read_r(r, datasets: int, lam, ladder_short: bool, unreg=None, lower=0.0) -> 
 
 
 def reading(tau_kind, r_kind) -> str:
+    """The paper's reading from the readings of tau and r_norm."""
     if tau_kind == "not" or r_kind == "reducible":
         return NOT_OPTIMIZED
     if tau_kind == "monotone" and r_kind == "not":
