@@ -93,6 +93,17 @@ def test_no_measure_of_the_registry_is_left_out(smoke):
             assert f"{m.key}_mean" in by_n, m.key
 
 
+def test_every_record_key_is_declared_in_the_record_type(smoke):
+    from smoothness.runconfig import Record
+    out, _ = smoke
+    declared = set(Record.__annotations__)
+    with Store(out) as st:
+        for rec in st.records():
+            assert set(rec) - {"key"} <= declared
+    for m in registry.REGISTRY:
+        assert m.key in declared and (not m.sampled or m.key + "_train" in declared)
+
+
 def test_content_is_computed_without_writing_and_rendered_anywhere(smoke, tmp_path):
     from smoothness import report
     out, _ = smoke

@@ -17,11 +17,11 @@ from .devices import check_matmul_precision, measure_batch_size, resolve_device 
 from .evaluate import Trained, measure_model, measure_models, parameter_measures  # noqa: F401
 from .modelfile import SAVE_FORMAT, check_save_path, load_models, save_models  # noqa: F401
 from .models import MLPStack
-from .runconfig import ADDED_FIELDS, RunConfig, config_key  # noqa: F401
+from .runconfig import ADDED_FIELDS, Record, RunConfig, config_key  # noqa: F401
 
 
 def train_and_measure(configs: list[RunConfig], *, device=None, data_dir=None, progress=None,
-                      on_result=None, measure_batch: int | None = None) -> list[dict]:
+                      on_result=None, measure_batch: int | None = None) -> list[Record]:
     """Train every config (batched where they share data, architecture and batch size) and measure.
 
     Returns one record per config, in order: the config, status, epochs, steps, losses, measures,
@@ -46,7 +46,7 @@ class _Trained:
 
     i: int
     cfg: RunConfig
-    rec: dict
+    rec: Record
     params: MLPStack
     task: datasets.BinaryTask
     subset: torch.Tensor
@@ -131,9 +131,9 @@ def iter_train_and_measure(configs: list[RunConfig], *, device=None, data_dir=No
         for res in trainer.iter_train(specs, progress=progress):
             i = members[res.index]
             c = configs[i]
-            rec = {**asdict(c), "pair": list(c.pair), "hidden": list(c.hidden),
-                   "status": res.status, "epochs": res.epochs, "steps": res.steps,
-                   "loss_epoch": res.loss_epoch, "train_seconds": res.seconds}
+            rec: Record = {**asdict(c), "pair": list(c.pair), "hidden": list(c.hidden),
+                           "status": res.status, "epochs": res.epochs, "steps": res.steps,
+                           "loss_epoch": res.loss_epoch, "train_seconds": res.seconds}
             if on_trained is not None:
                 on_trained(i, rec, res.params)
             queue.append(_Trained(i, c, rec, res.params, tasks[(c.data, c.pair)], subsets[res.index],

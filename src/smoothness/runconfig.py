@@ -10,6 +10,7 @@ import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass
+from typing import TypedDict
 
 from . import data as datasets
 from . import measures, optimizers, precision, regularizers, rng, training
@@ -102,3 +103,65 @@ def config_key(c: RunConfig) -> str:
             del d[k]
     blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+class Record(TypedDict, total=False):
+    """One trained and measured model, as pipeline yields it and the results store keeps it (as JSON).
+
+    Every RunConfig field (pair and hidden as lists), then what training and measuring add. The measure keys
+    are those of registry.REGISTRY (tested); sharpness and the Hessian trace only when the config asks for them.
+    """
+    # the configuration (RunConfig)
+    data: str
+    pair: list[int]
+    n_train: int
+    seed: int
+    hidden: list[int]
+    alpha: float
+    lr: float
+    batch_size: int
+    max_epochs: int
+    threshold: float
+    measure_points: int
+    segments: int
+    points: int
+    measure_seed: int
+    sharpness_iters: int
+    trace_probes: int
+    regularizer: str
+    lam: float
+    optimizer: str
+    matmul_precision: str
+    # training (training.TrainResult)
+    status: str                     # converged | not_converged | diverged
+    epochs: int
+    steps: int
+    loss_epoch: float               # the last epoch's mean loss, as the stopping rule saw it
+    train_seconds: float
+    # losses and measures (evaluate.py)
+    loss_train: float
+    loss_test: float
+    fpl_lower_bound: float          # l_S of FPL for this training set
+    gradient_norm: float
+    gradient_norm_squared: float
+    function_path_length: float
+    gradient_path_length: float
+    weights_product: float          # NaN for more than one hidden layer
+    gradient_norm_train: float
+    gradient_norm_squared_train: float
+    function_path_length_train: float
+    gradient_path_length_train: float
+    path_norm: float
+    minibatch_grad_norm: float
+    parameter_norm: float
+    distance_from_init: float
+    sharpness: float
+    sharpness_rel_change: float
+    sharpness_iterations: int
+    hessian_trace: float
+    hessian_trace_se: float
+    # measuring and provenance
+    measure_seconds: float
+    measure_batch: int
+    device: str
+    versions: dict                  # added by the store: python, torch, numpy, smoothness
