@@ -19,13 +19,14 @@ model follows the same trajectory alone, inside any batch, and in any admission 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from . import interrupt, optimizers, precision, regularizers, rng
 from .models import DEFAULT_ALPHA, DEFAULT_WIDTHS, MLPStack, forward, init_mlp, parameter_grads, sgd_update_
+from .trainstate import ActiveModels, StepSettings
 
 CONVERGED, NOT_CONVERGED, DIVERGED = "converged", "not_converged", "diverged"
 DEFAULT_LR = 0.01
@@ -73,94 +74,6 @@ class TrainResult:
     seconds: float = 0.0
 
 
-_BUFFERS = {"buffers": True}   # field metadata: a list of tensors, each with one row per model
-
-
-def _rows_of(value, k: torch.Tensor, keep: np.ndarray, buffers: bool):
-    """The rows `keep` of one per-model field of _Active (k: the same rows as a device tensor)."""
-    if buffers:
-        return [o[k] for o in value]
-    if isinstance(value, np.ndarray):
-        return value[keep]
-    if isinstance(value, MLPStack):
-        return value.select(k)
-    if isinstance(value, list):
-        return [value[i] for i in keep]
-    return value[k]
-
-
-def _joined(a, b, nmax: int, buffers: bool):
-    """One per-model field of _Active with the rows of b after those of a; [A, n] tensors widened to nmax."""
-    if buffers:
-        return [torch.cat([x, y]) for x, y in zip(a, b)]
-    if isinstance(a, np.ndarray):
-        return np.concatenate([a, b])
-    if isinstance(a, MLPStack):
-        return MLPStack.cat([a, b])
-    if isinstance(a, list):
-        return a + b
-
-    def widen(t):
-        if t.dim() != 2 or t.shape[1] == nmax:
-            return t
-        return torch.cat([t, t.new_zeros(t.shape[0], nmax - t.shape[1])], 1)
-    return torch.cat([widen(a), widen(b)])
-
-
-@dataclass
-class _Active:
-    """Per-model state of the models currently in the batch: row r of every field belongs to model ids[r].
-
-    keep() and join() are derived from the fields (as MLPStack's select and cat are), so a new field is
-    selected and concatenated with the others without being listed anywhere else."""
-    ids: list[int]
-    params: MLPStack
-    opt_state: list[torch.Tensor] = field(metadata=_BUFFERS)  # optimizer buffers, [A, ...] (optimizers.init_state)
-    idx: torch.Tensor               # [A, Nmax] indices into the pool (padded with 0)
-    y: torch.Tensor                 # [A, Nmax] targets (padded with 0)
-    perm: torch.Tensor              # [A, Nmax] the current epoch's shuffle of positions 0..n-1
-    n: torch.Tensor                 # [A] training set sizes
-    lr: torch.Tensor                # [A] learning rates
-    lam: torch.Tensor               # [A] regularization strengths
-    loss_sum: torch.Tensor          # [A] sum of the squared errors of the current epoch so far
-    seed: torch.Tensor              # [A] int64
-    n_host: np.ndarray              # [A] n, on the host
-    pos: np.ndarray                 # [A] position in the current epoch
-    epoch: np.ndarray               # [A] epochs finished
-    steps: np.ndarray               # [A] steps taken
-    start: np.ndarray               # [A] perf_counter() at admission
-    # Shuffles of upcoming epochs, computed several epochs at a time (one hash call instead of one per epoch):
-    # ahead[r, k] is the permutation of epoch ahead_base[r] + k. None: not built yet (dropped by join).
-    ahead: torch.Tensor | None = None   # [A, K, Nmax]
-    ahead_base: np.ndarray | None = None
-
-    def __len__(self):
-        return len(self.ids)
-
-    def _present(self):
-        return [(f.name, bool(f.metadata.get("buffers"))) for f in fields(self) if getattr(self, f.name) is not None]
-
-    def keep(self, keep: np.ndarray) -> None:
-        """Keep only the rows `keep`, in place."""
-        k = torch.as_tensor(keep, dtype=torch.long, device=self.seed.device)
-        for name, buffers in self._present():
-            setattr(self, name, _rows_of(getattr(self, name), k, keep, buffers))
-
-    def join(self, new: "_Active") -> None:
-        """Append the rows of `new`, in place; the look-ahead shuffles are dropped (rows and widths changed)."""
-        nmax = max(self.idx.shape[1], new.idx.shape[1])
-        self.ahead = self.ahead_base = None
-        for name, buffers in self._present():
-            setattr(self, name, _joined(getattr(self, name), getattr(new, name), nmax, buffers))
-
-
-@dataclass(frozen=True)
-class StepSettings:
-    """What every step of one batched program shares: one regularizer and one optimizer per program."""
-    regularizer: str = "none"
-    optimizer: str = "sgd"
-
-
 class BatchedTrainer:
     """Trains many models to interpolation; see the module docstring for the rules."""
 
@@ -179,7 +92,7 @@ class BatchedTrainer:
         self._arange = torch.arange(self.batch_size, device=self.device)
 
     # -- admission ---------------------------------------------------------------------------
-    def _admit(self, act: _Active | None, specs: list[TrainSpec], ids: list[int], optimizer: str) -> _Active:
+    def _admit(self, act: ActiveModels | None, specs: list[TrainSpec], ids: list[int], optimizer: str) -> ActiveModels:
         """The state with the models `ids` (initialized from their seeds) admitted after the rows of act."""
         dev = self.device
         new = [specs[i] for i in ids]
@@ -196,7 +109,7 @@ class BatchedTrainer:
                           device=dev)
         n = torch.tensor([s.indices.numel() for s in new], dtype=torch.int64, device=dev)
         zeros = np.zeros(len(new), np.int64)
-        added = _Active(ids=list(ids), params=params, opt_state=optimizers.init_state(params.tensors(), optimizer),
+        added = ActiveModels(ids=list(ids), params=params, opt_state=optimizers.init_state(params.tensors(), optimizer),
                         idx=pad([s.indices for s in new], 0, torch.long),
                         y=pad([s.targets for s in new], 0.0, torch.float32),
                         perm=rng.permutation_keys(n, nmax, seeds.to(dev)[:, None], rng.STREAM_SHUFFLE, 0), n=n,
@@ -211,7 +124,7 @@ class BatchedTrainer:
         return act
 
     # -- one SGD step for every active model ---------------------------------------------------
-    def _step(self, act: _Active, st: StepSettings) -> None:
+    def _step(self, act: ActiveModels, st: StepSettings) -> None:
         B = self.batch_size
         nmax = act.perm.shape[1]
         # full: no model is at its last, partial batch; the regularized step always masks.
@@ -242,7 +155,7 @@ class BatchedTrainer:
             return max(1, n_active)
         return max(1, (1 << 20) // (self.batch_size * self.widths[0]))
 
-    def _step_block(self, act: _Active, st: StepSettings, a: int, b: int, rows, yb, valid) -> None:
+    def _step_block(self, act: ActiveModels, st: StepSettings, a: int, b: int, rows, yb, valid) -> None:
         """One optimizer step for the active models a..b-1 (weights and state updated in place through views)."""
         p = act.params.rows(a, b)
         xb = self.x.index_select(0, rows.reshape(-1)).view(*rows.shape, -1)  # [b - a, B, d]
@@ -266,7 +179,7 @@ class BatchedTrainer:
         act.loss_sum[a:b] += err.square().sum(1)  # errors from before the update, as Keras logs them
 
     # -- epoch ends: check the stopping rule, reshuffle ----------------------------------------
-    def _epoch_end(self, act: _Active, specs, rows: np.ndarray, finish):
+    def _epoch_end(self, act: ActiveModels, specs, rows: np.ndarray, finish):
         """Returns (mask over active rows of the models that finished, epoch losses of `rows`)."""
         r = torch.as_tensor(rows, dtype=torch.long, device=self.device)
         loss = (act.loss_sum[r] / act.n[r]).cpu().numpy()
@@ -293,7 +206,7 @@ class BatchedTrainer:
 
     _AHEAD_ELEMS = 1 << 21  # int64 entries of look-ahead shuffles kept (16 MB), at most 32 epochs per model
 
-    def _reshuffle(self, act: _Active, rows: np.ndarray) -> None:
+    def _reshuffle(self, act: ActiveModels, rows: np.ndarray) -> None:
         """Set perm of `rows` to the shuffle of their current epoch, taken from the look-ahead."""
         nmax = act.perm.shape[1]
         if act.ahead is None:
@@ -347,12 +260,12 @@ class BatchedTrainer:
         self.admit_seconds = 0.0  # time spent initializing and admitting models (reported by bench)
         waiting = list(range(len(specs)))
         cap = self.max_batch or len(specs)
-        act: _Active | None = None
+        act: ActiveModels | None = None
         last_loss = {}
         finished: list[TrainResult] = []
         n_done = 0
 
-        def finish(a: _Active, row: int, status: str, loss: float):
+        def finish(a: ActiveModels, row: int, status: str, loss: float):
             finished.append(TrainResult(a.ids[row], status, int(a.epoch[row]), int(a.steps[row]), loss,
                                         a.params.rows(row, row + 1).to("cpu", copy=True),
                                         time.perf_counter() - float(a.start[row])))
