@@ -37,6 +37,7 @@ class Density:
             raise ValueError(f"invalid {self.kind} density parameters ({self.a}, {self.b})")
 
     def pdf(self, t):
+        """p(t)."""
         t = np.asarray(t, dtype=np.float64)
         if self.kind == "uniform":
             return np.where((t >= self.a) & (t <= self.b), 1.0 / (self.b - self.a), 0.0)
@@ -44,6 +45,7 @@ class Density:
         return np.exp(-0.5 * z * z) / (self.b * math.sqrt(2 * math.pi))
 
     def cdf(self, t):
+        """F(t)."""
         t = np.asarray(t, dtype=np.float64)
         if self.kind == "uniform":
             return np.clip((t - self.a) / (self.b - self.a), 0.0, 1.0)
@@ -55,6 +57,7 @@ class Density:
         return 2.0 * f * (1.0 - f)
 
     def sample(self, n: int, seed: int = 0) -> np.ndarray:
+        """n independent draws (NumPy's default generator with this seed)."""
         g = np.random.default_rng(seed)
         return g.uniform(self.a, self.b, n) if self.kind == "uniform" else g.normal(self.a, self.b, n)
 
@@ -166,6 +169,7 @@ def _data(x, y):
 
 
 def secant_slopes(x, y) -> np.ndarray:
+    """(y_i+1 - y_i) / (x_i+1 - x_i) of the points sorted by x."""
     x, y = _data(x, y)
     return np.diff(y) / np.diff(x)
 
