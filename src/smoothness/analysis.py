@@ -226,10 +226,12 @@ def by_size(df: pd.DataFrame, columns) -> pd.DataFrame:
     return g.reset_index()
 
 
+# Table 1's measures defined at every depth (PN in WP's place): the learning-rate sweep and the depth table.
+_ANY_DEPTH_TAU = registry.keys(table1=True, depth=registry.ANY_DEPTH)
 # Columns of the learning-rate sweep (parameter-space measures next to the smoothness measures).
 SWEEP = {"sharpness": "sharpness", "hessian_trace": "tr H", "parameter_norm": "‖θ‖",
          "distance_from_init": "‖θ−θ₀‖",
-         **{k: registry.BY_KEY[k].label for k in ("minibatch_grad_norm", *registry.keys(table1=True, depth="any"))},
+         **{k: registry.BY_KEY[k].label for k in ("minibatch_grad_norm", *_ANY_DEPTH_TAU)},
          "loss_test": "test loss"}
 SETTING_NO_LR = [c for c in SETTING if c not in ("lr", "max_epochs")]
 
@@ -266,7 +268,7 @@ def by_lr(df: pd.DataFrame) -> pd.DataFrame:
 
 
 # -- depth ------------------------------------------------------------------------------------------
-DEPTH_MEASURES = {k: registry.depth_label(registry.BY_KEY[k]) for k in registry.keys(table1=True, depth="any")}
+DEPTH_MEASURES = {k: registry.depth_label(registry.BY_KEY[k]) for k in _ANY_DEPTH_TAU}
 SETTING_NO_HIDDEN = [c for c in SETTING if c != "hidden"]
 
 

@@ -14,7 +14,8 @@ import pandas as pd
 
 from . import analysis, registry
 from .pipeline import RunConfig
-from .store import ADDED_FIELDS, Store
+from .runconfig import ADDED_FIELDS
+from .store import Store
 
 IGNORED = ("matmul_precision",)
 # Quantities compared between matched models that converged in both stores.

@@ -258,8 +258,9 @@ def smallest_on_grid(measure: str, x, y, p: Density, grid: np.ndarray | None = N
     else:
         # slope changes: sigma_0 - a, sigma_j - sigma_j-1, b - sigma_K-1
         D = sparse.diags([np.ones(K - 1), -np.ones(K - 1)], [1, 0], shape=(K - 1, K))
-        first = sparse.hstack([sparse.csr_matrix(([1.0], ([0], [0])), shape=(1, K)), sparse.csr_matrix([[-1.0, 0.0]])])
-        last = sparse.hstack([sparse.csr_matrix(([-1.0], ([0], [K - 1])), shape=(1, K)), sparse.csr_matrix([[0.0, 1.0]])])
+        unit = lambda col, v: sparse.csr_matrix(([v], ([0], [col])), shape=(1, K))   # noqa: E731
+        first = sparse.hstack([unit(0, 1.0), sparse.csr_matrix([[-1.0, 0.0]])])       # sigma_0 - a
+        last = sparse.hstack([unit(K - 1, -1.0), sparse.csr_matrix([[0.0, 1.0]])])    # b - sigma_K-1
         E = sparse.hstack([sparse.csr_matrix((K + 1, 1)),
                            sparse.vstack([sparse.hstack([D, sparse.csr_matrix((K - 1, 2))]), first, last])]).tocsr()
         wts = (np.concatenate([p.between(g[1:-1]), [p.between(g[0]), p.between(g[-1])]])

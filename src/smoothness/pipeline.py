@@ -16,7 +16,6 @@ from . import training
 from .devices import check_matmul_precision, measure_batch_size, resolve_device  # noqa: F401
 from .evaluate import Trained, measure_model, measure_models, parameter_measures  # noqa: F401
 from .modelfile import SAVE_FORMAT, check_save_path, load_models, save_models  # noqa: F401
-from .models import MLPStack
 from .runconfig import ADDED_FIELDS, Record, RunConfig, config_key  # noqa: F401
 
 
@@ -45,11 +44,8 @@ class _Trained:
     """A trained model waiting to be measured."""
 
     i: int
-    cfg: RunConfig
     rec: Record
-    params: MLPStack
-    task: datasets.BinaryTask
-    subset: torch.Tensor
+    model: Trained     # what measuring it needs
     at: float
 
 
@@ -67,11 +63,11 @@ def _measure_trained(queue: list[_Trained], dev):
     if not queue:
         return
     t0 = time.perf_counter()
-    vals = measure_models([Trained(q.params, q.task, q.subset, q.cfg) for q in queue], dev)
+    vals = measure_models([q.model for q in queue], dev)
     sec = (time.perf_counter() - t0) / len(queue)
     for q, v in zip(queue, vals):
         yield q.i, {**q.rec, **v, "measure_seconds": sec, "measure_batch": len(queue), "device": str(dev),
-                    "params": q.params}
+                    "params": q.model.params}
 
 
 def iter_measure_trained(items, *, device=None, data_dir=None, measure_batch: int | None = None):
@@ -84,7 +80,7 @@ def iter_measure_trained(items, *, device=None, data_dir=None, measure_batch: in
     queue = []
     for j, (c, rec, params) in enumerate(items):
         task = tasks[(c.data, c.pair)]
-        queue.append(_Trained(j, c, rec, params, task, task.subset(c.n_train, c.seed), 0.0))
+        queue.append(_Trained(j, rec, Trained(params, task, task.subset(c.n_train, c.seed), c), 0.0))
         if len(queue) >= k:
             yield from _measure_trained(queue, dev)
             queue = []
@@ -136,7 +132,7 @@ def iter_train_and_measure(configs: list[RunConfig], *, device=None, data_dir=No
                            "loss_epoch": res.loss_epoch, "train_seconds": res.seconds}
             if on_trained is not None:
                 on_trained(i, rec, res.params)
-            queue.append(_Trained(i, c, rec, res.params, tasks[(c.data, c.pair)], subsets[res.index],
+            queue.append(_Trained(i, rec, Trained(res.params, tasks[(c.data, c.pair)], subsets[res.index], c),
                                   time.perf_counter()))
             if len(queue) >= k or time.perf_counter() - queue[0].at >= max_wait:
                 yield from _measure_trained(queue, dev)

@@ -235,9 +235,10 @@ def compute_content(df: pd.DataFrame, grid: dict, merged: list, versions: dict, 
     c.lr_sweep, c.depth = A.by_lr(df), A.by_depth(c.taus)
     c.by_size = A.by_size(df, list(A.TAU_MEASURES) + ["loss_test", "loss_train"])
     size = c.by_size
-    c.shown = {m: s for m, s in A.TAU_MEASURES.items() if f"{m}_mean" in size and size[f"{m}_mean"].notna().any()}
-    if "weights_product" in c.shown and "path_norm" in c.shown and len(c.depth) == 0:
-        del c.shown["path_norm"]  # one hidden layer only: PN is WP
+    present = {m: f"{m}_mean" in size and bool(size[f"{m}_mean"].notna().any()) for m in A.TAU_MEASURES}
+    # across depths both WP and PN are shown; otherwise PN only where WP is not defined (registry.shown)
+    c.shown = {m: s for m, s in A.TAU_MEASURES.items()
+               if present[m] and (len(c.depth) or registry.shown(m, present))}
     c.figure2 = A.figure2_data(df)
     return c
 

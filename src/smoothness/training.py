@@ -92,7 +92,8 @@ class BatchedTrainer:
         self._arange = torch.arange(self.batch_size, device=self.device)
 
     # -- admission ---------------------------------------------------------------------------
-    def _admit(self, act: ActiveModels | None, specs: list[TrainSpec], ids: list[int], optimizer: str) -> ActiveModels:
+    def _admit(self, act: ActiveModels | None, specs: list[TrainSpec], ids: list[int],
+               optimizer: str) -> ActiveModels:
         """The state with the models `ids` (initialized from their seeds) admitted after the rows of act."""
         dev = self.device
         new = [specs[i] for i in ids]
@@ -109,15 +110,15 @@ class BatchedTrainer:
                           device=dev)
         n = torch.tensor([s.indices.numel() for s in new], dtype=torch.int64, device=dev)
         zeros = np.zeros(len(new), np.int64)
-        added = ActiveModels(ids=list(ids), params=params, opt_state=optimizers.init_state(params.tensors(), optimizer),
-                        idx=pad([s.indices for s in new], 0, torch.long),
-                        y=pad([s.targets for s in new], 0.0, torch.float32),
-                        perm=rng.permutation_keys(n, nmax, seeds.to(dev)[:, None], rng.STREAM_SHUFFLE, 0), n=n,
-                        lr=torch.tensor([s.lr for s in new], dtype=torch.float32, device=dev),
-                        lam=torch.tensor([s.lam for s in new], dtype=torch.float32, device=dev),
-                        loss_sum=torch.zeros(len(new), dtype=torch.float32, device=dev), seed=seeds.to(dev),
-                        n_host=n.cpu().numpy(), pos=zeros, epoch=zeros.copy(), steps=zeros.copy(),
-                        start=np.full(len(new), time.perf_counter()))
+        added = ActiveModels(
+            ids=list(ids), params=params, opt_state=optimizers.init_state(params.tensors(), optimizer),
+            idx=pad([s.indices for s in new], 0, torch.long), y=pad([s.targets for s in new], 0.0, torch.float32),
+            perm=rng.permutation_keys(n, nmax, seeds.to(dev)[:, None], rng.STREAM_SHUFFLE, 0), n=n,
+            lr=torch.tensor([s.lr for s in new], dtype=torch.float32, device=dev),
+            lam=torch.tensor([s.lam for s in new], dtype=torch.float32, device=dev),
+            loss_sum=torch.zeros(len(new), dtype=torch.float32, device=dev), seed=seeds.to(dev),
+            n_host=n.cpu().numpy(), pos=zeros, epoch=zeros.copy(), steps=zeros.copy(),
+            start=np.full(len(new), time.perf_counter()))
         if not act:
             return added
         act.join(added)
@@ -271,8 +272,8 @@ class BatchedTrainer:
                                         time.perf_counter() - float(a.start[row])))
 
         while waiting or act:
-            if waiting and (act is None or len(act) < cap):
-                room = cap - (len(act) if act is not None else 0)
+            room = cap - (len(act) if act else 0)
+            if waiting and room > 0:
                 take, waiting = waiting[:room], waiting[room:]
                 t0 = time.perf_counter()
                 act = self._admit(act, specs, take, st.optimizer)
