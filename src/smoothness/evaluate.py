@@ -6,7 +6,7 @@ from typing import NamedTuple
 
 import torch
 
-from . import curvature, measures, registry, training
+from . import curvature, linetasks, measures, registry, training
 from . import data as datasets
 from .models import MLPStack
 from .runconfig import RunConfig
@@ -83,11 +83,15 @@ def _measure_group(items: list[Trained], dev) -> list[dict[str, float]]:
     param = parameter_measures(p, xtr, ytr, [it.cfg for it in items], finite)
     for r, vals in zip(recs, param):
         r.update(vals)
+    for rows in by_task.values():   # 1-D tasks: the exact measures and S_min of each training set (linetasks.py)
+        t = items[rows[0]].task
+        if isinstance(t, linetasks.LineTask):
+            for i, ex in zip(rows, linetasks.exact_of(p.select(rows), t)):
+                recs[i].update(ex, **linetasks.smallest_of(t, items[i].train_idx))
     kw = dict(segments=cfg.segments, points=cfg.points, seed=cfg.measure_seed)
     points = {key: items[rows[0]].task.measure_points(cfg.measure_points) for key, rows in by_task.items()}
     held = [points[id(it.task)] for it in items]   # one tensor per task: models of a pair share it
-    train = [it.task.pool_x[it.train_idx[datasets.balanced_prefix(it.task.pool_y[it.train_idx], cfg.measure_points)]]
-             for it in items]
+    train = [it.task.train_points(it.train_idx, cfg.measure_points) for it in items]
     for suffix, xs in (("", held), ("_train", train)):
         which = measures.MEASURES if suffix == "" else measures.SAMPLED
         for i in range(len(items)):

@@ -106,7 +106,7 @@ class GridProgress:
 def check_data(grid: Grid, data_dir=None) -> None:
     """Fail before any training when a data file is missing or a training size exceeds a pair's pool."""
     for pair in grid.all_pairs():
-        task = datasets.binary_task(grid.data, *pair, data_dir=data_dir)
+        task = datasets.task(grid.data, pair, data_dir=data_dir)
         for s in grid.all_seeds():
             task.subset(max(grid.sizes()), s)
 

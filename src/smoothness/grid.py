@@ -3,7 +3,8 @@
 A grid file is a mapping; every axis takes one value or a list of values:
 
     name: my-grid
-    data: mnist5k                 # mnist5k | mnist | fashion-mnist
+    data: mnist5k                 # mnist5k | mnist | fashion-mnist | a 1-D task: line-gp, line-sine, line-sign
+                                  # with settings, e.g. line-gp:length_scale=0.1 (linetasks.py)
     pairs: all                    # or [[3, 8], [4, 9]]
     n_train: [64, 128, 256, 512]
     seeds: [0, 1, 2]              # integers 0 <= seed < 2**32 (rng.check_seed), also measure.seed
@@ -37,8 +38,8 @@ from pathlib import Path
 
 from . import data as datasets
 from . import gridvalues as gv
-from . import optimizers, rng
-from .errors import ConfigError
+from . import linetasks, optimizers, rng
+from .errors import ConfigError, DataError
 from .runconfig import RunConfig, config_key  # noqa: F401 (config_key: part of grid's API)
 
 PRESETS = (
@@ -146,8 +147,13 @@ def parse(raw: dict, name: str | None = None) -> Grid:
         raise ConfigError(f"a grid must be a mapping of keys to values, got {type(raw).__name__}")
     gv.unknown_keys(raw, _TOP, "grid")
     data = raw.get("data", _DEFAULT["data"])
-    if data not in datasets.SOURCES:
-        raise ConfigError(f"key 'data': unknown data source {data!r}; choose one of: {', '.join(datasets.SOURCES)}")
+    try:
+        data = datasets.check_source(data)
+    except DataError as e:
+        raise ConfigError(f"key 'data': {e}") from None
+    line = linetasks.is_line(data)
+    if line and ("pairs" in raw or any("pairs" in r for r in raw.get("regularizers") or [] if isinstance(r, dict))):
+        raise ConfigError(f"key 'pairs': a 1-D task ({data}) has no digit pairs; leave 'pairs' out")
     measure = _measure_defaults()
     m = raw.get("measure") or {}
     if not isinstance(m, dict):
@@ -164,7 +170,7 @@ def parse(raw: dict, name: str | None = None) -> Grid:
         raise ConfigError("key 'seeds': needs at least one value")
     from_file = not raw.get("name") and name is not None
     g = Grid(name=gv.grid_name(raw.get("name") or name or "grid", from_file=from_file),
-             data=data, pairs=gv.pair_list(raw.get("pairs", [list(_DEFAULT["pair"])])),
+             data=data, pairs=[linetasks.PAIR] if line else gv.pair_list(raw.get("pairs", [list(_DEFAULT["pair"])])),
              n_train=gv.axis(raw, "n_train", int, _DEFAULT["n_train"], positive=True), seeds=seeds,
              hidden=gv.hidden_list(raw.get("hidden", list(_DEFAULT["hidden"]))),
              alpha=gv.axis(raw, "alpha", float, _DEFAULT["alpha"], positive=True),

@@ -116,18 +116,17 @@ def _check_meta(meta, where: str) -> None:
             raise DataError(f"{where}: '{k}' is {meta[k]!r}, expected {want}")
     if len(meta["pair"]) != 2:
         raise DataError(f"{where}: 'pair' is {meta['pair']!r}, expected two digits")
-    if meta["data"] not in datasets.SOURCES:
+    if not datasets.is_source(meta["data"]):
         raise DataError(f"{where}: unknown data source {meta['data']!r}")
 
 
-def _check_params(params, where: str) -> MLPStack:
+def _check_params(params, where: str, n_in: int = 784) -> MLPStack:
     if not isinstance(params, dict) or not all(isinstance(params.get(k), (list, tuple)) for k in ("weights", "biases")):
         raise DataError(f"{where}: 'params' is not a dict with lists 'weights' and 'biases'")
     ws, bs = list(params["weights"]), list(params["biases"])
     if len(ws) < 2 or len(ws) != len(bs):
         raise DataError(f"{where}: {len(ws)} weight and {len(bs)} bias tensors, expected as many of each, "
                         f"at least 2")
-    n_in = 784
     for l, (w, b) in enumerate(zip(ws, bs)):
         for name, t, dims in (("weights", w, 3), ("biases", b, 2)):
             if not isinstance(t, torch.Tensor) or t.layout != torch.strided:
@@ -162,7 +161,7 @@ def validate(blob, path) -> list[dict]:
         if not isinstance(rec, dict) or "meta" not in rec or "params" not in rec:
             raise DataError(f"{where}: not a dict with 'meta' and 'params'")
         _check_meta(rec["meta"], where)
-        p = _check_params(rec["params"], where)
+        p = _check_params(rec["params"], where, datasets.input_dim(rec["meta"]["data"]))
         if list(p.widths[1:-1]) != list(rec["meta"]["hidden"]):
             raise DataError(f"{where}: weights of widths {list(p.widths)} do not match the recorded hidden "
                             f"widths {list(rec['meta']['hidden'])}")

@@ -50,11 +50,11 @@ class _Trained:
 
 
 def binary_tasks(configs: list[RunConfig], data_dir=None) -> dict[tuple, datasets.BinaryTask]:
-    """The binary task of every (data, pair) among configs, loaded once each."""
+    """The task of every (data, pair) among configs (MNIST-binary or 1-D), loaded once each."""
     tasks: dict[tuple, datasets.BinaryTask] = {}
     for c in configs:
         if (c.data, c.pair) not in tasks:
-            tasks[(c.data, c.pair)] = datasets.binary_task(c.data, *c.pair, data_dir=data_dir)
+            tasks[(c.data, c.pair)] = datasets.task(c.data, c.pair, data_dir=data_dir)
     return tasks
 
 

@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass
 from typing import TypedDict
 
 from . import data as datasets
-from . import measures, optimizers, precision, regularizers, rng, training
-from .errors import ConfigError
+from . import linetasks, measures, optimizers, precision, regularizers, rng, training
+from .errors import ConfigError, DataError
 from .models import DEFAULT_ALPHA
 
 
@@ -75,14 +75,18 @@ class RunConfig:
         for name, ok, rule in checks:
             if not ok:
                 raise ConfigError(f"invalid {name}: {getattr(self, name)!r} (must be {rule})")
-        if self.data not in datasets.SOURCES:
-            raise ConfigError(f"unknown data source {self.data!r}; choose one of: {', '.join(datasets.SOURCES)}")
+        try:
+            self.data = datasets.check_source(self.data)
+        except DataError as e:
+            raise ConfigError(str(e)) from None
+        if linetasks.is_line(self.data):
+            self.pair = linetasks.PAIR   # a 1-D task has no digit pair
         datasets.check_pair(*self.pair)
 
     @property
     def widths(self) -> tuple[int, ...]:
-        """(784, *hidden, 1)."""
-        return (784, *self.hidden, 1)
+        """(d, *hidden, 1): d = 784 for the image sources, 1 for the 1-D tasks."""
+        return (datasets.input_dim(self.data), *self.hidden, 1)
 
     def batch_key(self) -> tuple:
         """Models with equal keys can share one batched program."""
@@ -160,6 +164,15 @@ class Record(TypedDict, total=False):
     sharpness_iterations: int
     hessian_trace: float
     hessian_trace_se: float
+    # 1-D tasks only (linetasks.py): the exact measures of the net and S_min over interpolants of its training set
+    exact_gradient_norm: float
+    exact_function_path_length: float
+    exact_gradient_path_length: float
+    exact_weights_product: float
+    min_gradient_norm: float
+    min_function_path_length: float
+    min_gradient_path_length: float
+    min_weights_product: float
     # measuring and provenance
     measure_seconds: float
     measure_batch: int

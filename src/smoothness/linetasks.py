@@ -1,0 +1,211 @@
+"""One-dimensional regression tasks on the line (docs/oned.md): data sources for grids beside the MNIST ones.
+
+A 1-D source is named by a spec string, `line-KIND` with optional `:key=value,...` settings:
+
+    line-gp       a sample of a zero-mean Gaussian process, RBF kernel exp(-(s - t)^2 / (2 length_scale^2)),
+                  drawn jointly at every pool and held-out input (exact: eigendecomposition of the kernel matrix)
+    line-sine     sin(pi * freq * t)
+    line-sign     sign(sin(pi * freq * t)): a +-1 labelling of the line with sign changes at the multiples of 1/freq
+
+    settings      density=uniform|gaussian (uniform on [-1, 1], or normal with mean 0 and sd 0.5),
+                  length_scale (gp; default 1), freq (sine, sign; default 1), task_seed (the inputs and the
+                  GP sample; default 0), pool (training pool size; 1024), heldout (held-out points; 1000)
+
+for example `line-gp:length_scale=0.1,density=gaussian`. The canonical spec (settings in the order above, defaults
+left out) is what RunConfig.data and the results store hold. The pool and held-out inputs are independent draws
+from the density; the training set of size n for a seed is the first n of a seeded random order of the pool,
+so it is nested across n. The task object has the interface of data.BinaryTask.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass, fields, replace
+
+import numpy as np
+import torch
+
+from . import rng
+from .errors import DataError
+from .oned import (MEASURES_1D, Density, exact_measures, smallest_function_path_length, smallest_gradient_norm,
+                   smallest_on_grid, smallest_weights_product)
+
+PREFIX = "line-"
+KINDS = ("gp", "sine", "sign")
+DENSITIES = {"uniform": Density("uniform", -1.0, 1.0), "gaussian": Density("gaussian", 0.0, 0.5)}
+PAIR = (0, 1)   # 1-D tasks have no digit pair; their configs and records carry this one
+
+
+@dataclass(frozen=True)
+class LineSpec:
+    """A 1-D task: the target function and the input density (see the module docstring)."""
+
+    kind: str = "gp"
+    density: str = "uniform"
+    length_scale: float = 1.0
+    freq: float = 1.0
+    task_seed: int = 0
+    pool: int = 1024
+    heldout: int = 1000
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise DataError(f"unknown 1-D task {PREFIX}{self.kind}; choose one of: "
+                            + ", ".join(PREFIX + k for k in KINDS))
+        if self.density not in DENSITIES:
+            raise DataError(f"1-D task density must be one of {', '.join(DENSITIES)}, got {self.density!r}")
+        for k in ("length_scale", "freq"):
+            v = getattr(self, k)
+            if not (math.isfinite(v) and v > 0):
+                raise DataError(f"1-D task setting {k} must be a finite number > 0, got {v!r}")
+        if self.pool < 2 or self.heldout < 2:
+            raise DataError(f"1-D task pool and heldout must be >= 2, got {self.pool} and {self.heldout}")
+        rng.check_seed(self.task_seed, "task_seed")
+
+    def canonical(self) -> str:
+        """The spec string with the settings that differ from the defaults, in a fixed order."""
+        default = LineSpec(self.kind)
+        opts = [f"{f.name}={getattr(self, f.name)!r}".replace("'", "") for f in fields(self)[1:]
+                if getattr(self, f.name) != getattr(default, f.name)]
+        return PREFIX + self.kind + (":" + ",".join(opts) if opts else "")
+
+    def target(self, t: np.ndarray) -> np.ndarray:
+        """The deterministic targets (sine, sign) at inputs t."""
+        s = np.sin(np.pi * self.freq * t)
+        return s if self.kind == "sine" else np.where(s >= 0, 1.0, -1.0)
+
+
+def is_line(source: str) -> bool:
+    """Whether a data source name is a 1-D task spec."""
+    return isinstance(source, str) and source.startswith(PREFIX)
+
+
+def parse(source: str) -> LineSpec:
+    """The LineSpec of a spec string; a DataError names what is wrong."""
+    if not is_line(source):
+        raise DataError(f"not a 1-D task spec: {source!r} (expected {PREFIX}KIND[:key=value,...])")
+    kind, _, rest = source[len(PREFIX):].partition(":")
+    kw: dict = {}
+    types = {f.name: f.type for f in fields(LineSpec)}
+    for item in filter(None, (s.strip() for s in rest.split(","))):
+        k, eq, v = (s.strip() for s in item.partition("="))
+        if not eq or k not in types or k == "kind":
+            raise DataError(f"{source!r}: bad setting {item!r}; settings are key=value with keys "
+                            + ", ".join(n for n in types if n != "kind"))
+        if k in kw:
+            raise DataError(f"{source!r}: setting {k} given twice")
+        try:
+            kw[k] = {"str": str, "float": float, "int": int}[types[k]](v)
+        except ValueError:
+            raise DataError(f"{source!r}: setting {k}={v!r} is not a {types[k]}") from None
+    return LineSpec(kind.strip(), **kw)
+
+
+def canonical(source: str) -> str:
+    """The canonical spec string of a 1-D source (for stable configuration keys)."""
+    return parse(source).canonical()
+
+
+@dataclass
+class LineTask:
+    """A 1-D regression task with the interface of data.BinaryTask (inputs [n, 1], targets [n])."""
+
+    source: str
+    spec: LineSpec
+    pool_x: torch.Tensor      # [P, 1] float32
+    pool_y: torch.Tensor      # [P] float32
+    heldout_x: torch.Tensor   # [H, 1]
+    heldout_y: torch.Tensor   # [H]
+    pair: tuple[int, int] = PAIR
+
+    @property
+    def density(self) -> Density:
+        """The input density (oned.Density)."""
+        return DENSITIES[self.spec.density]
+
+    def subset(self, n: int, seed: int) -> torch.Tensor:
+        """Indices into the pool of the training set of size n: the first n of the seed's order of the pool."""
+        P = self.pool_x.shape[0]
+        if n < 2 or n > P:
+            raise DataError(f"training size must be between 2 and the pool size {P} of {self.source}, got {n} "
+                            f"(a larger pool: {self.source}{',' if ':' in self.source else ':'}pool=...)")
+        order = rng.permutation_keys(torch.tensor([P]), P, int(seed), rng.STREAM_SUBSET, 0)[0]
+        return order[:n]
+
+    def measure_points(self, n: int) -> torch.Tensor:
+        """The first n held-out points."""
+        return self.heldout_x[:n]
+
+    def train_points(self, train_idx: torch.Tensor, n: int) -> torch.Tensor:
+        """Up to n training points (the first n of the training set) for the training-set measures."""
+        return self.pool_x[train_idx[:n]]
+
+
+def _gp_sample(t: np.ndarray, length_scale: float, g: np.random.Generator) -> np.ndarray:
+    """One draw of the zero-mean GP with RBF kernel at the inputs t (eigendecomposition: the kernel matrix of
+    many close inputs is singular to working precision, so negative rounding in its spectrum is clipped)."""
+    d = t[:, None] - t[None, :]
+    lam, u = np.linalg.eigh(np.exp(-0.5 * (d / length_scale) ** 2))
+    return u @ (np.sqrt(np.clip(lam, 0.0, None)) * g.standard_normal(len(t)))
+
+
+@functools.lru_cache(maxsize=16)
+def _task(source: str) -> LineTask:
+    spec = parse(source)
+    g = np.random.default_rng([spec.task_seed, 17])
+    p = DENSITIES[spec.density]
+    t = p.sample(spec.pool + spec.heldout, seed=int(g.integers(1 << 32)))
+    y = _gp_sample(t, spec.length_scale, g) if spec.kind == "gp" else spec.target(t)
+    x32, y32 = torch.from_numpy(t.astype(np.float32))[:, None], torch.from_numpy(y.astype(np.float32))
+    P = spec.pool
+    return LineTask(spec.canonical(), spec, x32[:P], y32[:P], x32[P:], y32[P:])
+
+
+def line_task(source: str) -> LineTask:
+    """The 1-D task of a spec string (built once per canonical spec)."""
+    return _task(canonical(source))
+
+
+def with_settings(source: str, **settings) -> str:
+    """The canonical spec of a source with some settings changed."""
+    return replace(parse(source), **settings).canonical()
+
+
+# -- exact measures and the smoothest interpolant, per trained model (docs/oned.md) ---------------------
+EXACT = {k: "exact_" + k for k in MEASURES_1D}       # S(f) of the trained net, from its kinks
+SMALLEST = {k: "min_" + k for k in MEASURES_1D}      # S_min: the smallest S over interpolants of its training set
+
+
+def exact_of(params, task: LineTask) -> list[dict[str, float]]:
+    """The exact GN, FPL, GPL and WP of every model of a stack of 1-h-1 nets on the task's density, keyed
+    exact_*. Deeper nets get NaN (their exact measures are not built)."""
+    if params.depth != 1:
+        return [dict.fromkeys(EXACT.values(), float("nan")) for _ in range(params.n_models)]
+    w, b = params.weights[0][:, :, 0].double().cpu().numpy(), params.biases[0].double().cpu().numpy()
+    v, c = params.weights[1][:, 0, :].double().cpu().numpy(), params.biases[1][:, 0].double().cpu().numpy()
+    out = []
+    for m in range(params.n_models):
+        if not all(np.isfinite(a[m]).all() for a in (w, b, v, c)):
+            out.append(dict.fromkeys(EXACT.values(), float("nan")))
+            continue
+        vals = exact_measures(v[m], w[m], b[m], c[m], task.density)
+        out.append({EXACT[k]: vals[k] for k in MEASURES_1D})
+    return out
+
+
+def smallest_of(task: LineTask, train_idx: torch.Tensor) -> dict[str, float]:
+    """S_min of each measure over the interpolants of the training set, keyed min_*: the closed forms for GN and
+    FPL (infima) and WP, the linear program on the default grid for GPL (an upper bound within the tolerance
+    of docs/oned.md)."""
+    key = (task.source, tuple(train_idx.tolist()))
+    if key not in _SMALLEST:
+        x, y = task.pool_x[train_idx, 0].double().numpy(), task.pool_y[train_idx].double().numpy()
+        p = task.density
+        _SMALLEST[key] = {SMALLEST["gradient_norm"]: smallest_gradient_norm(x, y, p),
+                          SMALLEST["function_path_length"]: smallest_function_path_length(x, y, p),
+                          SMALLEST["gradient_path_length"]: smallest_on_grid("gradient_path_length", x, y, p)[0],
+                          SMALLEST["weights_product"]: smallest_weights_product(x, y)}
+    return dict(_SMALLEST[key])
+
+
+_SMALLEST: dict[tuple, dict[str, float]] = {}
