@@ -153,3 +153,20 @@ def test_records_of_line_tasks_carry_exact_measures_and_smallest_values():
     spline = oned.linear_spline(x, y)
     assert r["min_gradient_path_length"] <= oned.gradient_path_length(spline, t.density) + 1e-9
     assert 0 < r["min_gradient_path_length"]
+
+
+def test_min_through_uses_the_nets_own_values_at_the_training_inputs():
+    from smoothness import oned
+    c = RunConfig(data="line-gp:pool=64,heldout=100", n_train=6, seed=2, alpha=1.0, lr=0.1, max_epochs=50,
+                  measure_points=100, segments=10, points=10)
+    r = pipeline.train_and_measure([c], device="cpu")[0]   # far from interpolating after 50 epochs
+    t = linetasks.line_task(c.data)
+    x = t.pool_x[t.subset(6, 2), 0].double().numpy()
+    p = r["params"]
+    f = oned.PiecewiseLinear.from_net(p.weights[1][0, 0].double(), p.weights[0][0, :, 0].double(),
+                                      p.biases[0][0].double(), float(p.biases[1][0, 0]))
+    want = linetasks.smallest_values(x, f(x), t.density)
+    for k, v in want.items():
+        assert r["min_through_" + k] == pytest.approx(v, rel=1e-9)
+        assert r["exact_" + k] >= v * (1 - 1e-6)      # the net itself passes through those values
+    assert r["min_through_gradient_norm"] != pytest.approx(r["min_gradient_norm"], rel=1e-3)

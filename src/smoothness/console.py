@@ -7,7 +7,7 @@ import math
 import os
 import sys
 
-from . import registry
+from . import linetasks, registry
 
 MEASURE_KEYS = registry.keys(paper=True)
 
@@ -30,8 +30,8 @@ def emit_record(rec: dict, as_json: bool) -> None:
     if as_json:
         print(json.dumps({k: _json_value(v) for k, v in shown.items()}), flush=True)
         return
-    head = (f"{rec['data']} pair {rec['pair'][0]} {rec['pair'][1]}, n_train {rec['n_train']}, "
-            f"seed {rec['seed']}: {rec['status']}")
+    pair = "" if linetasks.is_line(rec["data"]) else f" pair {rec['pair'][0]} {rec['pair'][1]}"
+    head = f"{rec['data']}{pair}, n_train {rec['n_train']}, seed {rec['seed']}: {rec['status']}"
     if "epochs" in rec:
         took = [f"{rec['steps']} steps" if "steps" in rec else None,   # measure: no training time
                 f"{rec['train_seconds']:.1f} s" if rec.get("train_seconds") is not None else None]
@@ -41,7 +41,8 @@ def emit_record(rec: dict, as_json: bool) -> None:
     keys = ["loss_train", "loss_test", *MEASURE_KEYS, *(k for k in registry.keys() if k not in MEASURE_KEYS),
             *(k + "_train" for k in registry.keys(paper=True, sampled=True)),
             "parameter_norm", "distance_from_init", "sharpness", "sharpness_rel_change",
-            "sharpness_iterations", "hessian_trace", "hessian_trace_se"]
+            "sharpness_iterations", "hessian_trace", "hessian_trace_se",
+            *linetasks.EXACT.values(), *linetasks.THROUGH.values(), *linetasks.SMALLEST.values()]
     for k in keys:
         if k in rec:
             print(f"  {k:<28} {_fmt(rec[k])}")

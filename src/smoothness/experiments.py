@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import data as datasets
-from . import pipeline, staging
+from . import linetasks, pipeline, staging
 from .distributed import DEFAULT_RETRIES
 from .errors import ConfigError, StoreError
 from .grid import Grid, config_key
@@ -93,7 +93,8 @@ class GridProgress:
         el = time.perf_counter() - self.t0
         eta = el / self.done * (self.total - self.done)
         lam = f" {rec['regularizer']} lam={rec['lam']:g}" if rec["regularizer"] != "none" else ""
-        print(f"[{self.done}/{self.total}] {rec['data']} {rec['pair'][0]}/{rec['pair'][1]} N={rec['n_train']} "
+        pair = "" if linetasks.is_line(rec["data"]) else f" {rec['pair'][0]}/{rec['pair'][1]}"
+        print(f"[{self.done}/{self.total}] {rec['data']}{pair} N={rec['n_train']} "
               f"seed={rec['seed']}{lam}: {rec['status']} after {rec['epochs']} epochs; {self.label} {self.running}; "
               f"elapsed {_hms(el)}, ETA {_hms(eta)}", file=self.stream, flush=True)
 

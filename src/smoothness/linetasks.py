@@ -27,7 +27,7 @@ import torch
 
 from . import rng
 from .errors import DataError
-from .oned import (MEASURES_1D, Density, exact_measures, smallest_function_path_length, smallest_gradient_norm,
+from .oned import (MEASURES_1D, Density, PiecewiseLinear, exact_measures, smallest_function_path_length, smallest_gradient_norm,
                    smallest_on_grid, smallest_weights_product)
 
 PREFIX = "line-"
@@ -174,37 +174,45 @@ def with_settings(source: str, **settings) -> str:
 # -- exact measures and the smoothest interpolant, per trained model (docs/oned.md) ---------------------
 EXACT = {k: "exact_" + k for k in MEASURES_1D}       # S(f) of the trained net, from its kinks
 SMALLEST = {k: "min_" + k for k in MEASURES_1D}      # S_min: the smallest S over interpolants of its training set
+THROUGH = {k: "min_through_" + k for k in MEASURES_1D}   # the smallest S of a function through the net's own values
 
 
-def exact_of(params, task: LineTask) -> list[dict[str, float]]:
-    """The exact GN, FPL, GPL and WP of every model of a stack of 1-h-1 nets on the task's density, keyed
-    exact_*. Deeper nets get NaN (their exact measures are not built)."""
+def exact_of(params, task: LineTask, train_idx: list[torch.Tensor]) -> list[dict[str, float]]:
+    """For every model of a stack of 1-h-1 nets: the exact GN, FPL, GPL and WP on the task's density (exact_*), and
+    the smallest value of each over the functions that pass through the net's own values at its training inputs
+    (min_through_*), so that exact / min_through >= 1 whether or not the net interpolates exactly. Deeper nets
+    get NaN (their exact measures are not built)."""
     if params.depth != 1:
-        return [dict.fromkeys(EXACT.values(), float("nan")) for _ in range(params.n_models)]
+        return [dict.fromkeys([*EXACT.values(), *THROUGH.values()], float("nan")) for _ in range(params.n_models)]
     w, b = params.weights[0][:, :, 0].double().cpu().numpy(), params.biases[0].double().cpu().numpy()
     v, c = params.weights[1][:, 0, :].double().cpu().numpy(), params.biases[1][:, 0].double().cpu().numpy()
     out = []
     for m in range(params.n_models):
         if not all(np.isfinite(a[m]).all() for a in (w, b, v, c)):
-            out.append(dict.fromkeys(EXACT.values(), float("nan")))
+            out.append(dict.fromkeys([*EXACT.values(), *THROUGH.values()], float("nan")))
             continue
         vals = exact_measures(v[m], w[m], b[m], c[m], task.density)
-        out.append({EXACT[k]: vals[k] for k in MEASURES_1D})
+        x = task.pool_x[train_idx[m], 0].double().numpy()
+        through = smallest_values(x, PiecewiseLinear.from_net(v[m], w[m], b[m], c[m])(x), task.density)
+        out.append({**{EXACT[k]: vals[k] for k in MEASURES_1D}, **{THROUGH[k]: through[k] for k in MEASURES_1D}})
     return out
 
 
+def smallest_values(x, y, p: Density) -> dict[str, float]:
+    """S_min of each measure over the interpolants of (x, y): the closed forms for GN and FPL (infima) and WP, the
+    linear program on the default grid for GPL (an upper bound within the tolerance of docs/oned.md)."""
+    return {"gradient_norm": smallest_gradient_norm(x, y, p),
+            "function_path_length": smallest_function_path_length(x, y, p),
+            "gradient_path_length": smallest_on_grid("gradient_path_length", x, y, p)[0],
+            "weights_product": smallest_weights_product(x, y)}
+
+
 def smallest_of(task: LineTask, train_idx: torch.Tensor) -> dict[str, float]:
-    """S_min of each measure over the interpolants of the training set, keyed min_*: the closed forms for GN and
-    FPL (infima) and WP, the linear program on the default grid for GPL (an upper bound within the tolerance
-    of docs/oned.md)."""
+    """S_min of each measure over the interpolants of the training set's targets, keyed min_* (smallest_values)."""
     key = (task.source, tuple(train_idx.tolist()))
     if key not in _SMALLEST:
         x, y = task.pool_x[train_idx, 0].double().numpy(), task.pool_y[train_idx].double().numpy()
-        p = task.density
-        _SMALLEST[key] = {SMALLEST["gradient_norm"]: smallest_gradient_norm(x, y, p),
-                          SMALLEST["function_path_length"]: smallest_function_path_length(x, y, p),
-                          SMALLEST["gradient_path_length"]: smallest_on_grid("gradient_path_length", x, y, p)[0],
-                          SMALLEST["weights_product"]: smallest_weights_product(x, y)}
+        _SMALLEST[key] = {SMALLEST[k]: v for k, v in smallest_values(x, y, task.density).items()}
     return dict(_SMALLEST[key])
 
 

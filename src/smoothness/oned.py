@@ -146,7 +146,7 @@ def weights_product(v, w) -> float:
 def smallest_weights_product_of(f: PiecewiseLinear) -> float:
     """The smallest WP of any 1-h-1 net computing f: max(TV(f'), |f'(-inf) + f'(+inf)|) (Savarese et al.)."""
     s = f.slopes
-    return max(f.tv_derivative(), abs(s[0] + s[-1]))
+    return float(max(f.tv_derivative(), abs(s[0] + s[-1])))
 
 
 def exact_measures(v, w, b, c, p: Density) -> dict[str, float]:
@@ -202,7 +202,7 @@ def smallest_weights_product(x, y) -> float:
     balance (derivation in docs/oned.md)."""
     s = secant_slopes(x, y)
     t = float(np.abs(np.diff(s)).sum())
-    return max(t, (t + abs(s[0] + s[-1])) / 2)
+    return float(max(t, (t + abs(s[0] + s[-1])) / 2))
 
 
 def linear_spline(x, y, left: float | None = None, right: float | None = None) -> PiecewiseLinear:

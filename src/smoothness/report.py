@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import analysis as A
-from . import registry
+from . import optimality, registry
 from .errors import StoreError
 from .store import Store
 from .tables import (by_size_tables, depth_tables, lr_sweep_tables, status_table, table1_tables, table2_tables,
@@ -168,8 +168,8 @@ def write_report(source, out_dir=None) -> dict:
     Files: verdict.md/csv, table1.md/csv, table1_taus.csv, measures_by_n.md/csv, table2.md/csv,
     table2_ratios.csv, status_counts.csv, runs.csv, figure2.png, measures_vs_n.png, test_loss_vs_n.png,
     report.md and a self-contained report.html; for grids with several learning rates also lr_sweep.md/csv
-    and lr_sweep.png; with several architectures also depth.md/csv and depth.png. compute_content and render
-    are the two halves.
+    and lr_sweep.png; with several architectures also depth.md/csv and depth.png; for 1-D tasks optimality.md/csv
+    and interpolants.png. compute_content and render are the two halves.
     """
     with Store(source, create=False) as st:   # read-only: a store nobody may write can be reported on
         df = st.frame()
@@ -177,13 +177,19 @@ def write_report(source, out_dir=None) -> dict:
         merged = st.meta("merged", []) or []
         versions = st.meta("versions", {}) or {}
         path, skipped = st.path, st.skipped
+        c = compute_content(df, grid, merged, versions, path, skipped)
+        for k in c.examples["key"] if len(c.examples) else []:   # the 1-D models drawn (a store may hold no weights)
+            try:
+                c.example_params[k] = st.params(k)
+            except StoreError:
+                pass
     out = Path(out_dir) if out_dir else path.parent / "report"
     hint = "" if out_dir else "; write it elsewhere with --out DIR"
     if out.exists() and not out.is_dir():
         raise StoreError(f"cannot write the report to {out}: it is a file, not a directory{hint}")
     try:
         out.mkdir(parents=True, exist_ok=True)
-        return render(compute_content(df, grid, merged, versions, path, skipped), out)
+        return render(c, out)
     except OSError as e:
         why = e.strerror or str(e)
         if e.filename is not None and str(e.filename) != str(out):
@@ -209,6 +215,9 @@ class ReportContent:
     by_size: pd.DataFrame = field(default_factory=pd.DataFrame)   # the curves behind Table 1
     shown: dict = field(default_factory=dict)                     # {measure key: short} of the per-N views
     figure2: pd.DataFrame = field(default_factory=pd.DataFrame)
+    optimality: pd.DataFrame = field(default_factory=pd.DataFrame)   # 1-D tasks: S(f_SGD) / S_min (optimality.py)
+    examples: pd.DataFrame = field(default_factory=pd.DataFrame)     # 1-D models drawn beside their interpolants
+    example_params: dict = field(default_factory=dict)               # their weights: key -> MLPStack
 
 
 def compute_content(df: pd.DataFrame, grid: dict, merged: list, versions: dict, path: Path,
@@ -240,6 +249,7 @@ def compute_content(df: pd.DataFrame, grid: dict, merged: list, versions: dict, 
     c.shown = {m: s for m, s in A.TAU_MEASURES.items()
                if present[m] and (len(c.depth) or registry.shown(m, present))}
     c.figure2 = A.figure2_data(df)
+    c.optimality, c.examples = optimality.ratio_table(df), optimality.examples(df)
     return c
 
 
@@ -296,9 +306,16 @@ def render(c: ReportContent, out: Path) -> dict:
             figs["depth.png"] = "Kendall's τ(N, measure) against the number of hidden layers"
         if lr_sweep_figure(c.lr_sweep, out / "lr_sweep.png"):
             figs["lr_sweep.png"] = "Sharpness, norms, smoothness and test loss against the learning rate"
+        tables_opt = optimality.ratio_tables(c.optimality) if len(c.optimality) else []
+        if tables_opt:
+            save_csv("optimality.csv", c.optimality)
+            save_md("optimality.md", tables_opt)
+        if optimality.interpolant_figure(c.examples, c.example_params, out / "interpolants.png"):
+            figs["interpolants.png"] = ("1-D tasks: the training set, SGD's function and the smoothest interpolant "
+                                        "of each measure")
         written.update({f: out / f for f in figs})
         blocks = [("Verdict", tables_v), ("Table 1", tables1), ("Measures by N", tables_n), ("Table 2", tables2),
-                  ("Depth", tables_depth),
+                  ("Optimality in one dimension", tables_opt), ("Depth", tables_depth),
                   ("Learning-rate sweep", tables_lr), ("Status", [status_table(c.counts)])]
         for head, tabs in blocks:
             if tabs:

@@ -1,0 +1,122 @@
+"""The optimality experiment in one dimension (docs/oned.md): how far SGD's interpolant is from the smoothest one.
+
+For every converged 1-h-1 net trained on a 1-D task, the optimality ratio of a measure S is S(f_SGD) / S_min, with
+S(f_SGD) the exact value from the net's kinks and S_min the smallest value over all functions that pass through the
+net's own values at its training inputs (both in the record, linetasks.py). A converged net interpolates its targets
+only up to the loss threshold, and the second-order minima react strongly to residuals at close inputs; against its
+own values the ratio is >= 1 by construction and measures only how the net behaves between the points. A ratio of 1
+means SGD found the smoothest interpolant in that sense. ratio_frame also gives the ratio against the targets' S_min.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import linetasks, oned, registry
+from .tables import Table, fmt
+
+MEASURES = linetasks.MEASURES_1D
+SETTING = ["data", "regularizer", "lam", "alpha", "lr"]
+
+
+def ratio_frame(df: pd.DataFrame) -> pd.DataFrame:
+    """The converged models of 1-D tasks with exact measures, one ratio_<measure> column per measure."""
+    if not len(df) or "exact_gradient_norm" not in df:
+        return pd.DataFrame()
+    d = df[(df["status"] == "converged") & df["exact_gradient_norm"].notna()].copy()
+    for m in MEASURES:
+        d["ratio_" + m] = d[linetasks.EXACT[m]] / d[linetasks.THROUGH[m]]
+        d["ratio_targets_" + m] = d[linetasks.EXACT[m]] / d[linetasks.SMALLEST[m]]
+    return d
+
+
+def ratio_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Per setting (data, regularizer, λ, α, lr) and N: models, converged models, and the mean, std, min and max
+    of each measure's optimality ratio over the converged ones."""
+    if not len(df) or "exact_gradient_norm" not in df:
+        return pd.DataFrame()
+    line = df[df["exact_gradient_norm"].notna() | df["data"].map(linetasks.is_line)]
+    counts = line.groupby(SETTING + ["n_train"]).size().rename("models")
+    if not len(counts):
+        return pd.DataFrame()
+    d = ratio_frame(line)
+    g = d.groupby(SETTING + ["n_train"])
+    cols = {"converged": g.size()}
+    for m in MEASURES:
+        s = g["ratio_" + m]
+        cols.update({f"{m}_mean": s.mean(), f"{m}_std": s.std(), f"{m}_min": s.min(), f"{m}_max": s.max()})
+    out = counts.to_frame().join(pd.DataFrame(cols)).reset_index()   # settings where none converged stay, with 0
+    out["converged"] = out["converged"].fillna(0).astype(int)
+    return out[SETTING + ["n_train", "models", "converged"] + [c for c in out if c.startswith(MEASURES)]]
+
+
+def ratio_tables(t: pd.DataFrame) -> list[Table]:
+    """The ratio table as one Markdown/HTML table per task."""
+    def cell(r, m):
+        if not r["converged"]:
+            return "–"
+        spread = f" ({fmt(r[m + '_min'])}–{fmt(r[m + '_max'])})" if r["converged"] > 1 else ""
+        return fmt(r[m + "_mean"]) + spread
+
+    tabs = []
+    t = t.assign(_plain=t["regularizer"] != "none").sort_values(["_plain", "regularizer", "lam"], kind="stable")
+    for data, part in t.groupby("data", sort=False):
+        rows = []
+        for _, r in part.iterrows():
+            reg = "SGD" if r["regularizer"] == "none" else f"{registry.get(r['regularizer']).short} λ={fmt(r['lam'])}"
+            rows.append([reg, fmt(r["alpha"]), fmt(r["lr"]), str(int(r["n_train"])),
+                         f"{int(r['converged'])}/{int(r['models'])}"] + [cell(r, m) for m in MEASURES])
+        tabs.append(Table(f"Optimality ratio S(f_SGD) / S_min on {data}",
+                          ["training", "α", "lr", "N", "converged"]
+                          + [registry.get(m).short for m in MEASURES], rows,
+                          "Mean (min–max) over the converged models (seeds; – where none converged) of the exact measure of the trained net "
+                          "divided by the smallest value of any function through the net's values at its training "
+                          "inputs; 1 is the smoothest such function. S_min: closed forms for GN and FPL (infima, approached by ever steeper ramps) "
+                          "and WP; a linear program on a grid of 4,000 cells for GPL (docs/oned.md)."))
+    return tabs
+
+
+def examples(df: pd.DataFrame, most: int = 3) -> pd.DataFrame:
+    """Up to `most` converged unregularized models to draw: the first seed, sizes spread over the N axis."""
+    d = ratio_frame(df)
+    if not len(d):
+        return d
+    d = d[d["regularizer"] == "none"]
+    d = d[(d["alpha"] == d["alpha"].iloc[0]) & (d["lr"] == d["lr"].iloc[0]) & (d["seed"] == d["seed"].min())]
+    sizes = sorted(d["n_train"].unique())
+    pick = [sizes[int(round(i))] for i in np.linspace(0, len(sizes) - 1, min(most, len(sizes)))]
+    return d[d["n_train"].isin(pick)].drop_duplicates("n_train").sort_values("n_train")
+
+
+def interpolant_figure(rows: pd.DataFrame, params: dict, path: Path) -> bool:
+    """For each example model: its training set, SGD's function and the smoothest interpolant of each measure
+    (the linear program's, on the default grid). params: key -> MLPStack of one. False if nothing to draw."""
+    rows = rows[rows["key"].isin(params)] if len(rows) else rows
+    if not len(rows):
+        return False
+    from .report import _plt
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(rows), figsize=(5 * len(rows), 4), squeeze=False)
+    for ax, (_, r) in zip(axes[0], rows.iterrows()):
+        task = linetasks.line_task(r["data"])
+        idx = task.subset(int(r["n_train"]), int(r["seed"]))
+        x, y = task.pool_x[idx, 0].double().numpy(), task.pool_y[idx].double().numpy()
+        span = x.max() - x.min()
+        t = np.linspace(x.min() - 0.25 * span, x.max() + 0.25 * span, 801)
+        p = params[r["key"]]
+        f = oned.PiecewiseLinear.from_net(p.weights[1][0, 0].double().numpy(), p.weights[0][0, :, 0].double().numpy(),
+                                          p.biases[0][0].double().numpy(), float(p.biases[1][0, 0]))
+        ax.plot(t, f(t), color="black", lw=2, label="SGD")
+        for m in MEASURES:
+            _, g = oned.smallest_on_grid(m, x, y, task.density)
+            ax.plot(t, g(t), lw=1, label=f"smallest {registry.get(m).short}")
+        ax.scatter(x, y, color="black", zorder=5, s=14, label="training set")
+        ax.set_title(f"{r['data']}, N = {int(r['n_train'])}, seed {int(r['seed'])}")
+        ax.set_xlabel("t")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
