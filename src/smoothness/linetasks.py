@@ -14,7 +14,9 @@ A 1-D source is named by a spec string, `line-KIND` with optional `:key=value,..
 for example `line-gp:length_scale=0.1,density=gaussian`. The canonical spec (settings in the order above, defaults
 left out) is what RunConfig.data and the results store hold. The pool and held-out inputs are independent draws
 from the density; the training set of size n for a seed is the first n of a seeded random order of the pool,
-so it is nested across n. The task object has the interface of data.BinaryTask.
+so it is nested across n. The task object has the interface of data.BinaryTask. The inputs come from NumPy's
+PCG64 generator and are the same everywhere; the GP values go through LAPACK's eigendecomposition and can differ
+between machines in the last bits.
 """
 from __future__ import annotations
 
@@ -200,7 +202,8 @@ def exact_of(params, task: LineTask, train_idx: list[torch.Tensor]) -> list[dict
 
 def smallest_values(x, y, p: Density) -> dict[str, float]:
     """S_min of each measure over the interpolants of (x, y): the closed forms for GN and FPL (infima) and WP, the
-    linear program on the default grid for GPL (an upper bound within the tolerance of docs/oned.md)."""
+    linear program on the default grid for GPL (an upper bound of the infimum; its distance to it is not bounded,
+    docs/oned.md)."""
     return {"gradient_norm": smallest_gradient_norm(x, y, p),
             "function_path_length": smallest_function_path_length(x, y, p),
             "gradient_path_length": smallest_on_grid("gradient_path_length", x, y, p)[0],
