@@ -179,6 +179,19 @@ SMALLEST = {k: "min_" + k for k in MEASURES_1D}      # S_min: the smallest S ove
 THROUGH = {k: "min_through_" + k for k in MEASURES_1D}   # the smallest S of a function through the net's own values
 
 
+def net_arrays(params) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """v [M, h], w [M, h], b [M, h] and c [M] of a stack of 1-h-1 nets f(t) = sum_i v_i relu(w_i t + b_i) + c,
+    float64 on the CPU."""
+    w, b = params.weights[0][:, :, 0].double().cpu().numpy(), params.biases[0].double().cpu().numpy()
+    v, c = params.weights[1][:, 0, :].double().cpu().numpy(), params.biases[1][:, 0].double().cpu().numpy()
+    return v, w, b, c
+
+
+def net_function(params, m: int = 0) -> PiecewiseLinear:
+    """The function of model m of a stack of 1-h-1 nets, as an oned.PiecewiseLinear."""
+    return PiecewiseLinear.from_net(*(a[m] for a in net_arrays(params)))
+
+
 def exact_of(params, task: LineTask, train_idx: list[torch.Tensor]) -> list[dict[str, float]]:
     """For every model of a stack of 1-h-1 nets: the exact GN, FPL, GPL and WP on the task's density (exact_*), and
     the smallest value of each over the functions that pass through the net's own values at its training inputs
@@ -186,8 +199,7 @@ def exact_of(params, task: LineTask, train_idx: list[torch.Tensor]) -> list[dict
     get NaN (their exact measures are not built)."""
     if params.depth != 1:
         return [dict.fromkeys([*EXACT.values(), *THROUGH.values()], float("nan")) for _ in range(params.n_models)]
-    w, b = params.weights[0][:, :, 0].double().cpu().numpy(), params.biases[0].double().cpu().numpy()
-    v, c = params.weights[1][:, 0, :].double().cpu().numpy(), params.biases[1][:, 0].double().cpu().numpy()
+    v, w, b, c = net_arrays(params)
     out = []
     for m in range(params.n_models):
         if not all(np.isfinite(a[m]).all() for a in (w, b, v, c)):

@@ -105,9 +105,7 @@ def interpolant_figure(rows: pd.DataFrame, params: dict, path: Path) -> bool:
         x, y = task.pool_x[idx, 0].double().numpy(), task.pool_y[idx].double().numpy()
         span = x.max() - x.min()
         t = np.linspace(x.min() - 0.25 * span, x.max() + 0.25 * span, 801)
-        p = params[r["key"]]
-        f = oned.PiecewiseLinear.from_net(p.weights[1][0, 0].double().numpy(), p.weights[0][0, :, 0].double().numpy(),
-                                          p.biases[0][0].double().numpy(), float(p.biases[1][0, 0]))
+        f = linetasks.net_function(params[r["key"]])
         ax.plot(t, f(t), color="black", lw=2, label="SGD")
         for m in MEASURES:
             _, g = oned.smallest_on_grid(m, x, y, task.density)
