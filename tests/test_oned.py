@@ -138,3 +138,49 @@ def test_bad_input_is_refused():
         oned.Density("cauchy")
     with pytest.raises(ValueError, match="unknown measure"):
         oned.smallest_on_grid("sharpness", *DATA, U)
+
+
+def test_the_linear_spline_is_gpl_optimal_where_w_is_concave():
+    """Uniform density: w is concave, so the spline's GPL is the infimum (LP duality, docs/oned.md); the grid LP,
+    which may put kinks anywhere on 4,000 cells, finds nothing smaller, and the dual LP comes up to it."""
+    g = np.random.default_rng(3)
+    for n in (3, 5, 17, 40):
+        x = U.sample(n, seed=n)
+        y = np.sin(4 * x) + g.normal(0, 0.3, n)
+        lower, upper = oned.smallest_gradient_path_length(x, y, U)
+        spline = oned.gradient_path_length(oned.linear_spline(x, y), U)
+        assert lower == upper == pytest.approx(spline, rel=1e-12)
+        assert oned.smallest_on_grid("gradient_path_length", x, y, U)[0] == pytest.approx(spline, rel=1e-7)
+        assert spline * (1 - 1e-2) <= oned.gradient_path_length_lower(x, y, U) <= spline * (1 + 1e-9)
+
+
+def test_gpl_bracket_on_a_gaussian_density_holds_the_lp_optimum_and_narrows_with_the_grid():
+    """Gaussian: w is convex in the tails, so the spline is not optimal. Three points 1, 2 and 3 sd out, values
+    0, 0, 1: the spline's kink at 1.0 costs 2 w(1.0) ~ 0.089, while a kink at t in (1, 1.5) with slope 1 / (1.5 - t)
+    after it costs w(t) / (1.5 - t), ~ 0.046 near t = 1.3. The bracket [dual LP, grid LP] holds every interpolant's
+    GPL."""
+    p = oned.Density("gaussian", 0.0, 0.5)
+    assert not oned.concave_between(p, -1.0, 1.0) and oned.concave_between(p, -0.4, 0.4)
+    assert oned._Z_CONCAVE == pytest.approx(0.877, abs=1e-3)
+    x, y = np.array([0.5, 1.0, 1.5]), np.array([0.0, 0.0, 1.0])
+    lower, upper = oned.smallest_gradient_path_length(x, y, p)
+    assert oned.spline_gradient_path_length(x, y, p) == pytest.approx(2 * p.between(1.0))
+    t = np.linspace(1.0, 1.499, 5000)
+    assert upper <= (p.between(t) / (1.5 - t)).min() + 1e-9 < 0.6 * oned.spline_gradient_path_length(x, y, p)
+    assert 0 < lower <= upper <= lower * 1.01
+    widths = []
+    for cells in (1000, 8000):
+        grid = oned.grid_for(x, p, cells=cells)
+        lo = oned.gradient_path_length_lower(x, y, p, grid)
+        up, f = oned.smallest_on_grid("gradient_path_length", x, y, p, grid)
+        assert oned.gradient_path_length(f, p) >= lo - 1e-9     # the lower bound holds for this interpolant
+        widths.append(up - lo)
+    assert widths[1] < widths[0] / 4
+    g = np.random.default_rng(0)
+    xs = p.sample(30, seed=1)
+    ys = np.sign(xs) + g.normal(0, 0.2, 30)
+    lo, up = oned.smallest_gradient_path_length(xs, ys, p)
+    assert lo <= up <= lo * 1.01
+    for _ in range(20):     # random interpolants: the spline plus hat bumps that vanish at every data point
+        f = oned.linear_spline(xs, ys, left=g.normal(), right=g.normal())
+        assert oned.gradient_path_length(f, p) >= lo - 1e-9

@@ -48,6 +48,7 @@ def test_report_has_the_ratio_table_and_the_interpolant_figure(oned_run):
     md = (oned_run / "report" / "report.md").read_text()
     assert "## Optimality in one dimension" in md and "Optimality ratio S(f_SGD) / S_min on line-gp" in md
     assert "interpolants.png" in md and "WP λ=0.001" in md
+    assert "for GPL the linear spline, exact" in md     # uniform density: GPL's S_min has no bracket
     assert (oned_run / "report" / "interpolants.png").stat().st_size > 10_000
 
 
@@ -70,3 +71,10 @@ def test_smallest_interpolants_drawn_are_feasible():
             closed = {"gradient_norm": oned.smallest_gradient_norm, "function_path_length": oned.smallest_function_path_length}
             want = closed[m](x, y, t.density) if m in closed else oned.smallest_weights_product(x, y)
             assert want <= val + 1e-7 and val <= want * 1.05 + 1e-6, (m, val, want)
+
+
+def test_the_gpl_note_states_the_bracket_width():
+    import pandas as pd
+    assert "bracket" in optimality._gpl_note(pd.Series([float("nan")]))
+    assert "exact" in optimality._gpl_note(pd.Series([0.0, 0.0]))
+    assert "at most 0.23% wide" in optimality._gpl_note(pd.Series([0.001, 0.0023]))

@@ -42,7 +42,8 @@ def emit_record(rec: dict, as_json: bool) -> None:
             *(k + "_train" for k in registry.keys(paper=True, sampled=True)),
             "parameter_norm", "distance_from_init", "sharpness", "sharpness_rel_change",
             "sharpness_iterations", "hessian_trace", "hessian_trace_se",
-            *linetasks.EXACT.values(), *linetasks.THROUGH.values(), *linetasks.SMALLEST.values()]
+            *linetasks.EXACT.values(), *linetasks.THROUGH.values(), *linetasks.SMALLEST.values(),
+            "min_" + linetasks.LOWER, "min_through_" + linetasks.LOWER]
     for k in keys:
         if k in rec:
             print(f"  {k:<28} {_fmt(rec[k])}")

@@ -30,7 +30,7 @@ import torch
 from . import rng
 from .errors import DataError
 from .oned import (MEASURES_1D, Density, PiecewiseLinear, exact_measures, smallest_function_path_length, smallest_gradient_norm,
-                   smallest_on_grid, smallest_weights_product)
+                   smallest_gradient_path_length, smallest_weights_product)
 
 PREFIX = "line-"
 KINDS = ("gp", "sine", "sign")
@@ -177,6 +177,7 @@ def with_settings(source: str, **settings) -> str:
 EXACT = {k: "exact_" + k for k in MEASURES_1D}       # S(f) of the trained net, from its kinks
 SMALLEST = {k: "min_" + k for k in MEASURES_1D}      # S_min: the smallest S over interpolants of its training set
 THROUGH = {k: "min_through_" + k for k in MEASURES_1D}   # the smallest S of a function through the net's own values
+LOWER = "gradient_path_length_lower"   # GPL's S_min is bracketed: min_* is the upper end, min_*_lower the lower
 
 
 def net_arrays(params) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -198,28 +199,35 @@ def exact_of(params, task: LineTask, train_idx: list[torch.Tensor]) -> list[dict
     (min_through_*), so that exact / min_through >= 1 whether or not the net interpolates exactly. Deeper nets
     get NaN (their exact measures are not built)."""
     if params.depth != 1:
-        return [dict.fromkeys([*EXACT.values(), *THROUGH.values()], float("nan")) for _ in range(params.n_models)]
+        return [dict.fromkeys(_EXACT_KEYS, float("nan")) for _ in range(params.n_models)]
     v, w, b, c = net_arrays(params)
     out = []
     for m in range(params.n_models):
         if not all(np.isfinite(a[m]).all() for a in (w, b, v, c)):
-            out.append(dict.fromkeys([*EXACT.values(), *THROUGH.values()], float("nan")))
+            out.append(dict.fromkeys(_EXACT_KEYS, float("nan")))
             continue
         vals = exact_measures(v[m], w[m], b[m], c[m], task.density)
         x = task.pool_x[train_idx[m], 0].double().numpy()
         through = smallest_values(x, PiecewiseLinear.from_net(v[m], w[m], b[m], c[m])(x), task.density)
-        out.append({**{EXACT[k]: vals[k] for k in MEASURES_1D}, **{THROUGH[k]: through[k] for k in MEASURES_1D}})
+        out.append({**{EXACT[k]: vals[k] for k in MEASURES_1D}, **_keyed(through, "min_through_")})
     return out
 
 
+_EXACT_KEYS = [*EXACT.values(), *THROUGH.values(), "min_through_" + LOWER]
+
+
+def _keyed(values: dict[str, float], prefix: str) -> dict[str, float]:
+    return {prefix + k: v for k, v in values.items()}
+
+
 def smallest_values(x, y, p: Density) -> dict[str, float]:
-    """S_min of each measure over the interpolants of (x, y): the closed forms for GN and FPL (infima) and WP, the
-    linear program on the default grid for GPL (an upper bound of the infimum; its distance to it is not bounded,
-    docs/oned.md)."""
+    """S_min of each measure over the interpolants of (x, y): the closed forms for GN and FPL (infima) and WP; for
+    GPL the upper end of oned.smallest_gradient_path_length's bracket (exact where w is concave over the data,
+    as for the uniform density), and its lower end under gradient_path_length_lower."""
+    lower, upper = smallest_gradient_path_length(x, y, p)
     return {"gradient_norm": smallest_gradient_norm(x, y, p),
             "function_path_length": smallest_function_path_length(x, y, p),
-            "gradient_path_length": smallest_on_grid("gradient_path_length", x, y, p)[0],
-            "weights_product": smallest_weights_product(x, y)}
+            "gradient_path_length": upper, "weights_product": smallest_weights_product(x, y), LOWER: lower}
 
 
 def smallest_of(task: LineTask, train_idx: torch.Tensor) -> dict[str, float]:
@@ -227,7 +235,7 @@ def smallest_of(task: LineTask, train_idx: torch.Tensor) -> dict[str, float]:
     key = (task.source, tuple(train_idx.tolist()))
     if key not in _SMALLEST:
         x, y = task.pool_x[train_idx, 0].double().numpy(), task.pool_y[train_idx].double().numpy()
-        _SMALLEST[key] = {SMALLEST[k]: v for k, v in smallest_values(x, y, task.density).items()}
+        _SMALLEST[key] = _keyed(smallest_values(x, y, task.density), "min_")
     return dict(_SMALLEST[key])
 
 

@@ -205,6 +205,76 @@ def smallest_weights_product(x, y) -> float:
     return float(max(t, (t + abs(s[0] + s[-1])) / 2))
 
 
+def spline_gradient_path_length(x, y, p: Density) -> float:
+    """GPL of the interpolating linear spline: sum over the inner data points of w(x_i) |s_i - s_i-1|."""
+    x, y = _data(x, y)
+    return float((p.between(x[1:-1]) * np.abs(np.diff(np.diff(y) / np.diff(x)))).sum())
+
+
+def concave_between(p: Density, lo: float, hi: float) -> bool:
+    """Whether w = 2F(1 - F) is concave on [lo, hi]: always on the uniform density's support; for a Gaussian where
+    |t - mean| <= z* sd, z* ~ 0.87 solving z (2 Phi(z) - 1) = 2 phi(z) (w'' <= 0 there)."""
+    if p.kind == "uniform":
+        return p.a <= lo and hi <= p.b
+    return max(abs(lo - p.a), abs(hi - p.a)) <= _Z_CONCAVE * p.b
+
+
+_Z_CONCAVE = optimize.brentq(lambda z: z * (2 * special.ndtr(z) - 1) - 2 * math.exp(-z * z / 2) / math.sqrt(2 * math.pi),
+                             0.5, 1.5)
+
+
+def gradient_path_length_lower(x, y, p: Density, grid: np.ndarray | None = None) -> float:
+    """A lower bound of inf GPL over interpolants, by LP duality (docs/oned.md): for every H that is linear between
+    consecutive data points, 0 at x_1 and x_N and |H| <= w everywhere, sum_i (H(x_i+1) - H(x_i)) s_i <= GPL(f) of
+    every interpolant f. The LP maximizes over the H_i = H(x_i), with |H| <= w imposed at the grid points against
+    the smallest w of the two neighbouring cells, which makes |H| <= w hold on every cell (w is unimodal)."""
+    x, y = _data(x, y)
+    n = len(x)
+    if n < 3:
+        return 0.0
+    s = np.diff(y) / np.diff(x)
+    g = grid_for(x, p) if grid is None else np.unique(np.concatenate([np.asarray(grid, np.float64), x]))
+    g = g[(g >= x[0]) & (g <= x[-1])]
+    wg = p.between(g)
+    low = np.minimum(wg, np.minimum(np.concatenate([wg[1:], wg[-1:]]), np.concatenate([wg[:1], wg[:-1]])))
+    i = np.clip(np.searchsorted(x, g, side="right") - 1, 0, n - 2)      # g lies in [x_i, x_i+1]
+    theta = (g - x[i]) / (x[i + 1] - x[i])
+    # H(g) = (1 - theta) H_i + theta H_i+1, with unknowns H_1 .. H_n-2 (0-based; H_0 = H_n-1 = 0)
+    rows = np.arange(len(g))
+    r, c, v = [], [], []
+    for col, coef in ((i, 1 - theta), (i + 1, theta)):
+        inner = (col >= 1) & (col <= n - 2)
+        r.append(rows[inner]); c.append(col[inner] - 1); v.append(coef[inner])
+    A = sparse.csr_matrix((np.concatenate(v), (np.concatenate(r), np.concatenate(c))), shape=(len(g), n - 2))
+    cost = -(s[:-1] - s[1:])          # maximize sum_i H_i (s_i-1 - s_i)
+    res = _linprog(cost, A_ub=sparse.vstack([A, -A]).tocsr(), b_ub=np.concatenate([low, low]),
+                   bounds=[(None, None)] * (n - 2))
+    return float(-res.fun)
+
+
+def _linprog(cost, **kw):
+    """SciPy's HiGHS; where its simplex stops on numerical trouble (close data points make the rows badly scaled),
+    its interior-point method with crossover."""
+    for method in ("highs", "highs-ipm"):
+        res = optimize.linprog(cost, method=method, **kw)
+        if res.status == 0:
+            return res
+    raise RuntimeError(f"the linear program failed: {res.message}")
+
+
+def smallest_gradient_path_length(x, y, p: Density, grid: np.ndarray | None = None) -> tuple[float, float]:
+    """(lower, upper) bounds of inf GPL over interpolants. Where w is concave on [x_1, x_N] (always for the
+    uniform density) the linear spline is optimal and both equal its GPL: the dual H_i = w(x_i) sign(s_i-1 - s_i)
+    is feasible because w minus a linear function is concave. Otherwise the upper bound is the smaller of the
+    spline's GPL and the grid LP (smallest_on_grid), the lower bound gradient_path_length_lower."""
+    x, y = _data(x, y)
+    spline = spline_gradient_path_length(x, y, p)
+    if concave_between(p, x[0], x[-1]):
+        return spline, spline
+    upper = min(spline, smallest_on_grid("gradient_path_length", x, y, p, grid)[0])
+    return min(gradient_path_length_lower(x, y, p, grid), upper), upper
+
+
 def linear_spline(x, y, left: float | None = None, right: float | None = None) -> PiecewiseLinear:
     """The interpolating linear spline, extended with the end secant slopes (or the given end slopes)."""
     x, y = _data(x, y)
@@ -289,13 +359,10 @@ def smallest_on_grid(measure: str, x, y, p: Density, grid: np.ndarray | None = N
         cost[n_lin:n_lin + m] = wts
     A_eq = sparse.hstack([eq, sparse.csr_matrix((len(x), m + extra))]).tocsr()
     bounds = [(None, None)] * n_lin + [(0, None)] * (m + extra)
-    res = optimize.linprog(cost, A_ub=A_ub, b_ub=b_ub, A_eq=A_eq, b_eq=y, bounds=bounds, method="highs")
-    if res.status != 0:
-        raise RuntimeError(f"the linear program failed: {res.message}")
-    z = res.x
+    z = _linprog(cost, A_ub=A_ub, b_ub=b_ub, A_eq=A_eq, b_eq=y, bounds=bounds).x
     sig, a, b = z[1:K + 1], z[K + 1], z[K + 2]
     slopes = np.concatenate([[a], sig, [b]])
     jumps = np.diff(slopes)
     keep = np.abs(jumps) > 1e-12 * max(1.0, np.abs(slopes).max())
     f = PiecewiseLinear(float(z[0] - a * g[0]), float(a), g[keep], jumps[keep])
-    return float(res.fun), f
+    return float(cost @ z), f

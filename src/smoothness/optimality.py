@@ -29,6 +29,9 @@ def ratio_frame(df: pd.DataFrame) -> pd.DataFrame:
     for m in MEASURES:
         d["ratio_" + m] = d[linetasks.EXACT[m]] / d[linetasks.THROUGH[m]]
         d["ratio_targets_" + m] = d[linetasks.EXACT[m]] / d[linetasks.SMALLEST[m]]
+    # GPL's S_min is bracketed [lower, upper] (oned.smallest_gradient_path_length): the ratio could be this much higher
+    lower = d["min_through_" + linetasks.LOWER] if "min_through_" + linetasks.LOWER in d else np.nan
+    d["gpl_bracket"] = 1 - lower / d[linetasks.THROUGH["gradient_path_length"]]
     return d
 
 
@@ -43,13 +46,13 @@ def ratio_table(df: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     d = ratio_frame(line)
     g = d.groupby(SETTING + ["n_train"])
-    cols = {"converged": g.size()}
+    cols = {"converged": g.size(), "gpl_bracket": g["gpl_bracket"].max()}
     for m in MEASURES:
         s = g["ratio_" + m]
         cols.update({f"{m}_mean": s.mean(), f"{m}_std": s.std(), f"{m}_min": s.min(), f"{m}_max": s.max()})
     out = counts.to_frame().join(pd.DataFrame(cols)).reset_index()   # settings where none converged stay, with 0
     out["converged"] = out["converged"].fillna(0).astype(int)
-    return out[SETTING + ["n_train", "models", "converged"] + [c for c in out if c.startswith(MEASURES)]]
+    return out[SETTING + ["n_train", "models", "converged"] + [c for c in out if c.startswith(MEASURES)] + ["gpl_bracket"]]
 
 
 def ratio_tables(t: pd.DataFrame) -> list[Table]:
@@ -71,11 +74,23 @@ def ratio_tables(t: pd.DataFrame) -> list[Table]:
         tabs.append(Table(f"Optimality ratio S(f_SGD) / S_min on {data}",
                           ["training", "α", "lr", "N", "converged"]
                           + [registry.get(m).short for m in MEASURES], rows,
-                          "Mean (min–max) over the converged models (seeds; – where none converged) of the exact measure of the trained net "
-                          "divided by the smallest value of any function through the net's values at its training "
-                          "inputs; 1 is the smoothest such function. S_min: closed forms for GN and FPL (infima, approached by ever steeper ramps) "
-                          "and WP; a linear program on a grid of 4,000 cells for GPL (docs/oned.md)."))
+                          "Mean (min–max) over the converged models (seeds; – where none converged) of the exact measure "
+                          "of the trained net divided by the smallest value of any function through the net's values at "
+                          "its training inputs; 1 is the smoothest such function. S_min: closed forms for GN and FPL "
+                          "(infima, approached by ever steeper ramps) and WP; for GPL " + _gpl_note(part["gpl_bracket"])
+                          + " (docs/oned.md)."))
     return tabs
+
+
+def _gpl_note(bracket: pd.Series) -> str:
+    """How GPL's S_min was found, from the widest relative bracket (1 - lower / upper) among the table's rows."""
+    b = bracket.dropna()
+    if not len(b):
+        return "a linear program on a grid of 4,000 cells, an upper bound of the infimum (a store from before the bracket)"
+    if b.max() <= 1e-12:
+        return "the linear spline, exact (w is concave over the training inputs)"
+    return (f"the upper end of a bracket from linear programs, at most {100 * b.max():.2g}% wide, so GPL's ratios "
+            "could be up to that much higher")
 
 
 def examples(df: pd.DataFrame, most: int = 3) -> pd.DataFrame:

@@ -173,10 +173,12 @@ class Record(TypedDict, total=False):
     min_function_path_length: float
     min_gradient_path_length: float
     min_weights_product: float
+    min_gradient_path_length_lower: float   # GPL's S_min is bracketed [min_*_lower, min_*] (oned.py; equal: exact)
     min_through_gradient_norm: float        # the smallest S of a function through the net's own training values
     min_through_function_path_length: float
     min_through_gradient_path_length: float
     min_through_weights_product: float
+    min_through_gradient_path_length_lower: float
     # measuring and provenance
     measure_seconds: float
     measure_batch: int
