@@ -89,6 +89,17 @@ def test_regularizer_entries_override_lr_cap_and_sizes():
     assert g.sizes() == [16, 32, 64]
 
 
+def test_regularizer_entries_override_alpha():
+    g = parse(n_train=[16], alpha=1.0, regularizers=[{"name": "none", "lr": 0.2},
+                                                     {"name": "none", "alpha": [0.01, 0.1], "lr": 0.2},
+                                                     {"name": "weights_product", "lam": [0, 1e-3], "alpha": 0.01}])
+    got = sorted((c.regularizer, c.alpha, c.lr) for c in g.configs())
+    assert got == [("none", 0.01, 0.01), ("none", 0.01, 0.2), ("none", 0.1, 0.2), ("none", 1.0, 0.2),
+                   ("weights_product", 0.01, 0.01)]
+    with pytest.raises(ConfigError, match="alpha"):
+        parse(regularizers=[{"name": "none", "alpha": -1}])
+
+
 def test_config_key_is_stable_and_distinguishes_configs():
     a, b = parse(n_train=[64, 128]).configs()
     assert grid.config_key(a) == grid.config_key(parse(n_train=64).configs()[0])

@@ -49,7 +49,25 @@ def test_report_has_the_ratio_table_and_the_interpolant_figure(oned_run):
     assert "## Optimality in one dimension" in md and "Optimality ratio S(f_SGD) / S_min on line-gp" in md
     assert "interpolants.png" in md and "WP λ=0.001" in md
     assert "for GPL the linear spline, exact" in md     # uniform density: GPL's S_min has no bracket
+    assert "at the ladder's edge" in md and (oned_run / "report" / "optimality_edges.csv").exists()
     assert (oned_run / "report" / "interpolants.png").stat().st_size > 10_000
+
+
+def test_edge_table_compares_the_ratios_at_the_largest_passing_lambda(oned_run):
+    with Store(oned_run, create=False) as st:
+        df = st.frame()
+    e = optimality.edge_table(df)
+    assert len(e) == 1
+    r = e.iloc[0]
+    assert r["regularizer"] == "weights_product" and r["n_train"] == 8 and r["lam"] == 1e-3 and r["ladder_short"]
+    d = optimality.ratio_frame(df)
+    base = d[(d["regularizer"] == "none") & (d["n_train"] == 8) & (d["seed"] == 0)]
+    at = d[(d["regularizer"] == "weights_product")]
+    for m in optimality.MEASURES:
+        assert r[m + "_sgd"] == base["ratio_" + m].iloc[0] and r[m + "_reg"] == at["ratio_" + m].iloc[0]
+    md = optimality.edge_tables(e)[0].markdown()
+    assert "0.001 (ladder too short)" in md and "→" in md
+    assert optimality.edge_table(df[df["regularizer"] == "none"]).empty
 
 
 def test_examples_are_unregularized_and_spread_over_n(oned_run):

@@ -15,8 +15,8 @@ A grid file is a mapping; every axis takes one value or a list of values:
     max_epochs: 25000
     threshold: 1.0e-5
     regularizers:                 # default: [{name: none}]
-      - {name: gradient_norm, lam: [0, 1.0e-5, 1.0e-4], lr: 0.01}   # optional per entry: lr, max_epochs,
-                                                                    # n_train, seeds, pairs
+      - {name: gradient_norm, lam: [0, 1.0e-5, 1.0e-4], lr: 0.01}   # optional per entry: lr, alpha,
+                                                                    # max_epochs, n_train, seeds, pairs
       - {name: weights_product, lam: {start: 1.0e-5, factor: 3, end: 1.0e-2}}   # a ladder: 0, 1e-5, 3e-5, ...
     optimizer: sgd                # sgd | gd (full batch) | momentum | adam; an axis like the others
     matmul_precision: fp32        # training matmuls: fp32 | tf32 (CUDA only) | tf32-emulated (one value)
@@ -94,8 +94,9 @@ class Grid:
             sizes = reg.get("n_train") or self.n_train
             seeds = reg.get("seeds") or self.seeds
             pairs = reg.get("pairs") or self.pairs
+            alphas = reg.get("alpha") or self.alpha
             for opt, lam, lr, h, al, bs, me, th, pair, n, s in itertools.product(
-                    self.optimizer, reg["lam"], lrs, self.hidden, self.alpha, self.batch_size, caps, self.threshold,
+                    self.optimizer, reg["lam"], lrs, self.hidden, alphas, self.batch_size, caps, self.threshold,
                     pairs, sizes, seeds):
                 name = reg["name"] if lam > 0 else "none"
                 if lr is None:  # the paper's rate for this regularizer also for its lambda = 0 baseline

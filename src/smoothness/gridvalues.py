@@ -11,7 +11,7 @@ from . import optimizers, precision, regularizers, rng
 from .staging import MODES as LADDER_MODES
 from .errors import ConfigError
 
-REGULARIZER_KEYS = {"name", "lam", "lr", "max_epochs", "n_train", "seeds", "pairs"}
+REGULARIZER_KEYS = {"name", "lam", "lr", "alpha", "max_epochs", "n_train", "seeds", "pairs"}
 
 
 def unknown_keys(keys, known, where):
@@ -136,11 +136,11 @@ def hidden_list(v):
 
 
 def regularizer_entries(v):
-    """The regularizers key: entries {name, lam (a list or a ladder) and optionally lr, max_epochs, n_train,
+    """The regularizers key: entries {name, lam (a list or a ladder) and optionally lr, alpha, max_epochs, n_train,
     pairs, seeds}, checked; absent: the unregularized baseline only."""
     if v is None:
-        return [{"name": "none", "lam": [0.0], "lr": None, "max_epochs": None, "n_train": None, "seeds": None,
-                 "pairs": None}]
+        return [{"name": "none", "lam": [0.0], "lr": None, "alpha": None, "max_epochs": None, "n_train": None,
+                 "seeds": None, "pairs": None}]
     if not isinstance(v, list) or not v:
         raise ConfigError("key 'regularizers': expected a list of entries such as "
                           "{name: gradient_norm, lam: [0, 1e-4]}")
@@ -161,12 +161,13 @@ def regularizer_entries(v):
         if name == "none" and any(x > 0 for x in lam):
             raise ConfigError("key 'regularizers': the entry 'none' takes no lam > 0")
         lr = number(e.get("lr"), float, "lr", positive=True, allow_none=True)
+        alphas = [number(a, float, "alpha", positive=True) for a in as_list(e["alpha"])] if "alpha" in e else None
         cap = number(e.get("max_epochs"), int, "max_epochs", positive=True, allow_none=True)
         sizes = [number(n, int, "n_train", positive=True) for n in as_list(e["n_train"])] if "n_train" in e else None
         seeds = seed_list(e["seeds"], "seeds") if "seeds" in e else None
         pairs = pair_list(e["pairs"]) if "pairs" in e else None
-        out.append({"name": name, "lam": lam, "lr": lr, "max_epochs": cap, "n_train": sizes, "seeds": seeds,
-                    "pairs": pairs})
+        out.append({"name": name, "lam": lam, "lr": lr, "alpha": alphas, "max_epochs": cap, "n_train": sizes,
+                    "seeds": seeds, "pairs": pairs})
     return out
 
 

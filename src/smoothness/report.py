@@ -168,8 +168,8 @@ def write_report(source, out_dir=None) -> dict:
     Files: verdict.md/csv, table1.md/csv, table1_taus.csv, measures_by_n.md/csv, table2.md/csv,
     table2_ratios.csv, status_counts.csv, runs.csv, figure2.png, measures_vs_n.png, test_loss_vs_n.png,
     report.md and a self-contained report.html; for grids with several learning rates also lr_sweep.md/csv
-    and lr_sweep.png; with several architectures also depth.md/csv and depth.png; for 1-D tasks optimality.md/csv
-    and interpolants.png. compute_content and render are the two halves.
+    and lr_sweep.png; with several architectures also depth.md/csv and depth.png; for 1-D tasks optimality.md/csv,
+    optimality_edges.csv and interpolants.png. compute_content and render are the two halves.
     """
     with Store(source, create=False) as st:   # read-only: a store nobody may write can be reported on
         df = st.frame()
@@ -216,6 +216,7 @@ class ReportContent:
     shown: dict = field(default_factory=dict)                     # {measure key: short} of the per-N views
     figure2: pd.DataFrame = field(default_factory=pd.DataFrame)
     optimality: pd.DataFrame = field(default_factory=pd.DataFrame)   # 1-D tasks: S(f_SGD) / S_min (optimality.py)
+    optimality_edges: pd.DataFrame = field(default_factory=pd.DataFrame)   # ... at each λ ladder's edge
     examples: pd.DataFrame = field(default_factory=pd.DataFrame)     # 1-D models drawn beside their interpolants
     example_params: dict = field(default_factory=dict)               # their weights: key -> MLPStack
 
@@ -250,6 +251,7 @@ def compute_content(df: pd.DataFrame, grid: dict, merged: list, versions: dict, 
                if present[m] and (len(c.depth) or registry.shown(m, present))}
     c.figure2 = A.figure2_data(df)
     c.optimality, c.examples = optimality.ratio_table(df), optimality.examples(df)
+    c.optimality_edges = optimality.edge_table(df)
     return c
 
 
@@ -308,7 +310,10 @@ def render(c: ReportContent, out: Path) -> dict:
             figs["lr_sweep.png"] = "Sharpness, norms, smoothness and test loss against the learning rate"
         tables_opt = optimality.ratio_tables(c.optimality) if len(c.optimality) else []
         if tables_opt:
+            tables_opt += optimality.edge_tables(c.optimality_edges)
             save_csv("optimality.csv", c.optimality)
+            if len(c.optimality_edges):
+                save_csv("optimality_edges.csv", c.optimality_edges)
             save_md("optimality.md", tables_opt)
         if optimality.interpolant_figure(c.examples, c.example_params, out / "interpolants.png"):
             figs["interpolants.png"] = ("1-D tasks: the training set, SGD's function and the smoothest interpolant "
