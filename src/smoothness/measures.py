@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import registry, rng
+from . import lipschitz, registry, rng
 from .models import MLPStack, ReLUMLP, forward, input_gradient
 
 DEFAULT_SEGMENTS = 1000
@@ -119,6 +119,21 @@ def gradient_norms(ev: _Evaluator, x: torch.Tensor, power: int = 1) -> torch.Ten
     for i, j in _point_chunks(x.shape[1], x.shape[2], x.shape[0]):
         total += ev.grads(x[:, i:j]).norm(dim=-1).pow(power).sum(1)
     return total / x.shape[1]
+
+
+def point_gradient_norms(ev: _Evaluator, x: torch.Tensor) -> torch.Tensor:
+    """||grad f(x_i)|| at every point, read in chunks. [M, n]."""
+    return torch.cat([ev.grads(x[:, i:j]).norm(dim=-1) for i, j in _point_chunks(x.shape[1], x.shape[2], x.shape[0])],
+                     dim=1)
+
+
+def lipschitz_lower_bounds(ev: _Evaluator, x: torch.Tensor) -> torch.Tensor:
+    """Lower bound of the Lipschitz constant: the largest ||grad f|| at the points x [M, n, d], raised by projected
+    gradient ascent for ReLU MLPs (lipschitz.lower_bounds). [M]."""
+    norms = point_gradient_norms(ev, x)
+    if ev.stack is None:
+        return norms.max(1).values
+    return lipschitz.lower_bounds(ev.stack, x, norms=norms)
 
 
 def segment_endpoints(n: int, segments: int, seed: int, device=None):
@@ -245,6 +260,10 @@ def measure_stack(p: MLPStack, x, *, segments: int = DEFAULT_SEGMENTS, points: i
             out["gradient_path_length"] = res["gpl"]
     if "weights_product" in which:
         out["weights_product"] = weights_products(p) if p.depth == 1 else torch.full_like(x[:, 0, 0], float("nan"))
+    if "lipschitz_lower" in which:
+        out["lipschitz_lower"] = lipschitz_lower_bounds(ev, x)
+    if "lipschitz_upper" in which:
+        out["lipschitz_upper"] = lipschitz.spectral_products(p)
     return {k: out[k] for k in MEASURES if k in out}
 
 
@@ -315,6 +334,18 @@ def path_norm(f) -> float:
     nn.Sequential of Linear and ReLU layers)."""
     return _of_stack(f, path_norms, "ReLU MLPs: pass a smoothness ReLUMLP or an nn.Sequential of Linear and "
                                     "ReLU layers")
+
+
+def lipschitz_bounds(f, x) -> tuple[float, float]:
+    """(lower, upper) bounds of the Lipschitz constant sup ||grad f|| of f over the box of the points x [n, d]
+    (lipschitz.py). For a ReLU MLP: the ascent-raised lower bound and the product of spectral norms; for any other
+    module: the largest ||grad f|| at the points, and NaN (no upper bound is computed)."""
+    ev = _evaluator(f)
+    x = _as_points(x, ev)
+    with torch.no_grad():
+        lower = float(lipschitz_lower_bounds(ev, x)[0])
+    upper = float(lipschitz.spectral_products(ev.stack)[0]) if ev.stack is not None else float("nan")
+    return lower, upper
 
 
 def fpl_lower_bound(y) -> float:

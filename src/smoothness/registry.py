@@ -48,6 +48,11 @@ REGISTRY: tuple[Measure, ...] = (
             paper=True, table1=True, stack=True),
     Measure("path_norm", "PN", "eq. 13 generalized to any depth (measures.path_norms)", PARAMETER, ANY_DEPTH,
             "path_norm", "PN", table1=True, stands_in_for="weights_product", equals="WP for one hidden layer"),
+    Measure("lipschitz_lower", "LipLB", "max ||grad f|| over the held-out points, raised by projected gradient "
+            "ascent in their box (lipschitz.lower_bounds)", INPUT, ANY_DEPTH, None, "Lipschitz lower bound",
+            stack=True),
+    Measure("lipschitz_upper", "LipUB", "product of the layers' spectral norms (lipschitz.spectral_products)",
+            PARAMETER, ANY_DEPTH, None, "Lipschitz upper bound", stack=True, log_scale=True),
     Measure("minibatch_grad_norm", "MGN", "Smith et al. (2021): mean over an epoch's batches of ||grad_theta L_b||^2",
             PARAMETER, ANY_DEPTH, "minibatch_gradient_norm", "mean ‖∇L_b‖²", sign_invariant=False,
             point_order=True, log_scale=True),

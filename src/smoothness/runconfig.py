@@ -156,6 +156,8 @@ class Record(TypedDict, total=False):
     function_path_length_train: float
     gradient_path_length_train: float
     path_norm: float
+    lipschitz_lower: float          # sup ||grad f|| is bracketed [lipschitz_lower, lipschitz_upper] (lipschitz.py)
+    lipschitz_upper: float
     minibatch_grad_norm: float
     parameter_norm: float
     distance_from_init: float
