@@ -251,6 +251,20 @@ def test_optimizer_axis_expands_with_gd_batch_and_adam_rate_and_keeps_sgd_keys()
         grid.parse({**base, "optimizer": "rmsprop"})
 
 
+def test_sam_radius_is_an_axis_that_only_sam_reads():
+    base = {"pairs": [[3, 8]], "n_train": [64], "seeds": [0]}
+    cs = grid.parse({**base, "optimizer": ["sgd", "sam"], "rho": [0.01, 0.05]}).configs()
+    assert sorted((c.optimizer, c.rho) for c in cs) == [("sam", 0.01), ("sam", 0.05), ("sgd", 0.0)]
+    sgd = grid.parse(base).configs()[0]
+    assert grid.config_key(sgd) == grid.config_key([c for c in cs if c.optimizer == "sgd"][0])   # old keys stay
+    assert grid.parse({**base, "optimizer": "sam"}).configs()[0].rho == 0.05   # SAM's default radius
+    with pytest.raises(ConfigError, match="'rho'"):
+        grid.parse({**base, "optimizer": "sam", "rho": 0})
+    from smoothness import pipeline
+    with pytest.raises(ConfigError, match="rho 0.1 is SAM's radius: it needs optimizer sam"):
+        pipeline.RunConfig(pair=(3, 8), n_train=64, rho=0.1)
+
+
 def test_full_batch_gd_takes_one_step_per_epoch():
     from smoothness import pipeline
     c = pipeline.RunConfig(pair=(3, 8), n_train=100, optimizer="gd", lr=0.05, max_epochs=30, threshold=1e-9,
@@ -267,6 +281,8 @@ def test_fields_added_after_the_first_release_are_one_table_that_keeps_old_keys(
     assert all(defaults[k] == v for k, v in ADDED_FIELDS.items())
     c = RunConfig()
     for k in ADDED_FIELDS:   # at its default the field is not in the key; set, it is
-        other = {"sharpness_iters": 5, "trace_probes": 3, "optimizer": "adam", "matmul_precision": "tf32-emulated"}[k]
-        assert config_key(replace(c, **{k: other})) != config_key(c)
+        other = {"sharpness_iters": 5, "trace_probes": 3, "optimizer": "adam", "matmul_precision": "tf32-emulated",
+                 "rho": 0.1}[k]
+        changed = {k: other, "optimizer": "sam"} if k == "rho" else {k: other}
+        assert config_key(replace(c, **changed)) != config_key(replace(c, **{**changed, k: defaults[k]})), k
     assert grid.config_key is config_key

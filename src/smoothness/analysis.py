@@ -28,8 +28,8 @@ PAPER_TABLE2 = {  # unregularized mean, regularized mean, l_S, r_norm mean, r_no
     "gradient_path_length": (2.62, 2.35, 0, 0.89, 0.06), "weights_product": (12.84, 11.57, 0, 0.90, 0.03)}
 
 # Columns that define a training setting apart from the dataset (pair), seed, size and regularization.
-SETTING = ["data", "optimizer", "matmul_precision", "hidden", "alpha", "lr", "batch_size", "max_epochs", "threshold",
-           "measure_points", "segments", "points", "measure_seed"]
+SETTING = ["data", "optimizer", "rho", "matmul_precision", "hidden", "alpha", "lr", "batch_size", "max_epochs",
+           "threshold", "measure_points", "segments", "points", "measure_seed"]
 
 
 def _complete(df: pd.DataFrame) -> pd.DataFrame:
@@ -43,6 +43,7 @@ def setting_label(row, with_lr: bool = True) -> str:
     """A setting in words (data, optimizer, architecture, rates, cap, batch, threshold) for table titles."""
     lr = f", lr {row['lr']:g}, cap {row['max_epochs']} epochs" if with_lr else ""
     opt = "" if row.get("optimizer", "sgd") == "sgd" else f", {row['optimizer']}"
+    opt += f" (rho {row['rho']:g})" if row.get("optimizer") == "sam" and "rho" in row else ""
     opt += "" if row.get("matmul_precision", "fp32") == "fp32" else f", {row['matmul_precision']} matmuls"
     return (f"{row['data']}{opt}, hidden {row['hidden']}, alpha {row['alpha']:g}{lr}, batch {row['batch_size']}, "
             f"threshold {row['threshold']:g}")

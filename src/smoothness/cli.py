@@ -68,7 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "1e-3 with adam)")
     t.add_argument("--batch-size", type=int, default=training.DEFAULT_BATCH, help="minibatch size (default: 64)")
     t.add_argument("--optimizer", default="sgd", choices=optimizers.OPTIMIZERS,
-                   help="sgd (the paper), gd (full batch: batch size = N), momentum (0.9) or adam (default: sgd)")
+                   help="sgd (the paper), gd (full batch: batch size = N), momentum (0.9), adam, or sam "
+                   "(sharpness-aware, radius --rho) (default: sgd)")
+    t.add_argument("--rho", type=float, default=0.0,
+                   help=f"SAM's radius, with --optimizer sam (default: {optimizers.SAM_RHO})")
     t.add_argument("--max-epochs", type=int, default=training.DEFAULT_MAX_EPOCHS, help="epoch cap (default: 25000)")
     t.add_argument("--threshold", type=float, default=training.DEFAULT_THRESHOLD,
                    help="stop when the epoch's training loss is below this (default: 1e-5)")
@@ -196,7 +199,7 @@ def cmd_train(a) -> int:
                                   threshold=a.threshold, measure_points=a.measure_points, segments=a.segments,
                                   points=a.points, measure_seed=a.measure_seed, sharpness_iters=a.sharpness_iters,
                                   trace_probes=a.trace_probes, regularizer=a.regularizer, lam=lam,
-                                  optimizer=a.optimizer, matmul_precision=a.matmul_precision)
+                                  optimizer=a.optimizer, matmul_precision=a.matmul_precision, rho=a.rho)
                for lam in a.lam for n in a.n_train for s in a.seed]
     device = pipeline.resolve_device(a.device)
     if a.save:   # a bad destination fails now, not after the training
@@ -243,8 +246,8 @@ def cmd_measure(a) -> int:
             meta["data"] = a.data
         if a.pair:
             meta["pair"] = list(a.pair)
-        fields = {k: meta[k] for k in ("data", "n_train", "seed", "hidden", "alpha", "lr", "batch_size",
-                                       "max_epochs", "threshold", "regularizer", "lam", "optimizer") if k in meta}
+        fields = {k: meta[k] for k in ("data", "n_train", "seed", "hidden", "alpha", "lr", "batch_size", "max_epochs",
+                                       "threshold", "regularizer", "lam", "optimizer", "rho") if k in meta}
         try:   # load_models checked the types and widths; RunConfig checks the values
             cfg = pipeline.RunConfig(pair=tuple(meta["pair"]), **opts, **fields)
         except SmoothnessError as e:

@@ -18,7 +18,8 @@ A grid file is a mapping; every axis takes one value or a list of values:
       - {name: gradient_norm, lam: [0, 1.0e-5, 1.0e-4], lr: 0.01}   # optional per entry: lr, alpha,
                                                                     # max_epochs, n_train, seeds, pairs
       - {name: weights_product, lam: {start: 1.0e-5, factor: 3, end: 1.0e-2}}   # a ladder: 0, 1e-5, 3e-5, ...
-    optimizer: sgd                # sgd | gd (full batch) | momentum | adam; an axis like the others
+    optimizer: sgd                # sgd | gd (full batch) | momentum | adam | sam; an axis like the others
+    rho: 0.05                     # SAM's radius, an axis; used by optimizer sam only (others get 0)
     matmul_precision: fp32        # training matmuls: fp32 | tf32 (CUDA only) | tf32-emulated (one value)
     ladder: staged                # staged: a lambda rung is trained only if the rung below reached the
                                   # threshold (staging.py); all: every rung at once
@@ -48,7 +49,7 @@ PRESETS = (
 )
 
 _TOP = {"name", "description", "data", "pairs", "n_train", "seeds", "hidden", "alpha", "lr", "batch_size",
-        "max_epochs", "threshold", "regularizers", "measure", "optimizer", "matmul_precision", "ladder"}
+        "max_epochs", "threshold", "regularizers", "measure", "optimizer", "matmul_precision", "ladder", "rho"}
 _DEFAULT = {f.name: f.default for f in fields(RunConfig)}   # the paper's defaults, defined once in RunConfig
 # grid key under `measure` -> RunConfig field
 _MEASURE_FIELDS = {"points": "measure_points", "segments": "segments", "points_per_segment": "points",
@@ -80,6 +81,7 @@ class Grid:
     threshold: list[float]
     regularizers: list[dict] = field(default_factory=lambda: gv.regularizer_entries(None))
     optimizer: list[str] = field(default_factory=lambda: ["sgd"])
+    rho: list[float] = field(default_factory=lambda: [optimizers.SAM_RHO])
     measure: dict = field(default_factory=_measure_defaults)
     description: str = ""
     matmul_precision: str = "fp32"
@@ -95,9 +97,9 @@ class Grid:
             seeds = reg.get("seeds") or self.seeds
             pairs = reg.get("pairs") or self.pairs
             alphas = reg.get("alpha") or self.alpha
-            for opt, lam, lr, h, al, bs, me, th, pair, n, s in itertools.product(
-                    self.optimizer, reg["lam"], lrs, self.hidden, alphas, self.batch_size, caps, self.threshold,
-                    pairs, sizes, seeds):
+            for opt, rho, lam, lr, h, al, bs, me, th, pair, n, s in itertools.product(
+                    self.optimizer, self.rho, reg["lam"], lrs, self.hidden, alphas, self.batch_size, caps,
+                    self.threshold, pairs, sizes, seeds):
                 name = reg["name"] if lam > 0 else "none"
                 if lr is None:  # the paper's rate for this regularizer also for its lambda = 0 baseline
                     lr = optimizers.default_lr(opt, reg["name"])
@@ -106,7 +108,7 @@ class Grid:
                                   batch_size=bs, max_epochs=me, threshold=th,
                                   **{f: self.measure[k] for k, f in _MEASURE_FIELDS.items()},
                                   regularizer=name, lam=float(lam) if lam > 0 else 0.0, optimizer=opt,
-                                  matmul_precision=self.matmul_precision)
+                                  matmul_precision=self.matmul_precision, rho=rho if opt == "sam" else 0.0)
                 except ConfigError as e:
                     raise ConfigError(f"grid {self.name!r}: {e}") from None
                 k = config_key(c)
@@ -181,6 +183,7 @@ def parse(raw: dict, name: str | None = None) -> Grid:
              threshold=gv.axis(raw, "threshold", float, _DEFAULT["threshold"], positive=True),
              regularizers=gv.regularizer_entries(raw.get("regularizers")),
              optimizer=gv.optimizer_list(raw.get("optimizer", "sgd")),
+             rho=gv.axis(raw, "rho", float, optimizers.SAM_RHO, positive=True),
              measure=measure, matmul_precision=gv.matmul_precision(raw.get("matmul_precision", "fp32")),
              ladder=gv.ladder_mode(raw.get("ladder", "staged")),
              description=str(raw.get("description") or ""))

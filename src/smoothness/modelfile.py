@@ -17,7 +17,8 @@ from .models import MLPStack
 SAVE_FORMAT = "smoothness-models/1"
 _REQUIRED = {"data": str, "pair": list, "n_train": int, "seed": int, "hidden": list}
 _OPTIONAL = {"alpha": float, "lr": float, "batch_size": int, "max_epochs": int, "threshold": float,
-             "regularizer": str, "lam": float, "optimizer": str, "status": str, "epochs": int, "steps": int}
+             "regularizer": str, "lam": float, "optimizer": str, "rho": float, "status": str, "epochs": int,
+             "steps": int}
 
 
 def check_save_path(path) -> Path:

@@ -6,6 +6,9 @@
   adam      Adam (Kingma & Ba, 2015) as torch.optim.Adam with betas (0.9, 0.999), eps 1e-8:
             m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2;
             theta <- theta - lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+  sam       sharpness-aware minimization (Foret, Kleiner, Mobahi & Neyshabur, ICLR 2021) with radius rho:
+            e <- rho g / ||g|| (g on the model's minibatch, ||.|| over all its parameters);
+            theta <- theta - lr g(theta + e), g(theta + e) on the same minibatch
 
 g is the gradient of the model's minibatch objective (eq. 2, or eq. 15 with a regularizer). Every
 model keeps its own state and step count t, so a model follows the same trajectory alone and in a batch.
@@ -14,11 +17,12 @@ from __future__ import annotations
 
 import torch
 
-OPTIMIZERS = ("sgd", "gd", "momentum", "adam")
+OPTIMIZERS = ("sgd", "gd", "momentum", "adam", "sam")
 MOMENTUM = 0.9
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
 ADAM_LR = 1e-3   # Adam's default learning rate (the SGD rates of the paper make it diverge or stall)
+SAM_RHO = 0.05   # SAM's default radius (Foret et al., 2021)
 
 
 def default_lr(optimizer: str, regularizer: str = "none") -> float:
@@ -44,6 +48,15 @@ def init_state(tensors: list[torch.Tensor], optimizer: str) -> list[torch.Tensor
     return [torch.zeros_like(t) for t in tensors for _ in range(state_size(optimizer))]
 
 
+def sam_perturbation(grads: list[torch.Tensor], rho: torch.Tensor) -> list[torch.Tensor]:
+    """SAM's ascent step e = rho g / ||g|| for every model (||g|| over all of its tensors; e = 0 where g = 0),
+    grads [M, ...] each, rho [M]."""
+    sq = sum(g.square().flatten(1).sum(1) for g in grads)
+    norm = sq.sqrt()
+    scale = torch.where(norm > 0, rho.to(norm.dtype) / torch.where(norm > 0, norm, 1.0), 0.0)
+    return [_per_model(scale, g) * g for g in grads]
+
+
 def _per_model(v: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """v [M] broadcast against t [M, ...]."""
     return v.to(t.dtype).view(-1, *([1] * (t.dim() - 1)))
@@ -56,7 +69,7 @@ def step_(tensors: list[torch.Tensor], grads: list[torch.Tensor], state: list[to
     k = state_size(optimizer)
     for i, (p, g) in enumerate(zip(tensors, grads)):
         rate = _per_model(lr, p)
-        if optimizer in ("sgd", "gd"):
+        if optimizer in ("sgd", "gd", "sam"):   # sam: g is the gradient at the perturbed weights
             p.sub_(rate * g)
         elif optimizer == "momentum":
             buf = state[i * k]

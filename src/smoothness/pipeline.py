@@ -122,7 +122,8 @@ def iter_train_and_measure(configs: list[RunConfig], *, device=None, data_dir=No
             specs.append(training.TrainSpec(sub + offsets[c.pair], t.pool_y[sub], seed=c.seed, lr=c.lr,
                                             alpha=c.alpha, max_epochs=c.max_epochs, threshold=c.threshold,
                                             regularizer=c.regularizer, lam=c.lam,
-                                            optimizer="sgd" if c.optimizer == "gd" else c.optimizer))
+                                            optimizer="sgd" if c.optimizer == "gd" else c.optimizer,
+                                            rho=c.rho if c.optimizer == "sam" else None))
         trainer = training.BatchedTrainer(torch.cat(pools), key[1], key[2], dev, matmul_precision=key[5])
         for res in trainer.iter_train(specs, progress=progress):
             i = members[res.index]

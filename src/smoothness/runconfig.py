@@ -40,8 +40,9 @@ class RunConfig:
     trace_probes: int = 0            # Hutchinson probes for the Hessian trace (0: not computed)
     regularizer: str = "none"
     lam: float = 0.0
-    optimizer: str = "sgd"           # sgd (paper), gd (batch_size becomes n_train), momentum, adam
+    optimizer: str = "sgd"           # sgd (paper), gd (batch_size becomes n_train), momentum, adam, sam
     matmul_precision: str = "fp32"   # of the training steps: fp32, tf32 (CUDA), tf32-emulated (precision.py)
+    rho: float = 0.0                 # SAM's radius: only with optimizer sam (0 there: optimizers.SAM_RHO)
 
     def __post_init__(self):
         try:
@@ -54,6 +55,11 @@ class RunConfig:
             self.lr = optimizers.default_lr(self.optimizer, self.regularizer)
         if self.optimizer == "gd":
             self.batch_size = self.n_train   # full-batch gradient descent: one step per epoch
+        self.rho = float(self.rho)
+        if self.optimizer == "sam" and self.rho == 0:
+            self.rho = optimizers.SAM_RHO
+        elif self.optimizer != "sam" and self.rho != 0:
+            raise ConfigError(f"rho {self.rho!r} is SAM's radius: it needs optimizer sam, not {self.optimizer}")
         if self.regularizer == "weights_product" and len(self.hidden) != 1:
             raise ConfigError("the weights_product regularizer needs one hidden layer")
         self.pair = tuple(int(v) for v in self.pair)
@@ -62,7 +68,7 @@ class RunConfig:
         self.measure_seed = rng.check_seed(self.measure_seed, "measure_seed")
         if self.regularizer == "none" and self.lam != 0:
             raise ConfigError(f"lam {self.lam!r} needs a regularizer: with regularizer 'none' lam must be 0")
-        finite = {k: math.isfinite(getattr(self, k)) for k in ("lr", "alpha", "threshold", "lam")}
+        finite = {k: math.isfinite(getattr(self, k)) for k in ("lr", "alpha", "threshold", "lam", "rho")}
         pos, nonneg = "a finite number > 0", "a finite number >= 0"
         checks = [("lr", finite["lr"] and self.lr > 0, pos), ("alpha", finite["alpha"] and self.alpha > 0, pos),
                   ("batch_size", self.batch_size >= 1, ">= 1"), ("max_epochs", self.max_epochs >= 1, ">= 1"),
@@ -70,6 +76,7 @@ class RunConfig:
                   ("hidden", len(self.hidden) >= 1 and all(h >= 1 for h in self.hidden), "widths >= 1"),
                   ("measure_points", self.measure_points >= 2, ">= 2"), ("segments", self.segments >= 1, ">= 1"),
                   ("points", self.points >= 2, ">= 2"), ("lam", finite["lam"] and self.lam >= 0, nonneg),
+                  ("rho", finite["rho"] and self.rho >= 0, nonneg),
                   ("sharpness_iters", self.sharpness_iters >= 0, ">= 0"),
                   ("trace_probes", self.trace_probes >= 0, ">= 0")]
         for name, ok, rule in checks:
@@ -94,14 +101,15 @@ class RunConfig:
 
 
 # Fields added after the first stored models, with the value that records without them had.
-ADDED_FIELDS = {"sharpness_iters": 0, "trace_probes": 0, "optimizer": "sgd", "matmul_precision": "fp32"}
+ADDED_FIELDS = {"sharpness_iters": 0, "trace_probes": 0, "optimizer": "sgd", "matmul_precision": "fp32", "rho": 0.0}
 
 
 def config_key(c: RunConfig) -> str:
     """A stable identifier of one model's full configuration (the results store's primary key)."""
     d = asdict(c)
     d["pair"], d["hidden"] = list(c.pair), list(c.hidden)
-    d["lr"], d["alpha"], d["threshold"], d["lam"] = (float(d[k]) for k in ("lr", "alpha", "threshold", "lam"))
+    d["lr"], d["alpha"], d["threshold"], d["lam"], d["rho"] = (float(d[k]) for k in ("lr", "alpha", "threshold",
+                                                                                     "lam", "rho"))
     for k, default in ADDED_FIELDS.items():
         if d[k] == default:
             del d[k]
@@ -135,6 +143,7 @@ class Record(TypedDict, total=False):
     regularizer: str
     lam: float
     optimizer: str
+    rho: float
     matmul_precision: str
     # training (training.TrainResult)
     status: str                     # converged | not_converged | diverged

@@ -48,13 +48,22 @@ class TrainSpec:
     threshold: float = DEFAULT_THRESHOLD
     regularizer: str = "none"   # see regularizers.py; trains on L + lam * S (eq. 15)
     lam: float = 0.0
-    optimizer: str = "sgd"      # sgd, momentum or adam (optimizers.py); full-batch GD: batch_size >= N
+    optimizer: str = "sgd"      # sgd, momentum, adam or sam (optimizers.py); full-batch GD: batch_size >= N
+    rho: float | None = None    # SAM's radius (None: optimizers.SAM_RHO); only with optimizer 'sam'
 
     def __post_init__(self):
         self.seed = rng.check_seed(self.seed)   # 0 <= seed < 2**32: the generator uses 32 bits
         regularizers.check(self.regularizer)
         if optimizers.check(self.optimizer) == "gd":
             raise ValueError("optimizer 'gd' is sgd with the trainer's batch_size set to the training size")
+        if self.optimizer == "sam":
+            self.rho = optimizers.SAM_RHO if self.rho is None else float(self.rho)
+            if not (self.rho > 0 and np.isfinite(self.rho)):
+                raise ValueError(f"SAM's radius rho must be a finite number > 0, got {self.rho!r}")
+        elif self.rho:
+            raise ValueError(f"rho is SAM's radius: it needs optimizer 'sam', not {self.optimizer!r}")
+        else:
+            self.rho = 0.0
         self.indices = torch.as_tensor(self.indices, dtype=torch.long).reshape(-1)
         self.targets = torch.as_tensor(self.targets, dtype=torch.float32).reshape(-1)
         if self.indices.numel() == 0 or self.indices.shape != self.targets.shape:
@@ -116,6 +125,7 @@ class BatchedTrainer:
             perm=rng.permutation_keys(n, nmax, seeds.to(dev)[:, None], rng.STREAM_SHUFFLE, 0), n=n,
             lr=torch.tensor([s.lr for s in new], dtype=torch.float32, device=dev),
             lam=torch.tensor([s.lam for s in new], dtype=torch.float32, device=dev),
+            rho=torch.tensor([s.rho for s in new], dtype=torch.float32, device=dev),
             loss_sum=torch.zeros(len(new), dtype=torch.float32, device=dev), seed=seeds.to(dev),
             n_host=n.cpu().numpy(), pos=zeros, epoch=zeros.copy(), steps=zeros.copy(),
             start=np.full(len(new), time.perf_counter()))
@@ -161,23 +171,34 @@ class BatchedTrainer:
         p = act.params.rows(a, b)
         xb = self.x.index_select(0, rows.reshape(-1)).view(*rows.shape, -1)  # [b - a, B, d]
         lr = act.lr[a:b]
-        if st.regularizer != "none":
-            grads, err = regularizers.regularized_grads(p, st.regularizer, act.lam[a:b], xb, yb, valid)
-        else:
+        grads = None
+        if st.optimizer == "sgd" and st.regularizer == "none":
+            # fused: the update is folded into the gradient GEMMs
             out, acts, pres = forward(p, xb, cache=True)
             err = out - yb if valid is None else torch.where(valid, out - yb, 0.0)
-            # eq. 2 on the batch: d/d out of (1/count) sum err^2 is 2 err / count.
-            rate = lr if st.optimizer == "sgd" else torch.ones_like(lr)  # sgd: scaled by the lr here
-            scale = rate * (2.0 / self.batch_size) if valid is None else 2.0 * rate / valid.sum(1).to(err.dtype)
-            grads = None
-            if st.optimizer == "sgd":  # fused: the update is folded into the gradient GEMMs
-                sgd_update_(p, acts, pres, err * scale[:, None])
-            else:
-                grads = parameter_grads(p, acts, pres, err * scale[:, None])
+            # eq. 2 on the batch: d/d out of (1/count) sum err^2 is 2 err / count, scaled by the lr here
+            scale = lr * (2.0 / self.batch_size) if valid is None else 2.0 * lr / valid.sum(1).to(err.dtype)
+            sgd_update_(p, acts, pres, err * scale[:, None])
+        else:
+            grads, err = self._grads(p, st, act.lam[a:b], xb, yb, valid)
+            if st.optimizer == "sam":   # the gradient again, at theta + e on the same minibatch
+                moved = [u + e for u, e in zip(p.tensors(), optimizers.sam_perturbation(grads, act.rho[a:b]))]
+                n_w = len(p.weights)
+                grads, _ = self._grads(MLPStack(moved[:n_w], moved[n_w:]), st, act.lam[a:b], xb, yb, valid)
         if grads is not None:
             t = torch.as_tensor(act.steps[a:b] + 1, device=self.device)
             optimizers.step_(p.tensors(), grads, [o[a:b] for o in act.opt_state], st.optimizer, lr, t)
         act.loss_sum[a:b] += err.square().sum(1)  # errors from before the update, as Keras logs them
+
+    def _grads(self, p: MLPStack, st: StepSettings, lam, xb, yb, valid):
+        """Every model's gradient of its minibatch objective (eq. 2, or eq. 15 with a regularizer), in p.tensors()
+        order, and the batch errors [M, B]."""
+        if st.regularizer != "none":
+            return regularizers.regularized_grads(p, st.regularizer, lam, xb, yb, valid)
+        out, acts, pres = forward(p, xb, cache=True)
+        err = out - yb if valid is None else torch.where(valid, out - yb, 0.0)
+        scale = 2.0 / self.batch_size if valid is None else (2.0 / valid.sum(1).to(err.dtype))[:, None]
+        return parameter_grads(p, acts, pres, err * scale), err
 
     # -- epoch ends: check the stopping rule, reshuffle ----------------------------------------
     def _epoch_end(self, act: ActiveModels, specs, rows: np.ndarray, finish):

@@ -58,6 +58,7 @@ class ActiveModels:
     n: torch.Tensor                 # [A] training set sizes
     lr: torch.Tensor                # [A] learning rates
     lam: torch.Tensor               # [A] regularization strengths
+    rho: torch.Tensor               # [A] SAM radii (0 for other optimizers)
     loss_sum: torch.Tensor          # [A] sum of the squared errors of the current epoch so far
     seed: torch.Tensor              # [A] int64
     n_host: np.ndarray              # [A] n, on the host
