@@ -141,10 +141,10 @@ def test_grid_records_the_parameter_measures(tmp_path):
     g = grid.parse(raw)
     plain = grid.parse({k: v for k, v in raw.items() if k != "measure"})
     c = plain.configs()[0]
-    # With the new measures off (and the default optimizer and precision) a config keeps the key it had before these
-    # options existed, so earlier stores stay valid.
+    # With the new measures off (and the default optimizer, rho and precision) a config keeps the key it had before
+    # these options existed, so earlier stores stay valid.
     d = {k: v for k, v in c.__dict__.items()
-         if k not in ("sharpness_iters", "trace_probes", "optimizer", "matmul_precision")}
+         if k not in ("sharpness_iters", "trace_probes", "optimizer", "matmul_precision", "rho")}
     d.update(pair=list(c.pair), hidden=list(c.hidden), lr=float(c.lr), alpha=float(c.alpha),
              threshold=float(c.threshold), lam=float(c.lam))
     old = hashlib.sha256(json.dumps(d, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:24]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import analysis as A
-from . import optimality, registry
+from . import flatness, optimality, registry
 from .errors import StoreError
 from .store import Store
 from .tables import (by_size_tables, depth_tables, lr_sweep_tables, status_table, table1_tables, table2_tables,
@@ -168,7 +168,8 @@ def write_report(source, out_dir=None) -> dict:
     Files: verdict.md/csv, table1.md/csv, table1_taus.csv, measures_by_n.md/csv, table2.md/csv,
     table2_ratios.csv, status_counts.csv, runs.csv, figure2.png, measures_vs_n.png, test_loss_vs_n.png,
     report.md and a self-contained report.html; for grids with several learning rates also lr_sweep.md/csv
-    and lr_sweep.png; with several architectures also depth.md/csv and depth.png; for 1-D tasks optimality.md/csv,
+    and lr_sweep.png; with several architectures also depth.md/csv and depth.png; with several optimizers
+    optimizers.md/csv (flatness.py); for 1-D tasks optimality.md/csv,
     optimality_edges.csv and interpolants.png. compute_content and render are the two halves.
     """
     with Store(source, create=False) as st:   # read-only: a store nobody may write can be reported on
@@ -217,6 +218,7 @@ class ReportContent:
     figure2: pd.DataFrame = field(default_factory=pd.DataFrame)
     optimality: pd.DataFrame = field(default_factory=pd.DataFrame)   # 1-D tasks: S(f_SGD) / S_min (optimality.py)
     optimality_edges: pd.DataFrame = field(default_factory=pd.DataFrame)   # ... at each λ ladder's edge
+    optimizers: pd.DataFrame = field(default_factory=pd.DataFrame)   # SGD vs SAM etc. (flatness.py)
     examples: pd.DataFrame = field(default_factory=pd.DataFrame)     # 1-D models drawn beside their interpolants
     example_params: dict = field(default_factory=dict)               # their weights: key -> MLPStack
 
@@ -243,6 +245,7 @@ def compute_content(df: pd.DataFrame, grid: dict, merged: list, versions: dict, 
     c.table1, c.table2 = A.table1(df, c.taus), A.table2(df, c.ratios)
     c.verdict = verdict(c.table1, c.table2)
     c.lr_sweep, c.depth = A.by_lr(df), A.by_depth(c.taus)
+    c.optimizers = flatness.by_optimizer(df)
     c.by_size = A.by_size(df, list(A.TAU_MEASURES) + ["loss_test", "loss_train"])
     size = c.by_size
     present = {m: f"{m}_mean" in size and bool(size[f"{m}_mean"].notna().any()) for m in A.TAU_MEASURES}
@@ -280,16 +283,17 @@ def render(c: ReportContent, out: Path) -> dict:
         tables_v = verdict_tables(c.verdict) if len(c.verdict) else []
         tables_lr = lr_sweep_tables(c.lr_sweep) if len(c.lr_sweep) else []
         tables_depth = depth_tables(c.depth) if len(c.depth) else []
+        tables_opt_cmp = flatness.optimizer_tables(c.optimizers) if len(c.optimizers) else []
         tables_n = by_size_tables(c.by_size, c.shown) if len(c.by_size) and c.shown else []
         for name, frame in (("verdict.csv", c.verdict), ("depth.csv", c.depth), ("lr_sweep.csv", c.lr_sweep),
-                            ("table1.csv", c.table1), ("table2.csv", c.table2)):
+                            ("table1.csv", c.table1), ("table2.csv", c.table2), ("optimizers.csv", c.optimizers)):
             save_csv(name, frame)
         if len(c.table1):
             save_csv("table1_taus.csv", c.taus)
         if len(c.table2):
             save_csv("table2_ratios.csv", c.ratios)
         for name, tabs in (("verdict.md", tables_v), ("table1.md", tables1), ("table2.md", tables2),
-                           ("lr_sweep.md", tables_lr), ("depth.md", tables_depth)):
+                           ("lr_sweep.md", tables_lr), ("depth.md", tables_depth), ("optimizers.md", tables_opt_cmp)):
             save_md(name, tabs)
         if tables_n:
             save_csv("measures_by_n.csv", c.by_size)
@@ -321,7 +325,8 @@ def render(c: ReportContent, out: Path) -> dict:
         written.update({f: out / f for f in figs})
         blocks = [("Verdict", tables_v), ("Table 1", tables1), ("Measures by N", tables_n), ("Table 2", tables2),
                   ("Optimality in one dimension", tables_opt), ("Depth", tables_depth),
-                  ("Learning-rate sweep", tables_lr), ("Status", [status_table(c.counts)])]
+                  ("Learning-rate sweep", tables_lr), ("Optimizers: flatness and smoothness", tables_opt_cmp),
+                  ("Status", [status_table(c.counts)])]
         for head, tabs in blocks:
             if tabs:
                 sections_md.append(f"## {head}\n\n" + "\n".join(t.markdown() for t in tabs))
