@@ -164,8 +164,10 @@ def test_bad_inputs_give_clear_errors():
         measures.gradient_norm(f, torch.randn(3, 5, 5, 5))
     with pytest.raises(ValueError, match="at least 2"):
         measures.function_path_length(f, torch.randn(4, 5), points=1)
-    with pytest.raises(ValueError, match="scalar output"):
-        measures.gradient_norm(nn.Linear(5, 2), torch.randn(4, 5))
+    with pytest.raises(ValueError, match=r"must map \[n, ...\] to \[n\] or \[n, K\]"):
+        measures.gradient_norm(lambda x: x[:, None], torch.randn(4, 5))
+    with pytest.raises(ValueError, match="output=3 but the module has 2 outputs"):
+        measures.gradient_norm(nn.Linear(5, 2), torch.randn(4, 5), output=3)
 
 
 def test_two_layer_fast_path_equals_the_generic_estimator():

@@ -1,10 +1,12 @@
 """Smoothness measures of Volhejn & Lampert (2020), sec. 3; lower values mean smoother functions.
 
-Public functions take one model f: R^d -> R (any torch module mapping [n, d] -> [n]) and
-return a float. `measure_stack` computes every measure for a stack of M ReLU MLPs at once,
+Public functions take one model f and return a float: a ReLU MLP of this package, or any torch module mapping
+inputs [n, *shape] (vectors, images [n, C, H, W], ...) to [n] or [n, K] (anymodule.py: flattened inputs,
+Frobenius norms of Jacobians for K outputs, or one output or the top-two margin; BatchNorm and Dropout in
+training mode are refused). `measure_stack` computes every measure for a stack of M ReLU MLPs at once,
 batched over models and vectorized over segments. For ReLU MLPs the input gradient is computed in
-closed form (`models.input_gradient`); for any other module by autograd, which assumes that
-each output row depends only on its own input row (true for MLPs without batch statistics).
+closed form (`models.input_gradient`); for a scalar module by autograd of the sum over points (each output row
+depends only on its own input row, true in eval mode), for K outputs by torch.func (vmap of jacrev).
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import lipschitz, registry, rng
+from . import anymodule, lipschitz, registry, rng
 from .models import MLPStack, ReLUMLP, forward, input_gradient
 
 DEFAULT_SEGMENTS = 1000
@@ -27,9 +29,10 @@ CHUNK_ELEMENTS = 1 << 24
 class _Evaluator:
     """values(x) -> [M, n] and grads(x) -> [M, n, d] for inputs x of shape [M, n, d]."""
 
-    def __init__(self, values, grads, n_models: int, dtype, device, stack: MLPStack | None = None):
+    def __init__(self, values, grads, n_models: int, dtype, device, stack: MLPStack | None = None, outputs: int = 1):
         self.values, self.grads, self.stack = values, grads, stack
         self.n_models, self.dtype, self.device = n_models, dtype, device
+        self.outputs = outputs   # K: values are [M, n, K] and grads the flattened Jacobians [M, n, K * d] if K > 1
 
 
 def _stack_from_sequential(f: nn.Sequential):
@@ -59,37 +62,34 @@ def relu_stack(f) -> MLPStack | None:
 
 
 def _evaluator(f) -> _Evaluator:
+    """The evaluator of a ReLU MLP (closed-form gradients); other modules go through _prepare."""
+    p = relu_stack(f)
+    if p is None:
+        raise TypeError(f"expected a ReLU MLP, got {type(f).__name__}")
+    w = p.weights[0]
+    return _Evaluator(lambda x: forward(p, x), lambda x: input_gradient(p, x), p.n_models, w.dtype, w.device, stack=p)
+
+
+def _prepare(f, x, output=None) -> tuple[_Evaluator, torch.Tensor]:
+    """The evaluator of f and the points as [M, n, d]. A ReLU MLP takes x [n, d] or [M, n, d]; any other module
+    or callable takes x [n, *shape], flattened to d = prod(shape), with scalar or K outputs (anymodule.py)."""
     p = relu_stack(f)
     if p is not None:
-        w = p.weights[0]
-        return _Evaluator(lambda x: forward(p, x), lambda x: input_gradient(p, x),
-                          p.n_models, w.dtype, w.device, stack=p)
+        if output not in (None, 0):
+            raise ValueError(f"output={output!r}: a ReLU MLP of this package has one output")
+        ev = _evaluator(p)
+        return ev, _as_points(x, ev)
     if not callable(f):
-        raise TypeError(f"expected a torch module or callable f: [n, d] -> [n], got {type(f).__name__}")
+        raise TypeError(f"expected a torch module or callable f: [n, ...] -> [n] or [n, K], got {type(f).__name__}")
     params = list(f.parameters()) if isinstance(f, nn.Module) else []
     dtype = params[0].dtype if params else torch.float32
     device = params[0].device if params else torch.device("cpu")
-
-    def values(x):
-        with torch.no_grad():
-            return _scalar_out(f, x[0])[None]
-
-    def grads(x):
-        with torch.enable_grad():
-            xi = x[0].detach().requires_grad_(True)
-            (g,) = torch.autograd.grad(_scalar_out(f, xi).sum(), xi)
-        return g[None]
-
-    return _Evaluator(values, grads, 1, dtype, device)
-
-
-def _scalar_out(f, x):
-    out = f(x)
-    if out.dim() == 2 and out.shape[1] == 1:
-        out = out[:, 0]
-    if out.shape != x.shape[:1]:
-        raise ValueError(f"f must map [n, d] to [n] (scalar output); got output shape {tuple(out.shape)}")
-    return out
+    x = torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x).to(device=device, dtype=dtype)
+    if x.dim() < 2 or x.shape[0] == 0:
+        raise ValueError(f"points must be [n, ...] with n >= 1; got {tuple(x.shape)}")
+    flat = x.reshape(1, x.shape[0], -1)
+    values, grads, k = anymodule.parts(f, tuple(x.shape[1:]), output, flat[0, :1])
+    return _Evaluator(values, grads, 1, dtype, device, outputs=k), flat
 
 
 def _as_points(x, ev: _Evaluator) -> torch.Tensor:
@@ -116,15 +116,15 @@ def _point_chunks(n: int, per_point: int, m: int):
 def gradient_norms(ev: _Evaluator, x: torch.Tensor, power: int = 1) -> torch.Tensor:
     """Eq. 4: GN = (1/N) sum_i ||grad f(x_i)||; power=2 gives the mean squared norm GN^2. [M]."""
     total = x.new_zeros(x.shape[0])
-    for i, j in _point_chunks(x.shape[1], x.shape[2], x.shape[0]):
+    for i, j in _point_chunks(x.shape[1], x.shape[2] * ev.outputs, x.shape[0]):
         total += ev.grads(x[:, i:j]).norm(dim=-1).pow(power).sum(1)
     return total / x.shape[1]
 
 
 def point_gradient_norms(ev: _Evaluator, x: torch.Tensor) -> torch.Tensor:
     """||grad f(x_i)|| at every point, read in chunks. [M, n]."""
-    return torch.cat([ev.grads(x[:, i:j]).norm(dim=-1) for i, j in _point_chunks(x.shape[1], x.shape[2], x.shape[0])],
-                     dim=1)
+    chunks = _point_chunks(x.shape[1], x.shape[2] * ev.outputs, x.shape[0])
+    return torch.cat([ev.grads(x[:, i:j]).norm(dim=-1) for i, j in chunks], dim=1)
 
 
 def lipschitz_lower_bounds(ev: _Evaluator, x: torch.Tensor) -> torch.Tensor:
@@ -172,14 +172,16 @@ def _path_lengths(ev: _Evaluator, x: torch.Tensor, segments: int, points: int, s
     if ev.stack is not None and ev.stack.depth == 1:
         return _two_layer_path_lengths(ev.stack, x, ia, ib, points, which)
     sums = {k: x.new_zeros(m) for k in which}
-    for i, j in _point_chunks(segments, points * d, m):
+    for i, j in _point_chunks(segments, points * d * ev.outputs, m):
         pts = segment_points(x[:, ia[i:j]], x[:, ib[i:j]], points)  # [M, s, P, d]
         flat = pts.reshape(m, -1, d)
         s = j - i
-        if "fpl" in which:  # eq. 10: sum_k |f(t_k) - f(t_{k-1})|
-            sums["fpl"] += tv_of_values(ev.values(flat).reshape(m, s, points)).sum(1)
-        if "gpl" in which:  # eq. 11 sampled: sum_k ||grad f(t_k) - grad f(t_{k-1})||_2
-            sums["gpl"] += tv_of_gradients(ev.grads(flat).reshape(m, s, points, d)).sum(1)
+        if "fpl" in which:  # eq. 10: sum_k |f(t_k) - f(t_{k-1})| (the 2-norm of the difference for K outputs)
+            v = ev.values(flat)
+            sums["fpl"] += (tv_of_values(v.reshape(m, s, points)) if v.dim() == 2 else
+                            v.reshape(m, s, points, -1).diff(dim=2).norm(dim=-1).sum(-1)).sum(1)
+        if "gpl" in which:  # eq. 11 sampled: sum_k ||grad f(t_k) - grad f(t_{k-1})||_2 (Frobenius for Jacobians)
+            sums["gpl"] += tv_of_gradients(ev.grads(flat).reshape(m, s, points, -1)).sum(1)
     return {k: v / segments for k, v in sums.items()}
 
 
@@ -270,49 +272,52 @@ def measure_stack(p: MLPStack, x, *, segments: int = DEFAULT_SEGMENTS, points: i
 # ----------------------------------------------------------------------------------------------
 # Public single-model API: each returns a float.
 
-def gradient_norm(f, x) -> float:
-    """Eq. 4: mean over the points x [n, d] of the Euclidean norm of the input gradient of f."""
-    ev = _evaluator(f)
+def gradient_norm(f, x, output=None) -> float:
+    """Eq. 4: mean over the points x [n, ...] of the Euclidean norm of the input gradient of f (the Frobenius norm
+    of the Jacobian for K outputs; output: None, an output index or 'margin', anymodule.py)."""
+    ev, x = _prepare(f, x, output)
     with torch.no_grad():
-        return float(gradient_norms(ev, _as_points(x, ev), 1)[0])
+        return float(gradient_norms(ev, x, 1)[0])
 
 
-def gradient_norm_squared(f, x) -> float:
+def gradient_norm_squared(f, x, output=None) -> float:
     """Mean over the points x of the squared norm of the input gradient (GN^2)."""
-    ev = _evaluator(f)
+    ev, x = _prepare(f, x, output)
     with torch.no_grad():
-        return float(gradient_norms(ev, _as_points(x, ev), 2)[0])
+        return float(gradient_norms(ev, x, 2)[0])
 
 
 def function_path_length(f, x, segments: int = DEFAULT_SEGMENTS, points: int = DEFAULT_POINTS,
-                         seed: int = 0) -> float:
-    """Eqs. 9-10: mean sampled total variation of f on segments between random pairs of points x."""
-    ev = _evaluator(f)
+                         seed: int = 0, output=None) -> float:
+    """Eqs. 9-10: mean sampled total variation of f on segments between random pairs of points x (with
+    ||f(t_k) - f(t_k-1)||_2 for K outputs)."""
+    ev, x = _prepare(f, x, output)
     with torch.no_grad():
-        return float(_path_lengths(ev, _as_points(x, ev), segments, points, seed, ("fpl",))["fpl"][0])
+        return float(_path_lengths(ev, x, segments, points, seed, ("fpl",))["fpl"][0])
 
 
 def gradient_path_length(f, x, segments: int = DEFAULT_SEGMENTS, points: int = DEFAULT_POINTS,
-                         seed: int = 0) -> float:
-    """Eq. 11, sampled like FPL: mean total variation (L2 norm of differences) of grad f on segments."""
-    ev = _evaluator(f)
+                         seed: int = 0, output=None) -> float:
+    """Eq. 11, sampled like FPL: mean total variation (L2 norm of differences) of grad f on segments (the
+    Frobenius norm of the Jacobian's change for K outputs)."""
+    ev, x = _prepare(f, x, output)
     with torch.no_grad():
-        return float(_path_lengths(ev, _as_points(x, ev), segments, points, seed, ("gpl",))["gpl"][0])
+        return float(_path_lengths(ev, x, segments, points, seed, ("gpl",))["gpl"][0])
 
 
-def segment_total_variation(f, a, b, points: int = DEFAULT_POINTS, of: str = "function") -> float:
+def segment_total_variation(f, a, b, points: int = DEFAULT_POINTS, of: str = "function", output=None) -> float:
     """Eq. 10 on one segment a -> b: sampled TV of f ('function') or of grad f ('gradient')."""
     if of not in ("function", "gradient"):
         raise ValueError("of must be 'function' or 'gradient'")
     if points < 2:
         raise ValueError("points per segment must be at least 2")
-    ev = _evaluator(f)
-    ab = _as_points(torch.stack([torch.as_tensor(np.asarray(a)), torch.as_tensor(np.asarray(b))]), ev)
+    ev, ab = _prepare(f, torch.stack([torch.as_tensor(np.asarray(a)), torch.as_tensor(np.asarray(b))]), output)
     with torch.no_grad():
         pts = segment_points(ab[:, 0], ab[:, 1], points)  # [M, P, d]
-        if of == "function":
-            return float(tv_of_values(ev.values(pts))[0])
-        return float(tv_of_gradients(ev.grads(pts))[0])
+        if of == "gradient":
+            return float(tv_of_gradients(ev.grads(pts))[0])
+        v = ev.values(pts)
+        return float((tv_of_values(v) if v.dim() == 2 else v.diff(dim=-2).norm(dim=-1).sum(-1))[0])
 
 
 def _of_stack(f, fn, requirement: str) -> float:
@@ -336,12 +341,14 @@ def path_norm(f) -> float:
                                     "ReLU layers")
 
 
-def lipschitz_bounds(f, x) -> tuple[float, float]:
+def lipschitz_bounds(f, x, output=None) -> tuple[float, float]:
     """(lower, upper) bounds of the Lipschitz constant sup ||grad f|| of f over the box of the points x [n, d]
     (lipschitz.py). For a ReLU MLP: the ascent-raised lower bound and the product of spectral norms; for any other
     module: the largest ||grad f|| at the points, and NaN (no upper bound is computed)."""
-    ev = _evaluator(f)
-    x = _as_points(x, ev)
+    ev, x = _prepare(f, x, output)
+    if ev.outputs > 1:
+        raise ValueError(f"f has {ev.outputs} outputs: the bounds are for a scalar function; pass output=k or "
+                         "output='margin'")
     with torch.no_grad():
         lower = float(lipschitz_lower_bounds(ev, x)[0])
     upper = float(lipschitz.spectral_products(ev.stack)[0]) if ev.stack is not None else float("nan")

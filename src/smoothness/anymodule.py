@@ -1,0 +1,95 @@
+"""Any torch module as the function f of the measures: inputs of any shape, scalar or vector outputs.
+
+A module maps a batch [n, *shape] (for example images [n, C, H, W]) to [n], [n, 1] or [n, K]. The measures see
+it as a function of the flattened input (d = prod(shape); segments, gradients and norms live in R^d), with
+  - a scalar output ([n] or [n, 1]): the paper's measures as they are;
+  - K outputs and output=None: GN = E ||J_f(x)||_F, FPL with ||f(t_k) - f(t_k-1)||_2 along segments, GPL with the
+    Jacobian's change ||J(t_k) - J(t_k-1)||_F; the Jacobians come from torch.func (vmap of jacrev over points);
+  - output=k: the k-th output alone; output="margin": the margin between the two largest outputs at each point
+    (continuous in x, its gradient that of the top output minus the runner-up's).
+Each point is evaluated on its own (vmap over points), so a module in eval() mode with BatchNorm (running
+statistics) or Dropout (the identity) is measured correctly; in training mode those layers make f(x) depend on
+the rest of the batch or on random masks, and check_mode refuses the module.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.func import jacrev, vmap
+
+MODE_DEPENDENT = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
+
+
+def check_mode(f) -> None:
+    """A ValueError if f holds BatchNorm or Dropout layers in training mode."""
+    if not isinstance(f, nn.Module):
+        return
+    bad = [name or type(m).__name__ for name, m in f.named_modules() if m.training and isinstance(m, MODE_DEPENDENT)]
+    if bad:
+        raise ValueError(f"the module is in training mode with {', '.join(bad[:3])}: in training mode BatchNorm "
+                         "depends on the batch and Dropout on random masks, so f(x) is not a function of x; call "
+                         "f.eval() before measuring")
+
+
+def check_output(output) -> None:
+    """output is None, a non-negative int, or 'margin'."""
+    if output is None or output == "margin" or (isinstance(output, int) and not isinstance(output, bool)
+                                                and output >= 0):
+        return
+    raise ValueError(f"output must be None (all outputs), an output index >= 0 or 'margin', got {output!r}")
+
+
+def _select(out: torch.Tensor, output) -> torch.Tensor:
+    """The raw module output [n] / [n, K] reduced as `output` asks: [n] (scalar) or [n, K] (vector)."""
+    if out.dim() == 1:
+        if output not in (None, 0):
+            raise ValueError(f"output={output!r} needs a module with several outputs; this one has one")
+        return out
+    if out.dim() != 2:
+        raise ValueError(f"the module must map [n, ...] to [n] or [n, K]; got output shape {tuple(out.shape)}")
+    if output is None:
+        return out[:, 0] if out.shape[1] == 1 else out
+    if output == "margin":
+        if out.shape[1] < 2:
+            raise ValueError("output='margin' needs at least two outputs")
+        top = out.topk(2, dim=1).values
+        return top[:, 0] - top[:, 1]
+    if output >= out.shape[1]:
+        raise ValueError(f"output={output} but the module has {out.shape[1]} outputs")
+    return out[:, output]
+
+
+def parts(f, shape: tuple[int, ...], output, probe: torch.Tensor):
+    """(values, grads, K) for points [1, n, d] of the flattened input: values -> [1, n] (K = 1) or [1, n, K];
+    grads -> [1, n, K * d], the flattened Jacobian (the gradient for K = 1). probe: one point [1, d]."""
+    check_mode(f)
+    check_output(output)
+
+    def call(x):                       # [n, d] -> [n] or [n, K]
+        if x.shape[0] != 0 and x.shape[1] != math.prod(shape):
+            raise ValueError(f"points of dimension {x.shape[1]} do not match the input shape {shape}")
+        out = f(x.reshape(x.shape[0], *shape))
+        if out.shape[0] != x.shape[0]:
+            raise ValueError(f"the module must map [n, ...] to [n] or [n, K]; got output shape {tuple(out.shape)}")
+        return _select(out, output)
+
+    with torch.no_grad():
+        first = call(probe)
+    k = 1 if first.dim() == 1 else first.shape[1]
+
+    def values(x):
+        with torch.no_grad():
+            return call(x[0])[None]
+
+    def grads(x):
+        if k == 1:       # the gradient, by autograd of the sum (each row depends on its own input only)
+            with torch.enable_grad():
+                xi = x[0].detach().requires_grad_(True)
+                (g,) = torch.autograd.grad(call(xi).sum(), xi)
+            return g[None]
+        jac = vmap(jacrev(lambda p: call(p[None])[0]))(x[0])        # [n, K, d]
+        return jac.reshape(1, x.shape[1], -1)
+
+    return values, grads, k
