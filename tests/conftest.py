@@ -63,3 +63,18 @@ def run_cli_tty(*args, timeout=300):
     t.join(timeout=10)
     os.close(master)
     return p.returncode, out, b"".join(chunks).decode(errors="replace")
+
+
+def grid_run(tmp_path_factory, raw: dict):
+    """Run the grid `raw` (a mapping) into a fresh folder, quietly; returns the folder (for module fixtures)."""
+    from smoothness import experiments, grid
+    out = tmp_path_factory.mktemp(raw["name"]) / "run"
+    experiments.run_grid(grid.parse(raw), out, device="cpu", progress=False)
+    return out
+
+
+def stored_frame(out):
+    """The store of a run folder as a DataFrame (Store.frame)."""
+    from smoothness.store import Store
+    with Store(out, create=False) as st:
+        return st.frame()

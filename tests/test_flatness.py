@@ -1,8 +1,8 @@
 """SGD against SAM on the same training sets: the optimizers table of the report, from a real run."""
 import pytest
 
-from smoothness import experiments, flatness, grid, report
-from smoothness.store import Store
+from conftest import grid_run, stored_frame
+from smoothness import flatness, report
 
 GRID = {"name": "sam-test", "pairs": [[3, 8]], "n_train": 64, "seeds": [0, 1], "hidden": 32, "lr": 0.05,
         "max_epochs": 3000, "threshold": 1.0e-3, "optimizer": ["sgd", "sam"], "rho": [0.002],
@@ -12,14 +12,11 @@ GRID = {"name": "sam-test", "pairs": [[3, 8]], "n_train": 64, "seeds": [0, 1], "
 
 @pytest.fixture(scope="module")
 def sam_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("sam") / "run"
-    experiments.run_grid(grid.parse(GRID), out, device="cpu", progress=False)
-    return out
+    return grid_run(tmp_path_factory, GRID)
 
 
 def test_optimizers_are_compared_on_the_same_datasets(sam_run):
-    with Store(sam_run, create=False) as st:
-        df = st.frame()
+    df = stored_frame(sam_run)
     assert (df["status"] == "converged").all() and sorted(df["optimizer"]) == ["sam", "sam", "sgd", "sgd"]
     t = flatness.by_optimizer(df)
     assert list(t["optimizer"]) == ["sam", "sgd"] and list(t["paired"]) == [2, 2]

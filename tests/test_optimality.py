@@ -3,8 +3,8 @@ import math
 
 import pytest
 
-from smoothness import experiments, grid, linetasks, oned, optimality, report
-from smoothness.store import Store
+from conftest import grid_run, stored_frame
+from smoothness import linetasks, oned, optimality, report
 
 GRID = {"name": "oned-test", "data": "line-gp:pool=64,heldout=300", "n_train": [4, 8], "seeds": [0, 1],
         "alpha": 1.0, "lr": 0.2, "max_epochs": 20000, "threshold": 1.0e-4,
@@ -14,14 +14,11 @@ GRID = {"name": "oned-test", "data": "line-gp:pool=64,heldout=300", "n_train": [
 
 @pytest.fixture(scope="module")
 def oned_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("oned") / "run"
-    experiments.run_grid(grid.parse(GRID), out, device="cpu", progress=False)
-    return out
+    return grid_run(tmp_path_factory, GRID)
 
 
 def test_ratios_are_the_exact_measures_over_the_smallest(oned_run):
-    with Store(oned_run, create=False) as st:
-        df = st.frame()
+    df = stored_frame(oned_run)
     assert (df["status"] == "converged").all(), df[["n_train", "seed", "status", "loss_train"]]
     d = optimality.ratio_frame(df)
     assert len(d) == len(df) == 5
@@ -54,8 +51,7 @@ def test_report_has_the_ratio_table_and_the_interpolant_figure(oned_run):
 
 
 def test_edge_table_compares_the_ratios_at_the_largest_passing_lambda(oned_run):
-    with Store(oned_run, create=False) as st:
-        df = st.frame()
+    df = stored_frame(oned_run)
     e = optimality.edge_table(df)
     assert len(e) == 1
     r = e.iloc[0]
@@ -71,8 +67,7 @@ def test_edge_table_compares_the_ratios_at_the_largest_passing_lambda(oned_run):
 
 
 def test_examples_are_unregularized_and_spread_over_n(oned_run):
-    with Store(oned_run, create=False) as st:
-        df = st.frame()
+    df = stored_frame(oned_run)
     ex = optimality.examples(df, most=3)
     assert list(ex["n_train"]) == [4, 8] and (ex["regularizer"] == "none").all() and (ex["seed"] == 0).all()
 
