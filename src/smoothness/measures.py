@@ -155,6 +155,12 @@ def tv_of_values(v: torch.Tensor, dim: int = -1) -> torch.Tensor:
     return v.diff(dim=dim).abs().sum(dim)
 
 
+def tv_of_outputs(v: torch.Tensor, vector: bool) -> torch.Tensor:
+    """Eq. 10 for scalar samples v [..., P] (tv_of_values), or with ||f(t_k) - f(t_k-1)||_2 for vector samples
+    v [..., P, K]."""
+    return v.diff(dim=-2).norm(dim=-1).sum(-1) if vector else tv_of_values(v)
+
+
 def tv_of_gradients(g: torch.Tensor) -> torch.Tensor:
     """Eq. 11 sampled like eq. 10: sum_k ||grad(t_k) - grad(t_{k-1})||_2 for g of shape [..., P, d]."""
     return g.diff(dim=-2).norm(dim=-1).sum(-1)
@@ -177,9 +183,9 @@ def _path_lengths(ev: _Evaluator, x: torch.Tensor, segments: int, points: int, s
         flat = pts.reshape(m, -1, d)
         s = j - i
         if "fpl" in which:  # eq. 10: sum_k |f(t_k) - f(t_{k-1})| (the 2-norm of the difference for K outputs)
-            v = ev.values(flat)
-            sums["fpl"] += (tv_of_values(v.reshape(m, s, points)) if v.dim() == 2 else
-                            v.reshape(m, s, points, -1).diff(dim=2).norm(dim=-1).sum(-1)).sum(1)
+            vector = ev.outputs > 1
+            v = ev.values(flat).reshape(m, s, points, *((-1,) if vector else ()))
+            sums["fpl"] += tv_of_outputs(v, vector).sum(1)
         if "gpl" in which:  # eq. 11 sampled: sum_k ||grad f(t_k) - grad f(t_{k-1})||_2 (Frobenius for Jacobians)
             sums["gpl"] += tv_of_gradients(ev.grads(flat).reshape(m, s, points, -1)).sum(1)
     return {k: v / segments for k, v in sums.items()}
@@ -316,8 +322,7 @@ def segment_total_variation(f, a, b, points: int = DEFAULT_POINTS, of: str = "fu
         pts = segment_points(ab[:, 0], ab[:, 1], points)  # [M, P, d]
         if of == "gradient":
             return float(tv_of_gradients(ev.grads(pts))[0])
-        v = ev.values(pts)
-        return float((tv_of_values(v) if v.dim() == 2 else v.diff(dim=-2).norm(dim=-1).sum(-1))[0])
+        return float(tv_of_outputs(ev.values(pts), ev.outputs > 1)[0])
 
 
 def _of_stack(f, fn, requirement: str) -> float:
