@@ -1,5 +1,4 @@
 """Matmul precision of training: TF32 rounding (emulated on CPU), the CUDA-only tf32 mode, keys and settings."""
-import contextlib
 import dataclasses
 import math
 
@@ -10,6 +9,7 @@ import yaml
 from conftest import run_cli
 from smoothness import grid, pipeline, precision, training
 from smoothness.errors import ConfigError
+from smoothness.models import init_mlp
 from tolerance import assert_same_outcome, assert_same_trajectory, kernel_noise
 
 # A last-bit difference that moves a value across a TF32 rounding boundary becomes a TF32 unit (2^-11).
@@ -118,6 +118,99 @@ def test_precision_is_part_of_the_key_only_when_not_fp32_and_tf32_needs_cuda(tmp
     assert '"matmul_precision": "tf32-emulated"' in r.stdout
 
 
+@pytest.fixture
+def default_flags():
+    """PyTorch's default fp32 flags before and after the test (the tests below change them on purpose)."""
+    def reset():
+        torch.backends.fp32_precision = "none"
+        torch.set_float32_matmul_precision("highest")
+        torch.backends.cudnn.allow_tf32 = True
+        precision._set_new_flags({k: "none" for k in precision.flags()})
+        precision._set_new_flags({"cudnn.conv": "tf32"})
+    reset()
+    yield
+    reset()
+
+
+def _state():
+    """The legacy reads (or 'mixed' where they raise) and the new API's flags."""
+    return precision._legacy_flags() or "mixed", precision.flags()
+
+
+def _user_high():
+    torch.set_float32_matmul_precision("high")
+
+
+def _user_medium():
+    torch.set_float32_matmul_precision("medium")
+
+
+def _user_new_tf32():   # the new API alone: legacy reads raise afterwards
+    torch.backends.cuda.matmul.fp32_precision = "tf32"
+
+
+def _user_new_bf16():
+    torch.backends.mkldnn.matmul.fp32_precision = "bf16"
+
+
+def _user_cudnn_off():
+    torch.backends.cudnn.allow_tf32 = False
+
+
+@pytest.mark.parametrize("user", [lambda: None, _user_high, _user_medium, _user_new_tf32, _user_new_bf16,
+                                  _user_cudnn_off])
+def test_fp32_and_tf32_contexts_set_consistent_flags_and_restore_any_user_state(default_flags, user):
+    user()
+    before = _state()
+    with precision.strict_fp32():
+        # consistent: the legacy reads (torch.compile's inductor makes them) do not raise
+        assert torch.get_float32_matmul_precision() == "highest" and not torch.backends.cuda.matmul.allow_tf32
+        assert not torch.backends.cudnn.allow_tf32
+        assert precision.flags()["cuda.matmul"] == precision.flags()["mkldnn.matmul"] == "ieee"
+        with precision.cuda_tf32(True):
+            assert torch.backends.cuda.matmul.allow_tf32 and precision.flags()["cuda.matmul"] == "tf32"
+            assert torch.get_float32_matmul_precision() == "high"
+        assert precision.flags()["cuda.matmul"] == "ieee"
+    assert _state() == before
+    with precision.matmuls("tf32", torch.device("cpu")):   # no TF32 on a CPU: full float32
+        assert precision.flags()["mkldnn.matmul"] == "ieee"
+    assert _state() == before
+
+
+def test_measures_and_training_run_in_float32_whatever_the_user_set_globally(default_flags):
+    from smoothness import measures, training
+    seen = []
+
+    def f(x):   # any model: records the flags it runs under
+        seen.append((torch.get_float32_matmul_precision(), precision.flags()["mkldnn.matmul"]))
+        return x.sum(1)
+
+    x = torch.randn(50, 3, generator=torch.Generator().manual_seed(0))
+    p = init_mlp(torch.tensor([0, 1]), (784, 256, 1), torch.tensor([1.0, 1.0], dtype=torch.float64))
+    xs = torch.randn(200, 784, generator=torch.Generator().manual_seed(1))
+    pool = torch.randn(40, 784, generator=torch.Generator().manual_seed(2))
+    spec = training.TrainSpec(torch.arange(40), torch.randn(40, generator=torch.Generator().manual_seed(3)),
+                              max_epochs=3, threshold=0.0)
+
+    def run():
+        seen.clear()
+        measures.gradient_norm(f, x)
+        measures.function_path_length(f, x, segments=4, points=5)
+        flags = set(seen)
+        stats = measures.measure_stack(p, xs, segments=20, points=10)
+        trained = training.train_models(pool, [spec], batch_size=16)[0].params
+        return flags, stats, trained
+
+    ref_flags, ref, ref_trained = run()
+    torch.set_float32_matmul_precision("medium")   # bfloat16 matmuls through oneDNN on CPUs with AVX-512 BF16/AMX
+    flags, got, trained = run()
+    assert torch.get_float32_matmul_precision() == "medium"   # the user's setting is back
+    assert flags == ref_flags == {("highest", "ieee")}
+    for k in ref:
+        assert torch.equal(got[k], ref[k]), k
+    assert all(torch.equal(a, b) for a, b in zip(trained.tensors(), ref_trained.tensors()))
+
+
 def test_cuda_tf32_setting_is_set_inside_and_restored_after():
     m = torch.backends.cuda.matmul
     before = m.fp32_precision
@@ -127,4 +220,3 @@ def test_cuda_tf32_setting_is_set_inside_and_restored_after():
             assert m.fp32_precision == "ieee"
         assert m.fp32_precision == "tf32"
     assert m.fp32_precision == before
-    assert isinstance(precision.matmuls("fp32", torch.device("cpu")), type(contextlib.nullcontext()))

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import rng
+from . import precision, rng
 from .models import MLPStack, forward, init_mlp
 
 STREAM_PROBE = 6   # random vectors of the power iteration and of Hutchinson's estimator
@@ -81,6 +81,7 @@ class Sharpness:
     iterations: torch.Tensor   # [M] int
 
 
+@precision.strict_fp32()
 def sharpness(p: MLPStack, x, y, mask=None, *, iters: int = DEFAULT_ITERS, tol: float = DEFAULT_TOL,
               seed: int = 0) -> Sharpness:
     """Largest eigenvalue of the Hessian of the training loss w.r.t. the parameters, per model, by power
@@ -110,6 +111,7 @@ def sharpness(p: MLPStack, x, y, mask=None, *, iters: int = DEFAULT_ITERS, tol: 
     return Sharpness(lam.float(), change.float(), used)
 
 
+@precision.strict_fp32()
 def hessian_trace(p: MLPStack, x, y, mask=None, *, probes: int = DEFAULT_PROBES, seed: int = 0):
     """Hutchinson's estimate of tr H per model: the mean of z·Hz over Rademacher vectors z.
     Returns (estimate [M], its standard error [M])."""
@@ -133,6 +135,7 @@ def distance_from_init(p: MLPStack, seeds, alpha) -> torch.Tensor:
     return _dot(diff, diff).sqrt()
 
 
+@precision.strict_fp32()
 def minibatch_gradient_norm(p: MLPStack, x, y, mask=None, *, batch_size: int = 64, seed: int = 0) -> torch.Tensor:
     """Smith et al.'s implicit regularizer at θ: the mean over the minibatches of one shuffled epoch of
     ‖∇_θ L_b(θ)‖², L_b the MSE on batch b (the last, partial batch included). [M]."""

@@ -6,7 +6,7 @@ from typing import NamedTuple
 
 import torch
 
-from . import curvature, linetasks, measures, registry, training
+from . import curvature, linetasks, measures, precision, registry, training
 from . import data as datasets
 from .models import MLPStack
 from .runconfig import RunConfig
@@ -27,6 +27,7 @@ def measure_model(params: MLPStack, task: datasets.BinaryTask, train_idx: torch.
     return measure_models([Trained(params, task, train_idx, cfg)], device)[0]
 
 
+@precision.strict_fp32()
 def measure_models(items, device=None, chunk: int = 128) -> list[dict[str, float]]:
     """measure_model for many models: items are Trained(params, task, train_idx, cfg) (or such 4-tuples) with
     params a stack of one.

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import anymodule, lipschitz, registry, rng
+from . import anymodule, lipschitz, precision, registry, rng
 from .models import MLPStack, ReLUMLP, forward, input_gradient
 
 DEFAULT_SEGMENTS = 1000
@@ -245,6 +245,7 @@ SAMPLED = registry.keys(stack=True, sampled=True)  # those estimated at points (
 
 
 @torch.no_grad()
+@precision.strict_fp32()
 def measure_stack(p: MLPStack, x, *, segments: int = DEFAULT_SEGMENTS, points: int = DEFAULT_POINTS,
                   seed: int = 0, which=MEASURES) -> dict[str, torch.Tensor]:
     """All requested measures of M models at once; x is [n, d] (shared) or [M, n, d]. Values are [M]."""
@@ -278,6 +279,7 @@ def measure_stack(p: MLPStack, x, *, segments: int = DEFAULT_SEGMENTS, points: i
 # ----------------------------------------------------------------------------------------------
 # Public single-model API: each returns a float.
 
+@precision.strict_fp32()
 def gradient_norm(f, x, output=None) -> float:
     """Eq. 4: mean over the points x [n, ...] of the Euclidean norm of the input gradient of f (the Frobenius norm
     of the Jacobian for K outputs; output: None, an output index or 'margin', anymodule.py)."""
@@ -286,6 +288,7 @@ def gradient_norm(f, x, output=None) -> float:
         return float(gradient_norms(ev, x, 1)[0])
 
 
+@precision.strict_fp32()
 def gradient_norm_squared(f, x, output=None) -> float:
     """Mean over the points x of the squared norm of the input gradient (GN^2)."""
     ev, x = _prepare(f, x, output)
@@ -293,6 +296,7 @@ def gradient_norm_squared(f, x, output=None) -> float:
         return float(gradient_norms(ev, x, 2)[0])
 
 
+@precision.strict_fp32()
 def function_path_length(f, x, segments: int = DEFAULT_SEGMENTS, points: int = DEFAULT_POINTS,
                          seed: int = 0, output=None) -> float:
     """Eqs. 9-10: mean sampled total variation of f on segments between random pairs of points x (with
@@ -302,6 +306,7 @@ def function_path_length(f, x, segments: int = DEFAULT_SEGMENTS, points: int = D
         return float(_path_lengths(ev, x, segments, points, seed, ("fpl",))["fpl"][0])
 
 
+@precision.strict_fp32()
 def gradient_path_length(f, x, segments: int = DEFAULT_SEGMENTS, points: int = DEFAULT_POINTS,
                          seed: int = 0, output=None) -> float:
     """Eq. 11, sampled like FPL: mean total variation (L2 norm of differences) of grad f on segments (the
@@ -311,6 +316,7 @@ def gradient_path_length(f, x, segments: int = DEFAULT_SEGMENTS, points: int = D
         return float(_path_lengths(ev, x, segments, points, seed, ("gpl",))["gpl"][0])
 
 
+@precision.strict_fp32()
 def segment_total_variation(f, a, b, points: int = DEFAULT_POINTS, of: str = "function", output=None) -> float:
     """Eq. 10 on one segment a -> b: sampled TV of f ('function') or of grad f ('gradient')."""
     if of not in ("function", "gradient"):
@@ -333,12 +339,14 @@ def _of_stack(f, fn, requirement: str) -> float:
         return float(fn(p)[0])
 
 
+@precision.strict_fp32()
 def weights_product(f) -> float:
     """Eq. 13 for a two-layer ReLU network (ReLUMLP, or nn.Sequential(Linear, ReLU, Linear))."""
     return _of_stack(f, weights_products, "two-layer ReLU networks only: pass a smoothness ReLUMLP or "
                                           "nn.Sequential(Linear, ReLU, Linear)")
 
 
+@precision.strict_fp32()
 def path_norm(f) -> float:
     """The path norm (WP generalized to any depth, see path_norms) of a ReLU MLP (ReLUMLP or
     nn.Sequential of Linear and ReLU layers)."""
@@ -346,6 +354,7 @@ def path_norm(f) -> float:
                                     "ReLU layers")
 
 
+@precision.strict_fp32()
 def lipschitz_bounds(f, x, output=None) -> tuple[float, float]:
     """(lower, upper) bounds of the Lipschitz constant sup ||grad f|| of f over the box of the points x [n, d]
     (lipschitz.py). For a ReLU MLP: the ascent-raised lower bound and the product of spectral norms; for any other

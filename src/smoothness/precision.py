@@ -12,8 +12,9 @@ product carries a relative rounding error of up to 2^-11 ≈ 4.9e-4 instead of 2
   (the study in docs/performance.md: `smoothness run quick --matmul-precision tf32-emulated`, then
   `smoothness compare` against the fp32 store).
 
-Only training steps use the mode; the measures are always computed in float32, because the path-length
-estimators sum differences of nearby values that TF32 rounding would inflate.
+Only training steps use the mode; the measures are always computed in float32 (`strict_fp32`, also when the
+user set TF32 or bfloat16 matmuls globally), because the path-length estimators sum differences of nearby
+values that TF32 rounding would inflate.
 """
 from __future__ import annotations
 
@@ -109,22 +110,74 @@ def ulp_noise(seed: int = 1):
         torch.bmm, torch.baddbmm, torch.Tensor.baddbmm_ = bmm, baddbmm, baddbmm_
 
 
+# The fp32 flags of PyTorch have a legacy API (torch.set_float32_matmul_precision, backends.cudnn.allow_tf32) and
+# a new one (backends.<backend>.<op>.fp32_precision). Setting a value with the new API that the legacy one cannot
+# express makes every later legacy read raise ("mix of the legacy and new APIs"), and torch.compile's inductor reads
+# the legacy flags. So the contexts below set the legacy API, whose setters keep both views consistent, and put
+# back exactly what was there before, a user's own mixed state included.
+_NEW_FLAGS = (("cuda", "matmul"), ("mkldnn", "matmul"), ("cudnn", "conv"), ("mkldnn", "conv"))
+
+
+def flags() -> dict[str, str]:
+    """The new API's fp32 precision of every backend and op the package runs (cuBLAS and oneDNN matmuls, cuDNN and
+    oneDNN convolutions): 'ieee', 'tf32', 'bf16' or 'none' (inherit)."""
+    b = torch.backends
+    return {f"{a}.{op}": getattr(getattr(b, a), op).fp32_precision for a, op in _NEW_FLAGS}
+
+
+def _legacy_flags():
+    """(torch.get_float32_matmul_precision(), cudnn.allow_tf32), or None where the user mixed the two APIs."""
+    try:
+        return torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
+    except RuntimeError:
+        return None
+
+
+def _set_new_flags(values: dict[str, str]) -> None:
+    for key, v in values.items():
+        a, op = key.split(".")
+        getattr(getattr(torch.backends, a), op).fp32_precision = v
+
+
 @contextlib.contextmanager
-def cuda_tf32(enabled: bool):
-    """TF32 on (or explicitly off) for CUDA float32 matmuls within the block; the old setting is restored."""
-    m = torch.backends.cuda.matmul   # fp32_precision: PyTorch 2.9 and later (the package needs 2.13)
-    old = m.fp32_precision
-    m.fp32_precision = "tf32" if enabled else "ieee"
+def _fp32_flags(tf32_matmuls: bool):
+    legacy, before = _legacy_flags(), flags()
+    torch.set_float32_matmul_precision("high" if tf32_matmuls else "highest")
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.mkldnn.conv.fp32_precision = "ieee"
     try:
         yield
     finally:
-        m.fp32_precision = old
+        if legacy is not None:
+            torch.set_float32_matmul_precision(legacy[0])
+            torch.backends.cudnn.allow_tf32 = legacy[1]
+        now = flags()
+        _set_new_flags({k: v for k, v in before.items() if now[k] != v})
+
+
+def strict_fp32():
+    """Within the block (or the decorated function) every float32 matmul and convolution runs in full float32 on
+    every backend, whatever the user set globally: torch.set_float32_matmul_precision("high") would give TF32 on
+    CUDA, and "medium" bfloat16 matmuls through oneDNN on CPUs with AVX-512 BF16 or AMX. The measures and fp32
+    training run in it; the old flags are restored after."""
+    return _fp32_flags(False)
+
+
+def cuda_tf32(enabled: bool):
+    """TF32 on (or explicitly off) for float32 matmuls within the block; convolutions in float32; the old flags are
+    restored after."""
+    return _fp32_flags(enabled)
 
 
 def matmuls(mode: str, device: torch.device):
-    """The context in which a training step runs under `mode` on `device`."""
+    """The context in which a training step runs under `mode` on `device`: full float32 unless mode is 'tf32' on
+    CUDA; 'tf32-emulated' rounds the factors of full-float32 matmuls."""
     if check(mode) == "tf32-emulated":
-        return emulated_tf32()
-    if device.type == "cuda":
-        return cuda_tf32(mode == "tf32")
-    return contextlib.nullcontext()
+        return _both(strict_fp32(), emulated_tf32())
+    return cuda_tf32(mode == "tf32" and device.type == "cuda")
+
+
+@contextlib.contextmanager
+def _both(a, b):
+    with a, b:
+        yield

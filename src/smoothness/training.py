@@ -18,6 +18,7 @@ model follows the same trajectory alone, inside any batch, and in any admission 
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 
@@ -292,17 +293,24 @@ class BatchedTrainer:
                                         a.params.rows(row, row + 1).to("cpu", copy=True),
                                         time.perf_counter() - float(a.start[row])))
 
-        while waiting or act:
-            room = cap - (len(act) if act else 0)
-            if waiting and room > 0:
-                take, waiting = waiting[:room], waiting[room:]
-                t0 = time.perf_counter()
-                act = self._admit(act, specs, take, st.optimizer)
-                self.admit_seconds += time.perf_counter() - t0
-            with precision.matmuls(self.precision, self.device):   # per step: measuring runs between yields
+        # The matmul precision is set for a run of steps and undone at each yield, where the caller measures
+        # (in strict float32) and may change the flags itself; not per step, which cost about 10 us a step.
+        with contextlib.ExitStack() as flags:
+            flags_set = False
+            while waiting or act:
+                if not flags_set:
+                    flags.enter_context(precision.matmuls(self.precision, self.device))
+                    flags_set = True
+                room = cap - (len(act) if act else 0)
+                if waiting and room > 0:
+                    take, waiting = waiting[:room], waiting[room:]
+                    t0 = time.perf_counter()
+                    act = self._admit(act, specs, take, st.optimizer)
+                    self.admit_seconds += time.perf_counter() - t0
                 self._step(act, st)
-            ended = np.flatnonzero(act.pos >= act.n_host)
-            if len(ended):
+                ended = np.flatnonzero(act.pos >= act.n_host)
+                if not len(ended):
+                    continue
                 interrupt.check()   # a Ctrl-C whose exception was swallowed (interrupt.check says where)
                 ids = [act.ids[row] for row in ended]
                 done, losses = self._epoch_end(act, specs, ended, finish)
@@ -310,8 +318,11 @@ class BatchedTrainer:
                 if done.any():
                     act.keep(np.flatnonzero(~done))
                 n_done += len(finished)
-                yield from finished
-                finished.clear()
+                if finished:
+                    flags.close()
+                    flags_set = False
+                    yield from finished
+                    finished.clear()
                 if progress is not None:
                     alive = [last_loss.get(i, np.nan) for i in act.ids]
                     progress(dict(done=n_done, total=len(specs),
