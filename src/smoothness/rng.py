@@ -53,12 +53,16 @@ def mix32(x: torch.Tensor) -> torch.Tensor:
 
 
 def hash_words(*words, device=None) -> torch.Tensor:
-    """Hash a sequence of integer words (ints or broadcastable int tensors) to 32-bit values."""
-    h = torch.tensor(0x9E3779B9, dtype=torch.int64, device=device)
+    """Hash a sequence of integer words (ints or broadcastable int tensors) to 32-bit values.
+
+    Python ints stay Python ints until they meet a tensor word (no host-to-device copy of a scalar, which would
+    stall a CUDA stream); the arithmetic, and so the result, is the same either way."""
+    h = 0x9E3779B9
     for w in words:
-        w = torch.as_tensor(w, dtype=torch.int64, device=device) & MASK32
+        w = w & MASK32 if isinstance(w, int) else torch.as_tensor(w, dtype=torch.int64, device=device) & MASK32
         h = mix32(h ^ w)
-    return mix32(h + 0x632BE5AB & MASK32)
+    h = mix32(h + 0x632BE5AB & MASK32)
+    return torch.tensor(h, dtype=torch.int64, device=device) if isinstance(h, int) else h
 
 
 def uniform(*words, device=None) -> torch.Tensor:
@@ -82,5 +86,5 @@ def permutation_keys(n_valid: torch.Tensor, length: int, *words) -> torch.Tensor
     device = n_valid.device
     idx = torch.arange(length, device=device)
     keys = hash_words(*words, idx, device=device).expand(*n_valid.shape, length)
-    keys = torch.where(idx < n_valid[..., None], keys, keys.new_tensor(1 << 33) + idx)
+    keys = torch.where(idx < n_valid[..., None], keys, idx + (1 << 33))
     return torch.argsort(keys, dim=-1, stable=True)

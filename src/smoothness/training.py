@@ -12,7 +12,12 @@ the threshold. A model then ends as
   converged      epoch loss < threshold;
   diverged       epoch loss (or a weight) is NaN/inf;
   not_converged  the epoch cap was reached first.
-Finished models leave the batch at once and waiting models take their place (`max_batch`).
+The rule runs on the device: a model that finishes is frozen in place (learning rate 0, its outcome kept on
+the device) and leaves the batch when the host reads the statuses: on a CPU at the epoch end itself, on CUDA
+through a non-blocking copy polled every `poll_every` steps (trainstate.StatusPoll), the batch compacted in
+buckets. Waiting models take the places of finished ones (`max_batch`). No step and no epoch end reads a value
+back or copies from pageable host memory, so on a GPU the host queues steps without waiting for them
+(tests/test_host_sync.py).
 Randomness (initial weights, shuffles) comes from the counter-based generator in rng.py, so a
 model follows the same trajectory alone, inside any batch, and in any admission order.
 """
@@ -27,9 +32,10 @@ import torch
 
 from . import interrupt, optimizers, precision, regularizers, rng
 from .models import DEFAULT_ALPHA, DEFAULT_WIDTHS, MLPStack, forward, init_mlp, parameter_grads, sgd_update_
-from .trainstate import ActiveModels, StepSettings
+from .trainstate import (CONVERGED as CONVERGED_CODE, DIVERGED as DIVERGED_CODE, NOT_CONVERGED as NOT_CONVERGED_CODE,
+                         RUNNING, STATUSES, ActiveModels, StatusPoll, StepSettings, upload)
 
-CONVERGED, NOT_CONVERGED, DIVERGED = "converged", "not_converged", "diverged"
+CONVERGED, NOT_CONVERGED, DIVERGED = STATUSES[1:]   # "converged", "not_converged", "diverged"
 DEFAULT_LR = 0.01
 DEFAULT_BATCH = 64
 DEFAULT_MAX_EPOCHS = 25_000
@@ -89,7 +95,7 @@ class BatchedTrainer:
 
     def __init__(self, pool_x: torch.Tensor, widths=DEFAULT_WIDTHS, batch_size: int = DEFAULT_BATCH,
                  device=None, max_batch: int | None = None, block_models: int | None = None,
-                 matmul_precision: str = "fp32"):
+                 matmul_precision: str = "fp32", poll_every: int = 16):
         self.device = torch.device(device or "cpu")
         self.precision = precision.check(matmul_precision)  # of the steps' matmuls (precision.py)
         self.x = torch.as_tensor(pool_x, dtype=torch.float32).to(self.device)
@@ -100,6 +106,8 @@ class BatchedTrainer:
         self.max_batch = max_batch
         self.block_models = block_models  # models per block of a step (default: see _block_size)
         self._arange = torch.arange(self.batch_size, device=self.device)
+        self.poll_every = poll_every   # steps between status reads on CUDA (trainstate.StatusPoll)
+        self.poll_lag = None           # tests: a CPU polls like CUDA, each reading `poll_lag` polls late
 
     # -- admission ---------------------------------------------------------------------------
     def _admit(self, act: ActiveModels | None, specs: list[TrainSpec], ids: list[int],
@@ -109,27 +117,40 @@ class BatchedTrainer:
         new = [specs[i] for i in ids]
         nmax = max([s.indices.numel() for s in new] + ([act.idx.shape[1]] if act else []))
 
-        def pad(rows, fill, dtype):
-            out = torch.full((len(rows), nmax), fill, dtype=dtype)
+        def pad(rows, value, dtype):
+            out = torch.full((len(rows), nmax), value, dtype=dtype)
             for r, t in enumerate(rows):
                 out[r, : t.numel()] = t
-            return out.to(dev)
+            return upload(out, dtype, dev)
 
         seeds = torch.tensor([s.seed for s in new], dtype=torch.int64)
         params = init_mlp(seeds, self.widths, torch.tensor([s.alpha for s in new], dtype=torch.float64),
                           device=dev)
-        n = torch.tensor([s.indices.numel() for s in new], dtype=torch.int64, device=dev)
+        n_host = np.array([s.indices.numel() for s in new], np.int64)
+        n = upload(n_host, torch.int64, dev)
+        seeds = upload(seeds, torch.int64, dev)
         zeros = np.zeros(len(new), np.int64)
+
+        def per_model(values, dtype):
+            return upload(values, dtype, dev)
+
+        def fill(value, dtype):
+            return torch.full((len(new),), value, dtype=dtype, device=dev)
+
         added = ActiveModels(
             ids=list(ids), params=params, opt_state=optimizers.init_state(params.tensors(), optimizer),
             idx=pad([s.indices for s in new], 0, torch.long), y=pad([s.targets for s in new], 0.0, torch.float32),
-            perm=rng.permutation_keys(n, nmax, seeds.to(dev)[:, None], rng.STREAM_SHUFFLE, 0), n=n,
-            lr=torch.tensor([s.lr for s in new], dtype=torch.float32, device=dev),
-            lam=torch.tensor([s.lam for s in new], dtype=torch.float32, device=dev),
-            rho=torch.tensor([s.rho for s in new], dtype=torch.float32, device=dev),
-            loss_sum=torch.zeros(len(new), dtype=torch.float32, device=dev), seed=seeds.to(dev),
-            n_host=n.cpu().numpy(), pos=zeros, epoch=zeros.copy(), steps=zeros.copy(),
-            start=np.full(len(new), time.perf_counter()))
+            perm=rng.permutation_keys(n, nmax, seeds[:, None], rng.STREAM_SHUFFLE, 0), n=n,
+            lr=per_model([s.lr for s in new], torch.float32), lam=per_model([s.lam for s in new], torch.float32),
+            rho=per_model([s.rho for s in new], torch.float32), loss_sum=fill(0.0, torch.float32), seed=seeds,
+            threshold=per_model([s.threshold for s in new], torch.float64),
+            max_epochs=per_model([s.max_epochs for s in new], torch.int64),
+            pos_d=fill(0, torch.int64), epoch_d=fill(0, torch.int64), steps_d=fill(0, torch.int64),
+            status=fill(RUNNING, torch.int64), final_loss=fill(float("nan"), torch.float32),
+            final_epoch=fill(0, torch.int64), final_steps=fill(0, torch.int64),
+            last_loss=fill(float("nan"), torch.float32),
+            n_host=n_host, pos=zeros, epoch=zeros.copy(), steps=zeros.copy(),
+            start=np.full(len(new), time.perf_counter()), reported=np.zeros(len(new), bool))
         if not act:
             return added
         act.join(added)
@@ -141,7 +162,7 @@ class BatchedTrainer:
         nmax = act.perm.shape[1]
         # full: no model is at its last, partial batch; the regularized step always masks.
         full = st.regularizer == "none" and bool(np.all(act.pos + B <= act.n_host))
-        cols = torch.as_tensor(act.pos, device=self.device)[:, None] + self._arange
+        cols = act.pos_d[:, None] + self._arange   # no host-to-device copy: the step never waits for the host
         valid = None
         if full:
             j = act.perm.gather(1, cols)
@@ -154,6 +175,8 @@ class BatchedTrainer:
         for a in range(0, len(act), blk):
             b = min(a + blk, len(act))
             self._step_block(act, st, a, b, rows[a:b], yb[a:b], None if valid is None else valid[a:b])
+        act.pos_d += B
+        act.steps_d += 1
         act.pos += B
         act.steps += 1
 
@@ -187,7 +210,7 @@ class BatchedTrainer:
                 n_w = len(p.weights)
                 grads, _ = self._grads(MLPStack(moved[:n_w], moved[n_w:]), st, act.lam[a:b], xb, yb, valid)
         if grads is not None:
-            t = torch.as_tensor(act.steps[a:b] + 1, device=self.device)
+            t = act.steps_d[a:b] + 1
             optimizers.step_(p.tensors(), grads, [o[a:b] for o in act.opt_state], st.optimizer, lr, t)
         act.loss_sum[a:b] += err.square().sum(1)  # errors from before the update, as Keras logs them
 
@@ -201,55 +224,66 @@ class BatchedTrainer:
         scale = 2.0 / self.batch_size if valid is None else (2.0 / valid.sum(1).to(err.dtype))[:, None]
         return parameter_grads(p, acts, pres, err * scale), err
 
-    # -- epoch ends: check the stopping rule, reshuffle ----------------------------------------
-    def _epoch_end(self, act: ActiveModels, specs, rows: np.ndarray, finish):
-        """Returns (mask over active rows of the models that finished, epoch losses of `rows`)."""
-        r = torch.as_tensor(rows, dtype=torch.long, device=self.device)
-        loss = (act.loss_sum[r] / act.n[r]).cpu().numpy()
+    # -- epoch ends: the stopping rule and the reshuffle, on the device ---------------------------
+    def _epoch_end(self, act: ActiveModels, rows: np.ndarray) -> None:
+        """End the epoch of the models `rows` (known on the host from the mirrored counters), with no value read
+        back: the stopping rule runs on the device, and a model that finishes is frozen in place (learning rate
+        0) with its outcome in act.status / final_* until the host reads it (StatusPoll)."""
+        e = act.pos_d >= act.n   # the same rows, as a device mask
+        loss = act.loss_sum / act.n   # eq. 2 over the epoch: the mean squared error of the epoch's steps
+        act.epoch_d += e
+        act.pos_d.masked_fill_(e, 0)
+        act.loss_sum.masked_fill_(e, 0.0)
+        act.last_loss.copy_(torch.where(e, loss, act.last_loss))
+        code = torch.where(~torch.isfinite(loss), DIVERGED_CODE,   # non-finite weights give a non-finite loss
+                           torch.where(loss.double() < act.threshold, CONVERGED_CODE,
+                                       torch.where(act.epoch_d >= act.max_epochs, NOT_CONVERGED_CODE, RUNNING)))
+        new = e & (act.status == RUNNING) & (code != RUNNING)
+        act.status.copy_(torch.where(new, code, act.status))
+        act.final_loss.copy_(torch.where(new, loss, act.final_loss))
+        act.final_epoch.copy_(torch.where(new, act.epoch_d, act.final_epoch))
+        act.final_steps.copy_(torch.where(new, act.steps_d, act.final_steps))
+        act.lr.masked_fill_(new, 0.0)   # frozen: every later update is lr * (finite) = 0
         act.epoch[rows] += 1
         act.pos[rows] = 0
-        act.loss_sum[r] = 0.0
-        done = np.zeros(len(act), bool)
-        for k, row in enumerate(rows):
-            spec = specs[act.ids[row]]
-            if not np.isfinite(loss[k]):  # non-finite weights make the loss non-finite too
-                status = DIVERGED
-            elif loss[k] < spec.threshold:
-                status = CONVERGED
-            elif act.epoch[row] >= spec.max_epochs:
-                status = NOT_CONVERGED
-            else:
-                continue
-            done[row] = True
-            finish(act, row, status, float(loss[k]))
-        cont = rows[~done[rows]]
-        if len(cont):
-            self._reshuffle(act, cont)
-        return done, loss
+        self._reshuffle(act, rows[~act.reported[rows]], e)
 
-    _AHEAD_ELEMS = 1 << 21  # int64 entries of look-ahead shuffles kept (16 MB), at most 32 epochs per model
+    _AHEAD_ELEMS = 1 << 21  # int64 entries of look-ahead shuffles kept on a CPU (16 MB); 64x that on CUDA
 
-    def _reshuffle(self, act: ActiveModels, rows: np.ndarray) -> None:
-        """Set perm of `rows` to the shuffle of their current epoch, taken from the look-ahead."""
+    def _reshuffle(self, act: ActiveModels, rows: np.ndarray, e: torch.Tensor) -> None:
+        """Set perm of the rows in mask e to the shuffle of their current epoch, taken from the look-ahead, which
+        is refilled (for `rows` due for it, on the host's counters) k epochs at a time."""
         nmax = act.perm.shape[1]
         if act.ahead is None:
-            k = max(1, min(32, self._AHEAD_ELEMS // (len(act) * nmax)))
+            budget = self._AHEAD_ELEMS * (64 if self.device.type == "cuda" else 1)
+            k = max(1, min(32, budget // (len(act) * nmax)))
             act.ahead = torch.empty(len(act), k, nmax, dtype=torch.long, device=self.device)
             act.ahead_base = np.full(len(act), -(1 << 40), np.int64)
+            act.ahead_base_d = torch.full((len(act),), -(1 << 40), dtype=torch.long, device=self.device)
         k = act.ahead.shape[1]
-        ep = act.epoch[rows]
-        off = ep - act.ahead_base[rows]
-        need = (off < 0) | (off >= k)
-        if need.any():
-            r = rows[need]
-            rt = torch.as_tensor(r, dtype=torch.long, device=self.device)
-            eps = torch.as_tensor(ep[need], device=self.device)[:, None] + torch.arange(k, device=self.device)
-            act.ahead[rt] = rng.permutation_keys(act.n[rt][:, None].expand(-1, k), nmax,
-                                                 act.seed[rt][:, None, None], rng.STREAM_SHUFFLE, eps[..., None])
-            act.ahead_base[r] = ep[need]
-            off[need] = 0
-        c = torch.as_tensor(rows, dtype=torch.long, device=self.device)
-        act.perm[c] = act.ahead[c, torch.as_tensor(off, device=self.device)]
+        off = act.epoch[rows] - act.ahead_base[rows]
+        r = rows[(off < 0) | (off >= k)]
+        if len(r):
+            # only as wide as the widest refilled model: a row's keys past its n sort in index order, so the
+            # columns from w on hold w.. in any case
+            w = int(act.n_host[r].max())
+            rt = upload(r, torch.long, self.device)
+            base = upload(act.epoch[r], torch.long, self.device)
+            eps = base[:, None] + torch.arange(k, device=self.device)
+            act.ahead[rt, :, :w] = rng.permutation_keys(act.n[rt][:, None].expand(-1, k), w,
+                                                        act.seed[rt][:, None, None], rng.STREAM_SHUFFLE,
+                                                        eps[..., None])
+            if w < nmax:
+                act.ahead[rt, :, w:] = torch.arange(w, nmax, device=self.device)
+            act.ahead_base[r] = act.epoch[r]
+            act.ahead_base_d[rt] = base
+        off_d = (act.epoch_d - act.ahead_base_d).clamp_(0, k - 1)
+        act.perm.copy_(torch.where(e[:, None], act.ahead[self._rows(len(act)), off_d], act.perm))
+
+    def _rows(self, n: int) -> torch.Tensor:
+        if getattr(self, "_rows_cache", None) is None or self._rows_cache.numel() != n:
+            self._rows_cache = torch.arange(n, device=self.device)
+        return self._rows_cache
 
     # -- the loop ------------------------------------------------------------------------------
     def train(self, specs: list[TrainSpec], on_finish=None, progress=None) -> list[TrainResult]:
@@ -284,14 +318,8 @@ class BatchedTrainer:
         waiting = list(range(len(specs)))
         cap = self.max_batch or len(specs)
         act: ActiveModels | None = None
-        last_loss = {}
-        finished: list[TrainResult] = []
+        poll = StatusPoll(self.device, self.poll_every, self.poll_lag)
         n_done = 0
-
-        def finish(a: ActiveModels, row: int, status: str, loss: float):
-            finished.append(TrainResult(a.ids[row], status, int(a.epoch[row]), int(a.steps[row]), loss,
-                                        a.params.rows(row, row + 1).to("cpu", copy=True),
-                                        time.perf_counter() - float(a.start[row])))
 
         # The matmul precision is set for a run of steps and undone at each yield, where the caller measures
         # (in strict float32) and may change the flags itself; not per step, which cost about 10 us a step.
@@ -309,26 +337,37 @@ class BatchedTrainer:
                     self.admit_seconds += time.perf_counter() - t0
                 self._step(act, st)
                 ended = np.flatnonzero(act.pos >= act.n_host)
-                if not len(ended):
+                if len(ended):
+                    interrupt.check()   # a Ctrl-C whose exception was swallowed (interrupt.check says where)
+                    self._epoch_end(act, ended)
+                snap = poll.poll(act, bool(len(ended)))
+                if snap is None:
                     continue
-                interrupt.check()   # a Ctrl-C whose exception was swallowed (interrupt.check says where)
-                ids = [act.ids[row] for row in ended]
-                done, losses = self._epoch_end(act, specs, ended, finish)
-                last_loss.update(zip(ids, losses))
-                if done.any():
-                    act.keep(np.flatnonzero(~done))
+                finished = self._finished(act, snap)
+                live = ~act.reported
+                losses = snap[4][live]
+                losses = losses[np.isfinite(losses)]
+                info = dict(done=n_done + len(finished), total=len(specs), active=int(live.sum()),
+                            epoch=int(act.epoch[live].max()) if live.any() else 0,
+                            loss=float(losses.min()) if len(losses) else float("nan"))
+                if not live.all() and (not poll.deferred or waiting or 2 * int(live.sum()) <= len(act)):
+                    act.keep(np.flatnonzero(live))   # on a GPU in buckets: each compaction copies the batch
                 n_done += len(finished)
                 if finished:
                     flags.close()
                     flags_set = False
                     yield from finished
-                    finished.clear()
                 if progress is not None:
-                    alive = [last_loss.get(i, np.nan) for i in act.ids]
-                    progress(dict(done=n_done, total=len(specs),
-                                  active=len(act), epoch=int(act.epoch.max()) if len(act) else 0,
-                                  loss=float(np.nanmin(alive)) if len(alive) and not np.all(np.isnan(alive))
-                                  else float("nan")))
+                    progress(info)
+
+    def _finished(self, act: ActiveModels, snap: np.ndarray) -> list[TrainResult]:
+        """The models whose finish the snapshot shows for the first time, as TrainResults (marked reported)."""
+        rows = np.flatnonzero((snap[0] != RUNNING) & ~act.reported)
+        act.reported[rows] = True
+        now = time.perf_counter()
+        return [TrainResult(act.ids[r], STATUSES[int(snap[0, r])], int(snap[2, r]), int(snap[3, r]),
+                            float(snap[1, r]), act.params.rows(r, r + 1).to("cpu", copy=True),
+                            now - float(act.start[r])) for r in rows]
 
 
 def train_models(pool_x, specs: list[TrainSpec], *, widths=DEFAULT_WIDTHS, batch_size: int = DEFAULT_BATCH,
