@@ -2,6 +2,7 @@
 batched over the models that share architecture, training size and measure settings."""
 from __future__ import annotations
 
+import weakref
 from typing import NamedTuple
 
 import torch
@@ -52,6 +53,20 @@ def measure_models(items, device=None, chunk: int = 128) -> list[dict[str, float
     return out  # type: ignore[return-value]
 
 
+_ON_DEVICE: "weakref.WeakKeyDictionary[torch.Tensor, dict]" = weakref.WeakKeyDictionary()
+
+
+def _on(dev: torch.device, t: torch.Tensor) -> torch.Tensor:
+    """t on dev; a host tensor's device copy is kept while t lives, so that a task's pool, held-out set and
+    measure points go to a GPU once, not with every batch of models measured."""
+    if t.device == dev:
+        return t
+    copies = _ON_DEVICE.setdefault(t, {})
+    if dev not in copies:
+        copies[dev] = t.to(dev)
+    return copies[dev]
+
+
 def _by_size(xs: list[torch.Tensor]) -> dict[int, list[int]]:
     sizes: dict[int, list[int]] = {}
     for i, x in enumerate(xs):
@@ -64,8 +79,8 @@ def _measure_group(items: list[Trained], dev) -> list[dict[str, float]]:
     cfg = items[0].cfg
     recs: list[dict[str, float]] = [{} for _ in items]
     p = MLPStack.cat([it.params for it in items]).to(dev)
-    xtr = torch.stack([it.task.pool_x[it.train_idx] for it in items]).to(dev)
-    ytr = torch.stack([it.task.pool_y[it.train_idx] for it in items]).to(dev)
+    xtr = torch.stack([_on(dev, it.task.pool_x)[_on(dev, it.train_idx)] for it in items])   # gathered on dev
+    ytr = torch.stack([_on(dev, it.task.pool_y)[_on(dev, it.train_idx)] for it in items])
     for r, v in zip(recs, training.mse(p, xtr, ytr).tolist()):
         r["loss_train"] = v
     by_task: dict[int, list[int]] = {}
@@ -73,7 +88,7 @@ def _measure_group(items: list[Trained], dev) -> list[dict[str, float]]:
         by_task.setdefault(id(it.task), []).append(i)
     for rows in by_task.values():   # held-out sets differ in size between pairs
         t = items[rows[0]].task
-        losses = training.mse(p.select(rows), t.heldout_x.to(dev), t.heldout_y.to(dev)).tolist()
+        losses = training.mse(p.select(rows), _on(dev, t.heldout_x), _on(dev, t.heldout_y)).tolist()
         for i, v in zip(rows, losses):
             recs[i]["loss_test"] = v
     for r, it in zip(recs, items):
@@ -102,7 +117,7 @@ def _measure_group(items: list[Trained], dev) -> list[dict[str, float]]:
             rows = [ok[j] for j in rows]
             same = all(xs[i] is xs[rows[0]] for i in rows)
             x = xs[rows[0]] if same else torch.stack([xs[i] for i in rows])
-            vals = measures.measure_stack(p.select(rows), x.to(dev), which=which, **kw)
+            vals = measures.measure_stack(p.select(rows), _on(dev, x), which=which, **kw)
             for k, v in vals.items():
                 for i, f in zip(rows, v.tolist()):
                     recs[i][k + suffix] = f

@@ -79,7 +79,8 @@ class TrainSpec:
 
 @dataclass
 class TrainResult:
-    """The outcome of training one model; params is a stack of one model on the CPU."""
+    """The outcome of training one model; params is a stack of one model on the trainer's device (a copy of the
+    frozen row: nothing is copied to the host when a model finishes; store and modelfile move it when writing)."""
 
     index: int
     status: str
@@ -366,7 +367,7 @@ class BatchedTrainer:
         act.reported[rows] = True
         now = time.perf_counter()
         return [TrainResult(act.ids[r], STATUSES[int(snap[0, r])], int(snap[2, r]), int(snap[3, r]),
-                            float(snap[1, r]), act.params.rows(r, r + 1).to("cpu", copy=True),
+                            float(snap[1, r]), act.params.rows(r, r + 1).clone(),
                             now - float(act.start[r])) for r in rows]
 
 
