@@ -87,6 +87,11 @@ def test_chunks_share_a_batch_key_and_respect_the_size(grid_file):
         assert len({cfg.batch_key() for _, cfg in c.items}) == 1
     assert len(distributed.make_chunks(todo, 100)) == 2
     assert distributed.default_chunk_size(1080, 8) == 68
+    # The longest models first, in the first chunks: they start at once on separate slots.
+    big = grid.parse({"name": "b", "n_train": [64, 8192, 256, 2048], "seeds": [0, 1, 2]})
+    todo = [(grid.config_key(c), c) for c in big.configs()]
+    chunks = distributed.make_chunks(todo, 3)
+    assert [[cfg.n_train for _, cfg in c.items] for c in chunks] == [[8192] * 3, [2048] * 3, [256] * 3, [64] * 3]
     assert distributed.default_chunk_size(3, 8) == 1
     with pytest.raises(SmoothnessError, match="chunk-size"):
         distributed.make_chunks(todo, 0)
