@@ -133,6 +133,32 @@ def test_reproduce_again_trains_nothing_and_report_is_rebuilt(smoke, tmp_path):
     assert r.returncode == 0 and (tmp_path / "rep" / "report.html").exists()
 
 
+def test_several_stores_give_one_report_each_model_once(smoke, tmp_path):
+    """Table 1 from one store and Table 2 from another (here: the smoke store split in two, with overlap)."""
+    out, _ = smoke
+    src = out / Store.FILENAME
+    keys = [k for (k,) in sqlite3.connect(str(src)).execute("SELECT key FROM runs ORDER BY key")]
+    parts = []
+    for name, drop in (("a", keys[: len(keys) // 3]), ("b", keys[len(keys) // 2:])):   # the middle in both
+        d = tmp_path / name
+        d.mkdir()
+        shutil.copy(src, d / Store.FILENAME)
+        db = sqlite3.connect(str(d / Store.FILENAME))
+        db.executemany("DELETE FROM runs WHERE key = ?", [(k,) for k in drop])
+        db.commit()
+        db.close()
+        parts.append(d)
+    r = run_cli("report", *parts, "--out", tmp_path / "both")
+    assert r.returncode == 0, r.stderr
+    runs = pd.read_csv(tmp_path / "both" / "runs.csv")
+    assert sorted(runs["key"]) == keys
+    assert (tmp_path / "both" / "table1.md").read_text() == (out / "report" / "table1.md").read_text()
+    md = (tmp_path / "both" / "report.md").read_text()
+    assert f"{len(keys)} models in 2 stores" in md and "held by more than one store are counted once" in md
+    r = run_cli("report", parts[0], tmp_path / "nowhere", "--out", tmp_path / "x")
+    assert r.returncode != 0 and "Traceback" not in r.stderr and "nowhere" in r.stderr
+
+
 def _chromium():
     for b in ("chromium", "chromium-browser", "google-chrome"):
         if shutil.which(b):

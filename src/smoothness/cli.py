@@ -112,9 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="analyse a results store and write the report (tables, figures, HTML)",
                          description="Compute Table 1 (Kendall's tau) and Table 2 (explicit regularization) from "
                          "the converged models of a results store and write DIR/report/: table1.md, table2.md, "
-                         "CSVs, figure2.png, measures_vs_n.png, test_loss_vs_n.png, report.md, report.html.")
-    rep.add_argument("results", help="experiment directory (holding results.sqlite) or the .sqlite file")
-    rep.add_argument("--out", default=None, help="report folder (default: report/ beside the store)")
+                         "CSVs, figure2.png, measures_vs_n.png, test_loss_vs_n.png, report.md, report.html. "
+                         "Several stores give one report over all their models (for example Table 1 from one "
+                         "grid and Table 2 from another), each model counted once.")
+    rep.add_argument("results", nargs="+", help="experiment directory (holding results.sqlite) or the .sqlite "
+                     "file; several for one combined report")
+    rep.add_argument("--out", default=None, help="report folder (default: report/ beside the (first) store)")
 
     rp = sub.add_parser("reproduce", help="run a preset grid and write its report (run + report)",
                         description="Train a preset grid into DIR (resuming what is stored) and write DIR/report/.")
@@ -320,7 +323,8 @@ def cmd_run(a) -> int:
 def cmd_report(a) -> int:
     """`smoothness report`: write the report of a store."""
     from . import report  # pandas, SciPy and matplotlib load only when a report is made
-    written = report.write_report(a.results, a.out)
+    results = a.results if isinstance(a.results, list) else [a.results]   # reproduce passes one directory
+    written = report.write_report(results[0] if len(results) == 1 else results, a.out)
     for name in ("table1.md", "table2.md"):
         if name in written:
             print(written[name].read_text())

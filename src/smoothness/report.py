@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import math
 import time
@@ -162,8 +163,20 @@ th{background:#eee}td:first-child{font-weight:600}img{max-width:100%;border:1px 
 .note{font-size:.85em;color:#555;max-width:900px}code{background:#f4f4f4;padding:0 .2em}"""
 
 
+def _combined(frames: list[pd.DataFrame]) -> tuple[pd.DataFrame, int]:
+    """The stores' frames as one, each model (key) once, the first store's row kept; and how many were dropped."""
+    frames = [f for f in frames if len(f)]
+    if len(frames) <= 1:
+        return (frames[0] if frames else pd.DataFrame()), 0
+    df = pd.concat(frames, ignore_index=True)
+    keep = ~df["key"].duplicated()
+    return df[keep].reset_index(drop=True), int((~keep).sum())
+
+
 def write_report(source, out_dir=None) -> dict:
-    """Analyse a results store (a directory or .sqlite file) and write the report; returns what was written.
+    """Analyse a results store (a directory or .sqlite file), or several as one (a list: Table 1 from one grid and
+    Table 2 from another, say), and write the report; returns what was written. With several stores the
+    report goes to out_dir, or beside the first store.
 
     Files: verdict.md/csv, table1.md/csv, table1_taus.csv, measures_by_n.md/csv, table2.md/csv,
     table2_ratios.csv, status_counts.csv, runs.csv, figure2.png, measures_vs_n.png, test_loss_vs_n.png,
@@ -172,18 +185,34 @@ def write_report(source, out_dir=None) -> dict:
     optimizers.md/csv (flatness.py); for 1-D tasks optimality.md/csv,
     optimality_edges.csv and interpolants.png. compute_content and render are the two halves.
     """
-    with Store(source, create=False) as st:   # read-only: a store nobody may write can be reported on
-        df = st.frame()
-        grid = st.meta("grid", {}) or {}
-        merged = st.meta("merged", []) or []
-        versions = st.meta("versions", {}) or {}
-        path, skipped = st.path, st.skipped
-        c = compute_content(df, grid, merged, versions, path, skipped)
+    sources = [source] if isinstance(source, (str, Path)) else list(source)
+    if not sources:
+        raise StoreError("no results store to report on")
+    frames, grids, paths, skipped, stores = [], [], [], [], []
+    with contextlib.ExitStack() as stack:
+        for src in sources:   # read-only: a store nobody may write can be reported on
+            st = stack.enter_context(Store(src, create=False))
+            stores.append(st)
+            frames.append(st.frame())
+            grids += [g for g in [st.meta("grid", {}) or {}, *(st.meta("merged", []) or [])] if g]
+            paths.append(st.path)
+            skipped += st.skipped
+        versions = stores[0].meta("versions", {}) or {}
+        df, dropped = _combined(frames)
+        path = paths[0]
+        c = compute_content(df, grids[0] if grids else {}, grids[1:], versions, path, skipped)
+        if len(paths) > 1:   # several stores: one report over their models (a key held twice counts once)
+            c.intro = c.intro.replace(f"models in {path}.", f"models in {len(paths)} stores: "
+                                      + ", ".join(str(p) for p in paths) + "."
+                                      + (f" {dropped} model(s) held by more than one store are counted once."
+                                         if dropped else ""), 1)
         for k in c.examples["key"] if len(c.examples) else []:   # the 1-D models drawn (a store may hold no weights)
-            try:
-                c.example_params[k] = st.params(k)
-            except StoreError:
-                pass
+            for st in stores:
+                try:
+                    c.example_params[k] = st.params(k)
+                    break
+                except StoreError:
+                    pass
     out = Path(out_dir) if out_dir else path.parent / "report"
     hint = "" if out_dir else "; write it elsewhere with --out DIR"
     if out.exists() and not out.is_dir():
