@@ -258,7 +258,7 @@ def cmd_measure(a) -> int:
         models.append((rec["params"], cfg))
         out = {k: meta[k] for k in ("data", "pair", "n_train", "seed", "status", "epochs", "steps") if k in meta}
         heads.append({**out, "data": cfg.data, "pair": list(cfg.pair)})
-    tasks = pipeline.binary_tasks([c for _, c in models], a.data_dir)
+    tasks = pipeline.load_tasks([c for _, c in models], a.data_dir)
     items = [(p, tasks[c.data, c.pair], tasks[c.data, c.pair].subset(c.n_train, c.seed), c) for p, c in models]
     # all models at once, batched over those that share architecture, size and measure settings
     for out, vals in zip(heads, pipeline.measure_models(items, device)):

@@ -30,7 +30,7 @@ def emit_record(rec: dict, as_json: bool) -> None:
     if as_json:
         print(json.dumps({k: _json_value(v) for k, v in shown.items()}), flush=True)
         return
-    pair = "" if linetasks.is_line(rec["data"]) else f" pair {rec['pair'][0]} {rec['pair'][1]}"
+    pair = linetasks.pair_label(rec["data"], rec["pair"], " pair {a} {b}")
     head = f"{rec['data']}{pair}, n_train {rec['n_train']}, seed {rec['seed']}: {rec['status']}"
     if "epochs" in rec:
         took = [f"{rec['steps']} steps" if "steps" in rec else None,   # measure: no training time
@@ -66,7 +66,7 @@ def print_table(records: list[dict]) -> None:
     heads = [h for _, h in cols]
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(heads)]
     r0 = records[0]
-    print(f"{r0['data']} pair {r0['pair'][0]} {r0['pair'][1]}, {len(records)} models"
+    print(f"{r0['data']}{linetasks.pair_label(r0['data'], r0['pair'], ' pair {a} {b}')}, {len(records)} models"
           + (f", regularizer {reg}" if reg != "none" else "")
           + (f", optimizer {r0['optimizer']}" if r0.get("optimizer", "sgd") != "sgd" else ""))
     print("  ".join(h.rjust(w) for h, w in zip(heads, widths)))

@@ -101,7 +101,7 @@ def _measure_group(items: list[Trained], dev) -> list[dict[str, float]]:
         r.update(vals)
     for rows in by_task.values():   # 1-D tasks: the exact measures and S_min of each training set (linetasks.py)
         t = items[rows[0]].task
-        if isinstance(t, linetasks.LineTask):
+        if linetasks.is_line(items[rows[0]].cfg.data):
             for i, ex in zip(rows, linetasks.exact_of(p.select(rows), t, [items[i].train_idx for i in rows])):
                 recs[i].update(ex, **linetasks.smallest_of(t, items[i].train_idx))
     kw = dict(segments=cfg.segments, points=cfg.points, seed=cfg.measure_seed)

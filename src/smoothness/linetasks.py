@@ -82,6 +82,11 @@ def is_line(source: str) -> bool:
     return isinstance(source, str) and source.startswith(PREFIX)
 
 
+def pair_label(source: str, pair, fmt: str = " {a}/{b}") -> str:
+    """The pair of a record as fmt shows it, or "" for a 1-D task (which has no pair)."""
+    return "" if is_line(source) else fmt.format(a=pair[0], b=pair[1])
+
+
 def parse(source: str) -> LineSpec:
     """The LineSpec of a spec string; a DataError names what is wrong."""
     if not is_line(source):

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from . import data as datasets
-from . import training
+from . import linetasks, training
 from .devices import check_matmul_precision, measure_batch_size, resolve_device  # noqa: F401
 from .evaluate import Trained, measure_model, measure_models, parameter_measures  # noqa: F401
 from .modelfile import SAVE_FORMAT, check_save_path, load_models, save_models  # noqa: F401
@@ -49,8 +49,8 @@ class _Trained:
     at: float
 
 
-def binary_tasks(configs: list[RunConfig], data_dir=None) -> dict[tuple, datasets.BinaryTask]:
-    """The task of every (data, pair) among configs (MNIST-binary or 1-D), loaded once each."""
+def load_tasks(configs: list[RunConfig], data_dir=None) -> dict[tuple, datasets.BinaryTask | linetasks.LineTask]:
+    """The task of every (data, pair) among configs (an MNIST-binary pair or a 1-D task), loaded once each."""
     tasks: dict[tuple, datasets.BinaryTask] = {}
     for c in configs:
         if (c.data, c.pair) not in tasks:
@@ -76,7 +76,7 @@ def iter_measure_trained(items, *, device=None, data_dir=None, measure_batch: in
     (j, full record) for item j, in batches of measure_batch."""
     dev = resolve_device(device)
     k = measure_batch_size(measure_batch, dev)
-    tasks = binary_tasks([c for c, _, _ in items], data_dir)
+    tasks = load_tasks([c for c, _, _ in items], data_dir)
     queue = []
     for j, (c, rec, params) in enumerate(items):
         task = tasks[(c.data, c.pair)]
@@ -103,7 +103,7 @@ def iter_train_and_measure(configs: list[RunConfig], *, device=None, data_dir=No
     groups: dict[tuple, list[int]] = {}
     for i, c in enumerate(configs):
         groups.setdefault(c.batch_key(), []).append(i)
-    tasks = binary_tasks(configs, data_dir)
+    tasks = load_tasks(configs, data_dir)
     queue: list[_Trained] = []
     for key, members in groups.items():
         # One input pool for the group: the pools of all pairs, concatenated.
