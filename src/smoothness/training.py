@@ -107,6 +107,7 @@ class BatchedTrainer:
         self.max_batch = max_batch
         self.block_models = block_models  # models per block of a step (default: see _block_size)
         self._arange = torch.arange(self.batch_size, device=self.device)
+        self._rows_cache = torch.arange(0, device=self.device)
         self.poll_every = poll_every   # steps between status reads on CUDA (trainstate.StatusPoll)
         self.poll_lag = None           # tests: a CPU polls like CUDA, each reading `poll_lag` polls late
 
@@ -282,7 +283,8 @@ class BatchedTrainer:
         act.perm.copy_(torch.where(e[:, None], act.ahead[self._rows(len(act)), off_d], act.perm))
 
     def _rows(self, n: int) -> torch.Tensor:
-        if getattr(self, "_rows_cache", None) is None or self._rows_cache.numel() != n:
+        """arange(n) on the device, made again only when the batch's size changes."""
+        if self._rows_cache.numel() != n:
             self._rows_cache = torch.arange(n, device=self.device)
         return self._rows_cache
 
