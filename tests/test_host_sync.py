@@ -1,9 +1,9 @@
-"""The trainer's step and epoch end never wait for the device (issue 15, part 1).
+"""The trainer's step, epoch end and admission of new models never wait for the device (issue 15, part 1).
 
 On a GPU a value read back (.item(), .cpu(), bool(t), a boolean-mask index, nonzero) or a host-to-device copy
 from pageable memory (torch.tensor(..., device=...)) makes the host wait until every queued step has run. On a
 CPU there is no such wait to observe, so the test runs the same code with those calls patched to raise inside
-BatchedTrainer._step and _epoch_end; the only host-to-device path they may use is trainstate.upload (pinned,
+BatchedTrainer._step, _epoch_end and _admit; the only host-to-device path they may use is trainstate.upload (pinned,
 non-blocking on CUDA). Where CUDA is present, the same run is checked with torch.cuda.set_sync_debug_mode.
 """
 import contextlib
@@ -77,8 +77,8 @@ def _allowed(fn):
 
 
 def _watch(monkeypatch, guard):
-    """Run BatchedTrainer._step and _epoch_end inside `guard`, trainstate.upload allowed; count the calls."""
-    calls = {"_step": 0, "_epoch_end": 0}
+    """Run BatchedTrainer._step, _epoch_end and _admit inside `guard`, trainstate.upload allowed; count the calls."""
+    calls = {"_step": 0, "_epoch_end": 0, "_admit": 0}
     for name in calls:
         orig = getattr(training.BatchedTrainer, name)
 
@@ -122,7 +122,7 @@ def test_no_value_is_read_back_or_uploaded_from_pageable_memory_in_a_step_or_an_
     calls = _watch(monkeypatch, no_host_transfers)
     monkeypatch.setattr(training.BatchedTrainer, "_AHEAD_ELEMS", 100)   # refill the look-ahead often
     got = training.BatchedTrainer(_pool(), widths=(12, 8, 1), batch_size=16, max_batch=4).train(specs)
-    assert calls["_step"] > 50 and calls["_epoch_end"] > 20
+    assert calls["_step"] > 50 and calls["_epoch_end"] > 20 and calls["_admit"] >= 2   # admitted as others finish
     assert "not_converged" in {r.status for r in got}
     assert optimizer != "sgd" or "diverged" in {r.status for r in got}
     for a, b in zip(ref, got):

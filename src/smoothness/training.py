@@ -125,12 +125,10 @@ class BatchedTrainer:
                 out[r, : t.numel()] = t
             return upload(out, dtype, dev)
 
-        seeds = torch.tensor([s.seed for s in new], dtype=torch.int64)
-        params = init_mlp(seeds, self.widths, torch.tensor([s.alpha for s in new], dtype=torch.float64),
-                          device=dev)
+        seeds = upload([s.seed for s in new], torch.int64, dev)
+        params = init_mlp(seeds, self.widths, upload([s.alpha for s in new], torch.float64, dev), device=dev)
         n_host = np.array([s.indices.numel() for s in new], np.int64)
         n = upload(n_host, torch.int64, dev)
-        seeds = upload(seeds, torch.int64, dev)
         zeros = np.zeros(len(new), np.int64)
 
         def per_model(values, dtype):
