@@ -93,7 +93,8 @@ class GridProgress:
         el = time.perf_counter() - self.t0
         eta = el / self.done * (self.total - self.done)
         lam = f" {rec['regularizer']} lam={rec['lam']:g}" if rec["regularizer"] != "none" else ""
-        print(f"[{self.done}/{self.total}] {rec['data']}{linetasks.pair_label(rec['data'], rec['pair'])} N={rec['n_train']} "
+        pair = linetasks.pair_label(rec["data"], rec["pair"])
+        print(f"[{self.done}/{self.total}] {rec['data']}{pair} N={rec['n_train']} "
               f"seed={rec['seed']}{lam}: {rec['status']} after {rec['epochs']} epochs; {self.label} {self.running}; "
               f"elapsed {_hms(el)}, ETA {_hms(eta)}", file=self.stream, flush=True)
 
