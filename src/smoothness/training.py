@@ -107,7 +107,6 @@ class BatchedTrainer:
         self.max_batch = max_batch
         self.block_models = block_models  # models per block of a step (default: see _block_size)
         self._arange = torch.arange(self.batch_size, device=self.device)
-        self._rows_cache = torch.arange(0, device=self.device)
         self.poll_every = poll_every   # steps between status reads on CUDA (trainstate.StatusPoll)
         self.poll_lag = None           # tests: a CPU polls like CUDA, each reading `poll_lag` polls late
 
@@ -278,21 +277,17 @@ class BatchedTrainer:
             act.ahead_base[r] = act.epoch[r]
             act.ahead_base_d[rt] = base
         off_d = (act.epoch_d - act.ahead_base_d).clamp_(0, k - 1)
-        act.perm.copy_(torch.where(e[:, None], act.ahead[self._rows(len(act)), off_d], act.perm))
-
-    def _rows(self, n: int) -> torch.Tensor:
-        """arange(n) on the device, made again only when the batch's size changes."""
-        if self._rows_cache.numel() != n:
-            self._rows_cache = torch.arange(n, device=self.device)
-        return self._rows_cache
+        this_epoch = act.ahead[torch.arange(len(act), device=self.device), off_d]
+        act.perm.copy_(torch.where(e[:, None], this_epoch, act.perm))
 
     # -- the loop ------------------------------------------------------------------------------
     def train(self, specs: list[TrainSpec], on_finish=None, progress=None) -> list[TrainResult]:
         """Train every spec; on_finish(result) is called the moment each model finishes.
 
-        progress, if given, is called as progress(info) after steps that end some epoch, with a
-        dict of: done, total, active, epoch (largest epoch among active models), loss (smallest
-        last epoch loss among them).
+        progress, if given, is called as progress(info) at each reading of the statuses (on a CPU after
+        every step that ends some epoch; on CUDA about every poll_every steps), with a dict of: done,
+        total, active, epoch (largest epoch among active models), loss (smallest last epoch loss among
+        them).
         """
         results: list[TrainResult | None] = [None] * len(specs)
         for res in self.iter_train(specs, progress):
@@ -346,11 +341,8 @@ class BatchedTrainer:
                     continue
                 finished = self._finished(act, snap)
                 live = ~act.reported
-                losses = snap[4][live]
-                losses = losses[np.isfinite(losses)]
-                info = dict(done=n_done + len(finished), total=len(specs), active=int(live.sum()),
-                            epoch=int(act.epoch[live].max()) if live.any() else 0,
-                            loss=float(losses.min()) if len(losses) else float("nan"))
+                info = None if progress is None else self._progress(act, snap, live, n_done + len(finished),
+                                                                    len(specs))
                 if not live.all() and (not poll.deferred or waiting or 2 * int(live.sum()) <= len(act)):
                     act.keep(np.flatnonzero(live))   # on a GPU in buckets: each compaction copies the batch
                 n_done += len(finished)
@@ -358,8 +350,17 @@ class BatchedTrainer:
                     flags.close()
                     flags_set = False
                     yield from finished
-                if progress is not None:
+                if info is not None:
                     progress(info)
+
+    @staticmethod
+    def _progress(act: ActiveModels, snap: np.ndarray, live: np.ndarray, done: int, total: int) -> dict:
+        """The progress callback's info (see train), from a status snapshot taken before compaction."""
+        losses = snap[4][live]
+        losses = losses[np.isfinite(losses)]
+        return dict(done=done, total=total, active=int(live.sum()),
+                    epoch=int(act.epoch[live].max()) if live.any() else 0,
+                    loss=float(losses.min()) if len(losses) else float("nan"))
 
     def _finished(self, act: ActiveModels, snap: np.ndarray) -> list[TrainResult]:
         """The models whose finish the snapshot shows for the first time, as TrainResults (marked reported)."""

@@ -167,7 +167,7 @@ class StatusPoll:
 
     def _copy(self, snap: torch.Tensor):
         if not self.cuda:
-            return snap.numpy().copy(), self.lag
+            return snap.numpy(), self.lag   # snapshot() is a new tensor: nothing writes it later
         buf = torch.empty(snap.shape, dtype=snap.dtype, pin_memory=True)
         buf.copy_(snap, non_blocking=True)
         event = torch.cuda.Event()
