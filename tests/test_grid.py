@@ -177,6 +177,15 @@ def test_grid_file_errors_are_one_line(tmp_path):
     assert r.returncode == 2 and "unknown key 'seed'" in r.stderr and "did you mean 'seeds'" in r.stderr
 
 
+def test_a_folder_named_like_a_preset_does_not_hide_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "smoke").mkdir()            # e.g. an output folder of an earlier run
+    (tmp_path / "mine").mkdir()
+    assert grid.resolve("smoke").name == "smoke"
+    with pytest.raises(ConfigError, match="mine is a folder, not a grid YAML file or a preset name"):
+        grid.resolve("mine")
+
+
 def test_seeds_names_and_numbers_at_the_edges_of_the_rules():
     g = parse(seeds=[0, 2**32 - 1], measure={"seed": 2**32 - 1}, name="paper-table1_v2.0+x")
     assert g.all_seeds() == [0, 2**32 - 1] and g.name == "paper-table1_v2.0+x"

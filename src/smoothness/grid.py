@@ -260,9 +260,12 @@ def _yaml_load(text: str):
 
 
 def resolve(name) -> Grid:
-    """A grid YAML file if `name` is one (or ends in .yaml/.yml), otherwise the preset of that name."""
+    """A grid YAML file if `name` is one (or ends in .yaml/.yml), otherwise the preset of that name. A folder
+    is never a grid: one named like a preset (a run's output folder, say) does not hide the preset."""
     p = Path(name)
-    if p.exists() or p.suffix in (".yaml", ".yml"):
+    if p.is_dir() and str(name) not in PRESETS:
+        raise ConfigError(f"{name} is a folder, not a grid YAML file or a preset name")
+    if not p.is_dir() and (p.exists() or p.suffix in (".yaml", ".yml")):
         return load(p)
     try:
         return preset(str(name))
