@@ -113,10 +113,10 @@ def verdict_tables(v: pd.DataFrame) -> list[Table]:
     out = []
     for data, g in v.groupby("data", sort=False):
         rows = [[r.measure,
-                 f"{_pm(r.tau, r.tau_std)} / {fmt(r.paper_tau)}" + (f" ({r.tau_datasets} datasets, N ≤ {r.n_max})"
+                 f"{_pm(r.tau, r.tau_std)} / {fmt(r.paper_tau)}" + (f" ({V.counted(r.tau_datasets, 'dataset')}, N ≤ {r.n_max})"
                                                                    if r.tau_datasets else ""),
                  f"{_pm(r.r_norm, r.r_norm_std)} / {fmt(r.paper_r_norm)}" + (
-                     f" ({r.r_datasets} pairs, λ {fmt(r.lam)}, N {r.n_train_reg})" if r.r_datasets else ""),
+                     f" ({V.counted(r.r_datasets, 'pair')}, λ {fmt(r.lam)}, N {r.n_train_reg})" if r.r_datasets else ""),
                  r.reading, r.paper_reading, r.why] for r in g.itertuples()]
         note = (f"Reading (module smoothness.verdict): SGD does not optimize a measure if "
                 f"τ ≤ {V.TAU_NOT_MONOTONE:g} "

@@ -45,13 +45,18 @@ def read_tau(tau, datasets: int, sizes: int) -> tuple[str | None, str]:
     return "partly", "partly monotone in N"
 
 
+def counted(n: int, noun: str) -> str:
+    """'1 pair', '2 pairs': a count with its noun in the right number."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def read_r(r, datasets: int, lam, ladder_short: bool, unreg=None, lower=0.0) -> tuple[str | None, str]:
     """(reducible / not / partly / None when the data cannot tell, the reason or the reading in words).
     unreg, lower: mu_unreg and l_S of eq. 16; r_norm means nothing when mu_unreg hardly exceeds l_S."""
     if not _ok(lam):
         return None, "no λ > 0 reached the loss threshold (start the ladder lower)"
     if not _ok(r) or datasets < MIN_DATASETS:
-        return None, f"too little data for r_norm ({datasets} pairs; need {MIN_DATASETS})"
+        return None, f"too little data for r_norm ({counted(datasets, 'pair')}; need {MIN_DATASETS})"
     if _ok(unreg) and _ok(lower) and lower > 0 and (unreg - lower) < MIN_GAP * abs(unreg):
         return None, (f"the unregularized mean {unreg:.3g} lies within {MIN_GAP:.0%} of the lower bound {lower:g}: "
                       "r_norm divides by a near-zero difference")
