@@ -1,5 +1,5 @@
-"""The docs build strictly with MkDocs (a broken link or a page left out of the navigation fails), and the
-module table of docs/index.md lists exactly the package's modules."""
+"""The docs build strictly with MkDocs (a broken link or a page left out of the navigation fails), the
+module table of docs/index.md lists exactly the package's modules, and each result grid file matches its store."""
 import re
 import shutil
 import subprocess
@@ -42,3 +42,25 @@ def test_the_module_table_matches_the_package():
         listed |= set(re.findall(r"`([a-z_]+)\.py`", row))
     modules = {p.stem for p in (ROOT / "src" / "smoothness").glob("*.py") if not p.stem.startswith("__")}
     assert listed == modules
+
+
+def test_each_result_grid_file_is_the_design_of_its_store(tmp_path):
+    """docs/results/X.yaml rebuilds the grid recorded in X.sqlite (all but the description), so `smoothness run`
+    on it reproduces or resumes that store even after the preset of the same name has changed."""
+    import json
+    import sqlite3
+
+    from smoothness import grid
+    pairs = [(y, y.with_suffix(".sqlite")) for y in sorted((ROOT / "docs" / "results").glob("*.yaml"))]
+    pairs = [(y, db) for y, db in pairs if db.exists()]
+    assert len(pairs) >= 2
+    for y, db in pairs:
+        copy = tmp_path / db.name
+        shutil.copy(db, copy)
+        with sqlite3.connect(copy) as c:
+            stored = json.loads(c.execute("select value from meta where name = 'grid'").fetchone()[0])
+        # read through today's parser, which fills in the fields added since (None in an entry means unset)
+        stored["regularizers"] = [{k: v for k, v in e.items() if v is not None} for e in stored["regularizers"]]
+        then, now = grid.parse(stored, name=stored["name"]).to_dict(), grid.load(y).to_dict()
+        assert {k: v for k, v in now.items() if k != "description"} == \
+            {k: v for k, v in then.items() if k != "description"}, y.name
