@@ -153,3 +153,52 @@ def test_no_learning_rate_sweep_when_each_optimizer_has_its_own_single_rate():
     assert A.by_lr(df).empty
     t1 = A.table1(df)
     assert t1["setting"].str.contains(", adam,").sum() == 4 and len(t1) == 8   # one Table 1 per optimizer
+
+
+def test_table2_at_fixed_lambdas_and_means_over_the_same_pairs_as_the_ratios():
+    # GN at lambda 1e-3 (fixed, converging on 2 of 3 pairs) and 3e-3 (the ladder's edge: 2 of 3 converge too).
+    rows = []
+    for k, pair in enumerate(["3/8", "4/9", "2/3"]):
+        rows.append(row(pair, 0, 256, gradient_norm=2.0 + k))
+        rows.append(row(pair, 0, 256, reg="gradient_norm", lam=1e-3, gradient_norm=1.0,
+                        status="not_converged" if k == 2 else "converged"))
+        rows.append(row(pair, 0, 256, reg="gradient_norm", lam=3e-3, gradient_norm=0.5,
+                        status="not_converged" if k == 0 else "converged"))
+    df = pd.DataFrame(rows)
+    edge = A.table2(df).set_index("measure").loc["GN"]
+    assert edge["lam"] == 3e-3 and edge["rule"] == "edge" and edge["datasets"] == 2
+    assert edge["unreg_mean"] == pytest.approx((3.0 + 4.0) / 2)     # the pairs of the ratios (4/9, 2/3), not all three
+    assert edge["r_norm_mean"] == pytest.approx((0.5 / 3 + 0.5 / 4) / 2)
+    fixed = A.table2(df, lambdas={"gradient_norm": 1e-3, "weights_product": 3e-5}).set_index("measure").loc["GN"]
+    assert fixed["lam"] == 1e-3 and fixed["rule"] == "fixed"
+    assert (fixed["converged_at_lam"], fixed["models_at_lam"], fixed["datasets"]) == (2, 3, 2)
+    assert fixed["unreg_mean"] == pytest.approx((2.0 + 3.0) / 2) and fixed["reg_mean"] == pytest.approx(1.0)
+    assert fixed["r_norm_mean"] == pytest.approx((1 / 2 + 1 / 3) / 2)
+    # a regularizer the store did not train at its fixed lambda has no row
+    assert len(A.table2(df, lambdas={"weights_product": 3e-5})) == 0
+
+
+def test_a_baseline_serves_regularizers_with_other_epoch_caps():
+    # One lambda = 0 model (cap 25,000) is the baseline of GN trained with cap 15,000, as long as it converged within
+    # 15,000 epochs; one that needed more counts as not converged there.
+    rows = [row("3/8", 0, 256, max_epochs=25000, epochs=9000, gradient_norm=2.0),
+            row("4/9", 0, 256, max_epochs=25000, epochs=20000, gradient_norm=3.0)]
+    for pair in ("3/8", "4/9"):
+        rows.append(row(pair, 0, 256, max_epochs=15000, epochs=100, reg="gradient_norm", lam=1e-3, gradient_norm=1.0))
+    t = A.table2(pd.DataFrame(rows)).set_index("measure").loc["GN"]
+    assert t["datasets"] == 1 and t["r_norm_mean"] == pytest.approx(0.5) and t["max_epochs"] == 15000
+    assert "0: 1/2" in t["converged_by_lambda"]
+
+
+def test_r_norm_by_n_at_fixed_lambda():
+    rows = []
+    for n, r in ((512, 0.9), (2048, 0.7), (10000, 0.4)):
+        for k, pair in enumerate(["5/9", "7/9"]):
+            rows.append(row(pair, 0, n, gradient_norm=1.0 + k))
+            rows.append(row(pair, 0, n, reg="gradient_norm", lam=1e-3, gradient_norm=r * (1.0 + k)))
+    df = pd.DataFrame(rows)
+    rbn = A.r_norm_by_n(A.table2_ratios(df, {"gradient_norm": 1e-3}))
+    assert list(rbn["n_train"]) == [512, 2048, 10000]
+    assert list(rbn["r_norm_mean"]) == pytest.approx([0.9, 0.7, 0.4])
+    assert list(rbn["datasets"]) == [2, 2, 2]
+    assert not len(A.r_norm_by_n(A.table2_ratios(df[df["n_train"] == 512], {"gradient_norm": 1e-3})))

@@ -1,4 +1,5 @@
 """Grid configs: YAML parsing, validation errors that name the key, expansion, presets."""
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -291,7 +292,32 @@ def test_fields_added_after_the_first_release_are_one_table_that_keeps_old_keys(
     c = RunConfig()
     for k in ADDED_FIELDS:   # at its default the field is not in the key; set, it is
         other = {"sharpness_iters": 5, "trace_probes": 3, "optimizer": "adam", "matmul_precision": "tf32-emulated",
-                 "rho": 0.1}[k]
-        changed = {k: other, "optimizer": "sam"} if k == "rho" else {k: other}
+                 "rho": 0.1, "penalty_points": 100, "train_seed": 7}[k]
+        changed = ({k: other, "optimizer": "sam"} if k == "rho" else
+                   {k: other, "regularizer": "function_path_length", "lam": 1e-4} if k == "penalty_points" else
+                   {k: other})
         assert config_key(replace(c, **changed)) != config_key(replace(c, **{**changed, k: defaults[k]})), k
     assert grid.config_key is config_key
+
+
+def test_the_keys_of_every_committed_store_are_rebuilt_from_their_records():
+    # A stored model's key is the hash of its configuration (runconfig.config_key); a field added to RunConfig must
+    # leave every earlier key as it was, or resuming a grid would train its models again. Every committed store.
+    import sqlite3
+    from dataclasses import fields as dc_fields
+    from pathlib import Path
+
+    from smoothness.runconfig import RunConfig, config_key
+    names = {f.name for f in dc_fields(RunConfig)}
+    stores = sorted((Path(__file__).parent.parent / "docs").rglob("*.sqlite"))
+    assert stores
+    checked = 0
+    for path in stores:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        for key, text in db.execute("SELECT key, record FROM runs"):
+            rec = json.loads(text)
+            c = RunConfig(**{k: v for k, v in rec.items() if k in names})
+            assert config_key(c) == key, (path.name, key)
+            checked += 1
+        db.close()
+    assert checked > 100

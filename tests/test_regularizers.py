@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from smoothness import data, measures, models, regularizers, training
+from smoothness import data, measures, models, regularizers, rng, training
 from smoothness.models import MLPStack, init_mlp
 
 KINDS = [k for k in regularizers.REGULARIZERS if k != "none"]
@@ -124,3 +124,64 @@ def test_minibatch_gradient_norm_regularizer_reaches_the_threshold_with_smaller_
     x, y = task.pool_x[rows], task.pool_y[rows]
     mgn = [float(curvature.minibatch_gradient_norm(r.params, x, y)[0]) for r in (plain, reg)]
     assert mgn[1] < 0.3 * mgn[0]
+
+
+@pytest.mark.parametrize("kind", regularizers.TWO_LAYER)
+@pytest.mark.parametrize("points", [2, 10, 23])
+def test_two_layer_closed_form_gives_the_autograd_gradient(kind, points):
+    # The closed form (pre-activations along segments, GPL by its Gram matrix and a hand-written backward) against
+    # autograd through the generic objective, which evaluates f and grad f at the segment points themselves.
+    p = init_mlp([3, 4], (3, 6, 1), alpha=1.0, dtype=torch.float64)
+    with torch.no_grad():
+        for b in p.biases:
+            b.uniform_(-0.3, 0.3, generator=torch.Generator().manual_seed(1))
+    xb, yb, valid = tiny_batch()
+    lam = torch.tensor([0.3, 0.7], dtype=torch.float64)
+    q = p.as_leaves()
+    obj, err = regularizers.regularized_loss(q, kind, lam, xb, yb, valid, points)
+    expected = torch.autograd.grad(obj.sum(), q.tensors())
+    got, err2 = regularizers.regularized_grads(p, kind, lam, xb, yb, valid, points)
+    assert torch.equal(err.detach(), err2)
+    for a, b in zip(got, expected):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-12), float((a - b).abs().max())
+    assert any(float(g.abs().max()) > 0 for g in got)
+
+
+@pytest.mark.parametrize("kind", regularizers.TWO_LAYER)
+def test_fused_sgd_step_with_a_penalty_matches_plain_autograd_sgd(kind):
+    # The trainer folds lam * S's gradient into its fused SGD update; 25 full-batch steps (N = batch = 64) of a
+    # 784-32-1 net equal SGD written out with autograd on the generic objective.
+    from smoothness.models import forward
+    task = data.binary_task("mnist5k", 3, 8)
+    rows = task.subset(64, 0)
+    widths, lam, lr, steps = (784, 32, 1), {"weights_product": 1e-2}.get(kind, 1e-3), 0.05, 25
+    spec = training.TrainSpec(rows, task.pool_y[rows], seed=0, lr=lr, regularizer=kind, lam=lam, max_epochs=steps,
+                              threshold=0.0)
+    (r,) = training.train_models(task.pool_x, [spec], widths=widths)
+    assert r.steps == steps
+    p = init_mlp([0], widths)
+    x, y = task.pool_x[rows][None], task.pool_y[rows][None]
+    valid = torch.ones(1, 64, dtype=torch.bool)
+    for epoch in range(steps):   # the trainer's shuffle of the epoch (it pairs the batch points into segments)
+        order = rng.permutation_keys(torch.tensor([64]), 64, torch.tensor([[0]]), rng.STREAM_SHUFFLE, epoch)[0]
+        q = p.as_leaves()
+        with torch.enable_grad():
+            obj, _ = regularizers.regularized_loss(q, kind, torch.tensor([lam]), x[:, order], y[:, order], valid)
+            grads = torch.autograd.grad(obj.sum(), q.tensors())
+        p = MLPStack(*[[t - lr * g for t, g in zip(ts, gs)] for ts, gs in
+                       ((p.weights, grads[:2]), (p.biases, grads[2:]))])
+    for a, b in zip(r.params.tensors(), p.tensors()):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), float((a - b).abs().max())
+    assert not torch.allclose(r.params.weights[0], init_mlp([0], widths).weights[0], atol=1e-4)
+    with torch.no_grad():
+        assert float((forward(r.params, x) - y).square().mean()) < float((forward(init_mlp([0], widths), x) - y)
+                                                                         .square().mean())
+
+
+def test_penalty_points_must_be_an_integer_of_at_least_two():
+    with pytest.raises(ValueError, match="points per segment"):
+        training.TrainSpec([0], [1.0], regularizer="function_path_length", penalty_points=1)
+    with pytest.raises(ValueError, match="one number of penalty points"):
+        training.train_models(torch.rand(4, 784), [
+            training.TrainSpec([0], [1.0], regularizer="function_path_length", lam=1e-4),
+            training.TrainSpec([1], [1.0], regularizer="function_path_length", lam=1e-4, penalty_points=100)])

@@ -73,6 +73,13 @@ def test_report_files_and_tables(smoke):
     t1s = pd.read_csv(rep / "table1.csv").set_index("measure")
     assert v.set_index("measure").loc["GN", "tau"] == pytest.approx(t1s.loc["GN", "tau_mean"])
     assert "Verdict: does SGD optimize each measure?" in (rep / "report.html").read_text()
+    # the grid's table2_lambdas: Table 2 at those λ beside the edge's, and r_norm against N (GN at N = 32, 64)
+    fixed = pd.read_csv(rep / "table2_fixed.csv")
+    assert set(fixed["rule"]) == {"fixed"} and set(fixed["lam"]) == {1e-3}
+    assert "Table 2 at fixed λ" in t2 and "Fixed λ" in t2
+    rbn = pd.read_csv(rep / "r_norm_by_n.csv")
+    assert set(rbn["measure"]) == {"GN"} and sorted(rbn["n_train"]) == [32, 64]
+    assert (rep / "r_norm_vs_n.png").read_bytes()[:8] == PNG and "r_norm against N" in md
     assert "Table 1" in r.stdout and "Table 2" in r.stdout and "report.html" in r.stdout
 
 

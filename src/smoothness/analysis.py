@@ -9,6 +9,7 @@ import pandas as pd
 from scipy.stats import kendalltau
 
 from . import registry, staging
+from .regularizers import PAPER_LAMBDAS  # noqa: F401 (the paper's lambdas: part of analysis's API)
 from .runconfig import ADDED_FIELDS
 
 # The four measures of the paper's tables, with their short names (all lists come from registry.py).
@@ -30,6 +31,10 @@ PAPER_TABLE2 = {  # unregularized mean, regularized mean, l_S, r_norm mean, r_no
 # Columns that define a training setting apart from the dataset (pair), seed, size and regularization.
 SETTING = ["data", "optimizer", "rho", "matmul_precision", "hidden", "alpha", "lr", "batch_size", "max_epochs",
            "threshold", "measure_points", "segments", "points", "measure_seed"]
+# A regularized setting also has its penalty's points per segment; its baselines are matched on SETTING without the
+# epoch cap (_baselines).
+REG_SETTING = SETTING + ["penalty_points"]
+_BASE_MATCH = [c for c in SETTING if c != "max_epochs"]
 
 
 def _complete(df: pd.DataFrame) -> pd.DataFrame:
@@ -45,8 +50,10 @@ def setting_label(row, with_lr: bool = True) -> str:
     opt = "" if row.get("optimizer", "sgd") == "sgd" else f", {row['optimizer']}"
     opt += f" (rho {row['rho']:g})" if row.get("optimizer") == "sam" and "rho" in row else ""
     opt += "" if row.get("matmul_precision", "fp32") == "fp32" else f", {row['matmul_precision']} matmuls"
+    pts = row.get("penalty_points", ADDED_FIELDS["penalty_points"])
+    pen = "" if pts == ADDED_FIELDS["penalty_points"] or pd.isna(pts) else f", {int(pts)} points per penalty segment"
     return (f"{row['data']}{opt}, hidden {row['hidden']}, alpha {row['alpha']:g}{lr}, batch {row['batch_size']}, "
-            f"threshold {row['threshold']:g}")
+            f"threshold {row['threshold']:g}{pen}")
 
 
 def status_counts(df: pd.DataFrame) -> pd.DataFrame:
@@ -125,78 +132,146 @@ def _largest_lambda(counts: pd.Series, totals: pd.Series) -> float | None:
     return ok[-1] if ok else None
 
 
-def table2_ratios(df: pd.DataFrame) -> pd.DataFrame:
-    """Per regularizer and dataset: S(f_unreg), S(f_reg) at the chosen lambda, l_S and the ratio of eq. 16."""
+def _pairing(r: dict) -> pd.DataFrame:
+    """The datasets (pair, seed) of one regularized group where both the baseline and the model at the chosen lambda
+    converged, with both values of the regularized measure and l_S (the rows of eq. 16)."""
+    m = REGULARIZED_MEASURE[r["regularizer"]]
+    cols = ["pair", "seed", "unregularized", "regularized", "lower_bound"]
+    if r["lam"] is None:
+        return pd.DataFrame(columns=cols)
+    b = r["base"][r["base"]["status"] == "converged"].set_index(["pair", "seed"])
+    a = r["at"][r["at"]["status"] == "converged"].set_index(["pair", "seed"])
     rows = []
-    for r in _regularized_groups(df):
-        reg, lam, base, at = r["regularizer"], r["lam"], r["base"], r["at"]
-        if lam is None:
-            continue
-        m = REGULARIZED_MEASURE[reg]
-        b = base[base["status"] == "converged"].set_index(["pair", "seed"])
-        a = at[at["status"] == "converged"].set_index(["pair", "seed"])
-        for idx in sorted(set(b.index) & set(a.index)):
-            lower = float(b.loc[idx, "fpl_lower_bound"]) if m == "function_path_length" else 0.0
-            su, sr = float(b.loc[idx, m]), float(a.loc[idx, m])
-            rows.append({"setting": r["label"], "regularizer": reg, "measure": SHORT[m], "lam": lam,
-                         "pair": idx[0], "seed": idx[1], "unregularized": su, "regularized": sr, "lower_bound": lower,
-                         "r": (sr - lower) / (su - lower)})
+    for idx in sorted(set(b.index) & set(a.index)):
+        lower = float(b.loc[idx, "fpl_lower_bound"]) if m == "function_path_length" else 0.0
+        rows.append({"pair": idx[0], "seed": idx[1], "unregularized": float(b.loc[idx, m]),
+                     "regularized": float(a.loc[idx, m]), "lower_bound": lower})
+    return pd.DataFrame(rows, columns=cols)
+
+
+def table2_ratios(df: pd.DataFrame, lambdas: dict | None = None) -> pd.DataFrame:
+    """Per regularizer and dataset: S(f_unreg), S(f_reg) at the chosen lambda, l_S and the ratio of eq. 16.
+
+    lambdas: {regularizer: lambda} to take those fixed lambdas (the paper's, say) instead of the largest one still
+    converging; groups that did not train that lambda are left out."""
+    rows = []
+    for r in _regularized_groups(df, lambdas):
+        for p in _pairing(r).itertuples():
+            rows.append({"setting": r["label"], "table": r["table_n"], "n_train": r["n_train"],
+                         "regularizer": r["regularizer"], "measure": SHORT[REGULARIZED_MEASURE[r["regularizer"]]],
+                         "lam": r["lam"], "pair": p.pair, "seed": p.seed, "unregularized": p.unregularized,
+                         "regularized": p.regularized, "lower_bound": p.lower_bound,
+                         "r": (p.regularized - p.lower_bound) / (p.unregularized - p.lower_bound)})
     return pd.DataFrame(rows)
 
 
-def _regularized_groups(df: pd.DataFrame):
-    """For each regularizer and setting (incl. N): its lambda = 0 baseline rows and the chosen lambda's rows."""
+def _baselines(df: pd.DataFrame, g: pd.DataFrame, setting: dict) -> pd.DataFrame:
+    """The lambda = 0 models that serve as baselines of the regularized models g (one setting and N): the same
+    setting, N, pairs and seeds, at any epoch cap (so that one baseline serves regularizers with different caps,
+    as the paper's GN at 15,000 epochs and the others at 25,000). Per (pair, seed) the model with g's own cap is
+    taken if there is one, else the one with the largest cap; a baseline that converged after more epochs than g's
+    cap counts as not converged, as it would have with that cap."""
+    cap = int(setting["max_epochs"])
+    base = df[(df["regularizer"] == "none") & df["seed"].isin(g["seed"].unique()) & df["pair"].isin(g["pair"].unique())
+              & (df["n_train"] == setting["n_train"])]
+    for c in _BASE_MATCH:
+        base = base[base[c] == setting[c]]
+    if not len(base):
+        return base
+    base = base.assign(_own=base["max_epochs"] == cap).sort_values(["_own", "max_epochs"], ascending=False,
+                                                                   kind="stable")
+    base = base.drop_duplicates(["pair", "seed"]).drop(columns="_own")
+    if "epochs" not in base:
+        return base.assign(max_epochs=cap)
+    late = (base["status"] == "converged") & (base["epochs"] > cap)
+    return base.assign(status=base["status"].where(~late, "not_converged"), max_epochs=cap)
+
+
+def _regularized_groups(df: pd.DataFrame, lambdas: dict | None = None):
+    """For each regularizer and setting (incl. N): its lambda = 0 baseline rows and the chosen lambda's rows: the
+    largest lambda still converging, or with lambdas {regularizer: lambda} that fixed lambda (groups that did not
+    train it are skipped)."""
     df = _complete(df)
-    key = SETTING + ["n_train"]
+    key = REG_SETTING + ["n_train"]
     regd = df[df["regularizer"] != "none"]
     for (reg, *keys), g in regd.groupby(["regularizer"] + key, sort=True):
-        # the same seeds and pairs (a regularizer entry may have its own: grid key pairs per entry)
-        base = df[(df["regularizer"] == "none") & df["seed"].isin(g["seed"].unique())
-                  & df["pair"].isin(g["pair"].unique())]
-        for c, v in zip(key, keys):
-            base = base[base[c] == v]
+        setting = dict(zip(key, keys))
+        base = _baselines(df, g, setting)
         allr = pd.concat([base.assign(lam=0.0), g])
         totals = allr.groupby("lam").size()
         conv = allr[allr["status"] == "converged"].groupby("lam").size()
         pos = totals[totals.index > 0]
-        lam = _largest_lambda(conv, pos)
-        setting = dict(zip(key, keys))
+        if lambdas is None:
+            lam = _largest_lambda(conv, pos)
+        elif reg in lambdas and any(np.isclose(pos.index, lambdas[reg], rtol=1e-9, atol=0)):
+            lam = float(pos.index[np.isclose(pos.index, lambdas[reg], rtol=1e-9, atol=0)][0])
+        else:
+            continue
         label = setting_label(setting) + f", N {keys[-1]}"
         above = [x for x in sorted(pos.index) if lam is not None and x > lam]
+        no_n = {**setting, "max_epochs": 0}
         yield {"regularizer": reg, "lam": lam, "lam_above": above[0] if above else None,
                "ladder_short": lam is not None and not above, "base": base,
                "at": g[g["lam"] == lam] if lam is not None else g[:0],
                "all": allr, "totals": totals, "converged": conv, "label": label, "n_train": keys[-1],
                "lr": setting["lr"], "max_epochs": setting["max_epochs"], "data": setting["data"],
-               "table": setting_label(setting, with_lr=False) + f", N {keys[-1]}"}
+               "penalty_points": setting["penalty_points"],
+               "table": setting_label(setting, with_lr=False) + f", N {keys[-1]}",
+               "table_n": setting_label(no_n, with_lr=False)}
 
 
-def table2(df: pd.DataFrame, ratios: pd.DataFrame | None = None) -> pd.DataFrame:
+def table2(df: pd.DataFrame, ratios: pd.DataFrame | None = None, lambdas: dict | None = None) -> pd.DataFrame:
     """Table 2: per regularizer, the unregularized mean, the regularized mean at the largest lambda whose models
-    still reach the loss threshold, l_S, and r_norm mean and std (eq. 16); with the paper's values."""
-    ratios = table2_ratios(df) if ratios is None else ratios   # table2_ratios(df), if already computed
+    still reach the loss threshold (or at the fixed lambdas given, as table2_ratios), l_S, and r_norm mean and std
+    (eq. 16); with the paper's values. Both means and r_norm are over the same datasets: those where the baseline
+    and the model at the chosen lambda converged (with none, the baseline mean is over all converged baselines)."""
+    ratios = table2_ratios(df, lambdas) if ratios is None else ratios   # table2_ratios(df, lambdas), if computed
     out = []
-    for r in _regularized_groups(df):
+    for r in _regularized_groups(df, lambdas):
         reg, lam = r["regularizer"], r["lam"]
         m = REGULARIZED_MEASURE[reg]
         base_ok = r["base"][r["base"]["status"] == "converged"]
-        at_ok = r["at"][r["at"]["status"] == "converged"]
         rr = ratios[(ratios["regularizer"] == reg) & (ratios["setting"] == r["label"])] if len(ratios) else ratios
         paper = PAPER_TABLE2.get(m, (None,) * 5)
-        lower = float(base_ok["fpl_lower_bound"].mean()) if m == "function_path_length" and len(base_ok) else 0.0
+        if len(rr):
+            unreg, regm, lower = rr["unregularized"].mean(), rr["regularized"].mean(), rr["lower_bound"].mean()
+        else:
+            unreg = base_ok[m].mean() if len(base_ok) else np.nan
+            lower = float(base_ok["fpl_lower_bound"].mean()) if m == "function_path_length" and len(base_ok) else 0.0
+            regm = np.nan
         tried = ", ".join(f"{x:g}: {int(r['converged'].get(x, 0))}/{int(n)}" for x, n in r["totals"].items())
+        at_n = int(r["totals"].get(lam, 0)) if lam is not None else 0
         out.append({"setting": r["label"], "table": r["table"], "data": r["data"], "n_train": r["n_train"],
-                    "lr": r["lr"], "max_epochs": r["max_epochs"],
-                    "regularizer": reg, "measure": SHORT[m],
+                    "lr": r["lr"], "max_epochs": r["max_epochs"], "penalty_points": r["penalty_points"],
+                    "regularizer": reg, "measure": SHORT[m], "rule": "edge" if lambdas is None else "fixed",
                     "lam": lam, "lam_above": r["lam_above"], "ladder_short": r["ladder_short"],
-                    "unreg_mean": base_ok[m].mean() if len(base_ok) else np.nan,
-                    "reg_mean": at_ok[m].mean() if len(at_ok) else np.nan, "lower_bound": lower,
+                    "converged_at_lam": int(r["converged"].get(lam, 0)) if lam is not None else 0,
+                    "models_at_lam": at_n,
+                    "unreg_mean": unreg, "reg_mean": regm, "lower_bound": lower,
                     "r_norm_mean": rr["r"].mean() if len(rr) else np.nan,
                     "r_norm_std": rr["r"].std(ddof=0) if len(rr) > 1 else np.nan, "datasets": len(rr),
                     "converged_by_lambda": tried,
                     "paper_unreg_mean": paper[0], "paper_reg_mean": paper[1], "paper_lower_bound": paper[2],
                     "paper_r_norm_mean": paper[3], "paper_r_norm_std": paper[4]})
     return pd.DataFrame(out)
+
+
+def r_norm_by_n(ratios: pd.DataFrame) -> pd.DataFrame:
+    """How the effect of explicit regularization grows with N: r_norm (eq. 16) mean, std and datasets per
+    regularizer, setting without N (ratios' 'table') and N, for settings trained at two or more N; ratios is
+    table2_ratios(df, lambdas) at fixed lambdas (at the ladder's edge the lambda may differ between the N)."""
+    if not len(ratios):
+        return pd.DataFrame()
+    rows = []
+    for (table, reg, lam), g in ratios.groupby(["table", "regularizer", "lam"], sort=False):
+        if g["n_train"].nunique() < 2:
+            continue
+        for n, h in g.groupby("n_train", sort=True):
+            rows.append({"table": table, "regularizer": reg, "measure": h["measure"].iloc[0], "lam": lam,
+                         "n_train": int(n), "r_norm_mean": h["r"].mean(),
+                         "r_norm_std": h["r"].std(ddof=0) if len(h) > 1 else np.nan, "datasets": len(h),
+                         "unreg_mean": h["unregularized"].mean(), "reg_mean": h["regularized"].mean()})
+    return pd.DataFrame(rows)
 
 
 def figure2_data(df: pd.DataFrame) -> list[dict]:

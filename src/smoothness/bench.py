@@ -117,6 +117,44 @@ def measure_seconds(m: int, device, alone: int = 10) -> tuple[float, float]:
     return t1 - t0, (time.perf_counter() - t1) / min(alone, m)
 
 
+STEP_COST_N = 768   # training size of the step-cost benchmark (12 steps an epoch; the last batch is full)
+
+
+def regularizer_costs(m: int, device, steps: int = 240, repeats: int = 2, out=print) -> list[dict]:
+    """The cost of one training step with each regularizer (paper eq. 15, regularizers.py) against a plain SGD step,
+    for m models of the paper's 784-256-1 net as one batched program (batch 64, N = 768 of mnist5k pair 3/8, loss
+    threshold 0 so that every model runs `steps` steps); the path-length penalties with 10 (default) and 100 points
+    per segment. Best of `repeats` runs each. Prints a table; returns its rows."""
+    t = data.binary_task("mnist5k", 3, 8)
+    sub = t.subset(STEP_COST_N, 0)
+    epochs = max(1, steps // (STEP_COST_N // training.DEFAULT_BATCH))
+    cases = [("none", 10), ("gradient_norm", 10), ("gradient_norm_squared", 10), ("weights_product", 10),
+             ("path_norm", 10), ("function_path_length", 10), ("gradient_path_length", 10),
+             ("function_path_length", 100), ("gradient_path_length", 100), ("minibatch_gradient_norm", 10)]
+    out(f"step cost: device {device}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads; 784-256-1 net, "
+        f"batch 64, N = {STEP_COST_N}, M = {m}, {epochs * STEP_COST_N // training.DEFAULT_BATCH} steps per model")
+    out(f"{'regularizer':<26}{'points':>7}{'model-steps/s':>15}{'plain steps':>13}")
+    rows, plain = [], None
+    trainer = training.BatchedTrainer(t.pool_x, device=device)
+    for reg, points in cases:
+        specs = [training.TrainSpec(sub, t.pool_y[sub], seed=i, lr=0.01, regularizer=reg,
+                                    lam=0.0 if reg == "none" else 1e-5, max_epochs=epochs, threshold=0.0,
+                                    penalty_points=points) for i in range(m)]
+        trainer.train(specs[:1])   # warm-up
+        best = 0.0
+        for _ in range(repeats):
+            _sync(device)
+            t0 = time.perf_counter()
+            res = trainer.train(specs)
+            _sync(device)
+            best = max(best, sum(r.steps for r in res) / (time.perf_counter() - t0 - trainer.admit_seconds))
+        plain = plain or best
+        rows.append({"regularizer": reg, "points": points, "rate": best, "cost": plain / best})
+        shown = points if reg in ("function_path_length", "gradient_path_length") else ""
+        out(f"{reg:<26}{shown:>7}{best:>15.0f}{plain / best:>13.2f}")
+    return rows
+
+
 def run(models: list[int], device, budget: int, grid: str | None, out=print, measure: int = 0,
         tf32: bool = False) -> list[dict]:
     """Print and return the benchmark table (and the grid's wall time unless grid is None; and the time to

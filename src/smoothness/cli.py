@@ -22,7 +22,8 @@ def cmd_train(a) -> int:
                                   threshold=a.threshold, measure_points=a.measure_points, segments=a.segments,
                                   points=a.points, measure_seed=a.measure_seed, sharpness_iters=a.sharpness_iters,
                                   trace_probes=a.trace_probes, regularizer=a.regularizer, lam=lam,
-                                  optimizer=a.optimizer, matmul_precision=a.matmul_precision, rho=a.rho)
+                                  optimizer=a.optimizer, matmul_precision=a.matmul_precision, rho=a.rho,
+                                  penalty_points=a.penalty_points)
                for lam in a.lam for n in a.n_train for s in a.seed]
     device = pipeline.resolve_device(a.device)
     if a.save:   # a bad destination fails now, not after the training
@@ -198,6 +199,11 @@ def cmd_bench(a) -> int:
     if not models or min(models) < 1:
         raise SmoothnessError(f"--models: expected positive integers, got {a.models!r}")
     dev = pipeline.resolve_device(a.device)
+    if a.regularizers is not None:
+        if a.regularizers < 1:
+            raise SmoothnessError(f"--regularizers: expected a positive number of models, got {a.regularizers}")
+        bench.regularizer_costs(a.regularizers, dev, out=lambda s: print(s, flush=True))
+        return 0
     budget = a.budget or (200_000 if dev.type == "cuda" else 8_000)
     measure = a.measure if a.measure is not None else (1080 if dev.type == "cuda" else 0)
     if measure < 0:

@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: none)")
     t.add_argument("--lam", type=float, nargs="+", default=[0.0],
                    help="regularization coefficient(s) lambda; several values train one model each (default: 0)")
+    t.add_argument("--penalty-points", type=int, default=regularizers.SEGMENT_POINTS,
+                   help="points per segment of a path-length penalty (function_path_length, gradient_path_length; "
+                        f"default: {regularizers.SEGMENT_POINTS})")
     _add_precision_args(t, "fp32")
     _add_measure_args(t)
     t.add_argument("--save", metavar="PATH", help="save the trained weights and results to PATH (.pt)")
@@ -136,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "the paper's estimators, batched, and one at a time (default: 0 on CPU, 1080 on CUDA)")
     b.add_argument("--tf32", action="store_true", help="TF32 training matmuls in the loop, the engine and the grid "
                    "(CUDA only; see --matmul-precision of run)")
+    b.add_argument("--regularizers", type=int, default=None, metavar="M", help="instead, the cost of one training "
+                   "step with each regularizer against a plain SGD step, for M models batched (docs/performance.md)")
 
     cp = sub.add_parser("compare", help="compare two results stores model by model (devices, precisions)",
                         description="Match the models of two results stores on their configuration and compare "

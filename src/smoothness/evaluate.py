@@ -130,7 +130,7 @@ def parameter_measures(p: MLPStack, xtr: torch.Tensor, ytr: torch.Tensor, cfgs: 
     norm, norm, distance from init, Smith et al.'s minibatch gradient norm; sharpness and Hessian trace when
     the configs ask for them (all configs alike). Models that are not finite get NaN for the curvature."""
     cfg = cfgs[0]
-    seeds = torch.tensor([c.seed for c in cfgs], dtype=torch.int64)
+    seeds = torch.tensor([c.init_seed for c in cfgs], dtype=torch.int64)
     alphas = torch.tensor([c.alpha for c in cfgs], dtype=torch.float64)
     out = [{"parameter_norm": a, "distance_from_init": b} for a, b in
            zip(curvature.parameter_norm(p).tolist(), curvature.distance_from_init(p, seeds, alphas).tolist())]

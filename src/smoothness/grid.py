@@ -18,6 +18,12 @@ A grid file is a mapping; every axis takes one value or a list of values:
       - {name: gradient_norm, lam: [0, 1.0e-5, 1.0e-4], lr: 0.01}   # optional per entry: lr, alpha,
                                                                     # max_epochs, n_train, seeds, pairs
       - {name: weights_product, lam: {start: 1.0e-5, factor: 3, end: 1.0e-2}}   # a ladder: 0, 1e-5, 3e-5, ...
+      - {name: function_path_length, lam: [1.0e-4], penalty_points: 100}   # points per segment of a path-length
+                                                                          # penalty (default 10)
+    independent_seeds: false      # true: each regularized model gets its own training seed (initial weights and
+                                  # shuffles, rng.derived_seed), independent of its baseline's; same training set
+    table2_lambdas: paper         # also show Table 2 at these fixed lambdas: 'paper' (regularizers.PAPER_LAMBDAS)
+                                  # or a mapping {gradient_norm: 1.0e-3, ...}
     optimizer: sgd                # sgd | gd (full batch) | momentum | adam | sam; an axis like the others
     rho: 0.05                     # SAM's radius, an axis; used by optimizer sam only (others get 0)
     matmul_precision: fp32        # training matmuls: fp32 | tf32 (CUDA only) | tf32-emulated (one value)
@@ -39,7 +45,7 @@ from pathlib import Path
 
 from . import data as datasets
 from . import gridvalues as gv
-from . import linetasks, optimizers, rng
+from . import linetasks, optimizers, regularizers, rng
 from .errors import ConfigError, DataError
 from .runconfig import RunConfig, config_key  # noqa: F401 (config_key: part of grid's API)
 
@@ -49,7 +55,8 @@ PRESETS = (
 )
 
 _TOP = {"name", "description", "data", "pairs", "n_train", "seeds", "hidden", "alpha", "lr", "batch_size",
-        "max_epochs", "threshold", "regularizers", "measure", "optimizer", "matmul_precision", "ladder", "rho"}
+        "max_epochs", "threshold", "regularizers", "measure", "optimizer", "matmul_precision", "ladder", "rho",
+        "independent_seeds", "table2_lambdas"}
 _DEFAULT = {f.name: f.default for f in fields(RunConfig)}   # the paper's defaults, defined once in RunConfig
 # grid key under `measure` -> RunConfig field
 _MEASURE_FIELDS = {"points": "measure_points", "segments": "segments", "points_per_segment": "points",
@@ -86,6 +93,8 @@ class Grid:
     description: str = ""
     matmul_precision: str = "fp32"
     ladder: str = "staged"
+    independent_seeds: bool = False
+    table2_lambdas: dict = field(default_factory=dict)
 
     def configs(self) -> list[RunConfig]:
         """Every model of the grid, without duplicates, in a stable order."""
@@ -103,12 +112,17 @@ class Grid:
                 name = reg["name"] if lam > 0 else "none"
                 if lr is None:  # the paper's rate for this regularizer also for its lambda = 0 baseline
                     lr = optimizers.default_lr(opt, reg["name"])
+                extra = {}
+                if name in regularizers.PATH_LENGTH and reg.get("penalty_points"):
+                    extra["penalty_points"] = reg["penalty_points"]
+                if self.independent_seeds and name != "none":
+                    extra["train_seed"] = rng.derived_seed(s, name, lam)
                 try:
                     c = RunConfig(data=self.data, pair=pair, n_train=n, seed=s, hidden=h, alpha=al, lr=lr,
                                   batch_size=bs, max_epochs=me, threshold=th,
                                   **{f: self.measure[k] for k, f in _MEASURE_FIELDS.items()},
                                   regularizer=name, lam=float(lam) if lam > 0 else 0.0, optimizer=opt,
-                                  matmul_precision=self.matmul_precision, rho=rho if opt == "sam" else 0.0)
+                                  matmul_precision=self.matmul_precision, rho=rho if opt == "sam" else 0.0, **extra)
                 except ConfigError as e:
                     raise ConfigError(f"grid {self.name!r}: {e}") from None
                 k = config_key(c)
@@ -186,6 +200,8 @@ def parse(raw: dict, name: str | None = None) -> Grid:
              rho=gv.axis(raw, "rho", float, optimizers.SAM_RHO, positive=True),
              measure=measure, matmul_precision=gv.matmul_precision(raw.get("matmul_precision", "fp32")),
              ladder=gv.ladder_mode(raw.get("ladder", "staged")),
+             independent_seeds=gv.flag(raw.get("independent_seeds", False), "independent_seeds"),
+             table2_lambdas=gv.table2_lambdas(raw.get("table2_lambdas")),
              description=str(raw.get("description") or ""))
     g.configs()  # the remaining checks (e.g. weights_product needs one hidden layer)
     return g

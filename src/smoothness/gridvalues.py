@@ -11,7 +11,7 @@ from . import optimizers, precision, regularizers, rng
 from .staging import MODES as LADDER_MODES
 from .errors import ConfigError
 
-REGULARIZER_KEYS = {"name", "lam", "lr", "alpha", "max_epochs", "n_train", "seeds", "pairs"}
+REGULARIZER_KEYS = {"name", "lam", "lr", "alpha", "max_epochs", "n_train", "seeds", "pairs", "penalty_points"}
 
 
 def unknown_keys(keys, known, where):
@@ -140,7 +140,7 @@ def regularizer_entries(v):
     pairs, seeds}, checked; absent: the unregularized baseline only."""
     if v is None:
         return [{"name": "none", "lam": [0.0], "lr": None, "alpha": None, "max_epochs": None, "n_train": None,
-                 "seeds": None, "pairs": None}]
+                 "seeds": None, "pairs": None, "penalty_points": None}]
     if not isinstance(v, list) or not v:
         raise ConfigError("key 'regularizers': expected a list of entries such as "
                           "{name: gradient_norm, lam: [0, 1e-4]}")
@@ -151,6 +151,7 @@ def regularizer_entries(v):
         if not isinstance(e, dict):
             raise ConfigError(f"key 'regularizers': each entry must be a mapping, got {e!r}")
         unknown_keys(e, REGULARIZER_KEYS, "regularizers entry")
+        e = {k: v for k, v in e.items() if v is not None or k in ("name", "lam")}   # None: unset (as to_dict writes)
         name = e.get("name", "none")
         try:
             regularizers.check(name)
@@ -166,9 +167,45 @@ def regularizer_entries(v):
         sizes = [number(n, int, "n_train", positive=True) for n in as_list(e["n_train"])] if "n_train" in e else None
         seeds = seed_list(e["seeds"], "seeds") if "seeds" in e else None
         pairs = pair_list(e["pairs"]) if "pairs" in e else None
+        points = number(e.get("penalty_points"), int, "penalty_points", allow_none=True)
+        if points is not None:
+            if name not in regularizers.PATH_LENGTH:
+                raise ConfigError(f"key 'penalty_points': the points per segment of a path-length penalty; entry "
+                                  f"{name!r} has none (use it with {' or '.join(regularizers.PATH_LENGTH)})")
+            if points < 2:
+                raise ConfigError(f"key 'penalty_points': must be an integer >= 2, got {points!r}")
         out.append({"name": name, "lam": lam, "lr": lr, "alpha": alphas, "max_epochs": cap, "n_train": sizes,
-                    "seeds": seeds, "pairs": pairs})
+                    "seeds": seeds, "pairs": pairs, "penalty_points": points})
     return out
+
+
+def table2_lambdas(v) -> dict[str, float]:
+    """The table2_lambdas key: 'paper' (the paper's lambda per regularizer, regularizers.PAPER_LAMBDAS), or a
+    mapping {regularizer: lambda > 0}; absent or null: none."""
+    if v is None:
+        return {}
+    if v == "paper":
+        return dict(regularizers.PAPER_LAMBDAS)
+    if not isinstance(v, dict) or not v:
+        raise ConfigError(f"key 'table2_lambdas': expected 'paper' or a mapping such as {{gradient_norm: 1.0e-3}}, "
+                          f"got {v!r}")
+    out = {}
+    for name, lam in v.items():
+        try:
+            regularizers.check(name)
+        except ValueError as err:
+            raise ConfigError(f"key 'table2_lambdas': {err}") from None
+        if name == "none":
+            raise ConfigError("key 'table2_lambdas': 'none' has no lambda")
+        out[name] = number(lam, float, f"table2_lambdas.{name}", positive=True)
+    return out
+
+
+def flag(v, key: str) -> bool:
+    """A true/false key."""
+    if not isinstance(v, bool):
+        raise ConfigError(f"key {key!r}: expected true or false, got {v!r}")
+    return v
 
 
 def optimizer_list(v):

@@ -192,32 +192,49 @@ def _path_lengths(ev: _Evaluator, x: torch.Tensor, segments: int, points: int, s
 
 
 def _two_layer_path_lengths(p: MLPStack, x: torch.Tensor, ia, ib, points: int, which) -> dict[str, torch.Tensor]:
-    """Eqs. 9-11 for two-layer nets, exactly as the generic path but without [S, P, d] tensors.
-
-    Along a segment the pre-activations are affine in t: z(t_k) = z(a) + t_k (z(b) - z(a)), so only
-    the end points need the first-layer matmul. The gradient is W1^T (m(t) * w2) for the mask m of
-    active units, so ||grad(t_k) - grad(t_{k-1})||^2 = du^T (W1 W1^T) du with du = (m_k - m_{k-1}) * w2.
-    """
+    """Eqs. 9-11 for two-layer nets, exactly as the generic path but without [S, P, d] tensors
+    (two_layer_segment_tvs), over segments chunked to bound memory."""
     m, _, _ = x.shape
     W1, b1 = p.weights[0], p.biases[0]
     w2 = p.weights[1][:, 0, :]  # the output bias cancels in every difference
     z = torch.baddbmm(b1[:, None, :], x, W1.transpose(1, 2))            # [M, n, h] at the points
     gram = torch.bmm(W1, W1.transpose(1, 2)) if "gpl" in which else None
-    t = torch.linspace(0.0, 1.0, points, device=x.device, dtype=x.dtype)[:, None]
     sums = {k: x.new_zeros(m) for k in which}
     for i, j in _point_chunks(ia.numel(), points * z.shape[2], m):
-        za, zb = z[:, ia[i:j]], z[:, ib[i:j]]                           # [M, s, h]
-        zt = za[:, :, None, :] + t * (zb - za)[:, :, None, :]           # [M, s, P, h]
-        if "fpl" in which:
-            f = torch.relu(zt) @ w2[:, None, :, None]                   # [M, s, P, 1]
-            sums["fpl"] += tv_of_values(f[..., 0]).sum(1)
-        if "gpl" in which:
-            active = (zt > 0).to(x.dtype)
-            du = active.diff(dim=2) * w2[:, None, None, :]             # [M, s, P-1, h]
-            flat = du.reshape(m, -1, du.shape[-1])
-            q = (torch.bmm(flat, gram) * flat).sum(-1).clamp_min(0.0)
-            sums["gpl"] += q.sqrt().sum(1)
+        tvs = two_layer_segment_tvs(z[:, ia[i:j]], z[:, ib[i:j]], w2, gram, points, which)
+        for k, v in tvs.items():
+            sums[k] += v.sum(1)
     return {k: v / ia.numel() for k, v in sums.items()}
+
+
+def two_layer_segment_tvs(za: torch.Tensor, zb: torch.Tensor, w2: torch.Tensor, gram: torch.Tensor | None,
+                          points: int, which) -> dict[str, torch.Tensor]:
+    """The sampled total variations of f ('fpl', eq. 10) and of grad f ('gpl', eq. 11) of two-layer ReLU nets
+    on segments, from the first-layer pre-activations at the segments' ends. [M, s] each.
+
+    za, zb: [M, s, h] pre-activations W1 a + b1 and W1 b + b1; w2: [M, h] output weights; gram: [M, h, h] the
+    Gram matrix W1 W1^T (needed for 'gpl'). Along a segment the pre-activations are affine in t, so
+    z(t_k) = z(a) + t_k (z(b) - z(a)) at t_k = k / (points - 1) needs no matmul with W1; the output bias cancels
+    in every difference. The input gradient is W1^T (m(t) * w2) for the mask m of active units, so
+    ||grad(t_k) - grad(t_{k-1})||^2 = du^T (W1 W1^T) du with du = (m_k - m_{k-1}) * w2. Differentiable in za, zb,
+    w2 and gram (the masks are constant almost everywhere; a zero difference has gradient 0), which is how the
+    path-length regularizers of regularizers.py train on it.
+    """
+    m, s, h = za.shape
+    t = torch.linspace(0.0, 1.0, points, device=za.device, dtype=za.dtype)[:, None]
+    zt = za[:, :, None, :] + t * (zb - za)[:, :, None, :]               # [M, s, P, h]
+    out = {}
+    if "fpl" in which:
+        f = torch.relu(zt) @ w2[:, None, :, None]                       # [M, s, P, 1]
+        out["fpl"] = tv_of_values(f[..., 0])
+    if "gpl" in which:
+        active = (zt > 0).to(za.dtype)
+        du = (active.diff(dim=2) * w2[:, None, None, :]).reshape(m, -1, h)   # [M, s (P-1), h]
+        q = (torch.bmm(du, gram) * du).sum(-1)
+        pos = q > 0   # rounding can leave a tiny negative q for a zero difference
+        norms = torch.where(pos, torch.where(pos, q, 1.0).sqrt(), 0.0)
+        out["gpl"] = norms.reshape(m, s, points - 1).sum(-1)
+    return out
 
 
 def weights_products(p: MLPStack) -> torch.Tensor:

@@ -146,24 +146,31 @@ def forward(p: MLPStack, x: torch.Tensor, cache: bool = False):
     return (out, acts, pres) if cache else out
 
 
-def sgd_update_(p: MLPStack, acts, pres, dout_scaled: torch.Tensor) -> None:
+def sgd_update_(p: MLPStack, acts, pres, dout_scaled: torch.Tensor, dpre=None) -> None:
     """In place, theta -= lr * grad for every model, given dout_scaled = lr * dLoss/dout [M, n].
 
     The weight update is fused into the gradient GEMM (W <- W - G^T A via baddbmm), so no
     gradient tensor is materialized; each layer's backpropagated signal is computed before that
-    layer's weights change.
+    layer's weights change. dpre: as in parameter_grads, scaled by lr like dout_scaled.
     """
     g = dout_scaled[..., None]
     for l in range(len(p.weights) - 1, -1, -1):
         below = torch.bmm(g, p.weights[l]) * (pres[l - 1] > 0) if l > 0 else None
+        if below is not None and dpre is not None and dpre[l - 1] is not None:
+            below = below + dpre[l - 1]
         p.weights[l].baddbmm_(g.transpose(1, 2), acts[l], alpha=-1.0)
         p.biases[l].sub_(g.sum(1))
         g = below
 
 
-def parameter_grads(p: MLPStack, acts, pres, dout: torch.Tensor) -> list[torch.Tensor]:
+def parameter_grads(p: MLPStack, acts, pres, dout: torch.Tensor, dpre=None) -> list[torch.Tensor]:
     """Every model's parameter gradient (in p.tensors() order) given dout = dLoss/dout [M, n], by the
-    same backpropagation as sgd_update_ but materialized (for optimizers with state)."""
+    same backpropagation as sgd_update_ but materialized (for optimizers with state).
+
+    dpre, if given, holds per hidden layer l a further gradient with respect to its pre-activations pres[l]
+    (or None), added to the backpropagated one before layer l's weight gradient is formed: a loss term that
+    depends on the pre-activations (a smoothness penalty along segments, regularizers.py) then shares the
+    data term's weight-gradient matmul."""
     n = len(p.weights)
     grads: list[torch.Tensor] = [None] * (2 * n)  # type: ignore[list-item]
     g = dout[..., None]
@@ -172,6 +179,8 @@ def parameter_grads(p: MLPStack, acts, pres, dout: torch.Tensor) -> list[torch.T
         grads[n + l] = g.sum(1)
         if l > 0:
             g = torch.bmm(g, p.weights[l]) * (pres[l - 1] > 0)
+            if dpre is not None and dpre[l - 1] is not None:
+                g = g + dpre[l - 1]
     return grads
 
 

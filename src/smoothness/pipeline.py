@@ -119,9 +119,9 @@ def iter_train_and_measure(configs: list[RunConfig], *, device=None, data_dir=No
             t = tasks[(c.data, c.pair)]
             sub = t.subset(c.n_train, c.seed)
             subsets.append(sub)
-            specs.append(training.TrainSpec(sub + offsets[c.pair], t.pool_y[sub], seed=c.seed, lr=c.lr,
+            specs.append(training.TrainSpec(sub + offsets[c.pair], t.pool_y[sub], seed=c.init_seed, lr=c.lr,
                                             alpha=c.alpha, max_epochs=c.max_epochs, threshold=c.threshold,
-                                            regularizer=c.regularizer, lam=c.lam,
+                                            regularizer=c.regularizer, lam=c.lam, penalty_points=c.penalty_points,
                                             optimizer="sgd" if c.optimizer == "gd" else c.optimizer,
                                             rho=c.rho if c.optimizer == "sam" else None))
         trainer = training.BatchedTrainer(torch.cat(pools), key[1], key[2], dev, matmul_precision=key[5])

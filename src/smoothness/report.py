@@ -15,8 +15,8 @@ from . import analysis as A
 from . import flatness, optimality, registry
 from .errors import StoreError
 from .store import Store
-from .tables import (by_size_tables, depth_tables, lr_sweep_tables, status_table, table1_tables, table2_tables,
-                     verdict_tables)
+from .tables import (by_size_tables, depth_tables, lr_sweep_tables, r_norm_by_n_tables, status_table, table1_tables,
+                     table2_tables, verdict_tables)
 
 
 def _horizontal() -> dict:
@@ -94,6 +94,34 @@ def _vs_n(size: pd.DataFrame, cols: dict, path: Path, title: str, logy=()) -> bo
     if size.groupby(A.SETTING).ngroups > 1:
         axes[0][0].legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def r_norm_figure(rbn: pd.DataFrame, path: Path) -> bool:
+    """r_norm against N at fixed λ, one line per measure (and setting); False when there is nothing to plot."""
+    if not len(rbn):
+        return False
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.0, 3.8))
+    several = rbn["table"].nunique() > 1
+    for (table, measure, lam), g in rbn.groupby(["table", "measure", "lam"], sort=False):
+        g = g.sort_values("n_train")
+        label = f"{measure} (λ {lam:g})" + (f", {table}" if several else "")
+        ax.errorbar(g["n_train"], g["r_norm_mean"], yerr=g["r_norm_std"].fillna(0), marker="o", ms=4, capsize=3,
+                    label=label)
+    ax.axhline(1.0, color="k", lw=0.6)
+    ax.set_xscale("log")
+    ns = sorted(rbn["n_train"].unique())
+    ax.set_xticks(ns, [str(n) for n in ns], fontsize=8)
+    ax.minorticks_off()
+    ax.set_xlabel("training size N")
+    ax.set_ylabel("r_norm (1: regularization changed nothing)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title("Explicit regularization at fixed λ against N (mean ± std over datasets)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -179,7 +207,8 @@ def write_report(source, out_dir=None) -> dict:
     report goes to out_dir, or beside the first store.
 
     Files: verdict.md/csv, table1.md/csv, table1_taus.csv, measures_by_n.md/csv, table2.md/csv,
-    table2_ratios.csv, status_counts.csv, runs.csv, figure2.png, measures_vs_n.png, test_loss_vs_n.png,
+    table2_ratios.csv (with the grids' table2_lambdas also table2_fixed.csv, table2_fixed_ratios.csv and, over
+    several N, r_norm_by_n.md/csv and r_norm_vs_n.png), status_counts.csv, runs.csv, figure2.png, measures_vs_n.png, test_loss_vs_n.png,
     report.md and a self-contained report.html; for grids with several learning rates also lr_sweep.md/csv
     and lr_sweep.png; with several architectures also depth.md/csv and depth.png; with several optimizers
     optimizers.md/csv (flatness.py); for 1-D tasks optimality.md/csv,
@@ -239,6 +268,9 @@ class ReportContent:
     ratios: pd.DataFrame = field(default_factory=pd.DataFrame)    # r_norm per (regularizer, pair)
     table1: pd.DataFrame = field(default_factory=pd.DataFrame)
     table2: pd.DataFrame = field(default_factory=pd.DataFrame)
+    ratios_fixed: pd.DataFrame = field(default_factory=pd.DataFrame)   # r per pair at the grids' table2_lambdas
+    table2_fixed: pd.DataFrame = field(default_factory=pd.DataFrame)   # Table 2 at those fixed λ
+    r_by_n: pd.DataFrame = field(default_factory=pd.DataFrame)         # r_norm against N at those λ
     verdict: pd.DataFrame = field(default_factory=pd.DataFrame)
     lr_sweep: pd.DataFrame = field(default_factory=pd.DataFrame)
     depth: pd.DataFrame = field(default_factory=pd.DataFrame)
@@ -272,6 +304,10 @@ def compute_content(df: pd.DataFrame, grid: dict, merged: list, versions: dict, 
     c.counts = A.status_counts(df)
     c.taus, c.ratios = A.kendall_taus(df), A.table2_ratios(df)
     c.table1, c.table2 = A.table1(df, c.taus), A.table2(df, c.ratios)
+    lambdas = {k: v for g in grids for k, v in (g.get("table2_lambdas") or {}).items()}
+    if lambdas:
+        c.ratios_fixed = A.table2_ratios(df, lambdas)
+        c.table2_fixed, c.r_by_n = A.table2(df, c.ratios_fixed, lambdas), A.r_norm_by_n(c.ratios_fixed)
     c.verdict = verdict(c.table1, c.table2)
     c.lr_sweep, c.depth = A.by_lr(df), A.by_depth(c.taus)
     c.optimizers = flatness.by_optimizer(df)
@@ -309,19 +345,24 @@ def render(c: ReportContent, out: Path) -> dict:
         written["status_counts.csv"] = out / "status_counts.csv"
         tables1 = table1_tables(c.table1) if len(c.table1) else []
         tables2 = table2_tables(c.table2) if len(c.table2) else []
+        tables2_fixed = table2_tables(c.table2_fixed) if len(c.table2_fixed) else []
+        tables_rn = r_norm_by_n_tables(c.r_by_n) if len(c.r_by_n) else []
         tables_v = verdict_tables(c.verdict) if len(c.verdict) else []
         tables_lr = lr_sweep_tables(c.lr_sweep) if len(c.lr_sweep) else []
         tables_depth = depth_tables(c.depth) if len(c.depth) else []
         tables_opt_cmp = flatness.optimizer_tables(c.optimizers) if len(c.optimizers) else []
         tables_n = by_size_tables(c.by_size, c.shown) if len(c.by_size) and c.shown else []
         for name, frame in (("verdict.csv", c.verdict), ("depth.csv", c.depth), ("lr_sweep.csv", c.lr_sweep),
-                            ("table1.csv", c.table1), ("table2.csv", c.table2), ("optimizers.csv", c.optimizers)):
+                            ("table1.csv", c.table1), ("table2.csv", c.table2), ("optimizers.csv", c.optimizers),
+                            ("table2_fixed.csv", c.table2_fixed), ("table2_fixed_ratios.csv", c.ratios_fixed),
+                            ("r_norm_by_n.csv", c.r_by_n)):
             save_csv(name, frame)
         if len(c.table1):
             save_csv("table1_taus.csv", c.taus)
         if len(c.table2):
             save_csv("table2_ratios.csv", c.ratios)
-        for name, tabs in (("verdict.md", tables_v), ("table1.md", tables1), ("table2.md", tables2),
+        for name, tabs in (("verdict.md", tables_v), ("table1.md", tables1), ("table2.md", tables2 + tables2_fixed),
+                           ("r_norm_by_n.md", tables_rn),
                            ("lr_sweep.md", tables_lr), ("depth.md", tables_depth), ("optimizers.md", tables_opt_cmp)):
             save_md(name, tabs)
         if tables_n:
@@ -330,6 +371,8 @@ def render(c: ReportContent, out: Path) -> dict:
         figs = {}
         if figure2(c.figure2, out / "figure2.png"):
             figs["figure2.png"] = "Figure 2: each measure per regularization strength λ"
+        if r_norm_figure(c.r_by_n, out / "r_norm_vs_n.png"):
+            figs["r_norm_vs_n.png"] = "r_norm against the training size N at fixed λ"
         if _vs_n(c.by_size, c.shown, out / "measures_vs_n.png",
                  "Measures against training size (mean ± std over datasets and seeds, converged, unregularized)",
                  logy={"path_norm"}):   # PN grows exponentially with depth
@@ -352,7 +395,8 @@ def render(c: ReportContent, out: Path) -> dict:
             figs["interpolants.png"] = ("1-D tasks: the training set, SGD's function and the smoothest interpolant "
                                         "of each measure")
         written.update({f: out / f for f in figs})
-        blocks = [("Verdict", tables_v), ("Table 1", tables1), ("Measures by N", tables_n), ("Table 2", tables2),
+        blocks = [("Verdict", tables_v), ("Table 1", tables1), ("Measures by N", tables_n),
+                  ("Table 2", tables2 + tables2_fixed), ("r_norm against N", tables_rn),
                   ("Optimality in one dimension", tables_opt), ("Depth", tables_depth),
                   ("Learning-rate sweep", tables_lr), ("Optimizers: flatness and smoothness", tables_opt_cmp),
                   ("Status", [status_table(c.counts)])]

@@ -24,6 +24,17 @@ STREAM_SHUFFLE = 2
 STREAM_SEGMENTS = 3
 STREAM_SUBSET = 4
 STREAM_POINTS = 5
+STREAM_TRAIN_SEED = 6
+
+
+def derived_seed(seed: int, name: str, value: float) -> int:
+    """A seed drawn from (seed, name, value), e.g. the training seed of a regularized model independent of its
+    baseline's (grid key independent_seeds): a 32-bit hash of the seed, the name's CRC-32 and the float64 bits of
+    value. Stable across machines and versions of Python."""
+    import struct
+    import zlib
+    bits = struct.unpack("<Q", struct.pack("<d", float(value)))[0]
+    return int(hash_words(int(seed), STREAM_TRAIN_SEED, zlib.crc32(name.encode()), bits & MASK32, bits >> 32))
 
 
 def check_seed(seed, what: str = "seed") -> int:

@@ -43,6 +43,8 @@ class RunConfig:
     optimizer: str = "sgd"           # sgd (paper), gd (batch_size becomes n_train), momentum, adam, sam
     matmul_precision: str = "fp32"   # of the training steps: fp32, tf32 (CUDA), tf32-emulated (precision.py)
     rho: float = 0.0                 # SAM's radius: only with optimizer sam (0 there: optimizers.SAM_RHO)
+    penalty_points: int = regularizers.SEGMENT_POINTS   # points per segment of a path-length penalty (only those)
+    train_seed: int | None = None    # initial weights and shuffles; None: seed (which also draws the training set)
 
     def __post_init__(self):
         try:
@@ -60,6 +62,15 @@ class RunConfig:
             self.rho = optimizers.SAM_RHO
         elif self.optimizer != "sam" and self.rho != 0:
             raise ConfigError(f"rho {self.rho!r} is SAM's radius: it needs optimizer sam, not {self.optimizer}")
+        if isinstance(self.penalty_points, bool) or not isinstance(self.penalty_points, int) \
+                or self.penalty_points < 2:
+            raise ConfigError(f"invalid penalty_points: {self.penalty_points!r} (must be an integer >= 2)")
+        if self.regularizer not in regularizers.PATH_LENGTH and self.penalty_points != regularizers.SEGMENT_POINTS:
+            raise ConfigError(f"penalty_points {self.penalty_points} is the points per segment of a path-length "
+                              f"penalty: it needs regularizer function_path_length or gradient_path_length, "
+                              f"not {self.regularizer}")
+        if self.train_seed is not None:
+            self.train_seed = rng.check_seed(self.train_seed, "train_seed")
         if self.regularizer == "weights_product" and len(self.hidden) != 1:
             raise ConfigError("the weights_product regularizer needs one hidden layer")
         self.pair = tuple(int(v) for v in self.pair)
@@ -95,13 +106,20 @@ class RunConfig:
         """(d, *hidden, 1): d = 784 for the image sources, 1 for the 1-D tasks."""
         return (datasets.input_dim(self.data), *self.hidden, 1)
 
+    @property
+    def init_seed(self) -> int:
+        """The seed of the initial weights and of the shuffles: train_seed, or seed when that is unset."""
+        return self.seed if self.train_seed is None else self.train_seed
+
     def batch_key(self) -> tuple:
         """Models with equal keys can share one batched program."""
-        return (self.data, self.widths, self.batch_size, self.regularizer, self.optimizer, self.matmul_precision)
+        return (self.data, self.widths, self.batch_size, self.regularizer, self.optimizer, self.matmul_precision,
+                self.penalty_points)
 
 
 # Fields added after the first stored models, with the value that records without them had.
-ADDED_FIELDS = {"sharpness_iters": 0, "trace_probes": 0, "optimizer": "sgd", "matmul_precision": "fp32", "rho": 0.0}
+ADDED_FIELDS = {"sharpness_iters": 0, "trace_probes": 0, "optimizer": "sgd", "matmul_precision": "fp32", "rho": 0.0,
+                "penalty_points": regularizers.SEGMENT_POINTS, "train_seed": None}
 
 
 def config_key(c: RunConfig) -> str:
@@ -145,6 +163,8 @@ class Record(TypedDict, total=False):
     optimizer: str
     rho: float
     matmul_precision: str
+    penalty_points: int
+    train_seed: int | None
     # training (training.TrainResult)
     status: str                     # converged | not_converged | diverged
     epochs: int

@@ -18,12 +18,12 @@ MODES = ("staged", "all")
 
 
 def group_of(c) -> tuple | None:
-    """The ladder a RunConfig belongs to: every field but lam, pair and seed (the models pooled by the edge
+    """The ladder a RunConfig belongs to: every field but lam, pair and the seeds (the models pooled by the edge
     rule); None for an unregularized model (lam = 0), which is never staged."""
     if c.regularizer == "none":
         return None
     d = asdict(c)
-    for k in ("lam", "pair", "seed"):
+    for k in ("lam", "pair", "seed", "train_seed"):
         del d[k]
     return tuple(sorted((k, tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in d.items()))
 

@@ -291,7 +291,10 @@ class Store:
         if len(df):
             # config fields added after the first stored models: missing means the default of the time
             for c, v in ADDED_FIELDS.items():
-                df[c] = df[c].fillna(v) if c in df else v
+                if c not in df:
+                    df[c] = v
+                elif v is not None:
+                    df[c] = df[c].fillna(v)
             if "pair" in df:
                 df["pair"] = df["pair"].map(lambda p: f"{p[0]}/{p[1]}" if isinstance(p, list) else p)
             if "hidden" in df:

@@ -82,10 +82,12 @@ def table2_tables(t2: pd.DataFrame) -> list[Table]:
     order = {m.short: i for i, m in enumerate(registry.REGISTRY)}
     for setting, g in t2.groupby("table", sort=False):
         cols = sorted(g.itertuples(), key=lambda c: (order.get(c.measure, 9), c.lr))
-        lam = [_lam_cell(c) for c in cols]
+        fixed = getattr(cols[0], "rule", "edge") == "fixed"
+        lam = ([f"{fmt(c.lam)}: {c.converged_at_lam}/{c.models_at_lam} converged" for c in cols] if fixed
+               else [_lam_cell(c) for c in cols])
         rows = [["Regularizer"] + [c.regularizer for c in cols],
                 ["Learning rate, epoch cap"] + [f"{fmt(c.lr)}, {c.max_epochs}" for c in cols],
-                ["Largest λ still converging"] + lam,
+                ["Fixed λ" if fixed else "Largest λ still converging"] + lam,
                 ["Unregularized mean μ_unreg (ours / paper)"] + [f"{fmt(c.unreg_mean)} / {fmt(c.paper_unreg_mean)}"
                                                                  for c in cols],
                 ["Regularized mean μ_reg (ours / paper)"] + [f"{fmt(c.reg_mean)} / {fmt(c.paper_reg_mean)}"
@@ -96,14 +98,17 @@ def table2_tables(t2: pd.DataFrame) -> list[Table]:
                 ["r_norm (paper)"] + [_pm(c.paper_r_norm_mean, c.paper_r_norm_std) for c in cols],
                 ["Datasets in r_norm"] + [str(c.datasets) for c in cols],
                 ["Converged per λ"] + [c.converged_by_lambda for c in cols]]
-        note = ("Means over converged models only; μ_unreg over the λ = 0 models of the same learning rate, N and "
-                "seeds; r_norm (eq. 16) over the datasets where both the unregularized model and the model at the "
-                "chosen λ converged. The chosen λ is the largest at which at least half of the models reached the "
-                "loss threshold within the epoch cap; in brackets the next λ tried, where fewer did. A grid with "
-                "`ladder: staged` (the default) does not train the λ above that one, so the list ends there. "
-                f"Setting: {setting}.")
-        out.append(Table("Table 2: explicit regularization", ["Smoothness measure"] + [c.measure for c in cols],
-                         rows, note))
+        means = ("μ_unreg, μ_reg and r_norm (eq. 16) are over the same datasets: those where both the "
+                 "unregularized model (λ = 0, the same learning rate, N and seeds) and the model at the λ shown "
+                 "converged (with none, μ_unreg is over all converged λ = 0 models). ")
+        rule = ("The λ is fixed by the grid (table2_lambdas; the paper's values are those of its Table 2), whether or "
+                "not its models converged: the row shows how many did. " if fixed else
+                "The chosen λ is the largest at which at least half of the models reached the loss threshold within "
+                "the epoch cap; in brackets the next λ tried, where fewer did. A grid with `ladder: staged` (the "
+                "default) does not train the λ above that one, so the list ends there. ")
+        out.append(Table("Table 2 at fixed λ" if fixed else "Table 2: explicit regularization",
+                         ["Smoothness measure"] + [c.measure for c in cols], rows,
+                         means + rule + f"Setting: {setting}."))
     return out
 
 
@@ -187,4 +192,21 @@ def by_size_tables(size: pd.DataFrame, shown: dict[str, str]) -> list[Table]:
         out.append(Table("Measures by training size", ["N", "models"] + [names[m] for m in cols], rows,
                          "Mean ± std over the converged unregularized models of each N (the curves of "
                          f"measures_vs_n.png). Setting: {A.setting_label(dict(zip(A.SETTING, keys)))}."))
+    return out
+
+
+def r_norm_by_n_tables(rbn: pd.DataFrame) -> list[Table]:
+    """How the effect grows with N (analysis.r_norm_by_n): per setting, a row per N, a column per measure."""
+    out = []
+    order = {m.short: i for i, m in enumerate(registry.REGISTRY)}
+    for table, g in rbn.groupby("table", sort=False):
+        cols = sorted({(r.measure, r.lam) for r in g.itertuples()}, key=lambda c: (order.get(c[0], 9), c[1]))
+        rows = []
+        for n, h in g.groupby("n_train", sort=True):
+            cell = {(r.measure, r.lam): f"{_pm(r.r_norm_mean, r.r_norm_std)} ({r.datasets})" for r in h.itertuples()}
+            rows.append([str(int(n))] + [cell.get(c, "–") for c in cols])
+        out.append(Table("r_norm against N at fixed λ", ["N"] + [f"{m} (λ {fmt(lam)})" for m, lam in cols], rows,
+                         "r_norm (eq. 16), mean ± std over the datasets where both the baseline and the regularized "
+                         "model converged (their number in brackets), at the same λ for every N: how the effect of "
+                         f"explicit regularization changes with the training size. Setting: {table}."))
     return out

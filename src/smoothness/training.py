@@ -55,12 +55,14 @@ class TrainSpec:
     threshold: float = DEFAULT_THRESHOLD
     regularizer: str = "none"   # see regularizers.py; trains on L + lam * S (eq. 15)
     lam: float = 0.0
+    penalty_points: int = regularizers.SEGMENT_POINTS   # points per segment of a path-length penalty
     optimizer: str = "sgd"      # sgd, momentum, adam or sam (optimizers.py); full-batch GD: batch_size >= N
     rho: float | None = None    # SAM's radius (None: optimizers.SAM_RHO); only with optimizer 'sam'
 
     def __post_init__(self):
         self.seed = rng.check_seed(self.seed)   # 0 <= seed < 2**32: the generator uses 32 bits
         regularizers.check(self.regularizer)
+        self.penalty_points = regularizers.check_points(self.penalty_points)
         if optimizers.check(self.optimizer) == "gd":
             raise ValueError("optimizer 'gd' is sgd with the trainer's batch_size set to the training size")
         if self.optimizer == "sam":
@@ -195,13 +197,22 @@ class BatchedTrainer:
         xb = self.x.index_select(0, rows.reshape(-1)).view(*rows.shape, -1)  # [b - a, B, d]
         lr = act.lr[a:b]
         grads = None
-        if st.optimizer == "sgd" and st.regularizer == "none":
+        if st.optimizer == "sgd" and (st.regularizer == "none" or self._fused_penalty(p, st)):
             # fused: the update is folded into the gradient GEMMs
             out, acts, pres = forward(p, xb, cache=True)
             err = out - yb if valid is None else torch.where(valid, out - yb, 0.0)
             # eq. 2 on the batch: d/d out of (1/count) sum err^2 is 2 err / count, scaled by the lr here
             scale = lr * (2.0 / self.batch_size) if valid is None else 2.0 * lr / valid.sum(1).to(err.dtype)
-            sgd_update_(p, acts, pres, err * scale[:, None])
+            pen = None
+            if st.regularizer != "none":   # eq. 15: lam * S's gradient, from the weights before the update
+                pen = regularizers.penalty_grads(p, st.regularizer, act.lam[a:b], pres[0], valid, st.penalty_points)
+            rate = lr[:, None, None]
+            sgd_update_(p, acts, pres, err * scale[:, None],
+                        dpre=[pen.dz * rate] if pen is not None and pen.dz is not None else None)
+            if pen is not None:
+                if pen.dW1 is not None:
+                    p.weights[0].sub_(pen.dW1 * rate)
+                p.weights[1].sub_(pen.dw2 * rate)
         else:
             grads, err = self._grads(p, st, act.lam[a:b], xb, yb, valid)
             if st.optimizer == "sam":   # the gradient again, at theta + e on the same minibatch
@@ -213,11 +224,17 @@ class BatchedTrainer:
             optimizers.step_(p.tensors(), grads, [o[a:b] for o in act.opt_state], st.optimizer, lr, t)
         act.loss_sum[a:b] += err.square().sum(1)  # errors from before the update, as Keras logs them
 
+    @staticmethod
+    def _fused_penalty(p: MLPStack, st: StepSettings) -> bool:
+        """Whether the regularizer's gradient has the two-layer closed form that SGD can fold into its fused
+        update (regularizers.penalty_grads)."""
+        return p.depth == 1 and st.regularizer in regularizers.TWO_LAYER
+
     def _grads(self, p: MLPStack, st: StepSettings, lam, xb, yb, valid):
         """Every model's gradient of its minibatch objective (eq. 2, or eq. 15 with a regularizer), in p.tensors()
         order, and the batch errors [M, B]."""
         if st.regularizer != "none":
-            return regularizers.regularized_grads(p, st.regularizer, lam, xb, yb, valid)
+            return regularizers.regularized_grads(p, st.regularizer, lam, xb, yb, valid, st.penalty_points)
         out, acts, pres = forward(p, xb, cache=True)
         err = out - yb if valid is None else torch.where(valid, out - yb, 0.0)
         scale = 2.0 / self.batch_size if valid is None else (2.0 / valid.sum(1).to(err.dtype))[:, None]
@@ -309,7 +326,11 @@ class BatchedTrainer:
         opts = {s.optimizer for s in specs}
         if len(opts) > 1:
             raise ValueError(f"one batched program trains with one optimizer, got {sorted(opts)}")
-        st = StepSettings(regularizer, opts.pop() if opts else "sgd")
+        points = {s.penalty_points for s in specs}
+        if len(points) > 1:
+            raise ValueError(f"one batched program has one number of penalty points per segment, got {sorted(points)}")
+        st = StepSettings(regularizer, opts.pop() if opts else "sgd",
+                          points.pop() if points else regularizers.SEGMENT_POINTS)
         self.admit_seconds = 0.0  # time spent initializing and admitting models (reported by bench)
         waiting = list(range(len(specs)))
         cap = self.max_batch or len(specs)

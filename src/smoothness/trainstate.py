@@ -129,9 +129,11 @@ class ActiveModels:
 
 @dataclass(frozen=True)
 class StepSettings:
-    """What every step of one batched program shares: one regularizer and one optimizer per program."""
+    """What every step of one batched program shares: one regularizer (with its points per segment, for the
+    path-length penalties) and one optimizer per program."""
     regularizer: str = "none"
     optimizer: str = "sgd"
+    penalty_points: int = 10
 
 
 class StatusPoll:

@@ -100,7 +100,8 @@ def verdict(t1: pd.DataFrame, t2: pd.DataFrame) -> pd.DataFrame:
             if not len(a) and not len(b):
                 continue
             a = a.sort_values("datasets", ascending=False).iloc[0] if len(a) else None
-            b = b.sort_values("datasets", ascending=False).iloc[0] if len(b) else None
+            b = b.sort_values(["datasets", "n_train"], ascending=False).iloc[0] if len(b) else None   # most pairs,
+            # then the largest N (the paper's Table 2 is at N = 10,000)
             tau_kind, tau_words = (read_tau(a.tau_mean, int(a.datasets), int(a.n_sizes)) if a is not None
                                    else (None, "no Table 1 runs"))
             r_kind, r_words = (read_r(b.r_norm_mean, int(b.datasets), b.lam, bool(b.ladder_short),
