@@ -5,9 +5,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import run_cli
-from smoothness import experiments, grid
+from smoothness import experiments, grid, regularizers
 from smoothness.errors import ConfigError
 
 
@@ -54,6 +55,17 @@ def parse(**kw):
     ({"name": "x..y"}, ["'name'", "not a valid grid name"]),
     ({"name": "my grid"}, ["'name'", "not a valid grid name"]),
     ({"name": "x" * 101}, ["'name'", "not a valid grid name"]),
+    # the points per segment belong to a path-length penalty; the fixed lambdas of Table 2 to a regularizer
+    ({"regularizers": [{"name": "gradient_norm", "lam": 1e-4, "penalty_points": 100}]}, ["'penalty_points'",
+                                                                                          "gradient_norm"]),
+    ({"regularizers": [{"name": "function_path_length", "lam": 1e-4, "penalty_points": 1}]}, ["'penalty_points'",
+                                                                                               ">= 2"]),
+    ({"regularizers": [{"name": "function_path_length", "lam": 1e-4, "penalty_points": 2.5}]},
+     ["'penalty_points'", "integer"]),
+    ({"table2_lambdas": "papers"}, ["'table2_lambdas'", "'paper'"]),
+    ({"table2_lambdas": {"gradient_nrm": 1e-3}}, ["'table2_lambdas'", "gradient_nrm"]),
+    ({"table2_lambdas": {"gradient_norm": 0}}, ["'table2_lambdas.gradient_norm'", "positive"]),
+    ({"independent_seeds": "yes"}, ["'independent_seeds'", "true or false"]),
 ])
 def test_invalid_grids_name_the_key(raw, words):
     with pytest.raises(ConfigError) as e:
@@ -107,7 +119,7 @@ def test_config_key_is_stable_and_distinguishes_configs():
     assert grid.config_key(a) != grid.config_key(b)
 
 
-@pytest.mark.parametrize("name, models", [("paper-table1", 1080), ("paper-table2", 45 * 31)])
+@pytest.mark.parametrize("name, models", [("paper-table1", 1080), ("paper-table2", 45 * 32)])
 def test_paper_presets_are_the_papers_grids(name, models):
     g = grid.preset(name)
     assert g.data == "mnist" and len(g.pairs) == 45 and len(g.configs()) == models
@@ -115,7 +127,9 @@ def test_paper_presets_are_the_papers_grids(name, models):
         assert g.n_train == [64, 128, 256, 512, 1024, 2048, 4096, 8192] and g.seeds == [0, 1, 2]
     else:
         # the paper's method: per regularizer a ladder of factor sqrt(10) (7 values) that holds the paper's own
-        # lambdas, at the paper's learning rates and caps (15,000 epochs for GN, as in the original code)
+        # lambdas (WP's 3e-5 as one more rung), at the paper's learning rates and caps (15,000 epochs for GN, as in
+        # the original code); Table 2 is also reported at the paper's lambdas
+        assert g.table2_lambdas == regularizers.PAPER_LAMBDAS
         ladders = {}
         for c in g.configs():
             if c.regularizer != "none":
@@ -125,7 +139,10 @@ def test_paper_presets_are_the_papers_grids(name, models):
         assert set(ladders) == set(paper)
         for reg, (lr, cap, own) in paper.items():
             lams = sorted(lam for lam, r, m in ladders[reg] if (r, m) == (lr, cap))
-            assert len(lams) == len(ladders[reg]) == 7 and set(own) <= set(lams)
+            assert len(lams) == len(ladders[reg]) == 7 + (reg == "weights_product") and set(own) <= set(lams)
+            if reg == "weights_product":
+                assert 3e-5 in lams
+                lams.remove(3e-5)
             assert all(b / a == pytest.approx(10 ** 0.5, rel=1e-5) for a, b in zip(lams, lams[1:]))
         baselines = {(c.lr, c.max_epochs) for c in g.configs() if c.regularizer == "none"}
         assert baselines == {(0.01, 15000), (0.01, 25000), (0.1, 25000)}
@@ -133,7 +150,7 @@ def test_paper_presets_are_the_papers_grids(name, models):
         assert (c.hidden, c.alpha, c.batch_size, c.threshold) == ((256,), 0.01, 64, 1e-5)
 
 
-@pytest.mark.parametrize("table, models", [("table1", 1080), ("table2", 45 * 31)])
+@pytest.mark.parametrize("table, models", [("table1", 1080), ("table2", 45 * 32)])
 def test_fashion_presets_are_the_papers_designs_on_fashion_mnist(table, models):
     f, m = grid.preset(f"fashion-{table}"), grid.preset(f"paper-{table}")
     assert f.data == "fashion-mnist" and len(f.configs()) == models
@@ -321,3 +338,44 @@ def test_the_keys_of_every_committed_store_are_rebuilt_from_their_records():
             checked += 1
         db.close()
     assert checked > 100
+
+
+def test_independent_seeds_and_penalty_points_in_a_grid():
+    raw = {"name": "t", "pairs": [[3, 8], [4, 9]], "seeds": [0, 1], "independent_seeds": True,
+           "table2_lambdas": "paper",
+           "regularizers": [{"name": "gradient_norm", "lam": [0, 1e-3, 1e-2]},
+                            {"name": "function_path_length", "lam": [0, 1e-4], "penalty_points": 100}]}
+    g = grid.parse(raw)
+    cs = g.configs()
+    base = [c for c in cs if c.regularizer == "none"]
+    reg = [c for c in cs if c.regularizer != "none"]
+    assert base and all(c.train_seed is None and c.init_seed == c.seed for c in base)
+    # a training seed per (seed, regularizer, lambda), the same on every parse; the training set still by `seed`
+    runs = {(c.seed, c.regularizer, c.lam) for c in reg}
+    assert len({c.train_seed for c in reg}) == len(runs) == 6 and all(c.init_seed != c.seed for c in reg)
+    assert [c.train_seed for c in reg] == [c.train_seed for c in grid.parse(raw).configs() if c.regularizer != "none"]
+    assert {c.penalty_points for c in reg if c.regularizer == "function_path_length"} == {100}
+    assert {c.penalty_points for c in cs if c.regularizer != "function_path_length"} == {10}
+    assert g.table2_lambdas == {"gradient_norm": 1e-3, "weights_product": 3e-5, "function_path_length": 1e-4,
+                                "gradient_path_length": 1e-5}
+    # the grid as stored in a results store parses back to the same models (unset entry keys are written as None)
+    again = grid.parse(g.to_dict())
+    assert [grid.config_key(c) for c in again.configs()] == [grid.config_key(c) for c in cs]
+    # staging pools a rung's models whatever their training seeds
+    from smoothness import staging
+    assert len({staging.group_of(c) for c in reg if c.regularizer == "gradient_norm"}) == 1
+
+
+def test_the_training_seed_draws_the_initial_weights_and_the_seed_the_training_set():
+    from dataclasses import replace
+
+    from smoothness import pipeline
+    c = pipeline.RunConfig(n_train=16, hidden=(8,), max_epochs=2, threshold=1e-9, measure_points=20, segments=4,
+                           points=4)
+    same, other = replace(c, train_seed=c.seed), replace(c, train_seed=12345)
+    a, b, d = pipeline.train_and_measure([c, same, other])
+    assert grid.config_key(c) != grid.config_key(same)
+    for x, y in zip(a["params"].tensors(), b["params"].tensors()):
+        assert torch.equal(x, y)
+    assert not torch.equal(a["params"].weights[0], d["params"].weights[0])
+    assert a["fpl_lower_bound"] == d["fpl_lower_bound"] and d["train_seed"] == 12345

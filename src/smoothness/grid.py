@@ -51,7 +51,7 @@ from .runconfig import RunConfig, config_key  # noqa: F401 (config_key: part of 
 
 PRESETS = (
     "smoke", "quick", "paper-table1", "paper-table2", "lr-sweep", "depth", "fashion-table1", "fashion-table2",
-    "fashion-large-n", "fashion-large-n-table2", "oned", "sam",
+    "fashion-large-n", "fashion-large-n-table2", "fashion-table2-10k", "oned", "sam",
 )
 
 _TOP = {"name", "description", "data", "pairs", "n_train", "seeds", "hidden", "alpha", "lr", "batch_size",
