@@ -73,13 +73,11 @@ def test_report_files_and_tables(smoke):
     t1s = pd.read_csv(rep / "table1.csv").set_index("measure")
     assert v.set_index("measure").loc["GN", "tau"] == pytest.approx(t1s.loc["GN", "tau_mean"])
     assert "Verdict: does SGD optimize each measure?" in (rep / "report.html").read_text()
-    # the grid's table2_lambdas: Table 2 at those λ beside the edge's, and r_norm against N (GN at N = 32, 64)
+    # the grid's table2_lambdas: Table 2 at those λ beside the edge's
     fixed = pd.read_csv(rep / "table2_fixed.csv")
     assert set(fixed["rule"]) == {"fixed"} and set(fixed["lam"]) == {1e-3}
-    assert "Table 2 at fixed λ" in t2 and "Fixed λ" in t2
-    rbn = pd.read_csv(rep / "r_norm_by_n.csv")
-    assert set(rbn["measure"]) == {"GN"} and sorted(rbn["n_train"]) == [32, 64]
-    assert (rep / "r_norm_vs_n.png").read_bytes()[:8] == PNG and "r_norm against N" in md
+    assert set(fixed["measure"]) == {"GN", "WP"} and (fixed["models_at_lam"] == 4).all()   # 2 pairs x 2 seeds
+    assert "Table 2 at fixed λ" in t2 and "Fixed λ" in t2 and not (rep / "r_norm_by_n.csv").exists()
     assert "Table 1" in r.stdout and "Table 2" in r.stdout and "report.html" in r.stdout
 
 
@@ -207,6 +205,20 @@ def run_and_report(tmp_path, grid_yaml: str) -> Path:
     r = run_cli("report", tmp_path / "exp")
     assert r.returncode == 0, r.stderr
     return tmp_path / "exp" / "report"
+
+
+def test_table2_at_fixed_lambdas_over_several_n_gets_r_norm_against_n(tmp_path):
+    rep = run_and_report(tmp_path, "name: grow\npairs: [[3, 8], [4, 9]]\nn_train: [16, 32]\nhidden: 16\nlr: 0.05\n"
+                         "threshold: 1.0e-3\nmax_epochs: 2000\nbatch_size: 16\ntable2_lambdas: paper\n"
+                         "regularizers: [{name: gradient_norm, lam: [0, 1.0e-3]}]\n"
+                         "measure: {points: 32, segments: 8, points_per_segment: 16}\n")
+    ratios = pd.read_csv(rep / "table2_fixed_ratios.csv")
+    rbn = pd.read_csv(rep / "r_norm_by_n.csv")
+    assert set(rbn["measure"]) == {"GN"} and sorted(rbn["n_train"]) == [16, 32] and set(rbn["lam"]) == {1e-3}
+    for n, g in ratios.groupby("n_train"):
+        assert rbn.set_index("n_train").loc[n, "r_norm_mean"] == pytest.approx(g["r"].mean())
+    assert (rep / "r_norm_vs_n.png").read_bytes().startswith(PNG)
+    assert "r_norm against N at fixed λ" in (rep / "report.md").read_text()
 
 
 def test_a_learning_rate_sweep_gets_its_table_and_figure(tmp_path):
