@@ -17,6 +17,7 @@ def main(argv=None) -> int:
             raise noted
         status = cli_main(argv)
         interrupt.check()   # a signal whose exception was swallowed
+        interrupt.finishing()   # from here a signal ends the process quietly (atexit callbacks run next)
     except KeyboardInterrupt as e:   # before the command; cli_main reports its own
         status = interrupt.report(e)
     if interrupt.reported is not None:

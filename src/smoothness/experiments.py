@@ -160,24 +160,53 @@ def run_grid(grid: Grid, out, *, device=None, data_dir=None, progress: bool = Tr
 
 
 def _other_grid(store: Store, grid: Grid) -> str | None:
-    """The name of the grid the store was made for, if that is not `grid` and the store holds models."""
+    """The name of the grid the store was made for, if that is not `grid` and the store holds models or a run of
+    that grid may be writing to it now (its owner, see claim_store)."""
     held = (store.meta("grid") or {}).get("name")
-    return held if held and held != grid.name and model_count(store.db) else None
+    if not held or held == grid.name:
+        return None
+    return held if model_count(store.db) or _owner_alive(store.meta("owner")) else None
+
+
+def _owner_alive(owner) -> bool:
+    """Whether the process that claimed a store (meta 'owner': host and pid) may still run: on this host, whether
+    the pid exists; on another host it cannot be told, so yes."""
+    import socket
+    if not isinstance(owner, dict) or "pid" not in owner:
+        return False
+    if owner.get("host") != socket.gethostname():
+        return True
+    pid = owner["pid"]
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError, ValueError, TypeError):
+        return True
+    return True
 
 
 def claim_store(store: Store, grid: Grid, merge: bool) -> None:
-    """Record the grid in the store's meta; refuse a store that holds another grid's models unless merge."""
-    other = _other_grid(store, grid)
-    if other is None:
-        store.set_meta("grid", grid.to_dict())
-        return
-    if not merge:
-        raise ConfigError(f"{store.path} holds grid '{other}' ({model_count(store.db)} models); grid '{grid.name}' "
-                          "would mix its models into it: choose another --out, or pass --merge to add them "
-                          "to this store")
-    # the store keeps its own grid; the grids merged into it are listed beside it
-    merged = store.meta("merged", []) or []
-    store.set_meta("merged", [g for g in merged if g.get("name") != grid.name] + [grid.to_dict()])
+    """Record the grid (and this process as the store's owner) in the store's meta, in one transaction with the
+    check: a store that holds another grid's models, or that another grid's run claimed and may be writing to now,
+    is refused unless merge. Two runs of different grids started at the same moment into one --out cannot both
+    pass the check."""
+    import socket
+    with store.transaction():
+        other = _other_grid(store, grid)
+        if other is not None and not merge:
+            n = model_count(store.db)
+            busy = "" if n else ", being written by a run that is still going"
+            raise ConfigError(f"{store.path} holds grid '{other}' ({n} models{busy}); grid '{grid.name}' would mix "
+                              "its models into it: choose another --out, or pass --merge to add them to this store")
+        if other is None:
+            store.set_meta("grid", grid.to_dict())
+        else:   # the store keeps its own grid; the grids merged into it are listed beside it
+            merged = store.meta("merged", []) or []
+            store.set_meta("merged", [g for g in merged if g.get("name") != grid.name] + [grid.to_dict()])
+        store.set_meta("owner", {"host": socket.gethostname(), "pid": os.getpid(), "grid": grid.name})
 
 
 def _stored(grid: Grid, out: Path) -> tuple[int, int, str | None, int] | None:

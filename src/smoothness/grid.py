@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import difflib
 import itertools
+import math
 from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
@@ -54,6 +55,9 @@ PRESETS = (
     "fashion-large-n", "fashion-large-n-table2", "fashion-table2-10k", "oned", "sam",
 )
 
+MAX_MODELS = 100_000        # models of one grid (the paper's two experiments together are about 2,500)
+MAX_GRID_BYTES = 1 << 20   # a grid file is a few hundred bytes of YAML
+MAX_YAML_NODES = 100_000   # YAML nodes of a grid file once its aliases are expanded
 _TOP = {"name", "description", "data", "pairs", "n_train", "seeds", "hidden", "alpha", "lr", "batch_size",
         "max_epochs", "threshold", "regularizers", "measure", "optimizer", "matmul_precision", "ladder", "rho",
         "independent_seeds", "table2_lambdas"}
@@ -96,8 +100,24 @@ class Grid:
     independent_seeds: bool = False
     table2_lambdas: dict = field(default_factory=dict)
 
+    def size_bound(self) -> int:
+        """The number of combinations the grid's axes make (before duplicates are dropped), computed without
+        expanding them."""
+        total = 0
+        for reg in self.regularizers:
+            total += math.prod(len(v) for v in (
+                self.optimizer, self.rho, reg["lam"], [reg["lr"]] if reg["lr"] is not None else self.lr,
+                self.hidden, reg.get("alpha") or self.alpha, self.batch_size,
+                [reg["max_epochs"]] if reg.get("max_epochs") is not None else self.max_epochs, self.threshold,
+                reg.get("pairs") or self.pairs, reg.get("n_train") or self.n_train, reg.get("seeds") or self.seeds))
+        return total
+
     def configs(self) -> list[RunConfig]:
         """Every model of the grid, without duplicates, in a stable order."""
+        bound = self.size_bound()
+        if bound > MAX_MODELS:
+            raise ConfigError(f"grid {self.name!r} has {bound:,} combinations of its axes, more than the limit of "
+                              f"{MAX_MODELS:,} models: split it into several grids (limits: docs/cli.md)")
         out, seen = [], set()
         for reg in self.regularizers:
             lrs = [reg["lr"]] if reg["lr"] is not None else self.lr
@@ -212,11 +232,16 @@ def load(path) -> Grid:
     import yaml
     path = Path(path)
     try:
-        blob = path.read_bytes()
+        if path.exists() and not path.is_file():
+            raise ConfigError(f"{path} is not a regular file: a grid is a YAML file")
+        with open(path, "rb") as f:
+            blob = f.read(MAX_GRID_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(f"no such grid file: {path}") from None
     except OSError as e:
         raise ConfigError(f"cannot read grid file {path}: {e.strerror}") from None
+    if len(blob) > MAX_GRID_BYTES:
+        raise ConfigError(f"{path} is larger than {MAX_GRID_BYTES // 1024} KB: not a grid file")
     try:
         text = blob.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -272,7 +297,40 @@ def _yaml_load(text: str):
                     first[key] = k.start_mark.line
             return super().construct_mapping(node, deep)
 
-    return yaml.load(text, Loader=UniqueKeyLoader)
+        def compose_document(self):
+            node = super().compose_document()
+            _check_size(node)
+            return node
+
+    try:
+        return yaml.load(text, Loader=UniqueKeyLoader)
+    except RecursionError:
+        raise ConfigError("the YAML is nested too deeply to be a grid") from None
+
+
+def _check_size(root) -> None:
+    """A ConfigError if the YAML node tree holds more than MAX_YAML_NODES nodes once its aliases are expanded (a
+    few lines of nested aliases can stand for billions), counted without expanding them; and if it nests deeper
+    than a grid could."""
+    import yaml
+    sizes: dict[int, int] = {}
+    stack = [(root, False, 0)]
+    while stack:
+        node, done, depth = stack.pop()
+        if id(node) in sizes:
+            continue
+        kids = ([x for kv in node.value for x in kv] if isinstance(node, yaml.MappingNode) else
+                list(node.value) if isinstance(node, yaml.SequenceNode) else [])
+        if depth > 64:
+            raise ConfigError("the YAML is nested too deeply to be a grid")
+        if done:
+            sizes[id(node)] = min(1 + sum(sizes[id(k)] for k in kids), MAX_YAML_NODES + 1)
+            if sizes[id(node)] > MAX_YAML_NODES:
+                raise ConfigError(f"the YAML expands to more than {MAX_YAML_NODES:,} values (through its aliases): "
+                                  "not a grid")
+        else:
+            stack.append((node, True, depth))
+            stack += [(k, False, depth + 1) for k in kids if id(k) not in sizes]
 
 
 def resolve(name) -> Grid:

@@ -13,6 +13,7 @@ import shutil
 import struct
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 import zlib
 from pathlib import Path
@@ -121,8 +122,17 @@ def download(source: str, dest: Path, mirrors: list[str] | None = None,
                         f"downloadable: {', '.join(sorted(CHECKSUMS))}")
     mirrors = mirrors or MIRRORS[source]
     checksums = checksums or CHECKSUMS[source]
+    for m in mirrors:
+        parts = urllib.parse.urlsplit(m)
+        if parts.scheme not in ("http", "https", "file") or not (parts.netloc or parts.path.strip("/")):
+            raise DataError(f"mirror {m!r} is not an http(s) or file URL (e.g. https://example.org/mnist/)")
     dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
+    if dest.exists() and not dest.is_dir():
+        raise DataError(f"{dest} is a file, not a folder: give --dir a folder for the IDX files")
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"cannot create the folder {dest} ({e.strerror or e})") from None
     for name in FILES.values():
         existing = find_file(dest, name)
         if existing is not None:
@@ -152,13 +162,20 @@ def download(source: str, dest: Path, mirrors: list[str] | None = None,
                 errors.append(f"{url}: checksum mismatch (md5 {digest}, expected {checksums[name]})")
                 continue
             parse(content, url)
-            fd, tmp = tempfile.mkstemp(dir=dest, prefix=".part-")
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(raw)
-                fh.flush()
-                os.fsync(fh.fileno())
             target = dest / (name + ".gz" if raw[:2] == b"\x1f\x8b" else name)
-            shutil.move(tmp, target)
+            tmp = None
+            try:
+                fd, tmp = tempfile.mkstemp(dir=dest, prefix=".part-")
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(raw)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                shutil.move(tmp, target)
+            except OSError as e:
+                if tmp is not None:
+                    Path(tmp).unlink(missing_ok=True)
+                raise DataError(f"cannot write {target} ({e.strerror or e}); the files downloaded before are "
+                                "kept") from None
             log(f"{target}: downloaded from {url}, checksum ok")
             break
         else:

@@ -104,3 +104,23 @@ def report(exc: BaseException, note=None, stream=None) -> int:
     reported = exit_status(exc)
     return reported
 
+
+
+def _exit_now(signum, frame):
+    for f in (sys.stdout, sys.stderr):
+        try:
+            f.flush()
+        except Exception:
+            pass
+    import os
+    os._exit(128 + signum)
+
+
+def finishing() -> None:
+    """The command's work is done: a SIGINT or SIGTERM from now on (while the interpreter shuts down and runs its
+    atexit callbacks, where an exception would only be printed as "Exception ignored" and the exit status would
+    be 0) ends the process at once with 130 or 143, quietly (main thread only)."""
+    if threading.current_thread() is threading.main_thread():
+        for s in (signal.SIGINT, signal.SIGTERM):
+            if signal.getsignal(s) in (_on_signal, _note_signal, signal.default_int_handler, signal.SIG_DFL):
+                signal.signal(s, _exit_now)

@@ -38,6 +38,10 @@ DENSITIES = {"uniform": Density("uniform", -1.0, 1.0), "gaussian": Density("gaus
 PAIR = (0, 1)   # 1-D tasks have no digit pair; their configs and records carry this one
 
 
+MAX_POINTS = 100_000     # pool and held-out points of a 1-D task, each
+MAX_GP_POINTS = 8192     # pool + held-out of line-gp: its sample needs an eigendecomposition of that size
+
+
 @dataclass(frozen=True)
 class LineSpec:
     """A 1-D task: the target function and the input density (see the module docstring)."""
@@ -62,6 +66,12 @@ class LineSpec:
                 raise DataError(f"1-D task setting {k} must be a finite number > 0, got {v!r}")
         if self.pool < 2 or self.heldout < 2:
             raise DataError(f"1-D task pool and heldout must be >= 2, got {self.pool} and {self.heldout}")
+        if max(self.pool, self.heldout) > MAX_POINTS:
+            raise DataError(f"1-D task pool and heldout are at most {MAX_POINTS:,} points each, got {self.pool:,} and "
+                            f"{self.heldout:,}")
+        if self.kind == "gp" and self.pool + self.heldout > MAX_GP_POINTS:
+            raise DataError(f"line-gp draws its sample at pool + heldout points jointly (an eigendecomposition of "
+                            f"that many squared): at most {MAX_GP_POINTS:,}, got {self.pool + self.heldout:,}")
         rng.check_seed(self.task_seed, "task_seed")
 
     def canonical(self) -> str:

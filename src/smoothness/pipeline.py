@@ -13,7 +13,8 @@ import torch
 
 from . import data as datasets
 from . import linetasks, training
-from .devices import check_matmul_precision, measure_batch_size, resolve_device  # noqa: F401
+from .devices import check_matmul_precision, measure_batch_size, memory_budget, resolve_device  # noqa: F401
+from .errors import ConfigError
 from .evaluate import Trained, measure_model, measure_models, parameter_measures  # noqa: F401
 from .modelfile import SAVE_FORMAT, check_save_path, load_models, save_models  # noqa: F401
 from .runconfig import ADDED_FIELDS, Record, RunConfig, config_key  # noqa: F401
@@ -47,6 +48,21 @@ class _Trained:
     rec: Record
     model: Trained     # what measuring it needs
     at: float
+
+
+def batch_limit(configs: list[RunConfig], device) -> int:
+    """How many of these models (one batch key) train at once: as many as fit in the memory budget
+    (devices.memory_budget, training.model_bytes); the others wait for a place. A ConfigError if one alone does
+    not fit."""
+    c = configs[0]
+    need = training.model_bytes(c.widths, max(x.n_train for x in configs), c.batch_size, c.optimizer, c.regularizer,
+                                c.penalty_points)
+    budget = memory_budget(device)
+    if need > budget:
+        raise ConfigError(f"one model ({'-'.join(map(str, c.widths))} net, N = {max(x.n_train for x in configs):,}, "
+                          f"batch {c.batch_size:,}) needs about {need / 2**20:,.0f} MB, more than the "
+                          f"{budget / 2**20:,.0f} MB this machine has for it")
+    return max(1, min(len(configs), budget // need))
 
 
 def load_tasks(configs: list[RunConfig], data_dir=None) -> dict[tuple, datasets.BinaryTask | linetasks.LineTask]:
@@ -124,7 +140,8 @@ def iter_train_and_measure(configs: list[RunConfig], *, device=None, data_dir=No
                                             regularizer=c.regularizer, lam=c.lam, penalty_points=c.penalty_points,
                                             optimizer="sgd" if c.optimizer == "gd" else c.optimizer,
                                             rho=c.rho if c.optimizer == "sam" else None))
-        trainer = training.BatchedTrainer(torch.cat(pools), key[1], key[2], dev, matmul_precision=key[5])
+        trainer = training.BatchedTrainer(torch.cat(pools), key[1], key[2], dev, matmul_precision=key[5],
+                                          max_batch=batch_limit([configs[i] for i in members], dev))
         for res in trainer.iter_train(specs, progress=progress):
             i = members[res.index]
             c = configs[i]

@@ -330,18 +330,18 @@ def render(c: ReportContent, out: Path) -> dict:
 
     def save_csv(name, frame):
         if len(frame):
-            frame.to_csv(out / name, index=False)
+            frame.to_csv(out / name, index=False, encoding="utf-8")
             written[name] = out / name
 
     def save_md(name, tabs):
         if tabs:
-            (out / name).write_text("\n".join(t.markdown() for t in tabs))
+            (out / name).write_text("\n".join(t.markdown() for t in tabs), encoding="utf-8")
             written[name] = out / name
 
     sections_md, sections_html = [], []
     if len(c.runs):
         save_csv("runs.csv", c.runs.drop(columns=["versions"], errors="ignore"))
-        c.counts.to_csv(out / "status_counts.csv", index=False)
+        c.counts.to_csv(out / "status_counts.csv", index=False, encoding="utf-8")
         written["status_counts.csv"] = out / "status_counts.csv"
         tables1 = table1_tables(c.table1) if len(c.table1) else []
         tables2 = table2_tables(c.table2) if len(c.table2) else []
@@ -413,10 +413,31 @@ def render(c: ReportContent, out: Path) -> dict:
     else:
         sections_md.append("The store holds no finished models yet.")
         sections_html.append("<p>The store holds no finished models yet.</p>")
-    (out / "report.md").write_text(f"# {c.title}\n\n{c.intro}\n\n" + "\n\n".join(sections_md) + "\n")
+    # a path in the intro keeps its own bytes: a non-ASCII name read under LC_ALL=C holds surrogates
+    (out / "report.md").write_text(f"# {c.title}\n\n{c.intro}\n\n" + "\n\n".join(sections_md) + "\n",
+                                   encoding="utf-8", errors="surrogateescape")
     (out / "report.html").write_text(
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(c.title)}</title>"
         f"<style>{_CSS}</style></head><body><h1>{html.escape(c.title)}</h1><p>{html.escape(c.intro)}</p>"
-        + "".join(sections_html) + "</body></html>\n")
+        + "".join(sections_html) + "</body></html>\n", encoding="utf-8", errors="surrogateescape")
     written["report.md"], written["report.html"] = out / "report.md", out / "report.html"
+    _forget_stale(out, written)
     return written
+
+
+MANIFEST = ".report-files"   # in a report folder: the files the last report wrote there
+
+
+def _forget_stale(out: Path, written: dict) -> None:
+    """Remove the files an earlier report wrote into `out` that this one did not (a table whose models are gone
+    from the store must not stay beside the new ones), then list this report's files in the manifest. Files that
+    no report wrote are left alone."""
+    manifest = out / MANIFEST
+    try:
+        before = set(manifest.read_text(encoding="utf-8").split())
+    except (OSError, UnicodeDecodeError):
+        before = set()
+    for name in before - set(written):
+        if "/" not in name and name != MANIFEST:
+            (out / name).unlink(missing_ok=True)
+    manifest.write_text("\n".join(sorted(written)) + "\n", encoding="utf-8")

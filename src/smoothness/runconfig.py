@@ -18,6 +18,13 @@ from .errors import ConfigError, DataError
 from .models import DEFAULT_ALPHA
 
 
+# Upper limits of a configuration's sizes: a larger value is a typo or asks for work no machine finishes, and is
+# refused before any work (docs/cli.md). The paper's values are far below them.
+LIMITS = {"n_train": 1_000_000, "hidden": 65_536, "hidden_layers": 64, "batch_size": 1_000_000,
+          "max_epochs": 10_000_000, "measure_points": 1_000_000, "segments": 10_000_000, "points": 100_000,
+          "sharpness_iters": 1_000_000, "trace_probes": 100_000, "penalty_points": 10_000}
+
+
 @dataclass
 class RunConfig:
     """Everything that defines one trained model (defaults: the paper, sec. 4.1)."""
@@ -93,6 +100,12 @@ class RunConfig:
         for name, ok, rule in checks:
             if not ok:
                 raise ConfigError(f"invalid {name}: {getattr(self, name)!r} (must be {rule})")
+        sizes = {k: getattr(self, k) for k in LIMITS if hasattr(self, k)}
+        sizes["hidden"], sizes["hidden_layers"] = max(self.hidden), len(self.hidden)
+        for name, v in sizes.items():
+            if v > LIMITS[name]:
+                raise ConfigError(f"{name} {v:,} is more than the limit of {LIMITS[name]:,}: a typo, or more work "
+                                  "than any run can finish (limits: docs/cli.md)")
         try:
             self.data = datasets.check_source(self.data)
         except DataError as e:

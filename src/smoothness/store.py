@@ -10,6 +10,7 @@ grid can never duplicate a finished model.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -43,6 +44,12 @@ CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS trained (key TEXT PRIMARY KEY, finished_at TEXT NOT NULL, record TEXT NOT NULL,
                                     state BLOB NOT NULL);
 """
+# The columns of each table, as _SCHEMA creates them: a store whose tables differ is not written to (a foreign
+# SQLite file, or one whose tables were changed by hand, would fail only at the first insert, after training).
+_COLUMNS = {"runs": ["key", "finished_at", "data", "pair_a", "pair_b", "n_train", "seed", "regularizer", "lam", "lr",
+                     "status", "epochs", "record"],
+            "weights": ["key", "state"], "meta": ["name", "value"],
+            "trained": ["key", "finished_at", "record", "state"]}
 
 
 def versions() -> dict:
@@ -73,8 +80,8 @@ def store_path(path) -> Path:
     name ending in .sqlite that is not a directory, is the store file itself; any other name is a directory,
     dots and all (`runs/exp.v2` is the directory exp.v2)."""
     path = Path(path)
-    if not path.is_dir() and (path.exists() or path.suffix == ".sqlite"):
-        return path
+    if path.name == Store.FILENAME or not path.is_dir() and (path.exists() or path.suffix == ".sqlite"):
+        return path   # results.sqlite is the store file, even where it is a folder (refused when opened)
     return path / Store.FILENAME
 
 
@@ -91,12 +98,16 @@ class Store:
         self.path = path = store_path(path)
         self.readonly = not create
         self.skipped: list[tuple[str, str]] = []   # (key, why) of the rows the last records() could not read
+        self._identity = None   # (device, inode) of the file this store writes (_still_there)
         self.db = self._open_read_only() if self.readonly else self._open_for_writing()
 
     def _open_for_writing(self) -> sqlite3.Connection:
         path, folder = self.path, self.path.parent
         if folder.exists() and not folder.is_dir():
             raise StoreError(f"{folder} is a file, not a directory: the results store needs a directory")
+        if path.is_dir():
+            raise StoreError(f"{path} is a folder, not a results store file: remove or rename it, or choose another "
+                             "--out")
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -105,31 +116,59 @@ class Store:
         if not os.access(folder, os.W_OK | os.X_OK) or path.exists() and not os.access(path, os.W_OK):
             raise StoreError(f"cannot write the results store {path} (permission denied): choose a directory you "
                              "can write (--out DIR)")
+        db = None
         try:
-            db = sqlite3.connect(str(path), timeout=60, isolation_level=None)
-            try:
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute("PRAGMA synchronous=FULL")
-                db.executescript(_SCHEMA)
-                row = db.execute("SELECT value FROM meta WHERE name='schema'").fetchone()
-                if row is None:
-                    db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-                else:
-                    _check_schema(path, row[0])
-            except BaseException:
+            db = sqlite3.connect(str(path), timeout=LOCK_TIMEOUT, isolation_level=None)
+            existing = _check_tables(path, db)
+            if existing:   # a store written before: refuse a damaged one before any work (salvage instead)
+                problems = [r[0] for r in db.execute("PRAGMA quick_check(3)")]
+                if problems != ["ok"]:
+                    raise StoreError(_damaged(path, db, "; ".join(problems)))
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.executescript(_SCHEMA)
+            row = db.execute("SELECT value FROM meta WHERE name='schema'").fetchone()
+            if row is None:
+                db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            else:
+                _check_schema(path, row[0])
+        except BaseException as e:
+            if db is not None:
+                msg = _write_failure(path, db, e, "open") if isinstance(e, sqlite3.DatabaseError) else None
                 db.close()
-                raise
-        except sqlite3.DatabaseError as e:
-            if _cannot_write(e):
-                raise StoreError(f"cannot write the results store {path} ({e}): choose a directory you can "
-                                 "write (--out DIR)") from None
-            raise StoreError(f"{path} is not a readable results store ({e})") from None
+                if msg:
+                    raise StoreError(msg) from None
+            elif isinstance(e, sqlite3.DatabaseError):
+                raise StoreError(_write_failure(path, None, e, "open")) from None
+            raise
+        self._identity = _identity(path)
         return db
+
+    def _still_there(self) -> None:
+        """A StoreError if the store file was deleted or replaced since it was opened: SQLite would go on writing
+        into the unlinked file, and everything committed would vanish with the process."""
+        if _identity(self.path) != self._identity:
+            raise StoreError(f"the results store {self.path} was deleted or replaced while this run was writing to "
+                             "it: the models stored in it are gone, and this run stops; run the same command again "
+                             "to train them into a new store")
+
+    @contextlib.contextmanager
+    def _writing(self, what: str):
+        """Map SQLite's failures while writing (disk full, a lock held too long, damage) to one StoreError that
+        says what is kept."""
+        self._still_there()
+        try:
+            yield
+        except sqlite3.DatabaseError as e:
+            self._rollback()
+            raise StoreError(_write_failure(self.path, self.db, e, what)) from None
 
     def _open_read_only(self) -> sqlite3.Connection:
         path = self.path
         if not path.exists():
             raise StoreError(f"no results store at {path} (run a grid first: smoothness run GRID --out DIR)")
+        if path.is_dir():
+            raise StoreError(f"{path} is a folder, not a results store file")
         if path.is_file() and path.stat().st_size == 0:
             raise StoreError(f"{path} is an empty file: it holds no results (run a grid first: smoothness run "
                              "GRID --out DIR)")
@@ -208,23 +247,26 @@ class Store:
                rec.get("seed"), rec.get("regularizer"), rec.get("lam"), rec.get("lr"), rec.get("status"),
                rec.get("epochs"), json.dumps(rec, sort_keys=True))
         db = self.db
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            added = db.execute("INSERT OR IGNORE INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", row).rowcount == 1
-            if added and blob is not None:
-                db.execute("INSERT OR REPLACE INTO weights VALUES (?, ?)", (key, blob))
-            db.execute("DELETE FROM trained WHERE key=?", (key,))
-            db.execute("COMMIT")
-        except BaseException:   # KeyboardInterrupt included: committed stays committed, the rest is undone
-            self._rollback()
-            raise
+        with self._writing(f"model {key}"):
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                added = db.execute("INSERT OR IGNORE INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                                   row).rowcount == 1
+                if added and blob is not None:
+                    db.execute("INSERT OR REPLACE INTO weights VALUES (?, ?)", (key, blob))
+                db.execute("DELETE FROM trained WHERE key=?", (key,))
+                db.execute("COMMIT")
+            except BaseException:   # KeyboardInterrupt included: committed stays committed, the rest is undone
+                self._rollback()
+                raise
         return added
 
     def add_trained(self, key: str, record: dict, params: MLPStack) -> None:
         """Commit a model that finished training and waits to be measured (its record so far and weights)."""
         rec = json.dumps({k: _clean(v) for k, v in record.items() if k != "params"}, sort_keys=True)
-        self.db.execute("INSERT OR REPLACE INTO trained SELECT ?, ?, ?, ? WHERE NOT EXISTS "
-                        "(SELECT 1 FROM runs WHERE key=?)", (key, _now(), rec, _blob(params), key))
+        with self._writing(f"trained model {key}"):
+            self.db.execute("INSERT OR REPLACE INTO trained SELECT ?, ?, ?, ? WHERE NOT EXISTS "
+                            "(SELECT 1 FROM runs WHERE key=?)", (key, _now(), rec, _blob(params), key))
 
     def trained(self) -> list[tuple[str, dict, MLPStack]]:
         """Models trained but not measured yet: (key, record, params) each (see add_trained). A row whose
@@ -243,9 +285,24 @@ class Store:
                  f"{'discarded, to be trained again' if not self.readonly else 'skipped'}: {_keys(bad)}")
         return out
 
+    @contextlib.contextmanager
+    def transaction(self):
+        """One write transaction (BEGIN IMMEDIATE: other writers wait) around reads and set_meta calls, so that a
+        check and the write it decides on are atomic."""
+        with self._writing("its meta table"):
+            self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            with self._writing("its meta table"):
+                self.db.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+
     def set_meta(self, name: str, value) -> None:
         """Store a JSON value under name in the meta table."""
-        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, json.dumps(value)))
+        with self._writing(f"the entry {name!r} of its meta table"):
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, json.dumps(value)))
 
     # -- reading ---------------------------------------------------------------------------------
     def meta(self, name: str, default=None):
@@ -322,7 +379,8 @@ class Store:
 def connect_read_only(path: Path, immutable: bool = False) -> sqlite3.Connection:
     """A read-only connection to the SQLite file `path` (immutable: without the WAL's -shm file), opened for
     real (SQLite opens lazily: the first read finds the problems)."""
-    uri = "file:" + quote(str(Path(path).resolve())) + "?mode=ro" + ("&immutable=1" if immutable else "")
+    # the path's bytes (os.fsencode): a non-ASCII name under LC_ALL=C holds surrogates that str.encode refuses
+    uri = "file:" + quote(os.fsencode(Path(path).resolve())) + "?mode=ro" + ("&immutable=1" if immutable else "")
     db = sqlite3.connect(uri, uri=True, timeout=60, isolation_level=None)
     try:
         db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
@@ -340,6 +398,68 @@ def _cannot_write(e: sqlite3.Error) -> bool:
             or any(s in str(e) for s in ("readonly", "read-only", "unable to open")))
 
 
+LOCK_TIMEOUT = 60.0   # seconds a write waits for another process's write transaction before giving up
+
+
+def _identity(path: Path):
+    """(device, inode) of the file at path, or None if there is none: tells a deleted or replaced file."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _check_tables(path: Path, db: sqlite3.Connection) -> bool:
+    """Whether the SQLite file holds tables (a store written before); a StoreError if it holds tables that are not
+    a results store's, or a results store's tables with other columns."""
+    tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")
+              if not r[0].startswith("sqlite_")]
+    foreign = [t for t in tables if t not in _COLUMNS]
+    if foreign or tables and "runs" not in tables:
+        raise StoreError(f"{path} is an SQLite database but not a results store (its tables: "
+                         f"{', '.join(tables)}): choose another --out")
+    for t in tables:
+        cols = [r[1] for r in db.execute(f"PRAGMA table_info({t})")]
+        if cols != _COLUMNS[t]:
+            raise StoreError(f"{path}: table {t} has the columns {', '.join(cols)}, not those of a results store "
+                             f"({', '.join(_COLUMNS[t])}); it is not written to. Copy its models into a new store "
+                             f"with `python -m smoothness.salvage {path} NEWDIR`")
+    return bool(tables)
+
+
+def _write_failure(path: Path, db: sqlite3.Connection | None, e: sqlite3.DatabaseError, what: str) -> str:
+    """One line for SQLite failing to open or write the store: a full disk, a lock held by another process, missing
+    write access, damage; with what the store still holds."""
+    import shutil
+    text = str(e)
+    name = getattr(e, "sqlite_errorname", "")
+    held = ""
+    if db is not None:
+        try:
+            held = f"; the {model_count(db)} model(s) committed before are kept"
+        except sqlite3.DatabaseError:
+            pass
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = None
+    if name == "SQLITE_FULL" or "disk is full" in text or (("disk I/O" in text or name.startswith("SQLITE_IOERR"))
+                                                           and free is not None and free < (1 << 20)):
+        room = f" ({free:,} bytes free on its disk)" if free is not None else ""
+        return (f"no space left to write {what} to the results store {path}{room}{held}: free some space and run "
+                "the same command again to resume")
+    if name == "SQLITE_BUSY" or "locked" in text:
+        return (f"the results store {path} is locked by another process (a run or an SQLite client holding a write "
+                f"transaction) for more than {LOCK_TIMEOUT:.0f} s{held}: let it finish, or close it, and run the "
+                "same command again")
+    if _cannot_write(e):
+        return f"cannot write the results store {path} ({e}): choose a directory you can write (--out DIR)"
+    if "malformed" in text or "not a database" in text or name == "SQLITE_CORRUPT":
+        return _damaged(path, db, text) if db is not None else f"{path} is not a readable results store ({e})"
+    return f"cannot write {what} to the results store {path} ({e}){held}"
+
+
 def _check_schema(path: Path, version) -> None:
     if str(version) != str(SCHEMA_VERSION):
         raise StoreError(f"{path}: results store schema {version}, this version reads {SCHEMA_VERSION}")
@@ -352,8 +472,9 @@ def _damaged(path: Path, db: sqlite3.Connection, why: str) -> str:
     try:
         for _ in db.execute("SELECT key, record FROM runs"):
             n += 1
-    except sqlite3.DatabaseError:
+    except sqlite3.Error:
         pass
+    why = "; ".join(line for line in str(why).splitlines() if line.strip() and not line.startswith("***"))
     return (f"{path} is damaged (SQLite integrity check: {why[:160]}); {n} model row(s) can be read in a plain "
             f"scan: copy every readable one into a new store with `python -m smoothness.salvage {path} NEWDIR`, "
             "then `smoothness run GRID --out NEWDIR` trains only the models lost")

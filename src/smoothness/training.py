@@ -393,6 +393,20 @@ class BatchedTrainer:
                             now - float(act.start[r])) for r in rows]
 
 
+def model_bytes(widths, n_max: int, batch_size: int = DEFAULT_BATCH, optimizer: str = "sgd",
+                regularizer: str = "none", penalty_points: int = regularizers.SEGMENT_POINTS) -> int:
+    """About how many bytes one model takes in a batched program (for splitting a large grid into batches that fit,
+    pipeline.iter_train_and_measure): its weights with a gradient, a finished copy and the optimizer's state, its
+    training set's indices, targets and shuffles, and the activations of its minibatch (with a path-length penalty,
+    those of its segment points)."""
+    params = sum(a * b + b for a, b in zip(widths[:-1], widths[1:]))
+    state = {"sgd": 0, "gd": 0, "momentum": 1, "adam": 2, "sam": 2}.get(optimizer, 2)
+    activations = batch_size * sum(widths) * 4 * 6
+    if regularizer in regularizers.PATH_LENGTH:   # the points of batch_size / 2 segments
+        activations += batch_size // 2 * penalty_points * sum(widths) * 4 * 6
+    return 4 * params * (3 + state) + 40 * n_max + activations
+
+
 def train_models(pool_x, specs: list[TrainSpec], *, widths=DEFAULT_WIDTHS, batch_size: int = DEFAULT_BATCH,
                  device=None, max_batch: int | None = None, on_finish=None, progress=None,
                  matmul_precision: str = "fp32") -> list[TrainResult]:
