@@ -93,6 +93,12 @@ def test_chunks_share_a_batch_key_and_respect_the_size(grid_file):
     chunks = distributed.make_chunks(todo, 3)
     assert [[cfg.n_train for _, cfg in c.items] for c in chunks] == [[8192] * 3, [2048] * 3, [256] * 3, [64] * 3]
     assert distributed.default_chunk_size(3, 8) == 1
+    # A step with a penalty costs several plain steps: GPL's models come before plain ones of the same size.
+    mixed = grid.parse({"name": "m", "n_train": [512], "regularizers": [
+        {"name": "none"}, {"name": "weights_product", "lam": [1e-4]}, {"name": "gradient_path_length", "lam": [1e-5]}]})
+    todo = [(grid.config_key(c), c) for c in mixed.configs()]
+    assert [c.items[0][1].regularizer for c in distributed.make_chunks(todo, 1)] == [
+        "gradient_path_length", "weights_product", "none"]
     with pytest.raises(SmoothnessError, match="chunk-size"):
         distributed.make_chunks(todo, 0)
 

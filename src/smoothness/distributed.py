@@ -16,6 +16,7 @@ import math
 import os
 from dataclasses import dataclass
 
+from . import regularizers
 from .errors import SmoothnessError
 
 DEFAULT_RETRIES = 3
@@ -39,9 +40,11 @@ class Chunk:
     attempt: int = 1
 
 
-def expected_steps(cfg) -> int:
-    """A model's step count at its epoch cap, ceil(N / batch) * max_epochs: the order of its training time."""
-    return math.ceil(cfg.n_train / cfg.batch_size) * cfg.max_epochs
+def expected_steps(cfg) -> float:
+    """A model's step count at its epoch cap, ceil(N / batch) * max_epochs, in plain SGD steps (a step with a penalty
+    costs several, regularizers.step_cost): the order of its training time."""
+    return (math.ceil(cfg.n_train / cfg.batch_size) * cfg.max_epochs
+            * regularizers.step_cost(cfg.regularizer, cfg.penalty_points))
 
 
 def make_chunks(todo: list, chunk_size: int) -> list[Chunk]:

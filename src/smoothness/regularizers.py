@@ -42,6 +42,20 @@ SEGMENT_POINTS = 10   # points per segment of the path-length penalties (the def
 # at 1e-5 and 1e-4 and WP at 1e-5), with the paper's learning rates (default_lr).
 PAPER_LAMBDAS = {"gradient_norm": 1e-3, "weights_product": 3e-5, "function_path_length": 1e-4,
                  "gradient_path_length": 1e-5}
+# What one training step with each penalty costs, in plain SGD steps (784-256-1 net, batch 64, one model, 10 points
+# per penalty segment; `smoothness bench --regularizers 1`, docs/performance.md), and per further point per segment.
+# Used to order work (distributed.expected_steps), not to decide anything about a model.
+STEP_COST = {"none": 1.0, "gradient_norm": 2.4, "gradient_norm_squared": 2.4, "weights_product": 1.5,
+             "path_norm": 2.0, "function_path_length": 2.0, "gradient_path_length": 4.6,
+             "minibatch_gradient_norm": 6.0}
+STEP_COST_PER_POINT = {"function_path_length": 0.035, "gradient_path_length": 0.15}
+
+
+def step_cost(regularizer: str, points: int = SEGMENT_POINTS) -> float:
+    """The cost of a step with this penalty in plain SGD steps (STEP_COST)."""
+    return STEP_COST.get(regularizer, 1.0) + STEP_COST_PER_POINT.get(regularizer, 0.0) * (points - SEGMENT_POINTS)
+
+
 # The regularizers with a closed form for two-layer nets (_two_layer_grads).
 TWO_LAYER = ("gradient_norm", "gradient_norm_squared", "function_path_length", "gradient_path_length",
              "weights_product")
