@@ -396,3 +396,20 @@ def test_the_progress_bar_of_train_ends_full_without_nan():
 
 def test_a_pair_with_a_line_task_is_refused(capsys):
     _one_line(*_main(capsys, "train", "--data", "line-gp", "--pair", "3", "8")[::2], "1-D task", "--pair")
+
+
+def test_export_copies_a_store_without_its_weights_into_one_file(conv, tmp_path, capsys):
+    dest = tmp_path / "copy.sqlite"
+    code, out, _ = _main(capsys, "export", conv, dest)
+    assert code == 0 and "3 model(s) copied" in out
+    assert not Path(f"{dest}-wal").exists() and _count(dest, "weights") == 0
+    with Store(conv, create=False) as a, Store(dest, create=False) as b:
+        assert a.records() == b.records() and a.meta("grid") == b.meta("grid")
+    _one_line(*_main(capsys, "export", conv, dest)[::2], "exists")
+    code, _, _ = _main(capsys, "export", conv, tmp_path / "w.sqlite", "--with-weights")
+    assert code == 0 and _count(tmp_path / "w.sqlite", "weights") == 3
+    new = tmp_path / "resume"
+    new.mkdir()
+    shutil.copy(dest, new / Store.FILENAME)   # a copy resumes: nothing is trained again
+    s = experiments.run_grid(tiny(n_train=[16, 32, 64], max_epochs=400), new, device="cpu", progress=False)
+    assert s.trained == 0 and s.stored_before == 3

@@ -200,6 +200,14 @@ def cmd_compare(a) -> int:
     return 0
 
 
+def cmd_export(a) -> int:
+    """`smoothness export`: a compact copy of a store, without weights unless asked."""
+    from .store import export
+    n = export(a.results, a.dest, weights=a.with_weights)
+    print(f"{n} model(s) copied to {a.dest}{'' if a.with_weights else ' (without weights)'}")
+    return 0
+
+
 def cmd_presets(a) -> int:
     """`smoothness presets`: list the shipped grids, or print one as YAML."""
     if a.name:
@@ -295,7 +303,7 @@ def _main(argv, ns) -> int:
     try:
         code = {"train": cmd_train, "measure": cmd_measure, "download": cmd_download, "data": cmd_data,
                 "run": cmd_run, "report": cmd_report, "reproduce": cmd_reproduce,
-                "presets": cmd_presets, "bench": cmd_bench, "compare": cmd_compare}[a.command](a)
+                "presets": cmd_presets, "bench": cmd_bench, "compare": cmd_compare, "export": cmd_export}[a.command](a)
         sys.stdout.flush()   # a closed stdout fails here, not in the interpreter's final flush
         return code
     except BrokenPipeError:   # `smoothness ... | head -1`: the end of a pipe is a normal end, quiet

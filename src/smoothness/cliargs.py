@@ -164,6 +164,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="configuration fields not matched on (default: matmul_precision)")
     cp.add_argument("--csv", default=None, metavar="PATH", help="also write the matched models to PATH as CSV")
 
+    ex = sub.add_parser("export", help="copy a results store into one file, without the weights",
+                        description="Copy a results store (a snapshot, also of a store a grid is still writing) into "
+                        "one new SQLite file without its trained weights: a compact copy to share, or to commit, "
+                        "from which `smoothness report` rebuilds every table and `run --out` resumes the grid.")
+    ex.add_argument("results", help="experiment directory (holding results.sqlite) or the .sqlite file")
+    ex.add_argument("dest", help="the new .sqlite file")
+    ex.add_argument("--with-weights", action="store_true", help="keep the trained weights too")
+
     ps = sub.add_parser("presets", help="list the shipped grids, or print one as YAML",
                         description="List the grids shipped with smoothness (their models, data and what they "
                         "measure), or print one as YAML to start a grid of your own.")

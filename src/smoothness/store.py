@@ -376,6 +376,39 @@ class Store:
             raise StoreError(f"{self.path}: the stored weights of model {key} are unreadable ({e})") from None
 
 
+def export(source, dest, weights: bool = False) -> int:
+    """Copy the store `source` (a directory or file) into the single file `dest` (a new file; no WAL side files),
+    without the trained weights unless weights=True: a compact copy to share or to put under version control while
+    a grid still writes the source (SQLite's online backup reads a consistent snapshot). Returns the models copied."""
+    src = Store(source, create=False)
+    dest = Path(dest)
+    if dest.exists():
+        src.close()
+        raise StoreError(f"{dest} exists: export into a new file")
+    if not dest.parent.is_dir():
+        src.close()
+        raise StoreError(f"cannot export to {dest}: the folder {dest.parent} does not exist")
+    try:
+        out = sqlite3.connect(str(dest), isolation_level=None)
+        try:
+            src.db.backup(out)
+            if not weights:
+                out.execute("DELETE FROM weights")
+                if out.execute("SELECT 1 FROM sqlite_master WHERE name='trained'").fetchone():
+                    out.execute("DELETE FROM trained")
+            out.execute("PRAGMA journal_mode=DELETE")
+            out.execute("VACUUM")
+            n = out.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+        finally:
+            out.close()
+    except sqlite3.DatabaseError as e:
+        dest.unlink(missing_ok=True)
+        raise StoreError(f"cannot export {src.path} to {dest} ({e})") from None
+    finally:
+        src.close()
+    return n
+
+
 def connect_read_only(path: Path, immutable: bool = False) -> sqlite3.Connection:
     """A read-only connection to the SQLite file `path` (immutable: without the WAL's -shm file), opened for
     real (SQLite opens lazily: the first read finds the problems)."""
