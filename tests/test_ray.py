@@ -171,3 +171,24 @@ def test_worker_killed_mid_grid_on_a_two_node_cluster(grid_file, reference, tmp_
     assert "[8/8]" in err_text and "queued or running" in err_text
     records = check_against_grid(out, grid_file, reference)
     assert len({r["worker"] for r in records}) >= 2   # trained by more than one worker process
+
+
+def test_sigterm_to_a_ray_run_is_our_one_line_and_the_store_resumes(grid_file, reference, tmp_path):
+    # Ray's core worker installs its own SIGTERM handler (a stack dump, exit status 1); the run puts ours back.
+    out = tmp_path / "exp"
+    db = out / Store.FILENAME
+    proc = subprocess.Popen([sys.executable, "-m", "smoothness", "run", str(grid_file), "--out", str(out),
+                             "--backend", "ray", "--ray-cpus", "2", "--chunk-size", "1", "--device", "cpu"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 600
+    while proc.poll() is None and time.time() < deadline and not _worker_pids():
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines()[-1].startswith("smoothness: terminated (SIGTERM)") and "SIGTERM received" not in err
+    if db.exists():
+        s = experiments.run_grid(grid.load(grid_file), out, device="cpu", progress=False)
+        assert s.trained + s.stored_before == 8
+        check_against_grid(out, grid_file, reference)

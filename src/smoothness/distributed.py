@@ -16,7 +16,7 @@ import math
 import os
 from dataclasses import dataclass
 
-from . import regularizers
+from . import interrupt, regularizers
 from .errors import SmoothnessError
 
 DEFAULT_RETRIES = 3
@@ -91,10 +91,12 @@ class RayRunner:
                       configure_logging=True)
             if address is None and num_cpus is not None:
                 kw["num_cpus"] = num_cpus
+            handlers = interrupt.ours()
             try:
                 ray.init(address=address, **kw)
             except (ConnectionError, ValueError, RuntimeError) as e:
                 raise SmoothnessError(f"could not connect to the Ray cluster at {address!r}: {e}") from None
+            interrupt.reinstall(handlers)   # ray.init puts its own SIGTERM handler in place of ours
         res = ray.cluster_resources()
         self.gpus = int(res.get("GPU", 0))
         self.cpus = int(res.get("CPU", 0))

@@ -46,6 +46,22 @@ def install(defer: bool = False) -> dict:
     return old
 
 
+def ours() -> dict:
+    """The handlers of SIGINT and SIGTERM that are this module's (main thread), to put back with reinstall()."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {s: h for s in (signal.SIGINT, signal.SIGTERM) if (h := signal.getsignal(s)) in (_on_signal, _note_signal)}
+
+
+def reinstall(handlers: dict) -> None:
+    """Put back this module's handlers (from ours()) after a library replaced them: Ray's init installs a SIGTERM
+    handler of its own that ends the process with a stack dump and no word of what was stored. Handlers that were
+    not ours are left as the library set them."""
+    if threading.current_thread() is threading.main_thread():
+        for s, h in handlers.items():
+            signal.signal(s, h)
+
+
 def restore(old: dict) -> None:
     """Reinstall the signal handlers that install() returned."""
     for s, h in old.items():
@@ -79,9 +95,15 @@ def check() -> None:
         raise pending()
 
 
+def _terminated(exc: BaseException) -> bool:
+    """Whether the interrupt comes from SIGTERM: its exception says so, or the signal was received (a library that
+    catches our Terminated may raise a plain KeyboardInterrupt in its place; Ray's waits do)."""
+    return isinstance(exc, Terminated) or signal.SIGTERM in _received
+
+
 def exit_status(exc: BaseException) -> int:
     """128 + the signal number: 143 for SIGTERM, 130 for Ctrl-C (SIGINT)."""
-    return 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
+    return 128 + (signal.SIGTERM if _terminated(exc) else signal.SIGINT)
 
 
 def report(exc: BaseException, note=None, stream=None) -> int:
@@ -98,10 +120,10 @@ def report(exc: BaseException, note=None, stream=None) -> int:
         extra = note() if note is not None else ""
     except Exception:   # the message must not fail
         extra = ""
-    what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+    what = "terminated (SIGTERM)" if _terminated(exc) else "interrupted"
     print(f"smoothness: {what}{extra}", file=stream or sys.stderr, flush=True)
-    _received.clear()
     reported = exit_status(exc)
+    _received.clear()
     return reported
 
 
