@@ -245,17 +245,20 @@ def interrupted_note(grid: Grid, out: Path) -> str:
 
 def _remove_if_empty(path: Path, made: list[Path]) -> None:
     """Remove a store this run created if it holds no model, then the directories the run created, if empty."""
+    import json
     import sqlite3
     try:
         if path.exists():
             db = sqlite3.connect(str(path))
             try:
                 n = model_count(db)
-            except sqlite3.DatabaseError:
-                n = 0 if path.stat().st_size == 0 else 1
+                row = db.execute("SELECT value FROM meta WHERE name='owner'").fetchone()
+                owner = json.loads(row[0]) if row else None
+            except (sqlite3.DatabaseError, ValueError):
+                n, owner = (0 if path.stat().st_size == 0 else 1), None
             finally:
                 db.close()
-            if n:
+            if n or _owner_alive(owner):   # another run claimed it (and may store into it any moment)
                 return
             for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
                 p.unlink(missing_ok=True)
