@@ -413,3 +413,14 @@ def test_export_copies_a_store_without_its_weights_into_one_file(conv, tmp_path,
     shutil.copy(dest, new / Store.FILENAME)   # a copy resumes: nothing is trained again
     s = experiments.run_grid(tiny(n_train=[16, 32, 64], max_epochs=400), new, device="cpu", progress=False)
     assert s.trained == 0 and s.stored_before == 3
+
+
+def test_a_large_grid_is_counted_at_once_and_split_into_batches_that_fit(tmp_path, capsys, monkeypatch):
+    g = tmp_path / "g.yaml"
+    g.write_text("name: big\npairs: all\nn_train: 64\nseeds: " + str(list(range(200))) + "\n")
+    t0 = time.monotonic()
+    code, out, _ = _main(capsys, "run", g, "--dry-run", "--out", tmp_path / "exp")
+    assert code == 0 and "9000 models" in out and time.monotonic() - t0 < 60
+    configs = grid.load(g).configs()
+    per_model = training.model_bytes(configs[0].widths, 64)
+    assert pipeline.batch_limit(configs, "cpu") * per_model <= pipeline.memory_budget("cpu")
