@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from smoothness import measures
+from smoothness.measures import inputspace as measures
 
 
 def digits(seed: int = 0):

@@ -18,7 +18,7 @@ def _deterministic():
 
 def spec(task, n, seed, **kw):
     """A TrainSpec for the balanced training subset of size n and the given seed of a data.BinaryTask."""
-    from smoothness import training
+    from smoothness.training import trainer as training
     idx = task.subset(n, seed)
     return training.TrainSpec(idx, task.pool_y[idx], seed=seed, **kw)
 
@@ -67,7 +67,8 @@ def run_cli_tty(*args, timeout=300):
 
 def grid_run(tmp_path_factory, raw: dict):
     """Run the grid `raw` (a mapping) into a fresh folder, quietly; returns the folder (for module fixtures)."""
-    from smoothness import experiments, grid
+    from smoothness.experiments import runner as experiments
+    from smoothness.experiments import grid
     out = tmp_path_factory.mktemp(raw["name"]) / "run"
     experiments.run_grid(grid.parse(raw), out, device="cpu", progress=False)
     return out
@@ -75,6 +76,6 @@ def grid_run(tmp_path_factory, raw: dict):
 
 def stored_frame(out):
     """The store of a run folder as a DataFrame (Store.frame)."""
-    from smoothness.store import Store
+    from smoothness.experiments.store import Store
     with Store(out, create=False) as st:
         return st.frame()

@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from smoothness import analysis as A
+from smoothness.analysis import tables as A
 
 BASE = dict(data="mnist5k", hidden="256", alpha=0.01, lr=0.01, batch_size=64, max_epochs=100, threshold=1e-5,
             measure_points=1000, segments=1000, points=100, measure_seed=0, fpl_lower_bound=1.0)

@@ -164,7 +164,8 @@ SEED_RULE = "expected an integer 0 <= seed < 2**32 (4294967296), got"
     (["--regularizer", "none", "--lam", "0.1"], "lam 0.1 needs a regularizer"),
 ])
 def test_train_options_follow_the_grid_rules_before_any_training(args, words, capsys, monkeypatch):
-    from smoothness import cli, pipeline
+    from smoothness.cli import commands as cli
+    from smoothness.experiments import pipeline
 
     def no_training(*a, **k):
         raise AssertionError("training started")
@@ -175,7 +176,7 @@ def test_train_options_follow_the_grid_rules_before_any_training(args, words, ca
 
 
 def test_measure_seed_of_measure_is_checked_before_the_file_is_read(tmp_path, capsys):
-    from smoothness import cli
+    from smoothness.cli import commands as cli
     assert cli.main(["measure", str(tmp_path / "missing.pt"), "--measure-seed", "4294967296"]) == 2
     assert capsys.readouterr().err == f"smoothness: error: --measure-seed: {SEED_RULE} 4294967296\n"
 

@@ -3,7 +3,9 @@ import pandas as pd
 import pytest
 
 from conftest import run_cli
-from smoothness import compare, experiments, grid
+from smoothness.report import compare
+from smoothness.experiments import runner as experiments
+from smoothness.experiments import grid
 
 
 @pytest.fixture(scope="module")

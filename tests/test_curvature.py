@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from smoothness import curvature
+from smoothness.measures import paramspace as curvature
 from smoothness.models import MLPStack, forward, init_mlp
 
 WIDTHS = (3, 5, 4, 1)  # two hidden layers: 20 + 20 + 4 weights and 5 + 4 + 1 biases = 54 parameters
@@ -133,8 +133,9 @@ def test_minibatch_gradient_norm_matches_a_loop_over_the_batches():
 
 
 def test_grid_records_the_parameter_measures(tmp_path):
-    from smoothness import experiments, grid
-    from smoothness.store import Store
+    from smoothness.experiments import runner as experiments
+    from smoothness.experiments import grid
+    from smoothness.experiments.store import Store
     raw = {"name": "curv", "pairs": [[3, 8]], "n_train": [32], "seeds": [0, 1], "hidden": 16, "lr": 0.05,
            "threshold": 1e-3, "measure": {"segments": 4, "points": 16, "points_per_segment": 8,
                                           "sharpness_iters": 200, "trace_probes": 8}}
@@ -157,7 +158,7 @@ def test_grid_records_the_parameter_measures(tmp_path):
         for rec in st.records():
             assert rec["status"] == "converged"
             p = st.params(rec["key"])
-            from smoothness import data
+            from smoothness.data import images as data
             t = data.binary_task("mnist5k", 3, 8)
             sub = t.subset(32, rec["seed"])
             x, y = t.pool_x[sub][None], t.pool_y[sub][None]

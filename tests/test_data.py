@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from conftest import SHARED, run_cli
-from smoothness import data, idx
+from smoothness.data import images as data
+from smoothness.data import idx
 from smoothness.errors import DataError
 
 MNIST_DIR = SHARED / "data" / "mnist"

@@ -2,7 +2,8 @@
 import pytest
 
 from conftest import grid_run, stored_frame
-from smoothness import flatness, report
+from smoothness.analysis import flatness
+from smoothness.report import document as report
 
 GRID = {"name": "sam-test", "pairs": [[3, 8]], "n_train": 64, "seeds": [0, 1], "hidden": 32, "lr": 0.05,
         "max_epochs": 3000, "threshold": 1.0e-3, "optimizer": ["sgd", "sam"], "rho": [0.002],

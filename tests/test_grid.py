@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from conftest import run_cli
-from smoothness import experiments, grid, regularizers
+from smoothness.experiments import runner as experiments
+from smoothness.experiments import grid
+from smoothness.training import regularizers
 from smoothness.errors import ConfigError
 
 
@@ -287,13 +289,13 @@ def test_sam_radius_is_an_axis_that_only_sam_reads():
     assert grid.parse({**base, "optimizer": "sam"}).configs()[0].rho == 0.05   # SAM's default radius
     with pytest.raises(ConfigError, match="'rho'"):
         grid.parse({**base, "optimizer": "sam", "rho": 0})
-    from smoothness import pipeline
+    from smoothness.experiments import pipeline
     with pytest.raises(ConfigError, match="rho 0.1 is SAM's radius: it needs optimizer sam"):
         pipeline.RunConfig(pair=(3, 8), n_train=64, rho=0.1)
 
 
 def test_full_batch_gd_takes_one_step_per_epoch():
-    from smoothness import pipeline
+    from smoothness.experiments import pipeline
     c = pipeline.RunConfig(pair=(3, 8), n_train=100, optimizer="gd", lr=0.05, max_epochs=30, threshold=1e-9,
                            measure_points=20, segments=5, points=10)
     (r,) = pipeline.train_and_measure([c])
@@ -303,7 +305,7 @@ def test_full_batch_gd_takes_one_step_per_epoch():
 def test_fields_added_after_the_first_release_are_one_table_that_keeps_old_keys():
     from dataclasses import fields as dc_fields, replace
 
-    from smoothness.runconfig import ADDED_FIELDS, RunConfig, config_key
+    from smoothness.experiments.config import ADDED_FIELDS, RunConfig, config_key
     defaults = {f.name: f.default for f in dc_fields(RunConfig)}
     assert all(defaults[k] == v for k, v in ADDED_FIELDS.items())
     c = RunConfig()
@@ -324,7 +326,7 @@ def test_the_keys_of_every_committed_store_are_rebuilt_from_their_records():
     from dataclasses import fields as dc_fields
     from pathlib import Path
 
-    from smoothness.runconfig import RunConfig, config_key
+    from smoothness.experiments.config import RunConfig, config_key
     names = {f.name for f in dc_fields(RunConfig)}
     stores = sorted((Path(__file__).parent.parent / "docs").rglob("*.sqlite"))
     assert stores
@@ -362,14 +364,14 @@ def test_independent_seeds_and_penalty_points_in_a_grid():
     again = grid.parse(g.to_dict())
     assert [grid.config_key(c) for c in again.configs()] == [grid.config_key(c) for c in cs]
     # staging pools a rung's models whatever their training seeds
-    from smoothness import staging
+    from smoothness.experiments import staging
     assert len({staging.group_of(c) for c in reg if c.regularizer == "gradient_norm"}) == 1
 
 
 def test_the_training_seed_draws_the_initial_weights_and_the_seed_the_training_set():
     from dataclasses import replace
 
-    from smoothness import pipeline
+    from smoothness.experiments import pipeline
     c = pipeline.RunConfig(n_train=16, hidden=(8,), max_epochs=2, threshold=1e-9, measure_points=20, segments=4,
                            points=4)
     same, other = replace(c, train_seed=c.seed), replace(c, train_seed=12345)

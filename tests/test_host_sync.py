@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from smoothness import trainstate, training
+from smoothness.training import state as trainstate
+from smoothness.training import trainer as training
 from tolerance import assert_same_trajectory
 
 _ALLOWED = threading.local()

@@ -5,9 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from smoothness import data, grid, linetasks, pipeline
+from smoothness.data import images as data
+from smoothness.experiments import grid
+from smoothness.data import lines as linetasks
+from smoothness.experiments import pipeline
 from smoothness.errors import ConfigError, DataError
-from smoothness.runconfig import RunConfig, config_key
+from smoothness.experiments.config import RunConfig, config_key
 
 
 def test_spec_canonical_form_drops_defaults_and_orders_settings():
@@ -131,7 +134,7 @@ def test_modelfile_round_trip_of_a_line_model(tmp_path):
 
 
 def test_records_of_line_tasks_carry_exact_measures_and_smallest_values():
-    from smoothness import oned
+    from smoothness.measures import oned
     c = RunConfig(data="line-gp:pool=64,heldout=400", n_train=12, seed=1, alpha=1.0, lr=0.1, max_epochs=300,
                   measure_points=400, segments=400, points=50)
     r = pipeline.train_and_measure([c], device="cpu")[0]
@@ -156,7 +159,7 @@ def test_records_of_line_tasks_carry_exact_measures_and_smallest_values():
 
 
 def test_min_through_uses_the_nets_own_values_at_the_training_inputs():
-    from smoothness import oned
+    from smoothness.measures import oned
     c = RunConfig(data="line-gp:pool=64,heldout=100", n_train=6, seed=2, alpha=1.0, lr=0.1, max_epochs=50,
                   measure_points=100, segments=10, points=10)
     r = pipeline.train_and_measure([c], device="cpu")[0]   # far from interpolating after 50 epochs
@@ -165,10 +168,10 @@ def test_min_through_uses_the_nets_own_values_at_the_training_inputs():
     p = r["params"]
     f = oned.PiecewiseLinear.from_net(p.weights[1][0, 0].double(), p.weights[0][0, :, 0].double(),
                                       p.biases[0][0].double(), float(p.biases[1][0, 0]))
-    want = linetasks.smallest_values(x, f(x), t.density)
+    want = oned.smallest_values(x, f(x), t.density)
     for k, v in want.items():
         assert r["min_through_" + k] == pytest.approx(v, rel=1e-9)
-    for k in linetasks.MEASURES_1D:
+    for k in oned.MEASURES_1D:
         assert r["exact_" + k] >= want[k] * (1 - 1e-6)      # the net itself passes through those values
     assert r["min_through_gradient_path_length_lower"] == r["min_through_gradient_path_length"]   # uniform: exact
     assert r["min_through_gradient_norm"] != pytest.approx(r["min_gradient_norm"], rel=1e-3)

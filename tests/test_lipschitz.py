@@ -4,7 +4,9 @@ import math
 import pytest
 import torch
 
-from smoothness import lipschitz, measures, models
+from smoothness.measures import lipschitz
+from smoothness.measures import inputspace as measures
+from smoothness import models
 from smoothness.models import input_gradient
 
 

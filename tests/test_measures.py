@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from smoothness import measures, models
+from smoothness.measures import inputspace as measures
+from smoothness import models
 from smoothness.models import input_gradient, two_layer_relu
 
 

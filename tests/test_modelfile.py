@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from conftest import run_cli
-from smoothness import cli, pipeline
+from smoothness.cli import commands as cli
+from smoothness.experiments import pipeline
 from smoothness.errors import SmoothnessError
 
 SMALL = ["--hidden", "8", "--n-train", "16", "--max-epochs", "3", "--segments", "5", "--points", "5",

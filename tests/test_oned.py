@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from smoothness import measures, models, oned
+from smoothness.measures import inputspace as measures
+from smoothness import models
+from smoothness.measures import oned
 
 U = oned.Density("uniform", -1.0, 1.0)
 G = oned.Density("gaussian", 0.2, 0.5)

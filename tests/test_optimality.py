@@ -4,7 +4,10 @@ import math
 import pytest
 
 from conftest import grid_run, stored_frame
-from smoothness import linetasks, oned, optimality, report
+from smoothness.data import lines as linetasks
+from smoothness.measures import oned
+from smoothness.analysis import optimality
+from smoothness.report import document as report
 
 GRID = {"name": "oned-test", "data": "line-gp:pool=64,heldout=300", "n_train": [4, 8], "seeds": [0, 1],
         "alpha": 1.0, "lr": 0.2, "max_epochs": 20000, "threshold": 1.0e-4,

@@ -5,7 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from smoothness import data, pipeline, rng, training
+from smoothness.data import images as data
+from smoothness.experiments import pipeline
+from smoothness.runtime import rng
+from smoothness.training import trainer as training
 from smoothness.errors import ConfigError
 
 

@@ -7,7 +7,10 @@ import torch
 import yaml
 
 from conftest import run_cli
-from smoothness import grid, pipeline, precision, training
+from smoothness.experiments import grid
+from smoothness.experiments import pipeline
+from smoothness.runtime import precision
+from smoothness.training import trainer as training
 from smoothness.errors import ConfigError
 from smoothness.models import init_mlp
 from tolerance import assert_same_outcome, assert_same_trajectory, kernel_noise
@@ -178,7 +181,8 @@ def test_fp32_and_tf32_contexts_set_consistent_flags_and_restore_any_user_state(
 
 
 def test_measures_and_training_run_in_float32_whatever_the_user_set_globally(default_flags):
-    from smoothness import measures, training
+    from smoothness.measures import inputspace as measures
+    from smoothness.training import trainer as training
     seen = []
 
     def f(x):   # any model: records the flags it runs under

@@ -11,9 +11,12 @@ from dataclasses import asdict
 
 import pytest
 
-from smoothness import cli, distributed, experiments, grid
+from smoothness.cli import commands as cli
+from smoothness.experiments import distributed
+from smoothness.experiments import runner as experiments
+from smoothness.experiments import grid
 from smoothness.errors import SmoothnessError
-from smoothness.store import Store
+from smoothness.experiments.store import Store
 from tolerance import assert_close_tensors, assert_same_outcome
 
 # Two pairs x N in {32, 256} x 2 seeds: with 4 models per chunk, each chunk holds two quick models
@@ -124,13 +127,29 @@ def test_local_ray_instance_gives_the_local_backends_results(grid_file, referenc
     assert (again.trained, again.stored_before) == (0, 8)   # resume: nothing to do, Ray not even started
 
 
-def _worker_pids(name="ray::train_chunk"):
+def _parent(pid: int) -> int:
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        return int(f.read().rsplit(b")", 1)[1].split()[1])
+
+
+def _descends_from(pid: int, ancestor: int) -> bool:
+    while pid > 1:
+        if pid == ancestor:
+            return True
+        pid = _parent(pid)
+    return False
+
+
+def _worker_pids(name="ray::train_chunk", ancestor=None):
+    """The Ray chunk workers this test process started (through the Ray instance or cluster it made): a worker
+    of another Ray instance on the same machine, someone else's grid, is never touched."""
+    ancestor = ancestor or os.getpid()
     pids = []
     for p in os.listdir("/proc"):
         if p.isdigit():
             try:
                 with open(f"/proc/{p}/cmdline", "rb") as f:
-                    if f.read().startswith(name.encode()):
+                    if f.read().startswith(name.encode()) and _descends_from(int(p), ancestor):
                         pids.append(int(p))
             except OSError:
                 pass

@@ -1,7 +1,12 @@
 import pytest
 import torch
 
-from smoothness import data, measures, models, regularizers, rng, training
+from smoothness.data import images as data
+from smoothness.measures import inputspace as measures
+from smoothness import models
+from smoothness.training import regularizers
+from smoothness.runtime import rng
+from smoothness.training import trainer as training
 from smoothness.models import MLPStack, init_mlp
 
 KINDS = [k for k in regularizers.REGULARIZERS if k != "none"]
@@ -114,7 +119,7 @@ def test_minibatch_gradient_norm_is_the_squared_norm_of_the_hand_derived_paramet
 def test_minibatch_gradient_norm_regularizer_reaches_the_threshold_with_smaller_gradient_norms():
     # Smith et al.'s term made explicit: at the same training loss (the 1e-3 threshold) the regularized
     # model has a much smaller full-batch gradient norm (N = batch = 64) than plain SGD's.
-    from smoothness import curvature
+    from smoothness.measures import paramspace as curvature
     task = data.binary_task("mnist5k", 0, 1)
     rows = task.subset(64, 0)
     specs = [training.TrainSpec(rows, task.pool_y[rows], seed=0, regularizer="minibatch_gradient_norm", lam=lam,

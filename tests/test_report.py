@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 
 from conftest import run_cli
-from smoothness import grid, registry
-from smoothness.store import Store
+from smoothness.experiments import grid
+from smoothness.measures import registry
+from smoothness.experiments.store import Store
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -99,7 +100,7 @@ def test_no_measure_of_the_registry_is_left_out(smoke):
 
 
 def test_every_record_key_is_declared_in_the_record_type(smoke):
-    from smoothness.runconfig import Record
+    from smoothness.experiments.config import Record
     out, _ = smoke
     declared = set(Record.__annotations__)
     with Store(out) as st:
@@ -110,7 +111,7 @@ def test_every_record_key_is_declared_in_the_record_type(smoke):
 
 
 def test_content_is_computed_without_writing_and_rendered_anywhere(smoke, tmp_path):
-    from smoothness import report
+    from smoothness.report import document as report
     out, _ = smoke
     with Store(out, create=False) as st:
         df = st.frame()

@@ -13,14 +13,18 @@ import pytest
 import torch
 
 from conftest import spec
-from smoothness import data, models, rng, training
+from smoothness.data import images as data
+from smoothness import models
+from smoothness.runtime import rng
+from smoothness.training import trainer as training
 from tolerance import assert_same_outcome, assert_same_trajectory
 
 OTHER_KERNELS = {"MKL_CBWR": "COMPATIBLE", "ATEN_CPU_CAPABILITY": "default", "OMP_NUM_THREADS": "1"}
 
 CHILD = r"""
 import sys, torch
-from smoothness import data, models, rng, training
+from smoothness import data, models, training
+from smoothness.runtime import rng
 task = data.binary_task("mnist5k", 4, 9)
 def spec(n, seed, **kw):
     rows = task.subset(n, seed)

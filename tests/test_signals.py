@@ -10,7 +10,9 @@ import time
 import pytest
 
 from conftest import run_cli
-from smoothness import cli, interrupt, pipeline
+from smoothness.cli import commands as cli
+from smoothness.runtime import interrupt
+from smoothness.experiments import pipeline
 
 TINY = ["--hidden", "8", "--n-train", "16", "--max-epochs", "3", "--segments", "5", "--points", "5",
         "--measure-points", "20", "--device", "cpu"]
@@ -143,7 +145,8 @@ def test_a_signal_whose_exception_was_swallowed_stops_training_at_the_next_epoch
     # CPython drops an exception raised while a weakref callback or __del__ runs ("Exception ignored"); the
     # handler has noted the signal, and the trainer raises it at the next epoch end instead of running on
     from conftest import spec
-    from smoothness import data, training
+    from smoothness.data import images as data
+    from smoothness.training import trainer as training
     monkeypatch.setattr(interrupt, "_received", [signal.SIGINT])
     monkeypatch.setattr(interrupt, "reported", None)
     task = data.binary_task("mnist5k", 3, 8)

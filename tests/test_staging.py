@@ -1,11 +1,14 @@
 """λ ladders trained rung by rung (staging.py): the wave rule on its own, and a real grid that stops at its edge."""
 import pytest
 
-from smoothness import analysis, experiments, grid, staging
+from smoothness.analysis import tables as analysis
+from smoothness.experiments import runner as experiments
+from smoothness.experiments import grid
+from smoothness.experiments import staging
 from smoothness.errors import ConfigError
-from smoothness.grid import config_key
-from smoothness.pipeline import RunConfig
-from smoothness.store import Store
+from smoothness.experiments.grid import config_key
+from smoothness.experiments.pipeline import RunConfig
+from smoothness.experiments.store import Store
 
 
 def _configs(lams=(1e-3, 1e-2, 1e-1), pairs=((3, 8), (4, 9)), reg="gradient_norm"):

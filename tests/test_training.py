@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from conftest import spec
-from smoothness import data, training
+from smoothness.data import images as data
+from smoothness.training import trainer as training
 from smoothness.errors import ConfigError
 from tolerance import OUTCOME_REL, assert_same_outcome, assert_same_trajectory, kernel_noise
 
@@ -116,7 +117,7 @@ def test_shuffles_computed_ahead_equal_those_computed_each_epoch(task, monkeypat
 
 def test_every_example_is_seen_once_per_epoch():
     # The epoch order of each model is a permutation of its own rows, padding last; epochs differ.
-    from smoothness import rng
+    from smoothness.runtime import rng
     n = torch.tensor([5, 8, 3])
     perm = rng.permutation_keys(n, 8, torch.tensor([[1], [2], [3]]), rng.STREAM_SHUFFLE, 0)
     for row, k in zip(perm, n.tolist()):

@@ -4,7 +4,8 @@ import math
 import pandas as pd
 import pytest
 
-from smoothness import grid, verdict as V
+from smoothness.experiments import grid
+from smoothness.analysis import verdict as V
 from smoothness.errors import ConfigError
 
 
@@ -83,6 +84,6 @@ def test_a_lambda_ladder_in_a_grid():
 
 
 def test_a_std_at_rounding_level_is_shown_as_zero():
-    from smoothness import tables
+    from smoothness.report import format as tables
     assert tables._pm(1.0, 1.1e-16) == "1 ± 0"            # taus that are all 1 up to the last bit
     assert tables._pm(0.452, 0.27) == "0.452 ± 0.27" and tables._pm(0.5, float("nan")) == "0.5"

@@ -1,34 +1,47 @@
 """smoothness: does SGD implicitly make neural networks smooth, and in which sense?
 
-Measures of Volhejn & Lampert (2020) for any PyTorch model f: R^d -> R (`smoothness.measures`),
-ReLU networks with the paper's initializer (`smoothness.models`), a batched trainer that trains
-many networks as one tensor program (`smoothness.training`; optimizers in `smoothness.optimizers`,
-regularizers in `smoothness.regularizers`), parameter-space measures such as sharpness
-(`smoothness.curvature`), MNIST-binary data (`smoothness.data`),
-the matmul precision of training (`smoothness.precision`: fp32, TF32, TF32 emulated),
-experiment grids (`smoothness.grid`, `smoothness.experiments`; on a Ray cluster with
-`smoothness.distributed`), the results store (`smoothness.store`),
-Tables 1 and 2 (`smoothness.analysis`), the report (`smoothness.report`) and the comparison of two
-stores (`smoothness.compare`; these three need pandas, SciPy and matplotlib and are imported on use).
+The package follows the data flow, each layer importing only the ones before it (tests/test_architecture.py):
+
+    errors, runtime   errors; random numbers, matmul precision, devices, signals
+    models            ReLU networks as stacks of M models, the paper's initializer
+    data              MNIST-binary tasks (MNIST, Fashion-MNIST) and 1-D tasks on the line
+    measures          the smoothness measures of any torch module, and the parameter-space ones
+    training          many networks trained as one batched program; optimizers; regularizers (eq. 15)
+    experiments       configurations, grids, the results store, running a grid (here or on Ray)
+    analysis          Tables 1 and 2, the verdict, optimality in 1-D, optimizers compared
+    report            tables, figures, report.md / report.html, two stores compared
+    cli               the `smoothness` command
+
+`import smoothness` does not import PyTorch: the subpackages, and the short names below (`smoothness.grid` for
+smoothness.experiments.grid, and so on), load on first use, so that `python -m smoothness` handles Ctrl-C and
+SIGTERM before PyTorch is imported (__main__.py).
 """
-__version__ = "0.1.0"
+import importlib
+from importlib import metadata
 
-import importlib  # noqa: E402
+from smoothness.errors import ConfigError, DataError, SmoothnessError
 
-from .errors import ConfigError, DataError, SmoothnessError  # noqa: E402
+try:
+    __version__ = metadata.version("smoothness")   # the one version: pyproject.toml's, as installed
+except metadata.PackageNotFoundError:   # run from a source tree that is not installed
+    __version__ = "0+unknown"
 
-# Submodules load on first use (`smoothness.grid`, `from smoothness import grid`): `import smoothness` does not
-# import PyTorch, so `python -m smoothness` can handle Ctrl-C and SIGTERM before it does (__main__.py).
-_SUBMODULES = ("curvature", "data", "experiments", "grid", "measures", "models", "optimizers", "precision", "registry",
-               "store", "training")
-__all__ = [*_SUBMODULES, "SmoothnessError", "DataError", "ConfigError", "__version__"]
+_SUBPACKAGES = ("analysis", "cli", "data", "experiments", "measures", "models", "report", "runtime", "training")
+# Short names of modules inside the subpackages (the import paths of earlier versions, kept for the user's code).
+_SHORT = {"curvature": "measures.paramspace", "registry": "measures.registry", "grid": "experiments.grid",
+          "store": "experiments.store", "pipeline": "experiments.pipeline", "optimizers": "training.optimizers",
+          "regularizers": "training.regularizers", "precision": "runtime.precision", "compare": "report.compare",
+          "salvage": "experiments.salvage"}
+__all__ = [*_SUBPACKAGES, *_SHORT, "SmoothnessError", "DataError", "ConfigError", "__version__"]
 
 
 def __getattr__(name):
-    if name in _SUBMODULES:
+    if name in _SUBPACKAGES:
         return importlib.import_module(f"{__name__}.{name}")
+    if name in _SHORT:
+        return importlib.import_module(f"{__name__}.{_SHORT[name]}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted({*globals(), *_SUBMODULES})
+    return sorted({*globals(), *_SUBPACKAGES, *_SHORT})

@@ -3,14 +3,14 @@ handled from the first moment, including the seconds in which PyTorch is importe
 import os
 import sys
 
-from . import interrupt
+from smoothness.runtime import interrupt
 
 
 def main(argv=None) -> int:
     """The `smoothness` console command: signal handling first, then the CLI (cli.main); returns the exit code."""
     interrupt.install(defer=True)   # during the imports a signal is only noted (interrupt.py says why)
     try:
-        from .cli import main as cli_main
+        from smoothness.cli.commands import main as cli_main
         interrupt.install()   # from here on a signal raises (not restored: the process ends after main)
         noted = interrupt.pending()
         if noted:

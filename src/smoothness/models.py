@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from . import rng
+from smoothness.runtime import rng
 
 DEFAULT_WIDTHS = (784, 256, 1)
 DEFAULT_ALPHA = 0.01

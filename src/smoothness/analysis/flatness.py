@@ -1,0 +1,74 @@
+"""Does a flatter minimum in parameter space mean a smoother function in input space? Optimizers compared on the
+same datasets: for settings trained with several optimizers (for example SGD and SAM at a few radii rho), per
+optimizer and N the means over converged models of the parameter-space flatness (sharpness, Hessian trace), the
+smoothness measures, the Lipschitz bracket and the test loss, and each one's mean ratio to SGD over the (pair, seed)
+datasets where both converged (a paired comparison: the same training set and initialization).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from smoothness.analysis import tables as A
+from smoothness.measures import registry
+from smoothness.report.format import Table, fmt
+
+QUANTITIES = {"sharpness": "sharpness", "hessian_trace": "tr H",
+              **{k: registry.BY_KEY[k].short for k in ("gradient_norm", "function_path_length",
+                                                       "gradient_path_length", "weights_product", "lipschitz_lower",
+                                                       "lipschitz_upper")},
+              "loss_test": "test loss"}
+KEY = [c for c in A.SETTING if c not in ("optimizer", "rho")] + ["n_train"]
+BASELINE = "sgd"
+
+
+def by_optimizer(df: pd.DataFrame) -> pd.DataFrame:
+    """Unregularized models of settings trained with several (optimizer, rho): per (setting, N, optimizer, rho)
+    model counts, and per quantity the mean over converged models and the mean paired ratio to SGD."""
+    df = A._complete(df)
+    base = df[df["regularizer"] == "none"] if len(df) else df
+    if not len(base):
+        return pd.DataFrame()
+    base = base.assign(_opt=base["optimizer"] + "/" + base["rho"].astype(str))
+    base = base[base.groupby(KEY)["_opt"].transform("nunique") >= 2]
+    if not len(base) or not (base["optimizer"] == BASELINE).any():
+        return pd.DataFrame()
+    cols = [c for c in QUANTITIES if c in base and base[c].notna().any()]
+    rows = []
+    for keys, g in base.groupby(KEY, sort=True):
+        conv = g[g["status"] == "converged"]
+        ref = conv[conv["optimizer"] == BASELINE].set_index(["pair", "seed"])
+        for (opt, rho), h in g.groupby(["optimizer", "rho"], sort=True):
+            row = {**dict(zip(KEY, keys)), "optimizer": opt, "rho": rho, "models": len(h),
+                   "converged": int((h["status"] == "converged").sum())}
+            ok = h[h["status"] == "converged"].set_index(["pair", "seed"])
+            both = ok.index.intersection(ref.index)
+            row["paired"] = len(both)
+            for c in cols:
+                row[f"{c}_mean"] = float(ok[c].mean()) if len(ok) else np.nan
+                row[f"{c}_ratio"] = float((ok.loc[both, c] / ref.loc[both, c]).mean()) if len(both) else np.nan
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def optimizer_tables(t: pd.DataFrame) -> list[Table]:
+    """One table per setting and N: a row per optimizer, each cell the mean and, in brackets, the paired ratio
+    to SGD."""
+    cols = [c for c in QUANTITIES if f"{c}_mean" in t]
+    tabs = []
+    for keys, g in t.groupby(KEY, sort=True):
+        setting = dict(zip(KEY, keys))
+        label = A.setting_label({**setting, "optimizer": "sgd"})
+        rows = []
+        for _, r in g.iterrows():
+            name = r["optimizer"] + (f" ρ={fmt(r['rho'])}" if r["optimizer"] == "sam" else "")
+            cells = [fmt(r[f"{c}_mean"]) + ("" if r["optimizer"] == BASELINE or pd.isna(r[f"{c}_ratio"])
+                                            else f" (×{fmt(r[f'{c}_ratio'])})") for c in cols]
+            rows.append([name, f"{r['converged']}/{r['models']}", str(r["paired"])] + cells)
+        tabs.append(Table(f"Optimizers compared: {label}, N = {setting['n_train']}",
+                          ["optimizer", "converged", "paired with SGD"] + [QUANTITIES[c] for c in cols], rows,
+                          "Means over converged models; in brackets the mean over (pair, seed) of the model's value "
+                          "divided by SGD's on the same training set and initialization, where both converged. "
+                          "Sharpness is the top eigenvalue of the training-loss Hessian, tr H its trace; LipLB and "
+                          "LipUB bracket sup ‖∇f‖."))
+    return tabs

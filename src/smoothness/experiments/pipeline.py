@@ -1,0 +1,160 @@
+"""Train models on MNIST-binary tasks and measure them as they finish: the train -> measure queue shared by the
+CLI, the grid runner and the Python API.
+
+The pieces live in their own modules and are re-exported here: the configuration and its key (runconfig.py),
+the device (devices.py), measuring trained models (evaluate.py) and the files of `train --save` (modelfile.py).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from smoothness.data import images as datasets
+from smoothness.data import lines as linetasks
+from smoothness.training import trainer as training
+from smoothness.runtime.devices import check_matmul_precision, measure_batch_size, memory_budget, resolve_device  # noqa: F401
+from smoothness.errors import ConfigError
+from smoothness.experiments.evaluate import Trained, measure_model, measure_models, parameter_measures  # noqa: F401
+from smoothness.experiments.modelfile import SAVE_FORMAT, check_save_path, load_models, save_models  # noqa: F401
+from smoothness.experiments.config import ADDED_FIELDS, Record, RunConfig, config_key  # noqa: F401
+
+
+def train_and_measure(configs: list[RunConfig], *, device=None, data_dir=None, progress=None,
+                      on_result=None, measure_batch: int | None = None) -> list[Record]:
+    """Train every config (batched where they share data, architecture and batch size) and measure.
+
+    Returns one record per config, in order: the config, status, epochs, steps, losses, measures,
+    wall time and device, plus the trained parameters under 'params' (a stack of one, on the CPU).
+    on_result(i, record), if given, is called the moment config i is trained and measured.
+    """
+    records: list[dict | None] = [None] * len(configs)
+    for i, rec in iter_train_and_measure(configs, device=device, data_dir=data_dir, progress=progress,
+                                         measure_batch=measure_batch):
+        records[i] = rec
+        if on_result is not None:
+            on_result(i, rec)
+    return records  # type: ignore[return-value]
+
+
+MEASURE_WAIT = 60.0   # seconds a trained model waits at most for its measure batch to fill (checked as models finish)
+
+
+@dataclass
+class _Trained:
+    """A trained model waiting to be measured."""
+
+    i: int
+    rec: Record
+    model: Trained     # what measuring it needs
+    at: float
+
+
+def batch_limit(configs: list[RunConfig], device) -> int:
+    """How many of these models (one batch key) train at once: as many as fit in the memory budget
+    (devices.memory_budget, training.model_bytes); the others wait for a place. A ConfigError if one alone does
+    not fit."""
+    c = configs[0]
+    need = training.model_bytes(c.widths, max(x.n_train for x in configs), c.batch_size, c.optimizer, c.regularizer,
+                                c.penalty_points)
+    budget = memory_budget(device)
+    if need > budget:
+        raise ConfigError(f"one model ({'-'.join(map(str, c.widths))} net, N = {max(x.n_train for x in configs):,}, "
+                          f"batch {c.batch_size:,}) needs about {need / 2**20:,.0f} MB, more than the "
+                          f"{budget / 2**20:,.0f} MB this machine has for it")
+    return max(1, min(len(configs), budget // need))
+
+
+def load_tasks(configs: list[RunConfig], data_dir=None) -> dict[tuple, datasets.BinaryTask | linetasks.LineTask]:
+    """The task of every (data, pair) among configs (an MNIST-binary pair or a 1-D task), loaded once each."""
+    tasks: dict[tuple, datasets.BinaryTask] = {}
+    for c in configs:
+        if (c.data, c.pair) not in tasks:
+            tasks[(c.data, c.pair)] = datasets.task(c.data, c.pair, data_dir=data_dir)
+    return tasks
+
+
+def _measure_trained(queue: list[_Trained], dev):
+    """Measure queued trained models as one call of measure_models; yield (i, full record) for each."""
+    if not queue:
+        return
+    t0 = time.perf_counter()
+    vals = measure_models([q.model for q in queue], dev)
+    sec = (time.perf_counter() - t0) / len(queue)
+    for q, v in zip(queue, vals):
+        yield q.i, {**q.rec, **v, "measure_seconds": sec, "measure_batch": len(queue), "device": str(dev),
+                    "params": q.model.params}
+
+
+def iter_measure_trained(items, *, device=None, data_dir=None, measure_batch: int | None = None):
+    """Measure models that were trained but not measured (a grid stopped in between): items are
+    (cfg, record, params) with the record that iter_train_and_measure passed to on_trained. Yields
+    (j, full record) for item j, in batches of measure_batch."""
+    dev = resolve_device(device)
+    k = measure_batch_size(measure_batch, dev)
+    tasks = load_tasks([c for c, _, _ in items], data_dir)
+    queue = []
+    for j, (c, rec, params) in enumerate(items):
+        task = tasks[(c.data, c.pair)]
+        queue.append(_Trained(j, rec, Trained(params, task, task.subset(c.n_train, c.seed), c), 0.0))
+        if len(queue) >= k:
+            yield from _measure_trained(queue, dev)
+            queue = []
+    yield from _measure_trained(queue, dev)
+
+
+def iter_train_and_measure(configs: list[RunConfig], *, device=None, data_dir=None, progress=None,
+                           measure_batch: int | None = None, on_trained=None, max_wait: float = MEASURE_WAIT):
+    """As train_and_measure, but yields (i, record) for config i as soon as it is trained and measured.
+
+    Trained models are measured together, measure_batch at a time (see measure_batch_size): a
+    batch is measured when it is full, when its first model has waited max_wait seconds, and when
+    training ends. on_trained(i, record, params), if given, is called the moment model i finishes
+    training, with its configuration, status and training record (the grid runner stores it durably
+    there, so that a grid stopped before the batch is measured does not train the model again).
+    """
+    dev = resolve_device(device)
+    k = measure_batch_size(measure_batch, dev)
+    check_matmul_precision({c.matmul_precision for c in configs}, dev)
+    groups: dict[tuple, list[int]] = {}
+    for i, c in enumerate(configs):
+        groups.setdefault(c.batch_key(), []).append(i)
+    tasks = load_tasks(configs, data_dir)
+    queue: list[_Trained] = []
+    for key, members in groups.items():
+        # One input pool for the group: the pools of all pairs, concatenated.
+        offsets, pools, start = {}, [], 0
+        for c in (configs[i] for i in members):
+            if c.pair not in offsets:
+                offsets[c.pair] = start
+                pools.append(tasks[(c.data, c.pair)].pool_x)
+                start += pools[-1].shape[0]
+        specs, subsets = [], []
+        for i in members:
+            c = configs[i]
+            t = tasks[(c.data, c.pair)]
+            sub = t.subset(c.n_train, c.seed)
+            subsets.append(sub)
+            specs.append(training.TrainSpec(sub + offsets[c.pair], t.pool_y[sub], seed=c.init_seed, lr=c.lr,
+                                            alpha=c.alpha, max_epochs=c.max_epochs, threshold=c.threshold,
+                                            regularizer=c.regularizer, lam=c.lam, penalty_points=c.penalty_points,
+                                            optimizer="sgd" if c.optimizer == "gd" else c.optimizer,
+                                            rho=c.rho if c.optimizer == "sam" else None))
+        trainer = training.BatchedTrainer(torch.cat(pools), key[1], key[2], dev, matmul_precision=key[5],
+                                          max_batch=batch_limit([configs[i] for i in members], dev))
+        for res in trainer.iter_train(specs, progress=progress):
+            i = members[res.index]
+            c = configs[i]
+            rec: Record = {**asdict(c), "pair": list(c.pair), "hidden": list(c.hidden),
+                           "status": res.status, "epochs": res.epochs, "steps": res.steps,
+                           "loss_epoch": res.loss_epoch, "train_seconds": res.seconds}
+            if on_trained is not None:
+                on_trained(i, rec, res.params)
+            queue.append(_Trained(i, rec, Trained(res.params, tasks[(c.data, c.pair)], subsets[res.index], c),
+                                  time.perf_counter()))
+            if len(queue) >= k or time.perf_counter() - queue[0].at >= max_wait:
+                yield from _measure_trained(queue, dev)
+                queue = []
+    yield from _measure_trained(queue, dev)
+

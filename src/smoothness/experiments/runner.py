@@ -1,0 +1,358 @@
+"""Run a grid into a results store: skip what is stored, train the rest batched, commit each model at once."""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections import Counter
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from smoothness.data import images as datasets
+from smoothness.data import lines as linetasks
+from smoothness.experiments import pipeline
+from smoothness.experiments import staging
+from smoothness.experiments.distributed import DEFAULT_RETRIES
+from smoothness.errors import ConfigError, StoreError
+from smoothness.experiments.grid import Grid, config_key
+from smoothness.experiments.store import Store, model_count, versions
+
+
+@dataclass
+class RunSummary:
+    """What a grid run did: models in the grid, trained now, stored before, skipped, by status."""
+    grid: str
+    total: int
+    stored_before: int
+    trained: int = 0
+    statuses: Counter = field(default_factory=Counter)   # over all models of the grid in the store
+    seconds: float = 0.0
+    store: str = ""
+    backend: str = "local"
+    where: str = ""           # ray: the cluster used
+    chunks: int = 0           # ray: chunk tasks submitted (first attempts)
+    retried: int = 0          # ray: chunks resubmitted after a worker or node died
+    skipped: int = 0          # lambda rungs above a ladder's edge, not trained (staging.py)
+
+    def line(self) -> str:
+        """The summary as one line of text."""
+        s = self.statuses
+        ray = (f"; ray backend, {self.where}, {self.chunks} chunks, {self.retried} retried"
+               if self.backend == "ray" else "")
+        skip = (f", {self.skipped} above a lambda ladder's edge not trained (ladder: staged)"
+                if self.skipped else "")
+        return (f"grid {self.grid}: {self.total} models, {self.trained} trained now, {self.stored_before} already "
+                f"stored{skip}; converged {s['converged']}, not converged {s['not_converged']}, "
+                f"diverged {s['diverged']}; "
+                f"{_hms(self.seconds)}; store {self.store}{ray}")
+
+
+def _hms(sec: float) -> str:
+    sec = int(round(sec))
+    h, m, s = sec // 3600, sec // 60 % 60, sec % 60
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+class GridProgress:
+    """Models done/total, models running, ETA: a tqdm bar on a terminal, otherwise one line per model."""
+
+    def __init__(self, total: int, enabled: bool = True, stream=None):
+        self.total, self.done, self.t0 = total, 0, time.perf_counter()
+        self.stream = stream or sys.stderr
+        self.enabled = enabled and total > 0
+        self.bar = None
+        self.running, self.shown, self.label = 0, 0.0, "running"
+        if self.enabled and self.stream.isatty():
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, unit="model", file=self.stream, dynamic_ncols=True, desc="training",
+                            bar_format="{desc}: {n}/{total} models |{bar}| [{elapsed}<{remaining}{postfix}]")
+
+    def trainer(self, info: dict) -> None:
+        """Called by the batched trainer after epoch ends (or by the Ray driver): how many models run."""
+        self.running = info["active"]
+        self.label = info.get("label", "running")
+        if self.bar is not None and time.perf_counter() - self.shown > 0.5:
+            extra = f", epoch {info['epoch']}" if "epoch" in info else f", chunks {info['chunks']}"
+            self.bar.set_postfix_str(f"{self.label} {self.running}{extra}")
+            self.shown = time.perf_counter()
+
+    def set_total(self, total: int) -> None:
+        """A new total (rungs above a ladder's edge drop out of the run)."""
+        self.total = total
+        if self.bar is not None and self.bar.total != total:
+            self.bar.total = total
+            self.bar.refresh()
+
+    def model_done(self, rec: dict) -> None:
+        """Count a stored model and redraw the progress line."""
+        self.done += 1
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.update(1)
+            return
+        el = time.perf_counter() - self.t0
+        eta = el / self.done * (self.total - self.done)
+        lam = f" {rec['regularizer']} lam={rec['lam']:g}" if rec["regularizer"] != "none" else ""
+        pair = linetasks.pair_label(rec["data"], rec["pair"])
+        print(f"[{self.done}/{self.total}] {rec['data']}{pair} N={rec['n_train']} "
+              f"seed={rec['seed']}{lam}: {rec['status']} after {rec['epochs']} epochs; {self.label} {self.running}; "
+              f"elapsed {_hms(el)}, ETA {_hms(eta)}", file=self.stream, flush=True)
+
+    def close(self):
+        """End the progress line."""
+        if self.bar is not None:
+            self.bar.close()
+
+
+def check_data(grid: Grid, data_dir=None) -> None:
+    """Fail before any training when a data file is missing or a training size exceeds a pair's pool."""
+    for pair in grid.all_pairs():
+        task = datasets.task(grid.data, pair, data_dir=data_dir)
+        for s in grid.all_seeds():
+            task.subset(max(grid.sizes()), s)
+
+
+def run_grid(grid: Grid, out, *, device=None, data_dir=None, progress: bool = True, save_weights: bool = True,
+             stream=None, backend: str = "local", address: str | None = None, chunk_size: int | None = None,
+             retries: int = DEFAULT_RETRIES, ray_cpus: int | None = None,
+             measure_batch: int | None = None, merge: bool = False) -> RunSummary:
+    """Train every model of the grid that the store under `out` does not hold yet; returns a summary.
+
+    backend "local" trains in this process; "ray" runs chunks of models as Ray tasks (see distributed.py)
+    on the cluster at `address` (or RAY_ADDRESS), or on a local Ray instance with `ray_cpus` CPUs.
+    Either way each model is committed to the store the moment it comes back. Locally, trained models
+    are measured measure_batch at a time (pipeline.measure_batch_size: 1 on CPU, 128 on a GPU); when
+    that is more than one, each model is stored as trained the moment it finishes training, and a
+    resumed grid measures the trained models it finds instead of training them again.
+
+    `out` is always a directory (the store is out/results.sqlite). A store that holds another grid's models
+    is refused unless merge=True. A run that fails or is interrupted before storing anything removes the
+    store (and the directories) it created.
+    """
+    if backend not in ("local", "ray"):
+        raise ConfigError(f"unknown backend {backend!r}; use local or ray")
+    t0 = time.perf_counter()
+    configs = grid.configs()
+    keys = [config_key(c) for c in configs]
+    if backend == "local":
+        device = pipeline.resolve_device(device)
+        measure_batch = pipeline.measure_batch_size(measure_batch, device)
+        pipeline.check_matmul_precision({grid.matmul_precision}, device)
+    else:
+        device = str(device or "auto")  # resolved on each worker
+        if device.split(":")[0] not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"unknown device {device!r}; use cpu, cuda or auto")
+        pipeline.measure_batch_size(measure_batch, "cpu")  # checked only: workers use their device's default
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise StoreError(f"{out} is a file, not a directory: the experiment directory (--out) must be a directory")
+    made = [p for p in (out, *out.parents) if not p.exists()]   # what this run creates, deepest first
+    fresh = not (out / Store.FILENAME).exists()
+    try:
+        return _run_grid(grid, out, configs, keys, t0, device=device, data_dir=data_dir, progress=progress,
+                         save_weights=save_weights, stream=stream, backend=backend, address=address,
+                         chunk_size=chunk_size, retries=retries, ray_cpus=ray_cpus, measure_batch=measure_batch,
+                         merge=merge)
+    except BaseException:
+        if fresh:
+            _remove_if_empty(out / Store.FILENAME, made)
+        raise
+
+
+def _other_grid(store: Store, grid: Grid) -> str | None:
+    """The name of the grid the store was made for, if that is not `grid` and the store holds models or a run of
+    that grid may be writing to it now (its owner, see claim_store)."""
+    held = (store.meta("grid") or {}).get("name")
+    if not held or held == grid.name:
+        return None
+    return held if model_count(store.db) or _owner_alive(store.meta("owner")) else None
+
+
+def _owner_alive(owner) -> bool:
+    """Whether the process that claimed a store (meta 'owner': host and pid) may still run: on this host, whether
+    the pid exists; on another host it cannot be told, so yes."""
+    import socket
+    if not isinstance(owner, dict) or "pid" not in owner:
+        return False
+    if owner.get("host") != socket.gethostname():
+        return True
+    pid = owner["pid"]
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError, ValueError, TypeError):
+        return True
+    return True
+
+
+def claim_store(store: Store, grid: Grid, merge: bool) -> None:
+    """Record the grid (and this process as the store's owner) in the store's meta, in one transaction with the
+    check: a store that holds another grid's models, or that another grid's run claimed and may be writing to now,
+    is refused unless merge. Two runs of different grids started at the same moment into one --out cannot both
+    pass the check."""
+    import socket
+    with store.transaction():
+        other = _other_grid(store, grid)
+        if other is not None and not merge:
+            n = model_count(store.db)
+            busy = "" if n else ", being written by a run that is still going"
+            raise ConfigError(f"{store.path} holds grid '{other}' ({n} models{busy}); grid '{grid.name}' would mix "
+                              "its models into it: choose another --out, or pass --merge to add them to this store")
+        if other is None:
+            store.set_meta("grid", grid.to_dict())
+        else:   # the store keeps its own grid; the grids merged into it are listed beside it
+            merged = store.meta("merged", []) or []
+            store.set_meta("merged", [g for g in merged if g.get("name") != grid.name] + [grid.to_dict()])
+        store.set_meta("owner", {"host": socket.gethostname(), "pid": os.getpid(), "grid": grid.name})
+
+
+def _stored(grid: Grid, out: Path) -> tuple[int, int, str | None, int] | None:
+    """Read-only: (models of the grid, how many of them the store in `out` holds, the other grid the store was
+    made for, if any (see _other_grid), how many rungs above a ladder's edge the stored statuses already rule
+    out), or None when `out` holds no store."""
+    if not (Path(out) / Store.FILENAME).exists():
+        return None
+    by_key = {config_key(c): c for c in grid.configs()}
+    with Store(Path(out) / Store.FILENAME, create=False) as st:
+        status = st.statuses()
+        skipped = len(staging.next_wave(by_key, status, grid.ladder).skipped)
+        return len(by_key), len(by_key.keys() & status.keys()), _other_grid(st, grid), skipped
+
+
+def dry_run(grid: Grid, out: Path, merge: bool = False) -> str:
+    """One line: the grid's size and how many of its models the store in `out` holds (read-only)."""
+    total, stored, other, skipped = _stored(grid, out) or (len(grid.configs()), 0, None, 0)
+    note = f" (the store holds grid '{other}': run refuses it without --merge)" if other and not merge else ""
+    left = total - stored - skipped
+    skip = f", {skipped} above a lambda ladder's edge not to be trained" if skipped else ""
+    staged = (" at most (lambda rungs above a ladder's edge will not be trained)"
+              if grid.ladder == "staged" and staging.has_ladder(grid.regularizers) and left else "")
+    return (f"grid {grid.name}: {total} models ({len(grid.all_pairs())} pairs, sizes {grid.sizes()}, seeds "
+            f"{grid.seeds}); {stored} stored in {out}{skip}, {left} to train{staged}{note}")
+
+
+def interrupted_note(grid: Grid, out: Path) -> str:
+    """For an interrupted `run`: how many of the grid's models the store in `out` holds, and how to resume."""
+    held = _stored(grid, out)
+    if held is None:
+        return f"; nothing is stored in {out} yet"
+    total, stored, _, _ = held
+    return f"; {stored} of {total} models of grid {grid.name} are stored in {out}; run the same command again to resume"
+
+
+def _remove_if_empty(path: Path, made: list[Path]) -> None:
+    """Remove a store this run created if it holds no model, then the directories the run created, if empty."""
+    import json
+    import sqlite3
+    try:
+        if path.exists():
+            db = sqlite3.connect(str(path))
+            try:
+                n = model_count(db)
+                row = db.execute("SELECT value FROM meta WHERE name='owner'").fetchone()
+                owner = json.loads(row[0]) if row else None
+            except (sqlite3.DatabaseError, ValueError):
+                n, owner = (0 if path.stat().st_size == 0 else 1), None
+            finally:
+                db.close()
+            if n or _owner_alive(owner):   # another run claimed it (and may store into it any moment)
+                return
+            for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+                p.unlink(missing_ok=True)
+        for d in made:
+            d.rmdir()
+    except OSError:
+        pass
+
+
+def _run_grid(grid: Grid, out: Path, configs, keys, t0, *, device, data_dir, progress, save_weights, stream,
+              backend, address, chunk_size, retries, ray_cpus, measure_batch, merge) -> RunSummary:
+    with Store(out / Store.FILENAME) as store, ExitStack() as stack:
+        stored = store.keys()
+        todo = [(k, c) for k, c in zip(keys, configs) if k not in stored]
+        summary = RunSummary(grid.name, len(configs), len(configs) - len(todo), store=str(store.path),
+                             backend=backend)
+        if todo and (backend == "local" or not (address or os.environ.get("RAY_ADDRESS"))):
+            check_data(grid, data_dir)  # on a remote cluster the workers' data is checked by the workers
+        claim_store(store, grid, merge)
+        store.set_meta("versions", versions())
+        bar = GridProgress(len(todo), progress, stream)
+        stack.callback(bar.close)
+        by_key = dict(zip(keys, configs))
+        ray = _RayBackend(stack, summary, address, ray_cpus, chunk_size, dict(
+            device=device, data_dir=data_dir, save_weights=save_weights, retries=retries, progress=bar.trainer))
+        try:
+            last = None
+            while True:   # waves: a lambda rung starts when the rung below has passed (staging.py)
+                wave = staging.next_wave(by_key, store.statuses(), grid.ladder)
+                summary.skipped = len(wave.skipped)
+                bar.set_total(len(todo) - summary.skipped)
+                if not wave.train or wave.train == last:   # nothing left, or a wave that stored nothing
+                    break
+                last = wave.train
+                wave_todo = [(k, by_key[k]) for k in wave.train]
+                results = (_local_results(store, wave_todo, device, data_dir, measure_batch, bar.trainer)
+                           if backend == "local" else ray.results(wave_todo))
+                for key, rec, params in results:
+                    if store.add(key, rec, params if save_weights else None):
+                        summary.trained += 1
+                    bar.model_done(rec)
+        finally:
+            status = store.statuses()
+            summary.statuses = Counter(status[k] for k in keys if k in status)
+            summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _local_results(store: Store, todo, device, data_dir, measure_batch: int, progress):
+    """(key, record, params) of every model of todo: first those the store holds as trained but not measured
+    (a grid stopped between training and measuring them), then the rest, trained here."""
+    config = dict(todo)
+    pending = [(k, rec, params) for k, rec, params in store.trained() if k in config]
+    for j, rec in pipeline.iter_measure_trained([(config[k], rec, params) for k, rec, params in pending],
+                                                device=device, data_dir=data_dir, measure_batch=measure_batch):
+        yield pending[j][0], rec, rec.pop("params")
+    done = {k for k, _, _ in pending}
+    rest = [(k, c) for k, c in todo if k not in done]
+    keys = [k for k, _ in rest]
+    on_trained = None
+    if measure_batch > 1:
+        def on_trained(i, rec, params):
+            store.add_trained(keys[i], rec, params)
+    for i, rec in pipeline.iter_train_and_measure([c for _, c in rest], device=device, data_dir=data_dir,
+                                                  progress=progress, measure_batch=measure_batch,
+                                                  on_trained=on_trained):
+        yield keys[i], rec, rec.pop("params")
+
+
+class _RayBackend:
+    """The Ray side of a run: one RayRunner (started on first use) for all waves of the grid."""
+
+    def __init__(self, stack: ExitStack, summary: RunSummary, address, ray_cpus, chunk_size, kw):
+        self.stack, self.summary = stack, summary
+        self.address, self.ray_cpus, self.chunk_size, self.kw = address, ray_cpus, chunk_size, dict(kw)
+        self.runner = None
+
+    def results(self, todo):
+        """Yield (key, record, params) for every (key, config) of todo as it is trained and measured."""
+        from smoothness.experiments.distributed import RayRunner, default_chunk_size, make_chunks
+        if self.runner is None:
+            self.runner = self.stack.enter_context(RayRunner(self.address, num_cpus=self.ray_cpus))
+            self.summary.where = self.runner.describe()
+        chunks = make_chunks(todo, self.chunk_size or default_chunk_size(len(todo), self.runner.slots))
+        self.summary.chunks += len(chunks)
+        kw = dict(self.kw)
+        progress = kw.pop("progress")
+        retried0 = self.summary.retried
+
+        def track(info):
+            self.summary.retried = retried0 + info["retried"]
+            progress(info)
+        results = self.runner.results(chunks, progress=track, **kw)
+        self.stack.callback(results.close)  # cancels the chunks still running if the driver stops early
+        return results

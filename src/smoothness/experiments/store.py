@@ -1,0 +1,555 @@
+"""The results store: one SQLite database per experiment directory, one row per finished model.
+
+Each model is committed in its own transaction the moment it is trained and measured (WAL journal,
+synchronous=FULL), so a process killed at any moment loses at most the models still in flight. Where
+models are measured in batches (on a GPU), a trained model first goes to the `trained` table, with
+its weights, and moves to `runs` in the transaction that stores its measures; a resumed grid measures
+what it finds there instead of training it again. The primary key is the
+hash of the model's full configuration (grid.config_key); inserting a key twice is a no-op, so a resumed
+grid can never duplicate a finished model.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import os
+import platform
+import sqlite3
+import sys
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+import numpy as np
+import torch
+
+from smoothness.errors import StoreError
+from smoothness.models import MLPStack
+from smoothness.experiments.config import ADDED_FIELDS
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    key TEXT PRIMARY KEY,
+    finished_at TEXT NOT NULL,
+    data TEXT, pair_a INTEGER, pair_b INTEGER, n_train INTEGER, seed INTEGER,
+    regularizer TEXT, lam REAL, lr REAL, status TEXT, epochs INTEGER,
+    record TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS weights (key TEXT PRIMARY KEY REFERENCES runs(key), state BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS trained (key TEXT PRIMARY KEY, finished_at TEXT NOT NULL, record TEXT NOT NULL,
+                                    state BLOB NOT NULL);
+"""
+# The columns of each table, as _SCHEMA creates them: a store whose tables differ is not written to (a foreign
+# SQLite file, or one whose tables were changed by hand, would fail only at the first insert, after training).
+_COLUMNS = {"runs": ["key", "finished_at", "data", "pair_a", "pair_b", "n_train", "seed", "regularizer", "lam", "lr",
+                     "status", "epochs", "record"],
+            "weights": ["key", "state"], "meta": ["name", "value"],
+            "trained": ["key", "finished_at", "record", "state"]}
+
+
+def versions() -> dict:
+    """Versions recorded with every stored model."""
+    from smoothness import __version__
+    return {"smoothness": __version__, "torch": torch.__version__, "numpy": np.__version__,
+            "python": platform.python_version()}
+
+
+def _clean(v):
+    """JSON-safe values: non-finite floats as None, tuples as lists, NumPy scalars as Python numbers."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, (tuple, list)):
+        return [_clean(x) for x in v]
+    if isinstance(v, (np.generic,)):
+        return _clean(v.item())
+    return v
+
+
+def warn(msg: str) -> None:
+    """A problem that does not stop the command (a skipped row), as one line on stderr."""
+    print(f"smoothness: warning: {msg}", file=sys.stderr, flush=True)
+
+
+def store_path(path) -> Path:
+    """The store file of `path`: `path/results.sqlite` for an experiment directory. An existing file, or a
+    name ending in .sqlite that is not a directory, is the store file itself; any other name is a directory,
+    dots and all (`runs/exp.v2` is the directory exp.v2)."""
+    path = Path(path)
+    if path.name == Store.FILENAME or not path.is_dir() and (path.exists() or path.suffix == ".sqlite"):
+        return path   # results.sqlite is the store file, even where it is a folder (refused when opened)
+    return path / Store.FILENAME
+
+
+class Store:
+    """Append-only results of one experiment directory (`<dir>/results.sqlite`)."""
+
+    FILENAME = "results.sqlite"
+
+    def __init__(self, path, *, create: bool = True):
+        """Open the store of `path` (a directory or the store file, see store_path). create=True (running a
+        grid) creates the directory and the store as needed; create=False opens an existing store read-only
+        (report, compare, dry runs): nothing is written to it, it needs no write access, and a store that
+        fails SQLite's integrity check is refused with one error naming the file."""
+        self.path = path = store_path(path)
+        self.readonly = not create
+        self.skipped: list[tuple[str, str]] = []   # (key, why) of the rows the last records() could not read
+        self._identity = None   # (device, inode) of the file this store writes (_still_there)
+        self.db = self._open_read_only() if self.readonly else self._open_for_writing()
+
+    def _open_for_writing(self) -> sqlite3.Connection:
+        path, folder = self.path, self.path.parent
+        if folder.exists() and not folder.is_dir():
+            raise StoreError(f"{folder} is a file, not a directory: the results store needs a directory")
+        if path.is_dir():
+            raise StoreError(f"{path} is a folder, not a results store file: remove or rename it, or choose another "
+                             "--out")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"cannot create the directory {folder} for the results store: "
+                             f"{e.strerror or e}") from None
+        if not os.access(folder, os.W_OK | os.X_OK) or path.exists() and not os.access(path, os.W_OK):
+            raise StoreError(f"cannot write the results store {path} (permission denied): choose a directory you "
+                             "can write (--out DIR)")
+        db = None
+        try:
+            db = sqlite3.connect(str(path), timeout=LOCK_TIMEOUT, isolation_level=None)
+            existing = _check_tables(path, db)
+            if existing:   # a store written before: refuse a damaged one before any work (salvage instead)
+                problems = [r[0] for r in db.execute("PRAGMA quick_check(3)")]
+                if problems != ["ok"]:
+                    raise StoreError(_damaged(path, db, "; ".join(problems)))
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.executescript(_SCHEMA)
+            row = db.execute("SELECT value FROM meta WHERE name='schema'").fetchone()
+            if row is None:
+                db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            else:
+                _check_schema(path, row[0])
+        except BaseException as e:
+            if db is not None:
+                msg = _write_failure(path, db, e, "open") if isinstance(e, sqlite3.DatabaseError) else None
+                db.close()
+                if msg:
+                    raise StoreError(msg) from None
+            elif isinstance(e, sqlite3.DatabaseError):
+                raise StoreError(_write_failure(path, None, e, "open")) from None
+            raise
+        self._identity = _identity(path)
+        return db
+
+    def _still_there(self) -> None:
+        """A StoreError if the store file was deleted or replaced since it was opened: SQLite would go on writing
+        into the unlinked file, and everything committed would vanish with the process."""
+        if _identity(self.path) != self._identity:
+            raise StoreError(f"the results store {self.path} was deleted or replaced while this run was writing to "
+                             "it: the models stored in it are gone, and this run stops; run the same command again "
+                             "to train them into a new store")
+
+    @contextlib.contextmanager
+    def _writing(self, what: str):
+        """Map SQLite's failures while writing (disk full, a lock held too long, damage) to one StoreError that
+        says what is kept."""
+        self._still_there()
+        try:
+            yield
+        except sqlite3.DatabaseError as e:
+            self._rollback()
+            raise StoreError(_write_failure(self.path, self.db, e, what)) from None
+
+    def _open_read_only(self) -> sqlite3.Connection:
+        path = self.path
+        if not path.exists():
+            raise StoreError(f"no results store at {path} (run a grid first: smoothness run GRID --out DIR)")
+        if path.is_dir():
+            raise StoreError(f"{path} is a folder, not a results store file")
+        if path.is_file() and path.stat().st_size == 0:
+            raise StoreError(f"{path} is an empty file: it holds no results (run a grid first: smoothness run "
+                             "GRID --out DIR)")
+        db = None
+        try:
+            try:
+                db = connect_read_only(path)
+            except sqlite3.OperationalError as e:
+                if not _cannot_write(e):
+                    raise
+                # A WAL store where this user cannot create its -shm file (a read-only folder): SQLite reads it
+                # only as immutable, which is right unless a WAL journal holds commits not yet in the file.
+                wal = Path(f"{path}-wal")
+                if wal.exists() and wal.stat().st_size > 0:
+                    raise StoreError(f"cannot read {path} without write access to {path.parent}: its journal "
+                                     f"{wal.name} holds commits not yet in the file; copy the directory somewhere "
+                                     "writable and read the copy") from None
+                db = connect_read_only(path, immutable=True)
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if not tables:
+                raise StoreError(f"{path} holds no results (an empty SQLite database, not a results store)")
+            if "runs" not in tables:
+                raise StoreError(f"{path} is not a results store (it has no table 'runs')")
+            if "meta" in tables:
+                row = db.execute("SELECT value FROM meta WHERE name='schema'").fetchone()
+                if row is not None:
+                    _check_schema(path, row[0])
+            try:
+                problems = [r[0] for r in db.execute("PRAGMA integrity_check(3)")]
+            except sqlite3.DatabaseError as e:
+                problems = [str(e)]
+            if problems != ["ok"]:
+                raise StoreError(_damaged(path, db, "; ".join(line for p in problems for line in str(p).splitlines()
+                                                               if not line.startswith("***"))))
+        except BaseException as e:
+            msg = None
+            if isinstance(e, sqlite3.DatabaseError):
+                msg = (_damaged(path, db, str(e)) if db is not None and "malformed" in str(e)
+                       else f"{path} is not a readable results store ({e})")
+            if db is not None:
+                db.close()
+            if msg:
+                raise StoreError(msg) from None
+            raise
+        return db
+
+    def close(self):
+        """Close the database; a transaction left open by an interrupt is rolled back first."""
+        try:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+        finally:
+            self.db.close()
+
+    def _rollback(self) -> None:
+        """Undo the open transaction, if there is one. An interrupt can land anywhere in a transaction: before
+        its BEGIN took effect, or after its COMMIT did (then there is nothing to undo); SQLite itself says which."""
+        if self.db.in_transaction:
+            self.db.execute("ROLLBACK")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- writing ---------------------------------------------------------------------------------
+    def add(self, key: str, record: dict, params: MLPStack | None = None) -> bool:
+        """Commit one finished model (and its weights) atomically; False if the key was already stored.
+        The model leaves the `trained` table in the same transaction."""
+        rec = {k: _clean(v) for k, v in record.items() if k != "params"}
+        rec.setdefault("versions", versions())
+        blob = None if params is None else _blob(params)
+        pair = rec.get("pair") or [None, None]
+        row = (key, _now(), rec.get("data"), pair[0], pair[1], rec.get("n_train"),
+               rec.get("seed"), rec.get("regularizer"), rec.get("lam"), rec.get("lr"), rec.get("status"),
+               rec.get("epochs"), json.dumps(rec, sort_keys=True))
+        db = self.db
+        with self._writing(f"model {key}"):
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                added = db.execute("INSERT OR IGNORE INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                                   row).rowcount == 1
+                if added and blob is not None:
+                    db.execute("INSERT OR REPLACE INTO weights VALUES (?, ?)", (key, blob))
+                db.execute("DELETE FROM trained WHERE key=?", (key,))
+                db.execute("COMMIT")
+            except BaseException:   # KeyboardInterrupt included: committed stays committed, the rest is undone
+                self._rollback()
+                raise
+        return added
+
+    def add_trained(self, key: str, record: dict, params: MLPStack) -> None:
+        """Commit a model that finished training and waits to be measured (its record so far and weights)."""
+        rec = json.dumps({k: _clean(v) for k, v in record.items() if k != "params"}, sort_keys=True)
+        with self._writing(f"trained model {key}"):
+            self.db.execute("INSERT OR REPLACE INTO trained SELECT ?, ?, ?, ? WHERE NOT EXISTS "
+                            "(SELECT 1 FROM runs WHERE key=?)", (key, _now(), rec, _blob(params), key))
+
+    def trained(self) -> list[tuple[str, dict, MLPStack]]:
+        """Models trained but not measured yet: (key, record, params) each (see add_trained). A row whose
+        record or weights cannot be read is discarded with a warning, so that its model is trained again."""
+        out, bad = [], []
+        for key, rec, state in self.db.execute("SELECT key, record, state FROM trained WHERE key NOT IN "
+                                                "(SELECT key FROM runs) ORDER BY rowid").fetchall():
+            try:
+                out.append((key, parse_record(rec), _params(state)))
+            except Exception as e:  # noqa: BLE001 - whatever a damaged blob makes torch.load raise
+                bad.append((key, f"{type(e).__name__}: {e}".splitlines()[0][:120]))
+        if bad:
+            if not self.readonly:
+                self.db.executemany("DELETE FROM trained WHERE key=?", [(k,) for k, _ in bad])
+            warn(f"{self.path}: {len(bad)} trained model(s) with unreadable record or weights "
+                 f"{'discarded, to be trained again' if not self.readonly else 'skipped'}: {_keys(bad)}")
+        return out
+
+    @contextlib.contextmanager
+    def transaction(self):
+        """One write transaction (BEGIN IMMEDIATE: other writers wait) around reads and set_meta calls, so that a
+        check and the write it decides on are atomic."""
+        with self._writing("its meta table"):
+            self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            with self._writing("its meta table"):
+                self.db.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+
+    def set_meta(self, name: str, value) -> None:
+        """Store a JSON value under name in the meta table."""
+        with self._writing(f"the entry {name!r} of its meta table"):
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, json.dumps(value)))
+
+    # -- reading ---------------------------------------------------------------------------------
+    def meta(self, name: str, default=None):
+        """The JSON value stored under name, or default."""
+        row = self.db.execute("SELECT value FROM meta WHERE name=?", (name,)).fetchone()
+        if row is None:
+            return default
+        try:
+            return json.loads(row[0])
+        except (TypeError, ValueError):
+            warn(f"{self.path}: unreadable meta entry {name!r} ignored")
+            return default
+
+    def keys(self) -> set[str]:
+        """The keys of the finished models."""
+        return {r[0] for r in self.db.execute("SELECT key FROM runs")}
+
+    def statuses(self) -> dict[str, str]:
+        """The status of every stored model, by key (from the indexed column, without parsing records)."""
+        return dict(self.db.execute("SELECT key, status FROM runs"))
+
+    def __len__(self) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+
+    def records(self) -> list[dict]:
+        """Every stored model's record (config, status, losses, measures, timings, versions), with 'key'.
+        A row whose record cannot be read is skipped with a warning naming its key, and listed in .skipped."""
+        out, self.skipped = [], []
+        for key, rec in self.db.execute("SELECT key, record FROM runs ORDER BY rowid"):
+            try:
+                out.append({**parse_record(rec, "status"), "key": key})
+            except ValueError as e:
+                self.skipped.append((key, str(e)))
+        if self.skipped:
+            warn(f"{self.path}: skipped {len(self.skipped)} unreadable model row(s): {_keys(self.skipped)}")
+        return out
+
+    def frame(self):
+        """The records as a pandas DataFrame (one row per model; pair as 'pair' = 'a/b')."""
+        import pandas as pd
+        recs = self.records()
+        df = pd.DataFrame(recs)
+        if len(df):
+            # config fields added after the first stored models: missing means the default of the time
+            for c, v in ADDED_FIELDS.items():
+                if c not in df:
+                    df[c] = v
+                elif v is not None:
+                    df[c] = df[c].fillna(v)
+            if "pair" in df:
+                df["pair"] = df["pair"].map(lambda p: f"{p[0]}/{p[1]}" if isinstance(p, list) else p)
+            if "hidden" in df:
+                df["hidden"] = df["hidden"].map(lambda h: "-".join(map(str, h)) if isinstance(h, list) else h)
+            for c in df.columns:  # measures stored as null (non-finite) come back as None
+                if df[c].dtype == object and c not in ("pair", "hidden", "data", "status", "regularizer", "optimizer",
+                                                       "device", "key", "versions", "matmul_precision"):
+                    try:
+                        df[c] = pd.to_numeric(df[c])
+                    except (ValueError, TypeError):
+                        pass
+        return df
+
+    def params(self, key: str) -> MLPStack:
+        """The trained weights of model key (a stack of one); a StoreError if the store holds none."""
+        row = self.db.execute("SELECT state FROM weights WHERE key=?", (key,)).fetchone()
+        if row is None:
+            raise StoreError(f"no stored weights for model {key}")
+        try:
+            return _params(row[0])
+        except Exception as e:  # noqa: BLE001 - whatever a damaged blob makes torch.load raise
+            raise StoreError(f"{self.path}: the stored weights of model {key} are unreadable ({e})") from None
+
+
+def export(source, dest, weights: bool = False) -> int:
+    """Copy the store `source` (a directory or file) into the single file `dest` (a new file; no WAL side files),
+    without the trained weights unless weights=True: a compact copy to share or to put under version control while
+    a grid still writes the source (SQLite's online backup reads a consistent snapshot). Returns the models copied."""
+    src = Store(source, create=False)
+    dest = Path(dest)
+    if dest.exists():
+        src.close()
+        raise StoreError(f"{dest} exists: export into a new file")
+    if not dest.parent.is_dir():
+        src.close()
+        raise StoreError(f"cannot export to {dest}: the folder {dest.parent} does not exist")
+    try:
+        out = sqlite3.connect(str(dest), isolation_level=None)
+        try:
+            src.db.backup(out)
+            if not weights:
+                out.execute("DELETE FROM weights")
+                if out.execute("SELECT 1 FROM sqlite_master WHERE name='trained'").fetchone():
+                    out.execute("DELETE FROM trained")
+            out.execute("PRAGMA journal_mode=DELETE")
+            out.execute("VACUUM")
+            n = out.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+        finally:
+            out.close()
+    except sqlite3.DatabaseError as e:
+        dest.unlink(missing_ok=True)
+        raise StoreError(f"cannot export {src.path} to {dest} ({e})") from None
+    finally:
+        src.close()
+    return n
+
+
+def connect_read_only(path: Path, immutable: bool = False) -> sqlite3.Connection:
+    """A read-only connection to the SQLite file `path` (immutable: without the WAL's -shm file), opened for
+    real (SQLite opens lazily: the first read finds the problems)."""
+    # the path's bytes (os.fsencode): a non-ASCII name under LC_ALL=C holds surrogates that str.encode refuses
+    uri = "file:" + quote(os.fsencode(Path(path).resolve())) + "?mode=ro" + ("&immutable=1" if immutable else "")
+    db = sqlite3.connect(uri, uri=True, timeout=60, isolation_level=None)
+    try:
+        db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def _cannot_write(e: sqlite3.Error) -> bool:
+    """Whether SQLite failed for want of write access (not because the file is bad)."""
+    name = getattr(e, "sqlite_errorname", "")
+    return (isinstance(e, sqlite3.OperationalError) and name.startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN",
+                                                                         "SQLITE_PERM"))
+            or any(s in str(e) for s in ("readonly", "read-only", "unable to open")))
+
+
+LOCK_TIMEOUT = 60.0   # seconds a write waits for another process's write transaction before giving up
+
+
+def _identity(path: Path):
+    """(device, inode) of the file at path, or None if there is none: tells a deleted or replaced file."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _check_tables(path: Path, db: sqlite3.Connection) -> bool:
+    """Whether the SQLite file holds tables (a store written before); a StoreError if it holds tables that are not
+    a results store's, or a results store's tables with other columns."""
+    tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")
+              if not r[0].startswith("sqlite_")]
+    foreign = [t for t in tables if t not in _COLUMNS]
+    if foreign or tables and "runs" not in tables:
+        raise StoreError(f"{path} is an SQLite database but not a results store (its tables: "
+                         f"{', '.join(tables)}): choose another --out")
+    for t in tables:
+        cols = [r[1] for r in db.execute(f"PRAGMA table_info({t})")]
+        if cols != _COLUMNS[t]:
+            raise StoreError(f"{path}: table {t} has the columns {', '.join(cols)}, not those of a results store "
+                             f"({', '.join(_COLUMNS[t])}); it is not written to. Copy its models into a new store "
+                             f"with `python -m smoothness.experiments.salvage {path} NEWDIR`")
+    return bool(tables)
+
+
+def _write_failure(path: Path, db: sqlite3.Connection | None, e: sqlite3.DatabaseError, what: str) -> str:
+    """One line for SQLite failing to open or write the store: a full disk, a lock held by another process, missing
+    write access, damage; with what the store still holds."""
+    import shutil
+    text = str(e)
+    name = getattr(e, "sqlite_errorname", "")
+    held = ""
+    if db is not None:
+        try:
+            held = f"; the {model_count(db)} model(s) committed before are kept"
+        except sqlite3.DatabaseError:
+            pass
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = None
+    if name == "SQLITE_FULL" or "disk is full" in text or (("disk I/O" in text or name.startswith("SQLITE_IOERR"))
+                                                           and free is not None and free < (1 << 20)):
+        room = f" ({free:,} bytes free on its disk)" if free is not None else ""
+        return (f"no space left to write {what} to the results store {path}{room}{held}: free some space and run "
+                "the same command again to resume")
+    if name == "SQLITE_BUSY" or "locked" in text:
+        return (f"the results store {path} is locked by another process (a run or an SQLite client holding a write "
+                f"transaction) for more than {LOCK_TIMEOUT:.0f} s{held}: let it finish, or close it, and run the "
+                "same command again")
+    if _cannot_write(e):
+        return f"cannot write the results store {path} ({e}): choose a directory you can write (--out DIR)"
+    if "not a database" in text or name == "SQLITE_NOTADB":
+        return f"{path} is not a readable results store ({e})"
+    if "malformed" in text or name == "SQLITE_CORRUPT":
+        return _damaged(path, db, text) if db is not None else f"{path} is not a readable results store ({e})"
+    return f"cannot write {what} to the results store {path} ({e}){held}"
+
+
+def _check_schema(path: Path, version) -> None:
+    if str(version) != str(SCHEMA_VERSION):
+        raise StoreError(f"{path}: results store schema {version}, this version reads {SCHEMA_VERSION}")
+
+
+def _damaged(path: Path, db: sqlite3.Connection, why: str) -> str:
+    """The error for a store that fails SQLite's integrity check: what is wrong, how many model rows can still
+    be read, and how to keep them."""
+    n = 0
+    try:
+        for _ in db.execute("SELECT key, record FROM runs"):
+            n += 1
+    except sqlite3.Error:
+        pass
+    why = "; ".join(line for line in str(why).splitlines() if line.strip() and not line.startswith("***"))
+    return (f"{path} is damaged (SQLite integrity check: {why[:160]}); {n} model row(s) can be read in a plain "
+            f"scan: copy every readable one into a new store with `python -m smoothness.experiments.salvage {path} NEWDIR`, "
+            "then `smoothness run GRID --out NEWDIR` trains only the models lost")
+
+
+def model_count(db: sqlite3.Connection) -> int:
+    """Models a store holds: measured (table runs) and trained but not yet measured (table trained)."""
+    return db.execute("SELECT (SELECT COUNT(*) FROM runs) + (SELECT COUNT(*) FROM trained)").fetchone()[0]
+
+
+def parse_record(text, *required) -> dict:
+    """A stored record: a JSON object (with the fields `required`), else ValueError."""
+    try:
+        rec = json.loads(text)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"record is not JSON ({getattr(e, 'msg', str(e))[:60]})") from None
+    if not isinstance(rec, dict):
+        kind = {type(None): "null", list: "an array", str: "a string", bool: "a boolean"}.get(type(rec), "a number")
+        raise ValueError(f"record is {kind}, not a JSON object")
+    missing = [f for f in required if f not in rec]
+    if missing:
+        raise ValueError(f"record lacks {', '.join(missing)}")
+    return rec
+
+
+def _keys(bad: list[tuple[str, str]], most: int = 10) -> str:
+    """Keys with their problems, for a warning: the first `most`, then how many more."""
+    s = "; ".join(f"{k} ({why})" for k, why in bad[:most])
+    return s + (f"; and {len(bad) - most} more" if len(bad) > most else "")
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def _blob(params: MLPStack) -> bytes:
+    buf = io.BytesIO()
+    torch.save(params.state_dict(), buf)
+    return buf.getvalue()
+
+
+def _params(blob: bytes) -> MLPStack:
+    return MLPStack.from_state_dict(torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True))

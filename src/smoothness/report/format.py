@@ -1,0 +1,212 @@
+"""The report's tables: numbers formatted for reading, rendered as Markdown and as HTML."""
+from __future__ import annotations
+
+import html
+import math
+
+import numpy as np
+import pandas as pd
+
+from smoothness.analysis import tables as A
+from smoothness.measures import registry
+
+
+def fmt(v, digits=3) -> str:
+    """A table cell: '–' for None or NaN, integers as they are, floats to `digits` significant places."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    if isinstance(v, (int, np.integer)):
+        return str(v)
+    return f"{v:.{digits}g}" if abs(v) < 1e-2 and v != 0 else f"{v:.{digits}f}".rstrip("0").rstrip(".") or "0"
+
+
+def _pm(m, s) -> str:
+    """Mean ± std; a std at rounding level (e.g. of taus that are all 1 up to the last bit) is shown as 0."""
+    if s is None or (isinstance(s, float) and math.isnan(s)):
+        return fmt(m)
+    if fmt(m) != "–" and abs(s) <= 1e-12 * max(1.0, abs(m)):
+        s = 0
+    return f"{fmt(m)} ± {fmt(s, 2)}"
+
+
+class Table:
+    """Headers and rows of strings, rendered as Markdown or HTML."""
+
+    def __init__(self, title: str, headers: list[str], rows: list[list[str]], note: str = ""):
+        self.title, self.headers, self.rows, self.note = title, headers, rows, note
+
+    def markdown(self) -> str:
+        """The table as Markdown, with its title and note."""
+        lines = [f"**{self.title}**", "", "| " + " | ".join(self.headers) + " |",
+                 "|" + "|".join("---" for _ in self.headers) + "|"]
+        lines += ["| " + " | ".join(r) + " |" for r in self.rows]
+        return "\n".join(lines + (["", self.note] if self.note else [])) + "\n"
+
+    def html(self) -> str:
+        """The table as HTML, with its title and note."""
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in self.headers)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in self.rows)
+        note = f"<p class='note'>{html.escape(self.note)}</p>" if self.note else ""
+        return (f"<h3>{html.escape(self.title)}</h3><table><thead><tr>{head}</tr></thead>"
+                f"<tbody>{body}</tbody></table>{note}")
+
+
+def table1_tables(t1: pd.DataFrame) -> list[Table]:
+    """Table 1 (Kendall's tau per measure, ours beside the paper's), one table per setting."""
+    out = []
+    for setting, g in t1.groupby("setting", sort=False):
+        rows = [["Kendall's τ (ours)"] + [_pm(r.tau_mean, r.tau_std) for r in g.itertuples()],
+                ["Kendall's τ (paper)"] + [_pm(r.paper_tau_mean, r.paper_tau_std) for r in g.itertuples()]]
+        r0 = g.iloc[0]
+        note = (f"Ours: mean ± std over {int(r0.datasets)} (pair, seed) datasets; {int(r0.converged)} of "
+                f"{int(r0.models)} unregularized models converged, {int(r0.excluded)} excluded (not converged or "
+                f"diverged). Paper: 45 MNIST-binary pairs × 3 seeds, N = 64…8192. Setting: {setting}.")
+        out.append(Table("Table 1: monotonicity, Kendall's τ between training size N and each measure",
+                         ["Smoothness measure"] + list(g["measure"]), rows, note))
+    return out
+
+
+def _lam_cell(c) -> str:
+    """The chosen lambda with where the edge lies: below the next lambda tried, or above the ladder."""
+    if c.lam is None or pd.isna(c.lam):
+        return "none (no λ > 0 reached the threshold: start the ladder lower)"
+    if getattr(c, "ladder_short", False):
+        return f"{fmt(c.lam)} (top of the ladder: the edge lies higher)"
+    above = getattr(c, "lam_above", None)
+    return f"{fmt(c.lam)} (< {fmt(above)})" if above is not None and not pd.isna(above) else fmt(c.lam)
+
+
+def table2_tables(t2: pd.DataFrame) -> list[Table]:
+    """One table per training setting and N, one column per regularizer (paper order), as the paper's Table 2."""
+    out = []
+    order = {m.short: i for i, m in enumerate(registry.REGISTRY)}
+    for setting, g in t2.groupby("table", sort=False):
+        cols = sorted(g.itertuples(), key=lambda c: (order.get(c.measure, 9), c.lr))
+        fixed = getattr(cols[0], "rule", "edge") == "fixed"
+        lam = ([f"{fmt(c.lam)}: {c.converged_at_lam}/{c.models_at_lam} converged" for c in cols] if fixed
+               else [_lam_cell(c) for c in cols])
+        rows = [["Regularizer"] + [c.regularizer for c in cols],
+                ["Learning rate, epoch cap"] + [f"{fmt(c.lr)}, {c.max_epochs}" for c in cols],
+                ["Fixed λ" if fixed else "Largest λ still converging"] + lam,
+                ["Unregularized mean μ_unreg (ours / paper)"] + [f"{fmt(c.unreg_mean)} / {fmt(c.paper_unreg_mean)}"
+                                                                 for c in cols],
+                ["Regularized mean μ_reg (ours / paper)"] + [f"{fmt(c.reg_mean)} / {fmt(c.paper_reg_mean)}"
+                                                             for c in cols],
+                ["Lower bound l_S (ours / paper)"] + [f"{fmt(c.lower_bound)} / {fmt(c.paper_lower_bound)}"
+                                                      for c in cols],
+                ["r_norm (ours)"] + [_pm(c.r_norm_mean, c.r_norm_std) for c in cols],
+                ["r_norm (paper)"] + [_pm(c.paper_r_norm_mean, c.paper_r_norm_std) for c in cols],
+                ["Datasets in r_norm"] + [str(c.datasets) for c in cols],
+                ["Converged per λ"] + [c.converged_by_lambda for c in cols]]
+        means = ("μ_unreg, μ_reg and r_norm (eq. 16) are over the same datasets: those where both the "
+                 "unregularized model (λ = 0, the same learning rate, N and seeds) and the model at the λ shown "
+                 "converged (with none, μ_unreg is over all converged λ = 0 models). ")
+        rule = ("The λ is fixed by the grid (table2_lambdas; the paper's values are those of its Table 2), whether or "
+                "not its models converged: the row shows how many did. " if fixed else
+                "The chosen λ is the largest at which at least half of the models reached the loss threshold within "
+                "the epoch cap; in brackets the next λ tried, where fewer did. A grid with `ladder: staged` (the "
+                "default) does not train the λ above that one, so the list ends there. ")
+        out.append(Table("Table 2 at fixed λ" if fixed else "Table 2: explicit regularization",
+                         ["Smoothness measure"] + [c.measure for c in cols], rows,
+                         means + rule + f"Setting: {setting}."))
+    return out
+
+
+def verdict_tables(v: pd.DataFrame) -> list[Table]:
+    """The answer first: per data set, one row per measure with tau, r_norm, our reading and the paper's."""
+    from smoothness.analysis import verdict as V
+    out = []
+    for data, g in v.groupby("data", sort=False):
+        rows = [[r.measure,
+                 f"{_pm(r.tau, r.tau_std)} / {fmt(r.paper_tau)}" + (f" ({V.counted(r.tau_datasets, 'dataset')}, N ≤ {r.n_max})"
+                                                                   if r.tau_datasets else ""),
+                 f"{_pm(r.r_norm, r.r_norm_std)} / {fmt(r.paper_r_norm)}" + (
+                     f" ({V.counted(r.r_datasets, 'pair')}, λ {fmt(r.lam)}, N {r.n_train_reg})" if r.r_datasets else ""),
+                 r.reading, r.paper_reading, r.why] for r in g.itertuples()]
+        note = (f"Reading (module smoothness.verdict): SGD does not optimize a measure if "
+                f"τ ≤ {V.TAU_NOT_MONOTONE:g} "
+                f"or r_norm ≤ {V.R_REDUCIBLE:g}; the data are consistent with SGD optimizing it if τ ≥ "
+                f"{V.TAU_MONOTONE:g} and r_norm ≥ {V.R_NOT_REDUCIBLE:g} with a λ ladder that reached a λ too large "
+                f"to interpolate; anything else, or too little data (fewer than {V.MIN_DATASETS} datasets or "
+                f"{V.MIN_SIZES} sizes), is inconclusive. The same rules on the paper's values give the paper's "
+                "reading (right-hand column).")
+        out.append(Table(f"Verdict: does SGD optimize each measure? ({data})",
+                         ["Measure", "Kendall's τ(N, S) ours / paper", "r_norm ours / paper", "Our data",
+                          "Paper's data", "Why"], rows, note))
+    return out
+
+
+def status_table(counts: pd.DataFrame) -> Table:
+    """Models per regularizer, lambda, lr and N by status."""
+    rows = [[r.regularizer, fmt(r.lam), fmt(r.lr), str(r.n_train), str(r.converged), str(r.not_converged),
+             str(r.diverged)] for r in counts.itertuples()]
+    return Table("Models by status", ["regularizer", "λ", "lr", "N", "converged", "not converged", "diverged"],
+                 rows, "Not converged (epoch cap reached) and diverged (non-finite loss) models are excluded from "
+                       "the tables and figures.")
+
+
+# -- figures ----------------------------------------------------------------------------------------
+def lr_sweep_tables(sweep: pd.DataFrame) -> list[Table]:
+    """One table per setting and N: a row per learning rate."""
+    cols = [c for c in A.SWEEP if f"{c}_mean" in sweep]
+    tabs = []
+    for keys, g in sweep.groupby(A.SETTING_NO_LR + ["n_train"], sort=True):
+        label = A.setting_label({**dict(zip(A.SETTING_NO_LR, keys)), "lr": 0, "max_epochs": 0}, with_lr=False)
+        rows = [[f"{r['lr']:g}", f"{r['converged']}/{r['models']}", str(r["diverged"]), fmt(r["final_loss_median"]),
+                 fmt(r["two_over_lr"])]
+                + [_pm(r[f"{c}_mean"], r[f"{c}_std"]) for c in cols] for _, r in g.sort_values("lr").iterrows()]
+        tabs.append(Table(f"Learning-rate sweep: {label}, N = {keys[-1]}",
+                          ["lr", "converged", "diverged", "final loss (median)", "2/lr"] + [A.SWEEP[c] for c in cols],
+                          rows, "Means ± std over converged models (datasets and seeds); the final loss is the last "
+                          "epoch's training loss, median over all models. Sharpness is the top eigenvalue of the "
+                          "training-loss Hessian; full-batch GD is stable only below 2/lr."))
+    return tabs
+
+
+def depth_tables(bd: pd.DataFrame) -> list[Table]:
+    """One table per setting: a row per measure, a column per architecture (Kendall's tau(N, measure))."""
+    tabs = []
+    for keys, g in bd.groupby(A.SETTING_NO_HIDDEN, sort=True):
+        archs = list(dict.fromkeys(g["hidden"]))
+        rows = []
+        for m in A.DEPTH_MEASURES.values():
+            cell = {r["hidden"]: (_pm(r["tau_mean"], r["tau_std"]) + f" ({r['datasets']})")
+                    for _, r in g[g["measure"] == m].iterrows()}
+            rows.append([m] + [cell.get(a, "–") for a in archs])
+        label = A.setting_label({**dict(zip(A.SETTING_NO_HIDDEN, keys)), "hidden": "*"})
+        tabs.append(Table(f"Table 1 by depth: {label}", ["Smoothness measure"] + [f"hidden {a}" for a in archs],
+                          rows, "Kendall's τ between N and each measure, mean ± std over (pair, seed) with the "
+                                "number of those in brackets; converged unregularized models only."))
+    return tabs
+
+
+def by_size_tables(size: pd.DataFrame, shown: dict[str, str]) -> list[Table]:
+    """The curves behind Table 1 as numbers: per setting, one row per N with the mean ± std of each measure
+    over the converged unregularized models (size: analysis.by_size; shown: measure -> short name)."""
+    out = []
+    cols = [m for m in shown if f"{m}_mean" in size] + [m for m in ("loss_test",) if f"{m}_mean" in size]
+    names = {**shown, "loss_test": "test loss"}
+    for keys, g in size.groupby(A.SETTING, sort=True):
+        rows = [[str(int(r["n_train"])), str(int(r[f"{cols[0]}_count"]))]
+                + [_pm(r[f"{m}_mean"], r[f"{m}_std"]) for m in cols] for _, r in g.iterrows()]
+        out.append(Table("Measures by training size", ["N", "models"] + [names[m] for m in cols], rows,
+                         "Mean ± std over the converged unregularized models of each N (the curves of "
+                         f"measures_vs_n.png). Setting: {A.setting_label(dict(zip(A.SETTING, keys)))}."))
+    return out
+
+
+def r_norm_by_n_tables(rbn: pd.DataFrame) -> list[Table]:
+    """How the effect grows with N (analysis.r_norm_by_n): per setting, a row per N, a column per measure."""
+    out = []
+    order = {m.short: i for i, m in enumerate(registry.REGISTRY)}
+    for table, g in rbn.groupby("table", sort=False):
+        cols = sorted({(r.measure, r.lam) for r in g.itertuples()}, key=lambda c: (order.get(c[0], 9), c[1]))
+        rows = []
+        for n, h in g.groupby("n_train", sort=True):
+            cell = {(r.measure, r.lam): f"{_pm(r.r_norm_mean, r.r_norm_std)} ({r.datasets})" for r in h.itertuples()}
+            rows.append([str(int(n))] + [cell.get(c, "–") for c in cols])
+        out.append(Table("r_norm against N at fixed λ", ["N"] + [f"{m} (λ {fmt(lam)})" for m, lam in cols], rows,
+                         "r_norm (eq. 16), mean ± std over the datasets where both the baseline and the regularized "
+                         "model converged (their number in brackets), at the same λ for every N: how the effect of "
+                         f"explicit regularization changes with the training size. Setting: {table}."))
+    return out

@@ -1,0 +1,2 @@
+"""What every layer runs on: counter-based random numbers (rng), the matmul precision of training and measuring
+(precision), the device and its memory (devices), and Ctrl-C / SIGTERM handling (interrupt)."""

@@ -1,0 +1,189 @@
+"""The batched trainer's state: per-model rows of the models currently in the batch (ActiveModels), the settings
+every step of one batched program shares (StepSettings), and the two ways host and device exchange values in the
+training loop without stalling the device: uploads through pinned memory and a polled status (StatusPoll)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+import torch
+
+from smoothness.models import MLPStack
+
+_BUFFERS = {"buffers": True}   # field metadata: a list of tensors, each with one row per model
+
+# A model's status on the device: RUNNING until its epoch end applies the stopping rule (training.py)
+STATUSES = ("running", "converged", "not_converged", "diverged")
+RUNNING, CONVERGED, NOT_CONVERGED, DIVERGED = range(4)
+
+
+def upload(values, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Host values (a list or array) as a new tensor on `device`. On CUDA through pinned memory with a non-blocking
+    copy: a copy from pageable memory synchronizes the stream, so the host would wait for every queued step."""
+    t = torch.tensor(np.asarray(values), dtype=dtype)
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
+def _rows_of(value, k: torch.Tensor, keep: np.ndarray, buffers: bool):
+    """The rows `keep` of one per-model field of ActiveModels (k: the same rows as a device tensor)."""
+    if buffers:
+        return [o[k] for o in value]
+    if isinstance(value, np.ndarray):
+        return value[keep]
+    if isinstance(value, MLPStack):
+        return value.select(k)
+    if isinstance(value, list):
+        return [value[i] for i in keep]
+    return value[k]
+
+
+def _joined(a, b, nmax: int, buffers: bool):
+    """One per-model field of ActiveModels with the rows of b after those of a; [A, n] tensors widened to nmax."""
+    if buffers:
+        return [torch.cat([x, y]) for x, y in zip(a, b)]
+    if isinstance(a, np.ndarray):
+        return np.concatenate([a, b])
+    if isinstance(a, MLPStack):
+        return MLPStack.cat([a, b])
+    if isinstance(a, list):
+        return a + b
+
+    def widen(t):
+        if t.dim() != 2 or t.shape[1] == nmax:
+            return t
+        return torch.cat([t, t.new_zeros(t.shape[0], nmax - t.shape[1])], 1)
+    return torch.cat([widen(a), widen(b)])
+
+
+@dataclass
+class ActiveModels:
+    """Per-model state of the models currently in the batch: row r of every field belongs to model ids[r].
+
+    keep() and join() are derived from the fields (as MLPStack's select and cat are), so a new field is
+    selected and concatenated with the others without being listed anywhere else."""
+    ids: list[int]
+    params: MLPStack
+    opt_state: list[torch.Tensor] = field(metadata=_BUFFERS)  # optimizer buffers, [A, ...] (optimizers.init_state)
+    idx: torch.Tensor               # [A, Nmax] indices into the pool (padded with 0)
+    y: torch.Tensor                 # [A, Nmax] targets (padded with 0)
+    perm: torch.Tensor              # [A, Nmax] the current epoch's shuffle of positions 0..n-1
+    n: torch.Tensor                 # [A] training set sizes
+    lr: torch.Tensor                # [A] learning rates
+    lam: torch.Tensor               # [A] regularization strengths
+    rho: torch.Tensor               # [A] SAM radii (0 for other optimizers)
+    loss_sum: torch.Tensor          # [A] sum of the squared errors of the current epoch so far
+    seed: torch.Tensor              # [A] int64
+    threshold: torch.Tensor         # [A] float64 loss thresholds of the stopping rule
+    max_epochs: torch.Tensor        # [A] int64 epoch caps
+    # Counters on the device (the step reads them there) and their mirrors on the host: both follow from the
+    # training sizes alone (an epoch is ceil(n / batch) steps), so the host knows them without asking the device.
+    pos_d: torch.Tensor             # [A] position in the current epoch
+    epoch_d: torch.Tensor           # [A] epochs finished (also counted on for frozen models)
+    steps_d: torch.Tensor           # [A] steps taken
+    # The stopping rule's outcome on the device. A finished model is frozen in place (its learning rate set to 0)
+    # and stays in the batch until the host has read its row (StatusPoll) and compacts the batch.
+    status: torch.Tensor            # [A] int64, one of RUNNING, CONVERGED, NOT_CONVERGED, DIVERGED
+    final_loss: torch.Tensor        # [A] float32 the epoch loss at which it finished
+    final_epoch: torch.Tensor       # [A] int64 epochs at the finish
+    final_steps: torch.Tensor       # [A] int64 steps at the finish
+    last_loss: torch.Tensor         # [A] float32 the last epoch loss (NaN before the first epoch end)
+    n_host: np.ndarray              # [A] n, on the host
+    pos: np.ndarray                 # [A] mirror of pos_d
+    epoch: np.ndarray               # [A] mirror of epoch_d
+    steps: np.ndarray               # [A] mirror of steps_d
+    start: np.ndarray               # [A] perf_counter() at admission
+    reported: np.ndarray            # [A] bool: the host has read this model's finish and handed it out
+    # Shuffles of upcoming epochs, computed several epochs at a time (one hash call instead of one per epoch):
+    # ahead[r, k] is the permutation of epoch ahead_base[r] + k. None: not built yet (dropped by join).
+    ahead: torch.Tensor | None = None   # [A, K, Nmax]
+    ahead_base: np.ndarray | None = None
+    ahead_base_d: torch.Tensor | None = None   # ahead_base on the device
+
+    def __len__(self):
+        return len(self.ids)
+
+    def snapshot(self) -> torch.Tensor:
+        """[5, A] float64 on the device: status, final_loss, final_epoch, final_steps and last_loss (exact for counts
+        below 2^53), for StatusPoll."""
+        return torch.stack([t.to(torch.float64) for t in (self.status, self.final_loss, self.final_epoch,
+                                                            self.final_steps, self.last_loss)])
+
+    def _present(self):
+        return [(f.name, bool(f.metadata.get("buffers"))) for f in fields(self) if getattr(self, f.name) is not None]
+
+    def keep(self, keep: np.ndarray) -> None:
+        """Keep only the rows `keep`, in place."""
+        k = upload(keep, torch.long, self.seed.device)
+        for name, buffers in self._present():
+            setattr(self, name, _rows_of(getattr(self, name), k, keep, buffers))
+
+    def join(self, new: "ActiveModels") -> None:
+        """Append the rows of `new`, in place; the look-ahead shuffles are dropped (rows and widths changed)."""
+        nmax = max(self.idx.shape[1], new.idx.shape[1])
+        self.ahead = self.ahead_base = self.ahead_base_d = None
+        for name, buffers in self._present():
+            setattr(self, name, _joined(getattr(self, name), getattr(new, name), nmax, buffers))
+
+
+@dataclass(frozen=True)
+class StepSettings:
+    """What every step of one batched program shares: one regularizer (with its points per segment, for the
+    path-length penalties) and one optimizer per program."""
+    regularizer: str = "none"
+    optimizer: str = "sgd"
+    penalty_points: int = 10
+
+
+class StatusPoll:
+    """The host's view of ActiveModels.snapshot(), read without making the device wait.
+
+    On a CPU it is read at every step that ends some epoch (reading costs nothing there). On CUDA it is copied
+    into pinned memory by a non-blocking copy at most every `every` steps, and only after an epoch end since the
+    last copy (statuses change only there); poll() returns it once the copy's event has completed and None
+    until then. `lag` makes a CPU behave the same way, the copy arriving `lag` polls later (for tests of the
+    CUDA logic on a CPU). Between a copy and its reading the batch's rows must not change: the trainer compacts
+    or admits only right after a reading, when no copy is pending."""
+
+    def __init__(self, device: torch.device, every: int = 16, lag: int | None = None):
+        self.cuda = device.type == "cuda"
+        self.deferred = self.cuda or lag is not None
+        self.every = max(1, int(every)) if self.deferred else 1
+        self.lag = lag or 0
+        self.pending = None     # (the copy, its event on CUDA or the polls left until it arrives)
+        self.since = 0          # steps since the last copy
+        self.changed = False    # an epoch ended since the last copy
+
+    def poll(self, act: ActiveModels, epoch_ended: bool) -> np.ndarray | None:
+        """The [5, A] snapshot as a float64 array, or None when there is none to read at this step."""
+        self.changed |= epoch_ended
+        self.since += 1
+        if self.pending is None:
+            if self.changed and self.since >= self.every:
+                self.pending, self.changed, self.since = self._copy(act.snapshot()), False, 0
+            if not self.deferred and self.pending is not None:
+                return self._take()
+            return None
+        return self._take() if self._arrived() else None
+
+    def _copy(self, snap: torch.Tensor):
+        if not self.cuda:
+            return snap.numpy(), self.lag   # snapshot() is a new tensor: nothing writes it later
+        buf = torch.empty(snap.shape, dtype=snap.dtype, pin_memory=True)
+        buf.copy_(snap, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        return buf, event
+
+    def _arrived(self) -> bool:
+        buf, mark = self.pending
+        if self.cuda:
+            return mark.query()
+        self.pending = (buf, mark - 1)
+        return mark - 1 <= 0
+
+    def _take(self) -> np.ndarray:
+        buf = self.pending[0]
+        self.pending = None
+        return buf if isinstance(buf, np.ndarray) else buf.numpy()

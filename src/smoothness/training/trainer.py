@@ -1,0 +1,432 @@
+"""Minibatch SGD on MSE for M independent ReLU MLPs as one batched tensor program (paper sec. 4.1).
+
+Every model has its own training set (rows of a shared input pool plus its own targets), seed,
+learning rate, initialization scale, loss threshold and epoch cap; all share the architecture and
+batch size. At each step every active model takes one SGD step on its next minibatch (batched
+matmuls over the stacked weights). Each model reshuffles its own data every epoch and ends its
+epoch after ceil(N / batch) steps; the last, partial batch is kept (as Keras does).
+
+Stopping rule, as in the original code (a Keras callback on the epoch's `mse` log): at the end of
+every epoch the mean of the per-example squared errors seen during that epoch is compared with
+the threshold. A model then ends as
+  converged      epoch loss < threshold;
+  diverged       epoch loss (or a weight) is NaN/inf;
+  not_converged  the epoch cap was reached first.
+The rule runs on the device: a model that finishes is frozen in place (learning rate 0, its outcome kept on
+the device) and leaves the batch when the host reads the statuses: on a CPU at the epoch end itself, on CUDA
+through a non-blocking copy polled every `poll_every` steps (trainstate.StatusPoll), the batch compacted in
+buckets. Waiting models take the places of finished ones (`max_batch`). No step and no epoch end reads a value
+back or copies from pageable host memory, so on a GPU the host queues steps without waiting for them
+(tests/test_host_sync.py).
+Randomness (initial weights, shuffles) comes from the counter-based generator in rng.py, so a
+model follows the same trajectory alone, inside any batch, and in any admission order.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from smoothness.runtime import interrupt
+from smoothness.training import optimizers
+from smoothness.runtime import precision
+from smoothness.training import regularizers
+from smoothness.runtime import rng
+from smoothness.models import DEFAULT_ALPHA, DEFAULT_WIDTHS, MLPStack, forward, init_mlp, parameter_grads, sgd_update_
+from smoothness.training.state import (
+    CONVERGED as CONVERGED_CODE, DIVERGED as DIVERGED_CODE, NOT_CONVERGED as NOT_CONVERGED_CODE, RUNNING, STATUSES,
+    ActiveModels, StatusPoll, StepSettings, upload)
+
+CONVERGED, NOT_CONVERGED, DIVERGED = STATUSES[1:]   # "converged", "not_converged", "diverged"
+DEFAULT_LR = 0.01
+DEFAULT_BATCH = 64
+DEFAULT_MAX_EPOCHS = 25_000
+DEFAULT_THRESHOLD = 1e-5
+
+
+@dataclass
+class TrainSpec:
+    """One model to train: its training rows (indices into the pool) and targets, and its settings."""
+
+    indices: torch.Tensor
+    targets: torch.Tensor
+    seed: int = 0
+    lr: float = DEFAULT_LR
+    alpha: float = DEFAULT_ALPHA
+    max_epochs: int = DEFAULT_MAX_EPOCHS
+    threshold: float = DEFAULT_THRESHOLD
+    regularizer: str = "none"   # see regularizers.py; trains on L + lam * S (eq. 15)
+    lam: float = 0.0
+    penalty_points: int = regularizers.SEGMENT_POINTS   # points per segment of a path-length penalty
+    optimizer: str = "sgd"      # sgd, momentum, adam or sam (optimizers.py); full-batch GD: batch_size >= N
+    rho: float | None = None    # SAM's radius (None: optimizers.SAM_RHO); only with optimizer 'sam'
+
+    def __post_init__(self):
+        self.seed = rng.check_seed(self.seed)   # 0 <= seed < 2**32: the generator uses 32 bits
+        regularizers.check(self.regularizer)
+        self.penalty_points = regularizers.check_points(self.penalty_points)
+        if optimizers.check(self.optimizer) == "gd":
+            raise ValueError("optimizer 'gd' is sgd with the trainer's batch_size set to the training size")
+        if self.optimizer == "sam":
+            self.rho = optimizers.SAM_RHO if self.rho is None else float(self.rho)
+            if not (self.rho > 0 and np.isfinite(self.rho)):
+                raise ValueError(f"SAM's radius rho must be a finite number > 0, got {self.rho!r}")
+        elif self.rho:
+            raise ValueError(f"rho is SAM's radius: it needs optimizer 'sam', not {self.optimizer!r}")
+        else:
+            self.rho = 0.0
+        self.indices = torch.as_tensor(self.indices, dtype=torch.long).reshape(-1)
+        self.targets = torch.as_tensor(self.targets, dtype=torch.float32).reshape(-1)
+        if self.indices.numel() == 0 or self.indices.shape != self.targets.shape:
+            raise ValueError("a model needs a non-empty training set with one target per index")
+
+
+@dataclass
+class TrainResult:
+    """The outcome of training one model; params is a stack of one model on the trainer's device (a copy of the
+    frozen row: nothing is copied to the host when a model finishes; store and modelfile move it when writing)."""
+
+    index: int
+    status: str
+    epochs: int
+    steps: int
+    loss_epoch: float
+    params: MLPStack = field(repr=False)
+    seconds: float = 0.0
+
+
+class BatchedTrainer:
+    """Trains many models to interpolation; see the module docstring for the rules."""
+
+    def __init__(self, pool_x: torch.Tensor, widths=DEFAULT_WIDTHS, batch_size: int = DEFAULT_BATCH,
+                 device=None, max_batch: int | None = None, block_models: int | None = None,
+                 matmul_precision: str = "fp32", poll_every: int = 16):
+        self.device = torch.device(device or "cpu")
+        self.precision = precision.check(matmul_precision)  # of the steps' matmuls (precision.py)
+        self.x = torch.as_tensor(pool_x, dtype=torch.float32).to(self.device)
+        if self.x.dim() != 2 or self.x.shape[1] != widths[0]:
+            raise ValueError(f"pool must be [P, {widths[0]}], got {tuple(self.x.shape)}")
+        self.widths = tuple(widths)
+        self.batch_size = int(batch_size)
+        self.max_batch = max_batch
+        self.block_models = block_models  # models per block of a step (default: see _block_size)
+        self._arange = torch.arange(self.batch_size, device=self.device)
+        self.poll_every = poll_every   # steps between status reads on CUDA (trainstate.StatusPoll)
+        self.poll_lag = None           # tests: a CPU polls like CUDA, each reading `poll_lag` polls late
+
+    # -- admission ---------------------------------------------------------------------------
+    def _admit(self, act: ActiveModels | None, specs: list[TrainSpec], ids: list[int],
+               optimizer: str) -> ActiveModels:
+        """The state with the models `ids` (initialized from their seeds) admitted after the rows of act."""
+        dev = self.device
+        new = [specs[i] for i in ids]
+        nmax = max([s.indices.numel() for s in new] + ([act.idx.shape[1]] if act else []))
+
+        def pad(rows, value, dtype):
+            out = torch.full((len(rows), nmax), value, dtype=dtype)
+            for r, t in enumerate(rows):
+                out[r, : t.numel()] = t
+            return upload(out, dtype, dev)
+
+        seeds = upload([s.seed for s in new], torch.int64, dev)
+        params = init_mlp(seeds, self.widths, upload([s.alpha for s in new], torch.float64, dev), device=dev)
+        n_host = np.array([s.indices.numel() for s in new], np.int64)
+        n = upload(n_host, torch.int64, dev)
+        zeros = np.zeros(len(new), np.int64)
+
+        def per_model(values, dtype):
+            return upload(values, dtype, dev)
+
+        def fill(value, dtype):
+            return torch.full((len(new),), value, dtype=dtype, device=dev)
+
+        added = ActiveModels(
+            ids=list(ids), params=params, opt_state=optimizers.init_state(params.tensors(), optimizer),
+            idx=pad([s.indices for s in new], 0, torch.long), y=pad([s.targets for s in new], 0.0, torch.float32),
+            perm=rng.permutation_keys(n, nmax, seeds[:, None], rng.STREAM_SHUFFLE, 0), n=n,
+            lr=per_model([s.lr for s in new], torch.float32), lam=per_model([s.lam for s in new], torch.float32),
+            rho=per_model([s.rho for s in new], torch.float32), loss_sum=fill(0.0, torch.float32), seed=seeds,
+            threshold=per_model([s.threshold for s in new], torch.float64),
+            max_epochs=per_model([s.max_epochs for s in new], torch.int64),
+            pos_d=fill(0, torch.int64), epoch_d=fill(0, torch.int64), steps_d=fill(0, torch.int64),
+            status=fill(RUNNING, torch.int64), final_loss=fill(float("nan"), torch.float32),
+            final_epoch=fill(0, torch.int64), final_steps=fill(0, torch.int64),
+            last_loss=fill(float("nan"), torch.float32),
+            n_host=n_host, pos=zeros, epoch=zeros.copy(), steps=zeros.copy(),
+            start=np.full(len(new), time.perf_counter()), reported=np.zeros(len(new), bool))
+        if not act:
+            return added
+        act.join(added)
+        return act
+
+    # -- one SGD step for every active model ---------------------------------------------------
+    def _step(self, act: ActiveModels, st: StepSettings) -> None:
+        B = self.batch_size
+        nmax = act.perm.shape[1]
+        # full: no model is at its last, partial batch; the regularized step always masks.
+        full = st.regularizer == "none" and bool(np.all(act.pos + B <= act.n_host))
+        cols = act.pos_d[:, None] + self._arange   # no host-to-device copy: the step never waits for the host
+        valid = None
+        if full:
+            j = act.perm.gather(1, cols)
+        else:
+            valid = cols < act.n[:, None]
+            j = act.perm.gather(1, cols.clamp(max=nmax - 1))
+        rows = act.idx.gather(1, j)
+        yb = act.y.gather(1, j)
+        blk = self._block_size(len(act))
+        for a in range(0, len(act), blk):
+            b = min(a + blk, len(act))
+            self._step_block(act, st, a, b, rows[a:b], yb[a:b], None if valid is None else valid[a:b])
+        act.pos_d += B
+        act.steps_d += 1
+        act.pos += B
+        act.steps += 1
+
+    def _block_size(self, n_active: int) -> int:
+        """Models per block of the step: all of them on a GPU; on the CPU about 4 MB of minibatch
+        inputs per block, so that the step's temporaries stay in cache and are not re-allocated
+        from the OS at every step (which made large M slower than the one-model loop)."""
+        if self.block_models:
+            return self.block_models
+        if self.device.type != "cpu":
+            return max(1, n_active)
+        return max(1, (1 << 20) // (self.batch_size * self.widths[0]))
+
+    def _step_block(self, act: ActiveModels, st: StepSettings, a: int, b: int, rows, yb, valid) -> None:
+        """One optimizer step for the active models a..b-1 (weights and state updated in place through views)."""
+        p = act.params.rows(a, b)
+        xb = self.x.index_select(0, rows.reshape(-1)).view(*rows.shape, -1)  # [b - a, B, d]
+        lr = act.lr[a:b]
+        grads = None
+        if st.optimizer == "sgd" and (st.regularizer == "none" or self._fused_penalty(p, st)):
+            # fused: the update is folded into the gradient GEMMs
+            out, acts, pres = forward(p, xb, cache=True)
+            err = out - yb if valid is None else torch.where(valid, out - yb, 0.0)
+            # eq. 2 on the batch: d/d out of (1/count) sum err^2 is 2 err / count, scaled by the lr here
+            scale = lr * (2.0 / self.batch_size) if valid is None else 2.0 * lr / valid.sum(1).to(err.dtype)
+            pen = None
+            if st.regularizer != "none":   # eq. 15: lam * S's gradient, from the weights before the update
+                pen = regularizers.penalty_grads(p, st.regularizer, act.lam[a:b], pres[0], valid, st.penalty_points)
+            rate = lr[:, None, None]
+            sgd_update_(p, acts, pres, err * scale[:, None],
+                        dpre=[pen.dz * rate] if pen is not None and pen.dz is not None else None)
+            if pen is not None:
+                if pen.dW1 is not None:
+                    p.weights[0].sub_(pen.dW1 * rate)
+                p.weights[1].sub_(pen.dw2 * rate)
+        else:
+            grads, err = self._grads(p, st, act.lam[a:b], xb, yb, valid)
+            if st.optimizer == "sam":   # the gradient again, at theta + e on the same minibatch
+                moved = [u + e for u, e in zip(p.tensors(), optimizers.sam_perturbation(grads, act.rho[a:b]))]
+                n_w = len(p.weights)
+                grads, _ = self._grads(MLPStack(moved[:n_w], moved[n_w:]), st, act.lam[a:b], xb, yb, valid)
+        if grads is not None:
+            t = act.steps_d[a:b] + 1
+            optimizers.step_(p.tensors(), grads, [o[a:b] for o in act.opt_state], st.optimizer, lr, t)
+        act.loss_sum[a:b] += err.square().sum(1)  # errors from before the update, as Keras logs them
+
+    @staticmethod
+    def _fused_penalty(p: MLPStack, st: StepSettings) -> bool:
+        """Whether the regularizer's gradient has the two-layer closed form that SGD can fold into its fused
+        update (regularizers.penalty_grads)."""
+        return p.depth == 1 and st.regularizer in regularizers.TWO_LAYER
+
+    def _grads(self, p: MLPStack, st: StepSettings, lam, xb, yb, valid):
+        """Every model's gradient of its minibatch objective (eq. 2, or eq. 15 with a regularizer), in p.tensors()
+        order, and the batch errors [M, B]."""
+        if st.regularizer != "none":
+            return regularizers.regularized_grads(p, st.regularizer, lam, xb, yb, valid, st.penalty_points)
+        out, acts, pres = forward(p, xb, cache=True)
+        err = out - yb if valid is None else torch.where(valid, out - yb, 0.0)
+        scale = 2.0 / self.batch_size if valid is None else (2.0 / valid.sum(1).to(err.dtype))[:, None]
+        return parameter_grads(p, acts, pres, err * scale), err
+
+    # -- epoch ends: the stopping rule and the reshuffle, on the device ---------------------------
+    def _epoch_end(self, act: ActiveModels, rows: np.ndarray) -> None:
+        """End the epoch of the models `rows` (known on the host from the mirrored counters), with no value read
+        back: the stopping rule runs on the device, and a model that finishes is frozen in place (learning rate
+        0) with its outcome in act.status / final_* until the host reads it (StatusPoll)."""
+        e = act.pos_d >= act.n   # the same rows, as a device mask
+        loss = act.loss_sum / act.n   # eq. 2 over the epoch: the mean squared error of the epoch's steps
+        act.epoch_d += e
+        act.pos_d.masked_fill_(e, 0)
+        act.loss_sum.masked_fill_(e, 0.0)
+        act.last_loss.copy_(torch.where(e, loss, act.last_loss))
+        code = torch.where(~torch.isfinite(loss), DIVERGED_CODE,   # non-finite weights give a non-finite loss
+                           torch.where(loss.double() < act.threshold, CONVERGED_CODE,
+                                       torch.where(act.epoch_d >= act.max_epochs, NOT_CONVERGED_CODE, RUNNING)))
+        new = e & (act.status == RUNNING) & (code != RUNNING)
+        act.status.copy_(torch.where(new, code, act.status))
+        act.final_loss.copy_(torch.where(new, loss, act.final_loss))
+        act.final_epoch.copy_(torch.where(new, act.epoch_d, act.final_epoch))
+        act.final_steps.copy_(torch.where(new, act.steps_d, act.final_steps))
+        act.lr.masked_fill_(new, 0.0)   # frozen: every later update is lr * (finite) = 0
+        act.epoch[rows] += 1
+        act.pos[rows] = 0
+        self._reshuffle(act, rows[~act.reported[rows]], e)
+
+    _AHEAD_ELEMS = 1 << 21  # int64 entries of look-ahead shuffles kept on a CPU (16 MB); 64x that on CUDA
+
+    def _reshuffle(self, act: ActiveModels, rows: np.ndarray, e: torch.Tensor) -> None:
+        """Set perm of the rows in mask e to the shuffle of their current epoch, taken from the look-ahead, which
+        is refilled (for `rows` due for it, on the host's counters) k epochs at a time."""
+        nmax = act.perm.shape[1]
+        if act.ahead is None:
+            budget = self._AHEAD_ELEMS * (64 if self.device.type == "cuda" else 1)
+            k = max(1, min(32, budget // (len(act) * nmax)))
+            act.ahead = torch.empty(len(act), k, nmax, dtype=torch.long, device=self.device)
+            act.ahead_base = np.full(len(act), -(1 << 40), np.int64)
+            act.ahead_base_d = torch.full((len(act),), -(1 << 40), dtype=torch.long, device=self.device)
+        k = act.ahead.shape[1]
+        off = act.epoch[rows] - act.ahead_base[rows]
+        r = rows[(off < 0) | (off >= k)]
+        if len(r):
+            # only as wide as the widest refilled model: a row's keys past its n sort in index order, so the
+            # columns from w on hold w.. in any case
+            w = int(act.n_host[r].max())
+            rt = upload(r, torch.long, self.device)
+            base = upload(act.epoch[r], torch.long, self.device)
+            eps = base[:, None] + torch.arange(k, device=self.device)
+            act.ahead[rt, :, :w] = rng.permutation_keys(act.n[rt][:, None].expand(-1, k), w,
+                                                        act.seed[rt][:, None, None], rng.STREAM_SHUFFLE,
+                                                        eps[..., None])
+            if w < nmax:
+                act.ahead[rt, :, w:] = torch.arange(w, nmax, device=self.device)
+            act.ahead_base[r] = act.epoch[r]
+            act.ahead_base_d[rt] = base
+        off_d = (act.epoch_d - act.ahead_base_d).clamp_(0, k - 1)
+        this_epoch = act.ahead[torch.arange(len(act), device=self.device), off_d]
+        act.perm.copy_(torch.where(e[:, None], this_epoch, act.perm))
+
+    # -- the loop ------------------------------------------------------------------------------
+    def train(self, specs: list[TrainSpec], on_finish=None, progress=None) -> list[TrainResult]:
+        """Train every spec; on_finish(result) is called the moment each model finishes.
+
+        progress, if given, is called as progress(info) at each reading of the statuses (on a CPU after
+        every step that ends some epoch; on CUDA about every poll_every steps), with a dict of: done,
+        total, active, epoch (largest epoch among active models), loss (smallest last epoch loss among
+        them).
+        """
+        results: list[TrainResult | None] = [None] * len(specs)
+        for res in self.iter_train(specs, progress):
+            results[res.index] = res
+            if on_finish is not None:
+                on_finish(res)
+        return results  # type: ignore[return-value]
+
+    @torch.no_grad()
+    def iter_train(self, specs: list[TrainSpec], progress=None):
+        """Train every spec, yielding each TrainResult the moment its model finishes (see train)."""
+        for s in specs:
+            if s.indices.numel() and (int(s.indices.max()) >= self.x.shape[0] or int(s.indices.min()) < 0):
+                raise ValueError("training indices out of range of the pool")
+        kinds = {s.regularizer for s in specs}
+        if len(kinds) > 1:
+            raise ValueError(f"one batched program trains one kind of regularizer, got {sorted(kinds)}")
+        regularizer = kinds.pop() if kinds else "none"
+        opts = {s.optimizer for s in specs}
+        if len(opts) > 1:
+            raise ValueError(f"one batched program trains with one optimizer, got {sorted(opts)}")
+        points = {s.penalty_points for s in specs}
+        if len(points) > 1:
+            raise ValueError(f"one batched program has one number of penalty points per segment, got {sorted(points)}")
+        st = StepSettings(regularizer, opts.pop() if opts else "sgd",
+                          points.pop() if points else regularizers.SEGMENT_POINTS)
+        self.admit_seconds = 0.0  # time spent initializing and admitting models (reported by bench)
+        waiting = list(range(len(specs)))
+        cap = self.max_batch or len(specs)
+        act: ActiveModels | None = None
+        poll = StatusPoll(self.device, self.poll_every, self.poll_lag)
+        n_done = 0
+
+        # The matmul precision is set for a run of steps and undone at each yield, where the caller measures
+        # (in strict float32) and may change the flags itself; not per step (about 20 us a step, measured here).
+        with contextlib.ExitStack() as flags:
+            flags_set = False
+            while waiting or act:
+                if not flags_set:
+                    flags.enter_context(precision.matmuls(self.precision, self.device))
+                    flags_set = True
+                room = cap - (len(act) if act else 0)
+                if waiting and room > 0:
+                    take, waiting = waiting[:room], waiting[room:]
+                    t0 = time.perf_counter()
+                    act = self._admit(act, specs, take, st.optimizer)
+                    self.admit_seconds += time.perf_counter() - t0
+                self._step(act, st)
+                ended = np.flatnonzero(act.pos >= act.n_host)
+                if len(ended):
+                    interrupt.check()   # a Ctrl-C whose exception was swallowed (interrupt.check says where)
+                    self._epoch_end(act, ended)
+                snap = poll.poll(act, bool(len(ended)))
+                if snap is None:
+                    continue
+                finished = self._finished(act, snap)
+                live = ~act.reported
+                info = None if progress is None else self._progress(act, snap, live, n_done + len(finished),
+                                                                    len(specs))
+                if not live.all() and (not poll.deferred or waiting or 2 * int(live.sum()) <= len(act)):
+                    act.keep(np.flatnonzero(live))   # on a GPU in buckets: each compaction copies the batch
+                n_done += len(finished)
+                if finished:
+                    flags.close()
+                    flags_set = False
+                    yield from finished
+                if info is not None:
+                    progress(info)
+
+    @staticmethod
+    def _progress(act: ActiveModels, snap: np.ndarray, live: np.ndarray, done: int, total: int) -> dict:
+        """The progress callback's info (see train), from a status snapshot taken before compaction."""
+        losses = snap[4][live]
+        losses = losses[np.isfinite(losses)]
+        return dict(done=done, total=total, active=int(live.sum()),
+                    epoch=int(act.epoch[live].max()) if live.any() else 0,
+                    loss=float(losses.min()) if len(losses) else float("nan"))
+
+    def _finished(self, act: ActiveModels, snap: np.ndarray) -> list[TrainResult]:
+        """The models whose finish the snapshot shows for the first time, as TrainResults (marked reported)."""
+        rows = np.flatnonzero((snap[0] != RUNNING) & ~act.reported)
+        act.reported[rows] = True
+        now = time.perf_counter()
+        return [TrainResult(act.ids[r], STATUSES[int(snap[0, r])], int(snap[2, r]), int(snap[3, r]),
+                            float(snap[1, r]), act.params.rows(r, r + 1).clone(),
+                            now - float(act.start[r])) for r in rows]
+
+
+def model_bytes(widths, n_max: int, batch_size: int = DEFAULT_BATCH, optimizer: str = "sgd",
+                regularizer: str = "none", penalty_points: int = regularizers.SEGMENT_POINTS) -> int:
+    """About how many bytes one model takes in a batched program (for splitting a large grid into batches that fit,
+    pipeline.iter_train_and_measure): its weights with a gradient, a finished copy and the optimizer's state, its
+    training set's indices, targets and shuffles, and the activations of its minibatch (with a path-length penalty,
+    those of its segment points)."""
+    params = sum(a * b + b for a, b in zip(widths[:-1], widths[1:]))
+    state = {"sgd": 0, "gd": 0, "momentum": 1, "adam": 2, "sam": 2}.get(optimizer, 2)
+    activations = batch_size * sum(widths) * 4 * 6
+    if regularizer in regularizers.PATH_LENGTH:   # the points of batch_size / 2 segments
+        activations += batch_size // 2 * penalty_points * sum(widths) * 4 * 6
+    return 4 * params * (3 + state) + 40 * n_max + activations
+
+
+def train_models(pool_x, specs: list[TrainSpec], *, widths=DEFAULT_WIDTHS, batch_size: int = DEFAULT_BATCH,
+                 device=None, max_batch: int | None = None, on_finish=None, progress=None,
+                 matmul_precision: str = "fp32") -> list[TrainResult]:
+    """Train len(specs) models on rows of pool_x as one batched program; results in spec order."""
+    return BatchedTrainer(pool_x, widths, batch_size, device, max_batch,
+                          matmul_precision=matmul_precision).train(specs, on_finish, progress)
+
+
+@torch.no_grad()
+def mse(p: MLPStack, x: torch.Tensor, y: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    """Eq. 2: mean squared error of each model on (x [n, d] or [M, n, d], y [n] or [M, n]). [M]."""
+    total = torch.zeros(p.n_models, dtype=torch.float64, device=x.device)
+    n = x.shape[-2]
+    for i in range(0, n, chunk):
+        xi = x[..., i:i + chunk, :]
+        yi = y[..., i:i + chunk]
+        total += (forward(p, xi) - yi).square().sum(-1).double()
+    return (total / n).float()
