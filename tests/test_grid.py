@@ -33,7 +33,8 @@ def parse(**kw):
     ({"regularizers": [{"name": "gradient_norm", "lam": [-1]}]}, ["'lam'", "non-negative"]),
     ({"regularizers": [{"name": "gradient_norm", "lamda": [1]}]}, ["'lamda'", "did you mean 'lam'"]),
     ({"regularizers": [{"name": "weights_product", "lam": 1e-5}], "hidden": [256, 256]}, ["weights_product"]),
-    ({"measure": {"points": 0}}, ["'measure.points'"]),
+    ({"measure": {"measure_points": 0}}, ["'measure.measure_points'"]),
+    ({"measure": {"points": 10, "measure_points": 10}}, ["'points'", "earlier spelling"]),
     ({"measure": {"segmnts": 10}}, ["'segmnts'"]),
     ({"threshold": "small"}, ["'threshold'", "number"]),
     # seeds: integers 0 <= seed < 2**32 (rng.check_seed), the rule of RunConfig and `train --seed`
@@ -41,8 +42,8 @@ def parse(**kw):
     ({"seeds": 2**32}, ["'seeds'", "0 <= seed < 2**32"]),
     ({"seeds": [0, -1]}, ["'seeds'", "0 <= seed < 2**32", "-1"]),
     ({"regularizers": [{"name": "gradient_norm", "lam": 1e-4, "seeds": [2**32]}]}, ["'seeds'", "2**32"]),
-    ({"measure": {"seed": 99999999999999999999999}}, ["'measure.seed'", "0 <= seed < 2**32"]),
-    ({"measure": {"seed": -1}}, ["'measure.seed'", "0 <= seed < 2**32"]),
+    ({"measure": {"measure_seed": 99999999999999999999999}}, ["'measure.measure_seed'", "0 <= seed < 2**32"]),
+    ({"measure": {"measure_seed": -1}}, ["'measure.measure_seed'", "0 <= seed < 2**32"]),
     # numbers are finite, as for `train --lr/--alpha`
     ({"lr": float("inf")}, ["'lr'", "finite"]),
     ({"alpha": [0.01, float("inf")]}, ["'alpha'", "finite"]),
@@ -227,7 +228,7 @@ def test_grid_files_not_utf8_or_with_a_key_twice_are_one_line_errors(tmp_path):
     (tmp_path / "bom.yaml").write_bytes(b"\xef\xbb\xbfname: b\ndescription: M\xc3\xbcller\n")  # UTF-8, with a BOM
     assert grid.load(tmp_path / "bom.yaml").description == "M\u00fcller"
     (tmp_path / "anchors.yaml").write_bytes(b"name: a\nmeasure: &m {seed: 3}\n")   # YAML anchors still load
-    assert grid.load(tmp_path / "anchors.yaml").measure["seed"] == 3
+    assert grid.load(tmp_path / "anchors.yaml").measure["measure_seed"] == 3
     (tmp_path / ".hidden.yaml").write_bytes(b"n_train: 16\n")   # the name comes from the file: the same rule
     with pytest.raises(ConfigError, match="taken from the file name"):
         grid.load(tmp_path / ".hidden.yaml")
@@ -306,9 +307,9 @@ def test_fields_added_after_the_first_release_are_one_table_that_keeps_old_keys(
     from dataclasses import fields as dc_fields, replace
 
     from smoothness.experiments.config import ADDED_FIELDS, RunConfig, config_key
-    defaults = {f.name: f.default for f in dc_fields(RunConfig)}
-    assert all(defaults[k] == v for k, v in ADDED_FIELDS.items())
     c = RunConfig()
+    defaults = {f.name: getattr(c, f.name) for f in dc_fields(RunConfig)}   # as resolved (rho None -> 0 for sgd)
+    assert all(defaults[k] == v for k, v in ADDED_FIELDS.items())
     for k in ADDED_FIELDS:   # at its default the field is not in the key; set, it is
         other = {"sharpness_iters": 5, "trace_probes": 3, "optimizer": "adam", "matmul_precision": "tf32-emulated",
                  "rho": 0.1, "penalty_points": 100, "train_seed": 7}[k]
@@ -381,3 +382,12 @@ def test_the_training_seed_draws_the_initial_weights_and_the_seed_the_training_s
         assert torch.equal(x, y)
     assert not torch.equal(a["params"].weights[0], d["params"].weights[0])
     assert a["fpl_lower_bound"] == d["fpl_lower_bound"] and d["train_seed"] == 12345
+
+
+def test_the_measure_keys_are_the_fields_names_and_the_earlier_spelling_is_still_read():
+    new = parse(measure={"measure_points": 50, "points_per_segment": 7, "measure_seed": 3})
+    old = parse(measure={"points": 50, "points_per_segment": 7, "seed": 3})   # a grid of an earlier version
+    assert [grid.config_key(c) for c in new.configs()] == [grid.config_key(c) for c in old.configs()]
+    c = new.configs()[0]
+    assert (c.measure_points, c.points, c.measure_seed) == (50, 7, 3)
+    assert set(new.to_dict()["measure"]) >= {"measure_points", "points_per_segment", "measure_seed"}

@@ -64,7 +64,8 @@ def test_edge_table_compares_the_ratios_at_the_largest_passing_lambda(oned_run):
     at = d[(d["regularizer"] == "weights_product")]
     for m in optimality.MEASURES:
         assert r[m + "_sgd"] == base["ratio_" + m].iloc[0] and r[m + "_reg"] == at["ratio_" + m].iloc[0]
-    md = optimality.edge_tables(e)[0].markdown()
+    from smoothness.report.format import edge_tables
+    md = edge_tables(e)[0].markdown()
     assert "0.001 (ladder too short)" in md and "→" in md
     assert optimality.edge_table(df[df["regularizer"] == "none"]).empty
 
@@ -90,7 +91,8 @@ def test_smallest_interpolants_drawn_are_feasible():
 
 
 def test_the_gpl_note_states_the_bracket_width():
+    from smoothness.report.format import gpl_note
     import pandas as pd
-    assert "bracket" in optimality._gpl_note(pd.Series([float("nan")]))
-    assert "exact" in optimality._gpl_note(pd.Series([0.0, 0.0]))
-    assert "at most 0.23% wide" in optimality._gpl_note(pd.Series([0.001, 0.0023]))
+    assert "bracket" in gpl_note(pd.Series([float("nan")]))
+    assert "exact" in gpl_note(pd.Series([0.0, 0.0]))
+    assert "at most 0.23% wide" in gpl_note(pd.Series([0.001, 0.0023]))

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from smoothness import paper
 from smoothness.runtime import rng
 
-DEFAULT_WIDTHS = (784, 256, 1)
-DEFAULT_ALPHA = 0.01
+DEFAULT_WIDTHS = (784, paper.HIDDEN, 1)
+DEFAULT_ALPHA = paper.ALPHA
 
 
 @dataclass

@@ -11,7 +11,6 @@ import pandas as pd
 
 from smoothness.analysis import tables as A
 from smoothness.measures import registry
-from smoothness.report.format import Table, fmt
 
 QUANTITIES = {"sharpness": "sharpness", "hessian_trace": "tr H",
               **{k: registry.BY_KEY[k].short for k in ("gradient_norm", "function_path_length",
@@ -25,7 +24,7 @@ BASELINE = "sgd"
 def by_optimizer(df: pd.DataFrame) -> pd.DataFrame:
     """Unregularized models of settings trained with several (optimizer, rho): per (setting, N, optimizer, rho)
     model counts, and per quantity the mean over converged models and the mean paired ratio to SGD."""
-    df = A._complete(df)
+    df = A.complete(df)
     base = df[df["regularizer"] == "none"] if len(df) else df
     if not len(base):
         return pd.DataFrame()
@@ -49,26 +48,3 @@ def by_optimizer(df: pd.DataFrame) -> pd.DataFrame:
                 row[f"{c}_ratio"] = float((ok.loc[both, c] / ref.loc[both, c]).mean()) if len(both) else np.nan
             rows.append(row)
     return pd.DataFrame(rows)
-
-
-def optimizer_tables(t: pd.DataFrame) -> list[Table]:
-    """One table per setting and N: a row per optimizer, each cell the mean and, in brackets, the paired ratio
-    to SGD."""
-    cols = [c for c in QUANTITIES if f"{c}_mean" in t]
-    tabs = []
-    for keys, g in t.groupby(KEY, sort=True):
-        setting = dict(zip(KEY, keys))
-        label = A.setting_label({**setting, "optimizer": "sgd"})
-        rows = []
-        for _, r in g.iterrows():
-            name = r["optimizer"] + (f" ρ={fmt(r['rho'])}" if r["optimizer"] == "sam" else "")
-            cells = [fmt(r[f"{c}_mean"]) + ("" if r["optimizer"] == BASELINE or pd.isna(r[f"{c}_ratio"])
-                                            else f" (×{fmt(r[f'{c}_ratio'])})") for c in cols]
-            rows.append([name, f"{r['converged']}/{r['models']}", str(r["paired"])] + cells)
-        tabs.append(Table(f"Optimizers compared: {label}, N = {setting['n_train']}",
-                          ["optimizer", "converged", "paired with SGD"] + [QUANTITIES[c] for c in cols], rows,
-                          "Means over converged models; in brackets the mean over (pair, seed) of the model's value "
-                          "divided by SGD's on the same training set and initialization, where both converged. "
-                          "Sharpness is the top eigenvalue of the training-loss Hessian, tr H its trace; LipLB and "
-                          "LipUB bracket sup ‖∇f‖."))
-    return tabs

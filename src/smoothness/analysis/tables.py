@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import kendalltau
 
+from smoothness import paper
 from smoothness.measures import registry
 from smoothness.experiments import staging
 from smoothness.training.regularizers import PAPER_LAMBDAS  # noqa: F401 (the paper's lambdas: part of analysis's API)
@@ -22,12 +23,8 @@ SHORT = registry.shorts()
 # defined, i.e. for networks with more than one hidden layer: for one hidden layer PN equals WP).
 TAU_MEASURES = registry.shorts(table1=True)
 
-# The paper's values (Volhejn & Lampert, Tables 1 and 2).
-PAPER_TABLE1 = {"gradient_norm": (0.16, 0.32), "function_path_length": (0.07, 0.46),
-                "gradient_path_length": (1.0, None), "weights_product": (1.0, None)}
-PAPER_TABLE2 = {  # unregularized mean, regularized mean, l_S, r_norm mean, r_norm std
-    "gradient_norm": (0.93, 0.29, 0, 0.31, 0.13), "function_path_length": (1.17, 1.05, 1, 0.33, 0.27),
-    "gradient_path_length": (2.62, 2.35, 0, 0.89, 0.06), "weights_product": (12.84, 11.57, 0, 0.90, 0.03)}
+# The paper's values (smoothness.paper).
+PAPER_TABLE1, PAPER_TABLE2 = paper.TABLE1, paper.TABLE2
 
 # Columns that define a training setting apart from the dataset (pair), seed, size and regularization.
 SETTING = ["data", "optimizer", "rho", "matmul_precision", "hidden", "alpha", "lr", "batch_size", "max_epochs",
@@ -38,7 +35,7 @@ REG_SETTING = SETTING + ["penalty_points"]
 _BASE_MATCH = [c for c in SETTING if c != "max_epochs"]
 
 
-def _complete(df: pd.DataFrame) -> pd.DataFrame:
+def complete(df: pd.DataFrame) -> pd.DataFrame:
     """df with every setting column, filling those added after the first results (runconfig.ADDED_FIELDS) with
     the value that records predating them had."""
     missing = {c: v for c, v in ADDED_FIELDS.items() if c not in df}
@@ -77,7 +74,7 @@ def kendall_taus(df: pd.DataFrame) -> pd.DataFrame:
     Uses the unregularized models only, and of those the converged ones; a (pair, seed) needs at least two
     converged sizes. Columns: setting columns, pair, seed, n_models (converged sizes), one column per measure.
     """
-    df = _complete(df)
+    df = complete(df)
     base = df[(df["regularizer"] == "none") & (df["status"] == "converged")]
     rows = []
     for keys, g in base.groupby(SETTING + ["pair", "seed"], sort=True):
@@ -99,7 +96,7 @@ def table1(df: pd.DataFrame, taus: pd.DataFrame | None = None) -> pd.DataFrame:
     """Table 1: mean and std of Kendall's tau over (pair, seed), per setting; with the paper's values.
 
     taus: kendall_taus(df), if already computed."""
-    df = _complete(df)
+    df = complete(df)
     taus = kendall_taus(df) if taus is None else taus
     if not len(taus):
         return pd.DataFrame()
@@ -156,7 +153,7 @@ def table2_ratios(df: pd.DataFrame, lambdas: dict | None = None) -> pd.DataFrame
     lambdas: {regularizer: lambda} to take those fixed lambdas (the paper's, say) instead of the largest one still
     converging; groups that did not train that lambda are left out."""
     rows = []
-    for r in _regularized_groups(df, lambdas):
+    for r in regularized_groups(df, lambdas):
         for p in _pairing(r).itertuples():
             rows.append({"setting": r["label"], "table": r["table_n"], "n_train": r["n_train"],
                          "regularizer": r["regularizer"], "measure": SHORT[REGULARIZED_MEASURE[r["regularizer"]]],
@@ -188,11 +185,11 @@ def _baselines(df: pd.DataFrame, g: pd.DataFrame, setting: dict) -> pd.DataFrame
     return base.assign(status=base["status"].where(~late, "not_converged"), max_epochs=cap)
 
 
-def _regularized_groups(df: pd.DataFrame, lambdas: dict | None = None):
+def regularized_groups(df: pd.DataFrame, lambdas: dict | None = None):
     """For each regularizer and setting (incl. N): its lambda = 0 baseline rows and the chosen lambda's rows: the
     largest lambda still converging, or with lambdas {regularizer: lambda} that fixed lambda (groups that did not
     train it are skipped)."""
-    df = _complete(df)
+    df = complete(df)
     key = REG_SETTING + ["n_train"]
     regd = df[df["regularizer"] != "none"]
     for (reg, *keys), g in regd.groupby(["regularizer"] + key, sort=True):
@@ -228,7 +225,7 @@ def table2(df: pd.DataFrame, ratios: pd.DataFrame | None = None, lambdas: dict |
     and the model at the chosen lambda converged (with none, the baseline mean is over all converged baselines)."""
     ratios = table2_ratios(df, lambdas) if ratios is None else ratios   # table2_ratios(df, lambdas), if computed
     out = []
-    for r in _regularized_groups(df, lambdas):
+    for r in regularized_groups(df, lambdas):
         reg, lam = r["regularizer"], r["lam"]
         m = REGULARIZED_MEASURE[reg]
         base_ok = r["base"][r["base"]["status"] == "converged"]
@@ -279,7 +276,7 @@ def figure2_data(df: pd.DataFrame) -> list[dict]:
     """Per regularizer (and setting): the converged models' measure values for each lambda (incl. 0)."""
     out = []
     order = list(REGULARIZED_MEASURE)
-    for r in sorted(_regularized_groups(df), key=lambda r: (r["table"], order.index(r["regularizer"]))):
+    for r in sorted(regularized_groups(df), key=lambda r: (r["table"], order.index(r["regularizer"]))):
         m = REGULARIZED_MEASURE[r["regularizer"]]
         ok = r["all"][r["all"]["status"] == "converged"]
         values = {lam: ok[ok["lam"] == lam][m].dropna().to_numpy() for lam in sorted(r["totals"].index)}
@@ -291,7 +288,7 @@ def figure2_data(df: pd.DataFrame) -> list[dict]:
 
 def by_size(df: pd.DataFrame, columns) -> pd.DataFrame:
     """Mean and std over converged unregularized models of each column, per setting and training size."""
-    df = _complete(df)
+    df = complete(df)
     base = df[(df["regularizer"] == "none") & (df["status"] == "converged")]
     if not len(base) or base["n_train"].nunique() < 2:
         return pd.DataFrame()
@@ -316,7 +313,7 @@ SETTING_NO_LR = [c for c in SETTING if c not in ("lr", "max_epochs")]
 def by_lr(df: pd.DataFrame) -> pd.DataFrame:
     """Unregularized models of settings trained at several learning rates: per (setting, N, lr) the model
     counts by status and the mean and std over converged models of each SWEEP column present."""
-    df = _complete(df)
+    df = complete(df)
     base = df[df["regularizer"] == "none"] if len(df) else df
     if not len(base) or base["lr"].nunique() < 2:
         return pd.DataFrame()

@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--optimizer", default="sgd", choices=optimizers.OPTIMIZERS,
                    help="sgd (the paper), gd (full batch: batch size = N), momentum (0.9), adam, or sam "
                    "(sharpness-aware, radius --rho) (default: sgd)")
-    t.add_argument("--rho", type=float, default=0.0,
+    t.add_argument("--rho", type=float, default=None,
                    help=f"SAM's radius, with --optimizer sam (default: {optimizers.SAM_RHO})")
     t.add_argument("--max-epochs", type=int, default=training.DEFAULT_MAX_EPOCHS, help="epoch cap (default: 25000)")
     t.add_argument("--threshold", type=float, default=training.DEFAULT_THRESHOLD,

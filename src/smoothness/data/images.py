@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from smoothness import paper
 from smoothness.data import idx
 from smoothness.data import lines as linetasks
 from smoothness.runtime import rng
@@ -37,7 +38,7 @@ from smoothness.errors import DataError, first_line
 
 SOURCES = ("mnist5k", "mnist", "fashion-mnist")
 MNIST5K_TRAIN_PER_DIGIT = 400
-DEFAULT_MEASURE_POINTS = 1000
+DEFAULT_MEASURE_POINTS = paper.MEASURE_POINTS
 ALL_PAIRS = tuple((a, b) for a in range(10) for b in range(a + 1, 10))
 
 _DIR_NAMES = {"mnist": ("mnist", "MNIST/raw", "MNIST"),

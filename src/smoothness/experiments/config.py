@@ -9,76 +9,114 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from typing import TypedDict
 
 from smoothness.data import images as datasets
 from smoothness.data import lines as linetasks
-from smoothness.measures import inputspace as measures
 from smoothness.training import optimizers
 from smoothness.runtime import precision
 from smoothness.training import regularizers
 from smoothness.runtime import rng
-from smoothness.training import trainer as training
 from smoothness.errors import ConfigError, DataError
-from smoothness.models import DEFAULT_ALPHA
+from smoothness import paper
 
 
 # Upper limits of a configuration's sizes: a larger value is a typo or asks for work no machine finishes, and is
 # refused before any work (docs/cli.md). The paper's values are far below them.
+_POSITIVE, _NONNEG = "a finite number > 0", "a finite number >= 0"
 LIMITS = {"n_train": 1_000_000, "hidden": 65_536, "hidden_layers": 64, "batch_size": 1_000_000,
           "max_epochs": 10_000_000, "measure_points": 1_000_000, "segments": 10_000_000, "points": 100_000,
           "sharpness_iters": 1_000_000, "trace_probes": 100_000, "penalty_points": 10_000}
 
 
+def _part(name: str, default, doc: str = ""):
+    """A RunConfig field of one part of the configuration (PARTS)."""
+    return field(default=default, metadata={"part": name, "doc": doc})
+
+
 @dataclass
 class RunConfig:
-    """Everything that defines one trained model (defaults: the paper, sec. 4.1)."""
+    """Everything that defines one trained model, in four parts: its data (what it is trained on), its model, its
+    optimizer (how it is trained) and its measurement. Every default is the paper's (smoothness.paper) or an
+    option's off value, and each is set here once; the field names are the records' and the key's."""
 
-    data: str = "mnist5k"
-    pair: tuple[int, int] = (3, 8)
-    n_train: int = 128
-    seed: int = 0
-    hidden: tuple[int, ...] = (256,)
-    alpha: float = DEFAULT_ALPHA
-    lr: float | None = None          # None: 0.01, or 0.1 with a path-length regularizer (paper); Adam 1e-3
-    batch_size: int = training.DEFAULT_BATCH
-    max_epochs: int = training.DEFAULT_MAX_EPOCHS
-    threshold: float = training.DEFAULT_THRESHOLD
-    measure_points: int = datasets.DEFAULT_MEASURE_POINTS
-    segments: int = measures.DEFAULT_SEGMENTS
-    points: int = measures.DEFAULT_POINTS
-    measure_seed: int = 0
-    sharpness_iters: int = 0         # power iterations for the sharpness (0: not computed)
-    trace_probes: int = 0            # Hutchinson probes for the Hessian trace (0: not computed)
-    regularizer: str = "none"
-    lam: float = 0.0
-    optimizer: str = "sgd"           # sgd (paper), gd (batch_size becomes n_train), momentum, adam, sam
-    matmul_precision: str = "fp32"   # of the training steps: fp32, tf32 (CUDA), tf32-emulated (precision.py)
-    rho: float = 0.0                 # SAM's radius: only with optimizer sam (0 there: optimizers.SAM_RHO)
-    penalty_points: int = regularizers.SEGMENT_POINTS   # points per segment of a path-length penalty (only those)
-    train_seed: int | None = None    # initial weights and shuffles; None: seed (which also draws the training set)
+    # -- data: the task and the training set ------------------------------------------------------------------
+    data: str = _part("data", "mnist5k", "data source: mnist5k, mnist, fashion-mnist, or a 1-D task line-...")
+    pair: tuple[int, int] = _part("data", (3, 8), "digits a < b: a -> -1, b -> +1 (1-D tasks: (0, 1))")
+    n_train: int = _part("data", 128, "training points, balanced and nested in N for a seed")
+    seed: int = _part("data", 0, "draws the training set; also the initial weights and shuffles unless train_seed")
+    # -- model ----------------------------------------------------------------------------------------------------
+    hidden: tuple[int, ...] = _part("model", (paper.HIDDEN,), "hidden-layer widths")
+    alpha: float = _part("model", paper.ALPHA, "initialization scale")
+    # -- optimizer: how it is trained ---------------------------------------------------------------------------
+    optimizer: str = _part("optimizer", "sgd", "sgd (paper), gd (batch_size becomes n_train), momentum, adam, sam")
+    lr: float | None = _part("optimizer", None, "None: optimizers.default_lr (the paper's rates; Adam 1e-3)")
+    batch_size: int = _part("optimizer", paper.BATCH)
+    max_epochs: int = _part("optimizer", paper.MAX_EPOCHS, "epoch cap")
+    threshold: float = _part("optimizer", paper.THRESHOLD, "stop when the epoch's training MSE is below it")
+    regularizer: str = _part("optimizer", "none", "trains on L + lam * S (eq. 15; regularizers.py)")
+    lam: float = _part("optimizer", 0.0)
+    penalty_points: int = _part("optimizer", paper.PENALTY_POINTS, "points per segment of a path-length penalty")
+    rho: float | None = _part("optimizer", None, "SAM's radius (optimizers.resolve_rho); only with optimizer sam")
+    matmul_precision: str = _part("optimizer", "fp32", "of the training steps: fp32, tf32 (CUDA), tf32-emulated")
+    train_seed: int | None = _part("optimizer", None, "initial weights and shuffles; None: seed")
+    # -- measurement --------------------------------------------------------------------------------------------
+    measure_points: int = _part("measurement", paper.MEASURE_POINTS, "held-out points of the sampled measures")
+    segments: int = _part("measurement", paper.SEGMENTS, "random segments of FPL and GPL")
+    points: int = _part("measurement", paper.POINTS_PER_SEGMENT, "points per segment of FPL and GPL")
+    measure_seed: int = _part("measurement", 0, "draws the segments")
+    sharpness_iters: int = _part("measurement", 0, "power iterations for the sharpness (0: not computed)")
+    trace_probes: int = _part("measurement", 0, "Hutchinson probes for the Hessian trace (0: not computed)")
 
     def __post_init__(self):
+        self._check_data()
+        self._check_model()
+        self._check_optimizer()
+        self._check_measurement()
+        sizes = {k: getattr(self, k) for k in LIMITS if hasattr(self, k)}
+        sizes["hidden"], sizes["hidden_layers"] = max(self.hidden), len(self.hidden)
+        for name, v in sizes.items():
+            if v > LIMITS[name]:
+                raise ConfigError(f"{name} {v:,} is more than the limit of {LIMITS[name]:,}: a typo, or more work "
+                                  "than any run can finish (limits: docs/cli.md)")
+
+    @staticmethod
+    def _require(checks) -> None:
+        for name, value, ok, rule in checks:
+            if not ok:
+                raise ConfigError(f"invalid {name}: {value!r} (must be {rule})")
+
+    def _check_data(self) -> None:
+        try:
+            self.data = datasets.check_source(self.data)
+        except DataError as e:
+            raise ConfigError(str(e)) from None
+        self.pair = linetasks.PAIR if linetasks.is_line(self.data) else tuple(int(v) for v in self.pair)
+        datasets.check_pair(*self.pair)   # a 1-D task has no digit pair: it carries PAIR
+        self.seed = rng.check_seed(self.seed, "seed")
+
+    def _check_model(self) -> None:
+        self.hidden = tuple(int(v) for v in self.hidden)
+        self._require([("hidden", self.hidden, len(self.hidden) >= 1 and all(h >= 1 for h in self.hidden),
+                        "widths >= 1"),
+                       ("alpha", self.alpha, math.isfinite(self.alpha) and self.alpha > 0, _POSITIVE)])
+
+    def _check_optimizer(self) -> None:
         try:
             regularizers.check(self.regularizer)
             optimizers.check(self.optimizer)
             precision.check(self.matmul_precision)
+            self.lr = optimizers.resolve_lr(self.lr, self.optimizer, self.regularizer)
+            self.rho = optimizers.resolve_rho(self.rho, self.optimizer)
         except ValueError as e:
             raise ConfigError(str(e)) from None
-        if self.lr is None:
-            self.lr = optimizers.default_lr(self.optimizer, self.regularizer)
         if self.optimizer == "gd":
             self.batch_size = self.n_train   # full-batch gradient descent: one step per epoch
-        self.rho = float(self.rho)
-        if self.optimizer == "sam" and self.rho == 0:
-            self.rho = optimizers.SAM_RHO
-        elif self.optimizer != "sam" and self.rho != 0:
-            raise ConfigError(f"rho {self.rho!r} is SAM's radius: it needs optimizer sam, not {self.optimizer}")
         if isinstance(self.penalty_points, bool) or not isinstance(self.penalty_points, int) \
                 or self.penalty_points < 2:
             raise ConfigError(f"invalid penalty_points: {self.penalty_points!r} (must be an integer >= 2)")
-        if self.regularizer not in regularizers.PATH_LENGTH and self.penalty_points != regularizers.SEGMENT_POINTS:
+        if self.regularizer not in regularizers.PATH_LENGTH and self.penalty_points != paper.PENALTY_POINTS:
             raise ConfigError(f"penalty_points {self.penalty_points} is the points per segment of a path-length "
                               f"penalty: it needs regularizer function_path_length or gradient_path_length, "
                               f"not {self.regularizer}")
@@ -86,39 +124,26 @@ class RunConfig:
             self.train_seed = rng.check_seed(self.train_seed, "train_seed")
         if self.regularizer == "weights_product" and len(self.hidden) != 1:
             raise ConfigError("the weights_product regularizer needs one hidden layer")
-        self.pair = tuple(int(v) for v in self.pair)
-        self.hidden = tuple(int(v) for v in self.hidden)
-        self.seed = rng.check_seed(self.seed, "seed")
-        self.measure_seed = rng.check_seed(self.measure_seed, "measure_seed")
         if self.regularizer == "none" and self.lam != 0:
             raise ConfigError(f"lam {self.lam!r} needs a regularizer: with regularizer 'none' lam must be 0")
-        finite = {k: math.isfinite(getattr(self, k)) for k in ("lr", "alpha", "threshold", "lam", "rho")}
-        pos, nonneg = "a finite number > 0", "a finite number >= 0"
-        checks = [("lr", finite["lr"] and self.lr > 0, pos), ("alpha", finite["alpha"] and self.alpha > 0, pos),
-                  ("batch_size", self.batch_size >= 1, ">= 1"), ("max_epochs", self.max_epochs >= 1, ">= 1"),
-                  ("threshold", finite["threshold"] and self.threshold > 0, pos),
-                  ("hidden", len(self.hidden) >= 1 and all(h >= 1 for h in self.hidden), "widths >= 1"),
-                  ("measure_points", self.measure_points >= 2, ">= 2"), ("segments", self.segments >= 1, ">= 1"),
-                  ("points", self.points >= 2, ">= 2"), ("lam", finite["lam"] and self.lam >= 0, nonneg),
-                  ("rho", finite["rho"] and self.rho >= 0, nonneg),
-                  ("sharpness_iters", self.sharpness_iters >= 0, ">= 0"),
-                  ("trace_probes", self.trace_probes >= 0, ">= 0")]
-        for name, ok, rule in checks:
-            if not ok:
-                raise ConfigError(f"invalid {name}: {getattr(self, name)!r} (must be {rule})")
-        sizes = {k: getattr(self, k) for k in LIMITS if hasattr(self, k)}
-        sizes["hidden"], sizes["hidden_layers"] = max(self.hidden), len(self.hidden)
-        for name, v in sizes.items():
-            if v > LIMITS[name]:
-                raise ConfigError(f"{name} {v:,} is more than the limit of {LIMITS[name]:,}: a typo, or more work "
-                                  "than any run can finish (limits: docs/cli.md)")
-        try:
-            self.data = datasets.check_source(self.data)
-        except DataError as e:
-            raise ConfigError(str(e)) from None
-        if linetasks.is_line(self.data):
-            self.pair = linetasks.PAIR   # a 1-D task has no digit pair
-        datasets.check_pair(*self.pair)
+        self._require([("lr", self.lr, math.isfinite(self.lr) and self.lr > 0, _POSITIVE),
+                       ("batch_size", self.batch_size, self.batch_size >= 1, ">= 1"),
+                       ("max_epochs", self.max_epochs, self.max_epochs >= 1, ">= 1"),
+                       ("threshold", self.threshold, math.isfinite(self.threshold) and self.threshold > 0, _POSITIVE),
+                       ("lam", self.lam, math.isfinite(self.lam) and self.lam >= 0, _NONNEG)])
+
+    def _check_measurement(self) -> None:
+        self.measure_seed = rng.check_seed(self.measure_seed, "measure_seed")
+        self._require([("measure_points", self.measure_points, self.measure_points >= 2, ">= 2"),
+                       ("segments", self.segments, self.segments >= 1, ">= 1"),
+                       ("points", self.points, self.points >= 2, ">= 2"),
+                       ("sharpness_iters", self.sharpness_iters, self.sharpness_iters >= 0, ">= 0"),
+                       ("trace_probes", self.trace_probes, self.trace_probes >= 0, ">= 0")])
+
+    def parts(self) -> dict[str, dict]:
+        """The configuration by part (PARTS): {'data': {...}, 'model': {...}, 'optimizer': {...},
+        'measurement': {...}}."""
+        return {p: {f: getattr(self, f) for f in names} for p, names in PARTS.items()}
 
     @property
     def widths(self) -> tuple[int, ...]:
@@ -136,9 +161,13 @@ class RunConfig:
                 self.penalty_points)
 
 
+# The fields of each part of a RunConfig, in order.
+PARTS = {p: tuple(f.name for f in fields(RunConfig) if f.metadata["part"] == p)
+         for p in ("data", "model", "optimizer", "measurement")}
+
 # Fields added after the first stored models, with the value that records without them had.
 ADDED_FIELDS = {"sharpness_iters": 0, "trace_probes": 0, "optimizer": "sgd", "matmul_precision": "fp32", "rho": 0.0,
-                "penalty_points": regularizers.SEGMENT_POINTS, "train_seed": None}
+                "penalty_points": paper.PENALTY_POINTS, "train_seed": None}
 
 
 def config_key(c: RunConfig) -> str:

@@ -29,7 +29,7 @@ A grid file is a mapping; every axis takes one value or a list of values:
     matmul_precision: fp32        # training matmuls: fp32 | tf32 (CUDA only) | tf32-emulated (one value)
     ladder: staged                # staged: a lambda rung is trained only if the rung below reached the
                                   # threshold (staging.py); all: every rung at once
-    measure: {points: 1000, segments: 1000, points_per_segment: 100, seed: 0,
+    measure: {measure_points: 1000, segments: 1000, points_per_segment: 100, measure_seed: 0,
               sharpness_iters: 0, trace_probes: 0}
 
 A regularizer entry with lam 0 is plain SGD (stored as regularizer 'none' at that entry's lr), so a
@@ -65,12 +65,13 @@ _TOP = {"name", "description", "data", "pairs", "n_train", "seeds", "hidden", "a
         "max_epochs", "threshold", "regularizers", "measure", "optimizer", "matmul_precision", "ladder", "rho",
         "independent_seeds", "table2_lambdas"}
 _DEFAULT = {f.name: f.default for f in fields(RunConfig)}   # the paper's defaults, defined once in RunConfig
-# grid key under `measure` -> RunConfig field
-_MEASURE_FIELDS = {"points": "measure_points", "segments": "segments", "points_per_segment": "points",
-                   "seed": "measure_seed", "sharpness_iters": "sharpness_iters", "trace_probes": "trace_probes"}
-_MEASURE_NONNEG = {"seed", "sharpness_iters", "trace_probes"}   # 0 allowed (0 iterations/probes: not computed)
-# RunConfig fields added after the first store format: left out of the key while at their default, so
-# that the keys of earlier stores stay valid.
+# grid key under `measure` -> RunConfig field (the keys are the names of the command line's options and the records'
+# fields, except points_per_segment, which records keep as `points`)
+_MEASURE_FIELDS = {"measure_points": "measure_points", "segments": "segments", "points_per_segment": "points",
+                   "measure_seed": "measure_seed", "sharpness_iters": "sharpness_iters", "trace_probes": "trace_probes"}
+# the spelling of earlier versions, still read (stored grids, older files): `points` was the held-out points
+_MEASURE_LEGACY = {"points": "measure_points", "seed": "measure_seed"}
+_MEASURE_NONNEG = {"measure_seed", "sharpness_iters", "trace_probes"}   # 0 allowed (0 iterations: not computed)
 _MEASURE = set(_MEASURE_FIELDS)
 
 
@@ -95,7 +96,7 @@ class Grid:
     threshold: list[float]
     regularizers: list[dict] = field(default_factory=lambda: gv.regularizer_entries(None))
     optimizer: list[str] = field(default_factory=lambda: ["sgd"])
-    rho: list[float] = field(default_factory=lambda: [optimizers.SAM_RHO])
+    rho: list[float | None] = field(default_factory=lambda: [None])   # None: optimizers.SAM_RHO
     measure: dict = field(default_factory=_measure_defaults)
     description: str = ""
     matmul_precision: str = "fp32"
@@ -133,8 +134,8 @@ class Grid:
                     self.optimizer, self.rho, reg["lam"], lrs, self.hidden, alphas, self.batch_size, caps,
                     self.threshold, pairs, sizes, seeds):
                 name = reg["name"] if lam > 0 else "none"
-                if lr is None:  # the paper's rate for this regularizer also for its lambda = 0 baseline
-                    lr = optimizers.default_lr(opt, reg["name"])
+                # the paper's rate of this entry's regularizer, also for its lambda = 0 baseline
+                lr = optimizers.resolve_lr(lr, opt, reg["name"])
                 extra = {}
                 if name in regularizers.PATH_LENGTH and reg.get("penalty_points"):
                     extra["penalty_points"] = reg["penalty_points"]
@@ -145,7 +146,7 @@ class Grid:
                                   batch_size=bs, max_epochs=me, threshold=th,
                                   **{f: self.measure[k] for k, f in _MEASURE_FIELDS.items()},
                                   regularizer=name, lam=float(lam) if lam > 0 else 0.0, optimizer=opt,
-                                  matmul_precision=self.matmul_precision, rho=rho if opt == "sam" else 0.0, **extra)
+                                  matmul_precision=self.matmul_precision, rho=rho if opt == "sam" else None, **extra)
                 except ConfigError as e:
                     raise ConfigError(f"grid {self.name!r}: {e}") from None
                 k = config_key(c)
@@ -198,10 +199,15 @@ def parse(raw: dict, name: str | None = None) -> Grid:
     m = raw.get("measure") or {}
     if not isinstance(m, dict):
         raise ConfigError(f"key 'measure': expected a mapping, got {m!r}")
-    gv.unknown_keys(m, _MEASURE, "measure")
+    gv.unknown_keys(m, _MEASURE | set(_MEASURE_LEGACY), "measure")
+    for old, new in _MEASURE_LEGACY.items():
+        if old in m:
+            if new in m:
+                raise ConfigError(f"key 'measure': {old!r} (the earlier spelling) and {new!r} given together")
+            m = {**{k: v for k, v in m.items() if k != old}, new: m[old]}
     for k in _MEASURE:
-        if k == "seed" and k in m:
-            measure[k] = rng.check_seed(m[k], "key 'measure.seed'")
+        if k == "measure_seed" and k in m:
+            measure[k] = rng.check_seed(m[k], "key 'measure.measure_seed'")
         elif k in m:
             measure[k] = gv.number(m[k], int, f"measure.{k}", nonneg=k in _MEASURE_NONNEG,
                               positive=k not in _MEASURE_NONNEG)
@@ -220,7 +226,9 @@ def parse(raw: dict, name: str | None = None) -> Grid:
              threshold=gv.axis(raw, "threshold", float, _DEFAULT["threshold"], positive=True),
              regularizers=gv.regularizer_entries(raw.get("regularizers")),
              optimizer=gv.optimizer_list(raw.get("optimizer", "sgd")),
-             rho=gv.axis(raw, "rho", float, optimizers.SAM_RHO, positive=True),
+             # SAM's radius matters only where the optimizer axis holds sam (a stored grid may carry a value)
+             rho=(gv.axis(raw, "rho", float, None, positive=True, allow_none=True)
+                  if "sam" in gv.as_list(raw.get("optimizer", "sgd")) else [None]),
              measure=measure, matmul_precision=gv.matmul_precision(raw.get("matmul_precision", "fp32")),
              ladder=gv.ladder_mode(raw.get("ladder", "staged")),
              independent_seeds=gv.flag(raw.get("independent_seeds", False), "independent_seeds"),

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from smoothness import paper
 from smoothness.measures import anymodule
 from smoothness.measures import lipschitz
 from smoothness.runtime import precision
@@ -21,8 +22,8 @@ from smoothness.measures import registry
 from smoothness.runtime import rng
 from smoothness.models import MLPStack, ReLUMLP, forward, input_gradient
 
-DEFAULT_SEGMENTS = 1000
-DEFAULT_POINTS = 100
+DEFAULT_SEGMENTS = paper.SEGMENTS
+DEFAULT_POINTS = paper.POINTS_PER_SEGMENT
 # Segment chunks are sized so that the points of one chunk hold about this many floats.
 CHUNK_ELEMENTS = 1 << 24
 

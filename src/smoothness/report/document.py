@@ -4,7 +4,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import html
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,174 +16,10 @@ from smoothness.analysis import optimality
 from smoothness.measures import registry
 from smoothness.errors import StoreError
 from smoothness.experiments.store import Store
-from smoothness.report.format import (
-    by_size_tables, depth_tables, lr_sweep_tables, r_norm_by_n_tables, status_table, table1_tables, table2_tables,
-    verdict_tables)
-
-
-def _horizontal() -> dict:
-    """Horizontal boxes: `orientation` from Matplotlib 3.10 on (where `vert` is deprecated), `vert` before."""
-    import matplotlib
-    major, minor = (int(v) for v in matplotlib.__version__.split(".")[:2])
-    return {"orientation": "horizontal"} if (major, minor) >= (3, 10) else {"vert": False}
-
-
-def _plt():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
-def figure2(fig_data: list[dict], path: Path) -> bool:
-    """Box plots of each regularized measure per λ (λ on the y axis, as in the paper's Figure 2)."""
-    if not fig_data:
-        return False
-    plt = _plt()
-    n = len(fig_data)
-    ncol = min(n, 2)
-    nrow = math.ceil(n / ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(6.2 * ncol, 2.2 + 0.55 * max(len(d["values"]) for d in fig_data)
-                                                  * nrow), squeeze=False)
-    for ax, d in zip(axes.flat, fig_data):
-        lams = list(d["values"])
-        vals = [d["values"][lam] for lam in lams]
-        pos = list(range(len(lams), 0, -1))
-        present = [(v, p) for v, p in zip(vals, pos) if len(v)]
-        if present:
-            ax.boxplot([v for v, _ in present], positions=[p for _, p in present], widths=0.6, **_horizontal())
-        labels = []
-        for lam in lams:
-            conv, tot = len(d["values"][lam]), int(d["totals"][lam])
-            mark = " *" if d["chosen"] is not None and lam == d["chosen"] else ""
-            labels.append(f"λ={lam:g}{mark}\n{conv}/{tot} conv.")
-        ax.set_yticks(pos, labels, fontsize=8)
-        ax.set_ylim(0.4, len(lams) + 0.6)
-        ax.set_xlabel(d["measure"])
-        ax.set_title(f"{d['regularizer']}, lr {d['lr']:g}, N = {d['n_train']}", fontsize=10)
-        ax.grid(axis="x", alpha=0.3)
-    for ax in list(axes.flat)[n:]:
-        ax.axis("off")
-    fig.suptitle("Figure 2: each measure under its own regularizer (converged models; * = λ used in Table 2)",
-                 fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
-
-
-def _vs_n(size: pd.DataFrame, cols: dict, path: Path, title: str, logy=()) -> bool:
-    """Mean ± std of each column against N, one line per setting; log y for the columns in logy."""
-    if not len(size):
-        return False
-    plt = _plt()
-    fig, axes = plt.subplots(1, len(cols), figsize=(3.6 * len(cols), 3.3), squeeze=False)
-    for ax, (col, name) in zip(axes[0], cols.items()):
-        for setting, g in size.groupby(A.SETTING, sort=True):
-            g = g.sort_values("n_train")
-            label = f"lr {setting[A.SETTING.index('lr')]:g}, hidden {setting[A.SETTING.index('hidden')]}"
-            ax.errorbar(g["n_train"], g[f"{col}_mean"], yerr=g[f"{col}_std"].fillna(0), marker="o", ms=3,
-                        capsize=3, label=label)
-        ax.set_xscale("log", base=2)
-        ns = sorted(size["n_train"].unique())
-        ax.set_xticks(ns, [str(n) for n in ns], fontsize=7)
-        ax.minorticks_off()
-        if col in logy:
-            ax.set_yscale("log")
-        ax.set_xlabel("training size N")
-        ax.set_title(name, fontsize=10)
-        ax.grid(alpha=0.3)
-    if size.groupby(A.SETTING).ngroups > 1:
-        axes[0][0].legend(fontsize=7)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
-
-
-def r_norm_figure(rbn: pd.DataFrame, path: Path) -> bool:
-    """r_norm against N at fixed λ, one line per measure (and setting); False when there is nothing to plot."""
-    if not len(rbn):
-        return False
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.0, 3.8))
-    several = rbn["table"].nunique() > 1
-    for (table, measure, lam), g in rbn.groupby(["table", "measure", "lam"], sort=False):
-        g = g.sort_values("n_train")
-        label = f"{measure} (λ {lam:g})" + (f", {table}" if several else "")
-        ax.errorbar(g["n_train"], g["r_norm_mean"], yerr=g["r_norm_std"].fillna(0), marker="o", ms=4, capsize=3,
-                    label=label)
-    ax.axhline(1.0, color="k", lw=0.6)
-    ax.set_xscale("log")
-    ns = sorted(rbn["n_train"].unique())
-    ax.set_xticks(ns, [str(n) for n in ns], fontsize=8)
-    ax.minorticks_off()
-    ax.set_xlabel("training size N")
-    ax.set_ylabel("r_norm (1: regularization changed nothing)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    ax.set_title("Explicit regularization at fixed λ against N (mean ± std over datasets)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
-
-
-def lr_sweep_figure(sweep: pd.DataFrame, path: Path) -> bool:
-    """The learning-rate sweep's figure (one panel per quantity) at path; False when there is nothing to plot."""
-    cols = [c for c in A.SWEEP if f"{c}_mean" in sweep]
-    if not len(sweep) or not cols:
-        return False
-    plt = _plt()
-    ncol = min(len(cols), 4)
-    nrow = math.ceil(len(cols) / ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(3.6 * ncol, 3.1 * nrow), squeeze=False)
-    for ax, c in zip(axes.flat, cols):
-        for keys, g in sweep.groupby(A.SETTING_NO_LR + ["n_train"], sort=True):
-            g = g.sort_values("lr")
-            ax.errorbar(g["lr"], g[f"{c}_mean"], yerr=g[f"{c}_std"].fillna(0), marker="o", ms=3, capsize=3,
-                        label=f"hidden {keys[A.SETTING_NO_LR.index('hidden')]}, N = {keys[-1]}")
-            if c == "sharpness":
-                ax.plot(g["lr"], g["two_over_lr"], "k--", lw=0.8, label="2/lr")
-        ax.set_xscale("log")
-        if c in ("sharpness", "hessian_trace", "loss_test") or (c in registry.BY_KEY and registry.BY_KEY[c].log_scale):
-            ax.set_yscale("log")
-        ax.set_xlabel("learning rate")
-        ax.set_title(A.SWEEP[c], fontsize=10)
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
-    for ax in list(axes.flat)[len(cols):]:
-        ax.axis("off")
-    fig.suptitle("Against the learning rate (mean ± std over converged unregularized models)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
-
-
-def depth_figure(bd: pd.DataFrame, path: Path) -> bool:
-    """Kendall's tau per measure against the number of hidden layers at path; False when nothing to plot."""
-    if not len(bd):
-        return False
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    for keys, g in bd.groupby(A.SETTING_NO_HIDDEN + ["measure"], sort=False):
-        g = g.sort_values("depth")
-        ax.errorbar(g["depth"], g["tau_mean"], yerr=g["tau_std"].fillna(0), marker="o", ms=4, capsize=3,
-                    label=keys[-1])
-    ax.axhline(0, color="k", lw=0.6)
-    ax.set_xticks(sorted(bd["depth"].unique()))
-    ax.set_xlabel("hidden layers")
-    ax.set_ylabel("Kendall τ(N, measure)")
-    ax.set_ylim(-1.05, 1.05)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    ax.set_title("Table 1 by depth (negative: smoother with more data)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+from smoothness.report import figures
+from smoothness.report.format import (by_size_tables, depth_tables, edge_tables, lr_sweep_tables, optimizer_tables,
+                                      r_norm_by_n_tables, ratio_tables, status_table, table1_tables, table2_tables,
+                                      verdict_tables)
 
 
 # -- the report -------------------------------------------------------------------------------------
@@ -326,103 +161,97 @@ def compute_content(df: pd.DataFrame, grid: dict, merged: list, versions: dict, 
     return c
 
 
+@dataclass
+class Section:
+    """One part of the report: its tables (Markdown file `md`, and under `head` in report.md / report.html), the
+    CSV files of its frames, and its figures (file, caption, draw(path) -> whether there was anything to draw)."""
+    head: str
+    tables: list = field(default_factory=list)
+    md: str | None = None
+    csvs: dict = field(default_factory=dict)
+    figures: list = field(default_factory=list)
+
+
+def sections(c: ReportContent) -> list[Section]:
+    """The report's sections, in order, from its content; render() writes them. A section without tables, CSVs
+    or figures to show writes nothing."""
+    def tabs(frame, make, *args):
+        return make(frame, *args) if len(frame) else []
+
+    return [
+        Section("Verdict", tabs(c.verdict, verdict_tables), "verdict.md", {"verdict.csv": c.verdict}),
+        Section("Table 1", tabs(c.table1, table1_tables), "table1.md",
+                {"table1.csv": c.table1, "table1_taus.csv": c.taus if len(c.table1) else c.table1}),
+        Section("Measures by N", tabs(c.by_size, by_size_tables, c.shown) if c.shown else [], "measures_by_n.md",
+                {"measures_by_n.csv": c.by_size if c.shown else c.by_size[:0]},
+                [("measures_vs_n.png", "Measures against training size", lambda p: figures.vs_n(
+                    c.by_size, c.shown, p, "Measures against training size (mean ± std over datasets and seeds, "
+                    "converged, unregularized)", logy={"path_norm"})),   # PN grows exponentially with depth
+                 ("test_loss_vs_n.png", "Test loss against training size", lambda p: figures.vs_n(
+                     c.by_size, {"loss_test": "test loss (MSE)"}, p, "Held-out loss against training size",
+                     logy={"loss_test"}))]),
+        Section("Table 2", tabs(c.table2, table2_tables) + tabs(c.table2_fixed, table2_tables), "table2.md",
+                {"table2.csv": c.table2, "table2_ratios.csv": c.ratios if len(c.table2) else c.table2,
+                 "table2_fixed.csv": c.table2_fixed, "table2_fixed_ratios.csv": c.ratios_fixed},
+                [("figure2.png", "Figure 2: each measure per regularization strength λ",
+                  lambda p: figures.figure2(c.figure2, p))]),
+        Section("r_norm against N", tabs(c.r_by_n, r_norm_by_n_tables), "r_norm_by_n.md", {"r_norm_by_n.csv": c.r_by_n},
+                [("r_norm_vs_n.png", "r_norm against the training size N at fixed λ",
+                  lambda p: figures.r_norm_figure(c.r_by_n, p))]),
+        Section("Optimality in one dimension",
+                tabs(c.optimality, ratio_tables) + (edge_tables(c.optimality_edges) if len(c.optimality) else []),
+                "optimality.md", {"optimality.csv": c.optimality,
+                                  "optimality_edges.csv": c.optimality_edges if len(c.optimality) else c.optimality},
+                [("interpolants.png", "1-D tasks: the training set, SGD's function and the smoothest interpolant of "
+                  "each measure", lambda p: figures.interpolant_figure(c.examples, c.example_params, p))]),
+        Section("Depth", tabs(c.depth, depth_tables), "depth.md", {"depth.csv": c.depth},
+                [("depth.png", "Kendall's τ(N, measure) against the number of hidden layers",
+                  lambda p: figures.depth_figure(c.depth, p))]),
+        Section("Learning-rate sweep", tabs(c.lr_sweep, lr_sweep_tables), "lr_sweep.md", {"lr_sweep.csv": c.lr_sweep},
+                [("lr_sweep.png", "Sharpness, norms, smoothness and test loss against the learning rate",
+                  lambda p: figures.lr_sweep_figure(c.lr_sweep, p))]),
+        Section("Optimizers: flatness and smoothness", tabs(c.optimizers, optimizer_tables), "optimizers.md",
+                {"optimizers.csv": c.optimizers}),
+        Section("Status", [status_table(c.counts)], None,
+                {"runs.csv": c.runs.drop(columns=["versions"], errors="ignore"), "status_counts.csv": c.counts}),
+    ]
+
+
 def render(c: ReportContent, out: Path) -> dict:
-    """Write the content's CSVs, Markdown tables, PNG figures, report.md and the self-contained report.html
-    into out; returns {file name: path} of what was written."""
-    written = {}
-
-    def save_csv(name, frame):
-        if len(frame):
-            frame.to_csv(out / name, index=False, encoding="utf-8")
-            written[name] = out / name
-
-    def save_md(name, tabs):
-        if tabs:
-            (out / name).write_text("\n".join(t.markdown() for t in tabs), encoding="utf-8")
-            written[name] = out / name
-
-    sections_md, sections_html = [], []
-    if len(c.runs):
-        save_csv("runs.csv", c.runs.drop(columns=["versions"], errors="ignore"))
-        c.counts.to_csv(out / "status_counts.csv", index=False, encoding="utf-8")
-        written["status_counts.csv"] = out / "status_counts.csv"
-        tables1 = table1_tables(c.table1) if len(c.table1) else []
-        tables2 = table2_tables(c.table2) if len(c.table2) else []
-        tables2_fixed = table2_tables(c.table2_fixed) if len(c.table2_fixed) else []
-        tables_rn = r_norm_by_n_tables(c.r_by_n) if len(c.r_by_n) else []
-        tables_v = verdict_tables(c.verdict) if len(c.verdict) else []
-        tables_lr = lr_sweep_tables(c.lr_sweep) if len(c.lr_sweep) else []
-        tables_depth = depth_tables(c.depth) if len(c.depth) else []
-        tables_opt_cmp = flatness.optimizer_tables(c.optimizers) if len(c.optimizers) else []
-        tables_n = by_size_tables(c.by_size, c.shown) if len(c.by_size) and c.shown else []
-        for name, frame in (("verdict.csv", c.verdict), ("depth.csv", c.depth), ("lr_sweep.csv", c.lr_sweep),
-                            ("table1.csv", c.table1), ("table2.csv", c.table2), ("optimizers.csv", c.optimizers),
-                            ("table2_fixed.csv", c.table2_fixed), ("table2_fixed_ratios.csv", c.ratios_fixed),
-                            ("r_norm_by_n.csv", c.r_by_n)):
-            save_csv(name, frame)
-        if len(c.table1):
-            save_csv("table1_taus.csv", c.taus)
-        if len(c.table2):
-            save_csv("table2_ratios.csv", c.ratios)
-        for name, tabs in (("verdict.md", tables_v), ("table1.md", tables1), ("table2.md", tables2 + tables2_fixed),
-                           ("r_norm_by_n.md", tables_rn),
-                           ("lr_sweep.md", tables_lr), ("depth.md", tables_depth), ("optimizers.md", tables_opt_cmp)):
-            save_md(name, tabs)
-        if tables_n:
-            save_csv("measures_by_n.csv", c.by_size)
-            save_md("measures_by_n.md", tables_n)
-        figs = {}
-        if figure2(c.figure2, out / "figure2.png"):
-            figs["figure2.png"] = "Figure 2: each measure per regularization strength λ"
-        if r_norm_figure(c.r_by_n, out / "r_norm_vs_n.png"):
-            figs["r_norm_vs_n.png"] = "r_norm against the training size N at fixed λ"
-        if _vs_n(c.by_size, c.shown, out / "measures_vs_n.png",
-                 "Measures against training size (mean ± std over datasets and seeds, converged, unregularized)",
-                 logy={"path_norm"}):   # PN grows exponentially with depth
-            figs["measures_vs_n.png"] = "Measures against training size"
-        if _vs_n(c.by_size, {"loss_test": "test loss (MSE)"}, out / "test_loss_vs_n.png",
-                 "Held-out loss against training size", logy={"loss_test"}):
-            figs["test_loss_vs_n.png"] = "Test loss against training size"
-        if depth_figure(c.depth, out / "depth.png"):
-            figs["depth.png"] = "Kendall's τ(N, measure) against the number of hidden layers"
-        if lr_sweep_figure(c.lr_sweep, out / "lr_sweep.png"):
-            figs["lr_sweep.png"] = "Sharpness, norms, smoothness and test loss against the learning rate"
-        tables_opt = optimality.ratio_tables(c.optimality) if len(c.optimality) else []
-        if tables_opt:
-            tables_opt += optimality.edge_tables(c.optimality_edges)
-            save_csv("optimality.csv", c.optimality)
-            if len(c.optimality_edges):
-                save_csv("optimality_edges.csv", c.optimality_edges)
-            save_md("optimality.md", tables_opt)
-        if optimality.interpolant_figure(c.examples, c.example_params, out / "interpolants.png"):
-            figs["interpolants.png"] = ("1-D tasks: the training set, SGD's function and the smoothest interpolant "
-                                        "of each measure")
-        written.update({f: out / f for f in figs})
-        blocks = [("Verdict", tables_v), ("Table 1", tables1), ("Measures by N", tables_n),
-                  ("Table 2", tables2 + tables2_fixed), ("r_norm against N", tables_rn),
-                  ("Optimality in one dimension", tables_opt), ("Depth", tables_depth),
-                  ("Learning-rate sweep", tables_lr), ("Optimizers: flatness and smoothness", tables_opt_cmp),
-                  ("Status", [status_table(c.counts)])]
-        for head, tabs in blocks:
-            if tabs:
-                sections_md.append(f"## {head}\n\n" + "\n".join(t.markdown() for t in tabs))
-                sections_html.append(f"<h2>{head}</h2>" + "".join(t.html() for t in tabs))
-        if figs:
-            sections_md.append("## Figures\n\n" + "\n".join(f"![{cap}]({f})\n" for f, cap in figs.items()))
-            imgs = "".join(f"<figure><img alt='{html.escape(cap)}' src='data:image/png;base64,"
-                           f"{base64.b64encode((out / f).read_bytes()).decode()}'><figcaption>{html.escape(cap)}"
-                           f"</figcaption></figure>" for f, cap in figs.items())
-            sections_html.append(f"<h2>Figures</h2>{imgs}")
-    else:
-        sections_md.append("The store holds no finished models yet.")
-        sections_html.append("<p>The store holds no finished models yet.</p>")
+    """Write the content's sections (CSVs, Markdown tables, PNG figures), report.md and the self-contained
+    report.html into out; returns {file name: path} of what was written."""
+    written, figs, body_md, body_html = {}, {}, [], []
+    for sec in sections(c) if len(c.runs) else []:
+        for name, frame in sec.csvs.items():
+            if len(frame) or name == "status_counts.csv":
+                frame.to_csv(out / name, index=False, encoding="utf-8")
+                written[name] = out / name
+        if sec.tables:
+            if sec.md:
+                (out / sec.md).write_text("\n".join(t.markdown() for t in sec.tables), encoding="utf-8")
+                written[sec.md] = out / sec.md
+            body_md.append(f"## {sec.head}\n\n" + "\n".join(t.markdown() for t in sec.tables))
+            body_html.append(f"<h2>{sec.head}</h2>" + "".join(t.html() for t in sec.tables))
+        for name, caption, draw in sec.figures:
+            if draw(out / name):
+                figs[name] = caption
+                written[name] = out / name
+    if figs:
+        body_md.append("## Figures\n\n" + "\n".join(f"![{cap}]({f})\n" for f, cap in figs.items()))
+        imgs = "".join(f"<figure><img alt='{html.escape(cap)}' src='data:image/png;base64,"
+                       f"{base64.b64encode((out / f).read_bytes()).decode()}'><figcaption>{html.escape(cap)}"
+                       f"</figcaption></figure>" for f, cap in figs.items())
+        body_html.append(f"<h2>Figures</h2>{imgs}")
+    if not len(c.runs):
+        body_md.append("The store holds no finished models yet.")
+        body_html.append("<p>The store holds no finished models yet.</p>")
     # a path in the intro keeps its own bytes: a non-ASCII name read under LC_ALL=C holds surrogates
-    (out / "report.md").write_text(f"# {c.title}\n\n{c.intro}\n\n" + "\n\n".join(sections_md) + "\n",
+    (out / "report.md").write_text(f"# {c.title}\n\n{c.intro}\n\n" + "\n\n".join(body_md) + "\n",
                                    encoding="utf-8", errors="surrogateescape")
     (out / "report.html").write_text(
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(c.title)}</title>"
         f"<style>{_CSS}</style></head><body><h1>{html.escape(c.title)}</h1><p>{html.escape(c.intro)}</p>"
-        + "".join(sections_html) + "</body></html>\n", encoding="utf-8", errors="surrogateescape")
+        + "".join(body_html) + "</body></html>\n", encoding="utf-8", errors="surrogateescape")
     written["report.md"], written["report.html"] = out / "report.md", out / "report.html"
     _forget_stale(out, written)
     return written

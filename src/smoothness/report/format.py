@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from smoothness.analysis import flatness, optimality
 from smoothness.analysis import tables as A
 from smoothness.measures import registry
 
@@ -210,3 +211,85 @@ def r_norm_by_n_tables(rbn: pd.DataFrame) -> list[Table]:
                          "model converged (their number in brackets), at the same λ for every N: how the effect of "
                          f"explicit regularization changes with the training size. Setting: {table}."))
     return out
+
+
+# -- beyond the paper: optimality in one dimension, optimizers compared ------------------------------
+def ratio_tables(t: pd.DataFrame) -> list[Table]:
+    """The ratio table as one Markdown/HTML table per task."""
+    def cell(r, m):
+        if not r["converged"]:
+            return "–"
+        spread = f" ({fmt(r[m + '_min'])}–{fmt(r[m + '_max'])})" if r["converged"] > 1 else ""
+        return fmt(r[m + "_mean"]) + spread
+
+    tabs = []
+    t = t.assign(_plain=t["regularizer"] != "none").sort_values(["_plain", "regularizer", "lam"], kind="stable")
+    for data, part in t.groupby("data", sort=False):
+        rows = []
+        for _, r in part.iterrows():
+            reg = "SGD" if r["regularizer"] == "none" else f"{registry.get(r['regularizer']).short} λ={fmt(r['lam'])}"
+            rows.append([reg, fmt(r["alpha"]), fmt(r["lr"]), str(int(r["n_train"])),
+                         f"{int(r['converged'])}/{int(r['models'])}"] + [cell(r, m) for m in optimality.MEASURES])
+        tabs.append(Table(f"Optimality ratio S(f_SGD) / S_min on {data}",
+                          ["training", "α", "lr", "N", "converged"]
+                          + [registry.get(m).short for m in optimality.MEASURES], rows,
+                          "Mean (min–max) over the converged models (seeds; – where none converged) of the exact measure "
+                          "of the trained net divided by the smallest value of any function through the net's values at "
+                          "its training inputs; 1 is the smoothest such function. S_min: closed forms for GN and FPL "
+                          "(infima, approached by ever steeper ramps) and WP; for GPL " + gpl_note(part["gpl_bracket"])
+                          + " (docs/oned.md)."))
+    return tabs
+
+
+def gpl_note(bracket: pd.Series) -> str:
+    """How GPL's S_min was found, from the widest relative bracket (1 - lower / upper) among the table's rows."""
+    b = bracket.dropna()
+    if not len(b):
+        return "a linear program on a grid of 4,000 cells, an upper bound of the infimum (a store from before the bracket)"
+    if b.max() <= 1e-12:
+        return "the linear spline, exact (w is concave over the training inputs)"
+    return (f"the upper end of a bracket from linear programs, at most {100 * b.max():.2g}% wide, so GPL's ratios "
+            "could be up to that much higher")
+
+
+def edge_tables(t: pd.DataFrame) -> list[Table]:
+    """The edge table as one Markdown/HTML table."""
+    if not len(t):
+        return []
+    rows = []
+    for _, r in t.iterrows():
+        if r["lam"] is None or pd.isna(r["lam"]):
+            edge = "none passed"
+        else:
+            edge = fmt(r["lam"]) + (" (ladder too short)" if r["ladder_short"] else f" (fails at {fmt(r['lam_above'])})")
+        rows.append([registry.get(r["regularizer"]).short, fmt(r["alpha"]), fmt(r["lr"]), str(int(r["n_train"])), edge]
+                    + [f"{fmt(r[m + '_sgd'])} → {fmt(r[m + '_reg'])}" for m in optimality.MEASURES])
+    return [Table("Optimality ratio without and with explicit regularization at the ladder's edge",
+                  ["regularizer", "α", "lr", "N", "largest λ passing"] + [registry.get(m).short for m in optimality.MEASURES],
+                  rows, "Mean ratio S(f_SGD) / S_min over the converged models without regularization (λ = 0, the "
+                        "same seeds) → at the largest λ at which at least half of the models reach the loss threshold "
+                        "(the paper's rule for Table 2). A ladder is too short when no rung above that λ failed, so the "
+                        "true edge is higher. Models per rung: optimality.csv and the Table 2 section.")]
+
+
+def optimizer_tables(t: pd.DataFrame) -> list[Table]:
+    """One table per setting and N: a row per optimizer, each cell the mean and, in brackets, the paired ratio
+    to SGD."""
+    cols = [c for c in flatness.QUANTITIES if f"{c}_mean" in t]
+    tabs = []
+    for keys, g in t.groupby(flatness.KEY, sort=True):
+        setting = dict(zip(flatness.KEY, keys))
+        label = A.setting_label({**setting, "optimizer": "sgd"})
+        rows = []
+        for _, r in g.iterrows():
+            name = r["optimizer"] + (f" ρ={fmt(r['rho'])}" if r["optimizer"] == "sam" else "")
+            cells = [fmt(r[f"{c}_mean"]) + ("" if r["optimizer"] == flatness.BASELINE or pd.isna(r[f"{c}_ratio"])
+                                            else f" (×{fmt(r[f'{c}_ratio'])})") for c in cols]
+            rows.append([name, f"{r['converged']}/{r['models']}", str(r["paired"])] + cells)
+        tabs.append(Table(f"Optimizers compared: {label}, N = {setting['n_train']}",
+                          ["optimizer", "converged", "paired with SGD"] + [flatness.QUANTITIES[c] for c in cols], rows,
+                          "Means over converged models; in brackets the mean over (pair, seed) of the model's value "
+                          "divided by SGD's on the same training set and initialization, where both converged. "
+                          "Sharpness is the top eigenvalue of the training-loss Hessian, tr H its trace; LipLB and "
+                          "LipUB bracket sup ‖∇f‖."))
+    return tabs

@@ -31,6 +31,25 @@ def default_lr(optimizer: str, regularizer: str = "none") -> float:
     return ADAM_LR if optimizer == "adam" else paper_lr(regularizer)
 
 
+def resolve_lr(lr, optimizer: str, regularizer: str = "none") -> float:
+    """A model's learning rate: lr, or default_lr when it is None (the one place where that default is applied:
+    TrainSpec, RunConfig and grids all come here)."""
+    return default_lr(optimizer, regularizer) if lr is None else float(lr)
+
+
+def resolve_rho(rho, optimizer: str) -> float:
+    """A model's SAM radius: for optimizer sam, rho or SAM_RHO when it is None or 0 (0 is how earlier versions wrote
+    'unset'); for the others 0, and a ValueError if they are given one. The one place of that default."""
+    if optimizer != "sam":
+        if rho:
+            raise ValueError(f"rho {rho!r} is SAM's radius: it needs optimizer sam, not {optimizer}")
+        return 0.0
+    rho = SAM_RHO if not rho else float(rho)
+    if not (rho > 0 and rho < float("inf")):
+        raise ValueError(f"SAM's radius rho must be a finite number > 0, got {rho!r}")
+    return rho
+
+
 def check(name: str) -> str:
     """name if it is a known optimizer; a ValueError listing them otherwise."""
     if name not in OPTIMIZERS:

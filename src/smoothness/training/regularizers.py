@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
+from smoothness import paper
 from smoothness.measures import registry
 from smoothness.measures.inputspace import (
     path_norms, segment_points, tv_of_gradients, tv_of_values, two_layer_segment_tvs, weights_products)
@@ -37,11 +38,8 @@ from smoothness.models import MLPStack, forward, input_gradient, parameter_grads
 
 REGULARIZERS = ("none", *(m.regularizer for m in registry.REGISTRY if m.regularizer))
 PATH_LENGTH = ("function_path_length", "gradient_path_length")
-SEGMENT_POINTS = 10   # points per segment of the path-length penalties (the default of the `penalty_points` setting)
-# The coefficients of the paper's Table 2 (sec. 4.3: the largest of its values for each regularizer; it also ran GN
-# at 1e-5 and 1e-4 and WP at 1e-5), with the paper's learning rates (default_lr).
-PAPER_LAMBDAS = {"gradient_norm": 1e-3, "weights_product": 3e-5, "function_path_length": 1e-4,
-                 "gradient_path_length": 1e-5}
+SEGMENT_POINTS = paper.PENALTY_POINTS   # points per segment of the path-length penalties (`penalty_points`)
+PAPER_LAMBDAS = paper.LAMBDAS   # the coefficients of the paper's Table 2
 # What one training step with each penalty costs, in plain SGD steps (784-256-1 net, batch 64, one model, 10 points
 # per penalty segment; `smoothness bench --regularizers 1`, docs/performance.md), and per further point per segment.
 # Used to order work (distributed.expected_steps), not to decide anything about a model.
@@ -62,8 +60,8 @@ TWO_LAYER = ("gradient_norm", "gradient_norm_squared", "function_path_length", "
 
 
 def default_lr(regularizer: str) -> float:
-    """0.01, or 0.1 for the path-length regularizers (paper sec. 4.3)."""
-    return 0.1 if regularizer in PATH_LENGTH else 0.01
+    """The paper's learning rate: 0.01, or 0.1 for the path-length regularizers (sec. 4.3)."""
+    return paper.LR_PATH_LENGTH if regularizer in PATH_LENGTH else paper.LR
 
 
 def check(regularizer: str) -> str:

@@ -33,6 +33,7 @@ import torch
 from smoothness.runtime import interrupt
 from smoothness.training import optimizers
 from smoothness.runtime import precision
+from smoothness import paper
 from smoothness.training import regularizers
 from smoothness.runtime import rng
 from smoothness.models import DEFAULT_ALPHA, DEFAULT_WIDTHS, MLPStack, forward, init_mlp, parameter_grads, sgd_update_
@@ -41,10 +42,10 @@ from smoothness.training.state import (
     ActiveModels, StatusPoll, StepSettings, upload)
 
 CONVERGED, NOT_CONVERGED, DIVERGED = STATUSES[1:]   # "converged", "not_converged", "diverged"
-DEFAULT_LR = 0.01
-DEFAULT_BATCH = 64
-DEFAULT_MAX_EPOCHS = 25_000
-DEFAULT_THRESHOLD = 1e-5
+DEFAULT_LR = paper.LR
+DEFAULT_BATCH = paper.BATCH
+DEFAULT_MAX_EPOCHS = paper.MAX_EPOCHS
+DEFAULT_THRESHOLD = paper.THRESHOLD
 
 
 @dataclass
@@ -54,7 +55,7 @@ class TrainSpec:
     indices: torch.Tensor
     targets: torch.Tensor
     seed: int = 0
-    lr: float = DEFAULT_LR
+    lr: float | None = None     # None: the paper's rate for the regularizer, Adam's 1e-3 (optimizers.default_lr)
     alpha: float = DEFAULT_ALPHA
     max_epochs: int = DEFAULT_MAX_EPOCHS
     threshold: float = DEFAULT_THRESHOLD
@@ -70,14 +71,8 @@ class TrainSpec:
         self.penalty_points = regularizers.check_points(self.penalty_points)
         if optimizers.check(self.optimizer) == "gd":
             raise ValueError("optimizer 'gd' is sgd with the trainer's batch_size set to the training size")
-        if self.optimizer == "sam":
-            self.rho = optimizers.SAM_RHO if self.rho is None else float(self.rho)
-            if not (self.rho > 0 and np.isfinite(self.rho)):
-                raise ValueError(f"SAM's radius rho must be a finite number > 0, got {self.rho!r}")
-        elif self.rho:
-            raise ValueError(f"rho is SAM's radius: it needs optimizer 'sam', not {self.optimizer!r}")
-        else:
-            self.rho = 0.0
+        self.rho = optimizers.resolve_rho(self.rho, self.optimizer)
+        self.lr = optimizers.resolve_lr(self.lr, self.optimizer, self.regularizer)
         self.indices = torch.as_tensor(self.indices, dtype=torch.long).reshape(-1)
         self.targets = torch.as_tensor(self.targets, dtype=torch.float32).reshape(-1)
         if self.indices.numel() == 0 or self.indices.shape != self.targets.shape:

@@ -1,0 +1,208 @@
+"""Every figure of the report, each a function of an analysis's DataFrame that writes one PNG (matplotlib, Agg)
+and returns whether there was anything to draw."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from smoothness.analysis import optimality
+from smoothness.analysis import tables as A
+from smoothness.data import lines as linetasks
+from smoothness.measures import oned, registry
+
+
+def _horizontal() -> dict:
+    """Horizontal boxes: `orientation` from Matplotlib 3.10 on (where `vert` is deprecated), `vert` before."""
+    import matplotlib
+    major, minor = (int(v) for v in matplotlib.__version__.split(".")[:2])
+    return {"orientation": "horizontal"} if (major, minor) >= (3, 10) else {"vert": False}
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def figure2(fig_data: list[dict], path: Path) -> bool:
+    """Box plots of each regularized measure per λ (λ on the y axis, as in the paper's Figure 2)."""
+    if not fig_data:
+        return False
+    plt = _plt()
+    n = len(fig_data)
+    ncol = min(n, 2)
+    nrow = math.ceil(n / ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(6.2 * ncol, 2.2 + 0.55 * max(len(d["values"]) for d in fig_data)
+                                                  * nrow), squeeze=False)
+    for ax, d in zip(axes.flat, fig_data):
+        lams = list(d["values"])
+        vals = [d["values"][lam] for lam in lams]
+        pos = list(range(len(lams), 0, -1))
+        present = [(v, p) for v, p in zip(vals, pos) if len(v)]
+        if present:
+            ax.boxplot([v for v, _ in present], positions=[p for _, p in present], widths=0.6, **_horizontal())
+        labels = []
+        for lam in lams:
+            conv, tot = len(d["values"][lam]), int(d["totals"][lam])
+            mark = " *" if d["chosen"] is not None and lam == d["chosen"] else ""
+            labels.append(f"λ={lam:g}{mark}\n{conv}/{tot} conv.")
+        ax.set_yticks(pos, labels, fontsize=8)
+        ax.set_ylim(0.4, len(lams) + 0.6)
+        ax.set_xlabel(d["measure"])
+        ax.set_title(f"{d['regularizer']}, lr {d['lr']:g}, N = {d['n_train']}", fontsize=10)
+        ax.grid(axis="x", alpha=0.3)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.suptitle("Figure 2: each measure under its own regularizer (converged models; * = λ used in Table 2)",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def vs_n(size: pd.DataFrame, cols: dict, path: Path, title: str, logy=()) -> bool:
+    """Mean ± std of each column against N, one line per setting; log y for the columns in logy."""
+    if not len(size):
+        return False
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(cols), figsize=(3.6 * len(cols), 3.3), squeeze=False)
+    for ax, (col, name) in zip(axes[0], cols.items()):
+        for setting, g in size.groupby(A.SETTING, sort=True):
+            g = g.sort_values("n_train")
+            label = f"lr {setting[A.SETTING.index('lr')]:g}, hidden {setting[A.SETTING.index('hidden')]}"
+            ax.errorbar(g["n_train"], g[f"{col}_mean"], yerr=g[f"{col}_std"].fillna(0), marker="o", ms=3,
+                        capsize=3, label=label)
+        ax.set_xscale("log", base=2)
+        ns = sorted(size["n_train"].unique())
+        ax.set_xticks(ns, [str(n) for n in ns], fontsize=7)
+        ax.minorticks_off()
+        if col in logy:
+            ax.set_yscale("log")
+        ax.set_xlabel("training size N")
+        ax.set_title(name, fontsize=10)
+        ax.grid(alpha=0.3)
+    if size.groupby(A.SETTING).ngroups > 1:
+        axes[0][0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def r_norm_figure(rbn: pd.DataFrame, path: Path) -> bool:
+    """r_norm against N at fixed λ, one line per measure (and setting); False when there is nothing to plot."""
+    if not len(rbn):
+        return False
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.0, 3.8))
+    several = rbn["table"].nunique() > 1
+    for (table, measure, lam), g in rbn.groupby(["table", "measure", "lam"], sort=False):
+        g = g.sort_values("n_train")
+        label = f"{measure} (λ {lam:g})" + (f", {table}" if several else "")
+        ax.errorbar(g["n_train"], g["r_norm_mean"], yerr=g["r_norm_std"].fillna(0), marker="o", ms=4, capsize=3,
+                    label=label)
+    ax.axhline(1.0, color="k", lw=0.6)
+    ax.set_xscale("log")
+    ns = sorted(rbn["n_train"].unique())
+    ax.set_xticks(ns, [str(n) for n in ns], fontsize=8)
+    ax.minorticks_off()
+    ax.set_xlabel("training size N")
+    ax.set_ylabel("r_norm (1: regularization changed nothing)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title("Explicit regularization at fixed λ against N (mean ± std over datasets)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def lr_sweep_figure(sweep: pd.DataFrame, path: Path) -> bool:
+    """The learning-rate sweep's figure (one panel per quantity) at path; False when there is nothing to plot."""
+    cols = [c for c in A.SWEEP if f"{c}_mean" in sweep]
+    if not len(sweep) or not cols:
+        return False
+    plt = _plt()
+    ncol = min(len(cols), 4)
+    nrow = math.ceil(len(cols) / ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.6 * ncol, 3.1 * nrow), squeeze=False)
+    for ax, c in zip(axes.flat, cols):
+        for keys, g in sweep.groupby(A.SETTING_NO_LR + ["n_train"], sort=True):
+            g = g.sort_values("lr")
+            ax.errorbar(g["lr"], g[f"{c}_mean"], yerr=g[f"{c}_std"].fillna(0), marker="o", ms=3, capsize=3,
+                        label=f"hidden {keys[A.SETTING_NO_LR.index('hidden')]}, N = {keys[-1]}")
+            if c == "sharpness":
+                ax.plot(g["lr"], g["two_over_lr"], "k--", lw=0.8, label="2/lr")
+        ax.set_xscale("log")
+        if c in ("sharpness", "hessian_trace", "loss_test") or (c in registry.BY_KEY and registry.BY_KEY[c].log_scale):
+            ax.set_yscale("log")
+        ax.set_xlabel("learning rate")
+        ax.set_title(A.SWEEP[c], fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    for ax in list(axes.flat)[len(cols):]:
+        ax.axis("off")
+    fig.suptitle("Against the learning rate (mean ± std over converged unregularized models)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def depth_figure(bd: pd.DataFrame, path: Path) -> bool:
+    """Kendall's tau per measure against the number of hidden layers at path; False when nothing to plot."""
+    if not len(bd):
+        return False
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for keys, g in bd.groupby(A.SETTING_NO_HIDDEN + ["measure"], sort=False):
+        g = g.sort_values("depth")
+        ax.errorbar(g["depth"], g["tau_mean"], yerr=g["tau_std"].fillna(0), marker="o", ms=4, capsize=3,
+                    label=keys[-1])
+    ax.axhline(0, color="k", lw=0.6)
+    ax.set_xticks(sorted(bd["depth"].unique()))
+    ax.set_xlabel("hidden layers")
+    ax.set_ylabel("Kendall τ(N, measure)")
+    ax.set_ylim(-1.05, 1.05)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title("Table 1 by depth (negative: smoother with more data)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def interpolant_figure(rows: pd.DataFrame, params: dict, path: Path) -> bool:
+    """For each example model: its training set, SGD's function and the smoothest interpolant of each measure
+    (the linear program's, on the default grid). params: key -> MLPStack of one. False if nothing to draw."""
+    rows = rows[rows["key"].isin(params)] if len(rows) else rows
+    if not len(rows):
+        return False
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(rows), figsize=(5 * len(rows), 4), squeeze=False)
+    for ax, (_, r) in zip(axes[0], rows.iterrows()):
+        task = linetasks.line_task(r["data"])
+        idx = task.subset(int(r["n_train"]), int(r["seed"]))
+        x, y = task.pool_x[idx, 0].double().numpy(), task.pool_y[idx].double().numpy()
+        span = x.max() - x.min()
+        t = np.linspace(x.min() - 0.25 * span, x.max() + 0.25 * span, 801)
+        f = oned.net_function(params[r["key"]])
+        ax.plot(t, f(t), color="black", lw=2, label="SGD")
+        for m in optimality.MEASURES:
+            _, g = oned.smallest_on_grid(m, x, y, task.density)
+            ax.plot(t, g(t), lw=1, label=f"smallest {registry.get(m).short}")
+        ax.scatter(x, y, color="black", zorder=5, s=14, label="training set")
+        ax.set_title(f"{r['data']}, N = {int(r['n_train'])}, seed {int(r['seed'])}")
+        ax.set_xlabel("t")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
