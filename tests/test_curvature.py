@@ -168,4 +168,6 @@ def test_grid_records_the_parameter_measures(tmp_path):
             assert rec["hessian_trace"] > 0 and rec["hessian_trace_se"] >= 0
             assert rec["distance_from_init"] > 0
             assert rec["parameter_norm"] == pytest.approx(float(curvature.parameter_norm(p)[0]), rel=1e-6)
+            from smoothness.measures import registry   # every column of every registered measure, options on
+            assert all(c in rec for m in registry.REGISTRY for c in registry.columns(m)), rec.keys()
             assert rec["minibatch_grad_norm"] >= 0

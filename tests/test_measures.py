@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from smoothness.measures import inputspace as measures
+from smoothness.measures import registry
 from smoothness import models
 from smoothness.models import input_gradient, two_layer_relu
 
@@ -132,7 +133,7 @@ def test_gradient_norm_of_single_relu_unit():
 def test_measure_stack_is_batched_and_matches_single_model_functions():
     p = models.init_mlp([0, 1, 2], (5, 8, 1), alpha=1.0)
     x = torch.randn(3, 30, 5)
-    out = measures.measure_stack(p, x, segments=25, points=9, seed=4)
+    out = registry.measure_stack(p, x, segments=25, points=9, seed=4)
     for m in range(3):
         f = models.ReLUMLP.from_stack(p, m)
         assert out["gradient_norm"][m] == pytest.approx(measures.gradient_norm(f, x[m]), rel=1e-5)
@@ -175,10 +176,10 @@ def test_two_layer_fast_path_equals_the_generic_estimator():
     # 784-256-1 at the paper's alpha, on [0, 1] inputs like MNIST pixels.
     p = models.init_mlp([0, 1], (784, 256, 1), alpha=1.0)
     x = torch.rand(2, 60, 784)
-    ev = measures._evaluator(p)
-    fast = measures._path_lengths(ev, x, 50, 30, 3, ("fpl", "gpl"))
+    ev = measures.evaluator(p)
+    fast = measures.path_lengths(ev, x, 50, 30, 3, ("fpl", "gpl"))
     generic = measures._Evaluator(ev.values, ev.grads, ev.n_models, ev.dtype, ev.device, stack=None)
-    slow = measures._path_lengths(generic, x, 50, 30, 3, ("fpl", "gpl"))
+    slow = measures.path_lengths(generic, x, 50, 30, 3, ("fpl", "gpl"))
     for k in ("fpl", "gpl"):
         assert torch.allclose(fast[k], slow[k], rtol=1e-4), k
 

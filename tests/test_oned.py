@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from smoothness.measures import inputspace as measures
+from smoothness.measures import registry
 from smoothness import models
 from smoothness.measures import oned
 
@@ -65,7 +66,7 @@ def test_exact_measures_agree_with_the_papers_sampled_estimators(p):
     exact = oned.exact_measures(v, w, b, c, p)
     n, segments, points = 4000, 20000, 400
     x = p.sample(n, seed=3)
-    est = measures.measure_stack(stack(v, w, b, c), torch.tensor(x)[:, None], segments=segments, points=points,
+    est = registry.measure_stack(stack(v, w, b, c), torch.tensor(x)[:, None], segments=segments, points=points,
                                  seed=5)
     # GN: per point |f'(x)|
     d = np.abs(f.slopes[np.searchsorted(f.kinks, x)])

@@ -182,6 +182,7 @@ def test_fp32_and_tf32_contexts_set_consistent_flags_and_restore_any_user_state(
 
 def test_measures_and_training_run_in_float32_whatever_the_user_set_globally(default_flags):
     from smoothness.measures import inputspace as measures
+    from smoothness.measures import registry
     from smoothness.training import trainer as training
     seen = []
 
@@ -201,7 +202,7 @@ def test_measures_and_training_run_in_float32_whatever_the_user_set_globally(def
         measures.gradient_norm(f, x)
         measures.function_path_length(f, x, segments=4, points=5)
         flags = set(seen)
-        stats = measures.measure_stack(p, xs, segments=20, points=10)
+        stats = registry.measure_stack(p, xs, segments=20, points=10)
         trained = training.train_models(pool, [spec], batch_size=16)[0].params
         return flags, stats, trained
 

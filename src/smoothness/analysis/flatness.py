@@ -12,11 +12,7 @@ import pandas as pd
 from smoothness.analysis import tables as A
 from smoothness.measures import registry
 
-QUANTITIES = {"sharpness": "sharpness", "hessian_trace": "tr H",
-              **{k: registry.BY_KEY[k].short for k in ("gradient_norm", "function_path_length",
-                                                       "gradient_path_length", "weights_product", "lipschitz_lower",
-                                                       "lipschitz_upper")},
-              "loss_test": "test loss"}
+QUANTITIES = {**{k: registry.BY_KEY[k].short for k in registry.view(registry.FLATNESS)}, "loss_test": "test loss"}
 KEY = [c for c in A.SETTING if c not in ("optimizer", "rho")] + ["n_train"]
 BASELINE = "sgd"
 

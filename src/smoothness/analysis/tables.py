@@ -303,10 +303,7 @@ def by_size(df: pd.DataFrame, columns) -> pd.DataFrame:
 # Table 1's measures defined at every depth (PN in WP's place): the learning-rate sweep and the depth table.
 _ANY_DEPTH_TAU = registry.keys(table1=True, depth=registry.ANY_DEPTH)
 # Columns of the learning-rate sweep (parameter-space measures next to the smoothness measures).
-SWEEP = {"sharpness": "sharpness", "hessian_trace": "tr H", "parameter_norm": "‖θ‖",
-         "distance_from_init": "‖θ−θ₀‖",
-         **{k: registry.BY_KEY[k].label for k in ("minibatch_grad_norm", *_ANY_DEPTH_TAU)},
-         "loss_test": "test loss"}
+SWEEP = {**{k: registry.BY_KEY[k].label for k in registry.view(registry.SWEEP)}, "loss_test": "test loss"}
 SETTING_NO_LR = [c for c in SETTING if c not in ("lr", "max_epochs")]
 
 

@@ -40,10 +40,9 @@ def emit_record(rec: dict, as_json: bool) -> None:
         took = ", ".join(t for t in took if t)
         head += f" after {rec['epochs']} epochs" + (f" ({took})" if took else "")
     print(head)
-    keys = ["loss_train", "loss_test", *MEASURE_KEYS, *(k for k in registry.keys() if k not in MEASURE_KEYS),
+    keys = ["loss_train", "loss_test", *MEASURE_KEYS,
+            *(c for m in registry.REGISTRY if m.key not in MEASURE_KEYS for c in registry.columns(m)),
             *(k + "_train" for k in registry.keys(paper=True, sampled=True)),
-            "parameter_norm", "distance_from_init", "sharpness", "sharpness_rel_change",
-            "sharpness_iterations", "hessian_trace", "hessian_trace_se",
             *oned.EXACT.values(), *oned.THROUGH.values(), *oned.SMALLEST.values(),
             "min_" + oned.LOWER, "min_through_" + oned.LOWER]
     for k in keys:

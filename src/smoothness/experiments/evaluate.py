@@ -7,7 +7,6 @@ from typing import NamedTuple
 
 import torch
 
-from smoothness.measures import paramspace as curvature
 from smoothness.data import lines as linetasks
 from smoothness.measures import oned
 from smoothness.measures import inputspace as measures
@@ -115,7 +114,7 @@ def _measure_group(items: list[Trained], dev) -> list[dict[str, float]]:
     held = [points[id(it.task)] for it in items]   # one tensor per task: models of a pair share it
     train = [it.task.train_points(it.train_idx, cfg.measure_points) for it in items]
     for suffix, xs in (("", held), ("_train", train)):
-        which = measures.MEASURES if suffix == "" else measures.SAMPLED
+        which = registry.MEASURES if suffix == "" else registry.SAMPLED
         for i in range(len(items)):
             if not finite[i]:
                 recs[i].update({k + suffix: float("nan") for k in which})
@@ -123,7 +122,7 @@ def _measure_group(items: list[Trained], dev) -> list[dict[str, float]]:
             rows = [ok[j] for j in rows]
             same = all(xs[i] is xs[rows[0]] for i in rows)
             x = xs[rows[0]] if same else torch.stack([xs[i] for i in rows])
-            vals = measures.measure_stack(p.select(rows), _on(dev, x), which=which, **kw)
+            vals = registry.measure_stack(p.select(rows), _on(dev, x), which=which, **kw)
             for k, v in vals.items():
                 for i, f in zip(rows, v.tolist()):
                     recs[i][k + suffix] = f
@@ -132,35 +131,20 @@ def _measure_group(items: list[Trained], dev) -> list[dict[str, float]]:
 
 def parameter_measures(p: MLPStack, xtr: torch.Tensor, ytr: torch.Tensor, cfgs: list[RunConfig],
                        finite: list[bool]) -> list[dict[str, float]]:
-    """Parameter-space measures of a stack on each model's training set xtr [M, n, d] (curvature.py): path
-    norm, norm, distance from init, Smith et al.'s minibatch gradient norm; sharpness and Hessian trace when
-    the configs ask for them (all configs alike). Models that are not finite get NaN for the curvature."""
+    """The measures of the weights and each model's training set xtr [M, n, d], ytr [M, n] (registry.parameter_measures:
+    path norm, norm, distance from init, Smith et al.'s minibatch gradient norm; sharpness and Hessian trace when the
+    configs ask for them, all configs alike). Models that are not finite get NaN."""
     cfg = cfgs[0]
-    seeds = torch.tensor([c.init_seed for c in cfgs], dtype=torch.int64)
-    alphas = torch.tensor([c.alpha for c in cfgs], dtype=torch.float64)
-    out = [{"parameter_norm": a, "distance_from_init": b} for a, b in
-           zip(curvature.parameter_norm(p).tolist(), curvature.distance_from_init(p, seeds, alphas).tolist())]
-    names = list(registry.keys(stack=False))
-    if cfg.sharpness_iters:
-        names += ["sharpness", "sharpness_rel_change", "sharpness_iterations"]
-    if cfg.trace_probes:
-        names += ["hessian_trace", "hessian_trace_se"]
-    for r, f in zip(out, finite):
-        if not f:
-            r.update({k: float("nan") for k in names})
+    names = registry.parameter_columns(cfg.sharpness_iters, cfg.trace_probes)
+    out: list[dict[str, float]] = [dict.fromkeys(names, float("nan")) for _ in cfgs]
     ok = [i for i, f in enumerate(finite) if f]
     if not ok:
         return out
-    q, x, y = p.select(ok), xtr[ok], ytr[ok]
-    cols = {"path_norm": measures.path_norms(q),
-            "minibatch_grad_norm": curvature.minibatch_gradient_norm(q, x, y, batch_size=cfg.batch_size,
-                                                                     seed=cfg.measure_seed)}
-    if cfg.sharpness_iters:
-        sh = curvature.sharpness(q, x, y, iters=cfg.sharpness_iters, seed=cfg.measure_seed)
-        cols.update(sharpness=sh.value, sharpness_rel_change=sh.rel_change, sharpness_iterations=sh.iterations)
-    if cfg.trace_probes:
-        cols["hessian_trace"], cols["hessian_trace_se"] = curvature.hessian_trace(q, x, y, probes=cfg.trace_probes,
-                                                                                 seed=cfg.measure_seed)
+    cols = registry.parameter_measures(
+        p.select(ok), xtr[ok], ytr[ok], batch_size=cfg.batch_size, seed=cfg.measure_seed,
+        init_seeds=torch.tensor([cfgs[i].init_seed for i in ok], dtype=torch.int64),
+        alphas=torch.tensor([cfgs[i].alpha for i in ok], dtype=torch.float64),
+        sharpness_iters=cfg.sharpness_iters, trace_probes=cfg.trace_probes)
     for k, v in cols.items():
         for i, val in zip(ok, v.tolist()):
             out[i][k] = val

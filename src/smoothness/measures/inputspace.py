@@ -18,7 +18,6 @@ from smoothness import paper
 from smoothness.measures import anymodule
 from smoothness.measures import lipschitz
 from smoothness.runtime import precision
-from smoothness.measures import registry
 from smoothness.runtime import rng
 from smoothness.models import MLPStack, ReLUMLP, forward, input_gradient
 
@@ -66,7 +65,7 @@ def relu_stack(f) -> MLPStack | None:
     return None
 
 
-def _evaluator(f) -> _Evaluator:
+def evaluator(f) -> _Evaluator:
     """The evaluator of a ReLU MLP (closed-form gradients); other modules go through _prepare."""
     p = relu_stack(f)
     if p is None:
@@ -82,8 +81,8 @@ def _prepare(f, x, output=None) -> tuple[_Evaluator, torch.Tensor]:
     if p is not None:
         if output not in (None, 0):
             raise ValueError(f"output={output!r}: a ReLU MLP of this package has one output")
-        ev = _evaluator(p)
-        return ev, _as_points(x, ev)
+        ev = evaluator(p)
+        return ev, as_points(x, ev)
     if not callable(f):
         raise TypeError(f"expected a torch module or callable f: [n, ...] -> [n] or [n, K], got {type(f).__name__}")
     params = list(f.parameters()) if isinstance(f, nn.Module) else []
@@ -97,7 +96,7 @@ def _prepare(f, x, output=None) -> tuple[_Evaluator, torch.Tensor]:
     return _Evaluator(values, grads, 1, dtype, device, outputs=k), flat
 
 
-def _as_points(x, ev: _Evaluator) -> torch.Tensor:
+def as_points(x, ev: _Evaluator) -> torch.Tensor:
     """Inputs as a float tensor of shape [M, n, d] (an [n, d] array is shared by all models)."""
     x = torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x)
     x = x.to(device=ev.device, dtype=ev.dtype)
@@ -171,7 +170,7 @@ def tv_of_gradients(g: torch.Tensor) -> torch.Tensor:
     return g.diff(dim=-2).norm(dim=-1).sum(-1)
 
 
-def _path_lengths(ev: _Evaluator, x: torch.Tensor, segments: int, points: int, seed: int,
+def path_lengths(ev: _Evaluator, x: torch.Tensor, segments: int, points: int, seed: int,
                   which: tuple[str, ...]) -> dict[str, torch.Tensor]:
     """Eqs. 9-11: mean over segments of the sampled total variation of f ('fpl') and of grad f ('gpl')."""
     if points < 2:
@@ -181,7 +180,7 @@ def _path_lengths(ev: _Evaluator, x: torch.Tensor, segments: int, points: int, s
     m, n, d = x.shape
     ia, ib = segment_endpoints(n, segments, seed, device=x.device)
     if ev.stack is not None and ev.stack.depth == 1:
-        return _two_layer_path_lengths(ev.stack, x, ia, ib, points, which)
+        return _two_layerpath_lengths(ev.stack, x, ia, ib, points, which)
     sums = {k: x.new_zeros(m) for k in which}
     for i, j in _point_chunks(segments, points * d * ev.outputs, m):
         pts = segment_points(x[:, ia[i:j]], x[:, ib[i:j]], points)  # [M, s, P, d]
@@ -196,7 +195,7 @@ def _path_lengths(ev: _Evaluator, x: torch.Tensor, segments: int, points: int, s
     return {k: v / segments for k, v in sums.items()}
 
 
-def _two_layer_path_lengths(p: MLPStack, x: torch.Tensor, ia, ib, points: int, which) -> dict[str, torch.Tensor]:
+def _two_layerpath_lengths(p: MLPStack, x: torch.Tensor, ia, ib, points: int, which) -> dict[str, torch.Tensor]:
     """Eqs. 9-11 for two-layer nets, exactly as the generic path but without [S, P, d] tensors
     (two_layer_segment_tvs), over segments chunked to bound memory."""
     m, _, _ = x.shape
@@ -262,42 +261,6 @@ def path_norms(p: MLPStack) -> torch.Tensor:
     return v[:, 0]
 
 
-MEASURES = registry.keys(stack=True)          # what measure_stack computes
-SAMPLED = registry.keys(stack=True, sampled=True)  # those estimated at points (also on the training points)
-
-
-@torch.no_grad()
-@precision.strict_fp32()
-def measure_stack(p: MLPStack, x, *, segments: int = DEFAULT_SEGMENTS, points: int = DEFAULT_POINTS,
-                  seed: int = 0, which=MEASURES) -> dict[str, torch.Tensor]:
-    """All requested measures of M models at once; x is [n, d] (shared) or [M, n, d]. Values are [M]."""
-    ev = _evaluator(p)
-    x = _as_points(x, ev)
-    unknown = set(which) - set(MEASURES)
-    if unknown:
-        raise ValueError(f"unknown measure(s) {sorted(unknown)}; known: {', '.join(MEASURES)}")
-    out = {}
-    if "gradient_norm" in which:
-        out["gradient_norm"] = gradient_norms(ev, x, 1)
-    if "gradient_norm_squared" in which:
-        out["gradient_norm_squared"] = gradient_norms(ev, x, 2)
-    paths = tuple(k for k, name in (("fpl", "function_path_length"), ("gpl", "gradient_path_length"))
-                  if name in which)
-    if paths:
-        res = _path_lengths(ev, x, segments, points, seed, paths)
-        if "fpl" in res:
-            out["function_path_length"] = res["fpl"]
-        if "gpl" in res:
-            out["gradient_path_length"] = res["gpl"]
-    if "weights_product" in which:
-        out["weights_product"] = weights_products(p) if p.depth == 1 else torch.full_like(x[:, 0, 0], float("nan"))
-    if "lipschitz_lower" in which:
-        out["lipschitz_lower"] = lipschitz_lower_bounds(ev, x)
-    if "lipschitz_upper" in which:
-        out["lipschitz_upper"] = lipschitz.spectral_products(p)
-    return {k: out[k] for k in MEASURES if k in out}
-
-
 # ----------------------------------------------------------------------------------------------
 # Public single-model API: each returns a float.
 
@@ -325,7 +288,7 @@ def function_path_length(f, x, segments: int = DEFAULT_SEGMENTS, points: int = D
     ||f(t_k) - f(t_k-1)||_2 for K outputs)."""
     ev, x = _prepare(f, x, output)
     with torch.no_grad():
-        return float(_path_lengths(ev, x, segments, points, seed, ("fpl",))["fpl"][0])
+        return float(path_lengths(ev, x, segments, points, seed, ("fpl",))["fpl"][0])
 
 
 @precision.strict_fp32()
@@ -335,7 +298,7 @@ def gradient_path_length(f, x, segments: int = DEFAULT_SEGMENTS, points: int = D
     Frobenius norm of the Jacobian's change for K outputs)."""
     ev, x = _prepare(f, x, output)
     with torch.no_grad():
-        return float(_path_lengths(ev, x, segments, points, seed, ("gpl",))["gpl"][0])
+        return float(path_lengths(ev, x, segments, points, seed, ("gpl",))["gpl"][0])
 
 
 @precision.strict_fp32()

@@ -1,22 +1,68 @@
-"""The one table of measures: every list of measure names in the package (the CLI's output, the regularizers,
-the records, Table 1, Table 2, the verdict, the figures, compare) is derived from REGISTRY.
+"""The one table of measures, and what computes from it: every list of measure names in the package (the CLI's
+output, the regularizers, the records, Table 1, Table 2, the verdict, the figures, compare) is derived from
+REGISTRY, and so is the computing: a row holds the function that computes its measure for a stack of models
+(measure_stack for the measures at points, parameter_measures for those of the weights and the training set),
+and, for a measure that a regularizer penalizes, its minibatch variant and that variant's closed-form gradient for
+two-layer nets (penalties.py).
 
-A measure's key is its column in every record and results table. Adding a measure means adding a row here,
-computing it in measures.py (or evaluate.parameter_measures for the parameter-space ones), and the
-common tests in tests/test_registry.py then check it is batched, chunk- and order-independent, sign-invariant
-where it should be, recorded and reported.
+A measure's key is its column in every record and results table. Adding a measure means adding a row here with its
+function; the common tests in tests/test_registry.py then check that it is batched, chunk- and order-independent,
+sign-invariant where it should be, recorded and reported.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from smoothness.measures import inputspace as ins
+from smoothness.measures import lipschitz, paramspace, penalties
+from smoothness.models import MLPStack
+from smoothness.runtime import precision
 
 INPUT, PARAMETER = "input", "parameter"
 ANY_DEPTH, ONE_HIDDEN = "any", "one hidden layer"
+SWEEP, FLATNESS = "sweep", "flatness"   # views: the learning-rate sweep's columns; the optimizer comparison's
+
+
+class Context:
+    """What the measures of one call read: the stack p, its evaluator, the points x [M, n, d] (held-out or training
+    points) and, for those of the training loss, their targets y [M, n]; the estimators' settings; and intermediate
+    results that several measures share (both path lengths come from one pass over the segments)."""
+
+    def __init__(self, p: MLPStack, x: torch.Tensor, y: torch.Tensor | None = None, *, segments: int = ins.DEFAULT_SEGMENTS,
+                 points: int = ins.DEFAULT_POINTS, seed: int = 0, batch_size: int = 64, init_seeds=None, alphas=None,
+                 sharpness_iters: int = 0, trace_probes: int = 0, which=()):
+        self.p, self.x, self.y = p, x, y
+        self.segments, self.points, self.seed, self.batch_size = segments, points, seed, batch_size
+        self.init_seeds, self.alphas = init_seeds, alphas
+        self.sharpness_iters, self.trace_probes = sharpness_iters, trace_probes
+        self.which = tuple(which)
+        self._ev, self._paths = None, None
+
+    @property
+    def ev(self):
+        if self._ev is None:
+            self._ev = ins.evaluator(self.p)
+        return self._ev
+
+    def path_lengths(self) -> dict[str, torch.Tensor]:
+        """FPL and GPL (eqs. 9-11) of the requested ones, in one pass over the segments."""
+        if self._paths is None:
+            want = tuple(k for k, m in (("fpl", "function_path_length"), ("gpl", "gradient_path_length"))
+                         if m in self.which)
+            self._paths = ins.path_lengths(self.ev, self.x, self.segments, self.points, self.seed, want)
+        return self._paths
+
+    def nan(self) -> torch.Tensor:
+        return torch.full((self.p.n_models,), float("nan"), dtype=self.x.dtype, device=self.x.device)
 
 
 @dataclass(frozen=True)
 class Measure:
-    """One measure: its key, names, where it is defined, what it is a property of, and how it is shown."""
+    """One measure: its key, names, where it is defined, what it is a property of, how it is shown, and how it is
+    computed."""
     key: str                    # column of records and tables
     short: str                  # name in tables (the paper's abbreviation where it has one)
     equation: str               # where it is defined
@@ -24,38 +70,80 @@ class Measure:
     depth: str                  # networks it is defined for: ANY_DEPTH or ONE_HIDDEN
     regularizer: str | None     # the regularizer name of loss L + lambda * S (eq. 15) that penalizes it
     label: str                  # title of its panel in figures
+    compute: Callable = field(repr=False, default=None)   # Context -> [M], or {column: [M]} for several columns
+    batch: Callable | None = field(repr=False, default=None)   # the regularizer's minibatch variant (penalties.py)
+    penalty_grad: Callable | None = field(repr=False, default=None)   # its gradient in closed form, two-layer nets
     paper: bool = False         # one of the paper's four measures (Tables 1 and 2, the verdict)
     table1: bool = False        # Kendall's tau(N, S) is reported in Table 1
     sampled: bool = False       # estimated at points (held-out and training: the record also has key_train)
-    stack: bool = False         # computed by measures.measure_stack (else by evaluate.parameter_measures)
+    stack: bool = False         # computed by measure_stack at points (else by parameter_measures on the training set)
     sign_invariant: bool = True  # unchanged when f is replaced by -f (else: when f and the labels both are)
+    from_init: bool = False     # measured from the initial weights (regenerated from the seed), not f alone
     point_order: bool = False   # depends on the order of the points (segments or batches are drawn by index)
     log_scale: bool = False     # plotted on a log axis
     stands_in_for: str | None = None  # shown in this measure's place for networks it is not defined for
     equals: str | None = None   # what it coincides with, said in tables across depths
+    option: str | None = None   # the setting (RunConfig field) that asks for it; unset: always computed
+    columns: tuple[str, ...] = ()   # the record's columns beside its key (a standard error, how an iteration ended)
+    views: tuple[str, ...] = ()     # the analyses that show it beside the paper's four (SWEEP, FLATNESS)
+
+
+def _sharpness(c: Context) -> dict[str, torch.Tensor]:
+    sh = paramspace.sharpness(c.p, c.x, c.y, iters=c.sharpness_iters, seed=c.seed)
+    return {"sharpness": sh.value, "sharpness_rel_change": sh.rel_change, "sharpness_iterations": sh.iterations}
+
+
+def _hessian_trace(c: Context) -> dict[str, torch.Tensor]:
+    value, se = paramspace.hessian_trace(c.p, c.x, c.y, probes=c.trace_probes, seed=c.seed)
+    return {"hessian_trace": value, "hessian_trace_se": se}
 
 
 REGISTRY: tuple[Measure, ...] = (
     Measure("gradient_norm", "GN", "eq. 4", INPUT, ANY_DEPTH, "gradient_norm", "GN",
-            paper=True, table1=True, sampled=True, stack=True),
+            lambda c: ins.gradient_norms(c.ev, c.x, 1), penalties.batch_gradient_norm,
+            penalties.penalty_grad_gradient_norm,
+            paper=True, table1=True, sampled=True, stack=True, views=(SWEEP, FLATNESS)),
     Measure("gradient_norm_squared", "GN²", "eq. 4 with the squared norm", INPUT, ANY_DEPTH,
-            "gradient_norm_squared", "GN²", sampled=True, stack=True),
+            "gradient_norm_squared", "GN²", lambda c: ins.gradient_norms(c.ev, c.x, 2),
+            penalties.batch_gradient_norm_squared, penalties.penalty_grad_gradient_norm_squared,
+            sampled=True, stack=True),
     Measure("function_path_length", "FPL", "eq. 10", INPUT, ANY_DEPTH, "function_path_length", "FPL",
-            paper=True, table1=True, sampled=True, stack=True, point_order=True),
+            lambda c: c.path_lengths()["fpl"], penalties.batch_function_path_length,
+            penalties.penalty_grad_function_path_length,
+            paper=True, table1=True, sampled=True, stack=True, point_order=True, views=(SWEEP, FLATNESS)),
     Measure("gradient_path_length", "GPL", "eq. 11", INPUT, ANY_DEPTH, "gradient_path_length", "GPL",
-            paper=True, table1=True, sampled=True, stack=True, point_order=True),
+            lambda c: c.path_lengths()["gpl"], penalties.batch_gradient_path_length,
+            penalties.penalty_grad_gradient_path_length,
+            paper=True, table1=True, sampled=True, stack=True, point_order=True, views=(SWEEP, FLATNESS)),
     Measure("weights_product", "WP", "eq. 13", PARAMETER, ONE_HIDDEN, "weights_product", "WP",
-            paper=True, table1=True, stack=True),
-    Measure("path_norm", "PN", "eq. 13 generalized to any depth (measures.path_norms)", PARAMETER, ANY_DEPTH,
-            "path_norm", "PN", table1=True, stands_in_for="weights_product", equals="WP for one hidden layer"),
+            lambda c: ins.weights_products(c.p) if c.p.depth == 1 else c.nan(), penalties.batch_weights_product,
+            penalties.penalty_grad_weights_product, paper=True, table1=True, stack=True, views=(FLATNESS,)),
+    Measure("path_norm", "PN", "eq. 13 generalized to any depth (inputspace.path_norms)", PARAMETER, ANY_DEPTH,
+            "path_norm", "PN", lambda c: ins.path_norms(c.p), penalties.batch_path_norm, table1=True,
+            stands_in_for="weights_product", equals="WP for one hidden layer", views=(SWEEP,)),
     Measure("lipschitz_lower", "LipLB", "max ||grad f|| over the held-out points, raised by projected gradient "
             "ascent in their box (lipschitz.lower_bounds)", INPUT, ANY_DEPTH, None, "Lipschitz lower bound",
-            stack=True),
+            lambda c: ins.lipschitz_lower_bounds(c.ev, c.x), stack=True, views=(FLATNESS,)),
     Measure("lipschitz_upper", "LipUB", "product of the layers' spectral norms (lipschitz.spectral_products)",
-            PARAMETER, ANY_DEPTH, None, "Lipschitz upper bound", stack=True, log_scale=True),
+            PARAMETER, ANY_DEPTH, None, "Lipschitz upper bound", lambda c: lipschitz.spectral_products(c.p),
+            stack=True, log_scale=True, views=(FLATNESS,)),
     Measure("minibatch_grad_norm", "MGN", "Smith et al. (2021): mean over an epoch's batches of ||grad_theta L_b||^2",
-            PARAMETER, ANY_DEPTH, "minibatch_gradient_norm", "mean ‖∇L_b‖²", sign_invariant=False,
-            point_order=True, log_scale=True),
+            PARAMETER, ANY_DEPTH, "minibatch_gradient_norm", "mean ‖∇L_b‖²",
+            lambda c: paramspace.minibatch_gradient_norm(c.p, c.x, c.y, batch_size=c.batch_size, seed=c.seed),
+            penalties.batch_minibatch_grad_norm, sign_invariant=False, point_order=True, log_scale=True,
+            views=(SWEEP,)),
+    Measure("parameter_norm", "‖θ‖", "the Euclidean norm of all weights and biases", PARAMETER, ANY_DEPTH, None,
+            "‖θ‖", lambda c: paramspace.parameter_norm(c.p), views=(SWEEP,)),
+    Measure("distance_from_init", "‖θ−θ₀‖", "the distance from the initial weights (regenerated from the seed)",
+            PARAMETER, ANY_DEPTH, None, "‖θ−θ₀‖",
+            lambda c: paramspace.distance_from_init(c.p, c.init_seeds, c.alphas), from_init=True, views=(SWEEP,)),
+    Measure("sharpness", "sharpness", "the top eigenvalue of the training loss's Hessian (power iteration)",
+            PARAMETER, ANY_DEPTH, None, "sharpness", _sharpness, sign_invariant=False, log_scale=True,
+            option="sharpness_iters", columns=("sharpness_rel_change", "sharpness_iterations"),
+            views=(SWEEP, FLATNESS)),
+    Measure("hessian_trace", "tr H", "the trace of the training loss's Hessian (Hutchinson's estimator)",
+            PARAMETER, ANY_DEPTH, None, "tr H", _hessian_trace, sign_invariant=False, log_scale=True,
+            option="trace_probes", columns=("hessian_trace_se",), views=(SWEEP, FLATNESS)),
 )
 BY_KEY = {m.key: m for m in REGISTRY}
 
@@ -103,3 +191,62 @@ def shown(key: str, present: dict[str, bool]) -> bool:
         return present.get(key, False) and not present.get(m.stands_in_for, False)
     stand_in = next((s.key for s in REGISTRY if s.stands_in_for == key), None)
     return not (stand_in and present.get(stand_in, False) and not present.get(key, False))
+
+
+def by_regularizer(name: str) -> Measure:
+    """The measure that regularizer `name` penalizes."""
+    for m in REGISTRY:
+        if m.regularizer == name:
+            return m
+    raise ValueError(f"no measure is penalized by regularizer {name!r}")
+
+
+def view(name: str) -> tuple[str, ...]:
+    """Keys of the measures an analysis shows beside the paper's four (SWEEP, FLATNESS), in registry order."""
+    return tuple(m.key for m in REGISTRY if name in m.views)
+
+
+def columns(m: Measure) -> tuple[str, ...]:
+    """The record's columns of measure m: its key, then its own further columns."""
+    return (m.key, *m.columns)
+
+
+MEASURES = keys(stack=True)          # what measure_stack computes
+SAMPLED = keys(stack=True, sampled=True)  # those estimated at points (also on the training points)
+
+
+@torch.no_grad()
+@precision.strict_fp32()
+def measure_stack(p: MLPStack, x, *, segments: int = ins.DEFAULT_SEGMENTS, points: int = ins.DEFAULT_POINTS,
+                  seed: int = 0, which=MEASURES) -> dict[str, torch.Tensor]:
+    """All requested measures of M models at once (the rows with stack=True); x is [n, d] (shared) or [M, n, d].
+    Values are [M]."""
+    unknown = set(which) - set(MEASURES)
+    if unknown:
+        raise ValueError(f"unknown measure(s) {sorted(unknown)}; known: {', '.join(MEASURES)}")
+    ev = ins.evaluator(p)
+    c = Context(p, ins.as_points(x, ev), segments=segments, points=points, seed=seed, which=which)
+    return {m.key: m.compute(c) for m in REGISTRY if m.stack and m.key in which}
+
+
+def parameter_measures(p: MLPStack, x: torch.Tensor, y: torch.Tensor, *, batch_size: int, seed: int, init_seeds,
+                       alphas, sharpness_iters: int = 0, trace_probes: int = 0) -> dict[str, torch.Tensor]:
+    """The measures of the weights and the training set (the rows with stack=False) of M models: x [M, n, d] and
+    y [M, n] each model's training points; those with an option (sharpness, the Hessian trace) only when it is
+    asked for. {column: [M]}."""
+    c = Context(p, x, y, batch_size=batch_size, seed=seed, init_seeds=init_seeds, alphas=alphas,
+                sharpness_iters=sharpness_iters, trace_probes=trace_probes)
+    out = {}
+    for m in REGISTRY:
+        if m.stack or (m.option and not getattr(c, m.option)):
+            continue
+        v = m.compute(c)
+        out.update(v if isinstance(v, dict) else {m.key: v})
+    return out
+
+
+def parameter_columns(sharpness_iters: int = 0, trace_probes: int = 0) -> tuple[str, ...]:
+    """The columns parameter_measures fills with these options."""
+    opts = {"sharpness_iters": sharpness_iters, "trace_probes": trace_probes}
+    return tuple(col for m in REGISTRY if not m.stack and (not m.option or opts.get(m.option))
+                 for col in columns(m))

@@ -20,8 +20,7 @@ from smoothness.experiments.store import Store
 
 IGNORED = ("matmul_precision",)
 # Quantities compared between matched models that converged in both stores.
-QUANTITIES = ["epochs", "loss_train", "loss_test", *registry.keys(), "parameter_norm", "distance_from_init",
-              "sharpness", "hessian_trace"]
+QUANTITIES = ["epochs", "loss_train", "loss_test", *registry.keys()]
 
 
 @dataclass

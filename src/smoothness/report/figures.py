@@ -140,7 +140,7 @@ def lr_sweep_figure(sweep: pd.DataFrame, path: Path) -> bool:
             if c == "sharpness":
                 ax.plot(g["lr"], g["two_over_lr"], "k--", lw=0.8, label="2/lr")
         ax.set_xscale("log")
-        if c in ("sharpness", "hessian_trace", "loss_test") or (c in registry.BY_KEY and registry.BY_KEY[c].log_scale):
+        if c == "loss_test" or (c in registry.BY_KEY and registry.BY_KEY[c].log_scale):
             ax.set_yscale("log")
         ax.set_xlabel("learning rate")
         ax.set_title(A.SWEEP[c], fontsize=10)

@@ -1,0 +1,200 @@
+"""The minibatch variants of the measures that explicit regularization penalizes (eq. 15 on the batch), and the
+closed forms of their gradients for two-layer nets. The registry's rows point here (registry.Measure.batch and
+.penalty_grad); training.regularizers trains on them.
+
+Each variant is S on the current batch xb [M, B, d] (valid [M, B]: the points that belong to the batch, valid points
+first), differentiable in the weights, as in the original code:
+  gradient_norm           mean over the batch points of ||grad_x f||           (eq. 4 on the batch)
+  gradient_norm_squared   mean over the batch points of ||grad_x f||^2
+  function_path_length    sum over segments pairing the i-th point of the batch's first half with
+                          the i-th of its second half, of the sampled TV of f on `points` points (eq. 10)
+  gradient_path_length    the same with the TV of grad_x f (eq. 11)
+  weights_product         exact WP of the network (eq. 13)
+  path_norm               exact path norm, WP generalized to any depth
+  minibatch_grad_norm     ||grad_theta L_b||^2, the squared norm of the parameter gradient of the batch MSE;
+                          over the batches of an epoch its mean is the implicit regularizer of Smith et al. (2021)
+The path lengths are summed (not averaged) over the segments, as the original code did; the paper's coefficients
+(FPL 1e-4, GPL 1e-5) refer to that scale.
+
+Two-layer ReLU nets (the paper's) take a closed form of the penalty's gradient (penalty_grad_*): from the batch's own
+first-layer pre-activations z, since along a segment between two batch points the pre-activations are affine in t
+(inputspace.two_layer_segment_tvs). FPL's gradient flows through the end points' z; GPL's gradient differences are
+norms under the Gram matrix W1 W1^T, whose backward pass is written out by hand; GN's and WP's are taken by
+autograd of their own small graphs. The trainer adds them to the data term's gradient (and, with plain SGD, folds
+them into its fused update). The forms agree with autograd of the variants above (tested).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from smoothness.measures.inputspace import (path_norms, segment_points, tv_of_gradients, tv_of_values,
+                                            two_layer_segment_tvs, weights_products)
+from smoothness.models import MLPStack, forward, input_gradient
+
+
+def half_pairs(xb: torch.Tensor, valid: torch.Tensor):
+    """End points (a, b) [M, B//2, ...] pairing valid point i with valid point i + c//2, and a pair mask [M, B//2].
+
+    c is each model's number of valid points in the batch (valid points come first); xb is [M, B, k] (inputs, or
+    anything per point such as pre-activations)."""
+    m, B, _ = xb.shape
+    half = valid.sum(1) // 2                                    # [M]
+    i = torch.arange(B // 2, device=xb.device)[None, :]
+    pair_ok = i < half[:, None]
+    j = (i + half[:, None]).clamp(max=B - 1)
+    a = xb[:, : B // 2]
+    b = xb.gather(1, j[..., None].expand(-1, -1, xb.shape[2]))
+    return a, b, pair_ok
+
+
+def batch_mse(p: MLPStack, xb: torch.Tensor, yb: torch.Tensor, valid: torch.Tensor):
+    """Eq. 2 on the batch: the mean squared error over the valid points [M], and the errors [M, B] (0 elsewhere)."""
+    err = torch.where(valid, forward(p, xb) - yb, 0.0)
+    return err.square().sum(1) / valid.sum(1), err
+
+
+def _gradient_norms(p: MLPStack, xb, valid, power: int) -> torch.Tensor:
+    g = input_gradient(p, xb).norm(dim=-1).pow(power)           # [M, B]
+    return (g * valid).sum(1) / valid.sum(1)
+
+
+def batch_gradient_norm(p: MLPStack, xb, yb, valid, points) -> torch.Tensor:
+    """GN on the batch (eq. 4 over its points). [M]."""
+    return _gradient_norms(p, xb, valid, 1)
+
+
+def batch_gradient_norm_squared(p: MLPStack, xb, yb, valid, points) -> torch.Tensor:
+    """GN² on the batch. [M]."""
+    return _gradient_norms(p, xb, valid, 2)
+
+
+def _path_length(p: MLPStack, xb, valid, points: int, of_gradient: bool) -> torch.Tensor:
+    a, b, ok = half_pairs(xb, valid)
+    pts = segment_points(a, b, points)                          # [M, B/2, P, d]
+    m, s, k, d = pts.shape
+    flat = pts.reshape(m, s * k, d)
+    if of_gradient:
+        tv = tv_of_gradients(input_gradient(p, flat).reshape(m, s, k, d))
+    else:
+        tv = tv_of_values(forward(p, flat).reshape(m, s, k))
+    return (tv * ok).sum(1)
+
+
+def batch_function_path_length(p: MLPStack, xb, yb, valid, points) -> torch.Tensor:
+    """FPL on the batch's segments, summed over them (eq. 10). [M]."""
+    return _path_length(p, xb, valid, points, of_gradient=False)
+
+
+def batch_gradient_path_length(p: MLPStack, xb, yb, valid, points) -> torch.Tensor:
+    """GPL on the batch's segments, summed over them (eq. 11). [M]."""
+    return _path_length(p, xb, valid, points, of_gradient=True)
+
+
+def batch_weights_product(p: MLPStack, xb, yb, valid, points) -> torch.Tensor:
+    """WP, exact (eq. 13). [M]."""
+    return weights_products(p)
+
+
+def batch_path_norm(p: MLPStack, xb, yb, valid, points) -> torch.Tensor:
+    """The path norm, exact. [M]."""
+    return path_norms(p)
+
+
+def parameter_gradient_sq_norms(p: MLPStack, losses) -> torch.Tensor:
+    """||grad_theta L_m||^2 per model, for losses(q) -> [M] the per-model losses of a stack q. [M].
+
+    Differentiable in p (double backward) when p's tensors require grad; otherwise just its value.
+    """
+    q = p if all(t.requires_grad for t in p.tensors()) else p.as_leaves()
+    with torch.enable_grad():
+        grads = torch.autograd.grad(losses(q).sum(), q.tensors(), create_graph=q is p)
+    return sum(g.square().flatten(1).sum(1) for g in grads)
+
+
+def batch_minibatch_grad_norm(p: MLPStack, xb, yb, valid, points) -> torch.Tensor:
+    """||grad_theta L_b||^2 of the batch MSE (Smith et al., 2021), differentiable by double backward. [M]."""
+    return parameter_gradient_sq_norms(p, lambda q: batch_mse(q, xb, yb, valid)[0])
+
+
+# -- closed forms of the penalty's gradient for two-layer nets ------------------------------------------------------
+@dataclass
+class PenaltyGrads:
+    """The gradient of sum_m lam_m S_m(batch) of two-layer nets: with respect to the batch's first-layer
+    pre-activations dz [M, B, h] (None unless S depends on them), W1 [M, h, d] (None unless S depends on it
+    directly) and w2 [M, 1, h]. The bias gradients follow from dz (b1) or are 0."""
+    dz: torch.Tensor | None
+    dW1: torch.Tensor | None
+    dw2: torch.Tensor
+
+
+def _leaves(p: MLPStack):
+    return p.weights[0].detach().requires_grad_(True), p.weights[1].detach().requires_grad_(True)
+
+
+def _autograd(penalty, lam, wrt) -> dict:
+    return dict(zip(wrt, torch.autograd.grad((lam * penalty).sum(), wrt)))
+
+
+def _gn_grads(p: MLPStack, lam, z, valid, points, power: int) -> PenaltyGrads:
+    """GN (power 1) or GN² (power 2) on the batch: grad f(x) = W1^T (m(x) * w2) with the mask m of active units."""
+    W1, w2 = _leaves(p)
+    with torch.enable_grad():
+        g = torch.bmm((z > 0).to(z.dtype) * w2, W1).norm(dim=-1).pow(power)   # [M, B]
+        d = _autograd((g * valid).sum(1) / valid.sum(1), lam, [W1, w2])
+    return PenaltyGrads(None, d[W1], d[w2])
+
+
+def penalty_grad_gradient_norm(p, lam, z, valid, points) -> PenaltyGrads:
+    """GN's penalty gradient for two-layer nets."""
+    return _gn_grads(p, lam, z, valid, points, 1)
+
+
+def penalty_grad_gradient_norm_squared(p, lam, z, valid, points) -> PenaltyGrads:
+    """GN²'s penalty gradient for two-layer nets."""
+    return _gn_grads(p, lam, z, valid, points, 2)
+
+
+def penalty_grad_weights_product(p, lam, z, valid, points) -> PenaltyGrads:
+    """WP's penalty gradient (eq. 13, exact)."""
+    W1, w2 = _leaves(p)
+    with torch.enable_grad():
+        d = _autograd(weights_products(MLPStack([W1, w2], p.biases)), lam, [W1, w2])
+    return PenaltyGrads(None, d[W1], d[w2])
+
+
+def penalty_grad_function_path_length(p, lam, z, valid, points) -> PenaltyGrads:
+    """FPL's penalty gradient: through the segment ends' pre-activations (no forward pass at the segment points)."""
+    _, w2 = _leaves(p)
+    zl = z.detach().requires_grad_(True)
+    with torch.enable_grad():
+        za, zb, ok = half_pairs(zl, valid)
+        pen = (two_layer_segment_tvs(za, zb, w2[:, 0, :], None, points, ("fpl",))["fpl"] * ok).sum(1)
+        d = _autograd(pen, lam, [zl, w2])
+    return PenaltyGrads(d[zl], None, d[w2])
+
+
+def penalty_grad_gradient_path_length(p, lam, z, valid, points) -> PenaltyGrads:
+    """GPL's penalty gradient by hand (eq. 11 on the batch's segments, inputspace.two_layer_segment_tvs):
+    S = sum_r sqrt(q_r), q_r = du_r G du_r^T, G = W1 W1^T, du_r = (m_k - m_{k-1}) * w2 over the segments' steps r.
+    Then dS/dG = du^T diag(c) du with c_r = 1 / (2 sqrt(q_r)), dS/dW1 = 2 (dS/dG) W1 (G is symmetric), and
+    dS/d du_r = 2 c_r (du_r G), whose product du G the forward pass already holds: autograd would form G's two
+    transposed products and du G's gradient again."""
+    W1, w2 = p.weights[0].detach(), p.weights[1].detach()
+    m, _, h = z.shape
+    za, zb, ok = half_pairs(z, valid)
+    t = torch.linspace(0.0, 1.0, points, device=z.device, dtype=z.dtype)[:, None]
+    zt = za[:, :, None, :] + t * (zb - za)[:, :, None, :]                       # [M, s, P, h]
+    dm = (zt > 0).to(z.dtype).diff(dim=2).reshape(m, -1, h)                    # [M, s (P-1), h]
+    du = dm * w2                                                                # w2 [M, 1, h]
+    gram = torch.bmm(W1, W1.transpose(1, 2))
+    du_g = torch.bmm(du, gram)
+    q = (du_g * du).sum(-1)                                                     # [M, R]
+    pos = q > 0
+    root = torch.where(pos, q, 1.0).sqrt()
+    weight = (lam[:, None] * ok.to(z.dtype)).repeat_interleave(points - 1, dim=1)   # lam_m for segment r's steps
+    c = torch.where(pos, weight / (2.0 * root), 0.0)                            # [M, R]
+    d_gram = torch.bmm((du * c[..., None]).transpose(1, 2), du)                 # [M, h, h], symmetric
+    d_w2 = (2.0 * c[..., None] * du_g * dm).sum(1, keepdim=True)               # [M, 1, h]
+    return PenaltyGrads(None, 2.0 * torch.bmm(d_gram, W1), d_w2)
