@@ -57,74 +57,123 @@ def _joined(a, b, nmax: int, buffers: bool):
     return torch.cat([widen(a), widen(b)])
 
 
-@dataclass
-class ActiveModels:
-    """Per-model state of the models currently in the batch: row r of every field belongs to model ids[r].
+class _Rows:
+    """Per-model rows that can be selected and appended (keep, join), derived from the dataclass's fields: a new
+    field is selected and concatenated with the others without being listed anywhere else. A field that is itself
+    such a group is handled recursively; one marked _BUFFERS is a list of tensors with one row per model."""
 
-    keep() and join() are derived from the fields (as MLPStack's select and cat are), so a new field is
-    selected and concatenated with the others without being listed anywhere else."""
-    ids: list[int]
-    params: MLPStack
-    opt_state: list[torch.Tensor] = field(metadata=_BUFFERS)  # optimizer buffers, [A, ...] (optimizers.init_state)
+    def _present(self):
+        return [(f.name, bool(f.metadata.get("buffers"))) for f in fields(self) if getattr(self, f.name) is not None]
+
+    def keep_rows(self, k: torch.Tensor, keep: np.ndarray) -> None:
+        """Keep only the rows `keep` (k: the same rows as a device tensor), in place."""
+        for name, buffers in self._present():
+            value = getattr(self, name)
+            if isinstance(value, _Rows):
+                value.keep_rows(k, keep)
+            else:
+                setattr(self, name, _rows_of(value, k, keep, buffers))
+
+    def join_rows(self, new: "_Rows", nmax: int) -> None:
+        """Append the rows of `new` (of the same type), in place; [A, n] tensors are widened to nmax."""
+        for name, buffers in self._present():
+            value = getattr(self, name)
+            if isinstance(value, _Rows):
+                value.join_rows(getattr(new, name), nmax)
+            else:
+                setattr(self, name, _joined(value, getattr(new, name), nmax, buffers))
+
+
+@dataclass
+class Hyper(_Rows):
+    """Each model's hyperparameters."""
+    lr: torch.Tensor                # [A] learning rates
+    lam: torch.Tensor               # [A] regularization strengths
+    rho: torch.Tensor               # [A] SAM radii (0 for other optimizers)
+    threshold: torch.Tensor         # [A] float64 loss thresholds of the stopping rule
+    max_epochs: torch.Tensor        # [A] int64 epoch caps
+    seed: torch.Tensor              # [A] int64 seeds of the initial weights and the shuffles
+
+
+@dataclass
+class TrainingData(_Rows):
+    """Each model's training set and the order in which it is read."""
     idx: torch.Tensor               # [A, Nmax] indices into the pool (padded with 0)
     y: torch.Tensor                 # [A, Nmax] targets (padded with 0)
     perm: torch.Tensor              # [A, Nmax] the current epoch's shuffle of positions 0..n-1
     n: torch.Tensor                 # [A] training set sizes
-    lr: torch.Tensor                # [A] learning rates
-    lam: torch.Tensor               # [A] regularization strengths
-    rho: torch.Tensor               # [A] SAM radii (0 for other optimizers)
-    loss_sum: torch.Tensor          # [A] sum of the squared errors of the current epoch so far
-    seed: torch.Tensor              # [A] int64
-    threshold: torch.Tensor         # [A] float64 loss thresholds of the stopping rule
-    max_epochs: torch.Tensor        # [A] int64 epoch caps
-    # Counters on the device (the step reads them there) and their mirrors on the host: both follow from the
-    # training sizes alone (an epoch is ceil(n / batch) steps), so the host knows them without asking the device.
-    pos_d: torch.Tensor             # [A] position in the current epoch
-    epoch_d: torch.Tensor           # [A] epochs finished (also counted on for frozen models)
-    steps_d: torch.Tensor           # [A] steps taken
-    # The stopping rule's outcome on the device. A finished model is frozen in place (its learning rate set to 0)
-    # and stays in the batch until the host has read its row (StatusPoll) and compacts the batch.
-    status: torch.Tensor            # [A] int64, one of RUNNING, CONVERGED, NOT_CONVERGED, DIVERGED
-    final_loss: torch.Tensor        # [A] float32 the epoch loss at which it finished
-    final_epoch: torch.Tensor       # [A] int64 epochs at the finish
-    final_steps: torch.Tensor       # [A] int64 steps at the finish
-    last_loss: torch.Tensor         # [A] float32 the last epoch loss (NaN before the first epoch end)
     n_host: np.ndarray              # [A] n, on the host
-    pos: np.ndarray                 # [A] mirror of pos_d
-    epoch: np.ndarray               # [A] mirror of epoch_d
-    steps: np.ndarray               # [A] mirror of steps_d
-    start: np.ndarray               # [A] perf_counter() at admission
-    reported: np.ndarray            # [A] bool: the host has read this model's finish and handed it out
     # Shuffles of upcoming epochs, computed several epochs at a time (one hash call instead of one per epoch):
     # ahead[r, k] is the permutation of epoch ahead_base[r] + k. None: not built yet (dropped by join).
     ahead: torch.Tensor | None = None   # [A, K, Nmax]
     ahead_base: np.ndarray | None = None
     ahead_base_d: torch.Tensor | None = None   # ahead_base on the device
 
+
+@dataclass
+class Counters(_Rows):
+    """Where each model is: on the device (the step reads them there) and mirrored on the host. Both follow from the
+    training sizes alone (an epoch is ceil(n / batch) steps), so the host knows them without asking the device."""
+    pos_d: torch.Tensor             # [A] position in the current epoch
+    epoch_d: torch.Tensor           # [A] epochs finished (also counted on for frozen models)
+    steps_d: torch.Tensor           # [A] steps taken
+    loss_sum: torch.Tensor          # [A] sum of the squared errors of the current epoch so far
+    pos: np.ndarray                 # [A] mirror of pos_d
+    epoch: np.ndarray               # [A] mirror of epoch_d
+    steps: np.ndarray               # [A] mirror of steps_d
+
+
+@dataclass
+class Outcome(_Rows):
+    """The stopping rule's outcome on the device, and what the host has made of it. A finished model is frozen in
+    place (`frozen`: its updates are multiplied by 0) and stays in the batch until the host has read its row
+    (StatusPoll) and compacts the batch."""
+    status: torch.Tensor            # [A] int64, one of RUNNING, CONVERGED, NOT_CONVERGED, DIVERGED
+    frozen: torch.Tensor            # [A] bool: finished, its weights are those at its finish
+    final_loss: torch.Tensor        # [A] float32 the epoch loss at which it finished
+    final_epoch: torch.Tensor       # [A] int64 epochs at the finish
+    final_steps: torch.Tensor       # [A] int64 steps at the finish
+    last_loss: torch.Tensor         # [A] float32 the last epoch loss (NaN before the first epoch end)
+    start: np.ndarray               # [A] perf_counter() at admission
+    reported: np.ndarray            # [A] bool: the host has read this model's finish and handed it out
+
+
+@dataclass
+class ActiveModels(_Rows):
+    """Per-model state of the models currently in the batch, in groups (hyperparameters, training data, counters,
+    outcome): row r of every field belongs to model ids[r]."""
+    ids: list[int]
+    params: MLPStack
+    opt_state: list[torch.Tensor] = field(metadata=_BUFFERS)  # optimizer buffers, [A, ...] (optimizers.init_state)
+    hyper: Hyper = None
+    data: TrainingData = None
+    counters: Counters = None
+    outcome: Outcome = None
+
     def __len__(self):
         return len(self.ids)
+
+    def rates(self, a: int = 0, b: int | None = None) -> torch.Tensor:
+        """The learning rates the step applies to models a..b-1: 0 for a frozen (finished) model. [b - a]."""
+        return torch.where(self.outcome.frozen[a:b], 0.0, self.hyper.lr[a:b])
 
     def snapshot(self) -> torch.Tensor:
         """[5, A] float64 on the device: status, final_loss, final_epoch, final_steps and last_loss (exact for counts
         below 2^53), for StatusPoll."""
-        return torch.stack([t.to(torch.float64) for t in (self.status, self.final_loss, self.final_epoch,
-                                                            self.final_steps, self.last_loss)])
-
-    def _present(self):
-        return [(f.name, bool(f.metadata.get("buffers"))) for f in fields(self) if getattr(self, f.name) is not None]
+        o = self.outcome
+        return torch.stack([t.to(torch.float64) for t in (o.status, o.final_loss, o.final_epoch, o.final_steps,
+                                                            o.last_loss)])
 
     def keep(self, keep: np.ndarray) -> None:
         """Keep only the rows `keep`, in place."""
-        k = upload(keep, torch.long, self.seed.device)
-        for name, buffers in self._present():
-            setattr(self, name, _rows_of(getattr(self, name), k, keep, buffers))
+        self.keep_rows(upload(keep, torch.long, self.hyper.seed.device), keep)
 
     def join(self, new: "ActiveModels") -> None:
         """Append the rows of `new`, in place; the look-ahead shuffles are dropped (rows and widths changed)."""
-        nmax = max(self.idx.shape[1], new.idx.shape[1])
-        self.ahead = self.ahead_base = self.ahead_base_d = None
-        for name, buffers in self._present():
-            setattr(self, name, _joined(getattr(self, name), getattr(new, name), nmax, buffers))
+        nmax = max(self.data.idx.shape[1], new.data.idx.shape[1])
+        self.data.ahead = self.data.ahead_base = self.data.ahead_base_d = None
+        new.data.ahead = new.data.ahead_base = new.data.ahead_base_d = None
+        self.join_rows(new, nmax)
 
 
 @dataclass(frozen=True)

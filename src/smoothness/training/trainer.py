@@ -39,7 +39,7 @@ from smoothness.runtime import rng
 from smoothness.models import DEFAULT_ALPHA, DEFAULT_WIDTHS, MLPStack, forward, init_mlp, parameter_grads, sgd_update_
 from smoothness.training.state import (
     CONVERGED as CONVERGED_CODE, DIVERGED as DIVERGED_CODE, NOT_CONVERGED as NOT_CONVERGED_CODE, RUNNING, STATUSES,
-    ActiveModels, StatusPoll, StepSettings, upload)
+    ActiveModels, Counters, Hyper, Outcome, StatusPoll, StepSettings, TrainingData, upload)
 
 CONVERGED, NOT_CONVERGED, DIVERGED = STATUSES[1:]   # "converged", "not_converged", "diverged"
 DEFAULT_LR = paper.LR
@@ -93,6 +93,19 @@ class TrainResult:
     seconds: float = 0.0
 
 
+@dataclass
+class _Run:
+    """One call of iter_train: its specs and step settings, the models waiting for a place, the active batch, the
+    status reading, and how many models are done."""
+    specs: list[TrainSpec]
+    st: StepSettings
+    waiting: list[int]
+    cap: int
+    poll: StatusPoll
+    act: ActiveModels | None = None
+    done: int = 0
+
+
 class BatchedTrainer:
     """Trains many models to interpolation; see the module docstring for the rules."""
 
@@ -118,7 +131,7 @@ class BatchedTrainer:
         """The state with the models `ids` (initialized from their seeds) admitted after the rows of act."""
         dev = self.device
         new = [specs[i] for i in ids]
-        nmax = max([s.indices.numel() for s in new] + ([act.idx.shape[1]] if act else []))
+        nmax = max([s.indices.numel() for s in new] + ([act.data.idx.shape[1]] if act else []))
 
         def pad(rows, value, dtype):
             out = torch.full((len(rows), nmax), value, dtype=dtype)
@@ -140,18 +153,21 @@ class BatchedTrainer:
 
         added = ActiveModels(
             ids=list(ids), params=params, opt_state=optimizers.init_state(params.tensors(), optimizer),
-            idx=pad([s.indices for s in new], 0, torch.long), y=pad([s.targets for s in new], 0.0, torch.float32),
-            perm=rng.permutation_keys(n, nmax, seeds[:, None], rng.STREAM_SHUFFLE, 0), n=n,
-            lr=per_model([s.lr for s in new], torch.float32), lam=per_model([s.lam for s in new], torch.float32),
-            rho=per_model([s.rho for s in new], torch.float32), loss_sum=fill(0.0, torch.float32), seed=seeds,
-            threshold=per_model([s.threshold for s in new], torch.float64),
-            max_epochs=per_model([s.max_epochs for s in new], torch.int64),
-            pos_d=fill(0, torch.int64), epoch_d=fill(0, torch.int64), steps_d=fill(0, torch.int64),
-            status=fill(RUNNING, torch.int64), final_loss=fill(float("nan"), torch.float32),
-            final_epoch=fill(0, torch.int64), final_steps=fill(0, torch.int64),
-            last_loss=fill(float("nan"), torch.float32),
-            n_host=n_host, pos=zeros, epoch=zeros.copy(), steps=zeros.copy(),
-            start=np.full(len(new), time.perf_counter()), reported=np.zeros(len(new), bool))
+            hyper=Hyper(lr=per_model([s.lr for s in new], torch.float32),
+                        lam=per_model([s.lam for s in new], torch.float32),
+                        rho=per_model([s.rho for s in new], torch.float32),
+                        threshold=per_model([s.threshold for s in new], torch.float64),
+                        max_epochs=per_model([s.max_epochs for s in new], torch.int64), seed=seeds),
+            data=TrainingData(idx=pad([s.indices for s in new], 0, torch.long),
+                              y=pad([s.targets for s in new], 0.0, torch.float32),
+                              perm=rng.permutation_keys(n, nmax, seeds[:, None], rng.STREAM_SHUFFLE, 0), n=n,
+                              n_host=n_host),
+            counters=Counters(pos_d=fill(0, torch.int64), epoch_d=fill(0, torch.int64), steps_d=fill(0, torch.int64),
+                              loss_sum=fill(0.0, torch.float32), pos=zeros, epoch=zeros.copy(), steps=zeros.copy()),
+            outcome=Outcome(status=fill(RUNNING, torch.int64), frozen=fill(False, torch.bool),
+                            final_loss=fill(float("nan"), torch.float32), final_epoch=fill(0, torch.int64),
+                            final_steps=fill(0, torch.int64), last_loss=fill(float("nan"), torch.float32),
+                            start=np.full(len(new), time.perf_counter()), reported=np.zeros(len(new), bool)))
         if not act:
             return added
         act.join(added)
@@ -160,26 +176,26 @@ class BatchedTrainer:
     # -- one SGD step for every active model ---------------------------------------------------
     def _step(self, act: ActiveModels, st: StepSettings) -> None:
         B = self.batch_size
-        nmax = act.perm.shape[1]
+        nmax = act.data.perm.shape[1]
         # full: no model is at its last, partial batch; the regularized step always masks.
-        full = st.regularizer == "none" and bool(np.all(act.pos + B <= act.n_host))
-        cols = act.pos_d[:, None] + self._arange   # no host-to-device copy: the step never waits for the host
+        full = st.regularizer == "none" and bool(np.all(act.counters.pos + B <= act.data.n_host))
+        cols = act.counters.pos_d[:, None] + self._arange   # no host-to-device copy: the step never waits for the host
         valid = None
         if full:
-            j = act.perm.gather(1, cols)
+            j = act.data.perm.gather(1, cols)
         else:
-            valid = cols < act.n[:, None]
-            j = act.perm.gather(1, cols.clamp(max=nmax - 1))
-        rows = act.idx.gather(1, j)
-        yb = act.y.gather(1, j)
+            valid = cols < act.data.n[:, None]
+            j = act.data.perm.gather(1, cols.clamp(max=nmax - 1))
+        rows = act.data.idx.gather(1, j)
+        yb = act.data.y.gather(1, j)
         blk = self._block_size(len(act))
         for a in range(0, len(act), blk):
             b = min(a + blk, len(act))
             self._step_block(act, st, a, b, rows[a:b], yb[a:b], None if valid is None else valid[a:b])
-        act.pos_d += B
-        act.steps_d += 1
-        act.pos += B
-        act.steps += 1
+        act.counters.pos_d += B
+        act.counters.steps_d += 1
+        act.counters.pos += B
+        act.counters.steps += 1
 
     def _block_size(self, n_active: int) -> int:
         """Models per block of the step: all of them on a GPU; on the CPU about 4 MB of minibatch
@@ -195,7 +211,7 @@ class BatchedTrainer:
         """One optimizer step for the active models a..b-1 (weights and state updated in place through views)."""
         p = act.params.rows(a, b)
         xb = self.x.index_select(0, rows.reshape(-1)).view(*rows.shape, -1)  # [b - a, B, d]
-        lr = act.lr[a:b]
+        lr = act.rates(a, b)   # 0 for a frozen (finished) model
         grads = None
         if st.optimizer == "sgd" and (st.regularizer == "none" or self._fused_penalty(p, st)):
             # fused: the update is folded into the gradient GEMMs
@@ -205,7 +221,7 @@ class BatchedTrainer:
             scale = lr * (2.0 / self.batch_size) if valid is None else 2.0 * lr / valid.sum(1).to(err.dtype)
             pen = None
             if st.regularizer != "none":   # eq. 15: lam * S's gradient, from the weights before the update
-                pen = regularizers.penalty_grads(p, st.regularizer, act.lam[a:b], pres[0], valid, st.penalty_points)
+                pen = regularizers.penalty_grads(p, st.regularizer, act.hyper.lam[a:b], pres[0], valid, st.penalty_points)
             rate = lr[:, None, None]
             sgd_update_(p, acts, pres, err * scale[:, None],
                         dpre=[pen.dz * rate] if pen is not None and pen.dz is not None else None)
@@ -214,15 +230,15 @@ class BatchedTrainer:
                     p.weights[0].sub_(pen.dW1 * rate)
                 p.weights[1].sub_(pen.dw2 * rate)
         else:
-            grads, err = self._grads(p, st, act.lam[a:b], xb, yb, valid)
+            grads, err = self._grads(p, st, act.hyper.lam[a:b], xb, yb, valid)
             if st.optimizer == "sam":   # the gradient again, at theta + e on the same minibatch
-                moved = [u + e for u, e in zip(p.tensors(), optimizers.sam_perturbation(grads, act.rho[a:b]))]
+                moved = [u + e for u, e in zip(p.tensors(), optimizers.sam_perturbation(grads, act.hyper.rho[a:b]))]
                 n_w = len(p.weights)
-                grads, _ = self._grads(MLPStack(moved[:n_w], moved[n_w:]), st, act.lam[a:b], xb, yb, valid)
+                grads, _ = self._grads(MLPStack(moved[:n_w], moved[n_w:]), st, act.hyper.lam[a:b], xb, yb, valid)
         if grads is not None:
-            t = act.steps_d[a:b] + 1
+            t = act.counters.steps_d[a:b] + 1
             optimizers.step_(p.tensors(), grads, [o[a:b] for o in act.opt_state], st.optimizer, lr, t)
-        act.loss_sum[a:b] += err.square().sum(1)  # errors from before the update, as Keras logs them
+        act.counters.loss_sum[a:b] += err.square().sum(1)  # errors from before the update, as Keras logs them
 
     @staticmethod
     def _fused_penalty(p: MLPStack, st: StepSettings) -> bool:
@@ -244,58 +260,58 @@ class BatchedTrainer:
     def _epoch_end(self, act: ActiveModels, rows: np.ndarray) -> None:
         """End the epoch of the models `rows` (known on the host from the mirrored counters), with no value read
         back: the stopping rule runs on the device, and a model that finishes is frozen in place (learning rate
-        0) with its outcome in act.status / final_* until the host reads it (StatusPoll)."""
-        e = act.pos_d >= act.n   # the same rows, as a device mask
-        loss = act.loss_sum / act.n   # eq. 2 over the epoch: the mean squared error of the epoch's steps
-        act.epoch_d += e
-        act.pos_d.masked_fill_(e, 0)
-        act.loss_sum.masked_fill_(e, 0.0)
-        act.last_loss.copy_(torch.where(e, loss, act.last_loss))
+        0) with its outcome in act.outcome.status / final_* until the host reads it (StatusPoll)."""
+        e = act.counters.pos_d >= act.data.n   # the same rows, as a device mask
+        loss = act.counters.loss_sum / act.data.n   # eq. 2 over the epoch: the mean squared error of the epoch's steps
+        act.counters.epoch_d += e
+        act.counters.pos_d.masked_fill_(e, 0)
+        act.counters.loss_sum.masked_fill_(e, 0.0)
+        act.outcome.last_loss.copy_(torch.where(e, loss, act.outcome.last_loss))
         code = torch.where(~torch.isfinite(loss), DIVERGED_CODE,   # non-finite weights give a non-finite loss
-                           torch.where(loss.double() < act.threshold, CONVERGED_CODE,
-                                       torch.where(act.epoch_d >= act.max_epochs, NOT_CONVERGED_CODE, RUNNING)))
-        new = e & (act.status == RUNNING) & (code != RUNNING)
-        act.status.copy_(torch.where(new, code, act.status))
-        act.final_loss.copy_(torch.where(new, loss, act.final_loss))
-        act.final_epoch.copy_(torch.where(new, act.epoch_d, act.final_epoch))
-        act.final_steps.copy_(torch.where(new, act.steps_d, act.final_steps))
-        act.lr.masked_fill_(new, 0.0)   # frozen: every later update is lr * (finite) = 0
-        act.epoch[rows] += 1
-        act.pos[rows] = 0
-        self._reshuffle(act, rows[~act.reported[rows]], e)
+                           torch.where(loss.double() < act.hyper.threshold, CONVERGED_CODE,
+                                       torch.where(act.counters.epoch_d >= act.hyper.max_epochs, NOT_CONVERGED_CODE, RUNNING)))
+        new = e & (act.outcome.status == RUNNING) & (code != RUNNING)
+        act.outcome.status.copy_(torch.where(new, code, act.outcome.status))
+        act.outcome.final_loss.copy_(torch.where(new, loss, act.outcome.final_loss))
+        act.outcome.final_epoch.copy_(torch.where(new, act.counters.epoch_d, act.outcome.final_epoch))
+        act.outcome.final_steps.copy_(torch.where(new, act.counters.steps_d, act.outcome.final_steps))
+        act.outcome.frozen |= new   # frozen: every later update is multiplied by a rate of 0
+        act.counters.epoch[rows] += 1
+        act.counters.pos[rows] = 0
+        self._reshuffle(act, rows[~act.outcome.reported[rows]], e)
 
     _AHEAD_ELEMS = 1 << 21  # int64 entries of look-ahead shuffles kept on a CPU (16 MB); 64x that on CUDA
 
     def _reshuffle(self, act: ActiveModels, rows: np.ndarray, e: torch.Tensor) -> None:
         """Set perm of the rows in mask e to the shuffle of their current epoch, taken from the look-ahead, which
         is refilled (for `rows` due for it, on the host's counters) k epochs at a time."""
-        nmax = act.perm.shape[1]
-        if act.ahead is None:
+        nmax = act.data.perm.shape[1]
+        if act.data.ahead is None:
             budget = self._AHEAD_ELEMS * (64 if self.device.type == "cuda" else 1)
             k = max(1, min(32, budget // (len(act) * nmax)))
-            act.ahead = torch.empty(len(act), k, nmax, dtype=torch.long, device=self.device)
-            act.ahead_base = np.full(len(act), -(1 << 40), np.int64)
-            act.ahead_base_d = torch.full((len(act),), -(1 << 40), dtype=torch.long, device=self.device)
-        k = act.ahead.shape[1]
-        off = act.epoch[rows] - act.ahead_base[rows]
+            act.data.ahead = torch.empty(len(act), k, nmax, dtype=torch.long, device=self.device)
+            act.data.ahead_base = np.full(len(act), -(1 << 40), np.int64)
+            act.data.ahead_base_d = torch.full((len(act),), -(1 << 40), dtype=torch.long, device=self.device)
+        k = act.data.ahead.shape[1]
+        off = act.counters.epoch[rows] - act.data.ahead_base[rows]
         r = rows[(off < 0) | (off >= k)]
         if len(r):
             # only as wide as the widest refilled model: a row's keys past its n sort in index order, so the
             # columns from w on hold w.. in any case
-            w = int(act.n_host[r].max())
+            w = int(act.data.n_host[r].max())
             rt = upload(r, torch.long, self.device)
-            base = upload(act.epoch[r], torch.long, self.device)
+            base = upload(act.counters.epoch[r], torch.long, self.device)
             eps = base[:, None] + torch.arange(k, device=self.device)
-            act.ahead[rt, :, :w] = rng.permutation_keys(act.n[rt][:, None].expand(-1, k), w,
-                                                        act.seed[rt][:, None, None], rng.STREAM_SHUFFLE,
+            act.data.ahead[rt, :, :w] = rng.permutation_keys(act.data.n[rt][:, None].expand(-1, k), w,
+                                                        act.hyper.seed[rt][:, None, None], rng.STREAM_SHUFFLE,
                                                         eps[..., None])
             if w < nmax:
-                act.ahead[rt, :, w:] = torch.arange(w, nmax, device=self.device)
-            act.ahead_base[r] = act.epoch[r]
-            act.ahead_base_d[rt] = base
-        off_d = (act.epoch_d - act.ahead_base_d).clamp_(0, k - 1)
-        this_epoch = act.ahead[torch.arange(len(act), device=self.device), off_d]
-        act.perm.copy_(torch.where(e[:, None], this_epoch, act.perm))
+                act.data.ahead[rt, :, w:] = torch.arange(w, nmax, device=self.device)
+            act.data.ahead_base[r] = act.counters.epoch[r]
+            act.data.ahead_base_d[rt] = base
+        off_d = (act.counters.epoch_d - act.data.ahead_base_d).clamp_(0, k - 1)
+        this_epoch = act.data.ahead[torch.arange(len(act), device=self.device), off_d]
+        act.data.perm.copy_(torch.where(e[:, None], this_epoch, act.data.perm))
 
     # -- the loop ------------------------------------------------------------------------------
     def train(self, specs: list[TrainSpec], on_finish=None, progress=None) -> list[TrainResult]:
@@ -315,58 +331,20 @@ class BatchedTrainer:
 
     @torch.no_grad()
     def iter_train(self, specs: list[TrainSpec], progress=None):
-        """Train every spec, yielding each TrainResult the moment its model finishes (see train)."""
-        for s in specs:
-            if s.indices.numel() and (int(s.indices.max()) >= self.x.shape[0] or int(s.indices.min()) < 0):
-                raise ValueError("training indices out of range of the pool")
-        kinds = {s.regularizer for s in specs}
-        if len(kinds) > 1:
-            raise ValueError(f"one batched program trains one kind of regularizer, got {sorted(kinds)}")
-        regularizer = kinds.pop() if kinds else "none"
-        opts = {s.optimizer for s in specs}
-        if len(opts) > 1:
-            raise ValueError(f"one batched program trains with one optimizer, got {sorted(opts)}")
-        points = {s.penalty_points for s in specs}
-        if len(points) > 1:
-            raise ValueError(f"one batched program has one number of penalty points per segment, got {sorted(points)}")
-        st = StepSettings(regularizer, opts.pop() if opts else "sgd",
-                          points.pop() if points else regularizers.SEGMENT_POINTS)
-        self.admit_seconds = 0.0  # time spent initializing and admitting models (reported by bench)
-        waiting = list(range(len(specs)))
-        cap = self.max_batch or len(specs)
-        act: ActiveModels | None = None
-        poll = StatusPoll(self.device, self.poll_every, self.poll_lag)
-        n_done = 0
-
+        """Train every spec, yielding each TrainResult the moment its model finishes (see train). The loop: admit
+        waiting models into free places, step every active model (and end their epochs), read the statuses."""
+        run = self._start(specs)
         # The matmul precision is set for a run of steps and undone at each yield, where the caller measures
         # (in strict float32) and may change the flags itself; not per step (about 20 us a step, measured here).
         with contextlib.ExitStack() as flags:
             flags_set = False
-            while waiting or act:
+            while run.waiting or run.act:
                 if not flags_set:
                     flags.enter_context(precision.matmuls(self.precision, self.device))
                     flags_set = True
-                room = cap - (len(act) if act else 0)
-                if waiting and room > 0:
-                    take, waiting = waiting[:room], waiting[room:]
-                    t0 = time.perf_counter()
-                    act = self._admit(act, specs, take, st.optimizer)
-                    self.admit_seconds += time.perf_counter() - t0
-                self._step(act, st)
-                ended = np.flatnonzero(act.pos >= act.n_host)
-                if len(ended):
-                    interrupt.check()   # a Ctrl-C whose exception was swallowed (interrupt.check says where)
-                    self._epoch_end(act, ended)
-                snap = poll.poll(act, bool(len(ended)))
-                if snap is None:
-                    continue
-                finished = self._finished(act, snap)
-                live = ~act.reported
-                info = None if progress is None else self._progress(act, snap, live, n_done + len(finished),
-                                                                    len(specs))
-                if not live.all() and (not poll.deferred or waiting or 2 * int(live.sum()) <= len(act)):
-                    act.keep(np.flatnonzero(live))   # on a GPU in buckets: each compaction copies the batch
-                n_done += len(finished)
+                self._admit_waiting(run)
+                ended = self._advance(run)
+                finished, info = self._read(run, ended, progress)
                 if finished:
                     flags.close()
                     flags_set = False
@@ -374,23 +352,81 @@ class BatchedTrainer:
                 if info is not None:
                     progress(info)
 
+    def _start(self, specs: list[TrainSpec]) -> "_Run":
+        """The run of these specs: checked (indices in the pool; one regularizer, optimizer and number of penalty
+        points per batched program), every model waiting."""
+        for s in specs:
+            if s.indices.numel() and (int(s.indices.max()) >= self.x.shape[0] or int(s.indices.min()) < 0):
+                raise ValueError("training indices out of range of the pool")
+        kinds = {s.regularizer for s in specs}
+        if len(kinds) > 1:
+            raise ValueError(f"one batched program trains one kind of regularizer, got {sorted(kinds)}")
+        opts = {s.optimizer for s in specs}
+        if len(opts) > 1:
+            raise ValueError(f"one batched program trains with one optimizer, got {sorted(opts)}")
+        points = {s.penalty_points for s in specs}
+        if len(points) > 1:
+            raise ValueError(f"one batched program has one number of penalty points per segment, got {sorted(points)}")
+        st = StepSettings(kinds.pop() if kinds else "none", opts.pop() if opts else "sgd",
+                          points.pop() if points else regularizers.SEGMENT_POINTS)
+        self.admit_seconds = 0.0  # time spent initializing and admitting models (reported by bench)
+        return _Run(specs, st, list(range(len(specs))), self.max_batch or len(specs),
+                    StatusPoll(self.device, self.poll_every, self.poll_lag))
+
+    def _admit_waiting(self, run: "_Run") -> None:
+        """Admit waiting models into the free places of the batch (initialized from their seeds)."""
+        room = run.cap - (len(run.act) if run.act else 0)
+        if run.waiting and room > 0:
+            take, run.waiting = run.waiting[:room], run.waiting[room:]
+            t0 = time.perf_counter()
+            run.act = self._admit(run.act, run.specs, take, run.st.optimizer)
+            self.admit_seconds += time.perf_counter() - t0
+
+    def _advance(self, run: "_Run") -> bool:
+        """One step of every active model, then the epoch ends it brought; whether there were any."""
+        act = run.act
+        self._step(act, run.st)
+        ended = np.flatnonzero(act.counters.pos >= act.data.n_host)
+        if len(ended):
+            interrupt.check()   # a Ctrl-C whose exception was swallowed (interrupt.check says where)
+            self._epoch_end(act, ended)
+        return bool(len(ended))
+
+    def _read(self, run: "_Run", ended: bool, progress) -> tuple[list[TrainResult], dict | None]:
+        """Read the statuses when a reading is due (StatusPoll): the models that finished, handed out once, and
+        the progress info (if a progress callback is given); the batch is compacted when that pays."""
+        act, poll = run.act, run.poll
+        snap = poll.poll(act, ended)
+        if snap is None:
+            return [], None
+        finished = self._finished(act, snap)
+        live = ~act.outcome.reported
+        info = None if progress is None else self._progress(act, snap, live, run.done + len(finished),
+                                                            len(run.specs))
+        if not live.all() and (not poll.deferred or run.waiting or 2 * int(live.sum()) <= len(act)):
+            act.keep(np.flatnonzero(live))   # on a GPU in buckets: each compaction copies the batch
+        if not len(act):
+            run.act = None
+        run.done += len(finished)
+        return finished, info
+
     @staticmethod
     def _progress(act: ActiveModels, snap: np.ndarray, live: np.ndarray, done: int, total: int) -> dict:
         """The progress callback's info (see train), from a status snapshot taken before compaction."""
         losses = snap[4][live]
         losses = losses[np.isfinite(losses)]
         return dict(done=done, total=total, active=int(live.sum()),
-                    epoch=int(act.epoch[live].max()) if live.any() else 0,
+                    epoch=int(act.counters.epoch[live].max()) if live.any() else 0,
                     loss=float(losses.min()) if len(losses) else float("nan"))
 
     def _finished(self, act: ActiveModels, snap: np.ndarray) -> list[TrainResult]:
         """The models whose finish the snapshot shows for the first time, as TrainResults (marked reported)."""
-        rows = np.flatnonzero((snap[0] != RUNNING) & ~act.reported)
-        act.reported[rows] = True
+        rows = np.flatnonzero((snap[0] != RUNNING) & ~act.outcome.reported)
+        act.outcome.reported[rows] = True
         now = time.perf_counter()
         return [TrainResult(act.ids[r], STATUSES[int(snap[0, r])], int(snap[2, r]), int(snap[3, r]),
                             float(snap[1, r]), act.params.rows(r, r + 1).clone(),
-                            now - float(act.start[r])) for r in rows]
+                            now - float(act.outcome.start[r])) for r in rows]
 
 
 def model_bytes(widths, n_max: int, batch_size: int = DEFAULT_BATCH, optimizer: str = "sgd",
