@@ -147,6 +147,29 @@ def forward(p: MLPStack, x: torch.Tensor, cache: bool = False):
     return (out, acts, pres) if cache else out
 
 
+# -- the loss, eq. 2: the mean squared error, written once ------------------------------------------------------
+def residuals(out: torch.Tensor, y: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """f(x) - y per point [M, n], 0 at the points that are not valid (padding of a partial batch or a short
+    training set)."""
+    return out - y if valid is None else torch.where(valid, out - y, 0.0)
+
+
+def mse(p: MLPStack, x: torch.Tensor, y: torch.Tensor, valid: torch.Tensor | None = None):
+    """Eq. 2 per model over its valid points, differentiable in p: the loss [M] and the residuals [M, n]."""
+    err = residuals(forward(p, x), y, valid)
+    count = err.shape[1] if valid is None else valid.sum(1)
+    return err.square().sum(1) / count, err
+
+
+def mse_scale(valid: torch.Tensor | None, batch_size: int, lr: torch.Tensor | None = None, dtype=torch.float32):
+    """The factor that turns residuals into dL/dout of eq. 2 on a batch, 2 / count (times the learning rate lr,
+    where given): a number for full batches, [M] of `dtype` with a mask."""
+    if valid is None:
+        return 2.0 / batch_size if lr is None else lr * (2.0 / batch_size)
+    count = valid.sum(1).to(dtype)
+    return 2.0 / count if lr is None else 2.0 * lr / count
+
+
 def sgd_update_(p: MLPStack, acts, pres, dout_scaled: torch.Tensor, dpre=None) -> None:
     """In place, theta -= lr * grad for every model, given dout_scaled = lr * dLoss/dout [M, n].
 

@@ -16,7 +16,7 @@ import torch
 
 from smoothness.runtime import precision
 from smoothness.runtime import rng
-from smoothness.models import MLPStack, forward, init_mlp
+from smoothness.models import MLPStack, init_mlp, mse
 
 STREAM_PROBE = 6   # random vectors of the power iteration and of Hutchinson's estimator
 DEFAULT_ITERS = 100
@@ -37,8 +37,7 @@ def _points(p: MLPStack, x, y, mask):
 def training_losses(p: MLPStack, x, y, mask=None) -> torch.Tensor:
     """Eq. 2 per model over its masked points, differentiable in p. [M]."""
     x, y, mask = _points(p, x, y, mask)
-    err = torch.where(mask, forward(p, x) - y, 0.0)
-    return err.square().sum(1) / mask.sum(1)
+    return mse(p, x, y, mask)[0]
 
 
 def _dot(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:

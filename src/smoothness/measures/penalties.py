@@ -31,7 +31,7 @@ import torch
 
 from smoothness.measures.inputspace import (path_norms, segment_points, tv_of_gradients, tv_of_values,
                                             two_layer_segment_tvs, weights_products)
-from smoothness.models import MLPStack, forward, input_gradient
+from smoothness.models import MLPStack, forward, input_gradient, mse
 
 
 def half_pairs(xb: torch.Tensor, valid: torch.Tensor):
@@ -47,12 +47,6 @@ def half_pairs(xb: torch.Tensor, valid: torch.Tensor):
     a = xb[:, : B // 2]
     b = xb.gather(1, j[..., None].expand(-1, -1, xb.shape[2]))
     return a, b, pair_ok
-
-
-def batch_mse(p: MLPStack, xb: torch.Tensor, yb: torch.Tensor, valid: torch.Tensor):
-    """Eq. 2 on the batch: the mean squared error over the valid points [M], and the errors [M, B] (0 elsewhere)."""
-    err = torch.where(valid, forward(p, xb) - yb, 0.0)
-    return err.square().sum(1) / valid.sum(1), err
 
 
 def _gradient_norms(p: MLPStack, xb, valid, power: int) -> torch.Tensor:
@@ -115,7 +109,7 @@ def parameter_gradient_sq_norms(p: MLPStack, losses) -> torch.Tensor:
 
 def batch_minibatch_grad_norm(p: MLPStack, xb, yb, valid, points) -> torch.Tensor:
     """||grad_theta L_b||^2 of the batch MSE (Smith et al., 2021), differentiable by double backward. [M]."""
-    return parameter_gradient_sq_norms(p, lambda q: batch_mse(q, xb, yb, valid)[0])
+    return parameter_gradient_sq_norms(p, lambda q: mse(q, xb, yb, valid)[0])
 
 
 # -- closed forms of the penalty's gradient for two-layer nets ------------------------------------------------------

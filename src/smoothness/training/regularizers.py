@@ -14,8 +14,8 @@ import torch
 
 from smoothness import paper
 from smoothness.measures import registry
-from smoothness.measures.penalties import PenaltyGrads, batch_mse
-from smoothness.models import MLPStack, forward, parameter_grads
+from smoothness.measures.penalties import PenaltyGrads
+from smoothness.models import MLPStack, forward, mse, mse_scale, parameter_grads, residuals
 
 REGULARIZERS = ("none", *(m.regularizer for m in registry.REGISTRY if m.regularizer))
 PATH_LENGTH = ("function_path_length", "gradient_path_length")
@@ -68,8 +68,8 @@ def batch_measure(p: MLPStack, regularizer: str, xb: torch.Tensor, valid: torch.
 def regularized_loss(p: MLPStack, regularizer: str, lam: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor,
                      valid: torch.Tensor, points: int = SEGMENT_POINTS):
     """Per-model objective L + lam * S on the batch (eq. 15), and the plain batch MSE L (eq. 2). [M] each."""
-    mse, err = batch_mse(p, xb, yb, valid)
-    return mse + lam * batch_measure(p, regularizer, xb, valid, points, yb), err
+    loss, err = mse(p, xb, yb, valid)
+    return loss + lam * batch_measure(p, regularizer, xb, valid, points, yb), err
 
 
 def regularized_grads(p: MLPStack, regularizer: str, lam: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor,
@@ -88,9 +88,9 @@ def _two_layer_grads(p: MLPStack, regularizer: str, lam: torch.Tensor, xb: torch
                      valid: torch.Tensor, points: int):
     """regularized_grads for two-layer nets in closed form (module docstring): the same objective, eq. 15."""
     out, acts, pres = forward(p, xb, cache=True)
-    err = torch.where(valid, out - yb, 0.0)
+    err = residuals(out, yb, valid)
     pen = penalty_grads(p, regularizer, lam, pres[0], valid, points)
-    grads = parameter_grads(p, acts, pres, 2.0 * err / valid.sum(1).to(err.dtype)[:, None], dpre=[pen.dz])
+    grads = parameter_grads(p, acts, pres, err * mse_scale(valid, xb.shape[1], dtype=err.dtype)[:, None], dpre=[pen.dz])
     if pen.dW1 is not None:
         grads[0] = grads[0] + pen.dW1
     grads[1] = grads[1] + pen.dw2

@@ -36,7 +36,8 @@ from smoothness.runtime import precision
 from smoothness import paper
 from smoothness.training import regularizers
 from smoothness.runtime import rng
-from smoothness.models import DEFAULT_ALPHA, DEFAULT_WIDTHS, MLPStack, forward, init_mlp, parameter_grads, sgd_update_
+from smoothness.models import (DEFAULT_ALPHA, DEFAULT_WIDTHS, MLPStack, forward, init_mlp, mse_scale,
+                               parameter_grads, residuals, sgd_update_)
 from smoothness.training.state import (
     CONVERGED as CONVERGED_CODE, DIVERGED as DIVERGED_CODE, NOT_CONVERGED as NOT_CONVERGED_CODE, RUNNING, STATUSES,
     ActiveModels, Counters, Hyper, Outcome, StatusPoll, StepSettings, TrainingData, upload)
@@ -216,9 +217,8 @@ class BatchedTrainer:
         if st.optimizer == "sgd" and (st.regularizer == "none" or self._fused_penalty(p, st)):
             # fused: the update is folded into the gradient GEMMs
             out, acts, pres = forward(p, xb, cache=True)
-            err = out - yb if valid is None else torch.where(valid, out - yb, 0.0)
-            # eq. 2 on the batch: d/d out of (1/count) sum err^2 is 2 err / count, scaled by the lr here
-            scale = lr * (2.0 / self.batch_size) if valid is None else 2.0 * lr / valid.sum(1).to(err.dtype)
+            err = residuals(out, yb, valid)
+            scale = mse_scale(valid, self.batch_size, lr, err.dtype)   # dL/dout of eq. 2 on the batch, times lr
             pen = None
             if st.regularizer != "none":   # eq. 15: lam * S's gradient, from the weights before the update
                 pen = regularizers.penalty_grads(p, st.regularizer, act.hyper.lam[a:b], pres[0], valid, st.penalty_points)
@@ -252,9 +252,9 @@ class BatchedTrainer:
         if st.regularizer != "none":
             return regularizers.regularized_grads(p, st.regularizer, lam, xb, yb, valid, st.penalty_points)
         out, acts, pres = forward(p, xb, cache=True)
-        err = out - yb if valid is None else torch.where(valid, out - yb, 0.0)
-        scale = 2.0 / self.batch_size if valid is None else (2.0 / valid.sum(1).to(err.dtype))[:, None]
-        return parameter_grads(p, acts, pres, err * scale), err
+        err = residuals(out, yb, valid)
+        scale = mse_scale(valid, self.batch_size, dtype=err.dtype)
+        return parameter_grads(p, acts, pres, err * (scale if valid is None else scale[:, None])), err
 
     # -- epoch ends: the stopping rule and the reshuffle, on the device ---------------------------
     def _epoch_end(self, act: ActiveModels, rows: np.ndarray) -> None:
@@ -456,8 +456,6 @@ def mse(p: MLPStack, x: torch.Tensor, y: torch.Tensor, chunk: int = 4096) -> tor
     """Eq. 2: mean squared error of each model on (x [n, d] or [M, n, d], y [n] or [M, n]). [M]."""
     total = torch.zeros(p.n_models, dtype=torch.float64, device=x.device)
     n = x.shape[-2]
-    for i in range(0, n, chunk):
-        xi = x[..., i:i + chunk, :]
-        yi = y[..., i:i + chunk]
-        total += (forward(p, xi) - yi).square().sum(-1).double()
+    for i in range(0, n, chunk):   # the sum in float64, in chunks of points
+        total += residuals(forward(p, x[..., i:i + chunk, :]), y[..., i:i + chunk]).square().sum(-1).double()
     return (total / n).float()
