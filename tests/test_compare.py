@@ -3,9 +3,9 @@ import pandas as pd
 import pytest
 
 from conftest import run_cli
-from smoothness.report import compare
-from smoothness.experiments import runner as experiments
 from smoothness.experiments import grid
+from smoothness.experiments import runner as experiments
+from smoothness.report import compare
 
 
 @pytest.fixture(scope="module")

@@ -133,8 +133,8 @@ def test_minibatch_gradient_norm_matches_a_loop_over_the_batches():
 
 
 def test_grid_records_the_parameter_measures(tmp_path):
-    from smoothness.experiments import runner as experiments
     from smoothness.experiments import grid
+    from smoothness.experiments import runner as experiments
     from smoothness.experiments.store import Store
     raw = {"name": "curv", "pairs": [[3, 8]], "n_train": [32], "seeds": [0, 1], "hidden": 16, "lr": 0.05,
            "threshold": 1e-3, "measure": {"segments": 4, "points": 16, "points_per_segment": 8,
@@ -168,6 +168,6 @@ def test_grid_records_the_parameter_measures(tmp_path):
             assert rec["hessian_trace"] > 0 and rec["hessian_trace_se"] >= 0
             assert rec["distance_from_init"] > 0
             assert rec["parameter_norm"] == pytest.approx(float(curvature.parameter_norm(p)[0]), rel=1e-6)
-            from smoothness.measures import registry   # every column of every registered measure, options on
+            from smoothness.measures import registry  # every column of every registered measure, options on
             assert all(c in rec for m in registry.REGISTRY for c in registry.columns(m)), rec.keys()
             assert rec["minibatch_grad_norm"] >= 0

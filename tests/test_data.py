@@ -8,12 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SHARED, run_cli
-from smoothness.data import images as data
+from conftest import MNIST_DIR, run_cli
 from smoothness.data import idx
+from smoothness.data import images as data
 from smoothness.errors import DataError
 
-MNIST_DIR = SHARED / "data" / "mnist"
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
@@ -42,7 +41,7 @@ def _no_cache(monkeypatch, tmp_path):
 
 # -- real files ---------------------------------------------------------------------------------
 
-@pytest.mark.skipif(not MNIST_DIR.is_dir(), reason="../shared/data/mnist not present")
+@pytest.mark.skipif(MNIST_DIR is None or not MNIST_DIR.is_dir(), reason="SMOOTHNESS_MNIST_DIR not set")
 def test_genuine_mnist_test_split_reads_correctly():
     images = idx.parse(idx.read_bytes(MNIST_DIR / "t10k-images-idx3-ubyte.gz"))
     labels = idx.parse(idx.read_bytes(MNIST_DIR / "t10k-labels-idx1-ubyte.gz"))
@@ -56,7 +55,7 @@ def test_genuine_mnist_test_split_reads_correctly():
         assert idx.md5(content) == idx.CHECKSUMS["mnist"][name]
 
 
-@pytest.mark.skipif(not MNIST_DIR.is_dir(), reason="../shared/data/mnist not present")
+@pytest.mark.skipif(MNIST_DIR is None or not MNIST_DIR.is_dir(), reason="SMOOTHNESS_MNIST_DIR not set")
 def test_mnist_source_with_genuine_test_split(tmp_path):
     # Genuine test split and training labels plus synthetic training images of matching count.
     d = tmp_path / "mnist"

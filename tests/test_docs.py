@@ -39,19 +39,20 @@ def test_a_broken_link_or_an_orphan_page_fails_the_build(tmp_path):
 def test_the_module_table_matches_the_package():
     listed = set()
     for row in re.findall(r"^\| (`[^|]*`) \|", (ROOT / "docs" / "index.md").read_text(), flags=re.M):
-        listed |= set(re.findall(r"`([a-z_]+)\.py`", row))
-    modules = {p.stem for p in (ROOT / "src" / "smoothness").glob("*.py") if not p.stem.startswith("__")}
+        listed |= set(re.findall(r"`([a-z_/]+\.py)`", row))
+    src = ROOT / "src" / "smoothness"
+    modules = {p.relative_to(src).as_posix() for p in src.rglob("*.py") if not p.name.startswith("__")}
     assert listed == modules
 
 
 def test_each_result_grid_file_is_the_design_of_its_store(tmp_path):
-    """docs/results/X.yaml rebuilds the grid recorded in X.sqlite (all but the description), so `smoothness run`
+    """results/X.yaml rebuilds the grid recorded in X.sqlite (all but the description), so `smoothness run`
     on it reproduces or resumes that store even after the preset of the same name has changed."""
     import json
     import sqlite3
 
     from smoothness.experiments import grid
-    pairs = [(y, y.with_suffix(".sqlite")) for y in sorted((ROOT / "docs" / "results").glob("*.yaml"))]
+    pairs = [(y, y.with_suffix(".sqlite")) for y in sorted((ROOT / "results").glob("*.yaml"))]
     pairs = [(y, db) for y, db in pairs if db.exists()]
     assert len(pairs) >= 2
     for y, db in pairs:

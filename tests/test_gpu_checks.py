@@ -1,4 +1,4 @@
-"""scripts/gpu-checks.sh, the prepared GPU checks of issue 15, runs end to end (DEVICE=cpu: toy sizes on a CPU)."""
+"""scripts/gpu-checks.sh, the prepared GPU checks, runs end to end (DEVICE=cpu: toy sizes on a CPU)."""
 import os
 import re
 import sqlite3
@@ -19,7 +19,7 @@ def test_the_gpu_check_script_runs_every_step_and_returns_few_small_files(tmp_pa
     assert steps == ["tests", "bench-fp32", "smoke-cpu", "smoke-dev", "smoke-compare", "fashion-table1"]
     assert re.findall(r"exit (\d+) after", summary) == ["0"] * len(steps), summary
     files = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert len(files) <= 8 and all(p.is_file() for p in (tmp_path / "out").iterdir())   # the device tool's limits
+    assert len(files) <= 8 and all(p.is_file() for p in (tmp_path / "out").iterdir())   # five files, a few small stores
     assert "model-steps/s" in (tmp_path / "out" / "steps.log").read_text()
     db = sqlite3.connect(str(tmp_path / "out" / "smoke-dev.sqlite"))
     assert db.execute("SELECT COUNT(*) FROM runs").fetchone()[0] > 0

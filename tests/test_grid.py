@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from conftest import run_cli
-from smoothness.experiments import runner as experiments
-from smoothness.experiments import grid
-from smoothness.training import regularizers
 from smoothness.errors import ConfigError
+from smoothness.experiments import grid
+from smoothness.experiments import runner as experiments
+from smoothness.training import regularizers
 
 
 def parse(**kw):
@@ -304,7 +304,8 @@ def test_full_batch_gd_takes_one_step_per_epoch():
 
 
 def test_fields_added_after_the_first_release_are_one_table_that_keeps_old_keys():
-    from dataclasses import fields as dc_fields, replace
+    from dataclasses import fields as dc_fields
+    from dataclasses import replace
 
     from smoothness.experiments.config import ADDED_FIELDS, RunConfig, config_key
     c = RunConfig()
@@ -329,7 +330,7 @@ def test_the_keys_of_every_committed_store_are_rebuilt_from_their_records():
 
     from smoothness.experiments.config import RunConfig, config_key
     names = {f.name for f in dc_fields(RunConfig)}
-    stores = sorted((Path(__file__).parent.parent / "docs").rglob("*.sqlite"))
+    stores = sorted((Path(__file__).parent.parent / "results").glob("*.sqlite"))
     assert stores
     checked = 0
     for path in stores:

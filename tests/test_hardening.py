@@ -14,13 +14,12 @@ import pytest
 
 from conftest import run_cli, run_cli_tty
 from smoothness.cli import commands as cli
-from smoothness.experiments import runner as experiments
-from smoothness.experiments import grid
-from smoothness.experiments import pipeline
-from smoothness.training import trainer as training
-from smoothness.experiments import store as store_mod
 from smoothness.errors import ConfigError, StoreError
+from smoothness.experiments import grid, pipeline
+from smoothness.experiments import runner as experiments
+from smoothness.experiments import store as store_mod
 from smoothness.experiments.store import Store
+from smoothness.training import trainer as training
 
 TINY = {"name": "tiny", "description": "Two tiny models.", "data": "mnist5k", "pairs": [[3, 8]], "n_train": [16, 32],
         "seeds": [0], "hidden": 8, "lr": 0.05, "batch_size": 16, "max_epochs": 20, "threshold": 1.0e-3,

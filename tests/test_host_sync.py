@@ -1,4 +1,4 @@
-"""The trainer's step, epoch end and admission of new models never wait for the device (issue 15, part 1).
+"""The trainer's step, epoch end and admission of new models never wait for the device.
 
 On a GPU a value read back (.item(), .cpu(), bool(t), a boolean-mask index, nonzero) or a host-to-device copy
 from pageable memory (torch.tensor(..., device=...)) makes the host wait until every queued step has run. On a

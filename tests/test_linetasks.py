@@ -6,10 +6,9 @@ import pytest
 import torch
 
 from smoothness.data import images as data
-from smoothness.experiments import grid
 from smoothness.data import lines as linetasks
-from smoothness.experiments import pipeline
 from smoothness.errors import ConfigError, DataError
+from smoothness.experiments import grid, pipeline
 from smoothness.experiments.config import RunConfig, config_key
 
 

@@ -4,9 +4,9 @@ import math
 import pytest
 import torch
 
-from smoothness.measures import lipschitz
-from smoothness.measures import inputspace as measures
 from smoothness import models
+from smoothness.measures import inputspace as measures
+from smoothness.measures import lipschitz
 from smoothness.models import input_gradient
 
 

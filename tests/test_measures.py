@@ -5,9 +5,9 @@ import pytest
 import torch
 from torch import nn
 
+from smoothness import models
 from smoothness.measures import inputspace as measures
 from smoothness.measures import registry
-from smoothness import models
 from smoothness.models import input_gradient, two_layer_relu
 
 

@@ -11,8 +11,8 @@ import torch
 
 from conftest import run_cli
 from smoothness.cli import commands as cli
-from smoothness.experiments import pipeline
 from smoothness.errors import SmoothnessError
+from smoothness.experiments import pipeline
 
 SMALL = ["--hidden", "8", "--n-train", "16", "--max-epochs", "3", "--segments", "5", "--points", "5",
          "--measure-points", "20", "--device", "cpu"]

@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from smoothness.measures import inputspace as measures
-from smoothness.measures import registry
 from smoothness import models
-from smoothness.measures import oned
+from smoothness.measures import inputspace as measures
+from smoothness.measures import oned, registry
 
 U = oned.Density("uniform", -1.0, 1.0)
 G = oned.Density("gaussian", 0.2, 0.5)

@@ -4,9 +4,9 @@ import math
 import pytest
 
 from conftest import grid_run, stored_frame
+from smoothness.analysis import optimality
 from smoothness.data import lines as linetasks
 from smoothness.measures import oned
-from smoothness.analysis import optimality
 from smoothness.report import document as report
 
 GRID = {"name": "oned-test", "data": "line-gp:pool=64,heldout=300", "n_train": [4, 8], "seeds": [0, 1],
@@ -91,8 +91,9 @@ def test_smallest_interpolants_drawn_are_feasible():
 
 
 def test_the_gpl_note_states_the_bracket_width():
-    from smoothness.report.format import gpl_note
     import pandas as pd
+
+    from smoothness.report.format import gpl_note
     assert "bracket" in gpl_note(pd.Series([float("nan")]))
     assert "exact" in gpl_note(pd.Series([0.0, 0.0]))
     assert "at most 0.23% wide" in gpl_note(pd.Series([0.001, 0.0023]))

@@ -1,12 +1,11 @@
 import pytest
-from tolerance import assert_same_trajectory, kernel_noise
 import torch
 
 from smoothness.data import images as data
-from smoothness.training import optimizers
-from smoothness.training import regularizers
-from smoothness.training import trainer as training
 from smoothness.models import MLPStack, init_mlp
+from smoothness.training import optimizers, regularizers
+from smoothness.training import trainer as training
+from tolerance import assert_same_trajectory, kernel_noise
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,9 @@ from dataclasses import asdict
 import pytest
 
 from smoothness.cli import commands as cli
-from smoothness.experiments import distributed
-from smoothness.experiments import runner as experiments
-from smoothness.experiments import grid
 from smoothness.errors import SmoothnessError
+from smoothness.experiments import distributed, grid
+from smoothness.experiments import runner as experiments
 from smoothness.experiments.store import Store
 from tolerance import assert_close_tensors, assert_same_outcome
 

@@ -4,13 +4,12 @@ where it should be. That every measure is recorded and reported is tested on a r
 import pytest
 import torch
 
-from smoothness.analysis import tables as analysis
-from smoothness.measures import paramspace as curvature
-from smoothness.measures import inputspace as measures
 from smoothness import models
+from smoothness.analysis import tables as analysis
+from smoothness.analysis import verdict
+from smoothness.measures import inputspace as measures
 from smoothness.measures import registry
 from smoothness.training import regularizers
-from smoothness.analysis import verdict
 
 KEYS = [m.key for m in registry.REGISTRY]
 

@@ -1,13 +1,13 @@
 import pytest
 import torch
 
+from smoothness import models
 from smoothness.data import images as data
 from smoothness.measures import inputspace as measures
-from smoothness import models
-from smoothness.training import regularizers
-from smoothness.runtime import rng
-from smoothness.training import trainer as training
 from smoothness.models import MLPStack, init_mlp
+from smoothness.runtime import rng
+from smoothness.training import regularizers
+from smoothness.training import trainer as training
 
 KINDS = [k for k in regularizers.REGULARIZERS if k != "none"]
 

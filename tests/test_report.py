@@ -10,8 +10,8 @@ import pytest
 
 from conftest import run_cli
 from smoothness.experiments import grid
-from smoothness.measures import registry
 from smoothness.experiments.store import Store
+from smoothness.measures import registry
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from conftest import spec
-from smoothness.data import images as data
 from smoothness import models
+from smoothness.data import images as data
 from smoothness.runtime import rng
 from smoothness.training import trainer as training
 from tolerance import assert_same_outcome, assert_same_trajectory

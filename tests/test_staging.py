@@ -2,10 +2,9 @@
 import pytest
 
 from smoothness.analysis import tables as analysis
-from smoothness.experiments import runner as experiments
-from smoothness.experiments import grid
-from smoothness.experiments import staging
 from smoothness.errors import ConfigError
+from smoothness.experiments import grid, staging
+from smoothness.experiments import runner as experiments
 from smoothness.experiments.grid import config_key
 from smoothness.experiments.pipeline import RunConfig
 from smoothness.experiments.store import Store

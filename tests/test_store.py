@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from conftest import run_cli, run_cli_tty
-from smoothness.experiments import grid
 from smoothness.errors import DataError
-from smoothness.models import init_mlp
+from smoothness.experiments import grid
 from smoothness.experiments.store import Store
+from smoothness.models import init_mlp
 
 
 def test_add_is_durable_idempotent_and_round_trips(tmp_path):

@@ -9,13 +9,13 @@ import pytest
 
 from conftest import run_cli
 from smoothness.cli import commands as cli
-from smoothness.experiments import runner as experiments
-from smoothness.experiments import grid
-from smoothness.experiments import store as store_mod
 from smoothness.errors import ConfigError, DataError, StoreError
-from smoothness.models import init_mlp
+from smoothness.experiments import grid
+from smoothness.experiments import runner as experiments
+from smoothness.experiments import store as store_mod
 from smoothness.experiments.salvage import salvage
 from smoothness.experiments.store import Store
+from smoothness.models import init_mlp
 
 ROOT_USER = hasattr(os, "geteuid") and os.geteuid() == 0
 TINY = {"name": "tiny", "description": "Two tiny models.", "data": "mnist5k", "pairs": [[3, 8]], "n_train": [16, 32],

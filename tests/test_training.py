@@ -4,8 +4,8 @@ import torch
 
 from conftest import spec
 from smoothness.data import images as data
-from smoothness.training import trainer as training
 from smoothness.errors import ConfigError
+from smoothness.training import trainer as training
 from tolerance import OUTCOME_REL, assert_same_outcome, assert_same_trajectory, kernel_noise
 
 

@@ -4,9 +4,9 @@ import math
 import pandas as pd
 import pytest
 
-from smoothness.experiments import grid
 from smoothness.analysis import verdict as V
 from smoothness.errors import ConfigError
+from smoothness.experiments import grid
 
 
 def test_the_rules_on_the_papers_values_give_the_papers_conclusions():

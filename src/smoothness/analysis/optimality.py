@@ -51,7 +51,8 @@ def ratio_table(df: pd.DataFrame) -> pd.DataFrame:
         cols.update({f"{m}_mean": s.mean(), f"{m}_std": s.std(), f"{m}_min": s.min(), f"{m}_max": s.max()})
     out = counts.to_frame().join(pd.DataFrame(cols)).reset_index()   # settings where none converged stay, with 0
     out["converged"] = out["converged"].fillna(0).astype(int)
-    return out[SETTING + ["n_train", "models", "converged"] + [c for c in out if c.startswith(MEASURES)] + ["gpl_bracket"]]
+    ratios = [c for c in out if c.startswith(MEASURES)]
+    return out[SETTING + ["n_train", "models", "converged"] + ratios + ["gpl_bracket"]]
 
 
 def edge_table(df: pd.DataFrame) -> pd.DataFrame:

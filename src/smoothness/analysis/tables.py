@@ -9,10 +9,10 @@ import pandas as pd
 from scipy.stats import kendalltau
 
 from smoothness import paper
-from smoothness.measures import registry
 from smoothness.experiments import staging
-from smoothness.training.regularizers import PAPER_LAMBDAS  # noqa: F401 (the paper's lambdas: part of analysis's API)
 from smoothness.experiments.config import ADDED_FIELDS
+from smoothness.measures import registry
+from smoothness.training.regularizers import PAPER_LAMBDAS  # noqa: F401 (the paper's lambdas: part of analysis's API)
 
 # The four measures of the paper's tables, with their short names (all lists come from registry.py).
 MEASURES = registry.shorts(paper=True)

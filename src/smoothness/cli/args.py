@@ -5,14 +5,13 @@ import argparse
 
 from smoothness import __version__
 from smoothness.data import images as data
+from smoothness.errors import SmoothnessError
+from smoothness.experiments import grid as grid_mod
 from smoothness.experiments import runner as experiments
 from smoothness.measures import inputspace as measures
-from smoothness.training import optimizers
 from smoothness.runtime import precision
-from smoothness.training import regularizers
+from smoothness.training import optimizers, regularizers
 from smoothness.training import trainer as training
-from smoothness.experiments import grid as grid_mod
-from smoothness.errors import SmoothnessError
 
 
 def _data_source(value: str) -> str:
@@ -170,6 +169,13 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--ignore", nargs="*", default=None, metavar="FIELD",
                     help="configuration fields not matched on (default: matmul_precision)")
     cp.add_argument("--csv", default=None, metavar="PATH", help="also write the matched models to PATH as CSV")
+
+    sv = sub.add_parser("salvage", help="copy what can still be read from a damaged results store into a new one",
+                        description="Copy every model row (and its weights) that can still be read from a damaged "
+                        "results store into NEWDIR/results.sqlite; `smoothness run GRID --out NEWDIR` then trains only "
+                        "the models that were lost.")
+    sv.add_argument("damaged", help="the damaged store: experiment directory or .sqlite file")
+    sv.add_argument("newdir", help="a new experiment directory")
 
     ex = sub.add_parser("export", help="copy a results store into one file, without the weights",
                         description="Copy a results store (a snapshot, also of a store a grid is still writing) into "

@@ -84,8 +84,8 @@ def steps_for(m: int, budget: int, cap: int = 400) -> int:
 
 def grid_wall_time(grid_name: str, device, tf32: bool = False) -> tuple[float, str]:
     """Wall time of training, measuring and storing a whole grid (a preset or YAML file) into a fresh store."""
-    from smoothness.experiments import runner as experiments
     from smoothness.experiments import grid as grid_mod
+    from smoothness.experiments import runner as experiments
     g = grid_mod.resolve(grid_name)
     if tf32:
         g.matmul_precision = "tf32"

@@ -7,17 +7,15 @@ import os
 import sys
 from pathlib import Path
 
-from smoothness.data import images as data
-from smoothness.experiments import runner as experiments
-from smoothness.data import idx
-from smoothness.runtime import interrupt
-from smoothness.experiments import pipeline
-from smoothness.runtime import rng
-from smoothness.experiments import staging
-from smoothness.experiments import grid as grid_mod
 from smoothness.cli.args import build_parser
 from smoothness.cli.console import EpochProgress, emit_record, print_table, stdout_closed
+from smoothness.data import idx
+from smoothness.data import images as data
 from smoothness.errors import SmoothnessError, StoreError
+from smoothness.experiments import grid as grid_mod
+from smoothness.experiments import pipeline, staging
+from smoothness.experiments import runner as experiments
+from smoothness.runtime import interrupt, rng
 
 
 def cmd_train(a) -> int:
@@ -206,6 +204,15 @@ def cmd_compare(a) -> int:
     return 0
 
 
+def cmd_salvage(a) -> int:
+    """`smoothness salvage`: the readable rows of a damaged store, copied into a new one."""
+    from smoothness.experiments.salvage import salvage
+    copied, lost, weights = salvage(a.damaged, a.newdir)
+    print(f"copied {copied} model(s), {weights} with weights, into {Path(a.newdir) / 'results.sqlite'}; {lost} could "
+          f"not be read (`smoothness run GRID --out {a.newdir}` trains them again)")
+    return 0
+
+
 def cmd_export(a) -> int:
     """`smoothness export`: a compact copy of a store, without weights unless asked."""
     from smoothness.experiments.store import export
@@ -309,7 +316,8 @@ def _main(argv, ns) -> int:
     try:
         code = {"train": cmd_train, "measure": cmd_measure, "download": cmd_download, "data": cmd_data,
                 "run": cmd_run, "report": cmd_report, "reproduce": cmd_reproduce,
-                "presets": cmd_presets, "bench": cmd_bench, "compare": cmd_compare, "export": cmd_export}[a.command](a)
+                "presets": cmd_presets, "bench": cmd_bench, "compare": cmd_compare, "export": cmd_export,
+                "salvage": cmd_salvage}[a.command](a)
         sys.stdout.flush()   # a closed stdout fails here, not in the interpreter's final flush
         return code
     except BrokenPipeError:   # `smoothness ... | head -1`: the end of a pipe is a normal end, quiet

@@ -8,8 +8,7 @@ import os
 import sys
 
 from smoothness.data import lines as linetasks
-from smoothness.measures import oned
-from smoothness.measures import registry
+from smoothness.measures import oned, registry
 
 MEASURE_KEYS = registry.keys(paper=True)
 

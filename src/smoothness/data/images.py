@@ -33,8 +33,8 @@ import torch
 from smoothness import paper
 from smoothness.data import idx
 from smoothness.data import lines as linetasks
-from smoothness.runtime import rng
 from smoothness.errors import DataError, first_line
+from smoothness.runtime import rng
 
 SOURCES = ("mnist5k", "mnist", "fashion-mnist")
 MNIST5K_TRAIN_PER_DIGIT = 400

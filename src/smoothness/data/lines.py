@@ -28,8 +28,9 @@ import numpy as np
 import torch
 from scipy import integrate, special
 
-from smoothness.runtime import rng
 from smoothness.errors import DataError
+from smoothness.runtime import rng
+
 _GL_NODES, _GL_WEIGHTS = np.polynomial.legendre.leggauss(12)
 
 

@@ -3,8 +3,15 @@ store (store, salvage), training and measuring (pipeline, evaluate, modelfile), 
 here or on a Ray cluster (runner, distributed)."""
 from smoothness.experiments.config import RunConfig, config_key
 from smoothness.experiments.grid import PRESETS, Grid, load, parse, preset, resolve
-from smoothness.experiments.runner import (GridProgress, RunSummary, check_data, claim_store, dry_run,
-                                           interrupted_note, run_grid)
+from smoothness.experiments.runner import (
+                                           GridProgress,
+                                           RunSummary,
+                                           check_data,
+                                           claim_store,
+                                           dry_run,
+                                           interrupted_note,
+                                           run_grid,
+)
 from smoothness.experiments.store import Store
 
 __all__ = ["RunConfig", "config_key", "PRESETS", "Grid", "load", "parse", "preset", "resolve", "GridProgress",

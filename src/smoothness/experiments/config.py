@@ -12,15 +12,12 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import TypedDict
 
+from smoothness import paper
 from smoothness.data import images as datasets
 from smoothness.data import lines as linetasks
-from smoothness.training import optimizers
-from smoothness.runtime import precision
-from smoothness.training import regularizers
-from smoothness.runtime import rng
 from smoothness.errors import ConfigError, DataError
-from smoothness import paper
-
+from smoothness.runtime import precision, rng
+from smoothness.training import optimizers, regularizers
 
 # Upper limits of a configuration's sizes: a larger value is a typo or asks for work no machine finishes, and is
 # refused before any work (docs/cli.md). The paper's values are far below them.

@@ -16,9 +16,9 @@ import math
 import os
 from dataclasses import dataclass
 
+from smoothness.errors import SmoothnessError
 from smoothness.runtime import interrupt
 from smoothness.training import regularizers
-from smoothness.errors import SmoothnessError
 
 DEFAULT_RETRIES = 3
 

@@ -7,15 +7,14 @@ from typing import NamedTuple
 
 import torch
 
-from smoothness.data import lines as linetasks
-from smoothness.measures import oned
-from smoothness.measures import inputspace as measures
-from smoothness.runtime import precision
-from smoothness.measures import registry
-from smoothness.training import trainer as training
 from smoothness.data import images as datasets
-from smoothness.models import MLPStack
+from smoothness.data import lines as linetasks
 from smoothness.experiments.config import RunConfig
+from smoothness.measures import inputspace as measures
+from smoothness.measures import oned, registry
+from smoothness.models import MLPStack
+from smoothness.runtime import precision
+from smoothness.training import trainer as training
 
 
 class Trained(NamedTuple):

@@ -45,13 +45,12 @@ from importlib import resources
 from pathlib import Path
 
 from smoothness.data import images as datasets
-from smoothness.experiments import gridvalues as gv
 from smoothness.data import lines as linetasks
-from smoothness.training import optimizers
-from smoothness.training import regularizers
-from smoothness.runtime import rng
 from smoothness.errors import ConfigError, DataError
+from smoothness.experiments import gridvalues as gv
 from smoothness.experiments.config import RunConfig, config_key  # noqa: F401 (config_key: part of grid's API)
+from smoothness.runtime import rng
+from smoothness.training import optimizers, regularizers
 
 PRESETS = (
     "smoke", "quick", "paper-table1", "paper-table2", "lr-sweep", "depth", "fashion-table1", "fashion-table2",

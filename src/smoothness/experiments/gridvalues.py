@@ -7,12 +7,10 @@ import math
 import re
 
 from smoothness.data import images as datasets
-from smoothness.training import optimizers
-from smoothness.runtime import precision
-from smoothness.training import regularizers
-from smoothness.runtime import rng
-from smoothness.experiments.staging import MODES as LADDER_MODES
 from smoothness.errors import ConfigError
+from smoothness.experiments.staging import MODES as LADDER_MODES
+from smoothness.runtime import precision, rng
+from smoothness.training import optimizers, regularizers
 
 REGULARIZER_KEYS = {"name", "lam", "lr", "alpha", "max_epochs", "n_train", "seeds", "pairs", "penalty_points"}
 

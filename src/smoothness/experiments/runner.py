@@ -11,12 +11,12 @@ from pathlib import Path
 
 from smoothness.data import images as datasets
 from smoothness.data import lines as linetasks
-from smoothness.experiments import pipeline
-from smoothness.experiments import staging
-from smoothness.experiments.distributed import DEFAULT_RETRIES
 from smoothness.errors import ConfigError, StoreError
+from smoothness.experiments import pipeline, staging
+from smoothness.experiments.distributed import DEFAULT_RETRIES
 from smoothness.experiments.grid import Grid, config_key
-from smoothness.experiments.store import Store, model_count, versions
+from smoothness.experiments.store import Store, versions
+from smoothness.experiments.storefile import model_count
 
 
 @dataclass

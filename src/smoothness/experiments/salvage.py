@@ -1,7 +1,7 @@
 """Copy what can still be read from a damaged results store into a new one.
 
 A store that fails SQLite's integrity check (pages overwritten on disk, say) is refused by `report` and
-`compare`. `python -m smoothness.experiments.salvage DAMAGED NEWDIR` copies every model row (and its weights) that
+`compare`. `smoothness salvage DAMAGED NEWDIR` copies every model row (and its weights) that
 can still be read into NEWDIR/results.sqlite; `smoothness run GRID --out NEWDIR` then trains only the
 models that were lost. Rows are read one rowid at a time, so a damaged page loses the rows on it, not
 every row after it (as a plain scan, or `sqlite3 .dump`, would).
@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 
 from smoothness.errors import SmoothnessError, StoreError
-from smoothness.experiments.store import Store, connect_read_only, parse_record, store_path
+from smoothness.experiments.store import Store, parse_record, store_path
+from smoothness.experiments.storefile import connect_read_only
 
 _GAP = 1000   # rowids probed past the last readable row when the largest rowid cannot be read
 

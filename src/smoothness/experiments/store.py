@@ -20,16 +20,24 @@ import sqlite3
 import sys
 import time
 from pathlib import Path
-from urllib.parse import quote
 
 import numpy as np
 import torch
 
 from smoothness.errors import StoreError
-from smoothness.models import MLPStack
 from smoothness.experiments.config import ADDED_FIELDS
-
-SCHEMA_VERSION = 1
+from smoothness.experiments.storefile import (
+    LOCK_TIMEOUT,
+    SCHEMA_VERSION,
+    cannot_write,
+    check_schema,
+    check_tables,
+    connect_read_only,
+    damaged,
+    file_identity,
+    write_failure,
+)
+from smoothness.models import MLPStack
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -44,14 +52,6 @@ CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS trained (key TEXT PRIMARY KEY, finished_at TEXT NOT NULL, record TEXT NOT NULL,
                                     state BLOB NOT NULL);
 """
-# The columns of each table, as _SCHEMA creates them: a store whose tables differ is not written to (a foreign
-# SQLite file, or one whose tables were changed by hand, would fail only at the first insert, after training).
-_COLUMNS = {"runs": ["key", "finished_at", "data", "pair_a", "pair_b", "n_train", "seed", "regularizer", "lam", "lr",
-                     "status", "epochs", "record"],
-            "weights": ["key", "state"], "meta": ["name", "value"],
-            "trained": ["key", "finished_at", "record", "state"]}
-
-
 def versions() -> dict:
     """Versions recorded with every stored model."""
     from smoothness import __version__
@@ -119,11 +119,11 @@ class Store:
         db = None
         try:
             db = sqlite3.connect(str(path), timeout=LOCK_TIMEOUT, isolation_level=None)
-            existing = _check_tables(path, db)
+            existing = check_tables(path, db)
             if existing:   # a store written before: refuse a damaged one before any work (salvage instead)
                 problems = [r[0] for r in db.execute("PRAGMA quick_check(3)")]
                 if problems != ["ok"]:
-                    raise StoreError(_damaged(path, db, "; ".join(problems)))
+                    raise StoreError(damaged(path, db, "; ".join(problems)))
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.executescript(_SCHEMA)
@@ -131,23 +131,23 @@ class Store:
             if row is None:
                 db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
             else:
-                _check_schema(path, row[0])
+                check_schema(path, row[0])
         except BaseException as e:
             if db is not None:
-                msg = _write_failure(path, db, e, "open") if isinstance(e, sqlite3.DatabaseError) else None
+                msg = write_failure(path, db, e, "open") if isinstance(e, sqlite3.DatabaseError) else None
                 db.close()
                 if msg:
                     raise StoreError(msg) from None
             elif isinstance(e, sqlite3.DatabaseError):
-                raise StoreError(_write_failure(path, None, e, "open")) from None
+                raise StoreError(write_failure(path, None, e, "open")) from None
             raise
-        self._identity = _identity(path)
+        self._identity = file_identity(path)
         return db
 
     def _still_there(self) -> None:
         """A StoreError if the store file was deleted or replaced since it was opened: SQLite would go on writing
         into the unlinked file, and everything committed would vanish with the process."""
-        if _identity(self.path) != self._identity:
+        if file_identity(self.path) != self._identity:
             raise StoreError(f"the results store {self.path} was deleted or replaced while this run was writing to "
                              "it: the models stored in it are gone, and this run stops; run the same command again "
                              "to train them into a new store")
@@ -161,7 +161,7 @@ class Store:
             yield
         except sqlite3.DatabaseError as e:
             self._rollback()
-            raise StoreError(_write_failure(self.path, self.db, e, what)) from None
+            raise StoreError(write_failure(self.path, self.db, e, what)) from None
 
     def _open_read_only(self) -> sqlite3.Connection:
         path = self.path
@@ -177,7 +177,7 @@ class Store:
             try:
                 db = connect_read_only(path)
             except sqlite3.OperationalError as e:
-                if not _cannot_write(e):
+                if not cannot_write(e):
                     raise
                 # A WAL store where this user cannot create its -shm file (a read-only folder): SQLite reads it
                 # only as immutable, which is right unless a WAL journal holds commits not yet in the file.
@@ -195,18 +195,18 @@ class Store:
             if "meta" in tables:
                 row = db.execute("SELECT value FROM meta WHERE name='schema'").fetchone()
                 if row is not None:
-                    _check_schema(path, row[0])
+                    check_schema(path, row[0])
             try:
                 problems = [r[0] for r in db.execute("PRAGMA integrity_check(3)")]
             except sqlite3.DatabaseError as e:
                 problems = [str(e)]
             if problems != ["ok"]:
-                raise StoreError(_damaged(path, db, "; ".join(line for p in problems for line in str(p).splitlines()
+                raise StoreError(damaged(path, db, "; ".join(line for p in problems for line in str(p).splitlines()
                                                                if not line.startswith("***"))))
         except BaseException as e:
             msg = None
             if isinstance(e, sqlite3.DatabaseError):
-                msg = (_damaged(path, db, str(e)) if db is not None and "malformed" in str(e)
+                msg = (damaged(path, db, str(e)) if db is not None and "malformed" in str(e)
                        else f"{path} is not a readable results store ({e})")
             if db is not None:
                 db.close()
@@ -407,117 +407,6 @@ def export(source, dest, weights: bool = False) -> int:
     finally:
         src.close()
     return n
-
-
-def connect_read_only(path: Path, immutable: bool = False) -> sqlite3.Connection:
-    """A read-only connection to the SQLite file `path` (immutable: without the WAL's -shm file), opened for
-    real (SQLite opens lazily: the first read finds the problems)."""
-    # the path's bytes (os.fsencode): a non-ASCII name under LC_ALL=C holds surrogates that str.encode refuses
-    uri = "file:" + quote(os.fsencode(Path(path).resolve())) + "?mode=ro" + ("&immutable=1" if immutable else "")
-    db = sqlite3.connect(uri, uri=True, timeout=60, isolation_level=None)
-    try:
-        db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
-    except BaseException:
-        db.close()
-        raise
-    return db
-
-
-def _cannot_write(e: sqlite3.Error) -> bool:
-    """Whether SQLite failed for want of write access (not because the file is bad)."""
-    name = getattr(e, "sqlite_errorname", "")
-    return (isinstance(e, sqlite3.OperationalError) and name.startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN",
-                                                                         "SQLITE_PERM"))
-            or any(s in str(e) for s in ("readonly", "read-only", "unable to open")))
-
-
-LOCK_TIMEOUT = 60.0   # seconds a write waits for another process's write transaction before giving up
-
-
-def _identity(path: Path):
-    """(device, inode) of the file at path, or None if there is none: tells a deleted or replaced file."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
-
-
-def _check_tables(path: Path, db: sqlite3.Connection) -> bool:
-    """Whether the SQLite file holds tables (a store written before); a StoreError if it holds tables that are not
-    a results store's, or a results store's tables with other columns."""
-    tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")
-              if not r[0].startswith("sqlite_")]
-    foreign = [t for t in tables if t not in _COLUMNS]
-    if foreign or tables and "runs" not in tables:
-        raise StoreError(f"{path} is an SQLite database but not a results store (its tables: "
-                         f"{', '.join(tables)}): choose another --out")
-    for t in tables:
-        cols = [r[1] for r in db.execute(f"PRAGMA table_info({t})")]
-        if cols != _COLUMNS[t]:
-            raise StoreError(f"{path}: table {t} has the columns {', '.join(cols)}, not those of a results store "
-                             f"({', '.join(_COLUMNS[t])}); it is not written to. Copy its models into a new store "
-                             f"with `python -m smoothness.experiments.salvage {path} NEWDIR`")
-    return bool(tables)
-
-
-def _write_failure(path: Path, db: sqlite3.Connection | None, e: sqlite3.DatabaseError, what: str) -> str:
-    """One line for SQLite failing to open or write the store: a full disk, a lock held by another process, missing
-    write access, damage; with what the store still holds."""
-    import shutil
-    text = str(e)
-    name = getattr(e, "sqlite_errorname", "")
-    held = ""
-    if db is not None:
-        try:
-            held = f"; the {model_count(db)} model(s) committed before are kept"
-        except sqlite3.DatabaseError:
-            pass
-    try:
-        free = shutil.disk_usage(path.parent).free
-    except OSError:
-        free = None
-    if name == "SQLITE_FULL" or "disk is full" in text or (("disk I/O" in text or name.startswith("SQLITE_IOERR"))
-                                                           and free is not None and free < (1 << 20)):
-        room = f" ({free:,} bytes free on its disk)" if free is not None else ""
-        return (f"no space left to write {what} to the results store {path}{room}{held}: free some space and run "
-                "the same command again to resume")
-    if name == "SQLITE_BUSY" or "locked" in text:
-        return (f"the results store {path} is locked by another process (a run or an SQLite client holding a write "
-                f"transaction) for more than {LOCK_TIMEOUT:.0f} s{held}: let it finish, or close it, and run the "
-                "same command again")
-    if _cannot_write(e):
-        return f"cannot write the results store {path} ({e}): choose a directory you can write (--out DIR)"
-    if "not a database" in text or name == "SQLITE_NOTADB":
-        return f"{path} is not a readable results store ({e})"
-    if "malformed" in text or name == "SQLITE_CORRUPT":
-        return _damaged(path, db, text) if db is not None else f"{path} is not a readable results store ({e})"
-    return f"cannot write {what} to the results store {path} ({e}){held}"
-
-
-def _check_schema(path: Path, version) -> None:
-    if str(version) != str(SCHEMA_VERSION):
-        raise StoreError(f"{path}: results store schema {version}, this version reads {SCHEMA_VERSION}")
-
-
-def _damaged(path: Path, db: sqlite3.Connection, why: str) -> str:
-    """The error for a store that fails SQLite's integrity check: what is wrong, how many model rows can still
-    be read, and how to keep them."""
-    n = 0
-    try:
-        for _ in db.execute("SELECT key, record FROM runs"):
-            n += 1
-    except sqlite3.Error:
-        pass
-    why = "; ".join(line for line in str(why).splitlines() if line.strip() and not line.startswith("***"))
-    return (f"{path} is damaged (SQLite integrity check: {why[:160]}); {n} model row(s) can be read in a plain "
-            f"scan: copy every readable one into a new store with `python -m smoothness.experiments.salvage {path} NEWDIR`, "
-            "then `smoothness run GRID --out NEWDIR` trains only the models lost")
-
-
-def model_count(db: sqlite3.Connection) -> int:
-    """Models a store holds: measured (table runs) and trained but not yet measured (table trained)."""
-    return db.execute("SELECT (SELECT COUNT(*) FROM runs) + (SELECT COUNT(*) FROM trained)").fetchone()[0]
 
 
 def parse_record(text, *required) -> dict:

@@ -15,11 +15,9 @@ import torch
 from torch import nn
 
 from smoothness import paper
-from smoothness.measures import anymodule
-from smoothness.measures import lipschitz
-from smoothness.runtime import precision
-from smoothness.runtime import rng
+from smoothness.measures import anymodule, lipschitz
 from smoothness.models import MLPStack, ReLUMLP, forward, input_gradient
+from smoothness.runtime import precision, rng
 
 DEFAULT_SEGMENTS = paper.SEGMENTS
 DEFAULT_POINTS = paper.POINTS_PER_SEGMENT

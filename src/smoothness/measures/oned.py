@@ -22,6 +22,7 @@ from scipy import optimize, sparse, special
 
 from smoothness.data.lines import Density, LineTask
 
+
 @dataclass(frozen=True)
 class PiecewiseLinear:
     """f(t) = c + slope * t + sum_k jumps[k] relu(t - kinks[k]): kinks sorted and distinct, f'(-inf) = slope."""
@@ -160,8 +161,8 @@ def concave_between(p: Density, lo: float, hi: float) -> bool:
     return max(abs(lo - p.a), abs(hi - p.a)) <= _Z_CONCAVE * p.b
 
 
-_Z_CONCAVE = optimize.brentq(lambda z: z * (2 * special.ndtr(z) - 1) - 2 * math.exp(-z * z / 2) / math.sqrt(2 * math.pi),
-                             0.5, 1.5)
+_Z_CONCAVE = optimize.brentq(
+    lambda z: z * (2 * special.ndtr(z) - 1) - 2 * math.exp(-z * z / 2) / math.sqrt(2 * math.pi), 0.5, 1.5)
 
 
 def gradient_path_length_lower(x, y, p: Density, grid: np.ndarray | None = None) -> float:
@@ -185,7 +186,9 @@ def gradient_path_length_lower(x, y, p: Density, grid: np.ndarray | None = None)
     r, c, v = [], [], []
     for col, coef in ((i, 1 - theta), (i + 1, theta)):
         inner = (col >= 1) & (col <= n - 2)
-        r.append(rows[inner]); c.append(col[inner] - 1); v.append(coef[inner])
+        r.append(rows[inner])
+        c.append(col[inner] - 1)
+        v.append(coef[inner])
     A = sparse.csr_matrix((np.concatenate(v), (np.concatenate(r), np.concatenate(c))), shape=(len(g), n - 2))
     cost = -(s[:-1] - s[1:])          # maximize sum_i H_i (s_i-1 - s_i)
     res = _linprog(cost, A_ub=sparse.vstack([A, -A]).tocsr(), b_ub=np.concatenate([low, low]),

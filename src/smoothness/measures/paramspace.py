@@ -14,9 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from smoothness.runtime import precision
-from smoothness.runtime import rng
 from smoothness.models import MLPStack, init_mlp, mse
+from smoothness.runtime import precision, rng
 
 STREAM_PROBE = 6   # random vectors of the power iteration and of Hutchinson's estimator
 DEFAULT_ITERS = 100

@@ -29,8 +29,14 @@ from dataclasses import dataclass
 
 import torch
 
-from smoothness.measures.inputspace import (path_norms, segment_points, tv_of_gradients, tv_of_values,
-                                            two_layer_segment_tvs, weights_products)
+from smoothness.measures.inputspace import (
+    path_norms,
+    segment_points,
+    tv_of_gradients,
+    tv_of_values,
+    two_layer_segment_tvs,
+    weights_products,
+)
 from smoothness.models import MLPStack, forward, input_gradient, mse
 
 

@@ -31,9 +31,10 @@ class Context:
     points) and, for those of the training loss, their targets y [M, n]; the estimators' settings; and intermediate
     results that several measures share (both path lengths come from one pass over the segments)."""
 
-    def __init__(self, p: MLPStack, x: torch.Tensor, y: torch.Tensor | None = None, *, segments: int = ins.DEFAULT_SEGMENTS,
-                 points: int = ins.DEFAULT_POINTS, seed: int = 0, batch_size: int = 64, init_seeds=None, alphas=None,
-                 sharpness_iters: int = 0, trace_probes: int = 0, which=()):
+    def __init__(self, p: MLPStack, x: torch.Tensor, y: torch.Tensor | None = None, *,
+                 segments: int = ins.DEFAULT_SEGMENTS, points: int = ins.DEFAULT_POINTS, seed: int = 0,
+                 batch_size: int = 64, init_seeds=None, alphas=None, sharpness_iters: int = 0, trace_probes: int = 0,
+                 which=()):
         self.p, self.x, self.y = p, x, y
         self.segments, self.points, self.seed, self.batch_size = segments, points, seed, batch_size
         self.init_seeds, self.alphas = init_seeds, alphas

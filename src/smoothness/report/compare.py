@@ -13,10 +13,10 @@ import numpy as np
 import pandas as pd
 
 from smoothness.analysis import tables as analysis
-from smoothness.measures import registry
-from smoothness.experiments.pipeline import RunConfig
 from smoothness.experiments.config import ADDED_FIELDS
+from smoothness.experiments.pipeline import RunConfig
 from smoothness.experiments.store import Store
+from smoothness.measures import registry
 
 IGNORED = ("matmul_precision",)
 # Quantities compared between matched models that converged in both stores.

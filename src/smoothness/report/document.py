@@ -10,17 +10,25 @@ from pathlib import Path
 
 import pandas as pd
 
+from smoothness.analysis import flatness, optimality
 from smoothness.analysis import tables as A
-from smoothness.analysis import flatness
-from smoothness.analysis import optimality
-from smoothness.measures import registry
 from smoothness.errors import StoreError
 from smoothness.experiments.store import Store
+from smoothness.measures import registry
 from smoothness.report import figures
-from smoothness.report.format import (by_size_tables, depth_tables, edge_tables, lr_sweep_tables, optimizer_tables,
-                                      r_norm_by_n_tables, ratio_tables, status_table, table1_tables, table2_tables,
-                                      verdict_tables)
-
+from smoothness.report.format import (
+    by_size_tables,
+    depth_tables,
+    edge_tables,
+    lr_sweep_tables,
+    optimizer_tables,
+    r_norm_by_n_tables,
+    ratio_tables,
+    status_table,
+    table1_tables,
+    table2_tables,
+    verdict_tables,
+)
 
 # -- the report -------------------------------------------------------------------------------------
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
@@ -46,10 +54,10 @@ def write_report(source, out_dir=None) -> dict:
 
     Files: verdict.md/csv, table1.md/csv, table1_taus.csv, measures_by_n.md/csv, table2.md/csv,
     table2_ratios.csv (with the grids' table2_lambdas also table2_fixed.csv, table2_fixed_ratios.csv and, over
-    several N, r_norm_by_n.md/csv and r_norm_vs_n.png), status_counts.csv, runs.csv, figure2.png, measures_vs_n.png, test_loss_vs_n.png,
-    report.md and a self-contained report.html; for grids with several learning rates also lr_sweep.md/csv
-    and lr_sweep.png; with several architectures also depth.md/csv and depth.png; with several optimizers
-    optimizers.md/csv (flatness.py); for 1-D tasks optimality.md/csv,
+    several N, r_norm_by_n.md/csv and r_norm_vs_n.png), status_counts.csv, runs.csv, figure2.png,
+    measures_vs_n.png, test_loss_vs_n.png, report.md and a self-contained report.html; for grids with several
+    learning rates also lr_sweep.md/csv and lr_sweep.png; with several architectures also depth.md/csv and
+    depth.png; with several optimizers optimizers.md/csv (analysis.flatness); for 1-D tasks optimality.md/csv,
     optimality_edges.csv and interpolants.png. compute_content and render are the two halves.
     """
     sources = [source] if isinstance(source, (str, Path)) else list(source)

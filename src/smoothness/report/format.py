@@ -118,12 +118,16 @@ def verdict_tables(v: pd.DataFrame) -> list[Table]:
     from smoothness.analysis import verdict as V
     out = []
     for data, g in v.groupby("data", sort=False):
-        rows = [[r.measure,
-                 f"{_pm(r.tau, r.tau_std)} / {fmt(r.paper_tau)}" + (f" ({V.counted(r.tau_datasets, 'dataset')}, N ≤ {r.n_max})"
-                                                                   if r.tau_datasets else ""),
-                 f"{_pm(r.r_norm, r.r_norm_std)} / {fmt(r.paper_r_norm)}" + (
-                     f" ({V.counted(r.r_datasets, 'pair')}, λ {fmt(r.lam)}, N {r.n_train_reg})" if r.r_datasets else ""),
-                 r.reading, r.paper_reading, r.why] for r in g.itertuples()]
+        def tau(r):
+            behind = f" ({V.counted(r.tau_datasets, 'dataset')}, N ≤ {r.n_max})" if r.tau_datasets else ""
+            return f"{_pm(r.tau, r.tau_std)} / {fmt(r.paper_tau)}" + behind
+
+        def ratio(r):
+            behind = (f" ({V.counted(r.r_datasets, 'pair')}, λ {fmt(r.lam)}, N {r.n_train_reg})" if r.r_datasets
+                      else "")
+            return f"{_pm(r.r_norm, r.r_norm_std)} / {fmt(r.paper_r_norm)}" + behind
+
+        rows = [[r.measure, tau(r), ratio(r), r.reading, r.paper_reading, r.why] for r in g.itertuples()]
         note = (f"Reading (module smoothness.verdict): SGD does not optimize a measure if "
                 f"τ ≤ {V.TAU_NOT_MONOTONE:g} "
                 f"or r_norm ≤ {V.R_REDUCIBLE:g}; the data are consistent with SGD optimizing it if τ ≥ "
@@ -233,9 +237,10 @@ def ratio_tables(t: pd.DataFrame) -> list[Table]:
         tabs.append(Table(f"Optimality ratio S(f_SGD) / S_min on {data}",
                           ["training", "α", "lr", "N", "converged"]
                           + [registry.get(m).short for m in optimality.MEASURES], rows,
-                          "Mean (min–max) over the converged models (seeds; – where none converged) of the exact measure "
-                          "of the trained net divided by the smallest value of any function through the net's values at "
-                          "its training inputs; 1 is the smoothest such function. S_min: closed forms for GN and FPL "
+                          "Mean (min–max) over the converged models (seeds; – where none converged) of the exact "
+                          "measure of the trained net divided by the smallest value of any function through the net's "
+                          "values at its training inputs; 1 is the smoothest such function. S_min: closed forms for GN "
+                          "and FPL "
                           "(infima, approached by ever steeper ramps) and WP; for GPL " + gpl_note(part["gpl_bracket"])
                           + " (docs/oned.md)."))
     return tabs
@@ -245,7 +250,8 @@ def gpl_note(bracket: pd.Series) -> str:
     """How GPL's S_min was found, from the widest relative bracket (1 - lower / upper) among the table's rows."""
     b = bracket.dropna()
     if not len(b):
-        return "a linear program on a grid of 4,000 cells, an upper bound of the infimum (a store from before the bracket)"
+        return ("a linear program on a grid of 4,000 cells, an upper bound of the infimum (a store from before the "
+                "bracket)")
     if b.max() <= 1e-12:
         return "the linear spline, exact (w is concave over the training inputs)"
     return (f"the upper end of a bracket from linear programs, at most {100 * b.max():.2g}% wide, so GPL's ratios "
@@ -261,15 +267,17 @@ def edge_tables(t: pd.DataFrame) -> list[Table]:
         if r["lam"] is None or pd.isna(r["lam"]):
             edge = "none passed"
         else:
-            edge = fmt(r["lam"]) + (" (ladder too short)" if r["ladder_short"] else f" (fails at {fmt(r['lam_above'])})")
+            edge = fmt(r["lam"]) + (" (ladder too short)" if r["ladder_short"]
+                                    else f" (fails at {fmt(r['lam_above'])})")
         rows.append([registry.get(r["regularizer"]).short, fmt(r["alpha"]), fmt(r["lr"]), str(int(r["n_train"])), edge]
                     + [f"{fmt(r[m + '_sgd'])} → {fmt(r[m + '_reg'])}" for m in optimality.MEASURES])
     return [Table("Optimality ratio without and with explicit regularization at the ladder's edge",
-                  ["regularizer", "α", "lr", "N", "largest λ passing"] + [registry.get(m).short for m in optimality.MEASURES],
+                  ["regularizer", "α", "lr", "N", "largest λ passing"]
+                  + [registry.get(m).short for m in optimality.MEASURES],
                   rows, "Mean ratio S(f_SGD) / S_min over the converged models without regularization (λ = 0, the "
-                        "same seeds) → at the largest λ at which at least half of the models reach the loss threshold "
-                        "(the paper's rule for Table 2). A ladder is too short when no rung above that λ failed, so the "
-                        "true edge is higher. Models per rung: optimality.csv and the Table 2 section.")]
+                        "same seeds) → at the largest λ at which at least half of the models reach the loss "
+                        "threshold (the paper's rule for Table 2). A ladder is too short when no rung above that λ "
+                        "failed, so the true edge is higher. Models per rung: optimality.csv and the Table 2 section.")]
 
 
 def optimizer_tables(t: pd.DataFrame) -> list[Table]:

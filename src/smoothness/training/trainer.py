@@ -12,10 +12,10 @@ the threshold. A model then ends as
   converged      epoch loss < threshold;
   diverged       epoch loss (or a weight) is NaN/inf;
   not_converged  the epoch cap was reached first.
-The rule runs on the device: a model that finishes is frozen in place (learning rate 0, its outcome kept on
-the device) and leaves the batch when the host reads the statuses: on a CPU at the epoch end itself, on CUDA
-through a non-blocking copy polled every `poll_every` steps (trainstate.StatusPoll), the batch compacted in
-buckets. Waiting models take the places of finished ones (`max_batch`). No step and no epoch end reads a value
+The rule runs on the device: a model that finishes is frozen in place (a rate of 0 in every later step, its
+outcome kept on the device) and leaves the batch when the host reads the statuses: on a CPU at the epoch end
+itself, on CUDA through a non-blocking copy polled every `poll_every` steps (state.StatusPoll), the batch compacted
+in buckets. Waiting models take the places of finished ones (`max_batch`). No step and no epoch end reads a value
 back or copies from pageable host memory, so on a GPU the host queues steps without waiting for them
 (tests/test_host_sync.py).
 Randomness (initial weights, shuffles) comes from the counter-based generator in rng.py, so a
@@ -25,75 +25,49 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from smoothness.runtime import interrupt
-from smoothness.training import optimizers
-from smoothness.runtime import precision
-from smoothness import paper
-from smoothness.training import regularizers
-from smoothness.runtime import rng
-from smoothness.models import (DEFAULT_ALPHA, DEFAULT_WIDTHS, MLPStack, forward, init_mlp, mse_scale,
-                               parameter_grads, residuals, sgd_update_)
+from smoothness.models import (
+    DEFAULT_WIDTHS,
+    MLPStack,
+    forward,
+    init_mlp,
+    mse_scale,
+    parameter_grads,
+    residuals,
+    sgd_update_,
+)
+from smoothness.runtime import interrupt, precision, rng
+from smoothness.training import optimizers, regularizers
+from smoothness.training.spec import (  # noqa: F401
+    DEFAULT_BATCH,
+    DEFAULT_LR,
+    DEFAULT_MAX_EPOCHS,
+    DEFAULT_THRESHOLD,
+    TrainResult,
+    TrainSpec,
+    model_bytes,
+)
+from smoothness.training.state import CONVERGED as CONVERGED_CODE
+from smoothness.training.state import DIVERGED as DIVERGED_CODE
+from smoothness.training.state import NOT_CONVERGED as NOT_CONVERGED_CODE
 from smoothness.training.state import (
-    CONVERGED as CONVERGED_CODE, DIVERGED as DIVERGED_CODE, NOT_CONVERGED as NOT_CONVERGED_CODE, RUNNING, STATUSES,
-    ActiveModels, Counters, Hyper, Outcome, StatusPoll, StepSettings, TrainingData, upload)
+    RUNNING,
+    STATUSES,
+    ActiveModels,
+    Counters,
+    Hyper,
+    Outcome,
+    StatusPoll,
+    StepSettings,
+    TrainingData,
+    upload,
+)
 
 CONVERGED, NOT_CONVERGED, DIVERGED = STATUSES[1:]   # "converged", "not_converged", "diverged"
-DEFAULT_LR = paper.LR
-DEFAULT_BATCH = paper.BATCH
-DEFAULT_MAX_EPOCHS = paper.MAX_EPOCHS
-DEFAULT_THRESHOLD = paper.THRESHOLD
-
-
-@dataclass
-class TrainSpec:
-    """One model to train: its training rows (indices into the pool) and targets, and its settings."""
-
-    indices: torch.Tensor
-    targets: torch.Tensor
-    seed: int = 0
-    lr: float | None = None     # None: the paper's rate for the regularizer, Adam's 1e-3 (optimizers.default_lr)
-    alpha: float = DEFAULT_ALPHA
-    max_epochs: int = DEFAULT_MAX_EPOCHS
-    threshold: float = DEFAULT_THRESHOLD
-    regularizer: str = "none"   # see regularizers.py; trains on L + lam * S (eq. 15)
-    lam: float = 0.0
-    penalty_points: int = regularizers.SEGMENT_POINTS   # points per segment of a path-length penalty
-    optimizer: str = "sgd"      # sgd, momentum, adam or sam (optimizers.py); full-batch GD: batch_size >= N
-    rho: float | None = None    # SAM's radius (None: optimizers.SAM_RHO); only with optimizer 'sam'
-
-    def __post_init__(self):
-        self.seed = rng.check_seed(self.seed)   # 0 <= seed < 2**32: the generator uses 32 bits
-        regularizers.check(self.regularizer)
-        self.penalty_points = regularizers.check_points(self.penalty_points)
-        if optimizers.check(self.optimizer) == "gd":
-            raise ValueError("optimizer 'gd' is sgd with the trainer's batch_size set to the training size")
-        self.rho = optimizers.resolve_rho(self.rho, self.optimizer)
-        self.lr = optimizers.resolve_lr(self.lr, self.optimizer, self.regularizer)
-        self.indices = torch.as_tensor(self.indices, dtype=torch.long).reshape(-1)
-        self.targets = torch.as_tensor(self.targets, dtype=torch.float32).reshape(-1)
-        if self.indices.numel() == 0 or self.indices.shape != self.targets.shape:
-            raise ValueError("a model needs a non-empty training set with one target per index")
-
-
-@dataclass
-class TrainResult:
-    """The outcome of training one model; params is a stack of one model on the trainer's device (a copy of the
-    frozen row: nothing is copied to the host when a model finishes; store and modelfile move it when writing)."""
-
-    index: int
-    status: str
-    epochs: int
-    steps: int
-    loss_epoch: float
-    params: MLPStack = field(repr=False)
-    seconds: float = 0.0
-
-
 @dataclass
 class _Run:
     """One call of iter_train: its specs and step settings, the models waiting for a place, the active batch, the
@@ -123,7 +97,7 @@ class BatchedTrainer:
         self.max_batch = max_batch
         self.block_models = block_models  # models per block of a step (default: see _block_size)
         self._arange = torch.arange(self.batch_size, device=self.device)
-        self.poll_every = poll_every   # steps between status reads on CUDA (trainstate.StatusPoll)
+        self.poll_every = poll_every   # steps between status reads on CUDA (state.StatusPoll)
         self.poll_lag = None           # tests: a CPU polls like CUDA, each reading `poll_lag` polls late
 
     # -- admission ---------------------------------------------------------------------------
@@ -221,7 +195,8 @@ class BatchedTrainer:
             scale = mse_scale(valid, self.batch_size, lr, err.dtype)   # dL/dout of eq. 2 on the batch, times lr
             pen = None
             if st.regularizer != "none":   # eq. 15: lam * S's gradient, from the weights before the update
-                pen = regularizers.penalty_grads(p, st.regularizer, act.hyper.lam[a:b], pres[0], valid, st.penalty_points)
+                pen = regularizers.penalty_grads(p, st.regularizer, act.hyper.lam[a:b], pres[0], valid,
+                                                 st.penalty_points)
             rate = lr[:, None, None]
             sgd_update_(p, acts, pres, err * scale[:, None],
                         dpre=[pen.dz * rate] if pen is not None and pen.dz is not None else None)
@@ -267,9 +242,9 @@ class BatchedTrainer:
         act.counters.pos_d.masked_fill_(e, 0)
         act.counters.loss_sum.masked_fill_(e, 0.0)
         act.outcome.last_loss.copy_(torch.where(e, loss, act.outcome.last_loss))
+        capped = torch.where(act.counters.epoch_d >= act.hyper.max_epochs, NOT_CONVERGED_CODE, RUNNING)
         code = torch.where(~torch.isfinite(loss), DIVERGED_CODE,   # non-finite weights give a non-finite loss
-                           torch.where(loss.double() < act.hyper.threshold, CONVERGED_CODE,
-                                       torch.where(act.counters.epoch_d >= act.hyper.max_epochs, NOT_CONVERGED_CODE, RUNNING)))
+                           torch.where(loss.double() < act.hyper.threshold, CONVERGED_CODE, capped))
         new = e & (act.outcome.status == RUNNING) & (code != RUNNING)
         act.outcome.status.copy_(torch.where(new, code, act.outcome.status))
         act.outcome.final_loss.copy_(torch.where(new, loss, act.outcome.final_loss))
@@ -427,20 +402,6 @@ class BatchedTrainer:
         return [TrainResult(act.ids[r], STATUSES[int(snap[0, r])], int(snap[2, r]), int(snap[3, r]),
                             float(snap[1, r]), act.params.rows(r, r + 1).clone(),
                             now - float(act.outcome.start[r])) for r in rows]
-
-
-def model_bytes(widths, n_max: int, batch_size: int = DEFAULT_BATCH, optimizer: str = "sgd",
-                regularizer: str = "none", penalty_points: int = regularizers.SEGMENT_POINTS) -> int:
-    """About how many bytes one model takes in a batched program (for splitting a large grid into batches that fit,
-    pipeline.iter_train_and_measure): its weights with a gradient, a finished copy and the optimizer's state, its
-    training set's indices, targets and shuffles, and the activations of its minibatch (with a path-length penalty,
-    those of its segment points)."""
-    params = sum(a * b + b for a, b in zip(widths[:-1], widths[1:]))
-    state = {"sgd": 0, "gd": 0, "momentum": 1, "adam": 2, "sam": 2}.get(optimizer, 2)
-    activations = batch_size * sum(widths) * 4 * 6
-    if regularizer in regularizers.PATH_LENGTH:   # the points of batch_size / 2 segments
-        activations += batch_size // 2 * penalty_points * sum(widths) * 4 * 6
-    return 4 * params * (3 + state) + 40 * n_max + activations
 
 
 def train_models(pool_x, specs: list[TrainSpec], *, widths=DEFAULT_WIDTHS, batch_size: int = DEFAULT_BATCH,

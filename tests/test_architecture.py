@@ -1,0 +1,103 @@
+"""The package's layering, read from the source: each layer imports only the layers below it, no module imports
+itself back through others, and no private name (`_x`) is used outside the module that defines it."""
+import ast
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "smoothness"
+# Lowest first: a module may import its own layer and the ones before it.
+LAYERS = ["errors", "paper", "runtime", "models", "data", "measures", "training", "experiments", "analysis", "report",
+          "cli"]
+
+
+def modules() -> dict[str, Path]:
+    out = {}
+    for f in SRC.rglob("*.py"):
+        parts = f.relative_to(SRC.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        out[name] = f
+    return out
+
+
+MODULES = modules()
+
+
+def imports(name: str) -> list[tuple[str, str, int]]:
+    """(imported module, imported name or '', line) of every smoothness import in module `name`, at any depth."""
+    out = []
+    for node in ast.walk(ast.parse(MODULES[name].read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "smoothness":
+            assert node.level == 0, f"{name}: relative import"
+            for a in node.names:
+                sub = f"{node.module}.{a.name}"
+                out.append((sub, "", node.lineno) if sub in MODULES else (node.module, a.name, node.lineno))
+        elif isinstance(node, ast.Import):
+            out += [(a.name, "", node.lineno) for a in node.names if a.name.split(".")[0] == "smoothness"]
+    return out
+
+
+def layer(name: str) -> int:
+    parts = name.split(".")
+    if len(parts) == 1:   # the package itself: its __init__ only names the others
+        return len(LAYERS)
+    return LAYERS.index(parts[1])
+
+
+def test_every_module_belongs_to_a_layer():
+    for name in MODULES:
+        if name not in ("smoothness", "smoothness.__main__"):
+            assert name.split(".")[1] in LAYERS, f"{name} is in no layer of tests/test_architecture.py"
+
+
+def test_no_layer_imports_a_higher_one():
+    bad = []
+    for name in MODULES:
+        if name in ("smoothness", "smoothness.__main__"):
+            continue
+        for mod, _, line in imports(name):
+            if mod != "smoothness" and layer(mod) > layer(name):
+                bad.append(f"{MODULES[name].relative_to(SRC.parent)}:{line} ({LAYERS[layer(name)]}) imports {mod}")
+    assert not bad, "\n".join(bad)
+
+
+def test_no_import_cycle():
+    graph = {n: {m for m, _, _ in imports(n) if m in MODULES and m != n and not MODULES[m].name == "__init__.py"}
+             for n in MODULES}
+    state: dict[str, int] = {}
+
+    def visit(n, path):
+        state[n] = 1
+        for m in graph[n]:
+            if state.get(m) == 1:
+                raise AssertionError("import cycle: " + " -> ".join(path + [n, m]))
+            if m not in state:
+                visit(m, path + [n])
+        state[n] = 2
+
+    for n in graph:
+        if n not in state:
+            visit(n, [])
+
+
+def test_no_private_name_is_used_across_modules():
+    bad = []
+    for name in MODULES:
+        tree = ast.parse(MODULES[name].read_text())
+        aliases = {}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("smoothness"):
+                for a in node.names:
+                    if a.name.startswith("_") and not a.name.startswith("__"):
+                        bad.append(f"{name}: from {node.module} import {a.name}")
+                    if f"{node.module}.{a.name}" in MODULES:
+                        aliases[a.asname or a.name] = f"{node.module}.{a.name}"
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases
+                    and node.attr.startswith("_") and not node.attr.startswith("__")):
+                bad.append(f"{name}:{node.lineno}: {node.value.id}.{node.attr}")
+    assert not bad, "\n".join(bad)
+
+
+def test_modules_stay_readable():
+    long = [f"{MODULES[n].relative_to(SRC.parent)}: {len(MODULES[n].read_text().splitlines())} lines"
+            for n in MODULES if len(MODULES[n].read_text().splitlines()) > 450]
+    assert not long, "split these modules:\n" + "\n".join(long)
