@@ -101,3 +101,18 @@ def test_modules_stay_readable():
     long = [f"{MODULES[n].relative_to(SRC.parent)}: {len(MODULES[n].read_text().splitlines())} lines"
             for n in MODULES if len(MODULES[n].read_text().splitlines()) > 450]
     assert not long, "split these modules:\n" + "\n".join(long)
+
+
+def test_the_short_names_of_earlier_versions_import_the_same_modules_and_import_smoothness_is_light():
+    import subprocess
+    import sys
+    code = ("import sys, smoothness\n"
+            "assert 'torch' not in sys.modules\n"
+            "from smoothness.store import Store\n"
+            "from smoothness import grid, curvature, compare\n"
+            "import smoothness.experiments.store as real\n"
+            "assert Store is real.Store and grid.__name__ == 'smoothness.experiments.grid'\n"
+            "assert curvature.__name__ == 'smoothness.measures.paramspace'\n"
+            "assert compare.__name__ == 'smoothness.report.compare'\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr

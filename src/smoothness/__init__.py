@@ -17,6 +17,9 @@ smoothness.experiments.grid, and so on), load on first use, so that `python -m s
 SIGTERM before PyTorch is imported (__main__.py).
 """
 import importlib
+import importlib.abc
+import importlib.util
+import sys
 from importlib import metadata
 
 from smoothness.errors import ConfigError, DataError, SmoothnessError
@@ -33,6 +36,26 @@ _SHORT = {"curvature": "measures.paramspace", "registry": "measures.registry", "
           "regularizers": "training.regularizers", "precision": "runtime.precision", "compare": "report.compare",
           "salvage": "experiments.salvage"}
 __all__ = [*_SUBPACKAGES, *_SHORT, "SmoothnessError", "DataError", "ConfigError", "__version__"]
+
+
+class _ShortNameFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """`import smoothness.store`, `from smoothness.grid import preset`: a short name imports the module it names
+    (the same module object, under both names)."""
+
+    def find_spec(self, name, path=None, target=None):
+        package, _, short = name.partition(".")
+        if package == __name__ and short in _SHORT:
+            return importlib.util.spec_from_loader(name, self)
+        return None
+
+    def create_module(self, spec):
+        return importlib.import_module(f"{__name__}.{_SHORT[spec.name.partition('.')[2]]}")
+
+    def exec_module(self, module):
+        pass   # the module ran when it was imported under its own name
+
+
+sys.meta_path.append(_ShortNameFinder())
 
 
 def __getattr__(name):
