@@ -1,14 +1,15 @@
 """A worked example beyond the paper's MLPs: a small convolutional classifier on scikit-learn's bundled 8 x 8 digits
-(1,797 real handwritten digits, 10 classes), trained for a few epochs, then measured with the package's measures
-for any module (docs/examples.md).
+(1,797 real handwritten digits, 10 classes), trained with cross-entropy, then measured with the package's measures
+for any module: the input-space smoothness measures on held-out images and the curvature of the training loss, each
+with its standard error and its cost (docs/examples.md).
 
     .venv/bin/python examples/conv_digits.py                 # the run shown in docs/examples.md
-    .venv/bin/python examples/conv_digits.py --epochs 2 --train 300 --segments 20
+    .venv/bin/python examples/conv_digits.py --epochs 2 --train 300 --segments 20 --points 8 --probes 8
 
-The measures see the net as a function of the 64 pixel values with 10 outputs (the logits): GN is the mean
-Frobenius norm of the Jacobian, FPL and GPL use the 2-norm of the logits' change and the Frobenius norm of the
-Jacobian's change along segments between held-out images; the margin (top logit minus the runner-up) is measured
-as a scalar function too, with its Lipschitz lower bound.
+The input-space measures see the net as a function of the 64 pixel values with 10 outputs (the logits): GN is the
+mean Frobenius norm of the Jacobian, FPL and GPL use the 2-norm of the logits' change and the Frobenius norm of the
+Jacobian's change along segments between held-out images; the Lipschitz bracket is that of the margin (top logit
+minus the runner-up). The curvature is of the cross-entropy on the training images.
 """
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from smoothness.measures import inputspace as measures
+from smoothness import measures
+from smoothness.report import figures
 
 
 def digits(seed: int = 0):
@@ -39,25 +41,29 @@ def convnet() -> nn.Module:
                          nn.Linear(16 * 4 * 4, 10))
 
 
-def measure(f: nn.Module, x: torch.Tensor, segments: int, points: int) -> dict[str, float]:
-    """The measures of f (in eval mode) on the held-out images x."""
+def measure(f: nn.Module, x_held: torch.Tensor, x_train, y_train, segments: int, points: int, probes: int,
+            curvature: bool = True):
+    """The measures of f (in eval mode): input space on the held-out images, curvature on the training set."""
     f.eval()
-    out = {"GN (logits, Frobenius)": measures.gradient_norm(f, x),
-           "FPL (logits, 2-norm)": measures.function_path_length(f, x, segments=segments, points=points),
-           "GPL (Jacobian, Frobenius)": measures.gradient_path_length(f, x, segments=segments, points=points),
-           "GN (margin)": measures.gradient_norm(f, x, output="margin")}
-    out["Lipschitz lower bound (margin)"] = measures.lipschitz_bounds(f, x, output="margin")[0]
-    return out
+    s = measures.Settings(segments=segments, points=points, probes=probes, runs=4, steps=60)
+    got = measures.measure_model(f, x_held, None, ("gradient_norm", "path_lengths", "lipschitz"), s, progress=False)
+    if curvature:
+        more = measures.measure_model(f, x_train, y_train, ("loss", "sharpness", "hessian_trace", "density"), s,
+                                      progress=False)
+        got.values.update(more.values)
+        got.seconds.update(more.seconds)
+        got.density = more.density
+    return got
 
 
-def main(train: int = 1200, epochs: int = 10, segments: int = 200, points: int = 20, seed: int = 0,
-         verbose: bool = True) -> dict:
+def main(train: int = 1200, epochs: int = 10, segments: int = 1000, points: int = 100, probes: int = 100,
+         seed: int = 0, verbose: bool = True, density_png=None) -> dict:
     """Train the net on the first `train` digits, measure it before and after on the rest; returns the numbers."""
     torch.manual_seed(seed)
     x, y = digits(seed)
     xtr, ytr, xte, yte = x[:train], y[:train], x[train:], y[train:]
     f = convnet()
-    before = measure(f, xte, segments, points)
+    before = measure(f, xte, xtr, ytr, segments, points, probes, curvature=False)
     opt = torch.optim.Adam(f.parameters(), lr=3e-3)
     t0 = time.perf_counter()
     for epoch in range(epochs):
@@ -73,18 +79,24 @@ def main(train: int = 1200, epochs: int = 10, segments: int = 200, points: int =
         acc = float((f(xte).argmax(1) == yte).float().mean())
         train_acc = float((f(xtr).argmax(1) == ytr).float().mean())
     trained_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    after = measure(f, xte, segments, points)
+    after = measure(f, xte, xtr, ytr, segments, points, probes)
     result = {"train": train, "held_out": len(yte), "epochs": epochs, "train_accuracy": train_acc,
-              "test_accuracy": acc, "train_seconds": trained_s, "measure_seconds": time.perf_counter() - t0,
-              "before": before, "after": after}
+              "test_accuracy": acc, "train_seconds": trained_s, "before": before, "after": after,
+              "parameters": sum(p.numel() for p in f.parameters())}
+    if density_png:
+        figures.density_figure(after.density, density_png, "Hessian eigenvalue density, trained conv net")
     if verbose:
         print(f"digits: {train} training images, {len(yte)} held out; {epochs} epochs of Adam in {trained_s:.1f} s; "
-              f"train accuracy {train_acc:.3f}, test accuracy {acc:.3f}")
-        print(f"{'measure (held-out images)':<34}{'at init':>10}{'trained':>10}")
-        for k in before:
-            print(f"{k:<34}{before[k]:>10.4g}{after[k]:>10.4g}")
-        print(f"measured in {result['measure_seconds']:.1f} s ({segments} segments x {points} points)")
+              f"train accuracy {train_acc:.3f}, test accuracy {acc:.3f}; {result['parameters']:,} parameters")
+        print(f"{'measure':<18}{'at init':>18}{'trained':>20}{'n':>7}{'seconds':>9}")
+        for k, v in after.values.items():
+            b = before.values.get(k)
+            key = {"fpl": "path_lengths", "gpl": "path_lengths", "lipschitz_lower": "lipschitz",
+                   "lipschitz_upper": "lipschitz", "density_trace": "density"}.get(k, k)
+            print(f"{k:<18}{'' if b is None else str(b):>18}{str(v):>20}{v.n or 'exact':>7}"
+                  f"{after.seconds[key]:>9.2f}")
+        print(f"input space on the {len(yte)} held-out images ({segments} segments x {points} points); curvature of "
+              f"the cross-entropy on the {train} training images ({probes} probes; density: 4 runs x 60 steps)")
     return result
 
 
@@ -92,8 +104,10 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--train", type=int, default=1200)
     ap.add_argument("--epochs", type=int, default=10)
-    ap.add_argument("--segments", type=int, default=200)
-    ap.add_argument("--points", type=int, default=20)
+    ap.add_argument("--segments", type=int, default=1000)
+    ap.add_argument("--points", type=int, default=100)
+    ap.add_argument("--probes", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--density", default=None, metavar="PNG", help="draw the trained net's eigenvalue density here")
     a = ap.parse_args()
-    main(a.train, a.epochs, a.segments, a.points, a.seed)
+    main(a.train, a.epochs, a.segments, a.points, a.probes, a.seed, density_png=a.density)

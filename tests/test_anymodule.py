@@ -4,8 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from smoothness import models
-from smoothness.measures import inputspace as measures
+from smoothness import measures, models
 
 
 def test_a_scalar_module_gives_the_numbers_of_the_closed_form_path():

@@ -112,7 +112,7 @@ def test_the_short_names_of_earlier_versions_import_the_same_modules_and_import_
             "from smoothness import grid, curvature, compare\n"
             "import smoothness.experiments.store as real\n"
             "assert Store is real.Store and grid.__name__ == 'smoothness.experiments.grid'\n"
-            "assert curvature.__name__ == 'smoothness.measures.paramspace'\n"
+            "assert curvature.__name__ == 'smoothness.measures.curvature'\n"
             "assert compare.__name__ == 'smoothness.report.compare'\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr

@@ -10,9 +10,13 @@ def test_the_conv_net_example_trains_and_is_measured():
     spec = importlib.util.spec_from_file_location("conv_digits", EXAMPLE)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    r = mod.main(train=300, epochs=4, segments=20, points=8, verbose=False)
+    r = mod.main(train=300, epochs=4, segments=20, points=8, probes=8, verbose=False)
     assert r["held_out"] == 1797 - 300 and r["test_accuracy"] > 0.8, r["test_accuracy"]
-    for when in ("before", "after"):
-        assert len(r[when]) == 5 and all(math.isfinite(v) and v > 0 for v in r[when].values()), r[when]
-    # the margin's largest gradient at the held-out images bounds its mean from above
-    assert r["after"]["Lipschitz lower bound (margin)"] >= r["after"]["GN (margin)"]
+    before, after = r["before"].values, r["after"].values
+    assert set(before) == {"gradient_norm", "fpl", "gpl", "lipschitz_lower", "lipschitz_upper"}
+    assert set(after) == set(before) | {"loss", "sharpness", "hessian_trace", "density_trace"}
+    for k in ("gradient_norm", "fpl", "gpl"):   # Monte Carlo estimates with their errors
+        assert after[k].se > 0 and after[k].n > 0 and math.isfinite(after[k])
+    # a finite Lipschitz bracket of the margin, for a net with convolutions, BatchNorm, max pooling and Dropout
+    assert 0 < after["lipschitz_lower"] <= after["lipschitz_upper"] < math.inf
+    assert after["sharpness"] > 0 and after["hessian_trace"].n == 8 and r["after"].density is not None

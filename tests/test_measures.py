@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from smoothness import models
-from smoothness.measures import inputspace as measures
+from smoothness import measures, models
+from smoothness.measures import inputspace as ins
 from smoothness.measures import registry
 from smoothness.models import input_gradient, two_layer_relu
 
@@ -50,7 +50,7 @@ def test_fpl_of_linear_function_on_a_segment_is_w_dot_b_minus_a():
 
 def test_fpl_of_linear_function_is_mean_over_sampled_segments():
     f = affine(W, c=0.0)
-    ia, ib = measures.segment_endpoints(len(X), 300, seed=5)
+    ia, ib = ins.segment_endpoints(len(X), 300, seed=5)
     expected = float(((X[ib] - X[ia]) @ torch.tensor(W)).abs().mean())
     assert measures.function_path_length(f, X, segments=300, points=10, seed=5) == pytest.approx(expected, rel=1e-5)
 
@@ -148,7 +148,7 @@ def test_chunking_does_not_change_results(monkeypatch):
     f = models.mlp((5, 8, 1), alpha=1.0, seed=1)
     x = torch.randn(30, 5)
     full = measures.gradient_path_length(f, x, segments=37, points=11, seed=2)
-    monkeypatch.setattr(measures, "CHUNK_ELEMENTS", 200)
+    monkeypatch.setattr(ins, "CHUNK_ELEMENTS", 200)
     assert measures.gradient_path_length(f, x, segments=37, points=11, seed=2) == pytest.approx(full, rel=1e-6)
 
 
@@ -176,10 +176,10 @@ def test_two_layer_fast_path_equals_the_generic_estimator():
     # 784-256-1 at the paper's alpha, on [0, 1] inputs like MNIST pixels.
     p = models.init_mlp([0, 1], (784, 256, 1), alpha=1.0)
     x = torch.rand(2, 60, 784)
-    ev = measures.evaluator(p)
-    fast = measures.path_lengths(ev, x, 50, 30, 3, ("fpl", "gpl"))
-    generic = measures._Evaluator(ev.values, ev.grads, ev.n_models, ev.dtype, ev.device, stack=None)
-    slow = measures.path_lengths(generic, x, 50, 30, 3, ("fpl", "gpl"))
+    ev = ins.evaluator(p)
+    fast = ins.path_lengths(ev, x, 50, 30, 3, ("fpl", "gpl"))
+    generic = ins.Evaluator(ev.values, ev.grads, ev.n_models, ev.dtype, ev.device, stack=None)
+    slow = ins.path_lengths(generic, x, 50, 30, 3, ("fpl", "gpl"))
     for k in ("fpl", "gpl"):
         assert torch.allclose(fast[k], slow[k], rtol=1e-4), k
 

@@ -180,7 +180,7 @@ def test_fp32_and_tf32_contexts_set_consistent_flags_and_restore_any_user_state(
 
 
 def test_measures_and_training_run_in_float32_whatever_the_user_set_globally(default_flags):
-    from smoothness.measures import inputspace as measures
+    from smoothness import measures
     from smoothness.measures import registry
     from smoothness.training import trainer as training
     seen = []

@@ -7,7 +7,7 @@ import torch
 from smoothness import models
 from smoothness.analysis import tables as analysis
 from smoothness.analysis import verdict
-from smoothness.measures import inputspace as measures
+from smoothness.measures import inputspace as ins
 from smoothness.measures import registry
 from smoothness.training import regularizers
 
@@ -78,7 +78,7 @@ def test_batched_equals_one_model_at_a_time(key, problem):
 def test_independent_of_chunking(key, problem, monkeypatch):
     p, x, y = problem
     full = compute(key, p, x, y)
-    monkeypatch.setattr(measures, "CHUNK_ELEMENTS", 64)
+    monkeypatch.setattr(ins, "CHUNK_ELEMENTS", 64)
     torch.testing.assert_close(compute(key, p, x, y), full, rtol=1e-5, atol=1e-7)
 
 

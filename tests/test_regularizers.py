@@ -1,9 +1,8 @@
 import pytest
 import torch
 
-from smoothness import models
+from smoothness import measures, models
 from smoothness.data import images as data
-from smoothness.measures import inputspace as measures
 from smoothness.models import MLPStack, init_mlp
 from smoothness.runtime import rng
 from smoothness.training import regularizers

@@ -31,7 +31,7 @@ except metadata.PackageNotFoundError:   # run from a source tree that is not ins
 
 _SUBPACKAGES = ("analysis", "cli", "data", "experiments", "measures", "models", "report", "runtime", "training")
 # Short names of modules inside the subpackages (the import paths of earlier versions, kept for the user's code).
-_SHORT = {"curvature": "measures.paramspace", "registry": "measures.registry", "grid": "experiments.grid",
+_SHORT = {"curvature": "measures.curvature", "registry": "measures.registry", "grid": "experiments.grid",
           "store": "experiments.store", "pipeline": "experiments.pipeline", "optimizers": "training.optimizers",
           "regularizers": "training.regularizers", "precision": "runtime.precision", "compare": "report.compare",
           "salvage": "experiments.salvage"}

@@ -8,7 +8,9 @@ from smoothness.data import images as data
 from smoothness.errors import SmoothnessError
 from smoothness.experiments import grid as grid_mod
 from smoothness.experiments import runner as experiments
+from smoothness.measures import curvature
 from smoothness.measures import inputspace as measures
+from smoothness.measures import model as measures_model
 from smoothness.runtime import precision
 from smoothness.training import optimizers, regularizers
 from smoothness.training import trainer as training
@@ -47,7 +49,7 @@ def _add_measure_args(p: argparse.ArgumentParser) -> None:
                    "eigenvalue of the training-loss Hessian; default: 0, not computed)")
     p.add_argument("--trace-probes", type=int, default=0, help="Hutchinson probes for the trace of the "
                    "training-loss Hessian (default: 0, not computed)")
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto); measure also takes mps")
     p.add_argument("--json", action="store_true", help="print one JSON object per model on one line")
 
 
@@ -92,10 +94,37 @@ def build_parser() -> argparse.ArgumentParser:
     _add_measure_args(t)
     t.add_argument("--save", metavar="PATH", help="save the trained weights and results to PATH (.pt)")
 
-    m = sub.add_parser("measure", help="measure models saved by `train --save`",
-                       description="Recompute the measures of saved models, on the data recorded with them "
-                       "unless --data/--pair are given.")
-    m.add_argument("path", help="file written by `smoothness train --save`")
+    m = sub.add_parser("measure", help="measure any checkpoint (TorchScript, torch.export, factory + state dict) "
+                       "or models saved by `train --save`",
+                       description="Measure a model of your own on points of your own (--inputs): a TorchScript "
+                       "file, a torch.export program (.pt2), or a state dict with --factory package.module:function "
+                       "that builds the module. Prints each measure with its standard error, sample count and "
+                       "seconds (or one JSON record with --json); the curvature measures need targets y. Without "
+                       "--inputs, PATH is a file of `smoothness train --save`, whose models are measured again on the "
+                       "data recorded with them unless --data/--pair are given.")
+    m.add_argument("path", help="the checkpoint, or a file written by `smoothness train --save`")
+    m.add_argument("--inputs", default=None, metavar="FILE",
+                   help=".npz or .pt file with the points x [n, ...] and optionally the targets y [n]")
+    m.add_argument("--factory", default=None, metavar="MODULE:FN", help="a function returning the nn.Module "
+                   "into which PATH, a state dict, is loaded (the current directory is importable)")
+    m.add_argument("--measures", default=",".join(measures_model.DEFAULT), metavar="LIST",
+                   help=f"comma-separated, from {', '.join(measures_model.ALL)} "
+                        f"(default: {','.join(measures_model.DEFAULT)})")
+    m.add_argument("--output", default=None, metavar="K|margin", help="which output of a K-output model: an index, "
+                   "or margin (top two); default: all (Frobenius norms of the Jacobian; the margin for the "
+                   "Lipschitz bracket)")
+    m.add_argument("--loss", choices=sorted(curvature.LOSSES), default=None, help="the loss of the curvature "
+                   "measures (default: cross_entropy for integer targets and K > 1 outputs, else mse)")
+    m.add_argument("--probes", type=int, default=curvature.DEFAULT_PROBES,
+                   help=f"Hutchinson probes of the Hessian trace (default: {curvature.DEFAULT_PROBES})")
+    m.add_argument("--steps", type=int, default=curvature.DEFAULT_STEPS,
+                   help=f"Lanczos steps at most (default: {curvature.DEFAULT_STEPS})")
+    m.add_argument("--runs", type=int, default=curvature.DEFAULT_RUNS,
+                   help=f"stochastic Lanczos quadrature runs of the density (default: {curvature.DEFAULT_RUNS})")
+    m.add_argument("--batch-size", type=int, default=None, help="points per batch of the curvature measures "
+                   "(default: all at once)")
+    m.add_argument("--density", default=None, metavar="PNG", help="also compute the Hessian eigenvalue density "
+                   "and draw it to this file")
     _add_data_args(m, required_pair=False)
     _add_measure_args(m)
 

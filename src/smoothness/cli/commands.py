@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from smoothness.cli import checkpoint
 from smoothness.cli.args import build_parser
 from smoothness.cli.console import EpochProgress, emit_record, print_table, stdout_closed
 from smoothness.data import idx
@@ -66,7 +67,12 @@ def cmd_train(a) -> int:
 
 
 def cmd_measure(a) -> int:
-    """`smoothness measure`: recompute the measures of the models in a `train --save` file."""
+    """`smoothness measure`: measure a checkpoint on points of one's own (--inputs), or recompute the measures of
+    the models in a `train --save` file."""
+    if a.inputs is not None or a.factory is not None:
+        if a.inputs is None:
+            raise SmoothnessError("--factory: the points to measure on come with --inputs FILE (.npz or .pt)")
+        return checkpoint.measure(a)
     rng.check_seed(a.measure_seed, "--measure-seed")
     device = pipeline.resolve_device(a.device)
     opts = dict(measure_points=a.measure_points, segments=a.segments, points=a.points, measure_seed=a.measure_seed,

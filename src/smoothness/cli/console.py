@@ -53,6 +53,14 @@ TABLE_COLUMNS = (("lam", "lambda"), ("n_train", "N"), ("seed", "seed"), ("status
                  ("loss_test", "test loss"), *registry.shorts(paper=True).items())
 
 
+def print_aligned(heads: list[str], rows: list[list[str]]) -> None:
+    """Columns of text right-aligned under their heads."""
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(heads)]
+    print("  ".join(h.rjust(w) for h, w in zip(heads, widths)))
+    for row in rows:
+        print("  ".join(v.rjust(w) for v, w in zip(row, widths)))
+
+
 def print_table(records: list[dict]) -> None:
     """One row per model, then Kendall's tau between N and each measure per (lambda, seed), converged only."""
     from scipy.stats import kendalltau
@@ -64,14 +72,11 @@ def print_table(records: list[dict]) -> None:
     cols = [c for c in table if reg != "none" or c[0] != "lam"]
     rows = [[_fmt(r[k]) for k, _ in cols] for r in records]
     heads = [h for _, h in cols]
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(heads)]
     r0 = records[0]
     print(f"{r0['data']}{linetasks.pair_label(r0['data'], r0['pair'], ' pair {a} {b}')}, {len(records)} models"
           + (f", regularizer {reg}" if reg != "none" else "")
           + (f", optimizer {r0['optimizer']}" if r0.get("optimizer", "sgd") != "sgd" else ""))
-    print("  ".join(h.rjust(w) for h, w in zip(heads, widths)))
-    for row in rows:
-        print("  ".join(v.rjust(w) for v, w in zip(row, widths)))
+    print_aligned(heads, rows)
     for lam, seed in sorted({(r["lam"], r["seed"]) for r in records}):
         ok = [r for r in records if (r["lam"], r["seed"]) == (lam, seed) and r["status"] == "converged"]
         if len({r["n_train"] for r in ok}) < 2:

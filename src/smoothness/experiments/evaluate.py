@@ -10,8 +10,8 @@ import torch
 from smoothness.data import images as datasets
 from smoothness.data import lines as linetasks
 from smoothness.experiments.config import RunConfig
-from smoothness.measures import inputspace as measures
 from smoothness.measures import oned, registry
+from smoothness.measures import single as measures
 from smoothness.models import MLPStack
 from smoothness.runtime import precision
 from smoothness.training import trainer as training

@@ -1,27 +1,33 @@
-"""The smoothness measures (Volhejn & Lampert, sec. 3) and the others this package computes: in input space (GN,
-FPL, GPL and the Lipschitz bounds, of any torch module: inputspace, anymodule, lipschitz), in parameter space (WP,
-the path norm, sharpness, the Hessian trace, norms: paramspace), exactly in one dimension (oned), the minibatch
-variants that the regularizers penalize (penalties); and the one table of them all, which computes them for a stack
-of models (registry)."""
-from smoothness.measures.inputspace import (
-                                            DEFAULT_POINTS,
-                                            DEFAULT_SEGMENTS,
-                                            fpl_lower_bound,
-                                            function_path_length,
-                                            gradient_norm,
-                                            gradient_norm_squared,
-                                            gradient_path_length,
-                                            lipschitz_bounds,
-                                            path_norm,
-                                            path_norms,
-                                            relu_stack,
-                                            segment_total_variation,
-                                            weights_product,
-                                            weights_products,
-)
-from smoothness.measures.registry import MEASURES, REGISTRY, SAMPLED, measure_stack, parameter_measures
+"""The smoothness measures (Volhejn & Lampert, sec. 3) and the others this package computes.
 
-__all__ = ["DEFAULT_POINTS", "DEFAULT_SEGMENTS", "MEASURES", "REGISTRY", "SAMPLED", "fpl_lower_bound",
+Of one model, any torch module, over a tensor or a DataLoader, each an Estimate with its standard error: the
+input-space measures (single: GN, FPL, GPL, the Lipschitz bracket; lipbound: the upper bound of convolutional
+nets) and the curvature of any loss (curvature: sharpness, the top eigenvalues, the Hessian trace, the eigenvalue
+density; lanczos underneath); model.measure_model computes them all with the cost of each.
+
+Batched over a stack of ReLU MLPs, as the experiments use them: inputspace, paramspace (WP, the path
+norm, sharpness, the Hessian trace, norms), lipschitz, oned (exact in one dimension), penalties (the minibatch
+variants the regularizers penalize), and registry, the one table of them all, which computes them for a stack.
+"""
+from smoothness.measures.estimate import Estimate
+from smoothness.measures.inputspace import DEFAULT_POINTS, DEFAULT_SEGMENTS, path_norms, relu_stack, weights_products
+from smoothness.measures.model import ModelMeasures, Settings, measure_model
+from smoothness.measures.registry import MEASURES, REGISTRY, SAMPLED, measure_stack, parameter_measures
+from smoothness.measures.single import (
+    fpl_lower_bound,
+    function_path_length,
+    gradient_norm,
+    gradient_norm_squared,
+    gradient_path_length,
+    lipschitz_bounds,
+    path_lengths,
+    path_norm,
+    segment_total_variation,
+    weights_product,
+)
+
+__all__ = ["DEFAULT_POINTS", "DEFAULT_SEGMENTS", "MEASURES", "REGISTRY", "SAMPLED", "Estimate", "ModelMeasures",
+           "Settings", "fpl_lower_bound", "measure_model",
            "function_path_length", "gradient_norm", "gradient_norm_squared", "gradient_path_length",
-           "lipschitz_bounds", "measure_stack", "parameter_measures", "path_norm", "path_norms", "relu_stack",
-           "segment_total_variation", "weights_product", "weights_products"]
+           "lipschitz_bounds", "measure_stack", "parameter_measures", "path_lengths", "path_norm", "path_norms",
+           "relu_stack", "segment_total_variation", "weights_product", "weights_products"]

@@ -71,10 +71,20 @@ def lower_bounds(p: MLPStack, x: torch.Tensor, starts: int = STARTS, steps: int 
     best = norms.max(1).values
     if steps <= 0 or starts <= 0:
         return best
-    k = min(starts, x.shape[1])
-    idx = norms.topk(k, dim=1).indices
-    z = x.gather(1, idx[..., None].expand(-1, -1, x.shape[2]))
-    lo, hi = x.min(1, keepdim=True).values, x.max(1, keepdim=True).values
+    z, _ = top_points(x, norms, starts)
+    return ascend(p, z, x.min(1, keepdim=True).values, x.max(1, keepdim=True).values, best, steps)
+
+
+def top_points(x: torch.Tensor, norms: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (at most) k points of x [M, n, d] of largest norms [M, n]: ([M, k, d], their norms [M, k])."""
+    top = norms.topk(min(k, x.shape[1]), dim=1)
+    return x.gather(1, top.indices[..., None].expand(-1, -1, x.shape[2])), top.values
+
+
+def ascend(p: MLPStack, z: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, best: torch.Tensor,
+           steps: int = STEPS) -> torch.Tensor:
+    """best [M] raised by `steps` projected ascent steps on ||grad f|| from the start points z [M, k, d], within
+    the box [lo, hi] ([M, 1, d] each). [M]."""
     width = hi - lo
     betas = _betas(p, z)
     for _ in range(steps):

@@ -206,3 +206,25 @@ def interpolant_figure(rows: pd.DataFrame, params: dict, path: Path) -> bool:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
+
+
+def density_figure(density, path: Path, title: str = "Hessian eigenvalue density") -> bool:
+    """The eigenvalue density of stochastic Lanczos quadrature (measures.curvature.Density) on a symmetric log
+    scale of density, with its ±1.96 standard-error band over the runs."""
+    plt = _plt()
+    grid, dens, se = density.curve()
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    ax.plot(grid, dens, color="C0", lw=1.2, label=f"mean of {density.runs} runs")
+    if density.runs > 1:
+        ax.fill_between(grid, np.clip(dens - 1.96 * se, 1e-12, None), dens + 1.96 * se, color="C0", alpha=0.25,
+                        lw=0, label="±1.96 SE")
+    ax.set_yscale("log")
+    ax.set_ylim(max(float(dens.max()) * 1e-7, 1e-12), float(dens.max()) * 3)
+    ax.set_xlabel("eigenvalue of the Hessian")
+    ax.set_ylabel("density")
+    ax.set_title(f"{title} ({density.dim:,} parameters)")
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return True

@@ -7,17 +7,26 @@ import torch
 from smoothness.errors import ConfigError
 
 
-def resolve_device(name: str | None) -> torch.device:
-    """'cpu', 'cuda' (error if absent), or 'auto' (CUDA when available)."""
+def resolve_device(name: str | None, allow_mps: bool = False) -> torch.device:
+    """'cpu', 'cuda' (error if absent), 'auto' (CUDA when available), or, where allowed, 'mps' (Apple GPUs; error
+    where PyTorch has no MPS backend)."""
     if isinstance(name, torch.device):
-        return resolve_device(str(name))
+        return resolve_device(str(name), allow_mps)
     name = name or "auto"
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("--device cuda was requested but no CUDA device is available to PyTorch")
+    if name.split(":")[0] == "mps":
+        if not allow_mps:
+            raise ConfigError("--device mps: training and the grids run on cpu or cuda; `smoothness measure` runs "
+                              "on mps")
+        if not (torch.backends.mps.is_built() and torch.backends.mps.is_available()):
+            raise ConfigError("--device mps was requested but this PyTorch has no MPS device (Apple silicon GPUs, "
+                              "with a PyTorch built for macOS)")
+        return torch.device(name)
     if name.split(":")[0] not in ("cpu", "cuda"):
-        raise ConfigError(f"unknown device {name!r}; use cpu, cuda or auto")
+        raise ConfigError(f"unknown device {name!r}; use cpu, cuda or auto" + (", or mps" if allow_mps else ""))
     return torch.device(name)
 
 
