@@ -82,7 +82,8 @@ def main(train: int = 1200, epochs: int = 10, segments: int = 1000, points: int 
     after = measure(f, xte, xtr, ytr, segments, points, probes)
     result = {"train": train, "held_out": len(yte), "epochs": epochs, "train_accuracy": train_acc,
               "test_accuracy": acc, "train_seconds": trained_s, "before": before, "after": after,
-              "parameters": sum(p.numel() for p in f.parameters())}
+              "parameters": sum(p.numel() for p in f.parameters()), "model": f,
+              "data": {"train": (xtr, ytr), "held_out": (xte, yte)}}
     if density_png:
         figures.density_figure(after.density, density_png, "Hessian eigenvalue density, trained conv net")
     if verbose:

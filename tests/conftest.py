@@ -81,3 +81,30 @@ def stored_frame(out):
     from smoothness.experiments.store import Store
     with Store(out, create=False) as st:
         return st.frame()
+
+
+TINY = {"name": "tiny", "description": "Two tiny models.", "data": "mnist5k", "pairs": [[3, 8]], "n_train": [16, 32],
+        "seeds": [0], "hidden": 8, "lr": 0.05, "batch_size": 16, "max_epochs": 20, "threshold": 1.0e-3,
+        "measure": {"points": 50, "segments": 5, "points_per_segment": 5}}
+
+
+def tiny(**kw):
+    """The tiny grid (two small models on mnist5k), with fields replaced."""
+    from smoothness.experiments import grid
+    return grid.parse({**TINY, **kw})
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+    """A store of the tiny grid (2 models with weights), to copy."""
+    from smoothness.experiments import runner as experiments
+    out = tmp_path_factory.mktemp("made") / "exp"
+    experiments.run_grid(tiny(), out, device="cpu", progress=False)
+    return out
+
+
+@pytest.fixture
+def exp(made, tmp_path):
+    """A fresh copy of the tiny grid's experiment directory."""
+    import shutil
+    return shutil.copytree(made, tmp_path / "exp")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli, run_cli_tty
+from conftest import run_cli, run_cli_tty, tiny
 from smoothness.cli import commands as cli
 from smoothness.errors import ConfigError, StoreError
 from smoothness.experiments import grid, pipeline
@@ -21,21 +21,6 @@ from smoothness.experiments import store as store_mod
 from smoothness.experiments.store import Store
 from smoothness.training import trainer as training
 
-TINY = {"name": "tiny", "description": "Two tiny models.", "data": "mnist5k", "pairs": [[3, 8]], "n_train": [16, 32],
-        "seeds": [0], "hidden": 8, "lr": 0.05, "batch_size": 16, "max_epochs": 20, "threshold": 1.0e-3,
-        "measure": {"points": 50, "segments": 5, "points_per_segment": 5}}
-
-
-def tiny(**kw):
-    return grid.parse({**TINY, **kw})
-
-
-@pytest.fixture(scope="module")
-def made(tmp_path_factory):
-    out = tmp_path_factory.mktemp("made") / "exp"
-    experiments.run_grid(tiny(), out, device="cpu", progress=False)
-    return out
-
 
 @pytest.fixture(scope="module")
 def conv(tmp_path_factory):
@@ -43,11 +28,6 @@ def conv(tmp_path_factory):
     out = tmp_path_factory.mktemp("conv") / "exp"
     experiments.run_grid(tiny(n_train=[16, 32, 64], max_epochs=400), out, device="cpu", progress=False)
     return out
-
-
-@pytest.fixture
-def exp(made, tmp_path):
-    return shutil.copytree(made, tmp_path / "exp")
 
 
 def _main(capsys, *args):

@@ -12,18 +12,23 @@ def python_blocks():
 
 def test_readme_python_examples_run(tmp_path):
     blocks = python_blocks()
-    assert len(blocks) == 2, "README should have the measures example and the experiments example"
+    assert len(blocks) == 3, "README should have the any-model example, the measures example and the experiments one"
     outs = []
     for code in blocks:
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=tmp_path)
         assert r.returncode == 0, r.stderr
         outs.append(r.stdout.splitlines())
-    assert outs[0][0] == "4.0" and float(outs[0][1]) == 4.0
-    assert outs[1][0].startswith("grid smoke: 24 models, 24 trained now")
-    assert any("report.html" in line for line in outs[1])
+    first = outs[0]   # value ± se; {'fpl': ..., 'gpl': ...}; (lower, upper); sharpness and trace ± se
+    assert " ± " in first[0] and "'fpl'" in first[1] and "'gpl'" in first[1]
+    lower, upper = (float(v) for v in re.findall(r"Estimate\(([0-9.e+-]+)", first[2]))
+    assert 0 < lower <= upper < float("inf")
+    assert " ± " in first[3]
+    assert float(outs[1][0]) == 4.0 and float(outs[1][1]) == 4.0
+    assert outs[2][0].startswith("grid smoke: 24 models, 24 trained now")
+    assert any("report.html" in line for line in outs[2])
     assert (tmp_path / "runs" / "smoke" / "report" / "figure2.png").exists()
-    assert "matched 24 models on every configuration field except matmul_precision" in outs[1]   # compare
-    assert "status equal for 24 of 24" in outs[1]
+    assert "matched 24 models on every configuration field except matmul_precision" in outs[2]   # compare
+    assert "status equal for 24 of 24" in outs[2]
 
 
 def test_readme_opens_with_the_two_commands():

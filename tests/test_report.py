@@ -80,6 +80,13 @@ def test_report_files_and_tables(smoke):
     assert set(fixed["measure"]) == {"GN", "WP"} and (fixed["models_at_lam"] == 4).all()   # 2 pairs x 2 seeds
     assert "Table 2 at fixed λ" in t2 and "Fixed λ" in t2 and not (rep / "r_norm_by_n.csv").exists()
     assert "Table 1" in r.stdout and "Table 2" in r.stdout and "report.html" in r.stdout
+    # the sampling error of the estimated measures, from each model's standard errors
+    err = pd.read_csv(rep / "sampling_error.csv").set_index("column")
+    for col in ("gradient_norm", "function_path_length", "gradient_path_length", "gradient_norm_train"):
+        rel = runs[f"{col}_se" if not col.endswith("_train") else col[:-6] + "_train_se"] / runs[col].abs()
+        assert err.loc[col, "models"] == rel.notna().sum() and err.loc[col, "rel_se_max"] == pytest.approx(rel.max())
+        assert 0 < err.loc[col, "rel_se_median"] <= err.loc[col, "rel_se_max"]
+    assert "## Sampling error" in md and "median se/value" in (rep / "sampling_error.md").read_text()
 
 
 def test_no_measure_of_the_registry_is_left_out(smoke):
@@ -95,7 +102,8 @@ def test_no_measure_of_the_registry_is_left_out(smoke):
         if m.option:
             assert not any(c in runs for c in registry.columns(m)), m.key
             continue
-        cols = [m.key] + ([m.key + "_train"] if m.sampled else [])
+        cols = [*registry.columns(m)] + ([registry.on_points(c, "_train") for c in registry.columns(m)]
+                                         if m.sampled else [])
         for c in cols:
             assert c in runs and runs[c].notna().all(), c
         if m.table1 and not m.stands_in_for:
@@ -111,7 +119,8 @@ def test_every_record_key_is_declared_in_the_record_type(smoke):
         for rec in st.records():
             assert set(rec) - {"key"} <= declared
     for m in registry.REGISTRY:
-        assert m.key in declared and (not m.sampled or m.key + "_train" in declared)
+        assert set(registry.columns(m)) <= declared, m.key
+        assert not m.sampled or {registry.on_points(c, "_train") for c in registry.columns(m)} <= declared, m.key
 
 
 def test_content_is_computed_without_writing_and_rendered_anywhere(smoke, tmp_path):

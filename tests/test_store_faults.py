@@ -2,15 +2,13 @@
 stores, another grid's store, dotted directory names, failed runs."""
 import hashlib
 import os
-import shutil
 import sqlite3
 
 import pytest
 
-from conftest import run_cli
+from conftest import run_cli, tiny
 from smoothness.cli import commands as cli
 from smoothness.errors import ConfigError, DataError, StoreError
-from smoothness.experiments import grid
 from smoothness.experiments import runner as experiments
 from smoothness.experiments import store as store_mod
 from smoothness.experiments.salvage import salvage
@@ -18,27 +16,6 @@ from smoothness.experiments.store import Store
 from smoothness.models import init_mlp
 
 ROOT_USER = hasattr(os, "geteuid") and os.geteuid() == 0
-TINY = {"name": "tiny", "description": "Two tiny models.", "data": "mnist5k", "pairs": [[3, 8]], "n_train": [16, 32],
-        "seeds": [0], "hidden": 8, "lr": 0.05, "batch_size": 16, "max_epochs": 20, "threshold": 1.0e-3,
-        "measure": {"points": 50, "segments": 5, "points_per_segment": 5}}
-
-
-def tiny(**kw):
-    return grid.parse({**TINY, **kw})
-
-
-@pytest.fixture(scope="module")
-def made(tmp_path_factory):
-    """A store of the tiny grid (2 models with weights), to copy."""
-    out = tmp_path_factory.mktemp("made") / "exp"
-    experiments.run_grid(tiny(), out, device="cpu", progress=False)
-    return out
-
-
-@pytest.fixture
-def exp(made, tmp_path):
-    """A fresh copy of the tiny grid's experiment directory."""
-    return shutil.copytree(made, tmp_path / "exp")
 
 
 def _count(path, table="runs"):

@@ -54,6 +54,29 @@ def setting_label(row, with_lr: bool = True) -> str:
             f"threshold {row['threshold']:g}{pen}")
 
 
+def sampling_error(df: pd.DataFrame) -> pd.DataFrame:
+    """The Monte Carlo error of the estimated measures: per measure with a standard-error column (registry
+    columns ending in _se, held-out and training points), over the models with finite values, the median, 90th
+    percentile and largest relative standard error se / |value|. Empty for stores without standard errors."""
+    rows = []
+    for m in registry.REGISTRY:
+        if m.key + "_se" not in m.columns:
+            continue
+        for suffix in ("", "_train") if m.sampled else ("",):
+            col, se = registry.on_points(m.key, suffix), registry.on_points(m.key + "_se", suffix)
+            if col not in df or se not in df:
+                continue
+            v, e = pd.to_numeric(df[col], errors="coerce"), pd.to_numeric(df[se], errors="coerce")
+            ok = np.isfinite(v) & np.isfinite(e) & (v != 0)
+            if not ok.any():
+                continue
+            rel = (e[ok] / v[ok].abs()).to_numpy()
+            rows.append({"measure": m.short + (" (training points)" if suffix else ""), "column": col,
+                         "models": int(ok.sum()), "rel_se_median": float(np.median(rel)),
+                         "rel_se_p90": float(np.quantile(rel, 0.9)), "rel_se_max": float(rel.max())})
+    return pd.DataFrame(rows)
+
+
 def status_counts(df: pd.DataFrame) -> pd.DataFrame:
     """Models per regularizer, lambda and training size, by status (converged / not_converged / diverged)."""
     if not len(df):

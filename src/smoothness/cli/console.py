@@ -45,8 +45,9 @@ def emit_record(rec: dict, as_json: bool) -> None:
             *oned.EXACT.values(), *oned.THROUGH.values(), *oned.SMALLEST.values(),
             "min_" + oned.LOWER, "min_through_" + oned.LOWER]
     for k in keys:
-        if k in rec:
-            print(f"  {k:<28} {_fmt(rec[k])}")
+        if k in rec and not (k.endswith("_se") and registry.on_points(k[:-3], "") in rec):
+            se = rec.get(f"{k[:-len('_train')]}_train_se" if k.endswith("_train") else f"{k}_se")
+            print(f"  {k:<28} {_fmt(rec[k])}" + (f" ± {se:.2g}" if se is not None and se == se else ""))
 
 
 TABLE_COLUMNS = (("lam", "lambda"), ("n_train", "N"), ("seed", "seed"), ("status", "status"), ("epochs", "epochs"),

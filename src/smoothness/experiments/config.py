@@ -229,6 +229,14 @@ class Record(TypedDict, total=False):
     gradient_norm_squared_train: float
     function_path_length_train: float
     gradient_path_length_train: float
+    gradient_norm_se: float         # standard errors: over the points (GN, GN^2) or the segments (FPL, GPL)
+    gradient_norm_squared_se: float
+    function_path_length_se: float
+    gradient_path_length_se: float
+    gradient_norm_train_se: float
+    gradient_norm_squared_train_se: float
+    function_path_length_train_se: float
+    gradient_path_length_train_se: float
     path_norm: float
     lipschitz_lower: float          # sup ||grad f|| is bracketed [lipschitz_lower, lipschitz_upper] (lipschitz.py)
     lipschitz_upper: float

@@ -116,7 +116,8 @@ def _measure_group(items: list[Trained], dev) -> list[dict[str, float]]:
         which = registry.MEASURES if suffix == "" else registry.SAMPLED
         for i in range(len(items)):
             if not finite[i]:
-                recs[i].update({k + suffix: float("nan") for k in which})
+                recs[i].update({registry.on_points(col, suffix): float("nan") for k in which
+                                for col in registry.columns(registry.get(k))})
         for rows in _by_size([xs[i] for i in ok]).values():
             rows = [ok[j] for j in rows]
             same = all(xs[i] is xs[rows[0]] for i in rows)
@@ -124,7 +125,7 @@ def _measure_group(items: list[Trained], dev) -> list[dict[str, float]]:
             vals = registry.measure_stack(p.select(rows), _on(dev, x), which=which, **kw)
             for k, v in vals.items():
                 for i, f in zip(rows, v.tolist()):
-                    recs[i][k + suffix] = f
+                    recs[i][registry.on_points(k, suffix)] = f
     return recs
 
 

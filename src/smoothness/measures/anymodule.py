@@ -4,12 +4,13 @@ A module maps a batch [n, *shape] (for example images [n, C, H, W]) to [n], [n, 
 it as a function of the flattened input (d = prod(shape); segments, gradients and norms live in R^d), with
   - a scalar output ([n] or [n, 1]): the paper's measures as they are;
   - K outputs and output=None: GN = E ||J_f(x)||_F, FPL with ||f(t_k) - f(t_k-1)||_2 along segments, GPL with the
-    Jacobian's change ||J(t_k) - J(t_k-1)||_F; the Jacobians come from torch.func (vmap of jacrev over points);
+    Jacobian's change ||J(t_k) - J(t_k-1)||_F; the Jacobian's K rows from K backward passes of one batch's graph;
   - output=k: the k-th output alone; output="margin": the margin between the two largest outputs at each point
     (continuous in x, its gradient that of the top output minus the runner-up's).
-Each point is evaluated on its own (vmap over points), so a module in eval() mode with BatchNorm (running
-statistics) or Dropout (the identity) is measured correctly; in training mode those layers make f(x) depend on
-the rest of the batch or on random masks, and check_mode refuses the module.
+Gradients are those of the sum over a batch, which is each point's own as long as each output row depends on its
+own input row only: true of a module in eval() mode, where BatchNorm uses its running statistics and Dropout is
+the identity; in training mode those layers make f(x) depend on the rest of the batch or on random masks, and
+check_mode refuses the module.
 """
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ import math
 
 import torch
 from torch import nn
-from torch.func import jacrev, vmap
 
 MODE_DEPENDENT = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
 
@@ -84,12 +84,15 @@ def parts(f, shape: tuple[int, ...], output, probe: torch.Tensor):
             return call(x[0])[None]
 
     def grads(x):
-        if k == 1:       # the gradient, by autograd of the sum (each row depends on its own input only)
-            with torch.enable_grad():
-                xi = x[0].detach().requires_grad_(True)
-                (g,) = torch.autograd.grad(call(xi).sum(), xi)
-            return g[None]
-        jac = vmap(jacrev(lambda p: call(p[None])[0]))(x[0])        # [n, K, d]
-        return jac.reshape(1, x.shape[1], -1)
+        # by autograd of the sum over the points (each row depends on its own input only): the gradient, or for K
+        # outputs the Jacobian's rows, one backward pass of the batch's graph per output
+        with torch.enable_grad():
+            xi = x[0].detach().requires_grad_(True)
+            out = call(xi)
+            if k == 1:
+                (g,) = torch.autograd.grad(out.sum(), xi)
+                return g[None]
+            rows = [torch.autograd.grad(out[:, j].sum(), xi, retain_graph=j < k - 1)[0] for j in range(k)]
+        return torch.stack(rows, 1).reshape(1, x.shape[1], -1)       # [1, n, K * d]
 
     return values, grads, k

@@ -2,8 +2,8 @@
 estimators over points [M, n, d] of M models at once, which single.py (one model, any torch module, streamed data)
 and registry.measure_stack (a stack of ReLU MLPs) call, vectorized over segments. For ReLU MLPs the input
 gradient is computed in closed form (`models.input_gradient`); for a scalar module by autograd of the sum over
-points (each output row depends only on its own input row, true in eval mode), for K outputs by torch.func (vmap
-of jacrev).
+points (each output row depends only on its own input row, true in eval mode), for K outputs by one backward pass
+per output (anymodule.py).
 """
 from __future__ import annotations
 
@@ -29,10 +29,12 @@ CHUNK_ELEMENTS = 1 << 24
 class Evaluator:
     """values(x) -> [M, n] and grads(x) -> [M, n, d] for inputs x of shape [M, n, d]."""
 
-    def __init__(self, values, grads, n_models: int, dtype, device, stack: MLPStack | None = None, outputs: int = 1):
+    def __init__(self, values, grads, n_models: int, dtype, device, stack: MLPStack | None = None, outputs: int = 1,
+                 max_points: int | None = None):
         self.values, self.grads, self.stack = values, grads, stack
         self.n_models, self.dtype, self.device = n_models, dtype, device
         self.outputs = outputs   # K: values are [M, n, K] and grads the flattened Jacobians [M, n, K * d] if K > 1
+        self.max_points = max_points   # points per call at most (a module's activations outweigh its Jacobians)
 
 
 def _stack_from_sequential(f: nn.Sequential):
@@ -86,8 +88,9 @@ def as_points(x, ev: Evaluator) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------
 # Batched estimators over [M, n, d] points.
 
-def _point_chunks(n: int, per_point: int, m: int):
+def _point_chunks(n: int, per_point: int, m: int, cap: int | None = None):
     step = max(1, CHUNK_ELEMENTS // max(1, per_point * m))
+    step = min(step, cap) if cap else step
     return [(i, min(n, i + step)) for i in range(0, n, step)]
 
 
@@ -98,7 +101,7 @@ def gradient_norm_sums(ev: Evaluator, x: torch.Tensor, power: int = 1):
     total = x.new_zeros(x.shape[0])
     total64 = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
     sq = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
-    for i, j in _point_chunks(x.shape[1], x.shape[2] * ev.outputs, x.shape[0]):
+    for i, j in _point_chunks(x.shape[1], x.shape[2] * ev.outputs, x.shape[0], ev.max_points):
         v = ev.grads(x[:, i:j]).norm(dim=-1).pow(power)
         total += v.sum(1)
         total64 += v.double().sum(1)
@@ -116,7 +119,7 @@ def gradient_norms(ev: Evaluator, x: torch.Tensor, power: int = 1, with_se: bool
 
 def point_gradient_norms(ev: Evaluator, x: torch.Tensor) -> torch.Tensor:
     """||grad f(x_i)|| at every point, read in chunks. [M, n]."""
-    chunks = _point_chunks(x.shape[1], x.shape[2] * ev.outputs, x.shape[0])
+    chunks = _point_chunks(x.shape[1], x.shape[2] * ev.outputs, x.shape[0], ev.max_points)
     return torch.cat([ev.grads(x[:, i:j]).norm(dim=-1) for i, j in chunks], dim=1)
 
 
@@ -190,7 +193,8 @@ def segment_path_lengths(ev: Evaluator, ends, m: int, segments: int, points: int
     else:
         per_segment = points * d * ev.outputs
     sums = None
-    for i, j in _point_chunks(segments, per_segment, m):
+    cap = None if ev.max_points is None else max(1, ev.max_points // points)
+    for i, j in _point_chunks(segments, per_segment, m, cap):
         xa, xb = ends(i, j)
         sums = sums or _TVSums(which, m, xa)
         if two_layer:   # without [S, P, d] tensors: from the pre-activations at the ends (two_layer_segment_tvs)

@@ -99,22 +99,36 @@ def _hessian_trace(c: Context) -> dict[str, torch.Tensor]:
     return {"hessian_trace": value, "hessian_trace_se": se}
 
 
+def _gradient_norms(power: int, key: str) -> Callable:
+    def compute(c: Context) -> dict[str, torch.Tensor]:
+        mean, se = ins.gradient_norms(c.ev, c.x, power, with_se=True)
+        return {key: mean, key + "_se": se}
+    return compute
+
+
+def _path_length(which: str, key: str) -> Callable:
+    def compute(c: Context) -> dict[str, torch.Tensor]:
+        got = c.path_lengths()
+        return {key: got[which], key + "_se": got[which + "_se"]}
+    return compute
+
+
 REGISTRY: tuple[Measure, ...] = (
     Measure("gradient_norm", "GN", "eq. 4", INPUT, ANY_DEPTH, "gradient_norm", "GN",
-            lambda c: ins.gradient_norms(c.ev, c.x, 1), penalties.batch_gradient_norm,
-            penalties.penalty_grad_gradient_norm,
+            _gradient_norms(1, "gradient_norm"), penalties.batch_gradient_norm,
+            penalties.penalty_grad_gradient_norm, columns=("gradient_norm_se",),
             paper=True, table1=True, sampled=True, stack=True, views=(SWEEP, FLATNESS)),
     Measure("gradient_norm_squared", "GN²", "eq. 4 with the squared norm", INPUT, ANY_DEPTH,
-            "gradient_norm_squared", "GN²", lambda c: ins.gradient_norms(c.ev, c.x, 2),
+            "gradient_norm_squared", "GN²", _gradient_norms(2, "gradient_norm_squared"),
             penalties.batch_gradient_norm_squared, penalties.penalty_grad_gradient_norm_squared,
-            sampled=True, stack=True),
+            columns=("gradient_norm_squared_se",), sampled=True, stack=True),
     Measure("function_path_length", "FPL", "eq. 10", INPUT, ANY_DEPTH, "function_path_length", "FPL",
-            lambda c: c.path_lengths()["fpl"], penalties.batch_function_path_length,
-            penalties.penalty_grad_function_path_length,
+            _path_length("fpl", "function_path_length"), penalties.batch_function_path_length,
+            penalties.penalty_grad_function_path_length, columns=("function_path_length_se",),
             paper=True, table1=True, sampled=True, stack=True, point_order=True, views=(SWEEP, FLATNESS)),
     Measure("gradient_path_length", "GPL", "eq. 11", INPUT, ANY_DEPTH, "gradient_path_length", "GPL",
-            lambda c: c.path_lengths()["gpl"], penalties.batch_gradient_path_length,
-            penalties.penalty_grad_gradient_path_length,
+            _path_length("gpl", "gradient_path_length"), penalties.batch_gradient_path_length,
+            penalties.penalty_grad_gradient_path_length, columns=("gradient_path_length_se",),
             paper=True, table1=True, sampled=True, stack=True, point_order=True, views=(SWEEP, FLATNESS)),
     Measure("weights_product", "WP", "eq. 13", PARAMETER, ONE_HIDDEN, "weights_product", "WP",
             lambda c: ins.weights_products(c.p) if c.p.depth == 1 else c.nan(), penalties.batch_weights_product,
@@ -212,6 +226,14 @@ def columns(m: Measure) -> tuple[str, ...]:
     return (m.key, *m.columns)
 
 
+def on_points(column: str, suffix: str) -> str:
+    """The record column of a measure's column estimated on other points (suffix '_train'): the suffix goes after
+    the key, before '_se' (gradient_norm_se -> gradient_norm_train_se)."""
+    if suffix and column.endswith("_se"):
+        return column[:-3] + suffix + "_se"
+    return column + suffix
+
+
 MEASURES = keys(stack=True)          # what measure_stack computes
 SAMPLED = keys(stack=True, sampled=True)  # those estimated at points (also on the training points)
 
@@ -221,13 +243,18 @@ SAMPLED = keys(stack=True, sampled=True)  # those estimated at points (also on t
 def measure_stack(p: MLPStack, x, *, segments: int = ins.DEFAULT_SEGMENTS, points: int = ins.DEFAULT_POINTS,
                   seed: int = 0, which=MEASURES) -> dict[str, torch.Tensor]:
     """All requested measures of M models at once (the rows with stack=True); x is [n, d] (shared) or [M, n, d].
-    Values are [M]."""
+    {column: [M]}: each measure's key and its further columns (the standard errors of GN, GN^2, FPL and GPL)."""
     unknown = set(which) - set(MEASURES)
     if unknown:
         raise ValueError(f"unknown measure(s) {sorted(unknown)}; known: {', '.join(MEASURES)}")
     ev = ins.evaluator(p)
     c = Context(p, ins.as_points(x, ev), segments=segments, points=points, seed=seed, which=which)
-    return {m.key: m.compute(c) for m in REGISTRY if m.stack and m.key in which}
+    out = {}
+    for m in REGISTRY:
+        if m.stack and m.key in which:
+            v = m.compute(c)
+            out.update(v if isinstance(v, dict) else {m.key: v})
+    return out
 
 
 def parameter_measures(p: MLPStack, x: torch.Tensor, y: torch.Tensor, *, batch_size: int, seed: int, init_seeds,

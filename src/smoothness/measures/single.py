@@ -26,6 +26,7 @@ from smoothness.runtime import precision
 from smoothness.runtime.progress import Bar
 
 PATHS = {"fpl": "function_path_length", "gpl": "gradient_path_length"}
+MODULE_POINTS = 256   # points per forward/backward pass of a general module (bounds the memory of its activations)
 
 
 def evaluator_for(f, x: torch.Tensor, output=None):
@@ -64,7 +65,7 @@ def evaluator_for(f, x: torch.Tensor, output=None):
         return b.reshape(1, b.shape[0], -1)
     probe = to_points(x[:1])
     values, grads, k = anymodule.parts(f, shape, output, probe[0])
-    return ins.Evaluator(values, grads, 1, dtype, device, outputs=k), to_points
+    return ins.Evaluator(values, grads, 1, dtype, device, outputs=k, max_points=MODULE_POINTS), to_points
 
 
 class Reader:

@@ -24,6 +24,7 @@ from smoothness.report.format import (
     optimizer_tables,
     r_norm_by_n_tables,
     ratio_tables,
+    sampling_tables,
     status_table,
     table1_tables,
     table2_tables,
@@ -126,6 +127,7 @@ class ReportContent:
     optimality: pd.DataFrame = field(default_factory=pd.DataFrame)   # 1-D tasks: S(f_SGD) / S_min (optimality.py)
     optimality_edges: pd.DataFrame = field(default_factory=pd.DataFrame)   # ... at each λ ladder's edge
     optimizers: pd.DataFrame = field(default_factory=pd.DataFrame)   # SGD vs SAM etc. (flatness.py)
+    sampling: pd.DataFrame = field(default_factory=pd.DataFrame)     # relative standard errors of the estimates
     examples: pd.DataFrame = field(default_factory=pd.DataFrame)     # 1-D models drawn beside their interpolants
     example_params: dict = field(default_factory=dict)               # their weights: key -> MLPStack
 
@@ -166,6 +168,7 @@ def compute_content(df: pd.DataFrame, grid: dict, merged: list, versions: dict, 
     c.figure2 = A.figure2_data(df)
     c.optimality, c.examples = optimality.ratio_table(df), optimality.examples(df)
     c.optimality_edges = optimality.edge_table(df)
+    c.sampling = A.sampling_error(df)
     return c
 
 
@@ -220,6 +223,8 @@ def sections(c: ReportContent) -> list[Section]:
                   lambda p: figures.lr_sweep_figure(c.lr_sweep, p))]),
         Section("Optimizers: flatness and smoothness", tabs(c.optimizers, optimizer_tables), "optimizers.md",
                 {"optimizers.csv": c.optimizers}),
+        Section("Sampling error", tabs(c.sampling, sampling_tables), "sampling_error.md",
+                {"sampling_error.csv": c.sampling}),
         Section("Status", [status_table(c.counts)], None,
                 {"runs.csv": c.runs.drop(columns=["versions"], errors="ignore"), "status_counts.csv": c.counts}),
     ]

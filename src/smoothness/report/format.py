@@ -150,6 +150,17 @@ def status_table(counts: pd.DataFrame) -> Table:
                        "the tables and figures.")
 
 
+def sampling_tables(err: pd.DataFrame) -> list[Table]:
+    """The relative standard errors of the estimated measures (analysis.sampling_error)."""
+    rows = [[r.measure, str(r.models), f"{100 * r.rel_se_median:.2f}%", f"{100 * r.rel_se_p90:.2f}%",
+             f"{100 * r.rel_se_max:.2f}%"] for r in err.itertuples()]
+    return [Table("Sampling error of the estimated measures", ["measure", "models", "median se/value",
+                                                              "90th percentile", "largest"], rows,
+                  "Standard errors over the points (GN, GN²) and over the segments (FPL, GPL), and over the probe "
+                  "vectors (tr H), relative to each model's value. Differences between models smaller than a few "
+                  "standard errors are within the sampling noise of the estimates.")]
+
+
 # -- figures ----------------------------------------------------------------------------------------
 def lr_sweep_tables(sweep: pd.DataFrame) -> list[Table]:
     """One table per setting and N: a row per learning rate."""
