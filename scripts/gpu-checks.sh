@@ -43,7 +43,7 @@ if [ "$DEVICE" = cpu ]; then
     small=1; models=1,4; budget=400; fashion_limit=60; measure=4; tests=tests/test_host_sync.py
 else
     small=0; models=1,45,135,540,1080; budget=200000; fashion_limit=150; measure=135
-    tests="tests/test_host_sync.py tests/test_precision.py tests/test_training.py"
+    tests="tests/test_host_sync.py tests/test_precision.py tests/test_training.py tests/test_hessian.py tests/test_lipbound.py"
 fi
 
 { date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || echo "no nvidia-smi";

@@ -1,6 +1,7 @@
 """Curvature of any module and loss (measures/curvature.py, measures/lanczos.py) against the dense Hessian of small
 nets (torch.func.hessian): the top eigenvalues, Hutchinson's trace within its standard error, the eigenvalue
 density's quadrature; a DataLoader equals the tensor pair; the ReLU-MLP fast path equals the general path."""
+import copy
 import math
 
 import numpy as np
@@ -138,3 +139,21 @@ def test_lanczos_on_a_known_matrix():
     values, res, first = lanczos.ritz(alpha, beta, b)
     torch.testing.assert_close(values, lam, atol=1e-9, rtol=0)
     assert float(first.square().sum()) == pytest.approx(1.0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_cuda_the_measures_of_a_cnn_agree_with_the_cpu():
+    from smoothness import measures
+    torch.manual_seed(0)
+    cnn = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                        nn.Linear(3 * 4 * 4, 4)).eval()
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(32, 1, 8, 8, generator=g), torch.randint(0, 4, (32,), generator=g)
+    gpu = copy.deepcopy(cnn).cuda().eval()
+    for fn in (lambda f, a, b: curvature.sharpness(f, a, b, tol=1e-6),
+               lambda f, a, b: curvature.hessian_trace(f, a, b, probes=10),
+               lambda f, a, b: measures.gradient_norm(f, a),
+               lambda f, a, b: measures.function_path_length(f, a, segments=20, points=10)):
+        assert fn(gpu, x.cuda(), y.cuda()) == pytest.approx(float(fn(cnn, x, y)), rel=1e-3)
+    assert measures.lipschitz_bounds(gpu, x.cuda(), output="margin")[1] == pytest.approx(
+        float(measures.lipschitz_bounds(cnn, x, output="margin")[1]), rel=1e-6)

@@ -119,3 +119,20 @@ def test_bad_data_gets_one_clear_error(cnn):
         measures.gradient_norm(cnn, [torch.randn(2, 1, 8, 8), torch.randn(2, 1, 7, 7)])
     with pytest.raises(ValueError, match="scalar"):
         measures.lipschitz_bounds(cnn, torch.randn(3, 1, 8, 8))
+
+
+def test_progress_is_reported_per_batch_segment_and_hessian_vector_product(cnn, images):
+    from smoothness import curvature
+    x, y = images
+    seen = []
+    measures.gradient_norm(cnn, loader(x, y), progress=seen.append)
+    assert sum(seen) == len(loader(x, y)) == 5          # batches
+    seen.clear()
+    measures.path_lengths(cnn, x, segments=30, points=10, progress=seen.append)
+    assert sum(seen) == 30                               # segments
+    seen.clear()
+    curvature.hessian_trace(cnn, x, y, probes=7, progress=seen.append)
+    assert sum(seen) == 7                                # probes
+    seen.clear()
+    d = curvature.eigenvalue_density(cnn, x, y, runs=2, steps=9, progress=seen.append)
+    assert sum(seen) == 18 and d.runs == 2               # Hessian-vector products

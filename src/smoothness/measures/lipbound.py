@@ -250,7 +250,7 @@ def module_constant(m: nn.Module, x: torch.Tensor) -> float:
     if isinstance(m, _MAXPOOL):
         return _maxpool_constant(x.dim() - 2, m.kernel_size, m.stride, m.dilation)
     if isinstance(m, _LINEAR_MODULES):
-        layer = copy.deepcopy(m).double()
+        layer = copy.deepcopy(m).double().cpu()   # the norm in float64 on the CPU, wherever the model lives
         return operator_norm(lambda v: layer(v), tuple(x.shape))
     raise Unsupported(f"{type(m).__name__} is not among the layers this bound covers (see smoothness.measures."
                       "lipbound)")
@@ -287,7 +287,7 @@ def _linear_norm(node, dep, values, fn) -> float:
     """The spectral norm of a call linear in its argument dep, the other arguments held at their values."""
     def value(a):
         v = values.get(a, a) if isinstance(a, fx.Node) else a
-        return v.detach().double() if torch.is_tensor(v) and v.is_floating_point() else v
+        return v.detach().double().cpu() if torch.is_tensor(v) and v.is_floating_point() else v
 
     def call(v):
         args = fx.node.map_aggregate(node.args, lambda a: v if a is dep else value(a))
