@@ -104,6 +104,7 @@ def test_the_table_and_the_density_figure(files):
     (("net.pt2", "--inputs", "data.npz", "--probes", 0), "--probes must be >= 1"),
     (("data.npz", "--inputs", "data.npz"), "not a TorchScript module"),
     (("mynet.py", "--inputs", "data.npz"), "not a TorchScript or torch.export file"),
+    (("net.pt2", "--inputs", "data.npz", "--trace-probes", 5), "--trace-probes: for models saved by"),
 ])
 def test_bad_input_gets_one_line(files, args, message):
     d, *_ = files

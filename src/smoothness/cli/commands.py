@@ -72,6 +72,11 @@ def cmd_measure(a) -> int:
     if a.inputs is not None or a.factory is not None:
         if a.inputs is None:
             raise SmoothnessError("--factory: the points to measure on come with --inputs FILE (.npz or .pt)")
+        saved_only = [f"--{k.replace('_', '-')}" for k in ("data", "pair", "data_dir", "sharpness_iters",
+                                                             "trace_probes") if getattr(a, k)]
+        if saved_only:
+            raise SmoothnessError(f"{', '.join(saved_only)}: for models saved by `train --save`; a checkpoint is "
+                                  "measured on --inputs (sharpness and the trace: --measures, --probes, --steps)")
         return checkpoint.measure(a)
     rng.check_seed(a.measure_seed, "--measure-seed")
     device = pipeline.resolve_device(a.device)
