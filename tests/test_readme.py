@@ -36,3 +36,9 @@ def test_readme_opens_with_the_two_commands():
     first = re.search(r"```bash\n(.*?)```", text, flags=re.S).group(1).strip().splitlines()
     assert [line.split("#")[0].strip() for line in first] == ["bash scripts/quick.sh", "bash scripts/test.sh"]
     assert "scripts/test.sh" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_every_relative_link_of_the_readme_exists():
+    text = (ROOT / "README.md").read_text()
+    links = [t.split("#")[0] for t in re.findall(r"\]\(([^)]+)\)", text) if "://" not in t and not t.startswith("#")]
+    assert links and [t for t in links if not (ROOT / t).exists()] == []
