@@ -54,7 +54,7 @@ torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"; } | tee -a
 #    flags, and the CPU tests of the engine run against the CUDA build.
 step tests 120 $PY -m pytest -q -p no:cacheprovider -x $tests
 
-# 2. Throughput: model-steps/s of the engine at each M, fp32 and TF32 (the issue's targets: >= 3e5 at M >= 540,
+# 2. Throughput: model-steps/s of the engine at each M, fp32 and TF32 (the speeds aimed at on a GPU: >= 3e5 at M >= 540,
 #    >= 1e4 for one model), and measuring `measure` models batched against one at a time.
 step bench-fp32 100 $S bench --device "$DEVICE" --models "$models" --budget "$budget" --grid none --measure "$measure"
 [ "$DEVICE" = cuda ] && step bench-tf32 50 $S bench --device cuda --models "$models" --budget "$budget" --grid none --tf32
