@@ -102,6 +102,7 @@ def test_the_table_and_the_density_figure(files):
     (("net.pt2", "--inputs", "data.npz", "--device", "mps"), "mps"),
     (("net.pt2", "--inputs", "data.npz", "--output", "x"), "--output"),
     (("net.pt2", "--inputs", "data.npz", "--probes", 0), "--probes must be >= 1"),
+    (("net.pt2", "--inputs", "data.npz", "--segments", 10**12), "--segments 1000000000000 is beyond"),
     (("data.npz", "--inputs", "data.npz"), "not a TorchScript module"),
     (("mynet.py", "--inputs", "data.npz"), "not a TorchScript or torch.export file"),
     (("net.pt2", "--inputs", "data.npz", "--trace-probes", 5), "--trace-probes: for models saved by"),

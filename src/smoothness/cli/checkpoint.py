@@ -150,11 +150,17 @@ def _output(v: str | None):
     return k
 
 
+LIMITS = {"segments": 10_000_000, "points": 100_000, "probes": 100_000, "steps": 100_000, "runs": 10_000,
+          "batch_size": 10_000_000}   # refused before any work: beyond these a run would not end or not fit
+
+
 def _positive(a, *names) -> None:
     for name in names:
         v = getattr(a, name)
         if v is not None and v < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1; got {v}")
+        if v is not None and v > LIMITS[name]:
+            raise ConfigError(f"--{name.replace('_', '-')} {v} is beyond the {LIMITS[name]:,} this command accepts")
 
 
 def measure(a) -> int:
