@@ -60,8 +60,9 @@ def _classifier():
     return net, x, y, exact
 
 
-def run(name: str, seeds: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(values, standard errors, exact values) over `seeds` seeds of one experiment (see the module docstring)."""
+def run(name: str, seeds: int, segments: int = 30) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(values, standard errors, exact values) over `seeds` seeds of one experiment (see the module docstring);
+    `segments` per FPL and GPL estimate."""
     vals, ses, truth = [], [], []
     if name == "hessian_trace":
         net, x, y, exact = _classifier()
@@ -70,10 +71,10 @@ def run(name: str, seeds: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if name == "gradient_norm":
             e, t = measures.gradient_norm(Square(), _points(30, s), progress=False), 0.5
         elif name == "fpl":
-            e = measures.function_path_length(Line(), fixed, segments=30, points=10, seed=s, progress=False)
+            e = measures.function_path_length(Line(), fixed, segments=segments, points=10, seed=s, progress=False)
             t = 3.0 * _pair_mean(fixed)
         elif name == "gpl":
-            e = measures.gradient_path_length(Square(), fixed, segments=30, points=10, seed=s, progress=False)
+            e = measures.gradient_path_length(Square(), fixed, segments=segments, points=10, seed=s, progress=False)
             t = _pair_mean(fixed)
         elif name == "hessian_trace":
             e, t = curvature.hessian_trace(net, x, y, probes=20, seed=s, progress=False), exact
@@ -93,8 +94,8 @@ def coverage(values, ses, truth, z: float = 1.96) -> float:
     return float(np.mean(np.abs(values - truth) <= z * ses))
 
 
-def main(seeds: int, out: str | None) -> dict:
-    got = {name: run(name, seeds) for name in EXPERIMENTS}
+def main(seeds: int, out: str | None, segments: int = 30) -> dict:
+    got = {name: run(name, seeds, segments) for name in EXPERIMENTS}
     for name, (v, s, t) in got.items():
         print(f"{name:<15} coverage {coverage(v, s, t):.3f} over {seeds} seeds "
               f"(binomial 95% band for 0.95: ±{1.96 * math.sqrt(0.95 * 0.05 / seeds):.3f})")
@@ -133,5 +134,6 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, default=1000)
     ap.add_argument("--out", default=None, metavar="PNG")
+    ap.add_argument("--segments", type=int, default=30, help="segments per FPL and GPL estimate (default: 30)")
     a = ap.parse_args()
-    main(a.seeds, a.out)
+    main(a.seeds, a.out, a.segments)
