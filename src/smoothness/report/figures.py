@@ -28,6 +28,14 @@ def _plt():
     return plt
 
 
+def _save(plt, fig, path: Path, dpi: int = 110) -> bool:
+    """Lay the figure out, write it to path as PNG, free it; True (there was something to draw)."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return True
+
+
 def figure2(fig_data: list[dict], path: Path) -> bool:
     """Box plots of each regularized measure per λ (λ on the y axis, as in the paper's Figure 2)."""
     if not fig_data:
@@ -59,10 +67,7 @@ def figure2(fig_data: list[dict], path: Path) -> bool:
         ax.axis("off")
     fig.suptitle("Figure 2: each measure under its own regularizer (converged models; * = λ used in Table 2)",
                  fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return _save(plt, fig, path)
 
 
 def vs_n(size: pd.DataFrame, cols: dict, path: Path, title: str, logy=()) -> bool:
@@ -89,10 +94,7 @@ def vs_n(size: pd.DataFrame, cols: dict, path: Path, title: str, logy=()) -> boo
     if size.groupby(A.SETTING).ngroups > 1:
         axes[0][0].legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return _save(plt, fig, path)
 
 
 def r_norm_figure(rbn: pd.DataFrame, path: Path) -> bool:
@@ -117,10 +119,7 @@ def r_norm_figure(rbn: pd.DataFrame, path: Path) -> bool:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     ax.set_title("Explicit regularization at fixed λ against N (mean ± std over datasets)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return _save(plt, fig, path)
 
 
 def lr_sweep_figure(sweep: pd.DataFrame, path: Path) -> bool:
@@ -149,10 +148,7 @@ def lr_sweep_figure(sweep: pd.DataFrame, path: Path) -> bool:
     for ax in list(axes.flat)[len(cols):]:
         ax.axis("off")
     fig.suptitle("Against the learning rate (mean ± std over converged unregularized models)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return _save(plt, fig, path)
 
 
 def depth_figure(bd: pd.DataFrame, path: Path) -> bool:
@@ -173,10 +169,7 @@ def depth_figure(bd: pd.DataFrame, path: Path) -> bool:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     ax.set_title("Table 1 by depth (negative: smoother with more data)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return _save(plt, fig, path)
 
 
 def interpolant_figure(rows: pd.DataFrame, params: dict, path: Path) -> bool:
@@ -202,10 +195,7 @@ def interpolant_figure(rows: pd.DataFrame, params: dict, path: Path) -> bool:
         ax.set_title(f"{r['data']}, N = {int(r['n_train'])}, seed {int(r['seed'])}")
         ax.set_xlabel("t")
     axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return _save(plt, fig, path)
 
 
 def density_figure(density, path: Path, title: str = "Hessian eigenvalue density") -> bool:
@@ -224,7 +214,4 @@ def density_figure(density, path: Path, title: str = "Hessian eigenvalue density
     ax.set_ylabel("density")
     ax.set_title(f"{title} ({density.dim:,} parameters)")
     ax.legend(loc="upper right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return True
+    return _save(plt, fig, path, dpi=130)
