@@ -8,9 +8,9 @@ relative to the largest weight. Usage: python scripts/rounding_effect.py [--seed
 import argparse
 import time
 
+from smoothness import training
 from smoothness.data import images as data
 from smoothness.runtime import precision
-from smoothness.training import trainer as training
 
 CASES = [  # name, pair, N, seed, widths, spec settings
     ("784-256-1, N 128, 20 epochs", (0, 1), 128, 0, (784, 256, 1), dict(max_epochs=20)),

@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli, run_cli_tty, tiny
+from smoothness import training
 from smoothness.cli import commands as cli
 from smoothness.errors import ConfigError, StoreError
 from smoothness.experiments import grid, pipeline
 from smoothness.experiments import runner as experiments
 from smoothness.experiments import store as store_mod
 from smoothness.experiments.store import Store
-from smoothness.training import trainer as training
 
 
 @pytest.fixture(scope="module")

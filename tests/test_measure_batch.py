@@ -5,12 +5,12 @@ import pytest
 import torch
 
 from conftest import run_cli
+from smoothness import training
 from smoothness.errors import ConfigError
 from smoothness.experiments import grid, pipeline
 from smoothness.experiments import runner as experiments
 from smoothness.experiments.store import Store
 from smoothness.models import init_mlp
-from smoothness.training import trainer as training
 from tolerance import MEASURE_REL, assert_close_tensors, kernel_noise
 
 RESUMED_REL = 1e-3   # records of models trained in another batch (up to 40 epochs): weights differ by ~1e-5

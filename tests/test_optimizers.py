@@ -1,10 +1,10 @@
 import pytest
 import torch
 
+from smoothness import training
 from smoothness.data import images as data
 from smoothness.models import MLPStack, init_mlp
 from smoothness.training import optimizers, regularizers
-from smoothness.training import trainer as training
 from tolerance import assert_same_trajectory, kernel_noise
 
 

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
+from smoothness import training
 from smoothness.data import images as data
 from smoothness.errors import ConfigError
 from smoothness.experiments import pipeline
 from smoothness.runtime import rng
-from smoothness.training import trainer as training
 
 
 def test_measuring_models_together_gives_the_numbers_each_gets_alone():

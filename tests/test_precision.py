@@ -7,11 +7,11 @@ import torch
 import yaml
 
 from conftest import run_cli
+from smoothness import training
 from smoothness.errors import ConfigError
 from smoothness.experiments import grid, pipeline
 from smoothness.models import init_mlp
 from smoothness.runtime import precision
-from smoothness.training import trainer as training
 from tolerance import assert_same_outcome, assert_same_trajectory, kernel_noise
 
 # A last-bit difference that moves a value across a TF32 rounding boundary becomes a TF32 unit (2^-11).

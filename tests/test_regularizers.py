@@ -1,12 +1,11 @@
 import pytest
 import torch
 
-from smoothness import measures, models
+from smoothness import measures, models, training
 from smoothness.data import images as data
 from smoothness.models import MLPStack, init_mlp
 from smoothness.runtime import rng
 from smoothness.training import regularizers
-from smoothness.training import trainer as training
 
 KINDS = [k for k in regularizers.REGULARIZERS if k != "none"]
 

@@ -13,10 +13,9 @@ import pytest
 import torch
 
 from conftest import spec
-from smoothness import models
+from smoothness import models, training
 from smoothness.data import images as data
 from smoothness.runtime import rng
-from smoothness.training import trainer as training
 from tolerance import assert_same_outcome, assert_same_trajectory
 
 OTHER_KERNELS = {"MKL_CBWR": "COMPATIBLE", "ATEN_CPU_CAPABILITY": "default", "OMP_NUM_THREADS": "1"}

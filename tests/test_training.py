@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from conftest import spec
+from smoothness import training
 from smoothness.data import images as data
 from smoothness.errors import ConfigError
-from smoothness.training import trainer as training
 from tolerance import OUTCOME_REL, assert_same_outcome, assert_same_trajectory, kernel_noise
 
 

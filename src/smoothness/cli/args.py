@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from smoothness import __version__
+from smoothness import __version__, training
 from smoothness.data import images as data
 from smoothness.errors import SmoothnessError
 from smoothness.experiments import grid as grid_mod
@@ -13,7 +13,6 @@ from smoothness.measures import inputspace as measures
 from smoothness.measures import model as measures_model
 from smoothness.runtime import precision
 from smoothness.training import optimizers, regularizers
-from smoothness.training import trainer as training
 
 
 def _data_source(value: str) -> str:

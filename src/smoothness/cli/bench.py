@@ -13,9 +13,9 @@ import time
 import torch
 from torch import nn
 
+from smoothness import training
 from smoothness.data import images as data
 from smoothness.runtime import precision
-from smoothness.training import trainer as training
 
 
 def _sync(device):

@@ -7,6 +7,7 @@ from typing import NamedTuple
 
 import torch
 
+from smoothness import training
 from smoothness.data import images as datasets
 from smoothness.data import lines as linetasks
 from smoothness.experiments.config import RunConfig
@@ -14,7 +15,6 @@ from smoothness.measures import oned, registry
 from smoothness.measures import single as measures
 from smoothness.models import MLPStack
 from smoothness.runtime import precision
-from smoothness.training import trainer as training
 
 
 class Trained(NamedTuple):

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from smoothness import training
 from smoothness.data import images as datasets
 from smoothness.data import lines as linetasks
 from smoothness.errors import ConfigError
@@ -18,7 +19,6 @@ from smoothness.experiments.config import ADDED_FIELDS, Record, RunConfig, confi
 from smoothness.experiments.evaluate import Trained, measure_model, measure_models, parameter_measures  # noqa: F401
 from smoothness.experiments.modelfile import SAVE_FORMAT, check_save_path, load_models, save_models  # noqa: F401
 from smoothness.runtime.devices import check_matmul_precision, measure_batch_size, memory_budget, resolve_device  # noqa: F401
-from smoothness.training import trainer as training
 
 
 def train_and_measure(configs: list[RunConfig], *, device=None, data_dir=None, progress=None,

@@ -42,15 +42,7 @@ from smoothness.models import (
 )
 from smoothness.runtime import interrupt, precision, rng
 from smoothness.training import optimizers, regularizers
-from smoothness.training.spec import (  # noqa: F401
-    DEFAULT_BATCH,
-    DEFAULT_LR,
-    DEFAULT_MAX_EPOCHS,
-    DEFAULT_THRESHOLD,
-    TrainResult,
-    TrainSpec,
-    model_bytes,
-)
+from smoothness.training.spec import DEFAULT_BATCH, TrainResult, TrainSpec
 from smoothness.training.state import CONVERGED as CONVERGED_CODE
 from smoothness.training.state import DIVERGED as DIVERGED_CODE
 from smoothness.training.state import NOT_CONVERGED as NOT_CONVERGED_CODE
