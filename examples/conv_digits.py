@@ -92,10 +92,8 @@ def main(train: int = 1200, epochs: int = 10, segments: int = 1000, points: int 
         print(f"{'measure':<18}{'at init':>18}{'trained':>20}{'n':>7}{'seconds':>9}")
         for k, v in after.values.items():
             b = before.values.get(k)
-            key = {"fpl": "path_lengths", "gpl": "path_lengths", "lipschitz_lower": "lipschitz",
-                   "lipschitz_upper": "lipschitz", "density_trace": "density"}.get(k, k)
             print(f"{k:<18}{'' if b is None else str(b):>18}{str(v):>20}{v.n or 'exact':>7}"
-                  f"{after.seconds[key]:>9.2f}")
+                  f"{after.seconds_of(k):>9.2f}")
         print(f"input space on the {len(yte)} held-out images ({segments} segments x {points} points); curvature of "
               f"the cross-entropy on the {train} training images ({probes} probes; density: 4 runs x 60 steps)")
     return result

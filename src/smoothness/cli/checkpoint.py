@@ -211,14 +211,9 @@ def measure(a) -> int:
         return 0
     print(f"{what}: {rec['points']} points of shape {tuple(x.shape[1:])}")
     rows = [[k, f"{float(v):.6g}", "" if v.se == 0 else f"{v.se:.3g}", str(v.n) if v.n else "exact",
-             f"{got.seconds.get(_measure_of(k), float('nan')):.2f}"] for k, v in got.values.items()]
+             f"{got.seconds_of(k):.2f}"] for k, v in got.values.items()]
     console.print_aligned(["measure", "value", "± se", "n", "seconds"], rows)
     if a.density:
         print(f"density: {a.density}")
     return 0
 
-
-def _measure_of(key: str) -> str:
-    """The measure (measures_model.ALL) that computed a value."""
-    return {"fpl": "path_lengths", "gpl": "path_lengths", "lipschitz_lower": "lipschitz",
-            "lipschitz_upper": "lipschitz", "density_trace": "density"}.get(key, key)

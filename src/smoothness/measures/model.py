@@ -39,6 +39,11 @@ class ModelMeasures:
     seconds: dict = field(default_factory=dict)
     density: curvature.Density | None = None
 
+    def seconds_of(self, key: str) -> float:
+        """The seconds of the measure that computed the value `key` (FPL and GPL share one pass, as do the two
+        Lipschitz bounds); NaN if it was not timed."""
+        return self.seconds.get(_MEASURE_OF.get(key, key), float("nan"))
+
     def record(self) -> dict:
         """A flat JSON-able record: each value, its '_se' and '_n' (and '_residual' of eigenvalues), and the
         seconds of each measure as 'seconds_<measure>'."""
@@ -49,6 +54,10 @@ class ModelMeasures:
             out.update({f"{k}_{name}": x for name, x in d.items()})
         out.update({f"seconds_{k}": round(s, 3) for k, s in self.seconds.items()})
         return out
+
+
+_MEASURE_OF = {"fpl": "path_lengths", "gpl": "path_lengths", "lipschitz_lower": "lipschitz",
+               "lipschitz_upper": "lipschitz", "density_trace": "density"}   # value key -> the measure giving it
 
 
 def check(which) -> tuple[str, ...]:
