@@ -407,3 +407,30 @@ def test_a_large_grid_is_counted_at_once_and_split_into_batches_that_fit(tmp_pat
     configs = grid.load(g).configs()
     per_model = training.model_bytes(configs[0].widths, 64)
     assert pipeline.batch_limit(configs, "cpu") * per_model <= pipeline.memory_budget("cpu")
+
+
+def _open_and_claim(out, barrier, answers):
+    barrier.wait()
+    try:
+        with Store(out) as st, st.transaction():
+            st.set_meta("owner", {"pid": os.getpid()})
+        answers.put("ok")
+    except StoreError as e:
+        answers.put(str(e))
+
+
+def test_processes_creating_one_store_at_the_same_moment_all_open_it(tmp_path):
+    """A new store is not in WAL mode until its first writer makes it so; until then SQLite can answer 'locked' at
+    once (it does not wait where waiting could deadlock). Every process must still open it and write."""
+    import multiprocessing
+    ctx = multiprocessing.get_context("fork")
+    for trial in range(10):
+        out, n = tmp_path / f"exp{trial}", 8
+        barrier, answers = ctx.Barrier(n), ctx.Queue()
+        procs = [ctx.Process(target=_open_and_claim, args=(out, barrier, answers)) for _ in range(n)]
+        for p in procs:
+            p.start()
+        got = [answers.get(timeout=120) for _ in range(n)]
+        for p in procs:
+            p.join(timeout=60)
+        assert got == ["ok"] * n, next(g for g in got if g != "ok")

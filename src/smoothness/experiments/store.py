@@ -35,6 +35,7 @@ from smoothness.experiments.storefile import (
     connect_read_only,
     damaged,
     file_identity,
+    retry_busy,
     write_failure,
 )
 from smoothness.models import MLPStack
@@ -52,6 +53,26 @@ CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS trained (key TEXT PRIMARY KEY, finished_at TEXT NOT NULL, record TEXT NOT NULL,
                                     state BLOB NOT NULL);
 """
+
+
+def _prepare(path: Path, db: sqlite3.Connection) -> None:
+    """Check an existing store (tables, damage, schema version) or create one, in WAL mode; every step is an
+    autocommit statement, so that the whole can be tried again while another process holds the lock."""
+    existing = check_tables(path, db)
+    if existing:   # a store written before: refuse a damaged one before any work (salvage instead)
+        problems = [r[0] for r in db.execute("PRAGMA quick_check(3)")]
+        if problems != ["ok"]:
+            raise StoreError(damaged(path, db, "; ".join(problems)))
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.executescript(_SCHEMA)
+    row = db.execute("SELECT value FROM meta WHERE name='schema'").fetchone()
+    if row is None:
+        db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+    else:
+        check_schema(path, row[0])
+
+
 def versions() -> dict:
     """Versions recorded with every stored model."""
     from smoothness import __version__
@@ -119,19 +140,7 @@ class Store:
         db = None
         try:
             db = sqlite3.connect(str(path), timeout=LOCK_TIMEOUT, isolation_level=None)
-            existing = check_tables(path, db)
-            if existing:   # a store written before: refuse a damaged one before any work (salvage instead)
-                problems = [r[0] for r in db.execute("PRAGMA quick_check(3)")]
-                if problems != ["ok"]:
-                    raise StoreError(damaged(path, db, "; ".join(problems)))
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            db.executescript(_SCHEMA)
-            row = db.execute("SELECT value FROM meta WHERE name='schema'").fetchone()
-            if row is None:
-                db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-            else:
-                check_schema(path, row[0])
+            retry_busy(lambda: _prepare(path, db), LOCK_TIMEOUT)
         except BaseException as e:
             if db is not None:
                 msg = write_failure(path, db, e, "open") if isinstance(e, sqlite3.DatabaseError) else None
@@ -249,7 +258,7 @@ class Store:
         db = self.db
         with self._writing(f"model {key}"):
             try:
-                db.execute("BEGIN IMMEDIATE")
+                retry_busy(lambda: db.execute("BEGIN IMMEDIATE"), LOCK_TIMEOUT)
                 added = db.execute("INSERT OR IGNORE INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                                    row).rowcount == 1
                 if added and blob is not None:
@@ -290,7 +299,7 @@ class Store:
         """One write transaction (BEGIN IMMEDIATE: other writers wait) around reads and set_meta calls, so that a
         check and the write it decides on are atomic."""
         with self._writing("its meta table"):
-            self.db.execute("BEGIN IMMEDIATE")
+            retry_busy(lambda: self.db.execute("BEGIN IMMEDIATE"), LOCK_TIMEOUT)
         try:
             yield
             with self._writing("its meta table"):

@@ -4,8 +4,10 @@ line that says what is wrong and what is kept (store.py uses these)."""
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import sqlite3
+import time
 from pathlib import Path
 from urllib.parse import quote
 
@@ -48,6 +50,27 @@ def cannot_write(e: sqlite3.Error) -> bool:
 
 
 LOCK_TIMEOUT = 60.0   # seconds a write waits for another process's write transaction before giving up
+
+
+def busy(e: BaseException) -> bool:
+    """Whether SQLite gave up on a lock that another connection holds (SQLITE_BUSY)."""
+    return isinstance(e, sqlite3.OperationalError) and (
+        getattr(e, "sqlite_errorname", "").startswith("SQLITE_BUSY") or "database is locked" in str(e))
+
+
+def retry_busy(step, timeout: float):
+    """step(), tried again while another connection holds the lock, for up to `timeout` seconds. SQLite's own
+    wait (the connection's timeout) does not cover every case: where waiting could deadlock, as when processes
+    create one store at the same moment (before it is in WAL mode), SQLite answers SQLITE_BUSY at once. The step
+    must be safe to repeat (an autocommit statement, or a BEGIN)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return step()
+        except sqlite3.OperationalError as e:
+            if not busy(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(random.uniform(0.01, 0.1))
 
 
 def file_identity(path: Path):
