@@ -17,6 +17,7 @@ import math
 import os
 import platform
 import sqlite3
+import stat
 import sys
 import time
 from pathlib import Path
@@ -28,49 +29,16 @@ from smoothness.errors import StoreError
 from smoothness.experiments.config import ADDED_FIELDS
 from smoothness.experiments.storefile import (
     LOCK_TIMEOUT,
-    SCHEMA_VERSION,
     cannot_write,
     check_schema,
-    check_tables,
     connect_read_only,
     damaged,
     file_identity,
+    prepare,
     retry_busy,
     write_failure,
 )
 from smoothness.models import MLPStack
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    key TEXT PRIMARY KEY,
-    finished_at TEXT NOT NULL,
-    data TEXT, pair_a INTEGER, pair_b INTEGER, n_train INTEGER, seed INTEGER,
-    regularizer TEXT, lam REAL, lr REAL, status TEXT, epochs INTEGER,
-    record TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS weights (key TEXT PRIMARY KEY REFERENCES runs(key), state BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS trained (key TEXT PRIMARY KEY, finished_at TEXT NOT NULL, record TEXT NOT NULL,
-                                    state BLOB NOT NULL);
-"""
-
-
-def _prepare(path: Path, db: sqlite3.Connection) -> None:
-    """Check an existing store (tables, damage, schema version) or create one, in WAL mode; every step is an
-    autocommit statement, so that the whole can be tried again while another process holds the lock."""
-    existing = check_tables(path, db)
-    if existing:   # a store written before: refuse a damaged one before any work (salvage instead)
-        problems = [r[0] for r in db.execute("PRAGMA quick_check(3)")]
-        if problems != ["ok"]:
-            raise StoreError(damaged(path, db, "; ".join(problems)))
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=FULL")
-    db.executescript(_SCHEMA)
-    row = db.execute("SELECT value FROM meta WHERE name='schema'").fetchone()
-    if row is None:
-        db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-    else:
-        check_schema(path, row[0])
 
 
 def versions() -> dict:
@@ -101,7 +69,11 @@ def store_path(path) -> Path:
     name ending in .sqlite that is not a directory, is the store file itself; any other name is a directory,
     dots and all (`runs/exp.v2` is the directory exp.v2)."""
     path = Path(path)
-    if path.name == Store.FILENAME or not path.is_dir() and (path.exists() or path.suffix == ".sqlite"):
+    try:   # one look at the file: another process may create the directory between two
+        is_dir, exists = stat.S_ISDIR(path.stat().st_mode), True
+    except OSError:
+        is_dir = exists = False
+    if path.name == Store.FILENAME or not is_dir and (exists or path.suffix == ".sqlite"):
         return path   # results.sqlite is the store file, even where it is a folder (refused when opened)
     return path / Store.FILENAME
 
@@ -140,7 +112,7 @@ class Store:
         db = None
         try:
             db = sqlite3.connect(str(path), timeout=LOCK_TIMEOUT, isolation_level=None)
-            retry_busy(lambda: _prepare(path, db), LOCK_TIMEOUT)
+            retry_busy(lambda: prepare(path, db), LOCK_TIMEOUT)
         except BaseException as e:
             if db is not None:
                 msg = write_failure(path, db, e, "open") if isinstance(e, sqlite3.DatabaseError) else None

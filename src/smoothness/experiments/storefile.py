@@ -1,6 +1,7 @@
-"""The SQLite file under a results store: connecting read-only, checking that a file is a results store (its tables,
-its schema, SQLite's integrity check), telling a deleted or replaced file, and turning SQLite's failures into one
-line that says what is wrong and what is kept (store.py uses these)."""
+"""The SQLite file under a results store: creating its schema, connecting read-only, checking that a file is a
+results store (its tables, its schema, SQLite's integrity check), telling a deleted or replaced file, waiting out
+another process's lock, and turning SQLite's failures into one line that says what is wrong and what is kept
+(store.py uses these)."""
 from __future__ import annotations
 
 import os
@@ -14,6 +15,19 @@ from urllib.parse import quote
 from smoothness.errors import StoreError
 
 SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    key TEXT PRIMARY KEY,
+    finished_at TEXT NOT NULL,
+    data TEXT, pair_a INTEGER, pair_b INTEGER, n_train INTEGER, seed INTEGER,
+    regularizer TEXT, lam REAL, lr REAL, status TEXT, epochs INTEGER,
+    record TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS weights (key TEXT PRIMARY KEY REFERENCES runs(key), state BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS trained (key TEXT PRIMARY KEY, finished_at TEXT NOT NULL, record TEXT NOT NULL,
+                                    state BLOB NOT NULL);
+"""
 # The columns of each table, as the store's schema creates them: a store whose tables differ is not written to (a
 # foreign SQLite file, or one whose tables were changed by hand, would fail only at the first insert, after training).
 COLUMNS = {"runs": ["key", "finished_at", "data", "pair_a", "pair_b", "n_train", "seed", "regularizer", "lam", "lr",
@@ -151,3 +165,21 @@ def damaged(path: Path, db: sqlite3.Connection, why: str) -> str:
     return (f"{path} is damaged (SQLite integrity check: {why[:160]}); {n} model row(s) can be read in a plain "
             f"scan: copy every readable one into a new store with `smoothness salvage {path} NEWDIR`, then "
             "`smoothness run GRID --out NEWDIR` trains only the models lost")
+
+
+def prepare(path: Path, db: sqlite3.Connection) -> None:
+    """Check an existing store (tables, damage, schema version) or create one, in WAL mode; every step is an
+    autocommit statement, so that the whole can be tried again while another process holds the lock."""
+    existing = check_tables(path, db)
+    if existing:   # a store written before: refuse a damaged one before any work (salvage instead)
+        problems = [r[0] for r in db.execute("PRAGMA quick_check(3)")]
+        if problems != ["ok"]:
+            raise StoreError(damaged(path, db, "; ".join(problems)))
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.executescript(_SCHEMA)
+    row = db.execute("SELECT value FROM meta WHERE name='schema'").fetchone()
+    if row is None:
+        db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+    else:
+        check_schema(path, row[0])
