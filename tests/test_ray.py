@@ -13,8 +13,9 @@ import pytest
 
 from smoothness.cli import commands as cli
 from smoothness.errors import SmoothnessError
-from smoothness.experiments import distributed, grid
+from smoothness.experiments import distributed, grid, pipeline
 from smoothness.experiments import runner as experiments
+from smoothness.experiments.snapshots import FOLDER, SnapshotDir
 from smoothness.experiments.store import Store
 from tolerance import assert_close_tensors, assert_same_outcome
 
@@ -117,11 +118,17 @@ def test_missing_ray_gives_the_install_command(grid_file, tmp_path, monkeypatch,
 
 def test_local_ray_instance_gives_the_local_backends_results(grid_file, reference, tmp_path):
     out = tmp_path / "exp"
+    # one model was trained before up to its last epoch, as by a run killed there: a worker goes on from its snapshot
+    first = grid.load(grid_file).configs()[-1]
+    snaps = SnapshotDir(out / FOLDER, 1e-9)
+    (_, rec), = pipeline.iter_train_and_measure([first], device="cpu", snapshots=snaps)
     s = experiments.run_grid(grid.load(grid_file), out, device="cpu", progress=False, backend="ray",
                              chunk_size=3, ray_cpus=2)
     assert (s.trained, s.chunks, s.retried) == (8, 3, 0)
     assert "ray backend, a local Ray instance (2 CPUs" in s.line()
-    check_against_grid(out, grid_file, reference)
+    records = {r["key"]: r for r in check_against_grid(out, grid_file, reference)}
+    assert records[grid.config_key(first)]["resumed_at_epoch"] == rec["epochs"] - 1
+    assert sum("resumed_at_epoch" in r for r in records.values()) == 1 and not (out / FOLDER).exists()
     again = experiments.run_grid(grid.load(grid_file), out, backend="ray", progress=False)
     assert (again.trained, again.stored_before) == (0, 8)   # resume: nothing to do, Ray not even started
 

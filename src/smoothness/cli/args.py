@@ -8,6 +8,7 @@ from smoothness.data import images as data
 from smoothness.errors import SmoothnessError
 from smoothness.experiments import grid as grid_mod
 from smoothness.experiments import runner as experiments
+from smoothness.experiments import snapshots
 from smoothness.measures import curvature
 from smoothness.measures import inputspace as measures
 from smoothness.measures import model as measures_model
@@ -20,6 +21,17 @@ def _data_source(value: str) -> str:
         return data.check_source(value)
     except SmoothnessError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _seconds(value: str) -> float:
+    """A number of seconds, 0 or more (for argparse)."""
+    try:
+        v = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {value!r}") from None
+    if not 0 <= v < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, 0 or more, got {value!r}")
+    return v
 
 
 def _add_data_args(p: argparse.ArgumentParser, required_pair: bool = True) -> None:
@@ -243,6 +255,9 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--measure-batch", type=int, default=None, metavar="K",
                    help="trained models measured together (default: 1 on CPU, each the moment it finishes; 128 on "
                    "a GPU, where trained models are stored at once and measured in batches; local backend)")
+    p.add_argument("--snapshot-every", type=_seconds, default=snapshots.DEFAULT_EVERY, metavar="SECONDS",
+                   help="save each model still training to OUT/snapshots this often, so that a stopped run goes on "
+                   f"from there (default: {snapshots.DEFAULT_EVERY:.0f}; 0: no snapshots)")
     g = p.add_argument_group("distributed runs (Ray)")
     g.add_argument("--backend", choices=("local", "ray"), default="local",
                    help="local: train in this process (default); ray: train chunks of models as Ray tasks, "

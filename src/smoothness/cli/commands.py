@@ -148,7 +148,8 @@ def _run(g, a) -> Path:
     summary = experiments.run_grid(g, out, device=a.device, data_dir=a.data_dir, progress=not a.quiet,
                                    save_weights=not a.no_weights, backend=a.backend, address=a.address,
                                    chunk_size=a.chunk_size, retries=a.retries, ray_cpus=a.ray_cpus,
-                                   measure_batch=a.measure_batch, merge=a.merge)
+                                   measure_batch=a.measure_batch, merge=a.merge,
+                                   snapshot_every=a.snapshot_every)
     print(summary.line())
     return out
 

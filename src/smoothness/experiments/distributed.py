@@ -70,11 +70,15 @@ def default_chunk_size(n_models: int, slots: int) -> int:
     return max(1, math.ceil(n_models / (2 * max(1, slots))))
 
 
-def train_chunk(items: list, device: str, data_dir, save_weights: bool):
-    """The body of a Ray task: train the chunk batched; yield (key, record, params or None) per model."""
+def train_chunk(items: list, device: str, data_dir, save_weights: bool, snapshots=None):
+    """The body of a Ray task: train the chunk batched; yield (key, record, params or None) per model. snapshots:
+    (folder, seconds between two) of the snapshots of models in training (snapshots.py), or None; the folder is
+    the run's, so a worker on another machine keeps its snapshots only where that folder is shared."""
     from smoothness.experiments import pipeline
+    from smoothness.experiments.snapshots import SnapshotDir
     configs = [c for _, c in items]
-    for i, rec in pipeline.iter_train_and_measure(configs, device=device, data_dir=data_dir):
+    snaps = SnapshotDir(*snapshots) if snapshots is not None else None
+    for i, rec in pipeline.iter_train_and_measure(configs, device=device, data_dir=data_dir, snapshots=snaps):
         params = rec.pop("params")
         rec["worker"] = f"{os.uname().nodename}:{os.getpid()}"
         yield items[i][0], rec, (params if save_weights else None)
@@ -124,7 +128,7 @@ class RayRunner:
         self.close()
 
     def results(self, chunks: list[Chunk], *, device: str = "auto", data_dir=None, save_weights: bool = True,
-                retries: int = DEFAULT_RETRIES, progress=None):
+                retries: int = DEFAULT_RETRIES, progress=None, snapshots=None):
         """Yield (key, record, params) for every model of the chunks, in the order they finish.
 
         progress(info), if given, is called as chunks come and go with info = {active: models not yet
@@ -140,7 +144,7 @@ class RayRunner:
         retried = 0
 
         def submit(chunk: Chunk):
-            gen = task.remote(chunk.items, device, data_dir, save_weights)
+            gen = task.remote(chunk.items, device, data_dir, save_weights, snapshots)
             running[gen] = (chunk, {k for k, _ in chunk.items})
 
         def report():

@@ -18,6 +18,7 @@ from smoothness.errors import ConfigError
 from smoothness.experiments.config import ADDED_FIELDS, Record, RunConfig, config_key  # noqa: F401
 from smoothness.experiments.evaluate import Trained, measure_model, measure_models, parameter_measures  # noqa: F401
 from smoothness.experiments.modelfile import SAVE_FORMAT, check_save_path, load_models, save_models  # noqa: F401
+from smoothness.experiments.snapshots import SnapshotDir
 from smoothness.runtime.devices import check_matmul_precision, measure_batch_size, memory_budget, resolve_device  # noqa: F401
 
 
@@ -105,7 +106,8 @@ def iter_measure_trained(items, *, device=None, data_dir=None, measure_batch: in
 
 
 def iter_train_and_measure(configs: list[RunConfig], *, device=None, data_dir=None, progress=None,
-                           measure_batch: int | None = None, on_trained=None, max_wait: float = MEASURE_WAIT):
+                           measure_batch: int | None = None, on_trained=None, max_wait: float = MEASURE_WAIT,
+                           snapshots: SnapshotDir | None = None):
     """As train_and_measure, but yields (i, record) for config i as soon as it is trained and measured.
 
     Trained models are measured together, measure_batch at a time (see measure_batch_size): a
@@ -113,6 +115,8 @@ def iter_train_and_measure(configs: list[RunConfig], *, device=None, data_dir=No
     training ends. on_trained(i, record, params), if given, is called the moment model i finishes
     training, with its configuration, status and training record (the grid runner stores it durably
     there, so that a grid stopped before the batch is measured does not train the model again).
+    snapshots, if given, keeps snapshots of the models in training and resumes each model from its snapshot
+    (snapshots.py); the record of a resumed model names the epoch it was resumed at (`resumed_at_epoch`).
     """
     dev = resolve_device(device)
     k = measure_batch_size(measure_batch, dev)
@@ -140,15 +144,23 @@ def iter_train_and_measure(configs: list[RunConfig], *, device=None, data_dir=No
                                             alpha=c.alpha, max_epochs=c.max_epochs, threshold=c.threshold,
                                             regularizer=c.regularizer, lam=c.lam, penalty_points=c.penalty_points,
                                             optimizer="sgd" if c.optimizer == "gd" else c.optimizer,
-                                            rho=c.rho if c.optimizer == "sam" else None))
+                                            rho=c.rho if c.optimizer == "sam" else None,
+                                            resume=snapshots.load(c) if snapshots is not None else None))
         trainer = training.BatchedTrainer(torch.cat(pools), key[1], key[2], dev, matmul_precision=key[5],
-                                          max_batch=batch_limit([configs[i] for i in members], dev))
-        for res in trainer.iter_train(specs, progress=progress):
+                                          max_batch=batch_limit([configs[i] for i in members], dev),
+                                          snapshot_every=snapshots.every if snapshots is not None else None)
+        on_snapshot = None
+        if snapshots is not None:
+            def on_snapshot(j, snap, members=members):
+                snapshots.save(configs[members[j]], snap)
+        for res in trainer.iter_train(specs, progress=progress, on_snapshot=on_snapshot):
             i = members[res.index]
             c = configs[i]
             rec: Record = {**asdict(c), "pair": list(c.pair), "hidden": list(c.hidden),
                            "status": res.status, "epochs": res.epochs, "steps": res.steps,
                            "loss_epoch": res.loss_epoch, "train_seconds": res.seconds}
+            if specs[res.index].resume is not None:
+                rec["resumed_at_epoch"] = specs[res.index].resume.epoch
             if on_trained is not None:
                 on_trained(i, rec, res.params)
             queue.append(_Trained(i, rec, Trained(res.params, tasks[(c.data, c.pair)], subsets[res.index], c),

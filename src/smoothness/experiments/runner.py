@@ -12,7 +12,7 @@ from pathlib import Path
 from smoothness.data import images as datasets
 from smoothness.data import lines as linetasks
 from smoothness.errors import ConfigError, StoreError
-from smoothness.experiments import pipeline, staging
+from smoothness.experiments import pipeline, snapshots, staging
 from smoothness.experiments.distributed import DEFAULT_RETRIES
 from smoothness.experiments.grid import Grid, config_key
 from smoothness.experiments.store import Store, versions
@@ -117,7 +117,8 @@ def check_data(grid: Grid, data_dir=None) -> None:
 def run_grid(grid: Grid, out, *, device=None, data_dir=None, progress: bool = True, save_weights: bool = True,
              stream=None, backend: str = "local", address: str | None = None, chunk_size: int | None = None,
              retries: int = DEFAULT_RETRIES, ray_cpus: int | None = None,
-             measure_batch: int | None = None, merge: bool = False) -> RunSummary:
+             measure_batch: int | None = None, merge: bool = False,
+             snapshot_every: float | None = snapshots.DEFAULT_EVERY) -> RunSummary:
     """Train every model of the grid that the store under `out` does not hold yet; returns a summary.
 
     backend "local" trains in this process; "ray" runs chunks of models as Ray tasks (see distributed.py)
@@ -129,7 +130,9 @@ def run_grid(grid: Grid, out, *, device=None, data_dir=None, progress: bool = Tr
 
     `out` is always a directory (the store is out/results.sqlite). A store that holds another grid's models
     is refused unless merge=True. A run that fails or is interrupted before storing anything removes the
-    store (and the directories) it created.
+    store (and the directories) it created, but not the snapshots of models in training: every snapshot_every
+    seconds each model still training is saved in out/snapshots, and the next run goes on from there
+    (snapshots.py; None or 0: no snapshots).
     """
     if backend not in ("local", "ray"):
         raise ConfigError(f"unknown backend {backend!r}; use local or ray")
@@ -154,7 +157,7 @@ def run_grid(grid: Grid, out, *, device=None, data_dir=None, progress: bool = Tr
         return _run_grid(grid, out, configs, keys, t0, device=device, data_dir=data_dir, progress=progress,
                          save_weights=save_weights, stream=stream, backend=backend, address=address,
                          chunk_size=chunk_size, retries=retries, ray_cpus=ray_cpus, measure_batch=measure_batch,
-                         merge=merge)
+                         merge=merge, snaps=snapshots.SnapshotDir(out / snapshots.FOLDER, snapshot_every))
     except BaseException:
         if fresh:
             _remove_if_empty(out / Store.FILENAME, made)
@@ -230,6 +233,9 @@ def dry_run(grid: Grid, out: Path, merge: bool = False) -> str:
     note = f" (the store holds grid '{other}': run refuses it without --merge)" if other and not merge else ""
     left = total - stored - skipped
     skip = f", {skipped} above a lambda ladder's edge not to be trained" if skipped else ""
+    resumable = len(snapshots.SnapshotDir(Path(out) / snapshots.FOLDER).keys()
+                    & {config_key(c) for c in grid.configs()})
+    skip += f", {resumable} to go on from a snapshot" if resumable else ""
     staged = (" at most (lambda rungs above a ladder's edge will not be trained)"
               if grid.ladder == "staged" and staging.has_ladder(grid.regularizers) and left else "")
     return (f"grid {grid.name}: {total} models ({len(grid.all_pairs())} pairs, sizes {grid.sizes()}, seeds "
@@ -271,7 +277,7 @@ def _remove_if_empty(path: Path, made: list[Path]) -> None:
 
 
 def _run_grid(grid: Grid, out: Path, configs, keys, t0, *, device, data_dir, progress, save_weights, stream,
-              backend, address, chunk_size, retries, ray_cpus, measure_batch, merge) -> RunSummary:
+              backend, address, chunk_size, retries, ray_cpus, measure_batch, merge, snaps) -> RunSummary:
     with Store(out / Store.FILENAME) as store, ExitStack() as stack:
         stored = store.keys()
         todo = [(k, c) for k, c in zip(keys, configs) if k not in stored]
@@ -285,7 +291,8 @@ def _run_grid(grid: Grid, out: Path, configs, keys, t0, *, device, data_dir, pro
         stack.callback(bar.close)
         by_key = dict(zip(keys, configs))
         ray = _RayBackend(stack, summary, address, ray_cpus, chunk_size, dict(
-            device=device, data_dir=data_dir, save_weights=save_weights, retries=retries, progress=bar.trainer))
+            device=device, data_dir=data_dir, save_weights=save_weights, retries=retries, progress=bar.trainer,
+            snapshots=(str(snaps.path), snaps.every)))
         try:
             last = None
             while True:   # waves: a lambda rung starts when the rung below has passed (staging.py)
@@ -296,11 +303,12 @@ def _run_grid(grid: Grid, out: Path, configs, keys, t0, *, device, data_dir, pro
                     break
                 last = wave.train
                 wave_todo = [(k, by_key[k]) for k in wave.train]
-                results = (_local_results(store, wave_todo, device, data_dir, measure_batch, bar.trainer)
+                results = (_local_results(store, wave_todo, device, data_dir, measure_batch, bar.trainer, snaps)
                            if backend == "local" else ray.results(wave_todo))
                 for key, rec, params in results:
                     if store.add(key, rec, params if save_weights else None):
                         summary.trained += 1
+                    snaps.remove(key)
                     bar.model_done(rec)
         finally:
             status = store.statuses()
@@ -309,7 +317,7 @@ def _run_grid(grid: Grid, out: Path, configs, keys, t0, *, device, data_dir, pro
     return summary
 
 
-def _local_results(store: Store, todo, device, data_dir, measure_batch: int, progress):
+def _local_results(store: Store, todo, device, data_dir, measure_batch: int, progress, snaps):
     """(key, record, params) of every model of todo: first those the store holds as trained but not measured
     (a grid stopped between training and measuring them), then the rest, trained here."""
     config = dict(todo)
@@ -324,9 +332,10 @@ def _local_results(store: Store, todo, device, data_dir, measure_batch: int, pro
     if measure_batch > 1:
         def on_trained(i, rec, params):
             store.add_trained(keys[i], rec, params)
+            snaps.remove(keys[i])
     for i, rec in pipeline.iter_train_and_measure([c for _, c in rest], device=device, data_dir=data_dir,
                                                   progress=progress, measure_batch=measure_batch,
-                                                  on_trained=on_trained):
+                                                  on_trained=on_trained, snapshots=snaps):
         yield keys[i], rec, rec.pop("params")
 
 

@@ -6,6 +6,7 @@ from smoothness.training.spec import (
                                       DEFAULT_LR,
                                       DEFAULT_MAX_EPOCHS,
                                       DEFAULT_THRESHOLD,
+                                      Snapshot,
                                       TrainResult,
                                       TrainSpec,
                                       model_bytes,
@@ -13,4 +14,5 @@ from smoothness.training.spec import (
 from smoothness.training.trainer import CONVERGED, DIVERGED, NOT_CONVERGED, BatchedTrainer, mse, train_models
 
 __all__ = ["CONVERGED", "DEFAULT_BATCH", "DEFAULT_LR", "DEFAULT_MAX_EPOCHS", "DEFAULT_THRESHOLD", "DIVERGED",
-           "NOT_CONVERGED", "BatchedTrainer", "TrainResult", "TrainSpec", "model_bytes", "mse", "train_models"]
+           "NOT_CONVERGED", "BatchedTrainer", "Snapshot", "TrainResult", "TrainSpec", "model_bytes", "mse",
+           "train_models"]

@@ -18,6 +18,20 @@ DEFAULT_THRESHOLD = paper.THRESHOLD
 
 
 @dataclass
+class Snapshot:
+    """A model part way through training, at the end of an epoch: enough to go on from there exactly as if it had
+    not stopped (the shuffle of every epoch follows from the seed and the epoch, rng.py). `params` is a stack of
+    one model and `opt_state` the optimizer's buffers of that model ([1, ...] each, optimizers.init_state), both
+    on the CPU; `seconds` is the training time spent so far."""
+
+    epoch: int
+    steps: int
+    params: MLPStack = field(repr=False)
+    opt_state: list = field(default_factory=list, repr=False)
+    seconds: float = 0.0
+
+
+@dataclass
 class TrainSpec:
     """One model to train: its training rows (indices into the pool) and targets, and its settings."""
 
@@ -33,6 +47,7 @@ class TrainSpec:
     penalty_points: int = regularizers.SEGMENT_POINTS   # points per segment of a path-length penalty
     optimizer: str = "sgd"      # sgd, momentum, adam or sam (optimizers.py); full-batch GD: batch_size >= N
     rho: float | None = None    # SAM's radius (None: optimizers.SAM_RHO); only with optimizer 'sam'
+    resume: Snapshot | None = field(default=None, repr=False)   # go on from this snapshot instead of the start
 
     def __post_init__(self):
         self.seed = rng.check_seed(self.seed)   # 0 <= seed < 2**32: the generator uses 32 bits
@@ -46,6 +61,9 @@ class TrainSpec:
         self.targets = torch.as_tensor(self.targets, dtype=torch.float32).reshape(-1)
         if self.indices.numel() == 0 or self.indices.shape != self.targets.shape:
             raise ValueError("a model needs a non-empty training set with one target per index")
+        if self.resume is not None and not 0 <= self.resume.epoch < self.max_epochs:
+            raise ValueError(f"a snapshot at epoch {self.resume.epoch} cannot resume a model whose cap is "
+                             f"{self.max_epochs} epochs")
 
 
 @dataclass

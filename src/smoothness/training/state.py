@@ -1,14 +1,17 @@
 """The batched trainer's state: per-model rows of the models currently in the batch (ActiveModels), the settings
 every step of one batched program shares (StepSettings), and the two ways host and device exchange values in the
-training loop without stalling the device: uploads through pinned memory and a polled status (StatusPoll)."""
+training loop without stalling the device: uploads through pinned memory and a polled status (StatusPoll); and
+snapshots of models part way through training, taken out of the batch and put back in."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
 
 from smoothness.models import MLPStack
+from smoothness.training.spec import Snapshot
 
 _BUFFERS = {"buffers": True}   # field metadata: a list of tensors, each with one row per model
 
@@ -134,7 +137,8 @@ class Outcome(_Rows):
     final_epoch: torch.Tensor       # [A] int64 epochs at the finish
     final_steps: torch.Tensor       # [A] int64 steps at the finish
     last_loss: torch.Tensor         # [A] float32 the last epoch loss (NaN before the first epoch end)
-    start: np.ndarray               # [A] perf_counter() at admission
+    start: np.ndarray               # [A] perf_counter() at admission (less the seconds before a resumed snapshot)
+    saved: np.ndarray               # [A] perf_counter() of the last snapshot handed out, or of admission
     reported: np.ndarray            # [A] bool: the host has read this model's finish and handed it out
 
 
@@ -236,3 +240,36 @@ class StatusPoll:
         buf = self.pending[0]
         self.pending = None
         return buf if isinstance(buf, np.ndarray) else buf.numpy()
+
+
+# -- snapshots: a model part way through training, out of the batch and back in ------------------------------------
+def resume_rows(new: list, params: MLPStack, opt_state: list[torch.Tensor]) -> None:
+    """Put the weights and optimizer state of the specs among `new` (TrainSpecs, rows of params and opt_state) that
+    resume from a snapshot in place of their initial ones; a ValueError if a snapshot does not fit."""
+    for r, s in enumerate(new):
+        snap = s.resume
+        if snap is None:
+            continue
+        if snap.params.widths != params.widths or snap.params.n_models != 1 or len(snap.opt_state) != len(opt_state):
+            raise ValueError(f"a snapshot of a {'-'.join(map(str, snap.params.widths))} net with "
+                             f"{len(snap.opt_state)} optimizer buffers cannot resume a "
+                             f"{'-'.join(map(str, params.widths))} net with {len(opt_state)}")
+        for dst, src in zip([*params.tensors(), *opt_state], [*snap.params.tensors(), *snap.opt_state]):
+            dst[r] = src[0].to(dst.device, dst.dtype)
+
+
+def take_snapshots(act: ActiveModels, rows: np.ndarray, every: float) -> list[tuple[int, Snapshot]]:
+    """(spec index, Snapshot) of the models among `rows` (whose epoch just ended) that are still training and whose
+    last snapshot is `every` seconds old: weights and optimizer state copied to the CPU (on a GPU this reads the
+    models' statuses back, once per period)."""
+    now = time.perf_counter()
+    rows = rows[~act.outcome.reported[rows] & (now - act.outcome.saved[rows] >= every)]
+    if not len(rows):
+        return []
+    running = act.outcome.status[upload(rows, torch.long, act.outcome.status.device)].cpu().numpy() == RUNNING
+    rows = rows[running]
+    act.outcome.saved[rows] = now
+    return [(act.ids[r], Snapshot(int(act.counters.epoch[r]), int(act.counters.steps[r]),
+                                  act.params.rows(r, r + 1).to("cpu", copy=True),
+                                  [o[r:r + 1].to("cpu", copy=True) for o in act.opt_state],
+                                  now - float(act.outcome.start[r]))) for r in rows]

@@ -56,6 +56,8 @@ from smoothness.training.state import (
     StatusPoll,
     StepSettings,
     TrainingData,
+    resume_rows,
+    take_snapshots,
     upload,
 )
 
@@ -78,7 +80,7 @@ class BatchedTrainer:
 
     def __init__(self, pool_x: torch.Tensor, widths=DEFAULT_WIDTHS, batch_size: int = DEFAULT_BATCH,
                  device=None, max_batch: int | None = None, block_models: int | None = None,
-                 matmul_precision: str = "fp32", poll_every: int = 16):
+                 matmul_precision: str = "fp32", poll_every: int = 16, snapshot_every: float | None = None):
         self.device = torch.device(device or "cpu")
         self.precision = precision.check(matmul_precision)  # of the steps' matmuls (precision.py)
         self.x = torch.as_tensor(pool_x, dtype=torch.float32).to(self.device)
@@ -91,6 +93,9 @@ class BatchedTrainer:
         self._arange = torch.arange(self.batch_size, device=self.device)
         self.poll_every = poll_every   # steps between status reads on CUDA (state.StatusPoll)
         self.poll_lag = None           # tests: a CPU polls like CUDA, each reading `poll_lag` polls late
+        # seconds between two snapshots of a model still training (handed to iter_train's on_snapshot at the end
+        # of an epoch; on a GPU each reads the model's status back); None or 0: none
+        self.snapshot_every = snapshot_every if snapshot_every and snapshot_every > 0 else None
 
     # -- admission ---------------------------------------------------------------------------
     def _admit(self, act: ActiveModels | None, specs: list[TrainSpec], ids: list[int],
@@ -108,9 +113,13 @@ class BatchedTrainer:
 
         seeds = upload([s.seed for s in new], torch.int64, dev)
         params = init_mlp(seeds, self.widths, upload([s.alpha for s in new], torch.float64, dev), device=dev)
+        opt_state = optimizers.init_state(params.tensors(), optimizer)
+        resume_rows(new, params, opt_state)
         n_host = np.array([s.indices.numel() for s in new], np.int64)
         n = upload(n_host, torch.int64, dev)
-        zeros = np.zeros(len(new), np.int64)
+        epochs = np.array([s.resume.epoch if s.resume else 0 for s in new], np.int64)
+        steps = np.array([s.resume.steps if s.resume else 0 for s in new], np.int64)
+        start = time.perf_counter() - np.array([s.resume.seconds if s.resume else 0.0 for s in new])
 
         def per_model(values, dtype):
             return upload(values, dtype, dev)
@@ -119,7 +128,7 @@ class BatchedTrainer:
             return torch.full((len(new),), value, dtype=dtype, device=dev)
 
         added = ActiveModels(
-            ids=list(ids), params=params, opt_state=optimizers.init_state(params.tensors(), optimizer),
+            ids=list(ids), params=params, opt_state=opt_state,
             hyper=Hyper(lr=per_model([s.lr for s in new], torch.float32),
                         lam=per_model([s.lam for s in new], torch.float32),
                         rho=per_model([s.rho for s in new], torch.float32),
@@ -127,14 +136,17 @@ class BatchedTrainer:
                         max_epochs=per_model([s.max_epochs for s in new], torch.int64), seed=seeds),
             data=TrainingData(idx=pad([s.indices for s in new], 0, torch.long),
                               y=pad([s.targets for s in new], 0.0, torch.float32),
-                              perm=rng.permutation_keys(n, nmax, seeds[:, None], rng.STREAM_SHUFFLE, 0), n=n,
+                              perm=rng.permutation_keys(n, nmax, seeds[:, None], rng.STREAM_SHUFFLE,
+                                                        per_model(epochs, torch.int64)[:, None]), n=n,
                               n_host=n_host),
-            counters=Counters(pos_d=fill(0, torch.int64), epoch_d=fill(0, torch.int64), steps_d=fill(0, torch.int64),
-                              loss_sum=fill(0.0, torch.float32), pos=zeros, epoch=zeros.copy(), steps=zeros.copy()),
+            counters=Counters(pos_d=fill(0, torch.int64), epoch_d=per_model(epochs, torch.int64),
+                              steps_d=per_model(steps, torch.int64), loss_sum=fill(0.0, torch.float32),
+                              pos=np.zeros(len(new), np.int64), epoch=epochs, steps=steps),
             outcome=Outcome(status=fill(RUNNING, torch.int64), frozen=fill(False, torch.bool),
                             final_loss=fill(float("nan"), torch.float32), final_epoch=fill(0, torch.int64),
                             final_steps=fill(0, torch.int64), last_loss=fill(float("nan"), torch.float32),
-                            start=np.full(len(new), time.perf_counter()), reported=np.zeros(len(new), bool)))
+                            start=start, saved=np.full(len(new), time.perf_counter()),
+                            reported=np.zeros(len(new), bool)))
         if not act:
             return added
         act.join(added)
@@ -297,9 +309,12 @@ class BatchedTrainer:
         return results  # type: ignore[return-value]
 
     @torch.no_grad()
-    def iter_train(self, specs: list[TrainSpec], progress=None):
+    def iter_train(self, specs: list[TrainSpec], progress=None, on_snapshot=None):
         """Train every spec, yielding each TrainResult the moment its model finishes (see train). The loop: admit
-        waiting models into free places, step every active model (and end their epochs), read the statuses."""
+        waiting models into free places, step every active model (and end their epochs), read the statuses.
+        on_snapshot(index, Snapshot), if given (with snapshot_every set), is called with each model still
+        training at the first end of an epoch snapshot_every seconds after its last snapshot: a TrainSpec with
+        resume=that snapshot goes on exactly from there."""
         run = self._start(specs)
         # The matmul precision is set for a run of steps and undone at each yield, where the caller measures
         # (in strict float32) and may change the flags itself; not per step (about 20 us a step, measured here).
@@ -311,7 +326,10 @@ class BatchedTrainer:
                     flags_set = True
                 self._admit_waiting(run)
                 ended = self._advance(run)
-                finished, info = self._read(run, ended, progress)
+                if len(ended) and on_snapshot is not None and self.snapshot_every is not None:
+                    for index, snap in take_snapshots(run.act, ended, self.snapshot_every):
+                        on_snapshot(index, snap)
+                finished, info = self._read(run, bool(len(ended)), progress)
                 if finished:
                     flags.close()
                     flags_set = False
@@ -349,15 +367,15 @@ class BatchedTrainer:
             run.act = self._admit(run.act, run.specs, take, run.st.optimizer)
             self.admit_seconds += time.perf_counter() - t0
 
-    def _advance(self, run: "_Run") -> bool:
-        """One step of every active model, then the epoch ends it brought; whether there were any."""
+    def _advance(self, run: "_Run") -> np.ndarray:
+        """One step of every active model, then the epoch ends it brought; the rows whose epoch ended."""
         act = run.act
         self._step(act, run.st)
         ended = np.flatnonzero(act.counters.pos >= act.data.n_host)
         if len(ended):
             interrupt.check()   # a Ctrl-C whose exception was swallowed (interrupt.check says where)
             self._epoch_end(act, ended)
-        return bool(len(ended))
+        return ended
 
     def _read(self, run: "_Run", ended: bool, progress) -> tuple[list[TrainResult], dict | None]:
         """Read the statuses when a reading is due (StatusPoll): the models that finished, handed out once, and
