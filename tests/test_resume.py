@@ -151,3 +151,16 @@ def test_the_command_line_takes_the_snapshot_period(tmp_path):
     assert r.returncode == 2 and "0 or more" in r.stderr and "Traceback" not in r.stderr
     r = run_cli("run", "--help")
     assert "--snapshot-every" in r.stdout
+
+
+def test_what_a_killed_writer_leaves_is_removed_with_its_model(tmp_path):
+    snaps = snapshots_mod.SnapshotDir(tmp_path / "snapshots", 60)
+    snaps.path.mkdir()
+    (snaps.path / ".k1.123.tmp").write_bytes(b"half")
+    (snaps.path / "k1.pt").write_bytes(b"x")
+    (snaps.path / "k2.pt").write_bytes(b"x")
+    assert snaps.keys() == {"k1", "k2"}
+    snaps.remove("k1")
+    assert sorted(p.name for p in snaps.path.iterdir()) == ["k2.pt"]
+    snaps.remove("k2")
+    assert not snaps.path.exists()

@@ -62,6 +62,9 @@ class SnapshotDir:
             tmp.unlink(missing_ok=True)
             warn(f"could not write the snapshot {dest} ({e.strerror or e}); the model goes on training, and a stop "
                  "now would restart it from its last snapshot")
+        except BaseException:   # an interrupt while writing: the last complete snapshot stays
+            tmp.unlink(missing_ok=True)
+            raise
 
     def load(self, cfg: RunConfig) -> Snapshot | None:
         """The snapshot of cfg's model, or None (none there; one that cannot be used is set aside, with a warning)."""
@@ -94,8 +97,11 @@ class SnapshotDir:
         return snap
 
     def remove(self, key: str) -> None:
-        """Remove the snapshot of a model that is now in the store (and the folder, once empty)."""
+        """Remove the snapshot of a model that is now in the store, with what a killed writer left of its temporary
+        files, and the folder once empty."""
         self.file(key).unlink(missing_ok=True)
+        for tmp in self.path.glob(f".{key}.*.tmp"):
+            tmp.unlink(missing_ok=True)
         try:
             self.path.rmdir()
         except OSError:   # not empty, or not there
