@@ -110,9 +110,9 @@ def test_grid_stopped_between_training_and_measuring_resumes_without_training_ag
     trained_now = []
     real_iter = training.BatchedTrainer.iter_train
 
-    def counting(self, specs, progress=None):
+    def counting(self, specs, progress=None, **kw):
         trained_now.append(len(specs))
-        return real_iter(self, specs, progress)
+        return real_iter(self, specs, progress, **kw)
     monkeypatch.setattr(training.BatchedTrainer, "iter_train", counting)
     with kernel_noise():   # the resumed run trains in another batch: allow what other kernels would do
         s = experiments.run_grid(g, tmp_path / "exp", device="cpu", progress=False, measure_batch=5)
