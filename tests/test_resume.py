@@ -5,9 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import spec
+from conftest import run_cli, spec, tiny
 from smoothness import training
 from smoothness.data import images as data
+from smoothness.experiments import runner as experiments
+from smoothness.experiments import snapshots as snapshots_mod
+from smoothness.experiments.store import Store
 from tolerance import assert_same_trajectory
 
 
@@ -80,11 +83,6 @@ def test_a_snapshot_that_does_not_fit_is_refused(task):
 
 
 # -- a grid stopped part way goes on from its snapshots ----------------------------------------------------------
-
-from conftest import run_cli, tiny  # noqa: E402
-from smoothness.experiments import runner as experiments  # noqa: E402
-from smoothness.experiments import snapshots as snapshots_mod  # noqa: E402
-from smoothness.experiments.store import Store  # noqa: E402
 
 GRID = dict(n_train=[32, 48], max_epochs=60, threshold=1e-6, regularizers=[{"name": "gradient_norm", "lam": [0, 1e-4]}])
 

@@ -123,6 +123,7 @@ class BatchedTrainer:
 
         def per_model(values, dtype):
             return upload(values, dtype, dev)
+        epoch_d = per_model(epochs, torch.int64)
 
         def fill(value, dtype):
             return torch.full((len(new),), value, dtype=dtype, device=dev)
@@ -136,10 +137,10 @@ class BatchedTrainer:
                         max_epochs=per_model([s.max_epochs for s in new], torch.int64), seed=seeds),
             data=TrainingData(idx=pad([s.indices for s in new], 0, torch.long),
                               y=pad([s.targets for s in new], 0.0, torch.float32),
-                              perm=rng.permutation_keys(n, nmax, seeds[:, None], rng.STREAM_SHUFFLE,
-                                                        per_model(epochs, torch.int64)[:, None]), n=n,
+                              perm=rng.permutation_keys(n, nmax, seeds[:, None], rng.STREAM_SHUFFLE, epoch_d[:, None]),
+                              n=n,
                               n_host=n_host),
-            counters=Counters(pos_d=fill(0, torch.int64), epoch_d=per_model(epochs, torch.int64),
+            counters=Counters(pos_d=fill(0, torch.int64), epoch_d=epoch_d,
                               steps_d=per_model(steps, torch.int64), loss_sum=fill(0.0, torch.float32),
                               pos=np.zeros(len(new), np.int64), epoch=epochs, steps=steps),
             outcome=Outcome(status=fill(RUNNING, torch.int64), frozen=fill(False, torch.bool),
