@@ -150,6 +150,68 @@ def test_two_layer_closed_form_gives_the_autograd_gradient(kind, points):
     assert any(float(g.abs().max()) > 0 for g in got)
 
 
+def gpl_case(m=3, B=20, h=40, d=30, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    W1 = torch.randn(m, h, d, generator=g, dtype=dtype) / d ** 0.5
+    w2 = torch.randn(m, 1, h, generator=g, dtype=dtype)
+    w2[0, 0, :3] = 0.0                                   # units with no weight out still change sign
+    z = torch.bmm(torch.rand(m, B, d, generator=g, dtype=dtype), W1.transpose(1, 2)) \
+        + 0.3 * torch.randn(m, 1, h, generator=g, dtype=dtype)
+    z[1, 0, :5] = 0.0                                    # pre-activations exactly at the kink
+    valid = torch.ones(m, B, dtype=torch.bool)
+    valid[1, 13:] = False                                # a partial batch (6 segments)
+    valid[2, 3:] = False                                 # 1 segment
+    p = MLPStack([W1, w2], [torch.zeros(m, h, dtype=dtype), torch.zeros(m, 1, dtype=dtype)])
+    return p, z, valid, torch.tensor([0.3, 1.0, 2e-3], dtype=dtype)[:m]
+
+
+@pytest.mark.parametrize("points", [2, 3, 10, 100])
+def test_sign_changes_are_the_nonzeros_of_the_mask_differences_along_the_segments(points):
+    # Formed densely here: the masks of active units at the segment points and their differences along t.
+    from smoothness.measures.penalties import half_pairs, sign_changes
+    _, z, valid, _ = gpl_case()
+    za, zb, ok = half_pairs(z, valid)
+    t = torch.linspace(0.0, 1.0, points, dtype=z.dtype)[:, None]
+    dm = ((za[:, :, None] + t * (zb - za)[:, :, None]) > 0).to(z.dtype).diff(dim=2)      # [M, s, P-1, h]
+    dm = (dm * ok[:, :, None, None]).reshape(z.shape[0], -1, z.shape[2])
+    mi, ji, ri, sign = sign_changes(z, valid, points)
+    dense = torch.zeros_like(dm)
+    dense[mi, ri, ji] = sign
+    assert torch.equal(dense, dm)
+    assert len(mi) == int((dm != 0).sum()) > 0
+    assert torch.all(mi[1:] * 1000 + ji[1:] >= mi[:-1] * 1000 + ji[:-1])       # ordered by (model, unit)
+
+
+@pytest.mark.parametrize("points", [2, 10, 100])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_sparse_gpl_gradient_is_the_dense_one(points, dtype):
+    # The CPU form (sparse du) against the dense Gram-matrix form the other devices use, per model of a stack with
+    # partial batches, units with w2 = 0 and pre-activations at 0.
+    from smoothness.measures import penalties
+    p, z, valid, lam = gpl_case(dtype=dtype)
+    a = penalties.penalty_grad_gradient_path_length(p, lam, z, valid, points)
+    b = penalties.gradient_path_length_dense_grad(p, lam, z, valid, points)
+    tol = dict(rtol=1e-10, atol=1e-13) if dtype == torch.float64 else dict(rtol=2e-5, atol=1e-7)
+    assert a.dz is None and b.dz is None
+    for x, y in ((a.dW1, b.dW1), (a.dw2, b.dw2)):
+        assert x.shape == y.shape
+        assert torch.allclose(x, y, **tol), float((x - y).abs().max())
+        assert float(x[0].abs().max()) > 0 and float(x[2].abs().max()) > 0
+    # Each model's gradient is that model's alone: the stack gives what one model gives by itself.
+    for k in range(3):
+        one = MLPStack([w[k:k + 1] for w in p.weights], [c[k:k + 1] for c in p.biases])
+        g = penalties.penalty_grad_gradient_path_length(one, lam[k:k + 1], z[k:k + 1], valid[k:k + 1], points)
+        assert torch.allclose(g.dW1[0], a.dW1[k], **tol) and torch.allclose(g.dw2[0], a.dw2[k], **tol)
+
+
+def test_sparse_gpl_gradient_without_any_sign_change_is_zero():
+    from smoothness.measures import penalties
+    p, z, valid, lam = gpl_case()
+    g = penalties.penalty_grad_gradient_path_length(p, lam, z.abs() + 1.0, valid, 10)   # every unit stays on
+    assert g.dW1.shape == p.weights[0].shape and g.dw2.shape == p.weights[1].shape
+    assert not g.dW1.any() and not g.dw2.any()
+
+
 @pytest.mark.parametrize("kind", regularizers.TWO_LAYER)
 def test_fused_sgd_step_with_a_penalty_matches_plain_autograd_sgd(kind):
     # The trainer folds lam * S's gradient into its fused SGD update; 25 full-batch steps (N = batch = 64) of a

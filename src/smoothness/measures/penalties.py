@@ -19,12 +19,13 @@ The path lengths are summed (not averaged) over the segments, as the original co
 Two-layer ReLU nets (the paper's) take a closed form of the penalty's gradient (penalty_grad_*): from the batch's own
 first-layer pre-activations z, since along a segment between two batch points the pre-activations are affine in t
 (inputspace.two_layer_segment_tvs). FPL's gradient flows through the end points' z; GPL's gradient differences are
-norms under the Gram matrix W1 W1^T, whose backward pass is written out by hand; GN's and WP's are taken by
-autograd of their own small graphs. The trainer adds them to the data term's gradient (and, with plain SGD, folds
+the rows of du W1 for a sparse du (on a CPU; the Gram matrix W1 W1^T elsewhere), with the backward pass written out
+by hand; GN's and WP's are taken by autograd of their own small graphs. The trainer adds them to the data term's gradient (and, with plain SGD, folds
 them into its fused update). The forms agree with autograd of the variants above (tested).
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -175,25 +176,87 @@ def penalty_grad_function_path_length(p, lam, z, valid, points) -> PenaltyGrads:
     return PenaltyGrads(d[zl], None, d[w2])
 
 
-def penalty_grad_gradient_path_length(p, lam, z, valid, points) -> PenaltyGrads:
-    """GPL's penalty gradient by hand (eq. 11 on the batch's segments, inputspace.two_layer_segment_tvs):
-    S = sum_r sqrt(q_r), q_r = du_r G du_r^T, G = W1 W1^T, du_r = (m_k - m_{k-1}) * w2 over the segments' steps r.
-    Then dS/dG = du^T diag(c) du with c_r = 1 / (2 sqrt(q_r)), dS/dW1 = 2 (dS/dG) W1 (G is symmetric), and
-    dS/d du_r = 2 c_r (du_r G), whose product du G the forward pass already holds: autograd would form G's two
-    transposed products and du G's gradient again."""
-    W1, w2 = p.weights[0].detach(), p.weights[1].detach()
+def _segment_steps(z, valid, points):
+    """The changes of the active-unit masks along the batch's segments, dm [M, R, h] (R = segments x steps,
+    entries -1, 0, 1), and each step's pair mask [M, R]."""
     m, _, h = z.shape
     za, zb, ok = half_pairs(z, valid)
     t = torch.linspace(0.0, 1.0, points, device=z.device, dtype=z.dtype)[:, None]
     zt = za[:, :, None, :] + t * (zb - za)[:, :, None, :]                       # [M, s, P, h]
     dm = (zt > 0).to(z.dtype).diff(dim=2).reshape(m, -1, h)                    # [M, s (P-1), h]
+    return dm, ok.repeat_interleave(points - 1, dim=1)
+
+
+def sign_changes(z, valid, points):
+    """The nonzeros of _segment_steps' dm, found without forming it: (m, j, r, direction) per unit j of model m that
+    changes sign along one of the batch's segments, at the segment's step r (global over the segments, as in dm),
+    direction +1 where the unit turns on; ordered by (m, j, r). Pairs outside the batch are left out.
+
+    Along a segment z(t) = za + t (zb - za) is affine in t, and its float evaluation is monotone in t, so a unit
+    changes sign at most once: where its end points differ, at the step after the last point with the first's sign."""
+    za, zb, ok = half_pairs(z, valid)
+    t = torch.linspace(0.0, 1.0, points, device=z.device, dtype=z.dtype)
+    dz = zb - za
+    on0, on1 = (za + t[0] * dz) > 0, (za + t[-1] * dz) > 0                     # [M, s, h]
+    mi, ji, si = ((on0 != on1) & ok[..., None]).transpose(1, 2).nonzero(as_tuple=True)
+    first = on0[mi, si, ji]
+    zt = za[mi, si, ji, None] + t * dz[mi, si, ji, None]                        # [n, P]: the same values as dm's
+    k = ((zt > 0) == first[:, None]).sum(1) - 1                                 # the step: between k and k + 1
+    return mi, ji, si * (points - 1) + k, 1.0 - 2.0 * first.to(z.dtype)
+
+
+def _csr(crow_counts, cols, values, size):
+    crow = torch.zeros(size[0] + 1, dtype=torch.int64, device=cols.device)
+    crow[1:] = crow_counts.cumsum(0)
+    with warnings.catch_warnings():                  # PyTorch calls its sparse CSR tensors beta, once per process
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
+        return torch.sparse_csr_tensor(crow, cols, values, size=size, check_invariants=False)
+
+
+def penalty_grad_gradient_path_length(p, lam, z, valid, points) -> PenaltyGrads:
+    """GPL's penalty gradient by hand (eq. 11 on the batch's segments, inputspace.two_layer_segment_tvs):
+    S = sum_r |V_r| with V_r = du_r W1, du_r = (m_k - m_{k-1}) * w2 over the segments' steps r. With c_r = 1 / |V_r|
+    and A = dm^T (c * V): dS/dW1 = w2 * A and dS/dw2 = rowsum(A * W1).
+
+    Along a segment each unit changes sign at most once (sign_changes), so du is sparse: a few percent of its
+    entries on the paper's net with 10 points, fewer with more. On a CPU, V (its nonzero rows) and A are
+    sparse-dense products, a small fraction of the two 256 x 784 x 256 products of the dense form; on other devices
+    the dense form (gradient_path_length_dense_grad), whose shapes do not depend on the data."""
+    if z.device.type != "cpu":
+        return gradient_path_length_dense_grad(p, lam, z, valid, points)
+    W1, w2 = p.weights[0].detach(), p.weights[1].detach()
+    m, h, d = W1.shape
+    mi, ji, ri, sign = sign_changes(z, valid, points)
+    units = mi * h + ji                                                         # rows of W1 [M h, d]
+    keys, by_row = torch.sort(mi * (z.shape[1] // 2 * (points - 1)) + ri, stable=True)
+    steps, row_sorted, per_row = torch.unique_consecutive(keys, return_inverse=True, return_counts=True)
+    row = torch.empty_like(row_sorted)
+    row[by_row] = row_sorted                                                    # each nonzero's row of V
+    du = _csr(per_row, units[by_row], (sign * w2[mi, 0, ji])[by_row], (len(steps), m * h))
+    W1f = W1.reshape(m * h, d)
+    V = du @ W1f                                                                # the nonzero rows of du W1
+    norm = torch.linalg.vector_norm(V, dim=1)
+    pos = norm > 0
+    c = torch.where(pos, lam[steps // (z.shape[1] // 2 * (points - 1))] / torch.where(pos, norm, 1.0), 0.0)
+    A = _csr(torch.bincount(units, minlength=m * h), row, sign * c[row], (m * h, len(steps))) @ V   # dm^T (c V)
+    return PenaltyGrads(None, (w2.reshape(-1, 1) * A).reshape(m, h, d),
+                        torch.linalg.vecdot(A, W1f).reshape(m, 1, h))
+
+
+def gradient_path_length_dense_grad(p, lam, z, valid, points) -> PenaltyGrads:
+    """GPL's penalty gradient in dense form (no data-dependent shapes, for accelerators):
+    S = sum_r sqrt(q_r), q_r = du_r G du_r^T, G = W1 W1^T. Then dS/dG = du^T diag(c) du with c_r = 1 / (2 sqrt(q_r)),
+    dS/dW1 = 2 (dS/dG) W1 (G is symmetric), and dS/d du_r = 2 c_r (du_r G), whose product du G the forward pass
+    already holds: autograd would form G's two transposed products and du G's gradient again."""
+    W1, w2 = p.weights[0].detach(), p.weights[1].detach()
+    dm, ok = _segment_steps(z, valid, points)
     du = dm * w2                                                                # w2 [M, 1, h]
     gram = torch.bmm(W1, W1.transpose(1, 2))
     du_g = torch.bmm(du, gram)
     q = (du_g * du).sum(-1)                                                     # [M, R]
     pos = q > 0
     root = torch.where(pos, q, 1.0).sqrt()
-    weight = (lam[:, None] * ok.to(z.dtype)).repeat_interleave(points - 1, dim=1)   # lam_m for segment r's steps
+    weight = lam[:, None] * ok.to(z.dtype)                                      # lam_m for segment r's steps
     c = torch.where(pos, weight / (2.0 * root), 0.0)                            # [M, R]
     d_gram = torch.bmm((du * c[..., None]).transpose(1, 2), du)                 # [M, h, h], symmetric
     d_w2 = (2.0 * c[..., None] * du_g * dm).sum(1, keepdim=True)               # [M, 1, h]
