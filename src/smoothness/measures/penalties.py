@@ -20,8 +20,9 @@ Two-layer ReLU nets (the paper's) take a closed form of the penalty's gradient (
 first-layer pre-activations z, since along a segment between two batch points the pre-activations are affine in t
 (inputspace.two_layer_segment_tvs). FPL's gradient flows through the end points' z; GPL's gradient differences are
 the rows of du W1 for a sparse du (on a CPU; the Gram matrix W1 W1^T elsewhere), with the backward pass written out
-by hand; GN's and WP's are taken by autograd of their own small graphs. The trainer adds them to the data term's gradient (and, with plain SGD, folds
-them into its fused update). The forms agree with autograd of the variants above (tested).
+by hand; GN's and WP's are taken by autograd of their own small graphs. The trainer adds them to the data term's
+gradient (and, with plain SGD, folds them into its fused update). The forms agree with autograd of the variants
+above (tested).
 """
 from __future__ import annotations
 
