@@ -113,6 +113,9 @@ def test_a_grid_killed_part_way_goes_on_from_its_snapshots_and_ends_as_an_uninte
     left = {p.name for p in (out / snapshots_mod.FOLDER).iterdir()}
     assert left and all(n.endswith(".pt") for n in left)
     assert "to go on from a snapshot" in experiments.dry_run(g, out)
+    note = experiments.interrupted_note(g, out)   # what an interrupted `run` says
+    assert f"{len(left)} more in training kept in snapshots in {out / snapshots_mod.FOLDER}" in note, note
+    assert "nothing is stored" not in note and note.endswith("run the same command again to go on from them")
 
     experiments.run_grid(g, out, device="cpu", progress=False, snapshot_every=1e-9)
     a, b = _records(whole), _records(out)

@@ -233,8 +233,7 @@ def dry_run(grid: Grid, out: Path, merge: bool = False) -> str:
     note = f" (the store holds grid '{other}': run refuses it without --merge)" if other and not merge else ""
     left = total - stored - skipped
     skip = f", {skipped} above a lambda ladder's edge not to be trained" if skipped else ""
-    resumable = len(snapshots.SnapshotDir(Path(out) / snapshots.FOLDER).keys()
-                    & {config_key(c) for c in grid.configs()})
+    resumable = _snapshotted(grid, out)
     skip += f", {resumable} to go on from a snapshot" if resumable else ""
     staged = (" at most (lambda rungs above a ladder's edge will not be trained)"
               if grid.ladder == "staged" and staging.has_ladder(grid.regularizers) and left else "")
@@ -242,13 +241,22 @@ def dry_run(grid: Grid, out: Path, merge: bool = False) -> str:
             f"{grid.seeds}); {stored} stored in {out}{skip}, {left} to train{staged}{note}")
 
 
+def _snapshotted(grid: Grid, out: Path) -> int:
+    """How many of the grid's models have a snapshot of their training in `out` (read-only)."""
+    return len(snapshots.SnapshotDir(Path(out) / snapshots.FOLDER).keys() & {config_key(c) for c in grid.configs()})
+
+
 def interrupted_note(grid: Grid, out: Path) -> str:
-    """For an interrupted `run`: how many of the grid's models the store in `out` holds, and how to resume."""
-    held = _stored(grid, out)
+    """For an interrupted `run`: how many of the grid's models the store in `out` holds, how many have a snapshot,
+    and how to resume."""
+    held, kept = _stored(grid, out), _snapshotted(grid, out)
+    snap = f"{kept} more in training kept in snapshots in {out / snapshots.FOLDER}" if kept else ""
     if held is None:
-        return f"; nothing is stored in {out} yet"
+        return (f"; nothing is stored in {out} yet" if not kept
+                else f"; no model is stored yet, {snap}; run the same command again to go on from them")
     total, stored, _, _ = held
-    return f"; {stored} of {total} models of grid {grid.name} are stored in {out}; run the same command again to resume"
+    return (f"; {stored} of {total} models of grid {grid.name} are stored in {out}{', ' + snap if kept else ''}; "
+            "run the same command again to resume")
 
 
 def _remove_if_empty(path: Path, made: list[Path]) -> None:
