@@ -250,3 +250,15 @@ def test_penalty_points_must_be_an_integer_of_at_least_two():
         training.train_models(torch.rand(4, 784), [
             training.TrainSpec([0], [1.0], regularizer="function_path_length", lam=1e-4),
             training.TrainSpec([1], [1.0], regularizer="function_path_length", lam=1e-4, penalty_points=100)])
+
+
+def test_the_gpl_cost_script_times_both_forms_on_real_images(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = Path(__file__).resolve().parents[1] / "scripts" / "gpl_penalty_cost.py"
+    r = subprocess.run([sys.executable, str(script), "--data", "mnist5k", "--pair", "3", "8", "--batches", "2",
+                        "--repeats", "1", "--points", "10"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    row = r.stdout.strip().splitlines()[-1].split()
+    assert row[0] == "10" and 0 < float(row[1].rstrip("%")) < 100 and float(row[2]) > 0 and float(row[3]) > 0
