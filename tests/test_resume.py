@@ -165,3 +165,29 @@ def test_what_a_killed_writer_leaves_is_removed_with_its_model(tmp_path):
     assert sorted(p.name for p in snaps.path.iterdir()) == ["k2.pt"]
     snaps.remove("k2")
     assert not snaps.path.exists()
+
+
+def test_without_a_terminal_a_long_wait_gets_a_line_with_the_snapshots_epochs(tmp_path):
+    import io
+
+    from smoothness.experiments.runner import GridProgress, snapshot_note
+    from smoothness.models import init_mlp
+    g = tiny(**GRID)
+    keys = [experiments.config_key(c) for c in g.configs()]
+    snaps = snapshots_mod.SnapshotDir(tmp_path / "snapshots", every=1)
+    assert snapshot_note(snaps, keys) == ""
+    for cfg, epoch in zip(g.configs()[:2], (7, 1234)):
+        snaps.save(cfg, training.Snapshot(epoch, epoch * 3, init_mlp([0], cfg.widths), [], 1.0))
+    (tmp_path / "snapshots" / f"{keys[2]}.pt").write_bytes(b"half written")   # unreadable: left out
+    assert snapshot_note(snaps, keys) == "2 in snapshots at epochs 7, 1,234"
+    assert snapshot_note(snaps, keys[1:]) == "1 in snapshots at epoch 1,234"
+
+    stream = io.StringIO()
+    bar = GridProgress(4, True, stream, every=0.0, in_training=lambda: snapshot_note(snaps, keys))
+    bar.trainer({"active": 3, "chunks": 2, "label": "queued or running"})
+    line = stream.getvalue()
+    assert line.startswith("[0/4] no model finished in the last ") and line.count("\n") == 1
+    assert "; queued or running 3; 2 in snapshots at epochs 7, 1,234; elapsed " in line
+    quiet = GridProgress(4, True, io.StringIO(), every=600.0)
+    quiet.trainer({"active": 3, "chunks": 2})
+    assert quiet.stream.getvalue() == ""   # not before the period

@@ -21,6 +21,7 @@ from smoothness.runtime import interrupt
 from smoothness.training import regularizers
 
 DEFAULT_RETRIES = 3
+TICK = 30.0          # seconds the driver waits for a result before it reports progress again
 
 
 def import_ray():
@@ -131,8 +132,8 @@ class RayRunner:
                 retries: int = DEFAULT_RETRIES, progress=None, snapshots=None):
         """Yield (key, record, params) for every model of the chunks, in the order they finish.
 
-        progress(info), if given, is called as chunks come and go with info = {active: models not yet
-        returned, chunks: chunks not yet done, retried: chunks resubmitted so far}.
+        progress(info), if given, is called as chunks come and go, and every TICK seconds otherwise, with
+        info = {active: models not yet returned, chunks: chunks not yet done, retried: chunks resubmitted so far}.
         """
         ray = self.ray
         opts = dict(num_cpus=1, max_retries=0)
@@ -157,7 +158,10 @@ class RayRunner:
         report()
         try:
             while running:
-                ready, _ = ray.wait(list(running), num_returns=1)
+                ready, _ = ray.wait(list(running), num_returns=1, timeout=TICK)
+                if not ready:   # nothing came back for a while: progress(info) again, for its periodic lines
+                    report()
+                    continue
                 gen = ready[0]
                 chunk, left = running[gen]
                 try:

@@ -54,15 +54,31 @@ def _hms(sec: float) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
+HEARTBEAT = 600.0   # seconds without a finished model before a line says what is still training (no terminal)
+
+
+def snapshot_note(snaps: snapshots.SnapshotDir, keys) -> str:
+    """Words on the snapshots of the models in training among `keys`: how many, at which epochs."""
+    epochs = sorted(snaps.epochs(keys).values())
+    if not epochs:
+        return ""
+    at = f"epoch {epochs[0]:,}" if len(epochs) == 1 else (
+        f"epochs {', '.join(f'{e:,}' for e in epochs)}" if len(epochs) <= 4 else f"epochs {epochs[0]:,}–{epochs[-1]:,}")
+    return f"{len(epochs)} in snapshots at {at}"
+
+
 class GridProgress:
     """Models done/total, models running, ETA: a tqdm bar on a terminal, otherwise one line per model."""
 
-    def __init__(self, total: int, enabled: bool = True, stream=None):
+    def __init__(self, total: int, enabled: bool = True, stream=None, *, every: float = HEARTBEAT,
+                 in_training=None):
         self.total, self.done, self.t0 = total, 0, time.perf_counter()
         self.stream = stream or sys.stderr
         self.enabled = enabled and total > 0
         self.bar = None
         self.running, self.shown, self.label = 0, 0.0, "running"
+        # without a terminal: a line every `every` seconds without a finished model, with in_training()'s words
+        self.every, self.in_training, self.last_line = every, in_training, self.t0
         if self.enabled and self.stream.isatty():
             from tqdm import tqdm
             self.bar = tqdm(total=total, unit="model", file=self.stream, dynamic_ncols=True, desc="training",
@@ -72,10 +88,17 @@ class GridProgress:
         """Called by the batched trainer after epoch ends (or by the Ray driver): how many models run."""
         self.running = info["active"]
         self.label = info.get("label", "running")
-        if self.bar is not None and time.perf_counter() - self.shown > 0.5:
+        now = time.perf_counter()
+        if self.bar is not None and now - self.shown > 0.5:
             extra = f", epoch {info['epoch']}" if "epoch" in info else f", chunks {info['chunks']}"
             self.bar.set_postfix_str(f"{self.label} {self.running}{extra}")
-            self.shown = time.perf_counter()
+            self.shown = now
+        elif self.bar is None and self.enabled and self.running and now - self.last_line >= self.every:
+            note = self.in_training() if self.in_training is not None else ""
+            print(f"[{self.done}/{self.total}] no model finished in the last {_hms(now - self.last_line)}; "
+                  f"{self.label} {self.running}{'; ' + note if note else ''}; elapsed {_hms(now - self.t0)}",
+                  file=self.stream, flush=True)
+            self.last_line = now
 
     def set_total(self, total: int) -> None:
         """A new total (rungs above a ladder's edge drop out of the run)."""
@@ -92,7 +115,8 @@ class GridProgress:
         if self.bar is not None:
             self.bar.update(1)
             return
-        el = time.perf_counter() - self.t0
+        self.last_line = time.perf_counter()
+        el = self.last_line - self.t0
         eta = el / self.done * (self.total - self.done)
         lam = f" {rec['regularizer']} lam={rec['lam']:g}" if rec["regularizer"] != "none" else ""
         pair = linetasks.pair_label(rec["data"], rec["pair"])
@@ -295,7 +319,8 @@ def _run_grid(grid: Grid, out: Path, configs, keys, t0, *, device, data_dir, pro
             check_data(grid, data_dir)  # on a remote cluster the workers' data is checked by the workers
         claim_store(store, grid, merge)
         store.set_meta("versions", versions())
-        bar = GridProgress(len(todo), progress, stream)
+        bar = GridProgress(len(todo), progress, stream, every=snaps.every or HEARTBEAT,
+                           in_training=lambda: snapshot_note(snaps, keys))
         stack.callback(bar.close)
         by_key = dict(zip(keys, configs))
         ray = _RayBackend(stack, summary, address, ray_cpus, chunk_size, dict(

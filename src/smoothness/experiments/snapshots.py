@@ -37,6 +37,16 @@ class SnapshotDir:
     def file(self, key: str) -> Path:
         return self.path / f"{key}.pt"
 
+    def epochs(self, keys) -> dict[str, int]:
+        """The epoch of each snapshot among `keys` that can be read (the weights are not read: memory-mapped)."""
+        out = {}
+        for key in sorted(self.keys() & set(keys)):
+            try:
+                out[key] = int(torch.load(self.file(key), map_location="cpu", weights_only=True, mmap=True)["epoch"])
+            except Exception:   # being replaced, or unreadable: load() deals with it when the model is admitted
+                continue
+        return out
+
     def keys(self) -> set[str]:
         """The keys of the models that have a snapshot."""
         if not self.path.is_dir():
