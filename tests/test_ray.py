@@ -116,15 +116,25 @@ def test_missing_ray_gives_the_install_command(grid_file, tmp_path, monkeypatch,
         assert len(st) == 0
 
 
-def test_local_ray_instance_gives_the_local_backends_results(grid_file, reference, tmp_path):
+def test_local_ray_instance_gives_the_local_backends_results(grid_file, reference, tmp_path, monkeypatch):
+    import io
+
+    from smoothness.experiments import distributed
     out = tmp_path / "exp"
     # one model was trained before up to its last epoch, as by a run killed there: a worker goes on from its snapshot
     first = grid.load(grid_file).configs()[-1]
     snaps = SnapshotDir(out / FOLDER, 1e-9)
     (_, rec), = pipeline.iter_train_and_measure([first], device="cpu", snapshots=snaps)
-    s = experiments.run_grid(grid.load(grid_file), out, device="cpu", progress=False, backend="ray",
-                             chunk_size=3, ray_cpus=2)
+    # progress lines as in a log file, with the period of the snapshots: the driver reports every TICK seconds
+    monkeypatch.setattr(distributed, "TICK", 0.01)
+    log = io.StringIO()
+    s = experiments.run_grid(grid.load(grid_file), out, device="cpu", progress=True, stream=log, backend="ray",
+                             chunk_size=3, ray_cpus=2, snapshot_every=1e-9)
     assert (s.trained, s.chunks, s.retried) == (8, 3, 0)
+    lines = log.getvalue().splitlines()
+    assert sum(" seed=" in line for line in lines) == 8   # one line per stored model
+    waits = [line for line in lines if "no model finished in the last" in line]
+    assert len(waits) > 12, lines   # more than the chunks' comings and goings (3 + 3 + 8) alone would give
     assert "ray backend, a local Ray instance (2 CPUs" in s.line()
     records = {r["key"]: r for r in check_against_grid(out, grid_file, reference)}
     assert records[grid.config_key(first)]["resumed_at_epoch"] == rec["epochs"] - 1
