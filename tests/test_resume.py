@@ -112,9 +112,10 @@ def test_a_grid_killed_part_way_goes_on_from_its_snapshots_and_ends_as_an_uninte
     monkeypatch.setattr(snapshots_mod.SnapshotDir, "save", real)
     left = {p.name for p in (out / snapshots_mod.FOLDER).iterdir()}
     assert left and all(n.endswith(".pt") for n in left)
-    assert "to go on from a snapshot" in experiments.dry_run(g, out)
+    line = experiments.dry_run(g, out)
+    assert f"{len(left)} to go on from a snapshot (epoch" in line and line.count("to go on") == 1, line
     note = experiments.interrupted_note(g, out)   # what an interrupted `run` says
-    assert f"{len(left)} more in training kept in snapshots in {out / snapshots_mod.FOLDER}" in note, note
+    assert f"{len(left)} more in training (epoch" in note and f") kept in {out / snapshots_mod.FOLDER}" in note, note
     assert "nothing is stored" not in note and note.endswith("run the same command again to go on from them")
 
     experiments.run_grid(g, out, device="cpu", progress=False, snapshot_every=1e-9)
@@ -179,15 +180,15 @@ def test_without_a_terminal_a_long_wait_gets_a_line_with_the_snapshots_epochs(tm
     for cfg, epoch in zip(g.configs()[:2], (7, 1234)):
         snaps.save(cfg, training.Snapshot(epoch, epoch * 3, init_mlp([0], cfg.widths), [], 1.0))
     (tmp_path / "snapshots" / f"{keys[2]}.pt").write_bytes(b"half written")   # unreadable: left out
-    assert snapshot_note(snaps, keys) == "2 in snapshots at epochs 7, 1,234"
-    assert snapshot_note(snaps, keys[1:]) == "1 in snapshots at epoch 1,234"
+    assert snapshot_note(snaps, keys) == "2 in snapshots (epochs 7 and 1,234)"
+    assert snapshot_note(snaps, keys[1:]) == "1 in snapshots (epoch 1,234)"
 
     stream = io.StringIO()
     bar = GridProgress(4, True, stream, every=0.0, in_training=lambda: snapshot_note(snaps, keys))
     bar.trainer({"active": 3, "chunks": 2, "label": "queued or running"})
     line = stream.getvalue()
     assert line.startswith("[0/4] no model finished in the last ") and line.count("\n") == 1
-    assert "; queued or running 3; 2 in snapshots at epochs 7, 1,234; elapsed " in line
+    assert "; queued or running 3; 2 in snapshots (epochs 7 and 1,234); elapsed " in line
     quiet = GridProgress(4, True, io.StringIO(), every=600.0)
     quiet.trainer({"active": 3, "chunks": 2})
     assert quiet.stream.getvalue() == ""   # not before the period

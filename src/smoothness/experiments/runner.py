@@ -57,14 +57,15 @@ def _hms(sec: float) -> str:
 HEARTBEAT = 600.0   # seconds without a finished model before a line says what is still training (no terminal)
 
 
-def snapshot_note(snaps: snapshots.SnapshotDir, keys) -> str:
-    """Words on the snapshots of the models in training among `keys`: how many, at which epochs."""
+def snapshot_note(snaps: snapshots.SnapshotDir, keys, what: str = "in snapshots") -> str:
+    """Words on the snapshots of the models in training among `keys`: how many, at which epochs ('' if none)."""
     epochs = sorted(snaps.epochs(keys).values())
     if not epochs:
         return ""
-    at = f"epoch {epochs[0]:,}" if len(epochs) == 1 else (
-        f"epochs {', '.join(f'{e:,}' for e in epochs)}" if len(epochs) <= 4 else f"epochs {epochs[0]:,}–{epochs[-1]:,}")
-    return f"{len(epochs)} in snapshots at {at}"
+    shown = [f"{e:,}" for e in epochs]
+    at = (f"epoch {shown[0]}" if len(epochs) == 1 else f"epochs {', '.join(shown[:-1])} and {shown[-1]}"
+          if len(epochs) <= 4 else f"epochs {shown[0]} to {shown[-1]}")
+    return f"{len(epochs)} {what} ({at})"
 
 
 class GridProgress:
@@ -257,29 +258,27 @@ def dry_run(grid: Grid, out: Path, merge: bool = False) -> str:
     note = f" (the store holds grid '{other}': run refuses it without --merge)" if other and not merge else ""
     left = total - stored - skipped
     skip = f", {skipped} above a lambda ladder's edge not to be trained" if skipped else ""
-    resumable = _snapshotted(grid, out)
-    skip += f", {resumable} to go on from a snapshot" if resumable else ""
+    snap = snapshot_note(snapshots.SnapshotDir(Path(out) / snapshots.FOLDER), [config_key(c) for c in grid.configs()],
+                         "to go on from a snapshot")
+    skip += f", {snap}" if snap else ""
     staged = (" at most (lambda rungs above a ladder's edge will not be trained)"
               if grid.ladder == "staged" and staging.has_ladder(grid.regularizers) and left else "")
     return (f"grid {grid.name}: {total} models ({len(grid.all_pairs())} pairs, sizes {grid.sizes()}, seeds "
             f"{grid.seeds}); {stored} stored in {out}{skip}, {left} to train{staged}{note}")
 
 
-def _snapshotted(grid: Grid, out: Path) -> int:
-    """How many of the grid's models have a snapshot of their training in `out` (read-only)."""
-    return len(snapshots.SnapshotDir(Path(out) / snapshots.FOLDER).keys() & {config_key(c) for c in grid.configs()})
-
-
 def interrupted_note(grid: Grid, out: Path) -> str:
-    """For an interrupted `run`: how many of the grid's models the store in `out` holds, how many have a snapshot,
-    and how to resume."""
-    held, kept = _stored(grid, out), _snapshotted(grid, out)
-    snap = f"{kept} more in training kept in snapshots in {out / snapshots.FOLDER}" if kept else ""
+    """For an interrupted `run`: how many of the grid's models the store in `out` holds, how many more are kept in
+    snapshots (at which epochs), and how to resume."""
+    held = _stored(grid, out)
+    folder = Path(out) / snapshots.FOLDER
+    kept = snapshot_note(snapshots.SnapshotDir(folder), [config_key(c) for c in grid.configs()], "more in training")
+    kept = f"{kept} kept in {folder}" if kept else ""
     if held is None:
         return (f"; nothing is stored in {out} yet" if not kept
-                else f"; no model is stored yet, {snap}; run the same command again to go on from them")
+                else f"; no model is stored yet, {kept}; run the same command again to go on from them")
     total, stored, _, _ = held
-    return (f"; {stored} of {total} models of grid {grid.name} are stored in {out}{', ' + snap if kept else ''}; "
+    return (f"; {stored} of {total} models of grid {grid.name} are stored in {out}{', ' + kept if kept else ''}; "
             "run the same command again to resume")
 
 
