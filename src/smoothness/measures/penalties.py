@@ -229,7 +229,8 @@ def penalty_grad_gradient_path_length(p, lam, z, valid, points) -> PenaltyGrads:
     m, h, d = W1.shape
     mi, ji, ri, sign = sign_changes(z, valid, points)
     units = mi * h + ji                                                         # rows of W1 [M h, d]
-    keys, by_row = torch.sort(mi * (z.shape[1] // 2 * (points - 1)) + ri, stable=True)
+    steps_per_model = z.shape[1] // 2 * (points - 1)                            # R of dm [M, R, h]
+    keys, by_row = torch.sort(mi * steps_per_model + ri, stable=True)           # by step, then unit
     steps, row_sorted, per_row = torch.unique_consecutive(keys, return_inverse=True, return_counts=True)
     row = torch.empty_like(row_sorted)
     row[by_row] = row_sorted                                                    # each nonzero's row of V
@@ -238,7 +239,7 @@ def penalty_grad_gradient_path_length(p, lam, z, valid, points) -> PenaltyGrads:
     V = du @ W1f                                                                # the nonzero rows of du W1
     norm = torch.linalg.vector_norm(V, dim=1)
     pos = norm > 0
-    c = torch.where(pos, lam[steps // (z.shape[1] // 2 * (points - 1))] / torch.where(pos, norm, 1.0), 0.0)
+    c = torch.where(pos, lam[steps // steps_per_model] / torch.where(pos, norm, 1.0), 0.0)
     A = _csr(torch.bincount(units, minlength=m * h), row, sign * c[row], (m * h, len(steps))) @ V   # dm^T (c V)
     return PenaltyGrads(None, (w2.reshape(-1, 1) * A).reshape(m, h, d),
                         torch.linalg.vecdot(A, W1f).reshape(m, 1, h))
