@@ -26,7 +26,6 @@ above (tested).
 """
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import torch
@@ -196,22 +195,23 @@ def sign_changes(z, valid, points):
     Along a segment z(t) = za + t (zb - za) is affine in t, and its float evaluation is monotone in t, so a unit
     changes sign at most once: where its end points differ, at the step after the last point with the first's sign."""
     za, zb, ok = half_pairs(z, valid)
-    t = torch.linspace(0.0, 1.0, points, device=z.device, dtype=z.dtype)
+    t = torch.linspace(0.0, 1.0, points, device=z.device, dtype=z.dtype)      # t[0] is 0 and t[-1] is 1 exactly
     dz = zb - za
-    on0, on1 = (za + t[0] * dz) > 0, (za + t[-1] * dz) > 0                     # [M, s, h]
-    mi, ji, si = ((on0 != on1) & ok[..., None]).transpose(1, 2).nonzero(as_tuple=True)
-    first = on0[mi, si, ji]
-    zt = za[mi, si, ji, None] + t * dz[mi, si, ji, None]                        # [n, P]: the same values as dm's
+    on0 = za > 0                                                                # [M, s, h]: za + 0 dz is za
+    mi, ji, si = ((on0 != (za + dz > 0)) & ok[..., None]).transpose(1, 2).nonzero(as_tuple=True)
+    za_n, dz_n = za[mi, si, ji], dz[mi, si, ji]
+    first = za_n > 0
+    zt = za_n[:, None] + t * dz_n[:, None]                                      # [n, P]: the same values as dm's
     k = ((zt > 0) == first[:, None]).sum(1) - 1                                 # the step: between k and k + 1
     return mi, ji, si * (points - 1) + k, 1.0 - 2.0 * first.to(z.dtype)
 
 
-def _csr(crow_counts, cols, values, size):
-    crow = torch.zeros(size[0] + 1, dtype=torch.int64, device=cols.device)
-    crow[1:] = crow_counts.cumsum(0)
-    with warnings.catch_warnings():                  # PyTorch calls its sparse CSR tensors beta, once per process
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
-        return torch.sparse_csr_tensor(crow, cols, values, size=size, check_invariants=False)
+def _bag_sums(weight, rows, starts, scale):
+    """Row k of the result is sum_i scale_i * weight[rows_i] over the i of bag k (bags are runs of consecutive i
+    that start at `starts`; an empty bag gives 0): a sparse-dense product with the nonzeros of each result row
+    given in order. embedding_bag does it on a CPU at about half the cost of a CSR product (whose fixed cost per call
+    dominates at the few hundred nonzeros of a trained net's batch; docs/performance.md)."""
+    return torch.nn.functional.embedding_bag(rows, weight, starts, mode="sum", per_sample_weights=scale)
 
 
 def penalty_grad_gradient_path_length(p, lam, z, valid, points) -> PenaltyGrads:
@@ -221,28 +221,30 @@ def penalty_grad_gradient_path_length(p, lam, z, valid, points) -> PenaltyGrads:
 
     Along a segment each unit changes sign at most once (sign_changes), so du is sparse: a few percent of its
     entries on the paper's net with 10 points, fewer with more. On a CPU, V (its nonzero rows) and A are
-    sparse-dense products, a small fraction of the two 256 x 784 x 256 products of the dense form; on other devices
-    the dense form (gradient_path_length_dense_grad), whose shapes do not depend on the data."""
+    sparse-dense products over those nonzeros (_bag_sums), a small fraction of the two 256 x 784 x 256 products of
+    the dense form; on other devices the dense form (gradient_path_length_dense_grad), whose shapes do not depend on
+    the data."""
     if z.device.type != "cpu":
         return gradient_path_length_dense_grad(p, lam, z, valid, points)
     W1, w2 = p.weights[0].detach(), p.weights[1].detach()
     m, h, d = W1.shape
-    mi, ji, ri, sign = sign_changes(z, valid, points)
+    mi, ji, ri, sign = sign_changes(z, valid, points)                           # ordered by unit, then step
     units = mi * h + ji                                                         # rows of W1 [M h, d]
     steps_per_model = z.shape[1] // 2 * (points - 1)                            # R of dm [M, R, h]
-    keys, by_row = torch.sort(mi * steps_per_model + ri, stable=True)           # by step, then unit
-    steps, row_sorted, per_row = torch.unique_consecutive(keys, return_inverse=True, return_counts=True)
-    row = torch.empty_like(row_sorted)
-    row[by_row] = row_sorted                                                    # each nonzero's row of V
-    du = _csr(per_row, units[by_row], (sign * w2[mi, 0, ji])[by_row], (len(steps), m * h))
+    keys, by_step = torch.sort(mi * steps_per_model + ri, stable=True)          # by step, then unit
+    steps, row_sorted, per_step = torch.unique_consecutive(keys, return_inverse=True, return_counts=True)
     W1f = W1.reshape(m * h, d)
-    V = du @ W1f                                                                # the nonzero rows of du W1
+    V = _bag_sums(W1f, units[by_step], per_step.cumsum(0) - per_step,
+                  (sign * w2[mi, 0, ji])[by_step])                              # the nonzero rows of du W1
     norm = torch.linalg.vector_norm(V, dim=1)
     pos = norm > 0
     c = torch.where(pos, lam[steps // steps_per_model] / torch.where(pos, norm, 1.0), 0.0)
-    A = _csr(torch.bincount(units, minlength=m * h), row, sign * c[row], (m * h, len(steps))) @ V   # dm^T (c V)
-    return PenaltyGrads(None, (w2.reshape(-1, 1) * A).reshape(m, h, d),
-                        torch.linalg.vecdot(A, W1f).reshape(m, 1, h))
+    row = torch.empty_like(row_sorted)
+    row[by_step] = row_sorted                                                   # each nonzero's row of V
+    per_unit = torch.bincount(units, minlength=m * h)
+    A = _bag_sums(V, row, per_unit.cumsum(0) - per_unit, sign * c[row])        # dm^T (c V), row per unit
+    d_w2 = torch.linalg.vecdot(A, W1f).reshape(m, 1, h)
+    return PenaltyGrads(None, A.mul_(w2.reshape(-1, 1)).reshape(m, h, d), d_w2)   # in place: A is ours
 
 
 def gradient_path_length_dense_grad(p, lam, z, valid, points) -> PenaltyGrads:
