@@ -262,3 +262,35 @@ def test_the_gpl_cost_script_times_both_forms_on_real_images(tmp_path):
     assert r.returncode == 0, r.stderr
     row = r.stdout.strip().splitlines()[-1].split()
     assert row[0] == "10" and 0 < float(row[1].rstrip("%")) < 100 and float(row[2]) > 0 and float(row[3]) > 0
+
+
+def test_the_snapshot_state_script_reports_a_snapshots_loss_sharpness_and_gradients(tmp_path):
+    # A snapshot of a GPL model of a small grid on real images: the script's training MSE is that of the snapshot's
+    # weights on the model's own training set, its sharpness is positive and its penalty gradient is there.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from smoothness import experiments, training
+    from smoothness.experiments import grid as grids
+    from smoothness.experiments import snapshots
+    from smoothness.experiments.pipeline import load_tasks
+    from smoothness.models import init_mlp
+
+    grid = tmp_path / "g.yaml"
+    grid.write_text("name: g\ndata: mnist5k\npairs: [[3, 8]]\nn_train: 128\nseeds: 0\nhidden: 32\n"
+                    "regularizers:\n  - {name: gradient_path_length, lam: [1.0e-3], lr: 0.1}\n")
+    cfg = grids.load(grid).configs()[0]
+    params = init_mlp([7], tuple(cfg.widths), alpha=1.0)
+    snapshots.SnapshotDir(tmp_path / "run" / snapshots.FOLDER).save(cfg, training.Snapshot(5, 10, params, [], 1.0))
+    script = Path(__file__).resolve().parents[1] / "scripts" / "snapshot_state.py"
+    r = subprocess.run([sys.executable, str(script), str(grid), str(tmp_path / "run"), "--batches", "2"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    row = r.stdout.strip().splitlines()[-1].split()
+    assert row[0] == experiments.config_key(cfg) and row[6] == "5"
+    task = load_tasks([cfg])[(cfg.data, cfg.pair)]
+    sub = task.subset(cfg.n_train, cfg.seed)
+    assert float(row[7]) == pytest.approx(float(training.mse(params, task.pool_x[sub], task.pool_y[sub])[0]), rel=1e-3)
+    assert float(row[8]) > 0 and float(row[9]) == 20 and float(row[10]) > 0 and float(row[11]) > 0
+    assert -1 <= float(row[12]) <= 1
