@@ -18,11 +18,11 @@ from pathlib import Path
 
 import torch
 
+from smoothness import models
 from smoothness.experiments import grid as grids
 from smoothness.experiments.config import config_key
 from smoothness.experiments.pipeline import load_tasks
 from smoothness.measures.paramspace import sharpness
-from smoothness import models
 from smoothness.models import MLPStack
 from smoothness.training import mse
 from smoothness.training.regularizers import regularized_grads
