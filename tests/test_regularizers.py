@@ -294,3 +294,30 @@ def test_the_snapshot_state_script_reports_a_snapshots_loss_sharpness_and_gradie
     assert float(row[7]) == pytest.approx(float(training.mse(params, task.pool_x[sub], task.pool_y[sub])[0]), rel=1e-3)
     assert float(row[8]) > 0 and float(row[9]) == 20 and float(row[10]) > 0 and float(row[11]) > 0
     assert -1 <= float(row[12]) <= 1
+
+
+def test_the_sharpness_trajectory_script_follows_a_grid_model_through_training(tmp_path):
+    # A small grid's model trained from its first epoch: a reading every 5 epochs until the cap, then its outcome.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from smoothness import experiments
+    from smoothness.experiments import grid as grids
+
+    grid = tmp_path / "g.yaml"
+    grid.write_text("name: g\ndata: mnist5k\npairs: [[3, 8]]\nn_train: 128\nseeds: 0\nhidden: 32\nmax_epochs: 20\n"
+                    "regularizers:\n  - {name: gradient_path_length, lam: [1.0e-3], lr: 0.1}\n")
+    key = experiments.config_key(grids.load(grid).configs()[0])
+    script = Path(__file__).resolve().parents[1] / "scripts" / "sharpness_trajectory.py"
+    r = subprocess.run([sys.executable, str(script), str(grid), key, "--every", "5"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert "2/lr = 20" in lines[0]
+    rows = [line.split() for line in lines[2:-1]]
+    assert [row[0] for row in rows] == ["5", "10", "15"]
+    assert all(float(row[1]) > 0 and float(row[2]) > 0 and float(row[3]) > 0 for row in rows)
+    assert lines[-1].startswith(("not_converged after 20 epochs", "converged after"))
+    r = subprocess.run([sys.executable, str(script), str(grid), "0" * 24], capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "not a model of grid" in r.stderr
