@@ -20,7 +20,7 @@ import torch
 from smoothness import training
 from smoothness.experiments import grid as grids
 from smoothness.experiments.config import config_key
-from smoothness.experiments.pipeline import load_tasks
+from smoothness.experiments.pipeline import load_tasks, train_spec
 from smoothness.measures.paramspace import sharpness
 
 
@@ -42,9 +42,7 @@ def main() -> None:
     sub = task.subset(c.n_train, c.seed)
     x, y = task.pool_x[sub], task.pool_y[sub].to(torch.float32)
     cap = min(c.max_epochs, a.max_epochs) if a.max_epochs else c.max_epochs
-    spec = training.TrainSpec(sub, task.pool_y[sub], seed=c.init_seed, lr=c.lr, alpha=c.alpha, max_epochs=cap,
-                              threshold=c.threshold, regularizer=c.regularizer, lam=c.lam,
-                              penalty_points=c.penalty_points, optimizer=c.optimizer)
+    spec = train_spec(c, sub, task.pool_y[sub], max_epochs=cap)
     trainer = training.BatchedTrainer(task.pool_x, tuple(c.widths), c.batch_size, "cpu", snapshot_every=1e-9)
     print(f"{a.key}: {c.data} {c.pair[0]}/{c.pair[1]}, N = {c.n_train}, {c.regularizer} lam {c.lam:g}, lr {c.lr:g}, "
           f"cap {cap:,} epochs; 2/lr = {2 / c.lr:g}", flush=True)

@@ -68,6 +68,7 @@ def main() -> None:
         sorted((f.stem, f) for f in (Path(a.run_dir) / "snapshots").glob("*.pt"))
     if not files:
         raise SystemExit(f"no snapshots in {Path(a.run_dir) / 'snapshots'}")
+    tasks = load_tasks([configs[key] for key, _ in files if key in configs], a.data_dir)   # each pair loaded once
     print(f"{'key':24} {'pair':>5} {'N':>6} {'regularizer':>20} {'lam':>8} {'lr':>5} {'epoch':>7} {'train MSE':>10} "
           f"{'sharpness':>9} {'2/lr':>6} {'|grad L|':>9} {'|grad lam S|':>12} {'cos':>6}")
     for key, path in files:
@@ -77,7 +78,7 @@ def main() -> None:
             continue
         state = torch.load(path, map_location="cpu", weights_only=True)
         p = MLPStack.from_state_dict(state["params"])
-        task = load_tasks([cfg], a.data_dir)[(cfg.data, cfg.pair)]
+        task = tasks[(cfg.data, cfg.pair)]
         sub = task.subset(cfg.n_train, cfg.seed)
         x, y = task.pool_x[sub], task.pool_y[sub].to(torch.float32)
         loss = float(mse(p, x, y)[0])

@@ -67,6 +67,18 @@ def batch_limit(configs: list[RunConfig], device) -> int:
     return max(1, min(len(configs), budget // need))
 
 
+def train_spec(c: RunConfig, sub: torch.Tensor, targets: torch.Tensor, offset: int = 0, *,
+               max_epochs: int | None = None, resume: training.Snapshot | None = None) -> training.TrainSpec:
+    """The TrainSpec of c's model: its training rows `sub` of its task's pool (shifted by `offset` where that pool
+    is part of a larger one) with their targets, and its seed, rate, penalty and stopping rule (max_epochs: another
+    epoch cap than c's)."""
+    return training.TrainSpec(sub + offset, targets, seed=c.init_seed, lr=c.lr, alpha=c.alpha,
+                              max_epochs=c.max_epochs if max_epochs is None else max_epochs, threshold=c.threshold,
+                              regularizer=c.regularizer, lam=c.lam, penalty_points=c.penalty_points,
+                              optimizer="sgd" if c.optimizer == "gd" else c.optimizer,
+                              rho=c.rho if c.optimizer == "sam" else None, resume=resume)
+
+
 def load_tasks(configs: list[RunConfig], data_dir=None) -> dict[tuple, datasets.BinaryTask | linetasks.LineTask]:
     """The task of every (data, pair) among configs (an MNIST-binary pair or a 1-D task), loaded once each."""
     tasks: dict[tuple, datasets.BinaryTask] = {}
@@ -140,12 +152,8 @@ def iter_train_and_measure(configs: list[RunConfig], *, device=None, data_dir=No
             t = tasks[(c.data, c.pair)]
             sub = t.subset(c.n_train, c.seed)
             subsets.append(sub)
-            specs.append(training.TrainSpec(sub + offsets[c.pair], t.pool_y[sub], seed=c.init_seed, lr=c.lr,
-                                            alpha=c.alpha, max_epochs=c.max_epochs, threshold=c.threshold,
-                                            regularizer=c.regularizer, lam=c.lam, penalty_points=c.penalty_points,
-                                            optimizer="sgd" if c.optimizer == "gd" else c.optimizer,
-                                            rho=c.rho if c.optimizer == "sam" else None,
-                                            resume=snapshots.load(c) if snapshots is not None else None))
+            specs.append(train_spec(c, sub, t.pool_y[sub], offsets[c.pair],
+                                    resume=snapshots.load(c) if snapshots is not None else None))
         trainer = training.BatchedTrainer(torch.cat(pools), key[1], key[2], dev, matmul_precision=key[5],
                                           max_batch=batch_limit([configs[i] for i in members], dev),
                                           snapshot_every=snapshots.every if snapshots is not None else None)
