@@ -25,7 +25,7 @@ PAPER_LAMBDAS = paper.LAMBDAS   # the coefficients of the paper's Table 2
 # per penalty segment; `smoothness bench --regularizers 1`, docs/performance.md), and per further point per segment.
 # Used to order work (distributed.expected_steps), not to decide anything about a model.
 STEP_COST = {"none": 1.0, "gradient_norm": 2.4, "gradient_norm_squared": 2.4, "weights_product": 1.5,
-             "path_norm": 2.0, "function_path_length": 2.0, "gradient_path_length": 4.6,
+             "path_norm": 2.0, "function_path_length": 2.0, "gradient_path_length": 3.3,
              "minibatch_gradient_norm": 6.0}
 STEP_COST_PER_POINT = {"function_path_length": 0.035, "gradient_path_length": 0.15}
 
