@@ -143,6 +143,25 @@ def test_local_ray_instance_gives_the_local_backends_results(grid_file, referenc
     assert (again.trained, again.stored_before) == (0, 8)   # resume: nothing to do, Ray not even started
 
 
+def test_a_model_another_run_stored_meanwhile_is_not_trained_again(grid_file, reference):
+    """Chunks go to the cluster as slots free up, each checked against the store just before: with one slot, a
+    model of the last chunk that another run stores while the first chunk trains is dropped and counted, and every
+    other model comes back with the local backend's outcome."""
+    todo = [(grid.config_key(c), c) for c in grid.load(grid_file).configs()]
+    chunks = distributed.make_chunks(todo, 3)
+    late = chunks[-1].items[0][0]
+    elsewhere, seen, infos = set(), [], []
+    with distributed.RayRunner(num_cpus=1) as runner:
+        assert runner.slots == 1
+        for key, rec, _ in runner.results(chunks, device="cpu", progress=infos.append, stored=lambda: set(elsewhere)):
+            seen.append(key)
+            assert_same_outcome(reference[key][0], rec, FIELDS)
+            elsewhere.add(late)   # stored by another run once the first model is back
+    assert sorted(seen) == sorted(k for k, _ in todo if k != late)
+    assert (infos[0]["chunks"], infos[0]["active"]) == (3, 8)   # one submitted, two waiting
+    assert infos[-1]["elsewhere"] == 1
+
+
 def _parent(pid: int) -> int:
     with open(f"/proc/{pid}/stat", "rb") as f:
         return int(f.read().rsplit(b")", 1)[1].split()[1])

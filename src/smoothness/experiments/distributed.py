@@ -6,7 +6,9 @@ chunk is a Ray generator task: the worker trains the chunk batched on its device
 where the cluster has GPUs) and streams every model back the moment it is trained and measured, and
 the driver commits it to the store at once. When a worker or node dies, the chunk's models that did
 not come back are resubmitted as a new chunk (up to `retries` times per chunk); models that did come
-back are never trained again, and the store's primary key makes a duplicate delivery a no-op.
+back are never trained again, and the store's primary key makes a duplicate delivery a no-op. Chunks are
+submitted as slots free up, not all at once, and each is checked against the store just before: a model that
+another run into the same store (a grid run with --merge, or a second driver) stored meanwhile is not trained again.
 Application errors on a worker (missing data, bad config) stop the run with their message.
 """
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections import deque
 from dataclasses import dataclass
 
 from smoothness.errors import SmoothnessError
@@ -129,11 +132,15 @@ class RayRunner:
         self.close()
 
     def results(self, chunks: list[Chunk], *, device: str = "auto", data_dir=None, save_weights: bool = True,
-                retries: int = DEFAULT_RETRIES, progress=None, snapshots=None):
+                retries: int = DEFAULT_RETRIES, progress=None, snapshots=None, stored=None):
         """Yield (key, record, params) for every model of the chunks, in the order they finish.
 
+        Chunks go to the cluster in their order, one per free slot (self.slots). stored(), if given, returns the
+        keys the store holds now; a chunk's models found there when it is about to be submitted are dropped (another
+        run stored them) and counted in info["elsewhere"].
         progress(info), if given, is called as chunks come and go, and every TICK seconds otherwise, with
-        info = {active: models not yet returned, chunks: chunks not yet done, retried: chunks resubmitted so far}.
+        info = {active: models not yet returned, chunks: chunks not yet done, retried: chunks resubmitted so far,
+        elsewhere: models dropped because another run stored them}.
         """
         ray = self.ray
         opts = dict(num_cpus=1, max_retries=0)
@@ -142,19 +149,33 @@ class RayRunner:
         task = ray.remote(**opts)(train_chunk)
         data_dir = str(data_dir) if data_dir is not None else None
         running: dict = {}      # generator -> (chunk, keys not yet returned)
-        retried = 0
+        waiting = deque(chunks)  # not submitted yet, in order
+        retried = elsewhere = 0
 
         def submit(chunk: Chunk):
             gen = task.remote(chunk.items, device, data_dir, save_weights, snapshots)
             running[gen] = (chunk, {k for k, _ in chunk.items})
 
+        def fill():
+            nonlocal elsewhere
+            while waiting and len(running) < max(1, self.slots):
+                chunk = waiting.popleft()
+                if stored is not None:
+                    done = stored()
+                    items = [(k, c) for k, c in chunk.items if k not in done]
+                    elsewhere += len(chunk.items) - len(items)
+                    if not items:
+                        continue
+                    chunk = Chunk(items, chunk.attempt)
+                submit(chunk)
+
         def report():
             if progress is not None:
-                progress(dict(active=sum(len(left) for _, left in running.values()), chunks=len(running),
-                              retried=retried, label="queued or running"))
+                progress(dict(active=sum(len(left) for _, left in running.values())
+                              + sum(len(c.items) for c in waiting), chunks=len(running) + len(waiting),
+                              retried=retried, elsewhere=elsewhere, label="queued or running"))
 
-        for c in chunks:
-            submit(c)
+        fill()
         report()
         try:
             while running:
@@ -168,6 +189,7 @@ class RayRunner:
                     ref = next(gen)
                 except StopIteration:
                     del running[gen]
+                    fill()
                     report()
                     continue
                 try:
@@ -180,6 +202,7 @@ class RayRunner:
                 except ray.exceptions.RayError as e:       # the worker or its node died
                     del running[gen]
                     if not left:                           # died after its last model came back
+                        fill()
                         report()
                         continue
                     if chunk.attempt > retries:

@@ -34,11 +34,13 @@ class RunSummary:
     chunks: int = 0           # ray: chunk tasks submitted (first attempts)
     retried: int = 0          # ray: chunks resubmitted after a worker or node died
     skipped: int = 0          # lambda rungs above a ladder's edge, not trained (staging.py)
+    elsewhere: int = 0        # ray: models another run stored meanwhile, not trained here
 
     def line(self) -> str:
         """The summary as one line of text."""
         s = self.statuses
         ray = (f"; ray backend, {self.where}, {self.chunks} chunks, {self.retried} retried"
+               + (f", {self.elsewhere} stored meanwhile by another run" if self.elsewhere else "")
                if self.backend == "ray" else "")
         skip = (f", {self.skipped} above a lambda ladder's edge not trained (ladder: staged)"
                 if self.skipped else "")
@@ -336,7 +338,7 @@ def _run_grid(grid: Grid, out: Path, configs, keys, t0, *, device, data_dir, pro
                 last = wave.train
                 wave_todo = [(k, by_key[k]) for k in wave.train]
                 results = (_local_results(store, wave_todo, device, data_dir, measure_batch, bar.trainer, snaps)
-                           if backend == "local" else ray.results(wave_todo))
+                           if backend == "local" else ray.results(wave_todo, store.keys))
                 for key, rec, params in results:
                     if store.add(key, rec, params if save_weights else None):
                         summary.trained += 1
@@ -379,8 +381,9 @@ class _RayBackend:
         self.address, self.ray_cpus, self.chunk_size, self.kw = address, ray_cpus, chunk_size, dict(kw)
         self.runner = None
 
-    def results(self, todo):
-        """Yield (key, record, params) for every (key, config) of todo as it is trained and measured."""
+    def results(self, todo, stored=None):
+        """Yield (key, record, params) for every (key, config) of todo as it is trained and measured; stored():
+        the keys in the store now, so that a model another run stored meanwhile is not trained again."""
         from smoothness.experiments.distributed import RayRunner, default_chunk_size, make_chunks
         if self.runner is None:
             self.runner = self.stack.enter_context(RayRunner(self.address, num_cpus=self.ray_cpus))
@@ -389,11 +392,12 @@ class _RayBackend:
         self.summary.chunks += len(chunks)
         kw = dict(self.kw)
         progress = kw.pop("progress")
-        retried0 = self.summary.retried
+        retried0, elsewhere0 = self.summary.retried, self.summary.elsewhere
 
         def track(info):
             self.summary.retried = retried0 + info["retried"]
+            self.summary.elsewhere = elsewhere0 + info["elsewhere"]
             progress(info)
-        results = self.runner.results(chunks, progress=track, **kw)
+        results = self.runner.results(chunks, progress=track, stored=stored, **kw)
         self.stack.callback(results.close)  # cancels the chunks still running if the driver stops early
         return results
