@@ -158,10 +158,10 @@ class RayRunner:
 
         def fill():
             nonlocal elsewhere
+            done = stored() if stored is not None and waiting else set()   # one look at the store per fill
             while waiting and len(running) < max(1, self.slots):
                 chunk = waiting.popleft()
                 if stored is not None:
-                    done = stored()
                     items = [(k, c) for k, c in chunk.items if k not in done]
                     elsewhere += len(chunk.items) - len(items)
                     if not items:

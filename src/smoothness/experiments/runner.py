@@ -31,7 +31,7 @@ class RunSummary:
     store: str = ""
     backend: str = "local"
     where: str = ""           # ray: the cluster used
-    chunks: int = 0           # ray: chunk tasks submitted (first attempts)
+    chunks: int = 0           # ray: chunks planned (first attempts; a chunk another run stored is not submitted)
     retried: int = 0          # ray: chunks resubmitted after a worker or node died
     skipped: int = 0          # lambda rungs above a ladder's edge, not trained (staging.py)
     elsewhere: int = 0        # ray: models another run stored meanwhile, not trained here
