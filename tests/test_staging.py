@@ -93,3 +93,36 @@ def test_a_staged_grid_stops_one_rung_above_its_edge_and_resumes_so(tmp_path):
     assert (again.trained, again.skipped, again.stored_before) == (0, 2, 6)
     line = experiments.dry_run(g, tmp_path)
     assert "6 stored" in line and "2 above a lambda ladder's edge not to be trained, 0 to train" in line
+
+
+def test_a_rung_another_run_stored_meanwhile_is_counted_not_trained(tmp_path, monkeypatch):
+    """Local backend: a model that another run into the same store stores between two waves is not trained, the
+    summary line counts it, and the progress total drops it: the last line reads [5/7] (8 models, 1 stored by
+    the other run; the 2 rungs above the edge are known to be skipped only once the last rung-0.3 model is back)."""
+    import io
+
+    from smoothness.experiments import pipeline
+    g = grid.parse(LADDER)
+    experiments.run_grid(g, tmp_path / "ref", device="cpu", progress=False)
+    with Store(tmp_path / "ref" / Store.FILENAME) as ref:
+        late = next(r for r in ref.records() if r["lam"] == 0.3)
+        late_params = ref.params(late["key"])
+    out = tmp_path / "exp"
+    train, calls = pipeline.iter_train_and_measure, []
+
+    def first_wave_then_another_run(*args, **kw):
+        calls.append(len(args[0]))
+        yield from train(*args, **kw)
+        if len(calls) == 1:   # the other run stores one model of the second wave
+            with Store(out / Store.FILENAME) as other:
+                other.add(late["key"], {k: v for k, v in late.items() if k != "key"}, late_params)
+    monkeypatch.setattr(pipeline, "iter_train_and_measure", first_wave_then_another_run)
+    stream = io.StringIO()
+    s = experiments.run_grid(g, out, device="cpu", stream=stream)
+    assert calls == [4, 1]   # baselines and the lowest rung, then the one rung-0.3 model left
+    assert (s.trained, s.skipped, s.elsewhere, s.stored_before) == (5, 2, 1, 0)
+    assert "1 stored meanwhile by another run" in s.line()
+    done = [line for line in stream.getvalue().splitlines() if " after " in line]
+    assert len(done) == 5 and done[-1].startswith("[5/7]")
+    with Store(out / Store.FILENAME) as st:
+        assert len(st) == 6 and st.statuses()[late["key"]] == late["status"]

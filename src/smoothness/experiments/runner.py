@@ -34,16 +34,16 @@ class RunSummary:
     chunks: int = 0           # ray: chunks planned (first attempts; a chunk another run stored is not submitted)
     retried: int = 0          # ray: chunks resubmitted after a worker or node died
     skipped: int = 0          # lambda rungs above a ladder's edge, not trained (staging.py)
-    elsewhere: int = 0        # ray: models another run stored meanwhile, not trained here
+    elsewhere: int = 0        # models another run stored meanwhile, not trained here
 
     def line(self) -> str:
         """The summary as one line of text."""
         s = self.statuses
         ray = (f"; ray backend, {self.where}, {self.chunks} chunks, {self.retried} retried"
-               + (f", {self.elsewhere} stored meanwhile by another run" if self.elsewhere else "")
                if self.backend == "ray" else "")
         skip = (f", {self.skipped} above a lambda ladder's edge not trained (ladder: staged)"
-                if self.skipped else "")
+                if self.skipped else "") + (f", {self.elsewhere} stored meanwhile by another run"
+                                            if self.elsewhere else "")
         return (f"grid {self.grid}: {self.total} models, {self.trained} trained now, {self.stored_before} already "
                 f"stored{skip}; converged {s['converged']}, not converged {s['not_converged']}, "
                 f"diverged {s['diverged']}; "
@@ -104,7 +104,7 @@ class GridProgress:
             self.last_line = now
 
     def set_total(self, total: int) -> None:
-        """A new total (rungs above a ladder's edge drop out of the run)."""
+        """A new total (rungs above a ladder's edge and models another run stored meanwhile drop out of the run)."""
         self.total = total
         if self.bar is not None and self.bar.total != total:
             self.bar.total = total
@@ -328,11 +328,14 @@ def _run_grid(grid: Grid, out: Path, configs, keys, t0, *, device, data_dir, pro
             device=device, data_dir=data_dir, save_weights=save_weights, retries=retries, progress=bar.trainer,
             snapshots=(str(snaps.path), snaps.every)))
         try:
-            last = None
+            last, delivered = None, set()
             while True:   # waves: a lambda rung starts when the rung below has passed (staging.py)
-                wave = staging.next_wave(by_key, store.statuses(), grid.ladder)
+                status = store.statuses()
+                wave = staging.next_wave(by_key, status, grid.ladder)
                 summary.skipped = len(wave.skipped)
-                bar.set_total(len(todo) - summary.skipped)
+                if backend == "local":   # the Ray backend also checks before each chunk and counts in track()
+                    summary.elsewhere = sum(k in status and k not in delivered for k, _ in todo)
+                bar.set_total(len(todo) - summary.skipped - summary.elsewhere)
                 if not wave.train or wave.train == last:   # nothing left, or a wave that stored nothing
                     break
                 last = wave.train
@@ -343,6 +346,8 @@ def _run_grid(grid: Grid, out: Path, configs, keys, t0, *, device, data_dir, pro
                     if store.add(key, rec, params if save_weights else None):
                         summary.trained += 1
                     snaps.remove(key)
+                    delivered.add(key)
+                    bar.set_total(len(todo) - summary.skipped - summary.elsewhere)
                     bar.model_done(rec)
         finally:
             status = store.statuses()
