@@ -171,7 +171,7 @@ def test_what_a_killed_writer_leaves_is_removed_with_its_model(tmp_path):
 def test_without_a_terminal_a_long_wait_gets_a_line_with_the_snapshots_epochs(tmp_path):
     import io
 
-    from smoothness.experiments.runner import GridProgress, snapshot_note
+    from smoothness.experiments.progress import GridProgress, snapshot_note
     from smoothness.models import init_mlp
     g = tiny(**GRID)
     keys = [experiments.config_key(c) for c in g.configs()]

@@ -1,10 +1,10 @@
 """Experiments: a model's configuration and key (config), grids of them (grid, gridvalues, staging), the results
 store (store, salvage), training and measuring (pipeline, evaluate, modelfile), and running a grid into a store,
-here or on a Ray cluster (runner, distributed)."""
+here or on a Ray cluster, with progress output (runner, distributed, progress)."""
 from smoothness.experiments.config import RunConfig, config_key
 from smoothness.experiments.grid import PRESETS, Grid, load, parse, preset, resolve
+from smoothness.experiments.progress import GridProgress
 from smoothness.experiments.runner import (
-                                           GridProgress,
                                            RunSummary,
                                            check_data,
                                            claim_store,
