@@ -254,6 +254,9 @@ def test_dry_run_counts_models(tmp_path):
     r = run_cli("run", f, "--dry-run", "--out", tmp_path / "o")
     assert r.returncode == 0, r.stderr
     assert "12 models" in r.stdout and "0 stored" in r.stdout and "12 to train" in r.stdout
+    work = r.stdout.splitlines()[1]   # 12 models of 784-256-1, each to the cap of 25,000 epochs of one step (N <= 64)
+    assert work.startswith("work left, every model to its epoch cap: at most 300,000 plain SGD steps (12 models")
+    assert "plain steps/s of one 784-256-1, batch 64 model measured now, at most" in work
 
 
 def test_paper_preset_without_full_mnist_fails_before_training(tmp_path):

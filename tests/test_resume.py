@@ -8,8 +8,10 @@ import torch
 from conftest import run_cli, spec, tiny
 from smoothness import training
 from smoothness.data import images as data
+from smoothness.experiments import distributed
 from smoothness.experiments import runner as experiments
 from smoothness.experiments import snapshots as snapshots_mod
+from smoothness.experiments.grid import config_key
 from smoothness.experiments.store import Store
 from tolerance import assert_same_trajectory
 
@@ -114,6 +116,17 @@ def test_a_grid_killed_part_way_goes_on_from_its_snapshots_and_ends_as_an_uninte
     assert left and all(n.endswith(".pt") for n in left)
     line = experiments.dry_run(g, out)
     assert f"{len(left)} to go on from a snapshot (epoch" in line and line.count("to go on") == 1, line
+    # the work left counts a snapshotted model from its snapshot's epoch, every other model from its first
+    full = {config_key(c): distributed.expected_steps(c) for c in g.configs()}
+    epochs = snapshots_mod.SnapshotDir(out / snapshots_mod.FOLDER).epochs(list(full))
+    stored = set()
+    if (out / Store.FILENAME).exists():
+        with Store(out / Store.FILENAME, create=False) as st:
+            stored = st.keys()
+    work = {config_key(c): w for c, w in experiments.work_left(g, out)}
+    assert work.keys() == full.keys() - stored and epochs and epochs.keys() <= work.keys()
+    for k, w in work.items():
+        assert w == pytest.approx(full[k] * (60 - epochs.get(k, 0)) / 60), k
     note = experiments.interrupted_note(g, out)   # what an interrupted `run` says
     assert f"{len(left)} more in training (epoch" in note and f") kept in {out / snapshots_mod.FOLDER}" in note, note
     assert "nothing is stored" not in note and note.endswith("run the same command again to go on from them")

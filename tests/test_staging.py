@@ -8,6 +8,7 @@ from smoothness.experiments import runner as experiments
 from smoothness.experiments.grid import config_key
 from smoothness.experiments.pipeline import RunConfig
 from smoothness.experiments.store import Store
+from smoothness.training import regularizers
 
 
 def _configs(lams=(1e-3, 1e-2, 1e-1), pairs=((3, 8), (4, 9)), reg="gradient_norm"):
@@ -79,6 +80,12 @@ LADDER = {"name": "ladder", "data": "mnist5k", "pairs": [[3, 8], [4, 9]], "n_tra
 def test_a_staged_grid_stops_one_rung_above_its_edge_and_resumes_so(tmp_path):
     g = grid.parse(LADDER)
     assert [c.lam for c in g.configs()] == [0.0, 0.0, 1e-3, 1e-3, 0.3, 0.3, 90.0, 90.0]
+    # before: every model to its cap of 150 epochs of one step (N = batch = 16), a GN step as 2.4 plain steps
+    work = experiments.work_left(g, tmp_path)
+    gn = regularizers.step_cost("gradient_norm")
+    assert len(work) == 8 and sum(w for _, w in work) == pytest.approx(2 * 150 + 6 * 150 * gn)
+    note = experiments.work_note(work, rate=300 + 900 * gn, shape="784-16-1, batch 16")
+    assert f"at most {300 + 900 * gn:,.0f} plain SGD steps (8 models" in note and "at most 1 s for one process" in note
     s = experiments.run_grid(g, tmp_path, device="cpu", progress=False)
     # lambda = 1e-3 hardly acts (both converge); lambda = 0.3 keeps GN's penalty above the loss threshold
     assert (s.trained, s.skipped) == (6, 2)
@@ -91,6 +98,7 @@ def test_a_staged_grid_stops_one_rung_above_its_edge_and_resumes_so(tmp_path):
     assert (t2["lam"], t2["lam_above"], bool(t2["ladder_short"])) == (1e-3, 0.3, False)
     again = experiments.run_grid(g, tmp_path, device="cpu", progress=False)
     assert (again.trained, again.skipped, again.stored_before) == (0, 2, 6)
+    assert experiments.work_left(g, tmp_path) == [] and experiments.work_note([]) == ""   # the skipped rungs too
     line = experiments.dry_run(g, tmp_path)
     assert "6 stored" in line and "2 above a lambda ladder's edge not to be trained, 0 to train" in line
 

@@ -161,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("grid", help="grid YAML file, or the name of a preset (see `smoothness presets`)")
     _add_run_args(r)
     r.add_argument("--dry-run", action="store_true", help="validate the grid and print how many models it has "
-                   "and how many are stored; train nothing")
+                   "and how many are stored, and the work left at the epoch caps (on a CPU in hours of one "
+                   "process, from 240 plain steps timed now); train nothing")
 
     rep = sub.add_parser("report", help="analyse a results store and write the report (tables, figures, HTML)",
                          description="Compute Table 1 (Kendall's tau) and Table 2 (explicit regularization) from "
@@ -180,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the same, as an option")
     _add_run_args(rp)
     rp.add_argument("--dry-run", action="store_true", help="validate the preset and print how many models it has "
-                    "and how many are stored; train nothing")
+                    "and how many are stored, and the work left at the epoch caps (as run --dry-run); train "
+                    "nothing")
 
     b = sub.add_parser("bench", help="throughput of the batched engine vs. a one-model loop, and a grid's wall time",
                        description="Print, in one run on this machine, model-steps/s of a one-model PyTorch "

@@ -119,6 +119,25 @@ def measure_seconds(m: int, device, alone: int = 10) -> tuple[float, float]:
     return t1 - t0, (time.perf_counter() - t1) / min(alone, m)
 
 
+def plain_step_rate(widths, batch_size: int, device, steps: int = 240) -> float:
+    """Plain SGD steps per second of one model of these widths and batch size in the batched engine, on random
+    data (N = 12 batches; loss threshold 0, so that it runs every step): the unit of work_left's estimate."""
+    n = 12 * batch_size
+    gen = torch.Generator().manual_seed(0)
+    pool = torch.rand(n, widths[0], generator=gen)
+    targets = torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0)
+    trainer = training.BatchedTrainer(pool, widths=widths, batch_size=batch_size, device=device)
+
+    def spec(epochs):
+        return training.TrainSpec(torch.arange(n), targets, lr=0.01, max_epochs=epochs, threshold=0.0)
+    trainer.train([spec(1)])   # warm-up
+    _sync(device)
+    t0 = time.perf_counter()
+    res = trainer.train([spec(max(1, steps // 12))])
+    _sync(device)
+    return res[0].steps / (time.perf_counter() - t0 - trainer.admit_seconds)
+
+
 STEP_COST_N = 768   # training size of the step-cost benchmark (12 steps an epoch; the last batch is full)
 
 

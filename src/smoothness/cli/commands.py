@@ -154,11 +154,29 @@ def _run(g, a) -> Path:
     return out
 
 
+def _dry_run(g, a) -> None:
+    """`--dry-run`: the grid's size and what its store holds, then the work left at the epoch caps, in plain SGD
+    steps and, on a CPU, in hours of one process at a plain step's rate timed now (240 steps)."""
+    out = _out_dir(g, a)
+    print(experiments.dry_run(g, out, a.merge))
+    work = experiments.work_left(g, out)
+    rate = shape = None
+    device = pipeline.resolve_device(a.device) if work else None
+    if work and device.type == "cpu":   # on a GPU, batched models share a step's time: no rate of one model
+        from smoothness.cli import bench
+        big = max(work, key=lambda cw: cw[1])[0]   # the model with the most work left sets the shape timed
+        rate = bench.plain_step_rate(big.widths, big.batch_size, device)
+        shape = f"{'-'.join(map(str, big.widths))}, batch {big.batch_size}"
+    note = experiments.work_note(work, rate, shape)
+    if note:
+        print(note)
+
+
 def cmd_run(a) -> int:
     """`smoothness run`: train every model of a grid that the store does not hold yet."""
     g = _grid(grid_mod.resolve(a.grid), a)
     if a.dry_run:
-        print(experiments.dry_run(g, _out_dir(g, a), a.merge))
+        _dry_run(g, a)
         return 0
     _run(g, a)
     return 0
@@ -185,7 +203,7 @@ def cmd_reproduce(a) -> int:
         raise SmoothnessError(f"which preset? smoothness reproduce PRESET, one of: {', '.join(grid_mod.PRESETS)}")
     g = _grid(grid_mod.preset(name), a)
     if a.dry_run:
-        print(experiments.dry_run(g, _out_dir(g, a), a.merge))
+        _dry_run(g, a)
         return 0
     out = _run(g, a)
     a.results, a.out = out, None

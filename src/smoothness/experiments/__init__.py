@@ -11,8 +11,11 @@ from smoothness.experiments.runner import (
                                            dry_run,
                                            interrupted_note,
                                            run_grid,
+                                           work_left,
+                                           work_note,
 )
 from smoothness.experiments.store import Store
 
 __all__ = ["RunConfig", "config_key", "PRESETS", "Grid", "load", "parse", "preset", "resolve", "GridProgress",
-           "RunSummary", "check_data", "claim_store", "dry_run", "interrupted_note", "run_grid", "Store"]
+           "RunSummary", "check_data", "claim_store", "dry_run", "interrupted_note", "run_grid", "work_left",
+           "work_note", "Store"]

@@ -11,7 +11,8 @@ from pathlib import Path
 from smoothness.data import images as datasets
 from smoothness.errors import ConfigError, StoreError
 from smoothness.experiments import pipeline, snapshots, staging
-from smoothness.experiments.distributed import DEFAULT_RETRIES
+from smoothness.experiments.config import RunConfig
+from smoothness.experiments.distributed import DEFAULT_RETRIES, expected_steps
 from smoothness.experiments.grid import Grid, config_key
 from smoothness.experiments.progress import HEARTBEAT, GridProgress, hms, snapshot_note
 from smoothness.experiments.store import Store, versions
@@ -168,6 +169,38 @@ def _stored(grid: Grid, out: Path) -> tuple[int, int, str | None, int] | None:
         status = st.statuses()
         skipped = len(staging.next_wave(by_key, status, grid.ladder).skipped)
         return len(by_key), len(by_key.keys() & status.keys()), _other_grid(st, grid), skipped
+
+
+def work_left(grid: Grid, out: Path) -> list[tuple[RunConfig, float]]:
+    """Read-only: each model of the grid still to train, with the plain SGD steps it needs at most: to its epoch
+    cap, from its snapshot's epoch if it has one (distributed.expected_steps: a step with a penalty counts as the
+    plain steps it costs). Rungs above a ladder's edge that the stored statuses rule out are left out; rungs not
+    decided yet are counted."""
+    by_key = {config_key(c): c for c in grid.configs()}
+    status = {}
+    if (Path(out) / Store.FILENAME).exists():
+        with Store(Path(out) / Store.FILENAME, create=False) as st:
+            status = st.statuses()
+    skipped = set(staging.next_wave(by_key, status, grid.ladder).skipped)
+    started = snapshots.SnapshotDir(Path(out) / snapshots.FOLDER).epochs(list(by_key))
+    return [(c, expected_steps(c) * max(0, c.max_epochs - started.get(k, 0)) / c.max_epochs)
+            for k, c in by_key.items() if k not in status and k not in skipped]
+
+
+def work_note(work: list[tuple[RunConfig, float]], rate: float | None = None, shape: str = "") -> str:
+    """One line on work_left's total, and with a measured rate (plain steps per second of one model of `shape`),
+    the time it means for one process ('' when nothing is left)."""
+    if not work:
+        return ""
+    steps = sum(w for _, w in work)
+    count = f"{steps / 1e6:,.1f} million" if steps >= 1e6 else f"{steps:,.0f}"
+    line = (f"work left, every model to its epoch cap: at most {count} plain SGD steps ({len(work)} models; a "
+            f"step with a penalty counted as the plain steps it costs)")
+    if rate:
+        sec = steps / rate
+        took = f"{sec / 3600:,.1f} h" if sec >= 3600 else f"{sec / 60:.0f} min" if sec >= 60 else f"{sec:.0f} s"
+        line += f"; at the {rate:,.0f} plain steps/s of one {shape} model measured now, at most {took} for one process"
+    return line + "; a model stops sooner when it reaches the loss threshold"
 
 
 def dry_run(grid: Grid, out: Path, merge: bool = False) -> str:
