@@ -158,17 +158,27 @@ def claim_store(store: Store, grid: Grid, merge: bool) -> None:
         store.set_meta("owner", {"host": socket.gethostname(), "pid": os.getpid(), "grid": grid.name})
 
 
-def _stored(grid: Grid, out: Path) -> tuple[int, int, str | None, int] | None:
-    """Read-only: (models of the grid, how many of them the store in `out` holds, the other grid the store was
-    made for, if any (see _other_grid), how many rungs above a ladder's edge the stored statuses already rule
-    out), or None when `out` holds no store."""
+def _store_view(grid: Grid, out: Path) -> tuple[dict, dict, set, str | None] | None:
+    """Read-only: (the grid's configs by key, the stored statuses, the keys of rungs above a ladder's edge that
+    those statuses rule out, the other grid the store was made for, if any (see _other_grid)), or None when `out`
+    holds no store."""
     if not (Path(out) / Store.FILENAME).exists():
         return None
     by_key = {config_key(c): c for c in grid.configs()}
     with Store(Path(out) / Store.FILENAME, create=False) as st:
-        status = st.statuses()
-        skipped = len(staging.next_wave(by_key, status, grid.ladder).skipped)
-        return len(by_key), len(by_key.keys() & status.keys()), _other_grid(st, grid), skipped
+        status, other = st.statuses(), _other_grid(st, grid)
+    return by_key, status, set(staging.next_wave(by_key, status, grid.ladder).skipped), other
+
+
+def _stored(grid: Grid, out: Path) -> tuple[int, int, str | None, int] | None:
+    """Read-only: (models of the grid, how many of them the store in `out` holds, the other grid the store was
+    made for, how many rungs above a ladder's edge the stored statuses already rule out), or None when `out`
+    holds no store."""
+    view = _store_view(grid, out)
+    if view is None:
+        return None
+    by_key, status, skipped, other = view
+    return len(by_key), len(by_key.keys() & status.keys()), other, len(skipped)
 
 
 def work_left(grid: Grid, out: Path) -> list[tuple[RunConfig, float]]:
@@ -176,12 +186,8 @@ def work_left(grid: Grid, out: Path) -> list[tuple[RunConfig, float]]:
     cap, from its snapshot's epoch if it has one (distributed.expected_steps: a step with a penalty counts as the
     plain steps it costs). Rungs above a ladder's edge that the stored statuses rule out are left out; rungs not
     decided yet are counted."""
-    by_key = {config_key(c): c for c in grid.configs()}
-    status = {}
-    if (Path(out) / Store.FILENAME).exists():
-        with Store(Path(out) / Store.FILENAME, create=False) as st:
-            status = st.statuses()
-    skipped = set(staging.next_wave(by_key, status, grid.ladder).skipped)
+    by_key, status, skipped, _ = (_store_view(grid, out)
+                                  or ({config_key(c): c for c in grid.configs()}, {}, set(), None))
     started = snapshots.SnapshotDir(Path(out) / snapshots.FOLDER).epochs(list(by_key))
     return [(c, expected_steps(c) * max(0, c.max_epochs - started.get(k, 0)) / c.max_epochs)
             for k, c in by_key.items() if k not in status and k not in skipped]
