@@ -259,6 +259,15 @@ def test_dry_run_counts_models(tmp_path):
     assert "plain steps/s of one 784-256-1, batch 64 model measured now, at most" in work
 
 
+def test_dry_run_lines_put_one_model_and_one_pair_in_the_singular(tmp_path):
+    g = grid.parse({"name": "g1", "pairs": [[3, 8]], "n_train": [32], "seeds": [0]})
+    line = experiments.dry_run(g, tmp_path / "o")
+    assert line.startswith("grid g1: 1 model (1 pair, sizes [32]"), line
+    assert "(1 model; a step" in experiments.work_note(experiments.work_left(g, tmp_path / "o"))
+    two = grid.parse({"name": "g2", "pairs": [[3, 8], [4, 9]], "n_train": [32], "seeds": [0]})
+    assert experiments.dry_run(two, tmp_path / "o").startswith("grid g2: 2 models (2 pairs,")
+
+
 def test_paper_preset_without_full_mnist_fails_before_training(tmp_path):
     env = {"HOME": str(tmp_path), "SMOOTHNESS_DATA": str(tmp_path / "none"), "XDG_CACHE_HOME": str(tmp_path)}
     r = run_cli("reproduce", "--preset", "paper-table1", "--out", tmp_path / "o", "--data-dir", tmp_path, env=env)

@@ -14,7 +14,7 @@ from smoothness.experiments import pipeline, snapshots, staging
 from smoothness.experiments.config import RunConfig
 from smoothness.experiments.distributed import DEFAULT_RETRIES, expected_steps
 from smoothness.experiments.grid import Grid, config_key
-from smoothness.experiments.progress import HEARTBEAT, GridProgress, hms, snapshot_note
+from smoothness.experiments.progress import HEARTBEAT, GridProgress, counted, hms, snapshot_note
 from smoothness.experiments.store import Store, versions
 from smoothness.experiments.storefile import model_count
 
@@ -200,7 +200,7 @@ def work_note(work: list[tuple[RunConfig, float]], rate: float | None = None, sh
         return ""
     steps = sum(w for _, w in work)
     count = f"{steps / 1e6:,.1f} million" if steps >= 1e6 else f"{steps:,.0f}"
-    line = (f"work left, every model to its epoch cap: at most {count} plain SGD steps ({len(work)} models; a "
+    line = (f"work left, every model to its epoch cap: at most {count} plain SGD steps ({counted(len(work), 'model')}; a "
             f"step with a penalty counted as the plain steps it costs)")
     if rate:
         sec = steps / rate
@@ -220,7 +220,7 @@ def dry_run(grid: Grid, out: Path, merge: bool = False) -> str:
     skip += f", {snap}" if snap else ""
     staged = (" at most (lambda rungs above a ladder's edge will not be trained)"
               if grid.ladder == "staged" and staging.has_ladder(grid.regularizers) and left else "")
-    return (f"grid {grid.name}: {total} models ({len(grid.all_pairs())} pairs, sizes {grid.sizes()}, seeds "
+    return (f"grid {grid.name}: {counted(total, 'model')} ({counted(len(grid.all_pairs()), 'pair')}, sizes {grid.sizes()}, seeds "
             f"{grid.seeds}); {stored} stored in {out}{skip}, {left} to train{staged}{note}")
 
 
