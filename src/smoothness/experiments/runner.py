@@ -200,8 +200,8 @@ def work_note(work: list[tuple[RunConfig, float]], rate: float | None = None, sh
         return ""
     steps = sum(w for _, w in work)
     count = f"{steps / 1e6:,.1f} million" if steps >= 1e6 else f"{steps:,.0f}"
-    line = (f"work left, every model to its epoch cap: at most {count} plain SGD steps ({counted(len(work), 'model')}; a "
-            f"step with a penalty counted as the plain steps it costs)")
+    line = (f"work left, every model to its epoch cap: at most {count} plain SGD steps "
+            f"({counted(len(work), 'model')}; a step with a penalty counted as the plain steps it costs)")
     if rate:
         sec = steps / rate
         took = f"{sec / 3600:,.1f} h" if sec >= 3600 else f"{sec / 60:.0f} min" if sec >= 60 else f"{sec:.0f} s"
@@ -220,7 +220,8 @@ def dry_run(grid: Grid, out: Path, merge: bool = False) -> str:
     skip += f", {snap}" if snap else ""
     staged = (" at most (lambda rungs above a ladder's edge will not be trained)"
               if grid.ladder == "staged" and staging.has_ladder(grid.regularizers) and left else "")
-    return (f"grid {grid.name}: {counted(total, 'model')} ({counted(len(grid.all_pairs()), 'pair')}, sizes {grid.sizes()}, seeds "
+    pairs = counted(len(grid.all_pairs()), "pair")
+    return (f"grid {grid.name}: {counted(total, 'model')} ({pairs}, sizes {grid.sizes()}, seeds "
             f"{grid.seeds}); {stored} stored in {out}{skip}, {left} to train{staged}{note}")
 
 
