@@ -403,7 +403,7 @@ def test_a_large_grid_is_counted_at_once_and_split_into_batches_that_fit(tmp_pat
     g.write_text("name: big\npairs: all\nn_train: 64\nseeds: " + str(list(range(200))) + "\n")
     t0 = time.monotonic()
     code, out, _ = _main(capsys, "run", g, "--dry-run", "--out", tmp_path / "exp")
-    assert code == 0 and "9000 models" in out and time.monotonic() - t0 < 60
+    assert code == 0 and "9,000 models" in out and time.monotonic() - t0 < 60
     configs = grid.load(g).configs()
     per_model = training.model_bytes(configs[0].widths, 64)
     assert pipeline.batch_limit(configs, "cpu") * per_model <= pipeline.memory_budget("cpu")
