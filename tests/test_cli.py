@@ -143,7 +143,7 @@ def test_bench_prints_loop_batched_and_grid_rows(tmp_path):
     rows = [ln.split() for ln in lines[2:5]]
     assert rows[0][:3] == ["one-model", "torch", "loop"] and [x[1] for x in rows[1:]] == ["1", "3"]
     assert all(float(x[-2]) > 0 for x in rows)
-    assert "end to end, grid tiny: 1 models" in lines[5]
+    assert "end to end, grid tiny: 1 model," in lines[5]
     assert lines[6].startswith("measuring 2 models") and " s batched; one at a time " in lines[6]
     r = run_cli("bench", "--models", "0,x")
     assert r.returncode == 2 and "--models" in r.stderr

@@ -14,6 +14,7 @@ import math
 
 import pandas as pd
 
+from smoothness.experiments.progress import counted
 from smoothness.measures import registry
 
 TAU_MONOTONE = 0.8      # tau >= this: S grows (nearly) monotonically with N
@@ -43,11 +44,6 @@ def read_tau(tau, datasets: int, sizes: int) -> tuple[str | None, str]:
     if tau <= TAU_NOT_MONOTONE:
         return "not", f"not monotone in N (τ ≤ {TAU_NOT_MONOTONE:g})"
     return "partly", "partly monotone in N"
-
-
-def counted(n: int, noun: str) -> str:
-    """'1 pair', '2 pairs': a count with its noun in the right number."""
-    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def read_r(r, datasets: int, lam, ladder_short: bool, unreg=None, lower=0.0) -> tuple[str | None, str]:

@@ -8,6 +8,7 @@ import os
 import sys
 
 from smoothness.data import lines as linetasks
+from smoothness.experiments.progress import counted
 from smoothness.measures import oned, registry
 
 MEASURE_KEYS = registry.keys(paper=True)
@@ -121,7 +122,7 @@ class EpochProgress:
             except OSError:
                 cols = 0
             self.bar = tqdm(total=total_epochs, unit="epoch", file=sys.stderr, ncols=cols if cols >= 40 else 100,
-                            desc=f"training {n_models} model{'s' if n_models > 1 else ''}",
+                            desc=f"training {counted(n_models, 'model')}",
                             bar_format="{desc}: {percentage:3.0f}%|{bar}| {n}/{total} epochs "
                                        "[{elapsed}<{remaining} to cap, {rate_fmt}{postfix}]")
         self.n = 0

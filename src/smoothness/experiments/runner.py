@@ -44,9 +44,9 @@ class RunSummary:
         skip = (f", {self.skipped} above a lambda ladder's edge not trained (ladder: staged)"
                 if self.skipped else "") + (f", {self.elsewhere} stored meanwhile by another run"
                                             if self.elsewhere else "")
-        return (f"grid {self.grid}: {self.total} models, {self.trained} trained now, {self.stored_before} already "
-                f"stored{skip}; converged {s['converged']}, not converged {s['not_converged']}, "
-                f"diverged {s['diverged']}; "
+        return (f"grid {self.grid}: {counted(self.total, 'model')}, {self.trained} trained now, "
+                f"{self.stored_before} already stored{skip}; converged {s['converged']}, "
+                f"not converged {s['not_converged']}, diverged {s['diverged']}; "
                 f"{hms(self.seconds)}; store {self.store}{ray}")
 
 

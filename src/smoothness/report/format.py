@@ -9,6 +9,7 @@ import pandas as pd
 
 from smoothness.analysis import flatness, optimality
 from smoothness.analysis import tables as A
+from smoothness.experiments.progress import counted
 from smoothness.measures import registry
 
 
@@ -119,11 +120,11 @@ def verdict_tables(v: pd.DataFrame) -> list[Table]:
     out = []
     for data, g in v.groupby("data", sort=False):
         def tau(r):
-            behind = f" ({V.counted(r.tau_datasets, 'dataset')}, N ≤ {r.n_max})" if r.tau_datasets else ""
+            behind = f" ({counted(r.tau_datasets, 'dataset')}, N ≤ {r.n_max})" if r.tau_datasets else ""
             return f"{_pm(r.tau, r.tau_std)} / {fmt(r.paper_tau)}" + behind
 
         def ratio(r):
-            behind = (f" ({V.counted(r.r_datasets, 'pair')}, λ {fmt(r.lam)}, N {r.n_train_reg})" if r.r_datasets
+            behind = (f" ({counted(r.r_datasets, 'pair')}, λ {fmt(r.lam)}, N {r.n_train_reg})" if r.r_datasets
                       else "")
             return f"{_pm(r.r_norm, r.r_norm_std)} / {fmt(r.paper_r_norm)}" + behind
 
