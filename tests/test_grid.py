@@ -1,5 +1,6 @@
 """Grid configs: YAML parsing, validation errors that name the key, expansion, presets."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -8,6 +9,7 @@ import pytest
 import torch
 
 from conftest import run_cli
+from smoothness.cli import bench, commands
 from smoothness.errors import ConfigError
 from smoothness.experiments import grid
 from smoothness.experiments import runner as experiments
@@ -257,6 +259,26 @@ def test_dry_run_counts_models(tmp_path):
     work = r.stdout.splitlines()[1]   # 12 models of 784-256-1, each to the cap of 25,000 epochs of one step (N <= 64)
     assert work.startswith("work left, every model to its epoch cap: at most 300,000 plain SGD steps (12 models")
     assert "plain steps/s of one 784-256-1, batch 64 model measured now, at most" in work
+
+
+def test_busy_note_warns_only_when_no_core_was_free():
+    assert bench.busy_note(0.3, 2) == "" and bench.busy_note(1.4, 2) == ""
+    line = bench.busy_note(3.2, 2)
+    assert "busy" in line and "load 3.2 on 2 cores" in line and "time shorter" in line
+    assert "on 1 core)" in bench.busy_note(1.0, 1)
+
+
+def test_dry_run_says_when_the_rate_was_timed_on_a_busy_machine(tmp_path, monkeypatch, capsys):
+    f = tmp_path / "g.yaml"
+    f.write_text("name: g\npairs: [[3, 8]]\nn_train: [32]\nseeds: [0]\nhidden: 8\n")
+    cores = bench.machine_load()[1]
+    monkeypatch.setattr(os, "getloadavg", lambda: (cores + 2.0, 1.0, 1.0))
+    assert commands.main(["run", str(f), "--dry-run", "--out", str(tmp_path / "o"), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 3 and out[2].startswith(f"the machine was busy when the rate was timed (load {cores + 2.0:.1f}")
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert commands.main(["run", str(f), "--dry-run", "--out", str(tmp_path / "o"), "--device", "cpu"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2
 
 
 def test_dry_run_lines_put_one_model_and_one_pair_in_the_singular(tmp_path):

@@ -7,6 +7,7 @@ The reference loop is the textbook one: nn.Sequential, torch.optim.SGD, shuffled
 """
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 
@@ -136,6 +137,25 @@ def plain_step_rate(widths, batch_size: int, device, steps: int = 240) -> float:
     res = trainer.train([spec(max(1, steps // 12))])
     _sync(device)
     return res[0].steps / (time.perf_counter() - t0 - trainer.admit_seconds)
+
+
+def busy_note(load: float, cores: int) -> str:
+    """A line for a rate timed while other processes held the cores (1-minute load average above cores - 0.5):
+    the rate is then low and the time it gives high; '' on a machine with a core to spare."""
+    if load <= cores - 0.5:
+        return ""
+    return (f"the machine was busy when the rate was timed (load {load:.1f} on {cores} "
+            f"core{'' if cores == 1 else 's'}): on an idle machine the rate is higher and the time shorter")
+
+
+def machine_load() -> tuple[float, int]:
+    """(1-minute load average, cores this process may use); the load is 0 where the system does not report one."""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        load = 0.0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return load, cores
 
 
 STEP_COST_N = 768   # training size of the step-cost benchmark (12 steps an epoch; the last batch is full)

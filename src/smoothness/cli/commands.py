@@ -170,6 +170,10 @@ def _dry_run(g, a) -> None:
     note = experiments.work_note(work, rate, shape)
     if note:
         print(note)
+    if rate:
+        busy = bench.busy_note(*bench.machine_load())
+        if busy:
+            print(busy)
 
 
 def cmd_run(a) -> int:
