@@ -161,19 +161,19 @@ def _dry_run(g, a) -> None:
     print(experiments.dry_run(g, out, a.merge))
     work = experiments.work_left(g, out)
     rate = shape = None
+    busy = ""
     device = pipeline.resolve_device(a.device) if work else None
     if work and device.type == "cpu":   # on a GPU, batched models share a step's time: no rate of one model
         from smoothness.cli import bench
         big = max(work, key=lambda cw: cw[1])[0]   # the model with the most work left sets the shape timed
         rate = bench.plain_step_rate(big.widths, big.batch_size, device)
         shape = f"{'-'.join(map(str, big.widths))}, batch {big.batch_size}"
+        busy = bench.busy_note(*bench.machine_load())   # a busy machine's rate reads low, its time high
     note = experiments.work_note(work, rate, shape)
     if note:
         print(note)
-    if rate:
-        busy = bench.busy_note(*bench.machine_load())
-        if busy:
-            print(busy)
+    if busy:
+        print(busy)
 
 
 def cmd_run(a) -> int:
