@@ -4,6 +4,7 @@ import pandas as pd
 import pytest
 
 from smoothness.analysis import tables as A
+from smoothness.report.figures import paper_r_norm_points
 
 BASE = dict(data="mnist5k", hidden="256", alpha=0.01, lr=0.01, batch_size=64, max_epochs=100, threshold=1e-5,
             measure_points=1000, segments=1000, points=100, measure_seed=0, fpl_lower_bound=1.0)
@@ -202,3 +203,6 @@ def test_r_norm_by_n_at_fixed_lambda():
     assert list(rbn["r_norm_mean"]) == pytest.approx([0.9, 0.7, 0.4])
     assert list(rbn["datasets"]) == [2, 2, 2]
     assert not len(A.r_norm_by_n(A.table2_ratios(df[df["n_train"] == 512], {"gradient_norm": 1e-3})))
+    # The figure marks the paper's r_norm beside a line only where the line's λ is the paper's.
+    assert paper_r_norm_points(rbn) == {(rbn["table"].iloc[0], "GN", 1e-3): (0.31, 0.13)}
+    assert paper_r_norm_points(rbn.assign(lam=1e-4)) == {}

@@ -207,7 +207,8 @@ def sections(c: ReportContent) -> list[Section]:
                 [("figure2.png", "Figure 2: each measure per regularization strength λ",
                   lambda p: figures.figure2(c.figure2, p))]),
         Section("r_norm against N", tabs(c.r_by_n, r_norm_by_n_tables), "r_norm_by_n.md", {"r_norm_by_n.csv": c.r_by_n},
-                [("r_norm_vs_n.png", "r_norm against the training size N at fixed λ",
+                [("r_norm_vs_n.png", "r_norm against the training size N at fixed λ "
+                                      "(open squares: the paper's at its N, where λ is the paper's)",
                   lambda p: figures.r_norm_figure(c.r_by_n, p))]),
         Section("Optimality in one dimension",
                 tabs(c.optimality, ratio_tables) + (edge_tables(c.optimality_edges) if len(c.optimality) else []),

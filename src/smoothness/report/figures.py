@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from smoothness import paper
 from smoothness.analysis import optimality
 from smoothness.analysis import tables as A
 from smoothness.data import lines as linetasks
@@ -97,21 +98,42 @@ def vs_n(size: pd.DataFrame, cols: dict, path: Path, title: str, logy=()) -> boo
     return _save(plt, fig, path)
 
 
+def paper_r_norm_points(rbn: pd.DataFrame) -> dict[tuple, tuple[float, float]]:
+    """The paper's Table 2 r_norm (mean, std over its 45 MNIST tasks, at N = paper.N_TABLE2) for each line of an
+    r_norm-against-N frame whose λ is the paper's for its regularizer, keyed by (table, measure, lam)."""
+    out = {}
+    for (table, reg, measure, lam), _ in rbn.groupby(["table", "regularizer", "measure", "lam"], sort=False):
+        want = paper.LAMBDAS.get(reg)
+        if want is not None and math.isclose(lam, want, rel_tol=1e-6):
+            out[(table, measure, lam)] = paper.TABLE2[reg][3:5]
+    return out
+
+
 def r_norm_figure(rbn: pd.DataFrame, path: Path) -> bool:
-    """r_norm against N at fixed λ, one line per measure (and setting); False when there is nothing to plot."""
+    """r_norm against N at fixed λ, one line per measure (and setting), and as open markers the paper's r_norm at
+    its N where the λ is the paper's; False when there is nothing to plot."""
     if not len(rbn):
         return False
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.0, 3.8))
     several = rbn["table"].nunique() > 1
+    papers = paper_r_norm_points(rbn)
     for (table, measure, lam), g in rbn.groupby(["table", "measure", "lam"], sort=False):
         g = g.sort_values("n_train")
         label = f"{measure} (λ {lam:g})" + (f", {table}" if several else "")
-        ax.errorbar(g["n_train"], g["r_norm_mean"], yerr=g["r_norm_std"].fillna(0), marker="o", ms=4, capsize=3,
-                    label=label)
+        line = ax.errorbar(g["n_train"], g["r_norm_mean"], yerr=g["r_norm_std"].fillna(0), marker="o", ms=4,
+                           capsize=3, label=label)
+        if (table, measure, lam) in papers:
+            mean, std = papers[(table, measure, lam)]
+            shift = 1.08 + 0.04 * list(papers).index((table, measure, lam))   # beside ours at the same N
+            ax.errorbar([paper.N_TABLE2 * shift], [mean], yerr=[std], marker="s", ms=6, mfc="none", capsize=3,
+                        ls="none", color=line[0].get_color(), alpha=0.8)
+    if papers:
+        ax.plot([], [], marker="s", mfc="none", ls="none", color="0.4",
+                label=f"paper (MNIST, N = {paper.N_TABLE2:,}, ± std over its tasks)")
     ax.axhline(1.0, color="k", lw=0.6)
     ax.set_xscale("log")
-    ns = sorted(rbn["n_train"].unique())
+    ns = sorted(set(rbn["n_train"].unique()) | ({paper.N_TABLE2} if papers else set()))
     ax.set_xticks(ns, [str(n) for n in ns], fontsize=8)
     ax.minorticks_off()
     ax.set_xlabel("training size N")
