@@ -104,7 +104,7 @@ def paper_r_norm_points(rbn: pd.DataFrame) -> dict[tuple, tuple[float, float]]:
     out = {}
     for (table, reg, measure, lam), _ in rbn.groupby(["table", "regularizer", "measure", "lam"], sort=False):
         want = paper.LAMBDAS.get(reg)
-        if want is not None and math.isclose(lam, want, rel_tol=1e-6):
+        if want is not None and math.isclose(lam, want, rel_tol=1e-9):   # as tables.table2_ratios matches λ
             out[(table, measure, lam)] = paper.TABLE2[reg][3:5]
     return out
 
@@ -118,6 +118,7 @@ def r_norm_figure(rbn: pd.DataFrame, path: Path) -> bool:
     fig, ax = plt.subplots(figsize=(6.0, 3.8))
     several = rbn["table"].nunique() > 1
     papers = paper_r_norm_points(rbn)
+    beside = {k: 1.08 + 0.04 * i for i, k in enumerate(papers)}   # the paper's markers just right of ours at its N
     for (table, measure, lam), g in rbn.groupby(["table", "measure", "lam"], sort=False):
         g = g.sort_values("n_train")
         label = f"{measure} (λ {lam:g})" + (f", {table}" if several else "")
@@ -125,9 +126,8 @@ def r_norm_figure(rbn: pd.DataFrame, path: Path) -> bool:
                            capsize=3, label=label)
         if (table, measure, lam) in papers:
             mean, std = papers[(table, measure, lam)]
-            shift = 1.08 + 0.04 * list(papers).index((table, measure, lam))   # beside ours at the same N
-            ax.errorbar([paper.N_TABLE2 * shift], [mean], yerr=[std], marker="s", ms=6, mfc="none", capsize=3,
-                        ls="none", color=line[0].get_color(), alpha=0.8)
+            ax.errorbar([paper.N_TABLE2 * beside[(table, measure, lam)]], [mean], yerr=[std], marker="s", ms=6,
+                        mfc="none", capsize=3, ls="none", color=line[0].get_color(), alpha=0.8)
     if papers:
         ax.plot([], [], marker="s", mfc="none", ls="none", color="0.4",
                 label=f"paper (MNIST, N = {paper.N_TABLE2:,}, ± std over its tasks)")
