@@ -347,9 +347,11 @@ def test_fields_added_after_the_first_release_are_one_table_that_keeps_old_keys(
     assert all(defaults[k] == v for k, v in ADDED_FIELDS.items())
     for k in ADDED_FIELDS:   # at its default the field is not in the key; set, it is
         other = {"sharpness_iters": 5, "trace_probes": 3, "optimizer": "adam", "matmul_precision": "tf32-emulated",
-                 "rho": 0.1, "penalty_points": 100, "train_seed": 7}[k]
+                 "rho": 0.1, "penalty_points": 100, "train_seed": 7, "model": "cnn", "loss": "cross_entropy",
+                 "classes": (0, 1, 2)}[k]
         changed = ({k: other, "optimizer": "sam"} if k == "rho" else
                    {k: other, "regularizer": "function_path_length", "lam": 1e-4} if k == "penalty_points" else
+                   {k: other, "classes": (0, 1, 2)} if k == "loss" else
                    {k: other})
         assert config_key(replace(c, **changed)) != config_key(replace(c, **{**changed, k: defaults[k]})), k
     assert grid.config_key is config_key

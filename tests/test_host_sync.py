@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from smoothness.training import state as trainstate
+from smoothness.training import step as trainstep
 from smoothness.training import trainer as training
 from tolerance import assert_same_trajectory
 
@@ -90,6 +91,7 @@ def _watch(monkeypatch, guard):
         monkeypatch.setattr(training.BatchedTrainer, name, watched)
     monkeypatch.setattr(training, "upload", _allowed(trainstate.upload))
     monkeypatch.setattr(trainstate, "upload", _allowed(trainstate.upload))
+    monkeypatch.setattr(trainstep, "upload", _allowed(trainstate.upload))
     return calls
 
 
@@ -121,7 +123,7 @@ def test_no_value_is_read_back_or_uploaded_from_pageable_memory_in_a_step_or_an_
     specs = _specs(optimizer, regularizer, 1e-3 if regularizer != "none" else 0.0)
     ref = training.BatchedTrainer(_pool(), widths=(12, 8, 1), batch_size=16, max_batch=4).train(specs)
     calls = _watch(monkeypatch, no_host_transfers)
-    monkeypatch.setattr(training.BatchedTrainer, "_AHEAD_ELEMS", 100)   # refill the look-ahead often
+    monkeypatch.setattr(trainstep, "AHEAD_ELEMS", 100)   # refill the look-ahead often
     got = training.BatchedTrainer(_pool(), widths=(12, 8, 1), batch_size=16, max_batch=4).train(specs)
     assert calls["_step"] > 50 and calls["_epoch_end"] > 20 and calls["_admit"] >= 2   # admitted as others finish
     assert "not_converged" in {r.status for r in got}

@@ -6,6 +6,7 @@ from conftest import spec
 from smoothness import training
 from smoothness.data import images as data
 from smoothness.errors import ConfigError
+from smoothness.training import step
 from tolerance import OUTCOME_REL, assert_same_outcome, assert_same_trajectory, kernel_noise
 
 
@@ -108,7 +109,7 @@ def test_splitting_a_step_into_blocks_of_models_gives_the_same_models(task, reg)
 def test_shuffles_computed_ahead_equal_those_computed_each_epoch(task, monkeypatch):
     specs = [spec(task, n, s, max_epochs=45) for n in (64, 130) for s in (0, 3)]
     ahead = training.train_models(task.pool_x, specs, max_batch=3)
-    monkeypatch.setattr(training.BatchedTrainer, "_AHEAD_ELEMS", 1)  # one epoch at a time
+    monkeypatch.setattr(step, "AHEAD_ELEMS", 1)  # one epoch at a time
     each = training.train_models(task.pool_x, specs, max_batch=3)
     for a, b in zip(ahead, each):
         assert a.epochs == b.epochs == 45

@@ -13,6 +13,7 @@ from smoothness.data.images import (
                                     check_source,
                                     default_data_dir,
                                     input_dim,
+    input_shape,
                                     is_source,
                                     load_source,
                                     task,
@@ -20,5 +21,5 @@ from smoothness.data.images import (
 from smoothness.data.lines import LineSpec, LineTask, line_task
 
 __all__ = ["ALL_PAIRS", "DEFAULT_MEASURE_POINTS", "SOURCES", "BinaryTask", "Source", "balanced_prefix",
-           "balanced_subset", "binary_task", "check_pair", "check_source", "default_data_dir", "input_dim", "is_source",
-           "load_source", "task", "LineSpec", "LineTask", "line_task"]
+           "balanced_subset", "binary_task", "check_pair", "check_source", "default_data_dir", "input_dim",
+           "input_shape", "is_source", "load_source", "task", "LineSpec", "LineTask", "line_task"]

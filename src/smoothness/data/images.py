@@ -234,6 +234,12 @@ def input_dim(source: str) -> int:
     return 1 if linetasks.is_line(source) else 784
 
 
+def input_shape(source: str) -> tuple[int, ...]:
+    """The shape of one input of a data source, as a model takes it: (1, 28, 28) images for the image sources
+    (held flattened to 784 values in the tasks), (1,) for the 1-D tasks."""
+    return (1,) if linetasks.is_line(source) else (1, 28, 28)
+
+
 def task(source: str, pair=None, data_dir=None):
     """The task a model of this source trains on: binary_task(source, *pair) or the 1-D task of the spec."""
     if linetasks.is_line(source):

@@ -13,11 +13,15 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import TypedDict
 
 from smoothness import paper
+from smoothness.data import classes as classtasks
 from smoothness.data import images as datasets
 from smoothness.data import lines as linetasks
 from smoothness.errors import ConfigError, DataError
+from smoothness.models import families, losses
 from smoothness.runtime import precision, rng
 from smoothness.training import optimizers, regularizers
+
+_DEFAULT_PAIR = (3, 8)
 
 # Upper limits of a configuration's sizes: a larger value is a typo or asks for work no machine finishes, and is
 # refused before any work (docs/cli.md). The paper's values are far below them.
@@ -40,18 +44,24 @@ class RunConfig:
 
     # -- data: the task and the training set ------------------------------------------------------------------
     data: str = _part("data", "mnist5k", "data source: mnist5k, mnist, fashion-mnist, or a 1-D task line-...")
-    pair: tuple[int, int] = _part("data", (3, 8), "digits a < b: a -> -1, b -> +1 (1-D tasks: (0, 1))")
+    pair: tuple[int, int] = _part("data", _DEFAULT_PAIR, "digits a < b: a -> -1, b -> +1 (1-D tasks: (0, 1))")
     n_train: int = _part("data", 128, "training points, balanced and nested in N for a seed")
     seed: int = _part("data", 0, "draws the training set; also the initial weights and shuffles unless train_seed")
+    classes: tuple[int, ...] = _part("data", (), "a classification task of these classes instead of the binary pair "
+                                     "(k outputs, labels 0..k-1; data/classes.py); (): the pair's +-1 task")
     # -- model ----------------------------------------------------------------------------------------------------
-    hidden: tuple[int, ...] = _part("model", (paper.HIDDEN,), "hidden-layer widths")
+    hidden: tuple[int, ...] = _part("model", (paper.HIDDEN,), "hidden-layer widths (the mlp family)")
     alpha: float = _part("model", paper.ALPHA, "initialization scale")
+    model: dict | None = _part("model", None, "the model family and its settings, e.g. {family: cnn, channels: [8, 16]}"
+                               " (models/families.py); None: the paper's MLP with `hidden`")
     # -- optimizer: how it is trained ---------------------------------------------------------------------------
     optimizer: str = _part("optimizer", "sgd", "sgd (paper), gd (batch_size becomes n_train), momentum, adam, sam")
     lr: float | None = _part("optimizer", None, "None: optimizers.default_lr (the paper's rates; Adam 1e-3)")
     batch_size: int = _part("optimizer", paper.BATCH)
     max_epochs: int = _part("optimizer", paper.MAX_EPOCHS, "epoch cap")
-    threshold: float = _part("optimizer", paper.THRESHOLD, "stop when the epoch's training MSE is below it")
+    threshold: float | None = _part("optimizer", None, "the loss threshold of the interpolation rule (models/losses"
+                                    ".py); None: 1e-5 for mse (the paper's), 1e-3 for cross_entropy")
+    loss: str = _part("optimizer", "mse", "the training loss: mse (eq. 2, the paper's) or cross_entropy")
     regularizer: str = _part("optimizer", "none", "trains on L + lam * S (eq. 15; regularizers.py)")
     lam: float = _part("optimizer", 0.0)
     penalty_points: int = _part("optimizer", paper.PENALTY_POINTS, "points per segment of a path-length penalty")
@@ -91,10 +101,22 @@ class RunConfig:
             raise ConfigError(str(e)) from None
         self.pair = linetasks.PAIR if linetasks.is_line(self.data) else tuple(int(v) for v in self.pair)
         datasets.check_pair(*self.pair)   # a 1-D task has no digit pair: it carries PAIR
+        if self.classes:
+            if linetasks.is_line(self.data):
+                raise ConfigError(f"classes: a 1-D task ({self.data}) is a regression on the line, not a "
+                                  "classification")
+            self.classes = classtasks.check_classes(self.classes)
+            self.pair = _DEFAULT_PAIR   # the classes define the task; the pair is not used
+        else:
+            self.classes = ()
         self.seed = rng.check_seed(self.seed, "seed")
 
     def _check_model(self) -> None:
         self.hidden = tuple(int(v) for v in self.hidden)
+        self.model = families.canonical(self.model)
+        if self.model is not None and self.hidden != (paper.HIDDEN,):
+            raise ConfigError(f"hidden {list(self.hidden)} is the mlp family's setting; the {self.model['family']} "
+                              "family takes its settings in `model`")
         self._require([("hidden", self.hidden, len(self.hidden) >= 1 and all(h >= 1 for h in self.hidden),
                         "widths >= 1"),
                        ("alpha", self.alpha, math.isfinite(self.alpha) and self.alpha > 0, _POSITIVE)])
@@ -103,11 +125,15 @@ class RunConfig:
         try:
             regularizers.check(self.regularizer)
             optimizers.check(self.optimizer)
+            losses.check(self.loss)
+            losses.check_outputs(self.loss, self.outputs)
             precision.check(self.matmul_precision)
             self.lr = optimizers.resolve_lr(self.lr, self.optimizer, self.regularizer)
             self.rho = optimizers.resolve_rho(self.rho, self.optimizer)
         except ValueError as e:
             raise ConfigError(str(e)) from None
+        if self.threshold is None:
+            self.threshold = losses.default_threshold(self.loss)
         if self.optimizer == "gd":
             self.batch_size = self.n_train   # full-batch gradient descent: one step per epoch
         if isinstance(self.penalty_points, bool) or not isinstance(self.penalty_points, int) \
@@ -119,6 +145,9 @@ class RunConfig:
                               f"not {self.regularizer}")
         if self.train_seed is not None:
             self.train_seed = rng.check_seed(self.train_seed, "train_seed")
+        if self.regularizer in ("weights_product", "path_norm") and self.model is not None:
+            raise ConfigError(f"the {self.regularizer} regularizer is of the mlp family; the "
+                              f"{self.model['family']} family's weight-norm penalty is norm_product")
         if self.regularizer == "weights_product" and len(self.hidden) != 1:
             raise ConfigError("the weights_product regularizer needs one hidden layer")
         if self.regularizer == "none" and self.lam != 0:
@@ -144,8 +173,37 @@ class RunConfig:
 
     @property
     def widths(self) -> tuple[int, ...]:
-        """(d, *hidden, 1): d = 784 for the image sources, 1 for the 1-D tasks."""
-        return (datasets.input_dim(self.data), *self.hidden, 1)
+        """(d, *hidden, K) of an MLP: d = 784 for the image sources, 1 for the 1-D tasks; K outputs."""
+        return (datasets.input_dim(self.data), *self.hidden, self.outputs)
+
+    @property
+    def outputs(self) -> int:
+        """K, the model's outputs: one for a binary task with +-1 targets, one per class for a classification."""
+        return len(self.classes) if self.classes else 1
+
+    @property
+    def task_id(self) -> tuple:
+        """What identifies the task (and its data): the source and the pair, or the source and the classes."""
+        return (self.data, self.classes) if self.classes else (self.data, self.pair)
+
+    def task(self, data_dir=None):
+        """The task this model trains on (a binary pair, a classification of classes, or a 1-D task)."""
+        if self.classes:
+            return classtasks.class_task(self.data, self.classes, data_dir=data_dir)
+        return datasets.task(self.data, self.pair, data_dir=data_dir)
+
+    @property
+    def family_name(self) -> str:
+        """The model family's name (mlp, cnn, factory)."""
+        return families.name_of(self.model)
+
+    def family(self):
+        """The model family (models.Family) that trains and measures this model."""
+        return families.build(self.model, self.hidden, datasets.input_shape(self.data), self.outputs)
+
+    def architecture(self) -> tuple:
+        """What models must share to train as one stack: the family and its settings, the inputs and outputs."""
+        return (json.dumps(self.model, sort_keys=True), self.hidden, datasets.input_dim(self.data), self.outputs)
 
     @property
     def init_seed(self) -> int:
@@ -154,8 +212,8 @@ class RunConfig:
 
     def batch_key(self) -> tuple:
         """Models with equal keys can share one batched program."""
-        return (self.data, self.widths, self.batch_size, self.regularizer, self.optimizer, self.matmul_precision,
-                self.penalty_points)
+        return (self.data, self.architecture(), self.batch_size, self.regularizer, self.optimizer,
+                self.matmul_precision, self.penalty_points, self.loss)
 
 
 # The fields of each part of a RunConfig, in order.
@@ -164,17 +222,17 @@ PARTS = {p: tuple(f.name for f in fields(RunConfig) if f.metadata["part"] == p)
 
 # Fields added after the first stored models, with the value that records without them had.
 ADDED_FIELDS = {"sharpness_iters": 0, "trace_probes": 0, "optimizer": "sgd", "matmul_precision": "fp32", "rho": 0.0,
-                "penalty_points": paper.PENALTY_POINTS, "train_seed": None}
+                "penalty_points": paper.PENALTY_POINTS, "train_seed": None, "model": None, "loss": "mse", "classes": ()}
 
 
 def config_key(c: RunConfig) -> str:
     """A stable identifier of one model's full configuration (the results store's primary key)."""
     d = asdict(c)
-    d["pair"], d["hidden"] = list(c.pair), list(c.hidden)
+    d["pair"], d["hidden"], d["classes"] = list(c.pair), list(c.hidden), list(c.classes)
     d["lr"], d["alpha"], d["threshold"], d["lam"], d["rho"] = (float(d[k]) for k in ("lr", "alpha", "threshold",
                                                                                      "lam", "rho"))
     for k, default in ADDED_FIELDS.items():
-        if d[k] == default:
+        if d[k] == default or (isinstance(default, tuple) and d[k] == list(default)):
             del d[k]
     blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:24]

@@ -1,5 +1,7 @@
-"""Measuring trained models: held-out and training-set measures, losses and parameter-space measures,
-batched over the models that share architecture, training size and measure settings."""
+"""Measuring trained models: held-out and training-set measures, losses and parameter-space measures. The paper's
+MLPs are measured batched over the models that share architecture, training size and measure settings (the
+registry's stack functions, closed forms); the models of any other family one by one as the nn.Modules they are,
+through the same functions that measure a user's model (measures/single.py, curvature.py)."""
 from __future__ import annotations
 
 import weakref
@@ -43,12 +45,15 @@ def measure_models(items, device=None, chunk: int = 128) -> list[dict[str, float
     """
     dev = torch.device(device or "cpu")
     items = [Trained(*it) for it in items]
+    out_modules = {i: _measure_module(it, dev) for i, it in enumerate(items) if not _closed_form(it)}
     groups: dict[tuple, list[int]] = {}
     for i, (params, _, idx, c) in enumerate(items):
+        if i in out_modules:
+            continue
         key = (params.widths, int(idx.numel()), c.measure_points, c.segments, c.points, c.measure_seed,
                c.sharpness_iters, c.trace_probes, c.batch_size)
         groups.setdefault(key, []).append(i)
-    out: list[dict | None] = [None] * len(items)
+    out: list[dict | None] = [out_modules.get(i) for i in range(len(items))]
     for members in groups.values():
         for a in range(0, len(members), chunk):
             ids = members[a:a + chunk]
@@ -149,3 +154,65 @@ def parameter_measures(p: MLPStack, xtr: torch.Tensor, ytr: torch.Tensor, cfgs: 
         for i, val in zip(ok, v.tolist()):
             out[i][k] = val
     return out
+
+
+def _closed_form(it: Trained) -> bool:
+    """Whether a trained model is measured by the batched closed forms: an MLP with one output under the MSE."""
+    return isinstance(it.params, MLPStack) and it.cfg.outputs == 1 and it.cfg.loss == "mse"
+
+
+def family_of_config(c: RunConfig):
+    """The model family of a configuration (models.build)."""
+    from smoothness.models import build
+    return build(c.model, c.hidden, datasets.input_shape(c.data), c.outputs)
+
+
+def _measure_module(it: Trained, dev) -> dict[str, float]:
+    """The record's measures of one trained model of any family, measured as an nn.Module (registry columns: the
+    input-space measures at the held-out and the training points, the Lipschitz bracket, the parameter measures, the
+    losses; sharpness and the Hessian trace when the configuration asks for them)."""
+    from smoothness.measures import curvature
+    from smoothness.models import losses
+    c, task = it.cfg, it.task
+    fam = family_of_config(c)
+    p = it.params.to(dev)
+    mod = fam.module(p, 0).to(dev)
+    xtr, ytr = _on(dev, task.pool_x)[_on(dev, it.train_idx)], _on(dev, task.pool_y)[_on(dev, it.train_idx)]
+    ylabels = ytr.long() if c.loss == "cross_entropy" else ytr   # curvature's losses take class indices
+    rec: dict[str, float] = {}
+    with torch.no_grad():
+        for name, x, y in (("loss_train", xtr, ytr), ("loss_test", _on(dev, task.heldout_x), _on(dev, task.heldout_y))):
+            rec[name] = float(torch.cat([losses.per_example(fam.values(p, x[i:i + 1024]), y[None, i:i + 1024], c.loss)
+                                         for i in range(0, x.shape[0], 1024)], 1).double().mean())
+    rec["fpl_lower_bound"] = measures.fpl_lower_bound(ytr) if c.outputs == 1 else float("nan")
+    finite = all(bool(torch.isfinite(t).all()) for t in p.tensors())
+    sampled = [registry.on_points(col, suffix) for suffix in ("", "_train") for k in registry.SAMPLED
+               for col in registry.columns(registry.get(k))]
+    if not finite:
+        return {**rec, **dict.fromkeys(sampled, float("nan"))}
+    output = None if c.outputs == 1 else "margin"
+    points = {"": task.measure_points(c.measure_points).to(dev), "_train": task.train_points(it.train_idx,
+                                                                                          c.measure_points).to(dev)}
+    for suffix, x in points.items():
+        for key, fn in (("gradient_norm", measures.gradient_norm), ("gradient_norm_squared",
+                                                                   measures.gradient_norm_squared)):
+            e = fn(mod, x, output)
+            rec[key + suffix], rec[registry.on_points(key + "_se", suffix)] = e.value, e.se
+        got = measures.path_lengths(mod, x, c.segments, c.points, c.measure_seed, output)
+        for short, key in measures.PATHS.items():
+            rec[key + suffix], rec[registry.on_points(key + "_se", suffix)] = got[short].value, got[short].se
+    lower, upper = measures.lipschitz_bounds(mod, points[""], output)
+    rec["lipschitz_lower"], rec["lipschitz_upper"] = lower.value, upper.value
+    with torch.no_grad():
+        rec["norm_product"] = float(fam.weight_norm(p)[0])
+        flat = torch.cat([t.flatten(1) for t in p.tensors()], 1)
+        rec["parameter_norm"] = float(flat.norm(dim=1)[0])
+        start = fam.init([c.init_seed], c.alpha, device=dev)
+        rec["distance_from_init"] = float((flat - torch.cat([t.flatten(1) for t in start.tensors()], 1)).norm(dim=1)[0])
+    if c.sharpness_iters:
+        rec["sharpness"] = curvature.sharpness(mod, xtr, ylabels, c.loss, steps=c.sharpness_iters,
+                                               seed=c.measure_seed).value
+    if c.trace_probes:
+        e = curvature.hessian_trace(mod, xtr, ylabels, c.loss, probes=c.trace_probes, seed=c.measure_seed)
+        rec["hessian_trace"], rec["hessian_trace_se"] = e.value, e.se
+    return rec

@@ -9,6 +9,12 @@ A grid file is a mapping; every axis takes one value or a list of values:
     n_train: [64, 128, 256, 512]
     seeds: [0, 1, 2]              # integers 0 <= seed < 2**32 (rng.check_seed), also measure.seed
     hidden: 256                   # one architecture: 256 or [256, 256]; an axis: [[256], [256, 256]]
+    model: mlp                    # the model family (models/families.py): mlp (the default, with `hidden`), cnn or
+                                  # {family: cnn, channels: [8, 16], kernel: 3, pool: max}, or any nn.Module:
+                                  # {factory: package.module:function, kwargs: {...}}; a list is an axis
+    loss: mse                     # mse (eq. 2, the paper's) | cross_entropy; an axis
+    classes: all                  # instead of pairs: one classification task of these classes (all: the ten;
+                                  # or e.g. [0, 1, 2]), k outputs, labels 0..k-1 (data/classes.py)
     alpha: 0.01
     lr: null                      # null: 0.01, or 0.1 with a path-length regularizer (paper)
     batch_size: 64
@@ -44,6 +50,7 @@ from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 
+from smoothness.data import classes as classtasks
 from smoothness.data import images as datasets
 from smoothness.data import lines as linetasks
 from smoothness.errors import ConfigError, DataError
@@ -62,7 +69,7 @@ MAX_GRID_BYTES = 1 << 20   # a grid file is a few hundred bytes of YAML
 MAX_YAML_NODES = 100_000   # YAML nodes of a grid file once its aliases are expanded
 _TOP = {"name", "description", "data", "pairs", "n_train", "seeds", "hidden", "alpha", "lr", "batch_size",
         "max_epochs", "threshold", "regularizers", "measure", "optimizer", "matmul_precision", "ladder", "rho",
-        "independent_seeds", "table2_lambdas"}
+        "independent_seeds", "table2_lambdas", "model", "loss", "classes"}
 _DEFAULT = {f.name: f.default for f in fields(RunConfig)}   # the paper's defaults, defined once in RunConfig
 # grid key under `measure` -> RunConfig field (the keys are the names of the command line's options and the records'
 # fields, except points_per_segment, which records keep as `points`)
@@ -102,6 +109,9 @@ class Grid:
     ladder: str = "staged"
     independent_seeds: bool = False
     table2_lambdas: dict = field(default_factory=dict)
+    model: list = field(default_factory=lambda: [None])     # canonical family specs (models.canonical)
+    loss: list[str] = field(default_factory=lambda: ["mse"])
+    classes: tuple[int, ...] = ()   # a classification task of these classes instead of the pairs
 
     def size_bound(self) -> int:
         """The number of combinations the grid's axes make (before duplicates are dropped), computed without
@@ -109,7 +119,8 @@ class Grid:
         total = 0
         for reg in self.regularizers:
             total += math.prod(len(v) for v in (
-                self.optimizer, self.rho, reg["lam"], [reg["lr"]] if reg["lr"] is not None else self.lr,
+                self.model, self.loss, self.optimizer, self.rho, reg["lam"],
+                [reg["lr"]] if reg["lr"] is not None else self.lr,
                 self.hidden, reg.get("alpha") or self.alpha, self.batch_size,
                 [reg["max_epochs"]] if reg.get("max_epochs") is not None else self.max_epochs, self.threshold,
                 reg.get("pairs") or self.pairs, reg.get("n_train") or self.n_train, reg.get("seeds") or self.seeds))
@@ -129,9 +140,9 @@ class Grid:
             seeds = reg.get("seeds") or self.seeds
             pairs = reg.get("pairs") or self.pairs
             alphas = reg.get("alpha") or self.alpha
-            for opt, rho, lam, lr, h, al, bs, me, th, pair, n, s in itertools.product(
-                    self.optimizer, self.rho, reg["lam"], lrs, self.hidden, alphas, self.batch_size, caps,
-                    self.threshold, pairs, sizes, seeds):
+            for model, loss, opt, rho, lam, lr, h, al, bs, me, th, pair, n, s in itertools.product(
+                    self.model, self.loss, self.optimizer, self.rho, reg["lam"], lrs, self.hidden, alphas,
+                    self.batch_size, caps, self.threshold, pairs, sizes, seeds):
                 name = reg["name"] if lam > 0 else "none"
                 # the paper's rate of this entry's regularizer, also for its lambda = 0 baseline
                 lr = optimizers.resolve_lr(lr, opt, reg["name"])
@@ -145,6 +156,7 @@ class Grid:
                                   batch_size=bs, max_epochs=me, threshold=th,
                                   **{f: self.measure[k] for k, f in _MEASURE_FIELDS.items()},
                                   regularizer=name, lam=float(lam) if lam > 0 else 0.0, optimizer=opt,
+                                  model=model, loss=loss, classes=self.classes,
                                   matmul_precision=self.matmul_precision, rho=rho if opt == "sam" else None, **extra)
                 except ConfigError as e:
                     raise ConfigError(f"grid {self.name!r}: {e}") from None
@@ -192,6 +204,14 @@ def parse(raw: dict, name: str | None = None) -> Grid:
     except DataError as e:
         raise ConfigError(f"key 'data': {e}") from None
     line = linetasks.is_line(data)
+    classes = ()
+    if raw.get("classes"):
+        if "pairs" in raw or any("pairs" in r for r in raw.get("regularizers") or [] if isinstance(r, dict)):
+            raise ConfigError("key 'classes': a classification task of classes has no pairs; give one or the other")
+        try:
+            classes = classtasks.check_classes(raw["classes"])
+        except DataError as e:
+            raise ConfigError(f"key {e}") from None
     if line and ("pairs" in raw or any("pairs" in r for r in raw.get("regularizers") or [] if isinstance(r, dict))):
         raise ConfigError(f"key 'pairs': a 1-D task ({data}) has no digit pairs; leave 'pairs' out")
     measure = _measure_defaults()
@@ -222,7 +242,7 @@ def parse(raw: dict, name: str | None = None) -> Grid:
              lr=gv.axis(raw, "lr", float, _DEFAULT["lr"], positive=True, allow_none=True),
              batch_size=gv.axis(raw, "batch_size", int, _DEFAULT["batch_size"], positive=True),
              max_epochs=gv.axis(raw, "max_epochs", int, _DEFAULT["max_epochs"], positive=True),
-             threshold=gv.axis(raw, "threshold", float, _DEFAULT["threshold"], positive=True),
+             threshold=gv.axis(raw, "threshold", float, _DEFAULT["threshold"], positive=True, allow_none=True),
              regularizers=gv.regularizer_entries(raw.get("regularizers")),
              optimizer=gv.optimizer_list(raw.get("optimizer", "sgd")),
              # SAM's radius matters only where the optimizer axis holds sam (a stored grid may carry a value)
@@ -232,7 +252,8 @@ def parse(raw: dict, name: str | None = None) -> Grid:
              ladder=gv.ladder_mode(raw.get("ladder", "staged")),
              independent_seeds=gv.flag(raw.get("independent_seeds", False), "independent_seeds"),
              table2_lambdas=gv.table2_lambdas(raw.get("table2_lambdas")),
-             description=str(raw.get("description") or ""))
+             description=str(raw.get("description") or ""),
+             model=gv.model_list(raw.get("model")), loss=gv.loss_list(raw.get("loss", "mse")), classes=classes)
     g.configs()  # the remaining checks (e.g. weights_product needs one hidden layer)
     return g
 

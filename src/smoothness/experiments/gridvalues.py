@@ -9,6 +9,7 @@ import re
 from smoothness.data import images as datasets
 from smoothness.errors import ConfigError
 from smoothness.experiments.staging import MODES as LADDER_MODES
+from smoothness.models import canonical, losses
 from smoothness.runtime import precision, rng
 from smoothness.training import optimizers, regularizers
 
@@ -235,3 +236,29 @@ def matmul_precision(v) -> str:
         return precision.check(v)
     except ValueError as e:
         raise ConfigError(f"key 'matmul_precision': {e}") from None
+
+
+def model_list(v) -> list:
+    """The model axis: one family spec or a list of them (models.canonical), each canonical (None: the MLP)."""
+    specs = v if isinstance(v, list) else [v]
+    if not specs:
+        raise ConfigError("key 'model': needs at least one value")
+    out = []
+    for spec in specs:
+        c = canonical(spec)
+        if c not in out:
+            out.append(c)
+    return out
+
+
+def loss_list(v) -> list[str]:
+    """The loss axis: mse or cross_entropy (models/losses.py), one or a list."""
+    out = []
+    for x in as_list(v):
+        try:
+            out.append(losses.check(x))
+        except ValueError as e:
+            raise ConfigError(f"key 'loss': {e}") from None
+    if not out:
+        raise ConfigError("key 'loss': needs at least one value")
+    return out

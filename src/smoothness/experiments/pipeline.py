@@ -57,11 +57,12 @@ def batch_limit(configs: list[RunConfig], device) -> int:
     (devices.memory_budget, training.model_bytes); the others wait for a place. A ConfigError if one alone does
     not fit."""
     c = configs[0]
-    need = training.model_bytes(c.widths, max(x.n_train for x in configs), c.batch_size, c.optimizer, c.regularizer,
-                                c.penalty_points)
+    need = training.family_bytes(c.family(), max(x.n_train for x in configs), c.batch_size, c.optimizer,
+                                 c.regularizer, c.penalty_points)
     budget = memory_budget(device)
     if need > budget:
-        raise ConfigError(f"one model ({'-'.join(map(str, c.widths))} net, N = {max(x.n_train for x in configs):,}, "
+        what = "-".join(map(str, c.widths)) + " net" if c.model is None else c.family().describe()
+        raise ConfigError(f"one model ({what}, N = {max(x.n_train for x in configs):,}, "
                           f"batch {c.batch_size:,}) needs about {need / 2**20:,.0f} MB, more than the "
                           f"{budget / 2**20:,.0f} MB this machine has for it")
     return max(1, min(len(configs), budget // need))
@@ -76,15 +77,15 @@ def train_spec(c: RunConfig, sub: torch.Tensor, targets: torch.Tensor, offset: i
                               max_epochs=c.max_epochs if max_epochs is None else max_epochs, threshold=c.threshold,
                               regularizer=c.regularizer, lam=c.lam, penalty_points=c.penalty_points,
                               optimizer="sgd" if c.optimizer == "gd" else c.optimizer,
-                              rho=c.rho if c.optimizer == "sam" else None, resume=resume)
+                              rho=c.rho if c.optimizer == "sam" else None, loss=c.loss, resume=resume)
 
 
 def load_tasks(configs: list[RunConfig], data_dir=None) -> dict[tuple, datasets.BinaryTask | linetasks.LineTask]:
     """The task of every (data, pair) among configs (an MNIST-binary pair or a 1-D task), loaded once each."""
     tasks: dict[tuple, datasets.BinaryTask] = {}
     for c in configs:
-        if (c.data, c.pair) not in tasks:
-            tasks[(c.data, c.pair)] = datasets.task(c.data, c.pair, data_dir=data_dir)
+        if c.task_id not in tasks:
+            tasks[c.task_id] = c.task(data_dir)
     return tasks
 
 
@@ -109,7 +110,7 @@ def iter_measure_trained(items, *, device=None, data_dir=None, measure_batch: in
     tasks = load_tasks([c for c, _, _ in items], data_dir)
     queue = []
     for j, (c, rec, params) in enumerate(items):
-        task = tasks[(c.data, c.pair)]
+        task = tasks[c.task_id]
         queue.append(_Trained(j, rec, Trained(params, task, task.subset(c.n_train, c.seed), c), 0.0))
         if len(queue) >= k:
             yield from _measure_trained(queue, dev)
@@ -138,23 +139,24 @@ def iter_train_and_measure(configs: list[RunConfig], *, device=None, data_dir=No
         groups.setdefault(c.batch_key(), []).append(i)
     tasks = load_tasks(configs, data_dir)
     queue: list[_Trained] = []
-    for key, members in groups.items():
+    for members in groups.values():
         # One input pool for the group: the pools of all pairs, concatenated.
         offsets, pools, start = {}, [], 0
         for c in (configs[i] for i in members):
-            if c.pair not in offsets:
-                offsets[c.pair] = start
-                pools.append(tasks[(c.data, c.pair)].pool_x)
+            if c.task_id not in offsets:
+                offsets[c.task_id] = start
+                pools.append(tasks[c.task_id].pool_x)
                 start += pools[-1].shape[0]
         specs, subsets = [], []
         for i in members:
             c = configs[i]
-            t = tasks[(c.data, c.pair)]
+            t = tasks[c.task_id]
             sub = t.subset(c.n_train, c.seed)
             subsets.append(sub)
-            specs.append(train_spec(c, sub, t.pool_y[sub], offsets[c.pair],
+            specs.append(train_spec(c, sub, t.pool_y[sub], offsets[c.task_id],
                                     resume=snapshots.load(c) if snapshots is not None else None))
-        trainer = training.BatchedTrainer(torch.cat(pools), key[1], key[2], dev, matmul_precision=key[5],
+        trainer = training.BatchedTrainer(torch.cat(pools), configs[members[0]].family(), c.batch_size, dev,
+                                          matmul_precision=c.matmul_precision,
                                           max_batch=batch_limit([configs[i] for i in members], dev),
                                           snapshot_every=snapshots.every if snapshots is not None else None)
         on_snapshot = None
@@ -171,7 +173,7 @@ def iter_train_and_measure(configs: list[RunConfig], *, device=None, data_dir=No
                 rec["resumed_at_epoch"] = specs[res.index].resume.epoch
             if on_trained is not None:
                 on_trained(i, rec, res.params)
-            queue.append(_Trained(i, rec, Trained(res.params, tasks[(c.data, c.pair)], subsets[res.index], c),
+            queue.append(_Trained(i, rec, Trained(res.params, tasks[c.task_id], subsets[res.index], c),
                                   time.perf_counter()))
             if len(queue) >= k or time.perf_counter() - queue[0].at >= max_wait:
                 yield from _measure_trained(queue, dev)

@@ -8,7 +8,6 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from smoothness.data import images as datasets
 from smoothness.errors import ConfigError, StoreError
 from smoothness.experiments import pipeline, snapshots, staging
 from smoothness.experiments.config import RunConfig
@@ -51,11 +50,15 @@ class RunSummary:
 
 
 def check_data(grid: Grid, data_dir=None) -> None:
-    """Fail before any training when a data file is missing or a training size exceeds a pair's pool."""
-    for pair in grid.all_pairs():
-        task = datasets.task(grid.data, pair, data_dir=data_dir)
-        for s in grid.all_seeds():
-            task.subset(max(grid.sizes()), s)
+    """Fail before any training when a data file is missing or a training size exceeds a task's pool."""
+    largest: dict[tuple, tuple] = {}
+    for c in grid.configs():
+        n, seeds, cfg = largest.get(c.task_id, (0, set(), c))
+        largest[c.task_id] = (max(n, c.n_train), seeds | {c.seed}, cfg)
+    for n, seeds, cfg in largest.values():
+        task = cfg.task(data_dir)
+        for s in sorted(seeds):
+            task.subset(n, s)
 
 
 def run_grid(grid: Grid, out, *, device=None, data_dir=None, progress: bool = True, save_weights: bool = True,

@@ -19,7 +19,7 @@ import torch
 
 from smoothness.experiments.config import RunConfig, config_key
 from smoothness.experiments.store import versions, warn
-from smoothness.models import MLPStack
+from smoothness.models import shapes_of, stack_from_state
 from smoothness.training import Snapshot
 
 FORMAT = "smoothness-snapshot-1"
@@ -86,10 +86,9 @@ class SnapshotDir:
             state = torch.load(path, map_location="cpu", weights_only=True)
             if state.get("format") != FORMAT or state.get("key") != key:
                 raise ValueError(f"not the snapshot of model {key}")
-            params = MLPStack.from_state_dict(state["params"])
-            if params.widths != tuple(cfg.widths) or params.n_models != 1:
-                raise ValueError(f"a {'-'.join(map(str, params.widths))} net, not "
-                                 f"{'-'.join(map(str, cfg.widths))}")
+            params = stack_from_state(state["params"])
+            if shapes_of(params) != cfg.family().shapes() or params.n_models != 1:
+                raise ValueError(f"a model of tensors {shapes_of(params)}, not {cfg.family().describe()}")
             snap = Snapshot(int(state["epoch"]), int(state["steps"]), params, list(state["opt_state"]),
                             float(state["seconds"]))
             if not 0 <= snap.epoch < cfg.max_epochs:

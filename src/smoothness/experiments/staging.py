@@ -12,6 +12,7 @@ not the work, may be what counts).
 """
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 
 MODES = ("staged", "all")
@@ -25,7 +26,13 @@ def group_of(c) -> tuple | None:
     d = asdict(c)
     for k in ("lam", "pair", "seed", "train_seed"):
         del d[k]
-    return tuple(sorted((k, tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in d.items()))
+    return tuple(sorted((k, _hashable(v)) for k, v in d.items()))
+
+
+def _hashable(v):
+    if isinstance(v, dict):
+        return json.dumps(v, sort_keys=True)
+    return tuple(v) if isinstance(v, (list, tuple)) else v
 
 
 def has_ladder(regularizers: list[dict]) -> bool:

@@ -14,7 +14,7 @@ from torch import nn
 from smoothness import paper
 from smoothness.measures import lipschitz
 from smoothness.measures.estimate import mean_and_se
-from smoothness.models import MLPStack, ReLUMLP, forward, input_gradient
+from smoothness.models import MLPStack, ReLUMLP, forward, input_gradient, path_norms, weights_products  # noqa: F401
 from smoothness.runtime import rng
 
 DEFAULT_SEGMENTS = paper.SEGMENTS
@@ -57,7 +57,7 @@ def relu_stack(f) -> MLPStack | None:
     if isinstance(f, MLPStack):
         return f
     if isinstance(f, ReLUMLP):
-        return f.stack()
+        return f.stack() if f.widths[-1] == 1 else None   # the closed forms are of one output
     if isinstance(f, nn.Sequential):
         return _stack_from_sequential(f)
     return None
@@ -268,23 +268,3 @@ def two_layer_segment_tvs(za: torch.Tensor, zb: torch.Tensor, w2: torch.Tensor, 
         norms = torch.where(pos, torch.where(pos, q, 1.0).sqrt(), 0.0)
         out["gpl"] = norms.reshape(m, s, points - 1).sum(-1)
     return out
-
-
-def weights_products(p: MLPStack) -> torch.Tensor:
-    """Eq. 13: WP = sum_i |w2_i| * ||w1_i|| for two-layer ReLU nets. [M]."""
-    if p.depth != 1:
-        raise ValueError(f"weights_product is defined for two-layer ReLU networks (one hidden layer); "
-                         f"this network has {p.depth} hidden layers")
-    return (p.weights[1][:, 0, :].abs() * p.weights[0].norm(dim=2)).sum(1)
-
-
-def path_norms(p: MLPStack) -> torch.Tensor:
-    """WP generalized to any depth as a path norm: the sum over all input-to-output paths through the
-    hidden units of the product of the absolute weights along the path, with the first layer's weights
-    of a unit taken together as their Euclidean norm:
-        PN = |w_out|^T |W_L| ... |W_2| (||W_1[i, :]||)_i.
-    For one hidden layer this is eq. 13 exactly; for any depth it bounds sup_x ||grad_x f(x)||. [M]."""
-    v = p.weights[0].norm(dim=2)                                 # [M, h_1]
-    for w in p.weights[1:]:
-        v = torch.bmm(w.abs(), v[..., None])[..., 0]             # [M, h_{l+1}]
-    return v[:, 0]

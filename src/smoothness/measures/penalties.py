@@ -3,14 +3,16 @@ closed forms of their gradients for two-layer nets. The registry's rows point he
 .penalty_grad); training.regularizers trains on them.
 
 Each variant is S on the current batch xb [M, B, d] (valid [M, B]: the points that belong to the batch, valid points
-first), differentiable in the weights, as in the original code:
+first) of a stack p of models of a family `fam` (models/family.py: its values and input gradients, differentiable in
+the weights), as in the original code:
   gradient_norm           mean over the batch points of ||grad_x f||           (eq. 4 on the batch)
   gradient_norm_squared   mean over the batch points of ||grad_x f||^2
   function_path_length    sum over segments pairing the i-th point of the batch's first half with
                           the i-th of its second half, of the sampled TV of f on `points` points (eq. 10)
   gradient_path_length    the same with the TV of grad_x f (eq. 11)
-  weights_product         exact WP of the network (eq. 13)
-  path_norm               exact path norm, WP generalized to any depth
+  weights_product         exact WP of the network (eq. 13; two-layer MLPs)
+  path_norm               exact path norm, WP generalized to any depth (MLPs)
+  norm_product            the product of the weight tensors' Frobenius norms (any family; models/family.py)
   minibatch_grad_norm     ||grad_theta L_b||^2, the squared norm of the parameter gradient of the batch MSE;
                           over the batches of an epoch its mean is the implicit regularizer of Smith et al. (2021)
 The path lengths are summed (not averaged) over the segments, as the original code did; the paper's coefficients
@@ -34,11 +36,11 @@ from smoothness.measures.inputspace import (
     path_norms,
     segment_points,
     tv_of_gradients,
-    tv_of_values,
+    tv_of_outputs,
     two_layer_segment_tvs,
     weights_products,
 )
-from smoothness.models import MLPStack, forward, input_gradient, mse
+from smoothness.models import MLPStack, losses
 
 
 def half_pairs(xb: torch.Tensor, valid: torch.Tensor):
@@ -56,54 +58,60 @@ def half_pairs(xb: torch.Tensor, valid: torch.Tensor):
     return a, b, pair_ok
 
 
-def _gradient_norms(p: MLPStack, xb, valid, power: int) -> torch.Tensor:
-    g = input_gradient(p, xb).norm(dim=-1).pow(power)           # [M, B]
+def _gradient_norms(fam, p, xb, valid, power: int) -> torch.Tensor:
+    g = fam.input_grads(p, xb, create_graph=True).norm(dim=-1).pow(power)   # [M, B]
     return (g * valid).sum(1) / valid.sum(1)
 
 
-def batch_gradient_norm(p: MLPStack, xb, yb, valid, points) -> torch.Tensor:
+def batch_gradient_norm(fam, p, xb, yb, valid, points, loss="mse") -> torch.Tensor:
     """GN on the batch (eq. 4 over its points). [M]."""
-    return _gradient_norms(p, xb, valid, 1)
+    return _gradient_norms(fam, p, xb, valid, 1)
 
 
-def batch_gradient_norm_squared(p: MLPStack, xb, yb, valid, points) -> torch.Tensor:
+def batch_gradient_norm_squared(fam, p, xb, yb, valid, points, loss="mse") -> torch.Tensor:
     """GN² on the batch. [M]."""
-    return _gradient_norms(p, xb, valid, 2)
+    return _gradient_norms(fam, p, xb, valid, 2)
 
 
-def _path_length(p: MLPStack, xb, valid, points: int, of_gradient: bool) -> torch.Tensor:
+def _path_length(fam, p, xb, valid, points: int, of_gradient: bool) -> torch.Tensor:
     a, b, ok = half_pairs(xb, valid)
     pts = segment_points(a, b, points)                          # [M, B/2, P, d]
     m, s, k, d = pts.shape
     flat = pts.reshape(m, s * k, d)
     if of_gradient:
-        tv = tv_of_gradients(input_gradient(p, flat).reshape(m, s, k, d))
+        tv = tv_of_gradients(fam.input_grads(p, flat, create_graph=True).reshape(m, s, k, -1))
     else:
-        tv = tv_of_values(forward(p, flat).reshape(m, s, k))
+        v = fam.values(p, flat)
+        tv = tv_of_outputs(v.reshape(m, s, k, *v.shape[2:]), v.dim() == 3)
     return (tv * ok).sum(1)
 
 
-def batch_function_path_length(p: MLPStack, xb, yb, valid, points) -> torch.Tensor:
+def batch_function_path_length(fam, p, xb, yb, valid, points, loss="mse") -> torch.Tensor:
     """FPL on the batch's segments, summed over them (eq. 10). [M]."""
-    return _path_length(p, xb, valid, points, of_gradient=False)
+    return _path_length(fam, p, xb, valid, points, of_gradient=False)
 
 
-def batch_gradient_path_length(p: MLPStack, xb, yb, valid, points) -> torch.Tensor:
+def batch_gradient_path_length(fam, p, xb, yb, valid, points, loss="mse") -> torch.Tensor:
     """GPL on the batch's segments, summed over them (eq. 11). [M]."""
-    return _path_length(p, xb, valid, points, of_gradient=True)
+    return _path_length(fam, p, xb, valid, points, of_gradient=True)
 
 
-def batch_weights_product(p: MLPStack, xb, yb, valid, points) -> torch.Tensor:
+def batch_weights_product(fam, p: MLPStack, xb, yb, valid, points, loss="mse") -> torch.Tensor:
     """WP, exact (eq. 13). [M]."""
     return weights_products(p)
 
 
-def batch_path_norm(p: MLPStack, xb, yb, valid, points) -> torch.Tensor:
+def batch_path_norm(fam, p: MLPStack, xb, yb, valid, points, loss="mse") -> torch.Tensor:
     """The path norm, exact. [M]."""
     return path_norms(p)
 
 
-def parameter_gradient_sq_norms(p: MLPStack, losses) -> torch.Tensor:
+def batch_norm_product(fam, p, xb, yb, valid, points, loss="mse") -> torch.Tensor:
+    """The product of the weight tensors' Frobenius norms, exact (Family.weight_norm). [M]."""
+    return fam.weight_norm(p)
+
+
+def parameter_gradient_sq_norms(p, losses) -> torch.Tensor:
     """||grad_theta L_m||^2 per model, for losses(q) -> [M] the per-model losses of a stack q. [M].
 
     Differentiable in p (double backward) when p's tensors require grad; otherwise just its value.
@@ -114,9 +122,9 @@ def parameter_gradient_sq_norms(p: MLPStack, losses) -> torch.Tensor:
     return sum(g.square().flatten(1).sum(1) for g in grads)
 
 
-def batch_minibatch_grad_norm(p: MLPStack, xb, yb, valid, points) -> torch.Tensor:
-    """||grad_theta L_b||^2 of the batch MSE (Smith et al., 2021), differentiable by double backward. [M]."""
-    return parameter_gradient_sq_norms(p, lambda q: mse(q, xb, yb, valid)[0])
+def batch_minibatch_grad_norm(fam, p, xb, yb, valid, points, loss="mse") -> torch.Tensor:
+    """||grad_theta L_b||^2 of the batch loss (Smith et al., 2021), differentiable by double backward. [M]."""
+    return parameter_gradient_sq_norms(p, lambda q: losses.mean_loss(fam.values(q, xb), yb, loss, valid)[0])
 
 
 # -- closed forms of the penalty's gradient for two-layer nets ------------------------------------------------------

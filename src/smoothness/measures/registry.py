@@ -18,7 +18,7 @@ import torch
 
 from smoothness.measures import inputspace as ins
 from smoothness.measures import lipschitz, paramspace, penalties
-from smoothness.models import MLPStack
+from smoothness.models import MLPStack, family_of
 from smoothness.runtime import precision
 
 INPUT, PARAMETER = "input", "parameter"
@@ -36,6 +36,7 @@ class Context:
                  batch_size: int = 64, init_seeds=None, alphas=None, sharpness_iters: int = 0, trace_probes: int = 0,
                  which=()):
         self.p, self.x, self.y = p, x, y
+        self.fam = family_of(p) if isinstance(p, MLPStack) else None
         self.segments, self.points, self.seed, self.batch_size = segments, points, seed, batch_size
         self.init_seeds, self.alphas = init_seeds, alphas
         self.sharpness_iters, self.trace_probes = sharpness_iters, trace_probes
@@ -136,6 +137,9 @@ REGISTRY: tuple[Measure, ...] = (
     Measure("path_norm", "PN", "eq. 13 generalized to any depth (inputspace.path_norms)", PARAMETER, ANY_DEPTH,
             "path_norm", "PN", lambda c: ins.path_norms(c.p), penalties.batch_path_norm, table1=True,
             stands_in_for="weights_product", equals="WP for one hidden layer", views=(SWEEP,)),
+    Measure("norm_product", "NP", "the product of the weight tensors' Frobenius norms (models.Family.weight_norm), "
+            "which bounds WP for one hidden layer", PARAMETER, ANY_DEPTH, "norm_product", "∏‖W‖_F",
+            lambda c: c.fam.weight_norm(c.p), penalties.batch_norm_product, log_scale=True),
     Measure("lipschitz_lower", "LipLB", "max ||grad f|| over the held-out points, raised by projected gradient "
             "ascent in their box (lipschitz.lower_bounds)", INPUT, ANY_DEPTH, None, "Lipschitz lower bound",
             lambda c: ins.lipschitz_lower_bounds(c.ev, c.x), stack=True, views=(FLATNESS,)),

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 
 from smoothness import paper
-from smoothness.models import DEFAULT_ALPHA, MLPStack
+from smoothness.models import DEFAULT_ALPHA, MLPStack, losses
 from smoothness.runtime import rng
 from smoothness.training import optimizers, regularizers
 
@@ -47,6 +47,7 @@ class TrainSpec:
     penalty_points: int = regularizers.SEGMENT_POINTS   # points per segment of a path-length penalty
     optimizer: str = "sgd"      # sgd, momentum, adam or sam (optimizers.py); full-batch GD: batch_size >= N
     rho: float | None = None    # SAM's radius (None: optimizers.SAM_RHO); only with optimizer 'sam'
+    loss: str = "mse"           # mse (eq. 2; the paper's) or cross_entropy (models/losses.py)
     resume: Snapshot | None = field(default=None, repr=False)   # go on from this snapshot instead of the start
 
     def __post_init__(self):
@@ -56,6 +57,7 @@ class TrainSpec:
         if optimizers.check(self.optimizer) == "gd":
             raise ValueError("optimizer 'gd' is sgd with the trainer's batch_size set to the training size")
         self.rho = optimizers.resolve_rho(self.rho, self.optimizer)
+        losses.check(self.loss)
         self.lr = optimizers.resolve_lr(self.lr, self.optimizer, self.regularizer)
         self.indices = torch.as_tensor(self.indices, dtype=torch.long).reshape(-1)
         self.targets = torch.as_tensor(self.targets, dtype=torch.float32).reshape(-1)
@@ -92,3 +94,18 @@ def model_bytes(widths, n_max: int, batch_size: int = DEFAULT_BATCH, optimizer: 
     if regularizer in regularizers.PATH_LENGTH:   # the points of batch_size / 2 segments
         activations += batch_size // 2 * penalty_points * sum(widths) * 4 * 6
     return 4 * params * (3 + state) + 40 * n_max + activations
+
+
+def family_bytes(family, n_max: int, batch_size: int = DEFAULT_BATCH, optimizer: str = "sgd",
+                 regularizer: str = "none", penalty_points: int = regularizers.SEGMENT_POINTS) -> int:
+    """model_bytes for a model of any family (models.Family): an MLP's by its widths, another's from its parameter
+    count and the values one example's forward pass holds (Family.activation_elements)."""
+    widths = getattr(family, "widths", None)
+    if widths is not None:
+        return model_bytes(widths, n_max, batch_size, optimizer, regularizer, penalty_points)
+    state = {"sgd": 0, "gd": 0, "momentum": 1, "adam": 2, "sam": 2}.get(optimizer, 2)
+    per_example = (family.input_dim + family.outputs + family.activation_elements()) * 4 * 6
+    activations = batch_size * per_example
+    if regularizer in regularizers.PATH_LENGTH:
+        activations += batch_size // 2 * penalty_points * per_example
+    return 4 * family.n_params() * (3 + state) + 40 * n_max + activations

@@ -6,18 +6,34 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, fields
+from enum import IntEnum
 
 import numpy as np
 import torch
 
-from smoothness.models import MLPStack
+from smoothness.models import MLPStack, ParamStack, shapes_of
 from smoothness.training.spec import Snapshot
 
 _BUFFERS = {"buffers": True}   # field metadata: a list of tensors, each with one row per model
 
-# A model's status on the device: RUNNING until its epoch end applies the stopping rule (training.py)
-STATUSES = ("running", "converged", "not_converged", "diverged")
-RUNNING, CONVERGED, NOT_CONVERGED, DIVERGED = range(4)
+
+
+class Status(IntEnum):
+    """A model's status, held on the device as an int64: RUNNING until an epoch end applies the stopping rule
+    (step.epoch_end); its label is the status recorded in the store."""
+    RUNNING = 0
+    CONVERGED = 1
+    NOT_CONVERGED = 2
+    DIVERGED = 3
+
+    @property
+    def label(self) -> str:
+        """'running', 'converged', 'not_converged' or 'diverged'."""
+        return self.name.lower()
+
+
+STATUSES = tuple(s.label for s in Status)
+RUNNING, CONVERGED, NOT_CONVERGED, DIVERGED = Status
 
 
 def upload(values, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -35,7 +51,7 @@ def _rows_of(value, k: torch.Tensor, keep: np.ndarray, buffers: bool):
         return [o[k] for o in value]
     if isinstance(value, np.ndarray):
         return value[keep]
-    if isinstance(value, MLPStack):
+    if isinstance(value, (MLPStack, ParamStack)):
         return value.select(k)
     if isinstance(value, list):
         return [value[i] for i in keep]
@@ -48,8 +64,8 @@ def _joined(a, b, nmax: int, buffers: bool):
         return [torch.cat([x, y]) for x, y in zip(a, b)]
     if isinstance(a, np.ndarray):
         return np.concatenate([a, b])
-    if isinstance(a, MLPStack):
-        return MLPStack.cat([a, b])
+    if isinstance(a, (MLPStack, ParamStack)):
+        return type(a).cat([a, b])
     if isinstance(a, list):
         return a + b
 
@@ -107,7 +123,8 @@ class TrainingData(_Rows):
     n: torch.Tensor                 # [A] training set sizes
     n_host: np.ndarray              # [A] n, on the host
     # Shuffles of upcoming epochs, computed several epochs at a time (one hash call instead of one per epoch):
-    # ahead[r, k] is the permutation of epoch ahead_base[r] + k. None: not built yet (dropped by join).
+    # ahead[r, k] is the permutation of epoch ahead_base[r] + k (NO_EPOCH: none yet). None: not built yet (dropped
+    # by join).
     ahead: torch.Tensor | None = None   # [A, K, Nmax]
     ahead_base: np.ndarray | None = None
     ahead_base_d: torch.Tensor | None = None   # ahead_base on the device
@@ -120,7 +137,8 @@ class Counters(_Rows):
     pos_d: torch.Tensor             # [A] position in the current epoch
     epoch_d: torch.Tensor           # [A] epochs finished (also counted on for frozen models)
     steps_d: torch.Tensor           # [A] steps taken
-    loss_sum: torch.Tensor          # [A] sum of the squared errors of the current epoch so far
+    loss_sum: torch.Tensor          # [A] sum of the per-example losses of the current epoch so far
+    wrong: torch.Tensor             # [A] misclassified points of the current epoch so far (cross-entropy's rule)
     pos: np.ndarray                 # [A] mirror of pos_d
     epoch: np.ndarray               # [A] mirror of epoch_d
     steps: np.ndarray               # [A] mirror of steps_d
@@ -158,7 +176,8 @@ class ActiveModels(_Rows):
         return len(self.ids)
 
     def rates(self, a: int = 0, b: int | None = None) -> torch.Tensor:
-        """The learning rates the step applies to models a..b-1: 0 for a frozen (finished) model. [b - a]."""
+        """The learning rates the step applies to models a..b-1: 0 for a frozen (finished) model, whose update is
+        thereby nothing (the batch keeps its shape until the host compacts it). [b - a]."""
         return torch.where(self.outcome.frozen[a:b], 0.0, self.hyper.lr[a:b])
 
     def snapshot(self) -> torch.Tensor:
@@ -180,13 +199,17 @@ class ActiveModels(_Rows):
         self.join_rows(new, nmax)
 
 
+NO_EPOCH = -(1 << 40)   # TrainingData.ahead_base of a row whose look-ahead shuffles are not computed yet
+
+
 @dataclass(frozen=True)
 class StepSettings:
     """What every step of one batched program shares: one regularizer (with its points per segment, for the
-    path-length penalties) and one optimizer per program."""
+    path-length penalties), one optimizer and one loss per program."""
     regularizer: str = "none"
     optimizer: str = "sgd"
     penalty_points: int = 10
+    loss: str = "mse"
 
 
 class StatusPoll:
@@ -250,12 +273,19 @@ def resume_rows(new: list, params: MLPStack, opt_state: list[torch.Tensor]) -> N
         snap = s.resume
         if snap is None:
             continue
-        if snap.params.widths != params.widths or snap.params.n_models != 1 or len(snap.opt_state) != len(opt_state):
-            raise ValueError(f"a snapshot of a {'-'.join(map(str, snap.params.widths))} net with "
-                             f"{len(snap.opt_state)} optimizer buffers cannot resume a "
-                             f"{'-'.join(map(str, params.widths))} net with {len(opt_state)}")
+        if shapes_of(snap.params) != shapes_of(params) or snap.params.n_models != 1 \
+                or len(snap.opt_state) != len(opt_state):
+            raise ValueError(f"a snapshot of a {_what(snap.params)} with {len(snap.opt_state)} optimizer buffers "
+                             f"cannot resume a {_what(params)} with {len(opt_state)}")
         for dst, src in zip([*params.tensors(), *opt_state], [*snap.params.tensors(), *snap.opt_state]):
             dst[r] = src[0].to(dst.device, dst.dtype)
+
+
+def _what(p) -> str:
+    """A stack's architecture in a few words: an MLP's widths, another family's tensor shapes."""
+    if isinstance(p, MLPStack):
+        return "-".join(map(str, p.widths)) + " net"
+    return f"model of tensors {shapes_of(p)}"
 
 
 def take_snapshots(act: ActiveModels, rows: np.ndarray, every: float) -> list[tuple[int, Snapshot]]:

@@ -1,14 +1,17 @@
-"""Minibatch SGD on MSE for M independent ReLU MLPs as one batched tensor program (paper sec. 4.1).
+"""Minibatch SGD for M independent models of one family as one batched tensor program (paper sec. 4.1): the loop
+around step.py's step and epoch end (admitting models, reading their statuses, handing out the finished).
 
 Every model has its own training set (rows of a shared input pool plus its own targets), seed,
-learning rate, initialization scale, loss threshold and epoch cap; all share the architecture and
-batch size. At each step every active model takes one SGD step on its next minibatch (batched
-matmuls over the stacked weights). Each model reshuffles its own data every epoch and ends its
-epoch after ceil(N / batch) steps; the last, partial batch is kept (as Keras does).
+learning rate, initialization scale, loss threshold and epoch cap; all share the family (architecture), loss and
+batch size. At each step every active model takes one step on its next minibatch (step.py; for the paper's MLPs
+batched matmuls over the stacked weights, for other families autograd through their batched forward, engines.py).
+Each model reshuffles its own data every epoch and ends its epoch after ceil(N / batch) steps; the last, partial
+batch is kept (as Keras does).
 
 Stopping rule, as in the original code (a Keras callback on the epoch's `mse` log): at the end of
-every epoch the mean of the per-example squared errors seen during that epoch is compared with
-the threshold. A model then ends as
+every epoch the mean of the per-example losses seen during that epoch is compared with
+the threshold (cross-entropy also asks that no point of the epoch was misclassified, models/losses.py). A model then
+ends as
   converged      epoch loss < threshold;
   diverged       epoch loss (or a weight) is NaN/inf;
   not_converged  the epoch cap was reached first.
@@ -30,29 +33,18 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from smoothness.models import (
-    DEFAULT_WIDTHS,
-    MLPStack,
-    forward,
-    init_mlp,
-    mse_scale,
-    parameter_grads,
-    residuals,
-    sgd_update_,
-)
+from smoothness.models import DEFAULT_WIDTHS, Family, MLPStack, family_of, forward, losses, residuals
 from smoothness.runtime import interrupt, precision, rng
-from smoothness.training import optimizers, regularizers
+from smoothness.training import engines, optimizers, regularizers
+from smoothness.training import step as step_mod
 from smoothness.training.spec import DEFAULT_BATCH, TrainResult, TrainSpec
-from smoothness.training.state import CONVERGED as CONVERGED_CODE
-from smoothness.training.state import DIVERGED as DIVERGED_CODE
-from smoothness.training.state import NOT_CONVERGED as NOT_CONVERGED_CODE
 from smoothness.training.state import (
-    RUNNING,
     STATUSES,
     ActiveModels,
     Counters,
     Hyper,
     Outcome,
+    Status,
     StatusPoll,
     StepSettings,
     TrainingData,
@@ -62,6 +54,8 @@ from smoothness.training.state import (
 )
 
 CONVERGED, NOT_CONVERGED, DIVERGED = STATUSES[1:]   # "converged", "not_converged", "diverged"
+
+
 @dataclass
 class _Run:
     """One call of iter_train: its specs and step settings, the models waiting for a place, the active batch, the
@@ -75,21 +69,35 @@ class _Run:
     done: int = 0
 
 
-class BatchedTrainer:
-    """Trains many models to interpolation; see the module docstring for the rules."""
+def as_family(family_or_widths) -> Family:
+    """A Family, or the MLP family of layer widths (d, *hidden, K)."""
+    if isinstance(family_or_widths, Family):
+        return family_or_widths
+    w = tuple(family_or_widths)
+    return family_of(MLPStack([torch.empty(1, b, a) for a, b in zip(w[:-1], w[1:])], []))
 
-    def __init__(self, pool_x: torch.Tensor, widths=DEFAULT_WIDTHS, batch_size: int = DEFAULT_BATCH,
+
+class BatchedTrainer:
+    """Trains many models to interpolation; see the module docstring for the rules. `family`: a models.Family, or
+    the layer widths of an MLP (the paper's 784-256-1 by default)."""
+
+    def __init__(self, pool_x: torch.Tensor, family=DEFAULT_WIDTHS, batch_size: int = DEFAULT_BATCH,
                  device=None, max_batch: int | None = None, block_models: int | None = None,
-                 matmul_precision: str = "fp32", poll_every: int = 16, snapshot_every: float | None = None):
+                 matmul_precision: str = "fp32", poll_every: int = 16, snapshot_every: float | None = None, *,
+                 widths=None):
         self.device = torch.device(device or "cpu")
         self.precision = precision.check(matmul_precision)  # of the steps' matmuls (precision.py)
+        self.family = as_family(widths if widths is not None else family)
         self.x = torch.as_tensor(pool_x, dtype=torch.float32).to(self.device)
-        if self.x.dim() != 2 or self.x.shape[1] != widths[0]:
-            raise ValueError(f"pool must be [P, {widths[0]}], got {tuple(self.x.shape)}")
-        self.widths = tuple(widths)
+        d = self.family.input_dim
+        if self.x.dim() >= 2 and self.x.dim() != 2 and self.x[0].numel() == d:
+            self.x = self.x.reshape(self.x.shape[0], d)   # images [P, C, H, W] are held flat
+        if self.x.dim() != 2 or self.x.shape[1] != d:
+            raise ValueError(f"pool must be [P, {d}], got {tuple(self.x.shape)}")
+        self.widths = getattr(self.family, "widths", None)
         self.batch_size = int(batch_size)
         self.max_batch = max_batch
-        self.block_models = block_models  # models per block of a step (default: see _block_size)
+        self.block_models = block_models  # models per block of a step (default: step.block_size)
         self._arange = torch.arange(self.batch_size, device=self.device)
         self.poll_every = poll_every   # steps between status reads on CUDA (state.StatusPoll)
         self.poll_lag = None           # tests: a CPU polls like CUDA, each reading `poll_lag` polls late
@@ -112,7 +120,7 @@ class BatchedTrainer:
             return upload(out, dtype, dev)
 
         seeds = upload([s.seed for s in new], torch.int64, dev)
-        params = init_mlp(seeds, self.widths, upload([s.alpha for s in new], torch.float64, dev), device=dev)
+        params = self.family.init(seeds, upload([s.alpha for s in new], torch.float64, dev), device=dev)
         opt_state = optimizers.init_state(params.tensors(), optimizer)
         resume_rows(new, params, opt_state)
         n_host = np.array([s.indices.numel() for s in new], np.int64)
@@ -142,8 +150,9 @@ class BatchedTrainer:
                               n_host=n_host),
             counters=Counters(pos_d=fill(0, torch.int64), epoch_d=epoch_d,
                               steps_d=per_model(steps, torch.int64), loss_sum=fill(0.0, torch.float32),
+                              wrong=fill(0, torch.int64),
                               pos=np.zeros(len(new), np.int64), epoch=epochs, steps=steps),
-            outcome=Outcome(status=fill(RUNNING, torch.int64), frozen=fill(False, torch.bool),
+            outcome=Outcome(status=fill(Status.RUNNING, torch.int64), frozen=fill(False, torch.bool),
                             final_loss=fill(float("nan"), torch.float32), final_epoch=fill(0, torch.int64),
                             final_steps=fill(0, torch.int64), last_loss=fill(float("nan"), torch.float32),
                             start=start, saved=np.full(len(new), time.perf_counter()),
@@ -153,145 +162,13 @@ class BatchedTrainer:
         act.join(added)
         return act
 
-    # -- one SGD step for every active model ---------------------------------------------------
+    # -- a step and the end of an epoch (step.py) ---------------------------------------------------------------
     def _step(self, act: ActiveModels, st: StepSettings) -> None:
-        B = self.batch_size
-        nmax = act.data.perm.shape[1]
-        # full: no model is at its last, partial batch; the regularized step always masks.
-        full = st.regularizer == "none" and bool(np.all(act.counters.pos + B <= act.data.n_host))
-        cols = act.counters.pos_d[:, None] + self._arange   # no host-to-device copy: the step never waits for the host
-        valid = None
-        if full:
-            j = act.data.perm.gather(1, cols)
-        else:
-            valid = cols < act.data.n[:, None]
-            j = act.data.perm.gather(1, cols.clamp(max=nmax - 1))
-        rows = act.data.idx.gather(1, j)
-        yb = act.data.y.gather(1, j)
-        blk = self._block_size(len(act))
-        for a in range(0, len(act), blk):
-            b = min(a + blk, len(act))
-            self._step_block(act, st, a, b, rows[a:b], yb[a:b], None if valid is None else valid[a:b])
-        act.counters.pos_d += B
-        act.counters.steps_d += 1
-        act.counters.pos += B
-        act.counters.steps += 1
+        step_mod.step(act, st, self._engine, self.x, self._arange,
+                      step_mod.block_size(len(act), self.device, self.batch_size, self.x.shape[1], self.block_models))
 
-    def _block_size(self, n_active: int) -> int:
-        """Models per block of the step: all of them on a GPU; on the CPU about 4 MB of minibatch
-        inputs per block, so that the step's temporaries stay in cache and are not re-allocated
-        from the OS at every step (which made large M slower than the one-model loop)."""
-        if self.block_models:
-            return self.block_models
-        if self.device.type != "cpu":
-            return max(1, n_active)
-        return max(1, (1 << 20) // (self.batch_size * self.widths[0]))
-
-    def _step_block(self, act: ActiveModels, st: StepSettings, a: int, b: int, rows, yb, valid) -> None:
-        """One optimizer step for the active models a..b-1 (weights and state updated in place through views)."""
-        p = act.params.rows(a, b)
-        xb = self.x.index_select(0, rows.reshape(-1)).view(*rows.shape, -1)  # [b - a, B, d]
-        lr = act.rates(a, b)   # 0 for a frozen (finished) model
-        grads = None
-        if st.optimizer == "sgd" and (st.regularizer == "none" or self._fused_penalty(p, st)):
-            # fused: the update is folded into the gradient GEMMs
-            out, acts, pres = forward(p, xb, cache=True)
-            err = residuals(out, yb, valid)
-            scale = mse_scale(valid, self.batch_size, lr, err.dtype)   # dL/dout of eq. 2 on the batch, times lr
-            pen = None
-            if st.regularizer != "none":   # eq. 15: lam * S's gradient, from the weights before the update
-                pen = regularizers.penalty_grads(p, st.regularizer, act.hyper.lam[a:b], pres[0], valid,
-                                                 st.penalty_points)
-            rate = lr[:, None, None]
-            sgd_update_(p, acts, pres, err * scale[:, None],
-                        dpre=[pen.dz * rate] if pen is not None and pen.dz is not None else None)
-            if pen is not None:
-                if pen.dW1 is not None:
-                    p.weights[0].sub_(pen.dW1 * rate)
-                p.weights[1].sub_(pen.dw2 * rate)
-        else:
-            grads, err = self._grads(p, st, act.hyper.lam[a:b], xb, yb, valid)
-            if st.optimizer == "sam":   # the gradient again, at theta + e on the same minibatch
-                moved = [u + e for u, e in zip(p.tensors(), optimizers.sam_perturbation(grads, act.hyper.rho[a:b]))]
-                n_w = len(p.weights)
-                grads, _ = self._grads(MLPStack(moved[:n_w], moved[n_w:]), st, act.hyper.lam[a:b], xb, yb, valid)
-        if grads is not None:
-            t = act.counters.steps_d[a:b] + 1
-            optimizers.step_(p.tensors(), grads, [o[a:b] for o in act.opt_state], st.optimizer, lr, t)
-        act.counters.loss_sum[a:b] += err.square().sum(1)  # errors from before the update, as Keras logs them
-
-    @staticmethod
-    def _fused_penalty(p: MLPStack, st: StepSettings) -> bool:
-        """Whether the regularizer's gradient has the two-layer closed form that SGD can fold into its fused
-        update (regularizers.penalty_grads)."""
-        return p.depth == 1 and st.regularizer in regularizers.TWO_LAYER
-
-    def _grads(self, p: MLPStack, st: StepSettings, lam, xb, yb, valid):
-        """Every model's gradient of its minibatch objective (eq. 2, or eq. 15 with a regularizer), in p.tensors()
-        order, and the batch errors [M, B]."""
-        if st.regularizer != "none":
-            return regularizers.regularized_grads(p, st.regularizer, lam, xb, yb, valid, st.penalty_points)
-        out, acts, pres = forward(p, xb, cache=True)
-        err = residuals(out, yb, valid)
-        scale = mse_scale(valid, self.batch_size, dtype=err.dtype)
-        return parameter_grads(p, acts, pres, err * (scale if valid is None else scale[:, None])), err
-
-    # -- epoch ends: the stopping rule and the reshuffle, on the device ---------------------------
     def _epoch_end(self, act: ActiveModels, rows: np.ndarray) -> None:
-        """End the epoch of the models `rows` (known on the host from the mirrored counters), with no value read
-        back: the stopping rule runs on the device, and a model that finishes is frozen in place (learning rate
-        0) with its outcome in act.outcome.status / final_* until the host reads it (StatusPoll)."""
-        e = act.counters.pos_d >= act.data.n   # the same rows, as a device mask
-        loss = act.counters.loss_sum / act.data.n   # eq. 2 over the epoch: the mean squared error of the epoch's steps
-        act.counters.epoch_d += e
-        act.counters.pos_d.masked_fill_(e, 0)
-        act.counters.loss_sum.masked_fill_(e, 0.0)
-        act.outcome.last_loss.copy_(torch.where(e, loss, act.outcome.last_loss))
-        capped = torch.where(act.counters.epoch_d >= act.hyper.max_epochs, NOT_CONVERGED_CODE, RUNNING)
-        code = torch.where(~torch.isfinite(loss), DIVERGED_CODE,   # non-finite weights give a non-finite loss
-                           torch.where(loss.double() < act.hyper.threshold, CONVERGED_CODE, capped))
-        new = e & (act.outcome.status == RUNNING) & (code != RUNNING)
-        act.outcome.status.copy_(torch.where(new, code, act.outcome.status))
-        act.outcome.final_loss.copy_(torch.where(new, loss, act.outcome.final_loss))
-        act.outcome.final_epoch.copy_(torch.where(new, act.counters.epoch_d, act.outcome.final_epoch))
-        act.outcome.final_steps.copy_(torch.where(new, act.counters.steps_d, act.outcome.final_steps))
-        act.outcome.frozen |= new   # frozen: every later update is multiplied by a rate of 0
-        act.counters.epoch[rows] += 1
-        act.counters.pos[rows] = 0
-        self._reshuffle(act, rows[~act.outcome.reported[rows]], e)
-
-    _AHEAD_ELEMS = 1 << 21  # int64 entries of look-ahead shuffles kept on a CPU (16 MB); 64x that on CUDA
-
-    def _reshuffle(self, act: ActiveModels, rows: np.ndarray, e: torch.Tensor) -> None:
-        """Set perm of the rows in mask e to the shuffle of their current epoch, taken from the look-ahead, which
-        is refilled (for `rows` due for it, on the host's counters) k epochs at a time."""
-        nmax = act.data.perm.shape[1]
-        if act.data.ahead is None:
-            budget = self._AHEAD_ELEMS * (64 if self.device.type == "cuda" else 1)
-            k = max(1, min(32, budget // (len(act) * nmax)))
-            act.data.ahead = torch.empty(len(act), k, nmax, dtype=torch.long, device=self.device)
-            act.data.ahead_base = np.full(len(act), -(1 << 40), np.int64)
-            act.data.ahead_base_d = torch.full((len(act),), -(1 << 40), dtype=torch.long, device=self.device)
-        k = act.data.ahead.shape[1]
-        off = act.counters.epoch[rows] - act.data.ahead_base[rows]
-        r = rows[(off < 0) | (off >= k)]
-        if len(r):
-            # only as wide as the widest refilled model: a row's keys past its n sort in index order, so the
-            # columns from w on hold w.. in any case
-            w = int(act.data.n_host[r].max())
-            rt = upload(r, torch.long, self.device)
-            base = upload(act.counters.epoch[r], torch.long, self.device)
-            eps = base[:, None] + torch.arange(k, device=self.device)
-            act.data.ahead[rt, :, :w] = rng.permutation_keys(act.data.n[rt][:, None].expand(-1, k), w,
-                                                        act.hyper.seed[rt][:, None, None], rng.STREAM_SHUFFLE,
-                                                        eps[..., None])
-            if w < nmax:
-                act.data.ahead[rt, :, w:] = torch.arange(w, nmax, device=self.device)
-            act.data.ahead_base[r] = act.counters.epoch[r]
-            act.data.ahead_base_d[rt] = base
-        off_d = (act.counters.epoch_d - act.data.ahead_base_d).clamp_(0, k - 1)
-        this_epoch = act.data.ahead[torch.arange(len(act), device=self.device), off_d]
-        act.data.perm.copy_(torch.where(e[:, None], this_epoch, act.data.perm))
+        step_mod.epoch_end(act, rows, self._settings, self.device)
 
     # -- the loop ------------------------------------------------------------------------------
     def train(self, specs: list[TrainSpec], on_finish=None, progress=None) -> list[TrainResult]:
@@ -353,8 +230,15 @@ class BatchedTrainer:
         points = {s.penalty_points for s in specs}
         if len(points) > 1:
             raise ValueError(f"one batched program has one number of penalty points per segment, got {sorted(points)}")
+        kinds_of_loss = {s.loss for s in specs}
+        if len(kinds_of_loss) > 1:
+            raise ValueError(f"one batched program trains on one loss, got {sorted(kinds_of_loss)}")
         st = StepSettings(kinds.pop() if kinds else "none", opts.pop() if opts else "sgd",
-                          points.pop() if points else regularizers.SEGMENT_POINTS)
+                          points.pop() if points else regularizers.SEGMENT_POINTS,
+                          kinds_of_loss.pop() if kinds_of_loss else "mse")
+        losses.check_outputs(st.loss, self.family.outputs)
+        self._settings = st
+        self._engine = engines.engine_for(st, self.family, self.batch_size)
         self.admit_seconds = 0.0  # time spent initializing and admitting models (reported by bench)
         return _Run(specs, st, list(range(len(specs))), self.max_batch or len(specs),
                     StatusPoll(self.device, self.poll_every, self.poll_lag))
@@ -399,18 +283,18 @@ class BatchedTrainer:
     @staticmethod
     def _progress(act: ActiveModels, snap: np.ndarray, live: np.ndarray, done: int, total: int) -> dict:
         """The progress callback's info (see train), from a status snapshot taken before compaction."""
-        losses = snap[4][live]
-        losses = losses[np.isfinite(losses)]
+        last = snap[4][live]
+        last = last[np.isfinite(last)]
         return dict(done=done, total=total, active=int(live.sum()),
                     epoch=int(act.counters.epoch[live].max()) if live.any() else 0,
-                    loss=float(losses.min()) if len(losses) else float("nan"))
+                    loss=float(last.min()) if len(last) else float("nan"))
 
     def _finished(self, act: ActiveModels, snap: np.ndarray) -> list[TrainResult]:
         """The models whose finish the snapshot shows for the first time, as TrainResults (marked reported)."""
-        rows = np.flatnonzero((snap[0] != RUNNING) & ~act.outcome.reported)
+        rows = np.flatnonzero((snap[0] != Status.RUNNING) & ~act.outcome.reported)
         act.outcome.reported[rows] = True
         now = time.perf_counter()
-        return [TrainResult(act.ids[r], STATUSES[int(snap[0, r])], int(snap[2, r]), int(snap[3, r]),
+        return [TrainResult(act.ids[r], Status(int(snap[0, r])).label, int(snap[2, r]), int(snap[3, r]),
                             float(snap[1, r]), act.params.rows(r, r + 1).clone(),
                             now - float(act.outcome.start[r])) for r in rows]
 

@@ -1,4 +1,5 @@
-"""Fully connected ReLU networks with scalar output, stored as stacks of M independent models.
+"""Fully connected ReLU networks (the paper's; scalar output, or K outputs for a classification task), stored as stacks
+of M independent models, and their family (MLPFamily, models/family.py).
 
 A stack holds, for every layer l, weights of shape [M, n_out, n_in] and biases [M, n_out]; a
 single model is the case M = 1. Forward and backward passes are batched matmuls over the stack,
@@ -7,12 +8,13 @@ mapping [n, d] -> [n], which is what the public measure functions take.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from smoothness import paper
+from smoothness.models.family import Family
 from smoothness.runtime import rng
 
 DEFAULT_WIDTHS = (784, paper.HIDDEN, 1)
@@ -44,6 +46,11 @@ class MLPStack:
     def tensors(self) -> list[torch.Tensor]:
         """The weights, then the biases."""
         return [*self.weights, *self.biases]
+
+    def with_tensors(self, tensors) -> "MLPStack":
+        """A stack of the same kind holding these tensors (in tensors() order: the weights, then the biases)."""
+        n = len(self.weights)
+        return MLPStack(list(tensors[:n]), list(tensors[n:]))
 
     def select(self, idx) -> "MLPStack":
         """The sub-stack of the models at positions idx (a LongTensor or a list)."""
@@ -143,7 +150,7 @@ def forward(p: MLPStack, x: torch.Tensor, cache: bool = False):
             acts.append(h)
         else:
             h = z
-    out = h[..., 0]
+    out = h[..., 0] if h.shape[-1] == 1 else h
     return (out, acts, pres) if cache else out
 
 
@@ -217,6 +224,27 @@ def input_gradient(p: MLPStack, x: torch.Tensor) -> torch.Tensor:
     return g
 
 
+# -- the weight measures of eq. 13 (measures.inputspace re-exports them) -------------------------------------------
+def weights_products(p: MLPStack) -> torch.Tensor:
+    """Eq. 13: WP = sum_i |w2_i| * ||w1_i|| for two-layer ReLU nets. [M]."""
+    if p.depth != 1:
+        raise ValueError(f"weights_product is defined for two-layer ReLU networks (one hidden layer); "
+                         f"this network has {p.depth} hidden layers")
+    return (p.weights[1][:, 0, :].abs() * p.weights[0].norm(dim=2)).sum(1)
+
+
+def path_norms(p: MLPStack) -> torch.Tensor:
+    """WP generalized to any depth as a path norm: the sum over all input-to-output paths through the
+    hidden units of the product of the absolute weights along the path, with the first layer's weights
+    of a unit taken together as their Euclidean norm:
+        PN = |w_out|^T |W_L| ... |W_2| (||W_1[i, :]||)_i.
+    For one hidden layer this is eq. 13 exactly; for any depth it bounds sup_x ||grad_x f(x)||. [M]."""
+    v = p.weights[0].norm(dim=2)                                 # [M, h_1]
+    for w in p.weights[1:]:
+        v = torch.bmm(w.abs(), v[..., None])[..., 0]             # [M, h_{l+1}]
+    return v[:, 0]
+
+
 class ReLUMLP(nn.Module):
     """One ReLU MLP f: R^d -> R as a torch module; maps [n, d] -> [n] (and [d] -> scalar)."""
 
@@ -255,7 +283,7 @@ class ReLUMLP(nn.Module):
             h = torch.nn.functional.linear(h, w, b)
             if l < last:
                 h = torch.relu(h)
-        out = h[..., 0]
+        out = h[..., 0] if h.shape[-1] == 1 else h
         return out[0] if single else out
 
 
@@ -279,3 +307,68 @@ def two_layer_relu(W1, b1, w2, b2) -> ReLUMLP:
         raise ValueError(f"expected W1 [h, d], b1 [h], w2 [h], b2 scalar; got {tuple(W1.shape)}, "
                          f"{tuple(b1.shape)}, {tuple(w2.shape)}, {tuple(b2.shape)}")
     return ReLUMLP([W1, w2[None, :]], [b1, b2.reshape(1)])
+
+
+@dataclass(frozen=True)
+class MLPSettings:
+    """The MLP family's architecture: the widths of its hidden layers (the paper's net has one of 256 units)."""
+    hidden: tuple[int, ...] = field(default=(paper.HIDDEN,), metadata={"doc": "hidden-layer widths"})
+
+
+class MLPFamily(Family):
+    """Fully connected ReLU nets, the paper's (sec. 4.1), held as MLPStack: the family with closed forms (the
+    input gradient, the fused SGD update and, for one hidden layer, the penalties' gradients). Initialization: the
+    paper's alpha-scaled Glorot-uniform weights and zero biases (init_mlp)."""
+
+    name = "mlp"
+
+    def __init__(self, settings: MLPSettings, input_shape, outputs: int = 1):
+        super().__init__(settings, input_shape, outputs)
+        self.widths = (self.input_dim, *settings.hidden, self.outputs)
+
+    @property
+    def closed_form(self) -> bool:   # the closed forms are of one output
+        return self.outputs == 1
+
+    def init(self, seeds, alpha, device=None) -> MLPStack:
+        return init_mlp(seeds, self.widths, alpha, device=device)
+
+    def forward(self, p: MLPStack, x: torch.Tensor) -> torch.Tensor:
+        out = forward(p, x)
+        return out[..., None] if out.dim() == 2 else out
+
+    def values(self, p: MLPStack, x: torch.Tensor) -> torch.Tensor:
+        return forward(p, x)
+
+    def input_grads(self, p: MLPStack, x: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
+        if self.outputs != 1:
+            return super().input_grads(p, x, create_graph)
+        return input_gradient(p, self.points(p, x))
+
+    def module(self, p: MLPStack, m: int = 0) -> nn.Module:
+        """A ReLUMLP for one output (the closed forms recognize it), an nn.Sequential of Linear and ReLU layers for K
+        outputs (which torch.fx traces, for the Lipschitz upper bound)."""
+        if self.outputs == 1:
+            return ReLUMLP.from_stack(p, m)
+        layers: list[nn.Module] = []
+        for w, b in zip(p.weights, p.biases):
+            lin = nn.Linear(w.shape[2], w.shape[1])
+            with torch.no_grad():
+                lin.weight.copy_(w[m])
+                lin.bias.copy_(b[m])
+            layers += [lin, nn.ReLU()]
+        return nn.Sequential(*layers[:-1]).eval()
+
+    def stack_of(self, modules) -> MLPStack:
+        def one(m):
+            if isinstance(m, ReLUMLP):
+                return m.stack()
+            lins = [x for x in m if isinstance(x, nn.Linear)]
+            return MLPStack([x.weight.detach()[None] for x in lins], [x.bias.detach()[None] for x in lins])
+        return MLPStack.cat([one(m) for m in modules])
+
+
+def family_of(p: MLPStack) -> MLPFamily:
+    """The MLP family of a stack (its widths)."""
+    w = p.widths
+    return MLPFamily(MLPSettings(tuple(w[1:-1])), (w[0],), w[-1])

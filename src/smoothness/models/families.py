@@ -1,0 +1,113 @@
+"""The model families, declared once: FAMILIES maps a name to its class and settings (models/family.py). A model's
+configuration names its family by a spec, which canonical() turns into the plain form that its key and record hold
+(None: the paper's MLP, whose one setting, the hidden widths, is the configuration's `hidden`), and build() into the
+Family object that trains and measures it."""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, fields
+
+from smoothness.errors import ConfigError
+from smoothness.models.cnn import CNNFamily, CNNSettings
+from smoothness.models.family import FactoryFamily, FactorySettings, Family
+from smoothness.models.mlp import MLPFamily, MLPSettings, MLPStack
+from smoothness.models.stack import ParamStack
+
+FAMILIES = {"mlp": (MLPFamily, MLPSettings), "cnn": (CNNFamily, CNNSettings),
+            "factory": (FactoryFamily, FactorySettings)}
+DEFAULT = "mlp"
+
+
+def _frozen(v):
+    """JSON-like data as hashable values: lists as tuples, mappings as sorted tuples of pairs."""
+    if isinstance(v, dict):
+        return tuple((str(k), _frozen(x)) for k, x in sorted(v.items()))
+    if isinstance(v, (list, tuple)):
+        return tuple(_frozen(x) for x in v)
+    return v
+
+
+def _settings(name: str, given: dict):
+    cls = FAMILIES[name][1]
+    known = {f.name for f in fields(cls)}
+    unknown = set(given) - known
+    if unknown:
+        raise ConfigError(f"model: unknown setting(s) {', '.join(sorted(unknown))} of the {name} family; it takes "
+                          f"{', '.join(sorted(known))}")
+    try:
+        json.dumps(given)
+    except (TypeError, ValueError):
+        raise ConfigError(f"model: the settings of the {name} family must be plain values (numbers, strings, lists, "
+                          "mappings)") from None
+    try:
+        return cls(**{k: _frozen(v) for k, v in given.items()})
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"model: {name} family: {e}") from None
+
+
+def canonical(spec) -> dict | None:
+    """The canonical form of a family spec: None for the MLP (the default), otherwise {'family': name, **settings}
+    with every setting filled in. A spec is a family name ('cnn'), a mapping {'family': 'cnn', 'channels': [8, 16]},
+    or {'factory': 'package.module:function', 'kwargs': {...}}; a ConfigError names what is wrong."""
+    if spec is None or spec == DEFAULT:
+        return None
+    if isinstance(spec, str):
+        spec = {"family": spec}
+    if not isinstance(spec, dict):
+        raise ConfigError(f"model: expected a family name ({', '.join(FAMILIES)}) or a mapping, got {spec!r}")
+    spec = dict(spec)
+    name = spec.pop("family", "factory" if "factory" in spec else None)
+    if name not in FAMILIES:
+        raise ConfigError(f"model: unknown family {name!r}; choose one of {', '.join(FAMILIES)} (a factory is "
+                          "written {factory: package.module:function, kwargs: {...}})")
+    if name == DEFAULT:
+        if spec:
+            raise ConfigError("model: the mlp family's one setting is `hidden`, given beside `model`, not in it")
+        return None
+    if name == "factory":
+        if not isinstance(spec.get("factory"), str) or not spec["factory"]:
+            raise ConfigError("model: a factory family needs factory: package.module:function")
+        kwargs = spec.get("kwargs") or {}
+        if not isinstance(kwargs, dict):
+            raise ConfigError(f"model: kwargs of a factory must be a mapping, got {kwargs!r}")
+    s = _settings(name, spec)
+    return {"family": name, **_plain(asdict(s))}
+
+
+def _plain(v):
+    if isinstance(v, tuple) and v and all(isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], str) for x in v):
+        return {k: _plain(x) for k, x in v}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in sorted(v.items())}
+    return v
+
+
+def build(spec: dict | None, hidden, input_shape, outputs: int = 1) -> Family:
+    """The Family of a canonical spec (None: the MLP with these hidden widths) for inputs of input_shape and K
+    outputs."""
+    if spec is None:
+        return MLPFamily(MLPSettings(tuple(hidden)), (math.prod(input_shape),), outputs)
+    spec = dict(spec)
+    name = spec.pop("family")
+    try:
+        return FAMILIES[name][0](_settings(name, spec), tuple(input_shape), outputs)
+    except ValueError as e:
+        raise ConfigError(f"model: {name} family: {e}") from None
+
+
+def name_of(spec: dict | None) -> str:
+    """The family's name of a canonical spec."""
+    return DEFAULT if spec is None else spec["family"]
+
+
+def stack_from_state(state: dict):
+    """The stack saved by a stack's state_dict(): an MLPStack (weights, biases) or a ParamStack (names, values)."""
+    return ParamStack.from_state_dict(state) if "names" in state else MLPStack.from_state_dict(state)
+
+
+def shapes_of(p) -> list[tuple[int, ...]]:
+    """The shapes of one model's tensors in a stack (what a stack of one family and architecture has)."""
+    return [tuple(t.shape[1:]) for t in p.tensors()]

@@ -1,0 +1,219 @@
+"""Model families (models/family.py, cnn.py, families.py): stacks against their modules, initialization independent of
+M, input gradients against autograd of the module, the factory family's checks, and training any family as one
+batched program (the autograd engine against the MLP's closed forms, a model alone against the same in a batch)."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from smoothness import models, training
+from smoothness.errors import ConfigError
+from smoothness.models import losses
+from smoothness.training import engines
+from smoothness.training.state import StepSettings
+
+CNN = models.canonical({"family": "cnn", "channels": [3, 4], "kernel": 3})
+
+
+def tiny_cnn(**kw):
+    return models.build(models.canonical({"family": "cnn", "channels": [3, 4], **kw}), None, (1, 28, 28), 1)
+
+
+def test_the_canonical_spec_fills_every_setting_and_the_mlp_is_none():
+    assert models.canonical("cnn") == {"family": "cnn", "channels": [8, 16], "kernel": 3, "pool": "max"}
+    assert models.canonical(None) is None and models.canonical("mlp") is None
+    with pytest.raises(ConfigError, match="unknown family 'resnet'"):
+        models.canonical("resnet")
+    with pytest.raises(ConfigError, match="unknown setting"):
+        models.canonical({"family": "cnn", "width": 3})
+    with pytest.raises(ConfigError, match="odd"):
+        models.build(models.canonical({"family": "cnn", "kernel": 4}), None, (1, 28, 28), 1)
+
+
+def test_a_cnn_stack_evaluates_as_its_modules_and_its_input_gradients_are_the_modules():
+    fam = tiny_cnn()
+    p = fam.init([0, 1, 2], 0.5)
+    x = torch.rand(3, 5, 784)
+    out = fam.values(p, x)
+    g = fam.input_grads(p, x)
+    for m in range(3):
+        mod = fam.module(p, m)
+        assert torch.allclose(mod(x[m]), out[m], atol=1e-6)
+        xm = x[m].clone().requires_grad_(True)
+        (ref,) = torch.autograd.grad(mod(xm).sum(), xm)
+        assert torch.allclose(g[m], ref, atol=1e-6)
+    assert fam.n_params() == sum(t[0].numel() for t in p.tensors())
+    back = fam.stack_of([fam.module(p, m) for m in range(3)])
+    assert all(torch.equal(a, b) for a, b in zip(back.tensors(), p.tensors()))
+
+
+def test_cnn_initialization_is_the_alpha_scaled_glorot_bound_and_independent_of_m():
+    fam = tiny_cnn()
+    alone = fam.init([7], 0.01)
+    many = fam.init([3, 7, 9], [1.0, 0.01, 0.5])
+    assert all(torch.equal(a[0], b[1]) for a, b in zip(alone.tensors(), many.tensors()))
+    conv = alone.tensors()[0][0]                        # [3, 1, 3, 3]: fan_in 9, fan_out 27
+    bound = math.sqrt(6 * 0.01 / (9 + 27))
+    assert conv.abs().max() <= bound and conv.abs().max() > 0.8 * bound
+    assert all(float(t.abs().max()) == 0.0 for t in alone.tensors() if t.dim() == 2)   # biases 0
+
+
+def test_the_weight_norm_is_the_product_of_the_weight_tensors_norms_and_bounds_wp():
+    fam = models.build(None, (16,), (10,), 1)
+    p = fam.init([0, 1], 1.0)
+    expect = p.weights[0].flatten(1).norm(dim=1) * p.weights[1].flatten(1).norm(dim=1)
+    assert torch.allclose(fam.weight_norm(p), expect)
+    assert bool((models.weights_products(p) <= fam.weight_norm(p) + 1e-6).all())
+
+
+def bn_net():
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 4), nn.BatchNorm1d(4), nn.Linear(4, 1))
+
+
+def wrong_outputs():
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 3))
+
+
+def needs_width(width):
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, width), nn.ReLU(), nn.Linear(width, 1))
+
+
+def not_a_module():
+    return 3
+
+
+def raises():
+    raise RuntimeError("no GPU here")
+
+
+@pytest.mark.parametrize("factory, kwargs, message", [
+    ("test_families:bn_net", {}, "BatchNorm1d"),
+    ("test_families:wrong_outputs", {}, r"outputs of shape \[2, 3\]; the task needs \[n, 1\]"),
+    ("test_families:needs_width", {}, "cannot be called with no arguments"),
+    ("test_families:needs_width", {"depth": 2}, "cannot be called with"),
+    ("test_families:not_a_module", {}, "returned a int, not an nn.Module"),
+    ("test_families:raises", {}, "raised RuntimeError: no GPU here"),
+    ("test_families:missing", {}, "has no callable missing"),
+    ("no_such_module_here:f", {}, "cannot import no_such_module_here"),
+])
+def test_a_factory_that_cannot_give_a_stackable_model_is_one_line_before_any_training(factory, kwargs, message):
+    spec = models.canonical({"factory": factory, "kwargs": kwargs})
+    with pytest.raises(ConfigError, match=message):
+        models.build(spec, None, (1, 28, 28), 1)
+
+
+def test_a_factory_family_initializes_from_the_seed_scaled_by_alpha_and_trains():
+    fam = models.build(models.canonical({"factory": "test_families:needs_width", "kwargs": {"width": 5}}), None,
+                       (1, 28, 28), 1)
+    a, b = fam.init([4], 1.0), fam.init([2, 4], 0.25)
+    assert all(torch.allclose(u[0] * 0.5, v[1]) for u, v in zip(a.tensors(), b.tensors()))
+    torch.manual_seed(4)
+    ref = needs_width(5)
+    assert torch.equal(a.tensors()[0][0], ref[1].weight.detach())
+
+
+def _specs(n=24, models_=(0, 1, 2), lr=0.05, epochs=6, **kw):
+    g = torch.Generator().manual_seed(0)
+    pool = torch.rand(64, 784, generator=g)
+    y = torch.where(torch.arange(64) % 2 == 0, -1.0, 1.0)
+    specs = [training.TrainSpec(torch.arange(s, s + n), y[s:s + n], seed=s, lr=lr, max_epochs=epochs, threshold=0.0,
+                                alpha=1.0, **kw) for s in models_]
+    return pool, specs
+
+
+@pytest.mark.parametrize("regularizer", ["none", "gradient_norm", "function_path_length", "gradient_path_length"])
+def test_the_autograd_engine_follows_the_mlp_closed_forms(regularizer, monkeypatch):
+    fam = models.build(None, (8,), (784,), 1)
+    lam = 0.0 if regularizer == "none" else 1e-2
+    pool, specs = _specs(regularizer=regularizer, lam=lam)
+    fast = training.BatchedTrainer(pool, fam, batch_size=8).train(specs)
+    monkeypatch.setattr(engines, "engine_for", lambda st, f, b: engines.AutogradEngine(st, f, b))
+    slow = training.BatchedTrainer(pool, fam, batch_size=8).train(specs)
+    for a, b in zip(fast, slow):
+        assert (a.status, a.epochs, a.steps) == (b.status, b.epochs, b.steps)
+        assert a.loss_epoch == pytest.approx(b.loss_epoch, rel=1e-4)
+        assert all(torch.allclose(u, v, atol=1e-5) for u, v in zip(a.params.tensors(), b.params.tensors()))
+
+
+@pytest.mark.parametrize("regularizer", ["none", "gradient_norm", "norm_product"])
+def test_a_cnn_alone_and_in_a_batch_follow_the_same_trajectory(regularizer):
+    fam = tiny_cnn()
+    lam = 0.0 if regularizer == "none" else 1e-3
+    pool, specs = _specs(regularizer=regularizer, lam=lam, epochs=4)
+    batch = training.BatchedTrainer(pool, fam, batch_size=8).train(specs)
+    alone = training.BatchedTrainer(pool, fam, batch_size=8).train(specs[1:2])[0]
+    assert (alone.status, alone.epochs, alone.steps) == (batch[1].status, batch[1].epochs, batch[1].steps)
+    assert all(torch.allclose(u, v, atol=1e-5) for u, v in zip(alone.params.tensors(), batch[1].params.tensors()))
+    before = fam.init([1], 1.0)
+    assert any(not torch.equal(u, v) for u, v in zip(before.tensors(), alone.params.tensors()))
+
+
+def test_sgd_on_a_cnn_stack_is_torch_sgd_on_each_module():
+    fam = tiny_cnn()
+    pool, specs = _specs(n=8, epochs=3, lr=0.1)
+    got = training.BatchedTrainer(pool, fam, batch_size=8).train(specs[:2])
+    for m, s in enumerate(specs[:2]):
+        mod = fam.module(fam.init([s.seed], 1.0), 0)
+        opt = torch.optim.SGD(mod.parameters(), lr=0.1)
+        x, y = pool[s.indices], s.targets
+        for _ in range(3):   # N = batch: one full step per epoch, the order does not matter
+            opt.zero_grad()
+            (mod(x) - y).square().mean().backward()
+            opt.step()
+        ref = fam.stack_of([mod])
+        assert all(torch.allclose(u, v, atol=1e-5) for u, v in zip(ref.tensors(), got[m].params.tensors()))
+
+
+def test_cross_entropy_stops_on_zero_training_error_and_a_small_loss():
+    fam = models.build(None, (32,), (784,), 3)
+    g = torch.Generator().manual_seed(1)
+    pool = torch.rand(30, 784, generator=g)
+    y = (torch.arange(30) % 3).float()
+    spec = training.TrainSpec(torch.arange(30), y, seed=0, lr=0.05, alpha=1.0, max_epochs=3000, threshold=0.05,
+                              loss="cross_entropy")
+    (r,) = training.BatchedTrainer(pool, fam, batch_size=10).train([spec])
+    assert r.status == "converged" and r.loss_epoch < 0.05
+    out = fam.values(r.params, pool)
+    assert bool((out[0].argmax(-1) == y.long()).all())
+    assert float(losses.per_example(out, y[None], "cross_entropy").mean()) < 0.05
+
+
+def test_cross_entropy_needs_several_outputs():
+    with pytest.raises(ValueError, match="K >= 2 outputs"):
+        pool, specs = _specs(loss="cross_entropy")
+        training.BatchedTrainer(pool, models.build(None, (4,), (784,), 1), batch_size=8).train(specs)
+
+
+def test_the_step_settings_pick_the_closed_forms_only_for_an_mlp_under_mse():
+    mlp, cnn = models.build(None, (4,), (784,), 1), tiny_cnn()
+    assert isinstance(engines.engine_for(StepSettings(), mlp, 8), engines.ClosedFormEngine)
+    assert isinstance(engines.engine_for(StepSettings(), cnn, 8), engines.AutogradEngine)
+    assert isinstance(engines.engine_for(StepSettings(loss="cross_entropy"), models.build(None, (4,), (784,), 3), 8),
+                      engines.AutogradEngine)
+
+
+def test_a_grid_of_cnns_and_a_classification_runs_into_a_store_with_every_measure(tmp_path):
+    from smoothness.experiments import grid as grid_mod
+    from smoothness.experiments import runner
+    from smoothness.experiments.store import Store
+    g = grid_mod.parse({"name": "families", "data": "mnist5k", "pairs": [[3, 8]], "n_train": [16], "seeds": 0,
+                        "model": [{"family": "cnn", "channels": [2, 3]}], "alpha": 1.0, "lr": 0.05,
+                        "max_epochs": 3, "regularizers": [{"name": "gradient_norm", "lam": [0, 1e-3]}],
+                        "measure": {"measure_points": 20, "segments": 5, "points_per_segment": 4}})
+    c = grid_mod.parse({"name": "classes", "data": "mnist5k", "classes": [0, 1, 2], "n_train": [12], "seeds": 0,
+                        "hidden": 8, "alpha": 1.0, "lr": 0.05, "loss": "cross_entropy", "max_epochs": 3,
+                        "measure": {"measure_points": 20, "segments": 5, "points_per_segment": 4}})
+    assert [cfg.outputs for cfg in c.configs()] == [3]
+    runner.run_grid(g, tmp_path / "g", progress=False)
+    runner.run_grid(c, tmp_path / "c", progress=False)
+    with Store(tmp_path / "g" / Store.FILENAME) as st:
+        df = st.frame()
+    assert len(df) == 2 and set(df["regularizer"]) == {"none", "gradient_norm"}
+    for col in ("gradient_norm", "function_path_length", "gradient_path_length", "norm_product", "lipschitz_upper",
+                "gradient_norm_train", "loss_test"):
+        assert df[col].notna().all() and (df[col] > 0).all(), col
+    with Store(tmp_path / "c" / Store.FILENAME) as st:
+        rec = st.frame().iloc[0]
+    assert rec["loss"] == "cross_entropy" and rec["classes"] == "0-1-2" and rec["gradient_norm"] > 0
+    assert rec["model"] == "mlp" and df["model"].tolist() == ["cnn 2-3 3 max"] * 2
