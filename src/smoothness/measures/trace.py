@@ -16,8 +16,8 @@ Trace, for a budget of m products:
   error estimate (their xtrace.m), the standard deviation of the n estimates / sqrt(n). The n estimates are
   exchangeable, not independent (they share n - 2 basis vectors), so this se runs low: on three 300 x 300
   spectra (1/i, 1/i^2, uniform) with 60 products, the intervals +- 1.96 se held the trace in 85-87% of 300 seeds
-  (Hutch++: 93-94%, Hutchinson: 95%). Independent repetitions instead cost the variance reduction: 3 runs of 20
-  products gave a larger error and, with 2 degrees of freedom, 80% coverage.
+  (Hutch++: 93-94%; Hutchinson, on the first: 95%). Independent repetitions instead cost the variance
+  reduction: 3 runs of 20 products gave a larger error and, with 2 degrees of freedom, 80% coverage.
 
 Diagonal: `diagonal`, the mean of z * A z over Rademacher vectors z (Bekas, Kokiopoulou & Saad, 2007), with a
 standard error per entry; `exact_diagonal`, column by column (dim products; for small models).
