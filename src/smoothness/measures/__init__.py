@@ -3,7 +3,9 @@
 Of one model, any torch module, over a tensor or a DataLoader, each an Estimate with its standard error: the
 input-space measures (single: GN, FPL, GPL, the Lipschitz bracket; lipbound: the upper bound of convolutional
 nets) and the curvature of any loss (curvature: sharpness, the top eigenvalues, the Hessian trace, the eigenvalue
-density; lanczos underneath); model.measure_model computes them all with the cost of each.
+density, and the names of operators and gaussnewton, the Hessian, GGN, Fisher and empirical Fisher as operators,
+spectrum, eigenvalues at both ends with error bounds, and trace, traces and diagonals with standard errors; lanczos
+underneath); model.measure_model computes them all with the cost of each.
 
 Batched over a stack of ReLU MLPs, as the experiments use them: inputspace, paramspace (WP, the path
 norm, sharpness, the Hessian trace, norms), lipschitz, oned (exact in one dimension), penalties (the minibatch

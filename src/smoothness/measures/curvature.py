@@ -1,6 +1,10 @@
 """Curvature of the training loss of any model (PyTorch module) with any loss: sharpness (the top Hessian
 eigenvalue) and the top k, the Hessian trace, and the eigenvalue density, by Hessian-vector products through
-torch.func (forward-over-reverse: the jvp of the gradient), over a tensor pair (x, y) or a DataLoader.
+torch.func (forward-over-reverse: the jvp of the gradient), over a tensor pair (x, y) or a DataLoader. Each is a
+thin use of the operators and estimators of operators.py (the Hessian), spectrum.py (Lanczos: eigenvalues with
+error bounds, the density) and trace.py (Hutchinson), whose public names this module also exports, with those of
+gaussnewton.py (the GGN, the Fisher, exact or sampled, the empirical Fisher): `curvature.operator('ggn', model, x,
+y)`, `curvature.eigenpairs(op, k=3, which='smallest')`, `curvature.hutchpp(op, 99)`, `curvature.diagonal(op)`.
 
 The loss over the data is the mean over all points, L(theta) = sum_b (n_b / N) L_b(theta) for batches b of n_b
 points with mean-reduced batch losses L_b, so a DataLoader gives the Hessian of the tensor of its points (memory:
@@ -14,164 +18,36 @@ paths agree with each other and with the dense Hessian.
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
-import numpy as np
-import torch
 from torch import nn
-from torch.func import functional_call, grad, jvp
-from torch.nn import functional as F
 
-from smoothness.measures import anymodule, lanczos, paramspace, stream
 from smoothness.measures import inputspace as ins
-from smoothness.measures.estimate import Estimate, exact, mean_and_se
+from smoothness.measures import paramspace, spectrum, stream
+from smoothness.measures import trace as estimators
+from smoothness.measures.estimate import Estimate, exact
+from smoothness.measures.gaussnewton import (
+    KINDS,
+    EmpiricalFisherOperator,
+    FisherOperator,
+    GGNOperator,
+    SampledFisherOperator,
+    operator,
+)
+from smoothness.measures.operators import LOSSES, CurvatureOperator, HessianOperator, MatrixOperator, resolve_loss
+from smoothness.measures.spectrum import Density, Eigenvalue, density, eigenpairs
+from smoothness.measures.trace import Diagonal, diagonal, exact_diagonal, hutchinson, hutchpp, trace, xtrace
 from smoothness.models import MLPStack, ReLUMLP
 from smoothness.runtime import precision
-from smoothness.runtime.progress import Bar
 
-DEFAULT_STEPS = 100      # Lanczos steps at most (top eigenvalues: until converged; density: exactly these)
-DEFAULT_TOL = 1e-4       # top eigenvalues: stop when every residual is below tol x |value|
-DEFAULT_PROBES = 100     # Hutchinson probe vectors
-DEFAULT_RUNS = 4         # independent stochastic Lanczos quadrature runs of the density
+__all__ = ["DEFAULT_PROBES", "DEFAULT_RUNS", "DEFAULT_STEPS", "DEFAULT_TOL", "KINDS", "LOSSES", "CurvatureOperator",
+           "Density", "Diagonal", "Eigenvalue", "EmpiricalFisherOperator", "FisherOperator", "GGNOperator",
+           "HessianOperator", "MatrixOperator", "SampledFisherOperator", "density", "diagonal", "eigenpairs",
+           "eigenvalue_density", "exact_diagonal", "hessian_trace", "hutchinson", "hutchpp", "loss_value", "operator",
+           "resolve_loss", "sharpness", "top_eigenvalues", "trace", "xtrace"]
 
-
-def _mse(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Eq. 2: mean over the points of (f(x) - y)^2 (summed over outputs when there are several)."""
-    if out.dim() == 2 and out.shape[1] == 1 and y.dim() == 1:
-        out = out[:, 0]
-    return (out - y.to(out.dtype)).square().reshape(out.shape[0], -1).sum(1).mean()
-
-
-LOSSES = {"mse": _mse, "cross_entropy": F.cross_entropy}
-
-
-def resolve_loss(loss, out: torch.Tensor, y: torch.Tensor):
-    """The loss callable named or given (see the module docstring)."""
-    if loss is None:
-        classes = out.dim() == 2 and out.shape[1] > 1 and not y.is_floating_point()
-        return F.cross_entropy if classes else _mse
-    if isinstance(loss, str):
-        if loss not in LOSSES:
-            raise ValueError(f"unknown loss {loss!r}: name one of {', '.join(LOSSES)} or pass a callable")
-        return LOSSES[loss]
-    if not callable(loss):
-        raise TypeError(f"loss must be a name or a callable loss(outputs, targets); got {type(loss).__name__}")
-    return loss
-
-
-def _batches(data, targets, batch_size):
-    """(x, y) batches of the data: tensors split in batch_size points (all at once for None), or a loader's."""
-    if stream.is_stream(data):
-        if targets is not None:
-            raise ValueError("targets are given with the batches of a DataLoader: pass (x, y) batches instead")
-        for x, y in stream.batches(data, with_targets=True):
-            if y is None:
-                raise ValueError("the curvature of a loss needs targets: the batches must be (x, y)")
-            yield x, y
-        return
-    if targets is None:
-        raise ValueError("the curvature of a loss needs targets y: pass x and y, or a DataLoader of (x, y)")
-    x, y = stream.as_tensor(data), stream.as_tensor(targets)
-    if x.shape[0] != y.shape[0] or x.shape[0] == 0:
-        raise ValueError(f"x holds {x.shape[0]} points and y {y.shape[0]} targets; they must match and be > 0")
-    step = batch_size or x.shape[0]
-    for i in range(0, x.shape[0], step):
-        yield x[i:i + step], y[i:i + step]
-
-
-class HessianOperator:
-    """The Hessian of the loss over the data w.r.t. the model's trainable parameters, as a linear operator on flat
-    vectors (`matvec`), read batch by batch. `dim` parameters; `gradient()` the flat gradient."""
-
-    def __init__(self, model: nn.Module, data, targets=None, loss=None, *, batch_size: int | None = None):
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"the curvature is of an nn.Module's parameters; got {type(model).__name__}")
-        if isinstance(model, torch.jit.ScriptModule):
-            raise TypeError("the curvature takes the parameters as inputs (torch.func), which a TorchScript module "
-                            "cannot: save the model with torch.export, or as a state dict for its nn.Module")
-        anymodule.check_mode(model)
-        stream.check_reiterable(data, "the Hessian operator")
-        self.model, self.data, self.targets, self.batch_size = model, data, targets, batch_size
-        self.names = [n for n, p in model.named_parameters() if p.requires_grad]
-        if not self.names:
-            raise ValueError("the model has no trainable parameters")
-        params = dict(model.named_parameters())
-        self.params = {n: params[n].detach() for n in self.names}
-        self.frozen = {n: p.detach() for n, p in params.items() if n not in self.params}
-        self.buffers = {n: b.detach() for n, b in model.named_buffers()}
-        self.shapes = [self.params[n].shape for n in self.names]
-        self.sizes = [self.params[n].numel() for n in self.names]
-        self.dim = sum(self.sizes)
-        first = self.params[self.names[0]]
-        self.dtype, self.device = first.dtype, first.device
-        self._loss_spec, self._loss = loss, None
-
-    def _unflat(self, v: torch.Tensor) -> dict:
-        return {n: t.reshape(s) for n, t, s in zip(self.names, v.split(self.sizes), self.shapes)}
-
-    def _flat(self, d: dict) -> torch.Tensor:
-        return torch.cat([d[n].reshape(-1) for n in self.names])
-
-    def _batch_loss(self, x, y):
-        def loss(params):
-            out = functional_call(self.model, ({**params, **self.frozen}, self.buffers), (x,))
-            return self._loss(out, y)
-        return loss
-
-    def _each(self):
-        for x, y in _batches(self.data, self.targets, self.batch_size):
-            x = x.to(self.device, self.dtype if x.is_floating_point() else x.dtype)
-            y = y.to(self.device)
-            if self._loss is None:
-                with torch.no_grad():
-                    self._loss = resolve_loss(self._loss_spec, self.model(x[:1]), y[:1])
-            yield x, y
-
-    def _mean(self, fn) -> torch.Tensor:
-        total, n = None, 0
-        for x, y in self._each():
-            part = fn(self._batch_loss(x, y)).detach() * x.shape[0]
-            total = part if total is None else total + part
-            n += x.shape[0]
-        if n == 0:
-            raise ValueError("the data holds no points")
-        return total / n
-
-    def matvec(self, v: torch.Tensor) -> torch.Tensor:
-        """H v for a flat vector v [dim]."""
-        tangent = self._unflat(v.to(self.device, self.dtype))
-        return self._mean(lambda loss: self._flat(jvp(grad(loss), (self.params,), (tangent,))[1]))
-
-    def gradient(self) -> torch.Tensor:
-        """The gradient of the loss over the data, flat [dim]."""
-        return self._mean(lambda loss: self._flat(grad(loss)(self.params)))
-
-    def loss(self) -> float:
-        """The loss over the data."""
-        with torch.no_grad():
-            return float(self._mean(lambda loss: loss(self.params)))
-
-
-class Eigenvalue(Estimate):
-    """A Hessian eigenvalue from the Lanczos iteration: the Ritz value, with `residual` ||H y - value y|| (an
-    eigenvalue lies within it) and n the Lanczos steps taken; se 0 (it is not a Monte Carlo mean)."""
-
-    __slots__ = ("residual",)
-
-    def __new__(cls, value, residual: float, steps: int):
-        obj = Estimate.__new__(cls, value, 0.0, steps)
-        obj.residual = float(residual)
-        return obj
-
-    def as_dict(self) -> dict:
-        return {**super().as_dict(), "residual": self.residual}
-
-    def __repr__(self) -> str:
-        return f"Eigenvalue({float(self)!r}, residual={self.residual:.3g}, steps={self.n})"
-
-    def __reduce__(self):
-        return Eigenvalue, (float(self), self.residual, self.n)
+DEFAULT_STEPS = spectrum.DEFAULT_STEPS    # Lanczos steps at most (top eigenvalues: until converged; density: these)
+DEFAULT_TOL = spectrum.DEFAULT_TOL        # top eigenvalues: stop when every residual is below tol x the largest
+DEFAULT_PROBES = estimators.DEFAULT_PROBES   # Hutchinson probe vectors
+DEFAULT_RUNS = spectrum.DEFAULT_RUNS      # independent stochastic Lanczos quadrature runs of the density
 
 
 def _fast(model, data, targets, loss, fast: bool):
@@ -193,40 +69,19 @@ def _module(model) -> nn.Module:
     return model
 
 
-def _start(dim: int, seed: int, rademacher: bool, dtype, device) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    v = torch.randint(0, 2, (dim,), generator=g).double() * 2 - 1 if rademacher else torch.randn(dim, generator=g,
-                                                                                                  dtype=torch.float64)
-    return v.to(device=device, dtype=dtype)
-
-
 @precision.strict_fp32()
 def top_eigenvalues(model: nn.Module, data, targets=None, loss=None, k: int = 1, *, steps: int = DEFAULT_STEPS,
                     tol: float = DEFAULT_TOL, seed: int = 0, batch_size: int | None = None,
                     progress=None) -> list[Eigenvalue]:
     """The k largest eigenvalues of the Hessian of the loss, largest first, by the Lanczos iteration (full
-    reorthogonalization) from a seeded Gaussian start, until each residual is below tol x |value| or after `steps`
-    Hessian-vector products (each a pass over the data). Each is an Eigenvalue with its residual bound."""
+    reorthogonalization) from a seeded Gaussian start, until each residual is below tol x the largest |Ritz value|
+    or after `steps` Hessian-vector products (each a pass over the data): spectrum.eigenpairs on the
+    HessianOperator. Each is an Eigenvalue with its residual and error bound (see spectrum.py)."""
     if k < 1:
         raise ValueError(f"k must be >= 1; got {k}")
     op = HessianOperator(_module(model), data, targets, loss, batch_size=batch_size)
-    steps = min(steps, op.dim)
-    if k > steps:
-        raise ValueError(f"k = {k} eigenvalues need at least k Lanczos steps; the model has {op.dim} parameters "
-                         f"and steps = {steps}")
-
-    def converged(alpha, beta, b):
-        if len(alpha) < k:
-            return False
-        values, res, _ = lanczos.ritz(alpha, beta, b)
-        return bool((res[-k:] <= tol * values[-k:].abs().clamp_min(1e-30)).all())
-
-    with torch.no_grad(), Bar(steps, "Hessian eigenvalues", "hvp", progress) as bar:
-        alpha, beta, b = lanczos.run(op.matvec, _start(op.dim, seed, False, op.dtype, op.device), steps,
-                                     converged, bar.update)
-    values, res, _ = lanczos.ritz(alpha, beta, b)
-    top = values.flip(0)[:k].tolist(), res.flip(0)[:k].tolist()
-    return [Eigenvalue(v, r, len(alpha)) for v, r in zip(*top)]
+    return eigenpairs(op, k, "largest", steps=steps, tol=tol, seed=seed, progress=progress,
+                      desc="Hessian eigenvalues")
 
 
 def sharpness(model: nn.Module, data, targets=None, loss=None, *, steps: int = DEFAULT_STEPS,
@@ -256,55 +111,7 @@ def hessian_trace(model: nn.Module, data, targets=None, loss=None, *, probes: in
         value, se = paramspace.hessian_trace(p, data, targets, probes=probes, seed=seed)
         return Estimate(float(value[0]), float(se[0]), probes)
     op = HessianOperator(_module(model), data, targets, loss, batch_size=batch_size)
-    total = sq = torch.zeros(1, dtype=torch.float64)
-    with torch.no_grad(), Bar(probes, "Hessian trace", "probe", progress) as bar:
-        for i in range(probes):
-            z = _start(op.dim, seed * 100003 + i, True, op.dtype, op.device)
-            q = float(z.double() @ op.matvec(z).double())
-            total, sq = total + q, sq + q * q
-            bar.update()
-    mean, se = mean_and_se(total, sq, probes)
-    return Estimate(float(mean[0]), float(se[0]), probes)
-
-
-@dataclass
-class Density:
-    """The Hessian's eigenvalue density by stochastic Lanczos quadrature: per run r, the Gauss quadrature nodes
-    [runs, m] (Ritz values) and weights [runs, m] (summing to 1) of the spectral measure seen from a random
-    vector; the density is their mean over runs, smoothed by a Gaussian kernel (curve). dim: the number of
-    parameters."""
-
-    nodes: np.ndarray
-    weights: np.ndarray
-    dim: int
-
-    @property
-    def runs(self) -> int:
-        return self.nodes.shape[0]
-
-    def trace(self) -> Estimate:
-        """tr H = dim x the mean of sum_i w_i theta_i (each run's z . H z / |z|^2 times dim), with its se over runs."""
-        per_run = self.dim * (self.weights * self.nodes).sum(1)
-        return _estimate(per_run)
-
-    def curve(self, grid=None, sigma: float | None = None, points: int = 1000):
-        """(grid, density, se): the density phi(t) = mean over runs of sum_i w_i N(t; theta_i, sigma^2) on the grid
-        (default: `points` values spanning the nodes with 3 sigma margins; sigma default: 1% of the nodes' span),
-        with its standard error over the runs. It integrates to 1 over the real line."""
-        lo, hi = float(self.nodes.min()), float(self.nodes.max())
-        if sigma is None:
-            sigma = max(0.01 * (hi - lo), 1e-12 * max(abs(lo), abs(hi), 1.0))
-        grid = np.linspace(lo - 3 * sigma, hi + 3 * sigma, points) if grid is None else np.asarray(grid, float)
-        kernel = np.exp(-0.5 * ((grid[None, None, :] - self.nodes[..., None]) / sigma) ** 2) / (sigma * math.sqrt(
-            2 * math.pi))
-        per_run = (self.weights[..., None] * kernel).sum(1)       # [runs, grid]
-        se = per_run.std(0, ddof=1) / math.sqrt(self.runs) if self.runs > 1 else np.full(grid.shape, np.nan)
-        return grid, per_run.mean(0), se
-
-
-def _estimate(draws: np.ndarray) -> Estimate:
-    n = draws.shape[0]
-    return Estimate(float(draws.mean()), float(draws.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan"), n)
+    return hutchinson(op, probes, seed=seed, progress=progress, desc="Hessian trace")
 
 
 @precision.strict_fp32()
@@ -313,20 +120,8 @@ def eigenvalue_density(model: nn.Module, data, targets=None, loss=None, *, runs:
                        progress=None) -> Density:
     """The Hessian's eigenvalue density by stochastic Lanczos quadrature: `runs` Lanczos runs of `steps` steps (at
     most the number of parameters) from Rademacher vectors; see Density."""
-    if runs < 1:
-        raise ValueError(f"runs must be >= 1; got {runs}")
     op = HessianOperator(_module(model), data, targets, loss, batch_size=batch_size)
-    steps = min(steps, op.dim)
-    nodes, weights = [], []
-    with torch.no_grad(), Bar(runs * steps, "Hessian eigenvalue density", "hvp", progress) as bar:
-        for r in range(runs):
-            alpha, beta, b = lanczos.run(op.matvec, _start(op.dim, seed * 100003 + r, True, op.dtype, op.device),
-                                         steps, step_done=bar.update)
-            values, _, first = lanczos.ritz(alpha, beta, b)
-            pad = steps - len(alpha)   # an exhausted Krylov space: fewer nodes, padded with zero weight
-            nodes.append(np.pad(values.numpy(), (0, pad), mode="edge"))
-            weights.append(np.pad(first.square().numpy(), (0, pad)))
-    return Density(np.stack(nodes), np.stack(weights), op.dim)
+    return density(op, runs=runs, steps=steps, seed=seed, progress=progress, desc="Hessian eigenvalue density")
 
 
 def loss_value(model: nn.Module, data, targets=None, loss=None, *, batch_size: int | None = None) -> Estimate:

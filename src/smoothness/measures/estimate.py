@@ -39,6 +39,8 @@ class Estimate(float):
         return {"value": float(self), "se": self.se, "n": self.n}
 
     def __repr__(self) -> str:
+        if self.n == 0 and self.se == 0:
+            return f"Estimate({float(self)!r}, exact)"
         return f"Estimate({float(self)!r}, se={self.se!r}, n={self.n})"
 
     def __str__(self) -> str:

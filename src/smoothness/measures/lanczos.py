@@ -30,14 +30,17 @@ def ritz(alpha: list[float], beta: list[float], next_beta: float) -> tuple[torch
 
 def run(matvec: Callable[[torch.Tensor], torch.Tensor], v0: torch.Tensor, steps: int,
         stop: Callable[[list[float], list[float], float], bool] | None = None,
-        step_done: Callable[[], None] | None = None) -> tuple[list[float], list[float], float]:
+        step_done: Callable[[], None] | None = None,
+        basis: list[torch.Tensor] | None = None) -> tuple[list[float], list[float], float]:
     """Up to `steps` Lanczos steps from v0 (any nonzero vector): (alpha, beta, next_beta) of T, beta[k] coupling
     steps k and k + 1, next_beta the norm of the last residual. Every new vector is orthogonalized against all
     earlier ones (twice: classical Gram-Schmidt repeated), in float64, so that the Ritz values carry no spurious
     copies. Stops early when stop(alpha, beta, next_beta) says so, or when the Krylov space is exhausted
-    (next_beta ~ 0: T's eigenvalues are then eigenvalues of A)."""
+    (next_beta ~ 0: T's eigenvalues are then eigenvalues of A). basis: an empty list that receives the m orthonormal
+    Lanczos vectors Q (float64), for the Ritz vectors Q s."""
     q = (v0 / v0.norm()).double()
-    basis = [q]
+    basis = [] if basis is None else basis
+    basis.append(q)
     alpha: list[float] = []
     beta: list[float] = []
     scale = 0.0
