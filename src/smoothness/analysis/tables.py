@@ -27,8 +27,10 @@ TAU_MEASURES = registry.shorts(table1=True)
 PAPER_TABLE1, PAPER_TABLE2 = paper.TABLE1, paper.TABLE2
 
 # Columns that define a training setting apart from the dataset (pair), seed, size and regularization.
-SETTING = ["data", "optimizer", "rho", "matmul_precision", "hidden", "alpha", "lr", "batch_size", "max_epochs",
-           "threshold", "measure_points", "segments", "points", "measure_seed"]
+SETTING = ["data", "classes", "model", "loss", "optimizer", "rho", "matmul_precision", "hidden", "alpha", "lr",
+           "batch_size", "max_epochs", "threshold", "measure_points", "segments", "points", "measure_seed"]
+# The values of the added fields in a results table (Store.frame): the family and the classes as words.
+FRAME_DEFAULTS = {**ADDED_FIELDS, "model": "mlp", "classes": ""}
 # A regularized setting also has its penalty's points per segment; its baselines are matched on SETTING without the
 # epoch cap (_baselines).
 REG_SETTING = SETTING + ["penalty_points"]
@@ -38,7 +40,7 @@ _BASE_MATCH = [c for c in SETTING if c != "max_epochs"]
 def complete(df: pd.DataFrame) -> pd.DataFrame:
     """df with every setting column, filling those added after the first results (runconfig.ADDED_FIELDS) with
     the value that records predating them had."""
-    missing = {c: v for c, v in ADDED_FIELDS.items() if c not in df}
+    missing = {c: v for c, v in FRAME_DEFAULTS.items() if c not in df}
     return df.assign(**missing) if missing and len(df) else df
 
 
@@ -50,7 +52,11 @@ def setting_label(row, with_lr: bool = True) -> str:
     opt += "" if row.get("matmul_precision", "fp32") == "fp32" else f", {row['matmul_precision']} matmuls"
     pts = row.get("penalty_points", ADDED_FIELDS["penalty_points"])
     pen = "" if pts == ADDED_FIELDS["penalty_points"] or pd.isna(pts) else f", {int(pts)} points per penalty segment"
-    return (f"{row['data']}{opt}, hidden {row['hidden']}, alpha {row['alpha']:g}{lr}, batch {row['batch_size']}, "
+    model = row.get("model", "mlp")
+    arch = f"hidden {row['hidden']}" if model in ("mlp", None) or pd.isna(model) else model
+    task = f" classes {row['classes']}" if row.get("classes") else ""
+    loss = "" if row.get("loss", "mse") in ("mse", None) else f", {row['loss']}"
+    return (f"{row['data']}{task}{opt}, {arch}{loss}, alpha {row['alpha']:g}{lr}, batch {row['batch_size']}, "
             f"threshold {row['threshold']:g}{pen}")
 
 

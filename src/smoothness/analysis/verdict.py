@@ -91,8 +91,12 @@ def verdict(t1: pd.DataFrame, t2: pd.DataFrame) -> pd.DataFrame:
     datas = sorted({*(t1["data"] if len(t1) else []), *(t2["data"] if len(t2) else [])})
     for data in datas:
         for short in MEASURES:
-            a = t1[(t1["data"] == data) & (t1["measure"] == short)] if len(t1) else t1
-            b = t2[(t2["data"] == data) & (t2["measure"] == short)] if len(t2) else t2
+            # the measure, or where it has no runs, a measure that stands in for it (WP: PN, NP)
+            for name in (short, *(registry.get(k).short for k in registry.stand_ins(registry.by_short(short).key))):
+                a = t1[(t1["data"] == data) & (t1["measure"] == name)] if len(t1) else t1
+                b = t2[(t2["data"] == data) & (t2["measure"] == name)] if len(t2) else t2
+                if len(a) or len(b):
+                    break
             if not len(a) and not len(b):
                 continue
             a = a.sort_values("datasets", ascending=False).iloc[0] if len(a) else None
@@ -106,7 +110,9 @@ def verdict(t1: pd.DataFrame, t2: pd.DataFrame) -> pd.DataFrame:
             notes = [tau_words, r_words]
             if a is not None and int(a.n_max) < PAPER_N_MAX:
                 notes.append(f"N ≤ {int(a.n_max)} (the paper's N reaches {PAPER_N_MAX})")
-            rows.append({"data": data, "measure": short,
+            if name != short:
+                notes.append(f"{name} in {short}'s place ({registry.by_short(name).equals})")
+            rows.append({"data": data, "measure": short if name == short else f"{name} (for {short})",
                          "tau": a.tau_mean if a is not None else math.nan,
                          "tau_std": a.tau_std if a is not None else math.nan,
                          "tau_datasets": int(a.datasets) if a is not None else 0,

@@ -68,9 +68,14 @@ def print_table(records: list[dict]) -> None:
     from scipy.stats import kendalltau
 
     reg = records[0]["regularizer"]
-    deep = len(records[0]["hidden"]) > 1   # WP is not defined: show the path norm PN in its place
-    stand_in = {m.stands_in_for: (m.key, m.short) for m in registry.REGISTRY if m.stands_in_for}  # WP -> PN
-    table = [stand_in[k] if deep and k in stand_in else (k, h) for k, h in TABLE_COLUMNS]
+    present = {m.key: any(_finite(r.get(m.key)) for r in records) for m in registry.REGISTRY}
+
+    def column(k, h):   # a measure without values (WP of a deeper net) gives its place to its stand-in (PN)
+        if k not in registry.BY_KEY or registry.shown(k, present):
+            return k, h
+        s = next((s for s in registry.stand_ins(k) if registry.shown(s, present)), None)
+        return (s, registry.get(s).short) if s else (k, h)
+    table = [column(k, h) for k, h in TABLE_COLUMNS]
     cols = [c for c in table if reg != "none" or c[0] != "lam"]
     rows = [[_fmt(r[k]) for k, _ in cols] for r in records]
     heads = [h for _, h in cols]
@@ -144,3 +149,7 @@ class EpochProgress:
         """End the progress line."""
         if self.bar is not None:
             self.bar.close()
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and v == v and abs(v) != float("inf")

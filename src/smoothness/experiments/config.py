@@ -238,91 +238,26 @@ def config_key(c: RunConfig) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
-class Record(TypedDict, total=False):
-    """One trained and measured model, as pipeline yields it and the results store keeps it (as JSON).
+def _record_fields() -> dict:
+    """Every key a stored record may hold, with its type, derived from where each is declared: the configuration
+    (RunConfig's fields, pair, hidden and classes as lists), the outcome of training, the losses, the measures
+    (registry.REGISTRY's columns, and those of the sampled measures at the training points), the exact measures of
+    the 1-D tasks (oned.py), and provenance."""
+    from smoothness.measures import oned, registry
+    config = {f.name: (list if f.name in ("pair", "hidden", "classes") else f.type) for f in fields(RunConfig)}
+    training = {"status": str, "epochs": int, "steps": int, "loss_epoch": float, "train_seconds": float,
+                "resumed_at_epoch": int}
+    measured = {"loss_train": float, "loss_test": float, "fpl_lower_bound": float}
+    for m in registry.REGISTRY:
+        for col in registry.columns(m):
+            measured[col] = int if col.endswith("_iterations") else float
+            if m.sampled:
+                measured[registry.on_points(col, "_train")] = float
+    measured.update(dict.fromkeys(oned.RECORD_KEYS, float))
+    provenance = {"measure_seconds": float, "measure_batch": int, "device": str, "versions": dict}
+    return {**config, **training, **measured, **provenance}
 
-    Every RunConfig field (pair and hidden as lists), then what training and measuring add. The measure keys
-    are those of registry.REGISTRY (tested); sharpness and the Hessian trace only when the config asks for them.
-    """
-    # the configuration (RunConfig)
-    data: str
-    pair: list[int]
-    n_train: int
-    seed: int
-    hidden: list[int]
-    alpha: float
-    lr: float
-    batch_size: int
-    max_epochs: int
-    threshold: float
-    measure_points: int
-    segments: int
-    points: int
-    measure_seed: int
-    sharpness_iters: int
-    trace_probes: int
-    regularizer: str
-    lam: float
-    optimizer: str
-    rho: float
-    matmul_precision: str
-    penalty_points: int
-    train_seed: int | None
-    # training (training.TrainResult)
-    status: str                     # converged | not_converged | diverged
-    epochs: int
-    steps: int
-    loss_epoch: float               # the last epoch's mean loss, as the stopping rule saw it
-    train_seconds: float
-    # losses and measures (evaluate.py)
-    loss_train: float
-    loss_test: float
-    fpl_lower_bound: float          # l_S of FPL for this training set
-    gradient_norm: float
-    gradient_norm_squared: float
-    function_path_length: float
-    gradient_path_length: float
-    weights_product: float          # NaN for more than one hidden layer
-    gradient_norm_train: float
-    gradient_norm_squared_train: float
-    function_path_length_train: float
-    gradient_path_length_train: float
-    gradient_norm_se: float         # standard errors: over the points (GN, GN^2) or the segments (FPL, GPL)
-    gradient_norm_squared_se: float
-    function_path_length_se: float
-    gradient_path_length_se: float
-    gradient_norm_train_se: float
-    gradient_norm_squared_train_se: float
-    function_path_length_train_se: float
-    gradient_path_length_train_se: float
-    path_norm: float
-    lipschitz_lower: float          # sup ||grad f|| is bracketed [lipschitz_lower, lipschitz_upper] (lipschitz.py)
-    lipschitz_upper: float
-    minibatch_grad_norm: float
-    parameter_norm: float
-    distance_from_init: float
-    sharpness: float
-    sharpness_rel_change: float
-    sharpness_iterations: int
-    hessian_trace: float
-    hessian_trace_se: float
-    # 1-D tasks only (linetasks.py): the exact measures of the net and S_min over interpolants of its training set
-    exact_gradient_norm: float
-    exact_function_path_length: float
-    exact_gradient_path_length: float
-    exact_weights_product: float
-    min_gradient_norm: float
-    min_function_path_length: float
-    min_gradient_path_length: float
-    min_weights_product: float
-    min_gradient_path_length_lower: float   # GPL's S_min is bracketed [min_*_lower, min_*] (oned.py; equal: exact)
-    min_through_gradient_norm: float        # the smallest S of a function through the net's own training values
-    min_through_function_path_length: float
-    min_through_gradient_path_length: float
-    min_through_weights_product: float
-    min_through_gradient_path_length_lower: float
-    # measuring and provenance
-    measure_seconds: float
-    measure_batch: int
-    device: str
-    versions: dict                  # added by the store: python, torch, numpy, smoothness
+
+# One trained and measured model, as pipeline yields it and the results store keeps it (as JSON): every key declared
+# once where it is computed (_record_fields); tests check that every stored key is declared here.
+Record = TypedDict("Record", _record_fields(), total=False)

@@ -353,6 +353,8 @@ def exact_of(params, task: LineTask, train_idx: list[torch.Tensor]) -> list[dict
 
 
 _EXACT_KEYS = [*EXACT.values(), *THROUGH.values(), "min_through_" + LOWER]
+# Every record key of the 1-D tasks' measures (the exact ones of the net and S_min of its training set).
+RECORD_KEYS = (*_EXACT_KEYS, *SMALLEST.values(), "min_" + LOWER)
 
 
 def _keyed(values: dict[str, float], prefix: str) -> dict[str, float]:

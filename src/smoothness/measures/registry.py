@@ -139,7 +139,8 @@ REGISTRY: tuple[Measure, ...] = (
             stands_in_for="weights_product", equals="WP for one hidden layer", views=(SWEEP,)),
     Measure("norm_product", "NP", "the product of the weight tensors' Frobenius norms (models.Family.weight_norm), "
             "which bounds WP for one hidden layer", PARAMETER, ANY_DEPTH, "norm_product", "∏‖W‖_F",
-            lambda c: c.fam.weight_norm(c.p), penalties.batch_norm_product, log_scale=True),
+            lambda c: c.fam.weight_norm(c.p), penalties.batch_norm_product, log_scale=True, table1=True,
+            stands_in_for="weights_product", equals="an upper bound of WP for one hidden layer"),
     Measure("lipschitz_lower", "LipLB", "max ||grad f|| over the held-out points, raised by projected gradient "
             "ascent in their box (lipschitz.lower_bounds)", INPUT, ANY_DEPTH, None, "Lipschitz lower bound",
             lambda c: ins.lipschitz_lower_bounds(c.ev, c.x), stack=True, views=(FLATNESS,)),
@@ -202,14 +203,23 @@ def depth_label(m: Measure) -> str:
     return f"{m.short} (= {m.equals})" if m.equals else m.short
 
 
+def stand_ins(key: str) -> tuple[str, ...]:
+    """The measures shown in key's place where it has no values, in order of preference (WP: the path norm of a
+    deeper MLP, then the norm product of any other family)."""
+    return tuple(s.key for s in REGISTRY if s.stands_in_for == key)
+
+
 def shown(key: str, present: dict[str, bool]) -> bool:
-    """Whether a table shows measure key, given which measures have values (present): a stand-in (PN) only
-    where the measure it stands in for (WP) has none, and that measure is then left out."""
+    """Whether a table shows measure key, given which measures have values (present): a stand-in (PN, NP) only
+    where the measure it stands in for (WP) and every stand-in before it have none, and that measure is then left
+    out."""
     m = BY_KEY[key]
     if m.stands_in_for:
-        return present.get(key, False) and not present.get(m.stands_in_for, False)
-    stand_in = next((s.key for s in REGISTRY if s.stands_in_for == key), None)
-    return not (stand_in and present.get(stand_in, False) and not present.get(key, False))
+        earlier = stand_ins(m.stands_in_for)
+        earlier = earlier[:earlier.index(key)]
+        return (present.get(key, False) and not present.get(m.stands_in_for, False)
+                and not any(present.get(k, False) for k in earlier))
+    return present.get(key, False) or not any(present.get(k, False) for k in stand_ins(key))
 
 
 def by_regularizer(name: str) -> Measure:
