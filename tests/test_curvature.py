@@ -146,7 +146,7 @@ def test_grid_records_the_parameter_measures(tmp_path):
     # these options existed, so earlier stores stay valid.
     d = {k: v for k, v in c.__dict__.items()
          if k not in ("sharpness_iters", "trace_probes", "optimizer", "matmul_precision", "rho", "penalty_points",
-                      "train_seed")}
+                      "train_seed", "model", "loss", "classes")}
     d.update(pair=list(c.pair), hidden=list(c.hidden), lr=float(c.lr), alpha=float(c.alpha),
              threshold=float(c.threshold), lam=float(c.lam))
     old = hashlib.sha256(json.dumps(d, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:24]
