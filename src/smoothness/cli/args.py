@@ -6,9 +6,9 @@ import argparse
 from smoothness import __version__, training
 from smoothness.data import images as data
 from smoothness.errors import SmoothnessError
+from smoothness.experiments import distributed, snapshots
 from smoothness.experiments import grid as grid_mod
 from smoothness.experiments import runner as experiments
-from smoothness.experiments import snapshots
 from smoothness.measures import curvature
 from smoothness.measures import inputspace as measures
 from smoothness.measures import model as measures_model
@@ -31,6 +31,14 @@ def _seconds(value: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number of seconds, got {value!r}") from None
     if not 0 <= v < float("inf"):
         raise argparse.ArgumentTypeError(f"expected a number of seconds, 0 or more, got {value!r}")
+    return v
+
+
+def _positive_seconds(value: str) -> float:
+    """A number of seconds above 0 (for argparse)."""
+    v = _seconds(value)
+    if v == 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, got {value!r}")
     return v
 
 
@@ -103,7 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
                         f"default: {regularizers.SEGMENT_POINTS})")
     _add_precision_args(t, "fp32")
     _add_measure_args(t)
-    t.add_argument("--save", metavar="PATH", help="save the trained weights and results to PATH (.pt)")
+    t.add_argument("--save", metavar="PATH", help="save the trained weights and results to PATH (.pt), a new file "
+                   "unless --overwrite")
+    t.add_argument("--overwrite", action="store_true", help="let --save replace an existing file")
 
     m = sub.add_parser("measure", help="measure any checkpoint (TorchScript, torch.export, factory + state dict) "
                        "or models saved by `train --save`",
@@ -236,11 +246,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_precision_args(p: argparse.ArgumentParser, default) -> None:
     what = "fp32" if default else "the grid's matmul_precision, fp32 unless it says otherwise"
-    p.add_argument("--matmul-precision", choices=precision.MODES, default=default,
+    p.add_argument("--matmul-precision", choices=precision.MODES, default=None,
                    help=f"matmuls of the training steps: fp32, tf32 (TF32 tensor cores, CUDA only) or tf32-emulated "
                    f"(TF32 rounding on any device, to study its effect); measures are always fp32 (default: {what})")
-    p.add_argument("--tf32", dest="matmul_precision", action="store_const", const="tf32",
-                   help="the same as --matmul-precision tf32")
+    p.add_argument("--tf32", action="store_true", help="the same as --matmul-precision tf32 (given with another "
+                   "--matmul-precision, refused)")
+    p.set_defaults(precision_default=default)
+
+
+def matmul_precision(a: argparse.Namespace) -> str | None:
+    """The matmul precision that --matmul-precision and --tf32 ask for (None: the grid's own); the two options
+    contradicting each other are a SmoothnessError."""
+    if a.tf32 and a.matmul_precision not in (None, "tf32"):
+        raise SmoothnessError(f"--tf32 and --matmul-precision {a.matmul_precision} contradict each other; give one")
+    return "tf32" if a.tf32 else a.matmul_precision or a.precision_default
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
@@ -270,5 +289,8 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--chunk-size", type=int, default=None, help="models per Ray task (default: about two chunks "
                    "per GPU, or per CPU on a cluster without GPUs)")
     g.add_argument("--retries", type=int, default=experiments.DEFAULT_RETRIES,
-                   help="times a chunk is resubmitted after its worker or node died (default: 3)")
+                   help="times a chunk is resubmitted after its worker or node died, 0 or more (default: 3)")
     g.add_argument("--ray-cpus", type=int, default=None, help="CPUs of the local Ray instance (default: all)")
+    g.add_argument("--ray-timeout", type=_positive_seconds, default=distributed.CONNECT_TIMEOUT, metavar="SECONDS",
+                   help="give up with an error when the Ray cluster at --address does not answer within this "
+                   f"time (default: {distributed.CONNECT_TIMEOUT:.0f})")

@@ -207,7 +207,7 @@ def measure(a) -> int:
         figures.density_figure(got.density, Path(a.density))
         rec["density_png"] = a.density
     if a.json:
-        print(json.dumps(rec), flush=True)
+        print(json.dumps(console.json_safe(rec), allow_nan=False), flush=True)
         return 0
     print(f"{what}: {rec['points']} points of shape {tuple(x.shape[1:])}")
     rows = [[k, f"{float(v):.6g}", "" if v.se == 0 else f"{v.se:.3g}", str(v.n) if v.n else "exact",

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from smoothness.cli import checkpoint
-from smoothness.cli.args import build_parser
+from smoothness.cli.args import build_parser, matmul_precision
 from smoothness.cli.console import EpochProgress, emit_record, print_table, stdout_closed
 from smoothness.data import idx
 from smoothness.data import images as data
@@ -22,6 +22,9 @@ from smoothness.runtime import interrupt, rng
 def cmd_train(a) -> int:
     """`smoothness train`: train every combination of --n-train and --seed as one batched program and print."""
     a.on_interrupt = lambda: "; nothing was saved (train keeps nothing unless --save, written at the end)"
+    if a.overwrite and a.save is None:
+        raise SmoothnessError("--overwrite lets --save replace an existing file; give --save FILE too")
+    precision = matmul_precision(a)
     for s, opt in [*((s, "--seed") for s in a.seed), (a.measure_seed, "--measure-seed")]:
         rng.check_seed(s, opt)   # the RunConfigs check them too; here the error names the option
     if a.pair is not None and data.input_dim(a.data) == 1:
@@ -32,12 +35,12 @@ def cmd_train(a) -> int:
                                   threshold=a.threshold, measure_points=a.measure_points, segments=a.segments,
                                   points=a.points, measure_seed=a.measure_seed, sharpness_iters=a.sharpness_iters,
                                   trace_probes=a.trace_probes, regularizer=a.regularizer, lam=lam,
-                                  optimizer=a.optimizer, matmul_precision=a.matmul_precision, rho=a.rho,
+                                  optimizer=a.optimizer, matmul_precision=precision, rho=a.rho,
                                   penalty_points=a.penalty_points)
                for lam in a.lam for n in a.n_train for s in a.seed]
     device = pipeline.resolve_device(a.device)
-    if a.save:   # a bad destination fails now, not after the training
-        pipeline.check_save_path(a.save)
+    if a.save is not None:   # a bad destination fails now, not after the training
+        pipeline.check_save_path(a.save, a.overwrite)
     task = data.task(configs[0].data, configs[0].pair, data_dir=a.data_dir)
     for c in configs:  # fail on impossible sizes before any training starts
         task.subset(c.n_train, c.seed)
@@ -47,10 +50,10 @@ def cmd_train(a) -> int:
     finally:
         bar.close()
     save_error = None
-    if a.save:   # saved before anything is printed: a closed stdout (`| head -1`) loses nothing
+    if a.save is not None:   # saved before anything is printed: a closed stdout (`| head -1`) loses nothing
         interrupt.check()
         try:
-            pipeline.save_models(a.save, records)
+            pipeline.save_models(a.save, records, a.overwrite)
             a.on_interrupt = lambda: f"; the models were saved to {a.save}"
         except SmoothnessError as e:   # still print the results, then the error
             save_error = e
@@ -61,7 +64,7 @@ def cmd_train(a) -> int:
         print_table(records)
     if save_error is not None:
         raise save_error
-    if a.save and not a.json:
+    if a.save is not None and not a.json:
         print(f"saved {len(records)} model(s) to {a.save}")
     return 0
 
@@ -137,8 +140,9 @@ def _out_dir(g, a) -> Path:
 
 def _grid(g, a):
     """The grid to run, with --matmul-precision / --tf32 applied."""
-    if a.matmul_precision:
-        g.matmul_precision = a.matmul_precision
+    precision = matmul_precision(a)
+    if precision:
+        g.matmul_precision = precision
     return g
 
 
@@ -149,20 +153,27 @@ def _run(g, a) -> Path:
                                    save_weights=not a.no_weights, backend=a.backend, address=a.address,
                                    chunk_size=a.chunk_size, retries=a.retries, ray_cpus=a.ray_cpus,
                                    measure_batch=a.measure_batch, merge=a.merge,
-                                   snapshot_every=a.snapshot_every)
+                                   snapshot_every=a.snapshot_every, ray_timeout=a.ray_timeout)
     print(summary.line())
     return out
 
 
 def _dry_run(g, a) -> None:
     """`--dry-run`: the grid's size and what its store holds, then the work left at the epoch caps, in plain SGD
-    steps and, on a CPU, in hours of one process at a plain step's rate timed now (240 steps)."""
+    steps and, on a CPU, in hours of one process at a plain step's rate timed now (240 steps). The options and the
+    data are checked as the run checks them, with the same errors."""
     out = _out_dir(g, a)
-    print(experiments.dry_run(g, out, a.merge))
+    device, _ = experiments.check_options(g, device=a.device, backend=a.backend, retries=a.retries,
+                                          measure_batch=a.measure_batch, chunk_size=a.chunk_size,
+                                          ray_timeout=a.ray_timeout)
     work = experiments.work_left(g, out)
+    if work and experiments.data_checked_here(a.backend, a.address):
+        experiments.check_data(g, a.data_dir)
+    print(experiments.dry_run(g, out, a.merge))
     rate = shape = None
     busy = ""
-    device = pipeline.resolve_device(a.device) if work else None
+    if work and a.backend != "local":   # timed here, as a worker like this machine would run it
+        device = pipeline.resolve_device(a.device)
     if work and device.type == "cpu":   # on a GPU, batched models share a step's time: no rate of one model
         from smoothness.cli import bench
         big = max(work, key=lambda cw: cw[1])[0]   # the model with the most work left sets the shape timed
@@ -228,6 +239,8 @@ def cmd_compare(a) -> int:
         if not dest.parent.is_dir():
             raise SmoothnessError(f"--csv {dest}: the folder {dest.parent} does not exist")
     c = compare_mod.compare(a.a, a.b, a.ignore)
+    if not len(c.matched):
+        raise SmoothnessError(c.no_match())
     print(c.markdown(), end="")
     if a.csv:
         try:

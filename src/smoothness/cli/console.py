@@ -20,17 +20,26 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def _json_value(v):
+def json_safe(v):
+    """v with every number that is missing or not finite (NaN, ±inf: a value that could not be computed) as None,
+    JSON's null, at any depth; NumPy scalars as Python numbers. `train --json` and `measure --json` write their
+    records through it, so that neither ever writes the bare NaN, which is not JSON."""
+    if isinstance(v, dict):
+        return {k: json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [json_safe(x) for x in v]
+    if hasattr(v, "item") and getattr(v, "ndim", None) == 0:   # a NumPy or PyTorch scalar
+        v = v.item()
     if isinstance(v, float) and not math.isfinite(v):
         return None
     return v
 
 
 def emit_record(rec: dict, as_json: bool) -> None:
-    """Print one model's record: in full as text, or as one JSON line."""
+    """Print one model's record: in full as text, or as one JSON line (json_safe: a missing value is null)."""
     shown = {k: v for k, v in rec.items() if k != "params"}
     if as_json:
-        print(json.dumps({k: _json_value(v) for k, v in shown.items()}), flush=True)
+        print(json.dumps(json_safe(shown), allow_nan=False), flush=True)
         return
     pair = linetasks.pair_label(rec["data"], rec["pair"], " pair {a} {b}")
     head = f"{rec['data']}{pair}, n_train {rec['n_train']}, seed {rec['seed']}: {rec['status']}"

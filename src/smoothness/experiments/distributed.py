@@ -13,9 +13,13 @@ Application errors on a worker (missing data, bad config) stop the run with thei
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+import signal
+import sys
+import time
 from collections import deque
 from dataclasses import dataclass
 
@@ -24,6 +28,7 @@ from smoothness.runtime import interrupt
 from smoothness.training import regularizers
 
 DEFAULT_RETRIES = 3
+CONNECT_TIMEOUT = 60.0   # seconds to reach a Ray cluster at --address before giving up (--ray-timeout)
 TICK = 30.0          # seconds the driver waits for a result before it reports progress again
 
 
@@ -88,10 +93,142 @@ def train_chunk(items: list, device: str, data_dir, save_weights: bool, snapshot
         yield items[i][0], rec, (params if save_weights else None)
 
 
+def _init(ray, address, kw) -> None:
+    """ray.init, with the SystemExit of Ray's own SIGTERM handler (which it installs in place of ours) turned into
+    our Terminated."""
+    try:
+        ray.init(address=address, **kw)
+    except SystemExit as e:
+        if e.code == signal.SIGTERM:
+            raise interrupt.Terminated() from None
+        raise
+
+
+def host_port(address: str) -> tuple[str, int] | None:
+    """(host, port) of a Ray address HOST:PORT or ray://HOST:PORT; None for another form ('auto', a host alone)."""
+    rest = address.split("://", 1)[1] if "://" in address else address
+    host, sep, port = rest.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        return None
+    return host.strip("[]"), int(port)
+
+
+class _Held:
+    text = ""        # what was written to stderr in the block
+    silence = False  # set in the block: after it, file descriptor 2 goes to /dev/null, and sys.stderr elsewhere
+
+
+@contextlib.contextmanager
+def _stderr_held():
+    """File descriptor 2 (stderr, also of C++ code) into a temporary file for the block; its text is in .text after.
+    With .silence set in the block, a thread still writing to descriptor 2 (Ray's core, connecting without end) is
+    silenced for the rest of the process: descriptor 2 then leads to /dev/null, and sys.stderr to the real stderr."""
+    import tempfile
+    held = _Held()
+    try:
+        sys.stderr.flush()
+    except (AttributeError, OSError, ValueError):
+        pass
+    try:
+        saved = os.dup(2)
+    except OSError:   # no stderr to hold
+        yield held
+        return
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield held
+        finally:
+            if held.silence:
+                null = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(null, 2)
+                os.close(null)
+                sys.stderr = open(saved, "w", encoding=getattr(sys.stderr, "encoding", None) or "utf-8",
+                                  errors=getattr(sys.stderr, "errors", None) or "backslashreplace", buffering=1)
+            else:
+                os.dup2(saved, 2)
+                os.close(saved)
+            tmp.seek(0)
+            held.text = tmp.read(1 << 16).decode(errors="replace")
+
+
+class _Drop(logging.Filter):
+    """Drops the log records whose message starts with `start`."""
+
+    def __init__(self, start: str):
+        super().__init__()
+        self.start = start
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.start)
+
+
+def connect(ray, address: str, kw: dict, timeout: float) -> None:
+    """ray.init(address) within `timeout` seconds, else a SmoothnessError: first until something accepts a TCP
+    connection at the address's port (Ray itself retries a port where nothing listens without end), then ray.init
+    in a helper thread while this one waits, so that SIGTERM and Ctrl-C are handled at once and a listener that is no
+    Ray cluster cannot hold the command (the thread is left behind when the command ends)."""
+    import socket
+    import threading
+    deadline = time.monotonic() + timeout
+    target = host_port(address)
+    why = ""
+    while target is not None:
+        try:
+            with socket.create_connection(target, timeout=max(0.1, min(2.0, deadline - time.monotonic()))):
+                break
+        except OSError as e:
+            why = e.strerror or ("no answer" if isinstance(e, TimeoutError) else type(e).__name__)
+        if time.monotonic() >= deadline:
+            raise SmoothnessError(f"could not reach the Ray cluster at {address} within {timeout:g} s "
+                                  f"({why[:1].lower() + why[1:]}): is it running? Check --address (or RAY_ADDRESS), "
+                                  "or wait longer with --ray-timeout SECONDS")
+        time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+    done: dict = {}
+
+    def init():
+        try:
+            ray.init(address=address, **kw)
+            done["ok"] = True
+        except BaseException as e:   # handed to the waiting thread
+            done["error"] = e
+
+    # Ray warns that it sets no SIGTERM handler outside the main thread: ours stays in place, as wanted
+    quiet = logging.getLogger("ray._private.worker")
+    no_handler = _Drop("SIGTERM handler is not set")
+    quiet.addFilter(no_handler)
+    helper = threading.Thread(target=init, name="smoothness-ray-connect", daemon=True)
+    with _stderr_held() as held:   # Ray's C++ core logs each failed try to stderr: shown only if it connects
+        helper.start()
+        try:
+            while helper.is_alive() and time.monotonic() < deadline:
+                helper.join(min(0.2, max(0.0, deadline - time.monotonic())))
+        finally:
+            if not helper.is_alive():
+                quiet.removeFilter(no_handler)
+            else:   # given up (or interrupted): the command ends, Ray's core would go on logging its tries,
+                held.silence = True   # and Ray's exit handler would wait for the connection that does not come
+                import atexit
+                atexit.unregister(ray.shutdown)
+    if "ok" in done:
+        if held.text.strip():
+            print(held.text.rstrip(), file=sys.stderr, flush=True)
+        return
+    if "error" in done:
+        raise done["error"]
+    raise SmoothnessError(f"could not connect to the Ray cluster at {address} within {timeout:g} s: something "
+                              "listens there but does not answer as a Ray cluster; check --address (or RAY_ADDRESS), "
+                              "or wait longer with --ray-timeout SECONDS")
+
+
 class RayRunner:
     """Connects to (or starts) Ray, and streams a grid's missing models back from chunk tasks."""
 
-    def __init__(self, address: str | None = None, *, num_cpus: int | None = None):
+    def __init__(self, address: str | None = None, *, num_cpus: int | None = None,
+                 timeout: float = CONNECT_TIMEOUT):
+        """Start a local Ray instance (address None and no RAY_ADDRESS), or connect to the cluster at `address`:
+        a SmoothnessError if that does not answer within `timeout` seconds. While it connects, SIGTERM and Ctrl-C
+        end the command as at any other moment (runtime/interrupt.py)."""
         ray = self.ray = import_ray()
         self.started = not ray.is_initialized()
         self.address = address = address or os.environ.get("RAY_ADDRESS") or None
@@ -102,10 +239,14 @@ class RayRunner:
                 kw["num_cpus"] = num_cpus
             handlers = interrupt.ours()
             try:
-                ray.init(address=address, **kw)
+                if address is None:   # starts Ray's processes: in this thread, which they must not outlive
+                    _init(ray, None, kw)
+                else:
+                    connect(ray, address, kw, timeout)
             except (ConnectionError, ValueError, RuntimeError) as e:
                 raise SmoothnessError(f"could not connect to the Ray cluster at {address!r}: {e}") from None
-            interrupt.reinstall(handlers)   # ray.init puts its own SIGTERM handler in place of ours
+            finally:
+                interrupt.reinstall(handlers)   # ray.init puts its own SIGTERM handler in place of ours
         res = ray.cluster_resources()
         self.gpus = int(res.get("GPU", 0))
         self.cpus = int(res.get("CPU", 0))

@@ -2,6 +2,7 @@
 them with torch.load(weights_only=True) into validated records, with one-line errors for anything else."""
 from __future__ import annotations
 
+import io
 import os
 import re
 import warnings
@@ -21,14 +22,19 @@ _OPTIONAL = {"alpha": float, "lr": float, "batch_size": int, "max_epochs": int, 
              "steps": int}
 
 
-def check_save_path(path) -> Path:
-    """The file to save to, checked before any training: its folder exists and is writable, and it is
-    not a folder or another non-regular file. Raises ConfigError."""
+def check_save_path(path, overwrite: bool = False) -> Path:
+    """The file to save to, checked before any training: a name is given, its folder exists and is writable, it
+    is not a folder or another non-regular file, and an existing file is replaced only with overwrite=True.
+    Raises ConfigError."""
+    if path is None or not str(path).strip():
+        raise ConfigError("--save: an empty file name; give one, e.g. --save models.pt")
     p = Path(path)
     if str(path).endswith(("/", os.sep)) or p.is_dir():
         raise ConfigError(f"--save {path}: is a folder; name a file in it, e.g. {p / 'models.pt'}")
     if p.exists() and not p.is_file():
         raise ConfigError(f"--save {path}: exists and is not a regular file")
+    if p.exists() and not overwrite:
+        raise ConfigError(f"--save {path}: the file exists; pass --overwrite to replace it, or choose another name")
     parent = p.parent
     if not parent.is_dir():
         what = "is not a folder" if parent.exists() else "does not exist"
@@ -38,17 +44,27 @@ def check_save_path(path) -> Path:
     return p
 
 
-def save_models(path, records: list[dict]) -> None:
-    """Save trained models with their configs and results (torch.save; loadable with weights_only).
+def save_models(path, records: list[dict], overwrite: bool = False) -> None:
+    """Save trained models with their configs and results (torch.save; loadable with weights_only); an existing
+    file is replaced only with overwrite=True (check_save_path).
 
-    Written to a temporary file beside path and renamed: path never holds a half-written file, and the
-    temporary file is removed on any failure."""
-    path = check_save_path(path)
+    Serialized in memory, then written to a temporary file beside path, synced and renamed: path never holds a
+    half-written file, the temporary file is removed on any failure, and a failure to write (a full disk) is one
+    SmoothnessError with the system's reason."""
+    path = check_save_path(path, overwrite)
     out = [{"meta": {k: v for k, v in r.items() if k != "params"}, "params": r["params"].state_dict()}
            for r in records]
     tmp = path.with_name(f".{path.name}.part-{os.getpid()}")
     try:
-        torch.save({"format": SAVE_FORMAT, "models": out}, tmp)
+        buf = io.BytesIO()
+        torch.save({"format": SAVE_FORMAT, "models": out}, buf)
+        with open(tmp, "wb") as f:
+            f.write(buf.getbuffer())
+            f.flush()
+            os.fsync(f.fileno())
+        if not overwrite and path.exists():   # made by someone else while the models trained
+            raise ConfigError(f"--save {path}: the file was created while the models trained; pass --overwrite "
+                              "to replace it, or choose another name")
         os.replace(tmp, path)
     except BaseException as e:
         try:
@@ -56,8 +72,15 @@ def save_models(path, records: list[dict]) -> None:
         except OSError:
             pass
         if isinstance(e, (OSError, RuntimeError)):
-            raise SmoothnessError(f"cannot write {path}: {first_line(e, 200)}") from None
+            why = os_reason(e) if isinstance(e, OSError) else first_line(e, 200)
+            raise SmoothnessError(f"cannot write {path}: {why}") from None
         raise
+
+
+def os_reason(e: OSError) -> str:
+    """The system's reason for an OSError in lower case ("no space left on device"), or its message."""
+    why = e.strerror or first_line(e, 200)
+    return why[:1].lower() + why[1:]
 
 
 def load_models(path) -> list[dict]:

@@ -10,17 +10,19 @@ from pathlib import Path
 
 from smoothness.errors import ConfigError, StoreError
 from smoothness.experiments import pipeline, snapshots, staging
+from smoothness.experiments.claim import claim_store, other_grid, other_note, owner_alive
 from smoothness.experiments.config import RunConfig
-from smoothness.experiments.distributed import DEFAULT_RETRIES, expected_steps
+from smoothness.experiments.distributed import CONNECT_TIMEOUT, DEFAULT_RETRIES, expected_steps
 from smoothness.experiments.grid import Grid, config_key
 from smoothness.experiments.progress import HEARTBEAT, GridProgress, counted, hms, snapshot_note
-from smoothness.experiments.store import Store, versions
+from smoothness.experiments.store import Store, versions, warn
 from smoothness.experiments.storefile import model_count
 
 
 @dataclass
 class RunSummary:
-    """What a grid run did: models in the grid, trained now, stored before, skipped, by status."""
+    """What a grid run did with each model of the grid: trained now, stored before it started, stored meanwhile by
+    another run, skipped (above a ladder's edge), or left untrained; and the grid's models by status."""
     grid: str
     total: int
     stored_before: int
@@ -33,16 +35,22 @@ class RunSummary:
     chunks: int = 0           # ray: chunks planned (first attempts; a chunk another run stored is not submitted)
     retried: int = 0          # ray: chunks resubmitted after a worker or node died
     skipped: int = 0          # lambda rungs above a ladder's edge, not trained (staging.py)
-    elsewhere: int = 0        # models another run stored meanwhile, not trained here
+    elsewhere: int = 0        # models another run stored meanwhile (also those this run trained too, but later)
+
+    @property
+    def left(self) -> int:
+        """Models of the grid none of the above: not trained (the run was stopped, or a wave stored nothing)."""
+        return self.total - self.trained - self.stored_before - self.elsewhere - self.skipped
 
     def line(self) -> str:
-        """The summary as one line of text."""
+        """The summary as one line of text; its counts add up to the grid's models."""
         s = self.statuses
         ray = (f"; ray backend, {self.where}, {self.chunks} chunks, {self.retried} retried"
                if self.backend == "ray" else "")
         skip = (f", {self.skipped} above a lambda ladder's edge not trained (ladder: staged)"
                 if self.skipped else "") + (f", {self.elsewhere} stored meanwhile by another run"
-                                            if self.elsewhere else "")
+                                            if self.elsewhere else "") + (f", {self.left} left untrained"
+                                                                          if self.left else "")
         return (f"grid {self.grid}: {counted(self.total, 'model')}, {self.trained} trained now, "
                 f"{self.stored_before} already stored{skip}; converged {s['converged']}, "
                 f"not converged {s['not_converged']}, diverged {s['diverged']}; "
@@ -61,15 +69,49 @@ def check_data(grid: Grid, data_dir=None) -> None:
             task.subset(n, s)
 
 
+def data_checked_here(backend: str, address: str | None) -> bool:
+    """Whether a run checks the data on this machine before training (check_data): always, except on a remote Ray
+    cluster, whose workers check their own data."""
+    return backend == "local" or not (address or os.environ.get("RAY_ADDRESS"))
+
+
+def check_options(grid: Grid, *, device=None, backend: str = "local", retries: int = DEFAULT_RETRIES,
+                  measure_batch: int | None = None, chunk_size: int | None = None,
+                  ray_timeout: float = CONNECT_TIMEOUT):
+    """The checks of a run's options before any work (run_grid and the dry run make the same): the backend, the
+    device and the matmul precision it allows, the measure batch, and the Ray settings. Returns (device: resolved
+    for the local backend, a name for Ray's workers to resolve; measure batch)."""
+    if backend not in ("local", "ray"):
+        raise ConfigError(f"unknown backend {backend!r}; use local or ray")
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise ConfigError(f"--retries must be 0 or more (times a chunk is resubmitted), got {retries!r}")
+    if chunk_size is not None and chunk_size < 1:
+        raise ConfigError(f"--chunk-size must be at least 1, got {chunk_size}")
+    if not 0 < ray_timeout < float("inf"):
+        raise ConfigError(f"--ray-timeout must be a positive number of seconds, got {ray_timeout!r}")
+    if backend == "local":
+        device = pipeline.resolve_device(device)
+        measure_batch = pipeline.measure_batch_size(measure_batch, device)
+        pipeline.check_matmul_precision({grid.matmul_precision}, device)
+    else:
+        device = str(device or "auto")  # resolved on each worker
+        if device.split(":")[0] not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"unknown device {device!r}; use cpu, cuda or auto")
+        pipeline.measure_batch_size(measure_batch, "cpu")  # checked only: workers use their device's default
+    return device, measure_batch
+
+
 def run_grid(grid: Grid, out, *, device=None, data_dir=None, progress: bool = True, save_weights: bool = True,
              stream=None, backend: str = "local", address: str | None = None, chunk_size: int | None = None,
              retries: int = DEFAULT_RETRIES, ray_cpus: int | None = None,
              measure_batch: int | None = None, merge: bool = False,
-             snapshot_every: float | None = snapshots.DEFAULT_EVERY) -> RunSummary:
+             snapshot_every: float | None = snapshots.DEFAULT_EVERY,
+             ray_timeout: float = CONNECT_TIMEOUT) -> RunSummary:
     """Train every model of the grid that the store under `out` does not hold yet; returns a summary.
 
     backend "local" trains in this process; "ray" runs chunks of models as Ray tasks (see distributed.py)
-    on the cluster at `address` (or RAY_ADDRESS), or on a local Ray instance with `ray_cpus` CPUs.
+    on the cluster at `address` (or RAY_ADDRESS; given up with one error if it cannot be reached within
+    ray_timeout seconds), or on a local Ray instance with `ray_cpus` CPUs.
     Either way each model is committed to the store the moment it comes back. Locally, trained models
     are measured measure_batch at a time (pipeline.measure_batch_size: 1 on CPU, 128 on a GPU); when
     that is more than one, each model is stored as trained the moment it finishes training, and a
@@ -81,20 +123,11 @@ def run_grid(grid: Grid, out, *, device=None, data_dir=None, progress: bool = Tr
     seconds each model still training is saved in out/snapshots, and the next run goes on from there
     (snapshots.py; None or 0: no snapshots).
     """
-    if backend not in ("local", "ray"):
-        raise ConfigError(f"unknown backend {backend!r}; use local or ray")
     t0 = time.perf_counter()
+    device, measure_batch = check_options(grid, device=device, backend=backend, retries=retries,
+                                          measure_batch=measure_batch, chunk_size=chunk_size, ray_timeout=ray_timeout)
     configs = grid.configs()
     keys = [config_key(c) for c in configs]
-    if backend == "local":
-        device = pipeline.resolve_device(device)
-        measure_batch = pipeline.measure_batch_size(measure_batch, device)
-        pipeline.check_matmul_precision({grid.matmul_precision}, device)
-    else:
-        device = str(device or "auto")  # resolved on each worker
-        if device.split(":")[0] not in ("auto", "cpu", "cuda"):
-            raise ConfigError(f"unknown device {device!r}; use cpu, cuda or auto")
-        pipeline.measure_batch_size(measure_batch, "cpu")  # checked only: workers use their device's default
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise StoreError(f"{out} is a file, not a directory: the experiment directory (--out) must be a directory")
@@ -104,72 +137,23 @@ def run_grid(grid: Grid, out, *, device=None, data_dir=None, progress: bool = Tr
         return _run_grid(grid, out, configs, keys, t0, device=device, data_dir=data_dir, progress=progress,
                          save_weights=save_weights, stream=stream, backend=backend, address=address,
                          chunk_size=chunk_size, retries=retries, ray_cpus=ray_cpus, measure_batch=measure_batch,
-                         merge=merge, snaps=snapshots.SnapshotDir(out / snapshots.FOLDER, snapshot_every))
+                         merge=merge, snaps=snapshots.SnapshotDir(out / snapshots.FOLDER, snapshot_every),
+                         ray_timeout=ray_timeout)
     except BaseException:
         if fresh:
             _remove_if_empty(out / Store.FILENAME, made)
         raise
 
 
-def _other_grid(store: Store, grid: Grid) -> str | None:
-    """The name of the grid the store was made for, if that is not `grid` and the store holds models or a run of
-    that grid may be writing to it now (its owner, see claim_store)."""
-    held = (store.meta("grid") or {}).get("name")
-    if not held or held == grid.name:
-        return None
-    return held if model_count(store.db) or _owner_alive(store.meta("owner")) else None
-
-
-def _owner_alive(owner) -> bool:
-    """Whether the process that claimed a store (meta 'owner': host and pid) may still run: on this host, whether
-    the pid exists; on another host it cannot be told, so yes."""
-    import socket
-    if not isinstance(owner, dict) or "pid" not in owner:
-        return False
-    if owner.get("host") != socket.gethostname():
-        return True
-    pid = owner["pid"]
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError, ValueError, TypeError):
-        return True
-    return True
-
-
-def claim_store(store: Store, grid: Grid, merge: bool) -> None:
-    """Record the grid (and this process as the store's owner) in the store's meta, in one transaction with the
-    check: a store that holds another grid's models, or that another grid's run claimed and may be writing to now,
-    is refused unless merge. Two runs of different grids started at the same moment into one --out cannot both
-    pass the check."""
-    import socket
-    with store.transaction():
-        other = _other_grid(store, grid)
-        if other is not None and not merge:
-            n = model_count(store.db)
-            busy = "" if n else ", being written by a run that is still going"
-            raise ConfigError(f"{store.path} holds grid '{other}' ({n} models{busy}); grid '{grid.name}' would mix "
-                              "its models into it: choose another --out, or pass --merge to add them to this store")
-        if other is None:
-            store.set_meta("grid", grid.to_dict())
-        else:   # the store keeps its own grid; the grids merged into it are listed beside it
-            merged = store.meta("merged", []) or []
-            store.set_meta("merged", [g for g in merged if g.get("name") != grid.name] + [grid.to_dict()])
-        store.set_meta("owner", {"host": socket.gethostname(), "pid": os.getpid(), "grid": grid.name})
-
-
 def _store_view(grid: Grid, out: Path) -> tuple[dict, dict, set, str | None] | None:
     """Read-only: (the grid's configs by key, the stored statuses, the keys of rungs above a ladder's edge that
-    those statuses rule out, the other grid the store was made for, if any (see _other_grid)), or None when `out`
+    those statuses rule out, the other grid the store was made for, if any (see other_grid)), or None when `out`
     holds no store."""
     if not (Path(out) / Store.FILENAME).exists():
         return None
     by_key = {config_key(c): c for c in grid.configs()}
     with Store(Path(out) / Store.FILENAME, create=False) as st:
-        status, other = st.statuses(), _other_grid(st, grid)
+        status, other = st.statuses(), other_grid(st, grid)
     return by_key, status, set(staging.next_wave(by_key, status, grid.ladder).skipped), other
 
 
@@ -215,7 +199,7 @@ def work_note(work: list[tuple[RunConfig, float]], rate: float | None = None, sh
 def dry_run(grid: Grid, out: Path, merge: bool = False) -> str:
     """One line: the grid's size and how many of its models the store in `out` holds (read-only)."""
     total, stored, other, skipped = _stored(grid, out) or (len(grid.configs()), 0, None, 0)
-    note = f" (the store holds grid '{other}': run refuses it without --merge)" if other and not merge else ""
+    note = f" (the store holds {other_note(other)}: run refuses it without --merge)" if other and not merge else ""
     left = total - stored - skipped
     skip = f", {skipped} above a lambda ladder's edge not to be trained" if skipped else ""
     snap = snapshot_note(snapshots.SnapshotDir(Path(out) / snapshots.FOLDER), [config_key(c) for c in grid.configs()],
@@ -258,7 +242,7 @@ def _remove_if_empty(path: Path, made: list[Path]) -> None:
                 n, owner = (0 if path.stat().st_size == 0 else 1), None
             finally:
                 db.close()
-            if n or _owner_alive(owner):   # another run claimed it (and may store into it any moment)
+            if n or owner_alive(owner):   # another run claimed it (and may store into it any moment)
                 return
             for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
                 p.unlink(missing_ok=True)
@@ -269,13 +253,20 @@ def _remove_if_empty(path: Path, made: list[Path]) -> None:
 
 
 def _run_grid(grid: Grid, out: Path, configs, keys, t0, *, device, data_dir, progress, save_weights, stream,
-              backend, address, chunk_size, retries, ray_cpus, measure_batch, merge, snaps) -> RunSummary:
+              backend, address, chunk_size, retries, ray_cpus, measure_batch, merge, snaps,
+              ray_timeout) -> RunSummary:
     with Store(out / Store.FILENAME) as store, ExitStack() as stack:
         stored = store.keys()
         todo = [(k, c) for k, c in zip(keys, configs) if k not in stored]
+        ours = set(keys)
+        bad = [(k, why) for k, why in store.damaged() if k in ours]
+        if bad:
+            warn(f"{store.path}: {len(bad)} damaged model row(s) of this grid (first: {bad[0][0]}: {bad[0][1]}) are "
+                 "not counted as stored: their models are trained again and replace them (`smoothness salvage "
+                 f"{store.path} NEWDIR` copies the sound rows into a new store instead)")
         summary = RunSummary(grid.name, len(configs), len(configs) - len(todo), store=str(store.path),
                              backend=backend)
-        if todo and (backend == "local" or not (address or os.environ.get("RAY_ADDRESS"))):
+        if todo and data_checked_here(backend, address):
             check_data(grid, data_dir)  # on a remote cluster the workers' data is checked by the workers
         claim_store(store, grid, merge)
         store.set_meta("versions", versions())
@@ -283,9 +274,10 @@ def _run_grid(grid: Grid, out: Path, configs, keys, t0, *, device, data_dir, pro
                            in_training=lambda: snapshot_note(snaps, keys))
         stack.callback(bar.close)
         by_key = dict(zip(keys, configs))
-        ray = _RayBackend(stack, summary, address, ray_cpus, chunk_size, dict(
+        ray = _RayBackend(stack, summary, address, ray_cpus, chunk_size, ray_timeout, dict(
             device=device, data_dir=data_dir, save_weights=save_weights, retries=retries, progress=bar.trainer,
             snapshots=(str(snaps.path), snaps.every)))
+        added = set()   # the models this run stored (another run may store a model this one trains, first)
         try:
             last, delivered = None, set()
             while True:   # waves: a lambda rung starts when the rung below has passed (staging.py)
@@ -303,6 +295,7 @@ def _run_grid(grid: Grid, out: Path, configs, keys, t0, *, device, data_dir, pro
                            if backend == "local" else ray.results(wave_todo, store.keys))
                 for key, rec, params in results:
                     if store.add(key, rec, params if save_weights else None):
+                        added.add(key)
                         summary.trained += 1
                     snaps.remove(key)
                     delivered.add(key)
@@ -311,6 +304,9 @@ def _run_grid(grid: Grid, out: Path, configs, keys, t0, *, device, data_dir, pro
         finally:
             status = store.statuses()
             summary.statuses = Counter(status[k] for k in keys if k in status)
+            # every model of the grid counted once: a model this run trained but another stored first is theirs
+            summary.elsewhere = sum(k in status and k not in added for k, _ in todo)
+            summary.skipped = len(staging.next_wave(by_key, status, grid.ladder).skipped)
             summary.seconds = time.perf_counter() - t0
     return summary
 
@@ -340,8 +336,8 @@ def _local_results(store: Store, todo, device, data_dir, measure_batch: int, pro
 class _RayBackend:
     """The Ray side of a run: one RayRunner (started on first use) for all waves of the grid."""
 
-    def __init__(self, stack: ExitStack, summary: RunSummary, address, ray_cpus, chunk_size, kw):
-        self.stack, self.summary = stack, summary
+    def __init__(self, stack: ExitStack, summary: RunSummary, address, ray_cpus, chunk_size, timeout, kw):
+        self.stack, self.summary, self.timeout = stack, summary, timeout
         self.address, self.ray_cpus, self.chunk_size, self.kw = address, ray_cpus, chunk_size, dict(kw)
         self.runner = None
 
@@ -350,7 +346,8 @@ class _RayBackend:
         the keys in the store now, so that a model another run stored meanwhile is not trained again."""
         from smoothness.experiments.distributed import RayRunner, default_chunk_size, make_chunks
         if self.runner is None:
-            self.runner = self.stack.enter_context(RayRunner(self.address, num_cpus=self.ray_cpus))
+            self.runner = self.stack.enter_context(RayRunner(self.address, num_cpus=self.ray_cpus,
+                                                             timeout=self.timeout))
             self.summary.where = self.runner.describe()
         chunks = make_chunks(todo, self.chunk_size or default_chunk_size(len(todo), self.runner.slots))
         self.summary.chunks += len(chunks)

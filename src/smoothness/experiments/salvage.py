@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 from smoothness.errors import SmoothnessError, StoreError
-from smoothness.experiments.store import Store, parse_record, store_path
-from smoothness.experiments.storefile import connect_read_only
+from smoothness.experiments.store import Store, store_path
+from smoothness.experiments.storefile import connect_read_only, row_problem
 
 _GAP = 1000   # rowids probed past the last readable row when the largest rowid cannot be read
 
@@ -62,9 +62,7 @@ def salvage(source, dest) -> tuple[int, int, int]:
                 if name != "schema":
                     new.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, value))
             for row in _rows(db, "runs", "*"):
-                try:
-                    parse_record(row[-1], "status")
-                except ValueError:
+                if row_problem(row[10], row[-1]) is not None:   # damaged (Store.damaged): its model is trained again
                     bad += 1
                     continue
                 new.db.execute("INSERT OR IGNORE INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", row)

@@ -34,8 +34,10 @@ from smoothness.experiments.storefile import (
     connect_read_only,
     damaged,
     file_identity,
+    parse_record,
     prepare,
     retry_busy,
+    row_problem,
     write_failure,
 )
 from smoothness.models import MLPStack, stack_from_state
@@ -218,8 +220,8 @@ class Store:
 
     # -- writing ---------------------------------------------------------------------------------
     def add(self, key: str, record: dict, params: MLPStack | None = None) -> bool:
-        """Commit one finished model (and its weights) atomically; False if the key was already stored.
-        The model leaves the `trained` table in the same transaction."""
+        """Commit one finished model (and its weights) atomically; False if the key was already stored. A damaged
+        row of the key (damaged()) is replaced. The model leaves the `trained` table in the same transaction."""
         rec = {k: _clean(v) for k, v in record.items() if k != "params"}
         rec.setdefault("versions", versions())
         blob = None if params is None else _blob(params)
@@ -231,6 +233,10 @@ class Store:
         with self._writing(f"model {key}"):
             try:
                 retry_busy(lambda: db.execute("BEGIN IMMEDIATE"), LOCK_TIMEOUT)
+                old = db.execute("SELECT status, record FROM runs WHERE key=?", (key,)).fetchone()
+                if old is not None and row_problem(*old):   # a damaged row (see damaged()): replaced
+                    db.execute("DELETE FROM weights WHERE key=?", (key,))
+                    db.execute("DELETE FROM runs WHERE key=?", (key,))
                 added = db.execute("INSERT OR IGNORE INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                                    row).rowcount == 1
                 if added and blob is not None:
@@ -297,28 +303,47 @@ class Store:
             warn(f"{self.path}: unreadable meta entry {name!r} ignored")
             return default
 
+    def _scan(self) -> tuple[dict[str, str], list[tuple[str, str]]]:
+        """The status of every sound model row by key, and (key, why) of the damaged ones (row_problem)."""
+        sound, bad = {}, []
+        for key, status, rec in self.db.execute("SELECT key, status, record FROM runs ORDER BY rowid"):
+            why = row_problem(status, rec)
+            if why is None:
+                sound[key] = status
+            else:
+                bad.append((key, why))
+        return sound, bad
+
     def keys(self) -> set[str]:
-        """The keys of the finished models."""
-        return {r[0] for r in self.db.execute("SELECT key FROM runs")}
+        """The keys of the finished models (damaged rows left out: see damaged())."""
+        return set(self._scan()[0])
 
     def statuses(self) -> dict[str, str]:
-        """The status of every stored model, by key (from the indexed column, without parsing records)."""
-        return dict(self.db.execute("SELECT key, status FROM runs"))
+        """The status of every stored model, by key; damaged rows (damaged()) are left out."""
+        return self._scan()[0]
+
+    def damaged(self) -> list[tuple[str, str]]:
+        """(key, why) of every damaged model row: its record is not a JSON object with a status, or its status is
+        not a final one (FINAL) or differs from its record's. Such a row does not count as stored: `run` trains its
+        model again and replaces it, `report` leaves it out, `salvage` copies what can be read of it."""
+        return self._scan()[1]
 
     def __len__(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
 
     def records(self) -> list[dict]:
         """Every stored model's record (config, status, losses, measures, timings, versions), with 'key'.
-        A row whose record cannot be read is skipped with a warning naming its key, and listed in .skipped."""
+        A damaged row (damaged()) is left out with one warning naming it, and listed in .skipped."""
         out, self.skipped = [], []
-        for key, rec in self.db.execute("SELECT key, record FROM runs ORDER BY rowid"):
-            try:
+        for key, status, rec in self.db.execute("SELECT key, status, record FROM runs ORDER BY rowid"):
+            why = row_problem(status, rec)
+            if why is None:
                 out.append({**parse_record(rec, "status"), "key": key})
-            except ValueError as e:
-                self.skipped.append((key, str(e)))
+            else:
+                self.skipped.append((key, why))
         if self.skipped:
-            warn(f"{self.path}: skipped {len(self.skipped)} unreadable model row(s): {_keys(self.skipped)}")
+            warn(f"{self.path}: left out {len(self.skipped)} damaged model row(s): {_keys(self.skipped)}; "
+                 f"`smoothness salvage {self.path} NEWDIR` copies the sound rows into a new store")
         return out
 
     def frame(self):
@@ -394,21 +419,6 @@ def export(source, dest, weights: bool = False) -> int:
     finally:
         src.close()
     return n
-
-
-def parse_record(text, *required) -> dict:
-    """A stored record: a JSON object (with the fields `required`), else ValueError."""
-    try:
-        rec = json.loads(text)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"record is not JSON ({getattr(e, 'msg', str(e))[:60]})") from None
-    if not isinstance(rec, dict):
-        kind = {type(None): "null", list: "an array", str: "a string", bool: "a boolean"}.get(type(rec), "a number")
-        raise ValueError(f"record is {kind}, not a JSON object")
-    missing = [f for f in required if f not in rec]
-    if missing:
-        raise ValueError(f"record lacks {', '.join(missing)}")
-    return rec
 
 
 def _keys(bad: list[tuple[str, str]], most: int = 10) -> str:

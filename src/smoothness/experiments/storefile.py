@@ -1,9 +1,10 @@
 """The SQLite file under a results store: creating its schema, connecting read-only, checking that a file is a
 results store (its tables, its schema, SQLite's integrity check), telling a deleted or replaced file, waiting out
-another process's lock, and turning SQLite's failures into one line that says what is wrong and what is kept
-(store.py uses these)."""
+another process's lock, turning SQLite's failures into one line that says what is wrong and what is kept, and
+reading a model row's record or telling that the row is damaged (store.py uses these)."""
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -183,3 +184,34 @@ def prepare(path: Path, db: sqlite3.Connection) -> None:
         db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
     else:
         check_schema(path, row[0])
+
+
+def parse_record(text, *required) -> dict:
+    """A stored record: a JSON object (with the fields `required`), else ValueError."""
+    try:
+        rec = json.loads(text)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"record is not JSON ({getattr(e, 'msg', str(e))[:60]})") from None
+    if not isinstance(rec, dict):
+        kind = {type(None): "null", list: "an array", str: "a string", bool: "a boolean"}.get(type(rec), "a number")
+        raise ValueError(f"record is {kind}, not a JSON object")
+    missing = [f for f in required if f not in rec]
+    if missing:
+        raise ValueError(f"record lacks {', '.join(missing)}")
+    return rec
+
+
+FINAL = ("converged", "not_converged", "diverged")   # the statuses a stored model ends with (training.state)
+
+
+def row_problem(status, text) -> str | None:
+    """What makes a model row damaged (its status column and record text), or None for a sound row."""
+    try:
+        rec = parse_record(text, "status")
+    except ValueError as e:
+        return str(e)
+    if rec["status"] not in FINAL:
+        return f"status {str(rec['status'])[:40]!r} is not one of {', '.join(FINAL)}"
+    if status != rec["status"]:
+        return f"status column {str(status)[:40]!r} differs from the record's {rec['status']!r}"
+    return None

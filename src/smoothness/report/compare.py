@@ -7,7 +7,7 @@ of epochs, with the same losses and measures, and does Table 1 come out the same
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import pandas as pd
@@ -35,6 +35,16 @@ class Comparison:
     statuses: pd.DataFrame           # matched models by (status in A, status in B)
     differences: pd.DataFrame        # per quantity: models, median / 90th percentile / max relative difference
     table1: pd.DataFrame             # Kendall's tau mean and std per measure in A and in B
+    apart: list = field(default_factory=list)   # where no model matched: how the configurations differ (apart())
+
+    def no_match(self) -> str:
+        """One line for two stores without a model in common: which fields set them apart."""
+        if not self.models_a or not self.models_b:
+            return (f"no model to match: {self.a if not self.models_a else self.b} holds none")
+        why = f"; they differ in {'; '.join(self.apart)}" if self.apart else ""
+        return (f"no model of {self.a} matched one of {self.b} on every configuration field"
+                + (f" except {', '.join(self.ignored)}" if self.ignored else "") + why
+                + " (--ignore FIELD leaves a field out of the match)")
 
     def markdown(self) -> str:
         """The comparison as Markdown."""
@@ -75,6 +85,23 @@ def match(a: pd.DataFrame, b: pd.DataFrame, ignore=IGNORED) -> pd.DataFrame:
     a = a[[c for c in keep if c in a]]
     b = b[[c for c in keep if c in b]]
     return a.merge(b, on=cols, suffixes=("_a", "_b"), how="inner")
+
+
+def apart(a: pd.DataFrame, b: pd.DataFrame, ignore=IGNORED, most: int = 4) -> list[str]:
+    """The configuration fields whose values in store frames a and b are not the same sets, each with its values
+    (a few), for a comparison where no model matched: e.g. ["max_epochs (A: 20; B: 30)"]."""
+    def values(df, c) -> list[str]:
+        return sorted({"none" if not isinstance(v, (list, tuple)) and pd.isna(v) else str(v) for v in df[c]}
+                      if c in df else [])
+
+    def shown(vs: list[str]) -> str:
+        return ", ".join(vs[:3]) + (f", … ({len(vs)} values)" if len(vs) > 3 else "") if vs else "absent"
+    out = []
+    for c in config_columns(ignore):
+        va, vb = values(a, c), values(b, c)
+        if va != vb:
+            out.append(f"{c} (A: {shown(va)}; B: {shown(vb)})")
+    return out[:most] + ([f"{len(out) - most} more"] if len(out) > most else [])
 
 
 def relative_differences(m: pd.DataFrame) -> pd.DataFrame:
@@ -122,4 +149,5 @@ def compare(a, b, ignore=IGNORED) -> Comparison:
         t1 = t1.sort_values(["setting", "measure"], key=lambda c: c.map(order) if c.name == "measure" else c,
                             ignore_index=True)
     return Comparison(pa, pb, len(fa), len(fb), m, ignore, statuses,
-                      relative_differences(m) if len(m) else pd.DataFrame(), t1)
+                      relative_differences(m) if len(m) else pd.DataFrame(), t1,
+                      apart(fa, fb, ignore) if len(fa) and len(fb) and not len(m) else [])

@@ -141,7 +141,8 @@ def compute_content(df: pd.DataFrame, grid: dict, merged: list, versions: dict, 
     intro = (f"{len(df)} models in {path}. Generated {time.strftime('%Y-%m-%d %H:%M')} by smoothness "
              f"{versions.get('smoothness', '?')} (torch {versions.get('torch', '?')}).")
     if skipped:
-        intro += (f" {len(skipped)} more stored row(s) could not be read and are left out: "
+        intro += (f" {len(skipped)} more stored row(s) could not be read as models (damaged: an unreadable record "
+                  "or an unknown status) and are left out: "
                   + ", ".join(k for k, _ in skipped[:20]) + (", …" if len(skipped) > 20 else "") + ".")
     for g in grids:
         if g.get("description"):
