@@ -6,26 +6,34 @@ The loss over the data is the mean over all points, L(theta) = sum_b (n_b / N) L
 points with mean-reduced batch losses L_b, so a DataLoader gives the Hessian of the tensor of its points (memory:
 one batch). loss: a callable loss(outputs, targets) -> scalar mean over the batch (torch.nn.CrossEntropyLoss(),
 F.cross_entropy, ...), or 'mse' (eq. 2 of Volhejn & Lampert: mean (f(x) - y)^2, f's [n, 1] output read as [n]) or
-'cross_entropy'; None picks cross_entropy for integer targets and K > 1 outputs, else mse.
+'cross_entropy'; None picks cross_entropy for integer targets and K > 1 outputs, else mse (losses.py).
 
 For a ReLU MLP of this package (or an nn.Sequential of Linear and ReLU layers) with the mse loss on tensors,
 sharpness and the trace take the batched fast path of paramspace.py unless fast=False; tests check that both
 paths agree with each other and with the dense Hessian.
+
+Before any work (checks.py): x and y are dense, real and finite; the model's output on the first point is one
+tensor per point; for the named losses the targets fit the outputs (the mse: as many values per point as outputs;
+the cross-entropy: labels 0 to K - 1, or probabilities [n, K]), checked on every batch; the Lanczos basis fits in
+memory. A model with non-finite parameters gets a warning and NaN; a Hessian-vector product that is not finite
+(an overflow, or NaN from the model or the loss) gives NaN with a warning.
 """
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call, grad, jvp
-from torch.nn import functional as F
 
-from smoothness.measures import anymodule, lanczos, paramspace, stream
+from smoothness.errors import MeasureError, MeasureTypeError
+from smoothness.measures import anymodule, checks, lanczos, paramspace, stream
 from smoothness.measures import inputspace as ins
 from smoothness.measures.estimate import Estimate, exact, mean_and_se
+from smoothness.measures.losses import check_targets, resolve_loss
 from smoothness.models import MLPStack, ReLUMLP
 from smoothness.runtime import precision
 from smoothness.runtime.progress import Bar
@@ -36,45 +44,22 @@ DEFAULT_PROBES = 100     # Hutchinson probe vectors
 DEFAULT_RUNS = 4         # independent stochastic Lanczos quadrature runs of the density
 
 
-def _mse(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Eq. 2: mean over the points of (f(x) - y)^2 (summed over outputs when there are several)."""
-    if out.dim() == 2 and out.shape[1] == 1 and y.dim() == 1:
-        out = out[:, 0]
-    return (out - y.to(out.dtype)).square().reshape(out.shape[0], -1).sum(1).mean()
-
-
-LOSSES = {"mse": _mse, "cross_entropy": F.cross_entropy}
-
-
-def resolve_loss(loss, out: torch.Tensor, y: torch.Tensor):
-    """The loss callable named or given (see the module docstring)."""
-    if loss is None:
-        classes = out.dim() == 2 and out.shape[1] > 1 and not y.is_floating_point()
-        return F.cross_entropy if classes else _mse
-    if isinstance(loss, str):
-        if loss not in LOSSES:
-            raise ValueError(f"unknown loss {loss!r}: name one of {', '.join(LOSSES)} or pass a callable")
-        return LOSSES[loss]
-    if not callable(loss):
-        raise TypeError(f"loss must be a name or a callable loss(outputs, targets); got {type(loss).__name__}")
-    return loss
-
-
 def _batches(data, targets, batch_size):
     """(x, y) batches of the data: tensors split in batch_size points (all at once for None), or a loader's."""
     if stream.is_stream(data):
         if targets is not None:
-            raise ValueError("targets are given with the batches of a DataLoader: pass (x, y) batches instead")
+            raise MeasureError("targets are given with the batches of a DataLoader: pass (x, y) batches instead")
         for x, y in stream.batches(data, with_targets=True):
             if y is None:
-                raise ValueError("the curvature of a loss needs targets: the batches must be (x, y)")
+                raise MeasureError("the curvature of a loss needs targets: the batches must be (x, y)")
             yield x, y
         return
     if targets is None:
-        raise ValueError("the curvature of a loss needs targets y: pass x and y, or a DataLoader of (x, y)")
+        raise MeasureError("the curvature of a loss needs targets y: pass x and y, or a DataLoader of (x, y)")
     x, y = stream.as_tensor(data), stream.as_tensor(targets)
-    if x.shape[0] != y.shape[0] or x.shape[0] == 0:
-        raise ValueError(f"x holds {x.shape[0]} points and y {y.shape[0]} targets; they must match and be > 0")
+    if x.dim() == 0 or y.dim() == 0 or x.shape[0] != y.shape[0] or x.shape[0] == 0:
+        raise MeasureError(f"x has shape {tuple(x.shape)} and y {tuple(y.shape)}: the numbers of points and targets "
+                           "must match (one row each, at least one)")
     step = batch_size or x.shape[0]
     for i in range(0, x.shape[0], step):
         yield x[i:i + step], y[i:i + step]
@@ -86,16 +71,18 @@ class HessianOperator:
 
     def __init__(self, model: nn.Module, data, targets=None, loss=None, *, batch_size: int | None = None):
         if not isinstance(model, nn.Module):
-            raise TypeError(f"the curvature is of an nn.Module's parameters; got {type(model).__name__}")
+            raise MeasureTypeError(f"the curvature is of an nn.Module's parameters; got {type(model).__name__}")
         if isinstance(model, torch.jit.ScriptModule):
-            raise TypeError("the curvature takes the parameters as inputs (torch.func), which a TorchScript module "
-                            "cannot: save the model with torch.export, or as a state dict for its nn.Module")
+            raise MeasureTypeError("the curvature takes the parameters as inputs (torch.func), which a TorchScript "
+                                   "module cannot: save the model with torch.export, or as a state dict for its "
+                                   "nn.Module")
         anymodule.check_mode(model)
         stream.check_reiterable(data, "the Hessian operator")
+        data, targets = _checked(data, targets)
         self.model, self.data, self.targets, self.batch_size = model, data, targets, batch_size
         self.names = [n for n, p in model.named_parameters() if p.requires_grad]
         if not self.names:
-            raise ValueError("the model has no trainable parameters")
+            raise MeasureError("the model has no trainable parameters")
         params = dict(model.named_parameters())
         self.params = {n: params[n].detach() for n in self.names}
         self.frozen = {n: p.detach() for n, p in params.items() if n not in self.params}
@@ -105,7 +92,7 @@ class HessianOperator:
         self.dim = sum(self.sizes)
         first = self.params[self.names[0]]
         self.dtype, self.device = first.dtype, first.device
-        self._loss_spec, self._loss = loss, None
+        self._loss_spec, self._loss, self._row = loss, None, None
 
     def _unflat(self, v: torch.Tensor) -> dict:
         return {n: t.reshape(s) for n, t, s in zip(self.names, v.split(self.sizes), self.shapes)}
@@ -119,14 +106,31 @@ class HessianOperator:
             return self._loss(out, y)
         return loss
 
+    def _resolve(self, x, y) -> None:
+        """The loss, from the model's output on the first point (the model's failure there is one line); for a
+        named loss the output must be one tensor per point, whose shape the targets are checked against."""
+        with torch.no_grad():
+            out = checks.call(self.model, x[:1])
+        if self._loss_spec is None or isinstance(self._loss_spec, str):
+            self._row = tuple(checks.output(out, 1).shape[1:])
+        self._loss = resolve_loss(self._loss_spec, out, y[:1])
+
     def _each(self):
         for x, y in _batches(self.data, self.targets, self.batch_size):
             x = x.to(self.device, self.dtype if x.is_floating_point() else x.dtype)
             y = y.to(self.device)
             if self._loss is None:
-                with torch.no_grad():
-                    self._loss = resolve_loss(self._loss_spec, self.model(x[:1]), y[:1])
+                self._resolve(x, y)
+            if self._row is not None:
+                check_targets(self._loss, self._row, y, chosen=self._loss_spec is None)
             yield x, y
+
+    def check(self) -> None:
+        """The checks of the data before any work: the loss resolved on the first point, and the targets of every
+        batch of a tensor (of a DataLoader: its first batch; the others are checked as they are read)."""
+        for i, _ in enumerate(self._each()):
+            if stream.is_stream(self.data) and i == 0:
+                return
 
     def _mean(self, fn) -> torch.Tensor:
         total, n = None, 0
@@ -135,7 +139,7 @@ class HessianOperator:
             total = part if total is None else total + part
             n += x.shape[0]
         if n == 0:
-            raise ValueError("the data holds no points")
+            raise MeasureError("the data holds no points")
         return total / n
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
@@ -175,20 +179,44 @@ class Eigenvalue(Estimate):
 
 
 def _fast(model, data, targets, loss, fast: bool):
-    """The ReLU stack of model where the batched fast path applies, else None."""
-    p = ins.relu_stack(_module(model))
+    """The ReLU stack of model where the batched fast path applies (float targets [n] for points [n, d]), else
+    None."""
+    p = ins.relu_stack(module_of(model))
     if (p is None or not fast or loss not in (None, "mse") or stream.is_stream(data) or targets is None
-            or not stream.as_tensor(targets).is_floating_point()):
+            or not stream.as_tensor(targets).is_floating_point() or stream.as_tensor(targets).dim() != 1
+            or stream.as_tensor(data).dim() != 2 or not stream.as_tensor(data).is_floating_point()
+            or stream.as_tensor(data).shape[0] != stream.as_tensor(targets).shape[0]):
         return None
     return p
 
 
-def _module(model) -> nn.Module:
+def _checked(data, targets):
+    """data and targets checked before any work: stream.checked (a tensor's points dense, real and finite, a
+    stream's batches as they are read); the targets alike."""
+    data = stream.checked(data, "x")
+    if targets is not None:
+        targets = checks.values(stream.as_tensor(targets), "y")
+    return data, targets
+
+
+def check_basis(steps: int, op: HessianOperator) -> None:
+    """A MeasureError, before any work, if the Lanczos basis (steps vectors of the parameters, float64, stacked
+    once more at each step) does not fit in memory."""
+    checks.fits(2 * steps * op.dim * 8, f"the Lanczos basis of {steps:,} steps x {op.dim:,} parameters (float64)",
+                "use fewer steps", op.device)
+
+
+def _not_finite(what: str) -> None:
+    warnings.warn(f"the Hessian-vector product is not finite (NaN or Inf) at these parameters and points: an "
+                  f"overflow, or NaN from the model or the loss; {what} is NaN", stacklevel=3)
+
+
+def module_of(model) -> nn.Module:
     """model as an nn.Module (an MLPStack of one model as its ReLUMLP)."""
     if isinstance(model, MLPStack):
         if model.n_models != 1:
-            raise ValueError(f"a stack of {model.n_models} models: these functions measure one model (the batched "
-                             "smoothness.measures.paramspace measures a stack at once)")
+            raise MeasureError(f"a stack of {model.n_models} models: these functions measure one model (the batched "
+                               "smoothness.measures.paramspace measures a stack at once)")
         return ReLUMLP.from_stack(model)
     return model
 
@@ -208,12 +236,16 @@ def top_eigenvalues(model: nn.Module, data, targets=None, loss=None, k: int = 1,
     reorthogonalization) from a seeded Gaussian start, until each residual is below tol x |value| or after `steps`
     Hessian-vector products (each a pass over the data). Each is an Eigenvalue with its residual bound."""
     if k < 1:
-        raise ValueError(f"k must be >= 1; got {k}")
-    op = HessianOperator(_module(model), data, targets, loss, batch_size=batch_size)
+        raise MeasureError(f"k must be >= 1; got {k}")
+    op = HessianOperator(module_of(model), data, targets, loss, batch_size=batch_size)
     steps = min(steps, op.dim)
     if k > steps:
-        raise ValueError(f"k = {k} eigenvalues need at least k Lanczos steps; the model has {op.dim} parameters "
-                         f"and steps = {steps}")
+        raise MeasureError(f"k = {k} eigenvalues need at least k Lanczos steps; the model has {op.dim} parameters "
+                           f"and steps = {steps}")
+    if not checks.parameters_finite(model):
+        return [Eigenvalue(math.nan, math.nan, 0) for _ in range(k)]
+    op.check()
+    check_basis(steps, op)
 
     def converged(alpha, beta, b):
         if len(alpha) < k:
@@ -224,6 +256,8 @@ def top_eigenvalues(model: nn.Module, data, targets=None, loss=None, k: int = 1,
     with torch.no_grad(), Bar(steps, "Hessian eigenvalues", "hvp", progress) as bar:
         alpha, beta, b = lanczos.run(op.matvec, _start(op.dim, seed, False, op.dtype, op.device), steps,
                                      converged, bar.update)
+    if not math.isfinite(b):
+        _not_finite("the top eigenvalue" if k == 1 else f"each of the top {k} eigenvalues")
     values, res, _ = lanczos.ritz(alpha, beta, b)
     top = values.flip(0)[:k].tolist(), res.flip(0)[:k].tolist()
     return [Eigenvalue(v, r, len(alpha)) for v, r in zip(*top)]
@@ -235,6 +269,9 @@ def sharpness(model: nn.Module, data, targets=None, loss=None, *, steps: int = D
     """The largest eigenvalue of the Hessian of the loss (top_eigenvalues with k = 1). A ReLU MLP with the mse loss
     on tensors takes paramspace.sharpness (power iteration) unless fast=False; its residual is then NaN and n the
     power iterations."""
+    data, targets = _checked(data, targets)
+    if not checks.parameters_finite(model):
+        return Eigenvalue(math.nan, math.nan, 0)
     p = _fast(model, data, targets, loss, fast)
     if p is not None:
         s = paramspace.sharpness(p, data, targets, iters=steps, tol=tol, seed=seed)
@@ -250,17 +287,24 @@ def hessian_trace(model: nn.Module, data, targets=None, loss=None, *, probes: in
     over the probes (n = probes). A ReLU MLP with the mse loss on tensors takes paramspace.hessian_trace (other
     probe vectors, the same estimator) unless fast=False."""
     if probes < 1:
-        raise ValueError(f"probes must be >= 1; got {probes}")
+        raise MeasureError(f"probes must be >= 1; got {probes}")
+    data, targets = _checked(data, targets)
+    if not checks.parameters_finite(model):
+        return checks.not_computed()
     p = _fast(model, data, targets, loss, fast)
     if p is not None:
         value, se = paramspace.hessian_trace(p, data, targets, probes=probes, seed=seed)
         return Estimate(float(value[0]), float(se[0]), probes)
-    op = HessianOperator(_module(model), data, targets, loss, batch_size=batch_size)
+    op = HessianOperator(module_of(model), data, targets, loss, batch_size=batch_size)
+    op.check()
     total = sq = torch.zeros(1, dtype=torch.float64)
     with torch.no_grad(), Bar(probes, "Hessian trace", "probe", progress) as bar:
         for i in range(probes):
             z = _start(op.dim, seed * 100003 + i, True, op.dtype, op.device)
             q = float(z.double() @ op.matvec(z).double())
+            if not math.isfinite(q):
+                _not_finite("the Hessian trace")
+                return Estimate(math.nan, math.nan, i + 1)
             total, sq = total + q, sq + q * q
             bar.update()
     mean, se = mean_and_se(total, sq, probes)
@@ -314,14 +358,21 @@ def eigenvalue_density(model: nn.Module, data, targets=None, loss=None, *, runs:
     """The Hessian's eigenvalue density by stochastic Lanczos quadrature: `runs` Lanczos runs of `steps` steps (at
     most the number of parameters) from Rademacher vectors; see Density."""
     if runs < 1:
-        raise ValueError(f"runs must be >= 1; got {runs}")
-    op = HessianOperator(_module(model), data, targets, loss, batch_size=batch_size)
+        raise MeasureError(f"runs must be >= 1; got {runs}")
+    op = HessianOperator(module_of(model), data, targets, loss, batch_size=batch_size)
     steps = min(steps, op.dim)
+    if not checks.parameters_finite(model):
+        return Density(np.full((runs, steps), np.nan), np.full((runs, steps), np.nan), op.dim)
+    op.check()
+    check_basis(steps, op)
     nodes, weights = [], []
     with torch.no_grad(), Bar(runs * steps, "Hessian eigenvalue density", "hvp", progress) as bar:
         for r in range(runs):
             alpha, beta, b = lanczos.run(op.matvec, _start(op.dim, seed * 100003 + r, True, op.dtype, op.device),
                                          steps, step_done=bar.update)
+            if not math.isfinite(b):
+                _not_finite("the eigenvalue density")
+                return Density(np.full((runs, steps), np.nan), np.full((runs, steps), np.nan), op.dim)
             values, _, first = lanczos.ritz(alpha, beta, b)
             pad = steps - len(alpha)   # an exhausted Krylov space: fewer nodes, padded with zero weight
             nodes.append(np.pad(values.numpy(), (0, pad), mode="edge"))
@@ -331,4 +382,8 @@ def eigenvalue_density(model: nn.Module, data, targets=None, loss=None, *, runs:
 
 def loss_value(model: nn.Module, data, targets=None, loss=None, *, batch_size: int | None = None) -> Estimate:
     """The loss over the data (exact: se 0)."""
-    return exact(HessianOperator(_module(model), data, targets, loss, batch_size=batch_size).loss())
+    op = HessianOperator(module_of(model), data, targets, loss, batch_size=batch_size)
+    if not checks.parameters_finite(model):
+        return checks.not_computed()
+    op.check()
+    return exact(op.loss())
