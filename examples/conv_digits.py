@@ -85,7 +85,8 @@ def main(train: int = 1200, epochs: int = 10, segments: int = 1000, points: int 
               "parameters": sum(p.numel() for p in f.parameters()), "model": f,
               "data": {"train": (xtr, ytr), "held_out": (xte, yte)}}
     if density_png:
-        figures.density_figure(after.density, density_png, "Hessian eigenvalue density, trained conv net")
+        figures.density_figure(after.density, density_png, "Hessian eigenvalue density, trained conv net",
+                               replace=True)
     if verbose:
         print(f"digits: {train} training images, {len(yte)} held out; {epochs} epochs of Adam in {trained_s:.1f} s; "
               f"train accuracy {train_acc:.3f}, test accuracy {acc:.3f}; {result['parameters']:,} parameters")

@@ -21,3 +21,14 @@ class ConfigError(SmoothnessError):
 
 class StoreError(DataError):
     """A results store is missing, damaged, unreadable, or cannot be written where asked."""
+
+
+class MeasureError(SmoothnessError, ValueError):
+    """A measure cannot be computed from the model or the data given (their shapes, types or values: non-finite
+    points, labels outside the model's outputs, a model output that is not one row per point, work beyond the
+    memory there is). Also a ValueError, which the measures raised for these before."""
+
+
+class MeasureTypeError(MeasureError, TypeError):
+    """A MeasureError about the kind of thing given (a generator where the data is read twice, an array of Python
+    objects, a callable that is no nn.Module where the parameters are needed). Also a TypeError."""

@@ -9,7 +9,7 @@ from smoothness.errors import SmoothnessError
 from smoothness.experiments import distributed, snapshots
 from smoothness.experiments import grid as grid_mod
 from smoothness.experiments import runner as experiments
-from smoothness.measures import curvature
+from smoothness.measures import curvature, losses
 from smoothness.measures import inputspace as measures
 from smoothness.measures import model as measures_model
 from smoothness.runtime import precision
@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--output", default=None, metavar="K|margin", help="which output of a K-output model: an index, "
                    "or margin (top two); default: all (Frobenius norms of the Jacobian; the margin for the "
                    "Lipschitz bracket)")
-    m.add_argument("--loss", choices=sorted(curvature.LOSSES), default=None, help="the loss of the curvature "
+    m.add_argument("--loss", choices=sorted(losses.LOSSES), default=None, help="the loss of the curvature "
                    "measures (default: cross_entropy for integer targets and K > 1 outputs, else mse)")
     m.add_argument("--probes", type=int, default=curvature.DEFAULT_PROBES,
                    help=f"Hutchinson probes of the Hessian trace (default: {curvature.DEFAULT_PROBES})")
@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--batch-size", type=int, default=None, help="points per batch of the curvature measures "
                    "(default: all at once)")
     m.add_argument("--density", default=None, metavar="PNG", help="also compute the Hessian eigenvalue density "
-                   "and draw it to this file")
+                   "and draw it to this new .png file (checked first; an existing file is never replaced)")
     _add_data_args(m, required_pair=False)
     _add_measure_args(m)
 

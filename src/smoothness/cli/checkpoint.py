@@ -1,10 +1,15 @@
 """`smoothness measure` on a checkpoint of one's own: the model from a TorchScript file, a torch.export program
 (.pt2), or a factory (package.module:function) and a state dict; the points (and targets) from an .npz or .pt file
-holding x and, optionally, y. Every bad input gets one line naming the file."""
+holding x and, optionally, y. Every bad input gets one line naming the file, before any measure is computed: the
+options and their products (LIMITS, PRODUCTS), the --density file, the files, the data (finite real numbers), the
+model's output on it and the targets against the loss."""
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
+import math
+import os
 import sys
 import warnings
 import zipfile
@@ -15,21 +20,28 @@ import torch
 from torch import nn
 
 from smoothness.cli import console
-from smoothness.errors import ConfigError, DataError
+from smoothness.errors import ConfigError, DataError, MeasureError, SmoothnessError, first_line
+from smoothness.measures import checks
 from smoothness.measures import model as measures_model
 from smoothness.report import figures
 from smoothness.runtime import devices, rng
 
 
 def _exists(path: str) -> Path:
+    """path as a regular file; what it is otherwise (a folder, a pipe or a device is never opened)."""
     p = Path(path)
-    if not p.is_file():
-        raise DataError(f"no such file: {path}")
-    return p
+    if p.is_file():
+        return p
+    if p.is_dir():
+        raise DataError(f"{path}: is a folder, not a file")
+    if p.exists():
+        raise DataError(f"{path}: is not a regular file (a pipe, a device or a socket): save it to a file first")
+    raise DataError(f"no such file: {path}")
 
 
 def load_factory(spec: str):
-    """The callable named by 'package.module:function' (the current directory is importable, as with python -m)."""
+    """The callable named by 'package.module:function' (the current directory is importable, as with python -m),
+    callable without arguments."""
     mod, sep, name = spec.partition(":")
     if not sep or not mod or not name:
         raise ConfigError(f"--factory {spec!r}: write it as package.module:function")
@@ -38,11 +50,40 @@ def load_factory(spec: str):
     try:
         module = importlib.import_module(mod)
     except ImportError as e:
-        raise ConfigError(f"--factory {spec!r}: cannot import {mod}: {e}") from None
+        raise ConfigError(f"--factory {spec!r}: cannot import {mod}: {first_line(e, 300)}") from None
+    except (Exception, SystemExit) as e:   # the module's own error while it is imported: a syntax error, an exit
+        raise ConfigError(f"--factory {spec!r}: importing {mod} {_failure(e)}") from None
     fn = getattr(module, name, None)
     if not callable(fn):
         raise ConfigError(f"--factory {spec!r}: {mod} has no callable {name}")
+    try:
+        needed = [p.name for p in inspect.signature(fn).parameters.values()
+                  if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    except (TypeError, ValueError):   # a callable without a signature (a builtin): it is called and answers itself
+        needed = []
+    if needed:
+        raise ConfigError(f"--factory {spec!r}: {name} takes the arguments {', '.join(needed)}, and the factory is "
+                          "called with none: name a function without arguments that builds the module")
     return fn
+
+
+def _failure(e: BaseException) -> str:
+    """How code of the user's failed, for one line."""
+    if isinstance(e, SystemExit):
+        return f"called sys.exit({e.code!r})"
+    return f"raised {type(e).__name__}: {first_line(e, 300)}"
+
+
+def build(factory: str) -> nn.Module:
+    """The module that the factory returns; its failure (an exception, sys.exit) is one line."""
+    fn = load_factory(factory)
+    try:
+        model = fn()
+    except (Exception, SystemExit) as e:
+        raise ConfigError(f"--factory {factory!r} {_failure(e)}") from None
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"--factory {factory!r} returned a {type(model).__name__}, not an nn.Module")
+    return model
 
 
 def _state_dict(path: Path) -> dict:
@@ -65,9 +106,7 @@ def load_model(path: str, factory: str | None, device: torch.device):
     """The model to measure, on the device and (where it has a mode) in eval mode; a second value says what it is."""
     p = _exists(path)
     if factory is not None:
-        model = load_factory(factory)()
-        if not isinstance(model, nn.Module):
-            raise ConfigError(f"--factory {factory!r} returned a {type(model).__name__}, not an nn.Module")
+        model = build(factory)
         try:
             model.load_state_dict(_state_dict(p))
         except RuntimeError as e:
@@ -104,7 +143,8 @@ def _array(v, what: str, path) -> torch.Tensor:
 
 def load_inputs(path: str) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(x, y or None) from an .npz (arrays x, optional y) or a .pt file (a dict with x, optional y; a tuple (x, y);
-    or a tensor x). Floating inputs are read as float32."""
+    or a tensor x), each checked (dense real numbers, all finite: checks.values). Floating inputs are read as
+    float32."""
     p = _exists(path)
     if p.suffix == ".npz":
         try:
@@ -128,9 +168,15 @@ def load_inputs(path: str) -> tuple[torch.Tensor, torch.Tensor | None]:
     if not isinstance(got, dict) or "x" not in got:
         raise DataError(f"{path}: no array named x (the points, one row per point)")
     x = _array(got["x"], "x", path)
+    y = None if got.get("y") is None else _array(got["y"], "y", path)
+    try:
+        for t, what in ((x, "x"), (y, "y")):
+            if t is not None:
+                checks.values(t, what)
+    except MeasureError as e:
+        raise DataError(f"{path}: {e}") from None
     if x.is_floating_point():
         x = x.float()
-    y = None if got.get("y") is None else _array(got["y"], "y", path)
     if y is not None and y.shape[0] != x.shape[0]:
         raise DataError(f"{path}: x holds {x.shape[0]} points and y {y.shape[0]} targets")
     if y is not None and y.is_floating_point():
@@ -152,6 +198,10 @@ def _output(v: str | None):
 
 LIMITS = {"segments": 10_000_000, "points": 100_000, "probes": 100_000, "steps": 100_000, "runs": 10_000,
           "batch_size": 10_000_000}   # refused before any work: beyond these a run would not end or not fit
+# Products of two options that bound one measure's work, refused before any work as a grid's size is (the paper's
+# values: 1,000 x 100 points along segments; the default density 4 x 100 Hessian-vector products).
+PRODUCTS = (("path_lengths", "segments", "points", 100_000_000, "points along the segments"),
+            ("density", "runs", "steps", 100_000, "Hessian-vector products"))
 
 
 def _positive(a, *names) -> None:
@@ -163,57 +213,116 @@ def _positive(a, *names) -> None:
             raise ConfigError(f"--{name.replace('_', '-')} {v} is beyond the {LIMITS[name]:,} this command accepts")
 
 
+def _products(a, which) -> None:
+    for measure, p, q, limit, what in PRODUCTS:
+        got = getattr(a, p) * getattr(a, q)
+        if measure in which and got > limit:
+            raise ConfigError(f"--{p} {getattr(a, p):,} x --{q} {getattr(a, q):,} = {got:,} {what}, beyond the "
+                              f"{limit:,} this command accepts for {measure}: lower one of them")
+
+
+def _which(a) -> tuple[str, ...]:
+    """The measures asked for by --measures (and --density)."""
+    names = [w.strip() for w in a.measures.split(",") if w.strip()]
+    if not names and a.density is None:
+        raise ConfigError(f"--measures {a.measures!r}: name at least one of {', '.join(measures_model.ALL)}")
+    try:
+        return measures_model.check((*names, *(("density",) if a.density is not None else ())))
+    except MeasureError as e:
+        raise ConfigError(f"--measures: {e}") from None
+
+
+def check_new_png(value: str, option: str = "--density") -> Path:
+    """The PNG file a figure will be written to, checked before any work: a name ending in .png, in a writable
+    folder, where no file is yet (an existing file is never replaced)."""
+    if not value.strip():
+        raise ConfigError(f"{option} '': name the PNG file to draw to")
+    p = Path(value)
+    if value.endswith(("/", os.sep)) or p.is_dir():
+        raise ConfigError(f"{option} {value}: is a folder; name a PNG file in it, e.g. {p / 'density.png'}")
+    if p.suffix.lower() != ".png":
+        raise ConfigError(f"{option} {value}: the figure is a PNG; name a file ending in .png")
+    if p.exists() or p.is_symlink():
+        raise ConfigError(f"{option} {value}: exists, and is never replaced; remove it or name another file")
+    parent = p.parent
+    if not parent.is_dir():
+        raise ConfigError(f"{option} {value}: the folder {parent} "
+                          f"{'is not a folder' if parent.exists() else 'does not exist'}")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{option} {value}: the folder {parent} is not writable")
+    return p
+
+
+def _draw(density, path: Path) -> str | None:
+    """Draw the density to path; what went wrong (one line), or None."""
+    if density is None:
+        return "the model's parameters are not finite (see the warning above), so there is no density"
+    try:
+        if not figures.density_figure(density, path):
+            return "the density is not finite (see the warning above), so there is nothing to draw"
+    except FileExistsError:
+        return "the file appeared while the measures ran, and is never replaced"
+    except (OSError, RuntimeError, ValueError) as e:   # a full disk, a folder gone: the measures stand
+        return f"cannot write it: {getattr(e, 'strerror', None) or first_line(e, 200)}"
+    return None
+
+
 def measure(a) -> int:
-    """`smoothness measure PATH --inputs FILE`: measure one checkpoint of any kind, print the record."""
+    """`smoothness measure PATH --inputs FILE`: measure one checkpoint of any kind, print the record. Every check
+    comes before the first measure; a figure that cannot be written after them leaves the printed measures and
+    one error line."""
     rng.check_seed(a.measure_seed, "--measure-seed")
     _positive(a, "segments", "points", "probes", "steps", "runs", "batch_size")
-    try:
-        which = measures_model.check(w.strip() for w in a.measures.split(",") if w.strip())
-    except ValueError as e:
-        raise ConfigError(f"--measures: {e}") from None
-    if a.density:
-        which = measures_model.check((*which, "density"))
+    which = _which(a)
+    _products(a, which)
+    density_png = None if a.density is None else check_new_png(a.density)
     output = _output(a.output)
     device = devices.resolve_device(a.device, allow_mps=True)
     x, y = load_inputs(a.inputs)
     model, what = load_model(a.path, a.factory, device)
-    wants_curvature = any(w in measures_model.CURVATURE for w in which)
-    if isinstance(model, torch.jit.ScriptModule) and y is not None and wants_curvature:
-        print("smoothness: a TorchScript module cannot take its parameters as inputs (torch.func): the curvature "
-              "measures are skipped; save the model with torch.export or as a state dict for them", file=sys.stderr)
-        y = None
-    elif y is None and wants_curvature:
-        print(f"smoothness: {a.inputs} holds no targets y: the loss and curvature measures are skipped",
-              file=sys.stderr)
     settings = measures_model.Settings(segments=a.segments, points=a.points, seed=a.measure_seed, output=output,
                                 loss=a.loss, probes=a.probes, steps=a.steps, runs=a.runs, batch_size=a.batch_size)
+    x, y = x.to(device), None if y is None else y.to(device)
+    try:
+        which, notes = measures_model.plan(which, model, x, y)
+    except MeasureError as e:
+        raise ConfigError(f"{a.inputs}: {e}") from None
+    if density_png is not None and "density" not in which:
+        raise ConfigError(f"--density {a.density}: cannot be drawn: "
+                          f"{next((n for n in notes if 'density' in n), 'the density is not computed')}")
+    for note in notes:
+        print(f"smoothness: {note}", file=sys.stderr)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", UserWarning)
-            got = measures_model.measure_model(model, x.to(device), None if y is None else y.to(device), which,
-                                               settings)
-        for w in caught:
-            print(f"smoothness: warning: {w.message}", file=sys.stderr)
-    except (ValueError, TypeError) as e:   # the measures' own checks of the model and data, one line each
-        raise ConfigError(f"{a.path}: {e}") from None
-    except AssertionError as e:
-        if "Guard failed" not in str(e):
+            got = measures_model.measure_model(model, x, y, which, settings)
+        for message in dict.fromkeys(str(w.message) for w in caught):   # each once, in order
+            print(f"smoothness: warning: {message}", file=sys.stderr)
+    except (ValueError, TypeError, AssertionError) as e:   # the measures' own checks, one line each
+        guard = e if isinstance(e, AssertionError) else e.__cause__   # the model's own failure on the first point
+        if isinstance(guard, AssertionError) and "Guard failed" in str(guard):
+            raise ConfigError(f"{a.path}: the torch.export program holds only inputs of the shape it was exported "
+                              f"with ({first_line(guard)}); export it with a dynamic batch dimension, e.g. "
+                              "dynamic_shapes=({0: torch.export.Dim('batch')},)") from None
+        if isinstance(e, AssertionError):
             raise
-        raise ConfigError(f"{a.path}: the torch.export program holds only inputs of the shape it was exported "
-                          f"with ({e}); export it with a dynamic batch dimension, e.g. "
-                          "dynamic_shapes=({0: torch.export.Dim('batch')},)") from None
+        raise ConfigError(f"{a.path}: {first_line(e)}") from None
     rec = {"model": what, "points": int(x.shape[0]), "input_shape": list(x.shape[1:]), **got.record()}
-    if a.density and got.density is not None:
-        figures.density_figure(got.density, Path(a.density))
+    failed = None if density_png is None else _draw(got.density, density_png)
+    if density_png is not None and failed is None:
         rec["density_png"] = a.density
     if a.json:
         print(json.dumps(console.json_safe(rec), allow_nan=False), flush=True)
-        return 0
-    print(f"{what}: {rec['points']} points of shape {tuple(x.shape[1:])}")
-    rows = [[k, f"{float(v):.6g}", "" if v.se == 0 else f"{v.se:.3g}", str(v.n) if v.n else "exact",
-             f"{got.seconds_of(k):.2f}"] for k, v in got.values.items()]
-    console.print_aligned(["measure", "value", "± se", "n", "seconds"], rows)
-    if a.density:
-        print(f"density: {a.density}")
+    else:
+        print(f"{what}: {rec['points']} points of shape {tuple(x.shape[1:])}")
+        rows = [[k, f"{float(v):.6g}", "" if v.se == 0 else f"{v.se:.3g}",
+                 str(v.n) if v.n or math.isnan(v) else "exact", f"{got.seconds_of(k):.2f}"]
+                for k, v in got.values.items()]
+        console.print_aligned(["measure", "value", "± se", "n", "seconds"], rows)
+        if "density_png" in rec:
+            print(f"density: {a.density}")
+    if failed is not None:
+        sys.stdout.flush()
+        raise SmoothnessError(f"--density {a.density}: not drawn: {failed}; the measures above are complete")
     return 0
 

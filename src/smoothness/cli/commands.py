@@ -81,6 +81,12 @@ def cmd_measure(a) -> int:
             raise SmoothnessError(f"{', '.join(saved_only)}: for models saved by `train --save`; a checkpoint is "
                                   "measured on --inputs (sharpness and the trace: --measures, --probes, --steps)")
         return checkpoint.measure(a)
+    checkpoint_only = [f"--{k.replace('_', '-')}" for k in ("density", "output", "loss", "batch_size")
+                       if getattr(a, k) is not None]
+    if checkpoint_only:
+        raise SmoothnessError(f"{', '.join(checkpoint_only)}: for a checkpoint measured on --inputs; the models of "
+                              "`train --save` get the measures of `train` (--segments, --points, --sharpness-iters, "
+                              "--trace-probes)")
     rng.check_seed(a.measure_seed, "--measure-seed")
     device = pipeline.resolve_device(a.device)
     opts = dict(measure_points=a.measure_points, segments=a.segments, points=a.points, measure_seed=a.measure_seed,
@@ -103,6 +109,11 @@ def cmd_measure(a) -> int:
         out = {k: meta[k] for k in ("data", "pair", "n_train", "seed", "status", "epochs", "steps") if k in meta}
         heads.append({**out, "data": cfg.data, "pair": list(cfg.pair)})
     tasks = pipeline.load_tasks([c for _, c in models], a.data_dir)
+    for i, (p, c) in enumerate(models):   # a model measured on other data (--data) must take its points
+        d = tasks[c.data, c.pair].pool_x.shape[1]
+        if p.widths[0] != d:
+            raise SmoothnessError(f"{a.path}: model {i + 1} takes {p.widths[0]} inputs, and the points of {c.data} "
+                                  f"have {d}: --data must name data of the model's input size")
     items = [(p, tasks[c.data, c.pair], tasks[c.data, c.pair].subset(c.n_train, c.seed), c) for p, c in models]
     # all models at once, batched over those that share architecture, size and measure settings
     for out, vals in zip(heads, pipeline.measure_models(items, device)):

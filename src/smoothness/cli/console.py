@@ -42,7 +42,7 @@ def emit_record(rec: dict, as_json: bool) -> None:
         print(json.dumps(json_safe(shown), allow_nan=False), flush=True)
         return
     pair = linetasks.pair_label(rec["data"], rec["pair"], " pair {a} {b}")
-    head = f"{rec['data']}{pair}, n_train {rec['n_train']}, seed {rec['seed']}: {rec['status']}"
+    head = f"{rec['data']}{pair}, n_train {rec['n_train']}, seed {rec['seed']}: {rec.get('status', 'no status')}"
     if "epochs" in rec:
         took = [f"{rec['steps']} steps" if "steps" in rec else None,   # measure: no training time
                 f"{rec['train_seconds']:.1f} s" if rec.get("train_seconds") is not None else None]

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from smoothness.errors import StoreError
-from smoothness.experiments.config import ADDED_FIELDS
+from smoothness.experiments import records
 from smoothness.experiments.storefile import (
     LOCK_TIMEOUT,
     cannot_write,
@@ -347,35 +347,8 @@ class Store:
         return out
 
     def frame(self):
-        """The records as a pandas DataFrame (one row per model; pair as 'pair' = 'a/b')."""
-        import pandas as pd
-        recs = self.records()
-        df = pd.DataFrame(recs)
-        if len(df):
-            # config fields added after the first stored models: missing means the default of the time
-            for c, v in ADDED_FIELDS.items():
-                if c not in df:
-                    df[c] = pd.Series([v] * len(df), index=df.index, dtype=object) if isinstance(v, tuple) else v
-                elif v is not None:
-                    df[c] = df[c].map(lambda x, v=v: v if _missing(x) else x)
-            if "model" in df:   # the family and its settings in a few words ('mlp' for the paper's nets)
-                df["model"] = df["model"].map(model_label)
-            if "classes" in df:
-                df["classes"] = df["classes"].map(lambda c: "-".join(map(str, c)) if isinstance(c, (list, tuple))
-                                                  else "")
-            if "pair" in df:
-                df["pair"] = df["pair"].map(lambda p: f"{p[0]}/{p[1]}" if isinstance(p, list) else p)
-            if "hidden" in df:
-                df["hidden"] = df["hidden"].map(lambda h: "-".join(map(str, h)) if isinstance(h, list) else h)
-            for c in df.columns:  # measures stored as null (non-finite) come back as None
-                if df[c].dtype == object and c not in ("pair", "hidden", "data", "status", "regularizer", "optimizer",
-                                                       "device", "key", "versions", "matmul_precision", "model",
-                                                       "classes", "loss"):
-                    try:
-                        df[c] = pd.to_numeric(df[c])
-                    except (ValueError, TypeError):
-                        pass
-        return df
+        """The records as a pandas DataFrame (records.frame: one row per model; pair as 'a/b')."""
+        return records.frame(self.records())
 
     def params(self, key: str) -> MLPStack:
         """The trained weights of model key (a stack of one); a StoreError if the store holds none."""
@@ -429,24 +402,6 @@ def _keys(bad: list[tuple[str, str]], most: int = 10) -> str:
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
-
-
-def _missing(x) -> bool:
-    return x is None or (isinstance(x, float) and x != x)
-
-
-def model_label(spec) -> str:
-    """A stored model's family in a few words: 'mlp', or e.g. 'cnn 8-16 k3 max' (the settings' values)."""
-    if not isinstance(spec, dict):
-        return "mlp"
-    parts = []
-    for k, v in spec.items():
-        if k == "family":
-            continue
-        if isinstance(v, dict):
-            v = ",".join(f"{a}={b}" for a, b in v.items())
-        parts.append("-".join(map(str, v)) if isinstance(v, list) else str(v))
-    return " ".join([spec["family"], *parts])
 
 
 def _blob(params: MLPStack) -> bytes:

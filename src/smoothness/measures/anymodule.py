@@ -10,27 +10,67 @@ it as a function of the flattened input (d = prod(shape); segments, gradients an
 Gradients are those of the sum over a batch, which is each point's own as long as each output row depends on its
 own input row only: true of a module in eval() mode, where BatchNorm uses its running statistics and Dropout is
 the identity; in training mode those layers make f(x) depend on the rest of the batch or on random masks, and
-check_mode refuses the module.
+check_mode refuses the module (and a torch.export program exported in training mode). The module's output must be
+one tensor with a row per point (checks.output): a tuple, a dict or a 0-d tensor is refused with one line.
 """
 from __future__ import annotations
 
 import math
+import re
 
 import torch
 from torch import nn
 
+from smoothness.errors import MeasureError
+from smoothness.measures import checks
+
 MODE_DEPENDENT = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
 
 
+def _training_layers(f: nn.Module) -> list[str]:
+    """'name (type)' of each BatchNorm or Dropout layer of f in training mode (TorchScript modules included)."""
+    out = []
+    for name, m in f.named_modules():
+        kind = type(m).__name__ if isinstance(m, MODE_DEPENDENT) else getattr(m, "original_name", "")
+        if m.training and (isinstance(m, MODE_DEPENDENT) or (isinstance(m, torch.jit.ScriptModule)
+                                                             and re.search("BatchNorm|Dropout", str(kind)))):
+            out.append(f"{name} ({kind})" if name else kind)
+    return out
+
+
+def _training_ops(f: nn.Module) -> list[str]:
+    """Each op of f's fx graphs (the module of a torch.export program) run in training mode: batch_norm, dropout."""
+    out = []
+    for m in f.modules():
+        if not isinstance(m, torch.fx.GraphModule):
+            continue
+        for node in m.graph.nodes:
+            schema = getattr(node.target, "_schema", None)
+            if node.op != "call_function" or schema is None:
+                continue
+            for i, arg in enumerate(schema.arguments):
+                if arg.name in ("training", "train"):
+                    v = node.args[i] if i < len(node.args) else node.kwargs.get(arg.name)
+                    if v is True:
+                        out.append(schema.name.split("::")[-1])
+    return list(dict.fromkeys(out))
+
+
 def check_mode(f) -> None:
-    """A ValueError if f holds BatchNorm or Dropout layers in training mode."""
+    """A MeasureError if f holds BatchNorm or Dropout layers in training mode, or runs such ops in training mode
+    (a torch.export program exported from a module in training mode)."""
     if not isinstance(f, nn.Module):
         return
-    bad = [name or type(m).__name__ for name, m in f.named_modules() if m.training and isinstance(m, MODE_DEPENDENT)]
-    if bad:
-        raise ValueError(f"the module is in training mode with {', '.join(bad[:3])}: in training mode BatchNorm "
-                         "depends on the batch and Dropout on random masks, so f(x) is not a function of x; call "
-                         "f.eval() before measuring")
+    layers = _training_layers(f)
+    if layers:
+        raise MeasureError(f"the model is in training mode, with the layers {', '.join(layers[:3])}: there BatchNorm "
+                           "depends on the rest of the batch and Dropout on random masks, so f(x) is not a function "
+                           "of x; call model.eval() before measuring")
+    ops = _training_ops(f)
+    if ops:
+        raise MeasureError(f"the program runs {' and '.join(ops[:3])} in training mode: there BatchNorm depends on the "
+                           "rest of the batch and Dropout on random masks, so f(x) is not a function of x; export "
+                           "the model after model.eval()")
 
 
 def check_output(output) -> None:
@@ -38,26 +78,26 @@ def check_output(output) -> None:
     if output is None or output == "margin" or (isinstance(output, int) and not isinstance(output, bool)
                                                 and output >= 0):
         return
-    raise ValueError(f"output must be None (all outputs), an output index >= 0 or 'margin', got {output!r}")
+    raise MeasureError(f"output must be None (all outputs), an output index >= 0 or 'margin', got {output!r}")
 
 
 def _select(out: torch.Tensor, output) -> torch.Tensor:
     """The raw module output [n] / [n, K] reduced as `output` asks: [n] (scalar) or [n, K] (vector)."""
     if out.dim() == 1:
         if output not in (None, 0):
-            raise ValueError(f"output={output!r} needs a module with several outputs; this one has one")
+            raise MeasureError(f"output={output!r} needs a module with several outputs; this one has one")
         return out
     if out.dim() != 2:
-        raise ValueError(f"the module must map [n, ...] to [n] or [n, K]; got output shape {tuple(out.shape)}")
+        raise MeasureError(f"the module must map [n, ...] to [n] or [n, K]; got output shape {tuple(out.shape)}")
     if output is None:
         return out[:, 0] if out.shape[1] == 1 else out
     if output == "margin":
         if out.shape[1] < 2:
-            raise ValueError("output='margin' needs at least two outputs")
+            raise MeasureError("output='margin' needs at least two outputs")
         top = out.topk(2, dim=1).values
         return top[:, 0] - top[:, 1]
     if output >= out.shape[1]:
-        raise ValueError(f"output={output} but the module has {out.shape[1]} outputs")
+        raise MeasureError(f"output={output} but the module has {out.shape[1]} outputs")
     return out[:, output]
 
 
@@ -67,16 +107,15 @@ def parts(f, shape: tuple[int, ...], output, probe: torch.Tensor):
     check_mode(f)
     check_output(output)
 
-    def call(x):                       # [n, d] -> [n] or [n, K]
+    def call(x, first: bool = False):     # [n, d] -> [n] or [n, K]
         if x.shape[0] != 0 and x.shape[1] != math.prod(shape):
-            raise ValueError(f"points of dimension {x.shape[1]} do not match the input shape {shape}")
-        out = f(x.reshape(x.shape[0], *shape))
-        if out.shape[0] != x.shape[0]:
-            raise ValueError(f"the module must map [n, ...] to [n] or [n, K]; got output shape {tuple(out.shape)}")
-        return _select(out, output)
+            raise MeasureError(f"points of dimension {x.shape[1]} do not match the input shape {shape}")
+        inputs = x.reshape(x.shape[0], *shape)
+        out = checks.call(f, inputs) if first else f(inputs)   # the first call: the model's failure as one line
+        return _select(checks.output(out, x.shape[0]), output)
 
     with torch.no_grad():
-        first = call(probe)
+        first = call(probe, first=True)
     k = 1 if first.dim() == 1 else first.shape[1]
 
     def values(x):

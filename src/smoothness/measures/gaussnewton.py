@@ -29,7 +29,9 @@ from torch import nn
 from torch.func import grad, jvp, vjp
 from torch.nn import functional as F
 
-from smoothness.measures.operators import LOSSES, CurvatureOperator, HessianOperator, hessian_product
+from smoothness.errors import MeasureError
+from smoothness.measures.losses import LOSSES
+from smoothness.measures.operators import CurvatureOperator, HessianOperator, hessian_product
 
 
 def _per_point(a: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -66,17 +68,17 @@ class GGNOperator(OutputSpaceOperator):
 
 def likelihood(loss, out: torch.Tensor) -> tuple[str, float]:
     """('categorical', 1.0) or ('gaussian', s) for a loss that is the negative log-likelihood of that distribution
-    (see the module docstring); a ValueError for any other."""
+    (see the module docstring); a MeasureError for any other."""
     if loss is F.cross_entropy or (isinstance(loss, nn.CrossEntropyLoss) and loss.reduction == "mean"
                                    and loss.weight is None and loss.label_smoothing == 0.0):
         if out.dim() != 2:
-            raise ValueError(f"the Fisher of the cross-entropy takes outputs [n, classes]; got {list(out.shape)}")
+            raise MeasureError(f"the Fisher of the cross-entropy takes outputs [n, classes]; got {list(out.shape)}")
         return "categorical", 1.0
     if loss is LOSSES["mse"]:
         return "gaussian", 1.0
     if isinstance(loss, nn.MSELoss) and loss.reduction == "mean":
         return "gaussian", 1.0 / out[0].numel()
-    raise ValueError("the Fisher needs a loss that is the negative log-likelihood of a known distribution: "
+    raise MeasureError("the Fisher needs a loss that is the negative log-likelihood of a known distribution: "
                      "'cross_entropy' (F.cross_entropy, nn.CrossEntropyLoss()) or 'mse' (nn.MSELoss()); the GGN and "
                      "the empirical Fisher take any loss")
 
@@ -104,7 +106,7 @@ class SampledFisherOperator(OutputSpaceOperator):
 
     def __init__(self, model, data, targets=None, loss=None, *, mc_samples: int = 1, seed: int = 0, **kw):
         if mc_samples < 1:
-            raise ValueError(f"mc_samples must be >= 1; got {mc_samples}")
+            raise MeasureError(f"mc_samples must be >= 1; got {mc_samples}")
         super().__init__(model, data, targets, loss, **kw)
         self.mc_samples, self.seed = mc_samples, seed
 
@@ -153,5 +155,5 @@ def operator(kind: str, model: nn.Module, data, targets=None, loss=None, **kw) -
     keyword arguments batch_size, params (a block: see operators.select), chunk, and for the sampled Fisher
     mc_samples and seed."""
     if kind not in KINDS:
-        raise ValueError(f"unknown curvature {kind!r}: choose one of {', '.join(KINDS)}")
+        raise MeasureError(f"unknown curvature {kind!r}: choose one of {', '.join(KINDS)}")
     return KINDS[kind](model, data, targets, loss, **kw)

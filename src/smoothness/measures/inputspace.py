@@ -91,7 +91,7 @@ def as_points(x, ev: Evaluator) -> torch.Tensor:
 def _point_chunks(n: int, per_point: int, m: int, cap: int | None = None):
     step = max(1, CHUNK_ELEMENTS // max(1, per_point * m))
     step = min(step, cap) if cap else step
-    return [(i, min(n, i + step)) for i in range(0, n, step)]
+    return ((i, min(n, i + step)) for i in range(0, n, step))   # lazily: millions of chunks hold no memory
 
 
 def gradient_norm_sums(ev: Evaluator, x: torch.Tensor, power: int = 1):

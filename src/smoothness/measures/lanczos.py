@@ -5,6 +5,7 @@ stochastic Lanczos quadrature (the eigenvalue density; Ghorbani, Krishnan & Xiao
 Saad, SIMAX 2017). Pure functions of tensors; the operator is any callable v -> A v on flat float vectors."""
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -23,8 +24,12 @@ def tridiagonal(alpha: list[float], beta: list[float]) -> torch.Tensor:
 def ritz(alpha: list[float], beta: list[float], next_beta: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(values [m] ascending, residual norms [m], first components of the eigenvectors of T [m]) after m steps.
     The residual ||A y - theta y|| of the Ritz pair (theta, y) is next_beta |s_m| (s the eigenvector of T): for a
-    symmetric A some eigenvalue lies within it of theta."""
-    values, vectors = torch.linalg.eigh(tridiagonal(alpha, beta))
+    symmetric A some eigenvalue lies within it of theta. A T that is not finite gives NaN for all three."""
+    t = tridiagonal(alpha, beta)
+    if not bool(torch.isfinite(t).all()):
+        nan = torch.full((len(alpha),), math.nan, dtype=torch.float64)
+        return nan, nan.clone(), nan.clone()
+    values, vectors = torch.linalg.eigh(t)
     return values, next_beta * vectors[-1].abs(), vectors[0]
 
 
@@ -36,7 +41,8 @@ def run(matvec: Callable[[torch.Tensor], torch.Tensor], v0: torch.Tensor, steps:
     steps k and k + 1, next_beta the norm of the last residual. Every new vector is orthogonalized against all
     earlier ones (twice: classical Gram-Schmidt repeated), in float64, so that the Ritz values carry no spurious
     copies. Stops early when stop(alpha, beta, next_beta) says so, or when the Krylov space is exhausted
-    (next_beta ~ 0: T's eigenvalues are then eigenvalues of A). basis: an empty list that receives the m orthonormal
+    (next_beta ~ 0: T's eigenvalues are then eigenvalues of A), or when A v is not finite (next_beta is then NaN,
+    and ritz gives NaN). basis: an empty list that receives the m orthonormal
     Lanczos vectors Q (float64), for the Ritz vectors Q s."""
     q = (v0 / v0.norm()).double()
     basis = [] if basis is None else basis
@@ -53,6 +59,9 @@ def run(matvec: Callable[[torch.Tensor], torch.Tensor], v0: torch.Tensor, steps:
         for _ in range(2):
             w = w - stacked.T @ (stacked @ w)
         b = float(w.norm())
+        if not (math.isfinite(a) and math.isfinite(b)):
+            alpha[-1] = math.nan
+            return alpha, beta, math.nan
         scale = max(scale, abs(a), b)
         if step_done is not None:
             step_done()

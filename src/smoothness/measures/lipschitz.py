@@ -30,10 +30,13 @@ SHARPNESS = 30.0   # softplus beta times the std of a layer's pre-activations at
 
 
 def spectral_products(p: MLPStack) -> torch.Tensor:
-    """Upper bound of L: prod over layers of the largest singular value of W_l. [M]."""
+    """Upper bound of L: prod over layers of the largest singular value of W_l. [M]; NaN for a model with
+    non-finite weights (a diverged one), which the SVD does not take."""
     out = torch.ones(p.n_models, dtype=p.weights[0].dtype, device=p.weights[0].device)
     for w in p.weights:
-        out = out * torch.linalg.matrix_norm(w, ord=2)
+        finite = torch.isfinite(w).flatten(1).all(1)
+        norms = torch.linalg.matrix_norm(torch.where(finite[:, None, None], w, 0.0), ord=2)
+        out = out * torch.where(finite, norms, torch.nan)
     return out
 
 

@@ -1,13 +1,24 @@
 """All the measures of one model in one call, each with its cost: the input-space smoothness measures (GN, GN^2,
 FPL, GPL, the Lipschitz bracket) on the points, and, given targets, the loss and its curvature (sharpness, the
-Hessian trace, the eigenvalue density). What `smoothness measure` prints for a checkpoint; a dict of Estimates."""
+Hessian trace, the eigenvalue density). What `smoothness measure` prints for a checkpoint; a dict of Estimates.
+
+Everything is checked before the first measure (plan, precheck): the data, the model's output on it, the targets
+against the loss, the memory of the path lengths and of the Lanczos basis. A measure that does not apply to the
+model or the data is left out (plan says which and why); a model with non-finite parameters gets NaN for every
+measure, with one warning."""
 from __future__ import annotations
 
+import math
 import time
+import warnings
 from dataclasses import dataclass, field
 
-from smoothness.measures import curvature, single, stream
+import torch
+
+from smoothness.errors import MeasureError
+from smoothness.measures import checks, curvature, single, spectrum, stream
 from smoothness.measures import inputspace as ins
+from smoothness.models import MLPStack
 
 INPUT_SPACE = ("gradient_norm", "gradient_norm_squared", "path_lengths", "lipschitz")
 CURVATURE = ("loss", "sharpness", "hessian_trace", "density")
@@ -61,21 +72,99 @@ _MEASURE_OF = {"fpl": "path_lengths", "gpl": "path_lengths", "lipschitz_lower": 
 
 
 def check(which) -> tuple[str, ...]:
-    """The measures named, in ALL's order; a ValueError naming an unknown one."""
+    """The measures named, in ALL's order; a MeasureError naming an unknown one, or for none."""
     which = tuple(which)
     bad = [w for w in which if w not in ALL]
     if bad:
-        raise ValueError(f"unknown measure {', '.join(bad)}: choose from {', '.join(ALL)}")
+        raise MeasureError(f"unknown measure {', '.join(bad)}: choose from {', '.join(ALL)}")
+    if not which:
+        raise MeasureError(f"no measure named: choose from {', '.join(ALL)}")
     return tuple(w for w in ALL if w in which)
+
+
+def plan(which, model, x, y=None) -> tuple[tuple[str, ...], list[str]]:
+    """(the measures of `which` that apply to model and data, a line for each group left out): the loss and
+    curvature measures without targets, or of a TorchScript module (it cannot take its parameters as inputs); the
+    input-space measures of integer points (token ids: nothing to move along); the path lengths of fewer than 2
+    points. A MeasureError if nothing is left."""
+    which = check(which)
+    first = next((b for b in stream.batches(x) if b.shape[0]), None)
+    if first is None:
+        raise MeasureError("the data holds no points")
+    left, notes = list(which), []
+
+    def drop(names, why):
+        gone = [w for w in left if w in names]
+        if gone:
+            notes.append(why.format(", ".join(gone)))
+            left[:] = [w for w in left if w not in gone]
+
+    if y is None and not _batches_have_targets(x):
+        drop(CURVATURE, "no targets y: the loss and curvature measures are skipped ({})")
+    if not isinstance(model, (torch.nn.Module, MLPStack)):
+        drop(CURVATURE, "a callable that is no nn.Module has no parameters: the loss and curvature measures are "
+                        "skipped ({})")
+    if isinstance(model, torch.jit.ScriptModule):
+        drop(CURVATURE, "a TorchScript module cannot take its parameters as inputs (torch.func): the curvature "
+                        "measures are skipped ({}); save the model with torch.export or as a state dict for them")
+    if not first.is_floating_point():
+        drop(INPUT_SPACE, f"the points hold integers ({str(first.dtype).replace('torch.', '')}): the input-space "
+                          "measures are skipped ({}), as they move along segments between points")
+    if "path_lengths" in left and stream.count(x) < 2:
+        drop(("path_lengths",), "one point: the path lengths are skipped, as their segments join pairs of points")
+    if not left:
+        raise MeasureError(f"nothing to measure: {'; '.join(notes)}")
+    return tuple(left), notes
+
+
+def precheck(model, x, y, which, settings: Settings | None = None) -> None:
+    """The checks of measure_model before any measure: the model's output on the first point (and for the
+    Lipschitz bracket, one output or the margin), the targets against the loss, the memory of the path lengths and
+    of the Lanczos basis. A MeasureError names the first problem."""
+    s = settings or Settings()
+    if any(w in INPUT_SPACE for w in which):
+        r = single.Reader(model, s.output)
+        r.start(x)
+        if "path_lengths" in which:
+            single.check_path_work(s.segments, s.points, r.example[0].numel(), r.ev.outputs, r.ev.dtype,
+                                   r.ev.device)
+    if any(w in CURVATURE for w in which):
+        op = curvature.HessianOperator(curvature.module_of(model), x, y, s.loss, batch_size=s.batch_size)
+        if "sharpness" in which or "density" in which:
+            spectrum.prepare(op, min(s.steps, op.dim))
+        else:
+            op.check()
+
+
+def _not_computed(which) -> ModelMeasures:
+    """NaN for every measure of `which` (a model with non-finite parameters)."""
+    out = ModelMeasures()
+    keys = {"path_lengths": ("fpl", "gpl"), "lipschitz": ("lipschitz_lower", "lipschitz_upper"),
+            "density": ("density_trace",)}
+    for name in which:
+        for key in keys.get(name, (name,)):
+            out.values[key] = curvature.Eigenvalue(math.nan, math.nan, 0) if key == "sharpness" else \
+                checks.not_computed()
+    return out
 
 
 def measure_model(model, x, y=None, which=DEFAULT, settings: Settings | None = None, *, progress=None) -> ModelMeasures:
     """Measure `model` on the points x (a tensor or a DataLoader / iterable of batches; (x, y) batches carry the
-    targets) and targets y: the measures in `which` (see ALL; the curvature ones need targets and are skipped
-    without them), timed one by one."""
+    targets) and targets y: the measures in `which` (see ALL) that apply (plan: the curvature ones need targets and
+    are skipped without them; the others skipped are named in a warning), timed one by one, after every check
+    (precheck). A model with non-finite parameters: one warning, and NaN for every measure."""
     s = settings or Settings()
-    which = check(which)
-    has_targets = y is not None or _batches_have_targets(x)
+    stream.check_reiterable(x, "measure_model")
+    x = stream.checked(x, "x")
+    if y is not None:
+        y = checks.values(stream.as_tensor(y), "y")
+    which, notes = plan(which, model, x, y)
+    for note in notes:
+        if not note.startswith("no targets"):
+            warnings.warn(note, stacklevel=2)
+    if not checks.parameters_finite(model):
+        return _not_computed(which)
+    precheck(model, x, y, which, s)
     out = ModelMeasures()
 
     def timed(name, fn):
@@ -86,8 +175,6 @@ def measure_model(model, x, y=None, which=DEFAULT, settings: Settings | None = N
 
     o = s.output
     for name in which:
-        if name in CURVATURE and not has_targets:
-            continue
         if name == "gradient_norm":
             out.values["gradient_norm"] = timed(name, lambda: single.gradient_norm(model, x, o, progress=progress))
         elif name == "gradient_norm_squared":

@@ -6,7 +6,11 @@ The loss over the data is the mean over all points, L(theta) = sum_b (n_b / N) L
 points with mean-reduced batch losses L_b, so a DataLoader gives the matrix of the tensor of its points (memory:
 one batch). loss: a callable loss(outputs, targets) -> scalar mean over the batch (torch.nn.CrossEntropyLoss(),
 F.cross_entropy, ...), or 'mse' (eq. 2 of Volhejn & Lampert: mean (f(x) - y)^2, f's [n, 1] output read as [n]) or
-'cross_entropy'; None picks cross_entropy for integer targets and K > 1 outputs, else mse.
+'cross_entropy'; None picks cross_entropy for integer targets and K > 1 outputs, else mse (losses.py).
+
+Before any work (checks.py): x and y are dense, real and finite; the model's output on the first point is one
+tensor per point; for the named losses the targets fit the outputs (the mse: as many values per point as outputs;
+the cross-entropy: labels 0 to K - 1, or probabilities [n, K]), checked on every batch.
 
 Every operator A has `dim` (the number of parameters it acts on), `matvec(v)` ([dim] -> [dim]) and `matmat(V)`
 ([dim, k] -> [dim, k]: the k products in one pass over the data, vectorized over the columns by torch.func.vmap in
@@ -23,57 +27,44 @@ import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call, grad, jvp, vjp, vmap
-from torch.nn import functional as F
 
-from smoothness.measures import anymodule, stream
+from smoothness.errors import MeasureError, MeasureTypeError
+from smoothness.measures import anymodule, checks, stream
+from smoothness.measures.losses import check_targets, resolve_loss
 from smoothness.runtime import precision
 
 MATMAT_CHUNK = 16        # columns of one vectorized product (memory: that many copies of a batch's activations)
 DENSE_MAX_DIM = 20_000   # dense() and the exact diagonal refuse larger operators (dim^2 floats, dim products)
 
 
-def _mse(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Eq. 2: mean over the points of (f(x) - y)^2 (summed over outputs when there are several)."""
-    if out.dim() == 2 and out.shape[1] == 1 and y.dim() == 1:
-        out = out[:, 0]
-    return (out - y.to(out.dtype)).square().reshape(out.shape[0], -1).sum(1).mean()
-
-
-LOSSES = {"mse": _mse, "cross_entropy": F.cross_entropy}
-
-
-def resolve_loss(loss, out: torch.Tensor, y: torch.Tensor):
-    """The loss callable named or given (see the module docstring)."""
-    if loss is None:
-        classes = out.dim() == 2 and out.shape[1] > 1 and not y.is_floating_point()
-        return F.cross_entropy if classes else _mse
-    if isinstance(loss, str):
-        if loss not in LOSSES:
-            raise ValueError(f"unknown loss {loss!r}: name one of {', '.join(LOSSES)} or pass a callable")
-        return LOSSES[loss]
-    if not callable(loss):
-        raise TypeError(f"loss must be a name or a callable loss(outputs, targets); got {type(loss).__name__}")
-    return loss
-
-
 def batches(data, targets, batch_size):
     """(x, y) batches of the data: tensors split in batch_size points (all at once for None), or a loader's."""
     if stream.is_stream(data):
         if targets is not None:
-            raise ValueError("targets are given with the batches of a DataLoader: pass (x, y) batches instead")
+            raise MeasureError("targets are given with the batches of a DataLoader: pass (x, y) batches instead")
         for x, y in stream.batches(data, with_targets=True):
             if y is None:
-                raise ValueError("the curvature of a loss needs targets: the batches must be (x, y)")
+                raise MeasureError("the curvature of a loss needs targets: the batches must be (x, y)")
             yield x, y
         return
     if targets is None:
-        raise ValueError("the curvature of a loss needs targets y: pass x and y, or a DataLoader of (x, y)")
+        raise MeasureError("the curvature of a loss needs targets y: pass x and y, or a DataLoader of (x, y)")
     x, y = stream.as_tensor(data), stream.as_tensor(targets)
-    if x.shape[0] != y.shape[0] or x.shape[0] == 0:
-        raise ValueError(f"x holds {x.shape[0]} points and y {y.shape[0]} targets; they must match and be > 0")
+    if x.dim() == 0 or y.dim() == 0 or x.shape[0] != y.shape[0] or x.shape[0] == 0:
+        raise MeasureError(f"x has shape {tuple(x.shape)} and y {tuple(y.shape)}: the numbers of points and targets "
+                           "must match (one row each, at least one)")
     step = batch_size or x.shape[0]
     for i in range(0, x.shape[0], step):
         yield x[i:i + step], y[i:i + step]
+
+
+def checked(data, targets):
+    """data and targets checked before any work: stream.checked (a tensor's points dense, real and finite, a
+    stream's batches as they are read); the targets alike."""
+    data = stream.checked(data, "x")
+    if targets is not None:
+        targets = checks.values(stream.as_tensor(targets), "y")
+    return data, targets
 
 
 def probes(dim: int, seeds, rademacher: bool, dtype, device) -> torch.Tensor:
@@ -98,7 +89,7 @@ def select(names: list[str], params) -> list[str]:
         hit = [n for n in names if n == w or n.startswith(f"{w}.")]
         if not hit:
             layers = sorted({n.rpartition(".")[0] or n for n in names})
-            raise ValueError(f"no trainable parameter is named {w!r} or lies in a module of that name; the modules "
+            raise MeasureError(f"no trainable parameter is named {w!r} or lies in a module of that name; the modules "
                              f"with trainable parameters are: {', '.join(layers)}")
         picked.update(hit)
     return [n for n in names if n in picked]
@@ -114,19 +105,21 @@ class CurvatureOperator:
     def __init__(self, model: nn.Module, data, targets=None, loss=None, *, batch_size: int | None = None,
                  params=None, chunk: int = MATMAT_CHUNK):
         if not isinstance(model, nn.Module):
-            raise TypeError(f"the curvature is of an nn.Module's parameters; got {type(model).__name__}")
+            raise MeasureTypeError(f"the curvature is of an nn.Module's parameters; got {type(model).__name__}")
         if isinstance(model, torch.jit.ScriptModule):
-            raise TypeError("the curvature takes the parameters as inputs (torch.func), which a TorchScript module "
-                            "cannot: save the model with torch.export, or as a state dict for its nn.Module")
+            raise MeasureTypeError("the curvature takes the parameters as inputs (torch.func), which a TorchScript "
+                                   "module cannot: save the model with torch.export, or as a state dict for its "
+                                   "nn.Module")
         if chunk < 1:
-            raise ValueError(f"chunk must be >= 1; got {chunk}")
+            raise MeasureError(f"chunk must be >= 1; got {chunk}")
         anymodule.check_mode(model)
         stream.check_reiterable(data, f"the {self.kind} operator")
+        data, targets = checked(data, targets)
         self.model, self.data, self.targets, self.batch_size, self.chunk = model, data, targets, batch_size, chunk
         trainable = [n for n, p in model.named_parameters() if p.requires_grad]
         if not trainable:
-            raise ValueError("the model has no trainable parameters")
-        self._loss_spec, self._loss, self.forward_ad = loss, None, True
+            raise MeasureError("the model has no trainable parameters")
+        self._loss_spec, self._loss, self._row, self.forward_ad = loss, None, None, True
         self._pick(select(trainable, params))
 
     def _pick(self, names: list[str]) -> None:
@@ -177,12 +170,30 @@ class CurvatureOperator:
             x = x.to(self.device, self.dtype if x.is_floating_point() else x.dtype)
             y = y.to(self.device)
             if self._loss is None:
-                with torch.no_grad():
-                    out = self.model(x[:1])
-                loss = resolve_loss(self._loss_spec, out, y[:1])
-                self.forward_ad = forward_ad_works(loss, out, y[:1])
-                self._loss = loss
+                self._resolve(x, y)
+            if self._row is not None:
+                check_targets(self._loss, self._row, y, chosen=self._loss_spec is None)
             yield x, y
+
+    def _resolve(self, x, y) -> None:
+        """The loss, from the model's output on the first point (the model's failure there is one line); for a
+        named loss the output must be one tensor per point, whose shape the targets are checked against."""
+        with torch.no_grad():
+            out = checks.call(self.model, x[:1])
+        if self._loss_spec is None or isinstance(self._loss_spec, str):
+            self._row = tuple(checks.output(out, 1).shape[1:])
+        loss = resolve_loss(self._loss_spec, out, y[:1])
+        if self._row is not None:
+            check_targets(loss, self._row, y, chosen=self._loss_spec is None)
+        self.forward_ad = forward_ad_works(loss, out, y[:1])
+        self._loss = loss
+
+    def check(self) -> None:
+        """The checks of the data before any work: the loss resolved on the first point, and the targets of every
+        batch of a tensor (of a DataLoader: its first batch; the others are checked as they are read)."""
+        for i, _ in enumerate(self._each()):
+            if stream.is_stream(self.data) and i == 0:
+                return
 
     def mean_over_batches(self, fn) -> torch.Tensor:
         """sum_b (n_b / N) fn(b, x_b, y_b) over the batches b of the data (fn of the batch index and its points)."""
@@ -192,7 +203,7 @@ class CurvatureOperator:
             total = part if total is None else total + part
             n += x.shape[0]
         if n == 0:
-            raise ValueError("the data holds no points")
+            raise MeasureError("the data holds no points")
         return total / n
 
     def batch_product(self, b: int, x: torch.Tensor, y: torch.Tensor):
@@ -208,7 +219,7 @@ class CurvatureOperator:
     def matmat(self, V: torch.Tensor) -> torch.Tensor:
         """A V for V [dim, k], in one pass over the data."""
         if V.dim() != 2 or V.shape[0] != self.dim:
-            raise ValueError(f"matmat takes a matrix [{self.dim}, k]; got shape {list(V.shape)}")
+            raise MeasureError(f"matmat takes a matrix [{self.dim}, k]; got shape {list(V.shape)}")
         V = V.to(self.device, self.dtype)
         with torch.no_grad(), precision.strict_fp32():
             return self.mean_over_batches(lambda b, x, y: self._batch_matmat(b, x, y, V))
@@ -216,7 +227,7 @@ class CurvatureOperator:
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         """A v for a flat vector v [dim]."""
         if v.dim() != 1:
-            raise ValueError(f"matvec takes a vector [{self.dim}]; got shape {list(v.shape)}")
+            raise MeasureError(f"matvec takes a vector [{self.dim}]; got shape {list(v.shape)}")
         return self.matmat(v[:, None])[:, 0]
 
     def __matmul__(self, v: torch.Tensor) -> torch.Tensor:
@@ -278,11 +289,11 @@ def hessian_product(f, primal, forward: bool = True):
 
 
 def check_dense(dim: int) -> None:
-    """A ValueError before any work if a dense [dim, dim] matrix (dim products) is too large to be meant."""
+    """A MeasureError before any work if a dense [dim, dim] matrix (dim products) is too large to be meant."""
     if dim > DENSE_MAX_DIM:
-        raise ValueError(f"a dense matrix of {dim} parameters would take {dim} products and {dim * dim * 8 / 2**30:.1f}"
-                         f" GiB; the exact forms are for models of at most {DENSE_MAX_DIM} parameters (restrict the "
-                         "operator to a layer, or use the estimators)")
+        raise MeasureError(f"a dense matrix of {dim} parameters would take {dim} products and "
+                           f"{dim * dim * 8 / 2**30:.1f} GiB; the exact forms are for models of at most "
+                           f"{DENSE_MAX_DIM} parameters (restrict the operator to a layer, or use the estimators)")
 
 
 class HessianOperator(CurvatureOperator):

@@ -9,6 +9,10 @@ taken batch by batch, so memory holds one batch (and, for the path lengths, the 
 Every measure returns an Estimate (estimate.py): a float with its standard error `se` and sample count `n`. GN and
 GN^2 are means over the points (se over the points, n points); FPL and GPL means over random segments (se over the
 segments, n segments); WP, the path norm and a single segment's total variation are exact (se 0).
+
+Each function checks what it is given before any work (checks.py): the points are dense, finite and floating
+point, the model's output is one tensor with a row per point, the path lengths have two points at least and fit in
+memory; a MeasureError names what is wrong. A model with non-finite parameters gets a warning and NaN.
 """
 from __future__ import annotations
 
@@ -19,7 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from smoothness.measures import anymodule, lipbound, lipschitz, stream
+from smoothness.errors import MeasureError, MeasureTypeError
+from smoothness.measures import anymodule, checks, lipbound, lipschitz, stream
 from smoothness.measures import inputspace as ins
 from smoothness.measures.estimate import Estimate, exact, mean_and_se
 from smoothness.runtime import precision
@@ -35,33 +40,34 @@ def evaluator_for(f, x: torch.Tensor, output=None):
     p = ins.relu_stack(f)
     if p is not None:
         if p.n_models != 1:
-            raise ValueError(f"f is a stack of {p.n_models} models; these functions measure one model "
-                             "(smoothness.measures.measure_stack measures a stack at once)")
+            raise MeasureError(f"f is a stack of {p.n_models} models; these functions measure one model "
+                               "(smoothness.measures.measure_stack measures a stack at once)")
         if output not in (None, 0):
-            raise ValueError(f"output={output!r}: a ReLU MLP of this package has one output")
+            raise MeasureError(f"output={output!r}: a ReLU MLP of this package has one output")
         ev, d = ins.evaluator(p), p.widths[0]
 
         def to_mlp_points(b):
-            b = stream.as_tensor(b).to(device=ev.device, dtype=ev.dtype)
+            b = checks.points(stream.as_tensor(b)).to(device=ev.device, dtype=ev.dtype)
             if b.dim() != 2 or b.shape[1] != d:
-                raise ValueError(f"points of this MLP must be [n, {d}]; got a batch of shape {tuple(b.shape)}")
+                raise MeasureError(f"points of this MLP must be [n, {d}]; got a batch of shape {tuple(b.shape)}")
             return b[None]
         return ev, to_mlp_points
     if not callable(f):
-        raise TypeError(f"expected a torch module or callable f: [n, ...] -> [n] or [n, K], got {type(f).__name__}")
+        raise MeasureTypeError(f"expected a torch module or callable f: [n, ...] -> [n] or [n, K], got "
+                               f"{type(f).__name__}")
     anymodule.check_mode(f)
     params = list(f.parameters()) if isinstance(f, nn.Module) else []
     dtype = params[0].dtype if params else torch.float32
     device = params[0].device if params else torch.device("cpu")
-    x = stream.as_tensor(x)
-    if x.dim() < 2 or x.shape[0] == 0:
-        raise ValueError(f"points must be [n, ...] with n >= 1; got {tuple(x.shape)}")
+    x = checks.points(stream.as_tensor(x))
+    if x.shape[0] == 0:
+        raise MeasureError(f"points must be [n, ...] with n >= 1; got {tuple(x.shape)}")
     shape = tuple(x.shape[1:])
 
     def to_points(b):
-        b = stream.as_tensor(b).to(device=device, dtype=dtype)
+        b = checks.points(stream.as_tensor(b)).to(device=device, dtype=dtype)
         if tuple(b.shape[1:]) != shape:
-            raise ValueError(f"a batch of points of shape {tuple(b.shape[1:])} after points of shape {shape}")
+            raise MeasureError(f"a batch of points of shape {tuple(b.shape[1:])} after points of shape {shape}")
         return b.reshape(1, b.shape[0], -1)
     probe = to_points(x[:1])
     values, grads, k = anymodule.parts(f, shape, output, probe[0])
@@ -82,6 +88,14 @@ class Reader:
             self.example = stream.as_tensor(x)[:1].to(device=self.ev.device, dtype=self.ev.dtype)  # [1, ...]
         return self._to_points(x)
 
+    def start(self, data) -> None:
+        """Build f's evaluator from the first point of the data (the model's output and its failures checked)."""
+        for x in stream.batches(data):
+            if x.shape[0]:
+                self.points(x[:1])
+                return
+        raise MeasureError("the data holds no points")
+
     def each(self, data, desc: str, progress=None):
         """Yield every batch of data as points [1, n, d], with a progress bar over the batches."""
         total = len(data) if stream.is_stream(data) and hasattr(data, "__len__") else None
@@ -91,10 +105,20 @@ class Reader:
                     yield self.points(x)
                 bar.update()
         if self.ev is None:
-            raise ValueError("the data holds no points")
+            raise MeasureError("the data holds no points")
+
+
+def _points(data):
+    """The data of an input-space measure checked before any work: a tensor's points at once (checks.points), a
+    stream's batches as they are read."""
+    data = stream.checked(data, "x")
+    return data if stream.is_stream(data) else checks.points(data, "x")
 
 
 def _gradient_norm(f, data, output, power: int, progress) -> Estimate:
+    data = _points(data)
+    if not checks.parameters_finite(f):
+        return checks.not_computed()
     r = Reader(f, output)
     sums, n = None, 0
     with torch.no_grad():
@@ -131,19 +155,35 @@ def path_lengths(f, data, segments: int = ins.DEFAULT_SEGMENTS, points: int = in
     segments."""
     which = tuple(which)
     if not which or set(which) - set(PATHS):
-        raise ValueError(f"which must name some of {', '.join(PATHS)}; got {which!r}")
+        raise MeasureError(f"which must name some of {', '.join(PATHS)}; got {which!r}")
     ins.check_segments(segments, points)
     stream.check_reiterable(data, "the path lengths")
+    data = _points(data)
+    if not checks.parameters_finite(f):
+        return {k: checks.not_computed() for k in which}
     n = stream.count(data)
-    if n == 0:
-        raise ValueError("the data holds no points")
-    ia, ib = ins.segment_endpoints(n, segments, seed)
+    if n < 2:
+        raise MeasureError(f"the path lengths need at least 2 points (their segments join random pairs of points); "
+                           f"the data holds {n}")
     r = Reader(f, output)
+    r.start(data)
+    check_path_work(segments, points, r.example[0].numel(), r.ev.outputs, r.ev.dtype, r.ev.device)
+    ia, ib = ins.segment_endpoints(n, segments, seed)
     ends = r.points(stream.gather(data, torch.cat([ia, ib])))          # [1, 2 S, d]
     with torch.no_grad(), Bar(segments, "path lengths", "segment", progress) as bar:
         got = ins.segment_path_lengths(r.ev, lambda i, j: (ends[:, i:j], ends[:, segments + i:segments + j]), 1,
                                        segments, points, which, ends.shape[2], progress=bar.update)
     return {k: Estimate(float(got[k][0]), float(got[k + "_se"][0]), segments) for k in which}
+
+
+def check_path_work(segments: int, points: int, d: int, outputs: int, dtype, device) -> None:
+    """A MeasureError, before any work, if the path lengths would need more memory than the device has to spare:
+    the 2 x segments end points in dimension d, their indices, and one segment's points with their gradients
+    (Jacobians of `outputs` rows)."""
+    size = torch.empty((), dtype=dtype).element_size()
+    need = 2 * segments * d * size + 16 * segments + 3 * points * d * outputs * size
+    checks.fits(need, f"the path lengths' {segments:,} segments of {points:,} points in dimension {d:,}",
+                "use fewer segments or points per segment", device)
 
 
 def function_path_length(f, data, segments: int = ins.DEFAULT_SEGMENTS, points: int = ins.DEFAULT_POINTS,
@@ -164,8 +204,10 @@ def gradient_path_length(f, data, segments: int = ins.DEFAULT_SEGMENTS, points: 
 def segment_total_variation(f, a, b, points: int = ins.DEFAULT_POINTS, of: str = "function", output=None) -> Estimate:
     """Eq. 10 on one segment a -> b: the sampled TV of f ('function') or of grad f ('gradient'); exact (se 0)."""
     if of not in ("function", "gradient"):
-        raise ValueError("of must be 'function' or 'gradient'")
+        raise MeasureError("of must be 'function' or 'gradient'")
     ins.check_segments(1, points)
+    if not checks.parameters_finite(f):
+        return checks.not_computed()
     r = Reader(f, output)
     ab = r.points(torch.stack([stream.as_tensor(a), stream.as_tensor(b)]))
     with torch.no_grad():
@@ -178,9 +220,11 @@ def segment_total_variation(f, a, b, points: int = ins.DEFAULT_POINTS, of: str =
 def _of_stack(f, fn, requirement: str) -> Estimate:
     p = ins.relu_stack(f)
     if p is None:
-        raise ValueError(f"{fn.__name__[:-1]} is defined for {requirement}")
+        raise MeasureError(f"{fn.__name__[:-1]} is defined for {requirement}")
     if p.n_models != 1:
-        raise ValueError(f"f is a stack of {p.n_models} models; measure one (or call {fn.__name__} on the stack)")
+        raise MeasureError(f"f is a stack of {p.n_models} models; measure one (or call {fn.__name__} on the stack)")
+    if not checks.parameters_finite(p):
+        return checks.not_computed()
     with torch.no_grad():
         return exact(fn(p)[0])
 
@@ -205,10 +249,8 @@ def scalar_output(f, data, output=None):
     if output is not None:
         return output
     r = Reader(f)
-    for x in stream.batches(data):
-        r.points(x[:1])
-        return "margin" if r.ev.outputs > 1 else None
-    raise ValueError("the data holds no points")
+    r.start(data)
+    return "margin" if r.ev.outputs > 1 else None
 
 
 class _Top:
@@ -236,13 +278,16 @@ def lipschitz_bounds(f, data, output=None, *, progress=None) -> tuple[Estimate, 
     the points (lipschitz.py). upper: for a ReLU MLP the product of the layers' spectral norms; for any other
     module the product bound of lipbound.py (convolutions, BatchNorm in eval mode, pooling, common activations), or
     NaN with a warning naming the layer it does not cover."""
+    data = _points(data)
+    if not checks.parameters_finite(f):
+        return checks.not_computed(), checks.not_computed()
     r = Reader(f, output)
     top, evaluated = _Top(lipschitz.STARTS), 0
     with torch.no_grad():
         for x in r.each(data, "Lipschitz bounds", progress):
             if r.ev.outputs > 1:
-                raise ValueError(f"f has {r.ev.outputs} outputs: the bounds are for a scalar function; pass "
-                                 "output=k or output='margin'")
+                raise MeasureError(f"f has {r.ev.outputs} outputs: the bounds are for a scalar function; pass "
+                                   "output=k or output='margin'")
             top.add(x, ins.point_gradient_norms(r.ev, x))
             evaluated += x.shape[1]
         best = top.norms.max(1).values
@@ -275,6 +320,8 @@ def fpl_lower_bound(y) -> float:
     y = np.sort(np.asarray(y.detach().cpu() if torch.is_tensor(y) else y, dtype=np.float64).reshape(-1))
     n = y.size
     if n == 0:
-        raise ValueError("fpl_lower_bound needs at least one target")
+        raise MeasureError("fpl_lower_bound needs at least one target")
+    if not np.isfinite(y).all():
+        raise MeasureError(f"y holds {int((~np.isfinite(y)).sum()):,} non-finite value(s): the bound is not a number")
     k = np.arange(n)
     return float(2.0 * np.sum(y * (2 * k - n + 1)) / (n * n))

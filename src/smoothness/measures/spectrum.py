@@ -31,7 +31,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from smoothness.measures import lanczos
+from smoothness.errors import MeasureError
+from smoothness.measures import checks, lanczos
 from smoothness.measures.estimate import Estimate
 from smoothness.measures.operators import probes
 from smoothness.runtime.progress import Bar
@@ -96,6 +97,15 @@ def bounds(values: torch.Tensor, residuals: torch.Tensor, eps: float) -> tuple[t
     return torch.minimum(r, quad) + rounding, gap
 
 
+def prepare(op, steps: int) -> None:
+    """The checks before any work: op's data (op.check(), where it has one) and the memory of a Lanczos basis of
+    `steps` vectors (float64, stacked once more at each step)."""
+    if hasattr(op, "check"):
+        op.check()
+    checks.fits(2 * steps * op.dim * 8, f"the Lanczos basis of {steps:,} steps x {op.dim:,} parameters (float64)",
+                "use fewer steps", op.device)
+
+
 def _wanted(m: int, k: int, which: str) -> torch.Tensor:
     """Indices of the wanted Ritz values among m ascending ones, in the order reported."""
     k = min(k, m)
@@ -110,13 +120,14 @@ def eigenpairs(op, k: int = 1, which: str = "largest", *, steps: int = DEFAULT_S
     after `steps` products. Each is an Eigenvalue with its residual, gap and error bound (module docstring);
     vectors=True adds the unit eigenvectors (Ritz vectors) in op's dtype and device."""
     if which not in ("largest", "smallest"):
-        raise ValueError(f"which must be 'largest' or 'smallest'; got {which!r}")
+        raise MeasureError(f"which must be 'largest' or 'smallest'; got {which!r}")
     if k < 1:
-        raise ValueError(f"k must be >= 1; got {k}")
+        raise MeasureError(f"k must be >= 1; got {k}")
     steps = min(steps, op.dim)
     if k > steps:
-        raise ValueError(f"k = {k} eigenvalues need at least k Lanczos steps; the operator has dimension {op.dim} "
+        raise MeasureError(f"k = {k} eigenvalues need at least k Lanczos steps; the operator has dimension {op.dim} "
                          f"and steps = {steps}")
+    prepare(op, steps)
 
     def converged(alpha, beta, b):
         if len(alpha) < k:
@@ -129,6 +140,9 @@ def eigenpairs(op, k: int = 1, which: str = "largest", *, steps: int = DEFAULT_S
     v0 = probes(op.dim, [seed], False, op.dtype, op.device)[:, 0]
     with torch.no_grad(), Bar(steps, desc, "product", progress) as bar:
         alpha, beta, b = lanczos.run(op.matvec, v0, steps, converged, bar.update, basis if vectors else None)
+    if not math.isfinite(b):
+        checks.not_finite("the eigenvalue" if k == 1 else f"each of the {k} eigenvalues")
+        return [Eigenvalue(math.nan, math.nan, len(alpha)) for _ in range(k)]
     t_values, t_vectors = torch.linalg.eigh(lanczos.tridiagonal(alpha, beta))
     residuals = b * t_vectors[-1].abs()
     bound, gap = bounds(t_values, residuals, torch.finfo(op.dtype).eps)
@@ -184,13 +198,17 @@ def density(op, *, runs: int = DEFAULT_RUNS, steps: int = DEFAULT_STEPS, seed: i
     Xiao, ICML 2019; Ubaru, Chen & Saad, SIMAX 2017): `runs` Lanczos runs of `steps` steps (at most op.dim) from
     Rademacher vectors seeded seed x 100003 + run; see Density."""
     if runs < 1:
-        raise ValueError(f"runs must be >= 1; got {runs}")
+        raise MeasureError(f"runs must be >= 1; got {runs}")
     steps = min(steps, op.dim)
+    prepare(op, steps)
     nodes, weights = [], []
     with torch.no_grad(), Bar(runs * steps, desc, "product", progress) as bar:
         for r in range(runs):
             v0 = probes(op.dim, [seed * 100003 + r], True, op.dtype, op.device)[:, 0]
             alpha, beta, b = lanczos.run(op.matvec, v0, steps, step_done=bar.update)
+            if not math.isfinite(b):
+                checks.not_finite("the eigenvalue density")
+                return Density(np.full((runs, steps), np.nan), np.full((runs, steps), np.nan), op.dim)
             values, _, first = lanczos.ritz(alpha, beta, b)
             pad = steps - len(alpha)   # an exhausted Krylov space: fewer nodes, padded with zero weight
             nodes.append(np.pad(values.numpy(), (0, pad), mode="edge"))

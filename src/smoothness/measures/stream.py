@@ -1,6 +1,8 @@
 """The points a measure reads, from whatever holds them: a tensor or NumPy array [n, ...], a torch DataLoader, or any
 iterable of batches (a batch is a tensor of inputs, or a tuple/list/dict whose first element, or its 'x', 'input' or
 'inputs' entry, is the inputs; the rest, such as labels, is ignored or, for the loss-based measures, read as targets).
+A list of tensors or arrays is a list of batches; a list of numbers, or of lists of numbers, is an array. Every
+batch is checked as it is read (checks.values: dense real numbers, all finite).
 
 A measure over streamed data holds one batch at a time: sums over points are accumulated batch by batch, and the
 segments of the path lengths, drawn by index from the whole set (the count comes first, from one pass), have their
@@ -15,6 +17,9 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 
+from smoothness.errors import MeasureError, MeasureTypeError
+from smoothness.measures import checks
+
 _X_KEYS = ("x", "input", "inputs")
 _Y_KEYS = ("y", "target", "targets", "label", "labels")
 
@@ -25,8 +30,9 @@ def as_tensor(a) -> torch.Tensor:
         return a
     arr = np.asarray(a)
     if arr.dtype == object:
-        raise TypeError(f"cannot read points from an array of Python objects (dtype object, shape {arr.shape}): pass "
-                        "a tensor, an array of numbers, or a DataLoader / iterable of batches")
+        raise MeasureTypeError(f"cannot read points from an array of Python objects (dtype object, shape "
+                               f"{arr.shape}): pass a tensor, an array of numbers, or a DataLoader / iterable of "
+                               "batches")
     return torch.as_tensor(arr)
 
 
@@ -35,13 +41,13 @@ def split_batch(batch) -> tuple[torch.Tensor, torch.Tensor | None]:
     if isinstance(batch, dict):
         x = next((batch[k] for k in _X_KEYS if k in batch), None)
         if x is None:
-            raise TypeError(f"a batch given as a mapping needs one of the keys {', '.join(_X_KEYS)}; got "
-                            f"{', '.join(map(str, batch))}")
+            raise MeasureTypeError(f"a batch given as a mapping needs one of the keys {', '.join(_X_KEYS)}; got "
+                                   f"{', '.join(map(str, batch))}")
         y = next((batch[k] for k in _Y_KEYS if k in batch), None)
         return as_tensor(x), None if y is None else as_tensor(y)
     if isinstance(batch, (tuple, list)):
         if not batch:
-            raise TypeError("an empty batch")
+            raise MeasureTypeError("an empty batch")
         return as_tensor(batch[0]), as_tensor(batch[1]) if len(batch) > 1 else None
     return as_tensor(batch), None
 
@@ -51,6 +57,8 @@ def is_stream(data) -> bool:
     if torch.is_tensor(data) or isinstance(data, np.ndarray):
         return False
     if isinstance(data, (list, tuple)):   # a list of numbers or of points is an array; a list of batches is not
+        if any(_holds_tensors(b) for b in data):
+            return True
         try:
             np.asarray(data, dtype=np.float64)
             return False
@@ -59,22 +67,41 @@ def is_stream(data) -> bool:
     return isinstance(data, Iterable)
 
 
+def _holds_tensors(b) -> bool:
+    """Whether b, an element of a list, is a batch: a tensor, an array, a mapping, or a tuple/list holding one."""
+    if torch.is_tensor(b) or isinstance(b, (np.ndarray, dict)):
+        return True
+    return isinstance(b, (tuple, list)) and any(torch.is_tensor(v) or isinstance(v, np.ndarray) for v in b)
+
+
+def checked(data, what: str = "the points"):
+    """data for a measure: an array of points as a tensor, checked at once (checks.values); a stream as it is, its
+    batches checked as they are read."""
+    if is_stream(data):
+        return data
+    return checks.values(as_tensor(data), what)
+
+
 def batches(data, with_targets: bool = False):
-    """Yield the inputs of each batch (or (inputs, targets) with with_targets); an array of points is one batch."""
+    """Yield the inputs of each batch (or (inputs, targets) with with_targets); an array of points is one batch.
+    The batches of a stream are checked (checks.values) as they are read."""
     if not is_stream(data):
         x = as_tensor(data)
         yield (x, None) if with_targets else x
         return
-    for batch in data:
+    for i, batch in enumerate(data):
         x, y = split_batch(batch)
+        checks.values(x, f"batch {i}'s points")
+        if y is not None and with_targets:
+            checks.values(y, f"batch {i}'s targets")
         yield (x, y) if with_targets else x
 
 
 def check_reiterable(data, what: str) -> None:
-    """A TypeError if data is a one-shot iterator (a generator): `what` reads the data more than once."""
+    """A MeasureTypeError if data is a one-shot iterator (a generator): `what` reads the data more than once."""
     if is_stream(data) and iter(data) is data:
-        raise TypeError(f"{what} reads the data more than once, and a generator or iterator can be read only once: "
-                        "pass a DataLoader, a list of batches or a tensor")
+        raise MeasureTypeError(f"{what} reads the data more than once, and a generator or iterator can be read only "
+                               "once: pass a DataLoader, a list of batches or a tensor")
 
 
 def count(data) -> int:
@@ -105,5 +132,5 @@ def gather(data, index: torch.Tensor) -> torch.Tensor:
             out[hit] = x[index[hit] - start]
         start = stop
     if out is None or start <= int(index.max()):
-        raise ValueError(f"the data holds {start} points; index {int(index.max())} is past its end")
+        raise MeasureError(f"the data holds {start} points; index {int(index.max())} is past its end")
     return out

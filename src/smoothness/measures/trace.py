@@ -29,7 +29,8 @@ from dataclasses import dataclass
 
 import torch
 
-from smoothness.measures import operators
+from smoothness.errors import MeasureError
+from smoothness.measures import checks, operators
 from smoothness.measures.estimate import Estimate, exact, mean_and_se
 from smoothness.runtime.progress import Bar
 
@@ -57,15 +58,29 @@ def _apply(op, V: torch.Tensor, bar) -> torch.Tensor:
     return torch.cat(out, 1)
 
 
+def _prepare(op) -> None:
+    """The checks of op's data before any work (op.check(), where it has one)."""
+    if hasattr(op, "check"):
+        op.check()
+
+
+def _finite(est: Estimate, what: str) -> Estimate:
+    """est, or NaN with a warning where a product was not finite."""
+    if math.isfinite(float(est)):
+        return est
+    checks.not_finite(what)
+    return Estimate(math.nan, math.nan, est.n)
+
+
 def _seeds(seed: int, k: int, offset: int = 0) -> list[int]:
     return [seed * 100003 + offset + i for i in range(k)]
 
 
 def _check_budget(op, matvecs: int, least: int, what: str) -> None:
     if matvecs < least:
-        raise ValueError(f"{what} needs at least {least} products; got {matvecs}")
+        raise MeasureError(f"{what} needs at least {least} products; got {matvecs}")
     if matvecs >= op.dim:
-        raise ValueError(f"{what} with {matvecs} products of a {op.dim}-dimensional operator: its exact trace "
+        raise MeasureError(f"{what} with {matvecs} products of a {op.dim}-dimensional operator: its exact trace "
                          f"takes {op.dim} (exact_diagonal)")
 
 
@@ -74,12 +89,13 @@ def hutchinson(op, probes: int = DEFAULT_PROBES, *, seed: int = 0, progress=None
     """Hutchinson's estimate of tr A: the mean of z . A z over `probes` Rademacher vectors z (seeded seed x 100003
     + i), with its standard error over the probes (n = probes)."""
     if probes < 1:
-        raise ValueError(f"probes must be >= 1; got {probes}")
+        raise MeasureError(f"probes must be >= 1; got {probes}")
+    _prepare(op)
     with Bar(probes, desc, "product", progress) as bar:
         z, az = _products(op, _seeds(seed, probes), True, bar)
     q = (z * az).sum(0)
     mean, se = mean_and_se(q.sum()[None], q.square().sum()[None], probes)
-    return Estimate(float(mean[0]), float(se[0]), probes)
+    return _finite(Estimate(float(mean[0]), float(se[0]), probes), "the trace")
 
 
 def hutchpp(op, matvecs: int = DEFAULT_PROBES, *, seed: int = 0, progress=None,
@@ -89,23 +105,28 @@ def hutchpp(op, matvecs: int = DEFAULT_PROBES, *, seed: int = 0, progress=None,
     _check_budget(op, matvecs, 4, "Hutch++")
     s = matvecs // 3
     g = matvecs - 2 * s
+    _prepare(op)
     with Bar(matvecs, desc, "product", progress) as bar:
         _, a_s = _products(op, _seeds(seed, s), True, bar)
+        if not bool(torch.isfinite(a_s).all()):
+            return _finite(Estimate(math.nan, math.nan, g), "the trace")
         q, _ = torch.linalg.qr(a_s)
         top = float((q * _apply(op, q, bar)).sum())
         gs = operators.probes(op.dim, _seeds(seed, g, s), True, torch.float64, "cpu")
         gs = gs - q @ (q.T @ gs)
         draws = (gs * _apply(op, gs, bar)).sum(0)
     mean, se = mean_and_se(draws.sum()[None], draws.square().sum()[None], g)
-    return Estimate(top + float(mean[0]), float(se[0]), g)
+    return _finite(Estimate(top + float(mean[0]), float(se[0]), g), "the trace")
 
 
 def _xtrace_estimates(op, n: int, seed: int, offset: int, bar) -> torch.Tensor:
     """The n exchangeable XTrace estimates [n] from n test vectors (seeds from seed, offset) and 2 n products."""
     w, y = _products(op, _seeds(seed, n, offset), True, bar)
+    if not bool(torch.isfinite(y).all()):
+        return torch.full((n,), math.nan, dtype=torch.float64)
     q, r = torch.linalg.qr(y)
     if not torch.isfinite(r).all() or torch.linalg.cond(r) > 1e12:
-        raise ValueError(f"XTrace needs {n} test vectors to span {n} directions of A's range; this operator has "
+        raise MeasureError(f"XTrace needs {n} test vectors to span {n} directions of A's range; this operator has "
                          "a lower rank: use hutchpp")
     z = _apply(op, q, bar)                                     # A Q
     h = q.T @ z                                                # Q^T A Q
@@ -128,11 +149,12 @@ def xtrace(op, matvecs: int = DEFAULT_PROBES, *, seed: int = 0, progress=None,
     error estimate as its standard error (module docstring); n: the test vectors, matvecs / 2."""
     _check_budget(op, matvecs, 4, "XTrace")
     if matvecs % 2:
-        raise ValueError(f"XTrace takes an even number of products; got {matvecs}")
+        raise MeasureError(f"XTrace takes an even number of products; got {matvecs}")
     n = matvecs // 2
+    _prepare(op)
     with Bar(matvecs, desc, "product", progress) as bar:
         ests = _xtrace_estimates(op, n, seed, 0, bar)
-    return Estimate(float(ests.mean()), float(ests.std() / math.sqrt(n)), n)
+    return _finite(Estimate(float(ests.mean()), float(ests.std() / math.sqrt(n)), n), "the trace")
 
 
 TRACE_METHODS = {"hutchinson": hutchinson, "hutchpp": hutchpp, "xtrace": xtrace}
@@ -141,7 +163,7 @@ TRACE_METHODS = {"hutchinson": hutchinson, "hutchpp": hutchpp, "xtrace": xtrace}
 def trace(op, method: str = "hutchinson", matvecs: int = DEFAULT_PROBES, *, seed: int = 0, progress=None) -> Estimate:
     """tr A by `method` ('hutchinson', 'hutchpp', 'xtrace') from `matvecs` products, with its standard error."""
     if method not in TRACE_METHODS:
-        raise ValueError(f"unknown trace estimator {method!r}: choose one of {', '.join(TRACE_METHODS)}")
+        raise MeasureError(f"unknown trace estimator {method!r}: choose one of {', '.join(TRACE_METHODS)}")
     return TRACE_METHODS[method](op, matvecs, seed=seed, progress=progress)
 
 
@@ -161,7 +183,8 @@ def diagonal(op, probes: int = DEFAULT_PROBES, *, seed: int = 0, progress=None,
     """The diagonal of A estimated as the mean of z * A z over `probes` Rademacher vectors (seeded as hutchinson's,
     so its trace is hutchinson's estimate), each entry with its standard error over the probes."""
     if probes < 2:
-        raise ValueError(f"the diagonal's standard error needs probes >= 2; got {probes}")
+        raise MeasureError(f"the diagonal's standard error needs probes >= 2; got {probes}")
+    _prepare(op)
     with Bar(probes, desc, "product", progress) as bar:
         z, az = _products(op, _seeds(seed, probes), True, bar)
     draws = z * az                                             # [dim, probes]
@@ -174,6 +197,7 @@ def diagonal(op, probes: int = DEFAULT_PROBES, *, seed: int = 0, progress=None,
 def exact_diagonal(op, *, progress=None, desc: str = "diagonal (exact)") -> Diagonal:
     """The exact diagonal of A, column by column: dim products (refused above operators.DENSE_MAX_DIM)."""
     operators.check_dense(op.dim)
+    _prepare(op)
     out = torch.empty(op.dim, dtype=torch.float64)
     with Bar(op.dim, desc, "product", progress) as bar:
         for i in range(0, op.dim, BLOCK):

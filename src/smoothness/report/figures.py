@@ -2,6 +2,7 @@
 and returns whether there was anything to draw."""
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
@@ -220,9 +221,14 @@ def interpolant_figure(rows: pd.DataFrame, params: dict, path: Path) -> bool:
     return _save(plt, fig, path)
 
 
-def density_figure(density, path: Path, title: str = "Hessian eigenvalue density") -> bool:
+def density_figure(density, path: Path, title: str = "Hessian eigenvalue density", *, replace: bool = False) -> bool:
     """The eigenvalue density of stochastic Lanczos quadrature (measures.curvature.Density) on a symmetric log
-    scale of density, with its ±1.96 standard-error band over the runs."""
+    scale of density, with its ±1.96 standard-error band over the runs, written to path as PNG (whatever its
+    name). False, and nothing written, when the density is not finite (a model with non-finite parameters, an
+    overflow). An existing file is replaced only with replace=True: otherwise FileExistsError. The PNG is made in
+    memory and written at once; a write that fails (OSError) leaves no partial file."""
+    if not (np.isfinite(density.nodes).all() and np.isfinite(density.weights).all()):
+        return False
     plt = _plt()
     grid, dens, se = density.curve()
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
@@ -236,4 +242,21 @@ def density_figure(density, path: Path, title: str = "Hessian eigenvalue density
     ax.set_ylabel("density")
     ax.set_title(f"{title} ({density.dim:,} parameters)")
     ax.legend(loc="upper right", fontsize=8)
-    return _save(plt, fig, path, dpi=130)
+    fig.tight_layout()
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=130)
+    plt.close(fig)
+    _write_file(Path(path), png.getvalue(), replace)
+    return True
+
+
+def _write_file(path: Path, data: bytes, replace: bool) -> None:
+    """data into path, created anew (FileExistsError if it exists) unless replace; no partial file on a failure."""
+    with open(path, "wb" if replace else "xb") as f:
+        try:
+            f.write(data)
+            f.flush()
+        except BaseException:
+            f.close()
+            path.unlink(missing_ok=True)
+            raise

@@ -1,0 +1,70 @@
+"""The losses of the curvature measures: 'mse' (eq. 2 of Volhejn & Lampert) and 'cross_entropy' by name, or any
+callable loss(outputs, targets) -> scalar batch mean; the default for given outputs and targets; and the check
+that the targets fit a named loss (as many targets per point as outputs for the mse; labels 0 to K - 1, or
+probabilities [n, K], for the cross-entropy), which the curvature measures make on every batch."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.nn import functional as F
+
+from smoothness.errors import MeasureError, MeasureTypeError
+
+__all__ = ["LOSSES", "check_targets", "resolve_loss"]
+
+
+def _mse(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Eq. 2: mean over the points of (f(x) - y)^2 (summed over outputs when there are several; each point's
+    outputs and targets are compared in order, so [n] and [n, 1] are alike)."""
+    n = out.shape[0]
+    return (out.reshape(n, -1) - y.to(out.dtype).reshape(n, -1)).square().sum(1).mean()
+
+
+LOSSES = {"mse": _mse, "cross_entropy": F.cross_entropy}
+
+
+def resolve_loss(loss, out: torch.Tensor, y: torch.Tensor):
+    """The loss callable named or given (see the module docstring)."""
+    if loss is None:
+        classes = out.dim() == 2 and out.shape[1] > 1 and not y.is_floating_point()
+        return F.cross_entropy if classes else _mse
+    if isinstance(loss, str):
+        if loss not in LOSSES:
+            raise MeasureError(f"unknown loss {loss!r}: name one of {', '.join(LOSSES)} or pass a callable")
+        return LOSSES[loss]
+    if not callable(loss):
+        raise MeasureTypeError(f"loss must be a name or a callable loss(outputs, targets); got {type(loss).__name__}")
+    return loss
+
+
+def check_targets(loss, row: tuple[int, ...], y: torch.Tensor, chosen: bool = False) -> None:
+    """A MeasureError if the targets y of a batch do not fit the named loss (`loss`, from LOSSES) for outputs of
+    shape [n, *row]; chosen: the loss is the default's choice (said in the message)."""
+    why = " (the default for these targets and outputs)" if chosen else ""
+    k = math.prod(row)
+    if loss is _mse:
+        per = math.prod(y.shape[1:])
+        if per != k:
+            raise MeasureError(f"the mse loss{why} compares each point's {k} output(s) with as many targets, but y "
+                               f"has shape {tuple(y.shape)}: give y [n" + (f", {k}]" if k > 1 else "]")
+                               + (", or integer class labels for the cross-entropy" if k > 1 else "")
+                               + ", or pick one output of the model")
+    elif loss is F.cross_entropy:
+        if not row:
+            raise MeasureError(f"the cross-entropy{why} needs class scores [n, K]; the model gives one number per "
+                               "point")
+        if y.is_floating_point():
+            if tuple(y.shape[1:]) != row:
+                raise MeasureError(f"the cross-entropy{why} reads float targets as class probabilities [n, "
+                                   f"{', '.join(map(str, row))}], and y has shape {tuple(y.shape)}; class labels are "
+                                   "integers")
+        else:
+            if tuple(y.shape[1:]) != row[1:]:
+                raise MeasureError(f"the cross-entropy{why} needs one class label per point ([n]); y has shape "
+                                   f"{tuple(y.shape)}")
+            if y.numel():
+                lo, hi = int(y.min()), int(y.max())
+                if lo < 0 or hi >= row[0]:
+                    raise MeasureError(f"y holds class labels from {lo} to {hi}, but the model has {row[0]} outputs: "
+                                       f"the labels of the cross-entropy{why} are 0 to {row[0] - 1}")
