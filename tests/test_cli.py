@@ -149,6 +149,19 @@ def test_bench_prints_loop_batched_and_grid_rows(tmp_path):
     assert r.returncode == 2 and "--models" in r.stderr
 
 
+def test_bench_of_the_cnn_family_prints_the_three_programs_for_each_m():
+    r = run_cli("bench", "--family", "cnn", "--device", "cpu", "--models", "2", "--steps", "2",
+                "--penalty", "gradient_norm")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("device cpu") and "GN" in lines[0]
+    rows = [ln.rsplit(None, 3) for ln in lines[2:5]]
+    assert [x[0] for x in rows] == ["loop of modules", "torch.func vmap recipe", "stacked (smoothness)"]
+    assert all(x[1] == "2" and float(x[2]) > 0 for x in rows) and float(rows[0][3]) == 1.0
+    r = run_cli("bench", "--family", "cnn", "--steps", "1")
+    assert r.returncode == 2 and "--steps" in r.stderr
+
+
 TINY = ["--hidden", "8", "--n-train", "16", "--max-epochs", "3", "--segments", "5", "--points", "5",
         "--measure-points", "20", "--device", "cpu"]
 SEED_RULE = "expected an integer 0 <= seed < 2**32 (4294967296), got"

@@ -199,8 +199,14 @@ def build_parser() -> argparse.ArgumentParser:
                        "training loop and of the batched engine for each M, and the end-to-end wall time of "
                        "training, measuring and storing a grid. The CPU default finishes in about a minute.")
     b.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
-    b.add_argument("--models", default="1,45,135,540,1080", help="comma-separated M values "
-                   "(default: 1,45,135,540,1080)")
+    b.add_argument("--models", default=None, help="comma-separated M values (default: 1,45,135,540,1080; with "
+                   "--family cnn 1,4,16)")
+    b.add_argument("--family", choices=("mlp", "cnn"), default="mlp", help="mlp: the paper's 784-256-1 net against "
+                   "a one-model loop (default); cnn: M small CNNs as one stacked program against a loop of modules "
+                   "and torch.func's vmap ensembling recipe (docs/performance.md)")
+    b.add_argument("--penalty", choices=("none", "gradient_norm"), default="none", help="with --family cnn: train "
+                   "plain SGD (default) or with the gradient-norm penalty, lam 1e-4")
+    b.add_argument("--steps", type=int, default=40, help="with --family cnn: SGD steps per model (default: 40)")
     b.add_argument("--budget", type=int, default=None, help="model-steps per measurement; steps per model are "
                    "budget / M, at most 400 (default: 8000 on CPU, 200000 on CUDA)")
     b.add_argument("--grid", default="smoke", help="grid to time end to end, a preset or YAML file; 'none' "

@@ -301,13 +301,23 @@ def cmd_presets(a) -> int:
 def cmd_bench(a) -> int:
     """`smoothness bench`: the batched engine's model-steps/s against a one-model loop."""
     from smoothness.cli import bench
+    spec = a.models or ("1,4,16" if a.family == "cnn" else "1,45,135,540,1080")
     try:
-        models = [int(v) for v in a.models.split(",") if v.strip()]
+        models = [int(v) for v in spec.split(",") if v.strip()]
     except ValueError:
-        raise SmoothnessError(f"--models: expected comma-separated integers, got {a.models!r}") from None
+        raise SmoothnessError(f"--models: expected comma-separated integers, got {spec!r}") from None
     if not models or min(models) < 1:
-        raise SmoothnessError(f"--models: expected positive integers, got {a.models!r}")
+        raise SmoothnessError(f"--models: expected positive integers, got {spec!r}")
+    if max(models) > 4096:
+        raise SmoothnessError(f"--models: at most 4096 models per measurement, got {max(models)}")
     dev = pipeline.resolve_device(a.device)
+    if a.family == "cnn":
+        from smoothness.cli import benchfamily
+        if a.steps < 2:
+            raise SmoothnessError(f"--steps: expected at least 2 steps per model, got {a.steps}")
+        benchfamily.run(models, dev, a.steps, penalty=a.penalty == "gradient_norm",
+                        out=lambda s: print(s, flush=True))
+        return 0
     if a.regularizers is not None:
         if a.regularizers < 1:
             raise SmoothnessError(f"--regularizers: expected a positive number of models, got {a.regularizers}")

@@ -5,6 +5,9 @@ Initialization, as the paper's for its MLP (sec. 4.1) with the fan of a convolut
 [-l, l], l = sqrt(6 alpha / (fan_in + fan_out)) with fan_in = C_in k^2 and fan_out = C_out k^2 for a convolution
 (n_in and n_out for the head), biases 0 (alpha = 1 is Glorot's uniform initialization). The numbers come from the
 counter-based generator (runtime/rng.py), so a model's initial weights do not depend on M.
+
+M models are evaluated as one program of grouped convolutions (convstack.py), their input gradients written out;
+one model as a module is the nn.Sequential of build().
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from smoothness.models import convstack
 from smoothness.models.family import ModuleFamily
 from smoothness.models.stack import ParamStack
 from smoothness.runtime import rng
@@ -61,7 +65,8 @@ def _fans(shape: tuple[int, ...]) -> tuple[int, int]:
 
 
 class CNNFamily(ModuleFamily):
-    """The small CNN family, evaluated through torch.func (models/family.py, ModuleFamily)."""
+    """The small CNN family: stacks evaluated as grouped convolutions (convstack.py), one model as its
+    nn.Sequential (models/family.py, ModuleFamily)."""
 
     name = "cnn"
 
@@ -69,6 +74,28 @@ class CNNFamily(ModuleFamily):
         if len(input_shape) != 3:
             raise ValueError(f"the cnn family takes images [C, H, W]; this task's inputs are {list(input_shape)}")
         super().__init__(settings, input_shape, outputs, build(settings, tuple(input_shape), outputs))
+
+    def images(self, p: ParamStack, x: torch.Tensor) -> torch.Tensor:
+        """x (flattened points [M, n, d] or [n, d], shared) as images [M, n, C, H, W] of p's dtype and device."""
+        x = self.points(p, x)
+        return x.reshape(x.shape[0], x.shape[1], *self.input_shape)
+
+    def forward(self, p: ParamStack, x: torch.Tensor) -> torch.Tensor:
+        out, _ = convstack.forward(list(p.values), self.images(p, x), self.settings.kernel, self.settings.pool)
+        return out
+
+    def input_grads(self, p: ParamStack, x: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
+        """The input gradients [M, n, d] (K = 1) or flattened Jacobians [M, n, K d], written out (convstack.py):
+        differentiable in p's tensors by first derivatives only."""
+        xs = self.images(p, x).detach()
+        m, n = xs.shape[:2]
+        with torch.set_grad_enabled(create_graph and torch.is_grad_enabled()):
+            values = list(p.values)
+            _, state = convstack.forward(values, xs, self.settings.kernel, self.settings.pool)
+            rows = [convstack.per_model(convstack.input_gradient(values, state, j, self.settings.kernel,
+                                                                 self.settings.pool), m).reshape(m, n, -1)
+                    for j in range(self.outputs)]
+        return rows[0] if len(rows) == 1 else torch.stack(rows, 2).reshape(m, n, -1)
 
     def init(self, seeds, alpha, device=None) -> ParamStack:
         seeds = torch.as_tensor(seeds, dtype=torch.int64, device=device).reshape(-1)
