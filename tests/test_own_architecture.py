@@ -51,3 +51,16 @@ def test_a_factory_that_fails_is_one_line_before_any_training_and_nothing_is_sto
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_the_python_example_of_the_guide_runs(tmp_path, monkeypatch, capsys):
+    text = (Path(__file__).resolve().parents[1] / "docs" / "your-architecture.md").read_text()
+    code = text.split("## From Python", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    exec(compile(code, "your-architecture.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert "factory my_architecture:small_convnet width=4" in out and "32" in out
+    with Store(tmp_path / "runs" / "mine") as st:
+        (rec,) = st.records()
+    assert rec["status"] in ("converged", "not_converged") and rec["gradient_norm"] > 0
