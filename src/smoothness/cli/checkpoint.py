@@ -21,7 +21,7 @@ from torch import nn
 
 from smoothness.cli import console
 from smoothness.errors import ConfigError, DataError, MeasureError, SmoothnessError, first_line
-from smoothness.measures import checks
+from smoothness.measures import checks, curvature
 from smoothness.measures import model as measures_model
 from smoothness.report import figures
 from smoothness.runtime import devices, rng
@@ -267,6 +267,16 @@ def _draw(density, path: Path) -> str | None:
     return None
 
 
+def error_cell(key: str, v) -> str:
+    """The error of a value for the table: ± the standard error or the Lanczos error bound, and what it is."""
+    words = measures_model.error_of(key, v)
+    if isinstance(v, curvature.Eigenvalue) and not math.isnan(v.residual) and not math.isnan(float(v)):
+        return f"± {v.bound:.2g} Lanczos bound (residual {v.residual:.2g}, {v.n} steps)"
+    if words.startswith("standard error"):
+        return f"± {v.se:.3g} {words.replace('standard error', 'se')}"
+    return words
+
+
 def measure(a) -> int:
     """`smoothness measure PATH --inputs FILE`: measure one checkpoint of any kind, print the record. Every check
     comes before the first measure; a figure that cannot be written after them leaves the printed measures and
@@ -315,10 +325,12 @@ def measure(a) -> int:
         print(json.dumps(console.json_safe(rec), allow_nan=False), flush=True)
     else:
         print(f"{what}: {rec['points']} points of shape {tuple(x.shape[1:])}")
-        rows = [[k, f"{float(v):.6g}", "" if v.se == 0 else f"{v.se:.3g}",
-                 str(v.n) if v.n or math.isnan(v) else "exact", f"{got.seconds_of(k):.2f}"]
-                for k, v in got.values.items()]
-        console.print_aligned(["measure", "value", "± se", "n", "seconds"], rows)
+        for key, words in (("output", "output measured"), ("lipschitz_output", "Lipschitz bracket of"),
+                           ("loss", "loss")):
+            if key in got.about:
+                print(f"{words}: {got.about[key]}")
+        rows = [[k, f"{float(v):.6g}", error_cell(k, v), f"{got.seconds_of(k):.2f}"] for k, v in got.values.items()]
+        console.print_aligned(["measure", "value", "error", "seconds"], rows)
         if "density_png" in rec:
             print(f"density: {a.density}")
     if failed is not None:

@@ -63,7 +63,7 @@ class Eigenvalue(Estimate):
         return obj
 
     def as_dict(self) -> dict:
-        return {**super().as_dict(), "residual": self.residual}
+        return {**super().as_dict(), "residual": self.residual, "bound": self.bound}
 
     def interval(self, z: float = 1.96) -> tuple[float, float]:
         """value ± bound (an interval that holds an eigenvalue; z is not used)."""
