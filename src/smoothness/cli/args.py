@@ -57,26 +57,23 @@ def _add_data_args(p: argparse.ArgumentParser, required_pair: bool = True) -> No
 
 # The options of train that measure names otherwise (one option per concept there): refused with the one to use.
 RENAMED = {"sharpness_iters": "--steps", "trace_probes": "--probes"}
-CHECKPOINT_SEGMENTS, CHECKPOINT_POINTS = 100, 100   # measure --inputs: path lengths in seconds (paper: 1000, 100)
+CHECKPOINT_SEGMENTS = 100   # measure --inputs: path lengths in seconds (the paper's 1000 with --segments 1000)
 
 
 def _add_measure_args(p: argparse.ArgumentParser, checkpoint: bool = False) -> None:
-    """The measures' options of train (checkpoint=False) or of measure, which defaults --segments and --points by
-    what is measured and names the curvature's options --steps and --probes (the old names refused, RENAMED)."""
+    """The measures' options of train (checkpoint=False) or of measure, which defaults --segments by what is
+    measured and names the curvature's options --steps and --probes (the old names refused, RENAMED)."""
     p.add_argument("--measure-points", type=int, default=data.DEFAULT_MEASURE_POINTS,
                    help="held-out points for the measures (default: 1000, or all there are)")
     if checkpoint:
         p.add_argument("--segments", type=int, default=None, help="random segments for FPL/GPL (default: "
                        f"{CHECKPOINT_SEGMENTS} for a checkpoint, so that a small model takes seconds; the paper's "
                        f"{measures.DEFAULT_SEGMENTS} for a `train --save` file)")
-        p.add_argument("--points", type=int, default=None, help="equally spaced points per segment (default: "
-                       f"{CHECKPOINT_POINTS} for a checkpoint; the paper's {measures.DEFAULT_POINTS} for a "
-                       "`train --save` file)")
     else:
         p.add_argument("--segments", type=int, default=measures.DEFAULT_SEGMENTS,
                        help="random segments for FPL/GPL (default: 1000)")
-        p.add_argument("--points", type=int, default=measures.DEFAULT_POINTS,
-                       help="equally spaced points per segment (default: 100)")
+    p.add_argument("--points", type=int, default=measures.DEFAULT_POINTS,
+                   help="equally spaced points per segment (default: 100)")
     p.add_argument("--measure-seed", type=int, default=0, help="seed of the segment sampling, an integer "
                    "0 <= seed < 2**32 (default: 0)")
     if checkpoint:

@@ -253,12 +253,12 @@ def check_new_png(value: str, option: str = "--density") -> Path:
     return p
 
 
-def _draw(density, path: Path) -> str | None:
-    """Draw the density to path; what went wrong (one line), or None."""
+def _draw(density, path: Path, loss: str | None, points: int) -> str | None:
+    """Draw the density to path, labelled with the loss and the points; what went wrong (one line), or None."""
     if density is None:
         return "the model's parameters are not finite (see the warning above), so there is no density"
     try:
-        if not figures.density_figure(density, path):
+        if not figures.density_figure(density, path, loss=loss, points=points):
             return "the density is not finite (see the warning above), so there is nothing to draw"
     except FileExistsError:
         return "the file appeared while the measures ran, and is never replaced"
@@ -318,7 +318,7 @@ def measure(a) -> int:
             raise
         raise ConfigError(f"{a.path}: {first_line(e)}") from None
     rec = {"model": what, "points": int(x.shape[0]), "input_shape": list(x.shape[1:]), **got.record()}
-    failed = None if density_png is None else _draw(got.density, density_png)
+    failed = None if density_png is None else _draw(got.density, density_png, got.about.get("loss"), rec["points"])
     if density_png is not None and failed is None:
         rec["density_png"] = a.density
     if a.json:

@@ -87,7 +87,6 @@ def cmd_measure(a) -> int:
             raise SmoothnessError(f"{', '.join(saved_only)}: for models saved by `train --save`; a checkpoint is "
                                   "measured on --inputs")
         a.segments = args.CHECKPOINT_SEGMENTS if a.segments is None else a.segments
-        a.points = args.CHECKPOINT_POINTS if a.points is None else a.points
         a.steps = curvature.DEFAULT_STEPS if a.steps is None else a.steps
         a.probes = curvature.DEFAULT_PROBES if a.probes is None else a.probes
         return checkpoint.measure(a)
@@ -100,7 +99,7 @@ def cmd_measure(a) -> int:
     device = pipeline.resolve_device(a.device)
     opts = dict(measure_points=a.measure_points, measure_seed=a.measure_seed,
                 segments=ins.DEFAULT_SEGMENTS if a.segments is None else a.segments,
-                points=ins.DEFAULT_POINTS if a.points is None else a.points,
+                points=a.points,
                 sharpness_iters=a.steps or 0, trace_probes=a.probes or 0)
     pipeline.RunConfig(pair=tuple(a.pair or (3, 8)), **opts)   # the options' errors, before the file's
     models, heads = [], []

@@ -70,7 +70,7 @@ class ModelMeasures:
             out[k] = d.pop("value")
             out[f"{k}_error"] = error_of(k, v)
             if not exact_or_missing(v):
-                if k == "lipschitz_lower":
+                if k == "lipschitz_lower" or isinstance(v, curvature.Eigenvalue):
                     d.pop("se")
                 out.update({f"{k}_{name}": x for name, x in d.items()})
         out.update({f"seconds_{k}": round(s, 3) for k, s in self.seconds.items()})
