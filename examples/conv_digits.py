@@ -86,7 +86,7 @@ def main(train: int = 1200, epochs: int = 10, segments: int = 1000, points: int 
               "data": {"train": (xtr, ytr), "held_out": (xte, yte)}}
     if density_png:
         figures.density_figure(after.density, density_png, "Hessian eigenvalue density, trained conv net",
-                               replace=True)
+                               replace=True, loss="cross_entropy", points=train)
     if verbose:
         print(f"digits: {train} training images, {len(yte)} held out; {epochs} epochs of Adam in {trained_s:.1f} s; "
               f"train accuracy {train_acc:.3f}, test accuracy {acc:.3f}; {result['parameters']:,} parameters")

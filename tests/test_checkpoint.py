@@ -85,11 +85,45 @@ def test_the_table_and_the_density_figure(files):
     r = cli("ck.pt", "--factory", "mynet:build", "--inputs", "points.pt", "--segments", 20, "--points", 10,
             "--measures", "gradient_norm,path_lengths", cwd=d)
     assert r.returncode == 0, r.stderr
-    assert "± se" in r.stdout and "fpl" in r.stdout and "gradient_norm" in r.stdout
+    assert "se over 24 points" in r.stdout and "se over 20 segments" in r.stdout
+    assert "output measured: all 4 outputs" in r.stdout and "loss:" not in r.stdout
     r = cli("net.pt2", "--inputs", "data.npz", "--measures", "loss", "--density", "dens.png", "--steps", 20, "--runs",
             2, cwd=d)
     assert r.returncode == 0, r.stderr
     assert (d / "dens.png").read_bytes()[:4] == b"\x89PNG" and "density_trace" in r.stdout
+    assert "loss: cross_entropy (the default for integer targets and K > 1 outputs)" in r.stdout
+    assert "se over 2 Lanczos runs" in r.stdout
+    r = cli("net.pt2", "--inputs", "data.npz", "--measures", "lipschitz,loss,sharpness", "--steps", 30, cwd=d)
+    lines = {ln.split()[0]: ln for ln in r.stdout.splitlines() if ln.strip()}
+    assert "Lanczos bound (residual" in lines["sharpness"] and "steps)" in lines["sharpness"], r.stdout
+    assert lines["loss"].split()[2] == "exact" and "exact (an upper bound)" in lines["lipschitz_upper"]
+    assert "Lipschitz bracket of: the margin" in r.stdout
+
+
+def test_the_record_names_the_loss_the_output_and_each_error(files):
+    d, *_ = files
+    r = cli("net.pt2", "--inputs", "data.npz", *FAST, "--loss", "mse", "--output", "margin", cwd=d)
+    assert r.returncode != 0 and "mse" in r.stderr          # labels are no targets of the mse of 4 outputs
+    rec = json.loads(cli("net.pt2", "--inputs", "data.npz", *FAST, cwd=d).stdout)
+    assert rec["loss_function"].startswith("cross_entropy (the default") and rec["lipschitz_of"].startswith("the margin")
+    assert rec["output_measured"].startswith("all 4 outputs")
+    assert rec["loss_error"] == "exact" and "loss_n" not in rec and "loss_se" not in rec
+    assert rec["lipschitz_upper_error"] == "exact (an upper bound)" and "lipschitz_upper_n" not in rec
+    assert rec["gradient_norm_error"] == "standard error over 24 points"
+    assert rec["hessian_trace_error"] == "standard error over 8 probe vectors"
+    assert rec["sharpness_error"].startswith("Lanczos error bound") and 0 <= rec["sharpness_bound"]
+    assert rec["sharpness_bound"] <= rec["sharpness_residual"] + 1e-3 * rec["sharpness"] and "sharpness_se" not in rec
+
+
+def test_the_density_figure_is_labelled_with_the_loss_the_points_and_the_kernel_width():
+    import numpy as np
+
+    from smoothness import curvature
+    from smoothness.report import figures
+    d = curvature.Density(np.array([[0.0, 1.0, 3.0]]), np.array([[0.5, 0.25, 0.25]]), 1234)
+    title, label = figures.density_labels(d, loss="cross_entropy (the default ...)", points=400)
+    assert "cross_entropy loss, 400 points, 1,234 parameters" in title
+    assert label == "mean of 1 runs, Gaussian kernel σ = 0.03" and d.sigma() == pytest.approx(0.03)
 
 
 @pytest.mark.parametrize("args,message", [
@@ -105,7 +139,11 @@ def test_the_table_and_the_density_figure(files):
     (("net.pt2", "--inputs", "data.npz", "--segments", 10**12), "--segments 1000000000000 is beyond"),
     (("data.npz", "--inputs", "data.npz"), "not a TorchScript module"),
     (("mynet.py", "--inputs", "data.npz"), "not a TorchScript or torch.export file"),
-    (("net.pt2", "--inputs", "data.npz", "--trace-probes", 5), "--trace-probes: for models saved by"),
+    (("net.pt2", "--inputs", "data.npz", "--trace-probes", 5), "--trace-probes is not an option of `smoothness "
+                                                                 "measure`: it is --probes there (--probes 5)"),
+    (("net.pt2", "--sharpness-iters", 5), "--sharpness-iters is not an option of `smoothness measure`: it is "
+                                          "--steps there (--steps 5)"),
+    (("net.pt2", "--inputs", "data.npz", "--data", "mnist5k"), "--data: for models saved by `train --save`"),
 ])
 def test_bad_input_gets_one_line(files, args, message):
     d, *_ = files

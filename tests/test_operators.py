@@ -146,6 +146,52 @@ def test_a_dataloader_and_matmat_give_the_same_products(classifier):
         curvature.operator("ggn", model, x, y).matmat(torch.ones(5, 2))
 
 
+def test_a_loaders_small_batches_are_read_together_and_a_loss_of_ones_own_sees_them_as_they_come(classifier):
+    model, x, y, _ = classifier
+    calls = []
+    hook = model[0].register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    try:
+        loader = DataLoader(TensorDataset(x, y), batch_size=4)   # 10 batches of 4 points
+        v = torch.randn(51, generator=torch.Generator().manual_seed(0))
+        want = curvature.operator("hessian", model, x, y).matvec(v)
+        for kind, size in (("hessian", 40), ("ggn", 40), ("sampled_fisher", 4)):
+            op = curvature.operator(kind, model, loader)
+            op.check()
+            calls.clear()
+            got = op.matvec(v)
+            assert set(calls) == {size}, kind                    # the points of each forward pass
+            if kind == "hessian":
+                torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+        calls.clear()
+        curvature.operator("hessian", model, loader, batch_size=12).matvec(v)
+        assert calls[-4:] == [12, 12, 12, 4]                     # at most batch_size points read together
+        calls.clear()
+        curvature.operator("hessian", model, loader, loss=lambda o, t: F.cross_entropy(o, t)).matvec(v)
+        assert calls[-10:] == [4] * 10                           # a loss of one's own: the loader's batches
+    finally:
+        hook.remove()
+
+
+def test_measures_over_a_dataloader_are_those_over_the_tensor():
+    from smoothness import measures
+    torch.manual_seed(0)
+    cnn = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                        nn.Linear(3 * 3 * 3, 4)).eval()
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(300, 1, 6, 6, generator=g), torch.randint(0, 4, (300,), generator=g)
+    s = measures.Settings(segments=20, points=8, probes=6, steps=12, runs=2)
+    which = ("gradient_norm", "gradient_norm_squared", "path_lengths", "lipschitz", "loss", "sharpness",
+             "hessian_trace", "density")
+    a = measures.measure_model(cnn, x, y, which, s)
+    for batch in (7, 64):   # batches read together (and, over 256 points, the input-space ones in two reads)
+        b = measures.measure_model(cnn, DataLoader(TensorDataset(x, y), batch_size=batch), None, which, s)
+        assert a.values.keys() == b.values.keys()
+        for k, v in a.values.items():
+            assert float(b.values[k]) == pytest.approx(float(v), rel=1e-4), (batch, k)
+            assert b.values[k].se == pytest.approx(v.se, rel=1e-3, abs=1e-9) and b.values[k].n == v.n, (batch, k)
+        np.testing.assert_allclose(b.density.nodes, a.density.nodes, rtol=1e-4, atol=1e-5)
+
+
 def test_a_block_is_the_submatrix_of_its_parameters(classifier):
     model, x, y, want = classifier
     m = copy.deepcopy(model).double()

@@ -55,19 +55,36 @@ def _add_data_args(p: argparse.ArgumentParser, required_pair: bool = True) -> No
                         "~/.cache/smoothness, Keras/torchvision caches, /usr/share/datasets")
 
 
-def _add_measure_args(p: argparse.ArgumentParser) -> None:
+# The options of train that measure names otherwise (one option per concept there): refused with the one to use.
+RENAMED = {"sharpness_iters": "--steps", "trace_probes": "--probes"}
+CHECKPOINT_SEGMENTS = 100   # measure --inputs: path lengths in seconds (the paper's 1000 with --segments 1000)
+
+
+def _add_measure_args(p: argparse.ArgumentParser, checkpoint: bool = False) -> None:
+    """The measures' options of train (checkpoint=False) or of measure, which defaults --segments by what is
+    measured and names the curvature's options --steps and --probes (the old names refused, RENAMED)."""
     p.add_argument("--measure-points", type=int, default=data.DEFAULT_MEASURE_POINTS,
                    help="held-out points for the measures (default: 1000, or all there are)")
-    p.add_argument("--segments", type=int, default=measures.DEFAULT_SEGMENTS,
-                   help="random segments for FPL/GPL (default: 1000)")
+    if checkpoint:
+        p.add_argument("--segments", type=int, default=None, help="random segments for FPL/GPL (default: "
+                       f"{CHECKPOINT_SEGMENTS} for a checkpoint, so that a small model takes seconds; the paper's "
+                       f"{measures.DEFAULT_SEGMENTS} for a `train --save` file)")
+    else:
+        p.add_argument("--segments", type=int, default=measures.DEFAULT_SEGMENTS,
+                       help="random segments for FPL/GPL (default: 1000)")
     p.add_argument("--points", type=int, default=measures.DEFAULT_POINTS,
                    help="equally spaced points per segment (default: 100)")
     p.add_argument("--measure-seed", type=int, default=0, help="seed of the segment sampling, an integer "
                    "0 <= seed < 2**32 (default: 0)")
-    p.add_argument("--sharpness-iters", type=int, default=0, help="power iterations for the sharpness (top "
-                   "eigenvalue of the training-loss Hessian; default: 0, not computed)")
-    p.add_argument("--trace-probes", type=int, default=0, help="Hutchinson probes for the trace of the "
-                   "training-loss Hessian (default: 0, not computed)")
+    if checkpoint:
+        for name in RENAMED:   # kept out of --help; cmd_measure refuses them with the option to use
+            p.add_argument(f"--{name.replace('_', '-')}", dest=f"renamed_{name}", default=None, metavar="N",
+                           help=argparse.SUPPRESS)
+    else:
+        p.add_argument("--sharpness-iters", type=int, default=0, help="power iterations for the sharpness "
+                       "(top eigenvalue of the training-loss Hessian; default: 0, not computed)")
+        p.add_argument("--trace-probes", type=int, default=0, help="Hutchinson probes for the trace of the "
+                       "training-loss Hessian (default: 0, not computed)")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto); measure also takes mps")
     p.add_argument("--json", action="store_true", help="print one JSON object per model on one line")
 
@@ -136,10 +153,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "Lipschitz bracket)")
     m.add_argument("--loss", choices=sorted(losses.LOSSES), default=None, help="the loss of the curvature "
                    "measures (default: cross_entropy for integer targets and K > 1 outputs, else mse)")
-    m.add_argument("--probes", type=int, default=curvature.DEFAULT_PROBES,
-                   help=f"Hutchinson probes of the Hessian trace (default: {curvature.DEFAULT_PROBES})")
-    m.add_argument("--steps", type=int, default=curvature.DEFAULT_STEPS,
-                   help=f"Lanczos steps at most (default: {curvature.DEFAULT_STEPS})")
+    m.add_argument("--probes", type=int, default=None,
+                   help=f"Hutchinson probes of the Hessian trace (default: {curvature.DEFAULT_PROBES} for a "
+                   "checkpoint; for a `train --save` file 0, not computed)")
+    m.add_argument("--steps", type=int, default=None,
+                   help=f"Lanczos steps at most, of the sharpness and the density (default: "
+                   f"{curvature.DEFAULT_STEPS} for a checkpoint; for a `train --save` file the power iterations "
+                   "of its networks' sharpness, default 0: not computed)")
     m.add_argument("--runs", type=int, default=curvature.DEFAULT_RUNS,
                    help=f"stochastic Lanczos quadrature runs of the density (default: {curvature.DEFAULT_RUNS})")
     m.add_argument("--batch-size", type=int, default=None, help="points per batch of the curvature measures "
@@ -147,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--density", default=None, metavar="PNG", help="also compute the Hessian eigenvalue density "
                    "and draw it to this new .png file (checked first; an existing file is never replaced)")
     _add_data_args(m, required_pair=False)
-    _add_measure_args(m)
+    _add_measure_args(m, checkpoint=True)
 
     d = sub.add_parser("download", help="download MNIST or Fashion-MNIST IDX files, verifying checksums",
                        description="Download the four IDX files of MNIST or Fashion-MNIST (training and test images "

@@ -21,7 +21,7 @@ from torch import nn
 
 from smoothness.cli import console
 from smoothness.errors import ConfigError, DataError, MeasureError, SmoothnessError, first_line
-from smoothness.measures import checks
+from smoothness.measures import checks, curvature
 from smoothness.measures import model as measures_model
 from smoothness.report import figures
 from smoothness.runtime import devices, rng
@@ -253,18 +253,28 @@ def check_new_png(value: str, option: str = "--density") -> Path:
     return p
 
 
-def _draw(density, path: Path) -> str | None:
-    """Draw the density to path; what went wrong (one line), or None."""
+def _draw(density, path: Path, loss: str | None, points: int) -> str | None:
+    """Draw the density to path, labelled with the loss and the points; what went wrong (one line), or None."""
     if density is None:
         return "the model's parameters are not finite (see the warning above), so there is no density"
     try:
-        if not figures.density_figure(density, path):
+        if not figures.density_figure(density, path, loss=loss, points=points):
             return "the density is not finite (see the warning above), so there is nothing to draw"
     except FileExistsError:
         return "the file appeared while the measures ran, and is never replaced"
     except (OSError, RuntimeError, ValueError) as e:   # a full disk, a folder gone: the measures stand
         return f"cannot write it: {getattr(e, 'strerror', None) or first_line(e, 200)}"
     return None
+
+
+def error_cell(key: str, v) -> str:
+    """The error of a value for the table: ± the standard error or the Lanczos error bound, and what it is."""
+    words = measures_model.error_of(key, v)
+    if isinstance(v, curvature.Eigenvalue) and not math.isnan(v.residual) and not math.isnan(float(v)):
+        return f"± {v.bound:.2g} Lanczos bound (residual {v.residual:.2g}, {v.n} steps)"
+    if words.startswith("standard error"):
+        return f"± {v.se:.3g} {words.replace('standard error', 'se')}"
+    return words
 
 
 def measure(a) -> int:
@@ -308,17 +318,19 @@ def measure(a) -> int:
             raise
         raise ConfigError(f"{a.path}: {first_line(e)}") from None
     rec = {"model": what, "points": int(x.shape[0]), "input_shape": list(x.shape[1:]), **got.record()}
-    failed = None if density_png is None else _draw(got.density, density_png)
+    failed = None if density_png is None else _draw(got.density, density_png, got.about.get("loss"), rec["points"])
     if density_png is not None and failed is None:
         rec["density_png"] = a.density
     if a.json:
         print(json.dumps(console.json_safe(rec), allow_nan=False), flush=True)
     else:
         print(f"{what}: {rec['points']} points of shape {tuple(x.shape[1:])}")
-        rows = [[k, f"{float(v):.6g}", "" if v.se == 0 else f"{v.se:.3g}",
-                 str(v.n) if v.n or math.isnan(v) else "exact", f"{got.seconds_of(k):.2f}"]
-                for k, v in got.values.items()]
-        console.print_aligned(["measure", "value", "± se", "n", "seconds"], rows)
+        for key, words in (("output", "output measured"), ("lipschitz_output", "Lipschitz bracket of"),
+                           ("loss", "loss")):
+            if key in got.about:
+                print(f"{words}: {got.about[key]}")
+        rows = [[k, f"{float(v):.6g}", error_cell(k, v), f"{got.seconds_of(k):.2f}"] for k, v in got.values.items()]
+        console.print_aligned(["measure", "value", "error", "seconds"], rows)
         if "density_png" in rec:
             print(f"density: {a.density}")
     if failed is not None:

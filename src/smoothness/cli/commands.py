@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from smoothness.cli import checkpoint
+from smoothness.cli import args, checkpoint
 from smoothness.cli.args import build_parser, matmul_precision
 from smoothness.cli.console import EpochProgress, emit_record, print_table, stdout_closed
 from smoothness.data import idx
@@ -16,6 +16,8 @@ from smoothness.errors import SmoothnessError, StoreError
 from smoothness.experiments import grid as grid_mod
 from smoothness.experiments import pipeline, staging
 from smoothness.experiments import runner as experiments
+from smoothness.measures import curvature
+from smoothness.measures import inputspace as ins
 from smoothness.runtime import interrupt, rng
 
 
@@ -72,25 +74,33 @@ def cmd_train(a) -> int:
 def cmd_measure(a) -> int:
     """`smoothness measure`: measure a checkpoint on points of one's own (--inputs), or recompute the measures of
     the models in a `train --save` file."""
+    for name, option in args.RENAMED.items():
+        if getattr(a, f"renamed_{name}", None) is not None:
+            old = f"--{name.replace('_', '-')}"
+            raise SmoothnessError(f"{old} is not an option of `smoothness measure`: it is {option} there "
+                                  f"({option} {getattr(a, f'renamed_{name}')})")
     if a.inputs is not None or a.factory is not None:
         if a.inputs is None:
             raise SmoothnessError("--factory: the points to measure on come with --inputs FILE (.npz or .pt)")
-        saved_only = [f"--{k.replace('_', '-')}" for k in ("data", "pair", "data_dir", "sharpness_iters",
-                                                             "trace_probes") if getattr(a, k)]
+        saved_only = [f"--{k.replace('_', '-')}" for k in ("data", "pair", "data_dir") if getattr(a, k)]
         if saved_only:
             raise SmoothnessError(f"{', '.join(saved_only)}: for models saved by `train --save`; a checkpoint is "
-                                  "measured on --inputs (sharpness and the trace: --measures, --probes, --steps)")
+                                  "measured on --inputs")
+        a.segments = args.CHECKPOINT_SEGMENTS if a.segments is None else a.segments
+        a.steps = curvature.DEFAULT_STEPS if a.steps is None else a.steps
+        a.probes = curvature.DEFAULT_PROBES if a.probes is None else a.probes
         return checkpoint.measure(a)
     checkpoint_only = [f"--{k.replace('_', '-')}" for k in ("density", "output", "loss", "batch_size")
                        if getattr(a, k) is not None]
     if checkpoint_only:
         raise SmoothnessError(f"{', '.join(checkpoint_only)}: for a checkpoint measured on --inputs; the models of "
-                              "`train --save` get the measures of `train` (--segments, --points, --sharpness-iters, "
-                              "--trace-probes)")
+                              "`train --save` get the measures of `train` (--segments, --points, --steps, --probes)")
     rng.check_seed(a.measure_seed, "--measure-seed")
     device = pipeline.resolve_device(a.device)
-    opts = dict(measure_points=a.measure_points, segments=a.segments, points=a.points, measure_seed=a.measure_seed,
-                sharpness_iters=a.sharpness_iters, trace_probes=a.trace_probes)
+    opts = dict(measure_points=a.measure_points, measure_seed=a.measure_seed,
+                segments=ins.DEFAULT_SEGMENTS if a.segments is None else a.segments,
+                points=a.points,
+                sharpness_iters=a.steps or 0, trace_probes=a.probes or 0)
     pipeline.RunConfig(pair=tuple(a.pair or (3, 8)), **opts)   # the options' errors, before the file's
     models, heads = [], []
     for rec in pipeline.load_models(a.path):

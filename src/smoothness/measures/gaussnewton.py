@@ -103,6 +103,7 @@ class SampledFisherOperator(OutputSpaceOperator):
     fixed draw per seed; see the module docstring)."""
 
     kind = "sampled Fisher"
+    join = False   # its draws are seeded by the batch index: a loader's batches as they come
 
     def __init__(self, model, data, targets=None, loss=None, *, mc_samples: int = 1, seed: int = 0, **kw):
         if mc_samples < 1:

@@ -11,7 +11,7 @@ from torch.nn import functional as F
 
 from smoothness.errors import MeasureError, MeasureTypeError
 
-__all__ = ["LOSSES", "check_targets", "resolve_loss"]
+__all__ = ["LOSSES", "check_targets", "describe", "resolve_loss"]
 
 
 def _mse(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -36,6 +36,16 @@ def resolve_loss(loss, out: torch.Tensor, y: torch.Tensor):
     if not callable(loss):
         raise MeasureTypeError(f"loss must be a name or a callable loss(outputs, targets); got {type(loss).__name__}")
     return loss
+
+
+def describe(spec, loss) -> str:
+    """The loss in words, for a record: its name, and for the default (spec None) why it was chosen."""
+    if spec is None:
+        return ("cross_entropy (the default for integer targets and K > 1 outputs)" if loss is F.cross_entropy
+                else "mse (the default for float targets or one output: eq. 2, the mean of (f(x) - y)^2)")
+    if isinstance(spec, str):
+        return spec
+    return getattr(spec, "__name__", type(spec).__name__)
 
 
 def check_targets(loss, row: tuple[int, ...], y: torch.Tensor, chosen: bool = False) -> None:

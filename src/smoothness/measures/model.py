@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from smoothness.errors import MeasureError
-from smoothness.measures import checks, curvature, single, spectrum, stream
+from smoothness.measures import checks, curvature, losses, single, spectrum, stream
 from smoothness.measures import inputspace as ins
 from smoothness.models import MLPStack
 
@@ -44,11 +44,14 @@ class Settings:
 @dataclass
 class ModelMeasures:
     """values: {name: Estimate} ('fpl', 'gpl', 'lipschitz_lower', 'lipschitz_upper', 'sharpness', ...); seconds:
-    {measure: wall seconds}; density: the curvature.Density when asked for."""
+    {measure: wall seconds}; density: the curvature.Density when asked for; about: what was measured, in words
+    ('output': the output of the input-space measures, 'lipschitz_output': that of the Lipschitz bracket,
+    'loss': the loss of the curvature measures)."""
 
     values: dict = field(default_factory=dict)
     seconds: dict = field(default_factory=dict)
     density: curvature.Density | None = None
+    about: dict = field(default_factory=dict)
 
     def seconds_of(self, key: str) -> float:
         """The seconds of the measure that computed the value `key` (FPL and GPL share one pass, as do the two
@@ -56,15 +59,48 @@ class ModelMeasures:
         return self.seconds.get(_MEASURE_OF.get(key, key), float("nan"))
 
     def record(self) -> dict:
-        """A flat JSON-able record: each value, its '_se' and '_n' (and '_residual' of eigenvalues), and the
-        seconds of each measure as 'seconds_<measure>'."""
-        out = {}
+        """A flat JSON-able record: what was measured ('loss_function', 'output_measured', 'lipschitz_of'), each
+        value with its '_error' in words (error_of) and, where it has them, '_se' and '_n' (an estimate's standard
+        error and samples; an eigenvalue's '_n' Lanczos steps, '_residual' and '_bound'; a lower bound's '_n'
+        points; an exact value has neither), and the seconds of each measure as 'seconds_<measure>'."""
+        names = {"loss": "loss_function", "output": "output_measured", "lipschitz_output": "lipschitz_of"}
+        out = {names[k]: v for k, v in self.about.items()}
         for k, v in self.values.items():
             d = v.as_dict()
             out[k] = d.pop("value")
-            out.update({f"{k}_{name}": x for name, x in d.items()})
+            out[f"{k}_error"] = error_of(k, v)
+            if not exact_or_missing(v):
+                if k == "lipschitz_lower" or isinstance(v, curvature.Eigenvalue):
+                    d.pop("se")
+                out.update({f"{k}_{name}": x for name, x in d.items()})
         out.update({f"seconds_{k}": round(s, 3) for k, s in self.seconds.items()})
         return out
+
+
+_SAMPLES = {"fpl": "segments", "gpl": "segments", "hessian_trace": "probe vectors", "density_trace": "Lanczos runs"}
+
+
+def exact_or_missing(v) -> bool:
+    """Whether the value v is exact (se 0 and no samples) or was not computed (NaN without samples)."""
+    return v.n == 0 and (v.se == 0 or math.isnan(float(v)))
+
+
+def error_of(key: str, v) -> str:
+    """The error of the value `key` in words: a standard error over what, a Lanczos error bound, a bound, exact,
+    or not computed."""
+    if v.n == 0 and math.isnan(float(v)):
+        return "not computed (see the warning)"
+    if isinstance(v, curvature.Eigenvalue):
+        if math.isnan(v.residual):
+            return f"no error bound (power iteration, {v.n} steps)"
+        return f"Lanczos error bound {v.bound:.2g} (residual {v.residual:.2g}, {v.n} steps)"
+    if key == "lipschitz_lower":
+        return f"a lower bound (the largest gradient norm at {v.n:,} points)"
+    if key == "lipschitz_upper":
+        return "exact (an upper bound)"
+    if exact_or_missing(v):
+        return "exact"
+    return f"standard error over {v.n:,} {_SAMPLES.get(key, 'points')}"
 
 
 _MEASURE_OF = {"fpl": "path_lengths", "gpl": "path_lengths", "lipschitz_lower": "lipschitz",
@@ -117,14 +153,20 @@ def plan(which, model, x, y=None) -> tuple[tuple[str, ...], list[str]]:
     return tuple(left), notes
 
 
-def precheck(model, x, y, which, settings: Settings | None = None) -> None:
+def precheck(model, x, y, which, settings: Settings | None = None) -> dict:
     """The checks of measure_model before any measure: the model's output on the first point (and for the
     Lipschitz bracket, one output or the margin), the targets against the loss, the memory of the path lengths and
-    of the Lanczos basis. A MeasureError names the first problem."""
+    of the Lanczos basis. A MeasureError names the first problem. Returns ModelMeasures.about: the output and the
+    loss measured, in words."""
     s = settings or Settings()
+    about = {}
     if any(w in INPUT_SPACE for w in which):
         r = single.Reader(model, s.output)
         r.start(x)
+        about["output"] = _output_words(s.output, r.ev.outputs)
+        if "lipschitz" in which:
+            k = r.ev.outputs if s.output is None else 1
+            about["lipschitz_output"] = _output_words("margin" if k > 1 else s.output, k)
         if "path_lengths" in which:
             single.check_path_work(s.segments, s.points, r.example[0].numel(), r.ev.outputs, r.ev.dtype,
                                    r.ev.device)
@@ -134,6 +176,20 @@ def precheck(model, x, y, which, settings: Settings | None = None) -> None:
             spectrum.prepare(op, min(s.steps, op.dim))
         else:
             op.check()
+        about["loss"] = losses.describe(s.loss, op.loss_fn)
+    return about
+
+
+def _output_words(output, outputs: int) -> str:
+    """The output measured, in words."""
+    if output == "margin":
+        return "the margin (the largest output minus the runner-up)"
+    if output is not None:
+        return f"output {output}"
+    if outputs == 1:
+        return "the model's one output"
+    return (f"all {outputs} outputs (the Frobenius norm of the Jacobian, the 2-norm of the outputs' change along "
+            "segments)")
 
 
 def _not_computed(which) -> ModelMeasures:
@@ -164,8 +220,7 @@ def measure_model(model, x, y=None, which=DEFAULT, settings: Settings | None = N
             warnings.warn(note, stacklevel=2)
     if not checks.parameters_finite(model):
         return _not_computed(which)
-    precheck(model, x, y, which, s)
-    out = ModelMeasures()
+    out = ModelMeasures(about=precheck(model, x, y, which, s))
 
     def timed(name, fn):
         t = time.perf_counter()

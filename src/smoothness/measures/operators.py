@@ -4,8 +4,9 @@ Gauss-Newton matrix, the Fisher, exact or sampled, and the empirical Fisher) in 
 
 The loss over the data is the mean over all points, L(theta) = sum_b (n_b / N) L_b(theta) for batches b of n_b
 points with mean-reduced batch losses L_b, so a DataLoader gives the matrix of the tensor of its points (memory:
-one batch). loss: a callable loss(outputs, targets) -> scalar mean over the batch (torch.nn.CrossEntropyLoss(),
-F.cross_entropy, ...), or 'mse' (eq. 2 of Volhejn & Lampert: mean (f(x) - y)^2, f's [n, 1] output read as [n]) or
+one batch; under a named loss its small batches are read together, stream.joined, up to batch_size points).
+loss: a callable loss(outputs, targets) -> scalar mean over the batch (torch.nn.CrossEntropyLoss(), F.cross_entropy,
+...), or 'mse' (eq. 2 of Volhejn & Lampert: mean (f(x) - y)^2, f's [n, 1] output read as [n]) or
 'cross_entropy'; None picks cross_entropy for integer targets and K > 1 outputs, else mse (losses.py).
 
 Before any work (checks.py): x and y are dense, real and finite; the model's output on the first point is one
@@ -101,6 +102,8 @@ class CurvatureOperator:
     gives batch_matmat, the product of the batch-mean matrix of one batch."""
 
     kind = "curvature"
+    join = True   # a DataLoader's small batches are read together (stream.joined) under a named loss, a mean over
+    # points, whose products are the same over the batches joined; a loss of one's own sees the loader's batches
 
     def __init__(self, model: nn.Module, data, targets=None, loss=None, *, batch_size: int | None = None,
                  params=None, chunk: int = MATMAT_CHUNK):
@@ -166,7 +169,10 @@ class CurvatureOperator:
         return self._loss
 
     def _each(self):
-        for x, y in batches(self.data, self.targets, self.batch_size):
+        read = batches(self.data, self.targets, self.batch_size)
+        if self.join and stream.is_stream(self.data) and (self._loss_spec is None or isinstance(self._loss_spec, str)):
+            read = ((x, y) for x, y, _ in stream.joined(read, self.batch_size))
+        for x, y in read:
             x = x.to(self.device, self.dtype if x.is_floating_point() else x.dtype)
             y = y.to(self.device)
             if self._loss is None:

@@ -4,7 +4,8 @@ f is any torch module (or callable) mapping inputs [n, *shape] (vectors, images 
 or [n, K] (anymodule.py: flattened inputs, Frobenius norms of Jacobians for K outputs, or one output or the top-two
 margin; BatchNorm and Dropout in training mode are refused), or a ReLU MLP of this package (closed-form gradients).
 The data is a tensor or array [n, ...], a DataLoader, or any iterable of batches (stream.py): sums over points are
-taken batch by batch, so memory holds one batch (and, for the path lengths, the segments' 2 x segments end points).
+taken batch by batch, so memory holds one batch (small ones read together up to MODULE_POINTS points; and, for
+the path lengths, the segments' 2 x segments end points).
 
 Every measure returns an Estimate (estimate.py): a float with its standard error `se` and sample count `n`. GN and
 GN^2 are means over the points (se over the points, n points); FPL and GPL means over random segments (se over the
@@ -97,13 +98,14 @@ class Reader:
         raise MeasureError("the data holds no points")
 
     def each(self, data, desc: str, progress=None):
-        """Yield every batch of data as points [1, n, d], with a progress bar over the batches."""
+        """Yield every batch of data as points [1, n, d], with a progress bar over the batches; a stream's small
+        batches read together up to MODULE_POINTS points (stream.joined), as a tensor's points are."""
         total = len(data) if stream.is_stream(data) and hasattr(data, "__len__") else None
         with Bar(total, desc, "batch", progress) as bar:
-            for x in stream.batches(data):
+            for x, _, k in stream.joined(((x, None) for x in stream.batches(data)), MODULE_POINTS):
                 if x.shape[0]:
                     yield self.points(x)
-                bar.update()
+                bar.update(k)
         if self.ev is None:
             raise MeasureError("the data holds no points")
 

@@ -63,7 +63,7 @@ class Eigenvalue(Estimate):
         return obj
 
     def as_dict(self) -> dict:
-        return {**super().as_dict(), "residual": self.residual}
+        return {**super().as_dict(), "residual": self.residual, "bound": self.bound}
 
     def interval(self, z: float = 1.96) -> tuple[float, float]:
         """value ± bound (an interval that holds an eigenvalue; z is not used)."""
@@ -177,13 +177,19 @@ class Density:
         return Estimate(float(per_run.mean()), float(per_run.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan"),
                         n)
 
+    def sigma(self) -> float:
+        """The default width of the Gaussian kernel of curve(): 1% of the nodes' span (at least 1e-12 of their
+        size)."""
+        lo, hi = float(self.nodes.min()), float(self.nodes.max())
+        return max(0.01 * (hi - lo), 1e-12 * max(abs(lo), abs(hi), 1.0))
+
     def curve(self, grid=None, sigma: float | None = None, points: int = 1000):
         """(grid, density, se): the density phi(t) = mean over runs of sum_i w_i N(t; theta_i, sigma^2) on the grid
-        (default: `points` values spanning the nodes with 3 sigma margins; sigma default: 1% of the nodes' span),
-        with its standard error over the runs. It integrates to 1 over the real line."""
+        (default: `points` values spanning the nodes with 3 sigma margins; sigma default: self.sigma(), 1% of the
+        nodes' span), with its standard error over the runs. It integrates to 1 over the real line."""
         lo, hi = float(self.nodes.min()), float(self.nodes.max())
         if sigma is None:
-            sigma = max(0.01 * (hi - lo), 1e-12 * max(abs(lo), abs(hi), 1.0))
+            sigma = self.sigma()
         grid = np.linspace(lo - 3 * sigma, hi + 3 * sigma, points) if grid is None else np.asarray(grid, float)
         kernel = np.exp(-0.5 * ((grid[None, None, :] - self.nodes[..., None]) / sigma) ** 2) / (sigma * math.sqrt(
             2 * math.pi))

@@ -4,7 +4,8 @@ iterable of batches (a batch is a tensor of inputs, or a tuple/list/dict whose f
 A list of tensors or arrays is a list of batches; a list of numbers, or of lists of numbers, is an array. Every
 batch is checked as it is read (checks.values: dense real numbers, all finite).
 
-A measure over streamed data holds one batch at a time: sums over points are accumulated batch by batch, and the
+A measure over streamed data holds one batch at a time (small ones read together: joined): sums over points are
+accumulated batch by batch, and the
 segments of the path lengths, drawn by index from the whole set (the count comes first, from one pass), have their
 end points gathered in a second pass (2 x segments points, whatever the size of the data). So a DataLoader gives
 the same values as the tensor of all its points, in its order (tested); a loader that shuffles gives other segments
@@ -22,6 +23,7 @@ from smoothness.measures import checks
 
 _X_KEYS = ("x", "input", "inputs")
 _Y_KEYS = ("y", "target", "targets", "label", "labels")
+JOIN_ELEMENTS = 2 ** 18   # joined(): consecutive small batches read together up to this many input numbers (1 MiB)
 
 
 def as_tensor(a) -> torch.Tensor:
@@ -95,6 +97,39 @@ def batches(data, with_targets: bool = False):
         if y is not None and with_targets:
             checks.values(y, f"batch {i}'s targets")
         yield (x, y) if with_targets else x
+
+
+def joined(pairs, max_points: int | None = None, elements: int = JOIN_ELEMENTS):
+    """Consecutive (x, y) batches (y may be None) read together: yields (x, y, k), the concatenation of k batches
+    holding at most max_points points (default: as many as hold `elements` input numbers, from the first batch's
+    points), a batch larger than that on its own; batches of other shapes or dtypes are never joined. Each
+    product, forward or backward pass over a batch costs a fixed overhead besides its points, which small batches
+    pay many times over; the measures' sums over points are the same over the batches read together (up to float
+    rounding)."""
+    held, n, cap = [], 0, max_points
+    for x, y in pairs:
+        if cap is None:
+            cap = max(1, elements // max(1, x[0].numel())) if x.shape[0] else None
+        if held and (n + x.shape[0] > (cap or 0) or not _alike(held[-1], (x, y))):
+            yield _cat(held)
+            held, n = [], 0
+        held.append((x, y))
+        n += x.shape[0]
+    if held:
+        yield _cat(held)
+
+
+def _alike(a, b) -> bool:
+    """Whether two (x, y) batches can be read as one: the same points' and targets' shapes, dtypes and devices."""
+    return all((u is None and v is None) or (u is not None and v is not None and u.shape[1:] == v.shape[1:]
+                                             and u.dtype == v.dtype and u.device == v.device) for u, v in zip(a, b))
+
+
+def _cat(held):
+    if len(held) == 1:
+        return held[0][0], held[0][1], 1
+    xs, ys = zip(*held)
+    return torch.cat(xs), None if ys[0] is None else torch.cat(ys), len(held)
 
 
 def check_reiterable(data, what: str) -> None:

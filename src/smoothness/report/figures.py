@@ -221,18 +221,31 @@ def interpolant_figure(rows: pd.DataFrame, params: dict, path: Path) -> bool:
     return _save(plt, fig, path)
 
 
-def density_figure(density, path: Path, title: str = "Hessian eigenvalue density", *, replace: bool = False) -> bool:
+def density_labels(density, title: str = "Hessian eigenvalue density", loss: str | None = None,
+                   points: int | None = None) -> tuple[str, str]:
+    """(title, legend label) of the density figure: the title with the loss (its name, the first word of a
+    description) and the number of points and parameters; the label with the runs and the kernel width sigma."""
+    of = [f"{loss.split()[0]} loss" if loss else "", f"{points:,} points" if points else "",
+          f"{density.dim:,} parameters"]
+    return (f"{title}\n({', '.join(s for s in of if s)})",
+            f"mean of {density.runs} runs, Gaussian kernel σ = {density.sigma():.3g}")
+
+
+def density_figure(density, path: Path, title: str = "Hessian eigenvalue density", *, replace: bool = False,
+                   loss: str | None = None, points: int | None = None) -> bool:
     """The eigenvalue density of stochastic Lanczos quadrature (measures.curvature.Density) on a symmetric log
     scale of density, with its ±1.96 standard-error band over the runs, written to path as PNG (whatever its
-    name). False, and nothing written, when the density is not finite (a model with non-finite parameters, an
-    overflow). An existing file is replaced only with replace=True: otherwise FileExistsError. The PNG is made in
-    memory and written at once; a write that fails (OSError) leaves no partial file."""
+    name), labelled with the loss and the number of points when given, the parameters and the kernel width
+    (density_labels). False, and nothing written, when the density is not finite (a model with non-finite
+    parameters, an overflow). An existing file is replaced only with replace=True: otherwise FileExistsError. The
+    PNG is made in memory and written at once; a write that fails (OSError) leaves no partial file."""
     if not (np.isfinite(density.nodes).all() and np.isfinite(density.weights).all()):
         return False
     plt = _plt()
     grid, dens, se = density.curve()
-    fig, ax = plt.subplots(figsize=(6.4, 3.6))
-    ax.plot(grid, dens, color="C0", lw=1.2, label=f"mean of {density.runs} runs")
+    head, label = density_labels(density, title, loss, points)
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    ax.plot(grid, dens, color="C0", lw=1.2, label=label)
     if density.runs > 1:
         ax.fill_between(grid, np.clip(dens - 1.96 * se, 1e-12, None), dens + 1.96 * se, color="C0", alpha=0.25,
                         lw=0, label="±1.96 SE")
@@ -240,7 +253,7 @@ def density_figure(density, path: Path, title: str = "Hessian eigenvalue density
     ax.set_ylim(max(float(dens.max()) * 1e-7, 1e-12), float(dens.max()) * 3)
     ax.set_xlabel("eigenvalue of the Hessian")
     ax.set_ylabel("density")
-    ax.set_title(f"{title} ({density.dim:,} parameters)")
+    ax.set_title(head, fontsize=10)
     ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
     png = io.BytesIO()
