@@ -61,7 +61,7 @@ from smoothness.training import optimizers, regularizers
 
 PRESETS = (
     "smoke", "quick", "paper-table1", "paper-table2", "lr-sweep", "depth", "fashion-table1", "fashion-table2",
-    "fashion-large-n", "fashion-large-n-table2", "fashion-table2-10k", "oned", "sam",
+    "fashion-large-n", "fashion-large-n-table2", "fashion-table2-10k", "cnn-fashion", "oned", "sam",
 )
 
 MAX_MODELS = 100_000        # models of one grid (the paper's two experiments together are about 2,500)
