@@ -246,3 +246,38 @@ def test_sigterm_to_a_ray_run_is_our_one_line_and_the_store_resumes(grid_file, r
         s = experiments.run_grid(grid.load(grid_file), out, device="cpu", progress=False)
         assert s.trained + s.stored_before == 8
         check_against_grid(out, grid_file, reference)
+
+
+CNN_GRID = """
+name: ray-cnn
+data: mnist5k
+pairs: [[3, 8]]
+n_train: [16, 32]
+seeds: 0
+model: {family: cnn, channels: [4], kernel: 3, pool: max}
+alpha: 1.0
+lr: 0.05
+threshold: 1.0e-3
+max_epochs: 200
+regularizers:
+  - {name: none}
+  - {name: gradient_norm, lam: [1.0e-3], n_train: [32]}
+measure: {measure_points: 40, segments: 10, points_per_segment: 5}
+"""
+
+
+def test_a_grid_of_cnns_on_ray_gives_the_local_backends_results(tmp_path):
+    f = tmp_path / "ray-cnn.yaml"
+    f.write_text(CNN_GRID)
+    local = experiments.run_grid(grid.load(f), tmp_path / "local", device="cpu", progress=False)
+    ray = experiments.run_grid(grid.load(f), tmp_path / "ray", device="cpu", progress=False, backend="ray",
+                               ray_cpus=2)
+    assert local.trained == ray.trained == 3 and "ray backend" in ray.line()
+    with Store(tmp_path / "local") as a, Store(tmp_path / "ray") as b:
+        ref = {r["key"]: r for r in a.records()}
+        got = b.records()
+        assert sorted(r["key"] for r in got) == sorted(ref)
+        for rec in got:
+            assert rec["model"] == {"family": "cnn", "channels": [4], "kernel": 3, "pool": "max"}
+            assert_same_outcome(ref[rec["key"]], rec, FIELDS[:-2])
+            assert_close_tensors(b.params(rec["key"]).tensors(), a.params(rec["key"]).tensors(), rel=0.05)
