@@ -171,3 +171,15 @@ def test_grid_records_the_parameter_measures(tmp_path):
             from smoothness.measures import registry  # every column of every registered measure, options on
             assert all(c in rec for m in registry.REGISTRY for c in registry.columns(m)), rec.keys()
             assert rec["minibatch_grad_norm"] >= 0
+
+
+def test_the_old_keyword_of_sharpness_still_works_with_a_deprecation_warning():
+    from torch import nn
+
+    from smoothness import curvature as short
+    torch.manual_seed(0)
+    f = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1))
+    x, y = torch.randn(20, 3), torch.randn(20)
+    with pytest.warns(DeprecationWarning, match=r"is now curvature.sharpness\(steps=...\)"):
+        old = short.sharpness(f, x, y, iters=30, fast=False)
+    assert float(old) == float(short.sharpness(f, x, y, steps=30, fast=False))

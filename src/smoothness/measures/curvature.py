@@ -25,6 +25,7 @@ memory. A model with non-finite parameters gets a warning and NaN; a Hessian-vec
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 from torch import nn
@@ -102,10 +103,15 @@ def top_eigenvalues(model: nn.Module, data, targets=None, loss=None, k: int = 1,
 
 def sharpness(model: nn.Module, data, targets=None, loss=None, *, steps: int = DEFAULT_STEPS,
               tol: float = DEFAULT_TOL, seed: int = 0, fast: bool = True, batch_size: int | None = None,
-              progress=None) -> Eigenvalue:
+              progress=None, iters: int | None = None) -> Eigenvalue:
     """The largest eigenvalue of the Hessian of the loss (top_eigenvalues with k = 1). A ReLU MLP with the mse loss
     on tensors takes paramspace.sharpness (power iteration) unless fast=False; its residual is then NaN and n the
-    power iterations."""
+    power iterations. iters: the earlier name of `steps`, accepted with a DeprecationWarning until the next minor
+    version."""
+    if iters is not None:
+        warnings.warn("curvature.sharpness(iters=...) is now curvature.sharpness(steps=...); iters will be removed "
+                      "in the next minor version", DeprecationWarning, stacklevel=2)
+        steps = iters
     data, targets = checked(data, targets)
     if not checks.parameters_finite(model):
         return Eigenvalue(math.nan, math.nan, 0)
