@@ -21,6 +21,7 @@ from torch import nn
 
 from smoothness.cli import console
 from smoothness.errors import ConfigError, DataError, MeasureError, SmoothnessError, first_line
+from smoothness.experiments import modelfile
 from smoothness.measures import checks
 from smoothness.measures import model as measures_model
 from smoothness.report import figures
@@ -250,6 +251,8 @@ def check_new_png(value: str, option: str = "--density") -> Path:
                           f"{'is not a folder' if parent.exists() else 'does not exist'}")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ConfigError(f"{option} {value}: the folder {parent} is not writable")
+    if why := modelfile.cannot_create(p):
+        raise ConfigError(f"{option} {value}: cannot create it: {why}")
     return p
 
 
