@@ -335,6 +335,7 @@ def _one_line(code, out, err, *words, before_work=True):
         assert w in lines[0], (w, lines[0])
     if before_work:
         assert out == "", out   # nothing was measured before the error
+        assert err.strip() == lines[0], err   # nor a note on measures skipped
     return lines[0]
 
 

@@ -293,12 +293,12 @@ def measure(a) -> int:
     if density_png is not None and "density" not in which:
         raise ConfigError(f"--density {a.density}: cannot be drawn: "
                           f"{next((n for n in notes if 'density' in n), 'the density is not computed')}")
-    for note in notes:
-        print(f"smoothness: {note}", file=sys.stderr)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", UserWarning)
             got = measures_model.measure_model(model, x, y, which, settings)
+        for note in notes:   # after the checks of measure_model: an error there stays the one line
+            print(f"smoothness: {note}", file=sys.stderr)
         for message in dict.fromkeys(str(w.message) for w in caught):   # each once, in order
             print(f"smoothness: warning: {message}", file=sys.stderr)
     except (ValueError, TypeError, AssertionError) as e:   # the measures' own checks, one line each
