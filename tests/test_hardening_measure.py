@@ -335,6 +335,7 @@ def _one_line(code, out, err, *words, before_work=True):
         assert w in lines[0], (w, lines[0])
     if before_work:
         assert out == "", out   # nothing was measured before the error
+        assert err.strip() == lines[0], err   # nor a note on measures skipped
     return lines[0]
 
 
@@ -472,6 +473,18 @@ def test_a_density_file_in_a_read_only_folder_is_refused_first(ck, tmp_path, cap
     finally:
         ro.chmod(0o755)
     _one_line(code, out, err, "is not writable")
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc, where no file can be created")
+def test_a_density_file_that_cannot_be_created_is_refused_first(ck, capsys, monkeypatch):
+    """Permissions say yes (as for root, or on a mount that refuses writes), but no file can be created there."""
+    monkeypatch.setattr(os, "access", lambda *a, **k: True)
+    for density, words in (("/proc/d.png", "cannot create it: no such file or directory"),
+                           ("a" * 300 + ".png", "the file name is too long")):
+        code, out, err = _main(capsys, monkeypatch, ck, "w.pt", "--factory", "hardnet:build", "--inputs", "ok.npz",
+                               "--density", density, *FAST)
+        _one_line(code, out, err, words)
+    assert not os.path.exists("/proc/d.png")
 
 
 def test_a_density_without_targets_is_refused_and_nothing_claims_to_be_drawn(ck, capsys, monkeypatch):

@@ -416,3 +416,26 @@ def _terminate_while_connecting(p):
         if p.poll() is None:
             p.kill()
             p.wait()
+
+
+# -- a file that cannot be created, a name too long -------------------------------------------------------------------
+def test_save_where_no_file_can_be_created_is_refused_before_training(tmp_path, capsys, monkeypatch):
+    """The folder is writable, but the temporary file written beside FILE has a name too long to create."""
+    trained = []
+    monkeypatch.setattr(pipeline, "train_and_measure", lambda *a, **k: trained.append(1))
+    monkeypatch.chdir(tmp_path)
+    name = "m" * 250 + ".pt"
+    code, out, err = _main(capsys, "train", *SMALL, "--save", name)
+    _one_line(code, err, "cannot create a file in .: file name too long")
+    assert out == "" and trained == [] and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args", [("train", "--save", "LONG.pt"), ("run", "LONG.yaml", "--dry-run"),
+                                  ("run", "smoke", "--out", "LONG", "--dry-run"), ("report", "LONG"),
+                                  ("measure", "LONG.pt")])
+def test_a_file_name_too_long_is_one_line(tmp_path, capsys, monkeypatch, args):
+    monkeypatch.chdir(tmp_path)
+    long = "a" * 300
+    line = _one_line(*_main(capsys, *(a.replace("LONG", long) for a in args))[::2],
+                     "the file name is too long for the file system")
+    assert long in line and list(tmp_path.iterdir()) == []

@@ -21,6 +21,7 @@ from torch import nn
 
 from smoothness.cli import console
 from smoothness.errors import ConfigError, DataError, MeasureError, SmoothnessError, first_line
+from smoothness.experiments import modelfile
 from smoothness.measures import checks, curvature
 from smoothness.measures import model as measures_model
 from smoothness.report import figures
@@ -250,6 +251,8 @@ def check_new_png(value: str, option: str = "--density") -> Path:
                           f"{'is not a folder' if parent.exists() else 'does not exist'}")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ConfigError(f"{option} {value}: the folder {parent} is not writable")
+    if why := modelfile.cannot_create(p):
+        raise ConfigError(f"{option} {value}: cannot create it: {why}")
     return p
 
 
@@ -300,12 +303,12 @@ def measure(a) -> int:
     if density_png is not None and "density" not in which:
         raise ConfigError(f"--density {a.density}: cannot be drawn: "
                           f"{next((n for n in notes if 'density' in n), 'the density is not computed')}")
-    for note in notes:
-        print(f"smoothness: {note}", file=sys.stderr)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", UserWarning)
             got = measures_model.measure_model(model, x, y, which, settings)
+        for note in notes:   # after the checks of measure_model: an error there stays the one line
+            print(f"smoothness: {note}", file=sys.stderr)
         for message in dict.fromkeys(str(w.message) for w in caught):   # each once, in order
             print(f"smoothness: warning: {message}", file=sys.stderr)
     except (ValueError, TypeError, AssertionError) as e:   # the measures' own checks, one line each

@@ -403,6 +403,10 @@ def _main(argv, ns) -> int:
             raise
         return 141
     except OSError as e:   # stdout on a full disk or /dev/full: one line, what was stored stays stored
+        if e.errno == errno.ENAMETOOLONG and e.filename:   # a path given on the command line, when first looked at
+            print(f"smoothness: error: {e.filename}: the file name is too long for the file system",
+                  file=sys.stderr)
+            return 2
         if not _output_full(e):
             raise
         print(f"smoothness: error: cannot write the output ({e.strerror}); anything stored in a results store "

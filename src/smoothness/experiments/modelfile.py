@@ -41,7 +41,29 @@ def check_save_path(path, overwrite: bool = False) -> Path:
         raise ConfigError(f"--save {path}: the folder {parent} {what}")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ConfigError(f"--save {path}: the folder {parent} is not writable")
+    if why := cannot_create(part_file(p)):
+        raise ConfigError(f"--save {path}: cannot create a file in {parent}: {why}")
     return p
+
+
+def part_file(path: Path) -> Path:
+    """The temporary file beside path that save_models writes before renaming it to path."""
+    return path.with_name(f".{path.name}.part-{os.getpid()}")
+
+
+def cannot_create(path: Path) -> str | None:
+    """Why a new file cannot be created at path (the system's reason), or None; found by creating it empty and
+    removing it again, as permissions alone do not tell (root, a read-only or special file system, a name too
+    long). Only for a path where no file is."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return None   # there already: made by someone else meanwhile, which the writer handles
+    except OSError as e:
+        return os_reason(e)
+    os.close(fd)
+    path.unlink(missing_ok=True)
+    return None
 
 
 def save_models(path, records: list[dict], overwrite: bool = False) -> None:
@@ -54,7 +76,7 @@ def save_models(path, records: list[dict], overwrite: bool = False) -> None:
     path = check_save_path(path, overwrite)
     out = [{"meta": {k: v for k, v in r.items() if k != "params"}, "params": r["params"].state_dict()}
            for r in records]
-    tmp = path.with_name(f".{path.name}.part-{os.getpid()}")
+    tmp = part_file(path)
     try:
         buf = io.BytesIO()
         torch.save({"format": SAVE_FORMAT, "models": out}, buf)
