@@ -92,7 +92,7 @@ def raises():
     ("test_families:wrong_outputs", {}, r"outputs of shape \[2, 3\]; the task needs \[n, 1\]"),
     ("test_families:needs_width", {}, "cannot be called with no arguments"),
     ("test_families:needs_width", {"depth": 2}, "cannot be called with"),
-    ("test_families:not_a_module", {}, "returned a int, not an nn.Module"),
+    ("test_families:not_a_module", {}, "returned a value of type int, not an nn.Module"),
     ("test_families:raises", {}, "raised RuntimeError: no GPU here"),
     ("test_families:missing", {}, "has no callable missing"),
     ("no_such_module_here:f", {}, "cannot import no_such_module_here"),

@@ -5,7 +5,6 @@ options and their products (LIMITS, PRODUCTS), the --density file, the files, th
 model's output on it and the targets against the loss."""
 from __future__ import annotations
 
-import importlib
 import inspect
 import json
 import math
@@ -24,6 +23,7 @@ from smoothness.errors import ConfigError, DataError, MeasureError, SmoothnessEr
 from smoothness.experiments import modelfile
 from smoothness.measures import checks, curvature
 from smoothness.measures import model as measures_model
+from smoothness.models.family import failure, load_callable
 from smoothness.report import figures
 from smoothness.runtime import devices, rng
 
@@ -41,22 +41,10 @@ def _exists(path: str) -> Path:
 
 
 def load_factory(spec: str):
-    """The callable named by 'package.module:function' (the current directory is importable, as with python -m),
-    callable without arguments."""
-    mod, sep, name = spec.partition(":")
-    if not sep or not mod or not name:
-        raise ConfigError(f"--factory {spec!r}: write it as package.module:function")
-    if "" not in sys.path and "." not in sys.path:
-        sys.path.insert(0, "")
-    try:
-        module = importlib.import_module(mod)
-    except ImportError as e:
-        raise ConfigError(f"--factory {spec!r}: cannot import {mod}: {first_line(e, 300)}") from None
-    except (Exception, SystemExit) as e:   # the module's own error while it is imported: a syntax error, an exit
-        raise ConfigError(f"--factory {spec!r}: importing {mod} {_failure(e)}") from None
-    fn = getattr(module, name, None)
-    if not callable(fn):
-        raise ConfigError(f"--factory {spec!r}: {mod} has no callable {name}")
+    """The callable named by 'package.module:function' (models.family.load_callable: the current directory is
+    importable, as with python -m), callable without arguments."""
+    fn = load_callable(spec, "--factory")
+    name = spec.partition(":")[2]
     try:
         needed = [p.name for p in inspect.signature(fn).parameters.values()
                   if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
@@ -68,22 +56,15 @@ def load_factory(spec: str):
     return fn
 
 
-def _failure(e: BaseException) -> str:
-    """How code of the user's failed, for one line."""
-    if isinstance(e, SystemExit):
-        return f"called sys.exit({e.code!r})"
-    return f"raised {type(e).__name__}: {first_line(e, 300)}"
-
-
 def build(factory: str) -> nn.Module:
     """The module that the factory returns; its failure (an exception, sys.exit) is one line."""
     fn = load_factory(factory)
     try:
         model = fn()
     except (Exception, SystemExit) as e:
-        raise ConfigError(f"--factory {factory!r} {_failure(e)}") from None
+        raise ConfigError(f"--factory {factory!r} {failure(e)}") from None
     if not isinstance(model, nn.Module):
-        raise ConfigError(f"--factory {factory!r} returned a {type(model).__name__}, not an nn.Module")
+        raise ConfigError(f"--factory {factory!r} returned a value of type {type(model).__name__}, not an nn.Module")
     return model
 
 

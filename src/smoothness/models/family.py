@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from smoothness.errors import ConfigError
+from smoothness.errors import ConfigError, first_line
 from smoothness.models.stack import ParamStack
 
 
@@ -137,7 +137,7 @@ class Family:
 def check_module(m, what: str) -> nn.Module:
     """m if it is an nn.Module that M stacked copies can train as one program; a ConfigError naming the problem."""
     if not isinstance(m, nn.Module):
-        raise ConfigError(f"{what} returned a {type(m).__name__}, not an nn.Module")
+        raise ConfigError(f"{what} returned a value of type {type(m).__name__}, not an nn.Module")
     for name, sub in m.named_modules():
         if isinstance(sub, (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)):
             raise ConfigError(f"{what} holds {type(sub).__name__} ({name or 'the module'}): batch statistics and "
@@ -207,7 +207,8 @@ class FactorySettings:
 
 def load_callable(spec: str, what: str = "factory"):
     """The callable named by 'package.module:function' (the current directory is importable, as with python -m);
-    a ConfigError with one line for anything that goes wrong on the way."""
+    a ConfigError with one line for anything that goes wrong on the way (the module's own failure while it is
+    imported, a syntax error or sys.exit included)."""
     mod, sep, name = str(spec).partition(":")
     if not sep or not mod or not name:
         raise ConfigError(f"{what} {spec!r}: write it as package.module:function")
@@ -215,16 +216,21 @@ def load_callable(spec: str, what: str = "factory"):
         sys.path.insert(0, "")
     try:
         module = importlib.import_module(mod)
-    except SyntaxError as e:
-        raise ConfigError(f"{what} {spec!r}: {mod} has a syntax error (line {e.lineno}: {e.msg})") from None
     except ImportError as e:
-        raise ConfigError(f"{what} {spec!r}: cannot import {mod}: {e}") from None
+        raise ConfigError(f"{what} {spec!r}: cannot import {mod}: {first_line(e, 300)}") from None
     except (Exception, SystemExit) as e:   # the module's own code failed while importing
-        raise ConfigError(f"{what} {spec!r}: importing {mod} raised {type(e).__name__}: {e}") from None
+        raise ConfigError(f"{what} {spec!r}: importing {mod} {failure(e)}") from None
     fn = getattr(module, name, None)
     if not callable(fn):
         raise ConfigError(f"{what} {spec!r}: {mod} has no callable {name}")
     return fn
+
+
+def failure(e: BaseException) -> str:
+    """How code of the user's failed, for one line: 'called sys.exit(...)' or 'raised Type: first line'."""
+    if isinstance(e, SystemExit):
+        return f"called sys.exit({e.code!r})"
+    return f"raised {type(e).__name__}: {first_line(e, 300)}"
 
 
 def call_factory(fn, kwargs: dict, what: str) -> nn.Module:
@@ -234,7 +240,7 @@ def call_factory(fn, kwargs: dict, what: str) -> nn.Module:
     except TypeError as e:
         raise ConfigError(f"{what}: cannot be called with {kwargs or 'no arguments'}: {e}") from None
     except (Exception, SystemExit) as e:
-        raise ConfigError(f"{what} raised {type(e).__name__}: {e}") from None
+        raise ConfigError(f"{what} {failure(e)}") from None
     return check_module(m, what)
 
 
