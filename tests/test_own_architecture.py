@@ -55,12 +55,15 @@ def test_a_factory_that_fails_is_one_line_before_any_training_and_nothing_is_sto
 
 def test_the_python_example_of_the_guide_runs(tmp_path, monkeypatch, capsys):
     text = (Path(__file__).resolve().parents[1] / "docs" / "your-architecture.md").read_text()
-    code = text.split("## From Python", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    blocks = [b.split("```", 1)[0] for b in text.split("## From Python", 1)[1].split("```python\n")[1:]]
+    assert len(blocks) == 2
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(EXAMPLES))
-    exec(compile(code, "your-architecture.md", "exec"), {})
+    exec(compile(blocks[0], "your-architecture.md", "exec"), {})
     out = capsys.readouterr().out
     assert "factory my_architecture:small_convnet width=4" in out and "32" in out
+    exec(compile(blocks[1], "your-architecture.md", "exec"), {})
+    assert capsys.readouterr().out.splitlines() == ["torch.Size([3, 5, 1])", "True"]
     with Store(tmp_path / "runs" / "mine") as st:
         (rec,) = st.records()
     assert rec["status"] in ("converged", "not_converged") and rec["gradient_norm"] > 0
