@@ -67,3 +67,11 @@ def test_the_python_example_of_the_guide_runs(tmp_path, monkeypatch, capsys):
     with Store(tmp_path / "runs" / "mine") as st:
         (rec,) = st.records()
     assert rec["status"] in ("converged", "not_converged") and rec["gradient_norm"] > 0
+
+
+def test_the_dry_run_times_a_model_of_the_grids_own_family(tmp_path):
+    r = run_cli("run", _grid(tmp_path), "--out", tmp_path / "out", "--dry-run",
+                env={"PYTHONPATH": str(EXAMPLES), "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr
+    assert "plain steps/s of one factory (factory my_architecture:small_convnet" in r.stdout, r.stdout
+    assert not (tmp_path / "out").exists()

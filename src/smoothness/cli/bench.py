@@ -17,6 +17,7 @@ from torch import nn
 from smoothness import training
 from smoothness.data import images as data
 from smoothness.runtime import precision
+from smoothness.training.trainer import as_family
 
 
 def _sync(device):
@@ -120,17 +121,22 @@ def measure_seconds(m: int, device, alone: int = 10) -> tuple[float, float]:
     return t1 - t0, (time.perf_counter() - t1) / min(alone, m)
 
 
-def plain_step_rate(widths, batch_size: int, device, steps: int = 240) -> float:
-    """Plain SGD steps per second of one model of these widths and batch size in the batched engine, on random
-    data (N = 12 batches; loss threshold 0, so that it runs every step): the unit of work_left's estimate."""
+def plain_step_rate(family, batch_size: int, device, steps: int = 240, loss: str = "mse") -> float:
+    """Plain SGD steps per second of one model of this family (a models.Family, or MLP widths) and batch size in
+    the batched engine, on random data (N = 12 batches; loss threshold 0, so that it runs every step): the unit of
+    work_left's estimate."""
     n = 12 * batch_size
     gen = torch.Generator().manual_seed(0)
-    pool = torch.rand(n, widths[0], generator=gen)
-    targets = torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0)
-    trainer = training.BatchedTrainer(pool, widths=widths, batch_size=batch_size, device=device)
+    fam = as_family(family)
+    pool = torch.rand(n, fam.input_dim, generator=gen)
+    if fam.outputs == 1:
+        targets = torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0)
+    else:   # class labels 0..K-1, held as floats as the trainer keeps them
+        targets = torch.randint(0, fam.outputs, (n,), generator=gen).float()
+    trainer = training.BatchedTrainer(pool, fam, batch_size=batch_size, device=device)
 
     def spec(epochs):
-        return training.TrainSpec(torch.arange(n), targets, lr=0.01, max_epochs=epochs, threshold=0.0)
+        return training.TrainSpec(torch.arange(n), targets, lr=0.01, max_epochs=epochs, threshold=0.0, loss=loss)
     trainer.train([spec(1)])   # warm-up
     _sync(device)
     t0 = time.perf_counter()

@@ -198,8 +198,10 @@ def _dry_run(g, a) -> None:
     if work and device.type == "cpu":   # on a GPU, batched models share a step's time: no rate of one model
         from smoothness.cli import bench
         big = max(work, key=lambda cw: cw[1])[0]   # the model with the most work left sets the shape timed
-        rate = bench.plain_step_rate(big.widths, big.batch_size, device)
-        shape = f"{'-'.join(map(str, big.widths))}, batch {big.batch_size}"
+        fam = big.family()
+        rate = bench.plain_step_rate(fam, big.batch_size, device, loss=big.loss)
+        shape = (f"{'-'.join(map(str, big.widths))}, batch {big.batch_size}" if fam.closed_form
+                 else f"{fam.describe()}, batch {big.batch_size}")
         busy = bench.busy_note(*bench.machine_load())   # a busy machine's rate reads low, its time high
     note = experiments.work_note(work, rate, shape)
     if note:
