@@ -20,10 +20,11 @@ def main(argv=None) -> int:
         interrupt.finishing()   # from here a signal ends the process quietly (atexit callbacks run next)
     except KeyboardInterrupt as e:   # before the command; cli_main reports its own
         status = interrupt.report(e)
-    if interrupt.reported is not None:
+    if interrupt.reported is not None or interrupt.threads_left:
         # Exit now with 130/143. A Ctrl-C that arrived while an extension ran Python code during an import
         # leaves CPython's "unhandled KeyboardInterrupt" flag set even though it was handled, and a normal
-        # exit would then kill the process with SIGINT instead of returning the status.
+        # exit would then kill the process with SIGINT instead of returning the status. A thread left running
+        # in native code (interrupt.leave_thread_behind) could make the interpreter's finalization abort.
         for f in (sys.stdout, sys.stderr):
             try:
                 f.flush()

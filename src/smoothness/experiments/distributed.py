@@ -210,6 +210,7 @@ def connect(ray, address: str, kw: dict, timeout: float) -> None:
                 held.silence = True   # and Ray's exit handler would wait for the connection that does not come
                 import atexit
                 atexit.unregister(ray.shutdown)
+                interrupt.leave_thread_behind()   # the command ends by os._exit, not by finalization
     if "ok" in done:
         if held.text.strip():
             print(held.text.rstrip(), file=sys.stderr, flush=True)

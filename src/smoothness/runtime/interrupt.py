@@ -18,6 +18,7 @@ from contextlib import contextmanager
 
 _received: list[int] = []   # signals received and not yet reported
 reported: int | None = None   # the exit status once report() has run
+threads_left = False          # a library's thread was left running in native code (leave_thread_behind)
 
 
 class Terminated(KeyboardInterrupt):
@@ -136,6 +137,14 @@ def _exit_now(signum, frame):
             pass
     import os
     os._exit(128 + signum)
+
+
+def leave_thread_behind() -> None:
+    """Note that a thread is left running in a library's native code (Ray's connection to a cluster that does not
+    answer): the command then ends with os._exit after flushing its output (python -m smoothness), as the
+    interpreter's finalization could abort on that thread instead of returning the exit status."""
+    global threads_left
+    threads_left = True
 
 
 def finishing() -> None:
