@@ -20,7 +20,8 @@ from smoothness.runtime import precision
 from smoothness.training.trainer import as_family
 
 
-def _sync(device):
+def sync(device) -> None:
+    """Wait for the device's queued work (CUDA), so that a timing covers it."""
     if device.type == "cuda":
         torch.cuda.synchronize()
 
@@ -52,10 +53,10 @@ def loop_throughput(steps: int, device, tf32: bool = False) -> float:
 
     with precision.matmuls(_mode(tf32), device):
         run(20)  # warm-up
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         done = run(steps)
-        _sync(device)
+        sync(device)
     return done / (time.perf_counter() - t0)
 
 
@@ -72,10 +73,10 @@ def batched_throughput(m: int, steps: int, device, tf32: bool = False) -> tuple[
                                         max_epochs=max(1, steps // 2), threshold=0.0))
     trainer = training.BatchedTrainer(pool, device=device, matmul_precision=_mode(tf32))
     trainer.train(specs[:1])  # warm-up
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
     res = trainer.train(specs)
-    _sync(device)
+    sync(device)
     return sum(r.steps for r in res) / (time.perf_counter() - t0 - trainer.admit_seconds), trainer.admit_seconds
 
 
@@ -110,14 +111,14 @@ def measure_seconds(m: int, device, alone: int = 10) -> tuple[float, float]:
         t = tasks[i % len(tasks)]
         items.append((models_mod.init_mlp([c.seed], c.widths, 1.0), t, t.subset(128, c.seed), c))
     pipeline.measure_models(items[:1], device)  # warm-up
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
     pipeline.measure_models(items, device)
-    _sync(device)
+    sync(device)
     t1 = time.perf_counter()
     for it in items[:alone]:
         pipeline.measure_model(*it, device)
-    _sync(device)
+    sync(device)
     return t1 - t0, (time.perf_counter() - t1) / min(alone, m)
 
 
@@ -138,10 +139,10 @@ def plain_step_rate(family, batch_size: int, device, steps: int = 240, loss: str
     def spec(epochs):
         return training.TrainSpec(torch.arange(n), targets, lr=0.01, max_epochs=epochs, threshold=0.0, loss=loss)
     trainer.train([spec(1)])   # warm-up
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
     res = trainer.train([spec(max(1, steps // 12))])
-    _sync(device)
+    sync(device)
     return res[0].steps / (time.perf_counter() - t0 - trainer.admit_seconds)
 
 
@@ -190,10 +191,10 @@ def regularizer_costs(m: int, device, steps: int = 240, repeats: int = 2, out=pr
         trainer.train(specs[:1])   # warm-up
         best = 0.0
         for _ in range(repeats):
-            _sync(device)
+            sync(device)
             t0 = time.perf_counter()
             res = trainer.train(specs)
-            _sync(device)
+            sync(device)
             best = max(best, sum(r.steps for r in res) / (time.perf_counter() - t0 - trainer.admit_seconds))
         plain = plain or best
         rows.append({"regularizer": reg, "points": points, "rate": best, "cost": plain / best})

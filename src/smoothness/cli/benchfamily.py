@@ -21,6 +21,7 @@ import torch
 from torch.func import functional_call, grad, stack_module_state, vjp, vmap
 
 from smoothness import training
+from smoothness.cli.bench import sync
 from smoothness.data import images as data
 from smoothness.models.families import build
 
@@ -28,11 +29,6 @@ N_POINTS = 128
 LAM = 1e-4
 LR = 0.01
 SPEC = {"family": "cnn", "channels": [8, 16], "kernel": 3, "pool": "max"}
-
-
-def _sync(device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def _setup(m: int, device):
@@ -74,7 +70,7 @@ def loop_rate(m: int, steps: int, device, penalty: bool) -> float:
     t, _, subs, mods = _setup(m, device)
     opts = [torch.optim.SGD(mod.parameters(), lr=LR) for mod in mods]
     work = list(_batches(t, subs, device, steps))
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
     for xb, yb in work:
         for j, (mod, opt) in enumerate(zip(mods, opts)):
@@ -87,7 +83,7 @@ def loop_rate(m: int, steps: int, device, penalty: bool) -> float:
                 obj = obj + LAM * g.flatten(1).norm(dim=1).mean()
             obj.backward()
             opt.step()
-    _sync(device)
+    sync(device)
     return m * steps / (time.perf_counter() - t0)
 
 
@@ -105,14 +101,14 @@ def vmap_rate(m: int, steps: int, device, penalty: bool) -> float:
 
     step = vmap(grad(loss), in_dims=(0, 0, 0, 0))
     work = list(_batches(t, subs, device, steps))
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
     for xb, yb in work:
         g = step(params, buffers, xb, yb)
         with torch.no_grad():
             for k in params:
                 params[k].sub_(LR * g[k])
-    _sync(device)
+    sync(device)
     return m * steps / (time.perf_counter() - t0)
 
 
@@ -125,10 +121,10 @@ def stacked_rate(m: int, steps: int, device, penalty: bool) -> float:
                                 max_epochs=epochs, threshold=0.0) for i, sub in enumerate(subs)]
     trainer = training.BatchedTrainer(t.pool_x, fam, device=device)
     trainer.train(specs[:1])   # warm-up
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
     res = trainer.train(specs)
-    _sync(device)
+    sync(device)
     return sum(r.steps for r in res) / (time.perf_counter() - t0 - trainer.admit_seconds)
 
 

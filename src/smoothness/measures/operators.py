@@ -176,8 +176,8 @@ class CurvatureOperator:
             x = x.to(self.device, self.dtype if x.is_floating_point() else x.dtype)
             y = y.to(self.device)
             if self._loss is None:
-                self._resolve(x, y)
-            if self._row is not None:
+                self._resolve(x, y)   # checks this first batch's targets too
+            elif self._row is not None:
                 check_targets(self._loss, self._row, y, chosen=self._loss_spec is None)
             yield x, y
 
