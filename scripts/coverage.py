@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from smoothness import curvature, measures
+from smoothness import measures
+from smoothness.measures import curvature
 
 
 class Square(nn.Module):

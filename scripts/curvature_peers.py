@@ -34,7 +34,7 @@ from torch import nn
 from torch.func import functional_call, grad, jacrev
 from torch.nn import functional as F
 
-from smoothness import curvature
+from smoothness.measures import curvature
 from smoothness.data import idx
 
 

@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from smoothness.data import images as data
+from smoothness.data import images
 from smoothness.measures import penalties
 from smoothness.models import MLPStack, init_mlp, mse
 
@@ -46,7 +46,7 @@ def main() -> None:
         p, where = MLPStack.from_state_dict(state["params"]), f"{a.snapshot} (epoch {state['epoch']})"
     else:
         p, where = init_mlp([0], (784, 256, 1), alpha=0.01), "a fresh net (alpha 0.01, seed 0)"
-    task = data.binary_task(a.data, *a.pair)
+    task = images.binary_task(a.data, *a.pair)
     g = torch.Generator().manual_seed(0)
     rows = torch.randperm(len(task.pool_y), generator=g)[: 64 * a.batches].reshape(a.batches, 1, 64)
     batches = [(task.pool_x[r], task.pool_y[r]) for r in rows]

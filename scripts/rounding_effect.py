@@ -1,6 +1,6 @@
 """How far do last-bit differences in the matmuls (another CPU's kernels) move a training run?
 
-Trains each case once cleanly and once per noise seed under smoothness.precision.ulp_noise (every element of
+Trains each case once cleanly and once per noise seed under smoothness.runtime.precision.ulp_noise (every element of
 every matmul result moved by -1, 0 or +1 unit in the last place) and prints, per case and seed, the status and
 epochs of both runs, the relative difference of the final epoch loss, and the largest weight difference
 relative to the largest weight. Usage: python scripts/rounding_effect.py [--seeds 1 2 3]
@@ -9,7 +9,7 @@ import argparse
 import time
 
 from smoothness import training
-from smoothness.data import images as data
+from smoothness.data import images
 from smoothness.runtime import precision
 
 CASES = [  # name, pair, N, seed, widths, spec settings
@@ -29,7 +29,7 @@ def main():
     print("|---|---|---|---|---|---|")
     t0 = time.perf_counter()
     for name, pair, n, seed, widths, kw in CASES:
-        task = data.binary_task("mnist5k", *pair)
+        task = images.binary_task("mnist5k", *pair)
         rows = task.subset(n, seed)
         spec = training.TrainSpec(rows, task.pool_y[rows], seed=seed, **kw)
         clean = training.train_models(task.pool_x, [spec], widths=widths)[0]

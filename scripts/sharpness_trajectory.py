@@ -18,9 +18,9 @@ import time
 import torch
 
 from smoothness import training
-from smoothness.experiments import grid as grids
-from smoothness.experiments.config import config_key
-from smoothness.experiments.pipeline import load_tasks, train_spec
+from smoothness.experiments.configuration import grid as grids
+from smoothness.experiments.configuration.config import config_key
+from smoothness.experiments.running.pipeline import load_tasks, train_spec
 from smoothness.measures.paramspace import sharpness
 
 

@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 
 from smoothness import models
-from smoothness.experiments import grid as grids
-from smoothness.experiments.config import config_key
-from smoothness.experiments.pipeline import load_tasks
+from smoothness.experiments.configuration import grid
+from smoothness.experiments.configuration.config import config_key
+from smoothness.experiments.running.pipeline import load_tasks
 from smoothness.measures.paramspace import sharpness
 from smoothness.models import MLPStack
 from smoothness.training import mse
@@ -63,7 +63,7 @@ def main() -> None:
     a = ap.parse_args()
     if (a.snapshot is None) != (a.key is None):
         ap.error("--snapshot and --key go together")
-    configs = {config_key(c): c for c in grids.resolve(a.grid).configs()}
+    configs = {config_key(c): c for c in grid.resolve(a.grid).configs()}
     files = [(a.key, a.snapshot)] if a.snapshot else \
         sorted((f.stem, f) for f in (Path(a.run_dir) / "snapshots").glob("*.pt"))
     if not files:

@@ -20,9 +20,9 @@ def _deterministic():
 
 def spec(task, n, seed, **kw):
     """A TrainSpec for the balanced training subset of size n and the given seed of a data.BinaryTask."""
-    from smoothness.training import trainer as training
+    from smoothness.training import trainer
     idx = task.subset(n, seed)
-    return training.TrainSpec(idx, task.pool_y[idx], seed=seed, **kw)
+    return trainer.TrainSpec(idx, task.pool_y[idx], seed=seed, **kw)
 
 
 def run_cli(*args, env=None, timeout=600):
@@ -69,16 +69,16 @@ def run_cli_tty(*args, timeout=300):
 
 def grid_run(tmp_path_factory, raw: dict):
     """Run the grid `raw` (a mapping) into a fresh folder, quietly; returns the folder (for module fixtures)."""
-    from smoothness.experiments import grid
-    from smoothness.experiments import runner as experiments
+    from smoothness.experiments.configuration import grid
+    from smoothness.experiments.running import runner
     out = tmp_path_factory.mktemp(raw["name"]) / "run"
-    experiments.run_grid(grid.parse(raw), out, device="cpu", progress=False)
+    runner.run_grid(grid.parse(raw), out, device="cpu", progress=False)
     return out
 
 
 def stored_frame(out):
     """The store of a run folder as a DataFrame (Store.frame)."""
-    from smoothness.experiments.store import Store
+    from smoothness.experiments.storage.store import Store
     with Store(out, create=False) as st:
         return st.frame()
 
@@ -90,16 +90,16 @@ TINY = {"name": "tiny", "description": "Two tiny models.", "data": "mnist5k", "p
 
 def tiny(**kw):
     """The tiny grid (two small models on mnist5k), with fields replaced."""
-    from smoothness.experiments import grid
+    from smoothness.experiments.configuration import grid
     return grid.parse({**TINY, **kw})
 
 
 @pytest.fixture(scope="module")
 def made(tmp_path_factory):
     """A store of the tiny grid (2 models with weights), to copy."""
-    from smoothness.experiments import runner as experiments
+    from smoothness.experiments.running import runner
     out = tmp_path_factory.mktemp("made") / "exp"
-    experiments.run_grid(tiny(), out, device="cpu", progress=False)
+    runner.run_grid(tiny(), out, device="cpu", progress=False)
     return out
 
 

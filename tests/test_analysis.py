@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from smoothness.analysis import tables as A
+from smoothness.analysis import tables
 from smoothness.report.figures import paper_r_norm_points
 
 BASE = dict(data="mnist5k", hidden="256", alpha=0.01, lr=0.01, batch_size=64, max_epochs=100, threshold=1e-5,
@@ -11,7 +11,7 @@ BASE = dict(data="mnist5k", hidden="256", alpha=0.01, lr=0.01, batch_size=64, ma
 
 
 def row(pair, seed, n, status="converged", reg="none", lam=0.0, **m):
-    vals = {k: m.get(k, 1.0) for k in A.MEASURES}
+    vals = {k: m.get(k, 1.0) for k in tables.MEASURES}
     return {**BASE, "pair": pair, "seed": seed, "n_train": n, "status": status, "regularizer": reg, "lam": lam,
             "key": f"{pair}-{seed}-{n}-{reg}-{lam}", **{k: v for k, v in m.items() if k not in vals}, **vals}
 
@@ -29,11 +29,11 @@ def test_kendall_tau_per_dataset_uses_converged_models_only():
     # a regularized model is not part of Table 1
     rows.append(row("4/9", 0, 2048, reg="gradient_norm", lam=1e-3, gradient_norm=-50.0))
     df = pd.DataFrame(rows)
-    taus = A.kendall_taus(df).set_index("pair")
+    taus = tables.kendall_taus(df).set_index("pair")
     assert taus.loc["3/8", "gradient_norm"] == pytest.approx(1.0)
     assert taus.loc["3/8", "function_path_length"] == pytest.approx(-1.0)
     assert taus.loc["4/9", "gradient_norm"] == pytest.approx(2 / 3)
-    t1 = A.table1(df).set_index("measure")
+    t1 = tables.table1(df).set_index("measure")
     assert t1.loc["GN", "tau_mean"] == pytest.approx((1 + 2 / 3) / 2)
     assert t1.loc["GN", "tau_std"] == pytest.approx(1 / 6)                # population std of {1, 2/3}
     assert t1.loc["FPL", "tau_mean"] == pytest.approx(0.0)
@@ -44,7 +44,7 @@ def test_kendall_tau_per_dataset_uses_converged_models_only():
 def test_ties_use_tau_b():
     df = pd.DataFrame([row("3/8", 0, n, gradient_norm=v) for n, v in zip([64, 128, 256], [1.0, 1.0, 2.0])])
     # tau-b with one tie among the measure values: (2 concordant - 0 discordant) / sqrt(3 * 2)
-    assert A.kendall_taus(df).loc[0, "gradient_norm"] == pytest.approx(2 / np.sqrt(6))
+    assert tables.kendall_taus(df).loc[0, "gradient_norm"] == pytest.approx(2 / np.sqrt(6))
 
 
 def test_table2_picks_the_largest_converging_lambda_and_normalizes_by_the_lower_bound():
@@ -62,7 +62,7 @@ def test_table2_picks_the_largest_converging_lambda_and_normalizes_by_the_lower_
         rows.append(row(pair, 0, 256, lr=0.1, reg="function_path_length", lam=1e-4, function_path_length=1.25,
                         status="diverged" if k == 3 else "converged"))
     df = pd.DataFrame(rows)
-    t2 = A.table2(df).set_index("measure")
+    t2 = tables.table2(df).set_index("measure")
     gn = t2.loc["GN"]
     assert gn["lam"] == 1e-4 and gn["r_norm_mean"] == pytest.approx(0.5) and gn["datasets"] == 4
     assert gn["unreg_mean"] == pytest.approx(3.5) and gn["reg_mean"] == pytest.approx(1.75)
@@ -70,9 +70,9 @@ def test_table2_picks_the_largest_converging_lambda_and_normalizes_by_the_lower_
     fpl = t2.loc["FPL"]
     assert fpl["lower_bound"] == 1.0 and fpl["r_norm_mean"] == pytest.approx(0.5) and fpl["datasets"] == 3
     assert fpl["paper_r_norm_mean"] == 0.33
-    ratios = A.table2_ratios(df)
+    ratios = tables.table2_ratios(df)
     assert len(ratios) == 4 + 3 and np.allclose(ratios["r"], 0.5)
-    figs = {d["measure"]: d for d in A.figure2_data(df)}
+    figs = {d["measure"]: d for d in tables.figure2_data(df)}
     assert [len(v) for v in figs["GN"]["values"].values()] == [4, 4, 1] and figs["GN"]["chosen"] == 1e-4
     # the edge of the GN ladder lies between 1e-4 and 1e-3; FPL's only lambda converged: the ladder is too short
     assert gn["lam_above"] == 1e-3 and not gn["ladder_short"]
@@ -84,7 +84,7 @@ def test_table2_baseline_uses_the_pairs_of_the_regularized_models_only():
     rows = [row(p, 0, 128, gradient_norm=g) for p, g in (("3/8", 1.0), ("4/9", 3.0), ("2/3", 50.0), ("5/6", 70.0))]
     rows += [row(p, 0, 128, reg="gradient_norm", lam=1e-3, gradient_norm=g / 2) for p, g in (("3/8", 1.0),
                                                                                            ("4/9", 3.0))]
-    gn = A.table2(pd.DataFrame(rows)).iloc[0]
+    gn = tables.table2(pd.DataFrame(rows)).iloc[0]
     assert gn["unreg_mean"] == pytest.approx(2.0) and gn["reg_mean"] == pytest.approx(1.0)
     assert gn["converged_by_lambda"] == "0: 2/2, 0.001: 2/2"
 
@@ -92,14 +92,14 @@ def test_table2_baseline_uses_the_pairs_of_the_regularized_models_only():
 def test_no_lambda_converges_gives_an_empty_regularized_column():
     rows = [row("3/8", 0, 256, gradient_norm=1.0),
             row("3/8", 0, 256, reg="gradient_norm", lam=1e-3, status="not_converged")]
-    t2 = A.table2(pd.DataFrame(rows))
+    t2 = tables.table2(pd.DataFrame(rows))
     assert t2.loc[0, "lam"] is None or np.isnan(t2.loc[0, "lam"])
     assert np.isnan(t2.loc[0, "reg_mean"]) and t2.loc[0, "datasets"] == 0
 
 
 def test_status_counts_show_every_model():
     rows = [row("3/8", 0, 64), row("3/8", 1, 64, status="not_converged"), row("3/8", 2, 64, status="diverged")]
-    c = A.status_counts(pd.DataFrame(rows))
+    c = tables.status_counts(pd.DataFrame(rows))
     assert c[["converged", "not_converged", "diverged"]].values.tolist() == [[1, 1, 1]]
 
 
@@ -118,7 +118,7 @@ def test_lr_sweep_means_over_converged_models_per_learning_rate():
     reg = row("3/8", 0, 256, reg="gradient_norm", lam=1e-3, sharpness=-5.0)
     reg["lr"] = 0.5
     rows.append(reg)
-    sweep = A.by_lr(pd.DataFrame(rows)).set_index("lr")
+    sweep = tables.by_lr(pd.DataFrame(rows)).set_index("lr")
     assert list(sweep.index) == [0.01, 0.1]
     assert sweep.loc[0.01, "sharpness_mean"] == pytest.approx(15.0)
     assert sweep.loc[0.01, "sharpness_std"] == pytest.approx(np.std([10, 20], ddof=1))
@@ -127,7 +127,7 @@ def test_lr_sweep_means_over_converged_models_per_learning_rate():
     assert sweep.loc[0.1, "two_over_lr"] == pytest.approx(20.0)
     assert sweep.loc[0.1, "parameter_norm_mean"] == pytest.approx(1.0)
     assert "hessian_trace_mean" not in sweep                            # a column no model has
-    assert len(A.by_lr(pd.DataFrame([single]))) == 0
+    assert len(tables.by_lr(pd.DataFrame([single]))) == 0
 
 
 def test_table1_per_depth_shows_wp_for_one_hidden_layer_and_the_path_norm_for_deeper_nets():
@@ -139,7 +139,7 @@ def test_table1_per_depth_shows_wp_for_one_hidden_layer_and_the_path_norm_for_de
             r = row("3/8", 0, n, weights_product=wp, path_norm=pn)
             r.update(hidden=hidden, key=f"{hidden}-{n}")
             rows.append(r)
-    t1 = A.table1(pd.DataFrame(rows))
+    t1 = tables.table1(pd.DataFrame(rows))
     one = t1[t1["setting"].str.contains("hidden 256,")].set_index("measure")
     two = t1[t1["setting"].str.contains("hidden 256-256")].set_index("measure")
     assert list(one.index) == ["GN", "FPL", "GPL", "WP"] and one.loc["WP", "tau_mean"] == pytest.approx(1.0)
@@ -151,8 +151,8 @@ def test_no_learning_rate_sweep_when_each_optimizer_has_its_own_single_rate():
     rows = [row("3/8", 0, n, optimizer=opt, lr=lr) for n in (64, 128) for opt, lr in (("sgd", 0.01), ("adam", 1e-3))]
     df = pd.DataFrame(rows)
     df["lr"] = [r["lr"] for r in rows]
-    assert A.by_lr(df).empty
-    t1 = A.table1(df)
+    assert tables.by_lr(df).empty
+    t1 = tables.table1(df)
     assert t1["setting"].str.contains(", adam,").sum() == 4 and len(t1) == 8   # one Table 1 per optimizer
 
 
@@ -166,17 +166,17 @@ def test_table2_at_fixed_lambdas_and_means_over_the_same_pairs_as_the_ratios():
         rows.append(row(pair, 0, 256, reg="gradient_norm", lam=3e-3, gradient_norm=0.5,
                         status="not_converged" if k == 0 else "converged"))
     df = pd.DataFrame(rows)
-    edge = A.table2(df).set_index("measure").loc["GN"]
+    edge = tables.table2(df).set_index("measure").loc["GN"]
     assert edge["lam"] == 3e-3 and edge["rule"] == "edge" and edge["datasets"] == 2
     assert edge["unreg_mean"] == pytest.approx((3.0 + 4.0) / 2)     # the pairs of the ratios (4/9, 2/3), not all three
     assert edge["r_norm_mean"] == pytest.approx((0.5 / 3 + 0.5 / 4) / 2)
-    fixed = A.table2(df, lambdas={"gradient_norm": 1e-3, "weights_product": 3e-5}).set_index("measure").loc["GN"]
+    fixed = tables.table2(df, lambdas={"gradient_norm": 1e-3, "weights_product": 3e-5}).set_index("measure").loc["GN"]
     assert fixed["lam"] == 1e-3 and fixed["rule"] == "fixed"
     assert (fixed["converged_at_lam"], fixed["models_at_lam"], fixed["datasets"]) == (2, 3, 2)
     assert fixed["unreg_mean"] == pytest.approx((2.0 + 3.0) / 2) and fixed["reg_mean"] == pytest.approx(1.0)
     assert fixed["r_norm_mean"] == pytest.approx((1 / 2 + 1 / 3) / 2)
     # a regularizer the store did not train at its fixed lambda has no row
-    assert len(A.table2(df, lambdas={"weights_product": 3e-5})) == 0
+    assert len(tables.table2(df, lambdas={"weights_product": 3e-5})) == 0
 
 
 def test_a_baseline_serves_regularizers_with_other_epoch_caps():
@@ -186,7 +186,7 @@ def test_a_baseline_serves_regularizers_with_other_epoch_caps():
             row("4/9", 0, 256, max_epochs=25000, epochs=20000, gradient_norm=3.0)]
     for pair in ("3/8", "4/9"):
         rows.append(row(pair, 0, 256, max_epochs=15000, epochs=100, reg="gradient_norm", lam=1e-3, gradient_norm=1.0))
-    t = A.table2(pd.DataFrame(rows)).set_index("measure").loc["GN"]
+    t = tables.table2(pd.DataFrame(rows)).set_index("measure").loc["GN"]
     assert t["datasets"] == 1 and t["r_norm_mean"] == pytest.approx(0.5) and t["max_epochs"] == 15000
     assert "0: 1/2" in t["converged_by_lambda"]
 
@@ -198,11 +198,11 @@ def test_r_norm_by_n_at_fixed_lambda():
             rows.append(row(pair, 0, n, gradient_norm=1.0 + k))
             rows.append(row(pair, 0, n, reg="gradient_norm", lam=1e-3, gradient_norm=r * (1.0 + k)))
     df = pd.DataFrame(rows)
-    rbn = A.r_norm_by_n(A.table2_ratios(df, {"gradient_norm": 1e-3}))
+    rbn = tables.r_norm_by_n(tables.table2_ratios(df, {"gradient_norm": 1e-3}))
     assert list(rbn["n_train"]) == [512, 2048, 10000]
     assert list(rbn["r_norm_mean"]) == pytest.approx([0.9, 0.7, 0.4])
     assert list(rbn["datasets"]) == [2, 2, 2]
-    assert not len(A.r_norm_by_n(A.table2_ratios(df[df["n_train"] == 512], {"gradient_norm": 1e-3})))
+    assert not len(tables.r_norm_by_n(tables.table2_ratios(df[df["n_train"] == 512], {"gradient_norm": 1e-3})))
     # The figure marks the paper's r_norm beside a line only where the line's λ is the paper's.
     assert paper_r_norm_points(rbn) == {(rbn["table"].iloc[0], "GN", 1e-3): (0.31, 0.13)}
     assert paper_r_norm_points(rbn.assign(lam=1e-4)) == {}

@@ -103,16 +103,41 @@ def test_modules_stay_readable():
     assert not long, "split these modules:\n" + "\n".join(long)
 
 
-def test_the_short_names_of_earlier_versions_import_the_same_modules_and_import_smoothness_is_light():
+def test_the_import_paths_of_earlier_versions_warn_and_import_the_same_modules_and_import_smoothness_is_light():
     import subprocess
     import sys
-    code = ("import sys, smoothness\n"
+    code = ("import sys, warnings, smoothness\n"
             "assert 'torch' not in sys.modules\n"
-            "from smoothness.store import Store\n"
-            "from smoothness import grid, curvature, compare\n"
-            "import smoothness.experiments.store as real\n"
-            "assert Store is real.Store and grid.__name__ == 'smoothness.experiments.grid'\n"
+            "with warnings.catch_warnings(record=True) as w:\n"
+            "    warnings.simplefilter('always')\n"
+            "    from smoothness.store import Store\n"
+            "    from smoothness import grid, curvature, compare\n"
+            "    from smoothness.experiments import runner\n"
+            "    import smoothness.experiments.snapshots as snaps\n"
+            "msgs = [str(x.message) for x in w if x.category is DeprecationWarning]\n"
+            "assert len(msgs) == 6, msgs   # one each\n"
+            "assert 'smoothness.store is deprecated: import smoothness.experiments.storage.store' in msgs[0], msgs\n"
+            "assert any('smoothness.experiments.runner is deprecated: import smoothness.experiments.running.runner'"
+            " in m for m in msgs), msgs\n"
+            "import smoothness.experiments.storage.store as real\n"
+            "assert Store is real.Store and grid.__name__ == 'smoothness.experiments.configuration.grid'\n"
             "assert curvature.__name__ == 'smoothness.measures.curvature'\n"
-            "assert compare.__name__ == 'smoothness.report.compare'\n")
+            "assert compare.__name__ == 'smoothness.report.compare'\n"
+            "assert runner.__name__ == 'smoothness.experiments.running.runner'\n"
+            "assert snaps.__name__ == 'smoothness.experiments.storage.snapshots'\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
+
+
+def test_the_jobs_of_experiments_import_only_the_ones_before_them():
+    jobs = ["configuration", "storage", "running"]
+    bad = []
+    for name in MODULES:
+        parts = name.split(".")
+        if len(parts) < 4 or parts[1] != "experiments":
+            continue
+        for mod, _, line in imports(name):
+            m = mod.split(".")
+            if len(m) >= 3 and m[1] == "experiments" and m[2] in jobs and jobs.index(m[2]) > jobs.index(parts[2]):
+                bad.append(f"{MODULES[name].relative_to(SRC.parent)}:{line} ({parts[2]}) imports {mod}")
+    assert not bad, "\n".join(bad)

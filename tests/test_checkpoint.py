@@ -48,7 +48,8 @@ FAST = ("--segments", 20, "--points", 10, "--probes", 8, "--steps", 30, "--json"
 
 
 def test_a_factory_and_a_state_dict_measured_as_the_api_does(files):
-    from smoothness import curvature, measures
+    from smoothness import measures
+    from smoothness.measures import curvature
     d, net, x, y = files
     r = cli("ck.pt", "--factory", "mynet:build", "--inputs", "data.npz", *FAST, cwd=d)
     assert r.returncode == 0, r.stderr
@@ -118,7 +119,7 @@ def test_the_record_names_the_loss_the_output_and_each_error(files):
 def test_the_density_figure_is_labelled_with_the_loss_the_points_and_the_kernel_width():
     import numpy as np
 
-    from smoothness import curvature
+    from smoothness.measures import curvature
     from smoothness.report import figures
     d = curvature.Density(np.array([[0.0, 1.0, 3.0]]), np.array([[0.5, 0.25, 0.25]]), 1234)
     title, label = figures.density_labels(d, loss="cross_entropy (the default ...)", points=400)

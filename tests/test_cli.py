@@ -177,20 +177,20 @@ SEED_RULE = "expected an integer 0 <= seed < 2**32 (4294967296), got"
     (["--regularizer", "none", "--lam", "0.1"], "lam 0.1 needs a regularizer"),
 ])
 def test_train_options_follow_the_grid_rules_before_any_training(args, words, capsys, monkeypatch):
-    from smoothness.cli import commands as cli
-    from smoothness.experiments import pipeline
+    from smoothness.cli import commands
+    from smoothness.experiments.running import pipeline
 
     def no_training(*a, **k):
         raise AssertionError("training started")
     monkeypatch.setattr(pipeline, "train_and_measure", no_training)
-    assert cli.main(["train", *TINY, *args, "--json"]) == 2
+    assert commands.main(["train", *TINY, *args, "--json"]) == 2
     out, err = capsys.readouterr()
     assert out == "" and err.startswith(f"smoothness: error: {words}") and err.count("\n") == 1
 
 
 def test_measure_seed_of_measure_is_checked_before_the_file_is_read(tmp_path, capsys):
-    from smoothness.cli import commands as cli
-    assert cli.main(["measure", str(tmp_path / "missing.pt"), "--measure-seed", "4294967296"]) == 2
+    from smoothness.cli import commands
+    assert commands.main(["measure", str(tmp_path / "missing.pt"), "--measure-seed", "4294967296"]) == 2
     assert capsys.readouterr().err == f"smoothness: error: --measure-seed: {SEED_RULE} 4294967296\n"
 
 

@@ -3,8 +3,8 @@ import pandas as pd
 import pytest
 
 from conftest import run_cli
-from smoothness.experiments import grid
-from smoothness.experiments import runner as experiments
+from smoothness.experiments.configuration import grid
+from smoothness.experiments.running import runner
 from smoothness.report import compare
 
 
@@ -14,7 +14,7 @@ def stores(tmp_path_factory):
     for name, mode in (("fp32", "fp32"), ("tf32", "tf32-emulated")):
         g = grid.preset("smoke")
         g.matmul_precision = mode
-        experiments.run_grid(g, d / name, device="cpu", progress=False)
+        runner.run_grid(g, d / name, device="cpu", progress=False)
     return d
 
 

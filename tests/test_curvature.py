@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from smoothness.measures import paramspace as curvature
+from smoothness.measures import paramspace
 from smoothness.models import MLPStack, forward, init_mlp
 
 WIDTHS = (3, 5, 4, 1)  # two hidden layers: 20 + 20 + 4 weights and 5 + 4 + 1 biases = 54 parameters
@@ -45,7 +45,7 @@ def exact_hessian(p, m, x, y, mask=None):
 
 def test_hessian_vector_products_match_the_exact_hessian():
     p, x, y = tiny()
-    hvp = curvature.hvp_fn(p.to(torch.float64), x.double(), y.double())
+    hvp = paramspace.hvp_fn(p.to(torch.float64), x.double(), y.double())
     v = [torch.randn_like(t) for t in p.to(torch.float64).tensors()]
     hv = hvp(v)
     for m in range(3):
@@ -57,7 +57,7 @@ def test_hessian_vector_products_match_the_exact_hessian():
 
 def test_sharpness_is_the_top_eigenvalue_of_the_exact_hessian():
     p, x, y = tiny()
-    s = curvature.sharpness(p.to(torch.float64), x.double(), y.double(), iters=2000, tol=1e-12)
+    s = paramspace.sharpness(p.to(torch.float64), x.double(), y.double(), iters=2000, tol=1e-12)
     for m in range(3):
         ev = torch.linalg.eigvalsh(exact_hessian(p, m, x, y))
         assert ev[-1] > -ev[0]  # the top eigenvalue is also the largest in magnitude here
@@ -67,21 +67,21 @@ def test_sharpness_is_the_top_eigenvalue_of_the_exact_hessian():
 
 def test_sharpness_reports_unfinished_iterations():
     p, x, y = tiny()
-    s = curvature.sharpness(p, x, y, iters=3, tol=0.0)
+    s = paramspace.sharpness(p, x, y, iters=3, tol=0.0)
     assert s.iterations.tolist() == [3, 3, 3]
     assert bool((s.rel_change > 0).all())
 
 
 def test_sharpness_of_a_model_does_not_depend_on_the_batch():
     p, x, y = tiny(m=4)
-    all4 = curvature.sharpness(p, x, y, iters=50)
-    alone = curvature.sharpness(p.select([2]), x[2:3], y[2:3], iters=50)
+    all4 = paramspace.sharpness(p, x, y, iters=50)
+    alone = paramspace.sharpness(p.select([2]), x[2:3], y[2:3], iters=50)
     assert float(alone.value[0]) == pytest.approx(float(all4.value[2]), rel=1e-5)
 
 
 def test_hutchinson_trace_matches_the_exact_trace():
     p, x, y = tiny()
-    est, se = curvature.hessian_trace(p.to(torch.float64), x.double(), y.double(), probes=4000)
+    est, se = paramspace.hessian_trace(p.to(torch.float64), x.double(), y.double(), probes=4000)
     for m in range(3):
         tr = float(torch.trace(exact_hessian(p, m, x, y)))
         assert abs(float(est[m]) - tr) < 4 * float(se[m]) + 1e-9
@@ -92,34 +92,34 @@ def test_a_masked_training_set_is_the_same_as_the_shorter_one():
     p, x, y = tiny(m=2, n=12)
     mask = torch.ones(2, 12, dtype=torch.bool)
     mask[1, 7:] = False
-    s = curvature.sharpness(p.to(torch.float64), x.double(), y.double(), mask, iters=2000, tol=1e-12)
+    s = paramspace.sharpness(p.to(torch.float64), x.double(), y.double(), mask, iters=2000, tol=1e-12)
     ev = torch.linalg.eigvalsh(exact_hessian(p, 1, x, y, mask))
     assert float(s.value[1]) == pytest.approx(float(ev[-1]), rel=1e-5)
-    short = curvature.training_losses(p.select([1]), x[1:2, :7], y[1:2, :7])
-    assert float(curvature.training_losses(p, x, y, mask)[1]) == pytest.approx(float(short[0]), rel=1e-6)
+    short = paramspace.training_losses(p.select([1]), x[1:2, :7], y[1:2, :7])
+    assert float(paramspace.training_losses(p, x, y, mask)[1]) == pytest.approx(float(short[0]), rel=1e-6)
 
 
 def test_parameter_norm_and_distance_from_init():
     p = init_mlp([5, 6], WIDTHS, alpha=1.0)
     flat = [torch.cat([t[m].reshape(-1) for t in p.tensors()]) for m in range(2)]
-    torch.testing.assert_close(curvature.parameter_norm(p), torch.stack([f.norm() for f in flat]))
-    assert curvature.distance_from_init(p, [5, 6], 1.0).tolist() == [0.0, 0.0]
+    torch.testing.assert_close(paramspace.parameter_norm(p), torch.stack([f.norm() for f in flat]))
+    assert paramspace.distance_from_init(p, [5, 6], 1.0).tolist() == [0.0, 0.0]
     q = p.clone()
     q.weights[0][1, 0, 0] += 3.0
     q.biases[1][1, 2] -= 4.0
-    torch.testing.assert_close(curvature.distance_from_init(q, [5, 6], 1.0), torch.tensor([0.0, 5.0]))
+    torch.testing.assert_close(paramspace.distance_from_init(q, [5, 6], 1.0), torch.tensor([0.0, 5.0]))
 
 
 def test_minibatch_gradient_norm_matches_a_loop_over_the_batches():
     p, x, y = tiny(m=2, n=10)
     mask = torch.ones(2, 10, dtype=torch.bool)
     mask[0, 7:] = False   # model 0: 7 points = batches of 3, 3, 1; model 1: 10 points = 3, 3, 3, 1
-    got = curvature.minibatch_gradient_norm(p.to(torch.float64), x.double(), y.double(), mask, batch_size=3,
+    got = paramspace.minibatch_gradient_norm(p.to(torch.float64), x.double(), y.double(), mask, batch_size=3,
                                             seed=4)
     for m, n in ((0, 7), (1, 10)):
         # The batches partition the model's points whatever the order: check the value for the order the
         # function drew, recomputed from it, and that every point was used once.
-        keys = curvature.rng.uniform(torch.full((2, 1), 4), curvature.STREAM_PROBE, 999,
+        keys = paramspace.rng.uniform(torch.full((2, 1), 4), paramspace.STREAM_PROBE, 999,
                                      torch.arange(10)[None, :])
         order = torch.argsort(keys.double() + 2.0 * (~mask), dim=1)[m, :n]
         assert sorted(order.tolist()) == list(range(n))
@@ -133,9 +133,9 @@ def test_minibatch_gradient_norm_matches_a_loop_over_the_batches():
 
 
 def test_grid_records_the_parameter_measures(tmp_path):
-    from smoothness.experiments import grid
-    from smoothness.experiments import runner as experiments
-    from smoothness.experiments.store import Store
+    from smoothness.experiments.configuration import grid
+    from smoothness.experiments.running import runner
+    from smoothness.experiments.storage.store import Store
     raw = {"name": "curv", "pairs": [[3, 8]], "n_train": [32], "seeds": [0, 1], "hidden": 16, "lr": 0.05,
            "threshold": 1e-3, "measure": {"segments": 4, "points": 16, "points_per_segment": 8,
                                           "sharpness_iters": 200, "trace_probes": 8}}
@@ -152,22 +152,22 @@ def test_grid_records_the_parameter_measures(tmp_path):
     old = hashlib.sha256(json.dumps(d, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:24]
     assert grid.config_key(c) == old
     assert grid.config_key(g.configs()[0]) != old
-    s = experiments.run_grid(g, tmp_path, device="cpu", progress=False)
+    s = runner.run_grid(g, tmp_path, device="cpu", progress=False)
     assert s.trained == 2
     with Store(tmp_path) as st:
         for rec in st.records():
             assert rec["status"] == "converged"
             p = st.params(rec["key"])
-            from smoothness.data import images as data
-            t = data.binary_task("mnist5k", 3, 8)
+            from smoothness.data import images
+            t = images.binary_task("mnist5k", 3, 8)
             sub = t.subset(32, rec["seed"])
             x, y = t.pool_x[sub][None], t.pool_y[sub][None]
-            ref = curvature.sharpness(p, x, y, iters=200, seed=0)
+            ref = paramspace.sharpness(p, x, y, iters=200, seed=0)
             assert rec["sharpness"] == pytest.approx(float(ref.value[0]), rel=1e-5)
             assert rec["sharpness"] > 0 and rec["sharpness_iterations"] <= 200
             assert rec["hessian_trace"] > 0 and rec["hessian_trace_se"] >= 0
             assert rec["distance_from_init"] > 0
-            assert rec["parameter_norm"] == pytest.approx(float(curvature.parameter_norm(p)[0]), rel=1e-6)
+            assert rec["parameter_norm"] == pytest.approx(float(paramspace.parameter_norm(p)[0]), rel=1e-6)
             from smoothness.measures import registry  # every column of every registered measure, options on
             assert all(c in rec for m in registry.REGISTRY for c in registry.columns(m)), rec.keys()
             assert rec["minibatch_grad_norm"] >= 0
@@ -176,7 +176,7 @@ def test_grid_records_the_parameter_measures(tmp_path):
 def test_the_old_keyword_of_sharpness_still_works_with_a_deprecation_warning():
     from torch import nn
 
-    from smoothness import curvature as short
+    from smoothness.measures import curvature as short
     torch.manual_seed(0)
     f = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1))
     x, y = torch.randn(20, 3), torch.randn(20)

@@ -52,7 +52,7 @@ def test_each_result_grid_file_is_the_design_of_its_store(tmp_path):
     import json
     import sqlite3
 
-    from smoothness.experiments import grid
+    from smoothness.experiments.configuration import grid
     pairs = [(y, y.with_suffix(".sqlite")) for y in sorted((ROOT / "results").glob("*.yaml"))]
     pairs = [(y, db) for y, db in pairs if db.exists()]
     assert len(pairs) >= 2

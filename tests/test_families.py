@@ -194,14 +194,14 @@ def test_the_step_settings_pick_the_closed_forms_only_for_an_mlp_under_mse():
 
 
 def test_a_grid_of_cnns_and_a_classification_runs_into_a_store_with_every_measure(tmp_path):
-    from smoothness.experiments import grid as grid_mod
-    from smoothness.experiments import runner
-    from smoothness.experiments.store import Store
-    g = grid_mod.parse({"name": "families", "data": "mnist5k", "pairs": [[3, 8]], "n_train": [16], "seeds": 0,
+    from smoothness.experiments.configuration import grid
+    from smoothness.experiments.running import runner
+    from smoothness.experiments.storage.store import Store
+    g = grid.parse({"name": "families", "data": "mnist5k", "pairs": [[3, 8]], "n_train": [16], "seeds": 0,
                         "model": [{"family": "cnn", "channels": [2, 3]}], "alpha": 1.0, "lr": 0.05,
                         "max_epochs": 3, "regularizers": [{"name": "gradient_norm", "lam": [0, 1e-3]}],
                         "measure": {"measure_points": 20, "segments": 5, "points_per_segment": 4}})
-    c = grid_mod.parse({"name": "classes", "data": "mnist5k", "classes": [0, 1, 2], "n_train": [12], "seeds": 0,
+    c = grid.parse({"name": "classes", "data": "mnist5k", "classes": [0, 1, 2], "n_train": [12], "seeds": 0,
                         "hidden": 8, "alpha": 1.0, "lr": 0.05, "loss": "cross_entropy", "max_epochs": 3,
                         "measure": {"measure_points": 20, "segments": 5, "points_per_segment": 4}})
     assert [cfg.outputs for cfg in c.configs()] == [3]

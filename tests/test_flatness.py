@@ -3,7 +3,7 @@ import pytest
 
 from conftest import grid_run, stored_frame
 from smoothness.analysis import flatness
-from smoothness.report import document as report
+from smoothness.report import document
 
 GRID = {"name": "sam-test", "pairs": [[3, 8]], "n_train": 64, "seeds": [0, 1], "hidden": 32, "lr": 0.05,
         "max_epochs": 3000, "threshold": 1.0e-3, "optimizer": ["sgd", "sam"], "rho": [0.002],
@@ -31,7 +31,7 @@ def test_optimizers_are_compared_on_the_same_datasets(sam_run):
 
 
 def test_report_has_the_optimizers_table(sam_run):
-    written = report.write_report(sam_run)
+    written = document.write_report(sam_run)
     assert {"optimizers.md", "optimizers.csv"} <= set(written)
     md = (sam_run / "report" / "optimizers.md").read_text()
     assert "sam ρ=0.002" in md and "paired with SGD" in md and "(×" in md and "LipUB" in md

@@ -11,8 +11,8 @@ import torch
 from conftest import run_cli
 from smoothness.cli import bench, commands
 from smoothness.errors import ConfigError
-from smoothness.experiments import grid
-from smoothness.experiments import runner as experiments
+from smoothness.experiments.configuration import grid
+from smoothness.experiments.running import runner
 from smoothness.training import regularizers
 
 
@@ -163,7 +163,7 @@ def test_fashion_presets_are_the_papers_designs_on_fashion_mnist(table, models):
     assert {k: v for k, v in f.to_dict().items() if k not in strip} == \
         {k: v for k, v in m.to_dict().items() if k not in strip}
     if Path("/usr/share/datasets/fashion-mnist").is_dir():   # every training set of the grid exists
-        experiments.check_data(f)
+        runner.check_data(f)
 
 
 def test_a_regularizer_entry_can_take_its_own_pairs():
@@ -283,11 +283,11 @@ def test_dry_run_says_when_the_rate_was_timed_on_a_busy_machine(tmp_path, monkey
 
 def test_dry_run_lines_put_one_model_and_one_pair_in_the_singular(tmp_path):
     g = grid.parse({"name": "g1", "pairs": [[3, 8]], "n_train": [32], "seeds": [0]})
-    line = experiments.dry_run(g, tmp_path / "o")
+    line = runner.dry_run(g, tmp_path / "o")
     assert line.startswith("grid g1: 1 model (1 pair, sizes [32]"), line
-    assert "(1 model; a step" in experiments.work_note(experiments.work_left(g, tmp_path / "o"))
+    assert "(1 model; a step" in runner.work_note(runner.work_left(g, tmp_path / "o"))
     two = grid.parse({"name": "g2", "pairs": [[3, 8], [4, 9]], "n_train": [32], "seeds": [0]})
-    assert experiments.dry_run(two, tmp_path / "o").startswith("grid g2: 2 models (2 pairs,")
+    assert runner.dry_run(two, tmp_path / "o").startswith("grid g2: 2 models (2 pairs,")
 
 
 def test_paper_preset_without_full_mnist_fails_before_training(tmp_path):
@@ -324,13 +324,13 @@ def test_sam_radius_is_an_axis_that_only_sam_reads():
     assert grid.parse({**base, "optimizer": "sam"}).configs()[0].rho == 0.05   # SAM's default radius
     with pytest.raises(ConfigError, match="'rho'"):
         grid.parse({**base, "optimizer": "sam", "rho": 0})
-    from smoothness.experiments import pipeline
+    from smoothness.experiments.running import pipeline
     with pytest.raises(ConfigError, match="rho 0.1 is SAM's radius: it needs optimizer sam"):
         pipeline.RunConfig(pair=(3, 8), n_train=64, rho=0.1)
 
 
 def test_full_batch_gd_takes_one_step_per_epoch():
-    from smoothness.experiments import pipeline
+    from smoothness.experiments.running import pipeline
     c = pipeline.RunConfig(pair=(3, 8), n_train=100, optimizer="gd", lr=0.05, max_epochs=30, threshold=1e-9,
                            measure_points=20, segments=5, points=10)
     (r,) = pipeline.train_and_measure([c])
@@ -341,7 +341,7 @@ def test_fields_added_after_the_first_release_are_one_table_that_keeps_old_keys(
     from dataclasses import fields as dc_fields
     from dataclasses import replace
 
-    from smoothness.experiments.config import ADDED_FIELDS, RunConfig, config_key
+    from smoothness.experiments.configuration.config import ADDED_FIELDS, RunConfig, config_key
     c = RunConfig()
     defaults = {f.name: getattr(c, f.name) for f in dc_fields(RunConfig)}   # as resolved (rho None -> 0 for sgd)
     assert all(defaults[k] == v for k, v in ADDED_FIELDS.items())
@@ -364,7 +364,7 @@ def test_the_keys_of_every_committed_store_are_rebuilt_from_their_records():
     from dataclasses import fields as dc_fields
     from pathlib import Path
 
-    from smoothness.experiments.config import RunConfig, config_key
+    from smoothness.experiments.configuration.config import RunConfig, config_key
     names = {f.name for f in dc_fields(RunConfig)}
     stores = sorted((Path(__file__).parent.parent / "results").glob("*.sqlite"))
     assert stores
@@ -402,14 +402,14 @@ def test_independent_seeds_and_penalty_points_in_a_grid():
     again = grid.parse(g.to_dict())
     assert [grid.config_key(c) for c in again.configs()] == [grid.config_key(c) for c in cs]
     # staging pools a rung's models whatever their training seeds
-    from smoothness.experiments import staging
+    from smoothness.experiments.configuration import staging
     assert len({staging.group_of(c) for c in reg if c.regularizer == "gradient_norm"}) == 1
 
 
 def test_the_training_seed_draws_the_initial_weights_and_the_seed_the_training_set():
     from dataclasses import replace
 
-    from smoothness.experiments import pipeline
+    from smoothness.experiments.running import pipeline
     c = pipeline.RunConfig(n_train=16, hidden=(8,), max_epochs=2, threshold=1e-9, measure_points=20, segments=4,
                            points=4)
     same, other = replace(c, train_seed=c.seed), replace(c, train_seed=12345)

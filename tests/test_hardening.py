@@ -14,24 +14,24 @@ import pytest
 
 from conftest import run_cli, run_cli_tty, tiny
 from smoothness import training
-from smoothness.cli import commands as cli
+from smoothness.cli import commands
 from smoothness.errors import ConfigError, StoreError
-from smoothness.experiments import grid, pipeline
-from smoothness.experiments import runner as experiments
-from smoothness.experiments import store as store_mod
-from smoothness.experiments.store import Store
+from smoothness.experiments.configuration import grid
+from smoothness.experiments.running import pipeline, runner
+from smoothness.experiments.storage import store as store_mod
+from smoothness.experiments.storage.store import Store
 
 
 @pytest.fixture(scope="module")
 def conv(tmp_path_factory):
     """A store whose models converge (three sizes: Table 1 and the verdict have something to say)."""
     out = tmp_path_factory.mktemp("conv") / "exp"
-    experiments.run_grid(tiny(n_train=[16, 32, 64], max_epochs=400), out, device="cpu", progress=False)
+    runner.run_grid(tiny(n_train=[16, 32, 64], max_epochs=400), out, device="cpu", progress=False)
     return out
 
 
 def _main(capsys, *args):
-    code = cli.main([str(a) for a in args])
+    code = commands.main([str(a) for a in args])
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -101,15 +101,15 @@ def test_a_claim_by_a_live_run_of_another_grid_is_respected_even_with_no_model(t
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         with Store(out / Store.FILENAME) as st:
-            experiments.claim_store(st, tiny(name="other"), merge=False)
+            runner.claim_store(st, tiny(name="other"), merge=False)
             st.set_meta("owner", {**st.meta("owner"), "pid": sleeper.pid})   # as if that process had claimed it
             with pytest.raises(ConfigError, match="being written by a run that is still going"):
-                experiments.claim_store(st, tiny(), merge=False)
+                runner.claim_store(st, tiny(), merge=False)
     finally:
         sleeper.kill()
         sleeper.wait()
     with Store(out / Store.FILENAME) as st:   # the claimer is gone and stored nothing: the store is free
-        experiments.claim_store(st, tiny(), merge=False)
+        runner.claim_store(st, tiny(), merge=False)
         assert st.meta("grid")["name"] == "tiny"
 
 
@@ -178,7 +178,7 @@ def test_a_damaged_store_is_not_written_to_and_every_command_gives_the_salvage_h
 
 def test_a_report_again_after_rows_disappear_leaves_no_stale_file(tmp_path, capsys):
     out = tmp_path / "exp"
-    experiments.run_grid(tiny(regularizers=[{"name": "gradient_norm", "lam": [0, 1e-3]}], n_train=[16, 32, 64],
+    runner.run_grid(tiny(regularizers=[{"name": "gradient_norm", "lam": [0, 1e-3]}], n_train=[16, 32, 64],
                               max_epochs=400), out, device="cpu", progress=False)
     assert _main(capsys, "report", out)[0] == 0
     rep = out / "report"
@@ -356,7 +356,7 @@ def test_reproduce_takes_the_preset_as_an_argument_and_has_a_dry_run(tmp_path, c
 def test_every_command_has_a_description_and_presets_fit_a_terminal(capsys):
     for cmd in ("train", "measure", "download", "data", "run", "report", "reproduce", "compare", "presets", "bench"):
         with pytest.raises(SystemExit):
-            cli.main([cmd, "--help"])
+            commands.main([cmd, "--help"])
         text = capsys.readouterr().out
         usage, _, rest = text.partition("\n\n")
         assert rest.split("\n\n")[0].strip() and not rest.startswith(("positional", "options")), cmd
@@ -394,7 +394,7 @@ def test_export_copies_a_store_without_its_weights_into_one_file(conv, tmp_path,
     new = tmp_path / "resume"
     new.mkdir()
     shutil.copy(dest, new / Store.FILENAME)   # a copy resumes: nothing is trained again
-    s = experiments.run_grid(tiny(n_train=[16, 32, 64], max_epochs=400), new, device="cpu", progress=False)
+    s = runner.run_grid(tiny(n_train=[16, 32, 64], max_epochs=400), new, device="cpu", progress=False)
     assert s.trained == 0 and s.stored_before == 3
 
 

@@ -13,8 +13,9 @@ import pytest
 import torch
 from torch import nn
 
-from smoothness import curvature, measures
-from smoothness.cli import commands as cli
+from smoothness import measures
+from smoothness.measures import curvature
+from smoothness.cli import commands
 from smoothness.errors import MeasureError, MeasureTypeError, SmoothnessError
 from smoothness.measures import checks
 from smoothness.measures import model as measures_model
@@ -322,7 +323,7 @@ def ck(tmp_path_factory):
 
 def _main(capsys, monkeypatch, d, *args):
     monkeypatch.chdir(d)
-    code = cli.main(["measure", *map(str, args)])
+    code = commands.main(["measure", *map(str, args)])
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -384,7 +385,7 @@ def test_a_factory_that_fails_is_one_line(ck, capsys, monkeypatch, factory, word
 
 def test_a_saved_mlp_measured_on_data_of_another_size_is_one_line(tmp_path, capsys, monkeypatch):
     """Also: a saved file without the optional status, and a diverged (NaN) model in it, are measured."""
-    from smoothness.experiments import modelfile
+    from smoothness.experiments.storage import modelfile
     from smoothness.models import MLPStack
     g = torch.Generator().manual_seed(0)
     p = MLPStack([torch.randn(1, 8, 784, generator=g), torch.randn(1, 1, 8, generator=g)],

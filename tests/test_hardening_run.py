@@ -21,9 +21,11 @@ import torch
 from conftest import ROOT, TINY, tiny
 from smoothness.cli import commands as cli
 from smoothness.cli import console
-from smoothness.experiments import claim, grid, modelfile, pipeline
-from smoothness.experiments import runner as experiments
-from smoothness.experiments.store import Store
+from smoothness.experiments.configuration import grid
+from smoothness.experiments.running import pipeline
+from smoothness.experiments.running import runner as experiments
+from smoothness.experiments.storage import claim, modelfile
+from smoothness.experiments.storage.store import Store
 
 SMALL = ["--hidden", "8", "--n-train", "16", "--max-epochs", "3", "--segments", "5", "--points", "5",
          "--measure-points", "20", "--device", "cpu"]
@@ -249,7 +251,7 @@ def test_damaged_rows_are_not_counted_as_stored_and_are_trained_again(exp, capsy
     warn = [line for line in err.splitlines() if "damaged" in line]
     assert len(warn) == 1 and "left out 2 damaged model row(s)" in warn[0] and "salvage" in warn[0]
     assert "2 more stored row(s) could not be read as models (damaged" in (exp / "report" / "report.md").read_text()
-    from smoothness.experiments.salvage import salvage
+    from smoothness.experiments.storage.salvage import salvage
     assert salvage(exp, exp.parent / "salvaged")[:2] == (0, 2)   # salvage agrees: neither row is copied
     g = _grid_file(exp.parent / "tiny.yaml")
     code, out, err = _main(capsys, "run", g, "--out", exp, "--dry-run", "--device", "cpu")

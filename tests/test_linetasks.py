@@ -5,21 +5,21 @@ import numpy as np
 import pytest
 import torch
 
-from smoothness.data import images as data
-from smoothness.data import lines as linetasks
+from smoothness.data import images, lines
 from smoothness.errors import ConfigError, DataError
-from smoothness.experiments import grid, pipeline
-from smoothness.experiments.config import RunConfig, config_key
+from smoothness.experiments.configuration import grid
+from smoothness.experiments.configuration.config import RunConfig, config_key
+from smoothness.experiments.running import pipeline
 
 
 def test_spec_canonical_form_drops_defaults_and_orders_settings():
-    assert linetasks.canonical("line-gp") == "line-gp"
-    assert linetasks.canonical("line-gp:length_scale=1.0,density=uniform") == "line-gp"
-    s = linetasks.canonical("line-gp: task_seed=2 , length_scale=0.10,density=gaussian")
+    assert lines.canonical("line-gp") == "line-gp"
+    assert lines.canonical("line-gp:length_scale=1.0,density=uniform") == "line-gp"
+    s = lines.canonical("line-gp: task_seed=2 , length_scale=0.10,density=gaussian")
     assert s == "line-gp:density=gaussian,length_scale=0.1,task_seed=2"
-    assert linetasks.parse(s) == linetasks.LineSpec("gp", "gaussian", 0.1, task_seed=2)
-    assert linetasks.canonical("line-gp:length_scale=1") == "line-gp"
-    assert linetasks.with_settings("line-sine", freq=2.0) == "line-sine:freq=2.0"
+    assert lines.parse(s) == lines.LineSpec("gp", "gaussian", 0.1, task_seed=2)
+    assert lines.canonical("line-gp:length_scale=1") == "line-gp"
+    assert lines.with_settings("line-sine", freq=2.0) == "line-sine:freq=2.0"
 
 
 @pytest.mark.parametrize("spec, words", [
@@ -35,36 +35,36 @@ def test_spec_canonical_form_drops_defaults_and_orders_settings():
 ])
 def test_bad_specs_get_one_clear_error(spec, words):
     with pytest.raises(DataError, match=words.replace("(", r"\(")):
-        linetasks.parse(spec)
+        lines.parse(spec)
 
 
 def test_unknown_source_names_the_choices():
     with pytest.raises(DataError, match="line-gp, line-sine, line-sign"):
-        data.check_source("mnist-3d")
+        images.check_source("mnist-3d")
     with pytest.raises(ConfigError, match="unknown 1-D task"):
         RunConfig(data="line-cubic")
 
 
 def test_targets_and_shapes():
-    t = linetasks.line_task("line-sine:pool=300,heldout=200")
+    t = lines.line_task("line-sine:pool=300,heldout=200")
     assert t.pool_x.shape == (300, 1) and t.heldout_x.shape == (200, 1) and t.pool_y.shape == (300,)
     assert t.pool_x.dtype == torch.float32
     assert torch.allclose(t.pool_y, torch.sin(math.pi * t.pool_x[:, 0].double()).float(), atol=1e-6)
     assert float(t.pool_x.min()) >= -1 and float(t.pool_x.max()) <= 1      # uniform on [-1, 1]
-    s = linetasks.line_task("line-sign:freq=2,pool=300")
+    s = lines.line_task("line-sign:freq=2,pool=300")
     x, y = s.pool_x[:, 0].double(), s.pool_y
     assert set(y.tolist()) == {-1.0, 1.0}
     assert torch.equal(y > 0, torch.sin(2 * math.pi * x) >= 0)
-    g = linetasks.line_task("line-sine:density=gaussian,pool=4000")
+    g = lines.line_task("line-sine:density=gaussian,pool=4000")
     assert abs(float(g.pool_x.mean())) < 0.03 and abs(float(g.pool_x.std()) - 0.5) < 0.03
     # the pool and the held-out points are different draws
     assert not set(t.pool_x[:, 0].tolist()) & set(t.heldout_x[:, 0].tolist())
 
 
 def test_task_is_reproducible_and_depends_on_task_seed():
-    a = linetasks._task.__wrapped__("line-gp:pool=64,heldout=16")
-    b = linetasks._task.__wrapped__("line-gp:pool=64,heldout=16")
-    c = linetasks._task.__wrapped__("line-gp:pool=64,heldout=16,task_seed=1")
+    a = lines._task.__wrapped__("line-gp:pool=64,heldout=16")
+    b = lines._task.__wrapped__("line-gp:pool=64,heldout=16")
+    c = lines._task.__wrapped__("line-gp:pool=64,heldout=16,task_seed=1")
     assert torch.equal(a.pool_x, b.pool_x) and torch.equal(a.pool_y, b.pool_y)
     assert not torch.equal(a.pool_y, c.pool_y)
 
@@ -73,7 +73,7 @@ def test_gp_samples_have_the_rbf_covariance():
     # E[y_i y_j] = exp(-(t_i - t_j)^2 / (2 l^2)) over independent tasks; checked within 5 standard errors.
     ell, prods, kern = 0.2, [], []
     for s in range(300):
-        t = linetasks._task.__wrapped__(f"line-gp:length_scale={ell},pool=6,heldout=2,task_seed={s}")
+        t = lines._task.__wrapped__(f"line-gp:length_scale={ell},pool=6,heldout=2,task_seed={s}")
         x, y = t.pool_x[:, 0].double().numpy(), t.pool_y.double().numpy()
         prods.append([y[0] * y[0], y[0] * y[1], y[2] * y[3]])
         kern.append([1.0, math.exp(-(x[0] - x[1]) ** 2 / (2 * ell ** 2)), math.exp(-(x[2] - x[3]) ** 2 / (2 * ell ** 2))])
@@ -83,7 +83,7 @@ def test_gp_samples_have_the_rbf_covariance():
 
 
 def test_training_sets_are_nested_and_seeded():
-    t = linetasks.line_task("line-gp")
+    t = lines.line_task("line-gp")
     a, b = t.subset(16, seed=3), t.subset(64, seed=3)
     assert torch.equal(b[:16], a) and len(set(b.tolist())) == 64
     assert not torch.equal(t.subset(16, seed=4), a)
@@ -95,7 +95,7 @@ def test_training_sets_are_nested_and_seeded():
 
 def test_runconfig_and_grid_for_a_line_task():
     c = RunConfig(data="line-gp:length_scale=1.00", pair=(4, 9))
-    assert c.data == "line-gp" and c.pair == linetasks.PAIR and c.widths == (1, 256, 1)
+    assert c.data == "line-gp" and c.pair == lines.PAIR and c.widths == (1, 256, 1)
     assert config_key(c) == config_key(RunConfig(data="line-gp"))
     assert RunConfig().widths == (784, 256, 1)
     g = grid.parse({"data": "line-sine:freq=2", "n_train": [8, 16], "seeds": [0, 1]})
@@ -117,7 +117,7 @@ def test_the_engine_trains_and_measures_a_line_task():
                   "weights_product", "gradient_norm_train", "path_norm", "minibatch_grad_norm"):
             assert math.isfinite(r[k]), k
         # the training loss is the MSE of the model on its training set
-        t = linetasks.line_task(c.data)
+        t = lines.line_task(c.data)
         idx = t.subset(c.n_train, c.seed)
         assert r["loss_train"] < float((t.pool_y[idx] ** 2).mean())   # it learned something
 
@@ -137,7 +137,7 @@ def test_records_of_line_tasks_carry_exact_measures_and_smallest_values():
     c = RunConfig(data="line-gp:pool=64,heldout=400", n_train=12, seed=1, alpha=1.0, lr=0.1, max_epochs=300,
                   measure_points=400, segments=400, points=50)
     r = pipeline.train_and_measure([c], device="cpu")[0]
-    t = linetasks.line_task(c.data)
+    t = lines.line_task(c.data)
     idx = t.subset(c.n_train, c.seed)
     x, y = t.pool_x[idx, 0].double().numpy(), t.pool_y[idx].double().numpy()
     p = r["params"]
@@ -162,7 +162,7 @@ def test_min_through_uses_the_nets_own_values_at_the_training_inputs():
     c = RunConfig(data="line-gp:pool=64,heldout=100", n_train=6, seed=2, alpha=1.0, lr=0.1, max_epochs=50,
                   measure_points=100, segments=10, points=10)
     r = pipeline.train_and_measure([c], device="cpu")[0]   # far from interpolating after 50 epochs
-    t = linetasks.line_task(c.data)
+    t = lines.line_task(c.data)
     x = t.pool_x[t.subset(6, 2), 0].double().numpy()
     p = r["params"]
     f = oned.PiecewiseLinear.from_net(p.weights[1][0, 0].double(), p.weights[0][0, :, 0].double(),

@@ -7,9 +7,9 @@ import torch
 from conftest import run_cli
 from smoothness import training
 from smoothness.errors import ConfigError
-from smoothness.experiments import grid, pipeline
-from smoothness.experiments import runner as experiments
-from smoothness.experiments.store import Store
+from smoothness.experiments.configuration import grid
+from smoothness.experiments.running import pipeline, runner
+from smoothness.experiments.storage.store import Store
 from smoothness.models import init_mlp
 from tolerance import MEASURE_REL, assert_close_tensors, kernel_noise
 
@@ -91,7 +91,7 @@ def test_store_keeps_trained_models_until_they_are_measured(tmp_path):
 @pytest.mark.invariance
 def test_grid_stopped_between_training_and_measuring_resumes_without_training_again(tmp_path, monkeypatch):
     g = grid.parse(__import__("yaml").safe_load(GRID))
-    ref = experiments.run_grid(g, tmp_path / "ref", device="cpu", progress=False, measure_batch=1)
+    ref = runner.run_grid(g, tmp_path / "ref", device="cpu", progress=False, measure_batch=1)
     assert ref.trained == 12
     with Store(tmp_path / "ref") as st:
         reference = {r["key"]: r for r in st.records()}
@@ -102,7 +102,7 @@ def test_grid_stopped_between_training_and_measuring_resumes_without_training_ag
         raise RuntimeError("measuring failed")
     monkeypatch.setattr(pipeline, "measure_models", broken)
     with pytest.raises(RuntimeError, match="measuring failed"):
-        experiments.run_grid(g, tmp_path / "exp", device="cpu", progress=False, measure_batch=5)
+        runner.run_grid(g, tmp_path / "exp", device="cpu", progress=False, measure_batch=5)
     with Store(tmp_path / "exp") as st:
         assert len(st) == 0 and len(st.trained()) == 5           # trained, stored, not yet measured
 
@@ -115,7 +115,7 @@ def test_grid_stopped_between_training_and_measuring_resumes_without_training_ag
         return real_iter(self, specs, progress, **kw)
     monkeypatch.setattr(training.BatchedTrainer, "iter_train", counting)
     with kernel_noise():   # the resumed run trains in another batch: allow what other kernels would do
-        s = experiments.run_grid(g, tmp_path / "exp", device="cpu", progress=False, measure_batch=5)
+        s = runner.run_grid(g, tmp_path / "exp", device="cpu", progress=False, measure_batch=5)
     assert s.trained == 12 and s.stored_before == 0 and sum(trained_now) == 7
     with Store(tmp_path / "exp") as st, Store(tmp_path / "ref") as ref_st:
         assert st.trained() == []
@@ -128,6 +128,6 @@ def test_grid_stopped_between_training_and_measuring_resumes_without_training_ag
 
 def test_invalid_measure_batch_is_one_line(tmp_path):
     with pytest.raises(ConfigError, match="measure batch"):
-        experiments.run_grid(grid.preset("smoke"), tmp_path, device="cpu", progress=False, measure_batch=0)
+        runner.run_grid(grid.preset("smoke"), tmp_path, device="cpu", progress=False, measure_batch=0)
     r = run_cli("run", "smoke", "--out", tmp_path, "--device", "cpu", "--measure-batch", "-1")
     assert r.returncode == 2 and "invalid measure batch" in r.stderr and "Traceback" not in r.stderr

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from conftest import run_cli
-from smoothness.cli import commands as cli
+from smoothness.cli import commands
 from smoothness.errors import SmoothnessError
-from smoothness.experiments import pipeline
+from smoothness.experiments.running import pipeline
 
 SMALL = ["--hidden", "8", "--n-train", "16", "--max-epochs", "3", "--segments", "5", "--points", "5",
          "--measure-points", "20", "--device", "cpu"]
@@ -35,7 +35,7 @@ def _measure_in_process(path, capsys):
     """`smoothness measure PATH` in this process: (exit status, stdout, stderr lines); no warning may appear."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        code = cli.main(["measure", str(path), *MEASURE])
+        code = commands.main(["measure", str(path), *MEASURE])
     out, err = capsys.readouterr()
     assert not caught, [str(w.message) for w in caught]
     return code, out, err.strip().splitlines()

@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from smoothness import models
-from smoothness.measures import inputspace as ins
-from smoothness.measures import oned, registry
+from smoothness.measures import inputspace, oned, registry
 
 U = oned.Density("uniform", -1.0, 1.0)
 G = oned.Density("gaussian", 0.2, 0.5)
@@ -72,7 +71,7 @@ def test_exact_measures_agree_with_the_papers_sampled_estimators(p):
     assert abs(float(est["gradient_norm"][0]) - d.mean()) < 1e-9
     assert abs(d.mean() - exact["gradient_norm"]) < 5 * d.std() / math.sqrt(n)
     # FPL and GPL: per segment, the exact total variation of f and of f' between its end points
-    ia, ib = (i.numpy() for i in ins.segment_endpoints(n, segments, 5))
+    ia, ib = (i.numpy() for i in inputspace.segment_endpoints(n, segments, 5))
     lo, hi = np.minimum(x[ia], x[ib]), np.maximum(x[ia], x[ib])
     grid = np.sort(np.concatenate([f.kinks, [-50.0, 50.0]]))
     slope_mid = np.abs(f.slopes[np.searchsorted(f.kinks, (grid[1:] + grid[:-1]) / 2)])

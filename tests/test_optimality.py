@@ -5,9 +5,9 @@ import pytest
 
 from conftest import grid_run, stored_frame
 from smoothness.analysis import optimality
-from smoothness.data import lines as linetasks
+from smoothness.data import lines
 from smoothness.measures import oned
-from smoothness.report import document as report
+from smoothness.report import document
 
 GRID = {"name": "oned-test", "data": "line-gp:pool=64,heldout=300", "n_train": [4, 8], "seeds": [0, 1],
         "alpha": 1.0, "lr": 0.2, "max_epochs": 20000, "threshold": 1.0e-4,
@@ -43,7 +43,7 @@ def test_ratios_are_the_exact_measures_over_the_smallest(oned_run):
 
 
 def test_report_has_the_ratio_table_and_the_interpolant_figure(oned_run):
-    written = report.write_report(oned_run)
+    written = document.write_report(oned_run)
     assert {"optimality.md", "optimality.csv", "interpolants.png"} <= set(written)
     md = (oned_run / "report" / "report.md").read_text()
     assert "## Optimality in one dimension" in md and "Optimality ratio S(f_SGD) / S_min on line-gp" in md
@@ -78,7 +78,7 @@ def test_examples_are_unregularized_and_spread_over_n(oned_run):
 
 def test_smallest_interpolants_drawn_are_feasible():
     # what the figure draws: each measure's LP interpolant passes through the data and reaches S_min's value
-    t = linetasks.line_task("line-gp:pool=64,heldout=300")
+    t = lines.line_task("line-gp:pool=64,heldout=300")
     idx = t.subset(8, 0)
     x, y = t.pool_x[idx, 0].double().numpy(), t.pool_y[idx].double().numpy()
     for m in optimality.MEASURES:

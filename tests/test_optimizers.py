@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from smoothness import training
-from smoothness.data import images as data
+from smoothness.data import images
 from smoothness.models import MLPStack, init_mlp
 from smoothness.training import optimizers, regularizers
 from tolerance import assert_same_trajectory, kernel_noise
@@ -10,7 +10,7 @@ from tolerance import assert_same_trajectory, kernel_noise
 
 @pytest.fixture(scope="module")
 def task():
-    return data.binary_task("mnist5k", 3, 8)
+    return images.binary_task("mnist5k", 3, 8)
 
 
 def reference(task, rows, optimizer, regularizer, lam, lr, steps, widths):

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from conftest import run_cli
-from smoothness.experiments.store import Store
+from smoothness.experiments.storage.store import Store
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

@@ -6,14 +6,14 @@ import pytest
 import torch
 
 from smoothness import training
-from smoothness.data import images as data
+from smoothness.data import images
 from smoothness.errors import ConfigError
-from smoothness.experiments import pipeline
+from smoothness.experiments.running import pipeline
 from smoothness.runtime import rng
 
 
 def test_measuring_models_together_gives_the_numbers_each_gets_alone():
-    tasks = {pair: data.binary_task("mnist5k", *pair) for pair in ((3, 8), (4, 9))}
+    tasks = {pair: images.binary_task("mnist5k", *pair) for pair in ((3, 8), (4, 9))}
     cfgs = [pipeline.RunConfig(pair=pair, n_train=n, seed=s, hidden=(16,), lr=0.05, max_epochs=40,
                                measure_points=40, segments=12, points=9, sharpness_iters=30, trace_probes=3)
             for pair in tasks for n in (32, 48) for s in (0, 1)]

@@ -9,7 +9,8 @@ import yaml
 from conftest import run_cli
 from smoothness import training
 from smoothness.errors import ConfigError
-from smoothness.experiments import grid, pipeline
+from smoothness.experiments.configuration import grid
+from smoothness.experiments.running import pipeline
 from smoothness.models import init_mlp
 from smoothness.runtime import precision
 from tolerance import assert_same_outcome, assert_same_trajectory, kernel_noise

@@ -11,12 +11,13 @@ from dataclasses import asdict
 
 import pytest
 
-from smoothness.cli import commands as cli
+from smoothness.cli import commands
 from smoothness.errors import SmoothnessError
-from smoothness.experiments import distributed, grid, pipeline
-from smoothness.experiments import runner as experiments
-from smoothness.experiments.snapshots import FOLDER, SnapshotDir
-from smoothness.experiments.store import Store
+from smoothness.experiments.configuration import grid
+from smoothness.experiments.running import distributed, pipeline
+from smoothness.experiments.running import runner as experiments
+from smoothness.experiments.storage.snapshots import FOLDER, SnapshotDir
+from smoothness.experiments.storage.store import Store
 from tolerance import assert_close_tensors, assert_same_outcome
 
 # Two pairs x N in {32, 256} x 2 seeds: with 4 models per chunk, each chunk holds two quick models
@@ -108,7 +109,7 @@ def test_chunks_share_a_batch_key_and_respect_the_size(grid_file):
 
 def test_missing_ray_gives_the_install_command(grid_file, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
-    rc = cli.main(["run", str(grid_file), "--out", str(tmp_path), "--backend", "ray", "--quiet"])
+    rc = commands.main(["run", str(grid_file), "--out", str(tmp_path), "--backend", "ray", "--quiet"])
     err = capsys.readouterr().err
     assert rc == 2
     assert "smoothness[ray]" in err and "Traceback" not in err
@@ -119,7 +120,7 @@ def test_missing_ray_gives_the_install_command(grid_file, tmp_path, monkeypatch,
 def test_local_ray_instance_gives_the_local_backends_results(grid_file, reference, tmp_path, monkeypatch):
     import io
 
-    from smoothness.experiments import distributed
+    from smoothness.experiments.running import distributed
     out = tmp_path / "exp"
     # one model was trained before up to its last epoch, as by a run killed there: a worker goes on from its snapshot
     first = grid.load(grid_file).configs()[-1]

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from smoothness import measures, models, training
-from smoothness.data import images as data
+from smoothness.data import images
 from smoothness.models import MLPStack, init_mlp
 from smoothness.runtime import rng
 from smoothness.training import regularizers
@@ -73,7 +73,7 @@ def test_default_learning_rates_follow_the_paper():
 def test_larger_lambda_gives_a_smoother_model():
     # Weights-product regularization on a small task: both models reach the loss threshold and the
     # regularized one has a clearly smaller WP (measured here: 1.91 -> 1.78, seeded and deterministic).
-    task = data.binary_task("mnist5k", 3, 8)
+    task = images.binary_task("mnist5k", 3, 8)
     rows = task.subset(64, 0)
     specs = [training.TrainSpec(rows, task.pool_y[rows], seed=0, regularizer="weights_product", lam=lam, lr=0.05,
                                 max_epochs=3000) for lam in (0.0, 1e-3)]
@@ -117,15 +117,15 @@ def test_minibatch_gradient_norm_is_the_squared_norm_of_the_hand_derived_paramet
 def test_minibatch_gradient_norm_regularizer_reaches_the_threshold_with_smaller_gradient_norms():
     # Smith et al.'s term made explicit: at the same training loss (the 1e-3 threshold) the regularized
     # model has a much smaller full-batch gradient norm (N = batch = 64) than plain SGD's.
-    from smoothness.measures import paramspace as curvature
-    task = data.binary_task("mnist5k", 0, 1)
+    from smoothness.measures import paramspace
+    task = images.binary_task("mnist5k", 0, 1)
     rows = task.subset(64, 0)
     specs = [training.TrainSpec(rows, task.pool_y[rows], seed=0, regularizer="minibatch_gradient_norm", lam=lam,
                                 lr=0.05, max_epochs=2000, threshold=1e-3) for lam in (0.0, 0.01)]
     plain, reg = training.train_models(task.pool_x, specs, widths=(784, 64, 1))
     assert plain.status == reg.status == training.CONVERGED
     x, y = task.pool_x[rows], task.pool_y[rows]
-    mgn = [float(curvature.minibatch_gradient_norm(r.params, x, y)[0]) for r in (plain, reg)]
+    mgn = [float(paramspace.minibatch_gradient_norm(r.params, x, y)[0]) for r in (plain, reg)]
     assert mgn[1] < 0.3 * mgn[0]
 
 
@@ -217,7 +217,7 @@ def test_fused_sgd_step_with_a_penalty_matches_plain_autograd_sgd(kind):
     # The trainer folds lam * S's gradient into its fused SGD update; 25 full-batch steps (N = batch = 64) of a
     # 784-32-1 net equal SGD written out with autograd on the generic objective.
     from smoothness.models import forward
-    task = data.binary_task("mnist5k", 3, 8)
+    task = images.binary_task("mnist5k", 3, 8)
     rows = task.subset(64, 0)
     widths, lam, lr, steps = (784, 32, 1), {"weights_product": 1e-2}.get(kind, 1e-3), 0.05, 25
     spec = training.TrainSpec(rows, task.pool_y[rows], seed=0, lr=lr, regularizer=kind, lam=lam, max_epochs=steps,
@@ -272,9 +272,9 @@ def test_the_snapshot_state_script_reports_a_snapshots_loss_sharpness_and_gradie
     from pathlib import Path
 
     from smoothness import experiments, training
-    from smoothness.experiments import grid as grids
-    from smoothness.experiments import snapshots
-    from smoothness.experiments.pipeline import load_tasks
+    from smoothness.experiments.configuration import grid as grids
+    from smoothness.experiments.running.pipeline import load_tasks
+    from smoothness.experiments.storage import snapshots
     from smoothness.models import init_mlp
 
     grid = tmp_path / "g.yaml"
@@ -303,7 +303,7 @@ def test_the_sharpness_trajectory_script_follows_a_grid_model_through_training(t
     from pathlib import Path
 
     from smoothness import experiments
-    from smoothness.experiments import grid as grids
+    from smoothness.experiments.configuration import grid as grids
 
     grid = tmp_path / "g.yaml"
     grid.write_text("name: g\ndata: mnist5k\npairs: [[3, 8]]\nn_train: 128\nseeds: 0\nhidden: 32\nmax_epochs: 20\n"

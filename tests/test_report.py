@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from conftest import run_cli
-from smoothness.experiments import grid
-from smoothness.experiments.store import Store
+from smoothness.experiments.configuration import grid
+from smoothness.experiments.storage.store import Store
 from smoothness.measures import registry
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -112,7 +112,7 @@ def test_no_measure_of_the_registry_is_left_out(smoke):
 
 
 def test_every_record_key_is_declared_in_the_record_type(smoke):
-    from smoothness.experiments.config import Record
+    from smoothness.experiments.configuration.config import Record
     out, _ = smoke
     declared = set(Record.__annotations__)
     with Store(out) as st:
@@ -124,14 +124,14 @@ def test_every_record_key_is_declared_in_the_record_type(smoke):
 
 
 def test_content_is_computed_without_writing_and_rendered_anywhere(smoke, tmp_path):
-    from smoothness.report import document as report
+    from smoothness.report import document
     out, _ = smoke
     with Store(out, create=False) as st:
         df = st.frame()
-    c = report.compute_content(df, {"name": "smoke"}, [], {}, out / "results.sqlite", [])
+    c = document.compute_content(df, {"name": "smoke"}, [], {}, out / "results.sqlite", [])
     assert list(tmp_path.iterdir()) == []
     assert list(c.verdict["measure"]) == ["GN", "FPL", "GPL", "WP"] and c.title == "smoothness report: smoke"
-    written = report.render(c, tmp_path)
+    written = document.render(c, tmp_path)
     assert {"report.md", "report.html", "verdict.csv", "table1.md"} <= set(written)
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "table1.csv"), pd.read_csv(out / "report" / "table1.csv"))
 

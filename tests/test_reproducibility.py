@@ -14,7 +14,7 @@ import torch
 
 from conftest import spec
 from smoothness import models, training
-from smoothness.data import images as data
+from smoothness.data import images
 from smoothness.runtime import rng
 from tolerance import assert_same_outcome, assert_same_trajectory
 
@@ -24,7 +24,7 @@ CHILD = r"""
 import sys, torch
 from smoothness import data, models, training
 from smoothness.runtime import rng
-task = data.binary_task("mnist5k", 4, 9)
+task = images.binary_task("mnist5k", 4, 9)
 def spec(n, seed, **kw):
     rows = task.subset(n, seed)
     return training.TrainSpec(rows, task.pool_y[rows], seed=seed, **kw)
@@ -51,7 +51,7 @@ def other(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def task():
-    return data.binary_task("mnist5k", 4, 9)
+    return images.binary_task("mnist5k", 4, 9)
 
 
 @pytest.mark.invariance

@@ -7,18 +7,17 @@ import torch
 
 from conftest import run_cli, spec, tiny
 from smoothness import training
-from smoothness.data import images as data
-from smoothness.experiments import distributed
-from smoothness.experiments import runner as experiments
-from smoothness.experiments import snapshots as snapshots_mod
-from smoothness.experiments.grid import config_key
-from smoothness.experiments.store import Store
+from smoothness.data import images
+from smoothness.experiments.configuration.grid import config_key
+from smoothness.experiments.running import distributed, runner
+from smoothness.experiments.storage import snapshots as snapshots_mod
+from smoothness.experiments.storage.store import Store
 from tolerance import assert_same_trajectory
 
 
 @pytest.fixture(scope="module")
 def task():
-    return data.binary_task("mnist5k", 0, 1)
+    return images.binary_task("mnist5k", 0, 1)
 
 
 def _train(task, specs, snapshots=None, **kw):
@@ -97,7 +96,7 @@ def _records(out):
 def test_a_grid_killed_part_way_goes_on_from_its_snapshots_and_ends_as_an_uninterrupted_one(tmp_path, monkeypatch):
     g = tiny(**GRID)
     whole = tmp_path / "whole"
-    experiments.run_grid(g, whole, device="cpu", progress=False, snapshot_every=None)
+    runner.run_grid(g, whole, device="cpu", progress=False, snapshot_every=None)
     assert not (whole / snapshots_mod.FOLDER).exists()
 
     out, saved = tmp_path / "out", []
@@ -110,11 +109,11 @@ def test_a_grid_killed_part_way_goes_on_from_its_snapshots_and_ends_as_an_uninte
             raise KeyboardInterrupt
     monkeypatch.setattr(snapshots_mod.SnapshotDir, "save", save)
     with pytest.raises(KeyboardInterrupt):
-        experiments.run_grid(g, out, device="cpu", progress=False, snapshot_every=1e-9)
+        runner.run_grid(g, out, device="cpu", progress=False, snapshot_every=1e-9)
     monkeypatch.setattr(snapshots_mod.SnapshotDir, "save", real)
     left = {p.name for p in (out / snapshots_mod.FOLDER).iterdir()}
     assert left and all(n.endswith(".pt") for n in left)
-    line = experiments.dry_run(g, out)
+    line = runner.dry_run(g, out)
     assert f"{len(left)} to go on from a snapshot (epoch" in line and line.count("to go on") == 1, line
     # the work left counts a snapshotted model from its snapshot's epoch, every other model from its first
     full = {config_key(c): distributed.expected_steps(c) for c in g.configs()}
@@ -123,15 +122,15 @@ def test_a_grid_killed_part_way_goes_on_from_its_snapshots_and_ends_as_an_uninte
     if (out / Store.FILENAME).exists():
         with Store(out / Store.FILENAME, create=False) as st:
             stored = st.keys()
-    work = {config_key(c): w for c, w in experiments.work_left(g, out)}
+    work = {config_key(c): w for c, w in runner.work_left(g, out)}
     assert work.keys() == full.keys() - stored and epochs and epochs.keys() <= work.keys()
     for k, w in work.items():
         assert w == pytest.approx(full[k] * (60 - epochs.get(k, 0)) / 60), k
-    note = experiments.interrupted_note(g, out)   # what an interrupted `run` says
+    note = runner.interrupted_note(g, out)   # what an interrupted `run` says
     assert f"{len(left)} more in training (epoch" in note and f") kept in {out / snapshots_mod.FOLDER}" in note, note
     assert "nothing is stored" not in note and note.endswith("run the same command again to go on from them")
 
-    experiments.run_grid(g, out, device="cpu", progress=False, snapshot_every=1e-9)
+    runner.run_grid(g, out, device="cpu", progress=False, snapshot_every=1e-9)
     a, b = _records(whole), _records(out)
     assert a.keys() == b.keys() and not (out / snapshots_mod.FOLDER).exists()
     resumed = [k for k in b if "resumed_at_epoch" in b[k]]
@@ -147,17 +146,17 @@ def test_an_unreadable_snapshot_is_set_aside_and_its_model_trained_from_the_star
     cfg = g.configs()[0]
     snaps = snapshots_mod.SnapshotDir(tmp_path / "exp" / snapshots_mod.FOLDER, 60)
     snaps.path.mkdir(parents=True)
-    snaps.file(experiments.config_key(cfg)).write_bytes(b"not a snapshot")
+    snaps.file(runner.config_key(cfg)).write_bytes(b"not a snapshot")
     assert snaps.load(cfg) is None
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "not used" in err and "starts from its first epoch" in err
-    assert (snaps.path / f"{experiments.config_key(cfg)}.pt.unreadable").exists()
+    assert (snaps.path / f"{runner.config_key(cfg)}.pt.unreadable").exists()
     # a snapshot of another model under this model's name is not used either
     other = g.configs()[1]
     snap = training.Snapshot(3, 6, training.train_models(torch.zeros(4, 784), [training.TrainSpec(
         [0, 1], [1.0, -1.0], max_epochs=3)], widths=tuple(other.widths), batch_size=16)[0].params.to("cpu"), [], 1.0)
     snaps.save(other, snap)
-    snaps.file(experiments.config_key(other)).rename(snaps.file(experiments.config_key(cfg)))
+    snaps.file(runner.config_key(other)).rename(snaps.file(runner.config_key(cfg)))
     assert snaps.load(cfg) is None and "not the snapshot of model" in capsys.readouterr().err
 
 
@@ -184,10 +183,10 @@ def test_what_a_killed_writer_leaves_is_removed_with_its_model(tmp_path):
 def test_without_a_terminal_a_long_wait_gets_a_line_with_the_snapshots_epochs(tmp_path):
     import io
 
-    from smoothness.experiments.progress import GridProgress, snapshot_note
+    from smoothness.experiments.running.progress import GridProgress, snapshot_note
     from smoothness.models import init_mlp
     g = tiny(**GRID)
-    keys = [experiments.config_key(c) for c in g.configs()]
+    keys = [runner.config_key(c) for c in g.configs()]
     snaps = snapshots_mod.SnapshotDir(tmp_path / "snapshots", every=1)
     assert snapshot_note(snaps, keys) == ""
     for cfg, epoch in zip(g.configs()[:2], (7, 1234)):

@@ -10,8 +10,8 @@ import time
 import pytest
 
 from conftest import run_cli
-from smoothness.cli import commands as cli
-from smoothness.experiments import pipeline
+from smoothness.cli import commands
+from smoothness.experiments.running import pipeline
 from smoothness.runtime import interrupt
 
 TINY = ["--hidden", "8", "--n-train", "16", "--max-epochs", "3", "--segments", "5", "--points", "5",
@@ -79,7 +79,7 @@ def test_interrupted_train_says_nothing_was_saved(exc, code, head, tmp_path, cap
         raise exc()
     monkeypatch.setattr(pipeline, "train_and_measure", stop)
     before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
-    assert cli.main(["train", *TINY, "--save", str(tmp_path / "m.pt")]) == code
+    assert commands.main(["train", *TINY, "--save", str(tmp_path / "m.pt")]) == code
     out, err = capsys.readouterr()
     assert out == "" and err.count("\n") == 1
     assert err.startswith(f"smoothness: {head}; nothing was saved") and "stored" not in err
@@ -145,11 +145,11 @@ def test_a_signal_whose_exception_was_swallowed_stops_training_at_the_next_epoch
     # CPython drops an exception raised while a weakref callback or __del__ runs ("Exception ignored"); the
     # handler has noted the signal, and the trainer raises it at the next epoch end instead of running on
     from conftest import spec
-    from smoothness.data import images as data
+    from smoothness.data import images
     from smoothness.training import trainer as training
     monkeypatch.setattr(interrupt, "_received", [signal.SIGINT])
     monkeypatch.setattr(interrupt, "reported", None)
-    task = data.binary_task("mnist5k", 3, 8)
+    task = images.binary_task("mnist5k", 3, 8)
     trainer = training.BatchedTrainer(task.pool_x, widths=(784, 8, 1), device="cpu")
     with pytest.raises(KeyboardInterrupt):
         list(trainer.iter_train([spec(task, 16, 0, max_epochs=50)]))

@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from smoothness import measures
-from smoothness.measures import inputspace as ins
+from smoothness.measures import inputspace
 from smoothness.measures.estimate import Estimate, mean_and_se
 
 
@@ -61,7 +61,7 @@ def test_the_standard_error_is_that_of_the_mean_over_points_and_segments(cnn, im
     assert gn == pytest.approx(per_point.mean(), rel=1e-5)
     assert gn.se == pytest.approx(per_point.std(ddof=1) / math.sqrt(37), rel=1e-4)
     # FPL: the mean and se of the segments' own total variations, each computed alone
-    ia, ib = ins.segment_endpoints(37, 12, 3)
+    ia, ib = inputspace.segment_endpoints(37, 12, 3)
     tv = np.array([float(measures.segment_total_variation(cnn, x[i], x[j], points=15, output=1))
                    for i, j in zip(ia.tolist(), ib.tolist())])
     fpl = measures.function_path_length(cnn, x, segments=12, points=15, seed=3, output=1)
@@ -122,7 +122,7 @@ def test_bad_data_gets_one_clear_error(cnn):
 
 
 def test_progress_is_reported_per_batch_segment_and_hessian_vector_product(cnn, images):
-    from smoothness import curvature
+    from smoothness.measures import curvature
     x, y = images
     seen = []
     measures.gradient_norm(cnn, loader(x, y), progress=seen.append)

@@ -1,13 +1,13 @@
 """λ ladders trained rung by rung (staging.py): the wave rule on its own, and a real grid that stops at its edge."""
 import pytest
 
-from smoothness.analysis import tables as analysis
+from smoothness.analysis import tables
 from smoothness.errors import ConfigError
-from smoothness.experiments import grid, staging
-from smoothness.experiments import runner as experiments
-from smoothness.experiments.grid import config_key
-from smoothness.experiments.pipeline import RunConfig
-from smoothness.experiments.store import Store
+from smoothness.experiments.configuration import grid, staging
+from smoothness.experiments.configuration.grid import config_key
+from smoothness.experiments.running import runner
+from smoothness.experiments.running.pipeline import RunConfig
+from smoothness.experiments.storage.store import Store
 from smoothness.training import regularizers
 
 
@@ -81,12 +81,12 @@ def test_a_staged_grid_stops_one_rung_above_its_edge_and_resumes_so(tmp_path):
     g = grid.parse(LADDER)
     assert [c.lam for c in g.configs()] == [0.0, 0.0, 1e-3, 1e-3, 0.3, 0.3, 90.0, 90.0]
     # before: every model to its cap of 150 epochs of one step (N = batch = 16), a GN step as 2.4 plain steps
-    work = experiments.work_left(g, tmp_path)
+    work = runner.work_left(g, tmp_path)
     gn = regularizers.step_cost("gradient_norm")
     assert len(work) == 8 and sum(w for _, w in work) == pytest.approx(2 * 150 + 6 * 150 * gn)
-    note = experiments.work_note(work, rate=300 + 900 * gn, shape="784-16-1, batch 16")
+    note = runner.work_note(work, rate=300 + 900 * gn, shape="784-16-1, batch 16")
     assert f"at most {300 + 900 * gn:,.0f} plain SGD steps (8 models" in note and "at most 1 s for one process" in note
-    s = experiments.run_grid(g, tmp_path, device="cpu", progress=False)
+    s = runner.run_grid(g, tmp_path, device="cpu", progress=False)
     # lambda = 1e-3 hardly acts (both converge); lambda = 0.3 keeps GN's penalty above the loss threshold
     assert (s.trained, s.skipped) == (6, 2)
     assert "2 above a lambda ladder's edge not trained" in s.line()
@@ -94,12 +94,12 @@ def test_a_staged_grid_stops_one_rung_above_its_edge_and_resumes_so(tmp_path):
         df = st.frame()
     assert sorted(df["lam"].unique()) == [0.0, 1e-3, 0.3]
     assert set(df[df["lam"] == 0.3]["status"]) == {"not_converged"}
-    t2 = analysis.table2(df).iloc[0]
+    t2 = tables.table2(df).iloc[0]
     assert (t2["lam"], t2["lam_above"], bool(t2["ladder_short"])) == (1e-3, 0.3, False)
-    again = experiments.run_grid(g, tmp_path, device="cpu", progress=False)
+    again = runner.run_grid(g, tmp_path, device="cpu", progress=False)
     assert (again.trained, again.skipped, again.stored_before) == (0, 2, 6)
-    assert experiments.work_left(g, tmp_path) == [] and experiments.work_note([]) == ""   # the skipped rungs too
-    line = experiments.dry_run(g, tmp_path)
+    assert runner.work_left(g, tmp_path) == [] and runner.work_note([]) == ""   # the skipped rungs too
+    line = runner.dry_run(g, tmp_path)
     assert "6 stored" in line and "2 above a lambda ladder's edge not to be trained, 0 to train" in line
 
 
@@ -109,9 +109,9 @@ def test_a_rung_another_run_stored_meanwhile_is_counted_not_trained(tmp_path, mo
     the other run; the 2 rungs above the edge are known to be skipped only once the last rung-0.3 model is back)."""
     import io
 
-    from smoothness.experiments import pipeline
+    from smoothness.experiments.running import pipeline
     g = grid.parse(LADDER)
-    experiments.run_grid(g, tmp_path / "ref", device="cpu", progress=False)
+    runner.run_grid(g, tmp_path / "ref", device="cpu", progress=False)
     with Store(tmp_path / "ref" / Store.FILENAME) as ref:
         late = next(r for r in ref.records() if r["lam"] == 0.3)
         late_params = ref.params(late["key"])
@@ -126,7 +126,7 @@ def test_a_rung_another_run_stored_meanwhile_is_counted_not_trained(tmp_path, mo
                 other.add(late["key"], {k: v for k, v in late.items() if k != "key"}, late_params)
     monkeypatch.setattr(pipeline, "iter_train_and_measure", first_wave_then_another_run)
     stream = io.StringIO()
-    s = experiments.run_grid(g, out, device="cpu", stream=stream)
+    s = runner.run_grid(g, out, device="cpu", stream=stream)
     assert calls == [4, 1]   # baselines and the lowest rung, then the one rung-0.3 model left
     assert (s.trained, s.skipped, s.elsewhere, s.stored_before) == (5, 2, 1, 0)
     assert "1 stored meanwhile by another run" in s.line()

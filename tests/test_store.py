@@ -12,8 +12,8 @@ import torch
 
 from conftest import run_cli, run_cli_tty
 from smoothness.errors import DataError
-from smoothness.experiments import grid
-from smoothness.experiments.store import Store
+from smoothness.experiments.configuration import grid
+from smoothness.experiments.storage.store import Store
 from smoothness.models import init_mlp
 
 

@@ -9,10 +9,10 @@ import pytest
 from conftest import run_cli, tiny
 from smoothness.cli import commands as cli
 from smoothness.errors import ConfigError, DataError, StoreError
-from smoothness.experiments import runner as experiments
-from smoothness.experiments import store as store_mod
-from smoothness.experiments.salvage import salvage
-from smoothness.experiments.store import Store
+from smoothness.experiments.running import runner as experiments
+from smoothness.experiments.storage import store as store_mod
+from smoothness.experiments.storage.salvage import salvage
+from smoothness.experiments.storage.store import Store
 from smoothness.models import init_mlp
 
 ROOT_USER = hasattr(os, "geteuid") and os.geteuid() == 0

@@ -4,7 +4,7 @@ import torch
 
 from conftest import spec
 from smoothness import training
-from smoothness.data import images as data
+from smoothness.data import images
 from smoothness.errors import ConfigError
 from smoothness.training import step
 from tolerance import OUTCOME_REL, assert_same_outcome, assert_same_trajectory, kernel_noise
@@ -12,7 +12,7 @@ from tolerance import OUTCOME_REL, assert_same_outcome, assert_same_trajectory, 
 
 @pytest.fixture(scope="module")
 def task():
-    return data.binary_task("mnist5k", 0, 1)
+    return images.binary_task("mnist5k", 0, 1)
 
 
 def test_small_mnist_task_converges_below_threshold(task):

@@ -1,41 +1,41 @@
-"""The verdict per measure: the paper's reading as rules, applied to the paper's values and to hand-made tables."""
+"""The verdict per measure: the paper's reading as rules, applied to the paper's values and to hand-made format."""
 import math
 
 import pandas as pd
 import pytest
 
-from smoothness.analysis import verdict as V
+from smoothness.analysis import verdict
 from smoothness.errors import ConfigError
-from smoothness.experiments import grid
+from smoothness.experiments.configuration import grid
 
 
 def test_the_rules_on_the_papers_values_give_the_papers_conclusions():
     # Volhejn & Lampert: SGD does not optimize GN or FPL (low tau, reducible); GPL and WP are consistent.
-    assert V._paper_reading("GN") == V._paper_reading("FPL") == V.NOT_OPTIMIZED
-    assert V._paper_reading("GPL") == V._paper_reading("WP") == V.CONSISTENT
+    assert verdict._paper_reading("GN") == verdict._paper_reading("FPL") == verdict.NOT_OPTIMIZED
+    assert verdict._paper_reading("GPL") == verdict._paper_reading("WP") == verdict.CONSISTENT
 
 
 def test_the_data_must_support_a_reading():
-    assert V.read_tau(0.9, 1, 4)[0] is None and "too little data" in V.read_tau(0.9, 1, 4)[1]
-    assert V.read_tau(0.9, 5, 2)[0] is None
-    assert V.read_tau(float("nan"), 5, 4)[0] is None
-    assert V.read_tau(0.95, 5, 4)[0] == "monotone" and V.read_tau(0.3, 5, 4)[0] == "not"
-    assert V.read_tau(0.6, 5, 4)[0] == "partly"
+    assert verdict.read_tau(0.9, 1, 4)[0] is None and "too little data" in verdict.read_tau(0.9, 1, 4)[1]
+    assert verdict.read_tau(0.9, 5, 2)[0] is None
+    assert verdict.read_tau(float("nan"), 5, 4)[0] is None
+    assert verdict.read_tau(0.95, 5, 4)[0] == "monotone" and verdict.read_tau(0.3, 5, 4)[0] == "not"
+    assert verdict.read_tau(0.6, 5, 4)[0] == "partly"
     # a high r_norm with every lambda converged says nothing: a larger lambda might still reduce the measure
-    kind, why = V.read_r(0.95, 5, 1e-3, ladder_short=True)
+    kind, why = verdict.read_r(0.95, 5, 1e-3, ladder_short=True)
     assert kind is None and "extend the ladder" in why
-    assert V.read_r(0.95, 5, 1e-3, ladder_short=False)[0] == "not"
-    assert V.read_r(0.4, 5, 1e-3, ladder_short=True)[0] == "reducible"      # reduced already: enough to say so
-    assert V.read_r(0.4, 5, None, ladder_short=False)[0] is None            # no lambda converged
-    assert V.read_r(0.9, 1, 1e-3, False)[1] == "too little data for r_norm (1 pair; need 2)"
+    assert verdict.read_r(0.95, 5, 1e-3, ladder_short=False)[0] == "not"
+    assert verdict.read_r(0.4, 5, 1e-3, ladder_short=True)[0] == "reducible"      # reduced already: enough to say so
+    assert verdict.read_r(0.4, 5, None, ladder_short=False)[0] is None            # no lambda converged
+    assert verdict.read_r(0.9, 1, 1e-3, False)[1] == "too little data for r_norm (1 pair; need 2)"
     # FPL's r_norm = (S_reg - 1) / (S_unreg - 1): meaningless when S_unreg hardly exceeds its lower bound 1
-    kind, why = V.read_r(1.85, 2, 3e-4, False, unreg=0.999, lower=1.0)
+    kind, why = verdict.read_r(1.85, 2, 3e-4, False, unreg=0.999, lower=1.0)
     assert kind is None and "near-zero difference" in why
-    assert V.read_r(0.33, 45, 1e-4, False, unreg=1.17, lower=1.0)[0] == "reducible"   # the paper's FPL
-    assert V.read_r(0.95, 5, 1e-3, False, unreg=0.02, lower=0.0)[0] == "not"           # l_S = 0: any mean
-    assert V.reading("monotone", None) == V.INCONCLUSIVE
-    assert V.reading("monotone", "not") == V.CONSISTENT
-    assert V.reading("not", None) == V.reading(None, "reducible") == V.NOT_OPTIMIZED
+    assert verdict.read_r(0.33, 45, 1e-4, False, unreg=1.17, lower=1.0)[0] == "reducible"   # the paper's FPL
+    assert verdict.read_r(0.95, 5, 1e-3, False, unreg=0.02, lower=0.0)[0] == "not"           # l_S = 0: any mean
+    assert verdict.reading("monotone", None) == verdict.INCONCLUSIVE
+    assert verdict.reading("monotone", "not") == verdict.CONSISTENT
+    assert verdict.reading("not", None) == verdict.reading(None, "reducible") == verdict.NOT_OPTIMIZED
 
 
 def _t1(measure, tau, datasets=6, n_max=512):
@@ -51,16 +51,16 @@ def _t2(measure, r, lam=1e-3, short=False, datasets=5):
 def test_verdict_table_per_measure():
     t1 = pd.DataFrame([_t1("GN", 0.98), _t1("FPL", 0.2), _t1("GPL", 1.0), _t1("WP", 1.0, datasets=1)])
     t2 = pd.DataFrame([_t2("GN", 0.5), _t2("FPL", 0.95), _t2("GPL", 0.97), _t2("WP", 0.99, short=True)])
-    v = V.verdict(t1, t2).set_index("measure")
-    assert v.loc["GN", "reading"] == V.NOT_OPTIMIZED          # monotone, but regularization halves it
-    assert v.loc["FPL", "reading"] == V.NOT_OPTIMIZED         # not monotone
-    assert v.loc["GPL", "reading"] == V.CONSISTENT
-    assert v.loc["WP", "reading"] == V.INCONCLUSIVE           # one dataset, and the ladder was too short
+    v = verdict.verdict(t1, t2).set_index("measure")
+    assert v.loc["GN", "reading"] == verdict.NOT_OPTIMIZED          # monotone, but regularization halves it
+    assert v.loc["FPL", "reading"] == verdict.NOT_OPTIMIZED         # not monotone
+    assert v.loc["GPL", "reading"] == verdict.CONSISTENT
+    assert v.loc["WP", "reading"] == verdict.INCONCLUSIVE           # one dataset, and the ladder was too short
     assert "too little data" in v.loc["WP", "why"] and "extend the ladder" in v.loc["WP", "why"]
     assert "N ≤ 512" in v.loc["GN", "why"]
-    assert v.loc["GN", "paper_reading"] == V.NOT_OPTIMIZED and v.loc["GN", "tau_datasets"] == 6
-    only1 = V.verdict(t1, t2[:0]).set_index("measure")
-    assert only1.loc["GPL", "reading"] == V.INCONCLUSIVE and "no Table 2 runs" in only1.loc["GPL", "why"]
+    assert v.loc["GN", "paper_reading"] == verdict.NOT_OPTIMIZED and v.loc["GN", "tau_datasets"] == 6
+    only1 = verdict.verdict(t1, t2[:0]).set_index("measure")
+    assert only1.loc["GPL", "reading"] == verdict.INCONCLUSIVE and "no Table 2 runs" in only1.loc["GPL", "why"]
     assert math.isnan(only1.loc["GPL", "r_norm"])
 
 
@@ -84,6 +84,6 @@ def test_a_lambda_ladder_in_a_grid():
 
 
 def test_a_std_at_rounding_level_is_shown_as_zero():
-    from smoothness.report import format as tables
-    assert tables._pm(1.0, 1.1e-16) == "1 ± 0"            # taus that are all 1 up to the last bit
-    assert tables._pm(0.452, 0.27) == "0.452 ± 0.27" and tables._pm(0.5, float("nan")) == "0.5"
+    from smoothness.report import format
+    assert format._pm(1.0, 1.1e-16) == "1 ± 0"            # taus that are all 1 up to the last bit
+    assert format._pm(0.452, 0.27) == "0.452 ± 0.27" and format._pm(0.5, float("nan")) == "0.5"

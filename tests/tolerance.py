@@ -7,7 +7,7 @@ and an uninterrupted grid, the local and the Ray backend, or two CPUs, the BLAS 
 kernels (a single GEMM against a batched one, another thread split, AVX2 against AVX-512 or AMX) whose
 sums round differently in the last bit, and SGD amplifies such differences over thousands of steps.
 
-`kernel_noise()` (smoothness.precision.ulp_noise) imitates that on any machine: it moves each element of
+`kernel_noise()` (smoothness.runtime.precision.ulp_noise) imitates that on any machine: it moves each element of
 every batched matmul's result by -1, 0 or +1 unit in the last place, drawn from a seeded generator. A test that compares a clean run with a noisy one under the tolerances below therefore
 passes here only if it would also pass on a machine whose kernels round differently, which makes the
 suite's verdict independent of the CPU it runs on. The tolerances were measured with it (see docs/reproducibility.md,

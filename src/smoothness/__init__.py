@@ -12,14 +12,16 @@ The package follows the data flow, each layer importing only the ones before it 
     report            tables, figures, report.md / report.html, two stores compared
     cli               the `smoothness` command
 
-`import smoothness` does not import PyTorch: the subpackages, and the short names below (`smoothness.grid` for
-smoothness.experiments.grid, and so on), load on first use, so that `python -m smoothness` handles Ctrl-C and
-SIGTERM before PyTorch is imported (__main__.py).
+`import smoothness` does not import PyTorch: the subpackages load on first use, so that `python -m smoothness` handles
+Ctrl-C and SIGTERM before PyTorch is imported (__main__.py). The import paths of version 0.1 (short names such as
+`smoothness.grid`, and experiments' modules before it was split into configuration/, storage/ and running/) still
+import the module they name, with a DeprecationWarning naming the new path; they go in version 0.3.
 """
 import importlib
 import importlib.abc
 import importlib.util
 import sys
+import warnings
 from importlib import metadata
 
 from smoothness.errors import ConfigError, DataError, SmoothnessError
@@ -30,41 +32,54 @@ except metadata.PackageNotFoundError:   # run from a source tree that is not ins
     __version__ = "0+unknown"
 
 _SUBPACKAGES = ("analysis", "cli", "data", "experiments", "measures", "models", "report", "runtime", "training")
-# Short names of modules inside the subpackages (the import paths of earlier versions, kept for the user's code).
-_SHORT = {"curvature": "measures.curvature", "registry": "measures.registry", "grid": "experiments.grid",
-          "store": "experiments.store", "pipeline": "experiments.pipeline", "optimizers": "training.optimizers",
-          "regularizers": "training.regularizers", "precision": "runtime.precision", "compare": "report.compare",
-          "salvage": "experiments.salvage"}
-__all__ = [*_SUBPACKAGES, *_SHORT, "SmoothnessError", "DataError", "ConfigError", "__version__"]
+_EXPERIMENTS = {"configuration": ("config", "grid", "gridvalues", "staging"),
+                "storage": ("store", "storefile", "claim", "salvage", "records", "modelfile", "snapshots"),
+                "running": ("runner", "pipeline", "evaluate", "distributed", "progress")}
+# The import paths of version 0.1 -> the module's path now (DeprecationWarning; removed in version 0.3).
+MOVED = {**{f"{__name__}.experiments.{m}": f"{__name__}.experiments.{job}.{m}"
+            for job, ms in _EXPERIMENTS.items() for m in ms},
+         **{f"{__name__}.{short}": f"{__name__}.{path}" for short, path in {
+             "curvature": "measures.curvature", "registry": "measures.registry",
+             "grid": "experiments.configuration.grid", "store": "experiments.storage.store",
+             "pipeline": "experiments.running.pipeline", "optimizers": "training.optimizers",
+             "regularizers": "training.regularizers", "precision": "runtime.precision",
+             "compare": "report.compare", "salvage": "experiments.storage.salvage"}.items()}}
+__all__ = [*_SUBPACKAGES, "SmoothnessError", "DataError", "ConfigError", "__version__"]
 
 
-class _ShortNameFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """`import smoothness.store`, `from smoothness.grid import preset`: a short name imports the module it names
-    (the same module object, under both names)."""
+def moved(old: str):
+    """The module that the old import path `old` (a key of MOVED) names now, with a DeprecationWarning."""
+    new = MOVED[old]
+    warnings.warn(f"{old} is deprecated: import {new} (the old path goes in smoothness 0.3)", DeprecationWarning,
+                  stacklevel=3)
+    return importlib.import_module(new)
+
+
+class _MovedFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """`import smoothness.store`, `from smoothness.experiments.grid import preset`: an old path imports the module
+    it names (the same module object, under both names), with a DeprecationWarning."""
 
     def find_spec(self, name, path=None, target=None):
-        package, _, short = name.partition(".")
-        if package == __name__ and short in _SHORT:
-            return importlib.util.spec_from_loader(name, self)
-        return None
+        return importlib.util.spec_from_loader(name, self) if name in MOVED else None
 
     def create_module(self, spec):
-        return importlib.import_module(f"{__name__}.{_SHORT[spec.name.partition('.')[2]]}")
+        return moved(spec.name)
 
     def exec_module(self, module):
         pass   # the module ran when it was imported under its own name
 
 
-sys.meta_path.append(_ShortNameFinder())
+sys.meta_path.append(_MovedFinder())
 
 
 def __getattr__(name):
     if name in _SUBPACKAGES:
         return importlib.import_module(f"{__name__}.{name}")
-    if name in _SHORT:
-        return importlib.import_module(f"{__name__}.{_SHORT[name]}")
+    if f"{__name__}.{name}" in MOVED:   # warned once: from then on an attribute
+        globals()[name] = moved(f"{__name__}.{name}")
+        return globals()[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted({*globals(), *_SUBPACKAGES, *_SHORT})
+    return sorted({*globals(), *_SUBPACKAGES})

@@ -9,18 +9,18 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from smoothness.analysis import tables as A
+from smoothness.analysis import tables
 from smoothness.measures import registry
 
 QUANTITIES = {**{k: registry.BY_KEY[k].short for k in registry.view(registry.FLATNESS)}, "loss_test": "test loss"}
-KEY = [c for c in A.SETTING if c not in ("optimizer", "rho")] + ["n_train"]
+KEY = [c for c in tables.SETTING if c not in ("optimizer", "rho")] + ["n_train"]
 BASELINE = "sgd"
 
 
 def by_optimizer(df: pd.DataFrame) -> pd.DataFrame:
     """Unregularized models of settings trained with several (optimizer, rho): per (setting, N, optimizer, rho)
     model counts, and per quantity the mean over converged models and the mean paired ratio to SGD."""
-    df = A.complete(df)
+    df = tables.complete(df)
     base = df[df["regularizer"] == "none"] if len(df) else df
     if not len(base):
         return pd.DataFrame()

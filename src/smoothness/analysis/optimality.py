@@ -2,7 +2,7 @@
 
 For every converged 1-h-1 net trained on a 1-D task, the optimality ratio of a measure S is S(f_SGD) / S_min, with
 S(f_SGD) the exact value from the net's kinks and S_min the smallest value over all functions that pass through the
-net's own values at its training inputs (both in the record, linetasks.py). A converged net interpolates its targets
+net's own values at its training inputs (both in the record, lines.py). A converged net interpolates its targets
 only up to the loss threshold, and the second-order minima react strongly to residuals at close inputs; against its
 own values the ratio is >= 1 by construction and measures only how the net behaves between the points. A ratio of 1
 means SGD found the smoothest interpolant in that sense. ratio_frame also gives the ratio against the targets' S_min.
@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from smoothness.analysis import tables as analysis
-from smoothness.data import lines as linetasks
+from smoothness.analysis import tables
+from smoothness.data import lines
 from smoothness.measures import oned
 
 MEASURES = oned.MEASURES_1D
@@ -39,7 +39,7 @@ def ratio_table(df: pd.DataFrame) -> pd.DataFrame:
     of each measure's optimality ratio over the converged ones."""
     if not len(df) or "exact_gradient_norm" not in df:
         return pd.DataFrame()
-    line = df[df["exact_gradient_norm"].notna() | df["data"].map(linetasks.is_line)]
+    line = df[df["exact_gradient_norm"].notna() | df["data"].map(lines.is_line)]
     counts = line.groupby(SETTING + ["n_train"]).size().rename("models")
     if not len(counts):
         return pd.DataFrame()
@@ -60,11 +60,11 @@ def edge_table(df: pd.DataFrame) -> pd.DataFrame:
     largest λ at which at least half of the models reach the threshold (the paper's rule, analysis), whether a
     failing rung above it locates that edge, and each measure's mean ratio without regularization (the same seeds)
     and at that λ."""
-    line = df[df["data"].map(linetasks.is_line)] if len(df) else df
+    line = df[df["data"].map(lines.is_line)] if len(df) else df
     if not len(line) or "exact_gradient_norm" not in line:
         return pd.DataFrame()
     rows = []
-    for r in analysis.regularized_groups(line):
+    for r in tables.regularized_groups(line):
         base, at = ratio_frame(r["base"]), ratio_frame(r["at"])
         row = {"data": r["data"], "regularizer": r["regularizer"], "alpha": float(r["base"]["alpha"].iloc[0])
                if len(r["base"]) else np.nan, "lr": r["lr"], "n_train": r["n_train"], "lam": r["lam"],

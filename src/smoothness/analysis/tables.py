@@ -9,8 +9,8 @@ import pandas as pd
 from scipy.stats import kendalltau
 
 from smoothness import paper
-from smoothness.experiments import staging
-from smoothness.experiments.config import ADDED_FIELDS
+from smoothness.experiments.configuration import staging
+from smoothness.experiments.configuration.config import ADDED_FIELDS
 from smoothness.measures import registry
 from smoothness.training.regularizers import PAPER_LAMBDAS  # noqa: F401 (the paper's lambdas: part of analysis's API)
 

@@ -14,7 +14,7 @@ import math
 
 import pandas as pd
 
-from smoothness.experiments.progress import counted
+from smoothness.experiments.running.progress import counted
 from smoothness.measures import registry
 
 TAU_MONOTONE = 0.8      # tau >= this: S grows (nearly) monotonically with N

@@ -4,21 +4,19 @@ from __future__ import annotations
 import argparse
 
 from smoothness import __version__, training
-from smoothness.data import images as data
+from smoothness.data import images
 from smoothness.errors import SmoothnessError
-from smoothness.experiments import distributed, snapshots
-from smoothness.experiments import grid as grid_mod
-from smoothness.experiments import runner as experiments
-from smoothness.measures import curvature, losses
-from smoothness.measures import inputspace as measures
-from smoothness.measures import model as measures_model
+from smoothness.experiments.configuration import grid
+from smoothness.experiments.running import distributed, runner
+from smoothness.experiments.storage import snapshots
+from smoothness.measures import curvature, inputspace, losses, model
 from smoothness.runtime import precision
 from smoothness.training import optimizers, regularizers
 
 
 def _data_source(value: str) -> str:
     try:
-        return data.check_source(value)
+        return images.check_source(value)
     except SmoothnessError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
 
@@ -63,16 +61,16 @@ CHECKPOINT_SEGMENTS = 100   # measure --inputs: path lengths in seconds (the pap
 def _add_measure_args(p: argparse.ArgumentParser, checkpoint: bool = False) -> None:
     """The measures' options of train (checkpoint=False) or of measure, which defaults --segments by what is
     measured and names the curvature's options --steps and --probes (the old names refused, RENAMED)."""
-    p.add_argument("--measure-points", type=int, default=data.DEFAULT_MEASURE_POINTS,
+    p.add_argument("--measure-points", type=int, default=images.DEFAULT_MEASURE_POINTS,
                    help="held-out points for the measures (default: 1000, or all there are)")
     if checkpoint:
         p.add_argument("--segments", type=int, default=None, help="random segments for FPL/GPL (default: "
                        f"{CHECKPOINT_SEGMENTS} for a checkpoint, so that a small model takes seconds; the paper's "
-                       f"{measures.DEFAULT_SEGMENTS} for a `train --save` file)")
+                       f"{inputspace.DEFAULT_SEGMENTS} for a `train --save` file)")
     else:
-        p.add_argument("--segments", type=int, default=measures.DEFAULT_SEGMENTS,
+        p.add_argument("--segments", type=int, default=inputspace.DEFAULT_SEGMENTS,
                        help="random segments for FPL/GPL (default: 1000)")
-    p.add_argument("--points", type=int, default=measures.DEFAULT_POINTS,
+    p.add_argument("--points", type=int, default=inputspace.DEFAULT_POINTS,
                    help="equally spaced points per segment (default: 100)")
     p.add_argument("--measure-seed", type=int, default=0, help="seed of the segment sampling, an integer "
                    "0 <= seed < 2**32 (default: 0)")
@@ -145,9 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=".npz or .pt file with the points x [n, ...] and optionally the targets y [n]")
     m.add_argument("--factory", default=None, metavar="MODULE:FN", help="a function returning the nn.Module "
                    "into which PATH, a state dict, is loaded (the current directory is importable)")
-    m.add_argument("--measures", default=",".join(measures_model.DEFAULT), metavar="LIST",
-                   help=f"comma-separated, from {', '.join(measures_model.ALL)} "
-                        f"(default: {','.join(measures_model.DEFAULT)})")
+    m.add_argument("--measures", default=",".join(model.DEFAULT), metavar="LIST",
+                   help=f"comma-separated, from {', '.join(model.ALL)} "
+                        f"(default: {','.join(model.DEFAULT)})")
     m.add_argument("--output", default=None, metavar="K|margin", help="which output of a K-output model: an index, "
                    "or margin (top two); default: all (Frobenius norms of the Jacobian; the margin for the "
                    "Lipschitz bracket)")
@@ -181,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("data", help="show where a data source is found and what it holds",
                        description="Say where a data source's files were found (or why not) and how many images "
                        "of each class its training and test splits hold.")
-    i.add_argument("source", choices=data.SOURCES)
+    i.add_argument("source", choices=images.SOURCES)
     i.add_argument("--data-dir", default=None, help="folder with the IDX files (default: as for train)")
 
     r = sub.add_parser("run", help="train every model of a grid (YAML file or preset) into a results store",
@@ -206,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     rp = sub.add_parser("reproduce", help="run a preset grid and write its report (run + report)",
                         description="Train a preset grid into DIR (resuming what is stored) and write DIR/report/.")
-    rp.add_argument("preset", nargs="?", default=None, help=f"one of: {', '.join(grid_mod.PRESETS)}")
+    rp.add_argument("preset", nargs="?", default=None, help=f"one of: {', '.join(grid.PRESETS)}")
     rp.add_argument("--preset", dest="preset_option", default=None, metavar="PRESET",
                     help="the same, as an option")
     _add_run_args(rp)
@@ -314,7 +312,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                    "else a local Ray instance is started for this run)")
     g.add_argument("--chunk-size", type=int, default=None, help="models per Ray task (default: about two chunks "
                    "per GPU, or per CPU on a cluster without GPUs)")
-    g.add_argument("--retries", type=int, default=experiments.DEFAULT_RETRIES,
+    g.add_argument("--retries", type=int, default=runner.DEFAULT_RETRIES,
                    help="times a chunk is resubmitted after its worker or node died, 0 or more (default: 3)")
     g.add_argument("--ray-cpus", type=int, default=None, help="CPUs of the local Ray instance (default: all)")
     g.add_argument("--ray-timeout", type=_positive_seconds, default=distributed.CONNECT_TIMEOUT, metavar="SECONDS",

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from smoothness import training
-from smoothness.data import images as data
+from smoothness.data import images
 from smoothness.runtime import precision
 from smoothness.training.trainer import as_family
 
@@ -32,7 +32,7 @@ def _mode(tf32: bool) -> str:
 
 def loop_throughput(steps: int, device, tf32: bool = False) -> float:
     """Model-steps per second of a plain one-model PyTorch training loop (TF32 matmuls if tf32, on CUDA)."""
-    t = data.binary_task("mnist5k", 3, 8)
+    t = images.binary_task("mnist5k", 3, 8)
     sub = t.subset(128, 0)
     x, y = t.pool_x[sub].to(device), t.pool_y[sub].to(device)
     gen = torch.Generator().manual_seed(0)
@@ -63,7 +63,7 @@ def loop_throughput(steps: int, device, tf32: bool = False) -> float:
 def batched_throughput(m: int, steps: int, device, tf32: bool = False) -> tuple[float, float]:
     """(model-steps per second, seconds spent initializing the models) of the batched engine training
     m models for `steps` steps each; the rate excludes the initialization, as the loop's does."""
-    tasks = [data.binary_task("mnist5k", *data.ALL_PAIRS[i]) for i in range(min(m, 45))]
+    tasks = [images.binary_task("mnist5k", *images.ALL_PAIRS[i]) for i in range(min(m, 45))]
     pool = torch.cat([t.pool_x for t in tasks])
     specs = []
     for i in range(m):
@@ -87,14 +87,14 @@ def steps_for(m: int, budget: int, cap: int = 400) -> int:
 
 def grid_wall_time(grid_name: str, device, tf32: bool = False) -> tuple[float, str]:
     """Wall time of training, measuring and storing a whole grid (a preset or YAML file) into a fresh store."""
-    from smoothness.experiments import grid as grid_mod
-    from smoothness.experiments import runner as experiments
+    from smoothness.experiments.configuration import grid as grid_mod
+    from smoothness.experiments.running import runner
     g = grid_mod.resolve(grid_name)
     if tf32:
         g.matmul_precision = "tf32"
     with tempfile.TemporaryDirectory() as d:
         t0 = time.perf_counter()
-        s = experiments.run_grid(g, d, device=device, progress=False, save_weights=False)
+        s = runner.run_grid(g, d, device=device, progress=False, save_weights=False)
         return time.perf_counter() - t0, s.line().split("; store")[0]
 
 
@@ -103,11 +103,11 @@ def measure_seconds(m: int, device, alone: int = 10) -> tuple[float, float]:
     of 128 points of pair i % 45) with pipeline.measure_models, batched; and the seconds per model when
     `alone` of them are measured one at a time."""
     from smoothness import models as models_mod
-    from smoothness.experiments import pipeline
-    tasks = [data.binary_task("mnist5k", *data.ALL_PAIRS[i]) for i in range(min(m, 45))]
+    from smoothness.experiments.running import pipeline
+    tasks = [images.binary_task("mnist5k", *images.ALL_PAIRS[i]) for i in range(min(m, 45))]
     items = []
     for i in range(m):
-        c = pipeline.RunConfig(pair=data.ALL_PAIRS[i % 45], n_train=128, seed=i // 45)
+        c = pipeline.RunConfig(pair=images.ALL_PAIRS[i % 45], n_train=128, seed=i // 45)
         t = tasks[i % len(tasks)]
         items.append((models_mod.init_mlp([c.seed], c.widths, 1.0), t, t.subset(128, c.seed), c))
     pipeline.measure_models(items[:1], device)  # warm-up
@@ -173,7 +173,7 @@ def regularizer_costs(m: int, device, steps: int = 240, repeats: int = 2, out=pr
     for m models of the paper's 784-256-1 net as one batched program (batch 64, N = 768 of mnist5k pair 3/8, loss
     threshold 0 so that every model runs `steps` steps); the path-length penalties with 10 (default) and 100 points
     per segment. Best of `repeats` runs each. Prints a table; returns its rows."""
-    t = data.binary_task("mnist5k", 3, 8)
+    t = images.binary_task("mnist5k", 3, 8)
     sub = t.subset(STEP_COST_N, 0)
     epochs = max(1, steps // (STEP_COST_N // training.DEFAULT_BATCH))
     cases = [("none", 10), ("gradient_norm", 10), ("gradient_norm_squared", 10), ("weights_product", 10),

@@ -22,7 +22,7 @@ from torch.func import functional_call, grad, stack_module_state, vjp, vmap
 
 from smoothness import training
 from smoothness.cli.bench import sync
-from smoothness.data import images as data
+from smoothness.data import images
 from smoothness.models.families import build
 
 N_POINTS = 128
@@ -33,7 +33,7 @@ SPEC = {"family": "cnn", "channels": [8, 16], "kernel": 3, "pool": "max"}
 
 def _setup(m: int, device):
     """The task, each model's points and targets, and m freshly initialized modules (the family's init)."""
-    t = data.binary_task("mnist5k", 3, 8)
+    t = images.binary_task("mnist5k", 3, 8)
     fam = build(SPEC, None, (1, 28, 28))
     subs = [t.subset(N_POINTS, i) for i in range(m)]
     p = fam.init(list(range(m)), 1.0, device=device)

@@ -20,7 +20,7 @@ from torch import nn
 
 from smoothness.cli import console
 from smoothness.errors import ConfigError, DataError, MeasureError, SmoothnessError, first_line
-from smoothness.experiments import modelfile
+from smoothness.experiments.storage import modelfile
 from smoothness.measures import checks, curvature
 from smoothness.measures import model as measures_model
 from smoothness.models.family import failure, load_callable

@@ -10,14 +10,11 @@ from pathlib import Path
 from smoothness.cli import args, checkpoint
 from smoothness.cli.args import build_parser, matmul_precision
 from smoothness.cli.console import EpochProgress, emit_record, print_table, stdout_closed
-from smoothness.data import idx
-from smoothness.data import images as data
+from smoothness.data import idx, images
 from smoothness.errors import SmoothnessError, StoreError
-from smoothness.experiments import grid as grid_mod
-from smoothness.experiments import pipeline, staging
-from smoothness.experiments import runner as experiments
-from smoothness.measures import curvature
-from smoothness.measures import inputspace as ins
+from smoothness.experiments.configuration import grid, staging
+from smoothness.experiments.running import pipeline, runner
+from smoothness.measures import curvature, inputspace
 from smoothness.runtime import interrupt, rng
 
 
@@ -29,7 +26,7 @@ def cmd_train(a) -> int:
     precision = matmul_precision(a)
     for s, opt in [*((s, "--seed") for s in a.seed), (a.measure_seed, "--measure-seed")]:
         rng.check_seed(s, opt)   # the RunConfigs check them too; here the error names the option
-    if a.pair is not None and data.input_dim(a.data) == 1:
+    if a.pair is not None and images.input_dim(a.data) == 1:
         raise SmoothnessError(f"--pair: a 1-D task ({a.data}) has no digit pair; leave --pair out")
     pair = tuple(a.pair) if a.pair is not None else (3, 8)
     configs = [pipeline.RunConfig(data=a.data, pair=pair, n_train=n, seed=s, hidden=tuple(a.hidden),
@@ -43,7 +40,7 @@ def cmd_train(a) -> int:
     device = pipeline.resolve_device(a.device)
     if a.save is not None:   # a bad destination fails now, not after the training
         pipeline.check_save_path(a.save, a.overwrite)
-    task = data.task(configs[0].data, configs[0].pair, data_dir=a.data_dir)
+    task = images.task(configs[0].data, configs[0].pair, data_dir=a.data_dir)
     for c in configs:  # fail on impossible sizes before any training starts
         task.subset(c.n_train, c.seed)
     bar = EpochProgress(not a.json and sys.stderr.isatty(), a.max_epochs, len(configs))
@@ -98,7 +95,7 @@ def cmd_measure(a) -> int:
     rng.check_seed(a.measure_seed, "--measure-seed")
     device = pipeline.resolve_device(a.device)
     opts = dict(measure_points=a.measure_points, measure_seed=a.measure_seed,
-                segments=ins.DEFAULT_SEGMENTS if a.segments is None else a.segments,
+                segments=inputspace.DEFAULT_SEGMENTS if a.segments is None else a.segments,
                 points=a.points,
                 sharpness_iters=a.steps or 0, trace_probes=a.probes or 0)
     pipeline.RunConfig(pair=tuple(a.pair or (3, 8)), **opts)   # the options' errors, before the file's
@@ -133,7 +130,7 @@ def cmd_measure(a) -> int:
 
 def cmd_download(a) -> int:
     """`smoothness download`: fetch a data set's IDX files and check their MD5 sums."""
-    dest = Path(a.dir) if a.dir else data.default_data_dir() / a.source
+    dest = Path(a.dir) if a.dir else images.default_data_dir() / a.source
     idx.download(a.source, dest, mirrors=a.mirror, log=lambda s: print(s, file=sys.stderr))
     print(dest)
     return 0
@@ -141,7 +138,7 @@ def cmd_download(a) -> int:
 
 def cmd_data(a) -> int:
     """`smoothness data`: where a data source was found, and its images per digit in each split."""
-    s = data.load_source(a.source, a.data_dir)
+    s = images.load_source(a.source, a.data_dir)
     print(f"{s.name}: {s.origin}")
     for split, lab in (("train", s.train_labels), ("test", s.test_labels)):
         counts = [int((lab == d).sum()) for d in range(10)]
@@ -169,8 +166,8 @@ def _grid(g, a):
 
 def _run(g, a) -> Path:
     out = _out_dir(g, a)
-    a.on_interrupt = lambda: experiments.interrupted_note(g, out)
-    summary = experiments.run_grid(g, out, device=a.device, data_dir=a.data_dir, progress=not a.quiet,
+    a.on_interrupt = lambda: runner.interrupted_note(g, out)
+    summary = runner.run_grid(g, out, device=a.device, data_dir=a.data_dir, progress=not a.quiet,
                                    save_weights=not a.no_weights, backend=a.backend, address=a.address,
                                    chunk_size=a.chunk_size, retries=a.retries, ray_cpus=a.ray_cpus,
                                    measure_batch=a.measure_batch, merge=a.merge,
@@ -184,13 +181,13 @@ def _dry_run(g, a) -> None:
     steps and, on a CPU, in hours of one process at a plain step's rate timed now (240 steps). The options and the
     data are checked as the run checks them, with the same errors."""
     out = _out_dir(g, a)
-    device, _ = experiments.check_options(g, device=a.device, backend=a.backend, retries=a.retries,
+    device, _ = runner.check_options(g, device=a.device, backend=a.backend, retries=a.retries,
                                           measure_batch=a.measure_batch, chunk_size=a.chunk_size,
                                           ray_timeout=a.ray_timeout)
-    work = experiments.work_left(g, out)
-    if work and experiments.data_checked_here(a.backend, a.address):
-        experiments.check_data(g, a.data_dir)
-    print(experiments.dry_run(g, out, a.merge))
+    work = runner.work_left(g, out)
+    if work and runner.data_checked_here(a.backend, a.address):
+        runner.check_data(g, a.data_dir)
+    print(runner.dry_run(g, out, a.merge))
     rate = shape = None
     busy = ""
     if work and a.backend != "local":   # timed here, as a worker like this machine would run it
@@ -203,7 +200,7 @@ def _dry_run(g, a) -> None:
         shape = (f"{'-'.join(map(str, big.widths))}, batch {big.batch_size}" if fam.closed_form
                  else f"{fam.describe()}, batch {big.batch_size}")
         busy = bench.busy_note(*bench.machine_load())   # a busy machine's rate reads low, its time high
-    note = experiments.work_note(work, rate, shape)
+    note = runner.work_note(work, rate, shape)
     if note:
         print(note)
     if busy:
@@ -212,7 +209,7 @@ def _dry_run(g, a) -> None:
 
 def cmd_run(a) -> int:
     """`smoothness run`: train every model of a grid that the store does not hold yet."""
-    g = _grid(grid_mod.resolve(a.grid), a)
+    g = _grid(grid.resolve(a.grid), a)
     if a.dry_run:
         _dry_run(g, a)
         return 0
@@ -222,9 +219,9 @@ def cmd_run(a) -> int:
 
 def cmd_report(a) -> int:
     """`smoothness report`: write the report of a store."""
-    from smoothness.report import document as report  # pandas, SciPy and matplotlib load only when a report is made
+    from smoothness.report import document  # pandas, SciPy and matplotlib load only when a report is made
     results = a.results if isinstance(a.results, list) else [a.results]   # reproduce passes one directory
-    written = report.write_report(results[0] if len(results) == 1 else results, a.out)
+    written = document.write_report(results[0] if len(results) == 1 else results, a.out)
     for name in ("verdict.md", "table1.md", "table2.md"):
         if name in written:
             print(written[name].read_text(encoding="utf-8"))
@@ -233,13 +230,13 @@ def cmd_report(a) -> int:
 
 
 def cmd_reproduce(a) -> int:
-    """`smoothness reproduce`: run a shipped preset, then write its report."""
+    """`smoothness reproduce`: run a shipped preset, then write its document."""
     if a.preset and a.preset_option and a.preset != a.preset_option:
         raise SmoothnessError(f"two presets given: {a.preset} and --preset {a.preset_option}")
     name = a.preset or a.preset_option
     if not name:
-        raise SmoothnessError(f"which preset? smoothness reproduce PRESET, one of: {', '.join(grid_mod.PRESETS)}")
-    g = _grid(grid_mod.preset(name), a)
+        raise SmoothnessError(f"which preset? smoothness reproduce PRESET, one of: {', '.join(grid.PRESETS)}")
+    g = _grid(grid.preset(name), a)
     if a.dry_run:
         _dry_run(g, a)
         return 0
@@ -250,9 +247,9 @@ def cmd_reproduce(a) -> int:
 
 def cmd_compare(a) -> int:
     """`smoothness compare`: match the models of two stores and compare them."""
-    from smoothness.report import compare as compare_mod  # pandas loads only when needed
-    a.ignore = compare_mod.IGNORED if a.ignore is None else tuple(a.ignore)
-    unknown = set(a.ignore) - set(compare_mod.config_columns(()))
+    from smoothness.report import compare  # pandas loads only when needed
+    a.ignore = compare.IGNORED if a.ignore is None else tuple(a.ignore)
+    unknown = set(a.ignore) - set(compare.config_columns(()))
     if unknown:
         raise SmoothnessError(f"--ignore: not configuration fields: {', '.join(sorted(unknown))}")
     if a.csv:   # a bad destination fails before the comparison
@@ -261,7 +258,7 @@ def cmd_compare(a) -> int:
             raise SmoothnessError(f"--csv {dest} is a folder; give a file name, e.g. {dest / 'matched.csv'}")
         if not dest.parent.is_dir():
             raise SmoothnessError(f"--csv {dest}: the folder {dest.parent} does not exist")
-    c = compare_mod.compare(a.a, a.b, a.ignore)
+    c = compare.compare(a.a, a.b, a.ignore)
     if not len(c.matched):
         raise SmoothnessError(c.no_match())
     print(c.markdown(), end="")
@@ -276,7 +273,7 @@ def cmd_compare(a) -> int:
 
 def cmd_salvage(a) -> int:
     """`smoothness salvage`: the readable rows of a damaged store, copied into a new one."""
-    from smoothness.experiments.salvage import salvage
+    from smoothness.experiments.storage.salvage import salvage
     copied, lost, weights = salvage(a.damaged, a.newdir)
     print(f"copied {copied} model(s), {weights} with weights, into {Path(a.newdir) / 'results.sqlite'}; {lost} could "
           f"not be read (`smoothness run GRID --out {a.newdir}` trains them again)")
@@ -285,7 +282,7 @@ def cmd_salvage(a) -> int:
 
 def cmd_export(a) -> int:
     """`smoothness export`: a compact copy of a store, without weights unless asked."""
-    from smoothness.experiments.store import export
+    from smoothness.experiments.storage.store import export
     n = export(a.results, a.dest, weights=a.with_weights)
     print(f"{n} model(s) copied to {a.dest}{'' if a.with_weights else ' (without weights)'}")
     return 0
@@ -294,19 +291,19 @@ def cmd_export(a) -> int:
 def cmd_presets(a) -> int:
     """`smoothness presets`: list the shipped grids, or print one as YAML."""
     if a.name:
-        print(grid_mod.preset_path(a.name).read_text(encoding="utf-8"), end="")
+        print(grid.preset_path(a.name).read_text(encoding="utf-8"), end="")
         return 0
     import shutil
     import textwrap
-    width = max(map(len, grid_mod.PRESETS))
+    width = max(map(len, grid.PRESETS))
     cols = max(60, min(100, shutil.get_terminal_size((100, 24)).columns))
-    for name in grid_mod.PRESETS:
-        g = grid_mod.preset(name)
+    for name in grid.PRESETS:
+        g = grid.preset(name)
         # staged rungs may be skipped
         most = "≤" if g.ladder == "staged" and staging.has_ladder(g.regularizers) else " "
         print(f"{name:{width}s} {most}{len(g.configs()):5d} models on {g.data}")
         print(textwrap.fill(" ".join(g.description.split()), cols, initial_indent="    ", subsequent_indent="    "))
-    print("smoothness presets NAME prints one as YAML; smoothness reproduce NAME runs it and writes its report.")
+    print("smoothness presets NAME prints one as YAML; smoothness reproduce NAME runs it and writes its document.")
     return 0
 
 

@@ -7,8 +7,8 @@ import math
 import os
 import sys
 
-from smoothness.data import lines as linetasks
-from smoothness.experiments.progress import counted
+from smoothness.data import lines
+from smoothness.experiments.running.progress import counted
 from smoothness.measures import oned, registry
 
 MEASURE_KEYS = registry.keys(paper=True)
@@ -41,7 +41,7 @@ def emit_record(rec: dict, as_json: bool) -> None:
     if as_json:
         print(json.dumps(json_safe(shown), allow_nan=False), flush=True)
         return
-    pair = linetasks.pair_label(rec["data"], rec["pair"], " pair {a} {b}")
+    pair = lines.pair_label(rec["data"], rec["pair"], " pair {a} {b}")
     head = f"{rec['data']}{pair}, n_train {rec['n_train']}, seed {rec['seed']}: {rec.get('status', 'no status')}"
     if "epochs" in rec:
         took = [f"{rec['steps']} steps" if "steps" in rec else None,   # measure: no training time
@@ -89,7 +89,7 @@ def print_table(records: list[dict]) -> None:
     rows = [[_fmt(r[k]) for k, _ in cols] for r in records]
     heads = [h for _, h in cols]
     r0 = records[0]
-    print(f"{r0['data']}{linetasks.pair_label(r0['data'], r0['pair'], ' pair {a} {b}')}, {len(records)} models"
+    print(f"{r0['data']}{lines.pair_label(r0['data'], r0['pair'], ' pair {a} {b}')}, {len(records)} models"
           + (f", regularizer {reg}" if reg != "none" else "")
           + (f", optimizer {r0['optimizer']}" if r0.get("optimizer", "sgd") != "sgd" else ""))
     print_aligned(heads, rows)

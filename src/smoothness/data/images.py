@@ -11,7 +11,7 @@ Sources
   fashion-mnist  The same for Fashion-MNIST (also found in /usr/share/datasets/fashion-mnist,
                  where Debian's dataset-fashion-mnist installs it).
 
-The 1-D regression tasks (line-gp, line-sine, line-sign) are in linetasks.py; task() and check_source() take
+The 1-D regression tasks (line-gp, line-sine, line-sign) are in lines.py; task() and check_source() take
 either kind.
 
 Training subsets are balanced (n/2 images of each digit) and nested: for one seed, the subset
@@ -31,8 +31,7 @@ import numpy as np
 import torch
 
 from smoothness import paper
-from smoothness.data import idx
-from smoothness.data import lines as linetasks
+from smoothness.data import idx, lines
 from smoothness.errors import DataError, first_line
 from smoothness.runtime import rng
 
@@ -215,35 +214,35 @@ def check_pair(a: int, b: int) -> tuple[int, int]:
 
 
 def is_source(name) -> bool:
-    """Whether name is a data source: one of SOURCES or a 1-D task spec (linetasks.py)."""
-    return name in SOURCES or linetasks.is_line(name)
+    """Whether name is a data source: one of SOURCES or a 1-D task spec (lines.py)."""
+    return name in SOURCES or lines.is_line(name)
 
 
 def check_source(name) -> str:
     """The canonical name of a data source (1-D specs canonicalized); a DataError for an unknown one."""
-    if linetasks.is_line(name):
-        return linetasks.canonical(name)
+    if lines.is_line(name):
+        return lines.canonical(name)
     if name not in SOURCES:
         raise DataError(f"unknown data source {name!r}; choose one of: {', '.join(SOURCES)}, or a 1-D task "
-                        f"{', '.join(linetasks.PREFIX + k for k in linetasks.KINDS)} (docs/oned.md)")
+                        f"{', '.join(lines.PREFIX + k for k in lines.KINDS)} (docs/oned.md)")
     return name
 
 
 def input_dim(source: str) -> int:
     """The input dimension of a data source: 784 for the image sources, 1 for the 1-D tasks."""
-    return 1 if linetasks.is_line(source) else 784
+    return 1 if lines.is_line(source) else 784
 
 
 def input_shape(source: str) -> tuple[int, ...]:
     """The shape of one input of a data source, as a model takes it: (1, 28, 28) images for the image sources
     (held flattened to 784 values in the tasks), (1,) for the 1-D tasks."""
-    return (1,) if linetasks.is_line(source) else (1, 28, 28)
+    return (1,) if lines.is_line(source) else (1, 28, 28)
 
 
 def task(source: str, pair=None, data_dir=None):
     """The task a model of this source trains on: binary_task(source, *pair) or the 1-D task of the spec."""
-    if linetasks.is_line(source):
-        return linetasks.line_task(source)
+    if lines.is_line(source):
+        return lines.line_task(source)
     return binary_task(source, *pair, data_dir=data_dir)
 
 

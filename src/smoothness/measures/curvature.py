@@ -31,9 +31,7 @@ import numpy as np
 from torch import nn
 
 from smoothness.errors import MeasureError
-from smoothness.measures import checks, paramspace, spectrum, stream
-from smoothness.measures import inputspace as ins
-from smoothness.measures import trace as estimators
+from smoothness.measures import checks, inputspace, paramspace, spectrum, stream
 from smoothness.measures.estimate import Estimate, exact
 from smoothness.measures.gaussnewton import (
     KINDS,
@@ -46,7 +44,16 @@ from smoothness.measures.gaussnewton import (
 from smoothness.measures.losses import LOSSES, resolve_loss
 from smoothness.measures.operators import CurvatureOperator, HessianOperator, MatrixOperator, checked
 from smoothness.measures.spectrum import Density, Eigenvalue, density, eigenpairs
-from smoothness.measures.trace import Diagonal, diagonal, exact_diagonal, hutchinson, hutchpp, trace, xtrace
+from smoothness.measures.trace import (  # DEFAULT_PROBES: Hutchinson probe vectors
+    DEFAULT_PROBES,
+    Diagonal,
+    diagonal,
+    exact_diagonal,
+    hutchinson,
+    hutchpp,
+    trace,
+    xtrace,
+)
 from smoothness.models import MLPStack, ReLUMLP
 from smoothness.runtime import precision
 
@@ -58,14 +65,13 @@ __all__ = ["DEFAULT_PROBES", "DEFAULT_RUNS", "DEFAULT_STEPS", "DEFAULT_TOL", "KI
 
 DEFAULT_STEPS = spectrum.DEFAULT_STEPS    # Lanczos steps at most (top eigenvalues: until converged; density: these)
 DEFAULT_TOL = spectrum.DEFAULT_TOL        # top eigenvalues: stop when every residual is below tol x the largest
-DEFAULT_PROBES = estimators.DEFAULT_PROBES   # Hutchinson probe vectors
 DEFAULT_RUNS = spectrum.DEFAULT_RUNS      # independent stochastic Lanczos quadrature runs of the density
 
 
 def _fast(model, data, targets, loss, fast: bool):
     """The ReLU stack of model where the batched fast path applies (float targets [n] for points [n, d]), else
     None."""
-    p = ins.relu_stack(module_of(model))
+    p = inputspace.relu_stack(module_of(model))
     if (p is None or not fast or loss not in (None, "mse") or stream.is_stream(data) or targets is None
             or not stream.as_tensor(targets).is_floating_point() or stream.as_tensor(targets).dim() != 1
             or stream.as_tensor(data).dim() != 2 or not stream.as_tensor(data).is_floating_point()

@@ -16,8 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from smoothness.errors import MeasureError
-from smoothness.measures import checks, curvature, losses, single, spectrum, stream
-from smoothness.measures import inputspace as ins
+from smoothness.measures import checks, curvature, inputspace, losses, single, spectrum, stream
 from smoothness.models import MLPStack
 
 INPUT_SPACE = ("gradient_norm", "gradient_norm_squared", "path_lengths", "lipschitz")
@@ -30,8 +29,8 @@ ALL = INPUT_SPACE + CURVATURE
 class Settings:
     """The sampling of each measure (the paper's and this package's defaults)."""
 
-    segments: int = ins.DEFAULT_SEGMENTS
-    points: int = ins.DEFAULT_POINTS
+    segments: int = inputspace.DEFAULT_SEGMENTS
+    points: int = inputspace.DEFAULT_POINTS
     seed: int = 0
     output: int | str | None = None
     loss: str | None = None

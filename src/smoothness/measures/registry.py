@@ -16,8 +16,7 @@ from typing import Callable
 
 import torch
 
-from smoothness.measures import inputspace as ins
-from smoothness.measures import lipschitz, paramspace, penalties
+from smoothness.measures import inputspace, lipschitz, paramspace, penalties
 from smoothness.models import MLPStack, family_of
 from smoothness.runtime import precision
 
@@ -32,7 +31,7 @@ class Context:
     results that several measures share (both path lengths come from one pass over the segments)."""
 
     def __init__(self, p: MLPStack, x: torch.Tensor, y: torch.Tensor | None = None, *,
-                 segments: int = ins.DEFAULT_SEGMENTS, points: int = ins.DEFAULT_POINTS, seed: int = 0,
+                 segments: int = inputspace.DEFAULT_SEGMENTS, points: int = inputspace.DEFAULT_POINTS, seed: int = 0,
                  batch_size: int = 64, init_seeds=None, alphas=None, sharpness_iters: int = 0, trace_probes: int = 0,
                  which=()):
         self.p, self.x, self.y = p, x, y
@@ -46,7 +45,7 @@ class Context:
     @property
     def ev(self):
         if self._ev is None:
-            self._ev = ins.evaluator(self.p)
+            self._ev = inputspace.evaluator(self.p)
         return self._ev
 
     def path_lengths(self) -> dict[str, torch.Tensor]:
@@ -54,7 +53,7 @@ class Context:
         if self._paths is None:
             want = tuple(k for k, m in (("fpl", "function_path_length"), ("gpl", "gradient_path_length"))
                          if m in self.which)
-            self._paths = ins.path_lengths(self.ev, self.x, self.segments, self.points, self.seed, want)
+            self._paths = inputspace.path_lengths(self.ev, self.x, self.segments, self.points, self.seed, want)
         return self._paths
 
     def nan(self) -> torch.Tensor:
@@ -102,7 +101,7 @@ def _hessian_trace(c: Context) -> dict[str, torch.Tensor]:
 
 def _gradient_norms(power: int, key: str) -> Callable:
     def compute(c: Context) -> dict[str, torch.Tensor]:
-        mean, se = ins.gradient_norms(c.ev, c.x, power, with_se=True)
+        mean, se = inputspace.gradient_norms(c.ev, c.x, power, with_se=True)
         return {key: mean, key + "_se": se}
     return compute
 
@@ -132,10 +131,10 @@ REGISTRY: tuple[Measure, ...] = (
             penalties.penalty_grad_gradient_path_length, columns=("gradient_path_length_se",),
             paper=True, table1=True, sampled=True, stack=True, point_order=True, views=(SWEEP, FLATNESS)),
     Measure("weights_product", "WP", "eq. 13", PARAMETER, ONE_HIDDEN, "weights_product", "WP",
-            lambda c: ins.weights_products(c.p) if c.p.depth == 1 else c.nan(), penalties.batch_weights_product,
+            lambda c: inputspace.weights_products(c.p) if c.p.depth == 1 else c.nan(), penalties.batch_weights_product,
             penalties.penalty_grad_weights_product, paper=True, table1=True, stack=True, views=(FLATNESS,)),
     Measure("path_norm", "PN", "eq. 13 generalized to any depth (inputspace.path_norms)", PARAMETER, ANY_DEPTH,
-            "path_norm", "PN", lambda c: ins.path_norms(c.p), penalties.batch_path_norm, table1=True,
+            "path_norm", "PN", lambda c: inputspace.path_norms(c.p), penalties.batch_path_norm, table1=True,
             stands_in_for="weights_product", equals="WP for one hidden layer", views=(SWEEP,)),
     Measure("norm_product", "NP", "the product of the weight tensors' Frobenius norms (models.Family.weight_norm), "
             "which bounds WP for one hidden layer", PARAMETER, ANY_DEPTH, "norm_product", "∏‖W‖_F",
@@ -143,7 +142,7 @@ REGISTRY: tuple[Measure, ...] = (
             stands_in_for="weights_product", equals="an upper bound of WP for one hidden layer"),
     Measure("lipschitz_lower", "LipLB", "max ||grad f|| over the held-out points, raised by projected gradient "
             "ascent in their box (lipschitz.lower_bounds)", INPUT, ANY_DEPTH, None, "Lipschitz lower bound",
-            lambda c: ins.lipschitz_lower_bounds(c.ev, c.x), stack=True, views=(FLATNESS,)),
+            lambda c: inputspace.lipschitz_lower_bounds(c.ev, c.x), stack=True, views=(FLATNESS,)),
     Measure("lipschitz_upper", "LipUB", "product of the layers' spectral norms (lipschitz.spectral_products)",
             PARAMETER, ANY_DEPTH, None, "Lipschitz upper bound", lambda c: lipschitz.spectral_products(c.p),
             stack=True, log_scale=True, views=(FLATNESS,)),
@@ -254,15 +253,16 @@ SAMPLED = keys(stack=True, sampled=True)  # those estimated at points (also on t
 
 @torch.no_grad()
 @precision.strict_fp32()
-def measure_stack(p: MLPStack, x, *, segments: int = ins.DEFAULT_SEGMENTS, points: int = ins.DEFAULT_POINTS,
+def measure_stack(p: MLPStack, x, *, segments: int = inputspace.DEFAULT_SEGMENTS,
+                  points: int = inputspace.DEFAULT_POINTS,
                   seed: int = 0, which=MEASURES) -> dict[str, torch.Tensor]:
     """All requested measures of M models at once (the rows with stack=True); x is [n, d] (shared) or [M, n, d].
     {column: [M]}: each measure's key and its further columns (the standard errors of GN, GN^2, FPL and GPL)."""
     unknown = set(which) - set(MEASURES)
     if unknown:
         raise ValueError(f"unknown measure(s) {sorted(unknown)}; known: {', '.join(MEASURES)}")
-    ev = ins.evaluator(p)
-    c = Context(p, ins.as_points(x, ev), segments=segments, points=points, seed=seed, which=which)
+    ev = inputspace.evaluator(p)
+    c = Context(p, inputspace.as_points(x, ev), segments=segments, points=points, seed=seed, which=which)
     out = {}
     for m in REGISTRY:
         if m.stack and m.key in which:

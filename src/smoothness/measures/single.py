@@ -25,8 +25,7 @@ import torch
 from torch import nn
 
 from smoothness.errors import MeasureError, MeasureTypeError
-from smoothness.measures import anymodule, checks, lipbound, lipschitz, stream
-from smoothness.measures import inputspace as ins
+from smoothness.measures import anymodule, checks, inputspace, lipbound, lipschitz, stream
 from smoothness.measures.estimate import Estimate, exact, mean_and_se
 from smoothness.runtime import precision
 from smoothness.runtime.progress import Bar
@@ -38,14 +37,14 @@ MODULE_POINTS = 256   # points per forward/backward pass of a general module (bo
 def evaluator_for(f, x: torch.Tensor, output=None):
     """(ev, to_points): the evaluator of one model f (inputspace.Evaluator, M = 1) built from a first batch x, and
     the conversion of a batch [n, ...] to the evaluator's points [1, n, d]."""
-    p = ins.relu_stack(f)
+    p = inputspace.relu_stack(f)
     if p is not None:
         if p.n_models != 1:
             raise MeasureError(f"f is a stack of {p.n_models} models; these functions measure one model "
                                "(smoothness.measures.measure_stack measures a stack at once)")
         if output not in (None, 0):
             raise MeasureError(f"output={output!r}: a ReLU MLP of this package has one output")
-        ev, d = ins.evaluator(p), p.widths[0]
+        ev, d = inputspace.evaluator(p), p.widths[0]
 
         def to_mlp_points(b):
             b = checks.points(stream.as_tensor(b)).to(device=ev.device, dtype=ev.dtype)
@@ -72,7 +71,7 @@ def evaluator_for(f, x: torch.Tensor, output=None):
         return b.reshape(1, b.shape[0], -1)
     probe = to_points(x[:1])
     values, grads, k = anymodule.parts(f, shape, output, probe[0])
-    return ins.Evaluator(values, grads, 1, dtype, device, outputs=k, max_points=MODULE_POINTS), to_points
+    return inputspace.Evaluator(values, grads, 1, dtype, device, outputs=k, max_points=MODULE_POINTS), to_points
 
 
 class Reader:
@@ -125,7 +124,7 @@ def _gradient_norm(f, data, output, power: int, progress) -> Estimate:
     sums, n = None, 0
     with torch.no_grad():
         for x in r.each(data, "gradient norms", progress):
-            got = ins.gradient_norm_sums(r.ev, x, power)
+            got = inputspace.gradient_norm_sums(r.ev, x, power)
             sums = got if sums is None else tuple(a + b for a, b in zip(sums, got))
             n += x.shape[1]
     total, total64, sq = sums
@@ -148,7 +147,8 @@ def gradient_norm_squared(f, data, output=None, *, progress=None) -> Estimate:
 
 
 @precision.strict_fp32()
-def path_lengths(f, data, segments: int = ins.DEFAULT_SEGMENTS, points: int = ins.DEFAULT_POINTS, seed: int = 0,
+def path_lengths(f, data, segments: int = inputspace.DEFAULT_SEGMENTS, points: int = inputspace.DEFAULT_POINTS,
+                 seed: int = 0,
                  output=None, which=("fpl", "gpl"), *, progress=None) -> dict[str, Estimate]:
     """Eqs. 9-11: FPL ('fpl') and GPL ('gpl') in one pass over the same segments: the means over `segments`
     segments between random pairs of the points (drawn by index with the seed, so a DataLoader gives the value of
@@ -158,7 +158,7 @@ def path_lengths(f, data, segments: int = ins.DEFAULT_SEGMENTS, points: int = in
     which = tuple(which)
     if not which or set(which) - set(PATHS):
         raise MeasureError(f"which must name some of {', '.join(PATHS)}; got {which!r}")
-    ins.check_segments(segments, points)
+    inputspace.check_segments(segments, points)
     stream.check_reiterable(data, "the path lengths")
     data = _points(data)
     if not checks.parameters_finite(f):
@@ -170,10 +170,10 @@ def path_lengths(f, data, segments: int = ins.DEFAULT_SEGMENTS, points: int = in
     r = Reader(f, output)
     r.start(data)
     check_path_work(segments, points, r.example[0].numel(), r.ev.outputs, r.ev.dtype, r.ev.device)
-    ia, ib = ins.segment_endpoints(n, segments, seed)
+    ia, ib = inputspace.segment_endpoints(n, segments, seed)
     ends = r.points(stream.gather(data, torch.cat([ia, ib])))          # [1, 2 S, d]
     with torch.no_grad(), Bar(segments, "path lengths", "segment", progress) as bar:
-        got = ins.segment_path_lengths(r.ev, lambda i, j: (ends[:, i:j], ends[:, segments + i:segments + j]), 1,
+        got = inputspace.segment_path_lengths(r.ev, lambda i, j: (ends[:, i:j], ends[:, segments + i:segments + j]), 1,
                                        segments, points, which, ends.shape[2], progress=bar.update)
     return {k: Estimate(float(got[k][0]), float(got[k + "_se"][0]), segments) for k in which}
 
@@ -188,14 +188,14 @@ def check_path_work(segments: int, points: int, d: int, outputs: int, dtype, dev
                 "use fewer segments or points per segment", device)
 
 
-def function_path_length(f, data, segments: int = ins.DEFAULT_SEGMENTS, points: int = ins.DEFAULT_POINTS,
+def function_path_length(f, data, segments: int = inputspace.DEFAULT_SEGMENTS, points: int = inputspace.DEFAULT_POINTS,
                          seed: int = 0, output=None, *, progress=None) -> Estimate:
     """Eqs. 9-10: the mean sampled total variation of f on segments between random pairs of the points (with
     ||f(t_k) - f(t_k-1)||_2 for K outputs), with its standard error over the segments (path_lengths)."""
     return path_lengths(f, data, segments, points, seed, output, ("fpl",), progress=progress)["fpl"]
 
 
-def gradient_path_length(f, data, segments: int = ins.DEFAULT_SEGMENTS, points: int = ins.DEFAULT_POINTS,
+def gradient_path_length(f, data, segments: int = inputspace.DEFAULT_SEGMENTS, points: int = inputspace.DEFAULT_POINTS,
                          seed: int = 0, output=None, *, progress=None) -> Estimate:
     """Eq. 11, sampled like FPL: the mean total variation (L2 norm of differences) of grad f on segments (the
     Frobenius norm of the Jacobian's change for K outputs), with its standard error (path_lengths)."""
@@ -203,24 +203,25 @@ def gradient_path_length(f, data, segments: int = ins.DEFAULT_SEGMENTS, points: 
 
 
 @precision.strict_fp32()
-def segment_total_variation(f, a, b, points: int = ins.DEFAULT_POINTS, of: str = "function", output=None) -> Estimate:
+def segment_total_variation(f, a, b, points: int = inputspace.DEFAULT_POINTS, of: str = "function",
+                            output=None) -> Estimate:
     """Eq. 10 on one segment a -> b: the sampled TV of f ('function') or of grad f ('gradient'); exact (se 0)."""
     if of not in ("function", "gradient"):
         raise MeasureError("of must be 'function' or 'gradient'")
-    ins.check_segments(1, points)
+    inputspace.check_segments(1, points)
     if not checks.parameters_finite(f):
         return checks.not_computed()
     r = Reader(f, output)
     ab = r.points(torch.stack([stream.as_tensor(a), stream.as_tensor(b)]))
     with torch.no_grad():
-        pts = ins.segment_points(ab[:, 0], ab[:, 1], points)  # [1, P, d]
+        pts = inputspace.segment_points(ab[:, 0], ab[:, 1], points)  # [1, P, d]
         if of == "gradient":
-            return exact(ins.tv_of_gradients(r.ev.grads(pts))[0])
-        return exact(ins.tv_of_outputs(r.ev.values(pts), r.ev.outputs > 1)[0])
+            return exact(inputspace.tv_of_gradients(r.ev.grads(pts))[0])
+        return exact(inputspace.tv_of_outputs(r.ev.values(pts), r.ev.outputs > 1)[0])
 
 
 def _of_stack(f, fn, requirement: str) -> Estimate:
-    p = ins.relu_stack(f)
+    p = inputspace.relu_stack(f)
     if p is None:
         raise MeasureError(f"{fn.__name__[:-1]} is defined for {requirement}")
     if p.n_models != 1:
@@ -234,7 +235,7 @@ def _of_stack(f, fn, requirement: str) -> Estimate:
 @precision.strict_fp32()
 def weights_product(f) -> Estimate:
     """Eq. 13 for a two-layer ReLU network (ReLUMLP, or nn.Sequential(Linear, ReLU, Linear)); exact."""
-    return _of_stack(f, ins.weights_products, "two-layer ReLU networks only: pass a smoothness ReLUMLP or "
+    return _of_stack(f, inputspace.weights_products, "two-layer ReLU networks only: pass a smoothness ReLUMLP or "
                                               "nn.Sequential(Linear, ReLU, Linear)")
 
 
@@ -242,7 +243,7 @@ def weights_product(f) -> Estimate:
 def path_norm(f) -> Estimate:
     """The path norm (WP generalized to any depth, inputspace.path_norms) of a ReLU MLP (ReLUMLP or nn.Sequential
     of Linear and ReLU layers); exact."""
-    return _of_stack(f, ins.path_norms, "ReLU MLPs: pass a smoothness ReLUMLP or an nn.Sequential of Linear and "
+    return _of_stack(f, inputspace.path_norms, "ReLU MLPs: pass a smoothness ReLUMLP or an nn.Sequential of Linear and "
                                         "ReLU layers")
 
 
@@ -290,7 +291,7 @@ def lipschitz_bounds(f, data, output=None, *, progress=None) -> tuple[Estimate, 
             if r.ev.outputs > 1:
                 raise MeasureError(f"f has {r.ev.outputs} outputs: the bounds are for a scalar function; pass "
                                    "output=k or output='margin'")
-            top.add(x, ins.point_gradient_norms(r.ev, x))
+            top.add(x, inputspace.point_gradient_norms(r.ev, x))
             evaluated += x.shape[1]
         best = top.norms.max(1).values
         if r.ev.stack is not None:

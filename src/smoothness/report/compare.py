@@ -12,10 +12,10 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 import pandas as pd
 
-from smoothness.analysis import tables as analysis
-from smoothness.experiments.config import ADDED_FIELDS
-from smoothness.experiments.pipeline import RunConfig
-from smoothness.experiments.store import Store
+from smoothness.analysis import tables
+from smoothness.experiments.configuration.config import ADDED_FIELDS
+from smoothness.experiments.running.pipeline import RunConfig
+from smoothness.experiments.storage.store import Store
 from smoothness.measures import registry
 
 IGNORED = ("matmul_precision",)
@@ -125,7 +125,7 @@ def relative_differences(m: pd.DataFrame) -> pd.DataFrame:
 
 def _table1(df: pd.DataFrame, ignore) -> pd.DataFrame:
     df = df.assign(**{c: ADDED_FIELDS[c] for c in ignore if c in ADDED_FIELDS})   # one setting in A and B
-    t = analysis.table1(df)
+    t = tables.table1(df)
     if not len(t):
         return t
     return t[["setting", "measure", "tau_mean", "tau_std", "datasets"]]
@@ -145,7 +145,7 @@ def compare(a, b, ignore=IGNORED) -> Comparison:
     t1 = pd.DataFrame()
     if len(t1a) and len(t1b):
         t1 = t1a.merge(t1b, on=["setting", "measure"], suffixes=(" A", " B"), how="outer")
-        order = {m: i for i, m in enumerate(analysis.TAU_MEASURES.values())}
+        order = {m: i for i, m in enumerate(tables.TAU_MEASURES.values())}
         t1 = t1.sort_values(["setting", "measure"], key=lambda c: c.map(order) if c.name == "measure" else c,
                             ignore_index=True)
     return Comparison(pa, pb, len(fa), len(fb), m, ignore, statuses,

@@ -13,7 +13,7 @@ import pandas as pd
 from smoothness.analysis import flatness, optimality
 from smoothness.analysis import tables as A
 from smoothness.errors import StoreError
-from smoothness.experiments.store import Store
+from smoothness.experiments.storage.store import Store
 from smoothness.measures import registry
 from smoothness.report import figures
 from smoothness.report.format import (

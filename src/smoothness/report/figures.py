@@ -12,7 +12,7 @@ import pandas as pd
 from smoothness import paper
 from smoothness.analysis import optimality
 from smoothness.analysis import tables as A
-from smoothness.data import lines as linetasks
+from smoothness.data import lines
 from smoothness.measures import oned, registry
 
 
@@ -204,7 +204,7 @@ def interpolant_figure(rows: pd.DataFrame, params: dict, path: Path) -> bool:
     plt = _plt()
     fig, axes = plt.subplots(1, len(rows), figsize=(5 * len(rows), 4), squeeze=False)
     for ax, (_, r) in zip(axes[0], rows.iterrows()):
-        task = linetasks.line_task(r["data"])
+        task = lines.line_task(r["data"])
         idx = task.subset(int(r["n_train"]), int(r["seed"]))
         x, y = task.pool_x[idx, 0].double().numpy(), task.pool_y[idx].double().numpy()
         span = x.max() - x.min()

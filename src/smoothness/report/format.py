@@ -7,9 +7,8 @@ import math
 import numpy as np
 import pandas as pd
 
-from smoothness.analysis import flatness, optimality
-from smoothness.analysis import tables as A
-from smoothness.experiments.progress import counted
+from smoothness.analysis import flatness, optimality, tables
+from smoothness.experiments.running.progress import counted
 from smoothness.measures import registry
 
 
@@ -116,7 +115,7 @@ def table2_tables(t2: pd.DataFrame) -> list[Table]:
 
 def verdict_tables(v: pd.DataFrame) -> list[Table]:
     """The answer first: per data set, one row per measure with tau, r_norm, our reading and the paper's."""
-    from smoothness.analysis import verdict as V
+    from smoothness.analysis import verdict
     out = []
     for data, g in v.groupby("data", sort=False):
         def tau(r):
@@ -130,11 +129,12 @@ def verdict_tables(v: pd.DataFrame) -> list[Table]:
 
         rows = [[r.measure, tau(r), ratio(r), r.reading, r.paper_reading, r.why] for r in g.itertuples()]
         note = (f"Reading (module smoothness.verdict): SGD does not optimize a measure if "
-                f"τ ≤ {V.TAU_NOT_MONOTONE:g} "
-                f"or r_norm ≤ {V.R_REDUCIBLE:g}; the data are consistent with SGD optimizing it if τ ≥ "
-                f"{V.TAU_MONOTONE:g} and r_norm ≥ {V.R_NOT_REDUCIBLE:g} with a λ ladder that reached a λ too large "
-                f"to interpolate; anything else, or too little data (fewer than {V.MIN_DATASETS} datasets or "
-                f"{V.MIN_SIZES} sizes), is inconclusive. The same rules on the paper's values give the paper's "
+                f"τ ≤ {verdict.TAU_NOT_MONOTONE:g} "
+                f"or r_norm ≤ {verdict.R_REDUCIBLE:g}; the data are consistent with SGD optimizing it if τ ≥ "
+                f"{verdict.TAU_MONOTONE:g} and r_norm ≥ {verdict.R_NOT_REDUCIBLE:g} with a λ ladder that reached a λ "
+                f"too large "
+                f"to interpolate; anything else, or too little data (fewer than {verdict.MIN_DATASETS} datasets or "
+                f"{verdict.MIN_SIZES} sizes), is inconclusive. The same rules on the paper's values give the paper's "
                 "reading (right-hand column).")
         out.append(Table(f"Verdict: does SGD optimize each measure? ({data})",
                          ["Measure", "Kendall's τ(N, S) ours / paper", "r_norm ours / paper", "Our data",
@@ -165,15 +165,16 @@ def sampling_tables(err: pd.DataFrame) -> list[Table]:
 # -- figures ----------------------------------------------------------------------------------------
 def lr_sweep_tables(sweep: pd.DataFrame) -> list[Table]:
     """One table per setting and N: a row per learning rate."""
-    cols = [c for c in A.SWEEP if f"{c}_mean" in sweep]
+    cols = [c for c in tables.SWEEP if f"{c}_mean" in sweep]
     tabs = []
-    for keys, g in sweep.groupby(A.SETTING_NO_LR + ["n_train"], sort=True):
-        label = A.setting_label({**dict(zip(A.SETTING_NO_LR, keys)), "lr": 0, "max_epochs": 0}, with_lr=False)
+    for keys, g in sweep.groupby(tables.SETTING_NO_LR + ["n_train"], sort=True):
+        label = tables.setting_label({**dict(zip(tables.SETTING_NO_LR, keys)), "lr": 0, "max_epochs": 0}, with_lr=False)
         rows = [[f"{r['lr']:g}", f"{r['converged']}/{r['models']}", str(r["diverged"]), fmt(r["final_loss_median"]),
                  fmt(r["two_over_lr"])]
                 + [_pm(r[f"{c}_mean"], r[f"{c}_std"]) for c in cols] for _, r in g.sort_values("lr").iterrows()]
         tabs.append(Table(f"Learning-rate sweep: {label}, N = {keys[-1]}",
-                          ["lr", "converged", "diverged", "final loss (median)", "2/lr"] + [A.SWEEP[c] for c in cols],
+                          ["lr", "converged", "diverged", "final loss (median)", "2/lr"]
+                          + [tables.SWEEP[c] for c in cols],
                           rows, "Means ± std over converged models (datasets and seeds); the final loss is the last "
                           "epoch's training loss, median over all models. Sharpness is the top eigenvalue of the "
                           "training-loss Hessian; full-batch GD is stable only below 2/lr."))
@@ -183,14 +184,14 @@ def lr_sweep_tables(sweep: pd.DataFrame) -> list[Table]:
 def depth_tables(bd: pd.DataFrame) -> list[Table]:
     """One table per setting: a row per measure, a column per architecture (Kendall's tau(N, measure))."""
     tabs = []
-    for keys, g in bd.groupby(A.SETTING_NO_HIDDEN, sort=True):
+    for keys, g in bd.groupby(tables.SETTING_NO_HIDDEN, sort=True):
         archs = list(dict.fromkeys(g["hidden"]))
         rows = []
-        for m in A.DEPTH_MEASURES.values():
+        for m in tables.DEPTH_MEASURES.values():
             cell = {r["hidden"]: (_pm(r["tau_mean"], r["tau_std"]) + f" ({r['datasets']})")
                     for _, r in g[g["measure"] == m].iterrows()}
             rows.append([m] + [cell.get(a, "–") for a in archs])
-        label = A.setting_label({**dict(zip(A.SETTING_NO_HIDDEN, keys)), "hidden": "*"})
+        label = tables.setting_label({**dict(zip(tables.SETTING_NO_HIDDEN, keys)), "hidden": "*"})
         tabs.append(Table(f"Table 1 by depth: {label}", ["Smoothness measure"] + [f"hidden {a}" for a in archs],
                           rows, "Kendall's τ between N and each measure, mean ± std over (pair, seed) with the "
                                 "number of those in brackets; converged unregularized models only."))
@@ -203,12 +204,12 @@ def by_size_tables(size: pd.DataFrame, shown: dict[str, str]) -> list[Table]:
     out = []
     cols = [m for m in shown if f"{m}_mean" in size] + [m for m in ("loss_test",) if f"{m}_mean" in size]
     names = {**shown, "loss_test": "test loss"}
-    for keys, g in size.groupby(A.SETTING, sort=True):
+    for keys, g in size.groupby(tables.SETTING, sort=True):
         rows = [[str(int(r["n_train"])), str(int(r[f"{cols[0]}_count"]))]
                 + [_pm(r[f"{m}_mean"], r[f"{m}_std"]) for m in cols] for _, r in g.iterrows()]
         out.append(Table("Measures by training size", ["N", "models"] + [names[m] for m in cols], rows,
                          "Mean ± std over the converged unregularized models of each N (the curves of "
-                         f"measures_vs_n.png). Setting: {A.setting_label(dict(zip(A.SETTING, keys)))}."))
+                         f"measures_vs_n.png). Setting: {tables.setting_label(dict(zip(tables.SETTING, keys)))}."))
     return out
 
 
@@ -299,7 +300,7 @@ def optimizer_tables(t: pd.DataFrame) -> list[Table]:
     tabs = []
     for keys, g in t.groupby(flatness.KEY, sort=True):
         setting = dict(zip(flatness.KEY, keys))
-        label = A.setting_label({**setting, "optimizer": "sgd"})
+        label = tables.setting_label({**setting, "optimizer": "sgd"})
         rows = []
         for _, r in g.iterrows():
             name = r["optimizer"] + (f" ρ={fmt(r['rho'])}" if r["optimizer"] == "sam" else "")

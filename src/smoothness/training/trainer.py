@@ -35,8 +35,7 @@ import torch
 
 from smoothness.models import DEFAULT_WIDTHS, Family, MLPStack, family_of, forward, losses, residuals
 from smoothness.runtime import interrupt, precision, rng
-from smoothness.training import engines, optimizers, regularizers
-from smoothness.training import step as step_mod
+from smoothness.training import engines, optimizers, regularizers, step
 from smoothness.training.spec import DEFAULT_BATCH, TrainResult, TrainSpec
 from smoothness.training.state import (
     STATUSES,
@@ -164,11 +163,11 @@ class BatchedTrainer:
 
     # -- a step and the end of an epoch (step.py) ---------------------------------------------------------------
     def _step(self, act: ActiveModels, st: StepSettings) -> None:
-        step_mod.step(act, st, self._engine, self.x, self._arange,
-                      step_mod.block_size(len(act), self.device, self.batch_size, self.x.shape[1], self.block_models))
+        step.step(act, st, self._engine, self.x, self._arange,
+                      step.block_size(len(act), self.device, self.batch_size, self.x.shape[1], self.block_models))
 
     def _epoch_end(self, act: ActiveModels, rows: np.ndarray) -> None:
-        step_mod.epoch_end(act, rows, self._settings, self.device)
+        step.epoch_end(act, rows, self._settings, self.device)
 
     # -- the loop ------------------------------------------------------------------------------
     def train(self, specs: list[TrainSpec], on_finish=None, progress=None) -> list[TrainResult]:

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from smoothness.experiments.config import RunConfig, config_key
-from smoothness.experiments.store import versions, warn
+from smoothness.experiments.configuration.config import RunConfig, config_key
+from smoothness.experiments.storage.store import versions, warn
 from smoothness.models import shapes_of, stack_from_state
 from smoothness.training import Snapshot
 

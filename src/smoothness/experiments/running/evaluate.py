@@ -10,11 +10,9 @@ from typing import NamedTuple
 import torch
 
 from smoothness import training
-from smoothness.data import images as datasets
-from smoothness.data import lines as linetasks
-from smoothness.experiments.config import RunConfig
-from smoothness.measures import oned, registry
-from smoothness.measures import single as measures
+from smoothness.data import images, lines
+from smoothness.experiments.configuration.config import RunConfig
+from smoothness.measures import oned, registry, single
 from smoothness.models import MLPStack
 from smoothness.runtime import precision
 
@@ -22,12 +20,12 @@ from smoothness.runtime import precision
 class Trained(NamedTuple):
     """A trained model to measure: its weights (a stack of one), its task, its training subset, its config."""
     params: MLPStack
-    task: datasets.BinaryTask
+    task: images.BinaryTask
     train_idx: torch.Tensor
     cfg: RunConfig
 
 
-def measure_model(params: MLPStack, task: datasets.BinaryTask, train_idx: torch.Tensor, cfg: RunConfig,
+def measure_model(params: MLPStack, task: images.BinaryTask, train_idx: torch.Tensor, cfg: RunConfig,
                   device=None) -> dict[str, float]:
     """Held-out and train-set measures, losses and parameter-space measures of one trained model (a stack
     of one); measure_models does the same for many models at once."""
@@ -102,15 +100,15 @@ def _measure_group(items: list[Trained], dev) -> list[dict[str, float]]:
             recs[i]["loss_test"] = v
     for r, it in zip(recs, items):
         # l_S of FPL for this training set
-        r["fpl_lower_bound"] = measures.fpl_lower_bound(it.task.pool_y[it.train_idx])
+        r["fpl_lower_bound"] = single.fpl_lower_bound(it.task.pool_y[it.train_idx])
     finite = torch.stack([torch.isfinite(w).flatten(1).all(1) for w in p.tensors()]).all(0).tolist()
     ok = [i for i, f in enumerate(finite) if f]
     param = parameter_measures(p, xtr, ytr, [it.cfg for it in items], finite)
     for r, vals in zip(recs, param):
         r.update(vals)
-    for rows in by_task.values():   # 1-D tasks: the exact measures and S_min of each training set (linetasks.py)
+    for rows in by_task.values():   # 1-D tasks: the exact measures and S_min of each training set (lines.py)
         t = items[rows[0]].task
-        if linetasks.is_line(items[rows[0]].cfg.data):
+        if lines.is_line(items[rows[0]].cfg.data):
             for i, ex in zip(rows, oned.exact_of(p.select(rows), t, [items[i].train_idx for i in rows])):
                 recs[i].update(ex, **oned.smallest_of(t, items[i].train_idx))
     kw = dict(segments=cfg.segments, points=cfg.points, seed=cfg.measure_seed)
@@ -164,7 +162,7 @@ def _closed_form(it: Trained) -> bool:
 def family_of_config(c: RunConfig):
     """The model family of a configuration (models.build)."""
     from smoothness.models import build
-    return build(c.model, c.hidden, datasets.input_shape(c.data), c.outputs)
+    return build(c.model, c.hidden, images.input_shape(c.data), c.outputs)
 
 
 def _measure_module(it: Trained, dev) -> dict[str, float]:
@@ -184,7 +182,7 @@ def _measure_module(it: Trained, dev) -> dict[str, float]:
         for name, x, y in (("loss_train", xtr, ytr), ("loss_test", _on(dev, task.heldout_x), _on(dev, task.heldout_y))):
             rec[name] = float(torch.cat([losses.per_example(fam.values(p, x[i:i + 1024]), y[None, i:i + 1024], c.loss)
                                          for i in range(0, x.shape[0], 1024)], 1).double().mean())
-    rec["fpl_lower_bound"] = measures.fpl_lower_bound(ytr) if c.outputs == 1 else float("nan")
+    rec["fpl_lower_bound"] = single.fpl_lower_bound(ytr) if c.outputs == 1 else float("nan")
     finite = all(bool(torch.isfinite(t).all()) for t in p.tensors())
     sampled = [registry.on_points(col, suffix) for suffix in ("", "_train") for k in registry.SAMPLED
                for col in registry.columns(registry.get(k))]
@@ -194,14 +192,14 @@ def _measure_module(it: Trained, dev) -> dict[str, float]:
     points = {"": task.measure_points(c.measure_points).to(dev), "_train": task.train_points(it.train_idx,
                                                                                           c.measure_points).to(dev)}
     for suffix, x in points.items():
-        for key, fn in (("gradient_norm", measures.gradient_norm), ("gradient_norm_squared",
-                                                                   measures.gradient_norm_squared)):
+        for key, fn in (("gradient_norm", single.gradient_norm), ("gradient_norm_squared",
+                                                                   single.gradient_norm_squared)):
             e = fn(mod, x, output)
             rec[key + suffix], rec[registry.on_points(key + "_se", suffix)] = e.value, e.se
-        got = measures.path_lengths(mod, x, c.segments, c.points, c.measure_seed, output)
-        for short, key in measures.PATHS.items():
+        got = single.path_lengths(mod, x, c.segments, c.points, c.measure_seed, output)
+        for short, key in single.PATHS.items():
             rec[key + suffix], rec[registry.on_points(key + "_se", suffix)] = got[short].value, got[short].se
-    lower, upper = measures.lipschitz_bounds(mod, points[""], output)
+    lower, upper = single.lipschitz_bounds(mod, points[""], output)
     rec["lipschitz_lower"], rec["lipschitz_upper"] = lower.value, upper.value
     with torch.no_grad():
         rec["norm_product"] = float(fam.weight_norm(p)[0])

@@ -83,8 +83,8 @@ def train_chunk(items: list, device: str, data_dir, save_weights: bool, snapshot
     """The body of a Ray task: train the chunk batched; yield (key, record, params or None) per model. snapshots:
     (folder, seconds between two) of the snapshots of models in training (snapshots.py), or None; the folder is
     the run's, so a worker on another machine keeps its snapshots only where that folder is shared."""
-    from smoothness.experiments import pipeline
-    from smoothness.experiments.snapshots import SnapshotDir
+    from smoothness.experiments.running import pipeline
+    from smoothness.experiments.storage.snapshots import SnapshotDir
     configs = [c for _, c in items]
     snaps = SnapshotDir(*snapshots) if snapshots is not None else None
     for i, rec in pipeline.iter_train_and_measure(configs, device=device, data_dir=data_dir, snapshots=snaps):

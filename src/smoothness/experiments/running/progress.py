@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 import time
 
-from smoothness.data import lines as linetasks
-from smoothness.experiments import snapshots
+from smoothness.data import lines
+from smoothness.experiments.storage import snapshots
 
 
 def hms(sec: float) -> str:
@@ -87,7 +87,7 @@ class GridProgress:
         el = self.last_line - self.t0
         eta = el / self.done * (self.total - self.done)
         lam = f" {rec['regularizer']} lam={rec['lam']:g}" if rec["regularizer"] != "none" else ""
-        pair = linetasks.pair_label(rec["data"], rec["pair"])
+        pair = lines.pair_label(rec["data"], rec["pair"])
         print(f"[{self.done}/{self.total}] {rec['data']}{pair} N={rec['n_train']} "
               f"seed={rec['seed']}{lam}: {rec['status']} after {rec['epochs']} epochs; {self.label} {self.running}; "
               f"elapsed {hms(el)}, ETA {hms(eta)}", file=self.stream, flush=True)

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from smoothness.errors import StoreError
-from smoothness.experiments import records
-from smoothness.experiments.storefile import (
+from smoothness.experiments.storage import records
+from smoothness.experiments.storage.storefile import (
     LOCK_TIMEOUT,
     cannot_write,
     check_schema,

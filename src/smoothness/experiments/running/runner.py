@@ -9,14 +9,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from smoothness.errors import ConfigError, StoreError
-from smoothness.experiments import pipeline, snapshots, staging
-from smoothness.experiments.claim import claim_store, other_grid, other_note, owner_alive
-from smoothness.experiments.config import RunConfig
-from smoothness.experiments.distributed import CONNECT_TIMEOUT, DEFAULT_RETRIES, expected_steps
-from smoothness.experiments.grid import Grid, config_key
-from smoothness.experiments.progress import HEARTBEAT, GridProgress, counted, hms, snapshot_note
-from smoothness.experiments.store import Store, versions, warn
-from smoothness.experiments.storefile import model_count
+from smoothness.experiments.configuration import staging
+from smoothness.experiments.configuration.config import RunConfig
+from smoothness.experiments.configuration.grid import Grid, config_key
+from smoothness.experiments.running import pipeline
+from smoothness.experiments.running.distributed import CONNECT_TIMEOUT, DEFAULT_RETRIES, expected_steps
+from smoothness.experiments.running.progress import HEARTBEAT, GridProgress, counted, hms, snapshot_note
+from smoothness.experiments.storage import snapshots
+from smoothness.experiments.storage.claim import claim_store, other_grid, other_note, owner_alive
+from smoothness.experiments.storage.store import Store, versions, warn
+from smoothness.experiments.storage.storefile import model_count
 
 
 @dataclass
@@ -344,7 +346,7 @@ class _RayBackend:
     def results(self, todo, stored=None):
         """Yield (key, record, params) for every (key, config) of todo as it is trained and measured; stored():
         the keys in the store now, so that a model another run stored meanwhile is not trained again."""
-        from smoothness.experiments.distributed import RayRunner, default_chunk_size, make_chunks
+        from smoothness.experiments.running.distributed import RayRunner, default_chunk_size, make_chunks
         if self.runner is None:
             self.runner = self.stack.enter_context(RayRunner(self.address, num_cpus=self.ray_cpus,
                                                              timeout=self.timeout))

@@ -3,7 +3,7 @@ stored models filled with the default of their time, and lists shown in a few wo
 classes '0-1-2', the model family 'cnn 8-16 3 max')."""
 from __future__ import annotations
 
-from smoothness.experiments.config import ADDED_FIELDS
+from smoothness.experiments.configuration.config import ADDED_FIELDS
 
 
 def frame(recs: list[dict]):

@@ -12,13 +12,12 @@ from dataclasses import asdict, dataclass
 import torch
 
 from smoothness import training
-from smoothness.data import images as datasets
-from smoothness.data import lines as linetasks
+from smoothness.data import images, lines
 from smoothness.errors import ConfigError
-from smoothness.experiments.config import ADDED_FIELDS, Record, RunConfig, config_key  # noqa: F401
-from smoothness.experiments.evaluate import Trained, measure_model, measure_models, parameter_measures  # noqa: F401
-from smoothness.experiments.modelfile import SAVE_FORMAT, check_save_path, load_models, save_models  # noqa: F401
-from smoothness.experiments.snapshots import SnapshotDir
+from smoothness.experiments.configuration.config import ADDED_FIELDS, Record, RunConfig, config_key  # noqa: F401
+from smoothness.experiments.running.evaluate import Trained, measure_model, measure_models, parameter_measures  # noqa: F401
+from smoothness.experiments.storage.modelfile import SAVE_FORMAT, check_save_path, load_models, save_models  # noqa: F401
+from smoothness.experiments.storage.snapshots import SnapshotDir
 from smoothness.runtime.devices import check_matmul_precision, measure_batch_size, memory_budget, resolve_device  # noqa: F401
 
 
@@ -80,9 +79,9 @@ def train_spec(c: RunConfig, sub: torch.Tensor, targets: torch.Tensor, offset: i
                               rho=c.rho if c.optimizer == "sam" else None, loss=c.loss, resume=resume)
 
 
-def load_tasks(configs: list[RunConfig], data_dir=None) -> dict[tuple, datasets.BinaryTask | linetasks.LineTask]:
+def load_tasks(configs: list[RunConfig], data_dir=None) -> dict[tuple, images.BinaryTask | lines.LineTask]:
     """The task of every (data, pair) among configs (an MNIST-binary pair or a 1-D task), loaded once each."""
-    tasks: dict[tuple, datasets.BinaryTask] = {}
+    tasks: dict[tuple, images.BinaryTask] = {}
     for c in configs:
         if c.task_id not in tasks:
             tasks[c.task_id] = c.task(data_dir)

@@ -13,9 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import TypedDict
 
 from smoothness import paper
-from smoothness.data import classes as classtasks
-from smoothness.data import images as datasets
-from smoothness.data import lines as linetasks
+from smoothness.data import classes, images, lines
 from smoothness.errors import ConfigError, DataError
 from smoothness.models import families, losses
 from smoothness.runtime import precision, rng
@@ -96,16 +94,16 @@ class RunConfig:
 
     def _check_data(self) -> None:
         try:
-            self.data = datasets.check_source(self.data)
+            self.data = images.check_source(self.data)
         except DataError as e:
             raise ConfigError(str(e)) from None
-        self.pair = linetasks.PAIR if linetasks.is_line(self.data) else tuple(int(v) for v in self.pair)
-        datasets.check_pair(*self.pair)   # a 1-D task has no digit pair: it carries PAIR
+        self.pair = lines.PAIR if lines.is_line(self.data) else tuple(int(v) for v in self.pair)
+        images.check_pair(*self.pair)   # a 1-D task has no digit pair: it carries PAIR
         if self.classes:
-            if linetasks.is_line(self.data):
+            if lines.is_line(self.data):
                 raise ConfigError(f"classes: a 1-D task ({self.data}) is a regression on the line, not a "
                                   "classification")
-            self.classes = classtasks.check_classes(self.classes)
+            self.classes = classes.check_classes(self.classes)
             self.pair = _DEFAULT_PAIR   # the classes define the task; the pair is not used
         else:
             self.classes = ()
@@ -174,7 +172,7 @@ class RunConfig:
     @property
     def widths(self) -> tuple[int, ...]:
         """(d, *hidden, K) of an MLP: d = 784 for the image sources, 1 for the 1-D tasks; K outputs."""
-        return (datasets.input_dim(self.data), *self.hidden, self.outputs)
+        return (images.input_dim(self.data), *self.hidden, self.outputs)
 
     @property
     def outputs(self) -> int:
@@ -189,8 +187,8 @@ class RunConfig:
     def task(self, data_dir=None):
         """The task this model trains on (a binary pair, a classification of classes, or a 1-D task)."""
         if self.classes:
-            return classtasks.class_task(self.data, self.classes, data_dir=data_dir)
-        return datasets.task(self.data, self.pair, data_dir=data_dir)
+            return classes.class_task(self.data, self.classes, data_dir=data_dir)
+        return images.task(self.data, self.pair, data_dir=data_dir)
 
     @property
     def family_name(self) -> str:
@@ -199,11 +197,11 @@ class RunConfig:
 
     def family(self):
         """The model family (models.Family) that trains and measures this model."""
-        return families.build(self.model, self.hidden, datasets.input_shape(self.data), self.outputs)
+        return families.build(self.model, self.hidden, images.input_shape(self.data), self.outputs)
 
     def architecture(self) -> tuple:
         """What models must share to train as one stack: the family and its settings, the inputs and outputs."""
-        return (json.dumps(self.model, sort_keys=True), self.hidden, datasets.input_dim(self.data), self.outputs)
+        return (json.dumps(self.model, sort_keys=True), self.hidden, images.input_dim(self.data), self.outputs)
 
     @property
     def init_seed(self) -> int:

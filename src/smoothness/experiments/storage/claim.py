@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 
 from smoothness.errors import ConfigError
-from smoothness.experiments.grid import Grid, differences
-from smoothness.experiments.store import Store
-from smoothness.experiments.storefile import model_count
+from smoothness.experiments.configuration.grid import Grid, differences
+from smoothness.experiments.storage.store import Store
+from smoothness.experiments.storage.storefile import model_count
 
 
 def other_grid(store: Store, grid: Grid) -> tuple[str, list[str]] | None:

@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 from smoothness.errors import SmoothnessError, StoreError
-from smoothness.experiments.store import Store, store_path
-from smoothness.experiments.storefile import connect_read_only, row_problem
+from smoothness.experiments.storage.store import Store, store_path
+from smoothness.experiments.storage.storefile import connect_read_only, row_problem
 
 _GAP = 1000   # rowids probed past the last readable row when the largest rowid cannot be read
 
@@ -77,10 +77,10 @@ def salvage(source, dest) -> tuple[int, int, int]:
 
 
 def main(argv=None) -> int:
-    """`python -m smoothness.experiments.salvage`: copy the readable rows of a damaged store into a new one."""
+    """`python -m smoothness.experiments.storage.salvage`: copy the readable rows of a damaged store into a new one."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 2:
-        print("usage: python -m smoothness.experiments.salvage DAMAGED_STORE NEWDIR", file=sys.stderr)
+        print("usage: python -m smoothness.experiments.storage.salvage DAMAGED_STORE NEWDIR", file=sys.stderr)
         return 2
     try:
         copied, lost, weights = salvage(*args)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from smoothness.data import images as datasets
+from smoothness.data import images
 from smoothness.errors import ConfigError, DataError, SmoothnessError, first_line
 from smoothness.models import MLPStack
 
@@ -162,7 +162,7 @@ def _check_meta(meta, where: str) -> None:
             raise DataError(f"{where}: '{k}' is {meta[k]!r}, expected {want}")
     if len(meta["pair"]) != 2:
         raise DataError(f"{where}: 'pair' is {meta['pair']!r}, expected two digits")
-    if not datasets.is_source(meta["data"]):
+    if not images.is_source(meta["data"]):
         raise DataError(f"{where}: unknown data source {meta['data']!r}")
 
 
@@ -207,7 +207,7 @@ def validate(blob, path) -> list[dict]:
         if not isinstance(rec, dict) or "meta" not in rec or "params" not in rec:
             raise DataError(f"{where}: not a dict with 'meta' and 'params'")
         _check_meta(rec["meta"], where)
-        p = _check_params(rec["params"], where, datasets.input_dim(rec["meta"]["data"]))
+        p = _check_params(rec["params"], where, images.input_dim(rec["meta"]["data"]))
         if list(p.widths[1:-1]) != list(rec["meta"]["hidden"]):
             raise DataError(f"{where}: weights of widths {list(p.widths)} do not match the recorded hidden "
                             f"widths {list(rec['meta']['hidden'])}")

@@ -6,9 +6,9 @@ import difflib
 import math
 import re
 
-from smoothness.data import images as datasets
+from smoothness.data import images
 from smoothness.errors import ConfigError
-from smoothness.experiments.staging import MODES as LADDER_MODES
+from smoothness.experiments.configuration.staging import MODES as LADDER_MODES
 from smoothness.models import canonical, losses
 from smoothness.runtime import precision, rng
 from smoothness.training import optimizers, regularizers
@@ -104,7 +104,7 @@ def axis(raw, key, kind, default, **kw):
 def pair_list(v):
     """The pairs axis: a list of two different digits 0..9 each, or 'all' for the 45 pairs."""
     if v == "all":
-        return list(datasets.ALL_PAIRS)
+        return list(images.ALL_PAIRS)
     if not isinstance(v, list) or not v:
         raise ConfigError(f"key 'pairs': expected 'all' or a list of digit pairs such as [[3, 8]], got {v!r}")
     if len(v) == 2 and all(isinstance(d, int) for d in v):
@@ -114,7 +114,7 @@ def pair_list(v):
         if not (isinstance(p, (list, tuple)) and len(p) == 2 and all(isinstance(d, int) for d in p)):
             raise ConfigError(f"key 'pairs': each pair must be two digits such as [3, 8], got {p!r}")
         try:
-            datasets.check_pair(*p)
+            images.check_pair(*p)
         except Exception as e:
             raise ConfigError(f"key 'pairs': {e}") from None
         out.append(tuple(p))

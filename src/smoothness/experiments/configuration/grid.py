@@ -4,7 +4,7 @@ A grid file is a mapping; every axis takes one value or a list of values:
 
     name: my-grid
     data: mnist5k                 # mnist5k | mnist | fashion-mnist | a 1-D task: line-gp, line-sine, line-sign
-                                  # with settings, e.g. line-gp:length_scale=0.1 (linetasks.py)
+                                  # with settings, e.g. line-gp:length_scale=0.1 (lines.py)
     pairs: all                    # or [[3, 8], [4, 9]]
     n_train: [64, 128, 256, 512]
     seeds: [0, 1, 2]              # integers 0 <= seed < 2**32 (rng.check_seed), also measure.seed
@@ -51,11 +51,10 @@ from importlib import resources
 from pathlib import Path
 
 from smoothness.data import classes as classtasks
-from smoothness.data import images as datasets
-from smoothness.data import lines as linetasks
+from smoothness.data import images, lines
 from smoothness.errors import ConfigError, DataError
-from smoothness.experiments import gridvalues as gv
-from smoothness.experiments.config import RunConfig, config_key  # noqa: F401 (config_key: part of grid's API)
+from smoothness.experiments.configuration import gridvalues
+from smoothness.experiments.configuration.config import RunConfig, config_key  # noqa: F401 (config_key: part of grid's API)
 from smoothness.runtime import rng
 from smoothness.training import optimizers, regularizers
 
@@ -100,7 +99,7 @@ class Grid:
     batch_size: list[int]
     max_epochs: list[int]
     threshold: list[float]
-    regularizers: list[dict] = field(default_factory=lambda: gv.regularizer_entries(None))
+    regularizers: list[dict] = field(default_factory=lambda: gridvalues.regularizer_entries(None))
     optimizer: list[str] = field(default_factory=lambda: ["sgd"])
     rho: list[float | None] = field(default_factory=lambda: [None])   # None: optimizers.SAM_RHO
     measure: dict = field(default_factory=_measure_defaults)
@@ -201,7 +200,7 @@ def _definition(d: dict) -> tuple[dict, bool]:
     without the NEUTRAL fields; and whether it could be read as a grid (else the stored dict as it is)."""
     raw = {k: v for k, v in d.items() if k not in NEUTRAL}
     data = raw.get("data")
-    if isinstance(data, str) and linetasks.is_line(data):
+    if isinstance(data, str) and lines.is_line(data):
         raw.pop("pairs", None)   # a 1-D task's grid is stored with its stand-in pair, which a grid file may not give
     if isinstance(raw.get("regularizers"), list):   # an entry's unset keys are stored as None
         raw["regularizers"] = [{k: v for k, v in r.items() if v is not None} if isinstance(r, dict) else r
@@ -229,13 +228,13 @@ def parse(raw: dict, name: str | None = None) -> Grid:
     """Validate a grid mapping (as loaded from YAML) and return a Grid; errors name the key."""
     if not isinstance(raw, dict):
         raise ConfigError(f"a grid must be a mapping of keys to values, got {type(raw).__name__}")
-    gv.unknown_keys(raw, _TOP, "grid")
+    gridvalues.unknown_keys(raw, _TOP, "grid")
     data = raw.get("data", _DEFAULT["data"])
     try:
-        data = datasets.check_source(data)
+        data = images.check_source(data)
     except DataError as e:
         raise ConfigError(f"key 'data': {e}") from None
-    line = linetasks.is_line(data)
+    line = lines.is_line(data)
     classes = ()
     if raw.get("classes"):
         if "pairs" in raw or any("pairs" in r for r in raw.get("regularizers") or [] if isinstance(r, dict)):
@@ -250,7 +249,7 @@ def parse(raw: dict, name: str | None = None) -> Grid:
     m = raw.get("measure") or {}
     if not isinstance(m, dict):
         raise ConfigError(f"key 'measure': expected a mapping, got {m!r}")
-    gv.unknown_keys(m, _MEASURE | set(_MEASURE_LEGACY), "measure")
+    gridvalues.unknown_keys(m, _MEASURE | set(_MEASURE_LEGACY), "measure")
     for old, new in _MEASURE_LEGACY.items():
         if old in m:
             if new in m:
@@ -260,32 +259,34 @@ def parse(raw: dict, name: str | None = None) -> Grid:
         if k == "measure_seed" and k in m:
             measure[k] = rng.check_seed(m[k], "key 'measure.measure_seed'")
         elif k in m:
-            measure[k] = gv.number(m[k], int, f"measure.{k}", nonneg=k in _MEASURE_NONNEG,
+            measure[k] = gridvalues.number(m[k], int, f"measure.{k}", nonneg=k in _MEASURE_NONNEG,
                               positive=k not in _MEASURE_NONNEG)
-    seeds = gv.seed_list(raw.get("seeds", _DEFAULT["seed"]), "seeds")
+    seeds = gridvalues.seed_list(raw.get("seeds", _DEFAULT["seed"]), "seeds")
     if not seeds:
         raise ConfigError("key 'seeds': needs at least one value")
     from_file = not raw.get("name") and name is not None
-    g = Grid(name=gv.grid_name(raw.get("name") or name or "grid", from_file=from_file),
-             data=data, pairs=[linetasks.PAIR] if line else gv.pair_list(raw.get("pairs", [list(_DEFAULT["pair"])])),
-             n_train=gv.axis(raw, "n_train", int, _DEFAULT["n_train"], positive=True), seeds=seeds,
-             hidden=gv.hidden_list(raw.get("hidden", list(_DEFAULT["hidden"]))),
-             alpha=gv.axis(raw, "alpha", float, _DEFAULT["alpha"], positive=True),
-             lr=gv.axis(raw, "lr", float, _DEFAULT["lr"], positive=True, allow_none=True),
-             batch_size=gv.axis(raw, "batch_size", int, _DEFAULT["batch_size"], positive=True),
-             max_epochs=gv.axis(raw, "max_epochs", int, _DEFAULT["max_epochs"], positive=True),
-             threshold=gv.axis(raw, "threshold", float, _DEFAULT["threshold"], positive=True, allow_none=True),
-             regularizers=gv.regularizer_entries(raw.get("regularizers")),
-             optimizer=gv.optimizer_list(raw.get("optimizer", "sgd")),
+    g = Grid(name=gridvalues.grid_name(raw.get("name") or name or "grid", from_file=from_file),
+             data=data,
+             pairs=[lines.PAIR] if line else gridvalues.pair_list(raw.get("pairs", [list(_DEFAULT["pair"])])),
+             n_train=gridvalues.axis(raw, "n_train", int, _DEFAULT["n_train"], positive=True), seeds=seeds,
+             hidden=gridvalues.hidden_list(raw.get("hidden", list(_DEFAULT["hidden"]))),
+             alpha=gridvalues.axis(raw, "alpha", float, _DEFAULT["alpha"], positive=True),
+             lr=gridvalues.axis(raw, "lr", float, _DEFAULT["lr"], positive=True, allow_none=True),
+             batch_size=gridvalues.axis(raw, "batch_size", int, _DEFAULT["batch_size"], positive=True),
+             max_epochs=gridvalues.axis(raw, "max_epochs", int, _DEFAULT["max_epochs"], positive=True),
+             threshold=gridvalues.axis(raw, "threshold", float, _DEFAULT["threshold"], positive=True, allow_none=True),
+             regularizers=gridvalues.regularizer_entries(raw.get("regularizers")),
+             optimizer=gridvalues.optimizer_list(raw.get("optimizer", "sgd")),
              # SAM's radius matters only where the optimizer axis holds sam (a stored grid may carry a value)
-             rho=(gv.axis(raw, "rho", float, None, positive=True, allow_none=True)
-                  if "sam" in gv.as_list(raw.get("optimizer", "sgd")) else [None]),
-             measure=measure, matmul_precision=gv.matmul_precision(raw.get("matmul_precision", "fp32")),
-             ladder=gv.ladder_mode(raw.get("ladder", "staged")),
-             independent_seeds=gv.flag(raw.get("independent_seeds", False), "independent_seeds"),
-             table2_lambdas=gv.table2_lambdas(raw.get("table2_lambdas")),
+             rho=(gridvalues.axis(raw, "rho", float, None, positive=True, allow_none=True)
+                  if "sam" in gridvalues.as_list(raw.get("optimizer", "sgd")) else [None]),
+             measure=measure, matmul_precision=gridvalues.matmul_precision(raw.get("matmul_precision", "fp32")),
+             ladder=gridvalues.ladder_mode(raw.get("ladder", "staged")),
+             independent_seeds=gridvalues.flag(raw.get("independent_seeds", False), "independent_seeds"),
+             table2_lambdas=gridvalues.table2_lambdas(raw.get("table2_lambdas")),
              description=str(raw.get("description") or ""),
-             model=gv.model_list(raw.get("model")), loss=gv.loss_list(raw.get("loss", "mse")), classes=classes)
+             model=gridvalues.model_list(raw.get("model")), loss=gridvalues.loss_list(raw.get("loss", "mse")),
+             classes=classes)
     g.configs()  # the remaining checks (e.g. weights_product needs one hidden layer)
     return g
 
