@@ -10,7 +10,7 @@ from scipy.stats import kendalltau
 
 from smoothness import paper
 from smoothness.experiments.configuration import staging
-from smoothness.experiments.configuration.config import ADDED_FIELDS
+from smoothness.experiments.configuration.config import ADDED_FIELDS, SETTING_FIELDS
 from smoothness.measures import registry
 from smoothness.training.regularizers import PAPER_LAMBDAS  # noqa: F401 (the paper's lambdas: part of analysis's API)
 
@@ -26,9 +26,9 @@ TAU_MEASURES = registry.shorts(table1=True)
 # The paper's values (smoothness.paper).
 PAPER_TABLE1, PAPER_TABLE2 = paper.TABLE1, paper.TABLE2
 
-# Columns that define a training setting apart from the dataset (pair), seed, size and regularization.
-SETTING = ["data", "classes", "model", "loss", "optimizer", "rho", "matmul_precision", "hidden", "alpha", "lr",
-           "batch_size", "max_epochs", "threshold", "measure_points", "segments", "points", "measure_seed"]
+# Columns that define a training setting apart from the dataset (pair), seed, size and regularization: the RunConfig
+# fields declared as such (config.SETTING_FIELDS).
+SETTING = list(SETTING_FIELDS)
 # The values of the added fields in a results table (Store.frame): the family and the classes as words.
 FRAME_DEFAULTS = {**ADDED_FIELDS, "model": "mlp", "classes": ""}
 # A regularized setting also has its penalty's points per segment; its baselines are matched on SETTING without the

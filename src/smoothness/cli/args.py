@@ -2,16 +2,22 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import typing
 
-from smoothness import __version__, training
+from smoothness import __version__
 from smoothness.data import images
 from smoothness.errors import SmoothnessError
 from smoothness.experiments.configuration import grid
+from smoothness.experiments.configuration.config import RunConfig
 from smoothness.experiments.running import distributed, runner
 from smoothness.experiments.storage import snapshots
-from smoothness.measures import curvature, inputspace, losses, model
+from smoothness.measures import curvature, losses, model
 from smoothness.runtime import precision
-from smoothness.training import optimizers, regularizers
+
+# The RunConfig fields and their resolved annotations, from which the config options are made (config_option).
+CONFIG_FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
+HINTS = typing.get_type_hints(RunConfig)
 
 
 def _data_source(value: str) -> str:
@@ -53,38 +59,72 @@ def _add_data_args(p: argparse.ArgumentParser, required_pair: bool = True) -> No
                         "~/.cache/smoothness, Keras/torchvision caches, /usr/share/datasets")
 
 
+def _type(hint):
+    """The type of one value of a RunConfig field from its annotation: int of `int | None` or `tuple[int, ...]`."""
+    args = [a for a in typing.get_args(hint) if a is not type(None) and a is not Ellipsis]
+    return _type(args[0]) if args else hint
+
+
+def config_option(p: argparse.ArgumentParser, name: str, **override) -> None:
+    """The option --NAME of the RunConfig field `name`, from its declaration (config._field): its type, default,
+    choices, number of values (an axis or a list: several) and help text with the default."""
+    f = CONFIG_FIELDS[name]
+    kind = f.metadata["option"]
+    kw = {"type": _type(HINTS[name]), "default": f.default, "choices": f.metadata["choices"],
+          "help": f.metadata["doc"] + ("" if f.default is None else f" (default: {_shown(f.default)})")}
+    if kind in ("axis", "list"):
+        kw.update(nargs="+", default=list(f.default) if kind == "list" else [f.default])
+    p.add_argument(f"--{name.replace('_', '-')}", **{**kw, **override})
+
+
+def _shown(v) -> str:
+    return " ".join(map(str, v)) if isinstance(v, tuple) else f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def add_config_options(p: argparse.ArgumentParser) -> None:
+    """Every RunConfig field declared with an option of `smoothness train`, in the order declared."""
+    for name, f in CONFIG_FIELDS.items():
+        if f.metadata["option"] is not None:
+            config_option(p, name)
+
+
+def config_values(a: argparse.Namespace) -> tuple[dict, dict]:
+    """(fixed, axes) of the parsed config options: {field: value} of the one-value options (a list option as a
+    tuple) and {field: [values]} of the axes (one model per combination)."""
+    fixed, axes = {}, {}
+    for name, f in CONFIG_FIELDS.items():
+        kind = f.metadata["option"]
+        if kind == "axis":
+            axes[name] = list(getattr(a, name))
+        elif kind is not None:
+            v = getattr(a, name)
+            fixed[name] = tuple(v) if kind == "list" else v
+    return fixed, axes
+
+
+def _add_device_json_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto); measure also takes mps")
+    p.add_argument("--json", action="store_true", help="print one JSON object per model on one line")
+
+
 # The options of train that measure names otherwise (one option per concept there): refused with the one to use.
 RENAMED = {"sharpness_iters": "--steps", "trace_probes": "--probes"}
 CHECKPOINT_SEGMENTS = 100   # measure --inputs: path lengths in seconds (the paper's 1000 with --segments 1000)
 
 
-def _add_measure_args(p: argparse.ArgumentParser, checkpoint: bool = False) -> None:
-    """The measures' options of train (checkpoint=False) or of measure, which defaults --segments by what is
-    measured and names the curvature's options --steps and --probes (the old names refused, RENAMED)."""
-    p.add_argument("--measure-points", type=int, default=images.DEFAULT_MEASURE_POINTS,
-                   help="held-out points for the measures (default: 1000, or all there are)")
-    if checkpoint:
-        p.add_argument("--segments", type=int, default=None, help="random segments for FPL/GPL (default: "
-                       f"{CHECKPOINT_SEGMENTS} for a checkpoint, so that a small model takes seconds; the paper's "
-                       f"{inputspace.DEFAULT_SEGMENTS} for a `train --save` file)")
-    else:
-        p.add_argument("--segments", type=int, default=inputspace.DEFAULT_SEGMENTS,
-                       help="random segments for FPL/GPL (default: 1000)")
-    p.add_argument("--points", type=int, default=inputspace.DEFAULT_POINTS,
-                   help="equally spaced points per segment (default: 100)")
-    p.add_argument("--measure-seed", type=int, default=0, help="seed of the segment sampling, an integer "
-                   "0 <= seed < 2**32 (default: 0)")
-    if checkpoint:
-        for name in RENAMED:   # kept out of --help; cmd_measure refuses them with the option to use
-            p.add_argument(f"--{name.replace('_', '-')}", dest=f"renamed_{name}", default=None, metavar="N",
-                           help=argparse.SUPPRESS)
-    else:
-        p.add_argument("--sharpness-iters", type=int, default=0, help="power iterations for the sharpness "
-                       "(top eigenvalue of the training-loss Hessian; default: 0, not computed)")
-        p.add_argument("--trace-probes", type=int, default=0, help="Hutchinson probes for the trace of the "
-                       "training-loss Hessian (default: 0, not computed)")
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto); measure also takes mps")
-    p.add_argument("--json", action="store_true", help="print one JSON object per model on one line")
+def _add_measure_args(p: argparse.ArgumentParser) -> None:
+    """The measures' options of `measure`: those of the RunConfig fields (as train's), except --segments, defaulted
+    by what is measured, and the curvature's, named --steps and --probes there (the old names refused, RENAMED)."""
+    config_option(p, "measure_points")
+    p.add_argument("--segments", type=int, default=None, help="random segments for FPL/GPL (default: "
+                   f"{CHECKPOINT_SEGMENTS} for a checkpoint, so that a small model takes seconds; the paper's "
+                   f"{CONFIG_FIELDS['segments'].default} for a `train --save` file)")
+    config_option(p, "points")
+    config_option(p, "measure_seed")
+    for name in RENAMED:   # kept out of --help; cmd_measure refuses them with the option to use
+        p.add_argument(f"--{name.replace('_', '-')}", dest=f"renamed_{name}", default=None, metavar="N",
+                       help=argparse.SUPPRESS)
+    _add_device_json_args(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,33 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "as one batched program) with the paper's SGD recipe until the epoch's training "
                        "loss is below the threshold, then print their smoothness measures on held-out points.")
     _add_data_args(t)
-    t.add_argument("--n-train", type=int, nargs="+", default=[128], help="training set size(s), even (default: 128)")
-    t.add_argument("--seed", type=int, nargs="+", default=[0],
-                   help="seed(s) of init, shuffling and subset, integers 0 <= seed < 2**32 (default: 0)")
-    t.add_argument("--hidden", type=int, nargs="+", default=[256], help="hidden layer width(s) (default: 256)")
-    t.add_argument("--alpha", type=float, default=0.01, help="initialization scale alpha (default: 0.01)")
-    t.add_argument("--lr", type=float, default=None,
-                   help="learning rate (default: 0.01; 0.1 with a path-length regularizer, as in the paper; "
-                        "1e-3 with adam)")
-    t.add_argument("--batch-size", type=int, default=training.DEFAULT_BATCH, help="minibatch size (default: 64)")
-    t.add_argument("--optimizer", default="sgd", choices=optimizers.OPTIMIZERS,
-                   help="sgd (the paper), gd (full batch: batch size = N), momentum (0.9), adam, or sam "
-                   "(sharpness-aware, radius --rho) (default: sgd)")
-    t.add_argument("--rho", type=float, default=None,
-                   help=f"SAM's radius, with --optimizer sam (default: {optimizers.SAM_RHO})")
-    t.add_argument("--max-epochs", type=int, default=training.DEFAULT_MAX_EPOCHS, help="epoch cap (default: 25000)")
-    t.add_argument("--threshold", type=float, default=training.DEFAULT_THRESHOLD,
-                   help="stop when the epoch's training loss is below this (default: 1e-5)")
-    t.add_argument("--regularizer", default="none", choices=regularizers.REGULARIZERS,
-                   help="train on L + lam * S with the minibatch variant of this measure (paper eq. 15; "
-                        "default: none)")
-    t.add_argument("--lam", type=float, nargs="+", default=[0.0],
-                   help="regularization coefficient(s) lambda; several values train one model each (default: 0)")
-    t.add_argument("--penalty-points", type=int, default=regularizers.SEGMENT_POINTS,
-                   help="points per segment of a path-length penalty (function_path_length, gradient_path_length; "
-                        f"default: {regularizers.SEGMENT_POINTS})")
+    add_config_options(t)
     _add_precision_args(t, "fp32")
-    _add_measure_args(t)
+    _add_device_json_args(t)
     t.add_argument("--save", metavar="PATH", help="save the trained weights and results to PATH (.pt), a new file "
                    "unless --overwrite")
     t.add_argument("--overwrite", action="store_true", help="let --save replace an existing file")
@@ -165,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--density", default=None, metavar="PNG", help="also compute the Hessian eigenvalue density "
                    "and draw it to this new .png file (checked first; an existing file is never replaced)")
     _add_data_args(m, required_pair=False)
-    _add_measure_args(m, checkpoint=True)
+    _add_measure_args(m)
 
     d = sub.add_parser("download", help="download MNIST or Fashion-MNIST IDX files, verifying checksums",
                        description="Download the four IDX files of MNIST or Fashion-MNIST (training and test images "

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import itertools
 import os
 import sys
 from pathlib import Path
@@ -12,10 +13,14 @@ from smoothness.cli.args import build_parser, matmul_precision
 from smoothness.cli.console import EpochProgress, emit_record, print_table, stdout_closed
 from smoothness.data import idx, images
 from smoothness.errors import SmoothnessError, StoreError
-from smoothness.experiments.configuration import grid, staging
+from smoothness.experiments.configuration import config, grid, staging
 from smoothness.experiments.running import pipeline, runner
 from smoothness.measures import curvature, inputspace
 from smoothness.runtime import interrupt, rng
+
+# The fields of a `train --save` model that make its RunConfig again, with the measurement options of `measure`:
+# those of its data (but the pair, given apart), model and optimizer.
+SAVED_FIELDS = [f for part in ("data", "model", "optimizer") for f in config.PARTS[part] if f != "pair"]
 
 
 def cmd_train(a) -> int:
@@ -24,19 +29,16 @@ def cmd_train(a) -> int:
     if a.overwrite and a.save is None:
         raise SmoothnessError("--overwrite lets --save replace an existing file; give --save FILE too")
     precision = matmul_precision(a)
-    for s, opt in [*((s, "--seed") for s in a.seed), (a.measure_seed, "--measure-seed")]:
-        rng.check_seed(s, opt)   # the RunConfigs check them too; here the error names the option
+    fixed, axes = args.config_values(a)
+    for name, values in [*axes.items(), *fixed.items()]:   # the RunConfigs check them too; here the error names
+        if name.endswith("seed"):                            # the option
+            for s in values if isinstance(values, list) else [values]:
+                rng.check_seed(s, f"--{name.replace('_', '-')}")
     if a.pair is not None and images.input_dim(a.data) == 1:
         raise SmoothnessError(f"--pair: a 1-D task ({a.data}) has no digit pair; leave --pair out")
-    pair = tuple(a.pair) if a.pair is not None else (3, 8)
-    configs = [pipeline.RunConfig(data=a.data, pair=pair, n_train=n, seed=s, hidden=tuple(a.hidden),
-                                  alpha=a.alpha, lr=a.lr, batch_size=a.batch_size, max_epochs=a.max_epochs,
-                                  threshold=a.threshold, measure_points=a.measure_points, segments=a.segments,
-                                  points=a.points, measure_seed=a.measure_seed, sharpness_iters=a.sharpness_iters,
-                                  trace_probes=a.trace_probes, regularizer=a.regularizer, lam=lam,
-                                  optimizer=a.optimizer, matmul_precision=precision, rho=a.rho,
-                                  penalty_points=a.penalty_points)
-               for lam in a.lam for n in a.n_train for s in a.seed]
+    pair = tuple(a.pair) if a.pair is not None else config.DEFAULT_PAIR
+    configs = [pipeline.RunConfig(data=a.data, pair=pair, matmul_precision=precision, **fixed, **dict(zip(axes, v)))
+               for v in itertools.product(*axes.values())]
     device = pipeline.resolve_device(a.device)
     if a.save is not None:   # a bad destination fails now, not after the training
         pipeline.check_save_path(a.save, a.overwrite)
@@ -98,7 +100,7 @@ def cmd_measure(a) -> int:
                 segments=inputspace.DEFAULT_SEGMENTS if a.segments is None else a.segments,
                 points=a.points,
                 sharpness_iters=a.steps or 0, trace_probes=a.probes or 0)
-    pipeline.RunConfig(pair=tuple(a.pair or (3, 8)), **opts)   # the options' errors, before the file's
+    pipeline.RunConfig(pair=tuple(a.pair or config.DEFAULT_PAIR), **opts)   # the options' errors, before the file's
     models, heads = [], []
     for rec in pipeline.load_models(a.path):
         meta = dict(rec["meta"])
@@ -106,8 +108,7 @@ def cmd_measure(a) -> int:
             meta["data"] = a.data
         if a.pair:
             meta["pair"] = list(a.pair)
-        fields = {k: meta[k] for k in ("data", "n_train", "seed", "hidden", "alpha", "lr", "batch_size", "max_epochs",
-                                       "threshold", "regularizer", "lam", "optimizer", "rho") if k in meta}
+        fields = {k: meta[k] for k in SAVED_FIELDS if k in meta}
         try:   # load_models checked the types and widths; RunConfig checks the values
             cfg = pipeline.RunConfig(pair=tuple(meta["pair"]), **opts, **fields)
         except SmoothnessError as e:

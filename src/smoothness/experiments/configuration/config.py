@@ -19,60 +19,90 @@ from smoothness.models import families, losses
 from smoothness.runtime import precision, rng
 from smoothness.training import optimizers, regularizers
 
-_DEFAULT_PAIR = (3, 8)
+DEFAULT_PAIR = (3, 8)   # a binary task's default pair (ours; the paper uses all 45)
 
-# Upper limits of a configuration's sizes: a larger value is a typo or asks for work no machine finishes, and is
-# refused before any work (docs/cli.md). The paper's values are far below them.
 _POSITIVE, _NONNEG = "a finite number > 0", "a finite number >= 0"
-LIMITS = {"n_train": 1_000_000, "hidden": 65_536, "hidden_layers": 64, "batch_size": 1_000_000,
-          "max_epochs": 10_000_000, "measure_points": 1_000_000, "segments": 10_000_000, "points": 100_000,
-          "sharpness_iters": 1_000_000, "trace_probes": 100_000, "penalty_points": 10_000}
+# How the analyses treat a field (GROUPS): part of a training setting (the report's setting columns and group keys),
+# the dataset (pair or classes aside), the training size, a seed, the regularization, or an extra measurement.
+GROUPS = ("setting", "pair", "size", "seed", "regularization", "extra")
 
 
-def _part(name: str, default, doc: str = ""):
-    """A RunConfig field of one part of the configuration (PARTS)."""
-    return field(default=default, metadata={"part": name, "doc": doc})
+def _field(part: str, default, doc: str, *, group: str = "setting", grid: str | None = "", option=None,
+           limit: int | None = None, choices: tuple | None = None):
+    """A RunConfig field, declared once: its part of the configuration (PARTS), default, doc (the help text of its
+    option), how the analyses treat it (GROUPS), its key in a grid file ('': the field's name; None: not a top-level
+    key), its option of `smoothness train` (None: none; 'one': one value; 'axis': several values, one model each;
+    'list': one value that is a list) with its choices, and its upper limit (LIMITS)."""
+    assert group in GROUPS and option in (None, "one", "axis", "list")
+    return field(default=default, metadata={"part": part, "doc": doc, "group": group, "option": option,
+                                            "grid": grid, "limit": limit, "choices": choices})
 
 
 @dataclass
 class RunConfig:
     """Everything that defines one trained model, in four parts: its data (what it is trained on), its model, its
     optimizer (how it is trained) and its measurement. Every default is the paper's (smoothness.paper) or an
-    option's off value, and each is set here once; the field names are the records' and the key's."""
+    option's off value, and each is set here once, with its doc, its `smoothness train` option, its grid key and its
+    limit (_field); the field names are the records' and the key's."""
 
     # -- data: the task and the training set ------------------------------------------------------------------
-    data: str = _part("data", "mnist5k", "data source: mnist5k, mnist, fashion-mnist, or a 1-D task line-...")
-    pair: tuple[int, int] = _part("data", _DEFAULT_PAIR, "digits a < b: a -> -1, b -> +1 (1-D tasks: (0, 1))")
-    n_train: int = _part("data", 128, "training points, balanced and nested in N for a seed")
-    seed: int = _part("data", 0, "draws the training set; also the initial weights and shuffles unless train_seed")
-    classes: tuple[int, ...] = _part("data", (), "a classification task of these classes instead of the binary pair "
-                                     "(k outputs, labels 0..k-1; data/classes.py); (): the pair's +-1 task")
+    data: str = _field("data", "mnist5k", "data source: mnist5k, mnist, fashion-mnist, or a 1-D task line-...",
+                       grid="data")
+    pair: tuple[int, int] = _field("data", DEFAULT_PAIR, "digits a < b: a -> -1, b -> +1 (1-D tasks: (0, 1))",
+                                   group="pair", grid="pairs")
+    n_train: int = _field("data", 128, "training set size(s), even; balanced, and nested in N for a seed",
+                          group="size", option="axis", limit=1_000_000)
+    seed: int = _field("data", 0, "seed(s) of the training subset, and of the initial weights and shuffles unless "
+                       "train_seed; integers 0 <= seed < 2**32", group="seed", grid="seeds", option="axis")
+    classes: tuple[int, ...] = _field("data", (), "a classification task of these classes instead of the binary pair "
+                                      "(k outputs, labels 0..k-1; data/classes.py); (): the pair's +-1 task")
     # -- model ----------------------------------------------------------------------------------------------------
-    hidden: tuple[int, ...] = _part("model", (paper.HIDDEN,), "hidden-layer widths (the mlp family)")
-    alpha: float = _part("model", paper.ALPHA, "initialization scale")
-    model: dict | None = _part("model", None, "the model family and its settings, e.g. {family: cnn, channels: [8, 16]}"
-                               " (models/families.py); None: the paper's MLP with `hidden`")
+    hidden: tuple[int, ...] = _field("model", (paper.HIDDEN,), "hidden-layer widths of the MLP, one per layer",
+                                     option="list", limit=65_536)
+    alpha: float = _field("model", paper.ALPHA, "initialization scale alpha", option="one")
+    model: dict | None = _field("model", None, "the model family and its settings, e.g. {family: cnn, channels: "
+                                "[8, 16]} (models/families.py); None: the paper's MLP with `hidden`")
     # -- optimizer: how it is trained ---------------------------------------------------------------------------
-    optimizer: str = _part("optimizer", "sgd", "sgd (paper), gd (batch_size becomes n_train), momentum, adam, sam")
-    lr: float | None = _part("optimizer", None, "None: optimizers.default_lr (the paper's rates; Adam 1e-3)")
-    batch_size: int = _part("optimizer", paper.BATCH)
-    max_epochs: int = _part("optimizer", paper.MAX_EPOCHS, "epoch cap")
-    threshold: float | None = _part("optimizer", None, "the loss threshold of the interpolation rule (models/losses"
-                                    ".py); None: 1e-5 for mse (the paper's), 1e-3 for cross_entropy")
-    loss: str = _part("optimizer", "mse", "the training loss: mse (eq. 2, the paper's) or cross_entropy")
-    regularizer: str = _part("optimizer", "none", "trains on L + lam * S (eq. 15; regularizers.py)")
-    lam: float = _part("optimizer", 0.0)
-    penalty_points: int = _part("optimizer", paper.PENALTY_POINTS, "points per segment of a path-length penalty")
-    rho: float | None = _part("optimizer", None, "SAM's radius (optimizers.resolve_rho); only with optimizer sam")
-    matmul_precision: str = _part("optimizer", "fp32", "of the training steps: fp32, tf32 (CUDA), tf32-emulated")
-    train_seed: int | None = _part("optimizer", None, "initial weights and shuffles; None: seed")
-    # -- measurement --------------------------------------------------------------------------------------------
-    measure_points: int = _part("measurement", paper.MEASURE_POINTS, "held-out points of the sampled measures")
-    segments: int = _part("measurement", paper.SEGMENTS, "random segments of FPL and GPL")
-    points: int = _part("measurement", paper.POINTS_PER_SEGMENT, "points per segment of FPL and GPL")
-    measure_seed: int = _part("measurement", 0, "draws the segments")
-    sharpness_iters: int = _part("measurement", 0, "power iterations for the sharpness (0: not computed)")
-    trace_probes: int = _part("measurement", 0, "Hutchinson probes for the Hessian trace (0: not computed)")
+    optimizer: str = _field("optimizer", "sgd", "sgd (the paper's), gd (full batch: batch size = N), momentum (0.9), "
+                            "adam, or sam (sharpness-aware, radius rho)", option="one",
+                            choices=optimizers.OPTIMIZERS)
+    lr: float | None = _field("optimizer", None, "learning rate; unset: the paper's, 0.01, or 0.1 with a "
+                              "path-length regularizer; 1e-3 with adam (optimizers.default_lr)", option="one")
+    batch_size: int = _field("optimizer", paper.BATCH, "minibatch size", option="one", limit=1_000_000)
+    max_epochs: int = _field("optimizer", paper.MAX_EPOCHS, "epoch cap; a model that reaches it is not converged",
+                             option="one", limit=10_000_000)
+    threshold: float | None = _field("optimizer", None, "stop when the epoch's training loss is below this; unset: "
+                                     "1e-5 for mse (the paper's), 1e-3 for cross_entropy (models/losses.py)",
+                                     option="one")
+    loss: str = _field("optimizer", "mse", "the training loss: mse (eq. 2, the paper's) or cross_entropy")
+    regularizer: str = _field("optimizer", "none", "train on L + lam * S with the minibatch variant of this measure "
+                              "(eq. 15; training/regularizers.py)", group="regularization", grid=None, option="one",
+                              choices=regularizers.REGULARIZERS)
+    lam: float = _field("optimizer", 0.0, "regularization coefficient(s) lambda", group="regularization", grid=None,
+                        option="axis")
+    penalty_points: int = _field("optimizer", paper.PENALTY_POINTS, "points per segment of a path-length penalty "
+                                 "(function_path_length, gradient_path_length)", group="regularization", grid=None,
+                                 option="one", limit=10_000)
+    rho: float | None = _field("optimizer", None, "SAM's radius, with optimizer sam; unset: "
+                               f"{optimizers.SAM_RHO} (optimizers.resolve_rho)", option="one")
+    matmul_precision: str = _field("optimizer", "fp32", "matmuls of the training steps: fp32, tf32 (CUDA) or "
+                                   "tf32-emulated")
+    train_seed: int | None = _field("optimizer", None, "the initial weights and shuffles; unset: seed", group="seed",
+                                    grid=None)
+    # -- measurement (a grid's `measure:` block) -----------------------------------------------------------------
+    measure_points: int = _field("measurement", paper.MEASURE_POINTS, "held-out points for the measures (or all "
+                                 "there are)", option="one", limit=1_000_000)
+    segments: int = _field("measurement", paper.SEGMENTS, "random segments of FPL and GPL", option="one",
+                           limit=10_000_000)
+    points: int = _field("measurement", paper.POINTS_PER_SEGMENT, "equally spaced points per segment of FPL and GPL",
+                         grid="points_per_segment", option="one", limit=100_000)
+    measure_seed: int = _field("measurement", 0, "seed of the segment sampling, an integer 0 <= seed < 2**32",
+                               option="one")
+    sharpness_iters: int = _field("measurement", 0, "power iterations for the sharpness (top eigenvalue of the "
+                                  "training-loss Hessian); 0: not computed", group="extra", option="one",
+                                  limit=1_000_000)
+    trace_probes: int = _field("measurement", 0, "Hutchinson probes for the trace of the training-loss Hessian; 0: "
+                               "not computed", group="extra", option="one", limit=100_000)
 
     def __post_init__(self):
         self._check_data()
@@ -104,7 +134,7 @@ class RunConfig:
                 raise ConfigError(f"classes: a 1-D task ({self.data}) is a regression on the line, not a "
                                   "classification")
             self.classes = classes.check_classes(self.classes)
-            self.pair = _DEFAULT_PAIR   # the classes define the task; the pair is not used
+            self.pair = DEFAULT_PAIR   # the classes define the task; the pair is not used
         else:
             self.classes = ()
         self.seed = rng.check_seed(self.seed, "seed")
@@ -217,6 +247,22 @@ class RunConfig:
 # The fields of each part of a RunConfig, in order.
 PARTS = {p: tuple(f.name for f in fields(RunConfig) if f.metadata["part"] == p)
          for p in ("data", "model", "optimizer", "measurement")}
+# The fields of each group (GROUPS), in order: SETTING_FIELDS are the columns that define a training setting.
+GROUP_FIELDS = {g: tuple(f.name for f in fields(RunConfig) if f.metadata["group"] == g) for g in GROUPS}
+SETTING_FIELDS = GROUP_FIELDS["setting"]
+# Upper limits of a configuration's sizes: a larger value is a typo or asks for work no machine finishes, and is
+# refused before any work (docs/cli.md). The paper's values are far below them. `hidden` limits each width,
+# hidden_layers their number.
+LIMITS = {**{f.name: f.metadata["limit"] for f in fields(RunConfig) if f.metadata["limit"] is not None},
+          "hidden_layers": 64}
+
+
+def grid_keys(part: str | None = None) -> dict[str, str]:
+    """{key in a grid file: RunConfig field}: of the measurement part (a grid's `measure:` block) with
+    part='measurement', else the top-level keys of the other parts."""
+    return {f.metadata["grid"] or f.name: f.name for f in fields(RunConfig) if f.metadata["grid"] is not None
+            and (f.metadata["part"] == "measurement") == (part == "measurement")}
+
 
 # Fields added after the first stored models, with the value that records without them had.
 ADDED_FIELDS = {"sharpness_iters": 0, "trace_probes": 0, "optimizer": "sgd", "matmul_precision": "fp32", "rho": 0.0,

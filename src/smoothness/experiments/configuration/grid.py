@@ -53,7 +53,7 @@ from pathlib import Path
 from smoothness.data import classes as classtasks
 from smoothness.data import images, lines
 from smoothness.errors import ConfigError, DataError
-from smoothness.experiments.configuration import gridvalues
+from smoothness.experiments.configuration import config, gridvalues
 from smoothness.experiments.configuration.config import RunConfig, config_key  # noqa: F401 (config_key: part of grid's API)
 from smoothness.runtime import rng
 from smoothness.training import optimizers, regularizers
@@ -66,17 +66,16 @@ PRESETS = (
 MAX_MODELS = 100_000        # models of one grid (the paper's two experiments together are about 2,500)
 MAX_GRID_BYTES = 1 << 20   # a grid file is a few hundred bytes of YAML
 MAX_YAML_NODES = 100_000   # YAML nodes of a grid file once its aliases are expanded
-_TOP = {"name", "description", "data", "pairs", "n_train", "seeds", "hidden", "alpha", "lr", "batch_size",
-        "max_epochs", "threshold", "regularizers", "measure", "optimizer", "matmul_precision", "ladder", "rho",
-        "independent_seeds", "table2_lambdas", "model", "loss", "classes"}
 _DEFAULT = {f.name: f.default for f in fields(RunConfig)}   # the paper's defaults, defined once in RunConfig
-# grid key under `measure` -> RunConfig field (the keys are the names of the command line's options and the records'
-# fields, except points_per_segment, which records keep as `points`)
-_MEASURE_FIELDS = {"measure_points": "measure_points", "segments": "segments", "points_per_segment": "points",
-                   "measure_seed": "measure_seed", "sharpness_iters": "sharpness_iters", "trace_probes": "trace_probes"}
+# grid key under `measure` -> RunConfig field, and the top-level keys: RunConfig's (config.grid_keys: each field's
+# grid key is declared with it) and the grid's own
+_MEASURE_FIELDS = config.grid_keys("measurement")
+_TOP = {*config.grid_keys(), "name", "description", "regularizers", "measure", "ladder", "independent_seeds",
+        "table2_lambdas"}
 # the spelling of earlier versions, still read (stored grids, older files): `points` was the held-out points
 _MEASURE_LEGACY = {"points": "measure_points", "seed": "measure_seed"}
-_MEASURE_NONNEG = {"measure_seed", "sharpness_iters", "trace_probes"}   # 0 allowed (0 iterations: not computed)
+# 0 allowed where it is the default (a seed; 0 iterations or probes: not computed)
+_MEASURE_NONNEG = {k for k, f in _MEASURE_FIELDS.items() if _DEFAULT[f] == 0}
 _MEASURE = set(_MEASURE_FIELDS)
 
 
