@@ -29,7 +29,8 @@ from examples.conv_digits import convnet  # noqa: E402
 from smoothness import measures  # noqa: E402
 
 WHICH = ("gradient_norm", "path_lengths", "lipschitz", "loss", "sharpness", "hessian_trace")
-KEYS = {"path_lengths": ("fpl", "gpl"), "lipschitz": ("lipschitz_lower", "lipschitz_upper")}   # else the name
+KEYS = {"path_lengths": ("function_path_length", "gradient_path_length"),
+        "lipschitz": ("lipschitz_lower", "lipschitz_upper")}   # else the name
 
 
 def data(n: int, seed: int = 0):

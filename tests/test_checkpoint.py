@@ -58,7 +58,8 @@ def test_a_factory_and_a_state_dict_measured_as_the_api_does(files):
     assert rec["gradient_norm"] == pytest.approx(float(measures.gradient_norm(net, x)), rel=1e-5)
     assert rec["gradient_norm_se"] > 0 and rec["gradient_norm_n"] == 24
     fpl = measures.function_path_length(net, x, segments=20, points=10)
-    assert rec["fpl"] == pytest.approx(float(fpl), rel=1e-5) and rec["fpl_se"] == pytest.approx(fpl.se, rel=1e-4)
+    assert rec["function_path_length"] == pytest.approx(float(fpl), rel=1e-5)
+    assert rec["function_path_length_se"] == pytest.approx(fpl.se, rel=1e-4)
     assert 0 < rec["lipschitz_lower"] <= rec["lipschitz_upper"] < float("inf")
     tr = curvature.hessian_trace(net, x, y, probes=8)
     assert rec["hessian_trace"] == pytest.approx(float(tr), rel=1e-4) and rec["hessian_trace_n"] == 8
@@ -72,7 +73,8 @@ def test_the_export_program_gives_the_same_record_and_torchscript_the_input_spac
     r = cli("net.pt2", "--inputs", "data.npz", *FAST, cwd=d)
     assert r.returncode == 0, r.stderr
     b = json.loads(r.stdout)
-    for k in ("gradient_norm", "fpl", "gpl", "lipschitz_lower", "lipschitz_upper", "sharpness", "hessian_trace"):
+    for k in ("gradient_norm", "function_path_length", "gradient_path_length", "lipschitz_lower", "lipschitz_upper",
+              "sharpness", "hessian_trace"):
         assert b[k] == pytest.approx(a[k], rel=1e-4), k
     r = cli("net.ts", "--inputs", "data.npz", *FAST, cwd=d)
     assert r.returncode == 0, r.stderr

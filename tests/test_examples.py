@@ -13,9 +13,10 @@ def test_the_conv_net_example_trains_and_is_measured():
     r = mod.main(train=300, epochs=4, segments=20, points=8, probes=8, verbose=False)
     assert r["held_out"] == 1797 - 300 and r["test_accuracy"] > 0.8, r["test_accuracy"]
     before, after = r["before"].values, r["after"].values
-    assert set(before) == {"gradient_norm", "fpl", "gpl", "lipschitz_lower", "lipschitz_upper"}
+    assert set(before) == {"gradient_norm", "function_path_length", "gradient_path_length", "lipschitz_lower",
+                           "lipschitz_upper"}
     assert set(after) == set(before) | {"loss", "sharpness", "hessian_trace", "density_trace"}
-    for k in ("gradient_norm", "fpl", "gpl"):   # Monte Carlo estimates with their errors
+    for k in ("gradient_norm", "function_path_length", "gradient_path_length"):   # Monte Carlo estimates with their errors
         assert after[k].se > 0 and after[k].n > 0 and math.isfinite(after[k])
     # a finite Lipschitz bracket of the margin, for a net with convolutions, BatchNorm, max pooling and Dropout
     assert 0 < after["lipschitz_lower"] <= after["lipschitz_upper"] < math.inf

@@ -430,7 +430,7 @@ def test_one_point_skips_the_path_lengths_with_a_line(ck, capsys, monkeypatch):
     code, out, err = _main(capsys, monkeypatch, ck, "w.pt", "--factory", "hardnet:build", "--inputs", "one.npz",
                            "--measures", "gradient_norm,path_lengths", *FAST)
     assert code == 0 and "one point: the path lengths are skipped" in err
-    assert "gradient_norm" in out and "fpl" not in out
+    assert "gradient_norm" in out and "path_length" not in out
 
 
 def test_non_finite_weights_give_a_warning_and_nan(ck, capsys, monkeypatch):

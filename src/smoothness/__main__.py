@@ -3,6 +3,7 @@ handled from the first moment, including the seconds in which PyTorch is importe
 import os
 import sys
 
+from smoothness.errors import SmoothnessError
 from smoothness.runtime import interrupt
 
 
@@ -20,6 +21,9 @@ def main(argv=None) -> int:
         interrupt.finishing()   # from here a signal ends the process quietly (atexit callbacks run next)
     except KeyboardInterrupt as e:   # before the command; cli_main reports its own
         status = interrupt.report(e)
+    except SmoothnessError as e:   # while importing: a measure module of $SMOOTHNESS_MEASURES that fails
+        print(f"smoothness: error: {e}", file=sys.stderr)
+        status = 2
     if interrupt.reported is not None or interrupt.threads_left:
         # Exit now with 130/143. A Ctrl-C that arrived while an extension ran Python code during an import
         # leaves CPython's "unhandled KeyboardInterrupt" flag set even though it was handled, and a normal

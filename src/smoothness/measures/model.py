@@ -1,6 +1,8 @@
-"""All the measures of one model in one call, each with its cost: the input-space smoothness measures (GN, GN^2,
-FPL, GPL, the Lipschitz bracket) on the points, and, given targets, the loss and its curvature (sharpness, the
-Hessian trace, the eigenvalue density). What `smoothness measure` prints for a checkpoint; a dict of Estimates.
+"""All the measures of one model in one call, each with its cost: the registry's measures of a module (registry.py,
+rows with `one`: the input-space smoothness measures GN, GN^2, FPL, GPL and the Lipschitz bracket on the points, the
+weight norms, and, given targets, the curvature of the loss: sharpness, Hessian trace), and, given targets, the loss
+and the eigenvalue density. What `smoothness measure` prints for a checkpoint; a dict of Estimates keyed by the
+registry's keys.
 
 Everything is checked before the first measure (plan, precheck): the data, the model's output on it, the targets
 against the loss, the memory of the path lengths and of the Lanczos basis. A measure that does not apply to the
@@ -16,13 +18,41 @@ from dataclasses import dataclass, field
 import torch
 
 from smoothness.errors import MeasureError
-from smoothness.measures import checks, curvature, inputspace, losses, single, spectrum, stream
+from smoothness.measures import checks, curvature, inputspace, losses, ofmodule, registry, single, spectrum, stream
 from smoothness.models import MLPStack
 
-INPUT_SPACE = ("gradient_norm", "gradient_norm_squared", "path_lengths", "lipschitz")
-CURVATURE = ("loss", "sharpness", "hessian_trace", "density")
-DEFAULT = ("gradient_norm", "path_lengths", "lipschitz", "loss", "sharpness", "hessian_trace")
-ALL = INPUT_SPACE + CURVATURE
+
+def _rows() -> dict[str, tuple]:
+    """{choice: the registry rows it computes}, in registry order: every row with a computation for a module
+    (Measure.one), but those that need the initial weights, which a checkpoint does not have."""
+    out: dict[str, tuple] = {}
+    for m in registry.REGISTRY:
+        if m.one is not None and not m.from_init:
+            c = m.choice or m.key
+            out[c] = (*out.get(c, ()), m)
+    return out
+
+
+ROWS = _rows()
+LOSS = ("loss", "density")   # measured here, not registry rows: the loss, and the Hessian's eigenvalue density
+INPUT_SPACE = tuple(c for c, ms in ROWS.items() if ms[0].space == registry.INPUT)
+WEIGHTS = tuple(c for c, ms in ROWS.items() if ms[0].space == registry.PARAMETER and not ms[0].targets)
+CURVATURE = ("loss", *(c for c, ms in ROWS.items() if ms[0].targets), "density")   # need targets y
+ALL = INPUT_SPACE + WEIGHTS + CURVATURE
+DEFAULT = tuple(c for c in ALL if c == "loss" or (c in ROWS and ROWS[c][0].default))
+# The names of version 0.1 of values that are now the registry's keys (ModelMeasures.values reads them, warning).
+OLD_KEYS = {"fpl": "function_path_length", "gpl": "gradient_path_length"}
+
+
+class Values(dict):
+    """{key: Estimate}; an old key (OLD_KEYS) reads the value under its new key, with a DeprecationWarning."""
+
+    def __missing__(self, key):
+        if key in OLD_KEYS and OLD_KEYS[key] in self:
+            warnings.warn(f"measure_model's value {key!r} is now {OLD_KEYS[key]!r} (the registry's key); the old "
+                          "key goes in smoothness 0.3", DeprecationWarning, stacklevel=2)
+            return self[OLD_KEYS[key]]
+        raise KeyError(key)
 
 
 @dataclass
@@ -42,12 +72,13 @@ class Settings:
 
 @dataclass
 class ModelMeasures:
-    """values: {name: Estimate} ('fpl', 'gpl', 'lipschitz_lower', 'lipschitz_upper', 'sharpness', ...); seconds:
+    """values: {key: Estimate} ('gradient_norm', 'function_path_length', 'lipschitz_lower', 'sharpness', ...: the
+    registry's keys; 'loss', 'density_trace'); seconds:
     {measure: wall seconds}; density: the curvature.Density when asked for; about: what was measured, in words
     ('output': the output of the input-space measures, 'lipschitz_output': that of the Lipschitz bracket,
     'loss': the loss of the curvature measures)."""
 
-    values: dict = field(default_factory=dict)
+    values: dict = field(default_factory=Values)
     seconds: dict = field(default_factory=dict)
     density: curvature.Density | None = None
     about: dict = field(default_factory=dict)
@@ -69,14 +100,12 @@ class ModelMeasures:
             out[k] = d.pop("value")
             out[f"{k}_error"] = error_of(k, v)
             if not exact_or_missing(v):
-                if k == "lipschitz_lower" or isinstance(v, curvature.Eigenvalue):
+                m = registry.BY_KEY.get(k)
+                if (m is not None and m.bound) or isinstance(v, curvature.Eigenvalue):
                     d.pop("se")
                 out.update({f"{k}_{name}": x for name, x in d.items()})
         out.update({f"seconds_{k}": round(s, 3) for k, s in self.seconds.items()})
         return out
-
-
-_SAMPLES = {"fpl": "segments", "gpl": "segments", "hessian_trace": "probe vectors", "density_trace": "Lanczos runs"}
 
 
 def exact_or_missing(v) -> bool:
@@ -93,17 +122,17 @@ def error_of(key: str, v) -> str:
         if math.isnan(v.residual):
             return f"no error bound (power iteration, {v.n} steps)"
         return f"Lanczos error bound {v.bound:.2g} (residual {v.residual:.2g}, {v.n} steps)"
-    if key == "lipschitz_lower":
-        return f"a lower bound (the largest gradient norm at {v.n:,} points)"
-    if key == "lipschitz_upper":
-        return "exact (an upper bound)"
+    m = registry.BY_KEY.get(key)
+    if m is not None and m.bound:
+        return m.bound.format(n=v.n)
     if exact_or_missing(v):
         return "exact"
-    return f"standard error over {v.n:,} {_SAMPLES.get(key, 'points')}"
+    samples = m.samples if m is not None else "Lanczos runs" if key == "density_trace" else "points"
+    return f"standard error over {v.n:,} {samples}"
 
 
-_MEASURE_OF = {"fpl": "path_lengths", "gpl": "path_lengths", "lipschitz_lower": "lipschitz",
-               "lipschitz_upper": "lipschitz", "density_trace": "density"}   # value key -> the measure giving it
+# value key -> the measure (choice) giving it
+_MEASURE_OF = {**{m.key: c for c, ms in ROWS.items() for m in ms}, "density_trace": "density"}
 
 
 def check(which) -> tuple[str, ...]:
@@ -137,8 +166,8 @@ def plan(which, model, x, y=None) -> tuple[tuple[str, ...], list[str]]:
     if y is None and not _batches_have_targets(x):
         drop(CURVATURE, "no targets y: the loss and curvature measures are skipped ({})")
     if not isinstance(model, (torch.nn.Module, MLPStack)):
-        drop(CURVATURE, "a callable that is no nn.Module has no parameters: the loss and curvature measures are "
-                        "skipped ({})")
+        drop(CURVATURE + WEIGHTS, "a callable that is no nn.Module has no parameters: the measures of its weights, "
+                                  "its loss and curvature are skipped ({})")
     if isinstance(model, torch.jit.ScriptModule):
         drop(CURVATURE, "a TorchScript module cannot take its parameters as inputs (torch.func): the curvature "
                         "measures are skipped ({}); save the model with torch.export or as a state dict for them")
@@ -194,10 +223,8 @@ def _output_words(output, outputs: int) -> str:
 def _not_computed(which) -> ModelMeasures:
     """NaN for every measure of `which` (a model with non-finite parameters)."""
     out = ModelMeasures()
-    keys = {"path_lengths": ("fpl", "gpl"), "lipschitz": ("lipschitz_lower", "lipschitz_upper"),
-            "density": ("density_trace",)}
     for name in which:
-        for key in keys.get(name, (name,)):
+        for key in [m.key for m in ROWS.get(name, ())] or (["density_trace"] if name == "density" else [name]):
             out.values[key] = curvature.Eigenvalue(math.nan, math.nan, 0) if key == "sharpness" else \
                 checks.not_computed()
     return out
@@ -227,33 +254,20 @@ def measure_model(model, x, y=None, which=DEFAULT, settings: Settings | None = N
         out.seconds[name] = time.perf_counter() - t
         return got
 
-    o = s.output
+    ctx = ofmodule.ModuleContext(model, x, y, output=s.output, loss=s.loss, segments=s.segments, points=s.points,
+                                 seed=s.seed, steps=s.steps, probes=s.probes, batch_size=s.batch_size,
+                                 progress=progress)
     for name in which:
-        if name == "gradient_norm":
-            out.values["gradient_norm"] = timed(name, lambda: single.gradient_norm(model, x, o, progress=progress))
-        elif name == "gradient_norm_squared":
-            out.values[name] = timed(name, lambda: single.gradient_norm_squared(model, x, o, progress=progress))
-        elif name == "path_lengths":
-            out.values.update(timed(name, lambda: single.path_lengths(model, x, s.segments, s.points, s.seed, o,
-                                                                      progress=progress)))
-        elif name == "lipschitz":
-            lo, up = timed(name, lambda: single.lipschitz_bounds(model, x, single.scalar_output(model, x, o),
-                                                                 progress=progress))
-            out.values.update(lipschitz_lower=lo, lipschitz_upper=up)
-        elif name == "loss":
+        if name == "loss":
             out.values["loss"] = timed(name, lambda: curvature.loss_value(model, x, y, s.loss,
                                                                           batch_size=s.batch_size))
-        elif name == "sharpness":
-            out.values["sharpness"] = timed(name, lambda: curvature.sharpness(
-                model, x, y, s.loss, steps=s.steps, seed=s.seed, batch_size=s.batch_size, progress=progress))
-        elif name == "hessian_trace":
-            out.values["hessian_trace"] = timed(name, lambda: curvature.hessian_trace(
-                model, x, y, s.loss, probes=s.probes, seed=s.seed, batch_size=s.batch_size, progress=progress))
         elif name == "density":
             out.density = timed(name, lambda: curvature.eigenvalue_density(
                 model, x, y, s.loss, runs=s.runs, steps=s.steps, seed=s.seed, batch_size=s.batch_size,
                 progress=progress))
             out.values["density_trace"] = out.density.trace()
+        else:   # a registry row's measure (rows of one pass share their work through ctx)
+            out.values.update(timed(name, lambda rows=ROWS[name]: {k: v for m in rows for k, v in m.one(ctx).items()}))
     return out
 
 

@@ -11,12 +11,15 @@ sign-invariant where it should be, recorded and reported.
 """
 from __future__ import annotations
 
+import importlib
+import os
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
-from smoothness.measures import inputspace, lipschitz, paramspace, penalties
+from smoothness.errors import ConfigError
+from smoothness.measures import inputspace, lipschitz, ofmodule, paramspace, penalties
 from smoothness.models import MLPStack, family_of
 from smoothness.runtime import precision
 
@@ -87,6 +90,14 @@ class Measure:
     option: str | None = None   # the setting (RunConfig field) that asks for it; unset: always computed
     columns: tuple[str, ...] = ()   # the record's columns beside its key (a standard error, how an iteration ended)
     views: tuple[str, ...] = ()     # the analyses that show it beside the paper's four (SWEEP, FLATNESS)
+    # -- one model given as a module (any family; ofmodule.py): measure_model, the `measure` command, and a grid's
+    # models that are no MLP
+    one: Callable | None = field(repr=False, default=None)   # ofmodule.ModuleContext -> {key: Estimate}
+    choice: str | None = None   # its name among measure_model's measures (rows of one pass share it); unset: the key
+    targets: bool = False       # needs targets y (the loss's curvature): skipped without them
+    default: bool = True        # measured by measure_model unless the measures are named
+    samples: str = "points"     # what its standard error is over, in words
+    bound: str | None = None    # what it is where it is a bound, in words ({n}: its points)
 
 
 def _sharpness(c: Context) -> dict[str, torch.Tensor]:
@@ -117,19 +128,23 @@ REGISTRY: tuple[Measure, ...] = (
     Measure("gradient_norm", "GN", "eq. 4", INPUT, ANY_DEPTH, "gradient_norm", "GN",
             _gradient_norms(1, "gradient_norm"), penalties.batch_gradient_norm,
             penalties.penalty_grad_gradient_norm, columns=("gradient_norm_se",),
-            paper=True, table1=True, sampled=True, stack=True, views=(SWEEP, FLATNESS)),
+            paper=True, table1=True, sampled=True, stack=True, views=(SWEEP, FLATNESS),
+            one=ofmodule.gradient_norm(1, "gradient_norm")),
     Measure("gradient_norm_squared", "GN²", "eq. 4 with the squared norm", INPUT, ANY_DEPTH,
             "gradient_norm_squared", "GN²", _gradient_norms(2, "gradient_norm_squared"),
             penalties.batch_gradient_norm_squared, penalties.penalty_grad_gradient_norm_squared,
-            columns=("gradient_norm_squared_se",), sampled=True, stack=True),
+            columns=("gradient_norm_squared_se",), sampled=True, stack=True,
+            one=ofmodule.gradient_norm(2, "gradient_norm_squared"), default=False),
     Measure("function_path_length", "FPL", "eq. 10", INPUT, ANY_DEPTH, "function_path_length", "FPL",
             _path_length("fpl", "function_path_length"), penalties.batch_function_path_length,
             penalties.penalty_grad_function_path_length, columns=("function_path_length_se",),
-            paper=True, table1=True, sampled=True, stack=True, point_order=True, views=(SWEEP, FLATNESS)),
+            paper=True, table1=True, sampled=True, stack=True, point_order=True, views=(SWEEP, FLATNESS),
+            one=ofmodule.path_length("fpl", "function_path_length"), choice="path_lengths", samples="segments"),
     Measure("gradient_path_length", "GPL", "eq. 11", INPUT, ANY_DEPTH, "gradient_path_length", "GPL",
             _path_length("gpl", "gradient_path_length"), penalties.batch_gradient_path_length,
             penalties.penalty_grad_gradient_path_length, columns=("gradient_path_length_se",),
-            paper=True, table1=True, sampled=True, stack=True, point_order=True, views=(SWEEP, FLATNESS)),
+            paper=True, table1=True, sampled=True, stack=True, point_order=True, views=(SWEEP, FLATNESS),
+            one=ofmodule.path_length("gpl", "gradient_path_length"), choice="path_lengths", samples="segments"),
     Measure("weights_product", "WP", "eq. 13", PARAMETER, ONE_HIDDEN, "weights_product", "WP",
             lambda c: inputspace.weights_products(c.p) if c.p.depth == 1 else c.nan(), penalties.batch_weights_product,
             penalties.penalty_grad_weights_product, paper=True, table1=True, stack=True, views=(FLATNESS,)),
@@ -139,32 +154,56 @@ REGISTRY: tuple[Measure, ...] = (
     Measure("norm_product", "NP", "the product of the weight tensors' Frobenius norms (models.Family.weight_norm), "
             "which bounds WP for one hidden layer", PARAMETER, ANY_DEPTH, "norm_product", "∏‖W‖_F",
             lambda c: c.fam.weight_norm(c.p), penalties.batch_norm_product, log_scale=True, table1=True,
-            stands_in_for="weights_product", equals="an upper bound of WP for one hidden layer"),
+            stands_in_for="weights_product", equals="an upper bound of WP for one hidden layer",
+            one=ofmodule.norm_product, default=False),
     Measure("lipschitz_lower", "LipLB", "max ||grad f|| over the held-out points, raised by projected gradient "
             "ascent in their box (lipschitz.lower_bounds)", INPUT, ANY_DEPTH, None, "Lipschitz lower bound",
-            lambda c: inputspace.lipschitz_lower_bounds(c.ev, c.x), stack=True, views=(FLATNESS,)),
+            lambda c: inputspace.lipschitz_lower_bounds(c.ev, c.x), stack=True, views=(FLATNESS,),
+            one=ofmodule.lipschitz_bound(0, "lipschitz_lower"), choice="lipschitz",
+            bound="a lower bound (the largest gradient norm at {n:,} points)"),
     Measure("lipschitz_upper", "LipUB", "product of the layers' spectral norms (lipschitz.spectral_products)",
             PARAMETER, ANY_DEPTH, None, "Lipschitz upper bound", lambda c: lipschitz.spectral_products(c.p),
-            stack=True, log_scale=True, views=(FLATNESS,)),
+            stack=True, log_scale=True, views=(FLATNESS,),
+            one=ofmodule.lipschitz_bound(1, "lipschitz_upper"), choice="lipschitz", bound="exact (an upper bound)"),
     Measure("minibatch_grad_norm", "MGN", "Smith et al. (2021): mean over an epoch's batches of ||grad_theta L_b||^2",
             PARAMETER, ANY_DEPTH, "minibatch_gradient_norm", "mean ‖∇L_b‖²",
             lambda c: paramspace.minibatch_gradient_norm(c.p, c.x, c.y, batch_size=c.batch_size, seed=c.seed),
             penalties.batch_minibatch_grad_norm, sign_invariant=False, point_order=True, log_scale=True,
             views=(SWEEP,)),
     Measure("parameter_norm", "‖θ‖", "the Euclidean norm of all weights and biases", PARAMETER, ANY_DEPTH, None,
-            "‖θ‖", lambda c: paramspace.parameter_norm(c.p), views=(SWEEP,)),
+            "‖θ‖", lambda c: paramspace.parameter_norm(c.p), views=(SWEEP,), one=ofmodule.parameter_norm,
+            default=False),
     Measure("distance_from_init", "‖θ−θ₀‖", "the distance from the initial weights (regenerated from the seed)",
             PARAMETER, ANY_DEPTH, None, "‖θ−θ₀‖",
-            lambda c: paramspace.distance_from_init(c.p, c.init_seeds, c.alphas), from_init=True, views=(SWEEP,)),
+            lambda c: paramspace.distance_from_init(c.p, c.init_seeds, c.alphas), from_init=True, views=(SWEEP,),
+            one=ofmodule.distance_from_init, default=False),
     Measure("sharpness", "sharpness", "the top eigenvalue of the training loss's Hessian (power iteration)",
             PARAMETER, ANY_DEPTH, None, "sharpness", _sharpness, sign_invariant=False, log_scale=True,
             option="sharpness_iters", columns=("sharpness_rel_change", "sharpness_iterations"),
-            views=(SWEEP, FLATNESS)),
+            views=(SWEEP, FLATNESS), one=ofmodule.sharpness, targets=True),
     Measure("hessian_trace", "tr H", "the trace of the training loss's Hessian (Hutchinson's estimator)",
             PARAMETER, ANY_DEPTH, None, "tr H", _hessian_trace, sign_invariant=False, log_scale=True,
-            option="trace_probes", columns=("hessian_trace_se",), views=(SWEEP, FLATNESS)),
+            option="trace_probes", columns=("hessian_trace_se",), views=(SWEEP, FLATNESS), one=ofmodule.hessian_trace,
+            targets=True, samples="probe vectors"),
 )
 BY_KEY = {m.key: m for m in REGISTRY}
+PLUGINS_ENV = "SMOOTHNESS_MEASURES"   # modules that register measures of their own, imported with the registry
+
+
+def register(m: Measure) -> Measure:
+    """Add measure m as the last row of REGISTRY; every list of measures (records, tables, the `measure` command's
+    choices) then has it. Register before those are made, when the package's other modules are imported: from a
+    module named in $SMOOTHNESS_MEASURES (comma-separated), which the registry imports with itself, for the command
+    line; or in Python before importing the rest (docs/architecture.md)."""
+    global REGISTRY, MEASURES, SAMPLED
+    if m.key in BY_KEY:
+        raise ValueError(f"a measure {m.key!r} is registered already")
+    if m.compute is None and m.one is None:
+        raise ValueError(f"measure {m.key!r} computes nothing: give compute (a stack of MLPs) or one (a module)")
+    REGISTRY = (*REGISTRY, m)
+    BY_KEY[m.key] = m
+    MEASURES, SAMPLED = keys(stack=True), keys(stack=True, sampled=True)
+    return m
 
 
 def get(key: str) -> Measure:
@@ -255,9 +294,11 @@ SAMPLED = keys(stack=True, sampled=True)  # those estimated at points (also on t
 @precision.strict_fp32()
 def measure_stack(p: MLPStack, x, *, segments: int = inputspace.DEFAULT_SEGMENTS,
                   points: int = inputspace.DEFAULT_POINTS,
-                  seed: int = 0, which=MEASURES) -> dict[str, torch.Tensor]:
-    """All requested measures of M models at once (the rows with stack=True); x is [n, d] (shared) or [M, n, d].
-    {column: [M]}: each measure's key and its further columns (the standard errors of GN, GN^2, FPL and GPL)."""
+                  seed: int = 0, which=None) -> dict[str, torch.Tensor]:
+    """All requested measures of M models at once (the rows with stack=True; which=None: all of them); x is [n, d]
+    (shared) or [M, n, d]. {column: [M]}: each measure's key and its further columns (the standard errors of GN,
+    GN^2, FPL and GPL)."""
+    which = MEASURES if which is None else which
     unknown = set(which) - set(MEASURES)
     if unknown:
         raise ValueError(f"unknown measure(s) {sorted(unknown)}; known: {', '.join(MEASURES)}")
@@ -292,3 +333,15 @@ def parameter_columns(sharpness_iters: int = 0, trace_probes: int = 0) -> tuple[
     opts = {"sharpness_iters": sharpness_iters, "trace_probes": trace_probes}
     return tuple(col for m in REGISTRY if not m.stack and (not m.option or opts.get(m.option))
                  for col in columns(m))
+
+
+def _load_plugins() -> None:
+    """Import the modules named in $SMOOTHNESS_MEASURES (they call register); one that fails is a ConfigError."""
+    for name in filter(None, (s.strip() for s in os.environ.get(PLUGINS_ENV, "").split(","))):
+        try:
+            importlib.import_module(name)
+        except Exception as e:   # anything the user's module raises, said in one line
+            raise ConfigError(f"${PLUGINS_ENV}: cannot import {name}: {type(e).__name__}: {e}") from None
+
+
+_load_plugins()

@@ -12,7 +12,7 @@ import torch
 from smoothness import training
 from smoothness.data import images, lines
 from smoothness.experiments.configuration.config import RunConfig
-from smoothness.measures import oned, registry, single
+from smoothness.measures import ofmodule, oned, registry, single
 from smoothness.models import MLPStack
 from smoothness.runtime import precision
 
@@ -166,10 +166,9 @@ def family_of_config(c: RunConfig):
 
 
 def _measure_module(it: Trained, dev) -> dict[str, float]:
-    """The record's measures of one trained model of any family, measured as an nn.Module (registry columns: the
-    input-space measures at the held-out and the training points, the Lipschitz bracket, the parameter measures, the
-    losses; sharpness and the Hessian trace when the configuration asks for them)."""
-    from smoothness.measures import curvature
+    """The record's measures of one trained model of any family, measured as an nn.Module: the losses, and every
+    registry row with a computation for a module (Measure.one; sharpness and the Hessian trace when the configuration
+    asks for them)."""
     from smoothness.models import losses
     c, task = it.cfg, it.task
     fam = family_of_config(c)
@@ -188,29 +187,22 @@ def _measure_module(it: Trained, dev) -> dict[str, float]:
                for col in registry.columns(registry.get(k))]
     if not finite:
         return {**rec, **dict.fromkeys(sampled, float("nan"))}
-    output = None if c.outputs == 1 else "margin"
-    points = {"": task.measure_points(c.measure_points).to(dev), "_train": task.train_points(it.train_idx,
-                                                                                          c.measure_points).to(dev)}
-    for suffix, x in points.items():
-        for key, fn in (("gradient_norm", single.gradient_norm), ("gradient_norm_squared",
-                                                                   single.gradient_norm_squared)):
-            e = fn(mod, x, output)
-            rec[key + suffix], rec[registry.on_points(key + "_se", suffix)] = e.value, e.se
-        got = single.path_lengths(mod, x, c.segments, c.points, c.measure_seed, output)
-        for short, key in single.PATHS.items():
-            rec[key + suffix], rec[registry.on_points(key + "_se", suffix)] = got[short].value, got[short].se
-    lower, upper = single.lipschitz_bounds(mod, points[""], output)
-    rec["lipschitz_lower"], rec["lipschitz_upper"] = lower.value, upper.value
-    with torch.no_grad():
-        rec["norm_product"] = float(fam.weight_norm(p)[0])
-        flat = torch.cat([t.flatten(1) for t in p.tensors()], 1)
-        rec["parameter_norm"] = float(flat.norm(dim=1)[0])
-        start = fam.init([c.init_seed], c.alpha, device=dev)
-        rec["distance_from_init"] = float((flat - torch.cat([t.flatten(1) for t in start.tensors()], 1)).norm(dim=1)[0])
-    if c.sharpness_iters:
-        rec["sharpness"] = curvature.sharpness(mod, xtr, ylabels, c.loss, steps=c.sharpness_iters,
-                                               seed=c.measure_seed).value
-    if c.trace_probes:
-        e = curvature.hessian_trace(mod, xtr, ylabels, c.loss, probes=c.trace_probes, seed=c.measure_seed)
-        rec["hessian_trace"], rec["hessian_trace_se"] = e.value, e.se
+    kw = dict(output=None if c.outputs == 1 else "margin", loss=c.loss, segments=c.segments, points=c.points,
+              seed=c.measure_seed)
+    at = {suffix: ofmodule.ModuleContext(mod, x, **kw) for suffix, x in (
+        ("", task.measure_points(c.measure_points).to(dev)),
+        ("_train", task.train_points(it.train_idx, c.measure_points).to(dev)))}
+    weights = ofmodule.ModuleContext(mod, xtr, ylabels, **kw, steps=c.sharpness_iters, probes=c.trace_probes,
+                                     params=p, start=fam.init([c.init_seed], c.alpha, device=dev))
+    for m in registry.REGISTRY:   # each row's computation for a module (Measure.one), where the config asks for it
+        if m.one is None or (m.option and not getattr(c, m.option)):
+            continue
+        # sampled measures at the held-out and the training points; the rest of the input space (the Lipschitz
+        # bracket) at the held-out points; those of the weights and the loss on the training set
+        on = at if m.sampled else {"": at[""]} if m.space == registry.INPUT else {"": weights}
+        for suffix, ctx in on.items():
+            for key, e in m.one(ctx).items():
+                rec[registry.on_points(key, suffix)] = float(e)
+                if key + "_se" in m.columns:
+                    rec[registry.on_points(key + "_se", suffix)] = e.se
     return rec
