@@ -24,7 +24,7 @@ CHILD = r"""
 import sys, torch
 from smoothness import data, models, training
 from smoothness.runtime import rng
-task = images.binary_task("mnist5k", 4, 9)
+task = data.binary_task("mnist5k", 4, 9)
 def spec(n, seed, **kw):
     rows = task.subset(n, seed)
     return training.TrainSpec(rows, task.pool_y[rows], seed=seed, **kw)
