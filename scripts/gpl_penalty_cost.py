@@ -1,4 +1,4 @@
-"""The cost of GPL's penalty gradient (paper eq. 11 on a batch's segments, measures/penalties.py) in its two forms:
+"""The cost of GPL's penalty gradient (paper eq. 11 on a batch's segments, training/penalties.py) in its two forms:
 the sparse form a CPU uses (each unit changes sign at most once along a segment, so du is sparse) and the dense
 Gram-matrix form other devices use, on the paper's 784-256-1 net, with the batch's pre-activations from real data.
 Also the density of du, which sets the sparse form's cost, and a plain SGD step of the same batches for scale.
@@ -17,8 +17,8 @@ import time
 import torch
 
 from smoothness.data import images
-from smoothness.measures import penalties
 from smoothness.models import MLPStack, init_mlp, mse
+from smoothness.training import penalties
 
 
 def best_ms(fn, batches, repeats: int) -> float:

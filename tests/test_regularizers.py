@@ -168,7 +168,7 @@ def gpl_case(m=3, B=20, h=40, d=30, seed=0, dtype=torch.float64):
 @pytest.mark.parametrize("points", [2, 3, 10, 100])
 def test_sign_changes_are_the_nonzeros_of_the_mask_differences_along_the_segments(points):
     # Formed densely here: the masks of active units at the segment points and their differences along t.
-    from smoothness.measures.penalties import half_pairs, sign_changes
+    from smoothness.training.penalties import half_pairs, sign_changes
     _, z, valid, _ = gpl_case()
     za, zb, ok = half_pairs(z, valid)
     t = torch.linspace(0.0, 1.0, points, dtype=z.dtype)[:, None]
@@ -187,7 +187,7 @@ def test_sign_changes_are_the_nonzeros_of_the_mask_differences_along_the_segment
 def test_sparse_gpl_gradient_is_the_dense_one(points, dtype):
     # The CPU form (sparse du) against the dense Gram-matrix form the other devices use, per model of a stack with
     # partial batches, units with w2 = 0 and pre-activations at 0.
-    from smoothness.measures import penalties
+    from smoothness.training import penalties
     p, z, valid, lam = gpl_case(dtype=dtype)
     a = penalties.penalty_grad_gradient_path_length(p, lam, z, valid, points)
     b = penalties.gradient_path_length_dense_grad(p, lam, z, valid, points)
@@ -205,7 +205,7 @@ def test_sparse_gpl_gradient_is_the_dense_one(points, dtype):
 
 
 def test_sparse_gpl_gradient_without_any_sign_change_is_zero():
-    from smoothness.measures import penalties
+    from smoothness.training import penalties
     p, z, valid, lam = gpl_case()
     g = penalties.penalty_grad_gradient_path_length(p, lam, z.abs() + 1.0, valid, 10)   # every unit stays on
     assert g.dW1.shape == p.weights[0].shape and g.dw2.shape == p.weights[1].shape
@@ -321,3 +321,15 @@ def test_the_sharpness_trajectory_script_follows_a_grid_model_through_training(t
     assert lines[-1].startswith(("not_converged after 20 epochs", "converged after"))
     r = subprocess.run([sys.executable, str(script), str(grid), "0" * 24], capture_output=True, text=True, timeout=300)
     assert r.returncode != 0 and "not a model of grid" in r.stderr
+
+
+def test_each_regularizer_is_one_row_naming_a_registered_measure_with_its_cost():
+    from smoothness.measures import registry
+    named = {m.regularizer for m in registry.REGISTRY if m.regularizer}
+    assert named == set(regularizers.BY_NAME) and regularizers.REGULARIZERS == ("none", *regularizers.BY_NAME)
+    for r in regularizers.TABLE:
+        assert r.measure.regularizer == r.name and r.step_cost > 0 and callable(r.batch)
+        assert regularizers.step_cost(r.name) == r.step_cost
+    assert regularizers.get("none") is None and regularizers.get("gradient_norm").grad is not None
+    with pytest.raises(ValueError, match="unknown regularizer"):
+        regularizers.get("nope")

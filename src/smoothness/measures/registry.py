@@ -1,9 +1,9 @@
 """The one table of measures, and what computes from it: every list of measure names in the package (the CLI's
 output, the regularizers, the records, Table 1, Table 2, the verdict, the figures, compare) is derived from
 REGISTRY, and so is the computing: a row holds the function that computes its measure for a stack of models
-(measure_stack for the measures at points, parameter_measures for those of the weights and the training set),
-and, for a measure that a regularizer penalizes, its minibatch variant and that variant's closed-form gradient for
-two-layer nets (penalties.py).
+(measure_stack for the measures at points, parameter_measures for those of the weights and the training set) and
+for one model given as a module (Measure.one, ofmodule.py), and names the regularizer that penalizes it (whose
+minibatch variant, gradient and cost are training's: training/regularizers.py).
 
 A measure's key is its column in every record and results table. Adding a measure means adding a row here with its
 function; the common tests in tests/test_registry.py then check that it is batched, chunk- and order-independent,
@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 
 from smoothness.errors import ConfigError
-from smoothness.measures import inputspace, lipschitz, ofmodule, paramspace, penalties
+from smoothness.measures import inputspace, lipschitz, ofmodule, paramspace
 from smoothness.models import MLPStack, family_of
 from smoothness.runtime import precision
 
@@ -75,8 +75,6 @@ class Measure:
     regularizer: str | None     # the regularizer name of loss L + lambda * S (eq. 15) that penalizes it
     label: str                  # title of its panel in figures
     compute: Callable = field(repr=False, default=None)   # Context -> [M], or {column: [M]} for several columns
-    batch: Callable | None = field(repr=False, default=None)   # the regularizer's minibatch variant (penalties.py)
-    penalty_grad: Callable | None = field(repr=False, default=None)   # its gradient in closed form, two-layer nets
     paper: bool = False         # one of the paper's four measures (Tables 1 and 2, the verdict)
     table1: bool = False        # Kendall's tau(N, S) is reported in Table 1
     sampled: bool = False       # estimated at points (held-out and training: the record also has key_train)
@@ -126,34 +124,30 @@ def _path_length(which: str, key: str) -> Callable:
 
 REGISTRY: tuple[Measure, ...] = (
     Measure("gradient_norm", "GN", "eq. 4", INPUT, ANY_DEPTH, "gradient_norm", "GN",
-            _gradient_norms(1, "gradient_norm"), penalties.batch_gradient_norm,
-            penalties.penalty_grad_gradient_norm, columns=("gradient_norm_se",),
+            _gradient_norms(1, "gradient_norm"), columns=("gradient_norm_se",),
             paper=True, table1=True, sampled=True, stack=True, views=(SWEEP, FLATNESS),
             one=ofmodule.gradient_norm(1, "gradient_norm")),
     Measure("gradient_norm_squared", "GN²", "eq. 4 with the squared norm", INPUT, ANY_DEPTH,
             "gradient_norm_squared", "GN²", _gradient_norms(2, "gradient_norm_squared"),
-            penalties.batch_gradient_norm_squared, penalties.penalty_grad_gradient_norm_squared,
             columns=("gradient_norm_squared_se",), sampled=True, stack=True,
             one=ofmodule.gradient_norm(2, "gradient_norm_squared"), default=False),
     Measure("function_path_length", "FPL", "eq. 10", INPUT, ANY_DEPTH, "function_path_length", "FPL",
-            _path_length("fpl", "function_path_length"), penalties.batch_function_path_length,
-            penalties.penalty_grad_function_path_length, columns=("function_path_length_se",),
+            _path_length("fpl", "function_path_length"), columns=("function_path_length_se",),
             paper=True, table1=True, sampled=True, stack=True, point_order=True, views=(SWEEP, FLATNESS),
             one=ofmodule.path_length("fpl", "function_path_length"), choice="path_lengths", samples="segments"),
     Measure("gradient_path_length", "GPL", "eq. 11", INPUT, ANY_DEPTH, "gradient_path_length", "GPL",
-            _path_length("gpl", "gradient_path_length"), penalties.batch_gradient_path_length,
-            penalties.penalty_grad_gradient_path_length, columns=("gradient_path_length_se",),
+            _path_length("gpl", "gradient_path_length"), columns=("gradient_path_length_se",),
             paper=True, table1=True, sampled=True, stack=True, point_order=True, views=(SWEEP, FLATNESS),
             one=ofmodule.path_length("gpl", "gradient_path_length"), choice="path_lengths", samples="segments"),
     Measure("weights_product", "WP", "eq. 13", PARAMETER, ONE_HIDDEN, "weights_product", "WP",
-            lambda c: inputspace.weights_products(c.p) if c.p.depth == 1 else c.nan(), penalties.batch_weights_product,
-            penalties.penalty_grad_weights_product, paper=True, table1=True, stack=True, views=(FLATNESS,)),
+            lambda c: inputspace.weights_products(c.p) if c.p.depth == 1 else c.nan(), paper=True, table1=True,
+            stack=True, views=(FLATNESS,)),
     Measure("path_norm", "PN", "eq. 13 generalized to any depth (inputspace.path_norms)", PARAMETER, ANY_DEPTH,
-            "path_norm", "PN", lambda c: inputspace.path_norms(c.p), penalties.batch_path_norm, table1=True,
+            "path_norm", "PN", lambda c: inputspace.path_norms(c.p), table1=True,
             stands_in_for="weights_product", equals="WP for one hidden layer", views=(SWEEP,)),
     Measure("norm_product", "NP", "the product of the weight tensors' Frobenius norms (models.Family.weight_norm), "
             "which bounds WP for one hidden layer", PARAMETER, ANY_DEPTH, "norm_product", "∏‖W‖_F",
-            lambda c: c.fam.weight_norm(c.p), penalties.batch_norm_product, log_scale=True, table1=True,
+            lambda c: c.fam.weight_norm(c.p), log_scale=True, table1=True,
             stands_in_for="weights_product", equals="an upper bound of WP for one hidden layer",
             one=ofmodule.norm_product, default=False),
     Measure("lipschitz_lower", "LipLB", "max ||grad f|| over the held-out points, raised by projected gradient "
@@ -168,8 +162,7 @@ REGISTRY: tuple[Measure, ...] = (
     Measure("minibatch_grad_norm", "MGN", "Smith et al. (2021): mean over an epoch's batches of ||grad_theta L_b||^2",
             PARAMETER, ANY_DEPTH, "minibatch_gradient_norm", "mean ‖∇L_b‖²",
             lambda c: paramspace.minibatch_gradient_norm(c.p, c.x, c.y, batch_size=c.batch_size, seed=c.seed),
-            penalties.batch_minibatch_grad_norm, sign_invariant=False, point_order=True, log_scale=True,
-            views=(SWEEP,)),
+            sign_invariant=False, point_order=True, log_scale=True, views=(SWEEP,)),
     Measure("parameter_norm", "‖θ‖", "the Euclidean norm of all weights and biases", PARAMETER, ANY_DEPTH, None,
             "‖θ‖", lambda c: paramspace.parameter_norm(c.p), views=(SWEEP,), one=ofmodule.parameter_norm,
             default=False),

@@ -3,7 +3,7 @@ of every model's objective L + lambda * S (eq. 15) and the update, batched over 
 
   ClosedFormEngine   the paper's ReLU MLPs with one output and the MSE: hand-written backward passes; plain SGD folds
                      the update into the gradient GEMMs (models.sgd_update_), and for one hidden layer the penalties'
-                     gradients come in closed form (regularizers.penalty_grads). The fast path.
+                     gradients come in closed form (regularizers.Regularizer.grad). The fast path.
   AutogradEngine     any family and loss: autograd through the family's batched forward (and, for a penalty on the
                      input gradient, through its input gradient: double backpropagation).
 
@@ -24,8 +24,9 @@ class ClosedFormEngine:
 
     def __init__(self, st: StepSettings, family: Family, batch_size: int):
         self.st, self.family, self.batch_size = st, family, batch_size
+        self.reg = regularizers.get(st.regularizer)   # looked up once for the program; None: no penalty
         # the regularizer's gradient has the two-layer closed form that SGD folds into its fused update
-        self.fused = st.regularizer == "none" or (len(family.widths) == 3 and st.regularizer in regularizers.TWO_LAYER)
+        self.fused = self.reg is None or (len(family.widths) == 3 and self.reg.grad is not None)
 
     def update_(self, p, opt_state, xb, yb, valid, lr, lam, rho, t):
         """One optimizer step of the stack p (views: updated in place) on its batch; (per-example losses, None)."""
@@ -36,8 +37,8 @@ class ClosedFormEngine:
             err = residuals(out, yb, valid)
             scale = mse_scale(valid, self.batch_size, lr, err.dtype)   # dL/dout of eq. 2 on the batch, times lr
             pen = None
-            if st.regularizer != "none":   # eq. 15: lam * S's gradient, from the weights before the update
-                pen = regularizers.penalty_grads(p, st.regularizer, lam, pres[0], valid, st.penalty_points)
+            if self.reg is not None:   # eq. 15: lam * S's gradient, from the weights before the update
+                pen = self.reg.grad(p, lam, pres[0], valid, st.penalty_points)
             rate = lr[:, None, None]
             sgd_update_(p, acts, pres, err * scale[:, None],
                         dpre=[pen.dz * rate] if pen is not None and pen.dz is not None else None)
@@ -58,8 +59,8 @@ class ClosedFormEngine:
         """Every model's gradient of its minibatch objective (eq. 2, or eq. 15 with a regularizer), in p.tensors()
         order, and the batch errors [M, B]."""
         st = self.st
-        if st.regularizer != "none":
-            return regularizers.regularized_grads(p, st.regularizer, lam, xb, yb, valid, st.penalty_points)
+        if self.reg is not None:
+            return regularizers.regularized_grads(p, self.reg, lam, xb, yb, valid, st.penalty_points)
         out, acts, pres = forward(p, xb, cache=True)
         err = residuals(out, yb, valid)
         scale = mse_scale(valid, self.batch_size, dtype=err.dtype)
@@ -71,7 +72,8 @@ class AutogradEngine:
 
     def __init__(self, st: StepSettings, family: Family, batch_size: int):
         self.st, self.family, self.batch_size = st, family, batch_size
-        self.penalty = None if st.regularizer == "none" else regularizers.penalty(st.regularizer)
+        reg = regularizers.get(st.regularizer)   # looked up once for the program
+        self.penalty = None if reg is None else reg.batch
 
     def objective_grads(self, p, lam, xb, yb, valid):
         """Every model's gradient of L + lam * S on its batch (p.tensors() order), its outputs and per-example

@@ -1,47 +1,77 @@
 """Explicit smoothness regularization, L_reg = L + lambda * S (paper eq. 15), batched over models of any family.
 
-During training S is the stochastic variant on the current minibatch, as in the original code: the registry row of
-the measure that a regularizer penalizes holds it (registry.Measure.batch; the variants are in measures/penalties.py,
-with the points per segment of the path-length penalties a setting, `penalty_points`, default 10 as in the original
-code's final version, 100 in an earlier one). Parameter gradients come from autograd through the family's input
-gradient (double backpropagation; the MLP's in closed form); for two-layer ReLU nets (the paper's) a row may hold the
-gradient in closed form (registry.Measure.penalty_grad), which the trainer adds to the data term's hand-written
-backward pass. Both give the same objective (tested against each other).
-
-Each regularizer is declared once, by the registry row of the measure it penalizes; what one of its steps costs
-(STEP_COST, used to order work) must be given for every one of them (tests/test_regularizers.py checks it).
+Each regularizer is one row of TABLE: the registry's measure it penalizes (named by the measure's row, registry.py:
+Measure.regularizer), its stochastic variant S on the current minibatch, as in the original code (penalties.py; with
+the points per segment of the path-length penalties a setting, `penalty_points`, default 10 as in the original code's
+final version, 100 in an earlier one), for two-layer ReLU nets (the paper's) the closed form of its gradient, which
+the trainer adds to the data term's hand-written backward pass, and what one of its steps costs (used to order
+work). Parameter gradients otherwise come from autograd through the family's input gradient (double
+backpropagation; the MLP's in closed form). Both give the same objective (tested against each other). A program
+looks its regularizer up once (get), not at every step.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
 from smoothness import paper
 from smoothness.measures import registry
-from smoothness.measures.penalties import PenaltyGrads
 from smoothness.models import MLPStack, family_of, forward, losses, mse_scale, parameter_grads, residuals
+from smoothness.training import penalties
+from smoothness.training.penalties import PenaltyGrads
 
-REGULARIZERS = ("none", *(m.regularizer for m in registry.REGISTRY if m.regularizer))
-PATH_LENGTH = tuple(m.regularizer for m in registry.REGISTRY if m.regularizer and m.key in
-                    ("function_path_length", "gradient_path_length"))
+
+@dataclass(frozen=True)
+class Regularizer:
+    """One regularizer (see the module docstring)."""
+    name: str                    # RunConfig.regularizer, and Measure.regularizer of the measure it penalizes
+    batch: Callable              # S on the batch: fn(fam, p, xb, yb, valid, points, loss) -> [M], differentiable
+    step_cost: float             # one step, in plain SGD steps (784-256-1 net, batch 64, one model, 10 points per
+    #                              penalty segment; `smoothness bench --regularizers 1`, docs/performance.md)
+    grad: Callable | None = None   # lam * S's gradient for two-layer MLPs, closed form: fn(p, lam, z, valid, points)
+    path_length: bool = False    # a penalty along segments between batch points (penalty_points; the paper's lr 0.1)
+    cost_per_point: float = 0.0  # a further point per penalty segment, in plain SGD steps
+
+    @property
+    def measure(self) -> registry.Measure:
+        """The registry's row of the measure this regularizer penalizes."""
+        return registry.by_regularizer(self.name)
+
+
+TABLE: tuple[Regularizer, ...] = (
+    Regularizer("gradient_norm", penalties.batch_gradient_norm, 2.4, penalties.penalty_grad_gradient_norm),
+    Regularizer("gradient_norm_squared", penalties.batch_gradient_norm_squared, 2.4,
+                penalties.penalty_grad_gradient_norm_squared),
+    Regularizer("function_path_length", penalties.batch_function_path_length, 2.0,
+                penalties.penalty_grad_function_path_length, path_length=True, cost_per_point=0.035),
+    Regularizer("gradient_path_length", penalties.batch_gradient_path_length, 3.3,
+                penalties.penalty_grad_gradient_path_length, path_length=True, cost_per_point=0.15),
+    Regularizer("weights_product", penalties.batch_weights_product, 1.5, penalties.penalty_grad_weights_product),
+    Regularizer("path_norm", penalties.batch_path_norm, 2.0),
+    Regularizer("norm_product", penalties.batch_norm_product, 1.2),
+    Regularizer("minibatch_gradient_norm", penalties.batch_minibatch_grad_norm, 6.0),
+)
+BY_NAME = {r.name: r for r in TABLE}
+REGULARIZERS = ("none", *BY_NAME)
+PATH_LENGTH = tuple(r.name for r in TABLE if r.path_length)
+TWO_LAYER = tuple(r.name for r in TABLE if r.grad is not None)   # with a closed form for two-layer nets
 SEGMENT_POINTS = paper.PENALTY_POINTS   # points per segment of the path-length penalties (`penalty_points`)
 PAPER_LAMBDAS = paper.LAMBDAS   # the coefficients of the paper's Table 2
-# What one training step with each penalty costs, in plain SGD steps (784-256-1 net, batch 64, one model, 10 points
-# per penalty segment; `smoothness bench --regularizers 1`, docs/performance.md), and per further point per segment.
-# Used to order work (distributed.expected_steps), not to decide anything about a model.
-STEP_COST = {"none": 1.0, "gradient_norm": 2.4, "gradient_norm_squared": 2.4, "weights_product": 1.5,
-             "path_norm": 2.0, "norm_product": 1.2, "function_path_length": 2.0, "gradient_path_length": 3.3,
-             "minibatch_gradient_norm": 6.0}
-STEP_COST_PER_POINT = {"function_path_length": 0.035, "gradient_path_length": 0.15}
+STEP_COST = {"none": 1.0, **{r.name: r.step_cost for r in TABLE}}   # as TABLE says, by name
+
+
+def get(regularizer: str) -> Regularizer | None:
+    """The regularizer of this name (None for 'none'); a ValueError listing the known ones otherwise. A program
+    looks it up once."""
+    return None if check(regularizer) == "none" else BY_NAME[regularizer]
 
 
 def step_cost(regularizer: str, points: int = SEGMENT_POINTS) -> float:
-    """The cost of a step with this penalty in plain SGD steps (STEP_COST); a KeyError for a regularizer without
-    one (every regularizer has one: a test checks it)."""
-    return STEP_COST[regularizer] + STEP_COST_PER_POINT.get(regularizer, 0.0) * (points - SEGMENT_POINTS)
-
-
-# The regularizers with a closed form for two-layer nets (_two_layer_grads).
-TWO_LAYER = tuple(m.regularizer for m in registry.REGISTRY if m.regularizer and m.penalty_grad)
+    """The cost of a step with this penalty in plain SGD steps (TABLE)."""
+    r = get(regularizer)
+    return 1.0 if r is None else r.step_cost + r.cost_per_point * (points - SEGMENT_POINTS)
 
 
 def default_lr(regularizer: str) -> float:
@@ -63,10 +93,14 @@ def check_points(points: int) -> int:
     return int(points)
 
 
+def _row(regularizer) -> Regularizer:
+    return regularizer if isinstance(regularizer, Regularizer) else BY_NAME[regularizer]
+
+
 def penalty(regularizer: str):
-    """The minibatch variant of the measure a regularizer penalizes (registry row's batch), looked up once per
-    program: fn(fam, p, xb, yb, valid, points, loss) -> [M]."""
-    return registry.by_regularizer(regularizer).batch
+    """The minibatch variant of the measure a regularizer penalizes (its row's batch): fn(fam, p, xb, yb, valid,
+    points, loss) -> [M]."""
+    return _row(regularizer).batch
 
 
 def batch_measure(p, regularizer: str, xb: torch.Tensor, valid: torch.Tensor, points: int = SEGMENT_POINTS,
@@ -77,7 +111,7 @@ def batch_measure(p, regularizer: str, xb: torch.Tensor, valid: torch.Tensor, po
     return penalty(regularizer)(fam, p, xb, yb, valid, points, loss)
 
 
-def regularized_loss(p, regularizer: str, lam: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor,
+def regularized_loss(p, regularizer, lam: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor,
                      valid: torch.Tensor, points: int = SEGMENT_POINTS, *, fam=None, loss: str = "mse"):
     """Per-model objective L + lam * S on the batch (eq. 15), and the batch errors (f - y for one output; for K
     outputs the per-example losses). [M] and [M, B]."""
@@ -85,16 +119,16 @@ def regularized_loss(p, regularizer: str, lam: torch.Tensor, xb: torch.Tensor, y
     out = fam.values(p, xb)
     data, per = losses.mean_loss(out, yb, loss, valid)
     err = residuals(out, yb, valid) if (loss == "mse" and out.dim() == 2) else per
-    if regularizer == "none":
+    if regularizer in ("none", None):
         return data, err
     return data + lam * penalty(regularizer)(fam, p, xb, yb, valid, points, loss), err
 
 
-def regularized_grads(p, regularizer: str, lam: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor,
+def regularized_grads(p, regularizer, lam: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor,
                       valid: torch.Tensor, points: int = SEGMENT_POINTS, *, fam=None, loss: str = "mse"):
     """Every model's gradient of L + lam * S on its batch (in p.tensors() order), and the batch errors [M, B]."""
     fam = fam or family_of(p)
-    if fam.closed_form and loss == "mse" and p.depth == 1 and regularizer in TWO_LAYER:
+    if fam.closed_form and loss == "mse" and p.depth == 1 and _row(regularizer).grad is not None:
         return _two_layer_grads(p, regularizer, lam, xb, yb, valid, points)
     q = p.as_leaves()
     with torch.enable_grad():
@@ -103,7 +137,7 @@ def regularized_grads(p, regularizer: str, lam: torch.Tensor, xb: torch.Tensor, 
     return list(grads), err.detach()
 
 
-def _two_layer_grads(p: MLPStack, regularizer: str, lam: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor,
+def _two_layer_grads(p: MLPStack, regularizer, lam: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor,
                      valid: torch.Tensor, points: int):
     """regularized_grads for two-layer nets in closed form (module docstring): the same objective, eq. 15."""
     out, acts, pres = forward(p, xb, cache=True)
@@ -116,9 +150,9 @@ def _two_layer_grads(p: MLPStack, regularizer: str, lam: torch.Tensor, xb: torch
     return grads, err
 
 
-def penalty_grads(p: MLPStack, regularizer: str, lam: torch.Tensor, z: torch.Tensor, valid: torch.Tensor,
+def penalty_grads(p: MLPStack, regularizer, lam: torch.Tensor, z: torch.Tensor, valid: torch.Tensor,
                   points: int = SEGMENT_POINTS) -> PenaltyGrads:
     """The gradient of lam * S for two-layer nets (p.depth == 1, regularizer in TWO_LAYER) from the batch's
     first-layer pre-activations z [M, B, h], in closed form (the registry row's penalty_grad); the data term is not
     included."""
-    return registry.by_regularizer(regularizer).penalty_grad(p, lam, z, valid, points)
+    return _row(regularizer).grad(p, lam, z, valid, points)

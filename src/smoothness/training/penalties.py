@@ -1,6 +1,6 @@
 """The minibatch variants of the measures that explicit regularization penalizes (eq. 15 on the batch), and the
-closed forms of their gradients for two-layer nets. The registry's rows point here (registry.Measure.batch and
-.penalty_grad); training.regularizers trains on them.
+closed forms of their gradients for two-layer nets. The regularizers' rows point here (regularizers.TABLE: batch and
+grad), and training.regularizers trains on them.
 
 Each variant is S on the current batch xb [M, B, d] (valid [M, B]: the points that belong to the batch, valid points
 first) of a stack p of models of a family `fam` (models/family.py: its values and input gradients, differentiable in
