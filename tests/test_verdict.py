@@ -1,4 +1,4 @@
-"""The verdict per measure: the paper's reading as rules, applied to the paper's values and to hand-made format."""
+"""The verdict per measure: the paper's reading as rules, applied to the paper's values and to hand-made tables."""
 import math
 
 import pandas as pd

@@ -231,7 +231,7 @@ def cmd_report(a) -> int:
 
 
 def cmd_reproduce(a) -> int:
-    """`smoothness reproduce`: run a shipped preset, then write its document."""
+    """`smoothness reproduce`: run a shipped preset, then write its report."""
     if a.preset and a.preset_option and a.preset != a.preset_option:
         raise SmoothnessError(f"two presets given: {a.preset} and --preset {a.preset_option}")
     name = a.preset or a.preset_option
@@ -304,7 +304,7 @@ def cmd_presets(a) -> int:
         most = "≤" if g.ladder == "staged" and staging.has_ladder(g.regularizers) else " "
         print(f"{name:{width}s} {most}{len(g.configs()):5d} models on {g.data}")
         print(textwrap.fill(" ".join(g.description.split()), cols, initial_indent="    ", subsequent_indent="    "))
-    print("smoothness presets NAME prints one as YAML; smoothness reproduce NAME runs it and writes its document.")
+    print("smoothness presets NAME prints one as YAML; smoothness reproduce NAME runs it and writes its report.")
     return 0
 
 
