@@ -9,7 +9,7 @@ gradient in closed form (registry.Measure.penalty_grad), which the trainer adds 
 backward pass. Both give the same objective (tested against each other).
 
 Each regularizer is declared once, by the registry row of the measure it penalizes; what one of its steps costs
-(STEP_COST, used to order work) must be given for every one of them (tests/test_regularizers.py checks it).
+(STEP_COST, used to order work) must be given for every one of them (tests/training/test_regularizers.py checks it).
 """
 from __future__ import annotations
 
