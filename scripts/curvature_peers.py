@@ -34,8 +34,8 @@ from torch import nn
 from torch.func import functional_call, grad, jacrev
 from torch.nn import functional as F
 
-from smoothness.measures import curvature
 from smoothness.data import idx
+from smoothness.measures import curvature
 
 
 def images(n_measure: int, n_train: int):

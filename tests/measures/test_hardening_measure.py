@@ -14,10 +14,9 @@ import torch
 from torch import nn
 
 from smoothness import measures
-from smoothness.measures import curvature
 from smoothness.cli import commands
 from smoothness.errors import MeasureError, MeasureTypeError, SmoothnessError
-from smoothness.measures import checks
+from smoothness.measures import checks, curvature
 from smoothness.measures import model as measures_model
 from smoothness.report import figures
 

@@ -12,8 +12,7 @@ from torch.func import functional_call
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from smoothness.measures import curvature
-from smoothness.measures import lanczos
+from smoothness.measures import curvature, lanczos
 
 
 def dense_hessian(model, x, y, loss) -> torch.Tensor:

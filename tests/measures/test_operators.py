@@ -13,8 +13,7 @@ from torch.func import functional_call, jacrev
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from smoothness.measures import curvature
-from smoothness.measures import operators
+from smoothness.measures import curvature, operators
 
 
 def flat_fn(model):

@@ -9,8 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from smoothness.measures import curvature
-from smoothness.measures import spectrum
+from smoothness.measures import curvature, spectrum
 from smoothness.measures import trace as estimators
 from smoothness.measures.estimate import Estimate, exact
 
