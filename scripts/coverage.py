@@ -1,6 +1,6 @@
 """The coverage of the ±1.96 standard-error intervals of the Monte Carlo measures, on nets where the exact value is
 known: over many seeds, the fraction of intervals value ± 1.96 se that hold the exact value (about 0.95 for a
-sound standard error). tests/test_estimates.py runs the same experiments; this script draws the figure.
+sound standard error). tests/project/test_estimates.py runs the same experiments; this script draws the figure.
 
     .venv/bin/python scripts/coverage.py --seeds 1000 --out docs/results/2026-12-02-coverage.png
 

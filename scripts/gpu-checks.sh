@@ -43,10 +43,11 @@ step() {   # step NAME SECONDS COMMAND...: run with a time limit, log it, note i
     rm -f "$OUT/step.log"
 }
 if [ "$DEVICE" = cpu ]; then
-    small=1; models=1,4; budget=400; fashion_limit=60; measure=4; tests=tests/test_host_sync.py
+    small=1; models=1,4; budget=400; fashion_limit=60; measure=4; tests=tests/training/test_host_sync.py
 else
     small=0; models=1,45,135,540,1080; budget=200000; fashion_limit=150; measure=135
-    tests="tests/test_host_sync.py tests/test_precision.py tests/test_training.py tests/test_hessian.py tests/test_lipbound.py"
+    tests="tests/training/test_host_sync.py tests/runtime/test_precision.py tests/training/test_training.py
+           tests/measures/test_hessian.py tests/measures/test_lipbound.py"
 fi
 
 { date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || echo "no nvidia-smi";

@@ -1,6 +1,6 @@
 """smoothness: does SGD implicitly make neural networks smooth, and in which sense?
 
-The package follows the data flow, each layer importing only the ones before it (tests/test_architecture.py):
+The package follows the data flow, each layer importing only the ones before it (tests/project/test_architecture.py):
 
     errors, runtime   errors; random numbers, matmul precision, devices, signals
     models            ReLU networks as stacks of M models, the paper's initializer

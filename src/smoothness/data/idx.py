@@ -31,7 +31,7 @@ FILES = {
 
 # MD5 of the decompressed files of the official releases (MNIST: LeCun, Cortes & Burges;
 # Fashion-MNIST: Xiao, Rasul & Vollgraf, 2017). The tests check them against genuine copies where those are found
-# (tests/test_data.py: the MNIST test split in $SMOOTHNESS_MNIST_DIR, Debian's dataset-fashion-mnist).
+# (tests/data/test_data.py: the MNIST test split in $SMOOTHNESS_MNIST_DIR, Debian's dataset-fashion-mnist).
 CHECKSUMS = {
     "mnist": {
         "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",

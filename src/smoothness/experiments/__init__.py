@@ -1,4 +1,4 @@
-"""Experiments, in three jobs, each importing only the ones before it (tests/test_architecture.py):
+"""Experiments, in three jobs, each importing only the ones before it (tests/project/test_architecture.py):
 
     configuration   a model's configuration and key (config), grids of them (grid, gridvalues, staging)
     storage         the results store (store, storefile, records, claim, salvage), model files (modelfile), snapshots

@@ -5,7 +5,7 @@ and n = 0.
 
 A Monte Carlo estimate is the mean of n independent draws (points, segments, probe vectors); its standard error is
 their sample standard deviation over sqrt(n) (mean_and_se), so that about 95% of the intervals value ± 1.96 se hold
-the quantity estimated (tests/test_estimates.py checks this coverage where the exact value is known).
+the quantity estimated (tests/project/test_estimates.py checks this coverage where the exact value is known).
 """
 from __future__ import annotations
 

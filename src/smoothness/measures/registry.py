@@ -6,8 +6,8 @@ for one model given as a module (Measure.one, ofmodule.py), and names the regula
 minibatch variant, gradient and cost are training's: training/regularizers.py).
 
 A measure's key is its column in every record and results table. Adding a measure means adding a row here with its
-function; the common tests in tests/test_registry.py then check that it is batched, chunk- and order-independent,
-sign-invariant where it should be, recorded and reported.
+function; the common tests in tests/measures/test_registry.py then check that it is batched, chunk- and
+order-independent, sign-invariant where it should be, recorded and reported.
 """
 from __future__ import annotations
 

@@ -12,8 +12,8 @@ paper's minibatch SGD (sec. 4.1) on L + lambda * S (eq. 15), in the order a read
                      not finite -> diverged, the epoch cap -> not converged; models/losses.py for cross-entropy's),
                      then the next epoch's shuffle.
 
-No value is read back to the host in either (tests/test_host_sync.py): the host knows every model's position from
-the training sizes alone, and reads the statuses later (state.StatusPoll).
+No value is read back to the host in either (tests/training/test_host_sync.py): the host knows every model's position
+from the training sizes alone, and reads the statuses later (state.StatusPoll).
 """
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ outcome kept on the device) and leaves the batch when the host reads the statuse
 itself, on CUDA through a non-blocking copy polled every `poll_every` steps (state.StatusPoll), the batch compacted
 in buckets. Waiting models take the places of finished ones (`max_batch`). No step and no epoch end reads a value
 back or copies from pageable host memory, so on a GPU the host queues steps without waiting for them
-(tests/test_host_sync.py).
+(tests/training/test_host_sync.py).
 Randomness (initial weights, shuffles) comes from the counter-based generator in rng.py, so a
 model follows the same trajectory alone, inside any batch, and in any admission order.
 """

@@ -1,9 +1,10 @@
 """The worked example (examples/conv_digits.py) on a small slice of scikit-learn's digits."""
 import importlib.util
 import math
-from pathlib import Path
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "conv_digits.py"
+from conftest import ROOT
+
+EXAMPLE = ROOT / "examples" / "conv_digits.py"
 
 
 def test_the_conv_net_example_trains_and_is_measured():

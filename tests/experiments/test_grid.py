@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import ROOT, run_cli
 from smoothness.cli import bench, commands
 from smoothness.errors import ConfigError
 from smoothness.experiments.configuration import grid
@@ -362,11 +362,10 @@ def test_the_keys_of_every_committed_store_are_rebuilt_from_their_records():
     # leave every earlier key as it was, or resuming a grid would train its models again. Every committed store.
     import sqlite3
     from dataclasses import fields as dc_fields
-    from pathlib import Path
 
     from smoothness.experiments.configuration.config import RunConfig, config_key
     names = {f.name for f in dc_fields(RunConfig)}
-    stores = sorted((Path(__file__).parent.parent / "results").glob("*.sqlite"))
+    stores = sorted((ROOT / "results").glob("*.sqlite"))
     assert stores
     checked = 0
     for path in stores:

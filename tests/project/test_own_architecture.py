@@ -5,10 +5,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import run_cli
+from conftest import ROOT, run_cli
 from smoothness.experiments.storage.store import Store
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = ROOT / "examples"
 
 
 def _grid(tmp_path, **changes) -> Path:
@@ -54,7 +54,7 @@ def test_a_factory_that_fails_is_one_line_before_any_training_and_nothing_is_sto
 
 
 def test_the_python_example_of_the_guide_runs(tmp_path, monkeypatch, capsys):
-    text = (Path(__file__).resolve().parents[1] / "docs" / "your-architecture.md").read_text()
+    text = (ROOT / "docs" / "your-architecture.md").read_text()
     blocks = [b.split("```", 1)[0] for b in text.split("## From Python", 1)[1].split("```python\n")[1:]]
     assert len(blocks) == 2
     monkeypatch.chdir(tmp_path)

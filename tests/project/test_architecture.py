@@ -3,7 +3,9 @@ itself back through others, and no private name (`_x`) is used outside the modul
 import ast
 from pathlib import Path
 
-SRC = Path(__file__).resolve().parents[1] / "src" / "smoothness"
+from conftest import ROOT
+
+SRC = ROOT / "src" / "smoothness"
 # Lowest first: a module may import its own layer and the ones before it.
 LAYERS = ["errors", "paper", "runtime", "models", "data", "measures", "training", "experiments", "analysis", "report",
           "cli"]
@@ -45,7 +47,7 @@ def layer(name: str) -> int:
 def test_every_module_belongs_to_a_layer():
     for name in MODULES:
         if name not in ("smoothness", "smoothness.__main__"):
-            assert name.split(".")[1] in LAYERS, f"{name} is in no layer of tests/test_architecture.py"
+            assert name.split(".")[1] in LAYERS, f"{name} is in no layer of tests/project/test_architecture.py"
 
 
 def test_no_layer_imports_a_higher_one():

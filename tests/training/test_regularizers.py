@@ -252,77 +252,6 @@ def test_penalty_points_must_be_an_integer_of_at_least_two():
             training.TrainSpec([1], [1.0], regularizer="function_path_length", lam=1e-4, penalty_points=100)])
 
 
-def test_the_gpl_cost_script_times_both_forms_on_real_images(tmp_path):
-    import subprocess
-    import sys
-    from pathlib import Path
-    script = Path(__file__).resolve().parents[1] / "scripts" / "gpl_penalty_cost.py"
-    r = subprocess.run([sys.executable, str(script), "--data", "mnist5k", "--pair", "3", "8", "--batches", "2",
-                        "--repeats", "1", "--points", "10"], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    row = r.stdout.strip().splitlines()[-1].split()
-    assert row[0] == "10" and 0 < float(row[1].rstrip("%")) < 100 and float(row[2]) > 0 and float(row[3]) > 0
-
-
-def test_the_snapshot_state_script_reports_a_snapshots_loss_sharpness_and_gradients(tmp_path):
-    # A snapshot of a GPL model of a small grid on real images: the script's training MSE is that of the snapshot's
-    # weights on the model's own training set, its sharpness is positive and its penalty gradient is there.
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    from smoothness import experiments, training
-    from smoothness.experiments.configuration import grid as grids
-    from smoothness.experiments.running.pipeline import load_tasks
-    from smoothness.experiments.storage import snapshots
-    from smoothness.models import init_mlp
-
-    grid = tmp_path / "g.yaml"
-    grid.write_text("name: g\ndata: mnist5k\npairs: [[3, 8]]\nn_train: 128\nseeds: 0\nhidden: 32\n"
-                    "regularizers:\n  - {name: gradient_path_length, lam: [1.0e-3], lr: 0.1}\n")
-    cfg = grids.load(grid).configs()[0]
-    params = init_mlp([7], tuple(cfg.widths), alpha=1.0)
-    snapshots.SnapshotDir(tmp_path / "run" / snapshots.FOLDER).save(cfg, training.Snapshot(5, 10, params, [], 1.0))
-    script = Path(__file__).resolve().parents[1] / "scripts" / "snapshot_state.py"
-    r = subprocess.run([sys.executable, str(script), str(grid), str(tmp_path / "run"), "--batches", "2"],
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    row = r.stdout.strip().splitlines()[-1].split()
-    assert row[0] == experiments.config_key(cfg) and row[6] == "5"
-    task = load_tasks([cfg])[(cfg.data, cfg.pair)]
-    sub = task.subset(cfg.n_train, cfg.seed)
-    assert float(row[7]) == pytest.approx(float(training.mse(params, task.pool_x[sub], task.pool_y[sub])[0]), rel=1e-3)
-    assert float(row[8]) > 0 and float(row[9]) == 20 and float(row[10]) > 0 and float(row[11]) > 0
-    assert -1 <= float(row[12]) <= 1
-
-
-def test_the_sharpness_trajectory_script_follows_a_grid_model_through_training(tmp_path):
-    # A small grid's model trained from its first epoch: a reading every 5 epochs until the cap, then its outcome.
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    from smoothness import experiments
-    from smoothness.experiments.configuration import grid as grids
-
-    grid = tmp_path / "g.yaml"
-    grid.write_text("name: g\ndata: mnist5k\npairs: [[3, 8]]\nn_train: 128\nseeds: 0\nhidden: 32\nmax_epochs: 20\n"
-                    "regularizers:\n  - {name: gradient_path_length, lam: [1.0e-3], lr: 0.1}\n")
-    key = experiments.config_key(grids.load(grid).configs()[0])
-    script = Path(__file__).resolve().parents[1] / "scripts" / "sharpness_trajectory.py"
-    r = subprocess.run([sys.executable, str(script), str(grid), key, "--every", "5"],
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    lines = r.stdout.strip().splitlines()
-    assert "2/lr = 20" in lines[0]
-    rows = [line.split() for line in lines[2:-1]]
-    assert [row[0] for row in rows] == ["5", "10", "15"]
-    assert all(float(row[1]) > 0 and float(row[2]) > 0 and float(row[3]) > 0 for row in rows)
-    assert lines[-1].startswith(("not_converged after 20 epochs", "converged after"))
-    r = subprocess.run([sys.executable, str(script), str(grid), "0" * 24], capture_output=True, text=True, timeout=300)
-    assert r.returncode != 0 and "not a model of grid" in r.stderr
-
-
 def test_each_regularizer_is_one_row_naming_a_registered_measure_with_its_cost():
     from smoothness.measures import registry
     named = {m.regularizer for m in registry.REGISTRY if m.regularizer}
@@ -333,3 +262,4 @@ def test_each_regularizer_is_one_row_naming_a_registered_measure_with_its_cost()
     assert regularizers.get("none") is None and regularizers.get("gradient_norm").grad is not None
     with pytest.raises(ValueError, match="unknown regularizer"):
         regularizers.get("nope")
+

@@ -4,9 +4,8 @@ import re
 import sqlite3
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT
 
 
 def test_the_gpu_check_script_runs_every_step_and_returns_few_small_files(tmp_path):
