@@ -28,7 +28,7 @@ def test_measuring_models_together_gives_the_numbers_each_gets_alone():
     broken.weights[0][0, 0, 0] = float("nan")         # a diverged model in the same group
     items.append((broken, *items[1][1:]))
     together = pipeline.measure_models(items)
-    alone = [pipeline.measure_model(*it) for it in items]
+    alone = [pipeline.measure_trained(*it) for it in items]
     assert len(together) == len(items) == 9
     for a, b in zip(alone, together):
         assert a.keys() == b.keys() and len(a) >= 21

@@ -25,7 +25,7 @@ def compute(key: str, p: models.MLPStack, x: torch.Tensor, y: torch.Tensor, seed
     seeds = torch.arange(n) if seeds is None else torch.as_tensor(seeds)
     cols = registry.parameter_measures(p, x.expand(n, -1, -1), y.expand(n, -1), batch_size=8, seed=3,
                                        init_seeds=seeds, alphas=torch.ones(n, dtype=torch.float64),
-                                       sharpness_iters=300, trace_probes=64)
+                                       options={"sharpness_iters": 300, "trace_probes": 64})
     return cols[column or key]
 
 

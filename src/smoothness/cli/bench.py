@@ -117,7 +117,7 @@ def measure_seconds(m: int, device, alone: int = 10) -> tuple[float, float]:
     sync(device)
     t1 = time.perf_counter()
     for it in items[:alone]:
-        pipeline.measure_model(*it, device)
+        pipeline.measure_trained(*it, device)
     sync(device)
     return t1 - t0, (time.perf_counter() - t1) / min(alone, m)
 

@@ -18,17 +18,19 @@ class ModuleContext:
     """What the measures of one model read: the module f; the points x (a tensor or batches) and, for the loss's
     curvature, the targets y and the loss; the output measured (None: a scalar model's one output, the Frobenius
     norm of the Jacobian of K outputs); the estimators' settings (segments and points per segment of the path
-    lengths, Lanczos steps, Hutchinson probes, seed, batch size). `params` and `start` are the model's weights and
+    lengths, Lanczos steps, Hutchinson probes, seed, batch size; a grid's options, registry.options_of, take the place
+    of steps and probes). `params` and `start` are the model's weights and
     its initial weights as stacks of one (models.Family), where known: the distance from the initialization needs
     them. Intermediate results that several rows share (both path lengths, both Lipschitz bounds) are kept."""
 
     def __init__(self, f, x, y=None, *, output=None, loss=None, segments: int = inputspace.DEFAULT_SEGMENTS,
                  points: int = inputspace.DEFAULT_POINTS, seed: int = 0, steps: int = curvature.DEFAULT_STEPS,
                  probes: int = curvature.DEFAULT_PROBES, batch_size: int | None = None, progress=None, params=None,
-                 start=None):
+                 start=None, options: dict | None = None):
         self.f, self.x, self.y, self.output, self.loss = f, x, y, output, loss
         self.segments, self.points, self.seed, self.steps, self.probes = segments, points, seed, steps, probes
         self.batch_size, self.progress, self.params, self.start = batch_size, progress, params, start
+        self.options = dict(options or {})   # a grid's {option: value} (registry.options_of): they set the work
         self._paths = self._lipschitz = None
 
     def path_lengths(self) -> dict[str, Estimate]:
@@ -94,11 +96,13 @@ def distance_from_init(c: ModuleContext) -> dict[str, Estimate]:
 
 def sharpness(c: ModuleContext) -> dict:
     """The top eigenvalue of the loss's Hessian (Lanczos, c.steps steps at most) at the points and targets."""
-    return {"sharpness": curvature.sharpness(c.f, c.x, c.y, c.loss, steps=c.steps, seed=c.seed,
+    steps = c.options.get("sharpness_iters") or c.steps
+    return {"sharpness": curvature.sharpness(c.f, c.x, c.y, c.loss, steps=steps, seed=c.seed,
                                              batch_size=c.batch_size, progress=c.progress)}
 
 
 def hessian_trace(c: ModuleContext) -> dict[str, Estimate]:
     """The trace of the loss's Hessian (Hutchinson, c.probes probes) at the points and targets."""
-    return {"hessian_trace": curvature.hessian_trace(c.f, c.x, c.y, c.loss, probes=c.probes, seed=c.seed,
+    probes = c.options.get("trace_probes") or c.probes
+    return {"hessian_trace": curvature.hessian_trace(c.f, c.x, c.y, c.loss, probes=probes, seed=c.seed,
                                                      batch_size=c.batch_size, progress=c.progress)}

@@ -35,13 +35,12 @@ class Context:
 
     def __init__(self, p: MLPStack, x: torch.Tensor, y: torch.Tensor | None = None, *,
                  segments: int = inputspace.DEFAULT_SEGMENTS, points: int = inputspace.DEFAULT_POINTS, seed: int = 0,
-                 batch_size: int = 64, init_seeds=None, alphas=None, sharpness_iters: int = 0, trace_probes: int = 0,
-                 which=()):
+                 batch_size: int = 64, init_seeds=None, alphas=None, options: dict | None = None, which=()):
         self.p, self.x, self.y = p, x, y
         self.fam = family_of(p) if isinstance(p, MLPStack) else None
         self.segments, self.points, self.seed, self.batch_size = segments, points, seed, batch_size
         self.init_seeds, self.alphas = init_seeds, alphas
-        self.sharpness_iters, self.trace_probes = sharpness_iters, trace_probes
+        self.options = dict(options or {})   # {option: value} of the rows with an option (Measure.option)
         self.which = tuple(which)
         self._ev, self._paths = None, None
 
@@ -99,12 +98,12 @@ class Measure:
 
 
 def _sharpness(c: Context) -> dict[str, torch.Tensor]:
-    sh = paramspace.sharpness(c.p, c.x, c.y, iters=c.sharpness_iters, seed=c.seed)
+    sh = paramspace.sharpness(c.p, c.x, c.y, iters=c.options["sharpness_iters"], seed=c.seed)
     return {"sharpness": sh.value, "sharpness_rel_change": sh.rel_change, "sharpness_iterations": sh.iterations}
 
 
 def _hessian_trace(c: Context) -> dict[str, torch.Tensor]:
-    value, se = paramspace.hessian_trace(c.p, c.x, c.y, probes=c.trace_probes, seed=c.seed)
+    value, se = paramspace.hessian_trace(c.p, c.x, c.y, probes=c.options["trace_probes"], seed=c.seed)
     return {"hessian_trace": value, "hessian_trace_se": se}
 
 
@@ -305,26 +304,32 @@ def measure_stack(p: MLPStack, x, *, segments: int = inputspace.DEFAULT_SEGMENTS
     return out
 
 
+def options_of(settings) -> dict:
+    """{option: value} of every row's option (Measure.option), read from settings (a RunConfig or any object with
+    those attributes): what asks for the measures that are computed only when asked."""
+    return {m.option: getattr(settings, m.option) for m in REGISTRY if m.option}
+
+
 def parameter_measures(p: MLPStack, x: torch.Tensor, y: torch.Tensor, *, batch_size: int, seed: int, init_seeds,
-                       alphas, sharpness_iters: int = 0, trace_probes: int = 0) -> dict[str, torch.Tensor]:
+                       alphas, options: dict | None = None) -> dict[str, torch.Tensor]:
     """The measures of the weights and the training set (the rows with stack=False) of M models: x [M, n, d] and
-    y [M, n] each model's training points; those with an option (sharpness, the Hessian trace) only when it is
-    asked for. {column: [M]}."""
-    c = Context(p, x, y, batch_size=batch_size, seed=seed, init_seeds=init_seeds, alphas=alphas,
-                sharpness_iters=sharpness_iters, trace_probes=trace_probes)
+    y [M, n] each model's training points; those with an option (sharpness, the Hessian trace) only when options
+    asks for them ({option: value}, options_of). {column: [M]}."""
+    options = dict(options or {})
+    c = Context(p, x, y, batch_size=batch_size, seed=seed, init_seeds=init_seeds, alphas=alphas, options=options)
     out = {}
     for m in REGISTRY:
-        if m.stack or (m.option and not getattr(c, m.option)):
+        if m.stack or (m.option and not options.get(m.option)):
             continue
         v = m.compute(c)
         out.update(v if isinstance(v, dict) else {m.key: v})
     return out
 
 
-def parameter_columns(sharpness_iters: int = 0, trace_probes: int = 0) -> tuple[str, ...]:
+def parameter_columns(options: dict | None = None) -> tuple[str, ...]:
     """The columns parameter_measures fills with these options."""
-    opts = {"sharpness_iters": sharpness_iters, "trace_probes": trace_probes}
-    return tuple(col for m in REGISTRY if not m.stack and (not m.option or opts.get(m.option))
+    options = options or {}
+    return tuple(col for m in REGISTRY if not m.stack and (not m.option or options.get(m.option))
                  for col in columns(m))
 
 

@@ -25,8 +25,8 @@ class Trained(NamedTuple):
     cfg: RunConfig
 
 
-def measure_model(params: MLPStack, task: images.BinaryTask, train_idx: torch.Tensor, cfg: RunConfig,
-                  device=None) -> dict[str, float]:
+def measure_trained(params: MLPStack, task: images.BinaryTask, train_idx: torch.Tensor, cfg: RunConfig,
+                    device=None) -> dict[str, float]:
     """Held-out and train-set measures, losses and parameter-space measures of one trained model (a stack
     of one); measure_models does the same for many models at once."""
     return measure_models([Trained(params, task, train_idx, cfg)], device)[0]
@@ -34,7 +34,7 @@ def measure_model(params: MLPStack, task: images.BinaryTask, train_idx: torch.Te
 
 @precision.strict_fp32()
 def measure_models(items, device=None, chunk: int = 128) -> list[dict[str, float]]:
-    """measure_model for many models: items are Trained(params, task, train_idx, cfg) (or such 4-tuples) with
+    """measure_trained for many models: items are Trained(params, task, train_idx, cfg) (or such 4-tuples) with
     params a stack of one.
 
     Models that share the architecture, training size and measure settings are measured together, as one
@@ -49,7 +49,7 @@ def measure_models(items, device=None, chunk: int = 128) -> list[dict[str, float
         if i in out_modules:
             continue
         key = (params.widths, int(idx.numel()), c.measure_points, c.segments, c.points, c.measure_seed,
-               c.sharpness_iters, c.trace_probes, c.batch_size)
+               *registry.options_of(c).values(), c.batch_size)
         groups.setdefault(key, []).append(i)
     out: list[dict | None] = [out_modules.get(i) for i in range(len(items))]
     for members in groups.values():
@@ -138,7 +138,8 @@ def parameter_measures(p: MLPStack, xtr: torch.Tensor, ytr: torch.Tensor, cfgs: 
     path norm, norm, distance from init, Smith et al.'s minibatch gradient norm; sharpness and Hessian trace when the
     configs ask for them, all configs alike). Models that are not finite get NaN."""
     cfg = cfgs[0]
-    names = registry.parameter_columns(cfg.sharpness_iters, cfg.trace_probes)
+    options = registry.options_of(cfg)
+    names = registry.parameter_columns(options)
     out: list[dict[str, float]] = [dict.fromkeys(names, float("nan")) for _ in cfgs]
     ok = [i for i, f in enumerate(finite) if f]
     if not ok:
@@ -147,7 +148,7 @@ def parameter_measures(p: MLPStack, xtr: torch.Tensor, ytr: torch.Tensor, cfgs: 
         p.select(ok), xtr[ok], ytr[ok], batch_size=cfg.batch_size, seed=cfg.measure_seed,
         init_seeds=torch.tensor([cfgs[i].init_seed for i in ok], dtype=torch.int64),
         alphas=torch.tensor([cfgs[i].alpha for i in ok], dtype=torch.float64),
-        sharpness_iters=cfg.sharpness_iters, trace_probes=cfg.trace_probes)
+        options=options)
     for k, v in cols.items():
         for i, val in zip(ok, v.tolist()):
             out[i][k] = val
@@ -192,8 +193,8 @@ def _measure_module(it: Trained, dev) -> dict[str, float]:
     at = {suffix: ofmodule.ModuleContext(mod, x, **kw) for suffix, x in (
         ("", task.measure_points(c.measure_points).to(dev)),
         ("_train", task.train_points(it.train_idx, c.measure_points).to(dev)))}
-    weights = ofmodule.ModuleContext(mod, xtr, ylabels, **kw, steps=c.sharpness_iters, probes=c.trace_probes,
-                                     params=p, start=fam.init([c.init_seed], c.alpha, device=dev))
+    weights = ofmodule.ModuleContext(mod, xtr, ylabels, **kw, options=registry.options_of(c), params=p,
+                                     start=fam.init([c.init_seed], c.alpha, device=dev))
     for m in registry.REGISTRY:   # each row's computation for a module (Measure.one), where the config asks for it
         if m.one is None or (m.option and not getattr(c, m.option)):
             continue

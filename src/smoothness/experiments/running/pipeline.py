@@ -15,7 +15,7 @@ from smoothness import training
 from smoothness.data import images, lines
 from smoothness.errors import ConfigError
 from smoothness.experiments.configuration.config import ADDED_FIELDS, Record, RunConfig, config_key  # noqa: F401
-from smoothness.experiments.running.evaluate import Trained, measure_model, measure_models, parameter_measures  # noqa: F401
+from smoothness.experiments.running.evaluate import Trained, measure_models, measure_trained, parameter_measures  # noqa: F401
 from smoothness.experiments.storage.modelfile import SAVE_FORMAT, check_save_path, load_models, save_models  # noqa: F401
 from smoothness.experiments.storage.snapshots import SnapshotDir
 from smoothness.runtime.devices import check_matmul_precision, measure_batch_size, memory_budget, resolve_device  # noqa: F401
