@@ -164,7 +164,7 @@ class Store:
         for key, rec, state in self.db.execute("SELECT key, record, state FROM trained WHERE key NOT IN "
                                                 "(SELECT key FROM runs) ORDER BY rowid").fetchall():
             try:
-                out.append((key, parse_record(rec), _params(state)))
+                out.append((key, records.current(parse_record(rec)), _params(state)))
             except Exception as e:  # noqa: BLE001 - whatever a damaged blob makes torch.load raise
                 bad.append((key, f"{type(e).__name__}: {e}".splitlines()[0][:120]))
         if bad:
@@ -234,13 +234,14 @@ class Store:
         return self.db.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
 
     def records(self) -> list[dict]:
-        """Every stored model's record (config, status, losses, measures, timings, versions), with 'key'.
-        A damaged row (damaged()) is left out with one warning naming it, and listed in .skipped."""
+        """Every stored model's record (config, status, losses, measures, timings, versions), with 'key', its
+        columns under their names now (records.current). A damaged row (damaged()) is left out with one warning
+        naming it, and listed in .skipped."""
         out, self.skipped = [], []
         for key, status, rec in self.db.execute("SELECT key, status, record FROM runs ORDER BY rowid"):
             why = row_problem(status, rec)
             if why is None:
-                out.append({**parse_record(rec, "status"), "key": key})
+                out.append({**records.current(parse_record(rec, "status")), "key": key})
             else:
                 self.skipped.append((key, why))
         if self.skipped:
