@@ -114,7 +114,7 @@ def test_the_engine_trains_and_measures_a_line_task():
         assert r["data"] == "line-sine:pool=64,heldout=50" and r["pair"] == [0, 1]
         assert r["params"].widths == (1, 256, 1)
         for k in ("loss_train", "loss_test", "gradient_norm", "function_path_length", "gradient_path_length",
-                  "weights_product", "gradient_norm_train", "path_norm", "minibatch_grad_norm"):
+                  "weights_product", "gradient_norm_train", "path_norm", "minibatch_gradient_norm"):
             assert math.isfinite(r[k]), k
         # the training loss is the MSE of the model on its training set
         t = lines.line_task(c.data)

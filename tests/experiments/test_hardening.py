@@ -18,6 +18,7 @@ from smoothness.cli import commands
 from smoothness.errors import ConfigError, StoreError
 from smoothness.experiments.configuration import grid
 from smoothness.experiments.running import pipeline, runner
+from smoothness.experiments.storage import opening
 from smoothness.experiments.storage import store as store_mod
 from smoothness.experiments.storage.store import Store
 
@@ -246,6 +247,7 @@ def test_a_small_disk_is_one_line_that_says_so(tmp_path, capsys, size):
 
 def test_a_store_locked_by_another_process_is_one_line(exp, monkeypatch):
     monkeypatch.setattr(store_mod, "LOCK_TIMEOUT", 0.5)
+    monkeypatch.setattr(opening, "LOCK_TIMEOUT", 0.5)   # the connection's own wait
     other = sqlite3.connect(str(exp / Store.FILENAME), isolation_level=None)
     other.execute("BEGIN IMMEDIATE")
     try:

@@ -37,6 +37,46 @@ def test_add_is_durable_idempotent_and_round_trips(tmp_path):
         assert df.loc[0, "pair"] == "3/8" and df["gradient_norm"].isna().all()
 
 
+def test_a_measure_stored_under_its_old_name_is_read_under_its_name_now(tmp_path):
+    """The minibatch gradient norm was stored as minibatch_grad_norm (the committed stores hold it so): records,
+    frame and the learning-rate sweep's table read it as minibatch_gradient_norm. The unregularized records of a
+    committed store, stored again through Store.add as they were written."""
+    import json
+
+    import numpy as np
+
+    from conftest import ROOT
+    from smoothness.analysis import tables
+    from smoothness.experiments.storage import records
+    from smoothness.measures import registry
+    from smoothness.report.format import lr_sweep_tables
+    db = sqlite3.connect(f"file:{ROOT / 'results' / '2026-12-02-quick.sqlite'}?mode=ro", uri=True)
+    old = [json.loads(r) for (r,) in db.execute("SELECT record FROM runs WHERE regularizer='none' ORDER BY rowid")]
+    db.close()
+    assert len({r["lr"] for r in old}) > 1
+    assert all("minibatch_grad_norm" in r and "minibatch_gradient_norm" not in r for r in old)
+    values = [r["minibatch_grad_norm"] for r in old]
+    assert any(v is not None for v in values)
+    with Store(tmp_path) as st:
+        for i, r in enumerate(old):
+            assert st.add(f"k{i}", r)
+        got, df = st.records(), st.frame()
+    assert [r["minibatch_gradient_norm"] for r in got] == values and not any("minibatch_grad_norm" in r for r in got)
+    assert "minibatch_grad_norm" not in df
+    np.testing.assert_array_equal(df["minibatch_gradient_norm"].to_numpy(float),
+                                  np.array([np.nan if v is None else v for v in values]))
+    label = registry.BY_KEY["minibatch_gradient_norm"].label
+    tabs = lr_sweep_tables(tables.by_lr(df))
+    assert tabs and all(label in t.headers for t in tabs)
+    shown = [r[t.headers.index(label)] for t in tabs for r in t.rows]
+    assert shown and all(c != "–" for c in shown), shown
+    # every column beside it too; a column under its name now wins over its old one
+    assert records.current({"minibatch_grad_norm_train_se": 1.0, "x": 2}) == {"minibatch_gradient_norm_train_se": 1.0,
+                                                                               "x": 2}
+    assert records.current({"minibatch_grad_norm": 1.0, "minibatch_gradient_norm": 3.0}) == {
+        "minibatch_gradient_norm": 3.0}
+
+
 def test_missing_and_corrupt_stores_give_one_clear_error(tmp_path):
     with pytest.raises(DataError, match="no results store"):
         Store(tmp_path / "none", create=False)

@@ -10,6 +10,7 @@ from conftest import run_cli, tiny
 from smoothness.cli import commands as cli
 from smoothness.errors import ConfigError, DataError, StoreError
 from smoothness.experiments.running import runner as experiments
+from smoothness.experiments.storage import opening
 from smoothness.experiments.storage import store as store_mod
 from smoothness.experiments.storage.salvage import salvage
 from smoothness.experiments.storage.store import Store
@@ -270,13 +271,13 @@ def test_a_wal_store_in_a_read_only_place_is_read_as_immutable(exp, monkeypatch)
     """Where SQLite cannot create the -shm file it refuses a plain read-only open of a WAL store (as for a user
     without write access to the folder); the store is then read as immutable, unless a WAL journal holds
     commits not yet in the file."""
-    real = store_mod.connect_read_only
+    real = opening.connect_read_only
 
     def connect(path, immutable=False):
         if not immutable:
             raise sqlite3.OperationalError("attempt to write a readonly database")
         return real(path, immutable)
-    monkeypatch.setattr(store_mod, "connect_read_only", connect)
+    monkeypatch.setattr(opening, "connect_read_only", connect)
     with Store(exp, create=False) as st:
         assert len(st.records()) == 2
     (exp / (Store.FILENAME + "-wal")).write_bytes(b"\0" * 100)

@@ -170,7 +170,7 @@ def test_grid_records_the_parameter_measures(tmp_path):
             assert rec["parameter_norm"] == pytest.approx(float(paramspace.parameter_norm(p)[0]), rel=1e-6)
             from smoothness.measures import registry  # every column of every registered measure, options on
             assert all(c in rec for m in registry.REGISTRY for c in registry.columns(m)), rec.keys()
-            assert rec["minibatch_grad_norm"] >= 0
+            assert rec["minibatch_gradient_norm"] >= 0
 
 
 def test_the_old_keyword_of_sharpness_still_works_with_a_deprecation_warning():

@@ -1,7 +1,8 @@
 """Experiments, in three jobs, each importing only the ones before it (tests/project/test_architecture.py):
 
     configuration   a model's configuration and key (config), grids of them (grid, gridvalues, staging)
-    storage         the results store (store, storefile, records, claim, salvage), model files (modelfile), snapshots
+    storage         the results store (store, opening, storefile, records, claim, salvage), model files
+                    (modelfile), snapshots
     running         training and measuring (pipeline, evaluate), running a grid into a store here or on a Ray
                     cluster (runner, distributed), progress output (progress)
 """

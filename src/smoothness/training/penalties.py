@@ -13,7 +13,7 @@ the weights), as in the original code:
   weights_product         exact WP of the network (eq. 13; two-layer MLPs)
   path_norm               exact path norm, WP generalized to any depth (MLPs)
   norm_product            the product of the weight tensors' Frobenius norms (any family; models/family.py)
-  minibatch_grad_norm     ||grad_theta L_b||^2, the squared norm of the parameter gradient of the batch MSE;
+  minibatch_gradient_norm ||grad_theta L_b||^2, the squared norm of the parameter gradient of the batch MSE;
                           over the batches of an epoch its mean is the implicit regularizer of Smith et al. (2021)
 The path lengths are summed (not averaged) over the segments, as the original code did; the paper's coefficients
 (FPL 1e-4, GPL 1e-5) refer to that scale.
@@ -122,7 +122,7 @@ def parameter_gradient_sq_norms(p, losses) -> torch.Tensor:
     return sum(g.square().flatten(1).sum(1) for g in grads)
 
 
-def batch_minibatch_grad_norm(fam, p, xb, yb, valid, points, loss="mse") -> torch.Tensor:
+def batch_minibatch_gradient_norm(fam, p, xb, yb, valid, points, loss="mse") -> torch.Tensor:
     """||grad_theta L_b||^2 of the batch loss (Smith et al., 2021), differentiable by double backward. [M]."""
     return parameter_gradient_sq_norms(p, lambda q: losses.mean_loss(fam.values(q, xb), yb, loss, valid)[0])
 

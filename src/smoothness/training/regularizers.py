@@ -51,7 +51,7 @@ TABLE: tuple[Regularizer, ...] = (
     Regularizer("weights_product", penalties.batch_weights_product, 1.5, penalties.penalty_grad_weights_product),
     Regularizer("path_norm", penalties.batch_path_norm, 2.0),
     Regularizer("norm_product", penalties.batch_norm_product, 1.2),
-    Regularizer("minibatch_gradient_norm", penalties.batch_minibatch_grad_norm, 6.0),
+    Regularizer("minibatch_gradient_norm", penalties.batch_minibatch_gradient_norm, 6.0),
 )
 BY_NAME = {r.name: r for r in TABLE}
 REGULARIZERS = ("none", *BY_NAME)

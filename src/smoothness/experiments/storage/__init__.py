@@ -1,3 +1,3 @@
-"""Where results are kept: the SQLite results store (store, storefile), its records as tables (records), which
-store a grid may write (claim), copying a damaged store (salvage), `train --save` files (modelfile) and the
+"""Where results are kept: the SQLite results store (store, opening, storefile), its records as tables (records),
+which store a grid may write (claim), copying a damaged store (salvage), `train --save` files (modelfile) and the
 snapshots of models still training (snapshots)."""

@@ -1,15 +1,31 @@
 """Stored records as a table: one pandas DataFrame row per model, with the config fields added after the first
 stored models filled with the default of their time, and lists shown in a few words (pair 'a/b', hidden '64-64',
-classes '0-1-2', the model family 'cnn 8-16 3 max')."""
+classes '0-1-2', the model family 'cnn 8-16 3 max'), and the columns renamed since under their names now
+(current)."""
 from __future__ import annotations
 
 from smoothness.experiments.configuration.config import ADDED_FIELDS
 
+# Record columns renamed since models were first stored: old name -> name now. A stored record keeps the name it
+# was written with; reading it gives the name now (current), with the columns beside it (held-out or training
+# points, standard error).
+RENAMED = {old + suffix: new + suffix for old, new in {"minibatch_grad_norm": "minibatch_gradient_norm"}.items()
+           for suffix in ("", "_se", "_train", "_train_se")}
+
+
+def current(rec: dict) -> dict:
+    """A stored record with its columns under their names now (RENAMED); a column already under its name now wins
+    over its old one."""
+    if not any(k in RENAMED for k in rec):
+        return rec
+    return {RENAMED.get(k, k): v for k, v in rec.items() if k not in RENAMED or RENAMED[k] not in rec}
+
 
 def frame(recs: list[dict]):
-    """The records as a pandas DataFrame (one row per model; pair as 'pair' = 'a/b')."""
+    """The records as a pandas DataFrame (one row per model; pair as 'pair' = 'a/b'; old column names read as
+    their names now: current)."""
     import pandas as pd
-    df = pd.DataFrame(recs)
+    df = pd.DataFrame([current(r) for r in recs])
     if len(df):
         # config fields added after the first stored models: missing means the default of the time
         for c, v in ADDED_FIELDS.items():

@@ -6,7 +6,8 @@ models are measured in batches (on a GPU), a trained model first goes to the `tr
 its weights, and moves to `runs` in the transaction that stores its measures; a resumed grid measures
 what it finds there instead of training it again. The primary key is the
 hash of the model's full configuration (grid.config_key); inserting a key twice is a no-op, so a resumed
-grid can never duplicate a finished model.
+grid can never duplicate a finished model. Finding the file a path names and opening it (to write, or read-only
+with its checks) is opening.py's; the SQLite file under the store, storefile.py's.
 """
 from __future__ import annotations
 
@@ -14,10 +15,8 @@ import contextlib
 import io
 import json
 import math
-import os
 import platform
 import sqlite3
-import stat
 import sys
 import time
 from pathlib import Path
@@ -27,15 +26,11 @@ import torch
 
 from smoothness.errors import StoreError
 from smoothness.experiments.storage import records
+from smoothness.experiments.storage.opening import FILENAME, open_for_writing, open_read_only, store_path
 from smoothness.experiments.storage.storefile import (
     LOCK_TIMEOUT,
-    cannot_write,
-    check_schema,
-    connect_read_only,
-    damaged,
     file_identity,
     parse_record,
-    prepare,
     retry_busy,
     row_problem,
     write_failure,
@@ -66,24 +61,10 @@ def warn(msg: str) -> None:
     print(f"smoothness: warning: {msg}", file=sys.stderr, flush=True)
 
 
-def store_path(path) -> Path:
-    """The store file of `path`: `path/results.sqlite` for an experiment directory. An existing file, or a
-    name ending in .sqlite that is not a directory, is the store file itself; any other name is a directory,
-    dots and all (`runs/exp.v2` is the directory exp.v2)."""
-    path = Path(path)
-    try:   # one look at the file: another process may create the directory between two
-        is_dir, exists = stat.S_ISDIR(path.stat().st_mode), True
-    except OSError:
-        is_dir = exists = False
-    if path.name == Store.FILENAME or not is_dir and (exists or path.suffix == ".sqlite"):
-        return path   # results.sqlite is the store file, even where it is a folder (refused when opened)
-    return path / Store.FILENAME
-
-
 class Store:
     """Append-only results of one experiment directory (`<dir>/results.sqlite`)."""
 
-    FILENAME = "results.sqlite"
+    FILENAME = FILENAME
 
     def __init__(self, path, *, create: bool = True):
         """Open the store of `path` (a directory or the store file, see store_path). create=True (running a
@@ -94,38 +75,11 @@ class Store:
         self.readonly = not create
         self.skipped: list[tuple[str, str]] = []   # (key, why) of the rows the last records() could not read
         self._identity = None   # (device, inode) of the file this store writes (_still_there)
-        self.db = self._open_read_only() if self.readonly else self._open_for_writing()
-
-    def _open_for_writing(self) -> sqlite3.Connection:
-        path, folder = self.path, self.path.parent
-        if folder.exists() and not folder.is_dir():
-            raise StoreError(f"{folder} is a file, not a directory: the results store needs a directory")
-        if path.is_dir():
-            raise StoreError(f"{path} is a folder, not a results store file: remove or rename it, or choose another "
-                             "--out")
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise StoreError(f"cannot create the directory {folder} for the results store: "
-                             f"{e.strerror or e}") from None
-        if not os.access(folder, os.W_OK | os.X_OK) or path.exists() and not os.access(path, os.W_OK):
-            raise StoreError(f"cannot write the results store {path} (permission denied): choose a directory you "
-                             "can write (--out DIR)")
-        db = None
-        try:
-            db = sqlite3.connect(str(path), timeout=LOCK_TIMEOUT, isolation_level=None)
-            retry_busy(lambda: prepare(path, db), LOCK_TIMEOUT)
-        except BaseException as e:
-            if db is not None:
-                msg = write_failure(path, db, e, "open") if isinstance(e, sqlite3.DatabaseError) else None
-                db.close()
-                if msg:
-                    raise StoreError(msg) from None
-            elif isinstance(e, sqlite3.DatabaseError):
-                raise StoreError(write_failure(path, None, e, "open")) from None
-            raise
-        self._identity = file_identity(path)
-        return db
+        if self.readonly:
+            self.db = open_read_only(path)
+        else:
+            self.db = open_for_writing(path)
+            self._identity = file_identity(path)
 
     def _still_there(self) -> None:
         """A StoreError if the store file was deleted or replaced since it was opened: SQLite would go on writing
@@ -145,58 +99,6 @@ class Store:
         except sqlite3.DatabaseError as e:
             self._rollback()
             raise StoreError(write_failure(self.path, self.db, e, what)) from None
-
-    def _open_read_only(self) -> sqlite3.Connection:
-        path = self.path
-        if not path.exists():
-            raise StoreError(f"no results store at {path} (run a grid first: smoothness run GRID --out DIR)")
-        if path.is_dir():
-            raise StoreError(f"{path} is a folder, not a results store file")
-        if path.is_file() and path.stat().st_size == 0:
-            raise StoreError(f"{path} is an empty file: it holds no results (run a grid first: smoothness run "
-                             "GRID --out DIR)")
-        db = None
-        try:
-            try:
-                db = connect_read_only(path)
-            except sqlite3.OperationalError as e:
-                if not cannot_write(e):
-                    raise
-                # A WAL store where this user cannot create its -shm file (a read-only folder): SQLite reads it
-                # only as immutable, which is right unless a WAL journal holds commits not yet in the file.
-                wal = Path(f"{path}-wal")
-                if wal.exists() and wal.stat().st_size > 0:
-                    raise StoreError(f"cannot read {path} without write access to {path.parent}: its journal "
-                                     f"{wal.name} holds commits not yet in the file; copy the directory somewhere "
-                                     "writable and read the copy") from None
-                db = connect_read_only(path, immutable=True)
-            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-            if not tables:
-                raise StoreError(f"{path} holds no results (an empty SQLite database, not a results store)")
-            if "runs" not in tables:
-                raise StoreError(f"{path} is not a results store (it has no table 'runs')")
-            if "meta" in tables:
-                row = db.execute("SELECT value FROM meta WHERE name='schema'").fetchone()
-                if row is not None:
-                    check_schema(path, row[0])
-            try:
-                problems = [r[0] for r in db.execute("PRAGMA integrity_check(3)")]
-            except sqlite3.DatabaseError as e:
-                problems = [str(e)]
-            if problems != ["ok"]:
-                raise StoreError(damaged(path, db, "; ".join(line for p in problems for line in str(p).splitlines()
-                                                               if not line.startswith("***"))))
-        except BaseException as e:
-            msg = None
-            if isinstance(e, sqlite3.DatabaseError):
-                msg = (damaged(path, db, str(e)) if db is not None and "malformed" in str(e)
-                       else f"{path} is not a readable results store ({e})")
-            if db is not None:
-                db.close()
-            if msg:
-                raise StoreError(msg) from None
-            raise
-        return db
 
     def close(self):
         """Close the database; a transaction left open by an interrupt is rolled back first."""
@@ -262,7 +164,7 @@ class Store:
         for key, rec, state in self.db.execute("SELECT key, record, state FROM trained WHERE key NOT IN "
                                                 "(SELECT key FROM runs) ORDER BY rowid").fetchall():
             try:
-                out.append((key, parse_record(rec), _params(state)))
+                out.append((key, records.current(parse_record(rec)), _params(state)))
             except Exception as e:  # noqa: BLE001 - whatever a damaged blob makes torch.load raise
                 bad.append((key, f"{type(e).__name__}: {e}".splitlines()[0][:120]))
         if bad:
@@ -332,13 +234,14 @@ class Store:
         return self.db.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
 
     def records(self) -> list[dict]:
-        """Every stored model's record (config, status, losses, measures, timings, versions), with 'key'.
-        A damaged row (damaged()) is left out with one warning naming it, and listed in .skipped."""
+        """Every stored model's record (config, status, losses, measures, timings, versions), with 'key', its
+        columns under their names now (records.current). A damaged row (damaged()) is left out with one warning
+        naming it, and listed in .skipped."""
         out, self.skipped = [], []
         for key, status, rec in self.db.execute("SELECT key, status, record FROM runs ORDER BY rowid"):
             why = row_problem(status, rec)
             if why is None:
-                out.append({**parse_record(rec, "status"), "key": key})
+                out.append({**records.current(parse_record(rec, "status")), "key": key})
             else:
                 self.skipped.append((key, why))
         if self.skipped:
