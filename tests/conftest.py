@@ -18,6 +18,22 @@ def _deterministic():
     yield
 
 
+def fake_source(root: Path, n_train=300, n_test=120, gz=True, seed=0):
+    """Write the four IDX files of a small synthetic ten-class data set; return the arrays."""
+    import numpy as np
+
+    from smoothness.data import idx
+    rng = np.random.default_rng(seed)
+    arrays = {"train_images": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
+              "train_labels": np.arange(n_train, dtype=np.uint8) % 10,
+              "test_images": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
+              "test_labels": np.arange(n_test, dtype=np.uint8) % 10}
+    root.mkdir(parents=True, exist_ok=True)
+    for key, name in idx.FILES.items():
+        idx.write(root / (name + (".gz" if gz else "")), arrays[key])
+    return arrays
+
+
 def spec(task, n, seed, **kw):
     """A TrainSpec for the balanced training subset of size n and the given seed of a data.BinaryTask."""
     from smoothness.training import trainer

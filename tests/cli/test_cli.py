@@ -110,7 +110,7 @@ def test_deeper_nets_and_other_optimizers_from_the_command_line():
 
 
 def test_corrupt_data_file_is_one_line_error(tmp_path):
-    from test_data import fake_source
+    from conftest import fake_source
     fake_source(tmp_path)
     p = tmp_path / "train-images-idx3-ubyte.gz"
     p.write_bytes(p.read_bytes()[:300])

@@ -8,25 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import MNIST_DIR, run_cli
+from conftest import MNIST_DIR, fake_source, run_cli
 from smoothness.data import idx
 from smoothness.data import images as data
 from smoothness.errors import DataError
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
-
-
-def fake_source(root: Path, n_train=300, n_test=120, gz=True, seed=0):
-    """Write the four IDX files of a small synthetic ten-class data set; return the arrays."""
-    rng = np.random.default_rng(seed)
-    arrays = {"train_images": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
-              "train_labels": np.arange(n_train, dtype=np.uint8) % 10,
-              "test_images": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
-              "test_labels": np.arange(n_test, dtype=np.uint8) % 10}
-    root.mkdir(parents=True, exist_ok=True)
-    for key, name in idx.FILES.items():
-        idx.write(root / (name + (".gz" if gz else "")), arrays[key])
-    return arrays
 
 
 @pytest.fixture(autouse=True)

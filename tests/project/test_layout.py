@@ -48,3 +48,11 @@ def test_every_test_file_named_in_the_repository_exists():
             if not (ROOT / m).is_file():
                 gone.append(f"{p.relative_to(ROOT)}: {m}")
     assert named > 0 and gone == [], gone
+
+
+def test_no_test_module_imports_another():
+    # Test files sit in folders that are not packages, so one can import another only when pytest happened to put
+    # its folder on the path first: shared helpers go in tests/conftest.py.
+    bad = [f"{p.relative_to(ROOT)}: {m.group(0)}" for p in (ROOT / "tests").rglob("test_*.py")
+           for m in re.finditer(r"^\s*(from|import) test_\w+", p.read_text(), re.M)]
+    assert not bad, "\n".join(bad)
