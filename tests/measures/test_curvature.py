@@ -57,7 +57,7 @@ def test_hessian_vector_products_match_the_exact_hessian():
 
 def test_sharpness_is_the_top_eigenvalue_of_the_exact_hessian():
     p, x, y = tiny()
-    s = paramspace.sharpness(p.to(torch.float64), x.double(), y.double(), iters=2000, tol=1e-12)
+    s = paramspace.stack_sharpness(p.to(torch.float64), x.double(), y.double(), iters=2000, tol=1e-12)
     for m in range(3):
         ev = torch.linalg.eigvalsh(exact_hessian(p, m, x, y))
         assert ev[-1] > -ev[0]  # the top eigenvalue is also the largest in magnitude here
@@ -67,21 +67,21 @@ def test_sharpness_is_the_top_eigenvalue_of_the_exact_hessian():
 
 def test_sharpness_reports_unfinished_iterations():
     p, x, y = tiny()
-    s = paramspace.sharpness(p, x, y, iters=3, tol=0.0)
+    s = paramspace.stack_sharpness(p, x, y, iters=3, tol=0.0)
     assert s.iterations.tolist() == [3, 3, 3]
     assert bool((s.rel_change > 0).all())
 
 
 def test_sharpness_of_a_model_does_not_depend_on_the_batch():
     p, x, y = tiny(m=4)
-    all4 = paramspace.sharpness(p, x, y, iters=50)
-    alone = paramspace.sharpness(p.select([2]), x[2:3], y[2:3], iters=50)
+    all4 = paramspace.stack_sharpness(p, x, y, iters=50)
+    alone = paramspace.stack_sharpness(p.select([2]), x[2:3], y[2:3], iters=50)
     assert float(alone.value[0]) == pytest.approx(float(all4.value[2]), rel=1e-5)
 
 
 def test_hutchinson_trace_matches_the_exact_trace():
     p, x, y = tiny()
-    est, se = paramspace.hessian_trace(p.to(torch.float64), x.double(), y.double(), probes=4000)
+    est, se = paramspace.stack_hessian_trace(p.to(torch.float64), x.double(), y.double(), probes=4000)
     for m in range(3):
         tr = float(torch.trace(exact_hessian(p, m, x, y)))
         assert abs(float(est[m]) - tr) < 4 * float(se[m]) + 1e-9
@@ -92,7 +92,7 @@ def test_a_masked_training_set_is_the_same_as_the_shorter_one():
     p, x, y = tiny(m=2, n=12)
     mask = torch.ones(2, 12, dtype=torch.bool)
     mask[1, 7:] = False
-    s = paramspace.sharpness(p.to(torch.float64), x.double(), y.double(), mask, iters=2000, tol=1e-12)
+    s = paramspace.stack_sharpness(p.to(torch.float64), x.double(), y.double(), mask, iters=2000, tol=1e-12)
     ev = torch.linalg.eigvalsh(exact_hessian(p, 1, x, y, mask))
     assert float(s.value[1]) == pytest.approx(float(ev[-1]), rel=1e-5)
     short = paramspace.training_losses(p.select([1]), x[1:2, :7], y[1:2, :7])
@@ -162,7 +162,7 @@ def test_grid_records_the_parameter_measures(tmp_path):
             t = images.binary_task("mnist5k", 3, 8)
             sub = t.subset(32, rec["seed"])
             x, y = t.pool_x[sub][None], t.pool_y[sub][None]
-            ref = paramspace.sharpness(p, x, y, iters=200, seed=0)
+            ref = paramspace.stack_sharpness(p, x, y, iters=200, seed=0)
             assert rec["sharpness"] == pytest.approx(float(ref.value[0]), rel=1e-5)
             assert rec["sharpness"] > 0 and rec["sharpness_iterations"] <= 200
             assert rec["hessian_trace"] > 0 and rec["hessian_trace_se"] >= 0
@@ -183,3 +183,9 @@ def test_the_old_keyword_of_sharpness_still_works_with_a_deprecation_warning():
     with pytest.warns(DeprecationWarning, match=r"is now curvature.sharpness\(steps=...\)"):
         old = short.sharpness(f, x, y, iters=30, fast=False)
     assert float(old) == float(short.sharpness(f, x, y, steps=30, fast=False))
+
+
+def test_the_stack_kernels_old_names_warn_and_give_the_same_functions():
+    for old, new in (("sharpness", "stack_sharpness"), ("hessian_trace", "stack_hessian_trace")):
+        with pytest.warns(DeprecationWarning, match=f"paramspace.{old} is now paramspace.{new}"):
+            assert getattr(paramspace, old) is getattr(paramspace, new)

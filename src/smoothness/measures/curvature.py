@@ -111,7 +111,7 @@ def sharpness(model: nn.Module, data, targets=None, loss=None, *, steps: int = D
               tol: float = DEFAULT_TOL, seed: int = 0, fast: bool = True, batch_size: int | None = None,
               progress=None, iters: int | None = None) -> Eigenvalue:
     """The largest eigenvalue of the Hessian of the loss (top_eigenvalues with k = 1). A ReLU MLP with the mse loss
-    on tensors takes paramspace.sharpness (power iteration) unless fast=False; its residual is then NaN and n the
+    on tensors takes paramspace.stack_sharpness (power iteration) unless fast=False; its residual is then NaN and n the
     power iterations. iters: the earlier name of `steps`, accepted with a DeprecationWarning until the next minor
     version."""
     if iters is not None:
@@ -123,7 +123,7 @@ def sharpness(model: nn.Module, data, targets=None, loss=None, *, steps: int = D
         return Eigenvalue(math.nan, math.nan, 0)
     p = _fast(model, data, targets, loss, fast)
     if p is not None:
-        s = paramspace.sharpness(p, data, targets, iters=steps, tol=tol, seed=seed)
+        s = paramspace.stack_sharpness(p, data, targets, iters=steps, tol=tol, seed=seed)
         return Eigenvalue(float(s.value[0]), float("nan"), int(s.iterations[0]))
     return top_eigenvalues(model, data, targets, loss, 1, steps=steps, tol=tol, seed=seed, batch_size=batch_size,
                            progress=progress)[0]
@@ -133,7 +133,7 @@ def sharpness(model: nn.Module, data, targets=None, loss=None, *, steps: int = D
 def hessian_trace(model: nn.Module, data, targets=None, loss=None, *, probes: int = DEFAULT_PROBES, seed: int = 0,
                   fast: bool = True, batch_size: int | None = None, progress=None) -> Estimate:
     """Hutchinson's estimate of tr H: the mean of z . H z over `probes` Rademacher vectors z, with its standard error
-    over the probes (n = probes). A ReLU MLP with the mse loss on tensors takes paramspace.hessian_trace (other
+    over the probes (n = probes). A ReLU MLP with the mse loss on tensors takes paramspace.stack_hessian_trace (other
     probe vectors, the same estimator) unless fast=False."""
     if probes < 1:
         raise MeasureError(f"probes must be >= 1; got {probes}")
@@ -142,7 +142,7 @@ def hessian_trace(model: nn.Module, data, targets=None, loss=None, *, probes: in
         return checks.not_computed()
     p = _fast(model, data, targets, loss, fast)
     if p is not None:
-        value, se = paramspace.hessian_trace(p, data, targets, probes=probes, seed=seed)
+        value, se = paramspace.stack_hessian_trace(p, data, targets, probes=probes, seed=seed)
         return Estimate(float(value[0]), float(se[0]), probes)
     op = HessianOperator(module_of(model), data, targets, loss, batch_size=batch_size)
     return hutchinson(op, probes, seed=seed, progress=progress, desc="Hessian trace")

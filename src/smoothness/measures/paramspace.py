@@ -81,7 +81,7 @@ class Sharpness:
 
 
 @precision.strict_fp32()
-def sharpness(p: MLPStack, x, y, mask=None, *, iters: int = DEFAULT_ITERS, tol: float = DEFAULT_TOL,
+def stack_sharpness(p: MLPStack, x, y, mask=None, *, iters: int = DEFAULT_ITERS, tol: float = DEFAULT_TOL,
               seed: int = 0) -> Sharpness:
     """Largest eigenvalue of the Hessian of the training loss w.r.t. the parameters, per model, by power
     iteration on Hessian-vector products (the eigenvalue of largest magnitude: the top one whenever the
@@ -111,7 +111,7 @@ def sharpness(p: MLPStack, x, y, mask=None, *, iters: int = DEFAULT_ITERS, tol: 
 
 
 @precision.strict_fp32()
-def hessian_trace(p: MLPStack, x, y, mask=None, *, probes: int = DEFAULT_PROBES, seed: int = 0):
+def stack_hessian_trace(p: MLPStack, x, y, mask=None, *, probes: int = DEFAULT_PROBES, seed: int = 0):
     """Hutchinson's estimate of tr H per model: the mean of z·Hz over Rademacher vectors z.
     Returns (estimate [M], its standard error [M])."""
     hvp = hvp_fn(p, x, y, mask)
@@ -163,3 +163,17 @@ def minibatch_gradient_norm(p: MLPStack, x, y, mask=None, *, batch_size: int = 6
         total += torch.where(has, _dot(g, g).double(), 0.0)
         batches += has.double()
     return (total / batches).float()
+
+
+# The names of version 0.1 (one name per quantity: curvature.sharpness and curvature.hessian_trace measure any model,
+# these their fast path for a stack of MLPs); DeprecationWarning, removed in version 0.3.
+_OLD_NAMES = {"sharpness": "stack_sharpness", "hessian_trace": "stack_hessian_trace"}
+
+
+def __getattr__(name):
+    if name in _OLD_NAMES:
+        import warnings
+        warnings.warn(f"paramspace.{name} is now paramspace.{_OLD_NAMES[name]} (curvature.{name} measures any model); "
+                      "the old name goes in smoothness 0.3", DeprecationWarning, stacklevel=2)
+        return globals()[_OLD_NAMES[name]]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

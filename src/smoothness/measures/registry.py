@@ -98,12 +98,12 @@ class Measure:
 
 
 def _sharpness(c: Context) -> dict[str, torch.Tensor]:
-    sh = paramspace.sharpness(c.p, c.x, c.y, iters=c.options["sharpness_iters"], seed=c.seed)
+    sh = paramspace.stack_sharpness(c.p, c.x, c.y, iters=c.options["sharpness_iters"], seed=c.seed)
     return {"sharpness": sh.value, "sharpness_rel_change": sh.rel_change, "sharpness_iterations": sh.iterations}
 
 
 def _hessian_trace(c: Context) -> dict[str, torch.Tensor]:
-    value, se = paramspace.hessian_trace(c.p, c.x, c.y, probes=c.options["trace_probes"], seed=c.seed)
+    value, se = paramspace.stack_hessian_trace(c.p, c.x, c.y, probes=c.options["trace_probes"], seed=c.seed)
     return {"hessian_trace": value, "hessian_trace_se": se}
 
 
