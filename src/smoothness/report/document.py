@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from smoothness.analysis import flatness, optimality
-from smoothness.analysis import tables as A
+from smoothness.analysis import flatness, optimality, tables
 from smoothness.errors import StoreError
 from smoothness.experiments.storage.store import Store
 from smoothness.measures import registry
@@ -150,26 +149,26 @@ def compute_content(df: pd.DataFrame, grid: dict, merged: list, versions: dict, 
     c = ReportContent(title, intro, df)
     if not len(df):
         return c
-    c.counts = A.status_counts(df)
-    c.taus, c.ratios = A.kendall_taus(df), A.table2_ratios(df)
-    c.table1, c.table2 = A.table1(df, c.taus), A.table2(df, c.ratios)
+    c.counts = tables.status_counts(df)
+    c.taus, c.ratios = tables.kendall_taus(df), tables.table2_ratios(df)
+    c.table1, c.table2 = tables.table1(df, c.taus), tables.table2(df, c.ratios)
     lambdas = {k: v for g in grids for k, v in (g.get("table2_lambdas") or {}).items()}
     if lambdas:
-        c.ratios_fixed = A.table2_ratios(df, lambdas)
-        c.table2_fixed, c.r_by_n = A.table2(df, c.ratios_fixed, lambdas), A.r_norm_by_n(c.ratios_fixed)
+        c.ratios_fixed = tables.table2_ratios(df, lambdas)
+        c.table2_fixed, c.r_by_n = tables.table2(df, c.ratios_fixed, lambdas), tables.r_norm_by_n(c.ratios_fixed)
     c.verdict = verdict(c.table1, c.table2)
-    c.lr_sweep, c.depth = A.by_lr(df), A.by_depth(c.taus)
+    c.lr_sweep, c.depth = tables.by_lr(df), tables.by_depth(c.taus)
     c.optimizers = flatness.by_optimizer(df)
-    c.by_size = A.by_size(df, list(A.TAU_MEASURES) + ["loss_test", "loss_train"])
+    c.by_size = tables.by_size(df, list(tables.TAU_MEASURES) + ["loss_test", "loss_train"])
     size = c.by_size
-    present = {m: f"{m}_mean" in size and bool(size[f"{m}_mean"].notna().any()) for m in A.TAU_MEASURES}
+    present = {m: f"{m}_mean" in size and bool(size[f"{m}_mean"].notna().any()) for m in tables.TAU_MEASURES}
     # across depths both WP and PN are shown; otherwise PN only where WP is not defined (registry.shown)
-    c.shown = {m: s for m, s in A.TAU_MEASURES.items()
+    c.shown = {m: s for m, s in tables.TAU_MEASURES.items()
                if present[m] and (len(c.depth) or registry.shown(m, present))}
-    c.figure2 = A.figure2_data(df)
+    c.figure2 = tables.figure2_data(df)
     c.optimality, c.examples = optimality.ratio_table(df), optimality.examples(df)
     c.optimality_edges = optimality.edge_table(df)
-    c.sampling = A.sampling_error(df)
+    c.sampling = tables.sampling_error(df)
     return c
 
 

@@ -10,8 +10,7 @@ import numpy as np
 import pandas as pd
 
 from smoothness import paper
-from smoothness.analysis import optimality
-from smoothness.analysis import tables as A
+from smoothness.analysis import optimality, tables
 from smoothness.data import lines
 from smoothness.measures import oned, registry
 
@@ -79,9 +78,9 @@ def vs_n(size: pd.DataFrame, cols: dict, path: Path, title: str, logy=()) -> boo
     plt = _plt()
     fig, axes = plt.subplots(1, len(cols), figsize=(3.6 * len(cols), 3.3), squeeze=False)
     for ax, (col, name) in zip(axes[0], cols.items()):
-        for setting, g in size.groupby(A.SETTING, sort=True):
+        for setting, g in size.groupby(tables.SETTING, sort=True):
             g = g.sort_values("n_train")
-            label = f"lr {setting[A.SETTING.index('lr')]:g}, hidden {setting[A.SETTING.index('hidden')]}"
+            label = f"lr {setting[tables.SETTING.index('lr')]:g}, hidden {setting[tables.SETTING.index('hidden')]}"
             ax.errorbar(g["n_train"], g[f"{col}_mean"], yerr=g[f"{col}_std"].fillna(0), marker="o", ms=3,
                         capsize=3, label=label)
         ax.set_xscale("log", base=2)
@@ -93,7 +92,7 @@ def vs_n(size: pd.DataFrame, cols: dict, path: Path, title: str, logy=()) -> boo
         ax.set_xlabel("training size N")
         ax.set_title(name, fontsize=10)
         ax.grid(alpha=0.3)
-    if size.groupby(A.SETTING).ngroups > 1:
+    if size.groupby(tables.SETTING).ngroups > 1:
         axes[0][0].legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
     return _save(plt, fig, path)
@@ -147,7 +146,7 @@ def r_norm_figure(rbn: pd.DataFrame, path: Path) -> bool:
 
 def lr_sweep_figure(sweep: pd.DataFrame, path: Path) -> bool:
     """The learning-rate sweep's figure (one panel per quantity) at path; False when there is nothing to plot."""
-    cols = [c for c in A.SWEEP if f"{c}_mean" in sweep]
+    cols = [c for c in tables.SWEEP if f"{c}_mean" in sweep]
     if not len(sweep) or not cols:
         return False
     plt = _plt()
@@ -155,17 +154,17 @@ def lr_sweep_figure(sweep: pd.DataFrame, path: Path) -> bool:
     nrow = math.ceil(len(cols) / ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(3.6 * ncol, 3.1 * nrow), squeeze=False)
     for ax, c in zip(axes.flat, cols):
-        for keys, g in sweep.groupby(A.SETTING_NO_LR + ["n_train"], sort=True):
+        for keys, g in sweep.groupby(tables.SETTING_NO_LR + ["n_train"], sort=True):
             g = g.sort_values("lr")
             ax.errorbar(g["lr"], g[f"{c}_mean"], yerr=g[f"{c}_std"].fillna(0), marker="o", ms=3, capsize=3,
-                        label=f"hidden {keys[A.SETTING_NO_LR.index('hidden')]}, N = {keys[-1]}")
+                        label=f"hidden {keys[tables.SETTING_NO_LR.index('hidden')]}, N = {keys[-1]}")
             if c == "sharpness":
                 ax.plot(g["lr"], g["two_over_lr"], "k--", lw=0.8, label="2/lr")
         ax.set_xscale("log")
         if c == "loss_test" or (c in registry.BY_KEY and registry.BY_KEY[c].log_scale):
             ax.set_yscale("log")
         ax.set_xlabel("learning rate")
-        ax.set_title(A.SWEEP[c], fontsize=10)
+        ax.set_title(tables.SWEEP[c], fontsize=10)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
     for ax in list(axes.flat)[len(cols):]:
@@ -180,7 +179,7 @@ def depth_figure(bd: pd.DataFrame, path: Path) -> bool:
         return False
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    for keys, g in bd.groupby(A.SETTING_NO_HIDDEN + ["measure"], sort=False):
+    for keys, g in bd.groupby(tables.SETTING_NO_HIDDEN + ["measure"], sort=False):
         g = g.sort_values("depth")
         ax.errorbar(g["depth"], g["tau_mean"], yerr=g["tau_std"].fillna(0), marker="o", ms=4, capsize=3,
                     label=keys[-1])
