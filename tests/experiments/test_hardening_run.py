@@ -21,7 +21,7 @@ import torch
 from conftest import ROOT, TINY, tiny
 from smoothness.cli import commands as cli
 from smoothness.cli import console
-from smoothness.experiments.configuration import grid
+from smoothness.experiments.configuration import grid, griddiff
 from smoothness.experiments.running import pipeline
 from smoothness.experiments.running import runner as experiments
 from smoothness.experiments.storage import claim, modelfile
@@ -172,7 +172,7 @@ def test_stored_grid_definitions_of_earlier_versions_are_the_same_grid(tmp_path)
         shutil.copy(ROOT / "results" / f"{store}.sqlite", copy / Store.FILENAME)
         g = grid.resolve(design)
         with Store(copy, create=False) as st:
-            assert grid.differences(st.meta("grid"), g) == [], store
+            assert griddiff.differences(st.meta("grid"), g) == [], store
             assert claim.other_grid(st, g) is None, store
         line = experiments.dry_run(g, copy)
         assert "refuses" not in line and " 0 to train" in line, line

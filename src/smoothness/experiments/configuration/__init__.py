@@ -1,2 +1,2 @@
 """What to train: one model's configuration and its key (config), grids of them from YAML or presets (grid,
-gridvalues), and the staged lambda ladders (staging)."""
+gridvalues), a stored grid compared with a given one (griddiff), and the staged lambda ladders (staging)."""

@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 
 from smoothness.errors import ConfigError
-from smoothness.experiments.configuration.grid import Grid, differences
+from smoothness.experiments.configuration.grid import Grid
+from smoothness.experiments.configuration.griddiff import differences
 from smoothness.experiments.storage.store import Store
 from smoothness.experiments.storage.storefile import model_count
 
@@ -13,7 +14,7 @@ from smoothness.experiments.storage.storefile import model_count
 def other_grid(store: Store, grid: Grid) -> tuple[str, list[str]] | None:
     """The grid the store was made for, if that is not `grid` and the store holds models or a run of that grid may
     be writing to it now (its owner, see claim_store): (its name, the fields in which a grid of the same name is
-    defined otherwise (grid.differences); [] for another name)."""
+    defined otherwise (griddiff.differences); [] for another name)."""
     held = store.meta("grid") or {}
     name = held.get("name") if isinstance(held, dict) else None
     if not name:
@@ -54,7 +55,7 @@ def owner_alive(owner) -> bool:
 def claim_store(store: Store, grid: Grid, merge: bool) -> None:
     """Record the grid (and this process as the store's owner) in the store's meta, in one transaction with the
     check: a store that holds another grid's models (another name, or the same name defined otherwise: see
-    grid.differences), or that another grid's run claimed and may be writing to now, is refused unless merge. Two
+    griddiff.differences), or that another grid's run claimed and may be writing to now, is refused unless merge. Two
     runs of different grids started at the same moment into one --out cannot both pass the check. With merge the
     store keeps its own grid, and this one is listed beside it under 'merged'."""
     import socket
