@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from smoothness import training
+from smoothness import models, training
 from smoothness.experiments.configuration import grid as grids
 from smoothness.experiments.configuration.config import config_key
 from smoothness.experiments.running.pipeline import load_tasks, train_spec
@@ -60,14 +60,14 @@ def main() -> None:
         while due:
             snap = due.pop()
             top = float(stack_sharpness(snap.params, x[None], y[None]).value[0])
-            loss = float(training.mse(snap.params, x, y)[0])
+            loss = float(models.dataset_mse(snap.params, x, y)[0])
             print(f"{snap.epoch:>7,} {loss:>10.3e} {info['loss']:>10.3e} {top:>9.3f} {time.perf_counter() - t0:>8.0f}",
                   flush=True)
 
     for res in trainer.iter_train([spec], progress=progress, on_snapshot=on_snapshot):
         print(f"{res.status} after {res.epochs:,} epochs (epoch MSE {res.loss_epoch:.3e}); final sharpness "
               f"{float(stack_sharpness(res.params, x[None], y[None]).value[0]):.3f}, training MSE "
-              f"{float(training.mse(res.params, x, y)[0]):.3e}", flush=True)
+              f"{float(models.dataset_mse(res.params, x, y)[0]):.3e}", flush=True)
 
 
 if __name__ == "__main__":

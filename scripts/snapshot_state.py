@@ -23,8 +23,7 @@ from smoothness.experiments.configuration import grid
 from smoothness.experiments.configuration.config import config_key
 from smoothness.experiments.running.pipeline import load_tasks
 from smoothness.measures.paramspace import stack_sharpness
-from smoothness.models import MLPStack
-from smoothness.training import mse
+from smoothness.models import MLPStack, dataset_mse
 from smoothness.training.regularizers import regularized_grads
 
 
@@ -81,7 +80,7 @@ def main() -> None:
         task = tasks[(cfg.data, cfg.pair)]
         sub = task.subset(cfg.n_train, cfg.seed)
         x, y = task.pool_x[sub], task.pool_y[sub].to(torch.float32)
-        loss = float(mse(p, x, y)[0])
+        loss = float(dataset_mse(p, x, y)[0])
         top = float(stack_sharpness(p, x[None], y[None]).value[0])
         data, pen = gradients(p, cfg, x, y, a.batches)
         pen_norm = float(pen.norm()) if torch.is_tensor(pen) else 0.0

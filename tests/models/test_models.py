@@ -73,3 +73,22 @@ def test_stack_round_trip_and_select():
 def test_mlp_rejects_vector_output():
     with pytest.raises(ValueError, match="scalar"):
         models.mlp((4, 3, 2))
+
+
+def test_a_data_sets_loss_is_the_mean_per_example_loss_whatever_the_chunks():
+    from smoothness.models import dataset_mse, losses, mse
+    torch.manual_seed(0)
+    p = init_mlp([1, 2, 3], (5, 7, 1), alpha=1.0)
+    x, y = torch.randn(3, 50, 5), torch.randn(3, 50)
+    want = mse(p, x, y)[0]
+    for chunk in (7, 50, 4096):
+        assert torch.allclose(dataset_mse(p, x, y, chunk=chunk), want, rtol=1e-6)
+    assert torch.allclose(dataset_mse(p, x[0], y[0]), mse(p, x[0].expand(3, -1, -1), y[0].expand(3, -1))[0], rtol=1e-6)
+    out = torch.randn(2, 30, 4)
+    labels = torch.randint(0, 4, (30,)).float()
+    for loss in ("mse", "cross_entropy"):
+        got = losses.dataset_loss(lambda xb: out[:, xb], torch.arange(30), labels, loss, chunk=8)
+        assert torch.allclose(got, losses.per_example(out, labels.expand(2, -1), loss).mean(1), rtol=1e-6)
+    with pytest.warns(DeprecationWarning, match="training.mse is now models.dataset_mse"):
+        from smoothness import training
+        assert training.mse is dataset_mse

@@ -22,7 +22,7 @@ def test_the_snapshot_state_script_reports_a_snapshots_loss_sharpness_and_gradie
     import subprocess
     import sys
 
-    from smoothness import experiments, training
+    from smoothness import experiments, models, training
     from smoothness.experiments.configuration import grid as grids
     from smoothness.experiments.running.pipeline import load_tasks
     from smoothness.experiments.storage import snapshots
@@ -42,7 +42,7 @@ def test_the_snapshot_state_script_reports_a_snapshots_loss_sharpness_and_gradie
     assert row[0] == experiments.config_key(cfg) and row[6] == "5"
     task = load_tasks([cfg])[(cfg.data, cfg.pair)]
     sub = task.subset(cfg.n_train, cfg.seed)
-    assert float(row[7]) == pytest.approx(float(training.mse(params, task.pool_x[sub], task.pool_y[sub])[0]), rel=1e-3)
+    assert float(row[7]) == pytest.approx(float(models.dataset_mse(params, task.pool_x[sub], task.pool_y[sub])[0]), rel=1e-3)
     assert float(row[8]) > 0 and float(row[9]) == 20 and float(row[10]) > 0 and float(row[11]) > 0
     assert -1 <= float(row[12]) <= 1
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from conftest import spec
-from smoothness import training
+from smoothness import models, training
 from smoothness.data import images
 from smoothness.errors import ConfigError
 from smoothness.training import step
@@ -22,9 +22,9 @@ def test_small_mnist_task_converges_below_threshold(task):
     assert r.loss_epoch < 1e-5
     assert 1 < r.epochs < 25_000 and r.steps == r.epochs  # 64 points, batch 64: one step per epoch
     # The full-pass training loss at the end is of the same order; test loss is far larger.
-    full = float(training.mse(r.params, task.pool_x[s.indices], s.targets)[0])
+    full = float(models.dataset_mse(r.params, task.pool_x[s.indices], s.targets)[0])
     assert full < 1e-4
-    assert float(training.mse(r.params, task.heldout_x, task.heldout_y)[0]) > full
+    assert float(models.dataset_mse(r.params, task.heldout_x, task.heldout_y)[0]) > full
 
 
 def test_epoch_cap_gives_not_converged(task):
@@ -79,7 +79,7 @@ def test_a_whole_run_alone_and_in_a_noisy_batch_ends_alike(task):
         batch = training.train_models(task.pool_x, [spec(task, 32, 3, lr=0.05, threshold=1e-3), target], **kw)[1]
     assert alone.status == training.CONVERGED
     assert_same_outcome(vars(alone), vars(batch), ["loss_epoch"])
-    final = [float(training.mse(r.params, task.pool_x[target.indices], target.targets)[0]) for r in (alone, batch)]
+    final = [float(models.dataset_mse(r.params, task.pool_x[target.indices], target.targets)[0]) for r in (alone, batch)]
     assert final[1] == pytest.approx(final[0], rel=OUTCOME_REL["loss_train"])
 
 

@@ -9,6 +9,7 @@ from smoothness.models.mlp import (
     MLPFamily,
     MLPStack,
     ReLUMLP,
+    dataset_mse,
     family_of,
     forward,
     init_mlp,
@@ -28,6 +29,7 @@ from smoothness.models.stack import ParamStack, cat_stacks
 
 __all__ = ["DEFAULT_ALPHA", "DEFAULT_WIDTHS", "FAMILIES", "Family", "Flattened", "MLPFamily", "MLPStack",
            "ModuleFamily", "ParamStack", "ReLUMLP", "build", "canonical", "cat_stacks", "family_of", "forward",
-           "init_mlp", "init_scale_bound", "input_gradient", "mlp", "mse", "mse_scale", "name_of", "parameter_grads",
+           "dataset_mse", "init_mlp", "init_scale_bound", "input_gradient", "mlp", "mse", "mse_scale", "name_of",
+           "parameter_grads",
            "path_norms", "residuals", "sgd_update_", "shapes_of", "stack_from_state", "two_layer_relu",
            "weights_products"]

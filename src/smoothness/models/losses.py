@@ -72,3 +72,18 @@ def mean_loss(out: torch.Tensor, y: torch.Tensor, loss: str = "mse", valid: torc
         return per.mean(1), per
     per = torch.where(valid, per, 0.0)
     return per.sum(1) / valid.sum(1), per
+
+
+@torch.no_grad()
+def dataset_loss(values, x: torch.Tensor, y: torch.Tensor, loss: str = "mse", chunk: int = 4096) -> torch.Tensor:
+    """The mean loss (eq. 2 for mse) of each of M models over all n points, evaluated in chunks of points with the
+    sum in float64: values(xb) gives the outputs [M, b] or [M, b, K] of points xb, the chunks of x along the points'
+    axis (x [n, ...] shared, or [M, n, ...]); y [n] or [M, n]. [M], float32."""
+    axis, n = y.dim() - 1, y.shape[-1]
+    total = None
+    for i in range(0, n, chunk):
+        out = values(x.narrow(axis, i, min(chunk, n - i)))
+        yb = y[..., i:i + chunk].expand(out.shape[:2])
+        part = per_example(out, yb, loss).double().sum(-1)
+        total = part if total is None else total + part
+    return (total / n).float()

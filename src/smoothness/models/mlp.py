@@ -15,6 +15,7 @@ from torch import nn
 
 from smoothness import paper
 from smoothness.models.family import Family
+from smoothness.models.losses import dataset_loss
 from smoothness.runtime import rng
 
 DEFAULT_WIDTHS = (784, paper.HIDDEN, 1)
@@ -166,6 +167,13 @@ def mse(p: MLPStack, x: torch.Tensor, y: torch.Tensor, valid: torch.Tensor | Non
     err = residuals(forward(p, x), y, valid)
     count = err.shape[1] if valid is None else valid.sum(1)
     return err.square().sum(1) / count, err
+
+
+def dataset_mse(p: MLPStack, x: torch.Tensor, y: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    """Eq. 2 of each model of the stack on a whole data set, evaluated (no gradient; float64 sums over chunks of
+    points, losses.dataset_loss): x [n, d] or [M, n, d], y [n] or [M, n]. [M]. The training objective on a batch,
+    differentiable, is mse."""
+    return dataset_loss(lambda xb: forward(p, xb), x, y, "mse", chunk)
 
 
 def mse_scale(valid: torch.Tensor | None, batch_size: int, lr: torch.Tensor | None = None, dtype=torch.float32):

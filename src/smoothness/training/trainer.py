@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from smoothness.models import DEFAULT_WIDTHS, Family, MLPStack, family_of, forward, losses, residuals
+from smoothness.models import DEFAULT_WIDTHS, Family, MLPStack, family_of, losses
 from smoothness.runtime import interrupt, precision, rng
 from smoothness.training import engines, optimizers, regularizers, step
 from smoothness.training.spec import DEFAULT_BATCH, TrainResult, TrainSpec
@@ -304,13 +304,3 @@ def train_models(pool_x, specs: list[TrainSpec], *, widths=DEFAULT_WIDTHS, batch
     """Train len(specs) models on rows of pool_x as one batched program; results in spec order."""
     return BatchedTrainer(pool_x, widths, batch_size, device, max_batch,
                           matmul_precision=matmul_precision).train(specs, on_finish, progress)
-
-
-@torch.no_grad()
-def mse(p: MLPStack, x: torch.Tensor, y: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
-    """Eq. 2: mean squared error of each model on (x [n, d] or [M, n, d], y [n] or [M, n]). [M]."""
-    total = torch.zeros(p.n_models, dtype=torch.float64, device=x.device)
-    n = x.shape[-2]
-    for i in range(0, n, chunk):   # the sum in float64, in chunks of points
-        total += residuals(forward(p, x[..., i:i + chunk, :]), y[..., i:i + chunk]).square().sum(-1).double()
-    return (total / n).float()

@@ -9,11 +9,10 @@ from typing import NamedTuple
 
 import torch
 
-from smoothness import training
 from smoothness.data import images, lines
 from smoothness.experiments.configuration.config import RunConfig
 from smoothness.measures import ofmodule, oned, registry, single
-from smoothness.models import MLPStack
+from smoothness.models import MLPStack, dataset_mse
 from smoothness.runtime import precision
 
 
@@ -88,14 +87,14 @@ def _measure_group(items: list[Trained], dev) -> list[dict[str, float]]:
     p = MLPStack.cat([it.params for it in items]).to(dev)
     xtr = torch.stack([_on(dev, it.task.pool_x)[_on(dev, it.train_idx)] for it in items])   # gathered on dev
     ytr = torch.stack([_on(dev, it.task.pool_y)[_on(dev, it.train_idx)] for it in items])
-    for r, v in zip(recs, training.mse(p, xtr, ytr).tolist()):
+    for r, v in zip(recs, dataset_mse(p, xtr, ytr).tolist()):
         r["loss_train"] = v
     by_task: dict[int, list[int]] = {}
     for i, it in enumerate(items):
         by_task.setdefault(id(it.task), []).append(i)
     for rows in by_task.values():   # held-out sets differ in size between pairs
         t = items[rows[0]].task
-        losses = training.mse(p.select(rows), _on(dev, t.heldout_x), _on(dev, t.heldout_y)).tolist()
+        losses = dataset_mse(p.select(rows), _on(dev, t.heldout_x), _on(dev, t.heldout_y)).tolist()
         for i, v in zip(rows, losses):
             recs[i]["loss_test"] = v
     for r, it in zip(recs, items):
@@ -178,10 +177,8 @@ def _measure_module(it: Trained, dev) -> dict[str, float]:
     xtr, ytr = _on(dev, task.pool_x)[_on(dev, it.train_idx)], _on(dev, task.pool_y)[_on(dev, it.train_idx)]
     ylabels = ytr.long() if c.loss == "cross_entropy" else ytr   # curvature's losses take class indices
     rec: dict[str, float] = {}
-    with torch.no_grad():
-        for name, x, y in (("loss_train", xtr, ytr), ("loss_test", _on(dev, task.heldout_x), _on(dev, task.heldout_y))):
-            rec[name] = float(torch.cat([losses.per_example(fam.values(p, x[i:i + 1024]), y[None, i:i + 1024], c.loss)
-                                         for i in range(0, x.shape[0], 1024)], 1).double().mean())
+    for name, x, y in (("loss_train", xtr, ytr), ("loss_test", _on(dev, task.heldout_x), _on(dev, task.heldout_y))):
+        rec[name] = float(losses.dataset_loss(lambda xb: fam.values(p, xb), x, y, c.loss, chunk=1024)[0])
     rec["fpl_lower_bound"] = single.fpl_lower_bound(ytr) if c.outputs == 1 else float("nan")
     finite = all(bool(torch.isfinite(t).all()) for t in p.tensors())
     sampled = [registry.on_points(col, suffix) for suffix in ("", "_train") for k in registry.SAMPLED
