@@ -64,3 +64,11 @@ def test_every_field_is_in_the_record_with_its_type():
     hints = typing.get_type_hints(config.Record)
     for name in FIELDS:
         assert name in hints, name
+
+
+def test_the_numeric_axes_of_a_grid_are_the_declared_number_fields():
+    assert set(grid._AXES) == {"n_train", "alpha", "lr", "batch_size", "max_epochs", "threshold"}
+    g = grid.parse({"name": "g", "alpha": [0.5, 1], "lr": None, "max_epochs": 7})
+    assert g.alpha == [0.5, 1.0] and g.lr == [None] and g.max_epochs == [7]
+    with pytest.raises(ConfigError, match="batch_size"):
+        grid.parse({"name": "g", "batch_size": 0})

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import typing
 from dataclasses import asdict, dataclass, field, fields
 from typing import TypedDict
 
@@ -255,6 +256,13 @@ SETTING_FIELDS = GROUP_FIELDS["setting"]
 # hidden_layers their number.
 LIMITS = {**{f.name: f.metadata["limit"] for f in fields(RunConfig) if f.metadata["limit"] is not None},
           "hidden_layers": 64}
+
+
+def number_type(name: str):
+    """int or float for a RunConfig field that holds one number (unset allowed: `float | None`), else None."""
+    hint = typing.get_type_hints(RunConfig)[name]
+    kinds = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+    return kinds[0] if len(kinds) == 1 and kinds[0] in (int, float) else None
 
 
 def grid_keys(part: str | None = None) -> dict[str, str]:

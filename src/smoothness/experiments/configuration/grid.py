@@ -72,6 +72,10 @@ _DEFAULT = {f.name: f.default for f in fields(RunConfig)}   # the paper's defaul
 _MEASURE_FIELDS = config.grid_keys("measurement")
 _TOP = {*config.grid_keys(), "name", "description", "regularizers", "measure", "ladder", "independent_seeds",
         "table2_lambdas"}
+# the numeric axes: each top-level key of a RunConfig field of one int or float, read alike (gridvalues.axis: one
+# value or a list, > 0, unset allowed where the default is unset); the seeds and SAM's radius have rules of their own
+_AXES = {key: (name, config.number_type(name)) for key, name in config.grid_keys().items()
+         if config.number_type(name) is not None and name not in ("seed", "rho")}
 # the spelling of earlier versions, still read (stored grids, older files): `points` was the held-out points
 _MEASURE_LEGACY = {"points": "measure_points", "seed": "measure_seed"}
 # 0 allowed where it is the default (a seed; 0 iterations or probes: not computed)
@@ -235,13 +239,9 @@ def parse(raw: dict, name: str | None = None) -> Grid:
     g = Grid(name=gridvalues.grid_name(raw.get("name") or name or "grid", from_file=from_file),
              data=data,
              pairs=[lines.PAIR] if line else gridvalues.pair_list(raw.get("pairs", [list(_DEFAULT["pair"])])),
-             n_train=gridvalues.axis(raw, "n_train", int, _DEFAULT["n_train"], positive=True), seeds=seeds,
-             hidden=gridvalues.hidden_list(raw.get("hidden", list(_DEFAULT["hidden"]))),
-             alpha=gridvalues.axis(raw, "alpha", float, _DEFAULT["alpha"], positive=True),
-             lr=gridvalues.axis(raw, "lr", float, _DEFAULT["lr"], positive=True, allow_none=True),
-             batch_size=gridvalues.axis(raw, "batch_size", int, _DEFAULT["batch_size"], positive=True),
-             max_epochs=gridvalues.axis(raw, "max_epochs", int, _DEFAULT["max_epochs"], positive=True),
-             threshold=gridvalues.axis(raw, "threshold", float, _DEFAULT["threshold"], positive=True, allow_none=True),
+             **{name: gridvalues.axis(raw, key, kind, _DEFAULT[name], positive=True,
+                                      allow_none=_DEFAULT[name] is None) for key, (name, kind) in _AXES.items()},
+             seeds=seeds, hidden=gridvalues.hidden_list(raw.get("hidden", list(_DEFAULT["hidden"]))),
              regularizers=gridvalues.regularizer_entries(raw.get("regularizers")),
              optimizer=gridvalues.optimizer_list(raw.get("optimizer", "sgd")),
              # SAM's radius matters only where the optimizer axis holds sam (a stored grid may carry a value)
