@@ -128,7 +128,7 @@ def verdict_tables(v: pd.DataFrame) -> list[Table]:
             return f"{_pm(r.r_norm, r.r_norm_std)} / {fmt(r.paper_r_norm)}" + behind
 
         rows = [[r.measure, tau(r), ratio(r), r.reading, r.paper_reading, r.why] for r in g.itertuples()]
-        note = (f"Reading (module smoothness.verdict): SGD does not optimize a measure if "
+        note = (f"Reading (module smoothness.analysis.verdict): SGD does not optimize a measure if "
                 f"τ ≤ {verdict.TAU_NOT_MONOTONE:g} "
                 f"or r_norm ≤ {verdict.R_REDUCIBLE:g}; the data are consistent with SGD optimizing it if τ ≥ "
                 f"{verdict.TAU_MONOTONE:g} and r_norm ≥ {verdict.R_NOT_REDUCIBLE:g} with a λ ladder that reached a λ "
