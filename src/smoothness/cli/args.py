@@ -8,16 +8,15 @@ import typing
 from smoothness import __version__
 from smoothness.data import images
 from smoothness.errors import SmoothnessError
-from smoothness.experiments.configuration import grid
+from smoothness.experiments.configuration import config, grid
 from smoothness.experiments.configuration.config import RunConfig
 from smoothness.experiments.running import distributed, runner
 from smoothness.experiments.storage import snapshots
 from smoothness.measures import curvature, losses, model
 from smoothness.runtime import precision
 
-# The RunConfig fields and their resolved annotations, from which the config options are made (config_option).
+# The RunConfig fields, from which the config options are made (config_option).
 CONFIG_FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
-HINTS = typing.get_type_hints(RunConfig)
 
 
 def _data_source(value: str) -> str:
@@ -70,7 +69,7 @@ def config_option(p: argparse.ArgumentParser, name: str, **override) -> None:
     choices, number of values (an axis or a list: several) and help text with the default."""
     f = CONFIG_FIELDS[name]
     kind = f.metadata["option"]
-    kw = {"type": _type(HINTS[name]), "default": f.default, "choices": f.metadata["choices"],
+    kw = {"type": _type(config.HINTS[name]), "default": f.default, "choices": f.metadata["choices"],
           "help": f.metadata["doc"] + ("" if f.default is None else f" (default: {_shown(f.default)})")}
     if kind in ("axis", "list"):
         kw.update(nargs="+", default=list(f.default) if kind == "list" else [f.default])

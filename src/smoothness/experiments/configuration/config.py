@@ -258,9 +258,13 @@ LIMITS = {**{f.name: f.metadata["limit"] for f in fields(RunConfig) if f.metadat
           "hidden_layers": 64}
 
 
+# Each RunConfig field's annotation, resolved once (the `train` options and the grid's axes read them).
+HINTS = typing.get_type_hints(RunConfig)
+
+
 def number_type(name: str):
     """int or float for a RunConfig field that holds one number (unset allowed: `float | None`), else None."""
-    hint = typing.get_type_hints(RunConfig)[name]
+    hint = HINTS[name]
     kinds = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
     return kinds[0] if len(kinds) == 1 and kinds[0] in (int, float) else None
 

@@ -74,8 +74,8 @@ _TOP = {*config.grid_keys(), "name", "description", "regularizers", "measure", "
         "table2_lambdas"}
 # the numeric axes: each top-level key of a RunConfig field of one int or float, read alike (gridvalues.axis: one
 # value or a list, > 0, unset allowed where the default is unset); the seeds and SAM's radius have rules of their own
-_AXES = {key: (name, config.number_type(name)) for key, name in config.grid_keys().items()
-         if config.number_type(name) is not None and name not in ("seed", "rho")}
+_AXES = {key: (name, kind) for key, name in config.grid_keys().items()
+         if (kind := config.number_type(name)) is not None and name not in ("seed", "rho")}
 # the spelling of earlier versions, still read (stored grids, older files): `points` was the held-out points
 _MEASURE_LEGACY = {"points": "measure_points", "seed": "measure_seed"}
 # 0 allowed where it is the default (a seed; 0 iterations or probes: not computed)
