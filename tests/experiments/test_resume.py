@@ -201,6 +201,11 @@ def test_without_a_terminal_a_long_wait_gets_a_line_with_the_snapshots_epochs(tm
     line = stream.getvalue()
     assert line.startswith("[0/4] no model finished in the last ") and line.count("\n") == 1
     assert "; queued or running 3; 2 in snapshots (epochs 7 and 1,234); elapsed " in line
+    stream = io.StringIO()
+    trainer_bar = GridProgress(4, True, stream, every=0.0, in_training=lambda: snapshot_note(snaps, keys))
+    trainer_bar.trainer({"active": 2, "epoch": 1502, "loss": 2.34567e-5, "done": 0, "total": 4})
+    assert "; running 2 (at epoch 1,502, lowest epoch loss 2.35e-05); 2 in snapshots (epochs 7 and 1,234)" \
+        in stream.getvalue()
     quiet = GridProgress(4, True, io.StringIO(), every=600.0)
     quiet.trainer({"active": 3, "chunks": 2})
     assert quiet.stream.getvalue() == ""   # not before the period

@@ -2,6 +2,7 @@
 otherwise, with a line every so often on the models still training (and their snapshots' epochs)."""
 from __future__ import annotations
 
+import math
 import sys
 import time
 
@@ -35,6 +36,18 @@ def snapshot_note(snaps: snapshots.SnapshotDir, keys, what: str = "in snapshots"
     return f"{len(epochs)} {what} ({at})"
 
 
+def where_now(info: dict) -> str:
+    """Words on a batched program now, from the trainer's progress info: its epoch (the furthest model's) and the
+    lowest training loss of an epoch just ended (the stopping rule's quantity); '' where the info has neither
+    (the Ray driver's)."""
+    words = []
+    if "epoch" in info:
+        words.append(f"at epoch {info['epoch']:,}")
+    if math.isfinite(info.get("loss", math.nan)):
+        words.append(f"lowest epoch loss {info['loss']:.3g}")
+    return f" ({', '.join(words)})" if words else ""
+
+
 class GridProgress:
     """Models done/total, models running, ETA: a tqdm bar on a terminal, otherwise one line per model."""
 
@@ -64,8 +77,8 @@ class GridProgress:
         elif self.bar is None and self.enabled and self.running and now - self.last_line >= self.every:
             note = self.in_training() if self.in_training is not None else ""
             print(f"[{self.done}/{self.total}] no model finished in the last {hms(now - self.last_line)}; "
-                  f"{self.label} {self.running}{'; ' + note if note else ''}; elapsed {hms(now - self.t0)}",
-                  file=self.stream, flush=True)
+                  f"{self.label} {self.running}{where_now(info)}{'; ' + note if note else ''}; "
+                  f"elapsed {hms(now - self.t0)}", file=self.stream, flush=True)
             self.last_line = now
 
     def set_total(self, total: int) -> None:
