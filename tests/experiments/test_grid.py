@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from conftest import run_cli
 from smoothness.cli import bench, commands
@@ -404,3 +405,25 @@ def test_the_measure_keys_are_the_fields_names_and_the_earlier_spelling_is_still
     c = new.configs()[0]
     assert (c.measure_points, c.points, c.measure_seed) == (50, 7, 3)
     assert set(new.to_dict()["measure"]) >= {"measure_points", "points_per_segment", "measure_seed"}
+
+
+def test_dry_run_times_a_cnn_grids_penalties_instead_of_using_the_mlps_table(tmp_path, monkeypatch, capsys):
+    spec = {"name": "c", "pairs": [[3, 8]], "n_train": [64], "seeds": [0], "max_epochs": 10,
+            "model": {"family": "cnn", "channels": [2, 2], "kernel": 3, "pool": "max"},
+            "regularizers": [{"name": "none"}, {"name": "gradient_norm", "lam": [1e-3]}]}
+    g = grid.parse(spec)
+    table = {grid.config_key(c): w for c, w in runner.work_left(g, tmp_path / "o")}
+    fam = g.configs()[0].family()
+    costs = bench.step_costs(g.configs(), fam, 64, torch.device("cpu"), plain_rate=100.0, steps=12)
+    assert list(costs) == [("gradient_norm", g.configs()[1].penalty_points)] and costs[list(costs)[0]] > 0
+    timed = {grid.config_key(c): (c, w) for c, w in runner.work_left(g, tmp_path / "o", costs)}
+    for k, (c, w) in timed.items():   # the plain model as before, the penalized one at the timed cost
+        assert w == pytest.approx(table[k] if c.regularizer == "none" else 10 * costs[list(costs)[0]]), c
+    assert "a step with a penalty timed now for this family" in runner.work_note(list(timed.values()), timed=True)
+    f = tmp_path / "c.yaml"
+    f.write_text(yaml.safe_dump(spec))
+    seen = []
+    real = bench.step_costs
+    monkeypatch.setattr(bench, "step_costs", lambda *a, **k: seen.append(1) or real(*a, **{**k, "steps": 12}))
+    assert commands.main(["run", str(f), "--dry-run", "--out", str(tmp_path / "o"), "--device", "cpu"]) == 0
+    assert seen and "timed now for this family" in capsys.readouterr().out

@@ -205,7 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_args(r)
     r.add_argument("--dry-run", action="store_true", help="validate the grid and print how many models it has "
                    "and how many are stored, and the work left at the epoch caps (on a CPU in hours of one "
-                   "process, from 240 plain steps timed now); train nothing")
+                   "process, from 240 plain steps timed now, and for a family other than the MLP its "
+                   "penalties' steps); train nothing")
 
     rep = sub.add_parser("report", help="analyse a results store and write the report (tables, figures, HTML)",
                          description="Compute Table 1 (Kendall's tau) and Table 2 (explicit regularization) from "

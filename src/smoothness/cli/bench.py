@@ -122,10 +122,12 @@ def measure_seconds(m: int, device, alone: int = 10) -> tuple[float, float]:
     return t1 - t0, (time.perf_counter() - t1) / min(alone, m)
 
 
-def plain_step_rate(family, batch_size: int, device, steps: int = 240, loss: str = "mse") -> float:
+def plain_step_rate(family, batch_size: int, device, steps: int = 240, loss: str = "mse",
+                    regularizer: str = "none", lam: float = 0.0, points: int | None = None) -> float:
     """Plain SGD steps per second of one model of this family (a models.Family, or MLP widths) and batch size in
     the batched engine, on random data (N = 12 batches; loss threshold 0, so that it runs every step): the unit of
-    work_left's estimate."""
+    work_left's estimate. With a regularizer, the rate of steps with that penalty (lam, points per penalty
+    segment) instead."""
     n = 12 * batch_size
     gen = torch.Generator().manual_seed(0)
     fam = as_family(family)
@@ -135,15 +137,31 @@ def plain_step_rate(family, batch_size: int, device, steps: int = 240, loss: str
     else:   # class labels 0..K-1, held as floats as the trainer keeps them
         targets = torch.randint(0, fam.outputs, (n,), generator=gen).float()
     trainer = training.BatchedTrainer(pool, fam, batch_size=batch_size, device=device)
+    extra = {} if points is None else {"penalty_points": points}
 
     def spec(epochs):
-        return training.TrainSpec(torch.arange(n), targets, lr=0.01, max_epochs=epochs, threshold=0.0, loss=loss)
+        return training.TrainSpec(torch.arange(n), targets, lr=0.01, max_epochs=epochs, threshold=0.0, loss=loss,
+                                  regularizer=regularizer, lam=lam, **extra)
     trainer.train([spec(1)])   # warm-up
     sync(device)
     t0 = time.perf_counter()
     res = trainer.train([spec(max(1, steps // 12))])
     sync(device)
     return res[0].steps / (time.perf_counter() - t0 - trainer.admit_seconds)
+
+
+def step_costs(configs, family, batch_size: int, device, plain_rate: float, steps: int = 24) -> dict:
+    """For a family without the MLP's closed forms (whose costs regularizers.TABLE holds, measured): the cost of a
+    step with each penalty among `configs`, in plain steps of this family, timed now ({(regularizer, points):
+    cost}; `steps` penalized steps each, after a warm-up epoch)."""
+    costs = {}
+    for c in configs:
+        what = (c.regularizer, c.penalty_points)
+        if c.regularizer != "none" and what not in costs:
+            rate = plain_step_rate(family, batch_size, device, steps=steps, loss=c.loss, regularizer=c.regularizer,
+                                   lam=max(c.lam, 1e-6), points=c.penalty_points)
+            costs[what] = plain_rate / rate
+    return costs
 
 
 def busy_note(load: float, cores: int) -> str:

@@ -42,8 +42,9 @@ def _run(g, a) -> Path:
 
 def _dry_run(g, a) -> None:
     """`--dry-run`: the grid's size and what its store holds, then the work left at the epoch caps, in plain SGD
-    steps and, on a CPU, in hours of one process at a plain step's rate timed now (240 steps). The options and the
-    data are checked as the run checks them, with the same errors."""
+    steps and, on a CPU, in hours of one process at a plain step's rate timed now (240 steps; for a family other
+    than the MLP, each penalty's cost timed too). The options and the data are checked as the run checks them,
+    with the same errors."""
     out = _out_dir(g, a)
     device, _ = runner.check_options(g, device=a.device, backend=a.backend, retries=a.retries,
                                           measure_batch=a.measure_batch, chunk_size=a.chunk_size,
@@ -53,7 +54,7 @@ def _dry_run(g, a) -> None:
         runner.check_data(g, a.data_dir)
     print(runner.dry_run(g, out, a.merge))
     rate = shape = None
-    busy = ""
+    busy, costs = "", {}
     if work and a.backend != "local":   # timed here, as a worker like this machine would run it
         device = pipeline.resolve_device(a.device)
     if work and device.type == "cpu":   # on a GPU, batched models share a step's time: no rate of one model
@@ -63,8 +64,11 @@ def _dry_run(g, a) -> None:
         rate = bench.plain_step_rate(fam, big.batch_size, device, loss=big.loss)
         shape = (f"{'-'.join(map(str, big.widths))}, batch {big.batch_size}" if fam.closed_form
                  else f"{fam.describe()}, batch {big.batch_size}")
+        if not fam.closed_form:   # its penalties' costs, relative to its plain step, differ from the MLP's table
+            costs = bench.step_costs([c for c, _ in work], fam, big.batch_size, device, rate)
+            work = runner.work_left(g, out, costs)
         busy = bench.busy_note(*bench.machine_load())   # a busy machine's rate reads low, its time high
-    note = runner.work_note(work, rate, shape)
+    note = runner.work_note(work, rate, shape, timed=bool(costs))
     if note:
         print(note)
     if busy:

@@ -1,6 +1,7 @@
 """Run a grid into a results store: skip what is stored, train the rest batched, commit each model at once."""
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections import Counter
@@ -170,27 +171,34 @@ def _stored(grid: Grid, out: Path) -> tuple[int, int, str | None, int] | None:
     return len(by_key), len(by_key.keys() & status.keys()), other, len(skipped)
 
 
-def work_left(grid: Grid, out: Path) -> list[tuple[RunConfig, float]]:
+def work_left(grid: Grid, out: Path, costs: dict | None = None) -> list[tuple[RunConfig, float]]:
     """Read-only: each model of the grid still to train, with the plain SGD steps it needs at most: to its epoch
     cap, from its snapshot's epoch if it has one (distributed.expected_steps: a step with a penalty counts as the
-    plain steps it costs). Rungs above a ladder's edge that the stored statuses rule out are left out; rungs not
-    decided yet are counted."""
+    plain steps it costs; `costs`, {(regularizer, points): cost} as bench.step_costs times them for a family,
+    replaces the MLP's table). Rungs above a ladder's edge that the stored statuses rule out are left out; rungs
+    not decided yet are counted."""
     by_key, status, skipped, _ = (_store_view(grid, out)
                                   or ({config_key(c): c for c in grid.configs()}, {}, set(), None))
     started = snapshots.SnapshotDir(Path(out) / snapshots.FOLDER).epochs(list(by_key))
-    return [(c, expected_steps(c) * max(0, c.max_epochs - started.get(k, 0)) / c.max_epochs)
+
+    def steps(c):
+        cost = (costs or {}).get((c.regularizer, c.penalty_points))
+        return expected_steps(c) if cost is None else math.ceil(c.n_train / c.batch_size) * c.max_epochs * cost
+    return [(c, steps(c) * max(0, c.max_epochs - started.get(k, 0)) / c.max_epochs)
             for k, c in by_key.items() if k not in status and k not in skipped]
 
 
-def work_note(work: list[tuple[RunConfig, float]], rate: float | None = None, shape: str = "") -> str:
+def work_note(work: list[tuple[RunConfig, float]], rate: float | None = None, shape: str = "",
+              timed: bool = False) -> str:
     """One line on work_left's total, and with a measured rate (plain steps per second of one model of `shape`),
-    the time it means for one process ('' when nothing is left)."""
+    the time it means for one process ('' when nothing is left). timed: the penalties' costs were timed now."""
     if not work:
         return ""
     steps = sum(w for _, w in work)
     count = f"{steps / 1e6:,.1f} million" if steps >= 1e6 else f"{steps:,.0f}"
+    how = "timed now for this family" if timed else "counted as the plain steps it costs"
     line = (f"work left, every model to its epoch cap: at most {count} plain SGD steps "
-            f"({counted(len(work), 'model')}; a step with a penalty counted as the plain steps it costs)")
+            f"({counted(len(work), 'model')}; a step with a penalty {how})")
     if rate:
         sec = steps / rate
         took = f"{sec / 3600:,.1f} h" if sec >= 3600 else f"{sec / 60:.0f} min" if sec >= 60 else f"{sec:.0f} s"
