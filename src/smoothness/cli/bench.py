@@ -122,8 +122,8 @@ def measure_seconds(m: int, device, alone: int = 10) -> tuple[float, float]:
     return t1 - t0, (time.perf_counter() - t1) / min(alone, m)
 
 
-def plain_step_rate(family, batch_size: int, device, steps: int = 240, loss: str = "mse",
-                    regularizer: str = "none", lam: float = 0.0, points: int | None = None) -> float:
+def step_rate(family, batch_size: int, device, steps: int = 240, loss: str = "mse",
+              regularizer: str = "none", lam: float = 0.0, points: int | None = None) -> float:
     """Plain SGD steps per second of one model of this family (a models.Family, or MLP widths) and batch size in
     the batched engine, on random data (N = 12 batches; loss threshold 0, so that it runs every step): the unit of
     work_left's estimate. With a regularizer, the rate of steps with that penalty (lam, points per penalty
@@ -158,8 +158,8 @@ def step_costs(configs, family, batch_size: int, device, plain_rate: float, step
     for c in configs:
         what = (c.regularizer, c.penalty_points)
         if c.regularizer != "none" and what not in costs:
-            rate = plain_step_rate(family, batch_size, device, steps=steps, loss=c.loss, regularizer=c.regularizer,
-                                   lam=max(c.lam, 1e-6), points=c.penalty_points)
+            rate = step_rate(family, batch_size, device, steps=steps, loss=c.loss, regularizer=c.regularizer,
+                             lam=max(c.lam, 1e-6), points=c.penalty_points)
             costs[what] = plain_rate / rate
     return costs
 

@@ -61,7 +61,7 @@ def _dry_run(g, a) -> None:
         from smoothness.cli import bench
         big = max(work, key=lambda cw: cw[1])[0]   # the model with the most work left sets the shape timed
         fam = big.family()
-        rate = bench.plain_step_rate(fam, big.batch_size, device, loss=big.loss)
+        rate = bench.step_rate(fam, big.batch_size, device, loss=big.loss)
         shape = (f"{'-'.join(map(str, big.widths))}, batch {big.batch_size}" if fam.closed_form
                  else f"{fam.describe()}, batch {big.batch_size}")
         if not fam.closed_form:   # its penalties' costs, relative to its plain step, differ from the MLP's table

@@ -50,11 +50,13 @@ class Chunk:
     attempt: int = 1
 
 
-def expected_steps(cfg) -> float:
+def expected_steps(cfg, cost: float | None = None) -> float:
     """A model's step count at its epoch cap, ceil(N / batch) * max_epochs, in plain SGD steps (a step with a penalty
-    costs several, regularizers.step_cost): the order of its training time."""
-    return (math.ceil(cfg.n_train / cfg.batch_size) * cfg.max_epochs
-            * regularizers.step_cost(cfg.regularizer, cfg.penalty_points))
+    costs several: `cost` where it was timed for the model's family, else regularizers.step_cost, the MLP's): the
+    order of its training time."""
+    if cost is None:
+        cost = regularizers.step_cost(cfg.regularizer, cfg.penalty_points)
+    return math.ceil(cfg.n_train / cfg.batch_size) * cfg.max_epochs * cost
 
 
 def make_chunks(todo: list, chunk_size: int) -> list[Chunk]:

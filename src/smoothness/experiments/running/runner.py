@@ -1,7 +1,6 @@
 """Run a grid into a results store: skip what is stored, train the rest batched, commit each model at once."""
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections import Counter
@@ -180,11 +179,9 @@ def work_left(grid: Grid, out: Path, costs: dict | None = None) -> list[tuple[Ru
     by_key, status, skipped, _ = (_store_view(grid, out)
                                   or ({config_key(c): c for c in grid.configs()}, {}, set(), None))
     started = snapshots.SnapshotDir(Path(out) / snapshots.FOLDER).epochs(list(by_key))
-
-    def steps(c):
-        cost = (costs or {}).get((c.regularizer, c.penalty_points))
-        return expected_steps(c) if cost is None else math.ceil(c.n_train / c.batch_size) * c.max_epochs * cost
-    return [(c, steps(c) * max(0, c.max_epochs - started.get(k, 0)) / c.max_epochs)
+    costs = costs or {}
+    return [(c, expected_steps(c, costs.get((c.regularizer, c.penalty_points)))
+             * max(0, c.max_epochs - started.get(k, 0)) / c.max_epochs)
             for k, c in by_key.items() if k not in status and k not in skipped]
 
 
