@@ -416,7 +416,7 @@ def test_dry_run_times_a_cnn_grids_penalties_instead_of_using_the_mlps_table(tmp
     fam = g.configs()[0].family()
     costs = bench.step_costs(g.configs(), fam, 64, torch.device("cpu"), plain_rate=100.0, steps=12)
     assert list(costs) == [("gradient_norm", g.configs()[1].penalty_points)] and costs[list(costs)[0]] > 0
-    timed = {grid.config_key(c): (c, w) for c, w in runner.work_left(g, tmp_path / "o", costs)}
+    timed = {grid.config_key(c): (c, w) for c, w in runner.retimed(runner.work_left(g, tmp_path / "o"), costs)}
     for k, (c, w) in timed.items():   # the plain model as before, the penalized one at the timed cost
         assert w == pytest.approx(table[k] if c.regularizer == "none" else 10 * costs[list(costs)[0]]), c
     assert "a step with a penalty timed now for this family" in runner.work_note(list(timed.values()), timed=True)

@@ -66,7 +66,7 @@ def _dry_run(g, a) -> None:
                  else f"{fam.describe()}, batch {big.batch_size}")
         if not fam.closed_form:   # its penalties' costs, relative to its plain step, differ from the MLP's table
             costs = bench.step_costs([c for c, _ in work], fam, big.batch_size, device, rate)
-            work = runner.work_left(g, out, costs)
+            work = runner.retimed(work, costs)
         busy = bench.busy_note(*bench.machine_load())   # a busy machine's rate reads low, its time high
     note = runner.work_note(work, rate, shape, timed=bool(costs))
     if note:

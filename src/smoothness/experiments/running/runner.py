@@ -170,19 +170,23 @@ def _stored(grid: Grid, out: Path) -> tuple[int, int, str | None, int] | None:
     return len(by_key), len(by_key.keys() & status.keys()), other, len(skipped)
 
 
-def work_left(grid: Grid, out: Path, costs: dict | None = None) -> list[tuple[RunConfig, float]]:
+def work_left(grid: Grid, out: Path) -> list[tuple[RunConfig, float]]:
     """Read-only: each model of the grid still to train, with the plain SGD steps it needs at most: to its epoch
     cap, from its snapshot's epoch if it has one (distributed.expected_steps: a step with a penalty counts as the
-    plain steps it costs; `costs`, {(regularizer, points): cost} as bench.step_costs times them for a family,
-    replaces the MLP's table). Rungs above a ladder's edge that the stored statuses rule out are left out; rungs
-    not decided yet are counted."""
+    plain steps it costs, by the MLP's table; `retimed` rescales them by a family's timed costs). Rungs above a
+    ladder's edge that the stored statuses rule out are left out; rungs not decided yet are counted."""
     by_key, status, skipped, _ = (_store_view(grid, out)
                                   or ({config_key(c): c for c in grid.configs()}, {}, set(), None))
     started = snapshots.SnapshotDir(Path(out) / snapshots.FOLDER).epochs(list(by_key))
-    costs = costs or {}
-    return [(c, expected_steps(c, costs.get((c.regularizer, c.penalty_points)))
-             * max(0, c.max_epochs - started.get(k, 0)) / c.max_epochs)
+    return [(c, expected_steps(c) * max(0, c.max_epochs - started.get(k, 0)) / c.max_epochs)
             for k, c in by_key.items() if k not in status and k not in skipped]
+
+
+def retimed(work: list[tuple[RunConfig, float]], costs: dict) -> list[tuple[RunConfig, float]]:
+    """work_left's list with each penalized step counted at `costs`, {(regularizer, points): cost in plain steps}
+    as bench.step_costs times them for a family, instead of the MLP's table (pairs it lacks keep the table's)."""
+    return [(c, w * expected_steps(c, costs.get((c.regularizer, c.penalty_points))) / expected_steps(c))
+            for c, w in work]
 
 
 def work_note(work: list[tuple[RunConfig, float]], rate: float | None = None, shape: str = "",
