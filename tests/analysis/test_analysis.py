@@ -4,6 +4,7 @@ import pandas as pd
 import pytest
 
 from smoothness.analysis import tables
+from smoothness.report import format
 from smoothness.report.figures import paper_r_norm_points
 
 BASE = dict(data="mnist5k", hidden="256", alpha=0.01, lr=0.01, batch_size=64, max_epochs=100, threshold=1e-5,
@@ -203,6 +204,26 @@ def test_r_norm_by_n_at_fixed_lambda():
     assert list(rbn["r_norm_mean"]) == pytest.approx([0.9, 0.7, 0.4])
     assert list(rbn["datasets"]) == [2, 2, 2]
     assert not len(tables.r_norm_by_n(tables.table2_ratios(df[df["n_train"] == 512], {"gradient_norm": 1e-3})))
+    assert list(rbn["lr"]) == [0.01] * 3 and rbn["paper_lr"].all() and not rbn["lr_left_out"].any()
     # The figure marks the paper's r_norm beside a line only where the line's λ is the paper's.
     assert paper_r_norm_points(rbn) == {(rbn["table"].iloc[0], "GN", 1e-3): (0.31, 0.13)}
     assert paper_r_norm_points(rbn.assign(lam=1e-4)) == {}
+
+
+def test_r_norm_by_n_keeps_one_learning_rate_per_cell_and_says_which():
+    # FPL (paper's lr 0.1) at N = 512 trained at lr 0.1 and 0.01 on the same pairs, at N = 10,000 at 0.01 only: a
+    # pair must not count twice at N = 512 (the paper's rate is kept there), and N = 10,000's rate is named.
+    rows = []
+    for n, lrs in ((512, (0.1, 0.01)), (10000, (0.01,))):
+        for lr in lrs:
+            for k, pair in enumerate(["5/9", "7/9"]):
+                r = 0.8 if lr == 0.1 else 0.5
+                rows.append(row(pair, 0, n, lr=lr, function_path_length=2.0 + k))
+                rows.append(row(pair, 0, n, lr=lr, reg="function_path_length", lam=1e-4,
+                                function_path_length=1.0 + r * (1.0 + k)))
+    rbn = tables.r_norm_by_n(tables.table2_ratios(pd.DataFrame(rows), {"function_path_length": 1e-4}))
+    assert list(rbn["n_train"]) == [512, 10000] and list(rbn["datasets"]) == [2, 2]
+    assert list(rbn["lr"]) == [0.1, 0.01] and list(rbn["paper_lr"]) == [True, False]
+    assert list(rbn["r_norm_mean"]) == pytest.approx([0.8, 0.5]) and list(rbn["lr_left_out"]) == ["0.01", ""]
+    text = format.r_norm_by_n_tables(rbn)[0].markdown()
+    assert "(2; lr 0.1)" in text and "(2; lr 0.01)" in text and "FPL at N 512: lr 0.01" in text

@@ -12,7 +12,10 @@ from smoothness import paper
 from smoothness.experiments.configuration import staging
 from smoothness.experiments.configuration.config import ADDED_FIELDS, SETTING_FIELDS
 from smoothness.measures import registry
-from smoothness.training.regularizers import PAPER_LAMBDAS  # noqa: F401 (the paper's lambdas: part of analysis's API)
+from smoothness.training.regularizers import (
+    PAPER_LAMBDAS,  # noqa: F401 (the paper's lambdas: part of analysis's API)
+    default_lr,
+)
 
 # The four measures of the paper's tables, with their short names (all lists come from registry.py).
 MEASURES = registry.shorts(paper=True)
@@ -186,8 +189,8 @@ def table2_ratios(df: pd.DataFrame, lambdas: dict | None = None) -> pd.DataFrame
         for p in _pairing(r).itertuples():
             rows.append({"setting": r["label"], "table": r["table_n"], "n_train": r["n_train"],
                          "regularizer": r["regularizer"], "measure": SHORT[REGULARIZED_MEASURE[r["regularizer"]]],
-                         "lam": r["lam"], "pair": p.pair, "seed": p.seed, "unregularized": p.unregularized,
-                         "regularized": p.regularized, "lower_bound": p.lower_bound,
+                         "lam": r["lam"], "lr": r["lr"], "pair": p.pair, "seed": p.seed,
+                         "unregularized": p.unregularized, "regularized": p.regularized, "lower_bound": p.lower_bound,
                          "r": (p.regularized - p.lower_bound) / (p.unregularized - p.lower_bound)})
     return pd.DataFrame(rows)
 
@@ -283,10 +286,23 @@ def table2(df: pd.DataFrame, ratios: pd.DataFrame | None = None, lambdas: dict |
     return pd.DataFrame(out)
 
 
+def _one_rate(h: pd.DataFrame, reg: str) -> tuple[float, list[float]]:
+    """The learning rate whose ratios stand for one regularizer, lambda and N when models were trained there at
+    several (a dataset must not count twice): the paper's rate for the regularizer if it is among them, else the
+    one with the most datasets (the smaller on a tie); and the rates left out."""
+    counts = h.groupby("lr").size()
+    paper_lr = default_lr(reg)
+    near = [lr for lr in counts.index if np.isclose(lr, paper_lr, rtol=1e-9, atol=0)]
+    lr = near[0] if near else sorted(counts.index, key=lambda x: (-counts[x], x))[0]
+    return float(lr), [float(x) for x in sorted(counts.index) if x != lr]
+
+
 def r_norm_by_n(ratios: pd.DataFrame) -> pd.DataFrame:
     """How the effect of explicit regularization grows with N: r_norm (eq. 16) mean, std and datasets per
-    regularizer, setting without N (ratios' 'table') and N, for settings trained at two or more N; ratios is
-    table2_ratios(df, lambdas) at fixed lambdas (at the ladder's edge the lambda may differ between the N)."""
+    regularizer, setting without N and learning rate (ratios' 'table') and N, for settings trained at two or more N;
+    ratios is table2_ratios(df, lambdas) at fixed lambdas (at the ladder's edge the lambda may differ between the N).
+    Each row holds one learning rate ('lr'; _one_rate picks it where several were trained at that N, listing the
+    others in 'lr_left_out') and says whether it is the paper's for that regularizer ('paper_lr')."""
     if not len(ratios):
         return pd.DataFrame()
     rows = []
@@ -294,8 +310,11 @@ def r_norm_by_n(ratios: pd.DataFrame) -> pd.DataFrame:
         if g["n_train"].nunique() < 2:
             continue
         for n, h in g.groupby("n_train", sort=True):
+            lr, left = _one_rate(h, reg)
+            h = h[h["lr"] == lr]
             rows.append({"table": table, "regularizer": reg, "measure": h["measure"].iloc[0], "lam": lam,
-                         "n_train": int(n), "r_norm_mean": h["r"].mean(),
+                         "n_train": int(n), "lr": lr, "paper_lr": bool(np.isclose(lr, default_lr(reg), rtol=1e-9)),
+                         "lr_left_out": ", ".join(f"{x:g}" for x in left), "r_norm_mean": h["r"].mean(),
                          "r_norm_std": h["r"].std(ddof=0) if len(h) > 1 else np.nan, "datasets": len(h),
                          "unreg_mean": h["unregularized"].mean(), "reg_mean": h["regularized"].mean()})
     return pd.DataFrame(rows)

@@ -124,6 +124,10 @@ def r_norm_figure(rbn: pd.DataFrame, path: Path) -> bool:
         label = f"{measure} (λ {lam:g})" + (f", {table}" if several else "")
         line = ax.errorbar(g["n_train"], g["r_norm_mean"], yerr=g["r_norm_std"].fillna(0), marker="o", ms=4,
                            capsize=3, label=label)
+        other = g[~g["paper_lr"]]   # trained at a rate other than the paper's: an open marker over the filled one
+        if len(other):
+            ax.plot(other["n_train"], other["r_norm_mean"], marker="o", ms=7, mfc="white", ls="none",
+                    color=line[0].get_color())
         if (table, measure, lam) in papers:
             mean, std = papers[(table, measure, lam)]
             ax.errorbar([paper.N_TABLE2 * beside[(table, measure, lam)]], [mean], yerr=[std], marker="s", ms=6,
@@ -131,6 +135,9 @@ def r_norm_figure(rbn: pd.DataFrame, path: Path) -> bool:
     if papers:
         ax.plot([], [], marker="s", mfc="none", ls="none", color="0.4",
                 label=f"paper (MNIST, N = {paper.N_TABLE2:,}, ± std over its tasks)")
+    if not rbn["paper_lr"].all():
+        ax.plot([], [], marker="o", ms=7, mfc="white", ls="none", color="0.4",
+                label="at a learning rate other than the paper's (r_norm_by_n.md)")
     ax.axhline(1.0, color="k", lw=0.6)
     ax.set_xscale("log")
     ns = sorted(set(rbn["n_train"].unique()) | ({paper.N_TABLE2} if papers else set()))

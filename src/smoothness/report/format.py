@@ -219,14 +219,22 @@ def r_norm_by_n_tables(rbn: pd.DataFrame) -> list[Table]:
     order = {m.short: i for i, m in enumerate(registry.REGISTRY)}
     for table, g in rbn.groupby("table", sort=False):
         cols = sorted({(r.measure, r.lam) for r in g.itertuples()}, key=lambda c: (order.get(c[0], 9), c[1]))
+        mixed = {c for c, s in g.groupby(["measure", "lam"])["lr"] if s.nunique() > 1}   # rates differ between N
         rows = []
         for n, h in g.groupby("n_train", sort=True):
-            cell = {(r.measure, r.lam): f"{_pm(r.r_norm_mean, r.r_norm_std)} ({r.datasets})" for r in h.itertuples()}
+            cell = {(r.measure, r.lam): f"{_pm(r.r_norm_mean, r.r_norm_std)} ({r.datasets}"
+                    + (f"; lr {fmt(r.lr)})" if (r.measure, r.lam) in mixed else ")") for r in h.itertuples()}
             rows.append([str(int(n))] + [cell.get(c, "–") for c in cols])
+        rates = (" Where a column's learning rate differs between N, each cell names its own (open markers in "
+                 "r_norm_vs_n.png: a rate other than the paper's for that regularizer)." if mixed else "")
+        left = [f"{r.measure} at N {int(r.n_train)}: lr {r.lr_left_out}" for r in g.itertuples() if r.lr_left_out]
+        if left:
+            rates += (" Each cell is at one rate, the paper's where it was trained; left out: "
+                      + "; ".join(left) + ".")
         out.append(Table("r_norm against N at fixed λ", ["N"] + [f"{m} (λ {fmt(lam)})" for m, lam in cols], rows,
                          "r_norm (eq. 16), mean ± std over the datasets where both the baseline and the regularized "
                          "model converged (their number in brackets), at the same λ for every N: how the effect of "
-                         f"explicit regularization changes with the training size. Setting: {table}."))
+                         f"explicit regularization changes with the training size.{rates} Setting: {table}."))
     return out
 
 
