@@ -286,15 +286,14 @@ def table2(df: pd.DataFrame, ratios: pd.DataFrame | None = None, lambdas: dict |
     return pd.DataFrame(out)
 
 
-def _one_rate(h: pd.DataFrame, reg: str) -> tuple[float, list[float]]:
+def _one_rate(h: pd.DataFrame, reg: str) -> tuple[float, bool, list[float]]:
     """The learning rate whose ratios stand for one regularizer, lambda and N when models were trained there at
     several (a dataset must not count twice): the paper's rate for the regularizer if it is among them, else the
-    one with the most datasets (the smaller on a tie); and the rates left out."""
+    one with the most datasets (the smaller on a tie); whether it is the paper's; and the rates left out."""
     counts = h.groupby("lr").size()
-    paper_lr = default_lr(reg)
-    near = [lr for lr in counts.index if np.isclose(lr, paper_lr, rtol=1e-9, atol=0)]
+    near = [lr for lr in counts.index if np.isclose(lr, default_lr(reg), rtol=1e-9, atol=0)]
     lr = near[0] if near else sorted(counts.index, key=lambda x: (-counts[x], x))[0]
-    return float(lr), [float(x) for x in sorted(counts.index) if x != lr]
+    return float(lr), bool(near), [float(x) for x in sorted(counts.index) if x != lr]
 
 
 def r_norm_by_n(ratios: pd.DataFrame) -> pd.DataFrame:
@@ -310,10 +309,10 @@ def r_norm_by_n(ratios: pd.DataFrame) -> pd.DataFrame:
         if g["n_train"].nunique() < 2:
             continue
         for n, h in g.groupby("n_train", sort=True):
-            lr, left = _one_rate(h, reg)
+            lr, paper_lr, left = _one_rate(h, reg)
             h = h[h["lr"] == lr]
             rows.append({"table": table, "regularizer": reg, "measure": h["measure"].iloc[0], "lam": lam,
-                         "n_train": int(n), "lr": lr, "paper_lr": bool(np.isclose(lr, default_lr(reg), rtol=1e-9)),
+                         "n_train": int(n), "lr": lr, "paper_lr": paper_lr,
                          "lr_left_out": ", ".join(f"{x:g}" for x in left), "r_norm_mean": h["r"].mean(),
                          "r_norm_std": h["r"].std(ddof=0) if len(h) > 1 else np.nan, "datasets": len(h),
                          "unreg_mean": h["unregularized"].mean(), "reg_mean": h["regularized"].mean()})
