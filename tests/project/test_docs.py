@@ -1,5 +1,6 @@
 """The docs build strictly with MkDocs (a broken link or a page left out of the navigation fails), the
-module table of docs/index.md lists exactly the package's modules, and each result grid file matches its store."""
+module table of docs/index.md lists exactly the package's modules, each result grid file matches its store, and
+every file under results/ that the docs name is in the repository."""
 import re
 import shutil
 import subprocess
@@ -66,3 +67,26 @@ def test_each_result_grid_file_is_the_design_of_its_store(tmp_path):
         then, now = grid.parse(stored, name=stored["name"]).to_dict(), grid.load(y).to_dict()
         assert {k: v for k, v in now.items() if k != "description"} == \
             {k: v for k, v in then.items() if k != "description"}, y.name
+
+
+def named_results(text: str) -> set[str]:
+    """The paths under results/ that a Markdown text names in code spans (globs and the bare folder left out)."""
+    return {m.rstrip("/.,;:") for m in re.findall(r"`(results/[^`\s]*)", text)
+            if "*" not in m and "..." not in m and m.rstrip("/") != "results"}
+
+
+def test_named_results_is_what_a_page_names():
+    text = "the store `results/a.sqlite`, its snapshots in `results/a-snapshots/` and `results/2026-*.yaml`, `results/`"
+    assert named_results(text) == {"results/a.sqlite", "results/a-snapshots"}
+
+
+def test_every_results_file_the_docs_name_is_tracked():
+    """A results page that says a store, a grid or snapshots are committed names files git holds: a file the
+    .gitignore hides (such as *.pt snapshots) would be on the writer's disk only, and a fresh clone could not resume."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    named = set().union(*(named_results(p.read_text(encoding="utf-8")) for p in pages))
+    assert len(named) >= 10
+    tracked = subprocess.run(["git", "ls-files", "results"], capture_output=True, text=True, cwd=ROOT, check=True)
+    files = set(tracked.stdout.split())
+    missing = sorted(n for n in named if n not in files and not any(f.startswith(n + "/") for f in files))
+    assert not missing, f"named in the docs but not in git: {missing}"
