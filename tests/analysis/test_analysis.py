@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from smoothness.analysis import tables
+from smoothness.analysis import series, tables
 from smoothness.report import format
 from smoothness.report.figures import paper_r_norm_points
 
@@ -119,7 +119,7 @@ def test_lr_sweep_means_over_converged_models_per_learning_rate():
     reg = row("3/8", 0, 256, reg="gradient_norm", lam=1e-3, sharpness=-5.0)
     reg["lr"] = 0.5
     rows.append(reg)
-    sweep = tables.by_lr(pd.DataFrame(rows)).set_index("lr")
+    sweep = series.by_lr(pd.DataFrame(rows)).set_index("lr")
     assert list(sweep.index) == [0.01, 0.1]
     assert sweep.loc[0.01, "sharpness_mean"] == pytest.approx(15.0)
     assert sweep.loc[0.01, "sharpness_std"] == pytest.approx(np.std([10, 20], ddof=1))
@@ -128,7 +128,7 @@ def test_lr_sweep_means_over_converged_models_per_learning_rate():
     assert sweep.loc[0.1, "two_over_lr"] == pytest.approx(20.0)
     assert sweep.loc[0.1, "parameter_norm_mean"] == pytest.approx(1.0)
     assert "hessian_trace_mean" not in sweep                            # a column no model has
-    assert len(tables.by_lr(pd.DataFrame([single]))) == 0
+    assert len(series.by_lr(pd.DataFrame([single]))) == 0
 
 
 def test_table1_per_depth_shows_wp_for_one_hidden_layer_and_the_path_norm_for_deeper_nets():
@@ -152,7 +152,7 @@ def test_no_learning_rate_sweep_when_each_optimizer_has_its_own_single_rate():
     rows = [row("3/8", 0, n, optimizer=opt, lr=lr) for n in (64, 128) for opt, lr in (("sgd", 0.01), ("adam", 1e-3))]
     df = pd.DataFrame(rows)
     df["lr"] = [r["lr"] for r in rows]
-    assert tables.by_lr(df).empty
+    assert series.by_lr(df).empty
     t1 = tables.table1(df)
     assert t1["setting"].str.contains(", adam,").sum() == 4 and len(t1) == 8   # one Table 1 per optimizer
 
@@ -199,11 +199,11 @@ def test_r_norm_by_n_at_fixed_lambda():
             rows.append(row(pair, 0, n, gradient_norm=1.0 + k))
             rows.append(row(pair, 0, n, reg="gradient_norm", lam=1e-3, gradient_norm=r * (1.0 + k)))
     df = pd.DataFrame(rows)
-    rbn = tables.r_norm_by_n(tables.table2_ratios(df, {"gradient_norm": 1e-3}))
+    rbn = series.r_norm_by_n(tables.table2_ratios(df, {"gradient_norm": 1e-3}))
     assert list(rbn["n_train"]) == [512, 2048, 10000]
     assert list(rbn["r_norm_mean"]) == pytest.approx([0.9, 0.7, 0.4])
     assert list(rbn["datasets"]) == [2, 2, 2]
-    assert not len(tables.r_norm_by_n(tables.table2_ratios(df[df["n_train"] == 512], {"gradient_norm": 1e-3})))
+    assert not len(series.r_norm_by_n(tables.table2_ratios(df[df["n_train"] == 512], {"gradient_norm": 1e-3})))
     assert list(rbn["lr"]) == [0.01] * 3 and rbn["paper_lr"].all() and not rbn["lr_left_out"].any()
     # The figure marks the paper's r_norm beside a line only where the line's λ is the paper's.
     assert paper_r_norm_points(rbn) == {(rbn["table"].iloc[0], "GN", 1e-3): (0.31, 0.13)}
@@ -221,7 +221,7 @@ def test_r_norm_by_n_keeps_one_learning_rate_per_cell_and_says_which():
                 rows.append(row(pair, 0, n, lr=lr, function_path_length=2.0 + k))
                 rows.append(row(pair, 0, n, lr=lr, reg="function_path_length", lam=1e-4,
                                 function_path_length=1.0 + r * (1.0 + k)))
-    rbn = tables.r_norm_by_n(tables.table2_ratios(pd.DataFrame(rows), {"function_path_length": 1e-4}))
+    rbn = series.r_norm_by_n(tables.table2_ratios(pd.DataFrame(rows), {"function_path_length": 1e-4}))
     assert list(rbn["n_train"]) == [512, 10000] and list(rbn["datasets"]) == [2, 2]
     assert list(rbn["lr"]) == [0.1, 0.01] and list(rbn["paper_lr"]) == [True, False]
     assert list(rbn["r_norm_mean"]) == pytest.approx([0.8, 0.5]) and list(rbn["lr_left_out"]) == ["0.01", ""]

@@ -46,7 +46,7 @@ def test_a_measure_stored_under_its_old_name_is_read_under_its_name_now(tmp_path
     import numpy as np
 
     from conftest import ROOT
-    from smoothness.analysis import tables
+    from smoothness.analysis import series
     from smoothness.experiments.storage import records
     from smoothness.measures import registry
     from smoothness.report.format import lr_sweep_tables
@@ -66,7 +66,7 @@ def test_a_measure_stored_under_its_old_name_is_read_under_its_name_now(tmp_path
     np.testing.assert_array_equal(df["minibatch_gradient_norm"].to_numpy(float),
                                   np.array([np.nan if v is None else v for v in values]))
     label = registry.BY_KEY["minibatch_gradient_norm"].label
-    tabs = lr_sweep_tables(tables.by_lr(df))
+    tabs = lr_sweep_tables(series.by_lr(df))
     assert tabs and all(label in t.headers for t in tabs)
     shown = [r[t.headers.index(label)] for t in tabs for r in t.rows]
     assert shown and all(c != "–" for c in shown), shown

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from smoothness.analysis import flatness, optimality, tables
+from smoothness.analysis import flatness, optimality, series, tables
 from smoothness.errors import StoreError
 from smoothness.experiments.storage.store import Store
 from smoothness.measures import registry
@@ -155,11 +155,11 @@ def compute_content(df: pd.DataFrame, grid: dict, merged: list, versions: dict, 
     lambdas = {k: v for g in grids for k, v in (g.get("table2_lambdas") or {}).items()}
     if lambdas:
         c.ratios_fixed = tables.table2_ratios(df, lambdas)
-        c.table2_fixed, c.r_by_n = tables.table2(df, c.ratios_fixed, lambdas), tables.r_norm_by_n(c.ratios_fixed)
+        c.table2_fixed, c.r_by_n = tables.table2(df, c.ratios_fixed, lambdas), series.r_norm_by_n(c.ratios_fixed)
     c.verdict = verdict(c.table1, c.table2)
-    c.lr_sweep, c.depth = tables.by_lr(df), tables.by_depth(c.taus)
+    c.lr_sweep, c.depth = series.by_lr(df), series.by_depth(c.taus)
     c.optimizers = flatness.by_optimizer(df)
-    c.by_size = tables.by_size(df, list(tables.TAU_MEASURES) + ["loss_test", "loss_train"])
+    c.by_size = series.by_size(df, list(tables.TAU_MEASURES) + ["loss_test", "loss_train"])
     size = c.by_size
     present = {m: f"{m}_mean" in size and bool(size[f"{m}_mean"].notna().any()) for m in tables.TAU_MEASURES}
     # across depths both WP and PN are shown; otherwise PN only where WP is not defined (registry.shown)

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from smoothness import paper
-from smoothness.analysis import optimality, tables
+from smoothness.analysis import optimality, series, tables
 from smoothness.data import lines
 from smoothness.measures import oned, registry
 
@@ -153,7 +153,7 @@ def r_norm_figure(rbn: pd.DataFrame, path: Path) -> bool:
 
 def lr_sweep_figure(sweep: pd.DataFrame, path: Path) -> bool:
     """The learning-rate sweep's figure (one panel per quantity) at path; False when there is nothing to plot."""
-    cols = [c for c in tables.SWEEP if f"{c}_mean" in sweep]
+    cols = [c for c in series.SWEEP if f"{c}_mean" in sweep]
     if not len(sweep) or not cols:
         return False
     plt = _plt()
@@ -161,17 +161,17 @@ def lr_sweep_figure(sweep: pd.DataFrame, path: Path) -> bool:
     nrow = math.ceil(len(cols) / ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(3.6 * ncol, 3.1 * nrow), squeeze=False)
     for ax, c in zip(axes.flat, cols):
-        for keys, g in sweep.groupby(tables.SETTING_NO_LR + ["n_train"], sort=True):
+        for keys, g in sweep.groupby(series.SETTING_NO_LR + ["n_train"], sort=True):
             g = g.sort_values("lr")
             ax.errorbar(g["lr"], g[f"{c}_mean"], yerr=g[f"{c}_std"].fillna(0), marker="o", ms=3, capsize=3,
-                        label=f"hidden {keys[tables.SETTING_NO_LR.index('hidden')]}, N = {keys[-1]}")
+                        label=f"hidden {keys[series.SETTING_NO_LR.index('hidden')]}, N = {keys[-1]}")
             if c == "sharpness":
                 ax.plot(g["lr"], g["two_over_lr"], "k--", lw=0.8, label="2/lr")
         ax.set_xscale("log")
         if c == "loss_test" or (c in registry.BY_KEY and registry.BY_KEY[c].log_scale):
             ax.set_yscale("log")
         ax.set_xlabel("learning rate")
-        ax.set_title(tables.SWEEP[c], fontsize=10)
+        ax.set_title(series.SWEEP[c], fontsize=10)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
     for ax in list(axes.flat)[len(cols):]:
@@ -186,7 +186,7 @@ def depth_figure(bd: pd.DataFrame, path: Path) -> bool:
         return False
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    for keys, g in bd.groupby(tables.SETTING_NO_HIDDEN + ["measure"], sort=False):
+    for keys, g in bd.groupby(series.SETTING_NO_HIDDEN + ["measure"], sort=False):
         g = g.sort_values("depth")
         ax.errorbar(g["depth"], g["tau_mean"], yerr=g["tau_std"].fillna(0), marker="o", ms=4, capsize=3,
                     label=keys[-1])

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from smoothness.analysis import flatness, optimality, tables
+from smoothness.analysis import flatness, optimality, series, tables
 from smoothness.experiments.running.progress import counted
 from smoothness.measures import registry
 
@@ -165,16 +165,16 @@ def sampling_tables(err: pd.DataFrame) -> list[Table]:
 # -- figures ----------------------------------------------------------------------------------------
 def lr_sweep_tables(sweep: pd.DataFrame) -> list[Table]:
     """One table per setting and N: a row per learning rate."""
-    cols = [c for c in tables.SWEEP if f"{c}_mean" in sweep]
+    cols = [c for c in series.SWEEP if f"{c}_mean" in sweep]
     tabs = []
-    for keys, g in sweep.groupby(tables.SETTING_NO_LR + ["n_train"], sort=True):
-        label = tables.setting_label({**dict(zip(tables.SETTING_NO_LR, keys)), "lr": 0, "max_epochs": 0}, with_lr=False)
+    for keys, g in sweep.groupby(series.SETTING_NO_LR + ["n_train"], sort=True):
+        label = tables.setting_label({**dict(zip(series.SETTING_NO_LR, keys)), "lr": 0, "max_epochs": 0}, with_lr=False)
         rows = [[f"{r['lr']:g}", f"{r['converged']}/{r['models']}", str(r["diverged"]), fmt(r["final_loss_median"]),
                  fmt(r["two_over_lr"])]
                 + [_pm(r[f"{c}_mean"], r[f"{c}_std"]) for c in cols] for _, r in g.sort_values("lr").iterrows()]
         tabs.append(Table(f"Learning-rate sweep: {label}, N = {keys[-1]}",
                           ["lr", "converged", "diverged", "final loss (median)", "2/lr"]
-                          + [tables.SWEEP[c] for c in cols],
+                          + [series.SWEEP[c] for c in cols],
                           rows, "Means ± std over converged models (datasets and seeds); the final loss is the last "
                           "epoch's training loss, median over all models. Sharpness is the top eigenvalue of the "
                           "training-loss Hessian; full-batch GD is stable only below 2/lr."))
@@ -184,14 +184,14 @@ def lr_sweep_tables(sweep: pd.DataFrame) -> list[Table]:
 def depth_tables(bd: pd.DataFrame) -> list[Table]:
     """One table per setting: a row per measure, a column per architecture (Kendall's tau(N, measure))."""
     tabs = []
-    for keys, g in bd.groupby(tables.SETTING_NO_HIDDEN, sort=True):
+    for keys, g in bd.groupby(series.SETTING_NO_HIDDEN, sort=True):
         archs = list(dict.fromkeys(g["hidden"]))
         rows = []
-        for m in tables.DEPTH_MEASURES.values():
+        for m in series.DEPTH_MEASURES.values():
             cell = {r["hidden"]: (_pm(r["tau_mean"], r["tau_std"]) + f" ({r['datasets']})")
                     for _, r in g[g["measure"] == m].iterrows()}
             rows.append([m] + [cell.get(a, "–") for a in archs])
-        label = tables.setting_label({**dict(zip(tables.SETTING_NO_HIDDEN, keys)), "hidden": "*"})
+        label = tables.setting_label({**dict(zip(series.SETTING_NO_HIDDEN, keys)), "hidden": "*"})
         tabs.append(Table(f"Table 1 by depth: {label}", ["Smoothness measure"] + [f"hidden {a}" for a in archs],
                           rows, "Kendall's τ between N and each measure, mean ± std over (pair, seed) with the "
                                 "number of those in brackets; converged unregularized models only."))
