@@ -427,3 +427,22 @@ def test_dry_run_times_a_cnn_grids_penalties_instead_of_using_the_mlps_table(tmp
     monkeypatch.setattr(bench, "step_costs", lambda *a, **k: seen.append(1) or real(*a, **{**k, "steps": 12}))
     assert commands.main(["run", str(f), "--dry-run", "--out", str(tmp_path / "o"), "--device", "cpu"]) == 0
     assert seen and "timed now for this family" in capsys.readouterr().out
+
+
+def test_a_classification_grid_is_the_same_grid_as_its_stored_definition():
+    """A grid of classes is stored with a stand-in pair beside its classes: read back it must be the same grid, or a
+    second `run` of the same file would be refused as another grid's store. Empty or false classes are refused,
+    except the empty list, which is how a stored grid of pairs writes "no classes"."""
+    import json
+
+    from smoothness.experiments.configuration import griddiff
+    for classes in ("all", [0, 1, 2]):
+        g = grid.parse({"classes": classes, "n_train": [20], "loss": "cross_entropy"}, name="c")
+        stored = json.loads(json.dumps(g.to_dict()))
+        assert griddiff.differences(stored, g) == []
+        assert griddiff.differences(stored, grid.parse({"classes": [0, 1], "n_train": [20]}, name="c")) \
+            == ["classes", "loss"]
+    assert grid.parse({"classes": [], "n_train": [20]}, name="p").classes == ()
+    for bad in (False, 0, "", "none"):
+        with pytest.raises(ConfigError, match="key 'classes'|key classes"):
+            grid.parse({"classes": bad, "n_train": [20]}, name="c")

@@ -191,6 +191,7 @@ class Grid:
             if r.get("pairs"):
                 r["pairs"] = [list(p) for p in r["pairs"]]
         d["hidden"] = [list(h) for h in self.hidden]
+        d["classes"] = list(self.classes)
         return d
 
 
@@ -207,7 +208,7 @@ def parse(raw: dict, name: str | None = None) -> Grid:
         raise ConfigError(f"key 'data': {e}") from None
     line = lines.is_line(data)
     classes = ()
-    if raw.get("classes"):
+    if raw.get("classes") not in (None, [], ()):   # [] is how a stored grid of pairs writes "no classes"
         if "pairs" in raw or any("pairs" in r for r in raw.get("regularizers") or [] if isinstance(r, dict)):
             raise ConfigError("key 'classes': a classification task of classes has no pairs; give one or the other")
         try:

@@ -16,6 +16,8 @@ def _definition(d: dict) -> tuple[dict, bool]:
     data = raw.get("data")
     if isinstance(data, str) and lines.is_line(data):
         raw.pop("pairs", None)   # a 1-D task's grid is stored with its stand-in pair, which a grid file may not give
+    if raw.get("classes"):
+        raw.pop("pairs", None)   # so is a classification task's (classes and pairs exclude each other in a grid file)
     if isinstance(raw.get("regularizers"), list):   # an entry's unset keys are stored as None
         raw["regularizers"] = [{k: v for k, v in r.items() if v is not None} if isinstance(r, dict) else r
                                for r in raw["regularizers"]]
