@@ -87,6 +87,38 @@ def raises():
     raise RuntimeError("no GPU here")
 
 
+def lazy():
+    return nn.Sequential(nn.Flatten(), nn.LazyLinear(1))
+
+
+class Thresholded(nn.Module):
+    def __init__(self, cut=None):
+        super().__init__()
+        self.lin, self.cut = nn.Linear(784, 1), cut
+
+    def forward(self, x):
+        y = self.lin(x.flatten(1))
+        if self.cut == "integer":
+            return (y > 0).long()
+        if self.cut == "branch":
+            return y if y.sum() > 0 else -y          # data-dependent control flow
+        if self.cut == "item":
+            return y * y.mean().item()
+        if self.cut == "detached":
+            return y.detach()
+        return y
+
+
+def thresholded(cut=None):
+    return Thresholded(cut)
+
+
+def nested(cfg, widths):
+    assert isinstance(cfg, dict) and isinstance(widths, list), (cfg, widths)
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, cfg["width"] * widths[0]), nn.ReLU(),
+                         nn.Linear(cfg["width"] * widths[0], 1))
+
+
 @pytest.mark.parametrize("factory, kwargs, message", [
     ("test_families:bn_net", {}, "BatchNorm1d"),
     ("test_families:wrong_outputs", {}, r"outputs of shape \[2, 3\]; the task needs \[n, 1\]"),
@@ -96,11 +128,27 @@ def raises():
     ("test_families:raises", {}, "raised RuntimeError: no GPU here"),
     ("test_families:missing", {}, "has no callable missing"),
     ("no_such_module_here:f", {}, "cannot import no_such_module_here"),
+    ("test_families:lazy", {}, "lazy modules"),
+    ("test_families:thresholded", {"cut": "integer"}, "returns torch.int64 outputs"),
+    ("test_families:thresholded", {"cut": "branch"}, "cannot train as M stacked copies"),
+    ("test_families:thresholded", {"cut": "item"}, "cannot train as M stacked copies"),
+    ("test_families:thresholded", {"cut": "detached"}, "do not depend on its parameters"),
 ])
 def test_a_factory_that_cannot_give_a_stackable_model_is_one_line_before_any_training(factory, kwargs, message):
     spec = models.canonical({"factory": factory, "kwargs": kwargs})
     with pytest.raises(ConfigError, match=message):
         models.build(spec, None, (1, 28, 28), 1)
+
+
+def test_a_factorys_nested_arguments_arrive_as_mappings_and_lists_and_keep_their_key():
+    from smoothness.experiments.configuration.config import RunConfig, config_key
+    spec = {"factory": "test_families:nested", "kwargs": {"cfg": {"width": 3}, "widths": [1, 2]}}
+    fam = models.build(models.canonical(spec), None, (1, 28, 28), 1)
+    assert fam.n_params() == 784 * 3 + 3 + 3 + 1
+    assert models.canonical(spec)["kwargs"] == {"cfg": {"width": 3}, "widths": [1, 2]}
+    # the key of such a model is the one it had when nested mappings were frozen as plain tuples
+    assert config_key(RunConfig(n_train=16, model=models.canonical(spec))) == "1b2523531d92b7e3c8bb821e"
+    assert models.build(models.canonical(spec), None, (1, 28, 28), 1).kwargs["cfg"] == {"width": 3}
 
 
 def test_a_factory_family_initializes_from_the_seed_scaled_by_alpha_and_trains():

@@ -10,7 +10,7 @@ from dataclasses import asdict, fields
 
 from smoothness.errors import ConfigError
 from smoothness.models.cnn import CNNFamily, CNNSettings
-from smoothness.models.family import FactoryFamily, FactorySettings, Family
+from smoothness.models.family import FactoryFamily, FactorySettings, Family, FrozenMapping
 from smoothness.models.mlp import MLPFamily, MLPSettings, MLPStack
 from smoothness.models.stack import ParamStack
 
@@ -22,7 +22,7 @@ DEFAULT = "mlp"
 def _frozen(v):
     """JSON-like data as hashable values: lists as tuples, mappings as sorted tuples of pairs."""
     if isinstance(v, dict):
-        return tuple((str(k), _frozen(x)) for k, x in sorted(v.items()))
+        return FrozenMapping((str(k), _frozen(x)) for k, x in sorted(v.items()))
     if isinstance(v, (list, tuple)):
         return tuple(_frozen(x) for x in v)
     return v

@@ -143,6 +143,9 @@ def check_module(m, what: str) -> nn.Module:
             raise ConfigError(f"{what} holds {type(sub).__name__} ({name or 'the module'}): batch statistics and "
                               "dropout are per batch, not per model, when M models train as one stack; use a model "
                               "without them (LayerNorm and GroupNorm act per example and are fine)")
+    if any(isinstance(p, nn.parameter.UninitializedParameter) for p in m.parameters()):
+        raise ConfigError(f"{what} holds lazy modules whose parameters are not built yet (such as nn.LazyLinear): "
+                          "give their sizes, or run one forward pass on an input of the task's shape in the factory")
     if not any(p.requires_grad for p in m.parameters()):
         raise ConfigError(f"{what} has no trainable parameters")
     if any(True for _ in m.buffers()):
@@ -196,6 +199,20 @@ class Flattened(nn.Module):
         out = self.inner(x.reshape(x.shape[0], *self.input_shape))
         out = out.reshape(x.shape[0], -1)
         return out[:, 0] if self.outputs == 1 else out
+
+
+class FrozenMapping(tuple):
+    """A mapping among a family's settings, frozen (hashable) as a tuple of (key, value) pairs sorted by key; equal to
+    that tuple, so keys and records are as before, but it thaws back into a mapping (thawed)."""
+
+
+def thawed(v):
+    """Frozen settings as the function that takes them expects: mappings as dicts, tuples as lists."""
+    if isinstance(v, FrozenMapping):
+        return {k: thawed(x) for k, x in v}
+    if isinstance(v, (list, tuple)):
+        return [thawed(x) for x in v]
+    return v
 
 
 @dataclass(frozen=True)
@@ -253,7 +270,7 @@ class FactoryFamily(ModuleFamily):
 
     def __init__(self, settings: FactorySettings, input_shape, outputs):
         self.fn = load_callable(settings.factory)
-        self.kwargs = dict(settings.kwargs)
+        self.kwargs = {k: thawed(v) for k, v in settings.kwargs}   # nested mappings and lists as YAML gave them
         self.what = f"factory {settings.factory}"
         with torch.random.fork_rng(devices=[]):
             template = call_factory(self.fn, self.kwargs, self.what)
@@ -277,6 +294,29 @@ class FactoryFamily(ModuleFamily):
             raise ConfigError(f"{self.what}: the module maps [2, {', '.join(map(str, self.input_shape))}] inputs to "
                               f"outputs of shape {list(out.shape)}; the task needs [n, {self.outputs}]"
                               + (" or [n]" if self.outputs == 1 else ""))
+        if not out.is_floating_point():
+            raise ConfigError(f"{self.what}: the module returns {out.dtype} outputs; training needs floating-point "
+                              "outputs that depend on its parameters")
+        self._check_stacked()
+
+    def _check_stacked(self) -> None:
+        """One line before any training when two stacked copies of the module cannot run as training runs them:
+        functional_call under vmap, differentiated with respect to the parameters (data-dependent control flow,
+        .item() or outputs cut off from the parameters fail here, not in the first step)."""
+        p = self.init([0, 1], 1.0)
+        values = [v.detach().requires_grad_(True) for v in p.values]
+        try:
+            out = self.forward(ParamStack(p.names, values), torch.zeros(2, 2, self.input_dim))
+            if not out.requires_grad:
+                raise ConfigError(f"{self.what}: the module's outputs do not depend on its parameters, so SGD cannot "
+                                  "train it")
+            torch.autograd.grad(out.sum(), values, allow_unused=True)
+        except ConfigError:
+            raise
+        except Exception as e:   # noqa: BLE001 (the user's module: any error is reported in one line)
+            raise ConfigError(f"{self.what}: the module cannot train as M stacked copies (torch.func.functional_call "
+                              f"under torch.vmap): {type(e).__name__}: {first_line(e, 300)}; data-dependent control "
+                              "flow (if on a tensor's value) and .item() are not allowed in forward") from None
 
     def init(self, seeds, alpha, device=None) -> ParamStack:
         seeds = [int(s) for s in torch.as_tensor(seeds).reshape(-1).tolist()]
