@@ -64,6 +64,23 @@ def test_verdict_table_per_measure():
     assert math.isnan(only1.loc["GPL", "r_norm"])
 
 
+def test_the_verdict_never_mixes_architectures_and_names_the_setting_it_chose():
+    """Two architectures on one data set answer two questions: GN's tau of the CNN must not sit beside WP's of the
+    MLP. Within one task, the setting with the most datasets stands for it, named in 'why' (ties: the first label)."""
+    mlp, cnn = "mnist5k, hidden 256", "mnist5k, cnn 8-16 3 max"
+    t1 = pd.DataFrame([{**_t1("GN", 0.1), "task": mlp, "setting": "mlp lr 0.1"},
+                       {**_t1("WP", 1.0), "task": mlp, "setting": "mlp lr 0.1"},
+                       {**_t1("GN", 1.0, datasets=9), "task": cnn, "setting": "cnn lr 0.05"},
+                       {**_t1("GN", 0.2, datasets=9), "task": cnn, "setting": "cnn lr 0.01"}])
+    v = verdict.verdict(t1, pd.DataFrame())
+    assert list(v["task"]) == [cnn, mlp, mlp] and list(v["measure"]) == ["GN", "GN", "WP"]
+    by = v.set_index(["task", "measure"])
+    assert by.loc[(mlp, "GN"), "tau"] == 0.1 and by.loc[(mlp, "GN"), "reading"] == verdict.NOT_OPTIMIZED
+    assert by.loc[(cnn, "GN"), "tau"] == 0.2 and "τ from cnn lr 0.01" in by.loc[(cnn, "GN"), "why"]   # tie: label
+    assert "τ from" not in by.loc[(mlp, "GN"), "why"]
+    assert verdict.verdict(t1[::-1], pd.DataFrame()).equals(v)          # the store's row order does not matter
+
+
 def test_a_lambda_ladder_in_a_grid():
     g = grid.parse({"name": "l", "n_train": 64, "regularizers": [
         {"name": "gradient_norm", "lam": {"start": 1e-5, "factor": 3, "end": 1e-3}}]})

@@ -152,6 +152,30 @@ def test_reproduce_again_trains_nothing_and_report_is_rebuilt(smoke, tmp_path):
     assert r.returncode == 0 and (tmp_path / "rep" / "report.html").exists()
 
 
+def test_a_report_replaces_only_a_reports_files(smoke, tmp_path):
+    """--out may be a new or empty folder or one a report was written to (by this version: its mark; by an earlier
+    one: its report.html); a folder of the user's own files is refused before any work, its files untouched."""
+    from smoothness.errors import StoreError
+    from smoothness.report import document
+    out, _ = smoke
+    rep = tmp_path / "rep"
+    document.write_report(out, rep)
+    assert (rep / document.REPORT_MARK).exists()
+    assert "report.html" in document.write_report(out, rep)            # again: the same folder is the report's
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    shutil.copy(rep / "report.html", legacy / "report.html")
+    assert "report.md" in document.write_report(out, legacy)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "report.md").write_text("my notes")
+    with pytest.raises(StoreError, match="holds files that smoothness report did not write"):
+        document.write_report(out, mine)
+    assert (mine / "report.md").read_text() == "my notes" and sorted(p.name for p in mine.iterdir()) == ["report.md"]
+    r = run_cli("report", out, "--out", "")
+    assert r.returncode != 0 and "--out: an empty path" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_several_stores_give_one_report_each_model_once(smoke, tmp_path):
     """Table 1 from one store and Table 2 from another (here: the smoke store split in two, with overlap)."""
     out, _ = smoke

@@ -52,12 +52,25 @@ def setting_label(row, with_lr: bool = True) -> str:
     opt += "" if row.get("matmul_precision", "fp32") == "fp32" else f", {row['matmul_precision']} matmuls"
     pts = row.get("penalty_points", ADDED_FIELDS["penalty_points"])
     pen = "" if pts == ADDED_FIELDS["penalty_points"] or pd.isna(pts) else f", {int(pts)} points per penalty segment"
+    task, arch, loss = _task_parts(row)
+    return (f"{row['data']}{task}{opt}, {arch}{loss}, alpha {row['alpha']:g}{lr}, batch {row['batch_size']}, "
+            f"threshold {row['threshold']:g}{pen}")
+
+
+def _task_parts(row) -> tuple[str, str, str]:
+    """The words of a setting's task (classes), architecture (family or hidden widths) and loss."""
     model = row.get("model", "mlp")
     arch = f"hidden {row['hidden']}" if model in ("mlp", None) or pd.isna(model) else model
     task = f" classes {row['classes']}" if row.get("classes") else ""
     loss = "" if row.get("loss", "mse") in ("mse", None) else f", {row['loss']}"
-    return (f"{row['data']}{task}{opt}, {arch}{loss}, alpha {row['alpha']:g}{lr}, batch {row['batch_size']}, "
-            f"threshold {row['threshold']:g}{pen}")
+    return task, arch, loss
+
+
+def task_label(row) -> str:
+    """The question a verdict answers, in words: the data (and classes), the architecture and the loss of a setting;
+    settings that differ in rates, caps or optimizer answer the same question."""
+    task, arch, loss = _task_parts(row)
+    return f"{row['data']}{task}, {arch}{loss}"
 
 
 def sampling_error(df: pd.DataFrame) -> pd.DataFrame:
@@ -141,7 +154,8 @@ def table1(df: pd.DataFrame, taus: pd.DataFrame | None = None) -> pd.DataFrame:
                 continue
             vals = g[m].dropna() if m in g else g["n_models"][:0]
             pm, ps = PAPER_TABLE1.get(m, (None, None))
-            out.append({"setting": setting_label(dict(zip(SETTING, keys))), "measure": short,
+            setting = dict(zip(SETTING, keys))
+            out.append({"setting": setting_label(setting), "task": task_label(setting), "measure": short,
                         "tau_mean": vals.mean(), "tau_std": vals.std(ddof=0) if len(vals) > 1 else np.nan,
                         "datasets": len(vals), "models": len(sel), "data": keys[0],
                         "n_sizes": int(sel["n_train"].nunique()), "n_max": int(sel["n_train"].max()),
@@ -243,7 +257,7 @@ def regularized_groups(df: pd.DataFrame, lambdas: dict | None = None):
                "all": allr, "totals": totals, "converged": conv, "label": label, "n_train": keys[-1],
                "lr": setting["lr"], "max_epochs": setting["max_epochs"], "data": setting["data"],
                "penalty_points": setting["penalty_points"],
-               "table": setting_label(setting, with_lr=False) + f", N {keys[-1]}",
+               "table": setting_label(setting, with_lr=False) + f", N {keys[-1]}", "task": task_label(setting),
                "table_n": setting_label(no_n, with_lr=False)}
 
 
@@ -268,7 +282,8 @@ def table2(df: pd.DataFrame, ratios: pd.DataFrame | None = None, lambdas: dict |
             regm = np.nan
         tried = ", ".join(f"{x:g}: {int(r['converged'].get(x, 0))}/{int(n)}" for x, n in r["totals"].items())
         at_n = int(r["totals"].get(lam, 0)) if lam is not None else 0
-        out.append({"setting": r["label"], "table": r["table"], "data": r["data"], "n_train": r["n_train"],
+        out.append({"setting": r["label"], "table": r["table"], "task": r["task"], "data": r["data"],
+                    "n_train": r["n_train"],
                     "lr": r["lr"], "max_epochs": r["max_epochs"], "penalty_points": r["penalty_points"],
                     "regularizer": reg, "measure": SHORT[m], "rule": "edge" if lambdas is None else "fixed",
                     "lam": lam, "lam_above": r["lam_above"], "ladder_short": r["ladder_short"],

@@ -84,24 +84,38 @@ def _paper_reading(short: str) -> str:
     return reading(read_tau(tau, 135, 8)[0], read_r(r, 45, 1.0, False)[0])
 
 
+def _best(rows: pd.DataFrame, by: list[str]) -> pd.Series | None:
+    """The row of a measure's candidates that stands for its task: the most datasets (then `by`'s other columns,
+    descending); ties go to the first setting label, so the choice does not depend on the store's row order."""
+    if not len(rows):
+        return None
+    return rows.sort_values("setting", kind="stable").sort_values(by, ascending=False, kind="stable").iloc[0]
+
+
 def verdict(t1: pd.DataFrame, t2: pd.DataFrame) -> pd.DataFrame:
-    """One row per measure and data set: tau and r_norm with what stands behind them, our reading and the
-    paper's. t1, t2: analysis.table1 and analysis.table2 of the same store."""
+    """One row per measure and task (data, architecture and loss: tables.task_label): tau and r_norm with what
+    stands behind them, our reading and the paper's. Settings of one task that differ in rates or caps answer the
+    same question: the one with the most datasets stands for it, named in 'why' where there was a choice; tasks
+    are never mixed. t1, t2: analysis.table1 and analysis.table2 of the same store."""
+    t1, t2 = (t.assign(task=t["data"]) if len(t) and "task" not in t else t for t in (t1, t2))
+    t1, t2 = (t.assign(setting="") if len(t) and "setting" not in t else t for t in (t1, t2))
     rows = []
-    datas = sorted({*(t1["data"] if len(t1) else []), *(t2["data"] if len(t2) else [])})
-    for data in datas:
+    tasks = {**dict.fromkeys(t1["task"] if len(t1) else []), **dict.fromkeys(t2["task"] if len(t2) else [])}
+    for task in sorted(tasks):
         for short in MEASURES:
             # the measure, or where it has no runs, a measure that stands in for it (WP: PN, NP)
             for name in (short, *(registry.get(k).short for k in registry.stand_ins(registry.by_short(short).key))):
-                a = t1[(t1["data"] == data) & (t1["measure"] == name)] if len(t1) else t1
-                b = t2[(t2["data"] == data) & (t2["measure"] == name)] if len(t2) else t2
+                a = t1[(t1["task"] == task) & (t1["measure"] == name)] if len(t1) else t1
+                b = t2[(t2["task"] == task) & (t2["measure"] == name)] if len(t2) else t2
                 if len(a) or len(b):
                     break
             if not len(a) and not len(b):
                 continue
-            a = a.sort_values("datasets", ascending=False).iloc[0] if len(a) else None
-            b = b.sort_values(["datasets", "n_train"], ascending=False).iloc[0] if len(b) else None   # most pairs,
-            # then the largest N (the paper's Table 2 is at N = 10,000)
+            several = len(a) > 1, len(b) > 1
+            # most pairs, then the largest N (the paper's Table 2 is at N = 10,000)
+            a, b = _best(a, ["datasets"]), _best(b, ["datasets", "n_train"])
+            chose = ([f"τ from {a.setting}"] if several[0] else []) + ([f"r_norm from {b.setting}"] if several[1]
+                                                                        else [])
             tau_kind, tau_words = (read_tau(a.tau_mean, int(a.datasets), int(a.n_sizes)) if a is not None
                                    else (None, "no Table 1 runs"))
             r_kind, r_words = (read_r(b.r_norm_mean, int(b.datasets), b.lam, bool(b.ladder_short),
@@ -112,7 +126,8 @@ def verdict(t1: pd.DataFrame, t2: pd.DataFrame) -> pd.DataFrame:
                 notes.append(f"N ≤ {int(a.n_max)} (the paper's N reaches {PAPER_N_MAX})")
             if name != short:
                 notes.append(f"{name} in {short}'s place ({registry.by_short(name).equals})")
-            rows.append({"data": data, "measure": short if name == short else f"{name} (for {short})",
+            rows.append({"task": task, "data": (a if a is not None else b)["data"],
+                         "measure": short if name == short else f"{name} (for {short})",
                          "tau": a.tau_mean if a is not None else math.nan,
                          "tau_std": a.tau_std if a is not None else math.nan,
                          "tau_datasets": int(a.datasets) if a is not None else 0,
@@ -122,7 +137,9 @@ def verdict(t1: pd.DataFrame, t2: pd.DataFrame) -> pd.DataFrame:
                          "r_norm_std": b.r_norm_std if b is not None else math.nan,
                          "r_datasets": int(b.datasets) if b is not None else 0,
                          "lam": b.lam if b is not None else None, "n_train_reg": int(b.n_train) if b is not None else 0,
-                         "reading": reading(tau_kind, r_kind), "why": "; ".join(notes),
+                         "reading": reading(tau_kind, r_kind), "why": "; ".join(notes + chose),
+                         "tau_setting": a.setting if a is not None else "",
+                         "r_setting": b.setting if b is not None else "",
                          "paper_tau": a.paper_tau_mean if a is not None else None,
                          "paper_r_norm": b.paper_r_norm_mean if b is not None else None,
                          "paper_reading": _paper_reading(short)})

@@ -88,6 +88,8 @@ def cmd_run(a) -> int:
 def cmd_report(a) -> int:
     """`smoothness report`: write the report of a store."""
     from smoothness.report import document  # pandas, SciPy and matplotlib load only when a report is made
+    if a.out is not None and not str(a.out).strip():
+        raise SmoothnessError("--out: an empty path; give a folder, or leave --out out for report/ beside the store")
     results = a.results if isinstance(a.results, list) else [a.results]   # reproduce passes one directory
     written = document.write_report(results[0] if len(results) == 1 else results, a.out)
     for name in ("verdict.md", "table1.md", "table2.md"):

@@ -63,6 +63,8 @@ def write_report(source, out_dir=None) -> dict:
     sources = [source] if isinstance(source, (str, Path)) else list(source)
     if not sources:
         raise StoreError("no results store to report on")
+    if out_dir is not None:
+        check_report_dir(Path(out_dir), "")
     frames, grids, paths, skipped, stores = [], [], [], [], []
     with contextlib.ExitStack() as stack:
         for src in sources:   # read-only: a store nobody may write can be reported on
@@ -90,16 +92,37 @@ def write_report(source, out_dir=None) -> dict:
                     pass
     out = Path(out_dir) if out_dir else path.parent / "report"
     hint = "" if out_dir else "; write it elsewhere with --out DIR"
-    if out.exists() and not out.is_dir():
-        raise StoreError(f"cannot write the report to {out}: it is a file, not a directory{hint}")
+    check_report_dir(out, hint)
     try:
         out.mkdir(parents=True, exist_ok=True)
+        (out / REPORT_MARK).write_text("a folder written by smoothness report: a new report replaces its files\n",
+                                       encoding="utf-8")
         return render(c, out)
     except OSError as e:
         why = e.strerror or str(e)
         if e.filename is not None and str(e.filename) != str(out):
             why += f": {e.filename}"
         raise StoreError(f"cannot write the report to {out} ({why}){hint}") from None
+
+
+REPORT_MARK = ".smoothness-report"   # in every folder a report was written to: the next report may replace its files
+
+
+def check_report_dir(out: Path, hint: str) -> None:
+    """A StoreError unless a report may be written to `out`: a new or empty folder, or one a report was written to
+    before (its mark, or the report.html of a version without marks); never a folder of the user's own files."""
+    if out.exists() and not out.is_dir():
+        raise StoreError(f"cannot write the report to {out}: it is a file, not a directory{hint}")
+    if not out.is_dir() or (out / REPORT_MARK).exists() or not any(out.iterdir()):
+        return
+    try:
+        with open(out / "report.html", "rb") as f:
+            if b"<title>smoothness report" in f.read(200):
+                return
+    except OSError:
+        pass
+    raise StoreError(f"cannot write the report to {out}: the folder holds files that smoothness report did not "
+                     f"write, which a report could replace; give a new or empty folder{hint or ' with --out'}")
 
 
 @dataclass
@@ -136,7 +159,7 @@ def compute_content(df: pd.DataFrame, grid: dict, merged: list, versions: dict, 
     """Every table of the report from a store's frame and metadata (the analyses of analysis.py and verdict.py)."""
     from smoothness.analysis.verdict import verdict
     grids = [g for g in [grid, *merged] if g]
-    title = f"smoothness report: {' + '.join(str(g.get('name')) for g in grids) or path.parent.name}"
+    title = f"smoothness report: {' + '.join(dict.fromkeys(str(g.get('name')) for g in grids)) or path.parent.name}"
     intro = (f"{len(df)} models in {path}. Generated {time.strftime('%Y-%m-%d %H:%M')} by smoothness "
              f"{versions.get('smoothness', '?')} (torch {versions.get('torch', '?')}).")
     if skipped:

@@ -114,10 +114,11 @@ def table2_tables(t2: pd.DataFrame) -> list[Table]:
 
 
 def verdict_tables(v: pd.DataFrame) -> list[Table]:
-    """The answer first: per data set, one row per measure with tau, r_norm, our reading and the paper's."""
+    """The answer first: per task (data, architecture, loss), one row per measure with tau, r_norm, our reading and
+    the paper's."""
     from smoothness.analysis import verdict
     out = []
-    for data, g in v.groupby("data", sort=False):
+    for task, g in v.groupby("task", sort=False):
         def tau(r):
             behind = f" ({counted(r.tau_datasets, 'dataset')}, N ≤ {r.n_max})" if r.tau_datasets else ""
             return f"{_pm(r.tau, r.tau_std)} / {fmt(r.paper_tau)}" + behind
@@ -136,7 +137,7 @@ def verdict_tables(v: pd.DataFrame) -> list[Table]:
                 f"to interpolate; anything else, or too little data (fewer than {verdict.MIN_DATASETS} datasets or "
                 f"{verdict.MIN_SIZES} sizes), is inconclusive. The same rules on the paper's values give the paper's "
                 "reading (right-hand column).")
-        out.append(Table(f"Verdict: does SGD optimize each measure? ({data})",
+        out.append(Table(f"Verdict: does SGD optimize each measure? ({task})",
                          ["Measure", "Kendall's τ(N, S) ours / paper", "r_norm ours / paper", "Our data",
                           "Paper's data", "Why"], rows, note))
     return out
