@@ -446,3 +446,16 @@ def test_a_classification_grid_is_the_same_grid_as_its_stored_definition():
     for bad in (False, 0, "", "none"):
         with pytest.raises(ConfigError, match="key 'classes'|key classes"):
             grid.parse({"classes": bad, "n_train": [20]}, name="c")
+
+
+def test_a_dry_run_refuses_an_out_the_run_could_not_create_and_creates_nothing(tmp_path):
+    from smoothness.errors import StoreError
+    g = grid.parse({"n_train": [16]}, name="t")
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(StoreError, match="cannot create the directory"):
+        runner.dry_run(g, f / "sub")
+    with pytest.raises(StoreError, match="is a file, not a directory"):
+        runner.dry_run(g, f / "results.sqlite")
+    assert "0 stored" in runner.dry_run(g, tmp_path / "new" / "deeper")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]

@@ -17,6 +17,7 @@ from smoothness.experiments.running.distributed import CONNECT_TIMEOUT, DEFAULT_
 from smoothness.experiments.running.progress import HEARTBEAT, GridProgress, counted, hms, snapshot_note
 from smoothness.experiments.storage import snapshots
 from smoothness.experiments.storage.claim import claim_store, other_grid, other_note, owner_alive
+from smoothness.experiments.storage.opening import check_writable, store_path
 from smoothness.experiments.storage.store import Store, versions, warn
 from smoothness.experiments.storage.storefile import model_count
 
@@ -208,7 +209,9 @@ def work_note(work: list[tuple[RunConfig, float]], rate: float | None = None, sh
 
 
 def dry_run(grid: Grid, out: Path, merge: bool = False) -> str:
-    """One line: the grid's size and how many of its models the store in `out` holds (read-only)."""
+    """One line: the grid's size and how many of its models the store in `out` holds (read-only; a store that the
+    run could not create or write there is refused as the run refuses it)."""
+    check_writable(store_path(out))
     total, stored, other, skipped = _stored(grid, out) or (len(grid.configs()), 0, None, 0)
     note = f" (the store holds {other_note(other)}: run refuses it without --merge)" if other and not merge else ""
     left = total - stored - skipped

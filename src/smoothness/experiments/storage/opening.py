@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
+import tempfile
 from pathlib import Path
 
 from smoothness.errors import StoreError
@@ -38,15 +39,42 @@ def store_path(path) -> Path:
     return path / FILENAME
 
 
-def open_for_writing(path: Path) -> sqlite3.Connection:
-    """A connection that writes the store file `path`, created (with its directory) if need be; one StoreError
-    where the directory or the file cannot be written, or the file is not a sound results store."""
+def _where(path: Path) -> Path:
+    """The store file's folder, one StoreError where it or the file is of the wrong kind."""
     folder = path.parent
     if folder.exists() and not folder.is_dir():
         raise StoreError(f"{folder} is a file, not a directory: the results store needs a directory")
     if path.is_dir():
         raise StoreError(f"{path} is a folder, not a results store file: remove or rename it, or choose another "
                          "--out")
+    return folder
+
+
+def check_writable(path: Path) -> None:
+    """What open_for_writing would refuse about where the store file `path` goes, found without creating it (a
+    dry run): a folder that cannot be created is found by creating and removing an empty one where it would go."""
+    folder = _where(path)
+    if folder.is_dir():
+        if not os.access(folder, os.W_OK | os.X_OK) or path.exists() and not os.access(path, os.W_OK):
+            raise StoreError(f"cannot write the results store {path} (permission denied): choose a directory you "
+                             "can write (--out DIR)")
+        return
+    above = folder.absolute()
+    while not above.exists():
+        above = above.parent
+    try:
+        if not above.is_dir():
+            raise NotADirectoryError(20, "Not a directory", str(above))
+        os.rmdir(tempfile.mkdtemp(prefix=".smoothness-check-", dir=above))
+    except OSError as e:
+        raise StoreError(f"cannot create the directory {folder} for the results store: "
+                         f"{e.strerror or e}") from None
+
+
+def open_for_writing(path: Path) -> sqlite3.Connection:
+    """A connection that writes the store file `path`, created (with its directory) if need be; one StoreError
+    where the directory or the file cannot be written, or the file is not a sound results store."""
+    folder = _where(path)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
