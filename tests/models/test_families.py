@@ -29,6 +29,13 @@ def test_the_canonical_spec_fills_every_setting_and_the_mlp_is_none():
         models.canonical({"family": "cnn", "width": 3})
     with pytest.raises(ConfigError, match="odd"):
         models.build(models.canonical({"family": "cnn", "kernel": 4}), None, (1, 28, 28), 1)
+    # absurd sizes are one line before anything is allocated
+    with pytest.raises(ConfigError, match="at most 4,096 per block"):
+        models.canonical({"family": "cnn", "channels": [100_000_000]})
+    with pytest.raises(ConfigError, match="a list of positive integers"):
+        models.canonical({"family": "cnn", "channels": 8})
+    with pytest.raises(ConfigError, match=r"kernel 99 is wider than the inputs \(28x28\)"):
+        models.build(models.canonical({"family": "cnn", "kernel": 99}), None, (1, 28, 28), 1)
 
 
 def test_a_cnn_stack_evaluates_as_its_modules_and_its_input_gradients_are_the_modules():

@@ -26,6 +26,9 @@ POOLS = ("max", "avg")
 _INIT_CHUNK = 1 << 22
 
 
+MAX_CHANNELS = 4096   # channels of one block: far above any CNN this family is meant for
+
+
 @dataclass(frozen=True)
 class CNNSettings:
     """The CNN family's architecture."""
@@ -34,9 +37,14 @@ class CNNSettings:
     pool: str = field(default="max", metadata={"doc": "2x2 pooling after each block: max or avg"})
 
     def __post_init__(self):
+        if not isinstance(self.channels, (list, tuple)):
+            raise ValueError(f"channels must be a list of positive integers, one per block, got {self.channels!r}")
         object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
         if not self.channels or any(c < 1 for c in self.channels):
             raise ValueError(f"channels must be one or more positive integers, got {list(self.channels)}")
+        if max(self.channels) > MAX_CHANNELS:
+            raise ValueError(f"channels: at most {MAX_CHANNELS:,} per block (a larger value is a typo or a network "
+                             f"no machine trains here), got {max(self.channels):,}")
         if int(self.kernel) != self.kernel or self.kernel < 1 or self.kernel % 2 == 0:
             raise ValueError(f"kernel must be an odd integer >= 1, got {self.kernel!r}")
         object.__setattr__(self, "kernel", int(self.kernel))
@@ -47,6 +55,8 @@ class CNNSettings:
 def build(settings: CNNSettings, input_shape: tuple[int, int, int], outputs: int) -> nn.Sequential:
     """One model of the family as an nn.Sequential (its parameters uninitialized: init() sets them)."""
     c, h, w = input_shape
+    if settings.kernel > min(h, w):
+        raise ValueError(f"kernel {settings.kernel} is wider than the inputs ({h}x{w}): choose at most {min(h, w)}")
     layers: list[nn.Module] = []
     for out in settings.channels:
         if h < 2 or w < 2:
