@@ -391,6 +391,9 @@ def test_export_copies_a_store_without_its_weights_into_one_file(conv, tmp_path,
     with Store(conv, create=False) as a, Store(dest, create=False) as b:
         assert a.records() == b.records() and a.meta("grid") == b.meta("grid")
     _one_line(*_main(capsys, "export", conv, dest)[::2], "exists")
+    for folder in (f"{tmp_path / 'newdir'}/", ""):   # a folder is not a file name: nothing is written
+        _one_line(*_main(capsys, "export", conv, folder)[::2], "give the name of a new file")
+    assert not (tmp_path / "newdir").exists()
     code, _, _ = _main(capsys, "export", conv, tmp_path / "w.sqlite", "--with-weights")
     assert code == 0 and _count(tmp_path / "w.sqlite", "weights") == 3
     new = tmp_path / "resume"

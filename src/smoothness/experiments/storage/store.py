@@ -15,6 +15,7 @@ import contextlib
 import io
 import json
 import math
+import os
 import platform
 import sqlite3
 import sys
@@ -268,6 +269,9 @@ def export(source, dest, weights: bool = False) -> int:
     """Copy the store `source` (a directory or file) into the single file `dest` (a new file; no WAL side files),
     without the trained weights unless weights=True: a compact copy to share or to put under version control while
     a grid still writes the source (SQLite's online backup reads a consistent snapshot). Returns the models copied."""
+    if not str(dest).strip() or str(dest).endswith(("/", os.sep)):
+        raise StoreError(f"export to {str(dest)!r}: give the name of a new file (such as results/my-grid.sqlite), "
+                         "not a folder")
     src = Store(source, create=False)
     dest = Path(dest)
     if dest.exists():
