@@ -459,3 +459,10 @@ def test_a_dry_run_refuses_an_out_the_run_could_not_create_and_creates_nothing(t
         runner.dry_run(g, f / "results.sqlite")
     assert "0 stored" in runner.dry_run(g, tmp_path / "new" / "deeper")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_a_regularizer_entry_without_a_positive_lambda_is_refused():
+    for entry in ("gradient_norm", {"name": "gradient_norm"}, {"name": "weights_product", "lam": [0]}):
+        with pytest.raises(ConfigError, match="has no lam > 0"):
+            grid.parse({"n_train": [16], "regularizers": [entry]}, name="t")
+    assert grid.parse({"n_train": [16], "regularizers": ["none"]}, name="t").configs()

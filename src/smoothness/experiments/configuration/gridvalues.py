@@ -163,6 +163,9 @@ def regularizer_entries(v):
             [number(x, float, "lam", nonneg=True) for x in as_list(e.get("lam", 0.0))]
         if name == "none" and any(x > 0 for x in lam):
             raise ConfigError("key 'regularizers': the entry 'none' takes no lam > 0")
+        if name != "none" and not any(x > 0 for x in lam):
+            raise ConfigError(f"key 'regularizers': the entry {name!r} has no lam > 0, so it would train the "
+                              f"unregularized baseline only; give its values (lam: [1.0e-4], or a ladder)")
         lr = number(e.get("lr"), float, "lr", positive=True, allow_none=True)
         alphas = [number(a, float, "alpha", positive=True) for a in as_list(e["alpha"])] if "alpha" in e else None
         cap = number(e.get("max_epochs"), int, "max_epochs", positive=True, allow_none=True)
