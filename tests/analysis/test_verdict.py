@@ -28,6 +28,8 @@ def test_the_data_must_support_a_reading():
     assert verdict.read_r(0.4, 5, 1e-3, ladder_short=True)[0] == "reducible"      # reduced already: enough to say so
     assert verdict.read_r(0.4, 5, None, ladder_short=False)[0] is None            # no lambda converged
     assert verdict.read_r(0.9, 1, 1e-3, False)[1] == "too little data for r_norm (1 pair; need 2)"
+    kind, why = verdict.read_r(float("nan"), 2, 1e-4, False, unreg=1.3, lower=float("nan"))   # FPL, K outputs
+    assert kind is None and "lower bound l_S" in why and "too little data" not in why
     # FPL's r_norm = (S_reg - 1) / (S_unreg - 1): meaningless when S_unreg hardly exceeds its lower bound 1
     kind, why = verdict.read_r(1.85, 2, 3e-4, False, unreg=0.999, lower=1.0)
     assert kind is None and "near-zero difference" in why

@@ -235,7 +235,7 @@ def test_cross_entropy_stops_on_zero_training_error_and_a_small_loss():
 
 
 def test_cross_entropy_needs_several_outputs():
-    with pytest.raises(ValueError, match="K >= 2 outputs"):
+    with pytest.raises(ValueError, match="K >= 2 classes, one output each"):
         pool, specs = _specs(loss="cross_entropy")
         training.BatchedTrainer(pool, models.build(None, (4,), (784,), 1), batch_size=8).train(specs)
 

@@ -51,6 +51,9 @@ def read_r(r, datasets: int, lam, ladder_short: bool, unreg=None, lower=0.0) -> 
     unreg, lower: mu_unreg and l_S of eq. 16; r_norm means nothing when mu_unreg hardly exceeds l_S."""
     if not _ok(lam):
         return None, "no λ > 0 reached the loss threshold (start the ladder lower)"
+    if not _ok(r) and datasets >= MIN_DATASETS:
+        return None, ("r_norm is undefined: eq. 16 needs the measure's lower bound l_S, which this task has not "
+                      "(FPL with several outputs)" if not _ok(lower) else "r_norm could not be computed")
     if not _ok(r) or datasets < MIN_DATASETS:
         return None, f"too little data for r_norm ({counted(datasets, 'pair')}; need {MIN_DATASETS})"
     if _ok(unreg) and _ok(lower) and lower > 0 and (unreg - lower) < MIN_GAP * abs(unreg):

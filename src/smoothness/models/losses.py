@@ -40,8 +40,8 @@ def default_threshold(loss: str) -> float:
 def check_outputs(loss: str, outputs: int) -> None:
     """A ValueError when a loss does not fit a model's number of outputs."""
     if loss == "cross_entropy" and outputs < 2:
-        raise ValueError("cross_entropy needs a model with K >= 2 outputs (one per class); a binary task with one "
-                         "output trains with mse")
+        raise ValueError("cross_entropy needs a task of K >= 2 classes, one output each (classes: [3, 8], or all); "
+                         "a pair task has one output with ±1 targets and trains with mse")
 
 
 def per_example(out: torch.Tensor, y: torch.Tensor, loss: str = "mse") -> torch.Tensor:
