@@ -466,3 +466,12 @@ def test_a_regularizer_entry_without_a_positive_lambda_is_refused():
         with pytest.raises(ConfigError, match="has no lam > 0"):
             grid.parse({"n_train": [16], "regularizers": [entry]}, name="t")
     assert grid.parse({"n_train": [16], "regularizers": ["none"]}, name="t").configs()
+
+
+def test_the_data_check_refuses_a_classification_size_that_does_not_split_by_class(tmp_path):
+    """Every size is checked, not only the largest: a run must not stop partway at N = 25 of ten classes."""
+    from smoothness.errors import DataError
+    g = grid.parse({"data": "mnist5k", "classes": "all", "n_train": [20, 25, 40]}, name="c")
+    with pytest.raises(DataError, match="multiple of the 10 classes"):
+        runner.check_data(g)
+    runner.check_data(grid.parse({"data": "mnist5k", "classes": "all", "n_train": [20, 30, 40]}, name="c"))

@@ -61,15 +61,18 @@ class RunSummary:
 
 
 def check_data(grid: Grid, data_dir=None) -> None:
-    """Fail before any training when a data file is missing or a training size exceeds a task's pool."""
-    largest: dict[tuple, tuple] = {}
+    """Fail before any training when a data file is missing, a training size exceeds a task's pool (the largest
+    size, at every seed) or does not fit the task (every size: a classification's must split evenly by class)."""
+    tasks: dict[tuple, tuple] = {}
     for c in grid.configs():
-        n, seeds, cfg = largest.get(c.task_id, (0, set(), c))
-        largest[c.task_id] = (max(n, c.n_train), seeds | {c.seed}, cfg)
-    for n, seeds, cfg in largest.values():
+        sizes, seeds, cfg = tasks.get(c.task_id, (set(), set(), c))
+        tasks[c.task_id] = (sizes | {c.n_train}, seeds | {c.seed}, cfg)
+    for sizes, seeds, cfg in tasks.values():
         task = cfg.task(data_dir)
         for s in sorted(seeds):
-            task.subset(n, s)
+            task.subset(max(sizes), s)
+        for n in sorted(sizes):
+            task.subset(n, min(seeds))
 
 
 def data_checked_here(backend: str, address: str | None) -> bool:
