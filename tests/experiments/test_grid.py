@@ -475,3 +475,21 @@ def test_the_data_check_refuses_a_classification_size_that_does_not_split_by_cla
     with pytest.raises(DataError, match="multiple of the 10 classes"):
         runner.check_data(g)
     runner.check_data(grid.parse({"data": "mnist5k", "classes": "all", "n_train": [20, 30, 40]}, name="c"))
+
+
+def test_a_classification_task_is_named_by_its_classes_not_its_stand_in_pair(tmp_path):
+    import io
+
+    from smoothness.experiments.running.progress import GridProgress
+    stream = io.StringIO()
+    bar = GridProgress(2, True, stream, every=0.0)
+    rec = {"data": "mnist5k", "pair": [3, 8], "classes": [0, 1, 2], "n_train": 30, "seed": 0,
+           "regularizer": "none", "lam": 0.0, "status": "converged", "epochs": 12}
+    bar.model_done(rec)
+    bar.model_done({**rec, "classes": []})
+    first, second = stream.getvalue().splitlines()
+    assert "mnist5k classes 0,1,2 N=30" in first and "3/8" not in first
+    assert "mnist5k 3/8 N=30" in second
+    line = runner.dry_run(grid.parse({"data": "mnist5k", "classes": [0, 1, 2], "n_train": [30]}, name="c"),
+                          tmp_path / "c")
+    assert "(classes 0, 1, 2, sizes [30]" in line and "pair" not in line

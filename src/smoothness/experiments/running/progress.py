@@ -100,7 +100,8 @@ class GridProgress:
         el = self.last_line - self.t0
         eta = el / self.done * (self.total - self.done)
         lam = f" {rec['regularizer']} lam={rec['lam']:g}" if rec["regularizer"] != "none" else ""
-        pair = lines.pair_label(rec["data"], rec["pair"])
+        classes = rec.get("classes")   # a classification task is stored with a stand-in pair: name its classes
+        pair = f" classes {','.join(map(str, classes))}" if classes else lines.pair_label(rec["data"], rec["pair"])
         print(f"[{self.done}/{self.total}] {rec['data']}{pair} N={rec['n_train']} "
               f"seed={rec['seed']}{lam}: {rec['status']} after {rec['epochs']} epochs; {self.label} {self.running}; "
               f"elapsed {hms(el)}, ETA {hms(eta)}", file=self.stream, flush=True)

@@ -224,7 +224,8 @@ def dry_run(grid: Grid, out: Path, merge: bool = False) -> str:
     skip += f", {snap}" if snap else ""
     staged = (" at most (lambda rungs above a ladder's edge will not be trained)"
               if grid.ladder == "staged" and staging.has_ladder(grid.regularizers) and left else "")
-    pairs = counted(len(grid.all_pairs()), "pair")
+    pairs = (f"classes {', '.join(map(str, grid.classes))}" if grid.classes
+             else counted(len(grid.all_pairs()), "pair"))
     return (f"grid {grid.name}: {counted(total, 'model')} ({pairs}, sizes {grid.sizes()}, seeds "
             f"{grid.seeds}); {stored} stored in {out}{skip}, {left} to train{staged}{note}")
 
