@@ -317,6 +317,9 @@ def ck(tmp_path_factory):
     torch.export.save(torch.export.export(trained, (x[:2],), dynamic_shapes=({0: torch.export.Dim("batch")},)),
                       d / "train.pt2")
     torch.export.save(torch.export.export(net(), (x[:3],)), d / "fixed.pt2")   # for batches of 3 points only
+    torch.export.save(torch.export.export(net(), (x[:2],), dynamic_shapes=({0: torch.export.Dim("batch")},)),
+                      d / "dyn.pt2")
+    np.savez(d / "wide.npz", x=np.zeros((12, 5), dtype="float32"), y=y.numpy())
     return d
 
 
@@ -424,6 +427,12 @@ def test_the_training_mode_of_an_exported_program_is_one_line(ck, capsys, monkey
 def test_a_program_exported_for_one_batch_size_says_how_to_export_it(ck, capsys, monkeypatch):
     code, out, err = _main(capsys, monkeypatch, ck, "fixed.pt2", "--inputs", "ok.npz", *FAST)
     _one_line(code, out, err, "holds only inputs of the shape it was exported with", "dynamic_shapes=")
+
+
+def test_points_of_another_shape_than_a_programs_say_so(ck, capsys, monkeypatch):
+    code, out, err = _main(capsys, monkeypatch, ck, "dyn.pt2", "--inputs", "wide.npz", *FAST)
+    _one_line(code, out, err, "the points' shape [5] is not the one the torch.export program was exported for")
+    assert "dynamic_shapes" not in err
 
 
 def test_one_point_skips_the_path_lengths_with_a_line(ck, capsys, monkeypatch):

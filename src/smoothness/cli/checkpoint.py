@@ -295,6 +295,10 @@ def measure(a) -> int:
     except (ValueError, TypeError, AssertionError) as e:   # the measures' own checks, one line each
         guard = e if isinstance(e, AssertionError) else e.__cause__   # the model's own failure on the first point
         if isinstance(guard, AssertionError) and "Guard failed" in str(guard):
+            if "size()[0]" not in str(guard):   # a guard on a dimension other than the batch's
+                raise ConfigError(f"{a.path}: the points' shape {list(x.shape[1:])} is not the one the torch.export "
+                                  f"program was exported for ({first_line(guard)}); give points of that "
+                                  "shape") from None
             raise ConfigError(f"{a.path}: the torch.export program holds only inputs of the shape it was exported "
                               f"with ({first_line(guard)}); export it with a dynamic batch dimension, e.g. "
                               "dynamic_shapes=({0: torch.export.Dim('batch')},)") from None
