@@ -50,14 +50,19 @@ def _where(path: Path) -> Path:
     return folder
 
 
+def _writable(folder: Path, path: Path) -> None:
+    """A StoreError where the existing folder, or the store file in it, may not be written."""
+    if not os.access(folder, os.W_OK | os.X_OK) or path.exists() and not os.access(path, os.W_OK):
+        raise StoreError(f"cannot write the results store {path} (permission denied): choose a directory you "
+                         "can write (--out DIR)")
+
+
 def check_writable(path: Path) -> None:
     """What open_for_writing would refuse about where the store file `path` goes, found without creating it (a
     dry run): a folder that cannot be created is found by creating and removing an empty one where it would go."""
     folder = _where(path)
     if folder.is_dir():
-        if not os.access(folder, os.W_OK | os.X_OK) or path.exists() and not os.access(path, os.W_OK):
-            raise StoreError(f"cannot write the results store {path} (permission denied): choose a directory you "
-                             "can write (--out DIR)")
+        _writable(folder, path)
         return
     above = folder.absolute()
     while not above.exists():
@@ -80,9 +85,7 @@ def open_for_writing(path: Path) -> sqlite3.Connection:
     except OSError as e:
         raise StoreError(f"cannot create the directory {folder} for the results store: "
                          f"{e.strerror or e}") from None
-    if not os.access(folder, os.W_OK | os.X_OK) or path.exists() and not os.access(path, os.W_OK):
-        raise StoreError(f"cannot write the results store {path} (permission denied): choose a directory you "
-                         "can write (--out DIR)")
+    _writable(folder, path)
     db = None
     try:
         db = sqlite3.connect(str(path), timeout=LOCK_TIMEOUT, isolation_level=None)
