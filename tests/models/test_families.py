@@ -272,3 +272,29 @@ def test_a_grid_of_cnns_and_a_classification_runs_into_a_store_with_every_measur
         rec = st.frame().iloc[0]
     assert rec["loss"] == "cross_entropy" and rec["classes"] == "0-1-2" and rec["gradient_norm"] > 0
     assert rec["model"] == "mlp" and df["model"].tolist() == ["cnn 2-3 3 max"] * 2
+
+
+def pairs(items):
+    assert isinstance(items, list) and all(isinstance(x, list) for x in items), items
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, sum(v for _, v in items)), nn.ReLU(),
+                         nn.Linear(sum(v for _, v in items), 1))
+
+
+def test_a_list_of_name_value_pairs_in_kwargs_is_keyed_and_recorded_as_a_list_not_a_mapping():
+    spec = models.canonical({"factory": "test_families:pairs", "kwargs": {"items": [["a", 2], ["b", 3]]}})
+    assert spec["kwargs"] == {"items": [["a", 2], ["b", 3]]}
+    fam = models.build(spec, None, (1, 28, 28), 1)
+    assert fam.key()["kwargs"] == {"items": [["a", 2], ["b", 3]]}
+    assert fam.n_params() == 784 * 5 + 5 + 5 + 1
+    # the mapping of the same names is another model, with another key
+    other = models.canonical({"factory": "test_families:pairs", "kwargs": {"items": {"a": 2, "b": 3}}})
+    assert other["kwargs"] == {"items": {"a": 2, "b": 3}} and other != spec
+
+
+def test_a_factory_without_kwargs_keeps_its_key_whether_kwargs_is_absent_or_empty():
+    from smoothness.experiments.configuration.config import RunConfig, config_key
+    a = models.canonical({"factory": "test_families:needs_width"})
+    b = models.canonical({"factory": "test_families:needs_width", "kwargs": {}})
+    assert a == b and a["kwargs"] == []
+    assert config_key(RunConfig(n_train=16, model=a)) == config_key(RunConfig(n_train=16, model=b)) \
+        == "9060a6c756e9fe980638b01a"   # as before mappings were told apart from lists

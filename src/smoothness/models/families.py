@@ -10,7 +10,7 @@ from dataclasses import asdict, fields
 
 from smoothness.errors import ConfigError
 from smoothness.models.cnn import CNNFamily, CNNSettings
-from smoothness.models.family import FactoryFamily, FactorySettings, Family, FrozenMapping
+from smoothness.models.family import FactoryFamily, FactorySettings, Family, FrozenMapping, plain
 from smoothness.models.mlp import MLPFamily, MLPSettings, MLPStack
 from smoothness.models.stack import ParamStack
 
@@ -72,17 +72,7 @@ def canonical(spec) -> dict | None:
         if not isinstance(kwargs, dict):
             raise ConfigError(f"model: kwargs of a factory must be a mapping, got {kwargs!r}")
     s = _settings(name, spec)
-    return {"family": name, **_plain(asdict(s))}
-
-
-def _plain(v):
-    if isinstance(v, tuple) and v and all(isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], str) for x in v):
-        return {k: _plain(x) for k, x in v}
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    if isinstance(v, dict):
-        return {k: _plain(x) for k, x in sorted(v.items())}
-    return v
+    return {"family": name, **plain(asdict(s))}
 
 
 def build(spec: dict | None, hidden, input_shape, outputs: int = 1) -> Family:

@@ -66,7 +66,7 @@ class Family:
 
     def key(self) -> dict:
         """The family's part of a model's key and record: its name and settings, as plain data."""
-        return {"family": self.name, **_plain(asdict(self.settings))}
+        return {"family": self.name, **plain(asdict(self.settings))}
 
     def points(self, p, x: torch.Tensor) -> torch.Tensor:
         """x as float points [M, n, d] of p's dtype and device (an [n, d] tensor is shared by all models)."""
@@ -334,19 +334,21 @@ class FactoryFamily(ModuleFamily):
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------------
-def _plain(v):
-    """Settings as plain JSON data (tuples as lists, mappings as sorted dicts)."""
+def plain(v):
+    """Settings as plain JSON data, as keys and records hold them: tuples as lists, mappings (dicts and non-empty
+    FrozenMappings) as dicts sorted by key. An empty mapping is an empty list, as it was keyed before mappings were
+    told apart from lists; a list of [name, value] pairs stays a list."""
     if isinstance(v, dict):
-        return {str(k): _plain(x) for k, x in sorted(v.items())}
+        return {str(k): plain(x) for k, x in sorted(v.items())}
+    if isinstance(v, FrozenMapping) and v:
+        return {k: plain(x) for k, x in sorted(v)}
     if isinstance(v, (list, tuple)):
-        if v and all(isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], str) for x in v):
-            return {k: _plain(x) for k, x in sorted(v)}   # a mapping frozen as a tuple of pairs
-        return [_plain(x) for x in v]
+        return [plain(x) for x in v]
     return v
 
 
 def _short(v) -> str:
-    if isinstance(v, (list, tuple)) and v and all(isinstance(x, tuple) and len(x) == 2 for x in v):
+    if isinstance(v, FrozenMapping) and v:
         return "{" + ", ".join(f"{k}={_short(x)}" for k, x in v) + "}"
     if isinstance(v, (list, tuple)):
         return "-".join(map(str, v)) if v else "()"
