@@ -493,3 +493,16 @@ def test_a_classification_task_is_named_by_its_classes_not_its_stand_in_pair(tmp
     line = runner.dry_run(grid.parse({"data": "mnist5k", "classes": [0, 1, 2], "n_train": [30]}, name="c"),
                           tmp_path / "c")
     assert "(classes 0, 1, 2, sizes [30]" in line and "pair" not in line
+
+
+def test_the_hidden_axis_crosses_the_mlp_entries_of_the_model_axis_only():
+    g = grid.parse({"name": "mixed", "hidden": [[64], [256]], "model": ["mlp", "cnn"], "n_train": 64})
+    cs = g.configs()
+    assert sorted((c.model["family"] if c.model else "mlp", c.hidden) for c in cs) == [
+        ("cnn", (256,)), ("mlp", (64,)), ("mlp", (256,))]
+    only_mlp = grid.parse({"name": "m", "hidden": [[64], [256]], "n_train": 64}).configs()
+    assert [grid.config_key(c) for c in cs if c.model is None] == [grid.config_key(c) for c in only_mlp]
+    only_cnn = grid.parse({"name": "c", "model": "cnn", "n_train": 64}).configs()
+    assert [grid.config_key(c) for c in cs if c.model is not None] == [grid.config_key(c) for c in only_cnn]
+    with pytest.raises(ConfigError, match="no mlp entry"):
+        grid.parse({"name": "c", "model": "cnn", "hidden": 64, "n_train": 64})

@@ -8,7 +8,8 @@ A grid file is a mapping; every axis takes one value or a list of values:
     pairs: all                    # or [[3, 8], [4, 9]]
     n_train: [64, 128, 256, 512]
     seeds: [0, 1, 2]              # integers 0 <= seed < 2**32 (rng.check_seed), also measure.seed
-    hidden: 256                   # one architecture: 256 or [256, 256]; an axis: [[256], [256, 256]]
+    hidden: 256                   # one architecture: 256 or [256, 256]; an axis: [[256], [256, 256]] (the MLP's
+                                  # widths: crossed with the mlp entries of the model axis only)
     model: mlp                    # the model family (models/families.py): mlp (the default, with `hidden`), cnn or
                                   # {family: cnn, channels: [8, 16], kernel: 3, pool: max}, or any nn.Module:
                                   # {factory: package.module:function, kwargs: {...}}; a list is an axis
@@ -134,6 +135,10 @@ class Grid:
         if bound > MAX_MODELS:
             raise ConfigError(f"grid {self.name!r} has {bound:,} combinations of its axes, more than the limit of "
                               f"{MAX_MODELS:,} models: split it into several grids (limits: docs/cli.md)")
+        widths = tuple(_DEFAULT["hidden"])
+        if None not in self.model and self.hidden != [widths]:
+            raise ConfigError(f"grid {self.name!r}: key 'hidden' sets the mlp family's widths, and the model axis "
+                              "has no mlp entry; give another family's settings in `model`")
         out, seen = [], set()
         for reg in self.regularizers:
             lrs = [reg["lr"]] if reg["lr"] is not None else self.lr
@@ -146,6 +151,7 @@ class Grid:
                     self.model, self.loss, self.optimizer, self.rho, reg["lam"], lrs, self.hidden, alphas,
                     self.batch_size, caps, self.threshold, pairs, sizes, seeds):
                 name = reg["name"] if lam > 0 else "none"
+                h = h if model is None else widths   # the hidden axis crosses the mlp entries of the model axis only
                 # the paper's rate of this entry's regularizer, also for its lambda = 0 baseline
                 lr = optimizers.resolve_lr(lr, opt, reg["name"])
                 extra = {}
