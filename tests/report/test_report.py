@@ -136,6 +136,21 @@ def test_content_is_computed_without_writing_and_rendered_anywhere(smoke, tmp_pa
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "table1.csv"), pd.read_csv(out / "report" / "table1.csv"))
 
 
+def test_the_intro_names_the_reports_version_and_the_versions_that_trained_the_models(smoke):
+    import smoothness
+    from smoothness.report import document
+    out, _ = smoke
+    with Store(out, create=False) as st:
+        df = st.frame()
+    df["versions"] = [{"smoothness": "0.0.1" if i % 2 else "0.0.2", "torch": "2.0"} for i in range(len(df))]
+    c = document.compute_content(df, {"name": "smoke"}, [], {"smoothness": "9.9"}, out / "results.sqlite", [])
+    assert f"by smoothness {smoothness.__version__} (torch " in c.intro
+    assert "trained by smoothness 0.0.2 (torch 2.0), smoothness 0.0.1 (torch 2.0)." in c.intro
+    c = document.compute_content(df.drop(columns="versions"), {"name": "smoke"}, [], {"smoothness": "9.9"},
+                                 out / "results.sqlite", [])
+    assert "trained by smoothness 9.9 (torch ?)." in c.intro   # records without versions: the store's
+
+
 def test_html_is_self_contained(smoke):
     html = (smoke[0] / "report" / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 3

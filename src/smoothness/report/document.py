@@ -13,6 +13,7 @@ import pandas as pd
 from smoothness.analysis import flatness, optimality, series, tables
 from smoothness.errors import StoreError
 from smoothness.experiments.storage.store import Store
+from smoothness.experiments.storage.store import versions as store_versions
 from smoothness.measures import registry
 from smoothness.report import figures
 from smoothness.report.format import (
@@ -154,14 +155,23 @@ class ReportContent:
     example_params: dict = field(default_factory=dict)               # their weights: key -> MLPStack
 
 
+def _trained_by(df: pd.DataFrame, meta_versions: dict) -> str:
+    """Which versions trained the models: those their records name (several where a store grew over versions),
+    else the store's."""
+    recorded = [v for v in (df["versions"] if "versions" in df else []) if isinstance(v, dict)] or [meta_versions]
+    seen = dict.fromkeys(f"smoothness {v.get('smoothness', '?')} (torch {v.get('torch', '?')})" for v in recorded)
+    return "its models were trained by " + ", ".join(seen)
+
+
 def compute_content(df: pd.DataFrame, grid: dict, merged: list, versions: dict, path: Path,
                     skipped) -> ReportContent:
     """Every table of the report from a store's frame and metadata (the analyses of analysis.py and verdict.py)."""
     from smoothness.analysis.verdict import verdict
     grids = [g for g in [grid, *merged] if g]
     title = f"smoothness report: {' + '.join(dict.fromkeys(str(g.get('name')) for g in grids)) or path.parent.name}"
+    now = store_versions()
     intro = (f"{len(df)} models in {path}. Generated {time.strftime('%Y-%m-%d %H:%M')} by smoothness "
-             f"{versions.get('smoothness', '?')} (torch {versions.get('torch', '?')}).")
+             f"{now['smoothness']} (torch {now['torch']}); {_trained_by(df, versions)}.")
     if skipped:
         intro += (f" {len(skipped)} more stored row(s) could not be read as models (damaged: an unreadable record "
                   "or an unknown status) and are left out: "
