@@ -506,3 +506,16 @@ def test_the_hidden_axis_crosses_the_mlp_entries_of_the_model_axis_only():
     assert [grid.config_key(c) for c in cs if c.model is not None] == [grid.config_key(c) for c in only_cnn]
     with pytest.raises(ConfigError, match="no mlp entry"):
         grid.parse({"name": "c", "model": "cnn", "hidden": 64, "n_train": 64})
+
+
+@pytest.mark.parametrize("name", ["weights_product", "path_norm"])
+def test_the_mlp_weight_penalties_of_one_output_are_refused_for_a_classification_task(name):
+    from smoothness.measures import inputspace
+    from smoothness.models import MLPStack
+    with pytest.raises(ConfigError, match=f"the {name} regularizer is defined for one output; a task of 3 classes"):
+        grid.parse({"name": "c", "classes": [0, 1, 2], "n_train": 30,
+                    "regularizers": [{"name": name, "lam": 1.0e-3}]})
+    p = MLPStack([torch.randn(2, 4, 5), torch.randn(2, 3, 4)], [torch.zeros(2, 4), torch.zeros(2, 3)])
+    fn = inputspace.weights_products if name == "weights_product" else inputspace.path_norms
+    with pytest.raises(ValueError, match="defined for networks of one output; this one has 3"):
+        fn(p)

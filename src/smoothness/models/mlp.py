@@ -233,11 +233,18 @@ def input_gradient(p: MLPStack, x: torch.Tensor) -> torch.Tensor:
 
 
 # -- the weight measures of eq. 13 (measures.inputspace re-exports them) -------------------------------------------
+def _one_output(p: MLPStack, name: str) -> None:
+    if p.weights[-1].shape[1] != 1:
+        raise ValueError(f"{name} is defined for networks of one output; this one has {p.weights[-1].shape[1]} "
+                         "(the norm_product measure and regularizer take any number)")
+
+
 def weights_products(p: MLPStack) -> torch.Tensor:
     """Eq. 13: WP = sum_i |w2_i| * ||w1_i|| for two-layer ReLU nets. [M]."""
     if p.depth != 1:
         raise ValueError(f"weights_product is defined for two-layer ReLU networks (one hidden layer); "
                          f"this network has {p.depth} hidden layers")
+    _one_output(p, "weights_product")
     return (p.weights[1][:, 0, :].abs() * p.weights[0].norm(dim=2)).sum(1)
 
 
@@ -247,6 +254,7 @@ def path_norms(p: MLPStack) -> torch.Tensor:
     of a unit taken together as their Euclidean norm:
         PN = |w_out|^T |W_L| ... |W_2| (||W_1[i, :]||)_i.
     For one hidden layer this is eq. 13 exactly; for any depth it bounds sup_x ||grad_x f(x)||. [M]."""
+    _one_output(p, "path_norm")
     v = p.weights[0].norm(dim=2)                                 # [M, h_1]
     for w in p.weights[1:]:
         v = torch.bmm(w.abs(), v[..., None])[..., 0]             # [M, h_{l+1}]

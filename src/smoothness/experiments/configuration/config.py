@@ -177,6 +177,9 @@ class RunConfig:
         if self.regularizer in ("weights_product", "path_norm") and self.model is not None:
             raise ConfigError(f"the {self.regularizer} regularizer is of the mlp family; the "
                               f"{self.model['family']} family's weight-norm penalty is norm_product")
+        if self.regularizer in ("weights_product", "path_norm") and self.outputs > 1:
+            raise ConfigError(f"the {self.regularizer} regularizer is defined for one output; a task of "
+                              f"{self.outputs} classes has {self.outputs}: its weight-norm penalty is norm_product")
         if self.regularizer == "weights_product" and len(self.hidden) != 1:
             raise ConfigError("the weights_product regularizer needs one hidden layer")
         if self.regularizer == "none" and self.lam != 0:
