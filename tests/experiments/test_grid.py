@@ -519,3 +519,9 @@ def test_the_mlp_weight_penalties_of_one_output_are_refused_for_a_classification
     fn = inputspace.weights_products if name == "weights_product" else inputspace.path_norms
     with pytest.raises(ValueError, match="defined for networks of one output; this one has 3"):
         fn(p)
+
+
+@pytest.mark.parametrize("classes", [[0.7, 1.2], [True, 2], "01", [0, 1.0]])
+def test_classes_that_are_not_integers_are_refused_not_rounded(classes):
+    with pytest.raises(ConfigError, match="classes: expected 'all' or a list of classes 0..9"):
+        grid.parse({"name": "c", "classes": classes, "n_train": 30})

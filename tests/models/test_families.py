@@ -36,6 +36,20 @@ def test_the_canonical_spec_fills_every_setting_and_the_mlp_is_none():
         models.canonical({"family": "cnn", "channels": 8})
     with pytest.raises(ConfigError, match=r"kernel 99 is wider than the inputs \(28x28\)"):
         models.build(models.canonical({"family": "cnn", "kernel": 99}), None, (1, 28, 28), 1)
+    with pytest.raises(ConfigError, match=r"make 12,233,785,345 parameters per model, more than the limit"):
+        models.build(models.canonical({"family": "cnn", "channels": [4096, 4096], "kernel": 27}), None,
+                     (1, 28, 28), 1)
+    # a wrong type is refused, not rounded: 2.5 channels are not 2, True is not 1
+    for bad in ({"channels": [2.5]}, {"channels": [True]}, {"kernel": True}, {"kernel": 3.0}):
+        with pytest.raises(ConfigError, match="integer"):
+            models.canonical({"family": "cnn", **bad})
+
+
+def test_the_parameter_count_of_a_cnn_is_known_before_it_is_built():
+    from smoothness.models import cnn
+    for channels, kernel in (((3, 4), 3), ((16, 32), 3), ((5,), 5), ((2, 3, 4), 1)):
+        s = cnn.CNNSettings(channels, kernel)
+        assert cnn.n_params(s, (1, 28, 28), 3) == sum(t.numel() for t in cnn.build(s, (1, 28, 28), 3).parameters())
 
 
 def test_a_cnn_stack_evaluates_as_its_modules_and_its_input_gradients_are_the_modules():

@@ -8,6 +8,7 @@ pair. Measures use up to 1,000 held-out points, the first n/k of each class in f
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,9 +26,13 @@ def check_classes(classes) -> tuple[int, ...]:
     if classes == "all":
         return ALL
     try:
-        out = tuple(int(c) for c in classes)
-    except (TypeError, ValueError):
-        raise DataError(f"classes: expected 'all' or a list of classes 0..9, got {classes!r}") from None
+        given = [] if isinstance(classes, (str, bytes)) else list(classes)
+    except TypeError:
+        given = []
+    if not given or not all(isinstance(c, numbers.Integral) and not isinstance(c, bool) for c in given):
+        # 0.7 or True is not a class, though int() would make one
+        raise DataError(f"classes: expected 'all' or a list of classes 0..9, got {classes!r}")
+    out = tuple(int(c) for c in given)
     if len(out) < 2 or len(set(out)) != len(out) or not all(0 <= c <= 9 for c in out) or list(out) != sorted(out):
         raise DataError(f"classes: expected two or more different classes 0..9 in increasing order, got {list(out)}")
     return out

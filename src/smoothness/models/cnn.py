@@ -12,6 +12,7 @@ one model as a module is the nn.Sequential of build().
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 
 import torch
@@ -27,6 +28,12 @@ _INIT_CHUNK = 1 << 22
 
 
 MAX_CHANNELS = 4096   # channels of one block: far above any CNN this family is meant for
+MAX_PARAMS = 50_000_000   # parameters of one model (200 MB in float32): the family is meant for thousands to ~100k
+
+
+def _integer(v) -> bool:
+    """Whether v is an integer (2.5 or True is not one, though int() would make one)."""
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
 @dataclass(frozen=True)
@@ -39,13 +46,15 @@ class CNNSettings:
     def __post_init__(self):
         if not isinstance(self.channels, (list, tuple)):
             raise ValueError(f"channels must be a list of positive integers, one per block, got {self.channels!r}")
+        if not all(_integer(c) for c in self.channels):
+            raise ValueError(f"channels must be positive integers, one per block, got {list(self.channels)}")
         object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
         if not self.channels or any(c < 1 for c in self.channels):
             raise ValueError(f"channels must be one or more positive integers, got {list(self.channels)}")
         if max(self.channels) > MAX_CHANNELS:
             raise ValueError(f"channels: at most {MAX_CHANNELS:,} per block (a larger value is a typo or a network "
                              f"no machine trains here), got {max(self.channels):,}")
-        if int(self.kernel) != self.kernel or self.kernel < 1 or self.kernel % 2 == 0:
+        if not _integer(self.kernel) or self.kernel < 1 or self.kernel % 2 == 0:
             raise ValueError(f"kernel must be an odd integer >= 1, got {self.kernel!r}")
         object.__setattr__(self, "kernel", int(self.kernel))
         if self.pool not in POOLS:
@@ -57,6 +66,10 @@ def build(settings: CNNSettings, input_shape: tuple[int, int, int], outputs: int
     c, h, w = input_shape
     if settings.kernel > min(h, w):
         raise ValueError(f"kernel {settings.kernel} is wider than the inputs ({h}x{w}): choose at most {min(h, w)}")
+    n = n_params(settings, input_shape, outputs)
+    if n > MAX_PARAMS:
+        raise ValueError(f"channels {list(settings.channels)} with kernel {settings.kernel} make {n:,} parameters per "
+                         f"model, more than the limit of {MAX_PARAMS:,} (the family is meant for thousands to ~100k)")
     layers: list[nn.Module] = []
     for out in settings.channels:
         if h < 2 or w < 2:
@@ -66,6 +79,17 @@ def build(settings: CNNSettings, input_shape: tuple[int, int, int], outputs: int
         c, h, w = out, h // 2, w // 2
     layers += [nn.Flatten(), nn.Linear(c * h * w, outputs)]
     return nn.Sequential(*layers)
+
+
+def n_params(settings: CNNSettings, input_shape: tuple[int, int, int], outputs: int) -> int:
+    """The parameters of one model, counted before any is allocated (blocks whose pooling does not fit count
+    up to the first of them; build() refuses those)."""
+    c, h, w = input_shape
+    total = 0
+    for out in settings.channels:
+        total += out * c * settings.kernel ** 2 + out
+        c, h, w = out, max(h // 2, 0), max(w // 2, 0)
+    return total + c * h * w * outputs + outputs
 
 
 def _fans(shape: tuple[int, ...]) -> tuple[int, int]:
