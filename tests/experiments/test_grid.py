@@ -525,3 +525,15 @@ def test_the_mlp_weight_penalties_of_one_output_are_refused_for_a_classification
 def test_classes_that_are_not_integers_are_refused_not_rounded(classes):
     with pytest.raises(ConfigError, match="classes: expected 'all' or a list of classes 0..9"):
         grid.parse({"name": "c", "classes": classes, "n_train": 30})
+
+
+def test_the_dry_runs_rate_times_fewer_steps_where_they_would_take_longer_than_its_budget(monkeypatch):
+    from smoothness import training
+    epochs = []
+    real = training.BatchedTrainer.train
+    monkeypatch.setattr(training.BatchedTrainer, "train",
+                        lambda self, specs, **k: epochs.append(specs[0].max_epochs) or real(self, specs, **k))
+    fam = grid.parse({"name": "c", "model": {"family": "cnn", "channels": [2]}, "n_train": 16}).configs()[0].family()
+    assert bench.step_rate(fam, 8, torch.device("cpu"), steps=240) > 0 and epochs == [1, 20]
+    epochs.clear()
+    assert bench.step_rate(fam, 8, torch.device("cpu"), steps=240, budget=1e-9) > 0 and epochs == [1, 1]

@@ -205,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_args(r)
     r.add_argument("--dry-run", action="store_true", help="validate the grid and print how many models it has "
                    "and how many are stored, and the work left at the epoch caps (on a CPU in hours of one "
-                   "process, from 240 plain steps timed now, and for a family other than the MLP its "
+                   "process, from up to 240 plain steps timed now (about 3 s), and for a family other than the MLP its "
                    "penalties' steps); train nothing")
 
     rep = sub.add_parser("report", help="analyse a results store and write the report (tables, figures, HTML)",

@@ -123,11 +123,13 @@ def measure_seconds(m: int, device, alone: int = 10) -> tuple[float, float]:
 
 
 def step_rate(family, batch_size: int, device, steps: int = 240, loss: str = "mse",
-              regularizer: str = "none", lam: float = 0.0, points: int | None = None) -> float:
+              regularizer: str = "none", lam: float = 0.0, points: int | None = None,
+              budget: float | None = None) -> float:
     """Plain SGD steps per second of one model of this family (a models.Family, or MLP widths) and batch size in
     the batched engine, on random data (N = 12 batches; loss threshold 0, so that it runs every step): the unit of
     work_left's estimate. With a regularizer, the rate of steps with that penalty (lam, points per penalty
-    segment) instead."""
+    segment) instead. With a budget (seconds), fewer steps are timed where the warm-up epoch shows that `steps`
+    would take longer (one epoch at least), so that a large model's estimate does not cost a run's worth of time."""
     n = 12 * batch_size
     gen = torch.Generator().manual_seed(0)
     fam = as_family(family)
@@ -142,15 +144,20 @@ def step_rate(family, batch_size: int, device, steps: int = 240, loss: str = "ms
     def spec(epochs):
         return training.TrainSpec(torch.arange(n), targets, lr=0.01, max_epochs=epochs, threshold=0.0, loss=loss,
                                   regularizer=regularizer, lam=lam, **extra)
+    t0 = time.perf_counter()
     trainer.train([spec(1)])   # warm-up
     sync(device)
+    epochs = max(1, steps // 12)
+    if budget is not None:
+        epochs = max(1, min(epochs, int(budget / max(time.perf_counter() - t0, 1e-9))))
     t0 = time.perf_counter()
-    res = trainer.train([spec(max(1, steps // 12))])
+    res = trainer.train([spec(epochs)])
     sync(device)
     return res[0].steps / (time.perf_counter() - t0 - trainer.admit_seconds)
 
 
-def step_costs(configs, family, batch_size: int, device, plain_rate: float, steps: int = 24) -> dict:
+def step_costs(configs, family, batch_size: int, device, plain_rate: float, steps: int = 24,
+               budget: float | None = None) -> dict:
     """For a family without the MLP's closed forms (whose costs regularizers.TABLE holds, measured): the cost of a
     step with each penalty among `configs`, in plain steps of this family, timed now ({(regularizer, points):
     cost}; `steps` penalized steps each, after a warm-up epoch)."""
@@ -159,7 +166,7 @@ def step_costs(configs, family, batch_size: int, device, plain_rate: float, step
         what = (c.regularizer, c.penalty_points)
         if c.regularizer != "none" and what not in costs:
             rate = step_rate(family, batch_size, device, steps=steps, loss=c.loss, regularizer=c.regularizer,
-                             lam=max(c.lam, 1e-6), points=c.penalty_points)
+                             lam=max(c.lam, 1e-6), points=c.penalty_points, budget=budget)
             costs[what] = plain_rate / rate
     return costs
 

@@ -40,10 +40,14 @@ def _run(g, a) -> Path:
     return out
 
 
+DRY_RUN_SECONDS = 3.0   # about how long the dry run times each kind of step (one epoch at least)
+
+
 def _dry_run(g, a) -> None:
     """`--dry-run`: the grid's size and what its store holds, then the work left at the epoch caps, in plain SGD
-    steps and, on a CPU, in hours of one process at a plain step's rate timed now (240 steps; for a family other
-    than the MLP, each penalty's cost timed too). The options and the data are checked as the run checks them,
+    steps and, on a CPU, in hours of one process at a plain step's rate timed now (240 steps, or fewer for a model
+    whose steps would take more than DRY_RUN_SECONDS; for a family other than the MLP, each penalty's cost timed
+    too). The options and the data are checked as the run checks them,
     with the same errors."""
     out = _out_dir(g, a)
     device, _ = runner.check_options(g, device=a.device, backend=a.backend, retries=a.retries,
@@ -61,11 +65,12 @@ def _dry_run(g, a) -> None:
         from smoothness.cli import bench
         big = max(work, key=lambda cw: cw[1])[0]   # the model with the most work left sets the shape timed
         fam = big.family()
-        rate = bench.step_rate(fam, big.batch_size, device, loss=big.loss)
+        rate = bench.step_rate(fam, big.batch_size, device, loss=big.loss, budget=DRY_RUN_SECONDS)
         shape = (f"{'-'.join(map(str, big.widths))}, batch {big.batch_size}" if fam.closed_form
                  else f"{fam.describe()}, batch {big.batch_size}")
         if not fam.closed_form:   # its penalties' costs, relative to its plain step, differ from the MLP's table
-            costs = bench.step_costs([c for c, _ in work], fam, big.batch_size, device, rate)
+            costs = bench.step_costs([c for c, _ in work], fam, big.batch_size, device, rate,
+                                     budget=DRY_RUN_SECONDS)
             work = runner.retimed(work, costs)
         busy = bench.busy_note(*bench.machine_load())   # a busy machine's rate reads low, its time high
     note = runner.work_note(work, rate, shape, timed=bool(costs))
