@@ -536,4 +536,6 @@ def test_the_dry_runs_rate_times_fewer_steps_where_they_would_take_longer_than_i
     fam = grid.parse({"name": "c", "model": {"family": "cnn", "channels": [2]}, "n_train": 16}).configs()[0].family()
     assert bench.step_rate(fam, 8, torch.device("cpu"), steps=240) > 0 and epochs == [1, 20]
     epochs.clear()
-    assert bench.step_rate(fam, 8, torch.device("cpu"), steps=240, budget=1e-9) > 0 and epochs == [1, 1]
+    assert bench.step_rate(fam, 8, torch.device("cpu"), steps=240, budget=1e-9) > 0 and epochs == [1, 1]   # 2 steps
+    epochs.clear()
+    assert bench.step_rate(fam, 8, torch.device("cpu"), steps=240, budget=1e9) > 0 and epochs == [1, 1, 1, 20]

@@ -128,11 +128,23 @@ def step_rate(family, batch_size: int, device, steps: int = 240, loss: str = "ms
     """Plain SGD steps per second of one model of this family (a models.Family, or MLP widths) and batch size in
     the batched engine, on random data (N = 12 batches; loss threshold 0, so that it runs every step): the unit of
     work_left's estimate. With a regularizer, the rate of steps with that penalty (lam, points per penalty
-    segment) instead. With a budget (seconds), fewer steps are timed where the warm-up epoch shows that `steps`
-    would take longer (one epoch at least), so that a large model's estimate does not cost a run's worth of time."""
-    n = 12 * batch_size
-    gen = torch.Generator().manual_seed(0)
+    segment) instead. With a budget (seconds), two steps are timed first, and they give the rate where `steps`
+    (with their warm-up epoch) would take longer, so that a large model's estimate does not cost minutes."""
     fam = as_family(family)
+    kw = dict(loss=loss, regularizer=regularizer, lam=lam, points=points)
+    if budget is not None:   # two steps first: a model whose 12-step epochs would not fit the budget is timed on them
+        rate = _timed_steps(fam, batch_size, device, 2, 1, **kw)
+        if (12 + max(12, steps)) / rate > budget:
+            return rate
+    return _timed_steps(fam, batch_size, device, 12, max(1, steps // 12), **kw)
+
+
+def _timed_steps(fam, batch_size: int, device, batches: int, epochs: int, loss: str, regularizer: str, lam: float,
+                 points: int | None) -> float:
+    """Steps per second over `epochs` epochs of `batches` steps of one model on random data, after a warm-up
+    epoch."""
+    n = batches * batch_size
+    gen = torch.Generator().manual_seed(0)
     pool = torch.rand(n, fam.input_dim, generator=gen)
     if fam.outputs == 1:
         targets = torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0)
@@ -144,12 +156,8 @@ def step_rate(family, batch_size: int, device, steps: int = 240, loss: str = "ms
     def spec(epochs):
         return training.TrainSpec(torch.arange(n), targets, lr=0.01, max_epochs=epochs, threshold=0.0, loss=loss,
                                   regularizer=regularizer, lam=lam, **extra)
-    t0 = time.perf_counter()
     trainer.train([spec(1)])   # warm-up
     sync(device)
-    epochs = max(1, steps // 12)
-    if budget is not None:
-        epochs = max(1, min(epochs, int(budget / max(time.perf_counter() - t0, 1e-9))))
     t0 = time.perf_counter()
     res = trainer.train([spec(epochs)])
     sync(device)

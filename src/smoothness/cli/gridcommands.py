@@ -40,13 +40,13 @@ def _run(g, a) -> Path:
     return out
 
 
-DRY_RUN_SECONDS = 3.0   # about how long the dry run times each kind of step (one epoch at least)
+DRY_RUN_SECONDS = 3.0   # how long the dry run may time each kind of step (beyond two steps)
 
 
 def _dry_run(g, a) -> None:
     """`--dry-run`: the grid's size and what its store holds, then the work left at the epoch caps, in plain SGD
-    steps and, on a CPU, in hours of one process at a plain step's rate timed now (240 steps, or fewer for a model
-    whose steps would take more than DRY_RUN_SECONDS; for a family other than the MLP, each penalty's cost timed
+    steps and, on a CPU, in hours of one process at a plain step's rate timed now (240 steps, or two for a model
+    whose 240 would take more than DRY_RUN_SECONDS; for a family other than the MLP, each penalty's cost timed
     too). The options and the data are checked as the run checks them,
     with the same errors."""
     out = _out_dir(g, a)

@@ -193,6 +193,11 @@ def retimed(work: list[tuple[RunConfig, float]], costs: dict) -> list[tuple[RunC
             for c, w in work]
 
 
+def _rate(rate: float) -> str:
+    """A rate in steps/s as read: whole numbers from 10 on, two significant digits below."""
+    return f"{rate:,.0f}" if rate >= 10 else f"{rate:.2g}"
+
+
 def work_note(work: list[tuple[RunConfig, float]], rate: float | None = None, shape: str = "",
               timed: bool = False) -> str:
     """One line on work_left's total, and with a measured rate (plain steps per second of one model of `shape`),
@@ -207,7 +212,8 @@ def work_note(work: list[tuple[RunConfig, float]], rate: float | None = None, sh
     if rate:
         sec = steps / rate
         took = f"{sec / 3600:,.1f} h" if sec >= 3600 else f"{sec / 60:.0f} min" if sec >= 60 else f"{sec:.0f} s"
-        line += f"; at the {rate:,.0f} plain steps/s of one {shape} model measured now, at most {took} for one process"
+        line += (f"; at the {_rate(rate)} plain steps/s of one {shape} model measured now, at most {took} for one "
+                 "process")
     return line + "; a model stops sooner when it reaches the loss threshold"
 
 
