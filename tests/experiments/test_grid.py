@@ -539,3 +539,27 @@ def test_the_dry_runs_rate_times_fewer_steps_where_they_would_take_longer_than_i
     assert bench.step_rate(fam, 8, torch.device("cpu"), steps=240, budget=1e-9) > 0 and epochs == [1, 1]   # 2 steps
     epochs.clear()
     assert bench.step_rate(fam, 8, torch.device("cpu"), steps=240, budget=1e9) > 0 and epochs == [1, 1, 1, 20]
+
+
+def test_progress_lines_name_the_settings_that_vary_within_the_run_and_the_frame_gives_a_cnn_no_hidden(tmp_path):
+    import io
+
+    from smoothness.experiments.running.progress import GridProgress, varying
+    from smoothness.experiments.storage import records
+    g = grid.parse({"name": "v", "hidden": [[16], [8, 8]], "model": ["mlp", {"family": "cnn", "channels": [2]}],
+                    "n_train": 16, "regularizers": [{"name": "none"}, {"name": "gradient_norm", "lam": 1e-3,
+                                                                        "lr": 0.05}]})
+    cs = g.configs()
+    assert varying(cs) == ("model", "hidden", "lr") and varying(cs[:1]) == ()
+    stream = io.StringIO()
+    bar = GridProgress(len(cs), True, stream, every=0.0, fields=varying(cs))
+    recs = [{**{f: getattr(c, f) for f in ("data", "classes", "n_train", "seed", "regularizer", "lam", "model", "lr")},
+             "hidden": list(c.hidden), "pair": list(c.pair), "status": "converged", "epochs": 3} for c in cs]
+    for r in recs:
+        bar.model_done(r)
+    lines = stream.getvalue().splitlines()
+    assert sum("mnist5k 3/8 mlp hidden=16 lr=0.01 N=16" in x for x in lines) == 1
+    assert sum("mnist5k 3/8 mlp hidden=8-8 lr=0.05 N=16" in x and "gradient_norm" in x for x in lines) == 1
+    assert sum("mnist5k 3/8 cnn 2 3 max lr=0.01 N=16" in x for x in lines) == 1   # no hidden for a CNN
+    df = records.frame(recs)
+    assert sorted(df["hidden"]) == ["", "", "16", "16", "8-8", "8-8"]

@@ -8,6 +8,32 @@ import time
 
 from smoothness.data import lines
 from smoothness.experiments.storage import snapshots
+from smoothness.experiments.storage.records import model_label
+
+# the settings beside the task, size, seed and lambda that a progress line names where they vary within the run
+VARYING = ("model", "hidden", "loss", "optimizer", "rho", "lr", "alpha", "batch_size", "max_epochs", "threshold",
+           "penalty_points", "train_seed")
+
+
+def varying(configs) -> tuple[str, ...]:
+    """The fields of VARYING that take more than one value among these RunConfigs (a progress line names them)."""
+    return tuple(f for f in VARYING if len({repr(getattr(c, f, None)) for c in configs}) > 1)
+
+
+def settings_words(rec: dict, fields) -> str:
+    """A model's values of these fields, as a progress line shows them: ' cnn 8-16 3 max hidden=256 lr=0.05'."""
+    words = []
+    for f in fields:
+        v = rec.get(f)
+        if f == "model":
+            words.append(model_label(v))
+        elif f == "hidden":
+            if isinstance(rec.get("model"), dict):
+                continue   # another family's widths are its settings, not the MLP's hidden
+            words.append("hidden=" + "-".join(map(str, v)) if isinstance(v, (list, tuple)) else f"hidden={v}")
+        else:
+            words.append(f"{f}={v:g}" if isinstance(v, float) else f"{f}={v}")
+    return "".join(" " + w for w in words)
 
 
 def hms(sec: float) -> str:
@@ -52,8 +78,9 @@ class GridProgress:
     """Models done/total, models running, ETA: a tqdm bar on a terminal, otherwise one line per model."""
 
     def __init__(self, total: int, enabled: bool = True, stream=None, *, every: float = HEARTBEAT,
-                 in_training=None):
+                 in_training=None, fields: tuple[str, ...] = ()):
         self.total, self.done, self.t0 = total, 0, time.perf_counter()
+        self.fields = fields   # settings a line names besides task, N, seed and lambda (varying())
         self.stream = stream or sys.stderr
         self.enabled = enabled and total > 0
         self.bar = None
@@ -102,7 +129,7 @@ class GridProgress:
         lam = f" {rec['regularizer']} lam={rec['lam']:g}" if rec["regularizer"] != "none" else ""
         classes = rec.get("classes")   # a classification task is stored with a stand-in pair: name its classes
         pair = f" classes {','.join(map(str, classes))}" if classes else lines.pair_label(rec["data"], rec["pair"])
-        print(f"[{self.done}/{self.total}] {rec['data']}{pair} N={rec['n_train']} "
+        print(f"[{self.done}/{self.total}] {rec['data']}{pair}{settings_words(rec, self.fields)} N={rec['n_train']} "
               f"seed={rec['seed']}{lam}: {rec['status']} after {rec['epochs']} epochs; {self.label} {self.running}; "
               f"elapsed {hms(el)}, ETA {hms(eta)}", file=self.stream, flush=True)
 

@@ -14,7 +14,7 @@ from smoothness.experiments.configuration.config import RunConfig
 from smoothness.experiments.configuration.grid import Grid, config_key
 from smoothness.experiments.running import pipeline
 from smoothness.experiments.running.distributed import CONNECT_TIMEOUT, DEFAULT_RETRIES, expected_steps
-from smoothness.experiments.running.progress import HEARTBEAT, GridProgress, counted, hms, snapshot_note
+from smoothness.experiments.running.progress import HEARTBEAT, GridProgress, counted, hms, snapshot_note, varying
 from smoothness.experiments.storage import snapshots
 from smoothness.experiments.storage.claim import claim_store, other_grid, other_note, owner_alive
 from smoothness.experiments.storage.opening import check_writable, store_path
@@ -295,7 +295,7 @@ def _run_grid(grid: Grid, out: Path, configs, keys, t0, *, device, data_dir, pro
         claim_store(store, grid, merge)
         store.set_meta("versions", versions())
         bar = GridProgress(len(todo), progress, stream, every=snaps.every or HEARTBEAT,
-                           in_training=lambda: snapshot_note(snaps, keys))
+                           in_training=lambda: snapshot_note(snaps, keys), fields=varying(configs))
         stack.callback(bar.close)
         by_key = dict(zip(keys, configs))
         ray = _RayBackend(stack, summary, address, ray_cpus, chunk_size, ray_timeout, dict(

@@ -1,7 +1,7 @@
 """Stored records as a table: one pandas DataFrame row per model, with the config fields added after the first
-stored models filled with the default of their time, and lists shown in a few words (pair 'a/b', hidden '64-64',
-classes '0-1-2', the model family 'cnn 8-16 3 max'), and the columns renamed since under their names now
-(current)."""
+stored models filled with the default of their time, and lists shown in a few words (pair 'a/b', hidden '64-64'
+and empty for a family other than the MLP, classes '0-1-2', the model family 'cnn 8-16 3 max'), and the columns
+renamed since under their names now (current)."""
 from __future__ import annotations
 
 from smoothness.experiments.configuration.config import ADDED_FIELDS
@@ -33,6 +33,7 @@ def frame(recs: list[dict]):
                 df[c] = pd.Series([v] * len(df), index=df.index, dtype=object) if isinstance(v, tuple) else v
             elif v is not None:
                 df[c] = df[c].map(lambda x, v=v: v if _missing(x) else x)
+        other = df["model"].map(lambda m: isinstance(m, dict)) if "model" in df else None
         if "model" in df:   # the family and its settings in a few words ('mlp' for the paper's nets)
             df["model"] = df["model"].map(model_label)
         if "classes" in df:
@@ -42,6 +43,8 @@ def frame(recs: list[dict]):
             df["pair"] = df["pair"].map(lambda p: f"{p[0]}/{p[1]}" if isinstance(p, list) else p)
         if "hidden" in df:
             df["hidden"] = df["hidden"].map(lambda h: "-".join(map(str, h)) if isinstance(h, list) else h)
+            if other is not None and other.any():   # the MLP's widths: another family's row has none
+                df.loc[other, "hidden"] = ""
         for c in df.columns:  # measures stored as null (non-finite) come back as None
             if df[c].dtype == object and c not in ("pair", "hidden", "data", "status", "regularizer", "optimizer",
                                                    "device", "key", "versions", "matmul_precision", "model",
