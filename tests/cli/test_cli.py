@@ -160,6 +160,18 @@ def test_bench_of_the_cnn_family_prints_the_three_programs_for_each_m():
     assert all(x[1] == "2" and float(x[2]) > 0 for x in rows) and float(rows[0][3]) == 1.0
     r = run_cli("bench", "--family", "cnn", "--steps", "1")
     assert r.returncode == 2 and "--steps" in r.stderr
+    r = run_cli("bench", "--family", "cnn", "--steps", "100000000")
+    assert r.returncode == 2 and "expected 2 to 100,000 steps per model, got 100,000,000" in r.stderr
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--family", "cnn", "--grid", "smoke", "--regularizers", "2"], "--grid, --regularizers do not apply to --family cnn"),
+    (["--steps", "5"], "--steps does not apply to the MLP's bench"),
+    (["--regularizers", "1", "--models", "3"], "--models does not apply to --regularizers"),
+])
+def test_a_bench_option_the_measurement_would_ignore_is_refused(args, words):
+    r = run_cli("bench", "--device", "cpu", *args)
+    assert r.returncode == 2 and words in r.stderr and "Traceback" not in r.stderr
 
 
 TINY = ["--hidden", "8", "--n-train", "16", "--max-epochs", "3", "--segments", "5", "--points", "5",

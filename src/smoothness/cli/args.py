@@ -238,12 +238,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--family", choices=("mlp", "cnn"), default="mlp", help="mlp: the paper's 784-256-1 net against "
                    "a one-model loop (default); cnn: M small CNNs as one stacked program against a loop of modules "
                    "and torch.func's vmap ensembling recipe (docs/performance.md)")
-    b.add_argument("--penalty", choices=("none", "gradient_norm"), default="none", help="with --family cnn: train "
+    b.add_argument("--penalty", choices=("none", "gradient_norm"), default=None, help="with --family cnn: train "
                    "plain SGD (default) or with the gradient-norm penalty, lam 1e-4")
-    b.add_argument("--steps", type=int, default=40, help="with --family cnn: SGD steps per model (default: 40)")
+    b.add_argument("--steps", type=int, default=None, help="with --family cnn: SGD steps per model (default: 40, at "
+                   "most 100,000)")
     b.add_argument("--budget", type=int, default=None, help="model-steps per measurement; steps per model are "
                    "budget / M, at most 400 (default: 8000 on CPU, 200000 on CUDA)")
-    b.add_argument("--grid", default="smoke", help="grid to time end to end, a preset or YAML file; 'none' "
+    b.add_argument("--grid", default=None, help="grid to time end to end, a preset or YAML file; 'none' "
                    "to skip (default: smoke)")
     b.add_argument("--measure", type=int, default=None, metavar="M", help="also time measuring M models with "
                    "the paper's estimators, batched, and one at a time (default: 0 on CPU, 1080 on CUDA)")

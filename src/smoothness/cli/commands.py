@@ -156,6 +156,23 @@ def cmd_data(a) -> int:
     return 0
 
 
+def _bench_options_apply(a) -> None:
+    """Refuse a bench option that the chosen measurement would ignore (one line), instead of ignoring it."""
+    given = {"--grid": a.grid is not None, "--measure": a.measure is not None, "--budget": a.budget is not None,
+             "--tf32": a.tf32, "--regularizers": a.regularizers is not None, "--steps": a.steps is not None,
+             "--penalty": a.penalty is not None, "--models": a.models is not None}
+    if a.family == "cnn":
+        mode, applies = "--family cnn", {"--steps", "--penalty", "--models"}
+    elif a.regularizers is not None:
+        mode, applies = "--regularizers", {"--regularizers"}
+    else:
+        mode, applies = "the MLP's bench", {"--grid", "--measure", "--budget", "--tf32", "--models"}
+    ignored = [k for k, v in given.items() if v and k not in applies]
+    if ignored:
+        raise SmoothnessError(f"{', '.join(ignored)} {'does' if len(ignored) == 1 else 'do'} not apply to {mode} "
+                              "(smoothness bench --help says which options each measurement takes)")
+
+
 def cmd_bench(a) -> int:
     """`smoothness bench`: the batched engine's model-steps/s against a one-model loop."""
     from smoothness.cli import bench
@@ -168,12 +185,14 @@ def cmd_bench(a) -> int:
         raise SmoothnessError(f"--models: expected positive integers, got {spec!r}")
     if max(models) > 4096:
         raise SmoothnessError(f"--models: at most 4096 models per measurement, got {max(models)}")
+    _bench_options_apply(a)
     dev = pipeline.resolve_device(a.device)
     if a.family == "cnn":
         from smoothness.cli import benchfamily
-        if a.steps < 2:
-            raise SmoothnessError(f"--steps: expected at least 2 steps per model, got {a.steps}")
-        benchfamily.run(models, dev, a.steps, penalty=a.penalty == "gradient_norm",
+        steps = 40 if a.steps is None else a.steps
+        if not 2 <= steps <= 100_000:
+            raise SmoothnessError(f"--steps: expected 2 to 100,000 steps per model, got {steps:,}")
+        benchfamily.run(models, dev, steps, penalty=a.penalty == "gradient_norm",
                         out=lambda s: print(s, flush=True))
         return 0
     if a.regularizers is not None:
@@ -187,7 +206,8 @@ def cmd_bench(a) -> int:
         raise SmoothnessError(f"--measure: expected a non-negative number of models, got {measure}")
     if a.tf32:
         pipeline.check_matmul_precision({"tf32"}, dev)
-    bench.run(models, dev, budget, None if a.grid == "none" else a.grid, out=lambda s: print(s, flush=True),
+    grid_ = a.grid or "smoke"
+    bench.run(models, dev, budget, None if grid_ == "none" else grid_, out=lambda s: print(s, flush=True),
               measure=measure, tf32=a.tf32)
     return 0
 
