@@ -27,6 +27,12 @@ def test_the_data_must_support_a_reading():
     assert verdict.read_r(0.95, 5, 1e-3, ladder_short=False)[0] == "not"
     assert verdict.read_r(0.4, 5, 1e-3, ladder_short=True)[0] == "reducible"      # reduced already: enough to say so
     assert verdict.read_r(0.4, 5, None, ladder_short=False)[0] is None            # no lambda converged
+    assert "start the ladder lower" in verdict.read_r(0.4, 5, None, False, baselines=3)[1]
+    assert "no unregularized model reached the loss threshold either" in verdict.read_r(0.4, 5, None, False,
+                                                                                        baselines=0)[1]
+    # a classification task is one dataset per seed: the missing l_S is still the reason given
+    assert "needs the measure's lower bound l_S" in verdict.read_r(float("nan"), 1, 1e-4, False, unreg=1.3,
+                                                                     lower=float("nan"))[1]
     assert verdict.read_r(0.9, 1, 1e-3, False)[1] == "too little data for r_norm (1 pair; need 2)"
     kind, why = verdict.read_r(float("nan"), 2, 1e-4, False, unreg=1.3, lower=float("nan"))   # FPL, K outputs
     assert kind is None and "lower bound l_S" in why and "too little data" not in why
@@ -106,3 +112,11 @@ def test_a_std_at_rounding_level_is_shown_as_zero():
     from smoothness.report import format
     assert format._pm(1.0, 1.1e-16) == "1 ± 0"            # taus that are all 1 up to the last bit
     assert format._pm(0.452, 0.27) == "0.452 ± 0.27" and format._pm(0.5, float("nan")) == "0.5"
+
+
+def test_table2_says_why_no_lambda_was_chosen():
+    from types import SimpleNamespace
+
+    from smoothness.report import format as fmt
+    assert "start the ladder lower" in fmt._lam_cell(SimpleNamespace(lam=None, baselines_converged=2))
+    assert "nor did any unregularized model" in fmt._lam_cell(SimpleNamespace(lam=None, baselines_converged=0))

@@ -288,6 +288,7 @@ def table2(df: pd.DataFrame, ratios: pd.DataFrame | None = None, lambdas: dict |
                     "regularizer": reg, "measure": SHORT[m], "rule": "edge" if lambdas is None else "fixed",
                     "lam": lam, "lam_above": r["lam_above"], "ladder_short": r["ladder_short"],
                     "converged_at_lam": int(r["converged"].get(lam, 0)) if lam is not None else 0,
+                    "baselines_converged": int(r["converged"].get(0.0, 0)),
                     "models_at_lam": at_n,
                     "unreg_mean": unreg, "reg_mean": regm, "lower_bound": lower,
                     "r_norm_mean": rr["r"].mean() if len(rr) else np.nan,

@@ -46,14 +46,22 @@ def read_tau(tau, datasets: int, sizes: int) -> tuple[str | None, str]:
     return "partly", "partly monotone in N"
 
 
-def read_r(r, datasets: int, lam, ladder_short: bool, unreg=None, lower=0.0) -> tuple[str | None, str]:
+NO_BASELINE = "no unregularized model reached the loss threshold either (raise the epoch cap or change the rate)"
+NO_LAMBDA = "no λ > 0 reached the loss threshold (start the ladder lower)"
+
+
+def read_r(r, datasets: int, lam, ladder_short: bool, unreg=None, lower=0.0,
+           baselines: int | None = None) -> tuple[str | None, str]:
     """(reducible / not / partly / None when the data cannot tell, the reason or the reading in words).
-    unreg, lower: mu_unreg and l_S of eq. 16; r_norm means nothing when mu_unreg hardly exceeds l_S."""
+    unreg, lower: mu_unreg and l_S of eq. 16; r_norm means nothing when mu_unreg hardly exceeds l_S. baselines:
+    how many lambda = 0 models converged (none: the ladder is not the cause of a missing lambda)."""
     if not _ok(lam):
-        return None, "no λ > 0 reached the loss threshold (start the ladder lower)"
-    if not _ok(r) and datasets >= MIN_DATASETS:
+        return None, NO_BASELINE if baselines == 0 else NO_LAMBDA
+    if not _ok(r) and not _ok(lower):   # the cause whatever the number of datasets
         return None, ("r_norm is undefined: eq. 16 needs the measure's lower bound l_S, which this task has not "
-                      "(FPL with several outputs)" if not _ok(lower) else "r_norm could not be computed")
+                      "(FPL with several outputs)")
+    if not _ok(r) and datasets >= MIN_DATASETS:
+        return None, "r_norm could not be computed"
     if not _ok(r) or datasets < MIN_DATASETS:
         return None, f"too little data for r_norm ({counted(datasets, 'pair')}; need {MIN_DATASETS})"
     if _ok(unreg) and _ok(lower) and lower > 0 and (unreg - lower) < MIN_GAP * abs(unreg):
@@ -122,8 +130,8 @@ def verdict(t1: pd.DataFrame, t2: pd.DataFrame) -> pd.DataFrame:
             tau_kind, tau_words = (read_tau(a.tau_mean, int(a.datasets), int(a.n_sizes)) if a is not None
                                    else (None, "no Table 1 runs"))
             r_kind, r_words = (read_r(b.r_norm_mean, int(b.datasets), b.lam, bool(b.ladder_short),
-                                      b.get("unreg_mean"), b.get("lower_bound", 0.0)) if b is not None
-                               else (None, "no Table 2 runs"))
+                                      b.get("unreg_mean"), b.get("lower_bound", 0.0), b.get("baselines_converged"))
+                               if b is not None else (None, "no Table 2 runs"))
             notes = [tau_words, r_words]
             if a is not None and int(a.n_max) < PAPER_N_MAX:
                 notes.append(f"N ≤ {int(a.n_max)} (the paper's N reaches {PAPER_N_MAX})")

@@ -70,6 +70,8 @@ def table1_tables(t1: pd.DataFrame) -> list[Table]:
 def _lam_cell(c) -> str:
     """The chosen lambda with where the edge lies: below the next lambda tried, or above the ladder."""
     if c.lam is None or pd.isna(c.lam):
+        if getattr(c, "baselines_converged", None) == 0:
+            return "none (nor did any unregularized model reach the threshold: raise the epoch cap or change the rate)"
         return "none (no λ > 0 reached the threshold: start the ladder lower)"
     if getattr(c, "ladder_short", False):
         return f"{fmt(c.lam)} (top of the ladder: the edge lies higher)"
