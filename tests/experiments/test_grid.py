@@ -563,3 +563,10 @@ def test_progress_lines_name_the_settings_that_vary_within_the_run_and_the_frame
     assert sum("mnist5k 3/8 cnn 2 3 max lr=0.01 N=16" in x for x in lines) == 1   # no hidden for a CNN
     df = records.frame(recs)
     assert sorted(df["hidden"]) == ["", "", "16", "16", "8-8", "8-8"]
+
+
+def test_a_cnn_setting_at_the_top_of_a_grid_says_where_it_belongs():
+    with pytest.raises(ConfigError, match=r"a setting of the cnn family: write model: \{family: cnn, channels: \.\.\.\}"):
+        grid.parse({"name": "c", "channels": [8], "n_train": 16})
+    with pytest.raises(ConfigError, match="did you mean 'hidden'"):
+        grid.parse({"name": "c", "hiden": [8], "n_train": 16})

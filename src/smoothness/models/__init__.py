@@ -1,7 +1,15 @@
 """Models as stacks of M independent models of one family (the form in which they train as one batched program),
 and the families themselves: the paper's ReLU MLPs (mlp; closed forms), a small CNN (cnn) and any nn.Module a
 function builds (factory); the losses they train on (losses)."""
-from smoothness.models.families import FAMILIES, build, canonical, name_of, shapes_of, stack_from_state
+from smoothness.models.families import (
+    FAMILIES,
+    build,
+    canonical,
+    family_of_setting,
+    name_of,
+    shapes_of,
+    stack_from_state,
+)
 from smoothness.models.family import Family, Flattened, ModuleFamily
 from smoothness.models.mlp import (
     DEFAULT_ALPHA,
@@ -28,7 +36,8 @@ from smoothness.models.mlp import (
 from smoothness.models.stack import ParamStack, cat_stacks
 
 __all__ = ["DEFAULT_ALPHA", "DEFAULT_WIDTHS", "FAMILIES", "Family", "Flattened", "MLPFamily", "MLPStack",
-           "ModuleFamily", "ParamStack", "ReLUMLP", "build", "canonical", "cat_stacks", "family_of", "forward",
+           "ModuleFamily", "ParamStack", "ReLUMLP", "build", "canonical", "cat_stacks", "family_of",
+           "family_of_setting", "forward",
            "dataset_mse", "init_mlp", "init_scale_bound", "input_gradient", "mlp", "mse", "mse_scale", "name_of",
            "parameter_grads",
            "path_norms", "residuals", "sgd_update_", "shapes_of", "stack_from_state", "two_layer_relu",

@@ -75,6 +75,14 @@ def canonical(spec) -> dict | None:
     return {"family": name, **plain(asdict(s))}
 
 
+def family_of_setting(name: str) -> str | None:
+    """The built-in family (other than the MLP and a factory) that has a setting of this name, if any."""
+    for family, (_, settings) in FAMILIES.items():
+        if family not in (DEFAULT, "factory") and name in {f.name for f in fields(settings)}:
+            return family
+    return None
+
+
 def build(spec: dict | None, hidden, input_shape, outputs: int = 1) -> Family:
     """The Family of a canonical spec (None: the MLP with these hidden widths) for inputs of input_shape and K
     outputs."""

@@ -9,7 +9,7 @@ import re
 from smoothness.data import images
 from smoothness.errors import ConfigError
 from smoothness.experiments.configuration.staging import MODES as LADDER_MODES
-from smoothness.models import canonical, losses
+from smoothness.models import canonical, family_of_setting, losses
 from smoothness.runtime import precision, rng
 from smoothness.training import optimizers, regularizers
 
@@ -17,11 +17,15 @@ REGULARIZER_KEYS = {"name", "lam", "lr", "alpha", "max_epochs", "n_train", "seed
 
 
 def unknown_keys(keys, known, where):
-    """A ConfigError naming the first key of `keys` not in `known`, with the closest known one."""
+    """A ConfigError naming the first key of `keys` not in `known`, with the closest known one, or the model
+    family whose setting it is."""
     for k in keys:
         if k not in known:
             close = difflib.get_close_matches(str(k), sorted(known), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
+            family = family_of_setting(str(k)) if "model" in known else None
+            if family:
+                hint = f" (a setting of the {family} family: write model: {{family: {family}, {k}: ...}})"
             raise ConfigError(f"{where}: unknown key {k!r}{hint}; known keys: {', '.join(sorted(known))}")
 
 
