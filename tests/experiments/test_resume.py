@@ -114,7 +114,7 @@ def test_a_grid_killed_part_way_goes_on_from_its_snapshots_and_ends_as_an_uninte
     left = {p.name for p in (out / snapshots_mod.FOLDER).iterdir()}
     assert left and all(n.endswith(".pt") for n in left)
     line = runner.dry_run(g, out)
-    assert f"{len(left)} to go on from a snapshot (epoch" in line and line.count("to go on") == 1, line
+    assert f"to train, {len(left)} of them from a snapshot (epoch" in line and line.count("snapshot") == 1, line
     # the work left counts a snapshotted model from its snapshot's epoch, every other model from its first
     full = {config_key(c): distributed.expected_steps(c) for c in g.configs()}
     epochs = snapshots_mod.SnapshotDir(out / snapshots_mod.FOLDER).epochs(list(full))

@@ -226,14 +226,14 @@ def dry_run(grid: Grid, out: Path, merge: bool = False) -> str:
     left = total - stored - skipped
     skip = f", {skipped} above a lambda ladder's edge not to be trained" if skipped else ""
     snap = snapshot_note(snapshots.SnapshotDir(Path(out) / snapshots.FOLDER), [config_key(c) for c in grid.configs()],
-                         "to go on from a snapshot")
-    skip += f", {snap}" if snap else ""
+                         "of them from a snapshot")   # models to train that go on from their snapshot
+    snap = f", {snap}" if snap else ""
     staged = (" at most (lambda rungs above a ladder's edge will not be trained)"
               if grid.ladder == "staged" and staging.has_ladder(grid.regularizers) and left else "")
     pairs = (f"classes {', '.join(map(str, grid.classes))}" if grid.classes
              else counted(len(grid.all_pairs()), "pair"))
     return (f"grid {grid.name}: {counted(total, 'model')} ({pairs}, sizes {grid.sizes()}, seeds "
-            f"{grid.seeds}); {stored} stored in {out}{skip}, {left} to train{staged}{note}")
+            f"{grid.seeds}); {stored} stored in {out}{skip}, {left} to train{staged}{snap}{note}")
 
 
 def interrupted_note(grid: Grid, out: Path) -> str:
