@@ -153,3 +153,16 @@ def test_bad_input_gets_one_line(files, args, message):
     r = cli(*args, cwd=d)
     assert r.returncode != 0 and message in r.stderr, r.stderr
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_one_point_has_no_standard_error_and_is_one_point():
+    import math
+
+    from smoothness.cli import checkpoint
+    from smoothness.measures import model as measures_model
+    from smoothness.measures.estimate import Estimate
+    v = Estimate(0.5, float("nan"), 1)
+    assert measures_model.error_of("gradient_norm", v) == "standard error over 1 point"
+    assert checkpoint.error_cell("gradient_norm", v) == "no standard error (over 1 point: one sample has no spread)"
+    assert not math.isnan(Estimate(0.5, 0.1, 2).se) and "± 0.1 se over 2 points" == checkpoint.error_cell(
+        "gradient_norm", Estimate(0.5, 0.1, 2))

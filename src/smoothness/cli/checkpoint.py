@@ -257,6 +257,8 @@ def error_cell(key: str, v) -> str:
     if isinstance(v, curvature.Eigenvalue) and not math.isnan(v.residual) and not math.isnan(float(v)):
         return f"± {v.bound:.2g} Lanczos bound (residual {v.residual:.2g}, {v.n} steps)"
     if words.startswith("standard error"):
+        if math.isnan(v.se):   # one sample: no spread to estimate the error from
+            return f"no standard error ({words.removeprefix('standard error ')}: one sample has no spread)"
         return f"± {v.se:.3g} {words.replace('standard error', 'se')}"
     return words
 
@@ -312,7 +314,7 @@ def measure(a) -> int:
     if a.json:
         print(json.dumps(console.json_safe(rec), allow_nan=False), flush=True)
     else:
-        print(f"{what}: {rec['points']} points of shape {tuple(x.shape[1:])}")
+        print(f"{what}: {rec['points']} point{'' if rec['points'] == 1 else 's'} of shape {tuple(x.shape[1:])}")
         for key, words in (("output", "output measured"), ("lipschitz_output", "Lipschitz bracket of"),
                            ("loss", "loss")):
             if key in got.about:

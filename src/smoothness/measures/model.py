@@ -128,7 +128,7 @@ def error_of(key: str, v) -> str:
     if exact_or_missing(v):
         return "exact"
     samples = m.samples if m is not None else "Lanczos runs" if key == "density_trace" else "points"
-    return f"standard error over {v.n:,} {samples}"
+    return f"standard error over {v.n:,} {samples if v.n != 1 else samples.removesuffix('s')}"
 
 
 # value key -> the measure (choice) giving it
