@@ -21,7 +21,8 @@ def varying(configs) -> tuple[str, ...]:
 
 
 def settings_words(rec: dict, fields) -> str:
-    """A model's values of these fields, as a progress line shows them: ' cnn 8-16 3 max hidden=256 lr=0.05'."""
+    """A model's values of these fields, as a progress line shows them: ' mlp hidden=16 lr=0.05' (a family other
+    than the MLP has no hidden widths: ' cnn 8-16 3 max lr=0.05')."""
     words = []
     for f in fields:
         v = rec.get(f)
