@@ -166,3 +166,10 @@ def test_one_point_has_no_standard_error_and_is_one_point():
     assert checkpoint.error_cell("gradient_norm", v) == "no standard error (over 1 point: one sample has no spread)"
     assert not math.isnan(Estimate(0.5, 0.1, 2).se) and "± 0.1 se over 2 points" == checkpoint.error_cell(
         "gradient_norm", Estimate(0.5, 0.1, 2))
+
+
+def test_a_bound_at_one_point_says_point():
+    from smoothness.measures import model as measures_model
+    from smoothness.measures.estimate import Estimate
+    assert measures_model.error_of("lipschitz_lower", Estimate(2.0, 0.0, 1)).endswith("at 1 point)")
+    assert measures_model.error_of("lipschitz_lower", Estimate(2.0, 0.0, 1_000)).endswith("at 1,000 points)")

@@ -124,7 +124,7 @@ def error_of(key: str, v) -> str:
         return f"Lanczos error bound {v.bound:.2g} (residual {v.residual:.2g}, {v.n} steps)"
     m = registry.BY_KEY.get(key)
     if m is not None and m.bound:
-        return m.bound.format(n=v.n)
+        return m.bound.format(n=v.n, points="point" if v.n == 1 else "points")
     if exact_or_missing(v):
         return "exact"
     samples = m.samples if m is not None else "Lanczos runs" if key == "density_trace" else "points"
