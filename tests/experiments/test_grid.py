@@ -348,10 +348,10 @@ def test_fields_added_after_the_first_release_are_one_table_that_keeps_old_keys(
     for k in ADDED_FIELDS:   # at its default the field is not in the key; set, it is
         other = {"sharpness_iters": 5, "trace_probes": 3, "optimizer": "adam", "matmul_precision": "tf32-emulated",
                  "rho": 0.1, "penalty_points": 100, "train_seed": 7, "model": "cnn", "loss": "cross_entropy",
-                 "classes": (0, 1, 2)}[k]
+                 "classes": (0, 1, 2, 3)}[k]
         changed = ({k: other, "optimizer": "sam"} if k == "rho" else
                    {k: other, "regularizer": "function_path_length", "lam": 1e-4} if k == "penalty_points" else
-                   {k: other, "classes": (0, 1, 2)} if k == "loss" else
+                   {k: other, "classes": (0, 1, 2, 3)} if k == "loss" else
                    {k: other})
         assert config_key(replace(c, **changed)) != config_key(replace(c, **{**changed, k: defaults[k]})), k
     assert grid.config_key is config_key
@@ -437,10 +437,10 @@ def test_a_classification_grid_is_the_same_grid_as_its_stored_definition():
 
     from smoothness.experiments.configuration import griddiff
     for classes in ("all", [0, 1, 2]):
-        g = grid.parse({"classes": classes, "n_train": [20], "loss": "cross_entropy"}, name="c")
+        g = grid.parse({"classes": classes, "n_train": [30], "loss": "cross_entropy"}, name="c")
         stored = json.loads(json.dumps(g.to_dict()))
         assert griddiff.differences(stored, g) == []
-        assert griddiff.differences(stored, grid.parse({"classes": [0, 1], "n_train": [20]}, name="c")) \
+        assert griddiff.differences(stored, grid.parse({"classes": [0, 1], "n_train": [30]}, name="c")) \
             == ["classes", "loss"]
     assert grid.parse({"classes": [], "n_train": [20]}, name="p").classes == ()
     for bad in (False, 0, "", "none"):
@@ -468,12 +468,13 @@ def test_a_regularizer_entry_without_a_positive_lambda_is_refused():
     assert grid.parse({"n_train": [16], "regularizers": ["none"]}, name="t").configs()
 
 
-def test_the_data_check_refuses_a_classification_size_that_does_not_split_by_class(tmp_path):
-    """Every size is checked, not only the largest: a run must not stop partway at N = 25 of ten classes."""
-    from smoothness.errors import DataError
-    g = grid.parse({"data": "mnist5k", "classes": "all", "n_train": [20, 25, 40]}, name="c")
-    with pytest.raises(DataError, match="multiple of the 10 classes"):
-        runner.check_data(g)
+def test_a_classification_size_that_does_not_split_by_class_is_refused_with_the_grid(tmp_path):
+    """Every size is checked when the grid is read, not only the largest: a run must not stop partway at N = 25 of
+    ten classes, and the line names the grid and the size."""
+    with pytest.raises(ConfigError, match=r"grid 'c': n_train 25: .* must be a multiple of 10"):
+        grid.parse({"data": "mnist5k", "classes": "all", "n_train": [20, 25, 40]}, name="c")
+    with pytest.raises(ConfigError, match="n_train 9: .* multiple of 2"):
+        grid.parse({"data": "mnist5k", "classes": [3, 8], "n_train": [9]}, name="c")
     runner.check_data(grid.parse({"data": "mnist5k", "classes": "all", "n_train": [20, 30, 40]}, name="c"))
 
 

@@ -135,6 +135,10 @@ class RunConfig:
                 raise ConfigError(f"classes: a 1-D task ({self.data}) is a regression on the line, not a "
                                   "classification")
             self.classes = classes.check_classes(self.classes)
+            k = len(self.classes)
+            if isinstance(self.n_train, int) and self.n_train % k:
+                raise ConfigError(f"n_train {self.n_train:,}: a task of {k} classes trains on n_train/{k} images of "
+                                  f"each class, so n_train must be a multiple of {k}")
             self.pair = DEFAULT_PAIR   # the classes define the task; the pair is not used
         else:
             self.classes = ()
