@@ -120,3 +120,14 @@ def test_table2_says_why_no_lambda_was_chosen():
     from smoothness.report import format as fmt
     assert "start the ladder lower" in fmt._lam_cell(SimpleNamespace(lam=None, baselines_converged=2))
     assert "nor did any unregularized model" in fmt._lam_cell(SimpleNamespace(lam=None, baselines_converged=0))
+
+
+def test_a_task_of_classes_names_its_loss_either_way_and_a_binary_task_only_a_loss_other_than_the_papers():
+    from smoothness.analysis import tables
+    row = {"data": "mnist5k", "model": "mlp", "hidden": "256", "classes": "", "loss": "mse"}
+    assert tables.task_label(row) == "mnist5k, hidden 256"
+    assert tables.task_label({**row, "loss": "cross_entropy"}) == "mnist5k, hidden 256, cross_entropy"
+    ten = {**row, "classes": "all"}
+    assert tables.task_label(ten) == "mnist5k classes all, hidden 256, mse (one-hot targets)"
+    assert tables.task_label({**ten, "loss": "cross_entropy"}) == "mnist5k classes all, hidden 256, cross_entropy"
+    assert tables.task_label({**ten, "loss": float("nan")}) == tables.task_label(ten)

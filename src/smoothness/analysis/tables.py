@@ -62,7 +62,10 @@ def _task_parts(row) -> tuple[str, str, str]:
     model = row.get("model", "mlp")
     arch = f"hidden {row['hidden']}" if model in ("mlp", None) or pd.isna(model) else model
     task = f" classes {row['classes']}" if row.get("classes") else ""
-    loss = "" if row.get("loss", "mse") in ("mse", None) else f", {row['loss']}"
+    name = row.get("loss", "mse")
+    name = "mse" if name is None or (isinstance(name, float) and pd.isna(name)) else name
+    # the paper's loss of a binary task goes unnamed; a task of classes names either loss
+    loss = "" if name == "mse" and not task else ", mse (one-hot targets)" if name == "mse" else f", {name}"
     return task, arch, loss
 
 
