@@ -201,7 +201,8 @@ def test_sparse_complex_and_boolean_data_are_refused(layout):
 
 @pytest.mark.parametrize("targets, loss, words", [
     (torch.randn(10), None, r"mse loss \(the default for these targets and outputs\) compares each point's 3"),
-    (torch.randint(0, 3, (10,)), "mse", r"mse loss compares each point's 3 output\(s\)"),
+    (torch.randint(0, 2, (10, 2)), "mse", r"mse loss compares each point's 3 output\(s\)"),
+    (torch.arange(10) % 3 + 1, "mse", r"labels from 1 to 3, .* of the mse loss \(against one-hot targets\)"),
     (torch.arange(10) % 3 + 5, None, "class labels from 5 to 7, but the model has 3 outputs"),
     (torch.arange(10) % 3 - 5, "cross_entropy", "class labels from -5 to -3"),
     (torch.rand(10, 2), "cross_entropy", r"class probabilities \[n, 3\]"),
@@ -358,9 +359,16 @@ def test_bad_data_is_one_line_before_any_measure(ck, capsys, monkeypatch, inputs
 
 
 def test_mse_with_several_outputs_is_one_line(ck, capsys, monkeypatch):
-    code, out, err = _main(capsys, monkeypatch, ck, "w.pt", "--factory", "hardnet:build", "--inputs", "ok.npz",
+    code, out, err = _main(capsys, monkeypatch, ck, "w.pt", "--factory", "hardnet:build", "--inputs", "floaty.npz",
                            "--loss", "mse", *FAST)
-    _one_line(code, out, err, "mse loss compares each point's 3 output(s)")
+    _one_line(code, out, err, "mse loss compares each point's 3 output(s)", "or integer class labels [n]")
+
+
+def test_mse_with_integer_labels_of_several_outputs_is_measured_against_one_hot_targets(ck, capsys, monkeypatch):
+    code, out, err = _main(capsys, monkeypatch, ck, "w.pt", "--factory", "hardnet:build", "--inputs", "ok.npz",
+                           "--loss", "mse", "--measures", "loss,hessian_trace", *FAST)
+    assert code == 0 and "Traceback" not in err, err
+    assert "mse" in out and "nan" not in out.lower(), out
 
 
 @pytest.mark.parametrize("measures_, inputs, words", [

@@ -232,3 +232,19 @@ def test_dense_forms_refuse_absurd_sizes_before_any_work(classifier, monkeypatch
     with pytest.raises(ValueError, match="51 parameters"):
         curvature.exact_diagonal(op)
     assert not calls
+
+
+def test_mse_on_integer_labels_of_k_outputs_is_the_mse_against_one_hot_targets_as_a_grid_trains(classifier):
+    """A grid's `loss: mse` of classes trains on sum_k (f_k - [k = y])^2; measured with loss='mse' and the same
+    integer labels, the curvature is that loss's, equal to the dense Hessian against the one-hot float targets."""
+    from smoothness.errors import MeasureError
+    model, x, y, _ = classifier
+    m64 = copy.deepcopy(model).double()
+    onehot = F.one_hot(y, 3).double()
+    want = dense_matrices(model, x, onehot, "mse")["hessian"]
+    torch.testing.assert_close(curvature.operator("hessian", m64, x.double(), y, "mse").dense(), want,
+                               rtol=1e-9, atol=1e-12)
+    with pytest.raises(MeasureError, match="labels from 0 to 3, but the model has 3 outputs"):
+        curvature.operator("hessian", m64, x.double(), torch.where(y == 2, 3, y), "mse").dense()
+    with pytest.raises(MeasureError, match=r"give y \[n, 3\], or integer class labels \[n\]"):
+        curvature.operator("hessian", m64, x.double(), torch.randn(40, 2, dtype=torch.float64), "mse").dense()

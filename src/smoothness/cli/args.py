@@ -165,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "or margin (top two); default: all (Frobenius norms of the Jacobian; the margin for the "
                    "Lipschitz bracket)")
     m.add_argument("--loss", choices=sorted(losses.LOSSES), default=None, help="the loss of the curvature "
-                   "measures (default: cross_entropy for integer targets and K > 1 outputs, else mse)")
+                   "measures (default: cross_entropy for integer targets and K > 1 outputs, else mse; mse with integer "
+                   "labels of K outputs compares with one-hot targets)")
     m.add_argument("--probes", type=int, default=None,
                    help=f"Hutchinson probes of the Hessian trace (default: {curvature.DEFAULT_PROBES} for a "
                    "checkpoint; for a `train --save` file 0, not computed)")

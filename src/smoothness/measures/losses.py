@@ -1,7 +1,8 @@
 """The losses of the curvature measures: 'mse' (eq. 2 of Volhejn & Lampert) and 'cross_entropy' by name, or any
 callable loss(outputs, targets) -> scalar batch mean; the default for given outputs and targets; and the check
-that the targets fit a named loss (as many targets per point as outputs for the mse; labels 0 to K - 1, or
-probabilities [n, K], for the cross-entropy), which the curvature measures make on every batch."""
+that the targets fit a named loss (as many targets per point as outputs, or labels 0 to K - 1 read as
+one-hot targets, for the mse; labels 0 to K - 1, or probabilities [n, K], for the cross-entropy), which the
+curvature measures make on every batch."""
 from __future__ import annotations
 
 import math
@@ -16,9 +17,17 @@ __all__ = ["LOSSES", "check_targets", "describe", "resolve_loss"]
 
 def _mse(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Eq. 2: mean over the points of (f(x) - y)^2 (summed over outputs when there are several; each point's
-    outputs and targets are compared in order, so [n] and [n, 1] are alike)."""
+    outputs and targets are compared in order, so [n] and [n, 1] are alike). Integer class labels y [n] of K > 1
+    outputs are read as one-hot targets, sum_k (f_k(x) - [k = y])^2, as a grid's `loss: mse` of classes trains."""
     n = out.shape[0]
+    if _labels_of_outputs(y, tuple(out.shape[1:])):
+        y = F.one_hot(y.long(), out.shape[1])
     return (out.reshape(n, -1) - y.to(out.dtype).reshape(n, -1)).square().sum(1).mean()
+
+
+def _labels_of_outputs(y: torch.Tensor, row: tuple[int, ...]) -> bool:
+    """Whether y holds one integer class label per point for outputs [n, K] of K > 1 classes (row: (K,))."""
+    return len(row) == 1 and row[0] > 1 and not y.is_floating_point() and not y.is_complex() and y.dim() == 1
 
 
 LOSSES = {"mse": _mse, "cross_entropy": F.cross_entropy}
@@ -54,11 +63,14 @@ def check_targets(loss, row: tuple[int, ...], y: torch.Tensor, chosen: bool = Fa
     why = " (the default for these targets and outputs)" if chosen else ""
     k = math.prod(row)
     if loss is _mse:
+        if _labels_of_outputs(y, tuple(row)):
+            _check_labels(y, k, "the mse loss (against one-hot targets)")
+            return
         per = math.prod(y.shape[1:])
         if per != k:
             raise MeasureError(f"the mse loss{why} compares each point's {k} output(s) with as many targets, but y "
                                f"has shape {tuple(y.shape)}: give y [n" + (f", {k}]" if k > 1 else "]")
-                               + (", or integer class labels for the cross-entropy" if k > 1 else "")
+                               + (", or integer class labels [n]" if len(row) == 1 and k > 1 else "")
                                + ", or pick one output of the model")
     elif loss is F.cross_entropy:
         if not row:
@@ -73,8 +85,13 @@ def check_targets(loss, row: tuple[int, ...], y: torch.Tensor, chosen: bool = Fa
             if tuple(y.shape[1:]) != row[1:]:
                 raise MeasureError(f"the cross-entropy{why} needs one class label per point ([n]); y has shape "
                                    f"{tuple(y.shape)}")
-            if y.numel():
-                lo, hi = int(y.min()), int(y.max())
-                if lo < 0 or hi >= row[0]:
-                    raise MeasureError(f"y holds class labels from {lo} to {hi}, but the model has {row[0]} outputs: "
-                                       f"the labels of the cross-entropy{why} are 0 to {row[0] - 1}")
+            _check_labels(y, row[0], f"the cross-entropy{why}")
+
+
+def _check_labels(y: torch.Tensor, k: int, of: str) -> None:
+    """A MeasureError when the integer labels y are not 0 to k - 1 (the labels of `of`)."""
+    if y.numel():
+        lo, hi = int(y.min()), int(y.max())
+        if lo < 0 or hi >= k:
+            raise MeasureError(f"y holds class labels from {lo} to {hi}, but the model has {k} outputs: the labels "
+                               f"of {of} are 0 to {k - 1}")

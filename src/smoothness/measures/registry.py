@@ -94,7 +94,7 @@ class Measure:
     targets: bool = False       # needs targets y (the loss's curvature): skipped without them
     default: bool = True        # measured by measure_model unless the measures are named
     samples: str = "points"     # what its standard error is over, in words
-    bound: str | None = None    # what it is where it is a bound, in words ({n}: its points, {points}: "point" or "points")
+    bound: str | None = None    # what it is where it is a bound, in words ({n}: its points; {points}: the noun)
 
 
 def _sharpness(c: Context) -> dict[str, torch.Tensor]:
