@@ -8,7 +8,6 @@ pair. Measures use up to 1,000 held-out points, the first n/k of each class in f
 """
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +16,7 @@ import torch
 from smoothness.data import images
 from smoothness.errors import DataError
 from smoothness.runtime import rng
+from smoothness.runtime.values import is_integer
 
 ALL = tuple(range(10))
 
@@ -29,7 +29,7 @@ def check_classes(classes) -> tuple[int, ...]:
         given = [] if isinstance(classes, (str, bytes)) else list(classes)
     except TypeError:
         given = []
-    if not given or not all(isinstance(c, numbers.Integral) and not isinstance(c, bool) for c in given):
+    if not given or not all(is_integer(c) for c in given):
         # 0.7 or True is not a class, though int() would make one
         raise DataError(f"classes: expected 'all' or a list of classes 0..9, got {classes!r}")
     out = tuple(int(c) for c in given)

@@ -23,6 +23,7 @@ from torch import nn
 
 from smoothness.errors import MeasureError
 from smoothness.measures import checks
+from smoothness.runtime.values import is_integer
 
 MODE_DEPENDENT = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
 
@@ -75,8 +76,7 @@ def check_mode(f) -> None:
 
 def check_output(output) -> None:
     """output is None, a non-negative int, or 'margin'."""
-    if output is None or output == "margin" or (isinstance(output, int) and not isinstance(output, bool)
-                                                and output >= 0):
+    if output is None or output == "margin" or (is_integer(output) and output >= 0):
         return
     raise MeasureError(f"output must be None (all outputs), an output index >= 0 or 'margin', got {output!r}")
 

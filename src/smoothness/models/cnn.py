@@ -12,7 +12,6 @@ one model as a module is the nn.Sequential of build().
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass, field
 
 import torch
@@ -22,6 +21,7 @@ from smoothness.models import convstack
 from smoothness.models.family import ModuleFamily
 from smoothness.models.stack import ParamStack
 from smoothness.runtime import rng
+from smoothness.runtime.values import is_integer
 
 POOLS = ("max", "avg")
 _INIT_CHUNK = 1 << 22
@@ -29,11 +29,6 @@ _INIT_CHUNK = 1 << 22
 
 MAX_CHANNELS = 4096   # channels of one block: far above any CNN this family is meant for
 MAX_PARAMS = 50_000_000   # parameters of one model (200 MB in float32): the family is meant for thousands to ~100k
-
-
-def _integer(v) -> bool:
-    """Whether v is an integer (2.5 or True is not one, though int() would make one)."""
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
 @dataclass(frozen=True)
@@ -46,7 +41,7 @@ class CNNSettings:
     def __post_init__(self):
         if not isinstance(self.channels, (list, tuple)):
             raise ValueError(f"channels must be a list of positive integers, one per block, got {self.channels!r}")
-        if not all(_integer(c) for c in self.channels):
+        if not all(is_integer(c) for c in self.channels):
             raise ValueError(f"channels must be positive integers, one per block, got {list(self.channels)}")
         object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
         if not self.channels or any(c < 1 for c in self.channels):
@@ -54,7 +49,7 @@ class CNNSettings:
         if max(self.channels) > MAX_CHANNELS:
             raise ValueError(f"channels: at most {MAX_CHANNELS:,} per block (a larger value is a typo or a network "
                              f"no machine trains here), got {max(self.channels):,}")
-        if not _integer(self.kernel) or self.kernel < 1 or self.kernel % 2 == 0:
+        if not is_integer(self.kernel) or self.kernel < 1 or self.kernel % 2 == 0:
             raise ValueError(f"kernel must be an odd integer >= 1, got {self.kernel!r}")
         object.__setattr__(self, "kernel", int(self.kernel))
         if self.pool not in POOLS:

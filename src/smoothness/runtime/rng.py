@@ -11,9 +11,9 @@ split so that no product overflows.
 """
 from __future__ import annotations
 
-import numbers
-
 import torch
+
+from smoothness.runtime.values import is_integer
 
 MASK32 = 0xFFFFFFFF
 SEED_LIMIT = 1 << 32   # a seed is one 32-bit word of the hash: 0 <= seed < 2**32 (larger ones would wrap)
@@ -42,7 +42,7 @@ def check_seed(seed, what: str = "seed") -> int:
 
     hash_words keeps only the low 32 bits of each word, so seeds outside this range would silently
     give the numbers of another seed (2**32 those of 0, -1 those of 2**32 - 1)."""
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < SEED_LIMIT:
+    if not is_integer(seed) or not 0 <= seed < SEED_LIMIT:
         from smoothness.errors import ConfigError
         raise ConfigError(f"{what}: expected an integer 0 <= seed < 2**32 (4294967296), got {seed!r}")
     return int(seed)

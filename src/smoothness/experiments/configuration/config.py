@@ -18,6 +18,7 @@ from smoothness.data import classes, images, lines
 from smoothness.errors import ConfigError, DataError
 from smoothness.models import families, losses
 from smoothness.runtime import precision, rng
+from smoothness.runtime.values import is_integer
 from smoothness.training import optimizers, regularizers
 
 DEFAULT_PAIR = (3, 8)   # a binary task's default pair (ours; the paper uses all 45)
@@ -169,9 +170,9 @@ class RunConfig:
             self.threshold = losses.default_threshold(self.loss)
         if self.optimizer == "gd":
             self.batch_size = self.n_train   # full-batch gradient descent: one step per epoch
-        if isinstance(self.penalty_points, bool) or not isinstance(self.penalty_points, int) \
-                or self.penalty_points < 2:
+        if not is_integer(self.penalty_points) or self.penalty_points < 2:
             raise ConfigError(f"invalid penalty_points: {self.penalty_points!r} (must be an integer >= 2)")
+        self.penalty_points = int(self.penalty_points)   # a NumPy integer, as a plain int for the key
         if self.regularizer not in regularizers.PATH_LENGTH and self.penalty_points != paper.PENALTY_POINTS:
             raise ConfigError(f"penalty_points {self.penalty_points} is the points per segment of a path-length "
                               f"penalty: it needs regularizer function_path_length or gradient_path_length, "

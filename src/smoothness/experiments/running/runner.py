@@ -20,6 +20,7 @@ from smoothness.experiments.storage.claim import claim_store, other_grid, other_
 from smoothness.experiments.storage.opening import check_writable, store_path
 from smoothness.experiments.storage.store import Store, versions, warn
 from smoothness.experiments.storage.storefile import model_count
+from smoothness.runtime.values import is_integer
 
 
 @dataclass
@@ -89,7 +90,7 @@ def check_options(grid: Grid, *, device=None, backend: str = "local", retries: i
     for the local backend, a name for Ray's workers to resolve; measure batch)."""
     if backend not in ("local", "ray"):
         raise ConfigError(f"unknown backend {backend!r}; use local or ray")
-    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+    if not is_integer(retries) or retries < 0:
         raise ConfigError(f"--retries must be 0 or more (times a chunk is resubmitted), got {retries!r}")
     if chunk_size is not None and chunk_size < 1:
         raise ConfigError(f"--chunk-size must be at least 1, got {chunk_size}")

@@ -14,6 +14,7 @@ import torch
 from smoothness.data import images
 from smoothness.errors import ConfigError, DataError, SmoothnessError, first_line
 from smoothness.models import MLPStack
+from smoothness.runtime.values import is_integer
 
 SAVE_FORMAT = "smoothness-models/1"
 _REQUIRED = {"data": str, "pair": list, "n_train": int, "seed": int, "hidden": list}
@@ -146,7 +147,7 @@ def _typed(v, t) -> bool:
     if t is float:
         return isinstance(v, (int, float))
     if t is list:
-        return isinstance(v, (list, tuple)) and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
+        return isinstance(v, (list, tuple)) and all(is_integer(x) for x in v)
     return isinstance(v, t)
 
 
