@@ -46,8 +46,9 @@ def read_tau(tau, datasets: int, sizes: int) -> tuple[str | None, str]:
     return "partly", "partly monotone in N"
 
 
-NO_BASELINE = "no unregularized model reached the loss threshold either (raise the epoch cap or change the rate)"
-NO_LAMBDA = "no λ > 0 reached the loss threshold (start the ladder lower)"
+# why a ladder has no edge, in the verdict and in Table 2's λ cell (report.format)
+NO_BASELINE = "no unregularized model reached the loss threshold either: raise the epoch cap or change the rate"
+NO_LAMBDA = "no λ > 0 reached the loss threshold: start the ladder lower"
 
 
 def read_r(r, datasets: int, lam, ladder_short: bool, unreg=None, lower=0.0,

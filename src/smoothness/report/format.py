@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from smoothness.analysis import flatness, optimality, series, tables
+from smoothness.analysis import flatness, optimality, series, tables, verdict
 from smoothness.experiments.running.progress import counted
 from smoothness.measures import registry
 
@@ -70,9 +70,7 @@ def table1_tables(t1: pd.DataFrame) -> list[Table]:
 def _lam_cell(c) -> str:
     """The chosen lambda with where the edge lies: below the next lambda tried, or above the ladder."""
     if c.lam is None or pd.isna(c.lam):
-        if getattr(c, "baselines_converged", None) == 0:
-            return "none (nor did any unregularized model reach the threshold: raise the epoch cap or change the rate)"
-        return "none (no λ > 0 reached the threshold: start the ladder lower)"
+        return f"none ({verdict.NO_BASELINE if getattr(c, 'baselines_converged', None) == 0 else verdict.NO_LAMBDA})"
     if getattr(c, "ladder_short", False):
         return f"{fmt(c.lam)} (top of the ladder: the edge lies higher)"
     above = getattr(c, "lam_above", None)
@@ -118,7 +116,6 @@ def table2_tables(t2: pd.DataFrame) -> list[Table]:
 def verdict_tables(v: pd.DataFrame) -> list[Table]:
     """The answer first: per task (data, architecture, loss), one row per measure with tau, r_norm, our reading and
     the paper's."""
-    from smoothness.analysis import verdict
     out = []
     for task, g in v.groupby("task", sort=False):
         def tau(r):
