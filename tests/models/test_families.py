@@ -288,6 +288,23 @@ def test_a_grid_of_cnns_and_a_classification_runs_into_a_store_with_every_measur
     assert rec["model"] == "mlp" and df["model"].tolist() == ["cnn 2-3 3 max"] * 2
 
 
+def test_a_classification_grid_trained_with_mse_measures_its_curvature_against_the_one_hot_targets(tmp_path):
+    """The labels of a task of classes are stored as floats; the curvature measures read them as the mse's one-hot
+    targets, so the Hessian's trace and sharpness of such a grid are numbers, and the loss they see is the training
+    loss."""
+    from smoothness.experiments.configuration import grid
+    from smoothness.experiments.running import runner
+    from smoothness.experiments.storage.store import Store
+    c = grid.parse({"name": "classes", "data": "mnist5k", "classes": [0, 1, 2], "n_train": [12], "seeds": 0,
+                    "hidden": 8, "alpha": 1.0, "lr": 0.05, "loss": "mse", "max_epochs": 3,
+                    "measure": {"measure_points": 20, "segments": 5, "points_per_segment": 4,
+                                "sharpness_iters": 3, "trace_probes": 2}})
+    runner.run_grid(c, tmp_path / "c", progress=False)
+    with Store(tmp_path / "c" / Store.FILENAME) as st:
+        rec = st.frame().iloc[0]
+    assert rec["loss"] == "mse" and rec["sharpness"] > 0 and math.isfinite(rec["hessian_trace"]), rec.to_dict()
+
+
 def pairs(items):
     assert isinstance(items, list) and all(isinstance(x, list) for x in items), items
     return nn.Sequential(nn.Flatten(), nn.Linear(784, sum(v for _, v in items)), nn.ReLU(),
