@@ -130,4 +130,7 @@ def test_a_task_of_classes_names_its_loss_either_way_and_a_binary_task_only_a_lo
     ten = {**row, "classes": "all"}
     assert tables.task_label(ten) == "mnist5k classes all, hidden 256, mse (one-hot targets)"
     assert tables.task_label({**ten, "loss": "cross_entropy"}) == "mnist5k classes all, hidden 256, cross_entropy"
-    assert tables.task_label({**ten, "loss": float("nan")}) == tables.task_label(ten)
+    assert tables.task_label({**ten, "loss": float("nan")}) == tables.task_label({**ten, "loss": pd.NA}) \
+        == tables.task_label(ten)
+    assert tables.task_label({**row, "classes": float("nan")}) == tables.task_label({**row, "classes": None}) \
+        == "mnist5k, hidden 256"

@@ -248,3 +248,12 @@ def test_mse_on_integer_labels_of_k_outputs_is_the_mse_against_one_hot_targets_a
         curvature.operator("hessian", m64, x.double(), torch.where(y == 2, 3, y), "mse").dense()
     with pytest.raises(MeasureError, match=r"give y \[n, 3\], or integer class labels \[n\]"):
         curvature.operator("hessian", m64, x.double(), torch.randn(40, 2, dtype=torch.float64), "mse").dense()
+
+
+def test_the_mse_given_as_a_callable_never_broadcasts_targets_that_do_not_fit():
+    from smoothness.errors import MeasureError
+    model = nn.Linear(4, 3)
+    x, y = torch.randn(10, 4), torch.randn(10)
+    with pytest.raises(MeasureError, match="compares each point's 3 output"):
+        curvature.LOSSES["mse"](model(x), y)
+    torch.testing.assert_close(curvature.LOSSES["mse"](model(x), torch.zeros(10, 3)), model(x).square().sum(1).mean())

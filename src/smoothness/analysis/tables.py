@@ -61,9 +61,9 @@ def _task_parts(row) -> tuple[str, str, str]:
     """The words of a setting's task (classes), architecture (family or hidden widths) and loss."""
     model = row.get("model", "mlp")
     arch = f"hidden {row['hidden']}" if model in ("mlp", None) or pd.isna(model) else model
-    task = f" classes {row['classes']}" if row.get("classes") else ""
-    name = row.get("loss", "mse")
-    name = "mse" if name is None or (isinstance(name, float) and pd.isna(name)) else name
+    classes, name = row.get("classes"), row.get("loss")
+    task = f" classes {classes}" if isinstance(classes, str) and classes else ""   # NaN, None, '': a binary task
+    name = name if isinstance(name, str) and name else "mse"                       # NaN, None, pd.NA: the default
     # the paper's loss of a binary task goes unnamed; a task of classes names either loss
     loss = "" if name == "mse" and not task else ", mse (one-hot targets)" if name == "mse" else f", {name}"
     return task, arch, loss

@@ -22,6 +22,8 @@ def _mse(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     n = out.shape[0]
     if _labels_of_outputs(y, tuple(out.shape[1:])):
         y = F.one_hot(y.long(), out.shape[1])
+    if y.numel() != out.numel():   # the callable given as such, past check_targets: never broadcast
+        check_targets(_mse, tuple(out.shape[1:]), y)
     return (out.reshape(n, -1) - y.to(out.dtype).reshape(n, -1)).square().sum(1).mean()
 
 

@@ -107,6 +107,9 @@ class RunConfig:
                                "not computed", group="extra", option="one", limit=100_000)
 
     def __post_init__(self):
+        for f in fields(self):   # a NumPy integer as the int it is (the key is JSON; f"{v:,}" words it)
+            if is_integer(v := getattr(self, f.name)):
+                setattr(self, f.name, int(v))
         self._check_data()
         self._check_model()
         self._check_optimizer()
@@ -137,7 +140,7 @@ class RunConfig:
                                   "classification")
             self.classes = classes.check_classes(self.classes)
             k = len(self.classes)
-            if isinstance(self.n_train, int) and self.n_train % k:
+            if is_integer(self.n_train) and (self.n_train < k or self.n_train % k):
                 raise ConfigError(f"n_train {self.n_train:,}: a task of {k} classes trains on n_train/{k} images of "
                                   f"each class, so n_train must be a multiple of {k}")
             self.pair = DEFAULT_PAIR   # the classes define the task; the pair is not used
@@ -172,7 +175,6 @@ class RunConfig:
             self.batch_size = self.n_train   # full-batch gradient descent: one step per epoch
         if not is_integer(self.penalty_points) or self.penalty_points < 2:
             raise ConfigError(f"invalid penalty_points: {self.penalty_points!r} (must be an integer >= 2)")
-        self.penalty_points = int(self.penalty_points)   # a NumPy integer, as a plain int for the key
         if self.regularizer not in regularizers.PATH_LENGTH and self.penalty_points != paper.PENALTY_POINTS:
             raise ConfigError(f"penalty_points {self.penalty_points} is the points per segment of a path-length "
                               f"penalty: it needs regularizer function_path_length or gradient_path_length, "
