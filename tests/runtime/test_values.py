@@ -26,3 +26,11 @@ def test_numpy_integers_in_any_setting_key_as_plain_ints_and_classes_sizes_are_c
     assert all(type(v) is int for v in (a.n_train, a.batch_size, a.max_epochs))
     with pytest.raises(ConfigError, match="multiple of 3"):
         RunConfig(classes=(0, 1, 2), n_train=np.int64(25))
+
+
+def test_a_grid_built_in_python_takes_numpy_integers_as_yaml_ints():
+    from smoothness.experiments.configuration import grid
+    a = grid.parse({"name": "t", "n_train": [np.int64(16)], "pairs": [[np.int64(3), np.int64(8)]],
+                    "hidden": np.int64(8)})
+    b = grid.parse({"name": "t", "n_train": [16], "pairs": [[3, 8]], "hidden": 8})
+    assert [grid.config_key(c) for c in a.configs()] == [grid.config_key(c) for c in b.configs()]

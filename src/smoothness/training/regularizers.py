@@ -19,6 +19,7 @@ import torch
 from smoothness import paper
 from smoothness.measures import registry
 from smoothness.models import MLPStack, family_of, forward, losses, mse_scale, parameter_grads, residuals
+from smoothness.runtime.values import is_integer
 from smoothness.training import penalties
 from smoothness.training.penalties import PenaltyGrads
 
@@ -88,7 +89,7 @@ def check(regularizer: str) -> str:
 
 def check_points(points: int) -> int:
     """points per segment of a path-length penalty if it is an integer >= 2; a ValueError otherwise."""
-    if isinstance(points, bool) or int(points) != points or points < 2:
+    if not is_integer(points) or points < 2:
         raise ValueError(f"points per segment of a path-length penalty must be an integer >= 2, got {points!r}")
     return int(points)
 

@@ -11,6 +11,7 @@ from smoothness.errors import ConfigError
 from smoothness.experiments.configuration.staging import MODES as LADDER_MODES
 from smoothness.models import canonical, family_of_setting, losses
 from smoothness.runtime import precision, rng
+from smoothness.runtime.values import is_integer
 from smoothness.training import optimizers, regularizers
 
 REGULARIZER_KEYS = {"name", "lam", "lr", "alpha", "max_epochs", "n_train", "seeds", "pairs", "penalty_points"}
@@ -43,7 +44,7 @@ def number(v, kind, key, *, positive=False, nonneg=False, allow_none=False):
             v = float(v)
         except ValueError:
             pass
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and (kind is float or isinstance(v, int))
+    ok = is_integer(v) or (kind is float and isinstance(v, float))
     if not ok:
         want = "an integer" if kind is int else "a number"
         raise ConfigError(f"key {key!r}: expected {want}, got {v!r}")
@@ -111,23 +112,23 @@ def pair_list(v):
         return list(images.ALL_PAIRS)
     if not isinstance(v, list) or not v:
         raise ConfigError(f"key 'pairs': expected 'all' or a list of digit pairs such as [[3, 8]], got {v!r}")
-    if len(v) == 2 and all(isinstance(d, int) for d in v):
+    if len(v) == 2 and all(is_integer(d) for d in v):
         v = [v]
     out = []
     for p in v:
-        if not (isinstance(p, (list, tuple)) and len(p) == 2 and all(isinstance(d, int) for d in p)):
+        if not (isinstance(p, (list, tuple)) and len(p) == 2 and all(is_integer(d) for d in p)):
             raise ConfigError(f"key 'pairs': each pair must be two digits such as [3, 8], got {p!r}")
         try:
             images.check_pair(*p)
         except Exception as e:
             raise ConfigError(f"key 'pairs': {e}") from None
-        out.append(tuple(p))
+        out.append(tuple(int(d) for d in p))
     return out
 
 
 def hidden_list(v):
     """The hidden axis: one width list, or a list of them."""
-    if isinstance(v, int) and not isinstance(v, bool):
+    if is_integer(v):
         v = [v]
     if not isinstance(v, list) or not v:
         raise ConfigError(f"key 'hidden': expected a width, a list of widths or a list of such lists, got {v!r}")
