@@ -14,8 +14,8 @@ import math
 
 import pandas as pd
 
-from smoothness.experiments.running.progress import counted
 from smoothness.measures import registry
+from smoothness.runtime.values import counted
 
 TAU_MONOTONE = 0.8      # tau >= this: S grows (nearly) monotonically with N
 TAU_NOT_MONOTONE = 0.5  # tau <= this: S is far from monotone in N

@@ -17,6 +17,7 @@ from torch import nn
 from smoothness import training
 from smoothness.data import images
 from smoothness.runtime import precision
+from smoothness.runtime.values import counted
 from smoothness.training.trainer import as_family
 
 
@@ -184,8 +185,8 @@ def busy_note(load: float, cores: int) -> str:
     the rate is then low and the time it gives high; '' on a machine with a core to spare."""
     if load <= cores - 0.5:
         return ""
-    return (f"the machine was busy when the rate was timed (load {load:.1f} on {cores} "
-            f"core{'' if cores == 1 else 's'}): on an idle machine the rate is higher and the time shorter")
+    return (f"the machine was busy when the rate was timed (load {load:.1f} on {counted(cores, 'core')}): on an "
+            "idle machine the rate is higher and the time shorter")
 
 
 def machine_load() -> tuple[float, int]:

@@ -26,6 +26,7 @@ from smoothness.measures import model as measures_model
 from smoothness.models.family import failure, load_callable
 from smoothness.report import figures
 from smoothness.runtime import devices, rng
+from smoothness.runtime.values import counted
 
 
 def _exists(path: str) -> Path:
@@ -314,7 +315,7 @@ def measure(a) -> int:
     if a.json:
         print(json.dumps(console.json_safe(rec), allow_nan=False), flush=True)
     else:
-        print(f"{what}: {rec['points']} point{'' if rec['points'] == 1 else 's'} of shape {tuple(x.shape[1:])}")
+        print(f"{what}: {counted(rec['points'], 'point')} of shape {tuple(x.shape[1:])}")
         for key, words in (("output", "output measured"), ("lipschitz_output", "Lipschitz bracket of"),
                            ("loss", "loss")):
             if key in got.about:

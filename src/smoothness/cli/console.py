@@ -8,8 +8,8 @@ import os
 import sys
 
 from smoothness.data import lines
-from smoothness.experiments.running.progress import counted
 from smoothness.measures import oned, registry
+from smoothness.runtime.values import counted
 
 MEASURE_KEYS = registry.keys(paper=True)
 

@@ -20,6 +20,7 @@ import torch
 from smoothness.errors import MeasureError
 from smoothness.measures import checks, curvature, inputspace, losses, ofmodule, registry, single, spectrum, stream
 from smoothness.models import MLPStack
+from smoothness.runtime.values import counted
 
 
 def _rows() -> dict[str, tuple]:
@@ -124,11 +125,11 @@ def error_of(key: str, v) -> str:
         return f"Lanczos error bound {v.bound:.2g} (residual {v.residual:.2g}, {v.n} steps)"
     m = registry.BY_KEY.get(key)
     if m is not None and m.bound:
-        return m.bound.format(n=v.n, points="point" if v.n == 1 else "points")
+        return m.bound.format(points=counted(v.n, "point"))
     if exact_or_missing(v):
         return "exact"
     samples = m.samples if m is not None else "Lanczos runs" if key == "density_trace" else "points"
-    return f"standard error over {v.n:,} {samples if v.n != 1 else samples.removesuffix('s')}"
+    return f"standard error over {counted(v.n, samples.removesuffix('s'))}"
 
 
 # value key -> the measure (choice) giving it

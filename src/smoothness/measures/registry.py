@@ -94,7 +94,7 @@ class Measure:
     targets: bool = False       # needs targets y (the loss's curvature): skipped without them
     default: bool = True        # measured by measure_model unless the measures are named
     samples: str = "points"     # what its standard error is over, in words
-    bound: str | None = None    # what it is where it is a bound, in words ({n}: its points; {points}: the noun)
+    bound: str | None = None    # what it is where it is a bound, in words ({points}: '1,000 points')
 
 
 def _sharpness(c: Context) -> dict[str, torch.Tensor]:
@@ -153,7 +153,7 @@ REGISTRY: tuple[Measure, ...] = (
             "ascent in their box (lipschitz.lower_bounds)", INPUT, ANY_DEPTH, None, "Lipschitz lower bound",
             lambda c: inputspace.lipschitz_lower_bounds(c.ev, c.x), stack=True, views=(FLATNESS,),
             one=ofmodule.lipschitz_bound(0, "lipschitz_lower"), choice="lipschitz",
-            bound="a lower bound (the largest gradient norm at {n:,} {points})"),
+            bound="a lower bound (the largest gradient norm at {points})"),
     Measure("lipschitz_upper", "LipUB", "product of the layers' spectral norms (lipschitz.spectral_products)",
             PARAMETER, ANY_DEPTH, None, "Lipschitz upper bound", lambda c: lipschitz.spectral_products(c.p),
             stack=True, log_scale=True, views=(FLATNESS,),

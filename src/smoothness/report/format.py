@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 
 from smoothness.analysis import flatness, optimality, series, tables, verdict
-from smoothness.experiments.running.progress import counted
 from smoothness.measures import registry
+from smoothness.runtime.values import counted
 
 
 def fmt(v, digits=3) -> str:

@@ -52,7 +52,8 @@ class RunConfig:
                        grid="data")
     pair: tuple[int, int] = _field("data", DEFAULT_PAIR, "digits a < b: a -> -1, b -> +1 (1-D tasks: (0, 1))",
                                    group="pair", grid="pairs")
-    n_train: int = _field("data", 128, "training set size(s), even; balanced, and nested in N for a seed",
+    n_train: int = _field("data", 128, "training set size(s): even for a pair, a multiple of K for K classes; "
+                          "balanced, and nested in N for a seed",
                           group="size", option="axis", limit=1_000_000)
     seed: int = _field("data", 0, "seed(s) of the training subset, and of the initial weights and shuffles unless "
                        "train_seed; integers 0 <= seed < 2**32", group="seed", grid="seeds", option="axis")

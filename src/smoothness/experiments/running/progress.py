@@ -44,11 +44,6 @@ def hms(sec: float) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
-def counted(n: int, noun: str) -> str:
-    """'1 model', '3 models': n with the noun in the number it takes (nouns with a plain -s plural)."""
-    return f"{n:,} {noun}{'' if n == 1 else 's'}"
-
-
 HEARTBEAT = 600.0   # seconds without a finished model before a line says what is still training (no terminal)
 
 

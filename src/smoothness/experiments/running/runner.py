@@ -14,13 +14,13 @@ from smoothness.experiments.configuration.config import RunConfig
 from smoothness.experiments.configuration.grid import Grid, config_key
 from smoothness.experiments.running import pipeline
 from smoothness.experiments.running.distributed import CONNECT_TIMEOUT, DEFAULT_RETRIES, expected_steps
-from smoothness.experiments.running.progress import HEARTBEAT, GridProgress, counted, hms, snapshot_note, varying
+from smoothness.experiments.running.progress import HEARTBEAT, GridProgress, hms, snapshot_note, varying
 from smoothness.experiments.storage import snapshots
 from smoothness.experiments.storage.claim import claim_store, other_grid, other_note, owner_alive
 from smoothness.experiments.storage.opening import check_writable, store_path
 from smoothness.experiments.storage.store import Store, versions, warn
 from smoothness.experiments.storage.storefile import model_count
-from smoothness.runtime.values import is_integer
+from smoothness.runtime.values import counted, is_integer
 
 
 @dataclass
@@ -63,7 +63,8 @@ class RunSummary:
 
 def check_data(grid: Grid, data_dir=None) -> None:
     """Fail before any training when a data file is missing, a training size exceeds a task's pool (the largest
-    size, at every seed) or does not fit the task (every size: a classification's must split evenly by class)."""
+    size, at every seed) or does not fit the task (every size; a classification's sizes that do not split evenly
+    by class are refused when the grid is read, and checked here once more)."""
     tasks: dict[tuple, tuple] = {}
     for c in grid.configs():
         sizes, seeds, cfg = tasks.get(c.task_id, (set(), set(), c))
