@@ -1,6 +1,7 @@
 """Where the models in training of a grid's run stand: for each snapshot in RUN_DIR/snapshots, its epoch, the
-training MSE over its whole training set (the data term, eq. 2, at the snapshot's weights), the sharpness of that
-loss (the top eigenvalue of its Hessian in the parameters, by power iteration) against plain gradient descent's
+training loss over its whole training set (the data term, eq. 2 for the MSE, at the snapshot's weights), the sharpness
+of that loss (the top eigenvalue of its Hessian in the parameters: curvature.sharpness, power iteration for an MLP,
+Lanczos for other families) of any model family, against plain gradient descent's
 stability limit 2 / lr, and on one epoch of minibatches (the first 20 unless --batches says otherwise) the size of
 the mean gradient of the data term and of the penalty lam * S, and the cosine between the two.
 
@@ -14,22 +15,23 @@ A data gradient much larger than the penalty's says that the penalty does not ho
 from __future__ import annotations
 
 import argparse
+from functools import partial
 from pathlib import Path
 
 import torch
 
-from smoothness import models
 from smoothness.experiments.configuration import grid
 from smoothness.experiments.configuration.config import config_key
+from smoothness.experiments.running.evaluate import family_of_config
 from smoothness.experiments.running.pipeline import load_tasks
-from smoothness.measures.paramspace import stack_sharpness
-from smoothness.models import MLPStack, dataset_mse
+from smoothness.measures import curvature
+from smoothness.models import losses, stack_from_state
 from smoothness.training.regularizers import regularized_grads
 
 
-def gradients(p: MLPStack, cfg, x, y, batches: int, seed: int = 0):
+def gradients(p, fam, cfg, x, y, batches: int, seed: int = 0):
     """Mean over `batches` minibatches of one shuffle of the training set: the data term's gradient and lam * S's,
-    each flattened over the parameters."""
+    each flattened over the parameters (a model of any family)."""
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(y), generator=g)
     B = cfg.batch_size
@@ -42,11 +44,12 @@ def gradients(p: MLPStack, cfg, x, y, batches: int, seed: int = 0):
         xb, yb = x[r][None], y[r][None]
         q = p.as_leaves()
         with torch.enable_grad():
-            plain = torch.autograd.grad(models.mse(q, xb, yb, valid)[0].sum(), q.tensors())
+            plain = torch.autograd.grad(losses.mean_loss(fam.values(q, xb), yb, cfg.loss, valid)[0].sum(), q.tensors())
         d = torch.cat([t.reshape(-1) for t in plain])
         data = data + d / n
         if cfg.regularizer != "none":
-            total, _ = regularized_grads(p, cfg.regularizer, lam, xb, yb, valid, cfg.penalty_points)
+            total, _ = regularized_grads(p, cfg.regularizer, lam, xb, yb, valid, cfg.penalty_points, fam=fam,
+                                         loss=cfg.loss)
             pen = pen + (torch.cat([t.reshape(-1) for t in total]) - d) / n
     return data, pen
 
@@ -58,6 +61,7 @@ def main() -> None:
     ap.add_argument("--snapshot", type=Path, help="a snapshot file kept elsewhere (with --key)")
     ap.add_argument("--key", help="the model key of --snapshot")
     ap.add_argument("--batches", type=int, default=20, help="minibatches for the mean gradients (default 20)")
+    ap.add_argument("--steps", type=int, default=30, help="steps of the sharpness (default 30)")
     ap.add_argument("--data-dir", default=None)
     a = ap.parse_args()
     if (a.snapshot is None) != (a.key is None):
@@ -68,7 +72,7 @@ def main() -> None:
     if not files:
         raise SystemExit(f"no snapshots in {Path(a.run_dir) / 'snapshots'}")
     tasks = load_tasks([configs[key] for key, _ in files if key in configs], a.data_dir)   # each pair loaded once
-    print(f"{'key':24} {'pair':>5} {'N':>6} {'regularizer':>20} {'lam':>8} {'lr':>5} {'epoch':>7} {'train MSE':>10} "
+    print(f"{'key':24} {'pair':>5} {'N':>6} {'regularizer':>20} {'lam':>8} {'lr':>5} {'epoch':>7} {'train loss':>10} "
           f"{'sharpness':>9} {'2/lr':>6} {'|grad L|':>9} {'|grad lam S|':>12} {'cos':>6}")
     for key, path in files:
         cfg = configs.get(key)
@@ -76,13 +80,14 @@ def main() -> None:
             print(f"{key:24} not a model of grid {a.grid}")
             continue
         state = torch.load(path, map_location="cpu", weights_only=True)
-        p = MLPStack.from_state_dict(state["params"])
-        task = tasks[(cfg.data, cfg.pair)]
+        p, fam = stack_from_state(state["params"]), family_of_config(cfg)
+        task = tasks[cfg.task_id]
         sub = task.subset(cfg.n_train, cfg.seed)
         x, y = task.pool_x[sub], task.pool_y[sub].to(torch.float32)
-        loss = float(dataset_mse(p, x, y)[0])
-        top = float(stack_sharpness(p, x[None], y[None]).value[0])
-        data, pen = gradients(p, cfg, x, y, a.batches)
+        loss = float(losses.dataset_loss(partial(fam.values, p), x, y, cfg.loss)[0])
+        labels = y.long() if cfg.outputs > 1 else y     # a task of classes: its labels, as the measures take them
+        top = float(curvature.sharpness(fam.module(p, 0), x, labels, cfg.loss, steps=a.steps))
+        data, pen = gradients(p, fam, cfg, x, y, a.batches)
         pen_norm = float(pen.norm()) if torch.is_tensor(pen) else 0.0
         cos = float(data @ pen / (data.norm() * pen.norm())) if pen_norm > 0 else float("nan")
         print(f"{key:24} {cfg.pair[0]}/{cfg.pair[1]:<3} {cfg.n_train:>6} {cfg.regularizer:>20} {cfg.lam:>8.2g} "

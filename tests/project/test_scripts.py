@@ -47,6 +47,38 @@ def test_the_snapshot_state_script_reports_a_snapshots_loss_sharpness_and_gradie
     assert -1 <= float(row[12]) <= 1
 
 
+def test_the_snapshot_state_script_reads_a_cnn_snapshot(tmp_path):
+    # Any family: a CNN's snapshot with FPL, its training loss that of the snapshot's weights, read as the run does.
+    import subprocess
+    import sys
+
+    from smoothness import experiments, training
+    from smoothness.experiments.configuration import grid as grids
+    from smoothness.experiments.running.evaluate import family_of_config
+    from smoothness.experiments.running.pipeline import load_tasks
+    from smoothness.experiments.storage import snapshots
+    from smoothness.models import losses
+
+    grid = tmp_path / "g.yaml"
+    grid.write_text("name: g\ndata: mnist5k\npairs: [[3, 8]]\nn_train: 64\nseeds: 0\n"
+                    "model: {family: cnn, channels: [2, 3]}\n"
+                    "regularizers:\n  - {name: function_path_length, lam: [1.0e-3], lr: 0.05}\n")
+    cfg = grids.load(grid).configs()[0]
+    fam = family_of_config(cfg)
+    params = fam.init([7], 1.0)
+    snapshots.SnapshotDir(tmp_path / "run" / snapshots.FOLDER).save(cfg, training.Snapshot(4, 10, params, [], 1.0))
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "snapshot_state.py"), str(grid), str(tmp_path / "run"),
+                        "--batches", "1", "--steps", "5"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    row = r.stdout.strip().splitlines()[-1].split()
+    assert row[0] == experiments.config_key(cfg) and row[6] == "4"
+    task = load_tasks([cfg])[cfg.task_id]
+    sub = task.subset(cfg.n_train, cfg.seed)
+    want = float(losses.dataset_loss(lambda xb: fam.values(params, xb), task.pool_x[sub], task.pool_y[sub])[0])
+    assert float(row[7]) == pytest.approx(want, rel=1e-3)
+    assert float(row[8]) > 0 and float(row[10]) > 0 and float(row[11]) > 0 and -1 <= float(row[12]) <= 1
+
+
 def test_the_sharpness_trajectory_script_follows_a_grid_model_through_training(tmp_path):
     # A small grid's model trained from its first epoch: a reading every 5 epochs until the cap, then its outcome.
     import subprocess
