@@ -85,8 +85,8 @@ def main() -> None:
         sub = task.subset(cfg.n_train, cfg.seed)
         x, y = task.pool_x[sub], task.pool_y[sub].to(torch.float32)
         loss = float(losses.dataset_loss(partial(fam.values, p), x, y, cfg.loss)[0])
-        labels = y.long() if cfg.outputs > 1 else y     # a task of classes: its labels, as the measures take them
-        top = float(curvature.sharpness(fam.module(p, 0), x, labels, cfg.loss, steps=a.steps))
+        top = float(curvature.sharpness(fam.module(p, 0), x, losses.measure_targets(y, cfg.outputs), cfg.loss,
+                                        steps=a.steps))
         data, pen = gradients(p, fam, cfg, x, y, a.batches)
         pen_norm = float(pen.norm()) if torch.is_tensor(pen) else 0.0
         cos = float(data @ pen / (data.norm() * pen.norm())) if pen_norm > 0 else float("nan")

@@ -44,6 +44,12 @@ def check_outputs(loss: str, outputs: int) -> None:
                          "a pair task has one output with ±1 targets and trains with mse")
 
 
+def measure_targets(y: torch.Tensor, outputs: int) -> torch.Tensor:
+    """The targets as the curvature measures take them: for K > 1 outputs the class indices, held here as floats,
+    as integers (the cross-entropy's classes, or the mse's one-hot targets); for one output y as it is."""
+    return y.long() if outputs > 1 else y
+
+
 def per_example(out: torch.Tensor, y: torch.Tensor, loss: str = "mse") -> torch.Tensor:
     """The loss of every example: out [M, n] or [M, n, K], y [M, n]. [M, n]."""
     if loss == "mse":

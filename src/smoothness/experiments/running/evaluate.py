@@ -175,9 +175,7 @@ def _measure_module(it: Trained, dev) -> dict[str, float]:
     p = it.params.to(dev)
     mod = fam.module(p, 0).to(dev)
     xtr, ytr = _on(dev, task.pool_x)[_on(dev, it.train_idx)], _on(dev, task.pool_y)[_on(dev, it.train_idx)]
-    # a task of classes holds its labels as floats; curvature's losses take them as integers (the cross-entropy's
-    # classes, or the mse's one-hot targets)
-    ylabels = ytr.long() if c.outputs > 1 else ytr
+    ylabels = losses.measure_targets(ytr, c.outputs)
     rec: dict[str, float] = {}
     for name, x, y in (("loss_train", xtr, ytr), ("loss_test", _on(dev, task.heldout_x), _on(dev, task.heldout_y))):
         rec[name] = float(losses.dataset_loss(lambda xb: fam.values(p, xb), x, y, c.loss, chunk=1024)[0])
