@@ -368,7 +368,7 @@ def test_mse_with_integer_labels_of_several_outputs_is_measured_against_one_hot_
     code, out, err = _main(capsys, monkeypatch, ck, "w.pt", "--factory", "hardnet:build", "--inputs", "ok.npz",
                            "--loss", "mse", "--measures", "loss,hessian_trace", *FAST)
     assert code == 0 and "Traceback" not in err, err
-    assert "mse" in out and "nan" not in out.lower(), out
+    assert "mse (against one-hot targets: integer class labels)" in out and "nan" not in out.lower(), out
 
 
 @pytest.mark.parametrize("measures_, inputs, words", [

@@ -12,7 +12,7 @@ from torch.nn import functional as F
 
 from smoothness.errors import MeasureError, MeasureTypeError
 
-__all__ = ["LOSSES", "check_targets", "describe", "resolve_loss"]
+__all__ = ["LOSSES", "check_targets", "describe", "one_hot_targets", "resolve_loss"]
 
 
 def _mse(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -49,13 +49,20 @@ def resolve_loss(loss, out: torch.Tensor, y: torch.Tensor):
     return loss
 
 
-def describe(spec, loss) -> str:
-    """The loss in words, for a record: its name, and for the default (spec None) why it was chosen."""
+def one_hot_targets(loss, row: tuple[int, ...], y: torch.Tensor) -> bool:
+    """Whether the loss is the named mse and y holds integer class labels [n] of outputs [n, *row] with K > 1
+    classes, which it reads as one-hot targets."""
+    return loss is _mse and _labels_of_outputs(y, tuple(row))
+
+
+def describe(spec, loss, one_hot: bool = False) -> str:
+    """The loss in words, for a record: its name, and for the default (spec None) why it was chosen; one_hot: the
+    mse reads the targets as one-hot (see one_hot_targets)."""
     if spec is None:
         return ("cross_entropy (the default for integer targets and K > 1 outputs)" if loss is F.cross_entropy
                 else "mse (the default for float targets or one output: eq. 2, the mean of (f(x) - y)^2)")
     if isinstance(spec, str):
-        return spec
+        return spec + (" (against one-hot targets: integer class labels)" if one_hot else "")
     return getattr(spec, "__name__", type(spec).__name__)
 
 

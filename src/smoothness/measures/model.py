@@ -205,7 +205,7 @@ def precheck(model, x, y, which, settings: Settings | None = None) -> dict:
             spectrum.prepare(op, min(s.steps, op.dim))
         else:
             op.check()
-        about["loss"] = losses.describe(s.loss, op.loss_fn)
+        about["loss"] = losses.describe(s.loss, op.loss_fn, op.one_hot)
     return about
 
 

@@ -31,7 +31,7 @@ from torch.func import functional_call, grad, jvp, vjp, vmap
 
 from smoothness.errors import MeasureError, MeasureTypeError
 from smoothness.measures import anymodule, checks, stream
-from smoothness.measures.losses import check_targets, resolve_loss
+from smoothness.measures.losses import check_targets, one_hot_targets, resolve_loss
 from smoothness.runtime import precision
 
 MATMAT_CHUNK = 16        # columns of one vectorized product (memory: that many copies of a batch's activations)
@@ -123,6 +123,7 @@ class CurvatureOperator:
         if not trainable:
             raise MeasureError("the model has no trainable parameters")
         self._loss_spec, self._loss, self._row, self.forward_ad = loss, None, None, True
+        self.one_hot = False   # the named mse reads integer class labels as one-hot targets (set on the first batch)
         self._pick(select(trainable, params))
 
     def _pick(self, names: list[str]) -> None:
@@ -191,6 +192,7 @@ class CurvatureOperator:
         loss = resolve_loss(self._loss_spec, out, y[:1])
         if self._row is not None:
             check_targets(loss, self._row, y, chosen=self._loss_spec is None)
+            self.one_hot = one_hot_targets(loss, self._row, y)
         self.forward_ad = forward_ad_works(loss, out, y[:1])
         self._loss = loss
 
