@@ -478,6 +478,15 @@ def test_a_classification_size_that_does_not_split_by_class_is_refused_with_the_
     runner.check_data(grid.parse({"data": "mnist5k", "classes": "all", "n_train": [20, 30, 40]}, name="c"))
 
 
+def test_an_odd_size_of_a_digit_pair_is_refused_with_the_grid_and_a_line_task_takes_any_size():
+    """A pair trains on N/2 images of each digit: an odd N is refused when the grid is read (before, only the data
+    check refused it, without naming the grid)."""
+    for n in (15, 1):
+        with pytest.raises(ConfigError, match=rf"grid 'p': n_train {n}: .* even number >= 2"):
+            grid.parse({"data": "mnist5k", "n_train": [16, n]}, name="p")
+    assert len(grid.parse({"data": "line-sine", "n_train": [15, 16]}, name="l").configs()) == 2
+
+
 def test_a_classification_task_is_named_by_its_classes_not_its_stand_in_pair(tmp_path):
     import io
 

@@ -147,6 +147,9 @@ class RunConfig:
             self.pair = DEFAULT_PAIR   # the classes define the task; the pair is not used
         else:
             self.classes = ()
+            if not lines.is_line(self.data) and is_integer(self.n_train) and (self.n_train < 2 or self.n_train % 2):
+                raise ConfigError(f"n_train {self.n_train:,}: a task of a digit pair trains on n_train/2 images of "
+                                  "each digit, so n_train must be an even number >= 2")
         self.seed = rng.check_seed(self.seed, "seed")
 
     def _check_model(self) -> None:
