@@ -90,11 +90,12 @@ def main(train: int = 1200, epochs: int = 10, segments: int = 1000, points: int 
     if verbose:
         print(f"digits: {train} training images, {len(yte)} held out; {epochs} epochs of Adam in {trained_s:.1f} s; "
               f"train accuracy {train_acc:.3f}, test accuracy {acc:.3f}; {result['parameters']:,} parameters")
-        print(f"{'measure':<18}{'at init':>18}{'trained':>20}{'n':>7}{'seconds':>9}")
-        for k, v in after.values.items():
-            b = before.values.get(k)
-            print(f"{k:<18}{'' if b is None else str(b):>18}{str(v):>20}{v.n or 'exact':>7}"
-                  f"{after.seconds_of(k):>9.2f}")
+        rows = [("measure", "at init", "trained", "n", "seconds")]
+        rows += [(k, "" if before.values.get(k) is None else str(before.values[k]), str(v), str(v.n or "exact"),
+                  f"{after.seconds_of(k):.2f}") for k, v in after.values.items()]
+        widths = [max(len(r[i]) for r in rows) for i in range(5)]
+        for r in rows:
+            print(r[0].ljust(widths[0]) + "".join("  " + c.rjust(w) for c, w in zip(r[1:], widths[1:])))
         print(f"input space on the {len(yte)} held-out images ({segments} segments x {points} points); curvature of "
               f"the cross-entropy on the {train} training images ({probes} probes; density: 4 runs x 60 steps)")
     return result

@@ -107,7 +107,7 @@ def test_the_record_names_the_loss_the_output_and_each_error(files):
     d, *_ = files
     r = cli("net.pt2", "--inputs", "data.npz", *FAST, "--loss", "mse", "--output", "margin", cwd=d)
     assert r.returncode == 0, r.stderr                      # the labels of 4 outputs are the mse's one-hot targets
-    assert json.loads(r.stdout)["loss_function"] == "mse"
+    assert json.loads(r.stdout)["loss_function"] == "mse (against one-hot targets: integer class labels)"
     rec = json.loads(cli("net.pt2", "--inputs", "data.npz", *FAST, cwd=d).stdout)
     assert rec["loss_function"].startswith("cross_entropy (the default") and rec["lipschitz_of"].startswith("the margin")
     assert rec["output_measured"].startswith("all 4 outputs")

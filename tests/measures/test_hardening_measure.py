@@ -406,6 +406,8 @@ def test_a_saved_mlp_measured_on_data_of_another_size_is_one_line(tmp_path, caps
     _one_line(code, out, err, "model 1 takes 784 inputs", "line-sine have 1")
     code, out, err = _main(capsys, monkeypatch, tmp_path, "m.pt", "--density", "d.png")
     _one_line(code, out, err, "--density: for a checkpoint measured on --inputs")
+    code, out, err = _main(capsys, monkeypatch, tmp_path, "m.pt", "--measures", "gradient_norm", "--runs", "2")
+    _one_line(code, out, err, "--measures, --runs: for a checkpoint measured on --inputs")
     with torch.no_grad():
         p.weights[0][0, 0, 0] = float("nan")
     modelfile.save_models(tmp_path / "nan.pt", [{"params": p, "data": "mnist5k", "pair": [3, 8], "n_train": 16,

@@ -47,6 +47,21 @@ def test_the_module_table_matches_the_package():
     assert listed == modules
 
 
+def test_the_option_table_of_the_cli_page_lists_each_commands_options():
+    """docs/cli.md's table "Every option, by command" names every command once, and in each row exactly the
+    options of its commands' parsers (a row of two commands: the options of either)."""
+    from smoothness.cli.args import build_parser, options_by_command
+    options = options_by_command(build_parser())
+    text = (ROOT / "docs" / "cli.md").read_text()
+    table = text[text.index("## Every option, by command"):].split("\n## ")[0]
+    rows = re.findall(r"^\| ((?:`[a-z]+`(?:, )?)+) \| (.*) \|$", table, flags=re.M)
+    named = [name for names, _ in rows for name in re.findall(r"`([a-z]+)`", names)]
+    assert sorted(named) == sorted(options)
+    for names, cell in rows:
+        expected = set().union(*(options[n] for n in re.findall(r"`([a-z]+)`", names)))
+        assert set(re.findall(r"`(--[a-z0-9-]+)", cell)) == expected, names
+
+
 def test_each_result_grid_file_is_the_design_of_its_store(tmp_path):
     """results/X.yaml rebuilds the grid recorded in X.sqlite (all but the description), so `smoothness run`
     on it reproduces or resumes that store even after the preset of the same name has changed."""
@@ -90,3 +105,13 @@ def test_every_results_file_the_docs_name_is_tracked():
     files = set(tracked.stdout.split())
     missing = sorted(n for n in named if n not in files and not any(f.startswith(n + "/") for f in files))
     assert not missing, f"named in the docs but not in git: {missing}"
+
+
+def test_every_file_a_preset_description_names_exists():
+    """A preset's description (shown by `smoothness presets`) that points to a results file or page names one that
+    is in the repository."""
+    named = set()
+    for y in (ROOT / "src" / "smoothness" / "presets").glob("*.yaml"):
+        named |= {(y.name, m.rstrip(".,;:)")) for m in re.findall(r"(?:docs/)?results/[\w.-]+", y.read_text())}
+    assert named
+    assert not [(y, m) for y, m in named if not (ROOT / m).exists()]

@@ -7,11 +7,13 @@ from conftest import ROOT
 EXAMPLE = ROOT / "examples" / "conv_digits.py"
 
 
-def test_the_conv_net_example_trains_and_is_measured():
+def test_the_conv_net_example_trains_and_is_measured(capsys):
     spec = importlib.util.spec_from_file_location("conv_digits", EXAMPLE)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    r = mod.main(train=300, epochs=4, segments=20, points=8, probes=8, verbose=False)
+    r = mod.main(train=300, epochs=4, segments=20, points=8, probes=8)
+    table = capsys.readouterr().out.splitlines()[1:-1]   # its table: a name, then columns apart by spaces
+    assert [ln.split()[0] for ln in table[1:]] == list(r["after"].values), table
     assert r["held_out"] == 1797 - 300 and r["test_accuracy"] > 0.8, r["test_accuracy"]
     before, after = r["before"].values, r["after"].values
     assert set(before) == {"gradient_norm", "function_path_length", "gradient_path_length", "lipschitz_lower",

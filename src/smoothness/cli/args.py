@@ -158,9 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=".npz or .pt file with the points x [n, ...] and optionally the targets y [n]")
     m.add_argument("--factory", default=None, metavar="MODULE:FN", help="a function returning the nn.Module "
                    "into which PATH, a state dict, is loaded (the current directory is importable)")
-    m.add_argument("--measures", default=",".join(model.DEFAULT), metavar="LIST",
-                   help=f"comma-separated, from {', '.join(model.ALL)} "
-                        f"(default: {','.join(model.DEFAULT)})")
+    m.add_argument("--measures", default=None, metavar="LIST",
+                   help=f"comma-separated, from {', '.join(model.ALL)} (default: {','.join(model.DEFAULT)}; "
+                        "for a checkpoint: a `train --save` file gets the measures of `train`)")
     m.add_argument("--output", default=None, metavar="K|margin", help="which output of a K-output model: an index, "
                    "or margin (top two); default: all (Frobenius norms of the Jacobian; the margin for the "
                    "Lipschitz bracket)")
@@ -174,8 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"Lanczos steps at most, of the sharpness and the density (default: "
                    f"{curvature.DEFAULT_STEPS} for a checkpoint; for a `train --save` file the power iterations "
                    "of its networks' sharpness, default 0: not computed)")
-    m.add_argument("--runs", type=int, default=curvature.DEFAULT_RUNS,
-                   help=f"stochastic Lanczos quadrature runs of the density (default: {curvature.DEFAULT_RUNS})")
+    m.add_argument("--runs", type=int, default=None,
+                   help=f"stochastic Lanczos quadrature runs of the density (default: {curvature.DEFAULT_RUNS}; for a "
+                        "checkpoint)")
     m.add_argument("--batch-size", type=int, default=None, help="points per batch of the curvature measures "
                    "(default: all at once)")
     m.add_argument("--density", default=None, metavar="PNG", help="also compute the Hessian eigenvalue density "
@@ -284,6 +285,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "measure), or print one as YAML to start a grid of your own.")
     ps.add_argument("name", nargs="?", help="print this preset's YAML (a starting point for your own grid)")
     return ap
+
+
+def options_by_command(parser: argparse.ArgumentParser) -> dict[str, list[str]]:
+    """The long options of each subcommand of `parser` (build_parser's), in the order --help shows them, with
+    the hidden ones that only refuse (without --help)."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return {name: [o for a in p._actions for o in a.option_strings if o.startswith("--") and o != "--help"]
+            for name, p in sub.choices.items()}
 
 
 def _add_precision_args(p: argparse.ArgumentParser, default) -> None:

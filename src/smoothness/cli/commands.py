@@ -25,6 +25,7 @@ from smoothness.errors import SmoothnessError
 from smoothness.experiments.configuration import config
 from smoothness.experiments.running import pipeline
 from smoothness.measures import curvature, inputspace
+from smoothness.measures import model as measures_model
 from smoothness.runtime import interrupt, rng
 
 # The fields of a `train --save` model that make its RunConfig again, with the measurement options of `measure`:
@@ -97,8 +98,11 @@ def cmd_measure(a) -> int:
         a.segments = args.CHECKPOINT_SEGMENTS if a.segments is None else a.segments
         a.steps = curvature.DEFAULT_STEPS if a.steps is None else a.steps
         a.probes = curvature.DEFAULT_PROBES if a.probes is None else a.probes
+        a.runs = curvature.DEFAULT_RUNS if a.runs is None else a.runs
+        a.measures = ",".join(measures_model.DEFAULT) if a.measures is None else a.measures
         return checkpoint.measure(a)
-    checkpoint_only = [f"--{k.replace('_', '-')}" for k in ("density", "output", "loss", "batch_size")
+    checkpoint_only = [f"--{k.replace('_', '-')}" for k in ("measures", "density", "runs", "output", "loss",
+                                                             "batch_size")
                        if getattr(a, k) is not None]
     if checkpoint_only:
         raise SmoothnessError(f"{', '.join(checkpoint_only)}: for a checkpoint measured on --inputs; the models of "
