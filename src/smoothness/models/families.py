@@ -4,6 +4,7 @@ configuration names its family by a spec, which canonical() turns into the plain
 Family object that trains and measures it."""
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import asdict, fields
@@ -109,3 +110,10 @@ def stack_from_state(state: dict):
 def shapes_of(p) -> list[tuple[int, ...]]:
     """The shapes of one model's tensors in a stack (what a stack of one family and architecture has)."""
     return [tuple(t.shape[1:]) for t in p.tensors()]
+
+
+def shapes_digest(shapes) -> str:
+    """A short fingerprint of one model's tensor shapes (Family.shapes(), shapes_of): equal for equal shapes in
+    order. A stored record keeps it, so that a family that builds other tensors under the same settings (a factory
+    whose code changed) is noticed before its models are mixed with the stored ones."""
+    return hashlib.sha256(json.dumps([list(s) for s in shapes]).encode()).hexdigest()[:16]

@@ -18,6 +18,7 @@ from smoothness.experiments.configuration.config import ADDED_FIELDS, Record, Ru
 from smoothness.experiments.running.evaluate import Trained, measure_models, measure_trained, parameter_measures  # noqa: F401
 from smoothness.experiments.storage.modelfile import SAVE_FORMAT, check_save_path, load_models, save_models  # noqa: F401
 from smoothness.experiments.storage.snapshots import SnapshotDir
+from smoothness.models import shapes_digest
 from smoothness.runtime.devices import check_matmul_precision, measure_batch_size, memory_budget, resolve_device  # noqa: F401
 
 
@@ -154,7 +155,9 @@ def iter_train_and_measure(configs: list[RunConfig], *, device=None, data_dir=No
             subsets.append(sub)
             specs.append(train_spec(c, sub, t.pool_y[sub], offsets[c.task_id],
                                     resume=snapshots.load(c) if snapshots is not None else None))
-        trainer = training.BatchedTrainer(torch.cat(pools), configs[members[0]].family(), c.batch_size, dev,
+        fam = configs[members[0]].family()
+        built = {"parameters": fam.n_params(), "shapes_digest": shapes_digest(fam.shapes())}
+        trainer = training.BatchedTrainer(torch.cat(pools), fam, c.batch_size, dev,
                                           matmul_precision=c.matmul_precision,
                                           max_batch=batch_limit([configs[i] for i in members], dev),
                                           snapshot_every=snapshots.every if snapshots is not None else None)
@@ -167,7 +170,7 @@ def iter_train_and_measure(configs: list[RunConfig], *, device=None, data_dir=No
             c = configs[i]
             rec: Record = {**asdict(c), "pair": list(c.pair), "hidden": list(c.hidden),
                            "status": res.status, "epochs": res.epochs, "steps": res.steps,
-                           "loss_epoch": res.loss_epoch, "train_seconds": res.seconds}
+                           "loss_epoch": res.loss_epoch, "train_seconds": res.seconds, **built}
             if specs[res.index].resume is not None:
                 rec["resumed_at_epoch"] = specs[res.index].resume.epoch
             if on_trained is not None:
@@ -179,3 +182,30 @@ def iter_train_and_measure(configs: list[RunConfig], *, device=None, data_dir=No
                 queue = []
     yield from _measure_trained(queue, dev)
 
+
+
+def check_architectures(by_key: dict[str, RunConfig], todo: list[str], stored: dict[str, str],
+                        snapshot_shapes: dict[str, list]) -> None:
+    """A ConfigError before any training when a family now builds other tensors than those of the grid's stored
+    models or snapshots under the same settings (a factory whose code changed under a grid), so that one store would
+    hold models of two architectures under one configuration. by_key: the grid's configs; todo: the keys to train;
+    stored: key -> shapes_digest of the stored models' records that hold one (earlier ones do not); snapshot_shapes:
+    key -> the tensor shapes in each snapshot (SnapshotDir.shapes). Each architecture to train is built once."""
+    arch = {k: c.architecture() for k, c in by_key.items()}
+    for a in dict.fromkeys(arch[k] for k in todo):
+        fam = next(by_key[k] for k in todo if arch[k] == a).family()
+        now = fam.shapes()
+        old = sorted({stored[k] for k in by_key if arch[k] == a and k in stored} - {shapes_digest(now)})
+        what = f"the model {fam.describe()} now builds {fam.n_params():,} parameters in tensors {now}"
+        if old:
+            n = sum(stored.get(k) in old for k in by_key if arch[k] == a)
+            raise ConfigError(f"{what}, but the store's {n} model(s) of it were trained with other tensors (shapes "
+                              f"digest {old[0]}, now {shapes_digest(now)}): its code changed since, and one store "
+                              "would mix two architectures under the same settings; train into a new --out, or give "
+                              "the changed model its own factory name or kwargs")
+        snaps = [k for k in todo if arch[k] == a and k in snapshot_shapes and
+                 [tuple(s) for s in snapshot_shapes[k]] != [tuple(s) for s in now]]
+        if snaps:
+            raise ConfigError(f"{what}, but the snapshot of {len(snaps)} model(s) in training (first: {snaps[0]}.pt) "
+                              f"holds tensors {snapshot_shapes[snaps[0]]}: its code changed since; remove those "
+                              "snapshots to train the models anew, or train into a new --out")

@@ -223,6 +223,7 @@ def dry_run(grid: Grid, out: Path, merge: bool = False) -> str:
     """One line: the grid's size and how many of its models the store in `out` holds (read-only; a store that the
     run could not create or write there is refused as the run refuses it)."""
     check_writable(store_path(out))
+    _check_built(grid, Path(out))
     total, stored, other, skipped = _stored(grid, out) or (len(grid.configs()), 0, None, 0)
     note = f" (the store holds {other_note(other)}: run refuses it without --merge)" if other and not merge else ""
     left = total - stored - skipped
@@ -236,6 +237,18 @@ def dry_run(grid: Grid, out: Path, merge: bool = False) -> str:
              else counted(len(grid.all_pairs()), "pair"))
     return (f"grid {grid.name}: {counted(total, 'model')} ({pairs}, sizes {grid.sizes()}, seeds "
             f"{grid.seeds}); {stored} stored in {out}{skip}, {left} to train{staged}{snap}{note}")
+
+
+def _check_built(grid: Grid, out: Path) -> None:
+    """Read-only, the run's check_architectures: the families of the models left to train build the tensors of the
+    grid's stored models and snapshots in `out`."""
+    by_key, stored, digests = {config_key(c): c for c in grid.configs()}, set(), {}
+    if (out / Store.FILENAME).exists():
+        with Store(out / Store.FILENAME, create=False) as st:
+            stored, digests = st.keys(), st.values_of("shapes_digest")
+    todo = [k for k in by_key if k not in stored]
+    if todo:
+        pipeline.check_architectures(by_key, todo, digests, snapshots.SnapshotDir(out / snapshots.FOLDER).shapes(todo))
 
 
 def interrupted_note(grid: Grid, out: Path) -> str:
@@ -294,6 +307,8 @@ def _run_grid(grid: Grid, out: Path, configs, keys, t0, *, device, data_dir, pro
                              backend=backend)
         if todo and data_checked_here(backend, address):
             check_data(grid, data_dir)  # on a remote cluster the workers' data is checked by the workers
+            pipeline.check_architectures(dict(zip(keys, configs)), [k for k, _ in todo],
+                                         store.values_of("shapes_digest"), snaps.shapes(k for k, _ in todo))
         claim_store(store, grid, merge)
         store.set_meta("versions", versions())
         bar = GridProgress(len(todo), progress, stream, every=snaps.every or HEARTBEAT,

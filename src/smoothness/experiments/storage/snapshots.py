@@ -47,6 +47,19 @@ class SnapshotDir:
                 continue
         return out
 
+    def shapes(self, keys) -> dict[str, list[tuple[int, ...]]]:
+        """The tensor shapes of the model in each snapshot among `keys` that can be read as one (the others are left
+        to load(), which sets them aside)."""
+        out = {}
+        for key in sorted(self.keys() & set(keys)):
+            try:
+                state = torch.load(self.file(key), map_location="cpu", weights_only=True, mmap=True)
+                if state.get("format") == FORMAT and state.get("key") == key:
+                    out[key] = shapes_of(stack_from_state(state["params"]))
+            except Exception:   # noqa: BLE001 - being replaced, or unreadable: load() deals with it
+                continue
+        return out
+
     def keys(self) -> set[str]:
         """The keys of the models that have a snapshot."""
         if not self.path.is_dir():

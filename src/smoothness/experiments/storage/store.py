@@ -250,6 +250,19 @@ class Store:
                  f"`smoothness salvage {self.path} NEWDIR` copies the sound rows into a new store")
         return out
 
+    def values_of(self, field: str) -> dict:
+        """key -> the value of `field` in the record of each stored model, and of each trained one waiting to be
+        measured, whose record holds it (quietly skipping rows that cannot be read: records() names those)."""
+        out = {}
+        for key, text in self.db.execute("SELECT key, record FROM trained UNION ALL SELECT key, record FROM runs"):
+            try:
+                rec = parse_record(text)
+            except ValueError:
+                continue
+            if rec.get(field) is not None:
+                out[key] = rec[field]
+        return out
+
     def frame(self):
         """The records as a pandas DataFrame (records.frame: one row per model; pair as 'a/b')."""
         return records.frame(self.records())

@@ -1,0 +1,76 @@
+"""A factory whose code changed under a grid: the models left to train would be of other tensors than the stored
+ones and the snapshots under the same settings, so the run (and its dry run) refuses before any training, and the
+store keeps one architecture per configuration."""
+import importlib
+import sqlite3
+import sys
+
+import pytest
+
+from smoothness.errors import ConfigError
+from smoothness.experiments.configuration import grid
+from smoothness.experiments.running import runner
+from smoothness.experiments.storage import snapshots
+from smoothness.experiments.storage.store import Store
+
+NET = """from torch import nn
+
+
+def net(width=4):
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, {w}), nn.ReLU(), nn.Linear({w}, 1))
+"""
+
+
+def _write(folder, w):
+    (folder / "changing.py").write_text(NET.replace("{w}", str(w)))
+    sys.modules.pop("changing", None)
+    importlib.invalidate_caches()
+
+
+@pytest.fixture
+def changing(tmp_path, monkeypatch):
+    folder = tmp_path / "code"
+    folder.mkdir()
+    monkeypatch.syspath_prepend(str(folder))
+    _write(folder, 3)
+    yield lambda w: _write(folder, w)
+    sys.modules.pop("changing", None)
+
+
+def _grid():
+    return grid.parse({"name": "f", "data": "mnist5k", "pairs": [[3, 8]], "n_train": [16], "seeds": [0, 1],
+                       "model": {"factory": "changing:net"}, "alpha": 1.0, "lr": 0.05, "max_epochs": 2,
+                       "measure": {"measure_points": 20, "segments": 4, "points_per_segment": 4}}, name="f")
+
+
+def test_a_factory_that_builds_other_tensors_than_the_stored_models_is_refused_before_training(tmp_path, changing):
+    out = tmp_path / "out"
+    runner.run_grid(_grid(), out, progress=False)
+    with Store(out / Store.FILENAME) as st:
+        recs = st.records()
+    assert [r["parameters"] for r in recs] == [784 * 3 + 3 + 3 + 1] * 2 and len({r["shapes_digest"] for r in recs}) == 1
+    dropped = recs[1]["key"]
+    with sqlite3.connect(out / Store.FILENAME) as db:   # one model left to train, as after an interrupted run
+        db.execute("DELETE FROM runs WHERE key=?", (dropped,))
+    changing(5)
+    for attempt in (lambda: runner.dry_run(_grid(), out), lambda: runner.run_grid(_grid(), out, progress=False)):
+        with pytest.raises(ConfigError, match=r"factory changing:net, .* now builds 3,931 parameters .* the store's 1 "
+                                              r"model\(s\) of it were trained with other tensors"):
+            attempt()
+    with Store(out / Store.FILENAME) as st:
+        assert st.keys() == {recs[0]["key"]}
+    changing(3)   # the code as it was: the model left is trained, of the stored models' tensors
+    assert runner.run_grid(_grid(), out, progress=False).trained == 1
+
+
+def test_a_snapshot_of_other_tensors_than_the_factory_builds_now_is_refused_not_set_aside(tmp_path, changing):
+    out = tmp_path / "out"
+    g = _grid()
+    cfg = g.configs()[0]
+    fam = cfg.family()
+    snap = snapshots.Snapshot(1, 1, fam.init([0], 1.0), [], 0.5)
+    snapshots.SnapshotDir(out / snapshots.FOLDER).save(cfg, snap)
+    changing(5)
+    with pytest.raises(ConfigError, match=r"the snapshot of 1 model\(s\) in training .* holds tensors \[\(3, 784\)"):
+        runner.run_grid(_grid(), out, progress=False)
+    assert snapshots.SnapshotDir(out / snapshots.FOLDER).keys() == {snapshots.config_key(cfg)}
