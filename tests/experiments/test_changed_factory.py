@@ -74,3 +74,22 @@ def test_a_snapshot_of_other_tensors_than_the_factory_builds_now_is_refused_not_
     with pytest.raises(ConfigError, match=r"the snapshot of 1 model\(s\) in training .* holds tensors \[\(3, 784\)"):
         runner.run_grid(_grid(), out, progress=False)
     assert snapshots.SnapshotDir(out / snapshots.FOLDER).keys() == {snapshots.config_key(cfg)}
+
+
+def test_a_model_too_large_for_the_machine_is_refused_before_any_model_of_the_grid_trains(tmp_path, monkeypatch,
+                                                                                           capsys):
+    """The memory of every batch of models is checked before training: a plain model of the grid is not trained
+    and stored first, the line names the penalty's points, and the dry run refuses before it times any step."""
+    from smoothness.cli import main
+    from smoothness.experiments.running import pipeline
+    monkeypatch.setattr(pipeline, "memory_budget", lambda device: 10 * 2**30)
+    g = tmp_path / "g.yaml"
+    g.write_text("name: big\ndata: mnist5k\npairs: [[3, 8]]\nn_train: [64]\nseeds: 0\nmax_epochs: 2\n"
+                 "model: {family: cnn, channels: [8, 16]}\nalpha: 1.0\nlr: 0.05\n"
+                 "regularizers: [{name: none}, {name: gradient_path_length, lam: [1.0e-3], penalty_points: 10000}]\n")
+    for extra in (["--dry-run"], []):
+        assert main(["run", str(g), "--out", str(tmp_path / "out"), "--device", "cpu", *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "gradient_path_length with 10,000 points per penalty segment" in err, err
+        assert "more than the 10,240 MB this machine has for it: lower penalty_points, batch_size" in err, err
+    assert not (tmp_path / "out").exists()

@@ -56,6 +56,8 @@ def _dry_run(g, a) -> None:
     work = runner.work_left(g, out)
     if work and runner.data_checked_here(a.backend, a.address):
         runner.check_data(g, a.data_dir)
+        if a.backend == "local":   # before any step is timed: a model too large for the machine is refused
+            pipeline.check_memory([c for c, _ in work], device)
     print(runner.dry_run(g, out, a.merge))
     rate = shape = None
     busy, costs = "", {}

@@ -62,10 +62,24 @@ def batch_limit(configs: list[RunConfig], device) -> int:
     budget = memory_budget(device)
     if need > budget:
         what = "-".join(map(str, c.widths)) + " net" if c.model is None else c.family().describe()
+        penalty = (f", {c.regularizer} with {c.penalty_points:,} points per penalty segment" if
+                   c.regularizer in training.regularizers.PATH_LENGTH else "")
+        lower = "penalty_points, " if penalty else ""
         raise ConfigError(f"one model ({what}, N = {max(x.n_train for x in configs):,}, "
-                          f"batch {c.batch_size:,}) needs about {need / 2**20:,.0f} MB, more than the "
-                          f"{budget / 2**20:,.0f} MB this machine has for it")
+                          f"batch {c.batch_size:,}{penalty}) needs about {need / 2**20:,.0f} MB, more than the "
+                          f"{budget / 2**20:,.0f} MB this machine has for it: lower {lower}batch_size or the model's "
+                          "size")
     return max(1, min(len(configs), budget // need))
+
+
+def check_memory(configs: list[RunConfig], device) -> None:
+    """batch_limit's refusal before any training, for every batch key among these models: a ConfigError for the
+    first whose one model does not fit in the memory budget of `device`."""
+    groups: dict[tuple, list[RunConfig]] = {}
+    for c in configs:
+        groups.setdefault(c.batch_key(), []).append(c)
+    for members in groups.values():
+        batch_limit(members, device)
 
 
 def train_spec(c: RunConfig, sub: torch.Tensor, targets: torch.Tensor, offset: int = 0, *,

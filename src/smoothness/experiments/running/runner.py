@@ -309,6 +309,8 @@ def _run_grid(grid: Grid, out: Path, configs, keys, t0, *, device, data_dir, pro
             check_data(grid, data_dir)  # on a remote cluster the workers' data is checked by the workers
             pipeline.check_architectures(dict(zip(keys, configs)), [k for k, _ in todo],
                                          store.values_of("shapes_digest"), snaps.shapes(k for k, _ in todo))
+            if backend == "local":   # a Ray worker checks its own device's memory
+                pipeline.check_memory([c for _, c in todo], device)
         claim_store(store, grid, merge)
         store.set_meta("versions", versions())
         bar = GridProgress(len(todo), progress, stream, every=snaps.every or HEARTBEAT,
