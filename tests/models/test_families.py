@@ -322,10 +322,11 @@ def test_a_list_of_name_value_pairs_in_kwargs_is_keyed_and_recorded_as_a_list_no
     assert other["kwargs"] == {"items": {"a": 2, "b": 3}} and other != spec
 
 
-def test_a_factory_without_kwargs_keeps_its_key_whether_kwargs_is_absent_or_empty():
+def test_a_factory_without_kwargs_keeps_its_key_whether_kwargs_is_absent_empty_or_null():
     from smoothness.experiments.configuration.config import RunConfig, config_key
     a = models.canonical({"factory": "test_families:needs_width"})
     b = models.canonical({"factory": "test_families:needs_width", "kwargs": {}})
-    assert a == b and a["kwargs"] == []
+    c = models.canonical({"factory": "test_families:needs_width", "kwargs": None})   # kwargs: null in YAML
+    assert a == b == c and a["kwargs"] == []
     assert config_key(RunConfig(n_train=16, model=a)) == config_key(RunConfig(n_train=16, model=b)) \
         == "9060a6c756e9fe980638b01a"   # as before mappings were told apart from lists

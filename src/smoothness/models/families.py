@@ -69,6 +69,8 @@ def canonical(spec) -> dict | None:
     if name == "factory":
         if not isinstance(spec.get("factory"), str) or not spec["factory"]:
             raise ConfigError("model: a factory family needs factory: package.module:function")
+        if spec.get("kwargs", {}) is None:   # `kwargs: null` is no arguments, keyed as absent kwargs are
+            del spec["kwargs"]
         kwargs = spec.get("kwargs") or {}
         if not isinstance(kwargs, dict):
             raise ConfigError(f"model: kwargs of a factory must be a mapping, got {kwargs!r}")
