@@ -311,6 +311,19 @@ def pairs(items):
                          nn.Linear(sum(v for _, v in items), 1))
 
 
+@pytest.mark.parametrize("kwargs, where, value", [({"width": float("nan")}, "kwargs.width", "nan"),
+                                                  ({"cfg": {"scale": [1.0, float("-inf")]}}, r"kwargs.cfg.scale\[1\]",
+                                                   "-inf")])
+def test_a_non_finite_number_in_a_factorys_kwargs_is_refused_when_the_grid_is_read(kwargs, where, value):
+    message = f"model: {where} of factory test_families:needs_width is {value}: "
+    with pytest.raises(ConfigError, match=message):
+        models.canonical({"factory": "test_families:needs_width", "kwargs": kwargs})
+    from smoothness.experiments.configuration import grid
+    with pytest.raises(ConfigError, match=message):
+        grid.parse({"name": "t", "pairs": [[3, 8]], "n_train": [16], "seeds": 0,
+                    "model": {"factory": "test_families:needs_width", "kwargs": kwargs}})
+
+
 def test_a_list_of_name_value_pairs_in_kwargs_is_keyed_and_recorded_as_a_list_not_a_mapping():
     spec = models.canonical({"factory": "test_families:pairs", "kwargs": {"items": [["a", 2], ["b", 3]]}})
     assert spec["kwargs"] == {"items": [["a", 2], ["b", 3]]}

@@ -74,8 +74,25 @@ def canonical(spec) -> dict | None:
         kwargs = spec.get("kwargs") or {}
         if not isinstance(kwargs, dict):
             raise ConfigError(f"model: kwargs of a factory must be a mapping, got {kwargs!r}")
+        bad = non_finite(kwargs, "kwargs")
+        if bad:
+            raise ConfigError(f"model: {bad[0]} of factory {spec['factory']} is {bad[1]}: a keyword argument must "
+                              "be a finite number (a model's key and record hold it, and NaN equals nothing)")
     s = _settings(name, spec)
     return {"family": name, **plain(asdict(s))}
+
+
+def non_finite(v, path: str) -> tuple[str, float] | None:
+    """(where, value) of the first float in v, at any depth of mappings and lists, that is NaN or infinite (where:
+    `kwargs.a[1].b`); None if there is none."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return path, v
+    items = v.items() if isinstance(v, dict) else enumerate(v) if isinstance(v, (list, tuple)) else ()
+    for k, x in items:
+        bad = non_finite(x, f"{path}.{k}" if isinstance(v, dict) else f"{path}[{k}]")
+        if bad:
+            return bad
+    return None
 
 
 def family_of_setting(name: str) -> str | None:
