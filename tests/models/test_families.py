@@ -134,6 +134,11 @@ def thresholded(cut=None):
     return Thresholded(cut)
 
 
+def tied():
+    shared = nn.Linear(784, 784)
+    return nn.Sequential(nn.Flatten(), shared, nn.ReLU(), shared, nn.Linear(784, 1))
+
+
 def nested(cfg, widths):
     assert isinstance(cfg, dict) and isinstance(widths, list), (cfg, widths)
     return nn.Sequential(nn.Flatten(), nn.Linear(784, cfg["width"] * widths[0]), nn.ReLU(),
@@ -154,11 +159,21 @@ def nested(cfg, widths):
     ("test_families:thresholded", {"cut": "branch"}, "cannot train as M stacked copies"),
     ("test_families:thresholded", {"cut": "item"}, "cannot train as M stacked copies"),
     ("test_families:thresholded", {"cut": "detached"}, "do not depend on its parameters"),
+    ("test_families:tied", {}, r"shares parameters between submodules \(1.weight is also 3.weight\)"),
 ])
 def test_a_factory_that_cannot_give_a_stackable_model_is_one_line_before_any_training(factory, kwargs, message):
     spec = models.canonical({"factory": factory, "kwargs": kwargs})
     with pytest.raises(ConfigError, match=message):
         models.build(spec, None, (1, 28, 28), 1)
+
+
+def test_the_stacking_check_leaves_the_template_as_the_factory_built_it(monkeypatch):
+    from smoothness.models import family
+    monkeypatch.setattr(family, "shared_parameters", lambda m: [], raising=False)   # let tied weights reach the stacking check
+    fam = models.build(models.canonical({"factory": "test_families:tied"}), None, (1, 28, 28), 1)
+    assert all(type(t) is nn.Parameter for t in fam.template.parameters())
+    net = fam.module(fam.init([0], 1.0), 0)   # a copy of the template, as the memory estimate and measures take it
+    assert net(torch.zeros(2, 784)).shape == (2,)
 
 
 def test_a_factorys_nested_arguments_arrive_as_mappings_and_lists_and_keep_their_key():

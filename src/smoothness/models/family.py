@@ -148,10 +148,22 @@ def check_module(m, what: str) -> nn.Module:
                           "give their sizes, or run one forward pass on an input of the task's shape in the factory")
     if not any(p.requires_grad for p in m.parameters()):
         raise ConfigError(f"{what} has no trainable parameters")
+    tied = shared_parameters(m)
+    if tied:
+        raise ConfigError(f"{what} shares parameters between submodules ({' is also '.join(tied)}): the stack holds "
+                          "one tensor per parameter name, so build each submodule with weights of its own")
     if any(True for _ in m.buffers()):
         names = ", ".join(n for n, _ in m.named_buffers())
         raise ConfigError(f"{what} holds buffers ({names}): state that is not a parameter cannot be stacked per model")
     return m
+
+
+def shared_parameters(m: nn.Module) -> list[str]:
+    """The names of the first parameter that m reaches under several names (tied weights), or []."""
+    names: dict[int, list[str]] = {}
+    for name, p in m.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(name)
+    return next((n for n in names.values() if len(n) > 1), [])
 
 
 class ModuleFamily(Family):
@@ -164,12 +176,16 @@ class ModuleFamily(Family):
         self.names = tuple(n for n, _ in template.named_parameters())
 
     def forward(self, p: ParamStack, x: torch.Tensor) -> torch.Tensor:
+        return self._forward_of(self.template, p, x)
+
+    def _forward_of(self, template: nn.Module, p: ParamStack, x: torch.Tensor) -> torch.Tensor:
+        """forward() of the stack p through this template module (functional_call under vmap)."""
         x = self.points(p, x)
         m, n = x.shape[0], x.shape[1]
         xs = x.reshape(m, n, *self.input_shape)
 
         def one(params, xi):
-            return functional_call(self.template, params, (xi,))
+            return functional_call(template, params, (xi,))
         out = torch.vmap(one)(dict(zip(p.names, p.values)), xs)
         return out.reshape(m, n, -1)
 
@@ -302,11 +318,14 @@ class FactoryFamily(ModuleFamily):
     def _check_stacked(self) -> None:
         """One line before any training when two stacked copies of the module cannot run as training runs them:
         functional_call under vmap, differentiated with respect to the parameters (data-dependent control flow,
-        .item() or outputs cut off from the parameters fail here, not in the first step)."""
+        .item() or outputs cut off from the parameters fail here, not in the first step). It runs through a copy of
+        the template, so that nothing functional_call or the module does under vmap stays in the template."""
+        import copy
         p = self.init([0, 1], 1.0)
         values = [v.detach().requires_grad_(True) for v in p.values]
         try:
-            out = self.forward(ParamStack(p.names, values), torch.zeros(2, 2, self.input_dim))
+            out = self._forward_of(copy.deepcopy(self.template), ParamStack(p.names, values),
+                                   torch.zeros(2, 2, self.input_dim))
             if not out.requires_grad:
                 raise ConfigError(f"{self.what}: the module's outputs do not depend on its parameters, so SGD cannot "
                                   "train it")
