@@ -139,6 +139,19 @@ def tied():
     return nn.Sequential(nn.Flatten(), shared, nn.ReLU(), shared, nn.Linear(784, 1))
 
 
+class Complex(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(784, dtype=torch.complex64))
+
+    def forward(self, x):
+        return (x.flatten(1).to(torch.complex64) @ self.w).real
+
+
+def complex_weights():
+    return Complex()
+
+
 def nested(cfg, widths):
     assert isinstance(cfg, dict) and isinstance(widths, list), (cfg, widths)
     return nn.Sequential(nn.Flatten(), nn.Linear(784, cfg["width"] * widths[0]), nn.ReLU(),
@@ -159,6 +172,7 @@ def nested(cfg, widths):
     ("test_families:thresholded", {"cut": "branch"}, "cannot train as M stacked copies"),
     ("test_families:thresholded", {"cut": "item"}, "cannot train as M stacked copies"),
     ("test_families:thresholded", {"cut": "detached"}, "do not depend on its parameters"),
+    ("test_families:complex_weights", {}, r"has a torch.complex64 parameter \(w\)"),
     ("test_families:tied", {}, r"shares parameters between submodules \(1.weight is also 3.weight\)"),
 ])
 def test_a_factory_that_cannot_give_a_stackable_model_is_one_line_before_any_training(factory, kwargs, message):

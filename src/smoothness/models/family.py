@@ -148,6 +148,10 @@ def check_module(m, what: str) -> nn.Module:
                           "give their sizes, or run one forward pass on an input of the task's shape in the factory")
     if not any(p.requires_grad for p in m.parameters()):
         raise ConfigError(f"{what} has no trainable parameters")
+    odd = next(((n, p.dtype) for n, p in m.named_parameters() if not p.is_floating_point()), None)
+    if odd:
+        raise ConfigError(f"{what} has a {odd[1]} parameter ({odd[0]}): models train and are measured with real "
+                          "floating-point parameters (float32)")
     tied = shared_parameters(m)
     if tied:
         raise ConfigError(f"{what} shares parameters between submodules ({' is also '.join(tied)}): the stack holds "
