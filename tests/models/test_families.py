@@ -190,6 +190,16 @@ def test_the_stacking_check_leaves_the_template_as_the_factory_built_it(monkeypa
     assert net(torch.zeros(2, 784)).shape == (2,)
 
 
+def test_a_factory_model_too_large_for_the_memory_is_refused_before_any_copy_is_made(monkeypatch):
+    from smoothness.models import family
+    n = 784 * 5 + 5 + 5 + 1
+    monkeypatch.setattr(family, "memory_budget", lambda device: 4 * n * 4, raising=False)   # room for 4 copies
+    monkeypatch.setattr(family.FactoryFamily, "init", lambda *a, **k: pytest.fail("a copy was made"))
+    spec = models.canonical({"factory": "test_families:needs_width", "kwargs": {"width": 5}})
+    with pytest.raises(ConfigError, match=f"the module has {n:,} parameters .* hold 6 copies of them"):
+        models.build(spec, None, (1, 28, 28), 1)
+
+
 def test_a_factorys_nested_arguments_arrive_as_mappings_and_lists_and_keep_their_key():
     from smoothness.experiments.configuration.config import RunConfig, config_key
     spec = {"factory": "test_families:nested", "kwargs": {"cfg": {"width": 3}, "widths": [1, 2]}}

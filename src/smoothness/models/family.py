@@ -24,7 +24,12 @@ from torch import nn
 from torch.func import functional_call
 
 from smoothness.errors import ConfigError, first_line
-from smoothness.models.stack import ParamStack
+from smoothness.models.stack import TRAINING_COPIES, ParamStack, params_bytes
+from smoothness.runtime.devices import memory_budget
+
+# Copies of a factory's parameters its checks hold at once: the template, and the stacking check's two models (as
+# modules, then as a stack with its gradient) with a copy of the template.
+CHECK_COPIES = 6
 
 
 class Family:
@@ -270,6 +275,19 @@ def failure(e: BaseException) -> str:
     return f"raised {type(e).__name__}: {first_line(e, 300)}"
 
 
+def check_memory(template: nn.Module, what: str) -> None:
+    """A ConfigError when the copies of the template's parameters that the checks and the training of one model
+    hold (beside the template, built already) do not fit the memory this machine has for them
+    (runtime.devices.memory_budget of the CPU, where the checks run)."""
+    n = sum(p.numel() for p in template.parameters())
+    copies = max(CHECK_COPIES, 1 + TRAINING_COPIES)
+    need, budget = params_bytes(n, copies - 1), memory_budget("cpu")
+    if need > budget:
+        raise ConfigError(f"{what}: the module has {n:,} parameters ({params_bytes(n) / 2**20:,.0f} MB in float32); "
+                          f"its checks and training hold {copies} copies of them: about {need / 2**20:,.0f} MB beside "
+                          f"the template, more than the {budget / 2**20:,.0f} MB this machine has for them")
+
+
 def call_factory(fn, kwargs: dict, what: str) -> nn.Module:
     """fn(**kwargs) checked (check_module); whatever it raises becomes one ConfigError line."""
     try:
@@ -294,6 +312,7 @@ class FactoryFamily(ModuleFamily):
         self.what = f"factory {settings.factory}"
         with torch.random.fork_rng(devices=[]):
             template = call_factory(self.fn, self.kwargs, self.what)
+        check_memory(template, self.what)
         super().__init__(settings, input_shape, outputs, template.float())
         self._check_shape()
 

@@ -9,6 +9,13 @@ from dataclasses import dataclass
 
 import torch
 
+TRAINING_COPIES = 3   # copies of a model's parameters while it trains: the weights, their gradient, a finished copy
+
+
+def params_bytes(n_params: int, copies: int = 1) -> int:
+    """Bytes of `copies` float32 copies of a model's n_params parameters: how the memory estimates count weights."""
+    return 4 * n_params * copies
+
 
 @dataclass
 class ParamStack:

@@ -8,6 +8,7 @@ import torch
 
 from smoothness import paper
 from smoothness.models import DEFAULT_ALPHA, MLPStack, losses
+from smoothness.models.stack import TRAINING_COPIES, params_bytes
 from smoothness.runtime import rng
 from smoothness.training import optimizers, regularizers
 
@@ -93,7 +94,7 @@ def model_bytes(widths, n_max: int, batch_size: int = DEFAULT_BATCH, optimizer: 
     activations = batch_size * sum(widths) * 4 * 6
     if regularizer in regularizers.PATH_LENGTH:   # the points of batch_size / 2 segments
         activations += batch_size // 2 * penalty_points * sum(widths) * 4 * 6
-    return 4 * params * (3 + state) + 40 * n_max + activations
+    return params_bytes(params, TRAINING_COPIES + state) + 40 * n_max + activations
 
 
 def family_bytes(family, n_max: int, batch_size: int = DEFAULT_BATCH, optimizer: str = "sgd",
@@ -108,4 +109,4 @@ def family_bytes(family, n_max: int, batch_size: int = DEFAULT_BATCH, optimizer:
     activations = batch_size * per_example
     if regularizer in regularizers.PATH_LENGTH:
         activations += batch_size // 2 * penalty_points * per_example
-    return 4 * family.n_params() * (3 + state) + 40 * n_max + activations
+    return params_bytes(family.n_params(), TRAINING_COPIES + state) + 40 * n_max + activations
