@@ -132,6 +132,22 @@ def test_minibatch_gradient_norm_matches_a_loop_over_the_batches():
         assert float(got[m]) == pytest.approx(sum(sq) / len(sq), rel=1e-6)  # returned as float32
 
 
+def test_the_minibatch_gradient_norm_of_any_family_is_the_mlps_through_its_family_and_loss():
+    from smoothness.experiments.configuration.config import RunConfig
+    from smoothness.experiments.running.evaluate import family_minibatch_gradient_norm
+    from smoothness.models import build
+    fam = build(None, (784, 16), (1, 28, 28))
+    p = fam.init([2], 1.0)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(20, 784, generator=g), torch.where(torch.arange(20) % 2 == 0, -1.0, 1.0)
+    c = RunConfig(n_train=20, hidden=(16,), batch_size=8, measure_seed=3)
+    want = paramspace.minibatch_gradient_norm(p, x, y, batch_size=8, seed=3)
+    torch.testing.assert_close(family_minibatch_gradient_norm(fam, p, x, y, c), want)
+    cnn = build({"family": "cnn", "channels": [2], "kernel": 3, "pool": "max"}, None, (1, 28, 28))
+    got = family_minibatch_gradient_norm(cnn, cnn.init([0, 1], 1.0), x, y, c)
+    assert got.shape == (2,) and bool((got > 0).all())
+
+
 def test_grid_records_the_parameter_measures(tmp_path):
     from smoothness.experiments.configuration import grid
     from smoothness.experiments.running import runner

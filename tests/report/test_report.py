@@ -260,6 +260,24 @@ def run_and_report(tmp_path, grid_yaml: str) -> Path:
     return tmp_path / "exp" / "report"
 
 
+def test_a_store_of_cnns_regularized_by_the_minibatch_gradient_norm_records_it_and_reports(tmp_path):
+    rep = run_and_report(tmp_path, "name: t\ndata: mnist5k\npairs: [[3, 8]]\nn_train: [16, 32]\nseeds: 0\n"
+                         "alpha: 1.0\nlr: 0.05\nthreshold: 0.9\nmax_epochs: 3\nmodel: {family: cnn, channels: [2]}\n"
+                         "regularizers: [{name: none}, {name: minibatch_gradient_norm, lam: [1.0e-3]}]\n"
+                         "measure: {measure_points: 20, segments: 4, points_per_segment: 4}\n")
+    with Store(tmp_path / "exp") as s:
+        df = s.frame()
+    assert len(df) == 4 and bool((df["minibatch_gradient_norm"] > 0).all())
+    assert "MGN" in (rep / "report.md").read_text()
+    # records without the measure (a store written before the CNN's models had it): NaN, no values to show
+    from smoothness.analysis import tables
+    old = df.drop(columns=[c for c in df if c.startswith("minibatch_gradient_norm")])
+    figs, rows = tables.figure2_data(old), tables.table2(old)
+    assert len(figs) == len(rows) == 2   # N = 16 and 32
+    assert all(f["measure"] == "MGN" and all(len(v) == 0 for v in f["values"].values()) for f in figs)
+    assert rows["unreg_mean"].isna().all() and rows["reg_mean"].isna().all()
+
+
 def test_table2_at_fixed_lambdas_over_several_n_gets_r_norm_against_n(tmp_path):
     rep = run_and_report(tmp_path, "name: grow\npairs: [[3, 8], [4, 9]]\nn_train: [16, 32]\nhidden: 16\nlr: 0.05\n"
                          "threshold: 1.0e-3\nmax_epochs: 2000\nbatch_size: 16\ntable2_lambdas: paper\n"

@@ -44,6 +44,13 @@ def complete(df: pd.DataFrame) -> pd.DataFrame:
     return df.assign(**missing) if missing and len(df) else df
 
 
+def with_columns(df: pd.DataFrame, columns) -> pd.DataFrame:
+    """df with a column of NaN for each of these measure columns that its records lack (records of a family, or
+    from a version, that did not compute the measure): a value that is not there reads as not measured."""
+    missing = {c: np.nan for c in columns if c not in df}
+    return df.assign(**missing) if missing else df
+
+
 def setting_label(row, with_lr: bool = True) -> str:
     """A setting in words (data, optimizer, architecture, rates, cap, batch, threshold) for table titles."""
     lr = f", lr {row['lr']:g}, cap {row['max_epochs']} epochs" if with_lr else ""
@@ -235,7 +242,7 @@ def regularized_groups(df: pd.DataFrame, lambdas: dict | None = None):
     """For each regularizer and setting (incl. N): its lambda = 0 baseline rows and the chosen lambda's rows: the
     largest lambda still converging, or with lambdas {regularizer: lambda} that fixed lambda (groups that did not
     train it are skipped)."""
-    df = complete(df)
+    df = with_columns(complete(df), REGULARIZED_MEASURE.values())
     key = REG_SETTING + ["n_train"]
     regd = df[df["regularizer"] != "none"]
     for (reg, *keys), g in regd.groupby(["regularizer"] + key, sort=True):

@@ -24,7 +24,8 @@ DEFAULT_PROBES = 32
 
 
 def _points(p: MLPStack, x, y, mask):
-    x = torch.as_tensor(x, dtype=p.weights[0].dtype, device=p.weights[0].device)
+    t = p.tensors()[0]
+    x = torch.as_tensor(x, dtype=t.dtype, device=t.device)
     y = torch.as_tensor(y, dtype=x.dtype, device=x.device)
     if x.dim() == 2:
         x, y = x.expand(p.n_models, *x.shape), y.expand(p.n_models, *y.shape)
@@ -135,9 +136,11 @@ def distance_from_init(p: MLPStack, seeds, alpha) -> torch.Tensor:
 
 
 @precision.strict_fp32()
-def minibatch_gradient_norm(p: MLPStack, x, y, mask=None, *, batch_size: int = 64, seed: int = 0) -> torch.Tensor:
+def minibatch_gradient_norm(p: MLPStack, x, y, mask=None, *, batch_size: int = 64, seed: int = 0,
+                            losses=training_losses) -> torch.Tensor:
     """Smith et al.'s implicit regularizer at θ: the mean over the minibatches of one shuffled epoch of
-    ‖∇_θ L_b(θ)‖², L_b the MSE on batch b (the last, partial batch included). [M]."""
+    ‖∇_θ L_b(θ)‖², L_b the MSE on batch b (the last, partial batch included). [M]. p is a stack of MLPs, or of
+    any family with `losses(q, xb, yb, valid)` its batch losses [M] (models.losses.mean_loss of Family.values)."""
     x, y, mask = _points(p, x, y, mask)
     n = mask.sum(1)
     nmax = y.shape[1]
@@ -159,7 +162,7 @@ def minibatch_gradient_norm(p: MLPStack, x, y, mask=None, *, batch_size: int = 6
         xb = x.gather(1, j[..., None].expand(-1, -1, x.shape[2]))
         yb = y.gather(1, j)
         with torch.enable_grad():
-            g = torch.autograd.grad(training_losses(q, xb, yb, valid | ~has[:, None]).sum(), leaves)
+            g = torch.autograd.grad(losses(q, xb, yb, valid | ~has[:, None]).sum(), leaves)
         total += torch.where(has, _dot(g, g).double(), 0.0)
         batches += has.double()
     return (total / batches).float()

@@ -11,7 +11,7 @@ import torch
 
 from smoothness.data import images, lines
 from smoothness.experiments.configuration.config import RunConfig
-from smoothness.measures import ofmodule, oned, registry, single
+from smoothness.measures import ofmodule, oned, paramspace, registry, single
 from smoothness.models import MLPStack, dataset_mse
 from smoothness.runtime import precision
 
@@ -203,4 +203,16 @@ def _measure_module(it: Trained, dev) -> dict[str, float]:
                 rec[registry.on_points(key, suffix)] = float(e)
                 if key + "_se" in m.columns:
                     rec[registry.on_points(key + "_se", suffix)] = e.se
+    rec["minibatch_gradient_norm"] = float(family_minibatch_gradient_norm(fam, p, xtr, ytr, c)[0])
     return rec
+
+
+def family_minibatch_gradient_norm(fam, p, xtr: torch.Tensor, ytr: torch.Tensor, c: RunConfig) -> torch.Tensor:
+    """Smith et al.'s minibatch gradient norm (paramspace.minibatch_gradient_norm) of a stack p of any family on
+    the training set xtr [n, d], ytr [n], with the loss and batches the model trained on. [M]."""
+    from smoothness.models import losses
+
+    def batch_losses(q, xb, yb, valid):
+        return losses.mean_loss(fam.values(q, xb), yb, c.loss, valid)[0]
+    return paramspace.minibatch_gradient_norm(p, xtr, ytr, batch_size=c.batch_size, seed=c.measure_seed,
+                                              losses=batch_losses)
