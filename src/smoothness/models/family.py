@@ -13,6 +13,7 @@ parameters where the regularizers need it. The MLP overrides both with its close
 """
 from __future__ import annotations
 
+import copy
 import importlib
 import math
 import sys
@@ -343,7 +344,6 @@ class FactoryFamily(ModuleFamily):
         functional_call under vmap, differentiated with respect to the parameters (data-dependent control flow,
         .item() or outputs cut off from the parameters fail here, not in the first step). It runs through a copy of
         the template, so that nothing functional_call or the module does under vmap stays in the template."""
-        import copy
         p = self.init([0, 1], 1.0)
         values = [v.detach().requires_grad_(True) for v in p.values]
         try:
