@@ -200,7 +200,6 @@ class ModuleFamily(Family):
         return out.reshape(m, n, -1)
 
     def module(self, p: ParamStack, m: int = 0) -> nn.Module:
-        import copy
         mod = copy.deepcopy(self.template)
         with torch.no_grad():
             for t, v in zip(mod.parameters(), p.values):
