@@ -289,6 +289,24 @@ def test_compare_csv_into_a_folder_or_a_missing_folder_is_one_line(made, tmp_pat
     _one_line(*_main(capsys, "compare", made, made, "--csv", tmp_path / "no" / "x.csv")[::2], "does not exist")
 
 
+def test_compare_csv_never_replaces_a_file_and_refuses_it_first(made, tmp_path, capsys, monkeypatch):
+    from smoothness.report import compare
+    monkeypatch.setattr(compare, "compare", lambda *a: pytest.fail("compared before the --csv check"))
+    keep = tmp_path / "keep.csv"
+    keep.write_text("mine\n", encoding="utf-8")
+    _one_line(*_main(capsys, "compare", made, made, "--csv", keep)[::2], "exists, and is never replaced")
+    assert keep.read_text(encoding="utf-8") == "mine\n"
+    _one_line(*_main(capsys, "compare", made, made, "--csv", "")[::2], "--csv '': name the CSV file")
+    if os.geteuid() != 0:
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o555)
+        try:
+            _one_line(*_main(capsys, "compare", made, made, "--csv", ro / "m.csv")[::2], "is not writable")
+        finally:
+            ro.chmod(0o755)
+
+
 def test_download_to_a_file_or_from_a_bad_mirror_is_one_line(tmp_path, capsys):
     f = tmp_path / "file"
     f.write_text("x")

@@ -467,8 +467,8 @@ def _png(d):
 @pytest.mark.parametrize("density, words", [
     ("", ["--density '': name the PNG file"]),
     (".", ["is a folder; name a PNG file in it"]),
-    ("d.txt", ["the figure is a PNG; name a file ending in .png"]),
-    ("/dev/full", ["the figure is a PNG"]),
+    ("d.txt", ["the output is a PNG file; name a file ending in .png"]),
+    ("/dev/full", ["the output is a PNG file"]),
     ("missing/d.png", ["the folder missing does not exist"]),
     ("old.png", ["exists, and is never replaced"]),
 ])

@@ -263,7 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("b", help="experiment directory (or .sqlite file) B")
     cp.add_argument("--ignore", nargs="*", default=None, metavar="FIELD",
                     help="configuration fields not matched on (default: matmul_precision)")
-    cp.add_argument("--csv", default=None, metavar="PATH", help="also write the matched models to PATH as CSV")
+    cp.add_argument("--csv", default=None, metavar="PATH",
+                    help="also write the matched models to PATH, a new CSV file (an existing file is never replaced)")
 
     sv = sub.add_parser("salvage", help="copy what can still be read from a damaged results store into a new one",
                         description="Copy every model row (and its weights) that can still be read from a damaged "

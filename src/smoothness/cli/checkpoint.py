@@ -215,16 +215,17 @@ def _which(a) -> tuple[str, ...]:
         raise ConfigError(f"--measures: {e}") from None
 
 
-def check_new_png(value: str, option: str = "--density") -> Path:
-    """The PNG file a figure will be written to, checked before any work: a name ending in .png, in a writable
-    folder, where no file is yet (an existing file is never replaced)."""
+def check_new_file(value: str, option: str, kind: str, example: str, suffix: str | None = None) -> Path:
+    """The new file an output will be written to, checked before any work: a name (ending in suffix where one is
+    given), in a writable folder, where no file is yet (an existing file is never replaced). kind says what the file
+    is (`PNG file`), example names a file to suggest in a folder given instead."""
     if not value.strip():
-        raise ConfigError(f"{option} '': name the PNG file to draw to")
+        raise ConfigError(f"{option} '': name the {kind} to write to")
     p = Path(value)
     if value.endswith(("/", os.sep)) or p.is_dir():
-        raise ConfigError(f"{option} {value}: is a folder; name a PNG file in it, e.g. {p / 'density.png'}")
-    if p.suffix.lower() != ".png":
-        raise ConfigError(f"{option} {value}: the figure is a PNG; name a file ending in .png")
+        raise ConfigError(f"{option} {value}: is a folder; name a {kind} in it, e.g. {p / example}")
+    if suffix and p.suffix.lower() != suffix:
+        raise ConfigError(f"{option} {value}: the output is a {kind}; name a file ending in {suffix}")
     if p.exists() or p.is_symlink():
         raise ConfigError(f"{option} {value}: exists, and is never replaced; remove it or name another file")
     parent = p.parent
@@ -236,6 +237,11 @@ def check_new_png(value: str, option: str = "--density") -> Path:
     if why := modelfile.cannot_create(p):
         raise ConfigError(f"{option} {value}: cannot create it: {why}")
     return p
+
+
+def check_new_png(value: str, option: str = "--density") -> Path:
+    """The PNG file a figure will be drawn to (check_new_file)."""
+    return check_new_file(value, option, "PNG file", "density.png", ".png")
 
 
 def _draw(density, path: Path, loss: str | None, points: int) -> str | None:

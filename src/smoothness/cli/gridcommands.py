@@ -129,19 +129,19 @@ def cmd_compare(a) -> int:
     unknown = set(a.ignore) - set(compare.config_columns(()))
     if unknown:
         raise SmoothnessError(f"--ignore: not configuration fields: {', '.join(sorted(unknown))}")
-    if a.csv:   # a bad destination fails before the comparison
-        dest = Path(a.csv)
-        if dest.is_dir():
-            raise SmoothnessError(f"--csv {dest} is a folder; give a file name, e.g. {dest / 'matched.csv'}")
-        if not dest.parent.is_dir():
-            raise SmoothnessError(f"--csv {dest}: the folder {dest.parent} does not exist")
+    if a.csv is not None:   # a bad destination fails before the comparison
+        from smoothness.cli.checkpoint import check_new_file
+        check_new_file(str(a.csv), "--csv", "CSV file", "matched.csv")
     c = compare.compare(a.a, a.b, a.ignore)
     if not len(c.matched):
         raise SmoothnessError(c.no_match())
     print(c.markdown(), end="")
-    if a.csv:
+    if a.csv is not None:
         try:
-            c.matched.to_csv(a.csv, index=False, encoding="utf-8")
+            c.matched.to_csv(a.csv, index=False, encoding="utf-8", mode="x")
+        except FileExistsError:
+            raise SmoothnessError(f"--csv {a.csv}: the file appeared while the stores were compared, and is never "
+                                  "replaced") from None
         except OSError as e:
             raise SmoothnessError(f"cannot write --csv {a.csv} ({e.strerror or e})") from None
         print(f"matched models: {a.csv}")
