@@ -104,6 +104,27 @@ TINY = {"name": "tiny", "description": "Two tiny models.", "data": "mnist5k", "p
         "measure": {"points": 50, "segments": 5, "points_per_segment": 5}}
 
 
+def corrupt_member(path, member: str | None = None, n: int = 16) -> str:
+    """Overwrite n bytes inside one member of the zip archive at path (the largest one stored uncompressed, or the
+    one whose name ends in member, such as 'data/2'), leaving the archive's structure and recorded CRCs as they
+    were; the member's name."""
+    import struct
+    import zipfile
+    with zipfile.ZipFile(path) as z:
+        infos = [i for i in z.infolist() if i.compress_type == zipfile.ZIP_STORED and i.file_size >= n
+                 and (member is None or i.filename.endswith(member))]
+    info = max(infos, key=lambda i: i.file_size)
+    with open(path, "r+b") as f:
+        f.seek(info.header_offset + 26)
+        name_len, extra_len = struct.unpack("<HH", f.read(4))
+        start = info.header_offset + 30 + name_len + extra_len + (info.file_size - n) // 2
+        f.seek(start)
+        old = f.read(n)
+        f.seek(start)
+        f.write(bytes(b ^ 0x5A for b in old))
+    return info.filename
+
+
 def tiny(**kw):
     """The tiny grid (two small models on mnist5k), with fields replaced."""
     from smoothness.experiments.configuration import grid

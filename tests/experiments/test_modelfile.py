@@ -9,7 +9,7 @@ import warnings
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import corrupt_member, run_cli
 from smoothness.cli import commands
 from smoothness.errors import SmoothnessError
 from smoothness.experiments.running import pipeline
@@ -141,6 +141,15 @@ def test_unloadable_file_is_one_line_of_ours(tmp_path, saved, capsys, kind, msg)
     assert code == 2 and out == "" and len(err) == 1, err
     assert err[0].startswith(f"smoothness: error: {p} is not a smoothness model file") and msg in err[0]
     assert "weights_only" not in err[0] and "Traceback" not in err[0]
+
+
+def test_a_saved_file_with_a_damaged_member_is_one_line_naming_it(tmp_path, saved, capsys):
+    p = tmp_path / "bad.pt"
+    p.write_bytes(saved.read_bytes())
+    member = corrupt_member(p)   # the first layer's weights: torch.load reads them without a word
+    code, out, err = _measure_in_process(p, capsys)
+    assert code == 2 and out == "" and len(err) == 1, err
+    assert err[0] == f"smoothness: error: {p} is corrupt: the member {member} does not match its CRC-32"
 
 
 def test_refused_pickle_from_the_command_line(tmp_path, saved):

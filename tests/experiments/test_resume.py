@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_cli, spec, tiny
+from conftest import corrupt_member, run_cli, spec, tiny
 from smoothness import training
 from smoothness.data import images
 from smoothness.experiments.configuration.grid import config_key
@@ -158,6 +158,19 @@ def test_an_unreadable_snapshot_is_set_aside_and_its_model_trained_from_the_star
     snaps.save(other, snap)
     snaps.file(runner.config_key(other)).rename(snaps.file(runner.config_key(cfg)))
     assert snaps.load(cfg) is None and "not the snapshot of model" in capsys.readouterr().err
+
+
+def test_a_snapshot_with_a_damaged_member_is_set_aside_not_trusted(tmp_path, capsys):
+    from smoothness.models import init_mlp
+    g = tiny(**GRID)
+    cfg = g.configs()[0]
+    snaps = snapshots_mod.SnapshotDir(tmp_path / "snapshots", 60)
+    snaps.save(cfg, training.Snapshot(3, 9, init_mlp([0], cfg.widths), [], 1.0))
+    member = corrupt_member(snaps.file(runner.config_key(cfg)))   # the first layer's weights: still loads
+    assert snaps.load(cfg) is None
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"the member {member} does not match its CRC-32" in err, err
+    assert (snaps.path / f"{runner.config_key(cfg)}.pt.unreadable").exists()
 
 
 def test_the_command_line_takes_the_snapshot_period(tmp_path):

@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import corrupt_member
 from smoothness import measures
 from smoothness.cli import commands
 from smoothness.errors import MeasureError, MeasureTypeError, SmoothnessError
@@ -427,6 +428,23 @@ def test_inputs_that_are_no_regular_file_are_named_and_a_fifo_is_not_opened(ck, 
         r = subprocess.run([sys.executable, "-m", "smoothness", "measure", "w.pt", "--factory", "hardnet:build",
                             "--inputs", str(inputs)], capture_output=True, text=True, cwd=ck, timeout=120)
         assert r.returncode == 2 and words in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+@pytest.mark.parametrize("damaged", ["w.pt", "dyn.pt2", "script.pt", "pts.pt"])
+def test_a_zip_file_with_a_damaged_member_is_refused_naming_it(ck, tmp_path, capsys, monkeypatch, damaged):
+    """torch.load does not check the zip archive's CRCs: flipped bits in a tensor would be measured as weights."""
+    x, y = points(12)
+    torch.save({"x": x, "y": y}, tmp_path / "pts.pt")
+    torch.jit.save(torch.jit.script(net()), tmp_path / "script.pt")
+    for name in ("w.pt", "dyn.pt2"):
+        (tmp_path / name).write_bytes((ck / name).read_bytes())
+    member = corrupt_member(tmp_path / damaged)
+    model = "w.pt" if damaged == "pts.pt" else damaged
+    factory = ("--factory", "hardnet:build") if model == "w.pt" else ()
+    code, out, err = _main(capsys, monkeypatch, ck, tmp_path / model, *factory, "--inputs", tmp_path / "pts.pt",
+                           *FAST)
+    _one_line(code, out, err, f"{tmp_path / damaged}: the file is corrupt: the member {member} does not match "
+                              "its CRC-32")
 
 
 def test_the_training_mode_of_an_exported_program_is_one_line(ck, capsys, monkeypatch):

@@ -69,7 +69,15 @@ def build(factory: str) -> nn.Module:
     return model
 
 
+def _intact(path: Path) -> None:
+    """A DataError where path is a zip archive with a damaged member (modelfile.zip_damage): torch.load does not
+    check the archive's CRCs, and would read flipped bits as valid numbers."""
+    if why := modelfile.zip_damage(path):
+        raise DataError(f"{path}: the file is corrupt: {why}")
+
+
 def _state_dict(path: Path) -> dict:
+    _intact(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -100,6 +108,7 @@ def load_model(path: str, factory: str | None, device: torch.device):
     if not zipfile.is_zipfile(p):
         raise DataError(f"{path}: not a TorchScript or torch.export file (a zip archive); a state dict needs "
                         "--factory package.module:function")
+    _intact(p)
     if p.suffix == ".pt2":
         try:
             program = torch.export.load(p)
@@ -136,6 +145,7 @@ def load_inputs(path: str) -> tuple[torch.Tensor, torch.Tensor | None]:
         except Exception as e:
             raise DataError(f"{path}: not a readable .npz file ({type(e).__name__})") from None
     elif p.suffix in (".pt", ".pth"):
+        _intact(p)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")

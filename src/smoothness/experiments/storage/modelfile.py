@@ -7,6 +7,7 @@ import os
 import re
 import warnings
 import zipfile
+import zlib
 from pathlib import Path
 
 import torch
@@ -125,6 +126,8 @@ def _load(path):
         raise DataError(f"{path} is not a smoothness model file: it is empty")
     if head != b"PK\x03\x04":   # torch.save writes a zip archive
         raise DataError(f"{path} is not a smoothness model file: not a PyTorch archive")
+    if why := zip_damage(p):
+        raise DataError(f"{path} is corrupt: {why}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -139,6 +142,32 @@ def _load(path):
         else:
             why = f"a corrupt PyTorch archive ({type(e).__name__})"
         raise DataError(f"{path} is not a smoothness model file: {why}") from None
+
+
+def zip_damage(path, chunk: int = 1 << 20) -> str | None:
+    """Why the zip archive at path is damaged, or None: the first member whose bytes do not match the CRC-32 that
+    the archive records for it, or that cannot be read at all. torch.load does not check these, so a flipped bit
+    in a tensor is otherwise read as a valid weight. A member recorded with CRC 0 (torch.save with compute_crc32
+    off) cannot be checked and is passed; a file that is no zip archive is left to its loader (None)."""
+    try:
+        if not zipfile.is_zipfile(path):
+            return None
+        with zipfile.ZipFile(path) as z:
+            for info in z.infolist():
+                if info.CRC == 0:   # none recorded (or an empty member): nothing to check
+                    continue
+                try:
+                    with z.open(info) as member:
+                        while member.read(chunk):
+                            pass
+                except zipfile.BadZipFile as e:
+                    return (f"the member {info.filename} does not match its CRC-32" if "CRC" in str(e)
+                            else f"the member {info.filename} cannot be read ({first_line(e, 120)})")
+                except (OSError, EOFError, ValueError, NotImplementedError, zlib.error) as e:
+                    return f"the member {info.filename} cannot be read ({type(e).__name__}: {first_line(e, 120)})"
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+        return f"its zip directory cannot be read ({type(e).__name__}: {first_line(e, 120)})"
+    return None
 
 
 def _typed(v, t) -> bool:

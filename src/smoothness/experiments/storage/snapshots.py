@@ -7,8 +7,9 @@ time so far. The file is written to a temporary name, flushed to the disk and re
 a kill at any moment leaves the old snapshot or the new one, never half of one. The next run of the grid admits the
 model from its snapshot (training.Snapshot) and it goes on bit for bit as it would have without the stop (the
 shuffle of each epoch follows from the seed and the epoch). A snapshot is removed once its model is in the store.
-A snapshot that cannot be read, or whose key or shapes do not fit, is set aside with a warning and the model
-starts again from its first epoch; results never depend on a snapshot being there.
+A snapshot that cannot be read, whose zip archive fails its CRC check, or whose key or shapes do not fit, is set
+aside with a warning and the model starts again from its first epoch; results never depend on a snapshot being
+there.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from pathlib import Path
 import torch
 
 from smoothness.experiments.configuration.config import RunConfig, config_key
+from smoothness.experiments.storage.modelfile import zip_damage
 from smoothness.experiments.storage.store import versions, warn
 from smoothness.models import shapes_of, stack_from_state
 from smoothness.training import Snapshot
@@ -96,6 +98,8 @@ class SnapshotDir:
         if not path.is_file():
             return None
         try:
+            if why := zip_damage(path):   # torch.load would read flipped bits as weights
+                raise ValueError(why)
             state = torch.load(path, map_location="cpu", weights_only=True)
             if state.get("format") != FORMAT or state.get("key") != key:
                 raise ValueError(f"not the snapshot of model {key}")
