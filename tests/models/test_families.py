@@ -152,6 +152,14 @@ def complex_weights():
     return Complex()
 
 
+def wide(width=4):
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, width), nn.ReLU(), nn.Linear(width, 1))
+
+
+def typo_inside(width=4):
+    return nn.Linear(784, width, bias_=False)   # a TypeError raised in the body, not by the call
+
+
 def nested(cfg, widths):
     assert isinstance(cfg, dict) and isinstance(widths, list), (cfg, widths)
     return nn.Sequential(nn.Flatten(), nn.Linear(784, cfg["width"] * widths[0]), nn.ReLU(),
@@ -198,6 +206,19 @@ def test_a_factory_model_too_large_for_the_memory_is_refused_before_any_copy_is_
     spec = models.canonical({"factory": "test_families:needs_width", "kwargs": {"width": 5}})
     with pytest.raises(ConfigError, match=f"the module has {n:,} parameters .* hold 6 copies of them"):
         models.build(spec, None, (1, 28, 28), 1)
+
+
+@pytest.mark.parametrize("factory, kwargs, message", [
+    ("test_families:wide", {"width": 10 ** 23}, "factory test_families:wide raised TypeError: empty(): "),
+    ("test_families:typo_inside", {}, "factory test_families:typo_inside raised TypeError: "),
+    ("test_families:wide", {"widht": 8}, "wide: cannot be called with {'widht': 8}: got an unexpected keyword "
+                                          "argument 'widht'"),
+])
+def test_a_type_error_in_a_factorys_body_is_its_first_line_not_a_call_that_does_not_fit(factory, kwargs, message):
+    spec = models.canonical({"factory": factory, "kwargs": kwargs})
+    with pytest.raises(ConfigError) as e:
+        models.build(spec, None, (1, 28, 28), 1)
+    assert message in str(e.value) and "\n" not in str(e.value), str(e.value)
 
 
 def test_a_factorys_nested_arguments_arrive_as_mappings_and_lists_and_keep_their_key():

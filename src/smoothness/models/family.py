@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import inspect
 import math
 import sys
 from dataclasses import asdict, dataclass, field, fields
@@ -288,12 +289,27 @@ def check_memory(template: nn.Module, what: str) -> None:
                           f"the template, more than the {budget / 2**20:,.0f} MB this machine has for them")
 
 
+def unbound(fn, kwargs: dict) -> str | None:
+    """Why fn's signature does not take kwargs (inspect's words, e.g. "missing a required argument: 'width'"), or
+    None: it does, or fn has no signature to tell (a builtin, which then answers for itself)."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None
+    try:
+        signature.bind(**kwargs)
+    except TypeError as e:
+        return first_line(e, 300)
+    return None
+
+
 def call_factory(fn, kwargs: dict, what: str) -> nn.Module:
-    """fn(**kwargs) checked (check_module); whatever it raises becomes one ConfigError line."""
+    """fn(**kwargs) checked (check_module): arguments its signature does not take, and whatever its body raises,
+    each one ConfigError line."""
+    if why := unbound(fn, kwargs):
+        raise ConfigError(f"{what}: cannot be called with {kwargs or 'no arguments'}: {why}")
     try:
         m = fn(**kwargs)
-    except TypeError as e:
-        raise ConfigError(f"{what}: cannot be called with {kwargs or 'no arguments'}: {e}") from None
     except (Exception, SystemExit) as e:
         raise ConfigError(f"{what} {failure(e)}") from None
     return check_module(m, what)
