@@ -447,6 +447,15 @@ def test_a_zip_file_with_a_damaged_member_is_refused_naming_it(ck, tmp_path, cap
                               "its CRC-32")
 
 
+def test_a_torchscript_file_named_pt2_is_one_line_without_torch_exports_logged_traceback(ck, tmp_path):
+    torch.jit.save(torch.jit.script(net()), tmp_path / "s_as.pt2")
+    r = subprocess.run([sys.executable, "-m", "smoothness", "measure", str(tmp_path / "s_as.pt2"), "--inputs",
+                        "ok.npz"], capture_output=True, text=True, cwd=ck, timeout=120)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "not a torch.export program (PytorchStreamReader failed locating file archive_format" in r.stderr
+    assert "needs another name, such as .pt" in r.stderr and "warnings above" not in r.stderr
+
+
 def test_the_training_mode_of_an_exported_program_is_one_line(ck, capsys, monkeypatch):
     code, out, err = _main(capsys, monkeypatch, ck, "train.pt2", "--inputs", "ok.npz", *FAST)
     _one_line(code, out, err, "runs batch_norm in training mode", "export the model after model.eval()")

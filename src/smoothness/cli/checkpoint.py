@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import math
 import os
 import sys
@@ -93,6 +94,34 @@ def _state_dict(path: Path) -> dict:
     return sd
 
 
+class _Reasons(logging.Handler):
+    """The first lines of the exceptions logged to it."""
+
+    def __init__(self):
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.exc_info and record.exc_info[1] is not None:   # its first sentence: PyTorch's advice follows
+            self.lines.append(first_line(record.exc_info[1], 200).split(". ")[0])
+
+
+def _program(p: Path):
+    """torch.export.load(p); a file it cannot read is one DataError with the reason, which torch.export logs as a
+    traceback on stderr (its logger is kept from stderr while it loads)."""
+    log = logging.getLogger("torch.export")
+    reasons, handlers = _Reasons(), log.handlers[:]
+    log.handlers = [reasons]
+    try:
+        return torch.export.load(p)
+    except Exception as e:
+        why = reasons.lines[-1] if reasons.lines else f"{type(e).__name__}: {first_line(e, 200)}"
+        raise DataError(f"{p}: not a torch.export program ({why}); a .pt2 file is read as one, so a TorchScript "
+                        "file needs another name, such as .pt") from None
+    finally:
+        log.handlers = handlers
+
+
 def load_model(path: str, factory: str | None, device: torch.device):
     """The model to measure, on the device and (where it has a mode) in eval mode; a second value says what it is."""
     p = _exists(path)
@@ -110,11 +139,7 @@ def load_model(path: str, factory: str | None, device: torch.device):
                         "--factory package.module:function")
     _intact(p)
     if p.suffix == ".pt2":
-        try:
-            program = torch.export.load(p)
-        except Exception as e:
-            raise DataError(f"{path}: not a torch.export program ({type(e).__name__}: {e})") from None
-        return program.module().to(device), f"torch.export program {p.name}"
+        return _program(p).module().to(device), f"torch.export program {p.name}"
     try:
         model = torch.jit.load(p, map_location=device)
     except Exception:
