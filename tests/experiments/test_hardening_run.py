@@ -305,6 +305,28 @@ def test_two_runs_of_one_grid_at_once_count_every_model_once(tmp_path, monkeypat
         assert len(st) == 3
 
 
+NORMED = """
+from torch import nn
+
+def normed():
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 4), nn.LayerNorm(4), nn.ReLU(), nn.Linear(4, 1))
+"""
+
+
+def test_a_measures_warning_during_run_is_one_smoothness_line(tmp_path):
+    import yaml
+    (tmp_path / "normed_run.py").write_text(NORMED)
+    g = tmp_path / "g.yaml"
+    g.write_text(yaml.safe_dump({**{k: v for k, v in TINY.items() if k != "hidden"}, "max_epochs": 2,
+                                 "model": {"factory": "normed_run:normed"}}))
+    r = subprocess.run([sys.executable, "-m", "smoothness", "run", str(g), "--out", str(tmp_path / "o"), "--quiet"],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.strip().splitlines() == [
+        "smoothness: warning: no Lipschitz upper bound: LayerNorm is not among the layers this bound covers (see "
+        "smoothness.measures.lipbound)"], r.stderr
+
+
 def test_the_summary_line_counts_models_left_untrained():
     s = experiments.RunSummary("g", 10, 3, trained=4, skipped=1, elsewhere=1)
     assert s.left == 1

@@ -335,7 +335,7 @@ def measure(a) -> int:
         for note in notes:   # after the checks of measure_model: an error there stays the one line
             print(f"smoothness: {note}", file=sys.stderr)
         for message in dict.fromkeys(str(w.message) for w in caught):   # each once, in order
-            print(f"smoothness: warning: {message}", file=sys.stderr)
+            print(console.warning_line(message), file=sys.stderr)
     except (ValueError, TypeError, AssertionError) as e:   # the measures' own checks, one line each
         guard = e if isinstance(e, AssertionError) else e.__cause__   # the model's own failure on the first point
         if isinstance(guard, AssertionError) and "Guard failed" in str(guard):

@@ -6,6 +6,8 @@ import json
 import math
 import os
 import sys
+import warnings
+from contextlib import contextmanager
 
 from smoothness.data import lines
 from smoothness.measures import oned, registry
@@ -101,6 +103,27 @@ def print_table(records: list[dict]) -> None:
                 for key, head in table if key in registry.keys(table1=True)]
         where = f"seed {seed}" + (f", lambda {lam:g}" if reg != "none" else "")
         print(f"Kendall tau(N, measure), {where}, {len(ok)} converged models: " + ", ".join(taus))
+
+
+def warning_line(message) -> str:
+    """A warning as the command line prints it: one line `smoothness: warning: ...`."""
+    return f"smoothness: warning: {message}"
+
+
+@contextmanager
+def warnings_as_lines():
+    """Inside, each warning is printed as it comes, each message once, as one line (warning_line) on stderr, instead
+    of Python's `FILE:LINE: UserWarning: ...` and the source line it points at."""
+    seen = set()
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if str(message) not in seen:
+            seen.add(str(message))
+            print(warning_line(message), file=sys.stderr, flush=True)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
 
 
 def stdout_closed() -> bool:

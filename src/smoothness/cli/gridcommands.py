@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from smoothness.cli import console
 from smoothness.cli.args import matmul_precision
 from smoothness.errors import SmoothnessError, StoreError
 from smoothness.experiments.configuration import grid, staging
@@ -31,11 +32,12 @@ def _grid(g, a):
 def _run(g, a) -> Path:
     out = _out_dir(g, a)
     a.on_interrupt = lambda: runner.interrupted_note(g, out)
-    summary = runner.run_grid(g, out, device=a.device, data_dir=a.data_dir, progress=not a.quiet,
-                                   save_weights=not a.no_weights, backend=a.backend, address=a.address,
-                                   chunk_size=a.chunk_size, retries=a.retries, ray_cpus=a.ray_cpus,
-                                   measure_batch=a.measure_batch, merge=a.merge,
-                                   snapshot_every=a.snapshot_every, ray_timeout=a.ray_timeout)
+    with console.warnings_as_lines():   # the measures' warnings (a layer without a Lipschitz bound), as measure's
+        summary = runner.run_grid(g, out, device=a.device, data_dir=a.data_dir, progress=not a.quiet,
+                                  save_weights=not a.no_weights, backend=a.backend, address=a.address,
+                                  chunk_size=a.chunk_size, retries=a.retries, ray_cpus=a.ray_cpus,
+                                  measure_batch=a.measure_batch, merge=a.merge,
+                                  snapshot_every=a.snapshot_every, ray_timeout=a.ray_timeout)
     print(summary.line())
     return out
 
