@@ -200,6 +200,19 @@ def test_grid_file_errors_are_one_line(tmp_path):
     assert r.returncode == 2 and "unknown key 'seed'" in r.stderr and "did you mean 'seeds'" in r.stderr
 
 
+@pytest.mark.parametrize("model, words", [
+    ({"family": "cnn", "channels": [8], "kernel": 29}, "kernel 29 is wider than the inputs (28x28)"),
+    ({"family": "cnn", "channels": [4096, 4096]}, "parameters per model, more than the limit"),
+    ({"family": "cnn", "channels": [2] * 6}, "6 pooling blocks do not fit inputs of shape [1, 28, 28]"),
+])
+def test_a_cnn_that_does_not_fit_the_images_is_refused_with_the_grid_files_name(tmp_path, model, words):
+    f = tmp_path / "cnn.yaml"
+    f.write_text(yaml.safe_dump({"pairs": [[3, 8]], "n_train": [16], "model": model}))
+    with pytest.raises(ConfigError) as e:
+        grid.load(f)
+    assert str(e.value).startswith(f"{f}: model: cnn family: ") and words in str(e.value), str(e.value)
+
+
 def test_a_folder_named_like_a_preset_does_not_hide_it(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "smoke").mkdir()            # e.g. an output folder of an earlier run

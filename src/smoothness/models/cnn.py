@@ -56,19 +56,29 @@ class CNNSettings:
             raise ValueError(f"pool must be one of {', '.join(POOLS)}, got {self.pool!r}")
 
 
-def build(settings: CNNSettings, input_shape: tuple[int, int, int], outputs: int) -> nn.Sequential:
-    """One model of the family as an nn.Sequential (its parameters uninitialized: init() sets them)."""
-    c, h, w = input_shape
+def check(settings: CNNSettings, input_shape: tuple, outputs: int) -> None:
+    """A ValueError where the settings do not make a model of this family for these inputs: inputs that are not
+    images [C, H, W], a kernel wider than them, more parameters than MAX_PARAMS, or more pooling blocks than they
+    halve into. Found without building it (a grid is checked when it is read)."""
+    if len(input_shape) != 3:
+        raise ValueError(f"the cnn family takes images [C, H, W]; this task's inputs are {list(input_shape)}")
+    _, h, w = input_shape
     if settings.kernel > min(h, w):
         raise ValueError(f"kernel {settings.kernel} is wider than the inputs ({h}x{w}): choose at most {min(h, w)}")
-    n = n_params(settings, input_shape, outputs)
+    n = n_params(settings, tuple(input_shape), outputs)
     if n > MAX_PARAMS:
         raise ValueError(f"channels {list(settings.channels)} with kernel {settings.kernel} make {n:,} parameters per "
                          f"model, more than the limit of {MAX_PARAMS:,} (the family is meant for thousands to ~100k)")
+    if min(h, w) >> (len(settings.channels) - 1) < 2:   # each block before the last halves the inputs
+        raise ValueError(f"{len(settings.channels)} pooling blocks do not fit inputs of shape {list(input_shape)}")
+
+
+def build(settings: CNNSettings, input_shape: tuple[int, int, int], outputs: int) -> nn.Sequential:
+    """One model of the family as an nn.Sequential (its parameters uninitialized: init() sets them)."""
+    check(settings, input_shape, outputs)
+    c, h, w = input_shape
     layers: list[nn.Module] = []
     for out in settings.channels:
-        if h < 2 or w < 2:
-            raise ValueError(f"{len(settings.channels)} pooling blocks do not fit inputs of shape {list(input_shape)}")
         layers += [nn.Conv2d(c, out, settings.kernel, padding=settings.kernel // 2), nn.ReLU(),
                    nn.MaxPool2d(2) if settings.pool == "max" else nn.AvgPool2d(2)]
         c, h, w = out, h // 2, w // 2
@@ -100,8 +110,6 @@ class CNNFamily(ModuleFamily):
     name = "cnn"
 
     def __init__(self, settings: CNNSettings, input_shape, outputs: int = 1):
-        if len(input_shape) != 3:
-            raise ValueError(f"the cnn family takes images [C, H, W]; this task's inputs are {list(input_shape)}")
         super().__init__(settings, input_shape, outputs, build(settings, tuple(input_shape), outputs))
 
     def images(self, p: ParamStack, x: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,7 @@ from dataclasses import asdict, fields
 
 from smoothness.errors import ConfigError
 from smoothness.models.cnn import CNNFamily, CNNSettings
+from smoothness.models.cnn import check as cnn_check
 from smoothness.models.family import FactoryFamily, FactorySettings, Family, FrozenMapping, plain
 from smoothness.models.mlp import MLPFamily, MLPSettings, MLPStack
 from smoothness.models.stack import ParamStack
@@ -18,6 +19,7 @@ from smoothness.models.stack import ParamStack
 FAMILIES = {"mlp": (MLPFamily, MLPSettings), "cnn": (CNNFamily, CNNSettings),
             "factory": (FactoryFamily, FactorySettings)}
 DEFAULT = "mlp"
+SHAPE_CHECKS = {"cnn": cnn_check}   # a family's settings against the task's inputs, without building a model
 
 
 def _frozen(v):
@@ -112,6 +114,19 @@ def build(spec: dict | None, hidden, input_shape, outputs: int = 1) -> Family:
     name = spec.pop("family")
     try:
         return FAMILIES[name][0](_settings(name, spec), tuple(input_shape), outputs)
+    except ValueError as e:
+        raise ConfigError(f"model: {name} family: {e}") from None
+
+
+def check(spec: dict | None, input_shape, outputs: int = 1) -> None:
+    """What build() would refuse about a built-in family's settings for these inputs, found without building it (a
+    factory is not called: its module is imported only when a run builds it)."""
+    if spec is None or spec["family"] not in SHAPE_CHECKS:
+        return
+    spec = dict(spec)
+    name = spec.pop("family")
+    try:
+        SHAPE_CHECKS[name](_settings(name, spec), tuple(input_shape), outputs)
     except ValueError as e:
         raise ConfigError(f"model: {name} family: {e}") from None
 

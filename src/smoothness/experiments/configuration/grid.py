@@ -56,6 +56,7 @@ from smoothness.data import images, lines
 from smoothness.errors import ConfigError, DataError
 from smoothness.experiments.configuration import config, gridvalues
 from smoothness.experiments.configuration.config import RunConfig, config_key  # noqa: F401 (config_key: part of grid's API)
+from smoothness.models import families
 from smoothness.runtime import rng
 from smoothness.training import optimizers, regularizers
 
@@ -261,8 +262,15 @@ def parse(raw: dict, name: str | None = None) -> Grid:
              description=str(raw.get("description") or ""),
              model=gridvalues.model_list(raw.get("model")), loss=gridvalues.loss_list(raw.get("loss", "mse")),
              classes=classes)
-    g.configs()  # the remaining checks (e.g. weights_product needs one hidden layer)
+    _check_models(g.configs())  # the remaining checks (e.g. weights_product needs one hidden layer)
     return g
+
+
+def _check_models(configs: list[RunConfig]) -> None:
+    """Each model of the grid against its task's inputs (a cnn's kernel and pooling blocks against the images), once
+    per architecture, so that what would fail the first build fails the reading of the grid."""
+    for c in {c.architecture(): c for c in configs}.values():
+        families.check(c.model, images.input_shape(c.data), c.outputs)
 
 
 def load(path) -> Grid:
