@@ -39,6 +39,12 @@ def test_the_canonical_spec_fills_every_setting_and_the_mlp_is_none():
     with pytest.raises(ConfigError, match=r"make 12,233,785,345 parameters per model, more than the limit"):
         models.build(models.canonical({"family": "cnn", "channels": [4096, 4096], "kernel": 27}), None,
                      (1, 28, 28), 1)
+    # a value of the wrong shape is shown as written, not in its frozen form ([(8,)])
+    for bad, shown in (({"channels": [[8]]}, "got [[8]]"), ({"channels": {"a": 1}}, "a list of positive integers, "
+                       "one per block, got {'a': 1}"), ({"kernel": [3]}, "got [3]"), ({"pool": ["max"]}, "got ['max']")):
+        with pytest.raises(ConfigError) as e:
+            models.canonical({"family": "cnn", **bad})
+        assert str(e.value).endswith(shown), str(e.value)
     # a wrong type is refused, not rounded: 2.5 channels are not 2, True is not 1
     for bad in ({"channels": [2.5]}, {"channels": [True]}, {"kernel": True}, {"kernel": 3.0}):
         with pytest.raises(ConfigError, match="integer"):

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from smoothness.models import convstack
-from smoothness.models.family import ModuleFamily
+from smoothness.models.family import FrozenMapping, ModuleFamily, thawed
 from smoothness.models.stack import ParamStack
 from smoothness.runtime import rng
 from smoothness.runtime.values import is_integer
@@ -39,10 +39,11 @@ class CNNSettings:
     pool: str = field(default="max", metadata={"doc": "2x2 pooling after each block: max or avg"})
 
     def __post_init__(self):
-        if not isinstance(self.channels, (list, tuple)):
-            raise ValueError(f"channels must be a list of positive integers, one per block, got {self.channels!r}")
+        if not isinstance(self.channels, (list, tuple)) or isinstance(self.channels, FrozenMapping):
+            raise ValueError(f"channels must be a list of positive integers, one per block, got "
+                             f"{thawed(self.channels)!r}")
         if not all(is_integer(c) for c in self.channels):
-            raise ValueError(f"channels must be positive integers, one per block, got {list(self.channels)}")
+            raise ValueError(f"channels must be positive integers, one per block, got {thawed(self.channels)}")
         object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
         if not self.channels or any(c < 1 for c in self.channels):
             raise ValueError(f"channels must be one or more positive integers, got {list(self.channels)}")
@@ -50,10 +51,10 @@ class CNNSettings:
             raise ValueError(f"channels: at most {MAX_CHANNELS:,} per block (a larger value is a typo or a network "
                              f"no machine trains here), got {max(self.channels):,}")
         if not is_integer(self.kernel) or self.kernel < 1 or self.kernel % 2 == 0:
-            raise ValueError(f"kernel must be an odd integer >= 1, got {self.kernel!r}")
+            raise ValueError(f"kernel must be an odd integer >= 1, got {thawed(self.kernel)!r}")
         object.__setattr__(self, "kernel", int(self.kernel))
         if self.pool not in POOLS:
-            raise ValueError(f"pool must be one of {', '.join(POOLS)}, got {self.pool!r}")
+            raise ValueError(f"pool must be one of {', '.join(POOLS)}, got {thawed(self.pool)!r}")
 
 
 def check(settings: CNNSettings, input_shape: tuple, outputs: int) -> None:
