@@ -148,6 +148,8 @@ def test_the_density_figure_is_labelled_with_the_loss_the_points_and_the_kernel_
     (("net.pt2", "--sharpness-iters", 5), "--sharpness-iters is not an option of `smoothness measure`: it is "
                                           "--steps there (--steps 5)"),
     (("net.pt2", "--inputs", "data.npz", "--data", "mnist5k"), "--data: for models saved by `train --save`"),
+    (("net.pt2", "--inputs", "data.npz", "--measure-points", 5), "--measure-points: for models saved by `train "
+                                                                  "--save`; a checkpoint is measured on --inputs"),
 ])
 def test_bad_input_gets_one_line(files, args, message):
     d, *_ = files

@@ -114,7 +114,9 @@ CHECKPOINT_SEGMENTS = 100   # measure --inputs: path lengths in seconds (the pap
 def _add_measure_args(p: argparse.ArgumentParser) -> None:
     """The measures' options of `measure`: those of the RunConfig fields (as train's), except --segments, defaulted
     by what is measured, and the curvature's, named --steps and --probes there (the old names refused, RENAMED)."""
-    config_option(p, "measure_points")
+    f = CONFIG_FIELDS["measure_points"]   # unset: a checkpoint is measured on all its --inputs, and refuses it
+    config_option(p, "measure_points", default=None, help=f"{f.metadata['doc']}, of a `train --save` file's models "
+                  f"(default: {f.default}; a checkpoint is measured on every point of --inputs)")
     p.add_argument("--segments", type=int, default=None, help="random segments for FPL/GPL (default: "
                    f"{CHECKPOINT_SEGMENTS} for a checkpoint, so that a small model takes seconds; the paper's "
                    f"{CONFIG_FIELDS['segments'].default} for a `train --save` file)")

@@ -91,7 +91,8 @@ def cmd_measure(a) -> int:
     if a.inputs is not None or a.factory is not None:
         if a.inputs is None:
             raise SmoothnessError("--factory: the points to measure on come with --inputs FILE (.npz or .pt)")
-        saved_only = [f"--{k.replace('_', '-')}" for k in ("data", "pair", "data_dir") if getattr(a, k)]
+        saved_only = [f"--{k.replace('_', '-')}" for k in ("data", "pair", "data_dir", "measure_points")
+                      if getattr(a, k) is not None]
         if saved_only:
             raise SmoothnessError(f"{', '.join(saved_only)}: for models saved by `train --save`; a checkpoint is "
                                   "measured on --inputs")
@@ -109,7 +110,8 @@ def cmd_measure(a) -> int:
                               "`train --save` get the measures of `train` (--segments, --points, --steps, --probes)")
     rng.check_seed(a.measure_seed, "--measure-seed")
     device = pipeline.resolve_device(a.device)
-    opts = dict(measure_points=a.measure_points, measure_seed=a.measure_seed,
+    opts = dict(measure_points=args.CONFIG_FIELDS["measure_points"].default if a.measure_points is None
+                else a.measure_points, measure_seed=a.measure_seed,
                 segments=inputspace.DEFAULT_SEGMENTS if a.segments is None else a.segments,
                 points=a.points,
                 sharpness_iters=a.steps or 0, trace_probes=a.probes or 0)
