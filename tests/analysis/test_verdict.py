@@ -4,7 +4,7 @@ import math
 import pandas as pd
 import pytest
 
-from smoothness.analysis import verdict
+from smoothness.analysis import tables, verdict
 from smoothness.errors import ConfigError
 from smoothness.experiments.configuration import grid
 
@@ -33,7 +33,7 @@ def test_the_data_must_support_a_reading():
     # a classification task is one dataset per seed: the missing l_S is still the reason given
     assert "needs the measure's lower bound l_S" in verdict.read_r(float("nan"), 1, 1e-4, False, unreg=1.3,
                                                                      lower=float("nan"))[1]
-    assert verdict.read_r(0.9, 1, 1e-3, False)[1] == "too little data for r_norm (1 pair; need 2)"
+    assert verdict.read_r(0.9, 1, 1e-3, False)[1] == "too little data for r_norm (1 dataset; need 2)"
     kind, why = verdict.read_r(float("nan"), 2, 1e-4, False, unreg=1.3, lower=float("nan"))   # FPL, K outputs
     assert kind is None and "lower bound l_S" in why and "too little data" not in why
     # FPL's r_norm = (S_reg - 1) / (S_unreg - 1): meaningless when S_unreg hardly exceeds its lower bound 1
@@ -122,8 +122,21 @@ def test_table2_says_why_no_lambda_was_chosen():
     assert "no unregularized model reached" in fmt._lam_cell(SimpleNamespace(lam=None, baselines_converged=0))
 
 
+def test_the_datasets_of_a_task_of_classes_are_its_seeds_and_those_of_pairs_pairs_and_seeds():
+    from smoothness.report import format as fmt
+    assert tables.datasets_words(2, "all") == "2 datasets (seeds of the task of classes all)"
+    assert tables.datasets_words(6, "") == tables.datasets_words(6, float("nan")) == "6 (pair, seed) datasets"
+    t1 = pd.DataFrame([{"setting": "s", "measure": "GN", "tau_mean": 0.5, "tau_std": 0.1, "paper_tau_mean": 0.9,
+                        "paper_tau_std": 0.1, "datasets": 2, "converged": 6, "models": 6, "excluded": 0,
+                        "classes": "all"}])
+    assert "mean ± std over 2 datasets (seeds of the task of classes all);" in fmt.table1_tables(t1)[0].note
+    v = pd.DataFrame([{"task": "t", "measure": "GN", "tau": 0.5, "tau_std": 0.1, "paper_tau": 0.9, "tau_datasets": 2,
+                       "n_max": 64, "r_norm": 0.9, "r_norm_std": 0.1, "paper_r_norm": 0.9, "r_datasets": 2,
+                       "lam": 1e-3, "n_train_reg": 64, "reading": "-", "paper_reading": "-", "why": ""}])
+    assert "(2 datasets, λ 0.001, N 64)" in fmt.verdict_tables(v)[0].rows[0][2]
+
+
 def test_a_task_of_classes_names_its_loss_either_way_and_a_binary_task_only_a_loss_other_than_the_papers():
-    from smoothness.analysis import tables
     row = {"data": "mnist5k", "model": "mlp", "hidden": "256", "classes": "", "loss": "mse"}
     assert tables.task_label(row) == "mnist5k, hidden 256"
     assert tables.task_label({**row, "loss": "cross_entropy"}) == "mnist5k, hidden 256, cross_entropy"

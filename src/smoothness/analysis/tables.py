@@ -12,6 +12,7 @@ from smoothness import paper
 from smoothness.experiments.configuration import staging
 from smoothness.experiments.configuration.config import ADDED_FIELDS, SETTING_FIELDS
 from smoothness.measures import registry
+from smoothness.runtime.values import counted
 from smoothness.training.regularizers import PAPER_LAMBDAS  # noqa: F401 (the paper's lambdas: part of analysis's API)
 
 # The four measures of the paper's tables, with their short names (all lists come from registry.py).
@@ -74,6 +75,13 @@ def _task_parts(row) -> tuple[str, str, str]:
     # the paper's loss of a binary task goes unnamed; a task of classes names either loss
     loss = "" if name == "mse" and not task else ", mse (one-hot targets)" if name == "mse" else f", {name}"
     return task, arch, loss
+
+
+def datasets_words(n: int, classes) -> str:
+    """n datasets in words: (pair, seed) datasets of binary tasks, the seeds of a task of classes."""
+    if isinstance(classes, str) and classes:
+        return f"{counted(n, 'dataset')} (seeds of the task of classes {classes})"
+    return f"{n} (pair, seed) datasets"
 
 
 def task_label(row) -> str:
@@ -171,7 +179,7 @@ def table1(df: pd.DataFrame, taus: pd.DataFrame | None = None) -> pd.DataFrame:
                         "n_sizes": int(sel["n_train"].nunique()), "n_max": int(sel["n_train"].max()),
                         "converged": int((sel["status"] == "converged").sum()),
                         "excluded": int((sel["status"] != "converged").sum()),
-                        "paper_tau_mean": pm, "paper_tau_std": ps})
+                        "paper_tau_mean": pm, "paper_tau_std": ps, "classes": setting.get("classes", "")})
     return pd.DataFrame(out)
 
 

@@ -22,7 +22,7 @@ TAU_NOT_MONOTONE = 0.5  # tau <= this: S is far from monotone in N
 R_NOT_REDUCIBLE = 0.85  # r_norm >= this: explicit regularization hardly reduces S
 R_REDUCIBLE = 0.7       # r_norm <= this: explicit regularization reduces S substantially
 MIN_GAP = 0.05          # (mu_unreg - l_S) / mu_unreg below this: r_norm divides by a near-zero difference
-MIN_DATASETS = 2        # (pair, seed) datasets behind a tau, or pairs behind an r_norm
+MIN_DATASETS = 2        # datasets (a pair's or a task of classes' seeds) behind a tau or an r_norm
 MIN_SIZES = 3           # distinct training sizes behind a tau
 PAPER_N_MAX = 8192
 
@@ -64,7 +64,7 @@ def read_r(r, datasets: int, lam, ladder_short: bool, unreg=None, lower=0.0,
     if not _ok(r) and datasets >= MIN_DATASETS:
         return None, "r_norm could not be computed"
     if not _ok(r) or datasets < MIN_DATASETS:
-        return None, f"too little data for r_norm ({counted(datasets, 'pair')}; need {MIN_DATASETS})"
+        return None, f"too little data for r_norm ({counted(datasets, 'dataset')}; need {MIN_DATASETS})"
     if _ok(unreg) and _ok(lower) and lower > 0 and (unreg - lower) < MIN_GAP * abs(unreg):
         return None, (f"the unregularized mean {unreg:.3g} lies within {MIN_GAP:.0%} of the lower bound {lower:g}: "
                       "r_norm divides by a near-zero difference")

@@ -59,7 +59,8 @@ def table1_tables(t1: pd.DataFrame) -> list[Table]:
         rows = [["Kendall's τ (ours)"] + [_pm(r.tau_mean, r.tau_std) for r in g.itertuples()],
                 ["Kendall's τ (paper)"] + [_pm(r.paper_tau_mean, r.paper_tau_std) for r in g.itertuples()]]
         r0 = g.iloc[0]
-        note = (f"Ours: mean ± std over {int(r0.datasets)} (pair, seed) datasets; {int(r0.converged)} of "
+        note = (f"Ours: mean ± std over {tables.datasets_words(int(r0.datasets), r0.get('classes'))}; "
+                f"{int(r0.converged)} of "
                 f"{int(r0.models)} unregularized models converged, {int(r0.excluded)} excluded (not converged or "
                 f"diverged). Paper: 45 MNIST-binary pairs × 3 seeds, N = 64…8192. Setting: {setting}.")
         out.append(Table("Table 1: monotonicity, Kendall's τ between training size N and each measure",
@@ -123,7 +124,7 @@ def verdict_tables(v: pd.DataFrame) -> list[Table]:
             return f"{_pm(r.tau, r.tau_std)} / {fmt(r.paper_tau)}" + behind
 
         def ratio(r):
-            behind = (f" ({counted(r.r_datasets, 'pair')}, λ {fmt(r.lam)}, N {r.n_train_reg})" if r.r_datasets
+            behind = (f" ({counted(r.r_datasets, 'dataset')}, λ {fmt(r.lam)}, N {r.n_train_reg})" if r.r_datasets
                       else "")
             return f"{_pm(r.r_norm, r.r_norm_std)} / {fmt(r.paper_r_norm)}" + behind
 
