@@ -52,16 +52,17 @@ class _Trained:
     at: float
 
 
-def batch_limit(configs: list[RunConfig], device) -> int:
+def batch_limit(configs: list[RunConfig], device, fam=None) -> int:
     """How many of these models (one batch key) train at once: as many as fit in the memory budget
     (devices.memory_budget, training.model_bytes); the others wait for a place. A ConfigError if one alone does
-    not fit."""
+    not fit. fam: their family, if built already (a factory's build calls the factory and checks its model)."""
     c = configs[0]
-    need = training.family_bytes(c.family(), max(x.n_train for x in configs), c.batch_size, c.optimizer,
+    fam = c.family() if fam is None else fam
+    need = training.family_bytes(fam, max(x.n_train for x in configs), c.batch_size, c.optimizer,
                                  c.regularizer, c.penalty_points)
     budget = memory_budget(device)
     if need > budget:
-        what = "-".join(map(str, c.widths)) + " net" if c.model is None else c.family().describe()
+        what = "-".join(map(str, c.widths)) + " net" if c.model is None else fam.describe()
         penalty = (f", {c.regularizer} with {c.penalty_points:,} points per penalty segment" if
                    c.regularizer in training.regularizers.PATH_LENGTH else "")
         lower = "penalty_points, " if penalty else ""
@@ -173,7 +174,7 @@ def iter_train_and_measure(configs: list[RunConfig], *, device=None, data_dir=No
         built = {"parameters": fam.n_params(), "shapes_digest": shapes_digest(fam.shapes())}
         trainer = training.BatchedTrainer(torch.cat(pools), fam, c.batch_size, dev,
                                           matmul_precision=c.matmul_precision,
-                                          max_batch=batch_limit([configs[i] for i in members], dev),
+                                          max_batch=batch_limit([configs[i] for i in members], dev, fam),
                                           snapshot_every=snapshots.every if snapshots is not None else None)
         on_snapshot = None
         if snapshots is not None:
@@ -195,7 +196,6 @@ def iter_train_and_measure(configs: list[RunConfig], *, device=None, data_dir=No
                 yield from _measure_trained(queue, dev)
                 queue = []
     yield from _measure_trained(queue, dev)
-
 
 
 def check_architectures(by_key: dict[str, RunConfig], todo: list[str], stored: dict[str, str],

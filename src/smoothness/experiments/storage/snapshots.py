@@ -39,28 +39,29 @@ class SnapshotDir:
     def file(self, key: str) -> Path:
         return self.path / f"{key}.pt"
 
-    def epochs(self, keys) -> dict[str, int]:
-        """The epoch of each snapshot among `keys` that can be read (the weights are not read: memory-mapped)."""
+    def _read(self, keys, pick) -> dict:
+        """key -> pick(key, state) for each snapshot among `keys` that can be read, its tensors memory-mapped, not
+        read; one being replaced or unreadable, or that pick finds wanting (None or an error), is passed over (load()
+        deals with it when the model is admitted)."""
         out = {}
         for key in sorted(self.keys() & set(keys)):
             try:
-                out[key] = int(torch.load(self.file(key), map_location="cpu", weights_only=True, mmap=True)["epoch"])
-            except Exception:   # being replaced, or unreadable: load() deals with it when the model is admitted
+                value = pick(key, torch.load(self.file(key), map_location="cpu", weights_only=True, mmap=True))
+            except Exception:   # noqa: BLE001 - whatever a damaged or half-replaced file makes torch.load raise
                 continue
+            if value is not None:
+                out[key] = value
         return out
+
+    def epochs(self, keys) -> dict[str, int]:
+        """The epoch of each snapshot among `keys` that can be read (the weights are not read: memory-mapped)."""
+        return self._read(keys, lambda key, state: int(state["epoch"]))
 
     def shapes(self, keys) -> dict[str, list[tuple[int, ...]]]:
         """The tensor shapes of the model in each snapshot among `keys` that can be read as one (the others are left
         to load(), which sets them aside)."""
-        out = {}
-        for key in sorted(self.keys() & set(keys)):
-            try:
-                state = torch.load(self.file(key), map_location="cpu", weights_only=True, mmap=True)
-                if state.get("format") == FORMAT and state.get("key") == key:
-                    out[key] = shapes_of(stack_from_state(state["params"]))
-            except Exception:   # noqa: BLE001 - being replaced, or unreadable: load() deals with it
-                continue
-        return out
+        return self._read(keys, lambda key, state: shapes_of(stack_from_state(state["params"]))
+                          if state.get("format") == FORMAT and state.get("key") == key else None)
 
     def keys(self) -> set[str]:
         """The keys of the models that have a snapshot."""
