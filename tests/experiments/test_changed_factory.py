@@ -17,12 +17,12 @@ NET = """from torch import nn
 
 
 def net(width=4):
-    return nn.Sequential(nn.Flatten(), nn.Linear(784, {w}), nn.ReLU(), nn.Linear({w}, 1))
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, {w}), nn.{act}(), nn.Linear({w}, 1))
 """
 
 
-def _write(folder, w):
-    (folder / "changing.py").write_text(NET.replace("{w}", str(w)))
+def _write(folder, w, act="ReLU"):
+    (folder / "changing.py").write_text(NET.replace("{w}", str(w)).replace("{act}", act))
     sys.modules.pop("changing", None)
     importlib.invalidate_caches()
 
@@ -33,7 +33,7 @@ def changing(tmp_path, monkeypatch):
     folder.mkdir()
     monkeypatch.syspath_prepend(str(folder))
     _write(folder, 3)
-    yield lambda w: _write(folder, w)
+    yield lambda w, act="ReLU": _write(folder, w, act)
     sys.modules.pop("changing", None)
 
 
@@ -49,6 +49,7 @@ def test_a_factory_that_builds_other_tensors_than_the_stored_models_is_refused_b
     with Store(out / Store.FILENAME) as st:
         recs = st.records()
     assert [r["parameters"] for r in recs] == [784 * 3 + 3 + 3 + 1] * 2 and len({r["shapes_digest"] for r in recs}) == 1
+    assert len(recs[0]["init_outputs"]) == 4 and recs[0]["init_outputs"] == recs[1]["init_outputs"]
     dropped = recs[1]["key"]
     with sqlite3.connect(out / Store.FILENAME) as db:   # one model left to train, as after an interrupted run
         db.execute("DELETE FROM runs WHERE key=?", (dropped,))
@@ -74,6 +75,65 @@ def test_a_snapshot_of_other_tensors_than_the_factory_builds_now_is_refused_not_
     with pytest.raises(ConfigError, match=r"the snapshot of 1 model\(s\) in training .* holds tensors \[\(3, 784\)"):
         runner.run_grid(_grid(), out, progress=False)
     assert snapshots.SnapshotDir(out / snapshots.FOLDER).keys() == {snapshots.config_key(cfg)}
+
+
+def test_a_factory_whose_activation_changed_is_refused_though_its_tensors_are_the_same(tmp_path, changing):
+    """A change that keeps every shape (ReLU to Tanh) changes the outputs of the seed-0 model at fixed points: the
+    store's model and the snapshot of one in training are of another function, and run and --dry-run refuse."""
+    out = tmp_path / "out"
+    runner.run_grid(_grid(), out, progress=False)
+    with Store(out / Store.FILENAME) as st:
+        dropped = st.records()[1]["key"]
+    with sqlite3.connect(out / Store.FILENAME) as db:
+        db.execute("DELETE FROM runs WHERE key=?", (dropped,))
+    changing(3, "Tanh")
+    for attempt in (lambda: runner.dry_run(_grid(), out), lambda: runner.run_grid(_grid(), out, progress=False)):
+        with pytest.raises(ConfigError, match=r"factory changing:net, .* now computes another function than the "
+                                              r"store's 1 model\(s\) of it \(the same tensors"):
+            attempt()
+    changing(3)
+    assert runner.run_grid(_grid(), out, progress=False).trained == 1
+
+    fresh = tmp_path / "fresh"
+    cfg = _grid().configs()[0]
+    fam = cfg.family()
+    snapshots.SnapshotDir(fresh / snapshots.FOLDER).save(cfg, snapshots.Snapshot(1, 1, fam.init([0], 1.0), [], 0.5),
+                                                         fam.init_outputs())
+    changing(3, "Tanh")
+    with pytest.raises(ConfigError, match=r"now computes another function than when the snapshot of 1 model\(s\)"):
+        runner.run_grid(_grid(), fresh, progress=False)
+    assert snapshots.SnapshotDir(fresh / snapshots.FOLDER).keys() == {snapshots.config_key(cfg)}
+
+
+UNSEEDED = """import torch
+from torch import nn
+
+_own = torch.Generator().manual_seed(0)
+
+
+def net():
+    m = nn.Sequential(nn.Flatten(), nn.Linear(784, 2), nn.ReLU(), nn.Linear(2, 1))
+    with torch.no_grad():
+        m[1].weight.copy_(torch.randn(2, 784, generator=_own))
+    return m
+"""
+
+
+def test_a_factory_whose_weights_do_not_follow_the_seed_is_warned_of_and_records_no_outputs(tmp_path, monkeypatch):
+    (tmp_path / "unseeded.py").write_text(UNSEEDED)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("unseeded", None)
+    g = grid.parse({"name": "u", "data": "mnist5k", "pairs": [[3, 8]], "n_train": [16], "seeds": [0],
+                    "model": {"factory": "unseeded:net"}, "alpha": 1.0, "lr": 0.05, "max_epochs": 1,
+                    "measure": {"measure_points": 20, "segments": 4, "points_per_segment": 4}}, name="u")
+    try:
+        with pytest.warns(UserWarning, match="builds other weights after the same torch.manual_seed"):
+            runner.run_grid(g, tmp_path / "out", progress=False)
+    finally:
+        sys.modules.pop("unseeded", None)
+    with Store(tmp_path / "out" / Store.FILENAME) as st:
+        (rec,) = st.records()
+    assert "init_outputs" not in rec and rec["shapes_digest"]
 
 
 def test_a_model_too_large_for_the_machine_is_refused_before_any_model_of_the_grid_trains(tmp_path, monkeypatch,

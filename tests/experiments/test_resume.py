@@ -102,8 +102,8 @@ def test_a_grid_killed_part_way_goes_on_from_its_snapshots_and_ends_as_an_uninte
     out, saved = tmp_path / "out", []
     real = snapshots_mod.SnapshotDir.save
 
-    def save(self, cfg, snap):
-        real(self, cfg, snap)
+    def save(self, cfg, snap, init_outputs=None):
+        real(self, cfg, snap, init_outputs)
         saved.append(snap.epoch)
         if len(saved) == 25:   # a kill part way through the first model, with snapshots on disk
             raise KeyboardInterrupt

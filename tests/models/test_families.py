@@ -86,6 +86,26 @@ def test_cnn_initialization_is_the_alpha_scaled_glorot_bound_and_independent_of_
     assert all(float(t.abs().max()) == 0.0 for t in alone.tensors() if t.dim() == 2)   # biases 0
 
 
+def test_init_outputs_tell_another_function_from_the_same_one_computed_with_other_threads():
+    """The seed-0 model's outputs at fixed points are the same function's under another thread count (float32
+    rounding, within same_outputs' tolerance) and another function's for another activation or pooling, whose
+    tensor shapes are the same."""
+    fam = tiny_cnn()
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = tiny_cnn().init_outputs()
+        torch.set_num_threads(2)
+        two = tiny_cnn().init_outputs()
+    finally:
+        torch.set_num_threads(before)
+    assert len(one) == models.family.PROBE_POINTS and models.same_outputs(one, two)
+    other = tiny_cnn(pool="avg")
+    assert other.shapes() == fam.shapes() and not models.same_outputs(other.init_outputs(), fam.init_outputs())
+    assert models.same_outputs([1.0, -2.0], [1.0 + 1e-6, -2.0]) and not models.same_outputs([1.0, -2.0], [1.01, -2.0])
+    assert not models.same_outputs([1.0], [1.0, 2.0]) and models.same_outputs([0.0, 0.0], [0.0, 0.0])
+
+
 def test_the_weight_norm_is_the_product_of_the_weight_tensors_norms_and_bounds_wp():
     fam = models.build(None, (16,), (10,), 1)
     p = fam.init([0, 1], 1.0)

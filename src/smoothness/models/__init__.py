@@ -7,6 +7,7 @@ from smoothness.models.families import (
     canonical,
     family_of_setting,
     name_of,
+    same_outputs,
     shapes_digest,
     shapes_of,
     stack_from_state,
@@ -41,5 +42,5 @@ __all__ = ["DEFAULT_ALPHA", "DEFAULT_WIDTHS", "FAMILIES", "Family", "Flattened",
            "family_of_setting", "forward",
            "dataset_mse", "init_mlp", "init_scale_bound", "input_gradient", "mlp", "mse", "mse_scale", "name_of",
            "parameter_grads",
-           "path_norms", "residuals", "sgd_update_", "shapes_digest", "shapes_of", "stack_from_state", "two_layer_relu",
-           "weights_products"]
+           "path_norms", "residuals", "same_outputs", "sgd_update_", "shapes_digest", "shapes_of", "stack_from_state",
+           "two_layer_relu", "weights_products"]

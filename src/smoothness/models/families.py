@@ -151,3 +151,12 @@ def shapes_digest(shapes) -> str:
     order. A stored record keeps it, so that a family that builds other tensors under the same settings (a factory
     whose code changed) is noticed before its models are mixed with the stored ones."""
     return hashlib.sha256(json.dumps([list(s) for s in shapes]).encode()).hexdigest()[:16]
+
+
+def same_outputs(a, b, rel: float = 1e-3) -> bool:
+    """Whether two lists of a family's init_outputs() are the same function's, up to the rounding of float32 kernels
+    (other instruction sets, thread counts, versions of PyTorch): every value within rel of the larger one's scale."""
+    if len(a) != len(b):
+        return False
+    scale = max((abs(v) for v in [*a, *b]), default=0.0)
+    return all(abs(x - y) <= rel * max(scale, 1e-12) for x, y in zip(a, b))

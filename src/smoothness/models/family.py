@@ -18,6 +18,7 @@ import importlib
 import inspect
 import math
 import sys
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from typing import ClassVar
 
@@ -28,6 +29,9 @@ from torch.func import functional_call
 from smoothness.errors import ConfigError, first_line
 from smoothness.models.stack import TRAINING_COPIES, ParamStack, params_bytes
 from smoothness.runtime.devices import memory_budget
+
+# The fixed points at which init_outputs() evaluates a family's seed-0 model.
+PROBE_POINTS = 4
 
 # Copies of a factory's parameters its checks hold at once: the template, and the stacking check's two models (as
 # modules, then as a stack with its gradient) with a copy of the template.
@@ -116,6 +120,24 @@ class Family:
         if not hasattr(self, "_shapes"):
             self._shapes = [tuple(t.shape[1:]) for t in self.init([0], 1.0).tensors()]
         return self._shapes
+
+    def init_outputs(self) -> list[float] | None:
+        """The outputs of the model of seed 0 (alpha 1) at PROBE_POINTS fixed points (standard normal, seed 0), as
+        floats: with shapes(), what tells the function a family builds from what it built (a changed activation
+        keeps every shape, not these; same_outputs compares them). None, with a warning, when two builds after the
+        same seed give other weights: the family's initial weights are not reproducible from the seed."""
+        if not hasattr(self, "_init_outputs"):
+            p, again = self.init([0], 1.0), self.init([0], 1.0)
+            same = all(torch.equal(a, b) for a, b in zip(p.tensors(), again.tensors()))
+            x = torch.randn(PROBE_POINTS, self.input_dim, generator=torch.Generator().manual_seed(0))
+            with torch.no_grad():
+                self._init_outputs = [float(v) for v in self.values(p, x).reshape(-1)] if same else None
+            if not same:
+                warnings.warn(f"{self.describe()} builds other weights after the same torch.manual_seed: its models' "
+                              "initial weights are not reproducible from their seed (does the function draw from its "
+                              "own unseeded generator?), and a change of its code cannot be told from its outputs",
+                              stacklevel=2)
+        return self._init_outputs
 
     def n_params(self) -> int:
         """Parameters of one model."""

@@ -260,7 +260,8 @@ def sections(c: ReportContent) -> list[Section]:
         Section("Sampling error", tabs(c.sampling, sampling_tables), "sampling_error.md",
                 {"sampling_error.csv": c.sampling}),
         Section("Status", [status_table(c.counts)], None,
-                {"runs.csv": c.runs.drop(columns=["versions"], errors="ignore"), "status_counts.csv": c.counts}),
+                {"runs.csv": c.runs.drop(columns=["versions", "init_outputs"], errors="ignore"),
+                 "status_counts.csv": c.counts}),
     ]
 
 

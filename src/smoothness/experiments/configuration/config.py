@@ -311,13 +311,14 @@ def config_key(c: RunConfig) -> str:
 def _record_fields() -> dict:
     """Every key a stored record may hold, with its type, derived from where each is declared: the configuration
     (RunConfig's fields, pair, hidden and classes as lists), the outcome of training (with the model's parameter
-    count and the fingerprint of its tensor shapes, models.shapes_digest), the losses, the measures
+    count, the fingerprint of its tensor shapes, models.shapes_digest, and the outputs of its family's seed-0 model at
+    fixed points, Family.init_outputs), the losses, the measures
     (registry.REGISTRY's columns, and those of the sampled measures at the training points), the exact measures of
     the 1-D tasks (oned.py), and provenance."""
     from smoothness.measures import oned, registry
     config = {f.name: (list if f.name in ("pair", "hidden", "classes") else f.type) for f in fields(RunConfig)}
     training = {"status": str, "epochs": int, "steps": int, "loss_epoch": float, "train_seconds": float,
-                "resumed_at_epoch": int, "parameters": int, "shapes_digest": str}
+                "resumed_at_epoch": int, "parameters": int, "shapes_digest": str, "init_outputs": list}
     measured = {"loss_train": float, "loss_test": float, "fpl_lower_bound": float}
     for m in registry.REGISTRY:
         for col in registry.columns(m):

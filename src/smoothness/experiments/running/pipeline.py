@@ -18,7 +18,7 @@ from smoothness.experiments.configuration.config import ADDED_FIELDS, Record, Ru
 from smoothness.experiments.running.evaluate import Trained, measure_models, measure_trained, parameter_measures  # noqa: F401
 from smoothness.experiments.storage.modelfile import SAVE_FORMAT, check_save_path, load_models, save_models  # noqa: F401
 from smoothness.experiments.storage.snapshots import SnapshotDir
-from smoothness.models import shapes_digest
+from smoothness.models import same_outputs, shapes_digest
 from smoothness.runtime.devices import check_matmul_precision, measure_batch_size, memory_budget, resolve_device  # noqa: F401
 
 
@@ -172,14 +172,16 @@ def iter_train_and_measure(configs: list[RunConfig], *, device=None, data_dir=No
                                     resume=snapshots.load(c) if snapshots is not None else None))
         fam = configs[members[0]].family()
         built = {"parameters": fam.n_params(), "shapes_digest": shapes_digest(fam.shapes())}
+        if fam.init_outputs() is not None:
+            built["init_outputs"] = fam.init_outputs()
         trainer = training.BatchedTrainer(torch.cat(pools), fam, c.batch_size, dev,
                                           matmul_precision=c.matmul_precision,
                                           max_batch=batch_limit([configs[i] for i in members], dev, fam),
                                           snapshot_every=snapshots.every if snapshots is not None else None)
         on_snapshot = None
         if snapshots is not None:
-            def on_snapshot(j, snap, members=members):
-                snapshots.save(configs[members[j]], snap)
+            def on_snapshot(j, snap, members=members, outputs=fam.init_outputs()):
+                snapshots.save(configs[members[j]], snap, outputs)
         for res in trainer.iter_train(specs, progress=progress, on_snapshot=on_snapshot):
             i = members[res.index]
             c = configs[i]
@@ -198,28 +200,60 @@ def iter_train_and_measure(configs: list[RunConfig], *, device=None, data_dir=No
     yield from _measure_trained(queue, dev)
 
 
-def check_architectures(by_key: dict[str, RunConfig], todo: list[str], stored: dict[str, str],
-                        snapshot_shapes: dict[str, list]) -> None:
-    """A ConfigError before any training when a family now builds other tensors than those of the grid's stored
-    models or snapshots under the same settings (a factory whose code changed under a grid), so that one store would
-    hold models of two architectures under one configuration. by_key: the grid's configs; todo: the keys to train;
-    stored: key -> shapes_digest of the stored models' records that hold one (earlier ones do not); snapshot_shapes:
-    key -> the tensor shapes in each snapshot (SnapshotDir.shapes). Each architecture to train is built once."""
+@dataclass
+class Built:
+    """What a grid's models were built as, by the store and the snapshots in training: key -> the stored record's
+    shapes_digest and init_outputs (where a record holds them: earlier ones do not), and key -> each snapshot's
+    tensor shapes (SnapshotDir.shapes) and init_outputs (SnapshotDir.init_outputs)."""
+
+    digests: dict[str, str]
+    outputs: dict[str, list]
+    snapshot_shapes: dict[str, list]
+    snapshot_outputs: dict[str, list]
+
+
+def check_architectures(by_key: dict[str, RunConfig], todo: list[str], built: Built) -> None:
+    """A ConfigError before any training when a family now builds another function than the grid's stored models
+    or snapshots under the same settings (a factory whose code changed under a grid: other tensors, or the same
+    tensors computing other outputs at its seed-0 initialization, Family.init_outputs), so that one store would
+    hold models of two architectures under one configuration. by_key: the grid's configs; todo: the keys to train.
+    Each architecture to train is built once."""
     arch = {k: c.architecture() for k, c in by_key.items()}
     for a in dict.fromkeys(arch[k] for k in todo):
         fam = next(by_key[k] for k in todo if arch[k] == a).family()
-        now = fam.shapes()
-        old = sorted({stored[k] for k in by_key if arch[k] == a and k in stored} - {shapes_digest(now)})
+        now, outputs = fam.shapes(), fam.init_outputs()
+        same = [k for k in by_key if arch[k] == a]
+        old = sorted({built.digests[k] for k in same if k in built.digests} - {shapes_digest(now)})
         what = f"the model {fam.describe()} now builds {fam.n_params():,} parameters in tensors {now}"
         if old:
-            n = sum(stored.get(k) in old for k in by_key if arch[k] == a)
+            n = sum(built.digests.get(k) in old for k in same)
             raise ConfigError(f"{what}, but the store's {n} model(s) of it were trained with other tensors (shapes "
                               f"digest {old[0]}, now {shapes_digest(now)}): its code changed since, and one store "
                               "would mix two architectures under the same settings; train into a new --out, or give "
                               "the changed model its own factory name or kwargs")
-        snaps = [k for k in todo if arch[k] == a and k in snapshot_shapes and
-                 [tuple(s) for s in snapshot_shapes[k]] != [tuple(s) for s in now]]
+        if outputs is not None and (odd := [k for k in same if k in built.outputs
+                                             and not same_outputs(built.outputs[k], outputs)]):
+            raise ConfigError(f"the model {fam.describe()} now computes another function than the store's "
+                              f"{len(odd)} model(s) of it (the same tensors, but other outputs of its seed-0 "
+                              f"initialization at fixed points: {_few(outputs)} against {_few(built.outputs[odd[0]])}):"
+                              " its code changed since (an activation, say), and one store would mix two "
+                              "architectures under the same settings; train into a new --out, or give the changed "
+                              "model its own factory name or kwargs")
+        snaps = [k for k in todo if arch[k] == a and k in built.snapshot_shapes and
+                 [tuple(s) for s in built.snapshot_shapes[k]] != [tuple(s) for s in now]]
         if snaps:
             raise ConfigError(f"{what}, but the snapshot of {len(snaps)} model(s) in training (first: {snaps[0]}.pt) "
-                              f"holds tensors {snapshot_shapes[snaps[0]]}: its code changed since; remove those "
+                              f"holds tensors {built.snapshot_shapes[snaps[0]]}: its code changed since; remove those "
                               "snapshots to train the models anew, or train into a new --out")
+        snaps = [k for k in todo if arch[k] == a and outputs is not None and k in built.snapshot_outputs
+                 and not same_outputs(built.snapshot_outputs[k], outputs)]
+        if snaps:
+            raise ConfigError(f"the model {fam.describe()} now computes another function than when the snapshot of "
+                              f"{len(snaps)} model(s) in training (first: {snaps[0]}.pt) was written (other outputs of"
+                              " its seed-0 initialization at fixed points): its code changed since; remove those "
+                              "snapshots to train the models anew, or train into a new --out")
+
+
+def _few(values: list, n: int = 3) -> str:
+    """The first n of a list of floats, for a line."""
+    return "[" + ", ".join(f"{v:.4g}" for v in values[:n]) + (", ...]" if len(values) > n else "]")

@@ -242,13 +242,22 @@ def dry_run(grid: Grid, out: Path, merge: bool = False) -> str:
 def _check_built(grid: Grid, out: Path) -> None:
     """Read-only, the run's check_architectures: the families of the models left to train build the tensors of the
     grid's stored models and snapshots in `out`."""
-    by_key, stored, digests = {config_key(c): c for c in grid.configs()}, set(), {}
-    if (out / Store.FILENAME).exists():
-        with Store(out / Store.FILENAME, create=False) as st:
-            stored, digests = st.keys(), st.values_of("shapes_digest")
-    todo = [k for k in by_key if k not in stored]
-    if todo:
-        pipeline.check_architectures(by_key, todo, digests, snapshots.SnapshotDir(out / snapshots.FOLDER).shapes(todo))
+    by_key = {config_key(c): c for c in grid.configs()}
+    if not (out / Store.FILENAME).exists():
+        snaps = snapshots.SnapshotDir(out / snapshots.FOLDER)
+        pipeline.check_architectures(by_key, list(by_key), pipeline.Built({}, {}, snaps.shapes(by_key),
+                                                                          snaps.init_outputs(by_key)))
+        return
+    with Store(out / Store.FILENAME, create=False) as st:
+        todo = [k for k in by_key if k not in st.keys()]
+        if todo:
+            pipeline.check_architectures(by_key, todo, _built(st, snapshots.SnapshotDir(out / snapshots.FOLDER), todo))
+
+
+def _built(store: Store, snaps: snapshots.SnapshotDir, todo: list[str]) -> pipeline.Built:
+    """What the store's records and the snapshots of the models to train say they were built as."""
+    return pipeline.Built(store.values_of("shapes_digest"), store.values_of("init_outputs"), snaps.shapes(todo),
+                          snaps.init_outputs(todo))
 
 
 def interrupted_note(grid: Grid, out: Path) -> str:
@@ -308,7 +317,7 @@ def _run_grid(grid: Grid, out: Path, configs, keys, t0, *, device, data_dir, pro
         if todo and data_checked_here(backend, address):
             check_data(grid, data_dir)  # on a remote cluster the workers' data is checked by the workers
             pipeline.check_architectures(dict(zip(keys, configs)), [k for k, _ in todo],
-                                         store.values_of("shapes_digest"), snaps.shapes(k for k, _ in todo))
+                                         _built(store, snaps, [k for k, _ in todo]))
             if backend == "local":   # a Ray worker checks its own device's memory
                 pipeline.check_memory([c for _, c in todo], device)
         claim_store(store, grid, merge)

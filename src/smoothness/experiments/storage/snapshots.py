@@ -63,20 +63,28 @@ class SnapshotDir:
         return self._read(keys, lambda key, state: shapes_of(stack_from_state(state["params"]))
                           if state.get("format") == FORMAT and state.get("key") == key else None)
 
+    def init_outputs(self, keys) -> dict[str, list[float]]:
+        """The init_outputs (models.Family.init_outputs) that each snapshot among `keys` was written with, where it
+        holds them (earlier snapshots do not)."""
+        return self._read(keys, lambda key, state: state.get("init_outputs"))
+
     def keys(self) -> set[str]:
         """The keys of the models that have a snapshot."""
         if not self.path.is_dir():
             return set()
         return {p.name[:-3] for p in self.path.glob("*.pt")}
 
-    def save(self, cfg: RunConfig, snap: Snapshot) -> None:
-        """Write the snapshot of cfg's model durably, in place of the one before (write, fsync, rename)."""
+    def save(self, cfg: RunConfig, snap: Snapshot, init_outputs: list[float] | None = None) -> None:
+        """Write the snapshot of cfg's model durably, in place of the one before (write, fsync, rename), with its
+        family's init_outputs if given (so that a change of the family's code is noticed before it goes on)."""
         key = config_key(cfg)
         self.path.mkdir(parents=True, exist_ok=True)
         dest, tmp = self.file(key), self.path / f".{key}.{os.getpid()}.tmp"
         state = {"format": FORMAT, "key": key, "epoch": snap.epoch, "steps": snap.steps, "seconds": snap.seconds,
                  "params": snap.params.state_dict(), "opt_state": [t.detach().cpu() for t in snap.opt_state],
                  "versions": {k: str(v) for k, v in versions().items()}}
+        if init_outputs is not None:
+            state["init_outputs"] = [float(v) for v in init_outputs]
         try:
             with open(tmp, "wb") as f:
                 torch.save(state, f)
