@@ -104,6 +104,9 @@ def test_init_outputs_tell_another_function_from_the_same_one_computed_with_othe
     assert other.shapes() == fam.shapes() and not models.same_outputs(other.init_outputs(), fam.init_outputs())
     assert models.same_outputs([1.0, -2.0], [1.0 + 1e-6, -2.0]) and not models.same_outputs([1.0, -2.0], [1.01, -2.0])
     assert not models.same_outputs([1.0], [1.0, 2.0]) and models.same_outputs([0.0, 0.0], [0.0, 0.0])
+    nan, inf = float("nan"), float("inf")
+    assert models.same_outputs([nan, 1.0, inf], [nan, 1.0, inf]) and not models.same_outputs([nan, 1.0], [0.0, 1.0])
+    assert not models.same_outputs([inf, 1.0], [-inf, 1.0]) and not models.same_outputs([1.0, inf], [1.0, 2.0])
 
 
 def test_the_weight_norm_is_the_product_of_the_weight_tensors_norms_and_bounds_wp():

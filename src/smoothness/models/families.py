@@ -155,8 +155,10 @@ def shapes_digest(shapes) -> str:
 
 def same_outputs(a, b, rel: float = 1e-3) -> bool:
     """Whether two lists of a family's init_outputs() are the same function's, up to the rounding of float32 kernels
-    (other instruction sets, thread counts, versions of PyTorch): every value within rel of the larger one's scale."""
+    (other instruction sets, thread counts, versions of PyTorch): every finite value within rel of the largest finite
+    one, and the same non-finite values (NaN, inf) in the same places."""
     if len(a) != len(b):
         return False
-    scale = max((abs(v) for v in [*a, *b]), default=0.0)
-    return all(abs(x - y) <= rel * max(scale, 1e-12) for x, y in zip(a, b))
+    scale = max((abs(v) for v in [*a, *b] if math.isfinite(v)), default=0.0)
+    return all(abs(x - y) <= rel * max(scale, 1e-12) if math.isfinite(x) and math.isfinite(y)
+               else (x == y or (math.isnan(x) and math.isnan(y))) for x, y in zip(a, b))
