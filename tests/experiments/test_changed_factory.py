@@ -6,6 +6,7 @@ import sqlite3
 import sys
 
 import pytest
+import torch
 
 from smoothness.errors import ConfigError
 from smoothness.experiments.configuration import grid
@@ -105,6 +106,67 @@ def test_a_factory_whose_activation_changed_is_refused_though_its_tensors_are_th
     assert snapshots.SnapshotDir(fresh / snapshots.FOLDER).keys() == {snapshots.config_key(cfg)}
 
 
+FEATURES = """import torch
+from torch import nn
+
+
+class Features(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.randn(784, 8)   # fixed random features: a plain attribute, not a parameter
+        self.head = nn.Linear(8, 1)
+
+    def forward(self, x):
+        return self.head(torch.cos(x.flatten(1) @ self.proj))
+
+
+def net():
+    return Features()
+"""
+
+LOG = """import torch
+from torch import nn
+
+
+class Log(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(784, 1)
+
+    def forward(self, x):
+        return self.lin(torch.log1p(x.flatten(1)))   # NaN at the fixed standard-normal points of init_outputs
+
+
+def net():
+    return Log()
+"""
+
+
+@pytest.mark.parametrize("name,code", [("features", FEATURES), ("logged", LOG)])
+def test_an_unchanged_factory_resumes_whatever_the_process_drew_before_and_with_nan_outputs(tmp_path, monkeypatch,
+                                                                                             name, code):
+    """A module's fixed random features are built after a seed, so a second process computes the same function;
+    outputs stored as JSON null (NaN at the fixed points) compare as non-finite: neither is taken for a change."""
+    (tmp_path / f"{name}.py").write_text(code)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop(name, None)
+    g = grid.parse({"name": name, "data": "mnist5k", "pairs": [[3, 8]], "n_train": [16], "seeds": [0, 1],
+                    "model": {"factory": f"{name}:net"}, "alpha": 1.0, "lr": 0.05, "max_epochs": 1,
+                    "measure": {"measure_points": 20, "segments": 4, "points_per_segment": 4}}, name=name)
+    out = tmp_path / "out"
+    try:
+        runner.run_grid(g, out, progress=False)
+        with Store(out / Store.FILENAME) as st:
+            dropped = st.records()[1]["key"]
+        with sqlite3.connect(out / Store.FILENAME) as db:
+            db.execute("DELETE FROM runs WHERE key=?", (dropped,))
+        torch.randn(1000)   # the process's generator has moved on, as in another process
+        runner.dry_run(g, out)
+        assert runner.run_grid(g, out, progress=False).trained == 1
+    finally:
+        sys.modules.pop(name, None)
+
+
 UNSEEDED = """import torch
 from torch import nn
 
@@ -134,6 +196,22 @@ def test_a_factory_whose_weights_do_not_follow_the_seed_is_warned_of_and_records
     with Store(tmp_path / "out" / Store.FILENAME) as st:
         (rec,) = st.records()
     assert "init_outputs" not in rec and rec["shapes_digest"]
+
+
+def test_the_dry_run_tells_of_an_unseeded_factory_in_one_warning_line(tmp_path, monkeypatch, capsys):
+    from smoothness.cli import main
+    (tmp_path / "unseeded.py").write_text(UNSEEDED)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("unseeded", None)
+    g = tmp_path / "g.yaml"
+    g.write_text("name: u\ndata: mnist5k\npairs: [[3, 8]]\nn_train: [16]\nseeds: 0\nmax_epochs: 1\nalpha: 1.0\n"
+                 "lr: 0.05\nmodel: {factory: 'unseeded:net'}\n")
+    try:
+        assert main(["run", str(g), "--out", str(tmp_path / "out"), "--device", "cpu", "--dry-run"]) == 0
+    finally:
+        sys.modules.pop("unseeded", None)
+    err = capsys.readouterr().err
+    assert "smoothness: warning: factory (factory unseeded:net" in err and "UserWarning" not in err, err
 
 
 def test_a_model_too_large_for_the_machine_is_refused_before_any_model_of_the_grid_trains(tmp_path, monkeypatch,

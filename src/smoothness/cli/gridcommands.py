@@ -88,7 +88,8 @@ def cmd_run(a) -> int:
     """`smoothness run`: train every model of a grid that the store does not hold yet."""
     g = _grid(grid.resolve(a.grid), a)
     if a.dry_run:
-        _dry_run(g, a)
+        with console.warnings_as_lines():
+            _dry_run(g, a)
         return 0
     _run(g, a)
     return 0
@@ -117,7 +118,8 @@ def cmd_reproduce(a) -> int:
         raise SmoothnessError(f"which preset? smoothness reproduce PRESET, one of: {', '.join(grid.PRESETS)}")
     g = _grid(grid.preset(name), a)
     if a.dry_run:
-        _dry_run(g, a)
+        with console.warnings_as_lines():
+            _dry_run(g, a)
         return 0
     out = _run(g, a)
     a.results, a.out = out, None

@@ -156,9 +156,20 @@ def shapes_digest(shapes) -> str:
 def same_outputs(a, b, rel: float = 1e-3) -> bool:
     """Whether two lists of a family's init_outputs() are the same function's, up to the rounding of float32 kernels
     (other instruction sets, thread counts, versions of PyTorch): every finite value within rel of the largest finite
-    one, and the same non-finite values (NaN, inf) in the same places."""
+    one, and the same non-finite values (NaN, inf) in the same places. None is a non-finite value as a stored record
+    holds it (JSON null: which one is not kept), the same as any."""
     if len(a) != len(b):
         return False
-    scale = max((abs(v) for v in [*a, *b] if math.isfinite(v)), default=0.0)
-    return all(abs(x - y) <= rel * max(scale, 1e-12) if math.isfinite(x) and math.isfinite(y)
-               else (x == y or (math.isnan(x) and math.isnan(y))) for x, y in zip(a, b))
+    scale = max((abs(v) for v in [*a, *b] if _finite(v)), default=0.0)
+
+    def same(x, y) -> bool:
+        if _finite(x) and _finite(y):
+            return abs(x - y) <= rel * max(scale, 1e-12)
+        if _finite(x) or _finite(y):
+            return False
+        return x is None or y is None or x == y or (math.isnan(x) and math.isnan(y))
+    return all(same(x, y) for x, y in zip(a, b))
+
+
+def _finite(v) -> bool:
+    return v is not None and math.isfinite(v)

@@ -29,6 +29,7 @@ from torch.func import functional_call
 from smoothness.errors import ConfigError, first_line
 from smoothness.models.stack import TRAINING_COPIES, ParamStack, params_bytes
 from smoothness.runtime.devices import memory_budget
+from smoothness.runtime.precision import strict_fp32
 
 # The fixed points at which init_outputs() evaluates a family's seed-0 model.
 PROBE_POINTS = 4
@@ -130,7 +131,7 @@ class Family:
             p, again = self.init([0], 1.0), self.init([0], 1.0)
             same = all(torch.equal(a, b) for a, b in zip(p.tensors(), again.tensors()))
             x = torch.randn(PROBE_POINTS, self.input_dim, generator=torch.Generator().manual_seed(0))
-            with torch.no_grad():
+            with torch.no_grad(), strict_fp32():
                 self._init_outputs = [float(v) for v in self.values(p, x).reshape(-1)] if same else None
             if not same:
                 warnings.warn(f"{self.describe()} builds other weights after the same torch.manual_seed: its models' "
@@ -348,7 +349,8 @@ class FactoryFamily(ModuleFamily):
         self.fn = load_callable(settings.factory)
         self.kwargs = {k: thawed(v) for k, v in settings.kwargs}   # nested mappings and lists as YAML gave them
         self.what = f"factory {settings.factory}"
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]):   # seeded: tensors the module holds beside its parameters (fixed
+            torch.manual_seed(0)                  # random features, say) are the same in every process
             template = call_factory(self.fn, self.kwargs, self.what)
         check_memory(template, self.what)
         super().__init__(settings, input_shape, outputs, template.float())

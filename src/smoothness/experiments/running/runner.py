@@ -240,8 +240,8 @@ def dry_run(grid: Grid, out: Path, merge: bool = False) -> str:
 
 
 def _check_built(grid: Grid, out: Path) -> None:
-    """Read-only, the run's check_architectures: the families of the models left to train build the tensors of the
-    grid's stored models and snapshots in `out`."""
+    """Read-only, the run's check_architectures: the families of the models left to train build the tensors, and
+    compute the functions, of the grid's stored models and snapshots in `out`."""
     by_key = {config_key(c): c for c in grid.configs()}
     if not (out / Store.FILENAME).exists():
         snaps = snapshots.SnapshotDir(out / snapshots.FOLDER)

@@ -66,7 +66,8 @@ class SnapshotDir:
     def init_outputs(self, keys) -> dict[str, list[float]]:
         """The init_outputs (models.Family.init_outputs) that each snapshot among `keys` was written with, where it
         holds them (earlier snapshots do not)."""
-        return self._read(keys, lambda key, state: state.get("init_outputs"))
+        return self._read(keys, lambda key, state: state.get("init_outputs")
+                          if state.get("format") == FORMAT and state.get("key") == key else None)
 
     def keys(self) -> set[str]:
         """The keys of the models that have a snapshot."""
