@@ -167,6 +167,24 @@ def test_an_unchanged_factory_resumes_whatever_the_process_drew_before_and_with_
         sys.modules.pop(name, None)
 
 
+def test_a_change_against_a_record_with_non_finite_outputs_is_one_line(tmp_path, changing):
+    """A record holds a NaN output as null: a change of the finite ones is still refused in one line, which shows
+    the null."""
+    import json
+    out = tmp_path / "out"
+    runner.run_grid(_grid(), out, progress=False)
+    with Store(out / Store.FILENAME) as st:
+        kept, dropped = (r["key"] for r in st.records())
+    with sqlite3.connect(out / Store.FILENAME) as db:
+        db.execute("DELETE FROM runs WHERE key=?", (dropped,))
+        rec = json.loads(db.execute("SELECT record FROM runs WHERE key=?", (kept,)).fetchone()[0])
+        rec["init_outputs"][0] = None
+        db.execute("UPDATE runs SET record=? WHERE key=?", (json.dumps(rec), kept))
+    changing(3, "Tanh")
+    with pytest.raises(ConfigError, match=r"now computes another function .* against \[null, "):
+        runner.dry_run(_grid(), out)
+
+
 UNSEEDED = """import torch
 from torch import nn
 

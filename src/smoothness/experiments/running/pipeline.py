@@ -255,5 +255,6 @@ def check_architectures(by_key: dict[str, RunConfig], todo: list[str], built: Bu
 
 
 def _few(values: list, n: int = 3) -> str:
-    """The first n of a list of floats, for a line."""
-    return "[" + ", ".join(f"{v:.4g}" for v in values[:n]) + (", ...]" if len(values) > n else "]")
+    """The first n of a list of floats (None: a non-finite value as a record holds it), for a line."""
+    return "[" + ", ".join("null" if v is None else f"{v:.4g}" for v in values[:n]) + (
+        ", ...]" if len(values) > n else "]")

@@ -242,21 +242,20 @@ def dry_run(grid: Grid, out: Path, merge: bool = False) -> str:
 def _check_built(grid: Grid, out: Path) -> None:
     """Read-only, the run's check_architectures: the families of the models left to train build the tensors, and
     compute the functions, of the grid's stored models and snapshots in `out`."""
-    by_key = {config_key(c): c for c in grid.configs()}
+    by_key, snaps = {config_key(c): c for c in grid.configs()}, snapshots.SnapshotDir(out / snapshots.FOLDER)
     if not (out / Store.FILENAME).exists():
-        snaps = snapshots.SnapshotDir(out / snapshots.FOLDER)
-        pipeline.check_architectures(by_key, list(by_key), pipeline.Built({}, {}, snaps.shapes(by_key),
-                                                                          snaps.init_outputs(by_key)))
+        pipeline.check_architectures(by_key, list(by_key), _built(None, snaps, list(by_key)))
         return
     with Store(out / Store.FILENAME, create=False) as st:
         todo = [k for k in by_key if k not in st.keys()]
         if todo:
-            pipeline.check_architectures(by_key, todo, _built(st, snapshots.SnapshotDir(out / snapshots.FOLDER), todo))
+            pipeline.check_architectures(by_key, todo, _built(st, snaps, todo))
 
 
-def _built(store: Store, snaps: snapshots.SnapshotDir, todo: list[str]) -> pipeline.Built:
-    """What the store's records and the snapshots of the models to train say they were built as."""
-    return pipeline.Built(store.values_of("shapes_digest"), store.values_of("init_outputs"), snaps.shapes(todo),
+def _built(store: Store | None, snaps: snapshots.SnapshotDir, todo: list[str]) -> pipeline.Built:
+    """What the store's records (None: no store) and the snapshots of the models to train say they were built as."""
+    return pipeline.Built(store.values_of("shapes_digest") if store else {},
+                          store.values_of("init_outputs") if store else {}, snaps.shapes(todo),
                           snaps.init_outputs(todo))
 
 
