@@ -65,6 +65,39 @@ def test_a_factory_that_builds_other_tensors_than_the_stored_models_is_refused_b
     assert runner.run_grid(_grid(), out, progress=False).trained == 1
 
 
+def test_a_run_on_a_remote_cluster_checks_the_changed_factory_on_the_driver_before_it_connects(tmp_path, changing):
+    """With --address the workers build the models, but the driver checks them against the store before it reaches
+    for the cluster (here none listens: the refusal comes first)."""
+    out = tmp_path / "out"
+    runner.run_grid(_grid(), out, progress=False)
+    with Store(out / Store.FILENAME) as st:
+        dropped = st.records()[1]["key"]
+    with sqlite3.connect(out / Store.FILENAME) as db:
+        db.execute("DELETE FROM runs WHERE key=?", (dropped,))
+    changing(3, "Tanh")
+    with pytest.raises(ConfigError, match=r"now computes another function than the store's 1 model"):
+        runner.run_grid(_grid(), out, progress=False, backend="ray", address="127.0.0.1:1", ray_timeout=1)
+
+
+def test_a_factory_the_driver_cannot_import_is_left_to_the_remote_workers_with_a_warning(tmp_path, changing, capsys):
+    from smoothness.errors import SmoothnessError
+    out = tmp_path / "out"
+    runner.run_grid(_grid(), out, progress=False)
+    with Store(out / Store.FILENAME) as st:
+        dropped = st.records()[1]["key"]
+    with sqlite3.connect(out / Store.FILENAME) as db:
+        db.execute("DELETE FROM runs WHERE key=?", (dropped,))
+    g = _grid()
+    for f in (tmp_path / "code").glob("changing.py"):
+        f.unlink()
+    sys.modules.pop("changing", None)
+    importlib.invalidate_caches()
+    with pytest.raises(SmoothnessError, match="could not reach the Ray cluster"):
+        runner.run_grid(g, out, progress=False, backend="ray", address="127.0.0.1:1", ray_timeout=1)
+    err = capsys.readouterr().err
+    assert "smoothness: warning: the models to train were not checked here" in err and "cannot import changing" in err
+
+
 def test_a_snapshot_of_other_tensors_than_the_factory_builds_now_is_refused_not_set_aside(tmp_path, changing):
     out = tmp_path / "out"
     g = _grid()

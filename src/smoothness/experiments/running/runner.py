@@ -259,6 +259,22 @@ def _built(store: Store | None, snaps: snapshots.SnapshotDir, todo: list[str]) -
                           snaps.init_outputs(todo))
 
 
+def _check_built_remote(by_key: dict[str, RunConfig], todo: list[str], built: pipeline.Built) -> None:
+    """On a remote Ray cluster, whose workers build the models: check_architectures where the store or the snapshots
+    hold something of the grid's to check against; a warning instead of the check where a family cannot be built on
+    this machine (a factory importable on the workers only)."""
+    if not (built.digests.keys() & by_key.keys() or built.snapshot_shapes):
+        return
+    try:
+        for c in {by_key[k].architecture(): by_key[k] for k in todo}.values():
+            c.family()
+    except ConfigError as e:
+        warn(f"the models to train were not checked here against the stored ones and the snapshots (their family "
+             f"cannot be built on this machine: {e}); the workers build them")
+        return
+    pipeline.check_architectures(by_key, todo, built)
+
+
 def interrupted_note(grid: Grid, out: Path) -> str:
     """For an interrupted `run`: how many of the grid's models the store in `out` holds, how many more are kept in
     snapshots (at which epochs), and how to resume."""
@@ -319,6 +335,9 @@ def _run_grid(grid: Grid, out: Path, configs, keys, t0, *, device, data_dir, pro
                                          _built(store, snaps, [k for k, _ in todo]))
             if backend == "local":   # a Ray worker checks its own device's memory
                 pipeline.check_memory([c for _, c in todo], device)
+        elif todo:
+            _check_built_remote(dict(zip(keys, configs)), [k for k, _ in todo], _built(store, snaps,
+                                                                                       [k for k, _ in todo]))
         claim_store(store, grid, merge)
         store.set_meta("versions", versions())
         bar = GridProgress(len(todo), progress, stream, every=snaps.every or HEARTBEAT,
