@@ -44,16 +44,22 @@ def _grid():
                        "measure": {"measure_points": 20, "segments": 4, "points_per_segment": 4}}, name="f")
 
 
-def test_a_factory_that_builds_other_tensors_than_the_stored_models_is_refused_before_training(tmp_path, changing):
-    out = tmp_path / "out"
-    runner.run_grid(_grid(), out, progress=False)
+def _stored_but_one(g, out) -> list[dict]:
+    """Train the grid g of two models into out, then delete the second one's row, as after an interrupted run (one
+    model left to train); the records of both as they were stored."""
+    runner.run_grid(g, out, progress=False)
     with Store(out / Store.FILENAME) as st:
         recs = st.records()
+    with sqlite3.connect(out / Store.FILENAME) as db:
+        db.execute("DELETE FROM runs WHERE key=?", (recs[1]["key"],))
+    return recs
+
+
+def test_a_factory_that_builds_other_tensors_than_the_stored_models_is_refused_before_training(tmp_path, changing):
+    out = tmp_path / "out"
+    recs = _stored_but_one(_grid(), out)
     assert [r["parameters"] for r in recs] == [784 * 3 + 3 + 3 + 1] * 2 and len({r["shapes_digest"] for r in recs}) == 1
     assert len(recs[0]["init_outputs"]) == 4 and recs[0]["init_outputs"] == recs[1]["init_outputs"]
-    dropped = recs[1]["key"]
-    with sqlite3.connect(out / Store.FILENAME) as db:   # one model left to train, as after an interrupted run
-        db.execute("DELETE FROM runs WHERE key=?", (dropped,))
     changing(5)
     for attempt in (lambda: runner.dry_run(_grid(), out), lambda: runner.run_grid(_grid(), out, progress=False)):
         with pytest.raises(ConfigError, match=r"factory changing:net, .* now builds 3,931 parameters .* the store's 1 "
@@ -69,11 +75,7 @@ def test_a_run_on_a_remote_cluster_checks_the_changed_factory_on_the_driver_befo
     """With --address the workers build the models, but the driver checks them against the store before it reaches
     for the cluster (here none listens: the refusal comes first)."""
     out = tmp_path / "out"
-    runner.run_grid(_grid(), out, progress=False)
-    with Store(out / Store.FILENAME) as st:
-        dropped = st.records()[1]["key"]
-    with sqlite3.connect(out / Store.FILENAME) as db:
-        db.execute("DELETE FROM runs WHERE key=?", (dropped,))
+    _stored_but_one(_grid(), out)
     changing(3, "Tanh")
     with pytest.raises(ConfigError, match=r"now computes another function than the store's 1 model"):
         runner.run_grid(_grid(), out, progress=False, backend="ray", address="127.0.0.1:1", ray_timeout=1)
@@ -82,11 +84,7 @@ def test_a_run_on_a_remote_cluster_checks_the_changed_factory_on_the_driver_befo
 def test_a_factory_the_driver_cannot_import_is_left_to_the_remote_workers_with_a_warning(tmp_path, changing, capsys):
     from smoothness.errors import SmoothnessError
     out = tmp_path / "out"
-    runner.run_grid(_grid(), out, progress=False)
-    with Store(out / Store.FILENAME) as st:
-        dropped = st.records()[1]["key"]
-    with sqlite3.connect(out / Store.FILENAME) as db:
-        db.execute("DELETE FROM runs WHERE key=?", (dropped,))
+    _stored_but_one(_grid(), out)
     g = _grid()
     for f in (tmp_path / "code").glob("changing.py"):
         f.unlink()
@@ -115,11 +113,7 @@ def test_a_factory_whose_activation_changed_is_refused_though_its_tensors_are_th
     """A change that keeps every shape (ReLU to Tanh) changes the outputs of the seed-0 model at fixed points: the
     store's model and the snapshot of one in training are of another function, and run and --dry-run refuse."""
     out = tmp_path / "out"
-    runner.run_grid(_grid(), out, progress=False)
-    with Store(out / Store.FILENAME) as st:
-        dropped = st.records()[1]["key"]
-    with sqlite3.connect(out / Store.FILENAME) as db:
-        db.execute("DELETE FROM runs WHERE key=?", (dropped,))
+    _stored_but_one(_grid(), out)
     changing(3, "Tanh")
     for attempt in (lambda: runner.dry_run(_grid(), out), lambda: runner.run_grid(_grid(), out, progress=False)):
         with pytest.raises(ConfigError, match=r"factory changing:net, .* now computes another function than the "
@@ -188,11 +182,7 @@ def test_an_unchanged_factory_resumes_whatever_the_process_drew_before_and_with_
                     "measure": {"measure_points": 20, "segments": 4, "points_per_segment": 4}}, name=name)
     out = tmp_path / "out"
     try:
-        runner.run_grid(g, out, progress=False)
-        with Store(out / Store.FILENAME) as st:
-            dropped = st.records()[1]["key"]
-        with sqlite3.connect(out / Store.FILENAME) as db:
-            db.execute("DELETE FROM runs WHERE key=?", (dropped,))
+        _stored_but_one(g, out)
         torch.randn(1000)   # the process's generator has moved on, as in another process
         runner.dry_run(g, out)
         assert runner.run_grid(g, out, progress=False).trained == 1
@@ -205,11 +195,8 @@ def test_a_change_against_a_record_with_non_finite_outputs_is_one_line(tmp_path,
     the null."""
     import json
     out = tmp_path / "out"
-    runner.run_grid(_grid(), out, progress=False)
-    with Store(out / Store.FILENAME) as st:
-        kept, dropped = (r["key"] for r in st.records())
+    kept = _stored_but_one(_grid(), out)[0]["key"]
     with sqlite3.connect(out / Store.FILENAME) as db:
-        db.execute("DELETE FROM runs WHERE key=?", (dropped,))
         rec = json.loads(db.execute("SELECT record FROM runs WHERE key=?", (kept,)).fetchone()[0])
         rec["init_outputs"][0] = None
         db.execute("UPDATE runs SET record=? WHERE key=?", (json.dumps(rec), kept))
