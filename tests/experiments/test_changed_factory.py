@@ -71,14 +71,19 @@ def test_a_factory_that_builds_other_tensors_than_the_stored_models_is_refused_b
     assert runner.run_grid(_grid(), out, progress=False).trained == 1
 
 
-def test_a_run_on_a_remote_cluster_checks_the_changed_factory_on_the_driver_before_it_connects(tmp_path, changing):
+def test_a_run_on_a_remote_cluster_checks_the_changed_factory_on_the_driver_before_it_connects(tmp_path, changing,
+                                                                                               monkeypatch):
     """With --address the workers build the models, but the driver checks them against the store before it reaches
-    for the cluster (here none listens: the refusal comes first)."""
+    for the cluster (here none listens: the refusal comes first), building the family once for the check."""
+    from smoothness.experiments.configuration.config import RunConfig
     out = tmp_path / "out"
     _stored_but_one(_grid(), out)
     changing(3, "Tanh")
+    built, family = [], RunConfig.family
+    monkeypatch.setattr(RunConfig, "family", lambda self: built.append(self) or family(self))
     with pytest.raises(ConfigError, match=r"now computes another function than the store's 1 model"):
         runner.run_grid(_grid(), out, progress=False, backend="ray", address="127.0.0.1:1", ray_timeout=1)
+    assert len(built) == 1
 
 
 def test_a_factory_the_driver_cannot_import_is_left_to_the_remote_workers_with_a_warning(tmp_path, changing, capsys):

@@ -212,15 +212,17 @@ class Built:
     snapshot_outputs: dict[str, list]
 
 
-def check_architectures(by_key: dict[str, RunConfig], todo: list[str], built: Built) -> None:
+def check_architectures(by_key: dict[str, RunConfig], todo: list[str], built: Built,
+                        families: dict | None = None) -> None:
     """A ConfigError before any training when a family now builds another function than the grid's stored models
     or snapshots under the same settings (a factory whose code changed under a grid: other tensors, or the same
     tensors computing other outputs at its seed-0 initialization, Family.init_outputs), so that one store would
     hold models of two architectures under one configuration. by_key: the grid's configs; todo: the keys to train.
-    Each architecture to train is built once."""
+    Each architecture to train is built once, or taken from families (RunConfig.architecture() -> its built Family)."""
     arch = {k: c.architecture() for k, c in by_key.items()}
+    families = families or {}
     for a in dict.fromkeys(arch[k] for k in todo):
-        fam = next(by_key[k] for k in todo if arch[k] == a).family()
+        fam = families.get(a) or next(by_key[k] for k in todo if arch[k] == a).family()
         now, outputs = fam.shapes(), fam.init_outputs()
         same = [k for k in by_key if arch[k] == a]
         old = sorted({built.digests[k] for k in same if k in built.digests} - {shapes_digest(now)})

@@ -266,13 +266,12 @@ def _check_built_remote(by_key: dict[str, RunConfig], todo: list[str], built: pi
     if not (built.digests.keys() & by_key.keys() or built.snapshot_shapes):
         return
     try:
-        for c in {by_key[k].architecture(): by_key[k] for k in todo}.values():
-            c.family()
+        families = {a: c.family() for a, c in {by_key[k].architecture(): by_key[k] for k in todo}.items()}
     except ConfigError as e:
         warn(f"the models to train were not checked here against the stored ones and the snapshots (their family "
              f"cannot be built on this machine: {e}); the workers build them")
         return
-    pipeline.check_architectures(by_key, todo, built)
+    pipeline.check_architectures(by_key, todo, built, families)
 
 
 def interrupted_note(grid: Grid, out: Path) -> str:
