@@ -125,6 +125,25 @@ def corrupt_member(path, member: str | None = None, n: int = 16) -> str:
     return info.filename
 
 
+def damage_store(path, whole: bool = False) -> None:
+    """Damage the SQLite store at path: overwrite the link of an overflow page (damage deep in the file, which reading
+    the records never visits), or with whole the b-tree root page of table runs."""
+    import sqlite3
+    data = bytearray(path.read_bytes())
+    size = 4096
+    n = len(data) // size
+    if whole:
+        db = sqlite3.connect(str(path))
+        (root,) = db.execute("SELECT rootpage FROM sqlite_master WHERE name='runs'").fetchone()
+        db.close()
+        data[(root - 1) * size:root * size] = b"\xff" * size
+    else:
+        page = next(p for p in range(2, n + 1) if data[(p - 1) * size] not in (2, 5, 10, 13)
+                    and 1 < int.from_bytes(data[(p - 1) * size:(p - 1) * size + 4], "big") <= n)
+        data[(page - 1) * size:(page - 1) * size + 4] = b"\xff" * 4
+    path.write_bytes(bytes(data))
+
+
 def tiny(**kw):
     """The tiny grid (two small models on mnist5k), with fields replaced."""
     from smoothness.experiments.configuration import grid

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli, run_cli_tty, tiny
+from conftest import damage_store, run_cli, run_cli_tty, tiny
 from smoothness import training
 from smoothness.cli import commands
 from smoothness.errors import ConfigError, StoreError
@@ -146,28 +146,11 @@ def test_a_store_with_changed_tables_or_a_foreign_database_is_refused_before_tra
     assert trained == []
 
 
-def _damage(path, whole):
-    """Overwrite the link of an overflow page (damage deep in the file), or the root page of table runs."""
-    data = bytearray(path.read_bytes())
-    size = 4096
-    n = len(data) // size
-    if whole:
-        db = sqlite3.connect(str(path))
-        (root,) = db.execute("SELECT rootpage FROM sqlite_master WHERE name='runs'").fetchone()
-        db.close()
-        data[(root - 1) * size:root * size] = b"\xff" * size
-    else:
-        page = next(p for p in range(2, n + 1) if data[(p - 1) * size] not in (2, 5, 10, 13)
-                    and 1 < int.from_bytes(data[(p - 1) * size:(p - 1) * size + 4], "big") <= n)
-        data[(page - 1) * size:(page - 1) * size + 4] = b"\xff" * 4
-    path.write_bytes(bytes(data))
-
-
 @pytest.mark.parametrize("whole", [False, True])
 def test_a_damaged_store_is_not_written_to_and_every_command_gives_the_salvage_hint(exp, capsys, whole):
     path = exp / Store.FILENAME
     store_mod.Store(exp).close()   # checkpoint the WAL into the file
-    _damage(path, whole)
+    damage_store(path, whole)
     before = hashlib.sha256(path.read_bytes()).hexdigest()
     g = exp.parent / "tiny3.yaml"
     g.write_text("name: tiny\npairs: [[3, 8]]\nn_train: [16, 32, 64]\nhidden: 8\nlr: 0.05\nbatch_size: 16\n"

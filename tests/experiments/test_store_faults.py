@@ -6,7 +6,7 @@ import sqlite3
 
 import pytest
 
-from conftest import run_cli, tiny
+from conftest import damage_store, run_cli, tiny
 from smoothness.cli import commands as cli
 from smoothness.errors import ConfigError, DataError, StoreError
 from smoothness.experiments.running import runner as experiments
@@ -201,27 +201,9 @@ def test_a_bad_trained_blob_is_discarded_and_its_model_trained_again(exp, capsys
         assert st.params(key).widths == (784, 8, 1)
 
 
-def _damage(path, whole=False):
-    """Overwrite the link of a weights overflow page (which reading the records never visits: the damage the
-    report missed), or the whole b-tree page of table runs."""
-    data = bytearray(path.read_bytes())
-    size = 4096
-    n = len(data) // size
-    if whole:
-        db = sqlite3.connect(str(path))
-        (root,) = db.execute("SELECT rootpage FROM sqlite_master WHERE name='runs'").fetchone()
-        db.close()
-        data[(root - 1) * size:root * size] = b"\xff" * size
-    else:
-        page = next(p for p in range(2, n + 1) if data[(p - 1) * size] not in (2, 5, 10, 13)
-                    and 1 < int.from_bytes(data[(p - 1) * size:(p - 1) * size + 4], "big") <= n)
-        data[(page - 1) * size:(page - 1) * size + 4] = b"\xff" * 4
-    path.write_bytes(bytes(data))
-
-
 def test_a_damaged_store_is_refused_with_the_file_and_a_way_to_recover(exp, tmp_path, capsys):
     path = exp / Store.FILENAME
-    _damage(path)
+    damage_store(path)
     db = sqlite3.connect(str(path))
     assert db.execute("PRAGMA integrity_check").fetchone()[0] != "ok"
     assert len(db.execute("SELECT record FROM runs").fetchall()) == 2     # what the report read before
@@ -235,7 +217,7 @@ def test_a_damaged_store_is_refused_with_the_file_and_a_way_to_recover(exp, tmp_
     assert _main(capsys, "report", tmp_path / "new")[0] == 0
     s = experiments.run_grid(tiny(), tmp_path / "new", device="cpu", progress=False)
     assert s.stored_before == copied and s.trained == 2 - copied
-    _damage(path, whole=True)                              # the runs table itself: nothing of it is readable
+    damage_store(path, whole=True)                              # the runs table itself: nothing of it is readable
     _one_error(*_main(capsys, "report", exp)[::2], str(path), "damaged", "0 model row(s)")
 
 
