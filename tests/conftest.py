@@ -125,6 +125,16 @@ def corrupt_member(path, member: str | None = None, n: int = 16) -> str:
     return info.filename
 
 
+def count_rows(path, table: str = "runs") -> int:
+    """The rows of a table of the SQLite file at path."""
+    import sqlite3
+    db = sqlite3.connect(str(path))
+    try:
+        return db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+    finally:
+        db.close()
+
+
 def damage_store(path, whole: bool = False) -> None:
     """Damage the SQLite store at path: overwrite the link of an overflow page (damage deep in the file, which reading
     the records never visits), or with whole the b-tree root page of table runs."""

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import damage_store, run_cli, run_cli_tty, tiny
+from conftest import count_rows, damage_store, run_cli, run_cli_tty, tiny
 from smoothness import training
 from smoothness.cli import commands
 from smoothness.errors import ConfigError, StoreError
@@ -44,14 +44,6 @@ def _one_line(code, err, *words):
     for w in words:
         assert w in lines[0], (w, lines[0])
     return lines[0]
-
-
-def _count(path, table="runs"):
-    db = sqlite3.connect(str(path))
-    try:
-        return db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
-    finally:
-        db.close()
 
 
 # -- data lost or silently wrong ----------------------------------------------------------------------------------
@@ -198,7 +190,7 @@ def test_a_full_disk_while_storing_keeps_what_was_committed(exp):
         with pytest.raises(StoreError) as e:
             st.add("k" * 24, rec, params=st.params(rec["key"]))
     assert "no space left" in str(e.value) and "the 2 model(s) committed before are kept" in str(e.value)
-    assert _count(exp / Store.FILENAME) == 2
+    assert count_rows(exp / Store.FILENAME) == 2
 
 
 def _tmpfs(path: Path, size: str) -> bool:
@@ -388,7 +380,7 @@ def test_export_copies_a_store_without_its_weights_into_one_file(conv, tmp_path,
     dest = tmp_path / "copy.sqlite"
     code, out, _ = _main(capsys, "export", conv, dest)
     assert code == 0 and "3 model(s) copied" in out
-    assert not Path(f"{dest}-wal").exists() and _count(dest, "weights") == 0
+    assert not Path(f"{dest}-wal").exists() and count_rows(dest, "weights") == 0
     with Store(conv, create=False) as a, Store(dest, create=False) as b:
         assert a.records() == b.records() and a.meta("grid") == b.meta("grid")
     _one_line(*_main(capsys, "export", conv, dest)[::2], "exists")
@@ -396,7 +388,7 @@ def test_export_copies_a_store_without_its_weights_into_one_file(conv, tmp_path,
         _one_line(*_main(capsys, "export", conv, folder)[::2], "give the name of a new file")
     assert not (tmp_path / "newdir").exists()
     code, _, _ = _main(capsys, "export", conv, tmp_path / "w.sqlite", "--with-weights")
-    assert code == 0 and _count(tmp_path / "w.sqlite", "weights") == 3
+    assert code == 0 and count_rows(tmp_path / "w.sqlite", "weights") == 3
     new = tmp_path / "resume"
     new.mkdir()
     shutil.copy(dest, new / Store.FILENAME)   # a copy resumes: nothing is trained again

@@ -6,7 +6,7 @@ import sqlite3
 
 import pytest
 
-from conftest import damage_store, run_cli, tiny
+from conftest import count_rows, damage_store, run_cli, tiny
 from smoothness.cli import commands as cli
 from smoothness.errors import ConfigError, DataError, StoreError
 from smoothness.experiments.running import runner as experiments
@@ -17,14 +17,6 @@ from smoothness.experiments.storage.store import Store
 from smoothness.models import init_mlp
 
 ROOT_USER = hasattr(os, "geteuid") and os.geteuid() == 0
-
-
-def _count(path, table="runs"):
-    db = sqlite3.connect(str(path))
-    try:
-        return db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
-    finally:
-        db.close()
 
 
 def _main(capsys, *args):
@@ -100,10 +92,10 @@ def test_an_interrupt_anywhere_in_a_commit_leaves_it_done_or_undone(tmp_path, ta
         assert not real.in_transaction                # no transaction left open
         committed = target == "COMMIT" and when == "after"
         path = tmp_path / Store.FILENAME
-        assert (_count(path), _count(path, "weights"), _count(path, "trained")) == ((1, 1, 0) if committed
+        assert (count_rows(path), count_rows(path, "weights"), count_rows(path, "trained")) == ((1, 1, 0) if committed
                                                                                   else (0, 0, 1))
         assert st.add("k1", rec, p) is not committed  # the store goes on working
-        assert (_count(path), _count(path, "weights"), _count(path, "trained")) == (1, 1, 0)
+        assert (count_rows(path), count_rows(path, "weights"), count_rows(path, "trained")) == (1, 1, 0)
 
 
 class InterruptingTwice(Interrupting):
@@ -124,7 +116,7 @@ def test_an_interrupt_during_the_rollback_is_undone_by_close(tmp_path):
         st.add("k1", {"status": "converged"}, p)
     st.db = real
     st.close()                                        # rolls back what the interrupted rollback left open
-    assert _count(tmp_path / Store.FILENAME) == 0
+    assert count_rows(tmp_path / Store.FILENAME) == 0
 
 
 # -- 2: --out at a file, or where nothing can be written -----------------------------------------------------
@@ -196,7 +188,7 @@ def test_a_bad_trained_blob_is_discarded_and_its_model_trained_again(exp, capsys
     assert (s.trained, s.stored_before) == (1, 1)
     err = capsys.readouterr().err
     assert "warning" in err and key in err and "trained again" in err, err
-    assert _count(exp / Store.FILENAME) == 2 and _count(exp / Store.FILENAME, "trained") == 0
+    assert count_rows(exp / Store.FILENAME) == 2 and count_rows(exp / Store.FILENAME, "trained") == 0
     with Store(exp, create=False) as st:
         assert st.params(key).widths == (784, 8, 1)
 
@@ -283,7 +275,7 @@ def test_another_grids_store_is_refused_unless_merged(exp, capsys):
     other = tiny(name="other", seeds=[1], description="Other models.")
     with pytest.raises(ConfigError, match="holds grid 'tiny'.*grid 'other'.*--merge"):
         experiments.run_grid(other, exp, device="cpu", progress=False)
-    assert _count(exp / Store.FILENAME) == 2
+    assert count_rows(exp / Store.FILENAME) == 2
     code, out, err = _main(capsys, "run", "smoke", "--out", exp, "--device", "cpu")
     _one_error(code, err, "'tiny'", "'smoke'", "--merge")
     s = experiments.run_grid(other, exp, device="cpu", progress=False, merge=True)

@@ -87,6 +87,9 @@ def test_one_batch_trains_one_regularizer_kind():
     with pytest.raises(ValueError, match="one kind"):
         training.train_models(torch.rand(4, 784), [training.TrainSpec([0], [1.0], regularizer="gradient_norm"),
                                                    training.TrainSpec([1], [1.0])])
+    with pytest.raises(ValueError, match=r"one batched program has one loss, got \['cross_entropy', 'mse'\]"):
+        training.train_models(torch.rand(4, 784), [training.TrainSpec([0], [1.0], loss="cross_entropy"),
+                                                   training.TrainSpec([1], [1.0])], widths=(784, 4, 2))
 
 
 def test_minibatch_gradient_norm_is_the_squared_norm_of_the_hand_derived_parameter_gradient():

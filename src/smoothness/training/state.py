@@ -11,6 +11,7 @@ from enum import IntEnum
 import numpy as np
 import torch
 
+from smoothness import paper
 from smoothness.models import MLPStack, ParamStack, shapes_of
 from smoothness.training.spec import Snapshot
 
@@ -208,7 +209,7 @@ class StepSettings:
     path-length penalties), one optimizer and one loss per program."""
     regularizer: str = "none"
     optimizer: str = "sgd"
-    penalty_points: int = 10
+    penalty_points: int = paper.PENALTY_POINTS
     loss: str = "mse"
 
 

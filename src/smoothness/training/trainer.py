@@ -35,7 +35,7 @@ import torch
 
 from smoothness.models import DEFAULT_WIDTHS, Family, MLPStack, family_of, losses
 from smoothness.runtime import interrupt, precision, rng
-from smoothness.training import engines, optimizers, regularizers, step
+from smoothness.training import engines, optimizers, step
 from smoothness.training.spec import DEFAULT_BATCH, TrainResult, TrainSpec
 from smoothness.training.state import (
     STATUSES,
@@ -220,21 +220,14 @@ class BatchedTrainer:
         for s in specs:
             if s.indices.numel() and (int(s.indices.max()) >= self.x.shape[0] or int(s.indices.min()) < 0):
                 raise ValueError("training indices out of range of the pool")
-        kinds = {s.regularizer for s in specs}
-        if len(kinds) > 1:
-            raise ValueError(f"one batched program trains one kind of regularizer, got {sorted(kinds)}")
-        opts = {s.optimizer for s in specs}
-        if len(opts) > 1:
-            raise ValueError(f"one batched program trains with one optimizer, got {sorted(opts)}")
-        points = {s.penalty_points for s in specs}
-        if len(points) > 1:
-            raise ValueError(f"one batched program has one number of penalty points per segment, got {sorted(points)}")
-        kinds_of_loss = {s.loss for s in specs}
-        if len(kinds_of_loss) > 1:
-            raise ValueError(f"one batched program trains on one loss, got {sorted(kinds_of_loss)}")
-        st = StepSettings(kinds.pop() if kinds else "none", opts.pop() if opts else "sgd",
-                          points.pop() if points else regularizers.SEGMENT_POINTS,
-                          kinds_of_loss.pop() if kinds_of_loss else "mse")
+        one = {}   # the settings that one batched program shares (StepSettings' defaults where no spec is given)
+        for field, what in (("regularizer", "kind of regularizer"), ("optimizer", "optimizer"),
+                            ("penalty_points", "number of penalty points per segment"), ("loss", "loss")):
+            values = {getattr(s, field) for s in specs}
+            if len(values) > 1:
+                raise ValueError(f"one batched program has one {what}, got {sorted(values)}")
+            one.update({field: values.pop()} if values else {})
+        st = StepSettings(**one)
         losses.check_outputs(st.loss, self.family.outputs)
         self._settings = st
         self._engine = engines.engine_for(st, self.family, self.batch_size)
