@@ -328,21 +328,19 @@ def _run_grid(grid: Grid, out: Path, configs, keys, t0, *, device, data_dir, pro
                  f"{store.path} NEWDIR` copies the sound rows into a new store instead)")
         summary = RunSummary(grid.name, len(configs), len(configs) - len(todo), store=str(store.path),
                              backend=backend)
+        by_key, todo_keys = dict(zip(keys, configs)), [k for k, _ in todo]
         if todo and data_checked_here(backend, address):
             check_data(grid, data_dir)  # on a remote cluster the workers' data is checked by the workers
-            pipeline.check_architectures(dict(zip(keys, configs)), [k for k, _ in todo],
-                                         _built(store, snaps, [k for k, _ in todo]))
+            pipeline.check_architectures(by_key, todo_keys, _built(store, snaps, todo_keys))
             if backend == "local":   # a Ray worker checks its own device's memory
                 pipeline.check_memory([c for _, c in todo], device)
         elif todo:
-            _check_built_remote(dict(zip(keys, configs)), [k for k, _ in todo], _built(store, snaps,
-                                                                                       [k for k, _ in todo]))
+            _check_built_remote(by_key, todo_keys, _built(store, snaps, todo_keys))
         claim_store(store, grid, merge)
         store.set_meta("versions", versions())
         bar = GridProgress(len(todo), progress, stream, every=snaps.every or HEARTBEAT,
                            in_training=lambda: snapshot_note(snaps, keys), fields=varying(configs))
         stack.callback(bar.close)
-        by_key = dict(zip(keys, configs))
         ray = _RayBackend(stack, summary, address, ray_cpus, chunk_size, ray_timeout, dict(
             device=device, data_dir=data_dir, save_weights=save_weights, retries=retries, progress=bar.trainer,
             snapshots=(str(snaps.path), snaps.every)))
