@@ -1,6 +1,7 @@
 """Models as stacks of M independent models of one family (the form in which they train as one batched program),
 and the families themselves: the paper's ReLU MLPs (mlp; closed forms), a small CNN (cnn) and any nn.Module a
 function builds (factory); the losses they train on (losses)."""
+from smoothness.models.cnn import CNNFamily, CNNSettings
 from smoothness.models.families import (
     FAMILIES,
     build,
@@ -12,7 +13,7 @@ from smoothness.models.families import (
     shapes_of,
     stack_from_state,
 )
-from smoothness.models.family import Family, Flattened, ModuleFamily
+from smoothness.models.family import FactoryFamily, FactorySettings, Family, Flattened, ModuleFamily
 from smoothness.models.mlp import (
     DEFAULT_ALPHA,
     DEFAULT_WIDTHS,
@@ -37,7 +38,8 @@ from smoothness.models.mlp import (
 )
 from smoothness.models.stack import ParamStack, cat_stacks
 
-__all__ = ["DEFAULT_ALPHA", "DEFAULT_WIDTHS", "FAMILIES", "Family", "Flattened", "MLPFamily", "MLPStack",
+__all__ = ["CNNFamily", "CNNSettings", "DEFAULT_ALPHA", "DEFAULT_WIDTHS", "FAMILIES", "FactoryFamily",
+           "FactorySettings", "Family", "Flattened", "MLPFamily", "MLPStack",
            "ModuleFamily", "ParamStack", "ReLUMLP", "build", "canonical", "cat_stacks", "family_of",
            "family_of_setting", "forward",
            "dataset_mse", "init_mlp", "init_scale_bound", "input_gradient", "mlp", "mse", "mse_scale", "name_of",

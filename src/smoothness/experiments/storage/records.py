@@ -62,7 +62,7 @@ def _missing(x) -> bool:
 
 
 def model_label(spec) -> str:
-    """A stored model's family in a few words: 'mlp', or e.g. 'cnn 8-16 k3 max' (the settings' values)."""
+    """A stored model's family in a few words: 'mlp', or e.g. 'cnn 8-16 3 max' (the settings' values)."""
     if not isinstance(spec, dict):
         return "mlp"
     parts = []
