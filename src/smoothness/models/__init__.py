@@ -38,9 +38,11 @@ from smoothness.models.mlp import (
 )
 from smoothness.models.stack import ParamStack, cat_stacks
 
+Stack = MLPStack | ParamStack   # the parameters of M models of any family (an MLPStack for the paper's MLP)
+
 __all__ = ["CNNFamily", "CNNSettings", "DEFAULT_ALPHA", "DEFAULT_WIDTHS", "FAMILIES", "FactoryFamily",
            "FactorySettings", "Family", "Flattened", "MLPFamily", "MLPStack",
-           "ModuleFamily", "ParamStack", "ReLUMLP", "build", "canonical", "cat_stacks", "family_of",
+           "ModuleFamily", "ParamStack", "ReLUMLP", "Stack", "build", "canonical", "cat_stacks", "family_of",
            "family_of_setting", "forward",
            "dataset_mse", "init_mlp", "init_scale_bound", "input_gradient", "mlp", "mse", "mse_scale", "name_of",
            "parameter_grads",

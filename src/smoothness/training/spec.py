@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 
 from smoothness import paper
-from smoothness.models import DEFAULT_ALPHA, MLPStack, losses
+from smoothness.models import DEFAULT_ALPHA, Stack, losses
 from smoothness.models.stack import TRAINING_COPIES, params_bytes
 from smoothness.runtime import rng
 from smoothness.training import optimizers, regularizers
@@ -27,7 +27,7 @@ class Snapshot:
 
     epoch: int
     steps: int
-    params: MLPStack = field(repr=False)
+    params: Stack = field(repr=False)
     opt_state: list = field(default_factory=list, repr=False)
     seconds: float = 0.0
 
@@ -79,7 +79,7 @@ class TrainResult:
     epochs: int
     steps: int
     loss_epoch: float
-    params: MLPStack = field(repr=False)
+    params: Stack = field(repr=False)
     seconds: float = 0.0
 
 

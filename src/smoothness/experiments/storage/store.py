@@ -36,7 +36,7 @@ from smoothness.experiments.storage.storefile import (
     row_problem,
     write_failure,
 )
-from smoothness.models import MLPStack, ParamStack, stack_from_state
+from smoothness.models import Stack, stack_from_state
 
 
 def versions() -> dict:
@@ -122,7 +122,7 @@ class Store:
         self.close()
 
     # -- writing ---------------------------------------------------------------------------------
-    def add(self, key: str, record: dict, params: MLPStack | ParamStack | None = None) -> bool:
+    def add(self, key: str, record: dict, params: Stack | None = None) -> bool:
         """Commit one finished model (and its weights) atomically; False if the key was already stored. A damaged
         row of the key (damaged()) is replaced. The model leaves the `trained` table in the same transaction."""
         rec = {k: _clean(v) for k, v in record.items() if k != "params"}
@@ -151,14 +151,14 @@ class Store:
                 raise
         return added
 
-    def add_trained(self, key: str, record: dict, params: MLPStack | ParamStack) -> None:
+    def add_trained(self, key: str, record: dict, params: Stack) -> None:
         """Commit a model that finished training and waits to be measured (its record so far and weights)."""
         rec = json.dumps({k: _clean(v) for k, v in record.items() if k != "params"}, sort_keys=True)
         with self._writing(f"trained model {key}"):
             self.db.execute("INSERT OR REPLACE INTO trained SELECT ?, ?, ?, ? WHERE NOT EXISTS "
                             "(SELECT 1 FROM runs WHERE key=?)", (key, _now(), rec, _blob(params), key))
 
-    def trained(self) -> list[tuple[str, dict, MLPStack | ParamStack]]:
+    def trained(self) -> list[tuple[str, dict, Stack]]:
         """Models trained but not measured yet: (key, record, params) each (see add_trained). A row whose
         record or weights cannot be read is discarded with a warning, so that its model is trained again."""
         out, bad = [], []
@@ -267,7 +267,7 @@ class Store:
         """The records as a pandas DataFrame (records.frame: one row per model; pair as 'a/b')."""
         return records.frame(self.records())
 
-    def params(self, key: str) -> MLPStack | ParamStack:
+    def params(self, key: str) -> Stack:
         """The trained weights of model key, a stack of one: an MLPStack for the paper's MLP, a ParamStack for other
         families; a StoreError if the store holds none."""
         row = self.db.execute("SELECT state FROM weights WHERE key=?", (key,)).fetchone()
@@ -325,7 +325,7 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
-def _blob(params: MLPStack | ParamStack) -> bytes:
+def _blob(params: Stack) -> bytes:
     buf = io.BytesIO()
     torch.save(params.state_dict(), buf)
     return buf.getvalue()
